@@ -1,0 +1,116 @@
+//! Opening a connection to a node: TCP, then the handshake that puts the
+//! connection in the state the link needs (credentials, protocol, database).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use redis_protocol::resp3;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::resp::encode::multibulk;
+use crate::resp::Proto;
+
+/// Credentials and timeouts for the nodes.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub timeout: Duration,
+}
+
+/// What a connection must look like once open.
+#[derive(Debug, Clone, Copy)]
+pub struct Session {
+    pub proto: Proto,
+    pub db: i64,
+}
+
+impl Session {
+    pub const DEFAULT: Session = Session {
+        proto: Proto::Resp2,
+        db: 0,
+    };
+}
+
+/// Connects and runs the handshake, all within the connect timeout.
+pub async fn connect(
+    addr: &str,
+    opts: &ConnectOptions,
+    session: Session,
+) -> std::io::Result<TcpStream> {
+    match tokio::time::timeout(opts.timeout, connect_inner(addr, opts, session)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect timed out",
+        )),
+    }
+}
+
+async fn connect_inner(
+    addr: &str,
+    opts: &ConnectOptions,
+    session: Session,
+) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let mut out = BytesMut::new();
+    let mut expected = 0;
+    let auth = opts.password.as_ref().map(|pass| {
+        let user = opts.username.clone().unwrap_or_else(|| "default".into());
+        (user, pass.clone())
+    });
+    match session.proto {
+        Proto::Resp3 => {
+            let mut args = vec!["HELLO".to_string(), "3".into()];
+            if let Some((user, pass)) = &auth {
+                args.extend(["AUTH".into(), user.clone(), pass.clone()]);
+            }
+            multibulk(&mut out, &args);
+            expected += 1;
+        }
+        Proto::Resp2 => {
+            if let Some((user, pass)) = &auth {
+                multibulk(&mut out, &["AUTH", user, pass]);
+                expected += 1;
+            }
+        }
+    }
+    if session.db != 0 {
+        multibulk(&mut out, &["SELECT", &session.db.to_string()]);
+        expected += 1;
+    }
+    if expected == 0 {
+        return Ok(stream);
+    }
+    stream.write_all(&out).await?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut seen = 0;
+    while seen < expected {
+        match resp3::decode::complete::decode(&buf) {
+            Ok(Some((frame, used))) => {
+                let _ = buf.split_to(used);
+                seen += 1;
+                if let resp3::types::OwnedFrame::SimpleError { data, .. } = frame {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!("handshake refused: {data}"),
+                    ));
+                }
+            }
+            Ok(None) => {
+                if stream.read_buf(&mut buf).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("handshake reply: {e}"),
+                ))
+            }
+        }
+    }
+    Ok(stream)
+}

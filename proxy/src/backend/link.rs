@@ -1,0 +1,403 @@
+//! A pipelined connection to one node.
+//!
+//! Clients hand a link *batches*: the requests a client sent in one read that
+//! go to the same place, with one channel for all their replies. The link
+//! writes every batch waiting for it in one system call and reads replies in
+//! the order it wrote requests (Redis answers in order), cutting them out of
+//! its read buffer without copying. So fifty clients sending one command each
+//! cost one write and one read on the backend, and a client pipelining sixteen
+//! commands costs one channel message, not sixteen.
+//!
+//! Shared links are supervised: when the connection fails, everything in
+//! flight on it fails with an error saying the command may or may not have run
+//! (Redis cannot tell us), batches arriving while it is down fail at once, and
+//! it reconnects with backoff. Dedicated links (one client's transaction or
+//! blocking command) carry connection state that a reconnect would lose, so
+//! they live exactly as long as their connection.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use super::connect::{connect, ConnectOptions, Session};
+use crate::resp::ReplyScanner;
+
+/// Requests for one link and where their replies go.
+pub struct Batch {
+    /// Encoded requests, written back to back.
+    pub requests: Vec<Bytes>,
+    /// How many replies the requests produce.
+    pub replies: usize,
+    pub reply: oneshot::Sender<BatchReply>,
+}
+
+/// The replies to a batch.
+#[derive(Debug)]
+pub struct BatchReply {
+    /// The replies that arrived, exactly as the backend wrote them.
+    pub data: Bytes,
+    /// How many replies `data` holds.
+    pub got: usize,
+    /// Why the remaining replies will never come, as an error reply text.
+    pub error: Option<Arc<str>>,
+}
+
+impl BatchReply {
+    fn failed(error: Arc<str>) -> BatchReply {
+        BatchReply {
+            data: Bytes::new(),
+            got: 0,
+            error: Some(error),
+        }
+    }
+}
+
+/// Fails a batch that could not be sent at all.
+pub fn refuse(batch: Batch, error: Arc<str>) {
+    let _ = batch.reply.send(BatchReply::failed(error));
+}
+
+/// Tunables shared by every link.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    pub connect: ConnectOptions,
+    pub max_reply_depth: usize,
+    /// `None` for links that run blocking commands.
+    pub reply_timeout: Option<Duration>,
+}
+
+/// Called when a shared link loses its connection or cannot connect: a
+/// passive health signal for the node.
+pub type OnFailure = Arc<dyn Fn(&str) + Send + Sync>;
+
+struct State {
+    addr: String,
+    /// False once a dedicated link's connection is gone, or while a shared
+    /// link is reconnecting.
+    up: AtomicBool,
+}
+
+/// Handle to a link; cheap to clone.
+#[derive(Clone)]
+pub struct Link {
+    tx: mpsc::Sender<Batch>,
+    state: Arc<State>,
+}
+
+/// Batches queued for a link before senders wait: with the per-client
+/// in-flight bound this keeps memory bounded under overload.
+const QUEUE: usize = 1024;
+/// Stop gathering batches for one write past this many bytes.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+impl Link {
+    /// A shared link, connecting in the background and reconnecting forever.
+    pub fn shared(
+        addr: String,
+        opts: LinkOptions,
+        session: Session,
+        on_failure: OnFailure,
+    ) -> Link {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let state = Arc::new(State {
+            addr: addr.clone(),
+            up: AtomicBool::new(false),
+        });
+        let span = tracing::info_span!("link", node = %addr, proto = session.proto.number());
+        tokio::spawn(supervise(rx, state.clone(), opts, session, on_failure).instrument(span));
+        Link { tx, state }
+    }
+
+    /// A dedicated link on a fresh connection, for one client's session.
+    pub async fn dedicated(addr: &str, opts: LinkOptions, session: Session) -> std::io::Result<Link> {
+        let stream = connect(addr, &opts.connect, session).await?;
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let state = Arc::new(State {
+            addr: addr.to_string(),
+            up: AtomicBool::new(true),
+        });
+        let task_state = state.clone();
+        let span = tracing::debug_span!("dedicated", node = %addr);
+        tokio::spawn(
+            async move {
+                let reason = serve(stream, &mut rx, &opts, &task_state.addr).await;
+                task_state.up.store(false, Ordering::Release);
+                tracing::debug!(%reason, "dedicated link closed");
+                rx.close();
+                let error = lost(&task_state.addr, &reason);
+                while let Ok(batch) = rx.try_recv() {
+                    refuse(batch, error.clone());
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Link { tx, state })
+    }
+
+    /// Queues a batch; waits while the link's queue is full (backpressure).
+    pub async fn send(&self, batch: Batch) {
+        if let Err(mpsc::error::SendError(batch)) = self.tx.send(batch).await {
+            refuse(batch, lost(&self.state.addr, "link closed"));
+        }
+    }
+
+    /// Whether both handles are to the same link.
+    pub fn same(&self, other: &Link) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state.up.load(Ordering::Acquire)
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.state.addr
+    }
+}
+
+fn lost(addr: &str, reason: &str) -> Arc<str> {
+    format!("ERR rampart: connection to {addr} lost ({reason}); the command may or may not have run")
+        .into()
+}
+
+fn unavailable(addr: &str, reason: &str) -> Arc<str> {
+    format!("ERR rampart: {addr} unavailable ({reason})").into()
+}
+
+async fn supervise(
+    mut rx: mpsc::Receiver<Batch>,
+    state: Arc<State>,
+    opts: LinkOptions,
+    session: Session,
+    on_failure: OnFailure,
+) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let reason = match connect(&state.addr, &opts.connect, session).await {
+            Ok(stream) => {
+                tracing::debug!("connected");
+                state.up.store(true, Ordering::Release);
+                backoff = Duration::from_millis(10);
+                let reason = serve(stream, &mut rx, &opts, &state.addr).await;
+                state.up.store(false, Ordering::Release);
+                if rx.is_closed() {
+                    return;
+                }
+                tracing::warn!(%reason, "backend connection lost");
+                reason
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "connect failed");
+                e.to_string()
+            }
+        };
+        on_failure(&reason);
+        // While down, fail new requests at once rather than let them wait
+        // for a node that may not come back.
+        let error = unavailable(&state.addr, &reason);
+        let retry_at = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(retry_at) => break,
+                batch = rx.recv() => match batch {
+                    Some(batch) => refuse(batch, error.clone()),
+                    None => return,
+                },
+            }
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// A batch written and awaiting its replies.
+struct InFlight {
+    replies: usize,
+    reply: oneshot::Sender<BatchReply>,
+}
+
+/// Runs one connection until it fails or every handle is dropped; returns
+/// why it ended. Everything in flight has been answered when it returns.
+async fn serve(
+    stream: TcpStream,
+    rx: &mut mpsc::Receiver<Batch>,
+    opts: &LinkOptions,
+    addr: &str,
+) -> String {
+    let (rd, wr) = stream.into_split();
+    let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel();
+    let mut reader = Reader {
+        buf: BytesMut::with_capacity(16 * 1024),
+        scanner: ReplyScanner::new(opts.max_reply_depth),
+        current: None,
+        consumed: 0,
+        done: 0,
+    };
+    let reason = tokio::select! {
+        r = write_loop(wr, rx, inflight_tx) => r,
+        r = reader.run(rd, &mut inflight_rx, opts.reply_timeout) => r,
+    };
+    let reason = match reason {
+        Ok(()) => "closed".to_string(),
+        Err(e) => e,
+    };
+    reader.fail(&mut inflight_rx, lost(addr, &reason));
+    reason
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    rx: &mut mpsc::Receiver<Batch>,
+    inflight: mpsc::UnboundedSender<InFlight>,
+) -> Result<(), String> {
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    while let Some(first) = rx.recv().await {
+        out.clear();
+        let mut next = Some(first);
+        while let Some(batch) = next.take() {
+            for request in &batch.requests {
+                out.extend_from_slice(request);
+            }
+            // Registered before the bytes go out, so the reader always knows
+            // what a reply belongs to.
+            let _ = inflight.send(InFlight {
+                replies: batch.replies,
+                reply: batch.reply,
+            });
+            if out.len() < WRITE_CHUNK {
+                next = rx.try_recv().ok();
+            }
+        }
+        wr.write_all(&out).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+struct Reader {
+    buf: BytesMut,
+    scanner: ReplyScanner,
+    current: Option<InFlight>,
+    /// Bytes at the front of `buf` holding complete replies of `current`.
+    consumed: usize,
+    /// How many replies of `current` those are.
+    done: usize,
+}
+
+impl Reader {
+    async fn run(
+        &mut self,
+        mut rd: OwnedReadHalf,
+        inflight: &mut mpsc::UnboundedReceiver<InFlight>,
+        timeout: Option<Duration>,
+    ) -> Result<(), String> {
+        loop {
+            self.deliver(inflight)?;
+            if self.current.is_none() {
+                tokio::select! {
+                    next = inflight.recv() => match next {
+                        Some(next) => self.current = Some(next),
+                        None => return Ok(()),
+                    },
+                    read = rd.read_buf(&mut self.buf) => {
+                        if read.map_err(|e| e.to_string())? == 0 {
+                            return Err("closed by the server".into());
+                        }
+                    }
+                }
+                continue;
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(64 * 1024);
+            }
+            let read = rd.read_buf(&mut self.buf);
+            let n = match timeout {
+                Some(limit) => tokio::time::timeout(limit, read)
+                    .await
+                    .map_err(|_| format!("no reply within {} ms", limit.as_millis()))?,
+                None => read.await,
+            }
+            .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed by the server".into());
+            }
+        }
+    }
+
+    /// Hands every complete batch of replies to its owner.
+    fn deliver(&mut self, inflight: &mut mpsc::UnboundedReceiver<InFlight>) -> Result<(), String> {
+        loop {
+            if self.current.is_none() {
+                match inflight.try_recv() {
+                    Ok(next) => self.current = Some(next),
+                    Err(_) => return self.drop_unsolicited(),
+                }
+            }
+            let Some(len) = self
+                .scanner
+                .scan(&self.buf[self.consumed..])
+                .map_err(|e| e.to_string())?
+            else {
+                return Ok(());
+            };
+            if self.buf[self.consumed] == b'>' {
+                // A RESP3 push is not a reply; sessions that receive pushes
+                // are piped, never on a link.
+                let mut rest = self.buf.split_off(self.consumed);
+                let _ = rest.split_to(len);
+                self.buf.unsplit(rest);
+                continue;
+            }
+            self.consumed += len;
+            self.done += 1;
+            let Some(current) = self.current.take_if(|c| c.replies == self.done) else {
+                continue;
+            };
+            let data = self.buf.split_to(self.consumed).freeze();
+            let got = self.done;
+            self.consumed = 0;
+            self.done = 0;
+            let _ = current.reply.send(BatchReply {
+                data,
+                got,
+                error: None,
+            });
+        }
+    }
+
+    /// Bytes with no request waiting for them: harmless if they are pushes,
+    /// a broken connection otherwise.
+    fn drop_unsolicited(&mut self) -> Result<(), String> {
+        while !self.buf.is_empty() {
+            match self.scanner.scan(&self.buf).map_err(|e| e.to_string())? {
+                None => return Ok(()),
+                Some(len) if self.buf[0] == b'>' => {
+                    let _ = self.buf.split_to(len);
+                }
+                Some(_) => return Err("reply without a request".into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers everything still in flight after the connection ended.
+    fn fail(&mut self, inflight: &mut mpsc::UnboundedReceiver<InFlight>, error: Arc<str>) {
+        if let Some(current) = self.current.take() {
+            let data = self.buf.split_to(self.consumed).freeze();
+            let _ = current.reply.send(BatchReply {
+                data,
+                got: self.done,
+                error: Some(error.clone()),
+            });
+        }
+        inflight.close();
+        while let Ok(next) = inflight.try_recv() {
+            let _ = next.reply.send(BatchReply::failed(error.clone()));
+        }
+    }
+}

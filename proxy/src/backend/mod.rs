@@ -1,0 +1,10 @@
+//! Connections to the nodes: opening them, pipelining over them, pooling them.
+
+pub mod connect;
+pub mod control;
+pub mod link;
+pub mod pool;
+
+pub use connect::{ConnectOptions, Session};
+pub use link::{Batch, BatchReply, Link, LinkOptions};
+pub use pool::NodePool;

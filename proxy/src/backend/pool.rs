@@ -1,0 +1,121 @@
+//! Every connection Rampart holds to one node.
+//!
+//! - Shared links, a few per protocol version, carry stateless commands from
+//!   all clients. A client always uses the same one (by client id), so its
+//!   own commands reach the node in the order it sent them.
+//! - Dedicated links are lent to one client for a transaction, a blocking
+//!   command or a non-default database, and taken back only when the session
+//!   left them clean (otherwise they are closed).
+//! - Raw connections are handed over for good to sessions that become a
+//!   stream of pushed messages (SUBSCRIBE, MONITOR).
+
+use std::sync::{Mutex, OnceLock};
+
+use tokio::net::TcpStream;
+
+use super::connect::{connect, Session};
+use super::link::{Link, LinkOptions, OnFailure};
+use crate::resp::Proto;
+
+pub struct NodePool {
+    addr: String,
+    opts: LinkOptions,
+    links_per_node: usize,
+    max_idle: usize,
+    on_failure: OnFailure,
+    /// Shared links, RESP2 and RESP3, opened on first use.
+    shared: [OnceLock<Vec<Link>>; 2],
+    /// Clean dedicated links (database 0, no transaction), per protocol.
+    idle: [Mutex<Vec<Link>>; 2],
+}
+
+fn slot(proto: Proto) -> usize {
+    match proto {
+        Proto::Resp2 => 0,
+        Proto::Resp3 => 1,
+    }
+}
+
+impl NodePool {
+    pub fn new(
+        addr: String,
+        opts: LinkOptions,
+        links_per_node: usize,
+        max_idle: usize,
+        on_failure: OnFailure,
+    ) -> NodePool {
+        NodePool {
+            addr,
+            opts,
+            links_per_node,
+            max_idle,
+            on_failure,
+            shared: [OnceLock::new(), OnceLock::new()],
+            idle: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
+        }
+    }
+
+    /// The shared link a client uses for this node.
+    pub fn shared(&self, proto: Proto, client_id: u64) -> &Link {
+        let links = self.shared[slot(proto)].get_or_init(|| {
+            (0..self.links_per_node)
+                .map(|_| {
+                    Link::shared(
+                        self.addr.clone(),
+                        self.opts.clone(),
+                        Session { proto, db: 0 },
+                        self.on_failure.clone(),
+                    )
+                })
+                .collect()
+        });
+        &links[(client_id % links.len() as u64) as usize]
+    }
+
+    /// Opens the RESP2 shared links now rather than on the first command.
+    pub fn warm_up(&self) {
+        let _ = self.shared(Proto::Resp2, 0);
+    }
+
+    /// A dedicated link in the given session state.
+    pub async fn dedicated(&self, session: Session) -> std::io::Result<Link> {
+        if session.db == 0 {
+            let mut idle = self.idle[slot(session.proto)]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            while let Some(link) = idle.pop() {
+                if link.is_up() {
+                    return Ok(link);
+                }
+            }
+        }
+        let opts = LinkOptions {
+            reply_timeout: None,
+            ..self.opts.clone()
+        };
+        Link::dedicated(&self.addr, opts, session).await
+    }
+
+    /// Takes back a dedicated link the caller knows to be clean: database 0,
+    /// no transaction or watch, nothing in flight.
+    pub fn give_back(&self, link: Link, proto: Proto) {
+        if !link.is_up() {
+            return;
+        }
+        let mut idle = self.idle[slot(proto)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(link);
+        }
+    }
+
+    /// A raw connection for a session that will receive pushed messages.
+    pub async fn raw(&self, session: Session) -> std::io::Result<TcpStream> {
+        connect(&self.addr, &self.opts.connect, session).await
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}

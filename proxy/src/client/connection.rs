@@ -1,0 +1,489 @@
+//! The request side of a client connection: read, parse, classify, dispatch.
+//!
+//! Requests that arrive together and go to the same backend link are sent as
+//! one batch. Whenever the client has to move to another backend connection
+//! (into a transaction, out of one, into a pipe), the reader first waits at a
+//! barrier until every earlier reply has been written, so moving never
+//! reorders anything.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::session::Session;
+use super::writer::Pending;
+use crate::backend::{Batch, Link};
+use crate::resp::command::{Class, Tx};
+use crate::resp::{classify, Request, RequestParser, Value};
+use crate::route;
+use crate::server::Context;
+use crate::topology::Node;
+
+/// Most requests put in one batch before it is sent.
+const MAX_BATCH: usize = 512;
+
+/// Whether the reader goes on after a request.
+#[derive(PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Requests gathered for one link.
+struct OpenBatch {
+    link: Link,
+    node: Arc<Node>,
+    requests: Vec<Bytes>,
+}
+
+pub struct Connection {
+    pub(super) ctx: Arc<Context>,
+    pub(super) session: Session,
+    parser: RequestParser,
+    buf: BytesMut,
+    pending: mpsc::Sender<Pending>,
+    in_flight: Arc<Semaphore>,
+    open: Option<OpenBatch>,
+}
+
+impl Connection {
+    pub fn new(ctx: Arc<Context>, id: u64, pending: mpsc::Sender<Pending>) -> Connection {
+        let limits = ctx.config.limits;
+        let authed = ctx.config.proxy.password.is_none();
+        Connection {
+            session: Session::new(id, authed),
+            parser: RequestParser::new(limits),
+            buf: BytesMut::with_capacity(16 * 1024),
+            pending,
+            in_flight: Arc::new(Semaphore::new(limits.max_pipeline)),
+            open: None,
+            ctx,
+        }
+    }
+
+    /// Reads and dispatches until the client goes away, a protocol error,
+    /// QUIT, or the reply side ends (`writer_done`).
+    pub async fn run(mut self, mut rd: OwnedReadHalf, mut writer_done: oneshot::Receiver<()>) {
+        loop {
+            match self.parser.parse(&mut self.buf) {
+                Ok(Some(req)) => {
+                    if self.handle(req).await == Flow::Stop {
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    if self.flush().await == Flow::Stop {
+                        break;
+                    }
+                    let wanted = self.parser.wanted().saturating_sub(self.buf.len());
+                    self.buf.reserve(wanted.clamp(4096, 1024 * 1024));
+                    tokio::select! {
+                        read = rd.read_buf(&mut self.buf) => match read {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        },
+                        _ = &mut writer_done => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "protocol error");
+                    self.reply(Value::err(format!("ERR {e}"))).await;
+                    let _ = self.push(Pending::Close).await;
+                    break;
+                }
+            }
+        }
+        let _ = self.flush().await;
+    }
+
+    async fn handle(&mut self, req: Request) -> Flow {
+        if let Some(pipe) = self.session.pipe.as_mut() {
+            return match pipe.write_all(&req.raw).await {
+                Ok(()) => Flow::Continue,
+                Err(_) => Flow::Stop,
+            };
+        }
+        let class = classify(&req);
+        if !self.session.authed
+            && !matches!(
+                class,
+                Class::Local(crate::resp::command::Local::Auth)
+                    | Class::Local(crate::resp::command::Local::Hello)
+                    | Class::Local(crate::resp::command::Local::Quit)
+            )
+        {
+            return self.reply(Value::err("NOAUTH Authentication required.")).await;
+        }
+        if self.session.tx_lost && self.session.in_multi {
+            return self.in_lost_transaction(class, req).await;
+        }
+        match class {
+            Class::Local(local) => self.local(local, req).await,
+            Class::Refused(text) => self.reply(Value::err(text)).await,
+            Class::Read | Class::Write => self.forward(class, req).await,
+            Class::Blocking => self.pinned(req).await,
+            Class::Pin => {
+                let flow = self.pinned(req).await;
+                self.session.sticky = self.session.pinned.is_some();
+                flow
+            }
+            Class::Transaction(tx) => self.transaction(tx, req).await,
+            Class::Wait => self.wait(req).await,
+            Class::Stream => self.stream(req).await,
+        }
+    }
+
+    /// Reads and writes that need no connection state.
+    async fn forward(&mut self, class: Class, req: Request) -> Flow {
+        if self.session.pinned.is_some() {
+            if !self.session.is_clean() {
+                return self.pinned(req).await;
+            }
+            self.unpin().await;
+        }
+        let shard = self.ctx.topology.shard().clone();
+        let policy = &self.ctx.read_policies[0];
+        let node = match route::route(&shard, policy.as_ref(), class, self.session.id) {
+            Ok(node) => node.clone(),
+            Err(route::NoPrimary) => {
+                return self
+                    .reply(Value::err(format!(
+                        "ERR rampart: no reachable primary for shard '{}'",
+                        shard.name
+                    )))
+                    .await;
+            }
+        };
+        let link = node.pool.shared(self.session.proto, self.session.id).clone();
+        self.add(node, link, req.raw).await
+    }
+
+    /// Sends on the client's dedicated connection, opening one if needed.
+    pub(super) async fn pinned(&mut self, req: Request) -> Flow {
+        if let Err(error) = self.pin().await {
+            return self.reply(error).await;
+        }
+        let Some((node, link)) = self.session.pinned.clone() else {
+            return Flow::Continue;
+        };
+        self.add(node, link, req.raw).await
+    }
+
+    async fn transaction(&mut self, tx: Tx, req: Request) -> Flow {
+        let s = &mut self.session;
+        match tx {
+            Tx::Multi => {
+                if s.tx_lost {
+                    // The WATCH this transaction relies on is gone: let the
+                    // client queue, then fail EXEC.
+                    s.in_multi = true;
+                    return self.reply(Value::ok()).await;
+                }
+                let flow = self.pinned(req).await;
+                self.session.in_multi = self.session.pinned.is_some();
+                flow
+            }
+            Tx::Exec | Tx::Discard => {
+                let was_lost = s.tx_lost;
+                let in_multi = s.in_multi;
+                s.in_multi = false;
+                s.watching = false;
+                s.tx_lost = false;
+                if was_lost {
+                    return self.reply(lost_reply(tx, in_multi)).await;
+                }
+                if self.session.pinned.is_none() {
+                    let name = if tx == Tx::Exec { "EXEC" } else { "DISCARD" };
+                    return self
+                        .reply(Value::err(format!("ERR {name} without MULTI")))
+                        .await;
+                }
+                self.pinned(req).await
+            }
+            Tx::Watch => {
+                if s.in_multi {
+                    return self.pinned(req).await;
+                }
+                let flow = self.pinned(req).await;
+                self.session.watching = self.session.pinned.is_some();
+                flow
+            }
+            Tx::Unwatch => {
+                if !s.in_multi {
+                    s.watching = false;
+                    s.tx_lost = false;
+                }
+                if self.session.pinned.is_none() {
+                    return self.reply(Value::ok()).await;
+                }
+                self.pinned(req).await
+            }
+        }
+    }
+
+    /// A transaction whose connection was lost: nothing reaches a backend
+    /// until it ends, and it ends in failure.
+    async fn in_lost_transaction(&mut self, class: Class, req: Request) -> Flow {
+        match class {
+            Class::Transaction(tx @ (Tx::Exec | Tx::Discard)) => self.transaction(tx, req).await,
+            Class::Local(
+                local @ (crate::resp::command::Local::Reset | crate::resp::command::Local::Quit),
+            ) => self.local(local, req).await,
+            _ => {
+                self.reply(Value::err(
+                    "ERR rampart: the connection holding this transaction was lost; EXEC will fail",
+                ))
+                .await
+            }
+        }
+    }
+
+    /// `WAIT`/`WAITAOF` count replica acknowledgements of this connection's
+    /// writes, but a client's writes went over a shared link. So Rampart
+    /// waits for the client's earlier replies, then on a dedicated connection
+    /// makes one tiny write of its own (a PUBLISH nobody listens to) and
+    /// waits on that: replication is ordered, so acknowledging it means
+    /// acknowledging everything the client wrote before. Nobody else's
+    /// commands queue behind the wait.
+    async fn wait(&mut self, req: Request) -> Flow {
+        if self.session.in_multi {
+            return self.pinned(req).await;
+        }
+        if self.flush().await == Flow::Stop || self.barrier().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        let pinned = self.session.pinned.clone();
+        let (node, link, borrowed) = match pinned {
+            Some((node, link)) => (node, link, false),
+            None => match self.dedicated().await {
+                Ok((node, link)) => (node, link, true),
+                Err(error) => return self.reply(error).await,
+            },
+        };
+        let marker = Request::from_args(&["PUBLISH", "__rampart__:wait", ""]);
+        let (tx, rx) = oneshot::channel();
+        node.count_requests(1);
+        link.send(Batch {
+            requests: vec![marker.raw, req.raw],
+            replies: 2,
+            reply: tx,
+        })
+        .await;
+        let reply = rx.await.ok();
+        if borrowed {
+            node.pool.give_back(link, self.session.proto);
+        }
+        let bytes = match reply {
+            Some(reply) if reply.got == 2 => {
+                let mut scanner = crate::resp::ReplyScanner::new(8);
+                let first = scanner.scan(&reply.data).ok().flatten().unwrap_or(0);
+                reply.data.slice(first..)
+            }
+            Some(reply) => Value::err(
+                reply
+                    .error
+                    .as_deref()
+                    .unwrap_or("ERR rampart: WAIT failed")
+                    .to_string(),
+            )
+            .encode(self.session.proto),
+            None => Value::err("ERR rampart: WAIT failed").encode(self.session.proto),
+        };
+        self.push(Pending::Local(bytes)).await
+    }
+
+    /// SUBSCRIBE, MONITOR, CLIENT TRACKING: from now on this client is piped
+    /// straight to a connection of its own, pushed messages and all.
+    async fn stream(&mut self, req: Request) -> Flow {
+        if self.session.in_multi {
+            return self.pinned(req).await;
+        }
+        if self.flush().await == Flow::Stop || self.barrier().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        if let Some((node, link)) = self.session.pinned.take() {
+            if self.session.is_clean() {
+                node.pool.give_back(link, self.session.proto);
+            }
+        }
+        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+            return self.reply(self.no_primary()).await;
+        };
+        let stream = match primary.pool.raw(self.session.link_session()).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                return self
+                    .reply(Value::err(format!(
+                        "ERR rampart: {} unavailable ({e})",
+                        primary.addr
+                    )))
+                    .await
+            }
+        };
+        let (backend_rd, mut backend_wr) = stream.into_split();
+        if self.push(Pending::Pipe(backend_rd)).await == Flow::Stop {
+            return Flow::Stop;
+        }
+        primary.count_requests(1);
+        if backend_wr.write_all(&req.raw).await.is_err() {
+            return Flow::Stop;
+        }
+        self.session.pipe = Some(backend_wr);
+        Flow::Continue
+    }
+
+    /// Ensures the client holds a live dedicated connection to the primary.
+    pub(super) async fn pin(&mut self) -> Result<(), Value> {
+        if let Some((_, link)) = &self.session.pinned {
+            if link.is_up() {
+                return Ok(());
+            }
+            self.session.lose_pinned();
+            if self.session.tx_lost && self.session.in_multi {
+                return Err(Value::err(
+                    "ERR rampart: the connection holding this transaction or WATCH was lost",
+                ));
+            }
+        }
+        if self.flush().await == Flow::Stop || self.barrier().await == Flow::Stop {
+            return Err(Value::err("ERR rampart: connection closing"));
+        }
+        let (node, link) = self.dedicated().await?;
+        self.session.pinned = Some((node, link));
+        Ok(())
+    }
+
+    /// A dedicated connection to the primary in this client's state.
+    async fn dedicated(&self) -> Result<(Arc<Node>, Link), Value> {
+        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+            return Err(self.no_primary());
+        };
+        match primary.pool.dedicated(self.session.link_session()).await {
+            Ok(link) => Ok((primary, link)),
+            Err(e) => Err(Value::err(format!(
+                "ERR rampart: {} unavailable ({e})",
+                primary.addr
+            ))),
+        }
+    }
+
+    /// Returns a clean dedicated connection to the pool once every reply it
+    /// owes has arrived.
+    pub(super) async fn unpin(&mut self) {
+        if self.flush().await == Flow::Stop || self.barrier().await == Flow::Stop {
+            return;
+        }
+        if let Some((node, link)) = self.session.pinned.take() {
+            if self.session.is_clean() {
+                node.pool.give_back(link, self.session.proto);
+            }
+        }
+    }
+
+    fn no_primary(&self) -> Value {
+        Value::err(format!(
+            "ERR rampart: no reachable primary for shard '{}'",
+            self.ctx.topology.shard().name
+        ))
+    }
+
+    /// Adds a request to the open batch, sending the batch first if it is for
+    /// another link or full.
+    async fn add(&mut self, node: Arc<Node>, link: Link, raw: Bytes) -> Flow {
+        let same = self
+            .open
+            .as_ref()
+            .is_some_and(|open| open.link.same(&link) && open.requests.len() < MAX_BATCH);
+        if !same && self.flush().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        match &mut self.open {
+            Some(open) => open.requests.push(raw),
+            None => {
+                let mut requests = Vec::with_capacity(8);
+                requests.push(raw);
+                self.open = Some(OpenBatch {
+                    link,
+                    node,
+                    requests,
+                });
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Sends the open batch, if any.
+    pub(super) async fn flush(&mut self) -> Flow {
+        let Some(open) = self.open.take() else {
+            return Flow::Continue;
+        };
+        let replies = open.requests.len();
+        let Ok(permit) = self
+            .in_flight
+            .clone()
+            .acquire_many_owned(replies as u32)
+            .await
+        else {
+            return Flow::Stop;
+        };
+        let (tx, rx) = oneshot::channel();
+        open.node.count_requests(replies as u64);
+        open.link
+            .send(Batch {
+                requests: open.requests,
+                replies,
+                reply: tx,
+            })
+            .await;
+        self.push(Pending::Remote {
+            reply: rx,
+            replies,
+            permit,
+        })
+        .await
+    }
+
+    /// Waits until every reply queued so far has been written.
+    async fn barrier(&mut self) -> Flow {
+        let (tx, rx) = oneshot::channel();
+        if self.push(Pending::Barrier(tx)).await == Flow::Stop {
+            return Flow::Stop;
+        }
+        match rx.await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Stop,
+        }
+    }
+
+    pub(super) async fn push(&mut self, item: Pending) -> Flow {
+        match self.pending.send(item).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Stop,
+        }
+    }
+
+    /// Queues a reply Rampart made itself, after everything before it.
+    pub(super) async fn reply(&mut self, value: Value) -> Flow {
+        if self.flush().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        let bytes = value.encode(self.session.proto);
+        self.push(Pending::Local(bytes)).await
+    }
+}
+
+/// EXEC or DISCARD of a transaction whose connection was lost.
+fn lost_reply(tx: Tx, in_multi: bool) -> Value {
+    match (tx, in_multi) {
+        (Tx::Exec, true) => {
+            Value::err("EXECABORT Transaction discarded because of previous errors.")
+        }
+        (Tx::Exec, false) => Value::err("ERR EXEC without MULTI"),
+        (Tx::Discard, true) => Value::ok(),
+        _ => Value::err("ERR DISCARD without MULTI"),
+    }
+}

@@ -1,0 +1,307 @@
+//! Commands Rampart answers itself: connection-level commands whose effect
+//! belongs to the client's connection to Rampart, not to any backend
+//! connection (PING, HELLO, AUTH, CLIENT SETNAME ...), and the `RAMPART`
+//! admin namespace. Error texts are Redis's own.
+
+use bytes::Bytes;
+
+use super::connection::{Connection, Flow};
+use super::session::Session;
+use super::writer::Pending;
+use crate::backend::Batch;
+use crate::resp::command::Local;
+use crate::resp::request::parse_i64;
+use crate::resp::{Proto, Request, Value};
+
+fn wrong_args(name: &str) -> Value {
+    Value::err(format!(
+        "ERR wrong number of arguments for '{}' command",
+        name.to_lowercase()
+    ))
+}
+
+const NOT_IN_MULTI: &str = "ERR Command not allowed inside a transaction";
+
+impl Connection {
+    pub(super) async fn local(&mut self, local: Local, req: Request) -> Flow {
+        let in_multi = self.session.in_multi;
+        let args = &req.args;
+        match local {
+            // Inside a transaction these are queued by the server like any
+            // other command and answered in EXEC's reply.
+            Local::Ping | Local::Echo | Local::ClientSetName | Local::ClientGetName | Local::ClientSetInfo
+                if in_multi =>
+            {
+                self.pinned(req).await
+            }
+            Local::Hello | Local::Auth | Local::Select if in_multi => {
+                self.reply(Value::err(NOT_IN_MULTI)).await
+            }
+            Local::Ping => match args.len() {
+                1 => self.reply(Value::Simple("PONG".into())).await,
+                2 => self.reply(Value::Bulk(args[1].clone())).await,
+                _ => self.reply(wrong_args("ping")).await,
+            },
+            Local::Echo => match args.len() {
+                2 => self.reply(Value::Bulk(args[1].clone())).await,
+                _ => self.reply(wrong_args("echo")).await,
+            },
+            Local::Quit => {
+                self.reply(Value::ok()).await;
+                let _ = self.push(Pending::Close).await;
+                Flow::Stop
+            }
+            Local::Auth => {
+                let reply = match args.len() {
+                    2 => self.authenticate(None, &args[1]),
+                    3 => self.authenticate(Some(&args[1]), &args[2]),
+                    _ => wrong_args("auth"),
+                };
+                self.reply(reply).await
+            }
+            Local::Hello => self.hello(req).await,
+            Local::Select => self.select(req).await,
+            Local::Reset => self.reset().await,
+            Local::ClientSetName => {
+                if args.len() != 3 {
+                    return self.reply(wrong_args("client|setname")).await;
+                }
+                let name = &args[2];
+                if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+                    return self
+                        .reply(Value::err(
+                            "ERR Client names cannot contain spaces, newlines or special characters.",
+                        ))
+                        .await;
+                }
+                self.session.name = (!name.is_empty()).then(|| name.clone());
+                self.reply(Value::ok()).await
+            }
+            Local::ClientGetName => {
+                let name = self.session.name.clone().map_or(Value::Null, Value::Bulk);
+                self.reply(name).await
+            }
+            Local::ClientId => self.reply(Value::Int(self.session.id as i64)).await,
+            Local::ClientSetInfo => match args.len() {
+                4 => self.reply(Value::ok()).await,
+                _ => self.reply(wrong_args("client|setinfo")).await,
+            },
+            Local::Unsubscribe => {
+                // Not subscribed (a subscribed client is piped and never gets
+                // here): one confirmation per channel, count 0.
+                let kind = Bytes::from(req.name().as_str().to_lowercase());
+                let channels: Vec<Value> = if args.len() > 1 {
+                    args[1..].iter().cloned().map(Value::Bulk).collect()
+                } else {
+                    vec![Value::Null]
+                };
+                if self.flush().await == Flow::Stop {
+                    return Flow::Stop;
+                }
+                let mut out = bytes::BytesMut::new();
+                for channel in channels {
+                    Value::Push(vec![Value::Bulk(kind.clone()), channel, Value::Int(0)])
+                        .encode_into(self.session.proto, &mut out);
+                }
+                self.push(Pending::Local(out.freeze())).await
+            }
+            Local::Rampart => {
+                let reply = self.rampart(&req);
+                self.reply(reply).await
+            }
+        }
+    }
+
+    fn authenticate(&mut self, user: Option<&Bytes>, password: &[u8]) -> Value {
+        let config = &self.ctx.config.proxy;
+        let Some(expected) = &config.password else {
+            return Value::err(
+                "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            );
+        };
+        let expected_user = config.username.as_deref().unwrap_or("default");
+        let user_ok = user.is_none_or(|u| &u[..] == expected_user.as_bytes());
+        if user_ok && constant_time_eq(password, expected.as_bytes()) {
+            self.session.authed = true;
+            Value::ok()
+        } else {
+            Value::err("WRONGPASS invalid username-password pair or user is disabled.")
+        }
+    }
+
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`.
+    async fn hello(&mut self, req: Request) -> Flow {
+        let args = &req.args;
+        let mut proto = self.session.proto;
+        if let Some(version) = args.get(1) {
+            proto = match parse_i64(version) {
+                Some(2) => Proto::Resp2,
+                Some(3) => Proto::Resp3,
+                Some(_) => return self.reply(Value::err("NOPROTO unsupported protocol version")).await,
+                None => {
+                    return self
+                        .reply(Value::err(
+                            "ERR Protocol version is not an integer or out of range",
+                        ))
+                        .await
+                }
+            };
+        }
+        let mut i = 2;
+        let mut name = None;
+        while i < args.len() {
+            let option = crate::resp::request::CommandName::new(&args[i]);
+            match option.as_bytes() {
+                b"AUTH" if i + 2 < args.len() => {
+                    let reply = self.authenticate(Some(&args[i + 1].clone()), &args[i + 2].clone());
+                    if matches!(reply, Value::Error(_)) {
+                        return self.reply(reply).await;
+                    }
+                    i += 3;
+                }
+                b"SETNAME" if i + 1 < args.len() => {
+                    name = Some(args[i + 1].clone());
+                    i += 2;
+                }
+                _ => {
+                    return self
+                        .reply(Value::err(format!(
+                            "ERR Syntax error in HELLO option '{}'",
+                            String::from_utf8_lossy(&args[i])
+                        )))
+                        .await
+                }
+            }
+        }
+        if !self.session.authed {
+            return self
+                .reply(Value::err(
+                    "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+                ))
+                .await;
+        }
+        if let Some(name) = name {
+            self.session.name = (!name.is_empty()).then_some(name);
+        }
+        if proto != self.session.proto {
+            // Dedicated connections speak the old protocol: let go of ours.
+            if self.session.pinned.is_some() {
+                let clean = self.session.is_clean();
+                self.unpin().await;
+                if !clean {
+                    self.session.lose_pinned();
+                }
+            }
+            self.session.proto = proto;
+        }
+        let version = self
+            .ctx
+            .topology
+            .shard()
+            .primary()
+            .and_then(|p| p.version.lock().ok().and_then(|v| v.clone()))
+            .unwrap_or_else(|| "7.0.0".into());
+        let reply = Value::Map(vec![
+            (Value::text("server"), Value::text("redis")),
+            (Value::text("version"), Value::text(&version)),
+            (Value::text("proto"), Value::Int(proto.number())),
+            (Value::text("id"), Value::Int(self.session.id as i64)),
+            (Value::text("mode"), Value::text("standalone")),
+            (Value::text("role"), Value::text("master")),
+            (Value::text("modules"), Value::Array(vec![])),
+            (Value::text("proxy"), Value::text("rampart")),
+        ]);
+        self.reply(reply).await
+    }
+
+    /// `SELECT n`: the database lives on the client's dedicated connection,
+    /// so it is switched there and the server's own answer decides.
+    async fn select(&mut self, req: Request) -> Flow {
+        if req.args.len() != 2 {
+            return self.reply(wrong_args("select")).await;
+        }
+        let Some(db) = parse_i64(&req.args[1]) else {
+            return self
+                .reply(Value::err("ERR value is not an integer or out of range"))
+                .await;
+        };
+        if db == self.session.db {
+            return self.reply(Value::ok()).await;
+        }
+        if let Err(error) = self.pin().await {
+            return self.reply(error).await;
+        }
+        let Some((node, link)) = self.session.pinned.clone() else {
+            return Flow::Continue;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        node.count_requests(1);
+        link.send(Batch {
+            requests: vec![req.raw],
+            replies: 1,
+            reply: tx,
+        })
+        .await;
+        let reply = match rx.await {
+            Ok(reply) if reply.got == 1 => reply.data,
+            Ok(reply) => Value::err(reply.error.as_deref().unwrap_or("ERR rampart: SELECT failed").to_string())
+                .encode(self.session.proto),
+            Err(_) => Value::err("ERR rampart: SELECT failed").encode(self.session.proto),
+        };
+        if reply.starts_with(b"+") {
+            self.session.db = db;
+        }
+        self.push(Pending::Local(reply)).await
+    }
+
+    async fn reset(&mut self) -> Flow {
+        if self.flush().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        let clean = self.session.is_clean();
+        if let Some((node, link)) = self.session.pinned.take() {
+            // A connection left in a transaction or another database is
+            // simply closed; a clean one is reused.
+            if clean {
+                node.pool.give_back(link, self.session.proto);
+            }
+        }
+        let authed = self.ctx.config.proxy.password.is_none();
+        self.session = Session::new(self.session.id, authed);
+        self.reply(Value::Simple("RESET".into())).await
+    }
+
+    fn rampart(&self, req: &Request) -> Value {
+        let sub = req.arg_upper(1);
+        match sub.as_ref().map(|s| s.as_bytes()) {
+            Some(b"TOPOLOGY") => match serde_json::to_string_pretty(&self.ctx.topology.snapshot()) {
+                Ok(json) => Value::bulk(json),
+                Err(e) => Value::err(format!("ERR {e}")),
+            },
+            Some(b"HELP") => Value::Array(
+                [
+                    "RAMPART <subcommand>. Subcommands are:",
+                    "TOPOLOGY",
+                    "    Shards, nodes, roles and health as JSON.",
+                    "HELP",
+                    "    Print this help.",
+                ]
+                .iter()
+                .map(|line| Value::Simple((*line).into()))
+                .collect(),
+            ),
+            _ => Value::err(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try RAMPART HELP.",
+                sub.map(|s| s.as_str().to_string()).unwrap_or_default()
+            )),
+        }
+    }
+}
+
+/// Compares secrets without an early exit that would leak how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,73 @@
+//! What Rampart remembers about one client connection.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::net::tcp::OwnedWriteHalf;
+
+use crate::backend::{Link, Session as LinkSession};
+use crate::resp::Proto;
+use crate::topology::Node;
+
+pub struct Session {
+    pub id: u64,
+    pub proto: Proto,
+    pub db: i64,
+    pub name: Option<Bytes>,
+    pub authed: bool,
+    /// Between MULTI and EXEC/DISCARD.
+    pub in_multi: bool,
+    /// WATCH is in force.
+    pub watching: bool,
+    /// The dedicated connection holding this client's transaction or WATCH
+    /// was lost: the transaction must fail, never run half or unwatched.
+    pub tx_lost: bool,
+    /// A CLIENT option changed the dedicated connection: keep it until RESET.
+    pub sticky: bool,
+    /// The dedicated connection the client is pinned to, and its node.
+    pub pinned: Option<(Arc<Node>, Link)>,
+    /// Set once the session is a raw pipe to a backend (SUBSCRIBE, MONITOR).
+    pub pipe: Option<OwnedWriteHalf>,
+}
+
+impl Session {
+    pub fn new(id: u64, authed: bool) -> Session {
+        Session {
+            id,
+            proto: Proto::Resp2,
+            db: 0,
+            name: None,
+            authed,
+            in_multi: false,
+            watching: false,
+            tx_lost: false,
+            sticky: false,
+            pinned: None,
+            pipe: None,
+        }
+    }
+
+    /// No state that ties the client to its dedicated connection.
+    pub fn is_clean(&self) -> bool {
+        !self.in_multi && !self.watching && !self.sticky && !self.tx_lost && self.db == 0
+    }
+
+    /// The state a new dedicated connection for this client must start in.
+    pub fn link_session(&self) -> LinkSession {
+        LinkSession {
+            proto: self.proto,
+            db: self.db,
+        }
+    }
+
+    /// Forgets the dedicated connection after it died: anything that only
+    /// existed on it is gone.
+    pub fn lose_pinned(&mut self) {
+        self.pinned = None;
+        if self.in_multi || self.watching {
+            self.tx_lost = true;
+        }
+        self.watching = false;
+        self.sticky = false;
+    }
+}

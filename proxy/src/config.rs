@@ -1,0 +1,307 @@
+//! The configuration file (TOML).
+//!
+//! Every section rejects keys it does not know, so a typo is an error rather
+//! than a silently ignored setting, and every error names the field it is
+//! about (`shards.main.nodes[1]: expected host:port ...`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::resp::Limits;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub backend: BackendConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub probe: ProbeConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Shards by name. Today exactly one is supported.
+    pub shards: BTreeMap<String, ShardConfig>,
+}
+
+/// The listener applications connect to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// `host:port` to accept Redis clients on.
+    pub listen: String,
+    /// When set, clients must `AUTH` (or `HELLO ... AUTH`) with this password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Username that goes with `password` (`AUTH user pass`); `default` if unset.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Connections beyond this are refused with Redis's own error.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+}
+
+fn default_max_clients() -> usize {
+    10_000
+}
+
+/// The admin HTTP listener (health, topology, metrics).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port`; no admin listener when unset.
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+/// How Rampart connects to the Redis nodes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// ACL user for the nodes (`AUTH username password`); `default` if unset.
+    pub username: Option<String>,
+    /// Password for the nodes.
+    pub password: Option<String>,
+    /// Shared, pipelined connections per node and protocol version. A client
+    /// always uses the same one, so its commands stay in order.
+    pub links_per_node: usize,
+    /// Idle dedicated connections kept per node for transactions and blocking
+    /// commands.
+    pub idle_dedicated_per_node: usize,
+    pub connect_timeout_ms: u64,
+    /// A shared link whose oldest request has waited this long for a reply is
+    /// closed and its requests fail; blocking commands never use shared links.
+    pub reply_timeout_ms: u64,
+}
+
+impl Default for BackendConfig {
+    fn default() -> BackendConfig {
+        BackendConfig {
+            username: None,
+            password: None,
+            links_per_node: 2,
+            idle_dedicated_per_node: 16,
+            connect_timeout_ms: 1000,
+            reply_timeout_ms: 5000,
+        }
+    }
+}
+
+impl BackendConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn reply_timeout(&self) -> Duration {
+        Duration::from_millis(self.reply_timeout_ms)
+    }
+}
+
+/// Health probes (PING-like `ROLE` requests) to every node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    pub interval_ms: u64,
+    /// A probe unanswered after this long has failed.
+    pub timeout_ms: u64,
+    /// A node that has not answered a probe for this long is down; before
+    /// that, after a failed probe, it is suspect.
+    pub down_after_ms: u64,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> ProbeConfig {
+        ProbeConfig {
+            interval_ms: 100,
+            timeout_ms: 500,
+            down_after_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `rampart=debug`; `RUST_LOG` wins.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One primary and its replicas.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// `host:port` of every node. Which one is primary is discovered from
+    /// the nodes themselves (`ROLE`), never trusted from this list.
+    pub nodes: Vec<String>,
+    /// Where read-only commands go.
+    #[serde(default)]
+    pub read_from: ReadFrom,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    /// Every command to the primary: reads see every acknowledged write.
+    #[default]
+    Primary,
+    /// Reads round-robin over healthy, connected replicas, falling back to
+    /// the primary when there are none. Reads may be slightly stale.
+    Replicas,
+}
+
+/// A configuration mistake, with the field it is about.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Config::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError(e.to_string()))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            ConfigError(format!("field `{path}`: {}", inner.trim_end()))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_addr("proxy.listen", &self.proxy.listen)?;
+        if let Some(listen) = &self.admin.listen {
+            check_addr("admin.listen", listen)?;
+        }
+        if self.shards.is_empty() {
+            return Err(ConfigError(
+                "field `shards`: expected at least one shard, e.g. [shards.main] nodes = [\"127.0.0.1:6379\"]"
+                    .into(),
+            ));
+        }
+        if self.shards.len() > 1 {
+            return Err(ConfigError(format!(
+                "field `shards`: expected exactly one shard (key-based sharding is not supported yet), got {}",
+                self.shards.len()
+            )));
+        }
+        for (name, shard) in &self.shards {
+            if shard.nodes.is_empty() {
+                return Err(ConfigError(format!(
+                    "field `shards.{name}.nodes`: expected at least one host:port"
+                )));
+            }
+            for (i, node) in shard.nodes.iter().enumerate() {
+                check_addr(&format!("shards.{name}.nodes[{i}]"), node)?;
+                if shard.nodes[..i].contains(node) {
+                    return Err(ConfigError(format!(
+                        "field `shards.{name}.nodes[{i}]`: {node} is listed twice"
+                    )));
+                }
+            }
+        }
+        let positive = [
+            ("backend.links_per_node", self.backend.links_per_node as u64),
+            ("backend.connect_timeout_ms", self.backend.connect_timeout_ms),
+            ("backend.reply_timeout_ms", self.backend.reply_timeout_ms),
+            ("probe.interval_ms", self.probe.interval_ms),
+            ("probe.timeout_ms", self.probe.timeout_ms),
+            ("probe.down_after_ms", self.probe.down_after_ms),
+            ("limits.max_pipeline", self.limits.max_pipeline as u64),
+            ("limits.max_reply_depth", self.limits.max_reply_depth as u64),
+            ("proxy.max_clients", self.proxy.max_clients as u64),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(ConfigError(format!(
+                    "field `{field}`: expected a number greater than 0, got 0"
+                )));
+            }
+        }
+        if self.proxy.username.is_some() && self.proxy.password.is_none() {
+            return Err(ConfigError(
+                "field `proxy.username`: set `proxy.password` too, or remove the username".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `host:port` with a non-empty host and a numeric port.
+fn check_addr(field: &str, value: &str) -> Result<(), ConfigError> {
+    let ok = value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "field `{field}`: expected host:port (e.g. 127.0.0.1:6379), got {value:?}"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [proxy]
+        listen = "127.0.0.1:6380"
+        [shards.main]
+        nodes = ["127.0.0.1:7001", "127.0.0.1:7002"]
+        read_from = "replicas"
+    "#;
+
+    #[test]
+    fn good_config_has_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.backend.links_per_node, 2);
+        assert_eq!(c.shards["main"].read_from, ReadFrom::Replicas);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let typo = GOOD.replace("read_from", "read_form");
+        let e = Config::parse(&typo).unwrap_err().0;
+        assert!(e.contains("shards.main") && e.contains("read_form"), "{e}");
+
+        let bad_value = GOOD.replace("\"replicas\"", "\"everywhere\"");
+        let e = Config::parse(&bad_value).unwrap_err().0;
+        assert!(e.contains("shards.main.read_from") && e.contains("primary"), "{e}");
+
+        let bad_addr = GOOD.replace("127.0.0.1:7002", "localhost");
+        let e = Config::parse(&bad_addr).unwrap_err().0;
+        assert!(e.contains("shards.main.nodes[1]") && e.contains("host:port"), "{e}");
+
+        let bad_type = format!("{GOOD}\n[probe]\ninterval_ms = \"fast\"\n");
+        let e = Config::parse(&bad_type).unwrap_err().0;
+        assert!(e.contains("probe.interval_ms"), "{e}");
+    }
+}

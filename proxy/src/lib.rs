@@ -1,0 +1,20 @@
+//! Rampart: a Redis-protocol proxy for a primary and its replicas.
+//!
+//! The request path, folder by folder: `client` (read, parse, reply in
+//! order) -> `route` (which node) -> `backend` (pipelined links, dedicated
+//! connections) -> reply. The control loop: `failover` (probes) ->
+//! `topology` (roles and health). `resp` is the protocol at the edges,
+//! `admin` the HTTP side door.
+
+pub mod admin;
+pub mod backend;
+pub mod client;
+pub mod config;
+pub mod failover;
+pub mod resp;
+pub mod route;
+pub mod server;
+pub mod topology;
+
+pub use config::Config;
+pub use server::Server;

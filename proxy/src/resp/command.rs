@@ -1,0 +1,259 @@
+//! The command table: what kind of thing each command is, as far as routing
+//! and connection state are concerned.
+//!
+//! Rampart does not need Redis's full command metadata. It needs to know
+//! whether a command may be served by a replica, whether it changes the state
+//! of the connection it runs on (and so cannot share a backend link with other
+//! clients), whether it blocks, and whether Rampart answers it itself.
+//! Anything not listed is forwarded to the primary unchanged, so a command
+//! added in a future Redis works through Rampart on day one.
+
+use super::request::{CommandName, Request};
+
+/// How a command travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Read-only: may be served by a replica when the routing policy says so.
+    Read,
+    /// Everything else that runs on a backend: writes, admin, unknown commands.
+    /// Goes to the primary on a shared link.
+    Write,
+    /// Blocks on the server (BLPOP, XREAD BLOCK ...): needs a link of its own
+    /// so it delays nobody else.
+    Blocking,
+    /// `WAIT`/`WAITAOF`: must cover the writes this client made on a shared link.
+    Wait,
+    /// Starts or belongs to a transaction, or watches keys: the client is
+    /// pinned to a dedicated primary connection.
+    Transaction(Tx),
+    /// Changes how the server treats the connection it runs on (CLIENT
+    /// NO-EVICT ...): the client keeps a dedicated connection until RESET.
+    Pin,
+    /// Turns the connection into a stream of pushed messages (SUBSCRIBE,
+    /// MONITOR, CLIENT TRACKING): the client gets a dedicated connection piped
+    /// straight through for the rest of its life.
+    Stream,
+    /// Answered by Rampart without a backend.
+    Local(Local),
+    /// Refused through the proxy; the text says why.
+    Refused(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tx {
+    Multi,
+    Exec,
+    Discard,
+    Watch,
+    Unwatch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    Ping,
+    Echo,
+    Quit,
+    Hello,
+    Auth,
+    Select,
+    Reset,
+    ClientSetName,
+    ClientGetName,
+    ClientId,
+    ClientSetInfo,
+    /// (P|S)UNSUBSCRIBE while not subscribed: Redis answers one frame per
+    /// channel, which a shared link could not match to requests.
+    Unsubscribe,
+    Rampart,
+}
+
+/// Classifies a request. Allocation-free: it runs for every command.
+pub fn classify(req: &Request) -> Class {
+    let name = req.name();
+    let n = name.as_bytes();
+    if let Some(class) = exact(n) {
+        return class;
+    }
+    match n {
+        b"CLIENT" => client_subcommand(req),
+        b"XREAD" | b"XREADGROUP" => {
+            if has_option(req, b"BLOCK") {
+                Class::Blocking
+            } else if n == b"XREAD" {
+                Class::Read
+            } else {
+                // XREADGROUP updates the consumer group: a write.
+                Class::Write
+            }
+        }
+        _ if is_read(n) => Class::Read,
+        _ => Class::Write,
+    }
+}
+
+fn exact(n: &[u8]) -> Option<Class> {
+    use Class::*;
+    Some(match n {
+        b"PING" => Local(self::Local::Ping),
+        b"ECHO" => Local(self::Local::Echo),
+        b"QUIT" => Local(self::Local::Quit),
+        b"HELLO" => Local(self::Local::Hello),
+        b"AUTH" => Local(self::Local::Auth),
+        b"SELECT" => Local(self::Local::Select),
+        b"RESET" => Local(self::Local::Reset),
+        b"RAMPART" => Local(self::Local::Rampart),
+        b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" => Local(self::Local::Unsubscribe),
+        b"MULTI" => Transaction(Tx::Multi),
+        b"EXEC" => Transaction(Tx::Exec),
+        b"DISCARD" => Transaction(Tx::Discard),
+        b"WATCH" => Transaction(Tx::Watch),
+        b"UNWATCH" => Transaction(Tx::Unwatch),
+        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"MONITOR" => Stream,
+        b"BLPOP" | b"BRPOP" | b"BRPOPLPUSH" | b"BLMOVE" | b"BLMPOP" | b"BZPOPMIN"
+        | b"BZPOPMAX" | b"BZMPOP" => Blocking,
+        b"WAIT" | b"WAITAOF" => Wait,
+        b"REPLICAOF" | b"SLAVEOF" | b"FAILOVER" => {
+            Refused("ERR replication is managed by Rampart; use its admin API to change roles")
+        }
+        b"SHUTDOWN" | b"SYNC" | b"PSYNC" => {
+            Refused("ERR this command is not allowed through Rampart")
+        }
+        _ => return None,
+    })
+}
+
+fn client_subcommand(req: &Request) -> Class {
+    let Some(sub) = req.arg_upper(1) else {
+        return Class::Write;
+    };
+    match sub.as_bytes() {
+        b"SETNAME" => Class::Local(Local::ClientSetName),
+        b"GETNAME" => Class::Local(Local::ClientGetName),
+        b"ID" => Class::Local(Local::ClientId),
+        b"SETINFO" => Class::Local(Local::ClientSetInfo),
+        b"TRACKING" => Class::Stream,
+        b"REPLY" => Class::Refused("ERR CLIENT REPLY is not supported through Rampart"),
+        // Options that change how the server treats the connection they run
+        // on must not reach a shared link.
+        b"NO-EVICT" | b"NO-TOUCH" | b"CACHING" => Class::Pin,
+        _ => Class::Write,
+    }
+}
+
+fn has_option(req: &Request, option: &[u8]) -> bool {
+    req.args
+        .iter()
+        .skip(1)
+        .any(|a| CommandName::new(a).as_bytes() == option)
+}
+
+/// Commands flagged `readonly` by Redis that a replica can answer.
+fn is_read(n: &[u8]) -> bool {
+    matches!(
+        n,
+        b"GET"
+            | b"MGET"
+            | b"STRLEN"
+            | b"GETRANGE"
+            | b"SUBSTR"
+            | b"LCS"
+            | b"EXISTS"
+            | b"TYPE"
+            | b"TTL"
+            | b"PTTL"
+            | b"EXPIRETIME"
+            | b"PEXPIRETIME"
+            | b"TOUCH"
+            | b"DUMP"
+            | b"OBJECT"
+            | b"SCAN"
+            | b"KEYS"
+            | b"RANDOMKEY"
+            | b"DBSIZE"
+            | b"SORT_RO"
+            | b"HGET"
+            | b"HMGET"
+            | b"HGETALL"
+            | b"HKEYS"
+            | b"HVALS"
+            | b"HLEN"
+            | b"HEXISTS"
+            | b"HSTRLEN"
+            | b"HSCAN"
+            | b"HRANDFIELD"
+            | b"LRANGE"
+            | b"LINDEX"
+            | b"LLEN"
+            | b"LPOS"
+            | b"SMEMBERS"
+            | b"SISMEMBER"
+            | b"SMISMEMBER"
+            | b"SCARD"
+            | b"SRANDMEMBER"
+            | b"SSCAN"
+            | b"SINTER"
+            | b"SINTERCARD"
+            | b"SUNION"
+            | b"SDIFF"
+            | b"ZRANGE"
+            | b"ZRANGEBYSCORE"
+            | b"ZREVRANGEBYSCORE"
+            | b"ZRANGEBYLEX"
+            | b"ZREVRANGEBYLEX"
+            | b"ZREVRANGE"
+            | b"ZSCORE"
+            | b"ZMSCORE"
+            | b"ZCARD"
+            | b"ZCOUNT"
+            | b"ZLEXCOUNT"
+            | b"ZRANK"
+            | b"ZREVRANK"
+            | b"ZSCAN"
+            | b"ZRANDMEMBER"
+            | b"ZINTER"
+            | b"ZINTERCARD"
+            | b"ZUNION"
+            | b"ZDIFF"
+            | b"XRANGE"
+            | b"XREVRANGE"
+            | b"XLEN"
+            | b"XINFO"
+            | b"XPENDING"
+            | b"GETBIT"
+            | b"BITCOUNT"
+            | b"BITPOS"
+            | b"BITFIELD_RO"
+            | b"PFCOUNT"
+            | b"GEOPOS"
+            | b"GEODIST"
+            | b"GEOHASH"
+            | b"GEOSEARCH"
+            | b"GEORADIUS_RO"
+            | b"GEORADIUSBYMEMBER_RO"
+            | b"EVAL_RO"
+            | b"EVALSHA_RO"
+            | b"FCALL_RO"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(args: &[&str]) -> Class {
+        classify(&Request::from_args(args))
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(class(&["get", "k"]), Class::Read);
+        assert_eq!(class(&["SET", "k", "v"]), Class::Write);
+        assert_eq!(class(&["NOSUCHCMD"]), Class::Write);
+        assert_eq!(class(&["xread", "block", "0", "streams", "s", "$"]), Class::Blocking);
+        assert_eq!(class(&["XREAD", "STREAMS", "s", "0"]), Class::Read);
+        assert_eq!(class(&["client", "setname", "x"]), Class::Local(Local::ClientSetName));
+        assert_eq!(class(&["CLIENT", "TRACKING", "on"]), Class::Stream);
+        assert_eq!(class(&["blpop", "q", "0"]), Class::Blocking);
+        assert!(matches!(class(&["replicaof", "no", "one"]), Class::Refused(_)));
+    }
+}

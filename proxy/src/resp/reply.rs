@@ -1,0 +1,208 @@
+//! Finding where a backend reply ends, without building it.
+//!
+//! Replies from a backend are forwarded to the client as the backend wrote
+//! them: Rampart only needs to know where each one ends to match it to its
+//! request. Building a frame tree for every reply (an `LRANGE` of 100 items is
+//! 101 allocations) would cost more than the forwarding itself, so this scanner
+//! walks RESP2 and RESP3 types, keeping only a stack of counts. It is resumable
+//! so a large reply arriving in pieces is scanned once, and nesting depth is
+//! bounded so a garbled or hostile backend cannot make it grow without limit.
+
+/// A backend sent bytes that are not RESP.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid reply from backend: {0}")]
+pub struct ReplyError(pub &'static str);
+
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    remaining: u64,
+    /// Attribute maps (`|`) decorate the value that follows them, so finishing
+    /// one does not finish an element of the enclosing aggregate.
+    attribute: bool,
+}
+
+/// Resumable scanner for one reply at a time.
+#[derive(Debug)]
+pub struct ReplyScanner {
+    /// Bytes of the current reply already walked.
+    pos: usize,
+    stack: Vec<Open>,
+    max_depth: usize,
+}
+
+impl ReplyScanner {
+    pub fn new(max_depth: usize) -> ReplyScanner {
+        ReplyScanner {
+            pos: 0,
+            stack: Vec::new(),
+            max_depth,
+        }
+    }
+
+    /// `buf` starts at the first byte of a reply. Returns the reply's length
+    /// once it is complete, `None` while more bytes are needed. Call again with
+    /// the same start (and more bytes) after `None`.
+    pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, ReplyError> {
+        loop {
+            let Some(&kind) = buf.get(self.pos) else {
+                return Ok(None);
+            };
+            let Some(line_end) = find_crlf(buf, self.pos + 1) else {
+                return Ok(None);
+            };
+            let line = &buf[self.pos + 1..line_end];
+            let after_line = line_end + 2;
+            match kind {
+                b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => {
+                    self.pos = after_line;
+                }
+                b'$' | b'!' | b'=' => {
+                    let len = super::request::parse_i64(line)
+                        .ok_or(ReplyError("bad blob length"))?;
+                    if len == -1 && kind == b'$' {
+                        self.pos = after_line;
+                    } else if len < 0 {
+                        return Err(ReplyError("bad blob length"));
+                    } else {
+                        let end = after_line
+                            .checked_add(len as usize + 2)
+                            .ok_or(ReplyError("bad blob length"))?;
+                        if buf.len() < end {
+                            return Ok(None);
+                        }
+                        if &buf[end - 2..end] != b"\r\n" {
+                            return Err(ReplyError("blob not terminated by CRLF"));
+                        }
+                        self.pos = end;
+                    }
+                }
+                b'*' | b'%' | b'~' | b'>' | b'|' => {
+                    let n = super::request::parse_i64(line)
+                        .ok_or(ReplyError("bad aggregate length"))?;
+                    self.pos = after_line;
+                    if n == -1 && kind == b'*' {
+                        // RESP2 null array: a complete element.
+                    } else if n < 0 {
+                        return Err(ReplyError("bad aggregate length"));
+                    } else {
+                        let items = if kind == b'%' || kind == b'|' {
+                            (n as u64) * 2
+                        } else {
+                            n as u64
+                        };
+                        if items > 0 {
+                            if self.stack.len() >= self.max_depth {
+                                return Err(ReplyError("reply nested too deeply"));
+                            }
+                            self.stack.push(Open {
+                                remaining: items,
+                                attribute: kind == b'|',
+                            });
+                            continue;
+                        }
+                        if kind == b'|' {
+                            // An empty attribute map: the value still follows.
+                            continue;
+                        }
+                    }
+                }
+                _ => return Err(ReplyError("unknown type byte")),
+            }
+            if self.element_done() {
+                let len = self.pos;
+                self.pos = 0;
+                return Ok(Some(len));
+            }
+        }
+    }
+
+    /// Records one finished element; true when the whole reply is finished.
+    fn element_done(&mut self) -> bool {
+        loop {
+            let Some(top) = self.stack.last_mut() else {
+                return true;
+            };
+            top.remaining -= 1;
+            if top.remaining > 0 {
+                return false;
+            }
+            let finished = self.stack.pop();
+            if finished.is_some_and(|open| open.attribute) {
+                return false;
+            }
+        }
+    }
+}
+
+fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i + 1 < buf.len() {
+        match buf[i..].iter().position(|&b| b == b'\r') {
+            Some(off) => {
+                let cr = i + off;
+                if cr + 1 >= buf.len() {
+                    return None;
+                }
+                if buf[cr + 1] == b'\n' {
+                    return Some(cr);
+                }
+                i = cr + 1;
+            }
+            None => return None,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(input: &[u8]) -> Option<usize> {
+        ReplyScanner::new(64).scan(input).unwrap()
+    }
+
+    #[test]
+    fn every_type() {
+        for frame in [
+            &b"+OK\r\n"[..],
+            b"-ERR no\r\n",
+            b":12\r\n",
+            b"$-1\r\n",
+            b"*-1\r\n",
+            b"$3\r\na\rb\r\n",
+            b"*2\r\n$1\r\na\r\n*1\r\n:1\r\n",
+            b"%1\r\n+k\r\n~2\r\n#t\r\n,1.5\r\n",
+            b"|1\r\n+ttl\r\n:3\r\n$2\r\nhi\r\n",
+            b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n",
+            b"=8\r\ntxt:abcd\r\n",
+            b"*0\r\n",
+            b"_\r\n",
+        ] {
+            assert_eq!(whole(frame), Some(frame.len()), "{:?}", String::from_utf8_lossy(frame));
+            let mut extended = frame.to_vec();
+            extended.extend_from_slice(b"+NEXT\r\n");
+            assert_eq!(whole(&extended), Some(frame.len()));
+        }
+    }
+
+    #[test]
+    fn resumes_byte_by_byte() {
+        let frame = b"*3\r\n$5\r\nhello\r\n%1\r\n:1\r\n:2\r\n+x\r\n";
+        let mut scanner = ReplyScanner::new(64);
+        for end in 1..frame.len() {
+            assert_eq!(scanner.scan(&frame[..end]).unwrap(), None, "at {end}");
+        }
+        assert_eq!(scanner.scan(frame).unwrap(), Some(frame.len()));
+    }
+
+    #[test]
+    fn rejects_garbage_and_depth() {
+        let mut s = ReplyScanner::new(4);
+        assert!(s.scan(b"?what\r\n").is_err());
+        let mut s = ReplyScanner::new(4);
+        assert!(s.scan(b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n").is_err());
+        let mut s = ReplyScanner::new(4);
+        assert!(s.scan(b"$-7\r\n").is_err());
+    }
+}

@@ -1,0 +1,46 @@
+//! Command -> node. Writes, transactions and anything unknown go to the
+//! primary; read-only commands go where the shard's read policy says.
+//!
+//! One small trait per decision: [`ReadPolicy`] picks a replica for a read,
+//! and the algorithms sit side by side in `policies.rs`.
+
+mod policies;
+
+use std::sync::Arc;
+
+pub use policies::{PrimaryOnly, RoundRobinReplicas};
+
+use crate::config::ReadFrom;
+use crate::resp::Class;
+use crate::topology::{Node, Shard};
+
+/// Chooses the node for a read-only command. `None` means "the primary".
+pub trait ReadPolicy: Send + Sync {
+    fn pick<'s>(&self, shard: &'s Shard, client_id: u64) -> Option<&'s Arc<Node>>;
+}
+
+pub fn read_policy(read_from: ReadFrom) -> Box<dyn ReadPolicy> {
+    match read_from {
+        ReadFrom::Primary => Box::new(PrimaryOnly),
+        ReadFrom::Replicas => Box::new(RoundRobinReplicas::default()),
+    }
+}
+
+/// Where a command goes; `Err` when the shard has no primary to send it to.
+pub fn route<'s>(
+    shard: &'s Shard,
+    policy: &dyn ReadPolicy,
+    class: Class,
+    client_id: u64,
+) -> Result<&'s Arc<Node>, NoPrimary> {
+    if class == Class::Read {
+        if let Some(node) = policy.pick(shard, client_id) {
+            return Ok(node);
+        }
+    }
+    shard.primary().ok_or(NoPrimary)
+}
+
+/// The shard has no reachable primary right now.
+#[derive(Debug, Clone, Copy)]
+pub struct NoPrimary;

@@ -1,0 +1,35 @@
+//! The built-in read policies.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::ReadPolicy;
+use crate::topology::{Node, Shard};
+
+/// Every read to the primary: reads see every acknowledged write.
+pub struct PrimaryOnly;
+
+impl ReadPolicy for PrimaryOnly {
+    fn pick<'s>(&self, _shard: &'s Shard, _client_id: u64) -> Option<&'s Arc<Node>> {
+        None
+    }
+}
+
+/// Reads spread over the replicas that are up and following their primary,
+/// in turn; none such means the primary serves them.
+#[derive(Default)]
+pub struct RoundRobinReplicas {
+    next: AtomicUsize,
+}
+
+impl ReadPolicy for RoundRobinReplicas {
+    fn pick<'s>(&self, shard: &'s Shard, _client_id: u64) -> Option<&'s Arc<Node>> {
+        let serving = || shard.nodes.iter().filter(|node| node.serves_reads());
+        let count = serving().count();
+        if count == 0 {
+            return None;
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        serving().nth(turn)
+    }
+}

@@ -1,0 +1,185 @@
+//! Putting it together: builds the topology from the configuration, starts
+//! the probes and the listeners, and hands every accepted client to its own
+//! task.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
+
+use crate::backend::{ConnectOptions, LinkOptions, NodePool};
+use crate::config::Config;
+use crate::route::{read_policy, ReadPolicy};
+use crate::topology::{Health, Node, Shard, Topology};
+use crate::{admin, client, failover};
+
+/// Everything a client task needs, shared by all of them.
+pub struct Context {
+    pub config: Config,
+    pub topology: Topology,
+    /// One per shard, in shard order.
+    pub read_policies: Vec<Box<dyn ReadPolicy>>,
+    pub clients: AtomicUsize,
+    next_client_id: AtomicU64,
+}
+
+/// A running Rampart.
+pub struct Server {
+    pub client_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub context: Arc<Context>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Binds the listeners, starts probing, waits (briefly) for a first
+    /// picture of every shard, then starts accepting clients.
+    pub async fn start(config: Config) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(&config.proxy.listen).await?;
+        let client_addr = listener.local_addr()?;
+        let admin_listener = match &config.admin.listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        let admin_addr = admin_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
+
+        let connect = ConnectOptions {
+            username: config.backend.username.clone(),
+            password: config.backend.password.clone(),
+            timeout: config.backend.connect_timeout(),
+        };
+        let link_options = LinkOptions {
+            connect: connect.clone(),
+            max_reply_depth: config.limits.max_reply_depth,
+            reply_timeout: Some(config.backend.reply_timeout()),
+        };
+        let mut shards = Vec::new();
+        let mut next_id = 0;
+        for (name, shard_config) in &config.shards {
+            let nodes = shard_config
+                .nodes
+                .iter()
+                .map(|addr| {
+                    next_id += 1;
+                    Arc::new_cyclic(|weak: &std::sync::Weak<Node>| {
+                        let weak = weak.clone();
+                        // A failed shared link is a passive health signal.
+                        let on_failure = Arc::new(move |_reason: &str| {
+                            if let Some(node) = weak.upgrade() {
+                                if node.health() == Health::Up {
+                                    node.set_health(Health::Suspect);
+                                }
+                            }
+                        });
+                        let pool = NodePool::new(
+                            addr.clone(),
+                            link_options.clone(),
+                            config.backend.links_per_node,
+                            config.backend.idle_dedicated_per_node,
+                            on_failure,
+                        );
+                        Node::new(next_id, addr.clone(), pool)
+                    })
+                })
+                .collect();
+            shards.push(Arc::new(Shard::new(
+                name.clone(),
+                nodes,
+                shard_config.read_from,
+            )));
+        }
+        let read_policies = shards.iter().map(|s| read_policy(s.read_from)).collect();
+        let context = Arc::new(Context {
+            topology: Topology { shards },
+            read_policies,
+            clients: AtomicUsize::new(0),
+            next_client_id: AtomicU64::new(1),
+            config,
+        });
+
+        let probed = Arc::new(Semaphore::new(0));
+        let mut node_count = 0;
+        for (shard, node) in context.topology.nodes() {
+            node_count += 1;
+            node.pool.warm_up();
+            failover::probe::spawn(
+                shard.clone(),
+                node.clone(),
+                context.config.probe.clone(),
+                connect.clone(),
+                probed.clone(),
+            );
+        }
+        // Accepting clients before the first probes answer would refuse their
+        // first commands for want of a known primary.
+        let first_round = probed.acquire_many(node_count as u32);
+        let _ = tokio::time::timeout(Duration::from_secs(3), first_round).await;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        tokio::spawn(accept_loop(listener, context.clone(), shutdown_rx.clone()));
+        if let Some(listener) = admin_listener {
+            tokio::spawn(admin::serve(listener, context.clone(), shutdown_rx));
+        }
+        tracing::info!(%client_addr, ?admin_addr, "rampart listening");
+        Ok(Server {
+            client_addr,
+            admin_addr,
+            context,
+            shutdown,
+        })
+    }
+
+    /// Stops accepting new clients. Connected clients finish on their own.
+    pub fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let id = ctx.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let ctx = ctx.clone();
+        let span = tracing::debug_span!("client", id, %peer);
+        tokio::spawn(
+            async move {
+                if ctx.clients.fetch_add(1, Ordering::AcqRel) >= ctx.config.proxy.max_clients {
+                    refuse(stream).await;
+                } else {
+                    tracing::debug!("connected");
+                    client::serve(stream, ctx.clone(), id).await;
+                    tracing::debug!("disconnected");
+                }
+                ctx.clients.fetch_sub(1, Ordering::AcqRel);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Redis's answer to one client too many.
+async fn refuse(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = stream
+        .write_all(b"-ERR max number of clients reached\r\n")
+        .await;
+}
