@@ -1,1 +1,283 @@
+//! Test harness: real `redis-server` processes on free loopback ports, a
+//! real Rampart in front of them, and helpers to hurt both.
+//!
+//! Everything started here is stopped when its handle drops, also when a
+//! test fails, so a failing test never leaves servers behind.
 
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use rampart;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// One `redis-server` process.
+pub struct RedisNode {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    replica_of: Option<u16>,
+}
+
+impl RedisNode {
+    /// Starts a node; a replica of `replica_of` when given.
+    pub fn start(replica_of: Option<u16>) -> RedisNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut node = RedisNode {
+            port: free_port(),
+            child: None,
+            dir,
+            replica_of,
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(primary) = self.replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+        }
+        let child = cmd
+            .spawn()
+            .expect("cannot start redis-server: is it installed (apt-get install redis-server)?");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(&format!("redis-server on {port}"), Duration::from_secs(10), || {
+            redis_cli(port, &["PING"]).is_ok_and(|out| out.trim() == "PONG")
+        });
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends a signal (`KILL`, `STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// SIGKILL, and reap the process.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again on the same port (after `kill`).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Runs a command on this node directly (not through Rampart).
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.port, args).unwrap_or_default()
+    }
+
+    /// A field of `INFO` (e.g. `cmdstat_get` from `INFO commandstats`).
+    pub fn info_field(&self, section: &str, field: &str) -> Option<String> {
+        let info = self.cli(&["INFO", section]);
+        info.lines().find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            (k == field).then(|| v.trim().to_string())
+        })
+    }
+
+    /// How many times this node ran `command` (from INFO commandstats).
+    pub fn calls(&self, command: &str) -> u64 {
+        self.info_field("commandstats", &format!("cmdstat_{command}"))
+            .and_then(|v| {
+                v.split(',')
+                    .find_map(|kv| kv.strip_prefix("calls=").map(|n| n.parse().unwrap_or(0)))
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RedisNode {
+    fn drop(&mut self) {
+        // A stopped process ignores SIGKILL until continued on some kernels.
+        self.signal("CONT");
+        self.kill();
+    }
+}
+
+/// Runs `redis-cli -p PORT args...` and returns its stdout.
+pub fn redis_cli(port: u16, args: &[&str]) -> std::io::Result<String> {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A primary and its replicas, replication established.
+pub struct Cluster {
+    pub nodes: Vec<RedisNode>,
+}
+
+impl Cluster {
+    pub fn start(replicas: usize) -> Cluster {
+        let primary = RedisNode::start(None);
+        let port = primary.port;
+        let mut nodes = vec![primary];
+        for _ in 0..replicas {
+            nodes.push(RedisNode::start(Some(port)));
+        }
+        let cluster = Cluster { nodes };
+        cluster.wait_replicas(replicas);
+        cluster
+    }
+
+    pub fn primary(&self) -> &RedisNode {
+        &self.nodes[0]
+    }
+
+    /// Waits until the primary sees `n` replicas online.
+    pub fn wait_replicas(&self, n: usize) {
+        wait_until("replicas to connect", Duration::from_secs(20), || {
+            self.primary()
+                .info_field("replication", "connected_slaves")
+                .and_then(|v| v.parse::<usize>().ok())
+                == Some(n)
+                && self.nodes[1..].iter().all(|r| {
+                    r.info_field("replication", "master_link_status").as_deref() == Some("up")
+                })
+        });
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr()).collect()
+    }
+}
+
+/// A Rampart running in this process on a runtime of its own.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub server: rampart::Server,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Proxy {
+    /// Starts Rampart in front of `nodes`.
+    pub fn start(nodes: &[String], setup: Setup) -> Proxy {
+        let config = config_for(nodes, setup);
+        Proxy::start_with(&config)
+    }
+
+    pub fn start_with(config_text: &str) -> Proxy {
+        let config = rampart::Config::parse(config_text).expect("test config is valid");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let server = runtime
+            .block_on(rampart::Server::start(config))
+            .expect("rampart starts");
+        Proxy {
+            addr: server.client_addr,
+            admin: server.admin_addr,
+            server,
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    /// A redis-rs client for this proxy.
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("client")
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        self.client().get_connection().expect("connect to rampart")
+    }
+
+    /// Runs redis-cli against the proxy.
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.port(), args).unwrap_or_default()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.server.stop();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Extra settings for a test proxy, each a TOML fragment.
+#[derive(Default, Clone, Copy)]
+pub struct Setup<'a> {
+    /// Lines inside `[proxy]` (e.g. `password = "x"`).
+    pub proxy: &'a str,
+    /// Lines inside `[shards.main]` (e.g. `read_from = "replicas"`).
+    pub shard: &'a str,
+    /// Whole sections (e.g. `[backend]\nlinks_per_node = 1`).
+    pub sections: &'a str,
+}
+
+/// The TOML for a proxy on a free port in front of `nodes`.
+pub fn config_for(nodes: &[String], setup: Setup) -> String {
+    let nodes: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[shards.main]\nnodes = [{}]\n{}\n",
+        setup.proxy,
+        if setup.sections.contains("[probe]") { setup.sections.to_string() } else { format!("[probe]\ninterval_ms = 50\n{}", setup.sections) },
+        nodes.join(", "),
+        setup.shard,
+    )
+}
+
+/// Path to a file in the repository (for example configs).
+pub fn repo_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
