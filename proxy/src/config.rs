@@ -228,7 +228,10 @@ impl Config {
         }
         let positive = [
             ("backend.links_per_node", self.backend.links_per_node as u64),
-            ("backend.connect_timeout_ms", self.backend.connect_timeout_ms),
+            (
+                "backend.connect_timeout_ms",
+                self.backend.connect_timeout_ms,
+            ),
             ("backend.reply_timeout_ms", self.backend.reply_timeout_ms),
             ("probe.interval_ms", self.probe.interval_ms),
             ("probe.timeout_ms", self.probe.timeout_ms),
@@ -294,11 +297,17 @@ mod tests {
 
         let bad_value = GOOD.replace("\"replicas\"", "\"everywhere\"");
         let e = Config::parse(&bad_value).unwrap_err().0;
-        assert!(e.contains("shards.main.read_from") && e.contains("primary"), "{e}");
+        assert!(
+            e.contains("shards.main.read_from") && e.contains("primary"),
+            "{e}"
+        );
 
         let bad_addr = GOOD.replace("127.0.0.1:7002", "localhost");
         let e = Config::parse(&bad_addr).unwrap_err().0;
-        assert!(e.contains("shards.main.nodes[1]") && e.contains("host:port"), "{e}");
+        assert!(
+            e.contains("shards.main.nodes[1]") && e.contains("host:port"),
+            "{e}"
+        );
 
         let bad_type = format!("{GOOD}\n[probe]\ninterval_ms = \"fast\"\n");
         let e = Config::parse(&bad_type).unwrap_err().0;

@@ -47,7 +47,10 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(runtime) => runtime,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");

@@ -142,7 +142,11 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

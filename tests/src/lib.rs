@@ -70,9 +70,11 @@ impl RedisNode {
             .expect("cannot start redis-server: is it installed (apt-get install redis-server)?");
         self.child = Some(child);
         let port = self.port;
-        wait_until(&format!("redis-server on {port}"), Duration::from_secs(10), || {
-            redis_cli(port, &["PING"]).is_ok_and(|out| out.trim() == "PONG")
-        });
+        wait_until(
+            &format!("redis-server on {port}"),
+            Duration::from_secs(10),
+            || redis_cli(port, &["PING"]).is_ok_and(|out| out.trim() == "PONG"),
+        );
     }
 
     pub fn addr(&self) -> String {
@@ -279,5 +281,7 @@ pub fn config_for(nodes: &[String], setup: Setup) -> String {
 
 /// Path to a file in the repository (for example configs).
 pub fn repo_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
 }

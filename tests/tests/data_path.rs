@@ -26,14 +26,18 @@ fn every_data_type_through_redis_rs() {
     assert_eq!(h.len(), 2);
 
     let _: () = c.rpush("l", &["x", "y", "z"]).unwrap();
-    assert_eq!(c.lrange::<_, Vec<String>>("l", 0, -1).unwrap(), ["x", "y", "z"]);
+    assert_eq!(
+        c.lrange::<_, Vec<String>>("l", 0, -1).unwrap(),
+        ["x", "y", "z"]
+    );
 
     let _: () = c.sadd("set", &["a", "b", "a"]).unwrap();
     assert_eq!(c.scard::<_, i64>("set").unwrap(), 2);
 
     let _: () = c.zadd_multiple("z", &[(1, "one"), (2, "two")]).unwrap();
     assert_eq!(
-        c.zrange_withscores::<_, Vec<(String, f64)>>("z", 0, -1).unwrap(),
+        c.zrange_withscores::<_, Vec<(String, f64)>>("z", 0, -1)
+            .unwrap(),
         [("one".to_string(), 1.0), ("two".to_string(), 2.0)]
     );
 
@@ -58,7 +62,10 @@ fn every_data_type_through_redis_rs() {
     assert_eq!(sum, 42);
 
     // An unknown command reaches the primary and gets Redis's own answer.
-    let err = redis::cmd("NOSUCHCOMMAND").arg("x").query::<()>(&mut c).unwrap_err();
+    let err = redis::cmd("NOSUCHCOMMAND")
+        .arg("x")
+        .query::<()>(&mut c)
+        .unwrap_err();
     assert!(err.to_string().contains("unknown command"), "{err}");
 }
 
@@ -92,7 +99,11 @@ fn transactions_and_watch() {
     redis::cmd("WATCH").arg("w").exec(&mut c).unwrap();
     let _: () = other.set("w", "changed").unwrap();
     redis::cmd("MULTI").exec(&mut c).unwrap();
-    let queued: String = redis::cmd("SET").arg("w", ).arg("mine").query(&mut c).unwrap();
+    let queued: String = redis::cmd("SET")
+        .arg("w")
+        .arg("mine")
+        .query(&mut c)
+        .unwrap();
     assert_eq!(queued, "QUEUED");
     let exec: Value = redis::cmd("EXEC").query(&mut c).unwrap();
     assert_eq!(exec, Value::Nil);
@@ -101,7 +112,11 @@ fn transactions_and_watch() {
     // Without interference the same transaction commits.
     redis::cmd("WATCH").arg("w").exec(&mut c).unwrap();
     redis::cmd("MULTI").exec(&mut c).unwrap();
-    let _: String = redis::cmd("SET").arg("w").arg("mine").query(&mut c).unwrap();
+    let _: String = redis::cmd("SET")
+        .arg("w")
+        .arg("mine")
+        .query(&mut c)
+        .unwrap();
     let exec: Vec<String> = redis::cmd("EXEC").query(&mut c).unwrap();
     assert_eq!(exec, ["OK"]);
     assert_eq!(c.get::<_, String>("w").unwrap(), "mine");
@@ -177,7 +192,13 @@ fn blpop_is_woken_by_another_client_and_blocks_nobody_else() {
         let clients: String = redis::cmd("INFO").arg("clients").query(&mut c).unwrap();
         clients.contains("blocked_clients:1")
     });
-    let _: String = redis::cmd("XADD").arg("events").arg("*").arg("a").arg("1").query(&mut c).unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("events")
+        .arg("*")
+        .arg("a")
+        .arg("1")
+        .query(&mut c)
+        .unwrap();
     assert!(matches!(reader.join().unwrap(), Value::Array(_)));
 }
 
@@ -190,10 +211,18 @@ fn resp3_via_hello_3() {
     // HGETALL is a RESP3 map when the client speaks RESP3.
     let v: Value = redis::cmd("HGETALL").arg("h3").query(&mut c).unwrap();
     assert!(matches!(v, Value::Map(_)), "{v:?}");
-    let d: Value = redis::cmd("ZSCORE").arg("nozset").arg("m").query(&mut c).unwrap();
+    let d: Value = redis::cmd("ZSCORE")
+        .arg("nozset")
+        .arg("m")
+        .query(&mut c)
+        .unwrap();
     assert_eq!(d, Value::Nil);
     let _: () = c.zadd("z3", "m", 1.5).unwrap();
-    let d: Value = redis::cmd("ZSCORE").arg("z3").arg("m").query(&mut c).unwrap();
+    let d: Value = redis::cmd("ZSCORE")
+        .arg("z3")
+        .arg("m")
+        .query(&mut c)
+        .unwrap();
     assert_eq!(d, Value::Double(1.5));
 
     // A RESP2 client asking the same gets RESP2.
@@ -202,11 +231,10 @@ fn resp3_via_hello_3() {
     assert!(matches!(v, Value::Array(_)), "{v:?}");
 
     // Pushes reach a RESP3 subscriber as pushes.
-    let raw = raw_exchange(
-        proxy.port(),
-        b"HELLO 3\r\nSUBSCRIBE ch\r\n",
-        |seen| seen.windows(b">3\r\n$9\r\nsubscribe".len()).any(|w| w == b">3\r\n$9\r\nsubscribe"),
-    );
+    let raw = raw_exchange(proxy.port(), b"HELLO 3\r\nSUBSCRIBE ch\r\n", |seen| {
+        seen.windows(b">3\r\n$9\r\nsubscribe".len())
+            .any(|w| w == b">3\r\n$9\r\nsubscribe")
+    });
     assert!(raw.starts_with(b"%"), "{}", String::from_utf8_lossy(&raw));
 }
 
@@ -235,20 +263,32 @@ fn redis_cli_inline_and_connection_commands() {
     assert_eq!(proxy.cli(&["ECHO", "x"]).trim(), "x");
 
     // Inline commands, as telnet sends them.
-    let raw = raw_exchange(proxy.port(), b"SET inl \"a b\"\r\nGET inl\r\nPING\r\n", |seen| {
-        seen.ends_with(b"+PONG\r\n")
-    });
+    let raw = raw_exchange(
+        proxy.port(),
+        b"SET inl \"a b\"\r\nGET inl\r\nPING\r\n",
+        |seen| seen.ends_with(b"+PONG\r\n"),
+    );
     assert_eq!(raw, b"+OK\r\n$3\r\na b\r\n+PONG\r\n");
 
     // Connection state is the client's own.
     let mut c = proxy.conn();
-    redis::cmd("CLIENT").arg("SETNAME").arg("worker-1").exec(&mut c).unwrap();
+    redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("worker-1")
+        .exec(&mut c)
+        .unwrap();
     let name: String = redis::cmd("CLIENT").arg("GETNAME").query(&mut c).unwrap();
     assert_eq!(name, "worker-1");
-    let other_name: Option<String> = redis::cmd("CLIENT").arg("GETNAME").query(&mut proxy.conn()).unwrap();
+    let other_name: Option<String> = redis::cmd("CLIENT")
+        .arg("GETNAME")
+        .query(&mut proxy.conn())
+        .unwrap();
     assert_eq!(other_name, None);
     let id1: i64 = redis::cmd("CLIENT").arg("ID").query(&mut c).unwrap();
-    let id2: i64 = redis::cmd("CLIENT").arg("ID").query(&mut proxy.conn()).unwrap();
+    let id2: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query(&mut proxy.conn())
+        .unwrap();
     assert_ne!(id1, id2);
 
     // SELECT: each client sees its own database.
@@ -257,7 +297,10 @@ fn redis_cli_inline_and_connection_commands() {
     assert_eq!(c.get::<_, String>("db3key").unwrap(), "x");
     let mut d0 = proxy.conn();
     assert_eq!(d0.get::<_, Option<String>>("db3key").unwrap(), None);
-    let err = redis::cmd("SELECT").arg(99999).query::<()>(&mut d0).unwrap_err();
+    let err = redis::cmd("SELECT")
+        .arg(99999)
+        .query::<()>(&mut d0)
+        .unwrap_err();
     assert!(err.to_string().contains("out of range"), "{err}");
     redis::cmd("SELECT").arg(0).exec(&mut c).unwrap();
     assert_eq!(c.get::<_, Option<String>>("db3key").unwrap(), None);
@@ -292,14 +335,20 @@ fn proxy_password_and_backend_password() {
     );
     assert!(proxy.cli(&["GET", "x"]).contains("NOAUTH"));
     assert!(proxy.cli(&["AUTH", "wrong"]).contains("WRONGPASS"));
-    assert!(proxy.cli(&["AUTH", "nobody", "front-secret"]).contains("WRONGPASS"));
+    assert!(proxy
+        .cli(&["AUTH", "nobody", "front-secret"])
+        .contains("WRONGPASS"));
     assert_eq!(
         proxy
             .cli(&["-a", "front-secret", "--no-auth-warning", "SET", "x", "1"])
             .trim(),
         "OK"
     );
-    let client = redis::Client::open(format!("redis://:front-secret@{}/?protocol=resp3", proxy.addr)).unwrap();
+    let client = redis::Client::open(format!(
+        "redis://:front-secret@{}/?protocol=resp3",
+        proxy.addr
+    ))
+    .unwrap();
     let mut c = client.get_connection().unwrap();
     assert_eq!(c.get::<_, String>("x").unwrap(), "1");
 }
@@ -315,12 +364,18 @@ fn reads_go_to_replicas_when_configured() {
         },
     );
     wait_until("replicas to serve reads", Duration::from_secs(5), || {
-        proxy.cli(&["RAMPART", "TOPOLOGY"]).matches("\"serves_reads\": true").count() == 2
+        proxy
+            .cli(&["RAMPART", "TOPOLOGY"])
+            .matches("\"serves_reads\": true")
+            .count()
+            == 2
     });
     let mut c = proxy.conn();
     let _: () = c.set("r", "v").unwrap();
     wait_until("replication", Duration::from_secs(5), || {
-        cluster.nodes[1..].iter().all(|n| n.cli(&["GET", "r"]).trim() == "v")
+        cluster.nodes[1..]
+            .iter()
+            .all(|n| n.cli(&["GET", "r"]).trim() == "v")
     });
     let before: Vec<u64> = cluster.nodes.iter().map(|n| n.calls("get")).collect();
     for _ in 0..200 {
@@ -339,7 +394,10 @@ fn reads_go_to_replicas_when_configured() {
     for _ in 0..50 {
         let _: String = primary_only.conn().get("r").unwrap();
     }
-    assert_eq!(cluster.nodes[1].calls("get") + cluster.nodes[2].calls("get"), before);
+    assert_eq!(
+        cluster.nodes[1].calls("get") + cluster.nodes[2].calls("get"),
+        before
+    );
 }
 
 #[test]

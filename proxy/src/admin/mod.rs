@@ -54,7 +54,10 @@ fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("no reachable primary for shard(s): {}\n", missing.join(", ")),
+                    &format!(
+                        "no reachable primary for shard(s): {}\n",
+                        missing.join(", ")
+                    ),
                 )
             }
         }

@@ -81,7 +81,9 @@ pub fn frame_text(frame: &OwnedFrame) -> Option<String> {
     match frame {
         OwnedFrame::BlobString { data, .. }
         | OwnedFrame::SimpleString { data, .. }
-        | OwnedFrame::VerbatimString { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
+        | OwnedFrame::VerbatimString { data, .. } => {
+            Some(String::from_utf8_lossy(data).into_owned())
+        }
         OwnedFrame::Number { data, .. } => Some(data.to_string()),
         _ => None,
     }

@@ -116,7 +116,11 @@ impl Link {
     }
 
     /// A dedicated link on a fresh connection, for one client's session.
-    pub async fn dedicated(addr: &str, opts: LinkOptions, session: Session) -> std::io::Result<Link> {
+    pub async fn dedicated(
+        addr: &str,
+        opts: LinkOptions,
+        session: Session,
+    ) -> std::io::Result<Link> {
         let stream = connect(addr, &opts.connect, session).await?;
         let (tx, mut rx) = mpsc::channel(QUEUE);
         let state = Arc::new(State {
@@ -163,8 +167,10 @@ impl Link {
 }
 
 fn lost(addr: &str, reason: &str) -> Arc<str> {
-    format!("ERR rampart: connection to {addr} lost ({reason}); the command may or may not have run")
-        .into()
+    format!(
+        "ERR rampart: connection to {addr} lost ({reason}); the command may or may not have run"
+    )
+    .into()
 }
 
 fn unavailable(addr: &str, reason: &str) -> Arc<str> {

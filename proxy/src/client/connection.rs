@@ -116,7 +116,9 @@ impl Connection {
                     | Class::Local(crate::resp::command::Local::Quit)
             )
         {
-            return self.reply(Value::err("NOAUTH Authentication required.")).await;
+            return self
+                .reply(Value::err("NOAUTH Authentication required."))
+                .await;
         }
         if self.session.tx_lost && self.session.in_multi {
             return self.in_lost_transaction(class, req).await;
@@ -158,7 +160,21 @@ impl Connection {
                     .await;
             }
         };
-        let link = node.pool.shared(self.session.proto, self.session.id).clone();
+        let mut link = node
+            .pool
+            .shared(self.session.proto, self.session.id)
+            .clone();
+        let mut node = node;
+        if !link.is_up() && class == Class::Read {
+            // A replica whose link is reconnecting: the primary can answer.
+            if let Some(primary) = shard.primary() {
+                link = primary
+                    .pool
+                    .shared(self.session.proto, self.session.id)
+                    .clone();
+                node = primary.clone();
+            }
+        }
         self.add(node, link, req.raw).await
     }
 

@@ -29,7 +29,11 @@ impl Connection {
         match local {
             // Inside a transaction these are queued by the server like any
             // other command and answered in EXEC's reply.
-            Local::Ping | Local::Echo | Local::ClientSetName | Local::ClientGetName | Local::ClientSetInfo
+            Local::Ping
+            | Local::Echo
+            | Local::ClientSetName
+            | Local::ClientGetName
+            | Local::ClientSetInfo
                 if in_multi =>
             {
                 self.pinned(req).await
@@ -137,7 +141,11 @@ impl Connection {
             proto = match parse_i64(version) {
                 Some(2) => Proto::Resp2,
                 Some(3) => Proto::Resp3,
-                Some(_) => return self.reply(Value::err("NOPROTO unsupported protocol version")).await,
+                Some(_) => {
+                    return self
+                        .reply(Value::err("NOPROTO unsupported protocol version"))
+                        .await
+                }
                 None => {
                     return self
                         .reply(Value::err(
@@ -244,8 +252,14 @@ impl Connection {
         .await;
         let reply = match rx.await {
             Ok(reply) if reply.got == 1 => reply.data,
-            Ok(reply) => Value::err(reply.error.as_deref().unwrap_or("ERR rampart: SELECT failed").to_string())
-                .encode(self.session.proto),
+            Ok(reply) => Value::err(
+                reply
+                    .error
+                    .as_deref()
+                    .unwrap_or("ERR rampart: SELECT failed")
+                    .to_string(),
+            )
+            .encode(self.session.proto),
             Err(_) => Value::err("ERR rampart: SELECT failed").encode(self.session.proto),
         };
         if reply.starts_with(b"+") {
@@ -274,10 +288,12 @@ impl Connection {
     fn rampart(&self, req: &Request) -> Value {
         let sub = req.arg_upper(1);
         match sub.as_ref().map(|s| s.as_bytes()) {
-            Some(b"TOPOLOGY") => match serde_json::to_string_pretty(&self.ctx.topology.snapshot()) {
-                Ok(json) => Value::bulk(json),
-                Err(e) => Value::err(format!("ERR {e}")),
-            },
+            Some(b"TOPOLOGY") => {
+                match serde_json::to_string_pretty(&self.ctx.topology.snapshot()) {
+                    Ok(json) => Value::bulk(json),
+                    Err(e) => Value::err(format!("ERR {e}")),
+                }
+            }
             Some(b"HELP") => Value::Array(
                 [
                     "RAMPART <subcommand>. Subcommands are:",

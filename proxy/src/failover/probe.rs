@@ -106,7 +106,9 @@ async fn probe_once(
     if control.is_none() {
         let mut fresh = Control::connect(&node.addr, opts).await?;
         if let Ok(info) = fresh.call(&["INFO", "server"], timeout).await {
-            if let Some(version) = frame_text(&info).and_then(|text| info_field(&text, "redis_version")) {
+            if let Some(version) =
+                frame_text(&info).and_then(|text| info_field(&text, "redis_version"))
+            {
                 *node.version.lock().unwrap_or_else(|p| p.into_inner()) = Some(version);
             }
         }

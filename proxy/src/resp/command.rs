@@ -109,8 +109,8 @@ fn exact(n: &[u8]) -> Option<Class> {
         b"WATCH" => Transaction(Tx::Watch),
         b"UNWATCH" => Transaction(Tx::Unwatch),
         b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"MONITOR" => Stream,
-        b"BLPOP" | b"BRPOP" | b"BRPOPLPUSH" | b"BLMOVE" | b"BLMPOP" | b"BZPOPMIN"
-        | b"BZPOPMAX" | b"BZMPOP" => Blocking,
+        b"BLPOP" | b"BRPOP" | b"BRPOPLPUSH" | b"BLMOVE" | b"BLMPOP" | b"BZPOPMIN" | b"BZPOPMAX"
+        | b"BZMPOP" => Blocking,
         b"WAIT" | b"WAITAOF" => Wait,
         b"REPLICAOF" | b"SLAVEOF" | b"FAILOVER" => {
             Refused("ERR replication is managed by Rampart; use its admin API to change roles")
@@ -249,11 +249,20 @@ mod tests {
         assert_eq!(class(&["get", "k"]), Class::Read);
         assert_eq!(class(&["SET", "k", "v"]), Class::Write);
         assert_eq!(class(&["NOSUCHCMD"]), Class::Write);
-        assert_eq!(class(&["xread", "block", "0", "streams", "s", "$"]), Class::Blocking);
+        assert_eq!(
+            class(&["xread", "block", "0", "streams", "s", "$"]),
+            Class::Blocking
+        );
         assert_eq!(class(&["XREAD", "STREAMS", "s", "0"]), Class::Read);
-        assert_eq!(class(&["client", "setname", "x"]), Class::Local(Local::ClientSetName));
+        assert_eq!(
+            class(&["client", "setname", "x"]),
+            Class::Local(Local::ClientSetName)
+        );
         assert_eq!(class(&["CLIENT", "TRACKING", "on"]), Class::Stream);
         assert_eq!(class(&["blpop", "q", "0"]), Class::Blocking);
-        assert!(matches!(class(&["replicaof", "no", "one"]), Class::Refused(_)));
+        assert!(matches!(
+            class(&["replicaof", "no", "one"]),
+            Class::Refused(_)
+        ));
     }
 }

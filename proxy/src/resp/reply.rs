@@ -57,8 +57,8 @@ impl ReplyScanner {
                     self.pos = after_line;
                 }
                 b'$' | b'!' | b'=' => {
-                    let len = super::request::parse_i64(line)
-                        .ok_or(ReplyError("bad blob length"))?;
+                    let len =
+                        super::request::parse_i64(line).ok_or(ReplyError("bad blob length"))?;
                     if len == -1 && kind == b'$' {
                         self.pos = after_line;
                     } else if len < 0 {
@@ -179,7 +179,12 @@ mod tests {
             b"*0\r\n",
             b"_\r\n",
         ] {
-            assert_eq!(whole(frame), Some(frame.len()), "{:?}", String::from_utf8_lossy(frame));
+            assert_eq!(
+                whole(frame),
+                Some(frame.len()),
+                "{:?}",
+                String::from_utf8_lossy(frame)
+            );
             let mut extended = frame.to_vec();
             extended.extend_from_slice(b"+NEXT\r\n");
             assert_eq!(whole(&extended), Some(frame.len()));

@@ -458,10 +458,14 @@ mod tests {
 
     #[test]
     fn multibulk_and_inline() {
-        let reqs = parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nSET a \"b c\\x41\"\r\n\r\n*0\r\n").unwrap();
+        let reqs =
+            parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nSET a \"b c\\x41\"\r\n\r\n*0\r\n").unwrap();
         assert_eq!(reqs.len(), 2);
         assert_eq!(reqs[0], vec![b"GET".to_vec(), b"k".to_vec()]);
-        assert_eq!(reqs[1], vec![b"SET".to_vec(), b"a".to_vec(), b"b cA".to_vec()]);
+        assert_eq!(
+            reqs[1],
+            vec![b"SET".to_vec(), b"a".to_vec(), b"b cA".to_vec()]
+        );
     }
 
     #[test]
@@ -486,12 +490,27 @@ mod tests {
     fn redis_wording_for_bad_input() {
         let err = |input: &[u8]| parse_all(input).unwrap_err().to_string();
         assert_eq!(err(b"*abc\r\n"), "Protocol error: invalid multibulk length");
-        assert_eq!(err(b"*99999999999\r\n"), "Protocol error: invalid multibulk length");
-        assert_eq!(err(b"*1\r\n+x\r\n"), "Protocol error: expected '$', got '+'");
+        assert_eq!(
+            err(b"*99999999999\r\n"),
+            "Protocol error: invalid multibulk length"
+        );
+        assert_eq!(
+            err(b"*1\r\n+x\r\n"),
+            "Protocol error: expected '$', got '+'"
+        );
         assert_eq!(err(b"*1\r\n$-5\r\n"), "Protocol error: invalid bulk length");
-        assert_eq!(err(b"*1\r\n$999999999999\r\n"), "Protocol error: invalid bulk length");
-        assert_eq!(err(b"SET \"a\r\n"), "Protocol error: unbalanced quotes in request");
-        assert_eq!(err(&vec![b'a'; 70_000]), "Protocol error: too big inline request");
+        assert_eq!(
+            err(b"*1\r\n$999999999999\r\n"),
+            "Protocol error: invalid bulk length"
+        );
+        assert_eq!(
+            err(b"SET \"a\r\n"),
+            "Protocol error: unbalanced quotes in request"
+        );
+        assert_eq!(
+            err(&vec![b'a'; 70_000]),
+            "Protocol error: too big inline request"
+        );
         let mut long = b"*".to_vec();
         long.extend(vec![b'1'; 70_000]);
         assert_eq!(err(&long), "Protocol error: too big mbulk count string");

@@ -173,7 +173,9 @@ impl Shard {
         let before = self.primary.swap(chosen, Ordering::AcqRel);
         if before != chosen {
             match self.nodes.get(chosen) {
-                Some(node) => tracing::info!(shard = %self.name, primary = %node.addr, "primary discovered"),
+                Some(node) => {
+                    tracing::info!(shard = %self.name, primary = %node.addr, "primary discovered")
+                }
                 None => tracing::warn!(shard = %self.name, "no reachable primary"),
             }
         }
