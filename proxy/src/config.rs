@@ -45,6 +45,10 @@ pub struct ProxyConfig {
     /// Connections beyond this are refused with Redis's own error.
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
+    /// Threads serving clients, each with its own event loop and its own
+    /// backend links (0 = one per CPU core).
+    #[serde(default)]
+    pub workers: usize,
 }
 
 fn default_max_clients() -> usize {
@@ -78,6 +82,16 @@ pub struct BackendConfig {
     /// A shared link whose oldest request has waited this long for a reply is
     /// closed and its requests fail; blocking commands never use shared links.
     pub reply_timeout_ms: u64,
+}
+
+impl ProxyConfig {
+    /// The number of worker threads to run.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
 }
 
 impl Default for BackendConfig {

@@ -15,6 +15,7 @@ pub mod resp;
 pub mod route;
 pub mod server;
 pub mod topology;
+pub mod worker;
 
 pub use config::Config;
 pub use server::Server;

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
-use tracing::Instrument;
 
 use crate::backend::{ConnectOptions, LinkOptions, NodePool};
 use crate::config::Config;
 use crate::route::{read_policy, ReadPolicy};
 use crate::topology::{Health, Node, Shard, Topology};
-use crate::{admin, client, failover};
+use crate::worker::{NewClient, Workers};
+use crate::{admin, failover};
 
 /// Everything a client task needs, shared by all of them.
 pub struct Context {
@@ -83,6 +83,7 @@ impl Server {
                             link_options.clone(),
                             config.backend.links_per_node,
                             config.backend.idle_dedicated_per_node,
+                            config.proxy.worker_count(),
                             on_failure,
                         );
                         Node::new(next_id, addr.clone(), pool)
@@ -108,7 +109,6 @@ impl Server {
         let mut node_count = 0;
         for (shard, node) in context.topology.nodes() {
             node_count += 1;
-            node.pool.warm_up();
             failover::probe::spawn(
                 shard.clone(),
                 node.clone(),
@@ -122,8 +122,14 @@ impl Server {
         let first_round = probed.acquire_many(node_count as u32);
         let _ = tokio::time::timeout(Duration::from_secs(3), first_round).await;
 
+        let workers = Workers::start(&context, context.config.proxy.worker_count())?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        tokio::spawn(accept_loop(listener, context.clone(), shutdown_rx.clone()));
+        tokio::spawn(accept_loop(
+            listener,
+            context.clone(),
+            workers,
+            shutdown_rx.clone(),
+        ));
         if let Some(listener) = admin_listener {
             tokio::spawn(admin::serve(listener, context.clone(), shutdown_rx));
         }
@@ -145,6 +151,7 @@ impl Server {
 async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<Context>,
+    workers: Workers,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -161,22 +168,40 @@ async fn accept_loop(
                 continue;
             }
         };
+        let slot = ClientSlot::take(&ctx);
+        if ctx.clients.load(Ordering::Acquire) > ctx.config.proxy.max_clients {
+            tokio::spawn(async move {
+                refuse(stream).await;
+                drop(slot);
+            });
+            continue;
+        }
         let id = ctx.next_client_id.fetch_add(1, Ordering::Relaxed);
-        let ctx = ctx.clone();
-        let span = tracing::debug_span!("client", id, %peer);
-        tokio::spawn(
-            async move {
-                if ctx.clients.fetch_add(1, Ordering::AcqRel) >= ctx.config.proxy.max_clients {
-                    refuse(stream).await;
-                } else {
-                    tracing::debug!("connected");
-                    client::serve(stream, ctx.clone(), id).await;
-                    tracing::debug!("disconnected");
-                }
-                ctx.clients.fetch_sub(1, Ordering::AcqRel);
-            }
-            .instrument(span),
-        );
+        match stream.into_std() {
+            Ok(stream) => workers.dispatch(NewClient {
+                stream,
+                id,
+                peer,
+                slot,
+            }),
+            Err(e) => tracing::warn!(error = %e, "cannot hand over a client"),
+        }
+    }
+}
+
+/// Counts a connected client for `max_clients` while it lives.
+pub struct ClientSlot(Arc<Context>);
+
+impl ClientSlot {
+    fn take(ctx: &Arc<Context>) -> ClientSlot {
+        ctx.clients.fetch_add(1, Ordering::AcqRel);
+        ClientSlot(ctx.clone())
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -245,9 +245,11 @@ async fn serve(
         consumed: 0,
         done: 0,
     };
+    let progress = Progress::default();
     let reason = tokio::select! {
         r = write_loop(wr, rx, inflight_tx) => r,
-        r = reader.run(rd, &mut inflight_rx, opts.reply_timeout) => r,
+        r = reader.run(rd, &mut inflight_rx, &progress) => r,
+        r = watchdog(&progress, opts.reply_timeout) => r,
     };
     let reason = match reason {
         Ok(()) => "closed".to_string(),
@@ -285,6 +287,34 @@ async fn write_loop(
     Ok(())
 }
 
+/// What the watchdog needs to see of the reader. A timer per read would
+/// cost a timer registration (and a wake-up of the event loop) per reply;
+/// one coarse watchdog per link costs nothing on the request path.
+#[derive(Default)]
+struct Progress {
+    /// The reader is waiting for replies it is owed.
+    waiting: AtomicBool,
+    /// Reads completed so far.
+    reads: std::sync::atomic::AtomicU64,
+}
+
+/// Fails the link when it has owed replies for a whole `limit` with no read
+/// completing. Detection takes between one and two `limit`s.
+async fn watchdog(progress: &Progress, limit: Option<Duration>) -> Result<(), String> {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    let mut last = progress.reads.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(limit).await;
+        let now = progress.reads.load(Ordering::Relaxed);
+        if progress.waiting.load(Ordering::Relaxed) && now == last {
+            return Err(format!("no reply within {} ms", limit.as_millis()));
+        }
+        last = now;
+    }
+}
+
 struct Reader {
     buf: BytesMut,
     scanner: ReplyScanner,
@@ -300,7 +330,7 @@ impl Reader {
         &mut self,
         mut rd: OwnedReadHalf,
         inflight: &mut mpsc::UnboundedReceiver<InFlight>,
-        timeout: Option<Duration>,
+        progress: &Progress,
     ) -> Result<(), String> {
         loop {
             self.deliver(inflight)?;
@@ -321,14 +351,13 @@ impl Reader {
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(64 * 1024);
             }
-            let read = rd.read_buf(&mut self.buf);
-            let n = match timeout {
-                Some(limit) => tokio::time::timeout(limit, read)
-                    .await
-                    .map_err(|_| format!("no reply within {} ms", limit.as_millis()))?,
-                None => read.await,
-            }
-            .map_err(|e| e.to_string())?;
+            progress.waiting.store(true, Ordering::Relaxed);
+            let n = rd
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| e.to_string())?;
+            progress.waiting.store(false, Ordering::Relaxed);
+            progress.reads.fetch_add(1, Ordering::Relaxed);
             if n == 0 {
                 return Err("closed by the server".into());
             }

@@ -23,10 +23,13 @@ pub struct NodePool {
     links_per_node: usize,
     max_idle: usize,
     on_failure: OnFailure,
-    /// Shared links, RESP2 and RESP3, opened on first use.
-    shared: [OnceLock<Vec<Link>>; 2],
-    /// Clean dedicated links (database 0, no transaction), per protocol.
-    idle: [Mutex<Vec<Link>>; 2],
+    /// Per worker thread (plus one slot for other threads): shared links,
+    /// RESP2 and RESP3, opened on first use by that thread so their tasks
+    /// run on its event loop.
+    shared: Vec<[OnceLock<Vec<Link>>; 2]>,
+    /// Per worker thread: clean dedicated links (database 0, no
+    /// transaction), per protocol.
+    idle: Vec<[Mutex<Vec<Link>>; 2]>,
 }
 
 fn slot(proto: Proto) -> usize {
@@ -42,6 +45,7 @@ impl NodePool {
         opts: LinkOptions,
         links_per_node: usize,
         max_idle: usize,
+        workers: usize,
         on_failure: OnFailure,
     ) -> NodePool {
         NodePool {
@@ -50,14 +54,25 @@ impl NodePool {
             links_per_node,
             max_idle,
             on_failure,
-            shared: [OnceLock::new(), OnceLock::new()],
-            idle: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
+            shared: (0..=workers)
+                .map(|_| [OnceLock::new(), OnceLock::new()])
+                .collect(),
+            idle: (0..=workers)
+                .map(|_| [Mutex::new(Vec::new()), Mutex::new(Vec::new())])
+                .collect(),
         }
+    }
+
+    /// This thread's slot in the per-worker vectors.
+    fn here(&self) -> usize {
+        crate::worker::current()
+            .unwrap_or(usize::MAX)
+            .min(self.shared.len() - 1)
     }
 
     /// The shared link a client uses for this node.
     pub fn shared(&self, proto: Proto, client_id: u64) -> &Link {
-        let links = self.shared[slot(proto)].get_or_init(|| {
+        let links = self.shared[self.here()][slot(proto)].get_or_init(|| {
             (0..self.links_per_node)
                 .map(|_| {
                     Link::shared(
@@ -80,7 +95,7 @@ impl NodePool {
     /// A dedicated link in the given session state.
     pub async fn dedicated(&self, session: Session) -> std::io::Result<Link> {
         if session.db == 0 {
-            let mut idle = self.idle[slot(session.proto)]
+            let mut idle = self.idle[self.here()][slot(session.proto)]
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             while let Some(link) = idle.pop() {
@@ -102,7 +117,7 @@ impl NodePool {
         if !link.is_up() {
             return;
         }
-        let mut idle = self.idle[slot(proto)]
+        let mut idle = self.idle[self.here()][slot(proto)]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {

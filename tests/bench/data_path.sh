@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Data-path benchmark: redis-benchmark against Redis directly, through
+# Rampart, and through twemproxy (nutcracker), side by side in one run, at
+# -P 1 and -P 16. Prints requests/s, p50/p99 and the ratios
+# Rampart/direct and Rampart/twemproxy; then Rampart's idle memory and what
+# 1,000 idle clients add.
+#
+#   tests/bench/data_path.sh [requests-per-test]
+#
+# Needs redis-server, redis-tools and nutcracker (Debian packages).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${1:-200000}
+TESTS=set,get,incr,lpush,lrange_100
+
+for tool in redis-server redis-benchmark nutcracker python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y redis-server redis-tools nutcracker)" >&2; exit 1; }
+done
+cargo build --release -q -p rampart
+
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do redis-cli -p "$1" PING >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "port $1 did not come up" >&2; exit 1; }
+
+REDIS=$(free_port); RAMPART=$(free_port); TWEM=$(free_port)
+redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
+pids+=($!)
+wait_port "$REDIS"
+
+cat > "$work/rampart.toml" <<TOML
+[proxy]
+listen = "127.0.0.1:$RAMPART"
+[log]
+level = "warn"
+[shards.main]
+nodes = ["127.0.0.1:$REDIS"]
+TOML
+./target/release/rampart run --config "$work/rampart.toml" &
+RAMPART_PID=$!
+pids+=($RAMPART_PID)
+wait_port "$RAMPART"
+
+cat > "$work/twemproxy.yml" <<YML
+bench:
+  listen: 127.0.0.1:$TWEM
+  hash: fnv1a_64
+  distribution: ketama
+  redis: true
+  auto_eject_hosts: false
+  servers:
+   - 127.0.0.1:$REDIS:1
+YML
+nutcracker -c "$work/twemproxy.yml" -s "$(free_port)" -o "$work/twemproxy.log" &
+pids+=($!)
+wait_port "$TWEM"
+
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+idle_rss=$(rss_kib "$RAMPART_PID")
+
+run() { # target-name port pipeline
+  redis-benchmark -p "$2" -c 50 -n "$N" -P "$3" -t "$TESTS" --csv -q 2>/dev/null \
+    | sed "s/^/$1,$3,/" >> "$work/results.csv"
+}
+for P in 1 16; do
+  # Interleaved so that machine noise hits all three alike.
+  run direct "$REDIS" "$P"
+  run rampart "$RAMPART" "$P"
+  run twemproxy "$TWEM" "$P"
+done
+
+python3 - "$work/results.csv" <<'PY'
+import csv, sys
+rows = {}
+for r in csv.reader(open(sys.argv[1])):
+    if len(r) < 5 or r[2] == "test":
+        continue
+    target, p, test = r[0], r[1], r[2].split()[0]
+    rows[(target, p, test)] = (float(r[3]), float(r[6]), float(r[8]))  # rps, p50, p99
+tests = []
+for (_, _, t) in rows:
+    if t not in tests:
+        tests.append(t)
+print(f"{'test':<12}{'-P':>4}{'direct rps':>13}{'rampart rps':>13}{'twemproxy rps':>15}"
+      f"{'R/direct':>10}{'R/twem':>8}   p50/p99 ms (direct | rampart | twemproxy)")
+ratios = {}
+for p in ("1", "16"):
+    for t in tests:
+        d, r, w = (rows.get((x, p, t)) for x in ("direct", "rampart", "twemproxy"))
+        if not (d and r and w):
+            continue
+        rd, rw = r[0] / d[0], r[0] / w[0]
+        ratios.setdefault(p, []).append(rw)
+        print(f"{t:<12}{p:>4}{d[0]:>13.0f}{r[0]:>13.0f}{w[0]:>15.0f}{rd:>10.2f}{rw:>8.2f}"
+              f"   {d[1]:.2f}/{d[2]:.2f} | {r[1]:.2f}/{r[2]:.2f} | {w[1]:.2f}/{w[2]:.2f}")
+for p, rs in ratios.items():
+    geo = 1.0
+    for x in rs:
+        geo *= x
+    geo **= 1 / len(rs)
+    print(f"-P {p}: Rampart/twemproxy geometric mean {geo:.2f}")
+PY
+
+# Memory: 1,000 idle clients, each having sent one PING.
+python3 - "$RAMPART" <<'PY' &
+import socket, sys, time
+socks = []
+for _ in range(1000):
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    s.sendall(b"PING\r\n")
+    socks.append(s)
+for s in socks:
+    s.recv(16)
+open("/tmp/rampart-bench-clients-ready", "w").close()
+time.sleep(5)
+PY
+holder=$!
+for _ in $(seq 100); do [ -f /tmp/rampart-bench-clients-ready ] && break; sleep 0.1; done
+busy_rss=$(rss_kib "$RAMPART_PID")
+rm -f /tmp/rampart-bench-clients-ready
+wait "$holder" || true
+echo "Rampart RSS: idle $((idle_rss / 1024)) MiB (before the benchmark); with 1,000 idle clients after it $((busy_rss / 1024)) MiB"
