@@ -5,12 +5,17 @@
 # Rampart/direct and Rampart/twemproxy; then Rampart's idle memory and what
 # 1,000 idle clients add.
 #
-#   tests/bench/data_path.sh [requests-per-test]
+#   tests/bench/data_path.sh [requests-per-test] [rounds]
+#
+# The machines this runs on are noisy: each configuration runs `rounds`
+# times (default 3), interleaved so that noise hits all three alike, and
+# the median is reported. RAMPART_WORKERS sets Rampart's worker threads.
 #
 # Needs redis-server, redis-tools and nutcracker (Debian packages).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-N=${1:-200000}
+N=${1:-100000}
+ROUNDS=${2:-3}
 TESTS=set,get,incr,lpush,lrange_100
 
 for tool in redis-server redis-benchmark nutcracker python3; do
@@ -34,6 +39,7 @@ wait_port "$REDIS"
 cat > "$work/rampart.toml" <<TOML
 [proxy]
 listen = "127.0.0.1:$RAMPART"
+workers = ${RAMPART_WORKERS:-0}
 [log]
 level = "warn"
 [shards.main]
@@ -65,25 +71,29 @@ run() { # target-name port pipeline
   redis-benchmark -p "$2" -c 50 -n "$N" -P "$3" -t "$TESTS" --csv -q 2>/dev/null \
     | sed "s/^/$1,$3,/" >> "$work/results.csv"
 }
-for P in 1 16; do
-  # Interleaved so that machine noise hits all three alike.
-  run direct "$REDIS" "$P"
-  run rampart "$RAMPART" "$P"
-  run twemproxy "$TWEM" "$P"
+for round in $(seq "$ROUNDS"); do
+  for P in 1 16; do
+    run direct "$REDIS" "$P"
+    run rampart "$RAMPART" "$P"
+    run twemproxy "$TWEM" "$P"
+  done
 done
 
 python3 - "$work/results.csv" <<'PY'
-import csv, sys
-rows = {}
+import csv, statistics, sys
+runs = {}
 for r in csv.reader(open(sys.argv[1])):
     if len(r) < 5 or r[2] == "test":
         continue
     target, p, test = r[0], r[1], r[2].split()[0]
-    rows[(target, p, test)] = (float(r[3]), float(r[6]), float(r[8]))  # rps, p50, p99
+    runs.setdefault((target, p, test), []).append((float(r[3]), float(r[6]), float(r[8])))
+# The median run by requests/s, with its latencies.
+rows = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
 tests = []
 for (_, _, t) in rows:
     if t not in tests:
         tests.append(t)
+print(f"median of {len(next(iter(runs.values())))} interleaved runs each")
 print(f"{'test':<12}{'-P':>4}{'direct rps':>13}{'rampart rps':>13}{'twemproxy rps':>15}"
       f"{'R/direct':>10}{'R/twem':>8}   p50/p99 ms (direct | rampart | twemproxy)")
 ratios = {}

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
 
 use super::session::Session;
-use super::writer::Pending;
+use super::writer::{Pending, Replies};
 use crate::backend::{Batch, Link};
 use crate::resp::command::{Class, Tx};
 use crate::resp::{classify, Request, RequestParser, Value};
@@ -45,59 +45,121 @@ pub struct Connection {
     pub(super) session: Session,
     parser: RequestParser,
     buf: BytesMut,
-    pending: mpsc::Sender<Pending>,
-    in_flight: Arc<Semaphore>,
+    replies: Replies,
     open: Option<OpenBatch>,
+    /// Set when the session becomes a pipe: the backend side to copy from.
+    pipe_from: Option<OwnedReadHalf>,
 }
 
 impl Connection {
-    pub fn new(ctx: Arc<Context>, id: u64, pending: mpsc::Sender<Pending>) -> Connection {
+    pub fn new(ctx: Arc<Context>, id: u64, wr: OwnedWriteHalf) -> Connection {
         let limits = ctx.config.limits;
         let authed = ctx.config.proxy.password.is_none();
         Connection {
             session: Session::new(id, authed),
             parser: RequestParser::new(limits),
             buf: BytesMut::with_capacity(16 * 1024),
-            pending,
-            in_flight: Arc::new(Semaphore::new(limits.max_pipeline)),
+            replies: Replies::new(wr),
             open: None,
+            pipe_from: None,
             ctx,
         }
     }
 
-    /// Reads and dispatches until the client goes away, a protocol error,
-    /// QUIT, or the reply side ends (`writer_done`).
-    pub async fn run(mut self, mut rd: OwnedReadHalf, mut writer_done: oneshot::Receiver<()>) {
-        loop {
-            match self.parser.parse(&mut self.buf) {
-                Ok(Some(req)) => {
-                    if self.handle(req).await == Flow::Stop {
-                        break;
+    /// Serves the client until it goes away, a protocol error, or QUIT.
+    ///
+    /// One task does both directions: it dispatches every complete request
+    /// it has read (while the client is owed fewer than `max_pipeline`
+    /// replies), writes every reply that is ready, then waits for whichever
+    /// comes first, more input or the next reply. A client that sends
+    /// faster than it reads is thus held back by TCP, with a bounded amount
+    /// buffered here.
+    pub async fn run(mut self, mut rd: OwnedReadHalf) {
+        let max = self.ctx.config.limits.max_pipeline;
+        'serve: loop {
+            while self.replies.owed() < max {
+                match self.parser.parse(&mut self.buf) {
+                    Ok(Some(req)) => {
+                        if self.handle(req).await == Flow::Stop {
+                            break 'serve;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "protocol error");
+                        self.reply(Value::err(format!("ERR {e}"))).await;
+                        break 'serve;
                     }
                 }
-                Ok(None) => {
-                    if self.flush().await == Flow::Stop {
-                        break;
-                    }
-                    let wanted = self.parser.wanted().saturating_sub(self.buf.len());
-                    self.buf.reserve(wanted.clamp(4096, 1024 * 1024));
-                    tokio::select! {
-                        read = rd.read_buf(&mut self.buf) => match read {
-                            Ok(0) | Err(_) => break,
-                            Ok(_) => {}
-                        },
-                        _ = &mut writer_done => break,
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "protocol error");
-                    self.reply(Value::err(format!("ERR {e}"))).await;
-                    let _ = self.push(Pending::Close).await;
-                    break;
-                }
+            }
+            if self.flush().await == Flow::Stop {
+                break;
+            }
+            if let Some(backend) = self.pipe_from.take() {
+                self.pipe(rd, backend).await;
+                return;
+            }
+            if self.replies.write_ready().await.is_err() {
+                return;
+            }
+            let can_read = self.replies.owed() < max;
+            if can_read {
+                let wanted = self.parser.wanted().saturating_sub(self.buf.len());
+                self.buf.reserve(wanted.clamp(4096, 1024 * 1024));
+            }
+            tokio::select! {
+                _ = self.replies.front_ready(), if !self.replies.is_empty() => {}
+                read = rd.read_buf(&mut self.buf), if can_read => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                },
             }
         }
         let _ = self.flush().await;
+        let _ = self.replies.drain().await;
+        self.replies.shutdown().await;
+    }
+
+    /// A piped session: client bytes are parsed (so framing stays checked)
+    /// and forwarded, backend bytes are copied back untouched.
+    async fn pipe(mut self, mut rd: OwnedReadHalf, mut backend: OwnedReadHalf) {
+        let mut from_backend = BytesMut::with_capacity(16 * 1024);
+        loop {
+            tokio::select! {
+                read = backend.read_buf(&mut from_backend) => match read {
+                    Ok(n) if n > 0 => {
+                        if self.replies.write_raw(&from_backend).await.is_err() {
+                            break;
+                        }
+                        from_backend.clear();
+                    }
+                    _ => break,
+                },
+                read = rd.read_buf(&mut self.buf) => match read {
+                    Ok(n) if n > 0 => loop {
+                        match self.parser.parse(&mut self.buf) {
+                            Ok(Some(req)) => {
+                                if self.handle(req).await == Flow::Stop {
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                let error = Value::err(format!("ERR {e}")).encode(self.session.proto);
+                                let _ = self.replies.write_raw(&error).await;
+                                self.replies.shutdown().await;
+                                return;
+                            }
+                        }
+                    },
+                    _ => break,
+                },
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(16 * 1024);
+            }
+        }
+        self.replies.shutdown().await;
     }
 
     async fn handle(&mut self, req: Request) -> Flow {
@@ -147,35 +209,30 @@ impl Connection {
             }
             self.unpin().await;
         }
-        let shard = self.ctx.topology.shard().clone();
-        let policy = &self.ctx.read_policies[0];
-        let node = match route::route(&shard, policy.as_ref(), class, self.session.id) {
-            Ok(node) => node.clone(),
-            Err(route::NoPrimary) => {
-                return self
-                    .reply(Value::err(format!(
-                        "ERR rampart: no reachable primary for shard '{}'",
-                        shard.name
-                    )))
-                    .await;
-            }
+        // Borrowed from a clone of the context so that nothing per request
+        // clones a shard, node or link handle unless a new batch starts.
+        let ctx = self.ctx.clone();
+        let shard = ctx.topology.shard();
+        let policy = &ctx.read_policies[0];
+        let Ok(mut node) = route::route(shard, policy.as_ref(), class, self.session.id) else {
+            return self.reply(self.no_primary()).await;
         };
-        let mut link = node
-            .pool
-            .shared(self.session.proto, self.session.id)
-            .clone();
-        let mut node = node;
+        let proto = self.session.proto;
+        let mut link = node.pool.shared(proto, self.session.id);
         if !link.is_up() && class == Class::Read {
             // A replica whose link is reconnecting: the primary can answer.
             if let Some(primary) = shard.primary() {
-                link = primary
-                    .pool
-                    .shared(self.session.proto, self.session.id)
-                    .clone();
-                node = primary.clone();
+                node = primary;
+                link = primary.pool.shared(proto, self.session.id);
             }
         }
-        self.add(node, link, req.raw).await
+        if let Some(open) = &mut self.open {
+            if open.link.same(link) && open.requests.len() < MAX_BATCH {
+                open.requests.push(req.raw);
+                return Flow::Continue;
+            }
+        }
+        self.add(node.clone(), link.clone(), req.raw).await
     }
 
     /// Sends on the client's dedicated connection, opening one if needed.
@@ -309,7 +366,7 @@ impl Connection {
             .encode(self.session.proto),
             None => Value::err("ERR rampart: WAIT failed").encode(self.session.proto),
         };
-        self.push(Pending::Local(bytes)).await
+        self.push(Pending::Local(bytes))
     }
 
     /// SUBSCRIBE, MONITOR, CLIENT TRACKING: from now on this client is piped
@@ -341,9 +398,7 @@ impl Connection {
             }
         };
         let (backend_rd, mut backend_wr) = stream.into_split();
-        if self.push(Pending::Pipe(backend_rd)).await == Flow::Stop {
-            return Flow::Stop;
-        }
+        self.pipe_from = Some(backend_rd);
         primary.count_requests(1);
         if backend_wr.write_all(&req.raw).await.is_err() {
             return Flow::Stop;
@@ -438,14 +493,6 @@ impl Connection {
             return Flow::Continue;
         };
         let replies = open.requests.len();
-        let Ok(permit) = self
-            .in_flight
-            .clone()
-            .acquire_many_owned(replies as u32)
-            .await
-        else {
-            return Flow::Stop;
-        };
         let (tx, rx) = oneshot::channel();
         open.node.count_requests(replies as u64);
         open.link
@@ -455,31 +502,21 @@ impl Connection {
                 reply: tx,
             })
             .await;
-        self.push(Pending::Remote {
-            reply: rx,
-            replies,
-            permit,
-        })
-        .await
+        self.push(Pending::Remote { reply: rx, replies })
     }
 
-    /// Waits until every reply queued so far has been written.
+    /// Waits until every reply queued so far has been written, so that the
+    /// client can move to another backend connection without reordering.
     async fn barrier(&mut self) -> Flow {
-        let (tx, rx) = oneshot::channel();
-        if self.push(Pending::Barrier(tx)).await == Flow::Stop {
-            return Flow::Stop;
-        }
-        match rx.await {
+        match self.replies.drain().await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Stop,
         }
     }
 
-    pub(super) async fn push(&mut self, item: Pending) -> Flow {
-        match self.pending.send(item).await {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::Stop,
-        }
+    pub(super) fn push(&mut self, item: Pending) -> Flow {
+        self.replies.push(item);
+        Flow::Continue
     }
 
     /// Queues a reply Rampart made itself, after everything before it.
@@ -488,7 +525,7 @@ impl Connection {
             return Flow::Stop;
         }
         let bytes = value.encode(self.session.proto);
-        self.push(Pending::Local(bytes)).await
+        self.push(Pending::Local(bytes))
     }
 }
 

@@ -52,7 +52,6 @@ impl Connection {
             },
             Local::Quit => {
                 self.reply(Value::ok()).await;
-                let _ = self.push(Pending::Close).await;
                 Flow::Stop
             }
             Local::Auth => {
@@ -107,7 +106,7 @@ impl Connection {
                     Value::Push(vec![Value::Bulk(kind.clone()), channel, Value::Int(0)])
                         .encode_into(self.session.proto, &mut out);
                 }
-                self.push(Pending::Local(out.freeze())).await
+                self.push(Pending::Local(out.freeze()))
             }
             Local::Rampart => {
                 let reply = self.rampart(&req);
@@ -265,7 +264,7 @@ impl Connection {
         if reply.starts_with(b"+") {
             self.session.db = db;
         }
-        self.push(Pending::Local(reply)).await
+        self.push(Pending::Local(reply))
     }
 
     async fn reset(&mut self) -> Flow {

@@ -1,16 +1,20 @@
-//! The reply side of a client connection.
+//! The reply side of a client connection: the queue of replies the client
+//! is owed, in request order, and writing them out.
 //!
-//! The reader hands this task one [`Pending`] per thing the client will get
-//! back, in request order; this task waits for each in turn and writes them,
-//! gathering every reply that is already there into one write. Because only
-//! this task writes to the socket and it takes items strictly in order, a
-//! client's replies can never overtake each other, whichever nodes they come
-//! from.
+//! Only this queue writes to the client socket and it takes items strictly
+//! from the front, so a client's replies can never overtake each other,
+//! whichever nodes they come from. Every reply that is already complete is
+//! gathered into one write.
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::oneshot;
 
 use crate::backend::BatchReply;
 
@@ -20,112 +24,155 @@ pub enum Pending {
     Remote {
         reply: oneshot::Receiver<BatchReply>,
         replies: usize,
-        /// Released once written: bounds requests in flight per client.
-        permit: OwnedSemaphorePermit,
     },
-    /// A reply Rampart made itself, already encoded.
+    /// A reply Rampart made itself, encoded.
     Local(Bytes),
-    /// Signalled once everything before it has been written: lets the reader
-    /// move the client to another backend connection without reordering.
-    Barrier(oneshot::Sender<()>),
-    /// From here on the client gets whatever this backend connection sends
-    /// (SUBSCRIBE, MONITOR); ends when either side closes.
-    Pipe(OwnedReadHalf),
-    /// Write what came before, then close the connection.
-    Close,
+    /// Replies from a backend that have arrived.
+    Arrived { reply: BatchReply, replies: usize },
 }
 
 /// Writes past this size go out without waiting for more replies.
 const FLUSH_AT: usize = 64 * 1024;
 
-pub async fn run(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>) {
-    let mut out = BytesMut::with_capacity(16 * 1024);
-    let _ = write_all(&mut wr, &mut out, &mut rx).await;
-    let _ = wr.shutdown().await;
+pub struct Replies {
+    wr: OwnedWriteHalf,
+    queue: VecDeque<Pending>,
+    out: BytesMut,
+    /// Replies owed for requests already sent to backends.
+    owed: usize,
 }
 
-async fn write_all(
-    wr: &mut OwnedWriteHalf,
-    out: &mut BytesMut,
-    rx: &mut mpsc::Receiver<Pending>,
-) -> std::io::Result<()> {
-    loop {
-        let item = if out.is_empty() {
-            match rx.recv().await {
-                Some(item) => item,
-                None => return Ok(()),
+impl Replies {
+    pub fn new(wr: OwnedWriteHalf) -> Replies {
+        Replies {
+            wr,
+            queue: VecDeque::new(),
+            out: BytesMut::with_capacity(16 * 1024),
+            owed: 0,
+        }
+    }
+
+    pub fn push(&mut self, item: Pending) {
+        if let Pending::Remote { replies, .. } = &item {
+            self.owed += replies;
+        }
+        self.queue.push_back(item);
+    }
+
+    /// Backend replies the client is still owed: bounds how far ahead of
+    /// its reading a client may send.
+    pub fn owed(&self) -> usize {
+        self.owed
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Waits until the item at the front is complete. Cancel-safe: it only
+    /// polls, the item stays queued.
+    pub async fn front_ready(&mut self) {
+        poll_fn(|cx| {
+            let Some(Pending::Remote { reply, replies }) = self.queue.front_mut() else {
+                return Poll::Ready(());
+            };
+            let replies = *replies;
+            let Poll::Ready(result) = Pin::new(reply).poll(cx) else {
+                return Poll::Pending;
+            };
+            let reply = result.unwrap_or_else(|_| dropped());
+            if let Some(front) = self.queue.front_mut() {
+                *front = Pending::Arrived { reply, replies };
             }
-        } else {
-            match rx.try_recv() {
-                Ok(item) => item,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    flush(wr, out).await?;
-                    continue;
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => return flush(wr, out).await,
-            }
-        };
-        match item {
-            Pending::Remote {
-                mut reply,
-                replies,
-                permit,
-            } => {
-                let reply = match reply.try_recv() {
-                    Ok(reply) => reply,
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    /// Writes every item at the front that is already complete.
+    pub async fn write_ready(&mut self) -> std::io::Result<()> {
+        while let Some(item) = self.queue.pop_front() {
+            match item {
+                Pending::Local(bytes) => self.append(bytes).await?,
+                Pending::Arrived { reply, replies } => self.arrived(reply, replies).await?,
+                Pending::Remote { mut reply, replies } => match reply.try_recv() {
+                    Ok(reply) => self.arrived(reply, replies).await?,
                     Err(oneshot::error::TryRecvError::Empty) => {
-                        flush(wr, out).await?;
-                        reply.await.unwrap_or_else(|_| dropped())
+                        self.queue.push_front(Pending::Remote { reply, replies });
+                        break;
                     }
-                    Err(oneshot::error::TryRecvError::Closed) => dropped(),
-                };
-                if reply.data.len() >= FLUSH_AT {
-                    flush(wr, out).await?;
-                    wr.write_all(&reply.data).await?;
-                } else {
-                    out.extend_from_slice(&reply.data);
-                }
-                if let Some(error) = &reply.error {
-                    for _ in reply.got..replies {
-                        out.extend_from_slice(b"-");
-                        out.extend_from_slice(error.as_bytes());
-                        out.extend_from_slice(b"\r\n");
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        self.arrived(dropped(), replies).await?
                     }
-                }
-                drop(permit);
+                },
             }
-            Pending::Local(bytes) => out.extend_from_slice(&bytes),
-            Pending::Barrier(done) => {
-                let _ = done.send(());
+            if self.out.len() >= FLUSH_AT {
+                self.flush().await?;
             }
-            Pending::Pipe(mut backend) => {
-                flush(wr, out).await?;
-                return pipe(&mut backend, wr).await;
-            }
-            Pending::Close => return flush(wr, out).await,
         }
-        if out.len() >= FLUSH_AT {
-            flush(wr, out).await?;
+        self.flush().await
+    }
+
+    /// Writes everything queued, waiting for replies as needed.
+    pub async fn drain(&mut self) -> std::io::Result<()> {
+        while !self.queue.is_empty() {
+            self.write_ready().await?;
+            if !self.queue.is_empty() {
+                self.front_ready().await;
+            }
         }
+        Ok(())
+    }
+
+    /// Writes raw bytes straight through (a piped session).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.flush().await?;
+        self.wr.write_all(bytes).await
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.wr.shutdown().await;
+    }
+
+    async fn arrived(&mut self, reply: BatchReply, replies: usize) -> std::io::Result<()> {
+        self.owed -= replies;
+        if reply.error.is_none() {
+            return self.append(reply.data).await;
+        }
+        encode(&mut self.out, reply, replies);
+        Ok(())
+    }
+
+    async fn append(&mut self, bytes: Bytes) -> std::io::Result<()> {
+        if bytes.len() >= FLUSH_AT {
+            // Large replies go out as they are, without a copy.
+            self.flush().await?;
+            self.wr.write_all(&bytes).await
+        } else {
+            self.out.extend_from_slice(&bytes);
+            Ok(())
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.wr.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
     }
 }
 
-async fn flush(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
-    if !out.is_empty() {
-        wr.write_all(out).await?;
-        out.clear();
-    }
-    Ok(())
-}
-
-async fn pipe(backend: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = backend.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
+/// The replies that arrived, then an error for each that never will.
+fn encode(out: &mut BytesMut, reply: BatchReply, replies: usize) {
+    out.extend_from_slice(&reply.data);
+    if let Some(error) = &reply.error {
+        for _ in reply.got..replies {
+            out.extend_from_slice(b"-");
+            out.extend_from_slice(error.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
-        wr.write_all(&buf[..n]).await?;
     }
 }
 

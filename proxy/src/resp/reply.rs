@@ -47,18 +47,17 @@ impl ReplyScanner {
             let Some(&kind) = buf.get(self.pos) else {
                 return Ok(None);
             };
-            let Some(line_end) = find_crlf(buf, self.pos + 1) else {
-                return Ok(None);
-            };
-            let line = &buf[self.pos + 1..line_end];
-            let after_line = line_end + 2;
             match kind {
                 b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => {
-                    self.pos = after_line;
+                    let Some(line_end) = find_crlf(buf, self.pos + 1) else {
+                        return Ok(None);
+                    };
+                    self.pos = line_end + 2;
                 }
                 b'$' | b'!' | b'=' => {
-                    let len =
-                        super::request::parse_i64(line).ok_or(ReplyError("bad blob length"))?;
+                    let Some((len, after_line)) = read_len(buf, self.pos + 1)? else {
+                        return Ok(None);
+                    };
                     if len == -1 && kind == b'$' {
                         self.pos = after_line;
                     } else if len < 0 {
@@ -77,8 +76,9 @@ impl ReplyScanner {
                     }
                 }
                 b'*' | b'%' | b'~' | b'>' | b'|' => {
-                    let n = super::request::parse_i64(line)
-                        .ok_or(ReplyError("bad aggregate length"))?;
+                    let Some((n, after_line)) = read_len(buf, self.pos + 1)? else {
+                        return Ok(None);
+                    };
                     self.pos = after_line;
                     if n == -1 && kind == b'*' {
                         // RESP2 null array: a complete element.
@@ -131,6 +131,43 @@ impl ReplyScanner {
                 return false;
             }
         }
+    }
+}
+
+/// Reads a length line (`-1\r\n`, `42\r\n`) starting at `from` in one pass.
+/// `Ok(None)`: the line has not fully arrived.
+fn read_len(buf: &[u8], from: usize) -> Result<Option<(i64, usize)>, ReplyError> {
+    const BAD: ReplyError = ReplyError("bad length");
+    let mut i = from;
+    let negative = buf.get(i) == Some(&b'-');
+    if negative {
+        i += 1;
+    }
+    let digits_start = i;
+    let mut value: i64 = 0;
+    loop {
+        let Some(&c) = buf.get(i) else {
+            return Ok(None);
+        };
+        match c {
+            b'0'..=b'9' => {
+                value = value
+                    .checked_mul(10)
+                    .and_then(|v| v.checked_add((c - b'0') as i64))
+                    .ok_or(BAD)?;
+                i += 1;
+            }
+            b'\r' => break,
+            _ => return Err(BAD),
+        }
+    }
+    if i == digits_start {
+        return Err(BAD);
+    }
+    match buf.get(i + 1) {
+        None => Ok(None),
+        Some(b'\n') => Ok(Some((if negative { -value } else { value }, i + 2))),
+        Some(_) => Err(BAD),
     }
 }
 
