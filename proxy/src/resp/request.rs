@@ -360,7 +360,9 @@ fn split_inline_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
     let mut i = 0;
     let n = line.len();
     loop {
-        while i < n && line[i].is_ascii_whitespace() {
+        // A NUL separates like a space (and is consumed: treating it as a
+        // separator without consuming it looped forever; found by fuzzing).
+        while i < n && (line[i].is_ascii_whitespace() || line[i] == 0) {
             i += 1;
         }
         if i >= n {
@@ -514,6 +516,12 @@ mod tests {
         let mut long = b"*".to_vec();
         long.extend(vec![b'1'; 70_000]);
         assert_eq!(err(&long), "Protocol error: too big mbulk count string");
+    }
+
+    #[test]
+    fn nul_bytes_in_inline_requests_terminate() {
+        let reqs = parse_all(b"\n\0\0\nGET\0a\n").unwrap();
+        assert_eq!(reqs, vec![vec![b"GET".to_vec(), b"a".to_vec()]]);
     }
 
     #[test]
