@@ -15,7 +15,7 @@ fn parse_all(chunks: &[&[u8]]) -> (Vec<Vec<Vec<u8>>>, bool) {
         buf.extend_from_slice(chunk);
         loop {
             match parser.parse(&mut buf) {
-                Ok(Some(req)) => out.push(req.args.iter().map(|a| a.to_vec()).collect()),
+                Ok(Some(req)) => out.push(req.args().iter().map(|a| a.to_vec()).collect()),
                 Ok(None) => break,
                 Err(_) => return (out, true),
             }

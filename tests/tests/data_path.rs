@@ -423,3 +423,42 @@ fn direct_redis_cli_through_proxy_matches_direct() {
     let direct = redis_cli(cluster.primary().port, &["LRANGE", "cmp", "0", "-1"]).unwrap();
     assert_eq!(through, direct);
 }
+
+#[test]
+fn big_aggregate_replies_split_across_reads_under_pipelining() {
+    let (_cluster, proxy) = setup();
+    let mut c = proxy.conn();
+    let items: Vec<String> = (0..100).map(|i| format!("item-{i}")).collect();
+    let _: () = c.rpush("big-list", &items).unwrap();
+    let _: () = c
+        .hset_multiple(
+            "big-hash",
+            &items.iter().map(|i| (i.as_str(), "v")).collect::<Vec<_>>(),
+        )
+        .unwrap();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let client = proxy.client();
+            let items = items.clone();
+            std::thread::spawn(move || {
+                let mut c = client.get_connection().unwrap();
+                let mut pipe = redis::pipe();
+                for _ in 0..500 {
+                    pipe.lrange("big-list", 0, -1);
+                }
+                let lists: Vec<Vec<String>> = pipe.query(&mut c).unwrap();
+                assert!(lists.iter().all(|l| *l == items));
+                let mut pipe = redis::pipe();
+                for _ in 0..200 {
+                    pipe.hgetall("big-hash");
+                }
+                let hashes: Vec<std::collections::HashMap<String, String>> =
+                    pipe.query(&mut c).unwrap();
+                assert!(hashes.iter().all(|h| h.len() == 100));
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}

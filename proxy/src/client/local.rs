@@ -25,7 +25,7 @@ const NOT_IN_MULTI: &str = "ERR Command not allowed inside a transaction";
 impl Connection {
     pub(super) async fn local(&mut self, local: Local, req: Request) -> Flow {
         let in_multi = self.session.in_multi;
-        let args = &req.args;
+        let args = &req.args();
         match local {
             // Inside a transaction these are queued by the server like any
             // other command and answered in EXEC's reply.
@@ -134,7 +134,7 @@ impl Connection {
 
     /// `HELLO [protover [AUTH user pass] [SETNAME name]]`.
     async fn hello(&mut self, req: Request) -> Flow {
-        let args = &req.args;
+        let args = &req.args();
         let mut proto = self.session.proto;
         if let Some(version) = args.get(1) {
             proto = match parse_i64(version) {
@@ -224,10 +224,10 @@ impl Connection {
     /// `SELECT n`: the database lives on the client's dedicated connection,
     /// so it is switched there and the server's own answer decides.
     async fn select(&mut self, req: Request) -> Flow {
-        if req.args.len() != 2 {
+        if req.argc() != 2 {
             return self.reply(wrong_args("select")).await;
         }
-        let Some(db) = parse_i64(&req.args[1]) else {
+        let Some(db) = req.arg(1).and_then(parse_i64) else {
             return self
                 .reply(Value::err("ERR value is not an integer or out of range"))
                 .await;

@@ -11,7 +11,10 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::Poll;
 
-use bytes::{Bytes, BytesMut};
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes, BytesMut};
+use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
@@ -33,11 +36,17 @@ pub enum Pending {
 
 /// Writes past this size go out without waiting for more replies.
 const FLUSH_AT: usize = 64 * 1024;
+/// At most this many slices per vectored write (well under IOV_MAX).
+const MAX_SLICES: usize = 64;
 
 pub struct Replies {
     wr: OwnedWriteHalf,
     queue: VecDeque<Pending>,
-    out: BytesMut,
+    /// Replies ready to go, written together with one vectored write: a
+    /// batch's replies are already one contiguous slice of the link's
+    /// buffer, so nothing is copied on the way out.
+    out: Vec<Bytes>,
+    out_len: usize,
     /// Replies owed for requests already sent to backends.
     owed: usize,
 }
@@ -47,7 +56,8 @@ impl Replies {
         Replies {
             wr,
             queue: VecDeque::new(),
-            out: BytesMut::with_capacity(16 * 1024),
+            out: Vec::with_capacity(16),
+            out_len: 0,
             owed: 0,
         }
     }
@@ -93,20 +103,18 @@ impl Replies {
     pub async fn write_ready(&mut self) -> std::io::Result<()> {
         while let Some(item) = self.queue.pop_front() {
             match item {
-                Pending::Local(bytes) => self.append(bytes).await?,
-                Pending::Arrived { reply, replies } => self.arrived(reply, replies).await?,
+                Pending::Local(bytes) => self.append(bytes),
+                Pending::Arrived { reply, replies } => self.arrived(reply, replies),
                 Pending::Remote { mut reply, replies } => match reply.try_recv() {
-                    Ok(reply) => self.arrived(reply, replies).await?,
+                    Ok(reply) => self.arrived(reply, replies),
                     Err(oneshot::error::TryRecvError::Empty) => {
                         self.queue.push_front(Pending::Remote { reply, replies });
                         break;
                     }
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        self.arrived(dropped(), replies).await?
-                    }
+                    Err(oneshot::error::TryRecvError::Closed) => self.arrived(dropped(), replies),
                 },
             }
-            if self.out.len() >= FLUSH_AT {
+            if self.out_len >= FLUSH_AT || self.out.len() >= MAX_SLICES {
                 self.flush().await?;
             }
         }
@@ -135,30 +143,45 @@ impl Replies {
         let _ = self.wr.shutdown().await;
     }
 
-    async fn arrived(&mut self, reply: BatchReply, replies: usize) -> std::io::Result<()> {
+    fn arrived(&mut self, reply: BatchReply, replies: usize) {
         self.owed -= replies;
         if reply.error.is_none() {
-            return self.append(reply.data).await;
+            self.append(reply.data);
+            return;
         }
-        encode(&mut self.out, reply, replies);
-        Ok(())
+        let mut out = BytesMut::with_capacity(reply.data.len() + 64);
+        encode(&mut out, reply, replies);
+        self.append(out.freeze());
     }
 
-    async fn append(&mut self, bytes: Bytes) -> std::io::Result<()> {
-        if bytes.len() >= FLUSH_AT {
-            // Large replies go out as they are, without a copy.
-            self.flush().await?;
-            self.wr.write_all(&bytes).await
-        } else {
-            self.out.extend_from_slice(&bytes);
-            Ok(())
-        }
+    fn append(&mut self, bytes: Bytes) {
+        self.out_len += bytes.len();
+        self.out.push(bytes);
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            self.wr.write_all(&self.out).await?;
-            self.out.clear();
+        while !self.out.is_empty() {
+            let mut written = {
+                let slices: SmallVec<[IoSlice<'_>; 16]> =
+                    self.out.iter().map(|b| IoSlice::new(b)).collect();
+                self.wr.write_vectored(&slices).await?
+            };
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.out_len -= written;
+            // Drop what went out; keep the unwritten tail of a partial chunk.
+            let mut done = 0;
+            for chunk in self.out.iter_mut() {
+                if written >= chunk.len() {
+                    written -= chunk.len();
+                    done += 1;
+                } else {
+                    chunk.advance(written);
+                    break;
+                }
+            }
+            self.out.drain(..done);
         }
         Ok(())
     }

@@ -8,7 +8,7 @@
 //! Anything not listed is forwarded to the primary unchanged, so a command
 //! added in a future Redis works through Rampart on day one.
 
-use super::request::{CommandName, Request};
+use super::request::Request;
 
 /// How a command travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,10 +141,7 @@ fn client_subcommand(req: &Request) -> Class {
 }
 
 fn has_option(req: &Request, option: &[u8]) -> bool {
-    req.args
-        .iter()
-        .skip(1)
-        .any(|a| CommandName::new(a).as_bytes() == option)
+    (1..req.argc()).any(|i| req.arg_upper(i).is_some_and(|a| a.as_bytes() == option))
 }
 
 /// Commands flagged `readonly` by Redis that a replica can answer.

@@ -55,24 +55,8 @@ impl ReplyScanner {
                     self.pos = line_end + 2;
                 }
                 b'$' | b'!' | b'=' => {
-                    let Some((len, after_line)) = read_len(buf, self.pos + 1)? else {
+                    if self.blob(buf, kind)?.is_none() {
                         return Ok(None);
-                    };
-                    if len == -1 && kind == b'$' {
-                        self.pos = after_line;
-                    } else if len < 0 {
-                        return Err(ReplyError("bad blob length"));
-                    } else {
-                        let end = after_line
-                            .checked_add(len as usize + 2)
-                            .ok_or(ReplyError("bad blob length"))?;
-                        if buf.len() < end {
-                            return Ok(None);
-                        }
-                        if &buf[end - 2..end] != b"\r\n" {
-                            return Err(ReplyError("blob not terminated by CRLF"));
-                        }
-                        self.pos = end;
                     }
                 }
                 b'*' | b'%' | b'~' | b'>' | b'|' => {
@@ -108,12 +92,53 @@ impl ReplyScanner {
                 }
                 _ => return Err(ReplyError("unknown type byte")),
             }
-            if self.element_done() {
-                let len = self.pos;
-                self.pos = 0;
-                return Ok(Some(len));
+            // An element is finished. The commonest aggregate is an array
+            // of bulk strings (LRANGE, HGETALL, MGET ...): take those in
+            // this tight loop rather than through the general dispatch.
+            loop {
+                if self.element_done() {
+                    let len = self.pos;
+                    self.pos = 0;
+                    return Ok(Some(len));
+                }
+                if buf.get(self.pos) != Some(&b'$') {
+                    break;
+                }
+                if self.blob(buf, b'$')?.is_none() {
+                    return Ok(None);
+                }
             }
         }
+    }
+
+    /// Consumes the blob (`$`, `!`, `=`) at `pos`; `None` if it has not
+    /// fully arrived (nothing is consumed then).
+    #[inline(always)]
+    fn blob(&mut self, buf: &[u8], kind: u8) -> Result<Option<()>, ReplyError> {
+        // Most values are short: a one-digit length needs no loop.
+        let header = match buf.get(self.pos + 1..self.pos + 4) {
+            Some(&[d @ b'0'..=b'9', b'\r', b'\n']) => Some(((d - b'0') as i64, self.pos + 4)),
+            _ => read_len(buf, self.pos + 1)?,
+        };
+        let Some((len, after_line)) = header else {
+            return Ok(None);
+        };
+        if len == -1 && kind == b'$' {
+            self.pos = after_line;
+            return Ok(Some(()));
+        }
+        if len < 0 {
+            return Err(ReplyError("bad blob length"));
+        }
+        let end = after_line + len as usize + 2;
+        if buf.len() < end {
+            return Ok(None);
+        }
+        if buf[end - 2] != b'\r' || buf[end - 1] != b'\n' {
+            return Err(ReplyError("blob not terminated by CRLF"));
+        }
+        self.pos = end;
+        Ok(Some(()))
     }
 
     /// Records one finished element; true when the whole reply is finished.
@@ -136,6 +161,7 @@ impl ReplyScanner {
 
 /// Reads a length line (`-1\r\n`, `42\r\n`) starting at `from` in one pass.
 /// `Ok(None)`: the line has not fully arrived.
+#[inline(always)]
 fn read_len(buf: &[u8], from: usize) -> Result<Option<(i64, usize)>, ReplyError> {
     const BAD: ReplyError = ReplyError("bad length");
     let mut i = from;
@@ -151,10 +177,11 @@ fn read_len(buf: &[u8], from: usize) -> Result<Option<(i64, usize)>, ReplyError>
         };
         match c {
             b'0'..=b'9' => {
-                value = value
-                    .checked_mul(10)
-                    .and_then(|v| v.checked_add((c - b'0') as i64))
-                    .ok_or(BAD)?;
+                // 18 digits cannot overflow an i64; no length is that long.
+                if i - digits_start >= 18 {
+                    return Err(BAD);
+                }
+                value = value * 10 + (c - b'0') as i64;
                 i += 1;
             }
             b'\r' => break,
@@ -226,6 +253,30 @@ mod tests {
             extended.extend_from_slice(b"+NEXT\r\n");
             assert_eq!(whole(&extended), Some(frame.len()));
         }
+    }
+
+    #[test]
+    fn resumes_byte_by_byte_through_arrays_of_bulks() {
+        let frame = b"*2\r\n*4\r\n$1\r\na\r\n$-1\r\n$2\r\nbc\r\n$0\r\n\r\n*1\r\n$1\r\nz\r\n";
+        // Every split point, fed in two steps and one byte at a time.
+        for split in 0..frame.len() {
+            let mut scanner = ReplyScanner::new(64);
+            assert_eq!(
+                scanner.scan(&frame[..split]).unwrap(),
+                None,
+                "split {split}"
+            );
+            assert_eq!(
+                scanner.scan(frame).unwrap(),
+                Some(frame.len()),
+                "split {split}"
+            );
+        }
+        let mut scanner = ReplyScanner::new(64);
+        for end in 1..frame.len() {
+            assert_eq!(scanner.scan(&frame[..end]).unwrap(), None, "at {end}");
+        }
+        assert_eq!(scanner.scan(frame).unwrap(), Some(frame.len()));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! value costs linear work.
 
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
 
 use super::limits::Limits;
 
@@ -19,8 +20,10 @@ pub struct Request {
     /// The request as the backend should receive it: the client's own bytes for
     /// multibulk requests, a multibulk re-encoding for inline ones.
     pub raw: Bytes,
-    /// The arguments, command name first. Slices of `raw`.
-    pub args: Vec<Bytes>,
+    /// Where each argument lies in `raw`, command name first. Kept as offsets
+    /// (inline for up to four arguments) so that parsing a request costs no
+    /// allocation and no reference counting.
+    spans: SmallVec<[(usize, usize); 4]>,
 }
 
 impl Request {
@@ -30,26 +33,45 @@ impl Request {
         super::encode::multibulk(&mut raw, args);
         let raw = raw.freeze();
         let mut pos = 0;
-        let mut parsed = Vec::with_capacity(args.len());
+        let mut spans = SmallVec::with_capacity(args.len());
         // Walk the encoding we just wrote: "*n\r\n" then "$len\r\n<arg>\r\n" each.
         pos += memchr(b'\n', &raw).map_or(0, |i| i + 1);
         for arg in args {
             pos += memchr(b'\n', &raw[pos..]).map_or(0, |i| i + 1);
             let len = arg.as_ref().len();
-            parsed.push(raw.slice(pos..pos + len));
+            spans.push((pos, pos + len));
             pos += len + 2;
         }
-        Request { raw, args: parsed }
+        Request { raw, spans }
+    }
+
+    /// Number of arguments, command name included.
+    pub fn argc(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Argument `i` (0 is the command name).
+    pub fn arg(&self, i: usize) -> Option<&[u8]> {
+        self.spans.get(i).map(|&(s, e)| &self.raw[s..e])
+    }
+
+    /// Every argument as its own `Bytes`. Allocates: for the commands
+    /// Rampart answers itself, not for the forwarding path.
+    pub fn args(&self) -> Vec<Bytes> {
+        self.spans
+            .iter()
+            .map(|&(s, e)| self.raw.slice(s..e))
+            .collect()
     }
 
     /// The command name, upper-cased ASCII (commands are case-insensitive).
     pub fn name(&self) -> CommandName {
-        CommandName::new(self.args.first().map(|a| &a[..]).unwrap_or(b""))
+        CommandName::new(self.arg(0).unwrap_or(b""))
     }
 
     /// Argument `i` upper-cased, for subcommands and options (`CLIENT SETNAME`, `BLOCK`).
     pub fn arg_upper(&self, i: usize) -> Option<CommandName> {
-        self.args.get(i).map(|a| CommandName::new(a))
+        self.arg(i).map(CommandName::new)
     }
 }
 
@@ -119,7 +141,7 @@ enum State {
     Multibulk {
         remaining: usize,
         pos: usize,
-        args: Vec<(usize, usize)>,
+        args: SmallVec<[(usize, usize); 4]>,
         /// Length of the bulk whose header was read but whose payload has not
         /// fully arrived (payload starts at `pos`).
         bulk: Option<usize>,
@@ -222,7 +244,7 @@ impl RequestParser {
                 remaining: count as usize,
                 pos: next,
                 // Never trust the claimed count for an allocation.
-                args: Vec::with_capacity((count as usize).min(64)),
+                args: SmallVec::with_capacity((count as usize).min(64)),
                 bulk: None,
             };
         }
@@ -279,11 +301,10 @@ impl RequestParser {
             *remaining -= 1;
         }
         let end = *pos;
-        let offsets = std::mem::take(args);
+        let spans = std::mem::take(args);
         self.state = State::Start;
         let raw = buf.split_to(end).freeze();
-        let args = offsets.iter().map(|&(s, e)| raw.slice(s..e)).collect();
-        Ok(Parsed::Request(Request { raw, args }))
+        Ok(Parsed::Request(Request { raw, spans }))
     }
 }
 
@@ -453,7 +474,7 @@ mod tests {
         let mut buf = BytesMut::from(input);
         let mut out = Vec::new();
         while let Some(req) = parser.parse(&mut buf)? {
-            out.push(req.args.iter().map(|a| a.to_vec()).collect());
+            out.push(req.args().iter().map(|a| a.to_vec()).collect());
         }
         Ok(out)
     }
@@ -484,7 +505,7 @@ mod tests {
         }
         assert_eq!(got.len(), 2);
         assert_eq!(&got[0].raw[..], &input[..33]);
-        assert_eq!(got[0].args[2], &b"value"[..]);
+        assert_eq!(got[0].arg(2), Some(&b"value"[..]));
         assert_eq!(&got[1].raw[..], b"*1\r\n$4\r\nPING\r\n");
     }
 
@@ -571,7 +592,7 @@ mod tests {
             buf.extend_from_slice(chunk);
             loop {
                 match parser.parse(&mut buf) {
-                    Ok(Some(req)) => out.push(req.args.iter().map(|a| a.to_vec()).collect()),
+                    Ok(Some(req)) => out.push(req.args().iter().map(|a| a.to_vec()).collect()),
                     Ok(None) => break,
                     Err(e) => return (out, Some(e)),
                 }
