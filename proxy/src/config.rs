@@ -46,7 +46,8 @@ pub struct ProxyConfig {
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
     /// Threads serving clients, each with its own event loop and its own
-    /// backend links (0 = one per CPU core).
+    /// backend links. 0 = half the CPU cores (at least one): most of a
+    /// proxy's CPU time is the kernel's TCP stack, which needs the rest.
     #[serde(default)]
     pub workers: usize,
 }
@@ -90,7 +91,7 @@ impl ProxyConfig {
         if self.workers > 0 {
             return self.workers;
         }
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
     }
 }
 
