@@ -61,25 +61,31 @@ bench:
    - 127.0.0.1:$REDIS:1
 YML
 nutcracker -c "$work/twemproxy.yml" -s "$(free_port)" -o "$work/twemproxy.log" &
-pids+=($!)
+TWEM_PID=$!
+pids+=($TWEM_PID)
 wait_port "$TWEM"
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 idle_rss=$(rss_kib "$RAMPART_PID")
 
-run() { # target-name port pipeline
+cpu_ticks() { [ -n "${1:-}" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+run() { # target-name port pipeline [pid whose CPU time to count]
+  local before after
+  before=$(cpu_ticks "${4:-}")
   redis-benchmark -p "$2" -c 50 -n "$N" -P "$3" -t "$TESTS" --csv -q 2>/dev/null \
     | sed "s/^/$1,$3,/" >> "$work/results.csv"
+  after=$(cpu_ticks "${4:-}")
+  echo "$1,$3,$((after - before))" >> "$work/cpu.csv"
 }
 for round in $(seq "$ROUNDS"); do
   for P in 1 16; do
     run direct "$REDIS" "$P"
-    run rampart "$RAMPART" "$P"
-    run twemproxy "$TWEM" "$P"
+    run rampart "$RAMPART" "$P" "$RAMPART_PID"
+    run twemproxy "$TWEM" "$P" "$TWEM_PID"
   done
 done
 
-python3 - "$work/results.csv" <<'PY'
+python3 - "$work/results.csv" "$work/cpu.csv" "$N" "$(getconf CLK_TCK)" <<'PY'
 import csv, statistics, sys
 runs = {}
 for r in csv.reader(open(sys.argv[1])):
@@ -112,6 +118,20 @@ for p, rs in ratios.items():
         geo *= x
     geo **= 1 / len(rs)
     print(f"-P {p}: Rampart/twemproxy geometric mean {geo:.2f}")
+# CPU time the proxy process itself spent per request (user + system),
+# summed over all tests and rounds: less noisy than throughput on a shared
+# machine, where every proxy competes with redis-server and the benchmark.
+cpu = {}
+for target, p, ticks in csv.reader(open(sys.argv[2])):
+    cpu.setdefault((target, p), 0)
+    cpu[(target, p)] += int(ticks)
+requests = int(sys.argv[3]) * len(tests) * len(runs.get(("direct", "1", tests[0]), [1]))
+tick_us = 1e6 / int(sys.argv[4])
+for p in ("1", "16"):
+    r, w = cpu.get(("rampart", p), 0), cpu.get(("twemproxy", p), 0)
+    if r and w:
+        print(f"-P {p}: proxy CPU per request: Rampart {r * tick_us / requests:.2f} us, "
+              f"twemproxy {w * tick_us / requests:.2f} us (ratio {r / w:.2f})")
 PY
 
 # Memory: 1,000 idle clients, each having sent one PING.
