@@ -203,10 +203,12 @@ impl Connection {
 
     /// Reads and writes that need no connection state.
     async fn forward(&mut self, class: Class, req: Request) -> Flow {
+        // State that lives on a connection (a database, a transaction ...)
+        // keeps the client on its dedicated one, opening it if it was lost.
+        if !self.session.is_clean() {
+            return self.pinned(req).await;
+        }
         if self.session.pinned.is_some() {
-            if !self.session.is_clean() {
-                return self.pinned(req).await;
-            }
             self.unpin().await;
         }
         // Borrowed from a clone of the context so that nothing per request
@@ -338,20 +340,12 @@ impl Connection {
             },
         };
         let marker = Request::from_args(&["PUBLISH", "__rampart__:wait", ""]);
-        let (tx, rx) = oneshot::channel();
-        node.count_requests(1);
-        link.send(Batch {
-            requests: vec![marker.raw, req.raw],
-            replies: 2,
-            reply: tx,
-        })
-        .await;
-        let reply = rx.await.ok();
+        let reply = self.call(&node, &link, vec![marker.raw, req.raw]).await;
         if borrowed {
             node.pool.give_back(link, self.session.proto);
         }
         let bytes = match reply {
-            Some(reply) if reply.got == 2 => {
+            Some(reply) if reply.got == 2 && reply.error.is_none() => {
                 let mut scanner = crate::resp::ReplyScanner::new(8);
                 let first = scanner.scan(&reply.data).ok().flatten().unwrap_or(0);
                 reply.data.slice(first..)
@@ -405,6 +399,30 @@ impl Connection {
         }
         self.session.pipe = Some(backend_wr);
         Flow::Continue
+    }
+
+    /// Sends requests on a link and waits for their replies, after
+    /// everything the client sent before them (an open batch for the same
+    /// link would otherwise be overtaken). `None` if the link went away.
+    pub(super) async fn call(
+        &mut self,
+        node: &Node,
+        link: &Link,
+        requests: Vec<Bytes>,
+    ) -> Option<crate::backend::BatchReply> {
+        if self.flush().await == Flow::Stop {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        node.count_requests(requests.len() as u64);
+        let replies = requests.len();
+        link.send(Batch {
+            requests,
+            replies,
+            reply: tx,
+        })
+        .await;
+        rx.await.ok()
     }
 
     /// Ensures the client holds a live dedicated connection to the primary.

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use super::connection::{Connection, Flow};
 use super::session::Session;
 use super::writer::Pending;
-use crate::backend::Batch;
 use crate::resp::command::Local;
 use crate::resp::request::parse_i64;
 use crate::resp::{Proto, Request, Value};
@@ -241,17 +240,9 @@ impl Connection {
         let Some((node, link)) = self.session.pinned.clone() else {
             return Flow::Continue;
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        node.count_requests(1);
-        link.send(Batch {
-            requests: vec![req.raw],
-            replies: 1,
-            reply: tx,
-        })
-        .await;
-        let reply = match rx.await {
-            Ok(reply) if reply.got == 1 => reply.data,
-            Ok(reply) => Value::err(
+        let reply = match self.call(&node, &link, vec![req.raw]).await {
+            Some(reply) if reply.got == 1 && reply.error.is_none() => reply.data,
+            Some(reply) => Value::err(
                 reply
                     .error
                     .as_deref()
@@ -259,7 +250,7 @@ impl Connection {
                     .to_string(),
             )
             .encode(self.session.proto),
-            Err(_) => Value::err("ERR rampart: SELECT failed").encode(self.session.proto),
+            None => Value::err("ERR rampart: SELECT failed").encode(self.session.proto),
         };
         if reply.starts_with(b"+") {
             self.session.db = db;

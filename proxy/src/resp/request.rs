@@ -308,6 +308,25 @@ impl RequestParser {
     }
 }
 
+/// Parses input delivered in `chunks`, as successive reads would deliver
+/// it, up to the first protocol error. For tests and the fuzz target.
+pub fn parse_chunks(limits: Limits, chunks: &[&[u8]]) -> (Vec<Request>, Option<ProtocolError>) {
+    let mut parser = RequestParser::new(limits);
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            match parser.parse(&mut buf) {
+                Ok(Some(req)) => out.push(req),
+                Ok(None) => break,
+                Err(e) => return (out, Some(e)),
+            }
+        }
+    }
+    (out, None)
+}
+
 enum Parsed {
     Incomplete,
     Empty,
@@ -578,26 +597,16 @@ mod tests {
             } else {
                 (next() % len as u64) as usize
             };
-            let whole = parse_chunks(&[&input]);
-            let pieces = parse_chunks(&[&input[..split], &input[split..]]);
+            let args = |(reqs, err): (Vec<Request>, Option<ProtocolError>)| {
+                let reqs: Vec<Vec<Bytes>> = reqs.iter().map(Request::args).collect();
+                (reqs, err)
+            };
+            let whole = args(parse_chunks(Limits::default(), &[&input]));
+            let pieces = args(parse_chunks(
+                Limits::default(),
+                &[&input[..split], &input[split..]],
+            ));
             assert_eq!(whole, pieces, "{:?}", String::from_utf8_lossy(&input));
         }
-    }
-
-    fn parse_chunks(chunks: &[&[u8]]) -> (Vec<Vec<Vec<u8>>>, Option<ProtocolError>) {
-        let mut parser = RequestParser::new(Limits::default());
-        let mut buf = BytesMut::new();
-        let mut out = Vec::new();
-        for chunk in chunks {
-            buf.extend_from_slice(chunk);
-            loop {
-                match parser.parse(&mut buf) {
-                    Ok(Some(req)) => out.push(req.args().iter().map(|a| a.to_vec()).collect()),
-                    Ok(None) => break,
-                    Err(e) => return (out, Some(e)),
-                }
-            }
-        }
-        (out, None)
     }
 }
