@@ -50,6 +50,14 @@ pub struct ProxyConfig {
     /// proxy's CPU time is the kernel's TCP stack, which needs the rest.
     #[serde(default)]
     pub workers: usize,
+    /// On shutdown (SIGTERM, SIGINT), how long clients get to receive the
+    /// replies they are owed before their connections are closed anyway.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
 }
 
 fn default_max_clients() -> usize {
@@ -86,6 +94,10 @@ pub struct BackendConfig {
 }
 
 impl ProxyConfig {
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
     /// The number of worker threads to run.
     pub fn worker_count(&self) -> usize {
         if self.workers > 0 {

@@ -65,11 +65,31 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("shutting down");
-                server.stop();
+                wait_for_stop_signal().await;
+                tracing::info!("shutting down: no new clients, draining the rest");
+                let grace = server.context.config.proxy.shutdown_grace();
+                let left = server.shutdown(grace).await;
+                if left > 0 {
+                    tracing::warn!(clients = left, "grace period over, closing anyway");
+                }
                 ExitCode::SUCCESS
             })
+        }
+    }
+}
+
+/// SIGTERM (systemd, Kubernetes) or SIGINT (Ctrl-C).
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

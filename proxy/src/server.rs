@@ -25,6 +25,9 @@ pub struct Context {
     pub read_policies: Vec<Box<dyn ReadPolicy>>,
     pub clients: AtomicUsize,
     next_client_id: AtomicU64,
+    /// Becomes true when Rampart is shutting down: clients finish what they
+    /// are owed and close.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// A running Rampart.
@@ -97,11 +100,13 @@ impl Server {
             )));
         }
         let read_policies = shards.iter().map(|s| read_policy(s.read_from)).collect();
+        let (shutdown, shutdown_rx) = watch::channel(false);
         let context = Arc::new(Context {
             topology: Topology { shards },
             read_policies,
             clients: AtomicUsize::new(0),
             next_client_id: AtomicU64::new(1),
+            shutdown: shutdown_rx.clone(),
             config,
         });
 
@@ -123,7 +128,6 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(3), first_round).await;
 
         let workers = Workers::start(&context, context.config.proxy.worker_count())?;
-        let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(accept_loop(
             listener,
             context.clone(),
@@ -142,9 +146,27 @@ impl Server {
         })
     }
 
-    /// Stops accepting new clients. Connected clients finish on their own.
+    /// Stops accepting new clients and asks every connected client to
+    /// finish: requests already sent to a node get their replies, then the
+    /// connection closes. Requests read but not yet sent are dropped
+    /// unanswered (never run), so a client sees a closed connection, not an
+    /// error for a command that did or did not happen.
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);
+    }
+
+    /// [`stop`](Self::stop), then waits until every client has gone or
+    /// `grace` has passed. Returns how many clients were still connected.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.stop();
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let left = self.context.clients.load(Ordering::Acquire);
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

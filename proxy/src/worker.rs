@@ -78,20 +78,34 @@ fn run(index: usize, ctx: Arc<Context>, mut clients: mpsc::UnboundedReceiver<New
         for (_, node) in ctx.topology.nodes() {
             node.pool.warm_up();
         }
-        while let Some(client) = clients.recv().await {
-            let ctx = ctx.clone();
-            let span =
-                tracing::debug_span!("client", id = client.id, peer = %client.peer, worker = index);
-            tokio::spawn(
-                async move {
-                    match tokio::net::TcpStream::from_std(client.stream) {
-                        Ok(stream) => crate::client::serve(stream, ctx, client.id).await,
-                        Err(e) => tracing::warn!(error = %e, "cannot adopt client socket"),
-                    }
-                    drop(client.slot);
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                client = clients.recv() => {
+                    let Some(client) = client else { break };
+                    let ctx = ctx.clone();
+                    let span = tracing::debug_span!("client", id = client.id, peer = %client.peer, worker = index);
+                    tasks.spawn(
+                        async move {
+                            match tokio::net::TcpStream::from_std(client.stream) {
+                                Ok(stream) => crate::client::serve(stream, ctx, client.id).await,
+                                Err(e) => tracing::warn!(error = %e, "cannot adopt client socket"),
+                            }
+                            drop(client.slot);
+                        }
+                        .instrument(span),
+                    );
                 }
-                .instrument(span),
-            );
+                // Reap finished clients so the set does not grow.
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
         }
+        // No more clients: let the connected ones finish what they are owed
+        // (they were told to close), within the grace period.
+        let grace = ctx.config.proxy.shutdown_grace();
+        let _ = tokio::time::timeout(grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
     });
 }

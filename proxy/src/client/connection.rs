@@ -76,8 +76,10 @@ impl Connection {
     /// buffered here.
     pub async fn run(mut self, mut rd: OwnedReadHalf) {
         let max = self.ctx.config.limits.max_pipeline;
+        let mut shutdown = self.ctx.shutdown.clone();
+        let mut closing = *shutdown.borrow();
         'serve: loop {
-            while self.replies.owed() < max {
+            while !closing && self.replies.owed() < max {
                 match self.parser.parse(&mut self.buf) {
                     Ok(Some(req)) => {
                         if self.handle(req).await == Flow::Stop {
@@ -102,7 +104,10 @@ impl Connection {
             if self.replies.write_ready().await.is_err() {
                 return;
             }
-            let can_read = self.replies.owed() < max;
+            if closing && self.replies.is_empty() {
+                break;
+            }
+            let can_read = !closing && self.replies.owed() < max;
             if can_read {
                 let wanted = self.parser.wanted().saturating_sub(self.buf.len());
                 self.buf.reserve(wanted.clamp(4096, 1024 * 1024));
@@ -113,6 +118,10 @@ impl Connection {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 },
+                _ = shutdown.changed(), if !closing => {
+                    tracing::debug!("closing for shutdown");
+                    closing = true;
+                }
             }
         }
         let _ = self.flush().await;
@@ -124,8 +133,13 @@ impl Connection {
     /// and forwarded, backend bytes are copied back untouched.
     async fn pipe(mut self, mut rd: OwnedReadHalf, mut backend: OwnedReadHalf) {
         let mut from_backend = BytesMut::with_capacity(16 * 1024);
+        let mut shutdown = self.ctx.shutdown.clone();
         loop {
+            if *shutdown.borrow() {
+                break;
+            }
             tokio::select! {
+                _ = shutdown.changed() => break,
                 read = backend.read_buf(&mut from_backend) => match read {
                     Ok(n) if n > 0 => {
                         if self.replies.write_raw(&from_backend).await.is_err() {
