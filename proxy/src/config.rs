@@ -185,6 +185,13 @@ pub struct ShardConfig {
     /// Where read-only commands go.
     #[serde(default)]
     pub read_from: ReadFrom,
+    /// A router plugin (a `.wasm` component built with rampart-sdk) that
+    /// picks the node for each read instead of `read_from`.
+    #[serde(default)]
+    pub router: Option<String>,
+    /// Text handed to the router plugin's `configure`.
+    #[serde(default)]
+    pub router_config: String,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod failover;
+pub mod policy;
 pub mod resp;
 pub mod route;
 pub mod server;

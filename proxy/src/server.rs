@@ -65,6 +65,7 @@ impl Server {
         };
         let mut shards = Vec::new();
         let mut next_id = 0;
+        let changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         for (name, shard_config) in &config.shards {
             let nodes = shard_config
                 .nodes
@@ -89,7 +90,7 @@ impl Server {
                             config.proxy.worker_count(),
                             on_failure,
                         );
-                        Node::new(next_id, addr.clone(), pool)
+                        Node::new(next_id, addr.clone(), pool, changes.clone())
                     })
                 })
                 .collect();
@@ -99,7 +100,15 @@ impl Server {
                 shard_config.read_from,
             )));
         }
-        let read_policies = shards.iter().map(|s| read_policy(s.read_from)).collect();
+        let mut read_policies = Vec::new();
+        for (shard, shard_config) in shards.iter().zip(config.shards.values()) {
+            read_policies.push(match &shard_config.router {
+                Some(path) => {
+                    load_router(&shard.name, path, &shard_config.router_config, &changes)?
+                }
+                None => read_policy(shard.read_from),
+            });
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let context = Arc::new(Context {
             topology: Topology { shards },
@@ -168,6 +177,32 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Loads a shard's router plugin; a plugin that fails any step of loading
+/// stops startup with the step and the reason.
+fn load_router(
+    shard: &str,
+    path: &str,
+    config: &str,
+    changes: &Arc<std::sync::atomic::AtomicU64>,
+) -> std::io::Result<Box<dyn ReadPolicy>> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("shards.{shard}.router: cannot read {path}: {e}"),
+        )
+    })?;
+    let router = crate::policy::WasmRouter::load(
+        path,
+        &bytes,
+        config,
+        crate::policy::Limits::default(),
+        changes.clone(),
+    )
+    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    tracing::info!(shard, plugin = %router.name(), "router plugin loaded");
+    Ok(Box::new(router))
 }
 
 async fn accept_loop(

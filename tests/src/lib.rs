@@ -279,6 +279,45 @@ pub fn config_for(nodes: &[String], setup: Setup) -> String {
     )
 }
 
+/// The built-in plugin `name` (a crate under plugins/), built as a Wasm
+/// component on first use.
+pub fn plugin(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    built_plugin(&BUILT, "plugins", name)
+}
+
+/// A misbehaving plugin from tests/plugins/, built on first use.
+pub fn test_plugin(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    built_plugin(&BUILT, "tests/plugins", name)
+}
+
+/// Builds the plugin workspace in `dir` once (`cargo build --target
+/// wasm32-wasip2 --release`) and returns the path of `name`'s component.
+fn built_plugin(once: &std::sync::OnceLock<()>, dir: &str, name: &str) -> PathBuf {
+    once.get_or_init(|| {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(repo_path(&format!("{dir}/Cargo.toml")))
+            .status()
+            .expect("run cargo to build the plugins");
+        assert!(
+            status.success(),
+            "building {dir} failed (is the target installed? rustup target add wasm32-wasip2)"
+        );
+    });
+    repo_path(&format!(
+        "{dir}/target/wasm32-wasip2/release/{}.wasm",
+        name.replace('-', "_")
+    ))
+}
+
 /// Path to a file in the repository (for example configs).
 pub fn repo_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -284,11 +284,27 @@ impl Connection {
                     Err(e) => Value::err(format!("ERR {e}")),
                 }
             }
+            Some(b"POLICIES") => {
+                let views: Vec<_> = self
+                    .ctx
+                    .topology
+                    .shards
+                    .iter()
+                    .zip(&self.ctx.read_policies)
+                    .map(|(shard, policy)| (shard.name.clone(), policy.describe()))
+                    .collect();
+                match serde_json::to_string_pretty(&views) {
+                    Ok(json) => Value::bulk(json),
+                    Err(e) => Value::err(format!("ERR {e}")),
+                }
+            }
             Some(b"HELP") => Value::Array(
                 [
                     "RAMPART <subcommand>. Subcommands are:",
                     "TOPOLOGY",
                     "    Shards, nodes, roles and health as JSON.",
+                    "POLICIES",
+                    "    Each shard's read policy, with calls, traps and fallbacks, as JSON.",
                     "HELP",
                     "    Print this help.",
                 ]

@@ -17,6 +17,32 @@ use crate::topology::{Node, Shard};
 /// Chooses the node for a read-only command. `None` means "the primary".
 pub trait ReadPolicy: Send + Sync {
     fn pick<'s>(&self, shard: &'s Shard, client_id: u64) -> Option<&'s Arc<Node>>;
+
+    /// What is deciding, for the admin views.
+    fn describe(&self) -> PolicyView;
+}
+
+/// A read policy as the admin views show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PolicyView {
+    pub name: String,
+    /// `native` (built into the binary) or `wasm`.
+    pub kind: &'static str,
+    pub calls: u64,
+    pub traps: u64,
+    pub fallbacks: u64,
+}
+
+impl PolicyView {
+    pub fn native(name: &str) -> PolicyView {
+        PolicyView {
+            name: name.to_string(),
+            kind: "native",
+            calls: 0,
+            traps: 0,
+            fallbacks: 0,
+        }
+    }
 }
 
 pub fn read_policy(read_from: ReadFrom) -> Box<dyn ReadPolicy> {

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::ReadPolicy;
+use super::{PolicyView, ReadPolicy};
 use crate::topology::{Node, Shard};
 
 /// Every read to the primary: reads see every acknowledged write.
@@ -12,6 +12,10 @@ pub struct PrimaryOnly;
 impl ReadPolicy for PrimaryOnly {
     fn pick<'s>(&self, _shard: &'s Shard, _client_id: u64) -> Option<&'s Arc<Node>> {
         None
+    }
+
+    fn describe(&self) -> PolicyView {
+        PolicyView::native("primary-only")
     }
 }
 
@@ -31,5 +35,9 @@ impl ReadPolicy for RoundRobinReplicas {
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % count;
         serving().nth(turn)
+    }
+
+    fn describe(&self) -> PolicyView {
+        PolicyView::native("round-robin")
     }
 }

@@ -45,11 +45,15 @@ pub struct Node {
     /// `redis_version` from INFO, for HELLO replies.
     pub version: Mutex<Option<String>>,
     pub pool: NodePool,
+    /// Shared by all nodes: bumped when any node's role or health changes,
+    /// so policies that cache the node list know to refresh it.
+    changes: Arc<AtomicU64>,
 }
 
 impl Node {
-    pub fn new(id: u32, addr: String, pool: NodePool) -> Node {
+    pub fn new(id: u32, addr: String, pool: NodePool, changes: Arc<AtomicU64>) -> Node {
         Node {
+            changes,
             id,
             addr,
             role: AtomicU8::new(Role::Unknown as u8),
@@ -87,15 +91,22 @@ impl Node {
     }
 
     pub fn set_health(&self, health: Health) {
-        self.health.store(health as u8, Ordering::Release);
+        if self.health.swap(health as u8, Ordering::AcqRel) != health as u8 {
+            self.changes.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Records what a probe saw.
     pub fn observe(&self, role: Role, offset: u64, replica_connected: bool) {
-        self.role.store(role as u8, Ordering::Release);
+        let role_changed = self.role.swap(role as u8, Ordering::AcqRel) != role as u8;
         self.offset.store(offset, Ordering::Release);
-        self.replica_connected
-            .store(replica_connected as u8, Ordering::Release);
+        let link_changed = self
+            .replica_connected
+            .swap(replica_connected as u8, Ordering::AcqRel)
+            != replica_connected as u8;
+        if role_changed || link_changed {
+            self.changes.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// A replica that may serve reads: answering probes and following its

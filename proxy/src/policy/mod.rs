@@ -1,0 +1,105 @@
+//! The Wasm policy host: routing decisions made by WebAssembly components
+//! that users write with `rampart-sdk`.
+//!
+//! Sandbox: a component gets no WASI at all (no files, sockets, clock or
+//! environment); any import other than Rampart's `host` interface traps when
+//! called. Memory is capped per instance, and every call runs under an epoch
+//! deadline, so a plugin that loops is stopped within a tick or two of its
+//! budget. A trap drops the instance (a new one is made on the next call)
+//! and that call falls back to the default choice, the primary.
+//!
+//! A `Store` is not `Sync`, so each worker thread keeps its own instance of
+//! each plugin, made lazily from a pre-linked `InstancePre`.
+//!
+//! Status: the router world only; quorum and detector plugins, hot swap and
+//! shadow mode are not built yet.
+
+mod router;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use wasmtime::{Config, Engine};
+
+pub use router::WasmRouter;
+
+/// Limits applied to every plugin instance.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Linear memory an instance may grow to.
+    pub memory_bytes: usize,
+    /// Epoch ticks (one per [`TICK`]) a single call may run.
+    pub call_ticks: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            memory_bytes: 16 * 1024 * 1024,
+            // The deadline is counted in whole ticks from wherever the
+            // current tick is: one tick could end a call a microsecond in.
+            call_ticks: 2,
+        }
+    }
+}
+
+/// How often the engine's epoch advances: the granularity of call budgets.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// The process-wide engine, with its epoch ticker thread.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        // Plugins are small and called often: optimise for call speed.
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = match Engine::new(&config) {
+            Ok(engine) => engine,
+            // The configuration is fixed and valid; an error here is a bug.
+            Err(e) => panic!("wasmtime engine configuration rejected: {e}"),
+        };
+        let ticker = engine.weak();
+        let _ = std::thread::Builder::new()
+            .name("rampart-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            });
+        engine
+    })
+}
+
+/// Counters kept per loaded plugin.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub calls: AtomicU64,
+    pub traps: AtomicU64,
+    pub fallbacks: AtomicU64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.traps.load(Ordering::Relaxed),
+            self.fallbacks.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A plugin that could not be loaded, with the step that refused it.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin {name}: {step}: {message}")]
+pub struct LoadError {
+    pub name: String,
+    pub step: &'static str,
+    pub message: String,
+}
+
+/// Shared by every instance of one plugin.
+pub(crate) type SharedStats = Arc<Stats>;

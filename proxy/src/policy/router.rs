@@ -1,0 +1,257 @@
+//! The `router` world: a Wasm component that picks the node for each read.
+
+use std::cell::RefCell;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+
+use super::{engine, Limits, LoadError, SharedStats, Stats};
+use crate::route::{PolicyView, ReadPolicy};
+use crate::topology::{self, Shard};
+
+wasmtime::component::bindgen!({
+    path: "../sdk/wit",
+    world: "router",
+});
+
+use rampart::policy::host::Level;
+use rampart::policy::types as wit;
+
+/// What each plugin instance's store holds.
+struct State {
+    limits: StoreLimits,
+    name: Arc<str>,
+}
+
+impl rampart::policy::host::Host for State {
+    fn log(&mut self, level: Level, message: String) {
+        let plugin = &*self.name;
+        match level {
+            Level::Trace => tracing::trace!(plugin, "{message}"),
+            Level::Debug => tracing::debug!(plugin, "{message}"),
+            Level::Info => tracing::info!(plugin, "{message}"),
+            Level::Warn => tracing::warn!(plugin, "{message}"),
+            Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+impl wit::Host for State {}
+
+/// One live instance, owned by one thread.
+struct Instance {
+    store: Store<State>,
+    router: Router,
+    /// Topology version last passed to `update`.
+    seen: u64,
+}
+
+thread_local! {
+    /// This thread's instances, by plugin id.
+    static INSTANCES: RefCell<HashMap<u64, Instance>> = RefCell::new(HashMap::new());
+}
+
+/// A loaded router plugin: a read policy backed by a Wasm component.
+pub struct WasmRouter {
+    id: u64,
+    name: Arc<str>,
+    pre: RouterPre<State>,
+    config: String,
+    limits: Limits,
+    /// Bumped whenever a node's role or health changes.
+    topology_version: Arc<AtomicU64>,
+    pub stats: SharedStats,
+}
+
+impl WasmRouter {
+    /// Compiles, links, instantiates and configures the component once, on
+    /// the calling thread, before anything routes through it.
+    pub fn load(
+        name: &str,
+        bytes: &[u8],
+        config: &str,
+        limits: Limits,
+        topology_version: Arc<AtomicU64>,
+    ) -> Result<WasmRouter, LoadError> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let fail = |step: &'static str, message: String| LoadError {
+            name: name.to_string(),
+            step,
+            message,
+        };
+        let engine = engine();
+        let component =
+            Component::new(engine, bytes).map_err(|e| fail("compile", format!("{e:#}")))?;
+        let mut linker = Linker::new(engine);
+        Router::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state)
+            .map_err(|e| fail("link", format!("{e:#}")))?;
+        // Anything else the component imports (WASI included) traps if
+        // called: a policy gets no files, sockets or environment.
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(|e| fail("link", format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(RouterPre::new)
+            .map_err(|e| fail("link", format!("{e:#}")))?;
+        let router = WasmRouter {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            name: name.into(),
+            pre,
+            config: config.to_string(),
+            limits,
+            topology_version,
+            stats: Arc::new(Stats::default()),
+        };
+        router
+            .instantiate()
+            .map_err(|(step, message)| fail(step, message))?;
+        Ok(router)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn instantiate(&self) -> Result<Instance, (&'static str, String)> {
+        let state = State {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory_bytes)
+                // A component is several core instances (its modules and
+                // the shims between them), never many.
+                .instances(32)
+                .build(),
+            name: self.name.clone(),
+        };
+        let mut store = Store::new(engine(), state);
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(self.limits.call_ticks);
+        let router = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| ("instantiate", format!("{e:#}")))?;
+        store.set_epoch_deadline(self.limits.call_ticks);
+        match router.call_configure(&mut store, &self.config) {
+            Ok(Ok(())) => {}
+            Ok(Err(refused)) => return Err(("configure", refused)),
+            Err(trap) => return Err(("configure", format!("trapped: {trap:#}"))),
+        }
+        Ok(Instance {
+            store,
+            router,
+            seen: u64::MAX,
+        })
+    }
+
+    /// Records a failed call: the instance is dropped (a trap may leave it
+    /// in any state) and the caller falls back to the primary.
+    fn trapped(
+        &self,
+        instances: &mut HashMap<u64, Instance>,
+        what: &str,
+        error: impl std::fmt::Display,
+    ) {
+        self.stats.traps.fetch_add(1, Ordering::Relaxed);
+        self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+        instances.remove(&self.id);
+        tracing::warn!(plugin = %self.name, call = what, error = %error, "router plugin trapped; using the primary");
+    }
+}
+
+fn wit_node(shard_index: u32, node: &topology::Node) -> wit::Node {
+    wit::Node {
+        id: node.id,
+        shard: shard_index,
+        role: match node.role() {
+            topology::Role::Primary => wit::Role::Primary,
+            _ => wit::Role::Replica,
+        },
+        health: match node.health() {
+            topology::Health::Up => wit::Health::Up,
+            topology::Health::Suspect => wit::Health::Suspect,
+            topology::Health::Down => wit::Health::Down,
+        },
+        serves_reads: node.serves_reads(),
+        priority: 100,
+        zone: 0,
+        latency_us: 0,
+        inflight: 0,
+        repl_offset: node.offset(),
+        lag_ms: 0,
+    }
+}
+
+impl ReadPolicy for WasmRouter {
+    fn describe(&self) -> PolicyView {
+        let (calls, traps, fallbacks) = self.stats.snapshot();
+        PolicyView {
+            name: self.name.to_string(),
+            kind: "wasm",
+            calls,
+            traps,
+            fallbacks,
+        }
+    }
+
+    fn pick<'s>(&self, shard: &'s Shard, client_id: u64) -> Option<&'s Arc<topology::Node>> {
+        INSTANCES.with(|cell| {
+            let mut instances = cell.borrow_mut();
+            if let Entry::Vacant(slot) = instances.entry(self.id) {
+                match self.instantiate() {
+                    Ok(instance) => {
+                        slot.insert(instance);
+                    }
+                    Err((step, message)) => {
+                        self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(plugin = %self.name, step, %message, "router plugin unavailable; using the primary");
+                        return None;
+                    }
+                }
+            }
+            let instance = instances.get_mut(&self.id)?;
+            let version = self.topology_version.load(Ordering::Acquire);
+            if instance.seen != version {
+                let nodes: Vec<wit::Node> = shard.nodes.iter().map(|n| wit_node(0, n)).collect();
+                instance.store.set_epoch_deadline(self.limits.call_ticks);
+                if let Err(trap) = instance.router.call_update(&mut instance.store, &nodes) {
+                    self.trapped(&mut instances, "update", trap);
+                    return None;
+                }
+                instance.seen = version;
+            }
+            let request = wit::Request {
+                shard: 0,
+                class: wit::CommandClass::Read,
+                key_hash: 0,
+                client_id,
+                client_zone: 0,
+            };
+            self.stats.calls.fetch_add(1, Ordering::Relaxed);
+            instance.store.set_epoch_deadline(self.limits.call_ticks);
+            match instance.router.call_route(&mut instance.store, request) {
+                Ok(Some(id)) => {
+                    let node = shard.nodes.iter().find(|n| n.id == id);
+                    if node.is_none() {
+                        self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    node
+                }
+                Ok(None) => None,
+                Err(trap) => {
+                    self.trapped(&mut instances, "route", trap);
+                    None
+                }
+            }
+        })
+    }
+}
