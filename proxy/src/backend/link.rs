@@ -268,6 +268,7 @@ async fn write_loop(
 ) -> Result<(), String> {
     let mut out = BytesMut::with_capacity(16 * 1024);
     while let Some(first) = rx.recv().await {
+        out.clear();
         // A lone small batch: before writing it, let the event loop take in
         // everything else that is ready (other clients' requests for this
         // link), so one write carries many. With 50 clients sending one
@@ -275,28 +276,37 @@ async fn write_loop(
         // (~5 to ~10), roughly halving the node's system calls. Pipelined
         // clients already send big batches; for them the extra pass of the
         // event loop only cost throughput, so they skip it.
-        if first.requests.len() < GATHER_BELOW && rx.is_empty() {
+        let gather = first.requests.len() < GATHER_BELOW && rx.is_empty();
+        // Every batch taken from the queue is registered at once: this
+        // future may be dropped at any await (when the reader fails first),
+        // and a registered batch is then answered by `Reader::fail`, while
+        // one held in a local variable would vanish without a reply.
+        stage(&mut out, &inflight, first);
+        if gather {
             tokio::task::yield_now().await;
         }
-        out.clear();
-        let mut next = Some(first);
-        while let Some(batch) = next.take() {
-            for request in &batch.requests {
-                out.extend_from_slice(request);
-            }
-            // Registered before the bytes go out, so the reader always knows
-            // what a reply belongs to.
-            let _ = inflight.send(InFlight {
-                replies: batch.replies,
-                reply: batch.reply,
-            });
-            if out.len() < WRITE_CHUNK {
-                next = rx.try_recv().ok();
+        while out.len() < WRITE_CHUNK {
+            match rx.try_recv() {
+                Ok(batch) => stage(&mut out, &inflight, batch),
+                Err(_) => break,
             }
         }
         wr.write_all(&out).await.map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Appends a batch's requests to the outgoing bytes and registers it as in
+/// flight (before the bytes go out, so the reader always knows what a reply
+/// belongs to).
+fn stage(out: &mut BytesMut, inflight: &mpsc::UnboundedSender<InFlight>, batch: Batch) {
+    for request in &batch.requests {
+        out.extend_from_slice(request);
+    }
+    let _ = inflight.send(InFlight {
+        replies: batch.replies,
+        reply: batch.reply,
+    });
 }
 
 /// What the watchdog needs to see of the reader. A timer per read would

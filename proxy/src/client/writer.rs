@@ -203,6 +203,6 @@ fn dropped() -> BatchReply {
     BatchReply {
         data: Bytes::new(),
         got: 0,
-        error: Some("ERR rampart: the backend link went away before replying".into()),
+        error: Some("ERR rampart: the backend connection was lost before replying; the command may or may not have run".into()),
     }
 }
