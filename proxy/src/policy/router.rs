@@ -18,8 +18,8 @@ wasmtime::component::bindgen!({
     world: "router",
 });
 
-use rampart::policy::host::Level;
-use rampart::policy::types as wit;
+use self::rampart::policy::host::Level;
+use self::rampart::policy::types as wit;
 
 /// What each plugin instance's store holds.
 struct State {
@@ -27,7 +27,7 @@ struct State {
     name: Arc<str>,
 }
 
-impl rampart::policy::host::Host for State {
+impl self::rampart::policy::host::Host for State {
     fn log(&mut self, level: Level, message: String) {
         let plugin = &*self.name;
         match level {
