@@ -241,6 +241,20 @@ impl Proxy {
         self.client().get_connection().expect("connect to rampart")
     }
 
+    /// How many replicas the proxy currently lets serve reads.
+    pub fn serving_replicas(&self) -> usize {
+        self.cli(&["RAMPART", "TOPOLOGY"])
+            .matches("\"serves_reads\": true")
+            .count()
+    }
+
+    /// Waits until `n` replicas serve reads through the proxy.
+    pub fn wait_serving_replicas(&self, n: usize, timeout: Duration) {
+        wait_until("replicas to serve reads", timeout, || {
+            self.serving_replicas() == n
+        });
+    }
+
     /// Runs redis-cli against the proxy.
     pub fn cli(&self, args: &[&str]) -> String {
         redis_cli(self.port(), args).unwrap_or_default()

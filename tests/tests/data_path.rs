@@ -363,13 +363,7 @@ fn reads_go_to_replicas_when_configured() {
             ..Setup::default()
         },
     );
-    wait_until("replicas to serve reads", Duration::from_secs(5), || {
-        proxy
-            .cli(&["RAMPART", "TOPOLOGY"])
-            .matches("\"serves_reads\": true")
-            .count()
-            == 2
-    });
+    proxy.wait_serving_replicas(2, Duration::from_secs(5));
     let mut c = proxy.conn();
     let _: () = c.set("r", "v").unwrap();
     wait_until("replication", Duration::from_secs(5), || {

@@ -178,11 +178,7 @@ fn a_killed_replica_fails_only_what_was_in_flight_on_it() {
     let mut c = proxy.conn();
     let _: () = c.set("k", "v").unwrap();
     wait_until("replicas to serve reads", Duration::from_secs(5), || {
-        proxy
-            .cli(&["RAMPART", "TOPOLOGY"])
-            .matches("\"serves_reads\": true")
-            .count()
-            == 2
+        proxy.serving_replicas() == 2
             && cluster.nodes[1..]
                 .iter()
                 .all(|n| n.cli(&["GET", "k"]).trim() == "v")
@@ -247,13 +243,7 @@ fn a_killed_replica_fails_only_what_was_in_flight_on_it() {
     wait_until(
         "the replica to serve reads again",
         Duration::from_secs(15),
-        || {
-            proxy
-                .cli(&["RAMPART", "TOPOLOGY"])
-                .matches("\"serves_reads\": true")
-                .count()
-                == 2
-        },
+        || proxy.serving_replicas() == 2,
     );
     // Once its link has reconnected (backoff of at most a second) it gets
     // reads again, and no read fails meanwhile.

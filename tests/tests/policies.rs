@@ -37,13 +37,7 @@ fn proxy_with_router(cluster: &Cluster, name: &str) -> Proxy {
             ..Setup::default()
         },
     );
-    wait_until("replicas to serve reads", Duration::from_secs(5), || {
-        proxy
-            .cli(&["RAMPART", "TOPOLOGY"])
-            .matches("\"serves_reads\": true")
-            .count()
-            == 2
-    });
+    proxy.wait_serving_replicas(2, Duration::from_secs(5));
     proxy
 }
 
@@ -169,13 +163,7 @@ fn plugin_configuration_reaches_the_plugin() {
     let cluster = Cluster::start(2);
     // Node ids follow the order of the configured nodes, from 1.
     let proxy = start_hostile(&cluster, "pick:3").unwrap();
-    wait_until("replicas to serve reads", Duration::from_secs(5), || {
-        proxy
-            .cli(&["RAMPART", "TOPOLOGY"])
-            .matches("\"serves_reads\": true")
-            .count()
-            == 2
-    });
+    proxy.wait_serving_replicas(2, Duration::from_secs(5));
     let served = served_by(&cluster, &proxy, 50);
     assert_eq!(served, [0, 0, 50]);
     let counters = policy_counters(&proxy);
