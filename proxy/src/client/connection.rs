@@ -354,25 +354,20 @@ impl Connection {
             },
         };
         let marker = Request::from_args(&["PUBLISH", "__rampart__:wait", ""]);
-        let reply = self.call(&node, &link, vec![marker.raw, req.raw]).await;
+        let reply = self
+            .call(&node, &link, vec![marker.raw, req.raw], "WAIT")
+            .await;
         if borrowed {
             node.pool.give_back(link, self.session.proto);
         }
+        // Only the WAIT's reply goes to the client, not the marker's.
         let bytes = match reply {
-            Some(reply) if reply.got == 2 && reply.error.is_none() => {
+            Ok(data) => {
                 let mut scanner = crate::resp::ReplyScanner::new(8);
-                let first = scanner.scan(&reply.data).ok().flatten().unwrap_or(0);
-                reply.data.slice(first..)
+                let first = scanner.scan(&data).ok().flatten().unwrap_or(0);
+                data.slice(first..)
             }
-            Some(reply) => Value::err(
-                reply
-                    .error
-                    .as_deref()
-                    .unwrap_or("ERR rampart: WAIT failed")
-                    .to_string(),
-            )
-            .encode(self.session.proto),
-            None => Value::err("ERR rampart: WAIT failed").encode(self.session.proto),
+            Err(error) => error.encode(self.session.proto),
         };
         self.push(Pending::Local(bytes))
     }
@@ -415,28 +410,37 @@ impl Connection {
         Flow::Continue
     }
 
-    /// Sends requests on a link and waits for their replies, after
+    /// Sends requests on a link and waits for all their replies, after
     /// everything the client sent before them (an open batch for the same
-    /// link would otherwise be overtaken). `None` if the link went away.
+    /// link would otherwise be overtaken). The replies as the node wrote
+    /// them, or the error to answer with if any did not come.
     pub(super) async fn call(
         &mut self,
         node: &Node,
         link: &Link,
         requests: Vec<Bytes>,
-    ) -> Option<crate::backend::BatchReply> {
+        what: &str,
+    ) -> Result<Bytes, Value> {
+        let failed = || Value::err(format!("ERR rampart: {what} failed"));
         if self.flush().await == Flow::Stop {
-            return None;
+            return Err(failed());
         }
         let (tx, rx) = oneshot::channel();
-        node.count_requests(requests.len() as u64);
         let replies = requests.len();
+        node.count_requests(replies as u64);
         link.send(Batch {
             requests,
             replies,
             reply: tx,
         })
         .await;
-        rx.await.ok()
+        match rx.await {
+            Ok(reply) if reply.got == replies && reply.error.is_none() => Ok(reply.data),
+            Ok(reply) => Err(reply
+                .error
+                .map_or_else(failed, |error| Value::err(error.to_string()))),
+            Err(_) => Err(failed()),
+        }
     }
 
     /// Ensures the client holds a live dedicated connection to the primary.

@@ -240,17 +240,9 @@ impl Connection {
         let Some((node, link)) = self.session.pinned.clone() else {
             return Flow::Continue;
         };
-        let reply = match self.call(&node, &link, vec![req.raw]).await {
-            Some(reply) if reply.got == 1 && reply.error.is_none() => reply.data,
-            Some(reply) => Value::err(
-                reply
-                    .error
-                    .as_deref()
-                    .unwrap_or("ERR rampart: SELECT failed")
-                    .to_string(),
-            )
-            .encode(self.session.proto),
-            None => Value::err("ERR rampart: SELECT failed").encode(self.session.proto),
+        let reply = match self.call(&node, &link, vec![req.raw], "SELECT").await {
+            Ok(data) => data,
+            Err(error) => error.encode(self.session.proto),
         };
         if reply.starts_with(b"+") {
             self.session.db = db;
