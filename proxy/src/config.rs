@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::replicate::quorum::Quorum;
 use crate::resp::Limits;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -26,6 +27,8 @@ pub struct Config {
     pub probe: ProbeConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub failover: FailoverConfig,
     /// Shards by name. Today exactly one is supported.
     pub shards: BTreeMap<String, ShardConfig>,
 }
@@ -192,6 +195,94 @@ pub struct ShardConfig {
     /// Text handed to the router plugin's `configure`.
     #[serde(default)]
     pub router_config: String,
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+}
+
+/// How durable a write is before its client is answered (native mode: the
+/// nodes replicate with Redis replication).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Replica acknowledgements a write needs: `none` (asynchronous), `one`,
+    /// `majority` (of all the shard's nodes, the primary counting as one) or
+    /// `all`, of the replicas configured.
+    pub quorum: Quorum,
+    /// How long a write waits for its acknowledgements (`WAIT`'s timeout).
+    pub timeout_ms: u32,
+    /// Too few acknowledgements in time: `fail` answers `-NOQUORUM` (the
+    /// write stays applied on the primary; Redis cannot roll back), `accept`
+    /// answers the write's own reply.
+    pub on_shortfall: Shortfall,
+    /// Let Rampart set replication up: `REPLICAOF` on nodes that do not
+    /// follow the primary, and `min-replicas-to-write` on the primary so an
+    /// isolated primary refuses writes even from clients that bypass Rampart.
+    pub manage_replication: bool,
+    /// With `manage_replication`, the `min-replicas-max-lag` set on the
+    /// primary (seconds).
+    pub min_replicas_max_lag_s: u32,
+    /// A replica further behind than this serves no reads.
+    pub max_read_lag_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> ReplicationConfig {
+        ReplicationConfig {
+            quorum: Quorum::None,
+            timeout_ms: 1000,
+            on_shortfall: Shortfall::Fail,
+            manage_replication: false,
+            min_replicas_max_lag_s: 10,
+            max_read_lag_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Shortfall {
+    Fail,
+    Accept,
+}
+
+/// Automatic failover.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// `leader`: this instance promotes, repoints and fences. `follower`:
+    /// it never changes a node, and routes to the primary it observes.
+    pub role: FailoverRole,
+    /// While a shard has no primary (during a failover), writes wait this
+    /// long for one before they are answered with an error.
+    pub hold_writes_ms: u64,
+    /// At most this many clients wait with held writes; more get an error
+    /// at once.
+    pub max_held_clients: usize,
+    /// Where the shards' epochs are kept across restarts (a directory).
+    /// Unset: in memory only, and a restarted Rampart trusts what the nodes
+    /// say about themselves.
+    pub state_dir: Option<String>,
+    /// Failover events kept for `GET /v1/events`.
+    pub event_history: usize,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> FailoverConfig {
+        FailoverConfig {
+            role: FailoverRole::Leader,
+            hold_writes_ms: 5000,
+            max_held_clients: 10_000,
+            state_dir: None,
+            event_history: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverRole {
+    Leader,
+    Follower,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -251,6 +342,20 @@ impl Config {
                     "field `shards.{name}.nodes`: expected at least one host:port"
                 )));
             }
+            let replication = &shard.replication;
+            if replication.quorum != Quorum::None
+                && u64::from(replication.timeout_ms) >= self.backend.reply_timeout_ms
+            {
+                return Err(ConfigError(format!(
+                    "field `shards.{name}.replication.timeout_ms`: expected less than backend.reply_timeout_ms ({}), got {}",
+                    self.backend.reply_timeout_ms, replication.timeout_ms
+                )));
+            }
+            if replication.quorum != Quorum::None && replication.timeout_ms == 0 {
+                return Err(ConfigError(format!(
+                    "field `shards.{name}.replication.timeout_ms`: expected a number greater than 0 (WAIT 0 would wait forever), got 0"
+                )));
+            }
             for (i, node) in shard.nodes.iter().enumerate() {
                 check_addr(&format!("shards.{name}.nodes[{i}]"), node)?;
                 if shard.nodes[..i].contains(node) {
@@ -273,6 +378,8 @@ impl Config {
             ("limits.max_pipeline", self.limits.max_pipeline as u64),
             ("limits.max_reply_depth", self.limits.max_reply_depth as u64),
             ("proxy.max_clients", self.proxy.max_clients as u64),
+            ("failover.hold_writes_ms", self.failover.hold_writes_ms),
+            ("failover.event_history", self.failover.event_history as u64),
         ];
         for (field, value) in positive {
             if value == 0 {

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod failover;
 pub mod policy;
+pub mod replicate;
 pub mod resp;
 pub mod route;
 pub mod server;

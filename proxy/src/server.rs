@@ -11,7 +11,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::backend::{ConnectOptions, LinkOptions, NodePool};
-use crate::config::Config;
+use crate::config::{Config, FailoverRole, Shortfall};
+use crate::failover::events::Events;
+use crate::replicate::{quorum, QuorumPolicy};
 use crate::route::{read_policy, ReadPolicy};
 use crate::topology::{Health, Node, Shard, Topology};
 use crate::worker::{NewClient, Workers};
@@ -23,7 +25,11 @@ pub struct Context {
     pub topology: Topology,
     /// One per shard, in shard order.
     pub read_policies: Vec<Box<dyn ReadPolicy>>,
+    /// One per shard, in shard order.
+    pub quorum_policies: Vec<Box<dyn QuorumPolicy>>,
     pub clients: AtomicUsize,
+    /// What the failover controllers did.
+    pub events: Events,
     next_client_id: AtomicU64,
     /// Becomes true when Rampart is shutting down: clients finish what they
     /// are owed and close.
@@ -98,6 +104,8 @@ impl Server {
                 name.clone(),
                 nodes,
                 shard_config.read_from,
+                config.failover.role == FailoverRole::Follower,
+                shard_config.replication.max_read_lag_ms,
             )));
         }
         let mut read_policies = Vec::new();
@@ -109,11 +117,25 @@ impl Server {
                 None => read_policy(shard.read_from),
             });
         }
+        let mut quorum_policies: Vec<Box<dyn QuorumPolicy>> = Vec::new();
+        for (shard, shard_config) in shards.iter().zip(config.shards.values()) {
+            let replication = &shard_config.replication;
+            let policy = quorum::Builtin {
+                quorum: replication.quorum,
+                timeout_ms: replication.timeout_ms,
+                fail_on_shortfall: replication.on_shortfall == Shortfall::Fail,
+            };
+            let replicas = shard.nodes.len().saturating_sub(1) as u32;
+            shard.durability.set(policy.requirement(replicas));
+            quorum_policies.push(Box::new(policy));
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let context = Arc::new(Context {
             topology: Topology { shards },
             read_policies,
+            quorum_policies,
             clients: AtomicUsize::new(0),
+            events: Events::new(config.failover.event_history),
             next_client_id: AtomicU64::new(1),
             shutdown: shutdown_rx.clone(),
             config,
@@ -135,6 +157,25 @@ impl Server {
         // first commands for want of a known primary.
         let first_round = probed.acquire_many(node_count as u32);
         let _ = tokio::time::timeout(Duration::from_secs(3), first_round).await;
+        match context.config.failover.role {
+            FailoverRole::Leader => {
+                for index in 0..context.topology.shards.len() {
+                    failover::controller::spawn(context.clone(), index, connect.clone());
+                }
+                // The controller's first tick picks the primary.
+                let shard = context.topology.shard();
+                let mut changed = shard.watch();
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while shard.primary().is_none() && changed.changed().await.is_ok() {}
+                })
+                .await;
+            }
+            FailoverRole::Follower => {
+                for shard in &context.topology.shards {
+                    shard.refresh();
+                }
+            }
+        }
 
         let workers = Workers::start(&context, context.config.proxy.worker_count())?;
         tokio::spawn(accept_loop(

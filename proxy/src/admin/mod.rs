@@ -62,6 +62,16 @@ fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
             }
         }
         (&Method::GET, "/v1/topology") => json(&ctx.topology.snapshot()),
+        (&Method::GET, "/v1/events") => {
+            // `?after=N`: only events newer than sequence number N.
+            let after = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("after=")))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            json(&ctx.events.since(after))
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

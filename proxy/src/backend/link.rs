@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::connect::{connect, ConnectOptions, Session};
+use crate::replicate::{self, Durability, Requirement};
 use crate::resp::ReplyScanner;
 
 /// Requests for one link and where their replies go.
@@ -36,6 +37,9 @@ pub struct Batch {
     /// How many replies the requests produce.
     pub replies: usize,
     pub reply: oneshot::Sender<BatchReply>,
+    /// Set for synchronous writes: the replies are held until a `WAIT`
+    /// shows the shard's quorum of replicas has the writes.
+    pub durable: Option<Arc<Durability>>,
 }
 
 /// The replies to a batch.
@@ -224,10 +228,29 @@ async fn supervise(
     }
 }
 
-/// A batch written and awaiting its replies.
-struct InFlight {
-    replies: usize,
-    reply: oneshot::Sender<BatchReply>,
+/// Something written and awaiting its replies.
+enum InFlight {
+    /// A client's batch. A durable one is held after its replies arrive
+    /// until the `WAIT` after it answers.
+    Batch {
+        replies: usize,
+        reply: oneshot::Sender<BatchReply>,
+        durable: Option<Arc<Durability>>,
+    },
+    /// The `WAIT` Rampart sent after durable batches.
+    Wait {
+        req: Requirement,
+        durability: Arc<Durability>,
+    },
+}
+
+impl InFlight {
+    fn replies(&self) -> usize {
+        match self {
+            InFlight::Batch { replies, .. } => *replies,
+            InFlight::Wait { .. } => 1,
+        }
+    }
 }
 
 /// Runs one connection until it fails or every handle is dropped; returns
@@ -246,6 +269,7 @@ async fn serve(
         current: None,
         consumed: 0,
         done: 0,
+        held: Vec::new(),
     };
     let progress = Progress::default();
     let reason = tokio::select! {
@@ -281,16 +305,18 @@ async fn write_loop(
         // future may be dropped at any await (when the reader fails first),
         // and a registered batch is then answered by `Reader::fail`, while
         // one held in a local variable would vanish without a reply.
-        stage(&mut out, &inflight, first);
+        let mut wait = None;
+        stage(&mut out, &inflight, first, &mut wait);
         if gather {
             tokio::task::yield_now().await;
         }
         while out.len() < WRITE_CHUNK {
             match rx.try_recv() {
-                Ok(batch) => stage(&mut out, &inflight, batch),
+                Ok(batch) => stage(&mut out, &inflight, batch, &mut wait),
                 Err(_) => break,
             }
         }
+        close_run(&mut out, &inflight, &mut wait);
         wr.write_all(&out).await.map_err(|e| e.to_string())?;
     }
     Ok(())
@@ -299,14 +325,53 @@ async fn write_loop(
 /// Appends a batch's requests to the outgoing bytes and registers it as in
 /// flight (before the bytes go out, so the reader always knows what a reply
 /// belongs to).
-fn stage(out: &mut BytesMut, inflight: &mpsc::UnboundedSender<InFlight>, batch: Batch) {
+///
+/// `wait` is the durability of the run of durable batches staged just
+/// before: a `WAIT` goes after the last batch of each run, so it covers all
+/// of them (group commit) and never lands in the middle of what follows (a
+/// client's `MULTI` on a dedicated link, say, where it would be queued).
+fn stage(
+    out: &mut BytesMut,
+    inflight: &mpsc::UnboundedSender<InFlight>,
+    batch: Batch,
+    wait: &mut Option<Arc<Durability>>,
+) {
+    if batch.durable.is_none() {
+        close_run(out, inflight, wait);
+    }
     for request in &batch.requests {
         out.extend_from_slice(request);
     }
-    let _ = inflight.send(InFlight {
+    if let Some(durability) = &batch.durable {
+        wait.get_or_insert_with(|| durability.clone());
+    }
+    let _ = inflight.send(InFlight::Batch {
         replies: batch.replies,
         reply: batch.reply,
+        durable: batch.durable,
     });
+}
+
+/// Ends a run of durable batches with its `WAIT`.
+fn close_run(
+    out: &mut BytesMut,
+    inflight: &mpsc::UnboundedSender<InFlight>,
+    wait: &mut Option<Arc<Durability>>,
+) {
+    let Some(durability) = wait.take() else {
+        return;
+    };
+    // Read now, not when the batches were made, so a changed quorum applies
+    // to everything not yet written.
+    let req = durability.requirement();
+    if req.acks == 0 {
+        return;
+    }
+    out.extend_from_slice(&replicate::wait_request(req));
+    durability
+        .waits
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _ = inflight.send(InFlight::Wait { req, durability });
 }
 
 /// What the watchdog needs to see of the reader. A timer per read would
@@ -345,6 +410,8 @@ struct Reader {
     consumed: usize,
     /// How many replies of `current` those are.
     done: usize,
+    /// Durable batches whose replies arrived, waiting for their `WAIT`.
+    held: Vec<(oneshot::Sender<BatchReply>, BatchReply)>,
 }
 
 impl Reader {
@@ -412,18 +479,50 @@ impl Reader {
             }
             self.consumed += len;
             self.done += 1;
-            let Some(current) = self.current.take_if(|c| c.replies == self.done) else {
+            let Some(current) = self.current.take_if(|c| c.replies() == self.done) else {
                 continue;
             };
             let data = self.buf.split_to(self.consumed).freeze();
             let got = self.done;
             self.consumed = 0;
             self.done = 0;
-            let _ = current.reply.send(BatchReply {
+            let answer = BatchReply {
                 data,
                 got,
                 error: None,
-            });
+            };
+            match current {
+                InFlight::Batch {
+                    reply,
+                    durable: None,
+                    ..
+                } => {
+                    let _ = reply.send(answer);
+                }
+                InFlight::Batch { reply, .. } => self.held.push((reply, answer)),
+                InFlight::Wait { req, durability } => self.release(&answer.data, req, &durability),
+            }
+        }
+    }
+
+    /// Answers the held batches once their `WAIT` has: as they are when
+    /// enough replicas acknowledged (or the policy accepts fewer), else
+    /// with every successful write turned into a `-NOQUORUM` error.
+    fn release(&mut self, wait_reply: &[u8], req: Requirement, durability: &Durability) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let acks = replicate::parse_wait_reply(wait_reply);
+        let short = acks < req.acks;
+        if short {
+            durability.shortfalls.fetch_add(1, Relaxed);
+        }
+        let error = (short && req.fail_on_shortfall).then(|| replicate::shortfall_error(acks, req));
+        for (reply, mut answer) in self.held.drain(..) {
+            if let Some(error) = &error {
+                let (data, failed) = fail_writes(&answer.data, error, self.scanner.depth());
+                durability.failed_writes.fetch_add(failed, Relaxed);
+                answer.data = data;
+            }
+            let _ = reply.send(answer);
         }
     }
 
@@ -443,18 +542,52 @@ impl Reader {
     }
 
     /// Answers everything still in flight after the connection ended.
+    ///
+    /// Held durable batches fail too: their writes reached the primary, but
+    /// whether they reached the replicas is unknown.
     fn fail(&mut self, inflight: &mut mpsc::UnboundedReceiver<InFlight>, error: Arc<str>) {
-        if let Some(current) = self.current.take() {
+        for (reply, _) in self.held.drain(..) {
+            let _ = reply.send(BatchReply::failed(error.clone()));
+        }
+        if let Some(InFlight::Batch { reply, durable, .. }) = self.current.take() {
             let data = self.buf.split_to(self.consumed).freeze();
-            let _ = current.reply.send(BatchReply {
+            let (data, got) = match durable {
+                None => (data, self.done),
+                Some(_) => (Bytes::new(), 0),
+            };
+            let _ = reply.send(BatchReply {
                 data,
-                got: self.done,
+                got,
                 error: Some(error.clone()),
             });
         }
         inflight.close();
         while let Ok(next) = inflight.try_recv() {
-            let _ = next.reply.send(BatchReply::failed(error.clone()));
+            if let InFlight::Batch { reply, .. } = next {
+                let _ = reply.send(BatchReply::failed(error.clone()));
+            }
         }
     }
+}
+
+/// A durable batch's replies with each successful one replaced by `error`
+/// (replies that are errors already stay: those writes did not happen), and
+/// how many were replaced.
+fn fail_writes(data: &Bytes, error: &str, max_depth: usize) -> (Bytes, u64) {
+    let mut scanner = ReplyScanner::new(max_depth);
+    let mut out = BytesMut::with_capacity(data.len() + 64);
+    let mut failed = 0;
+    let mut rest = &data[..];
+    while let Ok(Some(len)) = scanner.scan(rest) {
+        if rest[0] == b'-' {
+            out.extend_from_slice(&rest[..len]);
+        } else {
+            out.extend_from_slice(b"-");
+            out.extend_from_slice(error.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            failed += 1;
+        }
+        rest = &rest[len..];
+    }
+    (out.freeze(), failed)
 }

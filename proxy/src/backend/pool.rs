@@ -24,9 +24,11 @@ pub struct NodePool {
     max_idle: usize,
     on_failure: OnFailure,
     /// Per worker thread (plus one slot for other threads): shared links,
-    /// RESP2 and RESP3, opened on first use by that thread so their tasks
-    /// run on its event loop.
-    shared: Vec<[OnceLock<Vec<Link>>; 2]>,
+    /// RESP2 and RESP3, for reads and for writes, opened on first use by
+    /// that thread so their tasks run on its event loop. Writes have links
+    /// of their own because synchronous writes are followed by a `WAIT`,
+    /// and reads must not queue behind it.
+    shared: Vec<[OnceLock<Vec<Link>>; 4]>,
     /// Per worker thread: clean dedicated links (database 0, no
     /// transaction), per protocol.
     idle: Vec<[Mutex<Vec<Link>>; 2]>,
@@ -55,7 +57,7 @@ impl NodePool {
             max_idle,
             on_failure,
             shared: (0..=workers)
-                .map(|_| [OnceLock::new(), OnceLock::new()])
+                .map(|_| std::array::from_fn(|_| OnceLock::new()))
                 .collect(),
             idle: (0..=workers)
                 .map(|_| [Mutex::new(Vec::new()), Mutex::new(Vec::new())])
@@ -72,7 +74,16 @@ impl NodePool {
 
     /// The shared link a client uses for this node.
     pub fn shared(&self, proto: Proto, client_id: u64) -> &Link {
-        let links = self.shared[self.here()][slot(proto)].get_or_init(|| {
+        self.shared_in(slot(proto), proto, client_id)
+    }
+
+    /// The shared link a client uses for synchronous writes to this node.
+    pub fn writer(&self, proto: Proto, client_id: u64) -> &Link {
+        self.shared_in(2 + slot(proto), proto, client_id)
+    }
+
+    fn shared_in(&self, kind: usize, proto: Proto, client_id: u64) -> &Link {
+        let links = self.shared[self.here()][kind].get_or_init(|| {
             (0..self.links_per_node)
                 .map(|_| {
                     Link::shared(

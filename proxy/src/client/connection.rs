@@ -6,6 +6,7 @@
 //! barrier until every earlier reply has been written, so moving never
 //! reorders anything.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -38,6 +39,10 @@ struct OpenBatch {
     link: Link,
     node: Arc<Node>,
     requests: Vec<Bytes>,
+    /// Replies held until the shard's quorum of replicas has the writes.
+    /// A batch is all durable or not at all, so a `WAIT` after it never
+    /// lands inside a transaction that follows it.
+    durable: bool,
 }
 
 pub struct Connection {
@@ -49,6 +54,12 @@ pub struct Connection {
     open: Option<OpenBatch>,
     /// Set when the session becomes a pipe: the backend side to copy from.
     pipe_from: Option<OwnedReadHalf>,
+    /// The request being handled is a synchronous write.
+    durable: bool,
+    /// Position in the reply queue of the client's last durable batch: until
+    /// its replies are in, the client's reads follow its writes on the write
+    /// link, so they cannot overtake them.
+    durable_upto: u64,
 }
 
 impl Connection {
@@ -62,6 +73,8 @@ impl Connection {
             replies: Replies::new(wr),
             open: None,
             pipe_from: None,
+            durable: false,
+            durable_upto: 0,
             ctx,
         }
     }
@@ -199,6 +212,7 @@ impl Connection {
         if self.session.tx_lost && self.session.in_multi {
             return self.in_lost_transaction(class, req).await;
         }
+        self.durable = self.wants_durability(class);
         match class {
             Class::Local(local) => self.local(local, req).await,
             Class::Refused(text) => self.reply(Value::err(text)).await,
@@ -213,6 +227,19 @@ impl Connection {
             Class::Wait => self.wait(req).await,
             Class::Stream => self.stream(req).await,
         }
+    }
+
+    /// Whether the request's reply must wait for the shard's write quorum:
+    /// writes, blocking pops and moves, and EXEC (a whole transaction is one
+    /// write), in synchronous mode. Commands queued inside MULTI are not,
+    /// since a `WAIT` there would be queued with them.
+    fn wants_durability(&self, class: Class) -> bool {
+        !self.session.in_multi
+            && matches!(
+                class,
+                Class::Write | Class::Blocking | Class::Transaction(Tx::Exec)
+            )
+            && self.ctx.topology.shard().durability.is_sync()
     }
 
     /// Reads and writes that need no connection state.
@@ -230,12 +257,34 @@ impl Connection {
         let ctx = self.ctx.clone();
         let shard = ctx.topology.shard();
         let policy = &ctx.read_policies[0];
-        let Ok(mut node) = route::route(shard, policy.as_ref(), class, self.session.id) else {
-            return self.reply(self.no_primary()).await;
+        let mut node = match route::route(shard, policy.as_ref(), class, self.session.id) {
+            Ok(node) => node,
+            Err(_) => {
+                if !self.await_primary().await {
+                    return self.reply(self.no_primary()).await;
+                }
+                match route::route(shard, policy.as_ref(), class, self.session.id) {
+                    Ok(node) => node,
+                    Err(_) => return self.reply(self.no_primary()).await,
+                }
+            }
         };
         let proto = self.session.proto;
-        let mut link = node.pool.shared(proto, self.session.id);
-        if !link.is_up() && class == Class::Read {
+        let follows_own_writes = class == Class::Read
+            && self.replies.completed() < self.durable_upto
+            && shard.durability.is_sync();
+        if follows_own_writes {
+            if let Some(primary) = shard.primary() {
+                node = primary;
+                self.durable = true;
+            }
+        }
+        let mut link = if self.durable {
+            node.pool.writer(proto, self.session.id)
+        } else {
+            node.pool.shared(proto, self.session.id)
+        };
+        if !link.is_up() && class == Class::Read && !self.durable {
             // A replica whose link is reconnecting: the primary can answer.
             if let Some(primary) = shard.primary() {
                 node = primary;
@@ -386,6 +435,9 @@ impl Connection {
                 node.pool.give_back(link, self.session.proto);
             }
         }
+        if !self.await_primary().await {
+            return self.reply(self.no_primary()).await;
+        }
         let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
             return self.reply(self.no_primary()).await;
         };
@@ -432,6 +484,7 @@ impl Connection {
             requests,
             replies,
             reply: tx,
+            durable: None,
         })
         .await;
         match rx.await {
@@ -465,7 +518,10 @@ impl Connection {
     }
 
     /// A dedicated connection to the primary in this client's state.
-    async fn dedicated(&self) -> Result<(Arc<Node>, Link), Value> {
+    async fn dedicated(&mut self) -> Result<(Arc<Node>, Link), Value> {
+        if !self.await_primary().await {
+            return Err(self.no_primary());
+        }
         let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
             return Err(self.no_primary());
         };
@@ -491,6 +547,45 @@ impl Connection {
         }
     }
 
+    /// While the shard has no usable primary (a failover is choosing one),
+    /// a request that needs it waits, up to `failover.hold_writes_ms`, so a
+    /// failover costs clients a pause instead of errors. At most
+    /// `failover.max_held_clients` wait; beyond that, and past the time
+    /// bound, the caller answers an error. True once there is a primary.
+    async fn await_primary(&mut self) -> bool {
+        let ctx = self.ctx.clone();
+        let shard = ctx.topology.shard();
+        if shard.primary().is_some() {
+            return true;
+        }
+        if self.flush().await == Flow::Stop {
+            return false;
+        }
+        let failover = &ctx.config.failover;
+        if shard.held.fetch_add(1, Ordering::AcqRel) >= failover.max_held_clients {
+            shard.held.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_millis(failover.hold_writes_ms);
+        let mut changed = shard.watch();
+        let mut shutdown = ctx.shutdown.clone();
+        let found = loop {
+            if shard.primary().is_some() {
+                break true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break false,
+                _ = shutdown.changed() => break false,
+                result = changed.changed() => if result.is_err() {
+                    break false;
+                },
+            }
+        };
+        shard.held.fetch_sub(1, Ordering::AcqRel);
+        found
+    }
+
     fn no_primary(&self) -> Value {
         Value::err(format!(
             "ERR rampart: no reachable primary for shard '{}'",
@@ -501,10 +596,10 @@ impl Connection {
     /// Adds a request to the open batch, sending the batch first if it is for
     /// another link or full.
     async fn add(&mut self, node: Arc<Node>, link: Link, raw: Bytes) -> Flow {
-        let same = self
-            .open
-            .as_ref()
-            .is_some_and(|open| open.link.same(&link) && open.requests.len() < MAX_BATCH);
+        let durable = self.durable;
+        let same = self.open.as_ref().is_some_and(|open| {
+            open.link.same(&link) && open.durable == durable && open.requests.len() < MAX_BATCH
+        });
         if !same && self.flush().await == Flow::Stop {
             return Flow::Stop;
         }
@@ -517,6 +612,7 @@ impl Connection {
                     link,
                     node,
                     requests,
+                    durable,
                 });
             }
         }
@@ -531,14 +627,22 @@ impl Connection {
         let replies = open.requests.len();
         let (tx, rx) = oneshot::channel();
         open.node.count_requests(replies as u64);
+        let durable = open
+            .durable
+            .then(|| self.ctx.topology.shard().durability.clone());
         open.link
             .send(Batch {
                 requests: open.requests,
                 replies,
                 reply: tx,
+                durable,
             })
             .await;
-        self.push(Pending::Remote { reply: rx, replies })
+        let position = self.replies.push(Pending::Remote { reply: rx, replies });
+        if open.durable {
+            self.durable_upto = position;
+        }
+        Flow::Continue
     }
 
     /// Waits until every reply queued so far has been written, so that the
@@ -551,7 +655,7 @@ impl Connection {
     }
 
     pub(super) fn push(&mut self, item: Pending) -> Flow {
-        self.replies.push(item);
+        let _ = self.replies.push(item);
         Flow::Continue
     }
 

@@ -49,6 +49,10 @@ pub struct Replies {
     out_len: usize,
     /// Replies owed for requests already sent to backends.
     owed: usize,
+    /// Items ever queued, and ever taken off the queue complete: item `n`
+    /// (counting from 1) has its reply once `completed >= n`.
+    queued: u64,
+    completed: u64,
 }
 
 impl Replies {
@@ -59,14 +63,24 @@ impl Replies {
             out: Vec::with_capacity(16),
             out_len: 0,
             owed: 0,
+            queued: 0,
+            completed: 0,
         }
     }
 
-    pub fn push(&mut self, item: Pending) {
+    /// Queues an item; returns its position, for [`Replies::completed`].
+    pub fn push(&mut self, item: Pending) -> u64 {
         if let Pending::Remote { replies, .. } = &item {
             self.owed += replies;
         }
         self.queue.push_back(item);
+        self.queued += 1;
+        self.queued
+    }
+
+    /// How many queued items have their replies.
+    pub fn completed(&self) -> u64 {
+        self.completed
     }
 
     /// Backend replies the client is still owed: bounds how far ahead of
@@ -102,12 +116,14 @@ impl Replies {
     /// Writes every item at the front that is already complete.
     pub async fn write_ready(&mut self) -> std::io::Result<()> {
         while let Some(item) = self.queue.pop_front() {
+            self.completed += 1;
             match item {
                 Pending::Local(bytes) => self.append(bytes),
                 Pending::Arrived { reply, replies } => self.arrived(reply, replies),
                 Pending::Remote { mut reply, replies } => match reply.try_recv() {
                     Ok(reply) => self.arrived(reply, replies),
                     Err(oneshot::error::TryRecvError::Empty) => {
+                        self.completed -= 1;
                         self.queue.push_front(Pending::Remote { reply, replies });
                         break;
                     }

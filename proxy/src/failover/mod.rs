@@ -1,4 +1,10 @@
-//! The control loop: probes observe every node and feed the topology.
-//! (Failure detection policies, promotion and fencing build on this.)
+//! The control loop: probes observe every node ([`probe`]), a detector
+//! judges each one ([`detect`]), and the controller ([`controller`]) acts on
+//! the verdicts: it promotes a replica when the primary is down, repoints
+//! and fences the others, and records every step ([`events`]).
 
+pub mod controller;
+pub mod detect;
+pub mod events;
 pub mod probe;
+pub mod state;

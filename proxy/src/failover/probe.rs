@@ -1,49 +1,84 @@
-//! Probes: every node is asked `ROLE` on a fixed interval over a connection
-//! of its own. The answer says whether the node is alive, what it thinks it
-//! is (primary or replica), how far its replication has got, and whether a
-//! replica is following its primary. Roles are always learnt this way, never
-//! trusted from the configuration file.
+//! Probes: every node is asked `INFO replication` on a fixed interval over a
+//! connection of its own. The answer says whether the node is alive, what it
+//! thinks it is (primary or replica), whom a replica follows and whether its
+//! link is up, how far its replication has got, and its priority for
+//! promotion. Roles are always learnt this way, never trusted from the
+//! configuration file. Whether a silent node is down is the detector's call
+//! ([`super::detect`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis_protocol::resp3::types::OwnedFrame;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::backend::control::{frame_int, frame_text, Control};
+use super::detect::{Detector, FixedTimeout};
+use crate::backend::control::{frame_text, Control};
 use crate::backend::ConnectOptions;
 use crate::config::ProbeConfig;
 use crate::topology::{Health, Node, Role, Shard};
 
-/// What one `ROLE` reply says.
+/// What one `INFO replication` reply says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoleReport {
+pub struct Report {
     pub role: Role,
+    /// `master_repl_offset` of a primary; `slave_repl_offset` of a replica.
     pub offset: u64,
     /// For a replica: its link to the primary is up.
     pub connected: bool,
+    /// For a replica: the `host:port` it follows.
+    pub master: Option<String>,
+    /// `replica-priority` (`slave_priority`); 100 when not reported.
+    pub priority: u32,
+    /// For a primary: replicas connected to it (`connected_slaves`).
+    pub replicas: u32,
 }
 
-/// Parses `ROLE`: `[master, offset, [...]]` or `[slave, host, port, state, offset]`.
-pub fn parse_role(frame: &OwnedFrame) -> Option<RoleReport> {
-    let OwnedFrame::Array { data, .. } = frame else {
-        return None;
-    };
-    let kind = frame_text(data.first()?)?;
-    match kind.as_str() {
-        "master" => Some(RoleReport {
+/// Parses an `INFO replication` reply.
+pub fn parse_replication(info: &str) -> Option<Report> {
+    let field = |name: &str| info_field(info, name);
+    let number = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok());
+    let priority = number("slave_priority")
+        .or_else(|| number("replica_priority"))
+        .unwrap_or(100) as u32;
+    match field("role")?.as_str() {
+        "master" => Some(Report {
             role: Role::Primary,
-            offset: frame_int(data.get(1)?)?.max(0) as u64,
+            offset: number("master_repl_offset")?,
             connected: false,
+            master: None,
+            priority,
+            replicas: number("connected_slaves").unwrap_or(0) as u32,
         }),
-        "slave" | "replica" => Some(RoleReport {
+        "slave" | "replica" => Some(Report {
             role: Role::Replica,
-            offset: frame_int(data.get(4)?)?.max(0) as u64,
-            connected: frame_text(data.get(3)?)? == "connected",
+            offset: number("slave_repl_offset")
+                .or_else(|| number("master_repl_offset"))
+                .unwrap_or(0),
+            connected: field("master_link_status").as_deref() == Some("up"),
+            master: Some(format!(
+                "{}:{}",
+                field("master_host")?,
+                field("master_port")?
+            )),
+            priority,
+            replicas: 0,
         }),
         _ => None,
     }
+}
+
+/// Asks a node for its replication state over `control`.
+pub async fn replication(control: &mut Control, timeout: Duration) -> std::io::Result<Report> {
+    let reply = control.call(&["INFO", "replication"], timeout).await?;
+    frame_text(&reply)
+        .and_then(|text| parse_replication(&text))
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("unexpected INFO replication reply: {reply:?}"),
+            )
+        })
 }
 
 /// Starts the probe of one node. `first_round` gets a permit once the node
@@ -60,32 +95,30 @@ pub fn spawn(
         async move {
             let interval = Duration::from_millis(config.interval_ms);
             let timeout = Duration::from_millis(config.timeout_ms);
-            let down_after = Duration::from_millis(config.down_after_ms);
+            let mut detector = FixedTimeout::new(Duration::from_millis(config.down_after_ms));
             let mut control: Option<Control> = None;
-            let mut last_ok: Option<Instant> = None;
             let mut first = true;
             loop {
                 let started = Instant::now();
-                match probe_once(&node, &mut control, &opts, timeout).await {
+                let result = probe_once(&node, &mut control, &opts, timeout).await;
+                detector.observe(started, result.is_ok());
+                let health = detector.verdict(Instant::now());
+                match result {
                     Ok(report) => {
                         if node.health() != Health::Up {
                             tracing::info!(role = ?report.role, "node up");
                         }
-                        node.observe(report.role, report.offset, report.connected);
-                        node.set_health(Health::Up);
-                        last_ok = Some(started);
+                        shard.observe(&node, &report, started);
                     }
                     Err(e) => {
                         control = None;
-                        let down = last_ok.is_none_or(|t| t.elapsed() >= down_after);
-                        let health = if down { Health::Down } else { Health::Suspect };
                         if node.health() != health {
                             tracing::warn!(error = %e, ?health, "probe failed");
                         }
-                        node.set_health(health);
                     }
                 }
-                shard.refresh_primary();
+                node.set_health(health);
+                shard.refresh();
                 if first {
                     first = false;
                     first_round.add_permits(1);
@@ -102,9 +135,11 @@ async fn probe_once(
     control: &mut Option<Control>,
     opts: &ConnectOptions,
     timeout: Duration,
-) -> std::io::Result<RoleReport> {
+) -> std::io::Result<Report> {
     if control.is_none() {
-        let mut fresh = Control::connect(&node.addr, opts).await?;
+        let mut fresh = tokio::time::timeout(timeout, Control::connect(&node.addr, opts))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         if let Ok(info) = fresh.call(&["INFO", "server"], timeout).await {
             if let Some(version) =
                 frame_text(&info).and_then(|text| info_field(&text, "redis_version"))
@@ -117,13 +152,7 @@ async fn probe_once(
     let Some(conn) = control.as_mut() else {
         return Err(std::io::ErrorKind::NotConnected.into());
     };
-    let reply = conn.call(&["ROLE"], timeout).await?;
-    parse_role(&reply).ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("unexpected ROLE reply: {reply:?}"),
-        )
-    })
+    replication(conn, timeout).await
 }
 
 /// One `field:value` line of an INFO reply.
@@ -132,4 +161,27 @@ pub fn info_field(info: &str, field: &str) -> Option<String> {
         let (k, v) = line.split_once(':')?;
         (k == field).then(|| v.trim().to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_primary_and_replica() {
+        let primary =
+            "# Replication\r\nrole:master\r\nconnected_slaves:1\r\nmaster_repl_offset:1234\r\n";
+        let r = parse_replication(primary).unwrap();
+        assert_eq!((r.role, r.offset, r.master), (Role::Primary, 1234, None));
+
+        let replica = "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:7001\r\nmaster_link_status:up\r\nslave_repl_offset:99\r\nslave_priority:10\r\nmaster_repl_offset:99\r\n";
+        let r = parse_replication(replica).unwrap();
+        assert_eq!(r.role, Role::Replica);
+        assert_eq!(r.offset, 99);
+        assert!(r.connected);
+        assert_eq!(r.master.as_deref(), Some("127.0.0.1:7001"));
+        assert_eq!(r.priority, 10);
+
+        assert!(parse_replication("garbage").is_none());
+    }
 }

@@ -39,6 +39,11 @@ impl ReplyScanner {
         }
     }
 
+    /// The nesting bound this scanner enforces.
+    pub fn depth(&self) -> usize {
+        self.max_depth
+    }
+
     /// `buf` starts at the first byte of a reply. Returns the reply's length
     /// once it is complete, `None` while more bytes are needed. Call again with
     /// the same start (and more bytes) after `None`.

@@ -3,13 +3,18 @@
 //! path's passive signals), read by the request path on every command, so the
 //! per-node fields are atomics and reading them takes no lock.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::backend::NodePool;
 use crate::config::ReadFrom;
+use crate::failover::probe::Report;
+use crate::replicate::lag::OffsetHistory;
+use crate::replicate::{Durability, DurabilityView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -40,13 +45,23 @@ pub struct Node {
     offset: AtomicU64,
     /// For a replica: whether its link to the primary is up (`connected`).
     replica_connected: AtomicU8,
+    /// For a replica: whom it follows, as it reports it.
+    master: Mutex<Option<String>>,
+    /// `replica-priority`: lower is promoted first, 0 never.
+    priority: AtomicU32,
+    /// For a replica: how far behind the primary, in bytes and in time.
+    lag_bytes: AtomicU64,
+    lag_ms: AtomicU64,
+    /// May serve reads: decided by the shard on every probe.
+    readable: AtomicBool,
     /// Commands forwarded to this node.
     pub requests: AtomicU64,
     /// `redis_version` from INFO, for HELLO replies.
     pub version: Mutex<Option<String>>,
     pub pool: NodePool,
-    /// Shared by all nodes: bumped when any node's role or health changes,
-    /// so policies that cache the node list know to refresh it.
+    /// Shared by all nodes: bumped when any node's role, health or fitness
+    /// for reads changes, so policies that cache the node list know to
+    /// refresh it.
     changes: Arc<AtomicU64>,
 }
 
@@ -60,6 +75,11 @@ impl Node {
             health: AtomicU8::new(Health::Down as u8),
             offset: AtomicU64::new(0),
             replica_connected: AtomicU8::new(0),
+            master: Mutex::new(None),
+            priority: AtomicU32::new(100),
+            lag_bytes: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
+            readable: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             version: Mutex::new(None),
             pool,
@@ -86,6 +106,22 @@ impl Node {
         self.offset.load(Ordering::Acquire)
     }
 
+    pub fn priority(&self) -> u32 {
+        self.priority.load(Ordering::Relaxed)
+    }
+
+    /// Whom the node follows, if it is a replica.
+    pub fn master(&self) -> Option<String> {
+        self.master
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn lag_ms(&self) -> u64 {
+        self.lag_ms.load(Ordering::Relaxed)
+    }
+
     pub fn count_requests(&self, n: u64) {
         self.requests.fetch_add(n, Ordering::Relaxed);
     }
@@ -97,24 +133,39 @@ impl Node {
     }
 
     /// Records what a probe saw.
-    pub fn observe(&self, role: Role, offset: u64, replica_connected: bool) {
-        let role_changed = self.role.swap(role as u8, Ordering::AcqRel) != role as u8;
-        self.offset.store(offset, Ordering::Release);
+    pub fn observe(&self, report: &Report) {
+        let role_changed = self.role.swap(report.role as u8, Ordering::AcqRel) != report.role as u8;
+        self.offset.store(report.offset, Ordering::Release);
+        self.priority.store(report.priority, Ordering::Relaxed);
+        *self.master.lock().unwrap_or_else(|p| p.into_inner()) = report.master.clone();
         let link_changed = self
             .replica_connected
-            .swap(replica_connected as u8, Ordering::AcqRel)
-            != replica_connected as u8;
+            .swap(report.connected as u8, Ordering::AcqRel)
+            != report.connected as u8;
         if role_changed || link_changed {
             self.changes.fetch_add(1, Ordering::AcqRel);
         }
     }
 
-    /// A replica that may serve reads: answering probes and following its
-    /// primary.
+    fn set_lag(&self, bytes: u64, ms: u64) {
+        self.lag_bytes.store(bytes, Ordering::Relaxed);
+        self.lag_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn set_readable(&self, readable: bool) -> bool {
+        let changed = self.readable.swap(readable, Ordering::AcqRel) != readable;
+        if changed {
+            self.changes.fetch_add(1, Ordering::AcqRel);
+        }
+        changed
+    }
+
+    /// A replica that may serve reads: answering probes, following the
+    /// shard's current primary over a live link, and not too far behind.
+    /// A node whose role is in doubt (claiming to be primary, following
+    /// someone else, unreachable) never does.
     pub fn serves_reads(&self) -> bool {
-        self.health() == Health::Up
-            && self.role() == Role::Replica
-            && self.replica_connected.load(Ordering::Acquire) == 1
+        self.readable.load(Ordering::Acquire)
     }
 
     pub fn snapshot(&self, primary: bool) -> NodeView {
@@ -126,6 +177,10 @@ impl Node {
             offset: self.offset(),
             primary,
             serves_reads: self.serves_reads(),
+            follows: self.master(),
+            priority: self.priority(),
+            lag_bytes: self.lag_bytes.load(Ordering::Relaxed),
+            lag_ms: self.lag_ms(),
             requests: self.requests.load(Ordering::Relaxed),
         }
     }
@@ -136,60 +191,180 @@ pub struct Shard {
     pub name: String,
     pub nodes: Vec<Arc<Node>>,
     pub read_from: ReadFrom,
-    /// Index into `nodes` of the primary, `usize::MAX` when none is known.
+    /// The write quorum in force, read by the links that carry writes.
+    pub durability: Arc<Durability>,
+    /// Index into `nodes` of the primary, `NO_PRIMARY` when none is known.
     primary: AtomicUsize,
+    /// Bumped by every promotion; a node claiming to be primary that is not
+    /// this epoch's primary is fenced.
+    epoch: AtomicU64,
+    /// A failover is choosing a new primary: writes wait.
+    failing_over: AtomicBool,
+    /// A follower instance never decides who is primary: it re-derives it
+    /// from what the nodes say on every probe. A leader's primary changes
+    /// only by discovery at start, failover and switchover.
+    follow_claims: bool,
+    max_read_lag_ms: u64,
+    /// The primary's offsets over time, for replicas' lag in milliseconds.
+    history: Mutex<OffsetHistory>,
+    /// Bumped whenever the usable primary may have changed: held writes
+    /// wait on it.
+    changed: watch::Sender<u64>,
+    /// Clients currently waiting with held writes.
+    pub held: AtomicUsize,
 }
 
 const NO_PRIMARY: usize = usize::MAX;
 
 impl Shard {
-    pub fn new(name: String, nodes: Vec<Arc<Node>>, read_from: ReadFrom) -> Shard {
+    pub fn new(
+        name: String,
+        nodes: Vec<Arc<Node>>,
+        read_from: ReadFrom,
+        follow_claims: bool,
+        max_read_lag_ms: u64,
+    ) -> Shard {
         Shard {
             name,
             nodes,
             read_from,
+            durability: Arc::default(),
             primary: AtomicUsize::new(NO_PRIMARY),
+            epoch: AtomicU64::new(0),
+            failing_over: AtomicBool::new(false),
+            follow_claims,
+            max_read_lag_ms,
+            history: Mutex::new(OffsetHistory::default()),
+            changed: watch::channel(0).0,
+            held: AtomicUsize::new(0),
         }
     }
 
+    /// The primary to send writes to: known, not judged down, and not being
+    /// replaced.
     pub fn primary(&self) -> Option<&Arc<Node>> {
+        if self.failing_over.load(Ordering::Acquire) {
+            return None;
+        }
+        self.primary_node()
+            .filter(|node| node.health() != Health::Down)
+    }
+
+    /// This epoch's primary, whatever its health.
+    pub fn primary_node(&self) -> Option<&Arc<Node>> {
         self.nodes.get(self.primary.load(Ordering::Acquire))
     }
 
-    /// Re-derives the primary from what the nodes report about themselves.
-    /// Several nodes claiming the role (a split brain left by someone else)
-    /// is resolved towards the one with the highest replication offset and
-    /// logged; automatic failover and fencing are the failover module's job.
-    pub fn refresh_primary(&self) {
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub fn node(&self, id: u32) -> Option<&Arc<Node>> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    pub fn node_by_addr(&self, addr: &str) -> Option<&Arc<Node>> {
+        self.nodes.iter().find(|n| n.addr == addr)
+    }
+
+    /// Makes `node` the primary of `epoch` (the failover controller's call).
+    pub fn set_primary(&self, node: &Node, epoch: u64) {
+        let index = self.nodes.iter().position(|n| n.id == node.id);
+        self.epoch.store(epoch, Ordering::Release);
+        self.primary
+            .store(index.unwrap_or(NO_PRIMARY), Ordering::Release);
+        if let Ok(mut history) = self.history.lock() {
+            history.clear();
+        }
+        self.refresh();
+    }
+
+    /// Forgets the primary, so that it is discovered again.
+    pub fn clear_primary(&self) {
+        self.primary.store(NO_PRIMARY, Ordering::Release);
+        self.refresh();
+    }
+
+    /// Marks a failover as started or finished. Writes wait while it runs.
+    pub fn set_failing_over(&self, on: bool) {
+        self.failing_over.store(on, Ordering::Release);
+        self.refresh();
+    }
+
+    pub fn is_failing_over(&self) -> bool {
+        self.failing_over.load(Ordering::Acquire)
+    }
+
+    /// A receiver that sees every change of the usable primary.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Records a probe's report of `node`, taken at `at`.
+    pub fn observe(&self, node: &Node, report: &Report, at: Instant) {
+        node.observe(report);
+        let Ok(mut history) = self.history.lock() else {
+            return;
+        };
+        let is_primary = self.primary_node().is_some_and(|p| p.id == node.id);
+        if is_primary {
+            history.record(at, report.offset);
+        } else if report.role == Role::Replica {
+            let primary_offset = self.primary_node().map_or(0, |p| p.offset());
+            let lag = history.lag(report.offset, Instant::now());
+            node.set_lag(
+                primary_offset.saturating_sub(report.offset),
+                lag.as_millis() as u64,
+            );
+        }
+    }
+
+    /// Re-derives who may serve reads (and, on a follower, who is primary)
+    /// after a probe, and wakes held writes if the usable primary changed.
+    pub fn refresh(&self) {
+        if self.follow_claims {
+            self.primary
+                .store(self.claimed_primary(), Ordering::Release);
+        }
+        let primary_addr = self.primary_node().map(|p| p.addr.as_str());
+        let mut changed = false;
+        for node in &self.nodes {
+            let readable = node.health() == Health::Up
+                && node.role() == Role::Replica
+                && node.replica_connected.load(Ordering::Acquire) == 1
+                && primary_addr.is_some()
+                && node.master().as_deref() == primary_addr
+                && node.lag_ms() <= self.max_read_lag_ms;
+            changed |= node.set_readable(readable);
+        }
+        let usable = self.primary().map_or(0, |p| p.id as u64 + 1);
+        self.changed.send_if_modified(|last| {
+            let differs = *last != usable;
+            *last = usable;
+            differs || changed
+        });
+    }
+
+    /// The node the others agree is primary, from what they report: among
+    /// the reachable nodes claiming the role, the one with the highest
+    /// offset (several claimants is a split brain someone else left; it is
+    /// logged).
+    pub fn claimed_primary(&self) -> usize {
         let claimants: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| {
                 let n = &self.nodes[i];
                 n.role() == Role::Primary && n.health() != Health::Down
             })
             .collect();
-        let chosen = match claimants.len() {
-            0 => NO_PRIMARY,
-            1 => claimants[0],
-            _ => {
-                let best = claimants
-                    .iter()
-                    .copied()
-                    .max_by_key(|&i| self.nodes[i].offset())
-                    .unwrap_or(NO_PRIMARY);
-                tracing::warn!(shard = %self.name, claimants = ?claimants.iter().map(|&i| &self.nodes[i].addr).collect::<Vec<_>>(),
-                    "several nodes claim to be primary; using the one with the highest offset");
-                best
-            }
-        };
-        let before = self.primary.swap(chosen, Ordering::AcqRel);
-        if before != chosen {
-            match self.nodes.get(chosen) {
-                Some(node) => {
-                    tracing::info!(shard = %self.name, primary = %node.addr, "primary discovered")
-                }
-                None => tracing::warn!(shard = %self.name, "no reachable primary"),
-            }
+        if claimants.len() > 1 {
+            tracing::warn!(shard = %self.name, claimants = ?claimants.iter().map(|&i| &self.nodes[i].addr).collect::<Vec<_>>(),
+                "several nodes claim to be primary; using the one with the highest offset");
         }
+        claimants
+            .iter()
+            .copied()
+            .max_by_key(|&i| self.nodes[i].offset())
+            .unwrap_or(NO_PRIMARY)
     }
 
     pub fn snapshot(&self) -> ShardView {
@@ -197,6 +372,11 @@ impl Shard {
         ShardView {
             name: self.name.clone(),
             read_from: format!("{:?}", self.read_from).to_lowercase(),
+            epoch: self.epoch(),
+            failing_over: self.is_failing_over(),
+            primary: self.primary_node().map(|p| p.addr.clone()),
+            held_clients: self.held.load(Ordering::Relaxed),
+            durability: self.durability.view(),
             nodes: self
                 .nodes
                 .iter()
@@ -240,6 +420,11 @@ pub struct TopologyView {
 pub struct ShardView {
     pub name: String,
     pub read_from: String,
+    pub epoch: u64,
+    pub failing_over: bool,
+    pub primary: Option<String>,
+    pub held_clients: usize,
+    pub durability: DurabilityView,
     pub nodes: Vec<NodeView>,
 }
 
@@ -252,5 +437,9 @@ pub struct NodeView {
     pub offset: u64,
     pub primary: bool,
     pub serves_reads: bool,
+    pub follows: Option<String>,
+    pub priority: u32,
+    pub lag_bytes: u64,
+    pub lag_ms: u64,
     pub requests: u64,
 }

@@ -1,0 +1,407 @@
+//! The failover controller: one task per shard on a leader instance. Each
+//! tick it looks at the topology the probes keep and acts:
+//!
+//! - no primary known (start-up): discover it from the nodes and the
+//!   persisted epoch;
+//! - the primary judged down: fail over (hold writes, elect, promote,
+//!   repoint, bump the epoch, release);
+//! - otherwise: keep every other node following the primary, fencing any
+//!   that claims to be primary itself, and (with `manage_replication`) keep
+//!   the primary refusing writes when it loses its replicas.
+//!
+//! Every command it sends is idempotent, so a step that fails is simply
+//! tried again on a later tick.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis_protocol::resp3::types::OwnedFrame;
+use tracing::Instrument;
+
+use super::probe::{self, Report};
+use super::state::{ShardState, StateStore};
+use crate::backend::control::Control;
+use crate::backend::ConnectOptions;
+use crate::replicate::quorum::{replicas_needed_to_promote, Candidate};
+use crate::server::Context;
+use crate::topology::{Health, Node, Role, Shard};
+
+/// A node is sent the same corrective command at most this often: it takes
+/// a probe or two before its reported state shows the change.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// After a promotion, how long to wait for the replicas to connect to the
+/// new primary before releasing held writes (which need their acks).
+const CATCH_UP: Duration = Duration::from_secs(2);
+
+pub struct Controller {
+    ctx: Arc<Context>,
+    shard: Arc<Shard>,
+    index: usize,
+    store: StateStore,
+    opts: ConnectOptions,
+    timeout: Duration,
+    /// When each node was last sent a corrective command.
+    last_sent: HashMap<u32, Instant>,
+    /// The primary `min-replicas-to-write` was last set on.
+    guarded: Option<u32>,
+    /// The current failover, once started.
+    failover_started: Option<Instant>,
+    refusal: Option<String>,
+}
+
+pub fn spawn(ctx: Arc<Context>, index: usize, opts: ConnectOptions) {
+    let shard = ctx.topology.shards[index].clone();
+    let store = StateStore::new(ctx.config.failover.state_dir.as_deref());
+    let span = tracing::info_span!("controller", shard = %shard.name);
+    let controller = Controller {
+        timeout: Duration::from_millis(ctx.config.probe.timeout_ms),
+        ctx,
+        shard,
+        index,
+        store,
+        opts,
+        last_sent: HashMap::new(),
+        guarded: None,
+        failover_started: None,
+        refusal: None,
+    };
+    tokio::spawn(controller.run().instrument(span));
+}
+
+impl Controller {
+    async fn run(mut self) {
+        let interval = Duration::from_millis(self.ctx.config.probe.interval_ms);
+        let mut shutdown = self.ctx.shutdown.clone();
+        loop {
+            self.tick().await;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn tick(&mut self) {
+        let Some(primary) = self.shard.primary_node().cloned() else {
+            self.discover();
+            return;
+        };
+        if primary.health() == Health::Down {
+            let span =
+                tracing::warn_span!("failover", from = %primary.addr, epoch = self.shard.epoch());
+            self.failover(&primary).instrument(span).await;
+            return;
+        }
+        if self.failover_started.take().is_some() {
+            self.event(
+                "failover-aborted",
+                Some(&primary),
+                "the primary answers probes again before a replica could be promoted",
+            );
+            self.refusal = None;
+            self.shard.set_failing_over(false);
+        }
+        if primary.health() == Health::Up && primary.role() == Role::Replica {
+            // Someone else demoted it (an operator, another tool): believe
+            // the nodes again rather than fight them.
+            self.event(
+                "primary-lost",
+                Some(&primary),
+                format!(
+                    "the primary reports being a replica of {}; rediscovering",
+                    primary.master().unwrap_or_default()
+                ),
+            );
+            self.shard.clear_primary();
+            return;
+        }
+        self.reconcile(&primary).await;
+    }
+
+    /// Picks the primary at start-up: the persisted epoch's primary if it
+    /// still claims the role, else the claimant with the highest offset,
+    /// else (nobody claims it) the node the replicas follow, which the next
+    /// tick will find down and fail over from.
+    fn discover(&mut self) {
+        let persisted = match self.store.load(&self.shard.name) {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the persisted epoch; trusting the nodes");
+                None
+            }
+        };
+        let claimants: Vec<&Arc<Node>> = self
+            .shard
+            .nodes
+            .iter()
+            .filter(|n| n.health() == Health::Up && n.role() == Role::Primary)
+            .collect();
+        let remembered = persisted
+            .as_ref()
+            .and_then(|s| self.shard.node_by_addr(&s.primary));
+        let chosen = remembered
+            .filter(|n| claimants.iter().any(|c| c.id == n.id))
+            .or_else(|| claimants.iter().copied().max_by_key(|n| n.offset()))
+            .or_else(|| {
+                self.shard
+                    .nodes
+                    .iter()
+                    .filter(|n| n.health() == Health::Up && n.role() == Role::Replica)
+                    .find_map(|n| self.shard.node_by_addr(&n.master()?))
+            })
+            .or(remembered)
+            .cloned();
+        let Some(chosen) = chosen else {
+            return;
+        };
+        let epoch = match &persisted {
+            Some(state) if state.primary == chosen.addr => state.epoch,
+            Some(state) => state.epoch + 1,
+            None => 1,
+        };
+        if persisted.as_ref().is_none_or(|s| s.epoch != epoch) {
+            self.persist(epoch, &chosen);
+        }
+        self.shard.set_primary(&chosen, epoch);
+        let detail = match claimants.len() {
+            0 => "no node claims to be primary; the replicas follow this one".to_string(),
+            1 => "the only node claiming to be primary".to_string(),
+            n => format!("{n} nodes claim to be primary; the others will be fenced"),
+        };
+        self.event("primary-discovered", Some(&chosen), detail);
+    }
+
+    async fn failover(&mut self, old: &Arc<Node>) {
+        if self.failover_started.is_none() {
+            self.failover_started = Some(Instant::now());
+            self.shard.set_failing_over(true);
+            self.event(
+                "primary-down",
+                Some(old),
+                "the detector judged the primary down; holding writes",
+            );
+        }
+        // Fresh reports, not the last probe's: offsets move until the very
+        // moment the old primary stopped.
+        let mut candidates = Vec::new();
+        for node in self.shard.nodes.iter().filter(|n| n.id != old.id) {
+            if let Ok(report) = self.report(node).await {
+                if report.role == Role::Replica {
+                    candidates.push(Candidate {
+                        id: node.id,
+                        offset: report.offset,
+                        priority: report.priority,
+                    });
+                }
+            }
+        }
+        let replicas = self.shard.nodes.len().saturating_sub(1) as u32;
+        let acks = self.shard.durability.requirement().acks;
+        let needed = replicas_needed_to_promote(replicas, acks);
+        if (candidates.len() as u32) < needed {
+            self.refuse(format!(
+                "only {} of {replicas} replicas answer; with writes acknowledged by {acks} replica(s), {needed} must answer to be sure one holds every acknowledged write",
+                candidates.len()
+            ));
+            return;
+        }
+        let Some(target) = self.ctx.quorum_policies[self.index]
+            .elect(&candidates)
+            .and_then(|id| self.shard.node(id).cloned())
+        else {
+            self.refuse("no replica is eligible (priority 0 replicas are never promoted)".into());
+            return;
+        };
+        let offset = candidates
+            .iter()
+            .find(|c| c.id == target.id)
+            .map_or(0, |c| c.offset);
+        if let Err(e) = self.command(&target, &["REPLICAOF", "NO", "ONE"]).await {
+            self.event("promotion-failed", Some(&target), e);
+            return;
+        }
+        let epoch = self.shard.epoch() + 1;
+        self.persist(epoch, &target);
+        let shard = self.shard.clone();
+        for node in shard
+            .nodes
+            .iter()
+            .filter(|n| n.id != target.id && n.id != old.id)
+        {
+            self.follow(node, &target, "repointed").await;
+        }
+        self.guard(&target).await;
+        self.wait_for_replicas(&target, acks).await;
+        self.shard.set_primary(&target, epoch);
+        self.shard.set_failing_over(false);
+        let took = self
+            .failover_started
+            .take()
+            .map_or(0, |t| t.elapsed().as_millis());
+        self.refusal = None;
+        self.event(
+            "promoted",
+            Some(&target),
+            format!(
+                "replaced {} at replication offset {offset}, {took} ms after it was judged down",
+                old.addr
+            ),
+        );
+    }
+
+    /// Says once (not every tick) why a failover cannot go on.
+    fn refuse(&mut self, why: String) {
+        if self.refusal.as_deref() != Some(why.as_str()) {
+            self.event("promotion-refused", None, why.clone());
+            self.refusal = Some(why);
+        }
+    }
+
+    /// Keeps every other reachable node following the primary.
+    async fn reconcile(&mut self, primary: &Arc<Node>) {
+        let others: Vec<Arc<Node>> = self
+            .shard
+            .nodes
+            .iter()
+            .filter(|n| n.id != primary.id && n.health() == Health::Up)
+            .cloned()
+            .collect();
+        for node in others {
+            match node.role() {
+                Role::Primary => self.follow(&node, primary, "fenced").await,
+                Role::Replica if node.master().as_deref() != Some(primary.addr.as_str()) => {
+                    self.follow(&node, primary, "repointed").await
+                }
+                _ => {}
+            }
+        }
+        if primary.health() == Health::Up {
+            self.guard(primary).await;
+        }
+    }
+
+    /// `REPLICAOF` the primary, at most once per `RETRY_AFTER` per node.
+    async fn follow(&mut self, node: &Arc<Node>, primary: &Node, kind: &'static str) {
+        if self
+            .last_sent
+            .get(&node.id)
+            .is_some_and(|t| t.elapsed() < RETRY_AFTER)
+        {
+            return;
+        }
+        self.last_sent.insert(node.id, Instant::now());
+        let Some((host, port)) = primary.addr.rsplit_once(':') else {
+            return;
+        };
+        match self.command(node, &["REPLICAOF", host, port]).await {
+            Ok(_) => self.event(
+                kind,
+                Some(node),
+                format!(
+                    "now follows {} (it was {})",
+                    primary.addr,
+                    match node.role() {
+                        Role::Primary => "claiming to be primary".to_string(),
+                        _ => format!("following {}", node.master().unwrap_or_default()),
+                    }
+                ),
+            ),
+            Err(e) => tracing::warn!(node = %node.addr, error = %e, "REPLICAOF failed; will retry"),
+        }
+    }
+
+    /// With `manage_replication`: the primary refuses writes unless enough
+    /// replicas are connected, so a primary cut off from its replicas (and
+    /// about to be replaced) stops taking writes, even from clients that
+    /// bypass Rampart.
+    async fn guard(&mut self, primary: &Arc<Node>) {
+        let replication = &self.ctx.config.shards[&self.shard.name].replication;
+        if !replication.manage_replication || self.guarded == Some(primary.id) {
+            return;
+        }
+        let min = self.shard.durability.requirement().acks.max(1).to_string();
+        let lag = replication.min_replicas_max_lag_s.to_string();
+        let args = [
+            "CONFIG",
+            "SET",
+            "min-replicas-to-write",
+            &min,
+            "min-replicas-max-lag",
+            &lag,
+        ];
+        match self.command(primary, &args).await {
+            Ok(_) => {
+                self.guarded = Some(primary.id);
+                tracing::info!(node = %primary.addr, min_replicas = %min, "primary guarded");
+            }
+            Err(e) => {
+                tracing::warn!(node = %primary.addr, error = %e, "CONFIG SET failed; will retry")
+            }
+        }
+    }
+
+    /// Waits (bounded) until the new primary has as many replicas
+    /// connected as writes need, so released writes are not failed for a
+    /// quorum that is only seconds away.
+    async fn wait_for_replicas(&self, primary: &Node, acks: u32) {
+        let deadline = Instant::now() + CATCH_UP;
+        let wanted = acks.max(1);
+        while Instant::now() < deadline {
+            if self
+                .report(primary)
+                .await
+                .is_ok_and(|r| r.replicas >= wanted)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn persist(&self, epoch: u64, primary: &Node) {
+        let state = ShardState {
+            epoch,
+            primary: primary.addr.clone(),
+        };
+        if let Err(e) = self.store.save(&self.shard.name, &state) {
+            tracing::error!(error = %e, epoch, "cannot persist the epoch; a restart may not remember this primary");
+        }
+    }
+
+    fn event(&self, kind: &'static str, node: Option<&Node>, detail: impl Into<String>) {
+        self.ctx.events.record(
+            &self.shard.name,
+            kind,
+            node.map(|n| n.addr.as_str()),
+            self.shard.epoch(),
+            detail,
+        );
+    }
+
+    async fn report(&self, node: &Node) -> Result<Report, String> {
+        let mut control = self.connect(node).await?;
+        probe::replication(&mut control, self.timeout)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends one command on a fresh connection; an error reply is an error.
+    async fn command(&self, node: &Node, args: &[&str]) -> Result<OwnedFrame, String> {
+        let mut control = self.connect(node).await?;
+        match control.call(args, self.timeout).await {
+            Ok(OwnedFrame::SimpleError { data, .. }) => Err(data),
+            Ok(OwnedFrame::BlobError { data, .. }) => Err(String::from_utf8_lossy(&data).into()),
+            Ok(frame) => Ok(frame),
+            Err(e) => Err(format!("{}: {e}", node.addr)),
+        }
+    }
+
+    async fn connect(&self, node: &Node) -> Result<Control, String> {
+        match tokio::time::timeout(self.timeout, Control::connect(&node.addr, &self.opts)).await {
+            Ok(Ok(control)) => Ok(control),
+            Ok(Err(e)) => Err(format!("{}: {e}", node.addr)),
+            Err(_) => Err(format!("{}: connect timed out", node.addr)),
+        }
+    }
+}

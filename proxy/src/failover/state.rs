@@ -1,0 +1,85 @@
+//! What a leader must remember across restarts: each shard's epoch and the
+//! primary it chose in that epoch. Without it, a restarted Rampart would
+//! have to believe whichever node claims to be primary, and a stale primary
+//! that came back first would win.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardState {
+    pub epoch: u64,
+    pub primary: String,
+}
+
+/// Files `<dir>/<shard>.json`; with no directory, nothing is kept.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: Option<PathBuf>,
+}
+
+impl StateStore {
+    pub fn new(dir: Option<&str>) -> StateStore {
+        StateStore {
+            dir: dir.map(PathBuf::from),
+        }
+    }
+
+    pub fn load(&self, shard: &str) -> std::io::Result<Option<ShardState>> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let path = dir.join(format!("{shard}.json"));
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the state durably: a temporary file, synced, renamed over the
+    /// old one, so a crash leaves either the old epoch or the new.
+    pub fn save(&self, shard: &str, state: &ShardState) -> std::io::Result<()> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{shard}.json"));
+        let tmp = dir.join(format!(".{shard}.json.tmp"));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        if let Ok(dir) = std::fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let dir = std::env::temp_dir().join(format!("rampart-state-{}", std::process::id()));
+        let store = StateStore::new(dir.to_str());
+        assert_eq!(store.load("main").unwrap(), None);
+        let state = ShardState {
+            epoch: 3,
+            primary: "127.0.0.1:7001".into(),
+        };
+        store.save("main", &state).unwrap();
+        assert_eq!(store.load("main").unwrap(), Some(state));
+        let _ = std::fs::remove_dir_all(dir);
+        assert_eq!(StateStore::new(None).load("main").unwrap(), None);
+    }
+}

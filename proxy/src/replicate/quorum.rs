@@ -1,0 +1,161 @@
+//! The quorum decision: how many replica acknowledgements a write needs,
+//! what a shortfall does, and which replica to promote when the primary is
+//! lost. One small trait; the built-in algorithms sit below it, and a Wasm
+//! quorum plugin is another implementation of the same trait.
+
+use serde::Deserialize;
+
+use crate::route::PolicyView;
+
+/// What a synchronous write must reach before its client is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requirement {
+    /// Replica acknowledgements; 0 = asynchronous.
+    pub acks: u32,
+    /// How long `WAIT` waits for them.
+    pub timeout_ms: u32,
+    /// On a shortfall, answer `-NOQUORUM` (true) or the write's own reply.
+    pub fail_on_shortfall: bool,
+}
+
+/// A replica that could be promoted, as the election sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: u32,
+    /// Replication offset just before the election.
+    pub offset: u64,
+    /// Redis's `replica-priority`: lower is preferred, 0 never promoted.
+    pub priority: u32,
+}
+
+pub trait QuorumPolicy: Send + Sync {
+    /// The requirement for a shard with this many replicas configured.
+    fn requirement(&self, replicas: u32) -> Requirement;
+
+    /// The replica to promote, or `None` when none is fit.
+    fn elect(&self, candidates: &[Candidate]) -> Option<u32>;
+
+    fn describe(&self) -> PolicyView;
+}
+
+/// The built-in quorums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Quorum {
+    /// Asynchronous: answered once the primary has the write.
+    #[default]
+    None,
+    /// One replica.
+    One,
+    /// A majority of the shard's nodes, the primary included.
+    Majority,
+    /// Every replica.
+    All,
+}
+
+impl Quorum {
+    /// Replica acknowledgements for a shard with `replicas` replicas.
+    pub fn acks(self, replicas: u32) -> u32 {
+        match self {
+            Quorum::None => 0,
+            Quorum::One => replicas.min(1),
+            Quorum::Majority => replicas.div_ceil(2),
+            Quorum::All => replicas,
+        }
+    }
+}
+
+/// A built-in quorum with the default election.
+pub struct Builtin {
+    pub quorum: Quorum,
+    pub timeout_ms: u32,
+    pub fail_on_shortfall: bool,
+}
+
+impl QuorumPolicy for Builtin {
+    fn requirement(&self, replicas: u32) -> Requirement {
+        Requirement {
+            acks: self.quorum.acks(replicas),
+            timeout_ms: self.timeout_ms,
+            fail_on_shortfall: self.fail_on_shortfall,
+        }
+    }
+
+    fn elect(&self, candidates: &[Candidate]) -> Option<u32> {
+        elect_by_offset(candidates)
+    }
+
+    fn describe(&self) -> PolicyView {
+        PolicyView::native(&format!("quorum-{:?}", self.quorum).to_lowercase())
+    }
+}
+
+/// The default election: never a priority-0 replica; the highest offset
+/// (the replica most likely to hold every acknowledged write); then the
+/// lowest priority number, as Sentinel prefers; then the lowest id, so the
+/// choice is deterministic.
+pub fn elect_by_offset(candidates: &[Candidate]) -> Option<u32> {
+    candidates
+        .iter()
+        .filter(|c| c.priority != 0)
+        .max_by(|a, b| {
+            a.offset
+                .cmp(&b.offset)
+                .then(b.priority.cmp(&a.priority))
+                .then(b.id.cmp(&a.id))
+        })
+        .map(|c| c.id)
+}
+
+/// How many of a shard's replicas must answer before a promotion can be
+/// sure to find every acknowledged write: each such write is on at least
+/// `acks` of the `replicas`, so any `replicas - acks + 1` of them include
+/// one that has it. Asynchronous writes promise nothing, so one replica is
+/// enough.
+pub fn replicas_needed_to_promote(replicas: u32, acks: u32) -> u32 {
+    if acks == 0 {
+        return 1;
+    }
+    replicas.saturating_sub(acks) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(id: u32, offset: u64, priority: u32) -> Candidate {
+        Candidate {
+            id,
+            offset,
+            priority,
+        }
+    }
+
+    #[test]
+    fn quorum_sizes() {
+        assert_eq!(Quorum::None.acks(2), 0);
+        assert_eq!(Quorum::One.acks(2), 1);
+        assert_eq!(Quorum::One.acks(0), 0);
+        assert_eq!(Quorum::Majority.acks(1), 1);
+        assert_eq!(Quorum::Majority.acks(2), 1);
+        assert_eq!(Quorum::Majority.acks(4), 2);
+        assert_eq!(Quorum::All.acks(2), 2);
+    }
+
+    #[test]
+    fn election_prefers_offset_then_priority_and_skips_priority_zero() {
+        assert_eq!(elect_by_offset(&[c(1, 10, 100), c(2, 20, 100)]), Some(2));
+        assert_eq!(elect_by_offset(&[c(1, 20, 100), c(2, 20, 10)]), Some(2));
+        assert_eq!(elect_by_offset(&[c(1, 20, 100), c(2, 30, 0)]), Some(1));
+        assert_eq!(elect_by_offset(&[c(1, 20, 100), c(2, 20, 100)]), Some(1));
+        assert_eq!(elect_by_offset(&[c(2, 30, 0)]), None);
+    }
+
+    #[test]
+    fn promotion_needs_enough_replicas() {
+        assert_eq!(replicas_needed_to_promote(2, 1), 2);
+        assert_eq!(replicas_needed_to_promote(2, 2), 1);
+        assert_eq!(replicas_needed_to_promote(4, 2), 3);
+        assert_eq!(replicas_needed_to_promote(2, 0), 1);
+    }
+}
