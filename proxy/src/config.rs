@@ -74,6 +74,10 @@ pub struct AdminConfig {
     /// `host:port`; no admin listener when unset.
     #[serde(default)]
     pub listen: Option<String>,
+    /// Bearer token required by every mutating endpoint (switchover,
+    /// policy loads). Required when `listen` is not a loopback address.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// How Rampart connects to the Redis nodes.
@@ -323,6 +327,13 @@ impl Config {
         check_addr("proxy.listen", &self.proxy.listen)?;
         if let Some(listen) = &self.admin.listen {
             check_addr("admin.listen", listen)?;
+            let host = listen.rsplit_once(':').map_or("", |(h, _)| h);
+            let loopback = matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1");
+            if !loopback && self.admin.token.is_none() {
+                return Err(ConfigError(format!(
+                    "field `admin.token`: expected a token, because admin.listen ({listen}) is reachable from other machines and the admin API can move the primary"
+                )));
+            }
         }
         if self.shards.is_empty() {
             return Err(ConfigError(

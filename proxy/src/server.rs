@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::backend::{ConnectOptions, LinkOptions, NodePool};
 use crate::config::{Config, FailoverRole, Shortfall};
+use crate::failover::controller::Switchover;
 use crate::failover::events::Events;
 use crate::replicate::{quorum, QuorumPolicy};
 use crate::route::{read_policy, ReadPolicy};
@@ -30,10 +31,38 @@ pub struct Context {
     pub clients: AtomicUsize,
     /// What the failover controllers did.
     pub events: Events,
+    /// Per shard, the way to the shard's failover controller (none on a
+    /// follower).
+    switchovers: Vec<mpsc::Sender<Switchover>>,
     next_client_id: AtomicU64,
     /// Becomes true when Rampart is shutting down: clients finish what they
     /// are owed and close.
     pub shutdown: watch::Receiver<bool>,
+}
+
+impl Context {
+    /// Asks the shard's failover controller to move the primary role to
+    /// `target` (or to the replica the election picks). The answer is a
+    /// Redis-style error text on failure.
+    pub async fn switchover(&self, shard: &str, target: Option<String>) -> Result<String, String> {
+        let index = self
+            .topology
+            .shards
+            .iter()
+            .position(|s| s.name == shard)
+            .ok_or_else(|| format!("ERR no shard named '{shard}'"))?;
+        if self.config.failover.role == FailoverRole::Follower {
+            return Err("ERR this Rampart is a follower (failover.role); ask the leader".into());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.switchovers[index]
+            .send(Switchover { target, reply })
+            .await
+            .map_err(|_| "ERR the failover controller is not running".to_string())?;
+        answer
+            .await
+            .map_err(|_| "ERR the failover controller stopped".to_string())?
+    }
 }
 
 /// A running Rampart.
@@ -129,6 +158,8 @@ impl Server {
             shard.durability.set(policy.requirement(replicas));
             quorum_policies.push(Box::new(policy));
         }
+        let (switchovers, mut switchover_rx): (Vec<_>, Vec<_>) =
+            shards.iter().map(|_| mpsc::channel(4)).unzip();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let context = Arc::new(Context {
             topology: Topology { shards },
@@ -136,6 +167,7 @@ impl Server {
             quorum_policies,
             clients: AtomicUsize::new(0),
             events: Events::new(config.failover.event_history),
+            switchovers,
             next_client_id: AtomicU64::new(1),
             shutdown: shutdown_rx.clone(),
             config,
@@ -159,8 +191,8 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(3), first_round).await;
         match context.config.failover.role {
             FailoverRole::Leader => {
-                for index in 0..context.topology.shards.len() {
-                    failover::controller::spawn(context.clone(), index, connect.clone());
+                for (index, requests) in switchover_rx.drain(..).enumerate() {
+                    failover::controller::spawn(context.clone(), index, connect.clone(), requests);
                 }
                 // The controller's first tick picks the primary.
                 let shard = context.topology.shard();

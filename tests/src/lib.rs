@@ -4,7 +4,10 @@
 //! Everything started here is stopped when its handle drops, also when a
 //! test fails, so a failing test never leaves servers behind.
 
-use std::net::{SocketAddr, TcpListener};
+pub mod forwarder;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -259,6 +262,39 @@ impl Proxy {
     pub fn cli(&self, args: &[&str]) -> String {
         redis_cli(self.port(), args).unwrap_or_default()
     }
+
+    /// `GET /v1/topology` from the admin listener.
+    pub fn topology(&self) -> serde_json::Value {
+        self.admin_json("/v1/topology")
+    }
+
+    /// The first shard's view in the topology.
+    pub fn shard(&self) -> serde_json::Value {
+        self.topology()["shards"][0].clone()
+    }
+
+    /// `GET /v1/events`.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        match self.admin_json("/v1/events") {
+            serde_json::Value::Array(events) => events,
+            other => panic!("events are not a list: {other}"),
+        }
+    }
+
+    /// Kinds of every event so far, oldest first.
+    pub fn event_kinds(&self) -> Vec<String> {
+        self.events()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    fn admin_json(&self, path: &str) -> serde_json::Value {
+        let admin = self.admin.expect("the test proxy has an admin listener");
+        let (status, body) = http_get(admin, path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).expect("admin JSON")
+    }
 }
 
 impl Drop for Proxy {
@@ -267,6 +303,77 @@ impl Drop for Proxy {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path, b"")
+}
+
+/// A plain HTTP/1.1 request with a body; returns (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the admin listener");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(body);
+    let mut response = String::new();
+    let _ = s.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A primary and replicas that reach each other, and are reached by
+/// Rampart, only through fault-injecting forwarders: cutting a node's
+/// forwarder partitions it from everyone.
+pub struct FaultyCluster {
+    pub nodes: Vec<RedisNode>,
+    pub forwarders: Vec<forwarder::Forwarder>,
+}
+
+impl FaultyCluster {
+    pub fn start(replicas: usize) -> FaultyCluster {
+        let nodes: Vec<RedisNode> = (0..=replicas).map(|_| RedisNode::start(None)).collect();
+        let forwarders: Vec<forwarder::Forwarder> = nodes
+            .iter()
+            .map(|n| forwarder::Forwarder::start(n.port))
+            .collect();
+        let primary = forwarders[0].port.to_string();
+        for node in &nodes[1..] {
+            node.cli(&["REPLICAOF", "127.0.0.1", &primary]);
+        }
+        let cluster = FaultyCluster { nodes, forwarders };
+        wait_until("replicas to connect", Duration::from_secs(20), || {
+            cluster.nodes[1..]
+                .iter()
+                .all(|r| r.info_field("replication", "master_link_status").as_deref() == Some("up"))
+        });
+        cluster
+    }
+
+    /// The addresses Rampart is given: the forwarders'.
+    pub fn addrs(&self) -> Vec<String> {
+        self.forwarders.iter().map(|f| f.addr()).collect()
+    }
+
+    /// The node behind a forwarder address.
+    pub fn node_at(&self, addr: &str) -> usize {
+        self.forwarders
+            .iter()
+            .position(|f| f.addr() == addr)
+            .unwrap_or_else(|| panic!("{addr} is not a forwarder of this cluster"))
     }
 }
 

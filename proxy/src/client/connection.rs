@@ -234,12 +234,12 @@ impl Connection {
     /// write), in synchronous mode. Commands queued inside MULTI are not,
     /// since a `WAIT` there would be queued with them.
     fn wants_durability(&self, class: Class) -> bool {
-        !self.session.in_multi
-            && matches!(
-                class,
-                Class::Write | Class::Blocking | Class::Transaction(Tx::Exec)
-            )
-            && self.ctx.topology.shard().durability.is_sync()
+        let write = match class {
+            Class::Transaction(Tx::Exec) => true,
+            Class::Write | Class::Blocking => !self.session.in_multi,
+            _ => false,
+        };
+        write && self.ctx.topology.shard().durability.is_sync()
     }
 
     /// Reads and writes that need no connection state.
@@ -270,9 +270,10 @@ impl Connection {
             }
         };
         let proto = self.session.proto;
-        let follows_own_writes = class == Class::Read
-            && self.replies.completed() < self.durable_upto
-            && shard.durability.is_sync();
+        let writes_pending = self.open.as_ref().is_some_and(|open| open.durable)
+            || self.replies.completed() < self.durable_upto;
+        let follows_own_writes =
+            class == Class::Read && writes_pending && shard.durability.is_sync();
         if follows_own_writes {
             if let Some(primary) = shard.primary() {
                 node = primary;

@@ -107,6 +107,13 @@ impl Connection {
                 }
                 self.push(Pending::Local(out.freeze()))
             }
+            Local::Rampart
+                if req
+                    .arg_upper(1)
+                    .is_some_and(|s| s.as_bytes() == b"SWITCHOVER") =>
+            {
+                self.switchover(&req).await
+            }
             Local::Rampart => {
                 let reply = self.rampart(&req);
                 self.reply(reply).await
@@ -267,6 +274,27 @@ impl Connection {
         self.reply(Value::Simple("RESET".into())).await
     }
 
+    /// `RAMPART SWITCHOVER <shard> [host:port]`: answered once the new
+    /// primary takes writes, or with why it could not.
+    async fn switchover(&mut self, req: &Request) -> Flow {
+        let args = req.args();
+        if !(3..=4).contains(&args.len()) {
+            return self
+                .reply(Value::err(
+                    "ERR wrong number of arguments for 'rampart|switchover' command",
+                ))
+                .await;
+        }
+        let shard = String::from_utf8_lossy(&args[2]).into_owned();
+        let target = args.get(3).map(|t| String::from_utf8_lossy(t).into_owned());
+        let ctx = self.ctx.clone();
+        let reply = match ctx.switchover(&shard, target).await {
+            Ok(done) => Value::Simple(done),
+            Err(e) => Value::err(e),
+        };
+        self.reply(reply).await
+    }
+
     fn rampart(&self, req: &Request) -> Value {
         let sub = req.arg_upper(1);
         match sub.as_ref().map(|s| s.as_bytes()) {
@@ -297,6 +325,8 @@ impl Connection {
                     "    Shards, nodes, roles and health as JSON.",
                     "POLICIES",
                     "    Each shard's read policy, with calls, traps and fallbacks, as JSON.",
+                    "SWITCHOVER <shard> [<host:port>]",
+                    "    Move the primary role to the given replica (or the best one) without losing a write.",
                     "HELP",
                     "    Print this help.",
                 ]
@@ -313,7 +343,7 @@ impl Connection {
 }
 
 /// Compares secrets without an early exit that would leak how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -5,6 +5,8 @@
 
 mod connection;
 mod local;
+
+pub use local::constant_time_eq;
 mod session;
 mod writer;
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis_protocol::resp3::types::OwnedFrame;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::probe::{self, Report};
@@ -34,6 +35,18 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// new primary before releasing held writes (which need their acks).
 const CATCH_UP: Duration = Duration::from_secs(2);
 
+/// An operator's request to move the primary role to another node.
+pub struct Switchover {
+    /// The node to promote (`host:port` as configured); `None` lets the
+    /// election choose.
+    pub target: Option<String>,
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
+
+/// How long a switchover waits for the target to catch up before giving up
+/// (and letting the held writes go to the old primary again).
+const SWITCHOVER_CATCH_UP: Duration = Duration::from_secs(5);
+
 pub struct Controller {
     ctx: Arc<Context>,
     shard: Arc<Shard>,
@@ -50,7 +63,12 @@ pub struct Controller {
     refusal: Option<String>,
 }
 
-pub fn spawn(ctx: Arc<Context>, index: usize, opts: ConnectOptions) {
+pub fn spawn(
+    ctx: Arc<Context>,
+    index: usize,
+    opts: ConnectOptions,
+    requests: mpsc::Receiver<Switchover>,
+) {
     let shard = ctx.topology.shards[index].clone();
     let store = StateStore::new(ctx.config.failover.state_dir.as_deref());
     let span = tracing::info_span!("controller", shard = %shard.name);
@@ -66,17 +84,22 @@ pub fn spawn(ctx: Arc<Context>, index: usize, opts: ConnectOptions) {
         failover_started: None,
         refusal: None,
     };
-    tokio::spawn(controller.run().instrument(span));
+    tokio::spawn(controller.run(requests).instrument(span));
 }
 
 impl Controller {
-    async fn run(mut self) {
+    async fn run(mut self, mut requests: mpsc::Receiver<Switchover>) {
         let interval = Duration::from_millis(self.ctx.config.probe.interval_ms);
         let mut shutdown = self.ctx.shutdown.clone();
         loop {
             self.tick().await;
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
+                Some(request) = requests.recv() => {
+                    let span = tracing::info_span!("switchover", target = ?request.target, epoch = self.shard.epoch());
+                    let result = self.switchover(request.target).instrument(span).await;
+                    let _ = request.reply.send(result);
+                }
                 _ = shutdown.changed() => return,
             }
         }
@@ -102,7 +125,10 @@ impl Controller {
             self.refusal = None;
             self.shard.set_failing_over(false);
         }
-        if primary.health() == Health::Up && primary.role() == Role::Replica {
+        if primary.health() == Health::Up
+            && primary.role() == Role::Replica
+            && self.observe(&primary).await == Some(Role::Replica)
+        {
             // Someone else demoted it (an operator, another tool): believe
             // the nodes again rather than fight them.
             self.event(
@@ -185,9 +211,15 @@ impl Controller {
         // Fresh reports, not the last probe's: offsets move until the very
         // moment the old primary stopped.
         let mut candidates = Vec::new();
+        let mut intact = 0;
         for node in self.shard.nodes.iter().filter(|n| n.id != old.id) {
             if let Ok(report) = self.report(node).await {
                 if report.role == Role::Replica {
+                    // A replica whose offset went backwards lost what it
+                    // had: it answers, but cannot vouch for past writes.
+                    if report.offset >= node.max_offset() {
+                        intact += 1;
+                    }
                     candidates.push(Candidate {
                         id: node.id,
                         offset: report.offset,
@@ -199,9 +231,10 @@ impl Controller {
         let replicas = self.shard.nodes.len().saturating_sub(1) as u32;
         let acks = self.shard.durability.requirement().acks;
         let needed = replicas_needed_to_promote(replicas, acks);
-        if (candidates.len() as u32) < needed {
+        if intact < needed {
+            let lost = candidates.len() as u32 - intact;
             self.refuse(format!(
-                "only {} of {replicas} replicas answer; with writes acknowledged by {acks} replica(s), {needed} must answer to be sure one holds every acknowledged write",
+                "{} of {replicas} replicas answer ({lost} of them with less data than they once had: restarted without persistence?); with writes acknowledged by {acks} replica(s), {needed} intact ones must answer to be sure one holds every acknowledged write",
                 candidates.len()
             ));
             return;
@@ -221,6 +254,7 @@ impl Controller {
             self.event("promotion-failed", Some(&target), e);
             return;
         }
+        self.observe(&target).await;
         let epoch = self.shard.epoch() + 1;
         self.persist(epoch, &target);
         let shard = self.shard.clone();
@@ -240,14 +274,136 @@ impl Controller {
             .take()
             .map_or(0, |t| t.elapsed().as_millis());
         self.refusal = None;
+        // Offsets carry over a promotion, so the old primary's last probed
+        // offset says how much of its stream may be missing: nothing that
+        // was acknowledged under a quorum, but asynchronous writes can be.
+        let behind = old.offset().saturating_sub(offset);
+        let loss = match (acks, behind) {
+            (_, 0) => "no replication lag at the last probe".to_string(),
+            (0, n) => format!("asynchronous writes: up to {n} bytes of the old primary's replication stream (acknowledged writes) may be lost"),
+            (_, n) => format!("{n} bytes behind the old primary's last probe: writes that were not acknowledged"),
+        };
         self.event(
             "promoted",
             Some(&target),
             format!(
-                "replaced {} at replication offset {offset}, {took} ms after it was judged down",
+                "replaced {} at replication offset {offset}, {took} ms after it was judged down; {loss}",
                 old.addr
             ),
         );
+    }
+
+    /// Moves the primary role on purpose: hold new writes, wait until the
+    /// old primary's offset has stopped moving (writes in flight have
+    /// landed) and the target has all of it, promote the target, repoint
+    /// everyone else (the old primary included), release the writes.
+    /// Nothing acknowledged is lost and no client sees an error; if the
+    /// target does not catch up in time, nothing changes.
+    async fn switchover(&mut self, target: Option<String>) -> Result<String, String> {
+        let primary = self
+            .shard
+            .primary()
+            .cloned()
+            .ok_or("ERR no healthy primary to switch over from")?;
+        let target = match target {
+            Some(addr) => self.shard.node_by_addr(&addr).cloned().ok_or_else(|| {
+                format!("ERR {addr} is not a node of shard '{}'", self.shard.name)
+            })?,
+            None => {
+                let candidates: Vec<Candidate> = self
+                    .shard
+                    .nodes
+                    .iter()
+                    .filter(|n| n.serves_reads())
+                    .map(|n| Candidate {
+                        id: n.id,
+                        offset: n.offset(),
+                        priority: n.priority(),
+                    })
+                    .collect();
+                self.ctx.quorum_policies[self.index]
+                    .elect(&candidates)
+                    .and_then(|id| self.shard.node(id).cloned())
+                    .ok_or("ERR no replica is fit to take over (following the primary, caught up, priority above 0)")?
+            }
+        };
+        if target.id == primary.id {
+            return Err(format!("ERR {} is already the primary", target.addr));
+        }
+        let report = self.report(&target).await?;
+        if report.role != Role::Replica
+            || report.master.as_deref() != Some(primary.addr.as_str())
+            || !report.connected
+        {
+            return Err(format!(
+                "ERR {} is not a replica following the primary over a live link",
+                target.addr
+            ));
+        }
+        self.shard.set_failing_over(true);
+        self.event(
+            "switchover-started",
+            Some(&target),
+            format!(
+                "moving the primary role from {}; holding writes",
+                primary.addr
+            ),
+        );
+        let started = Instant::now();
+        if let Err(e) = self.catch_up(&primary, &target).await {
+            self.shard.set_failing_over(false);
+            self.event("switchover-aborted", Some(&target), e.clone());
+            return Err(format!("ERR switchover aborted: {e}"));
+        }
+        if let Err(e) = self.command(&target, &["REPLICAOF", "NO", "ONE"]).await {
+            self.shard.set_failing_over(false);
+            self.event("switchover-aborted", Some(&target), e.clone());
+            return Err(format!("ERR switchover aborted: {e}"));
+        }
+        self.observe(&target).await;
+        let epoch = self.shard.epoch() + 1;
+        self.persist(epoch, &target);
+        self.last_sent.clear();
+        let shard = self.shard.clone();
+        for node in shard.nodes.iter().filter(|n| n.id != target.id) {
+            self.follow(node, &target, "repointed").await;
+        }
+        self.guard(&target).await;
+        self.wait_for_replicas(&target, self.shard.durability.requirement().acks)
+            .await;
+        self.shard.set_primary(&target, epoch);
+        self.shard.set_failing_over(false);
+        let detail = format!(
+            "{} -> {} in {} ms",
+            primary.addr,
+            target.addr,
+            started.elapsed().as_millis()
+        );
+        self.event("switchover", Some(&target), detail.clone());
+        Ok(format!("switched over: {detail}, epoch {epoch}"))
+    }
+
+    /// Waits until the primary's offset holds still and the target has
+    /// reached it.
+    async fn catch_up(&self, primary: &Node, target: &Node) -> Result<(), String> {
+        let deadline = Instant::now() + SWITCHOVER_CATCH_UP;
+        let mut last = None;
+        loop {
+            let p = self.report(primary).await?.offset;
+            let t = self.report(target).await?.offset;
+            if t >= p && last == Some(p) {
+                return Ok(());
+            }
+            last = Some(p);
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} did not reach the primary's offset {p} (at {t}) within {} ms",
+                    target.addr,
+                    SWITCHOVER_CATCH_UP.as_millis()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Says once (not every tick) why a failover cannot go on.
@@ -377,6 +533,15 @@ impl Controller {
             self.shard.epoch(),
             detail,
         );
+    }
+
+    /// Probes a node now and records the result, so that decisions right
+    /// after a change do not rest on a report from before it. Returns the
+    /// role it reported.
+    async fn observe(&self, node: &Node) -> Option<Role> {
+        let report = self.report(node).await.ok()?;
+        self.shard.observe(node, &report, Instant::now());
+        Some(report.role)
     }
 
     async fn report(&self, node: &Node) -> Result<Report, String> {

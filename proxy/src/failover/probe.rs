@@ -30,7 +30,8 @@ pub struct Report {
     pub master: Option<String>,
     /// `replica-priority` (`slave_priority`); 100 when not reported.
     pub priority: u32,
-    /// For a primary: replicas connected to it (`connected_slaves`).
+    /// For a primary: replicas connected to it (`connected_slaves`), or,
+    /// when `min-replicas-to-write` is set, those it counts as good.
     pub replicas: u32,
 }
 
@@ -48,7 +49,9 @@ pub fn parse_replication(info: &str) -> Option<Report> {
             connected: false,
             master: None,
             priority,
-            replicas: number("connected_slaves").unwrap_or(0) as u32,
+            replicas: number("min_slaves_good_slaves")
+                .or_else(|| number("connected_slaves"))
+                .unwrap_or(0) as u32,
         }),
         "slave" | "replica" => Some(Report {
             role: Role::Replica,

@@ -43,6 +43,10 @@ pub struct Node {
     health: AtomicU8,
     /// Replication offset from the last probe.
     offset: AtomicU64,
+    /// The highest offset ever seen on this node. Offsets only grow within
+    /// a shard's history (they carry over promotions), so a node reporting
+    /// less has lost data: restarted without persistence, say.
+    max_offset: AtomicU64,
     /// For a replica: whether its link to the primary is up (`connected`).
     replica_connected: AtomicU8,
     /// For a replica: whom it follows, as it reports it.
@@ -74,6 +78,7 @@ impl Node {
             role: AtomicU8::new(Role::Unknown as u8),
             health: AtomicU8::new(Health::Down as u8),
             offset: AtomicU64::new(0),
+            max_offset: AtomicU64::new(0),
             replica_connected: AtomicU8::new(0),
             master: Mutex::new(None),
             priority: AtomicU32::new(100),
@@ -106,6 +111,10 @@ impl Node {
         self.offset.load(Ordering::Acquire)
     }
 
+    pub fn max_offset(&self) -> u64 {
+        self.max_offset.load(Ordering::Acquire)
+    }
+
     pub fn priority(&self) -> u32 {
         self.priority.load(Ordering::Relaxed)
     }
@@ -136,6 +145,7 @@ impl Node {
     pub fn observe(&self, report: &Report) {
         let role_changed = self.role.swap(report.role as u8, Ordering::AcqRel) != report.role as u8;
         self.offset.store(report.offset, Ordering::Release);
+        self.max_offset.fetch_max(report.offset, Ordering::AcqRel);
         self.priority.store(report.priority, Ordering::Relaxed);
         *self.master.lock().unwrap_or_else(|p| p.into_inner()) = report.master.clone();
         let link_changed = self
@@ -240,14 +250,16 @@ impl Shard {
         }
     }
 
-    /// The primary to send writes to: known, not judged down, and not being
-    /// replaced.
+    /// The primary to send writes to: known, answering, and not being
+    /// replaced. A suspect primary (a failed probe or a broken link) is
+    /// not sent new writes: they wait until it answers again or a failover
+    /// replaces it, a pause for the client instead of an error.
     pub fn primary(&self) -> Option<&Arc<Node>> {
         if self.failing_over.load(Ordering::Acquire) {
             return None;
         }
         self.primary_node()
-            .filter(|node| node.health() != Health::Down)
+            .filter(|node| node.health() == Health::Up)
     }
 
     /// This epoch's primary, whatever its health.
@@ -337,12 +349,12 @@ impl Shard {
                 && node.lag_ms() <= self.max_read_lag_ms;
             changed |= node.set_readable(readable);
         }
-        let usable = self.primary().map_or(0, |p| p.id as u64 + 1);
-        self.changed.send_if_modified(|last| {
-            let differs = *last != usable;
-            *last = usable;
-            differs || changed
-        });
+        // Wake held writes whenever there is a primary to send them to
+        // (cheap: with nobody held, nobody is woken).
+        let usable = self.primary().is_some();
+        if (usable && self.held.load(Ordering::Acquire) > 0) || changed {
+            self.changed.send_modify(|generation| *generation += 1);
+        }
     }
 
     /// The node the others agree is primary, from what they report: among

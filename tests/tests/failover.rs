@@ -1,0 +1,317 @@
+//! Automatic failover, fencing, epochs and switchover, against real
+//! redis-server processes.
+
+use std::time::Duration;
+
+use rampart_tests::{config_for, wait_until, Cluster, Proxy, Setup};
+use redis::Commands;
+
+/// Probes every 50 ms, down after 500 ms, writes synchronous to one replica.
+fn config(nodes: &[String], state_dir: &std::path::Path, extra: &str) -> String {
+    let sections = format!(
+        "[probe]\ninterval_ms = 50\ntimeout_ms = 200\ndown_after_ms = 500\n[failover]\nstate_dir = \"{}\"\nhold_writes_ms = 5000\n{extra}",
+        state_dir.display()
+    );
+    format!(
+        "{}[shards.main.replication]\nquorum = \"one\"\ntimeout_ms = 1000\n",
+        config_for(
+            nodes,
+            Setup {
+                sections: &sections,
+                ..Setup::default()
+            }
+        )
+    )
+}
+
+fn primary_addr(proxy: &Proxy) -> String {
+    proxy.shard()["primary"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_dead_primary_is_replaced_and_fenced_when_it_returns() {
+    let mut cluster = Cluster::start(2);
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(&config(&cluster.addrs(), state.path(), ""));
+    let old = cluster.primary().addr();
+    assert_eq!(primary_addr(&proxy), old);
+    assert_eq!(proxy.shard()["epoch"], 1);
+
+    let mut conn = proxy.conn();
+    for i in 0..100 {
+        let _: () = conn.set(format!("before:{i}"), i).unwrap();
+    }
+    cluster.nodes[0].kill();
+
+    // Writes are held during the failover, then go to the new primary: a
+    // client that keeps writing sees at most the writes in flight fail.
+    let mut failed = 0;
+    for i in 0..100 {
+        if conn.set::<_, _, ()>(format!("after:{i}"), i).is_err() {
+            failed += 1;
+            conn = proxy.conn();
+        }
+    }
+    assert!(failed <= 2, "{failed} writes failed across the failover");
+    let new = primary_addr(&proxy);
+    assert_ne!(new, old);
+    assert_eq!(proxy.shard()["epoch"], 2);
+    let kinds = proxy.event_kinds();
+    for kind in [
+        "primary-discovered",
+        "primary-down",
+        "promoted",
+        "repointed",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "no {kind} event in {kinds:?}"
+        );
+    }
+    // The epoch is on disk.
+    let persisted = std::fs::read_to_string(state.path().join("main.json")).unwrap();
+    assert!(
+        persisted.contains(&new) && persisted.contains("\"epoch\":2"),
+        "{persisted}"
+    );
+
+    // Every acknowledged write is readable through Rampart.
+    for i in 0..100 {
+        let v: i64 = conn.get(format!("before:{i}")).unwrap();
+        assert_eq!(v, i);
+    }
+
+    // The old primary comes back empty, claiming to be primary: it is made
+    // a replica of the new one before it serves anything.
+    cluster.nodes[0].restart();
+    let old_node = &cluster.nodes[0];
+    wait_until(
+        "the old primary to be fenced",
+        Duration::from_secs(10),
+        || old_node.info_field("replication", "role").as_deref() == Some("slave"),
+    );
+    assert_eq!(
+        old_node.info_field("replication", "master_port"),
+        new.rsplit_once(':').map(|(_, p)| p.to_string())
+    );
+    assert!(proxy.event_kinds().iter().any(|k| k == "fenced"));
+    // And once it has caught up it has every write.
+    wait_until(
+        "the fenced node to catch up",
+        Duration::from_secs(20),
+        || old_node.cli(&["GET", "before:99"]).trim() == "99",
+    );
+}
+
+#[test]
+fn a_restarted_rampart_remembers_its_epoch_and_fences_a_stale_primary() {
+    let mut cluster = Cluster::start(2);
+    let state = tempfile::tempdir().unwrap();
+    let new = {
+        let proxy = Proxy::start_with(&config(&cluster.addrs(), state.path(), ""));
+        cluster.nodes[0].kill();
+        wait_until("a promotion", Duration::from_secs(10), || {
+            proxy.shard()["epoch"] == 2
+        });
+        primary_addr(&proxy)
+    };
+    // While no Rampart runs, the old primary returns still believing it is
+    // primary (its data intact, as after a partition).
+    cluster.nodes[0].restart();
+    assert_eq!(
+        cluster.nodes[0]
+            .info_field("replication", "role")
+            .as_deref(),
+        Some("master")
+    );
+
+    let proxy = Proxy::start_with(&config(&cluster.addrs(), state.path(), ""));
+    assert_eq!(
+        primary_addr(&proxy),
+        new,
+        "the persisted epoch's primary wins"
+    );
+    assert_eq!(proxy.shard()["epoch"], 2);
+    let stale = &cluster.nodes[0];
+    wait_until(
+        "the stale primary to be fenced",
+        Duration::from_secs(10),
+        || stale.info_field("replication", "role").as_deref() == Some("slave"),
+    );
+    let mut conn = proxy.conn();
+    let _: () = conn.set("k", "v").unwrap();
+}
+
+#[test]
+fn promotion_is_refused_when_no_replica_can_be_sure_to_hold_every_acknowledged_write() {
+    let mut cluster = Cluster::start(2);
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(
+        &config(&cluster.addrs(), state.path(), "")
+            .replace("hold_writes_ms = 5000", "hold_writes_ms = 300"),
+    );
+    let mut conn = proxy.conn();
+    let _: () = conn.set("k", "v").unwrap();
+
+    // With one ack required of two replicas, an acknowledged write may be on
+    // either: both must answer before one is promoted.
+    cluster.nodes[2].signal("STOP");
+    cluster.nodes[0].kill();
+    wait_until("a refusal", Duration::from_secs(10), || {
+        proxy.event_kinds().iter().any(|k| k == "promotion-refused")
+    });
+    assert_eq!(proxy.shard()["epoch"], 1, "nothing was promoted");
+    // Held writes are answered with an error once the hold expires.
+    let err = conn.set::<_, _, ()>("k2", "v").unwrap_err();
+    assert!(err.to_string().contains("no reachable primary"), "{err}");
+
+    // The second replica answers again: the election sees both, and goes
+    // ahead with the one that has the most.
+    cluster.nodes[2].signal("CONT");
+    wait_until("a promotion", Duration::from_secs(15), || {
+        proxy.shard()["epoch"] == 2
+    });
+    let mut conn = proxy.conn();
+    wait_until("writes to succeed", Duration::from_secs(10), || {
+        conn.set::<_, _, ()>("k3", "v").is_ok()
+    });
+    let v: String = conn.get("k").unwrap();
+    assert_eq!(v, "v");
+}
+
+#[test]
+fn a_replica_that_lost_its_data_does_not_count_towards_a_safe_promotion() {
+    let mut cluster = Cluster::start(2);
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(&config(&cluster.addrs(), state.path(), ""));
+    let mut conn = proxy.conn();
+    for i in 0..50 {
+        let _: () = conn.set(format!("k{i}"), i).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // A replica restarts without persistence: it is back, but empty, and
+    // the acknowledged writes may have been only on it.
+    cluster.nodes[2].kill();
+    cluster.nodes[0].kill();
+    cluster.nodes[2].restart();
+    wait_until("a refusal", Duration::from_secs(10), || {
+        proxy.events().iter().any(|e| {
+            e["kind"] == "promotion-refused"
+                && e["detail"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("less data")
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(proxy.shard()["epoch"], 1, "nothing was promoted");
+}
+
+#[test]
+fn a_follower_never_promotes() {
+    let mut cluster = Cluster::start(1);
+    let state = tempfile::tempdir().unwrap();
+    // Asynchronous writes: the node the operator promotes has no replica.
+    let proxy = Proxy::start_with(
+        &config(&cluster.addrs(), state.path(), "role = \"follower\"\n")
+            .replace("hold_writes_ms = 5000", "hold_writes_ms = 200")
+            .replace("quorum = \"one\"", "quorum = \"none\""),
+    );
+    let mut conn = proxy.conn();
+    let _: () = conn.set("k", "v").unwrap();
+    cluster.nodes[0].kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        cluster.nodes[1]
+            .info_field("replication", "role")
+            .as_deref(),
+        Some("slave"),
+        "the follower left the replica alone"
+    );
+    assert!(conn.set::<_, _, ()>("k", "w").is_err());
+    // An operator promotes it; the follower routes to what it observes.
+    cluster.nodes[1].cli(&["REPLICAOF", "NO", "ONE"]);
+    wait_until("writes to the new primary", Duration::from_secs(10), || {
+        conn.set::<_, _, ()>("k", "w").is_ok()
+    });
+    assert!(
+        proxy.events().is_empty(),
+        "a follower records no failover steps"
+    );
+    let err = proxy.cli(&["RAMPART", "SWITCHOVER", "main"]);
+    assert!(err.contains("follower"), "{err}");
+}
+
+#[test]
+fn switchover_moves_the_primary_without_errors_or_loss() {
+    let cluster = Cluster::start(2);
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(&config(&cluster.addrs(), state.path(), ""));
+    proxy.wait_serving_replicas(2, Duration::from_secs(10));
+
+    // Writers keep going through both switchovers and must see no error.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let client = proxy.client();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut conn = client.get_connection().unwrap();
+                let mut acked = Vec::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("w{w}:{i}");
+                    conn.set::<_, _, ()>(&key, i)
+                        .unwrap_or_else(|e| panic!("write {key} failed during a switchover: {e}"));
+                    acked.push(key);
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let target = cluster.nodes[2].addr();
+    let answer = proxy.cli(&["RAMPART", "SWITCHOVER", "main", &target]);
+    assert!(answer.starts_with("switched over"), "{answer}");
+    assert_eq!(primary_addr(&proxy), target);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Back again over HTTP, letting the election choose.
+    let (status, body) = rampart_tests::http(
+        proxy.admin.unwrap(),
+        "POST",
+        "/v1/shards/main/switchover",
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(
+        acked.len() > 100,
+        "the writers made progress ({})",
+        acked.len()
+    );
+    assert_eq!(proxy.shard()["epoch"], 3);
+
+    let mut conn = proxy.conn();
+    for key in &acked {
+        let v: Option<i64> = conn.get(key).unwrap();
+        assert!(v.is_some(), "acknowledged write {key} lost");
+    }
+    let (status, _) = rampart_tests::http(
+        proxy.admin.unwrap(),
+        "POST",
+        "/v1/shards/nope/switchover",
+        b"",
+    );
+    assert_eq!(status, 404);
+}
