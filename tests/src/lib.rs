@@ -61,6 +61,9 @@ impl RedisNode {
         cmd.arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // A replica that needs a full sync gets it at once, not after
+            // the default 5 s wait for other replicas to join.
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
