@@ -144,8 +144,26 @@ pub struct ProbeConfig {
     /// A probe unanswered after this long has failed.
     pub timeout_ms: u64,
     /// A node that has not answered a probe for this long is down; before
-    /// that, after a failed probe, it is suspect.
+    /// that, after a failed probe, it is suspect (`fixed-timeout`).
     pub down_after_ms: u64,
+    /// `fixed-timeout` (down after `down_after_ms` of silence, like
+    /// Sentinel's down-after-milliseconds) or `phi-accrual`.
+    pub detector: DetectorKind,
+    /// phi-accrual: down once phi (how unlikely the silence is, as
+    /// -log10 of its probability) reaches this.
+    pub phi_threshold: f64,
+    /// phi-accrual: gaps between answered probes remembered.
+    pub phi_window: usize,
+    /// phi-accrual: the spread assumed at least, so a very regular node is
+    /// not judged down after one late answer.
+    pub phi_min_std_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DetectorKind {
+    FixedTimeout,
+    PhiAccrual,
 }
 
 impl Default for ProbeConfig {
@@ -154,6 +172,10 @@ impl Default for ProbeConfig {
             interval_ms: 100,
             timeout_ms: 500,
             down_after_ms: 1000,
+            detector: DetectorKind::FixedTimeout,
+            phi_threshold: 8.0,
+            phi_window: 100,
+            phi_min_std_ms: 150,
         }
     }
 }
@@ -386,6 +408,8 @@ impl Config {
             ("probe.interval_ms", self.probe.interval_ms),
             ("probe.timeout_ms", self.probe.timeout_ms),
             ("probe.down_after_ms", self.probe.down_after_ms),
+            ("probe.phi_window", self.probe.phi_window as u64),
+            ("probe.phi_min_std_ms", self.probe.phi_min_std_ms),
             ("limits.max_pipeline", self.limits.max_pipeline as u64),
             ("limits.max_reply_depth", self.limits.max_reply_depth as u64),
             ("proxy.max_clients", self.proxy.max_clients as u64),
@@ -398,6 +422,12 @@ impl Config {
                     "field `{field}`: expected a number greater than 0, got 0"
                 )));
             }
+        }
+        if !(self.probe.phi_threshold > 0.0 && self.probe.phi_threshold.is_finite()) {
+            return Err(ConfigError(format!(
+                "field `probe.phi_threshold`: expected a positive number such as 8, got {}",
+                self.probe.phi_threshold
+            )));
         }
         if self.proxy.username.is_some() && self.proxy.password.is_none() {
             return Err(ConfigError(

@@ -104,7 +104,12 @@ fn a_shortfall_fails_or_is_accepted_as_configured() {
     let accept = start(&cluster, &sync_setup("one", 300, "accept"));
     let mut f = fail.conn();
     let mut a = accept.conn();
-    let _: () = f.set("before", "1").unwrap();
+    // The first write also waits for the links and the replica's first ack.
+    rampart_tests::wait_until(
+        "a first acknowledged write",
+        Duration::from_secs(10),
+        || f.set::<_, _, ()>("before", "1").is_ok(),
+    );
 
     cluster.nodes[1].signal("STOP");
     let err = f.set::<_, _, ()>("short", "1").unwrap_err();

@@ -2,8 +2,10 @@
 //! suspect or down? One small trait, so another algorithm (phi accrual, a
 //! Wasm detector plugin) slots in beside the fixed timeout.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::config::{DetectorKind, ProbeConfig};
 use crate::topology::Health;
 
 pub trait Detector: Send {
@@ -51,9 +53,122 @@ impl Detector for FixedTimeout {
     }
 }
 
+/// Phi accrual (Hayashibara et al., as in Akka and Cassandra): learns the
+/// usual gap between successful probes and says how unlikely the current
+/// silence is, as phi = -log10(P(a gap this long)). Down above `threshold`,
+/// suspect above half of it or after a failed probe. It adapts to a node
+/// whose answers are slow but steady, where a fixed timeout must be set
+/// for the worst case.
+pub struct PhiAccrual {
+    threshold: f64,
+    window: usize,
+    min_std_ms: f64,
+    gaps_ms: VecDeque<f64>,
+    last_ok: Option<Instant>,
+    last_failed: bool,
+}
+
+impl PhiAccrual {
+    pub fn new(threshold: f64, window: usize, min_std: Duration) -> PhiAccrual {
+        PhiAccrual {
+            threshold,
+            window: window.max(2),
+            min_std_ms: min_std.as_secs_f64() * 1000.0,
+            gaps_ms: VecDeque::new(),
+            last_ok: None,
+            last_failed: true,
+        }
+    }
+
+    /// Phi at `now`; 0 until there is a history to judge by.
+    pub fn phi(&self, now: Instant) -> f64 {
+        let Some(last) = self.last_ok else {
+            return f64::INFINITY;
+        };
+        if self.gaps_ms.is_empty() {
+            return 0.0;
+        }
+        let n = self.gaps_ms.len() as f64;
+        let mean = self.gaps_ms.iter().sum::<f64>() / n;
+        let variance = self.gaps_ms.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n;
+        let std = variance.sqrt().max(self.min_std_ms);
+        let elapsed = now.saturating_duration_since(last).as_secs_f64() * 1000.0;
+        // The logistic approximation of the normal CDF Akka uses.
+        let y = (elapsed - mean) / std;
+        let e = (-y * (1.5976 + 0.070566 * y * y)).exp();
+        if elapsed > mean {
+            -(e / (1.0 + e)).log10()
+        } else {
+            -(1.0 - 1.0 / (1.0 + e)).log10()
+        }
+    }
+}
+
+impl Detector for PhiAccrual {
+    fn observe(&mut self, at: Instant, ok: bool) {
+        let after_failure = std::mem::replace(&mut self.last_failed, !ok);
+        if !ok {
+            return;
+        }
+        // Only gaps between consecutive answers are learnt: an outage is
+        // not what a healthy node's rhythm looks like.
+        if let Some(last) = self.last_ok.filter(|_| !after_failure) {
+            if self.gaps_ms.len() == self.window {
+                self.gaps_ms.pop_front();
+            }
+            self.gaps_ms
+                .push_back(at.saturating_duration_since(last).as_secs_f64() * 1000.0);
+        }
+        self.last_ok = Some(at);
+    }
+
+    fn verdict(&self, now: Instant) -> Health {
+        let phi = self.phi(now);
+        if phi >= self.threshold {
+            Health::Down
+        } else if self.last_failed || phi >= self.threshold / 2.0 {
+            Health::Suspect
+        } else {
+            Health::Up
+        }
+    }
+}
+
+/// The detector the configuration asks for.
+pub fn build(config: &ProbeConfig) -> Box<dyn Detector> {
+    match config.detector {
+        DetectorKind::FixedTimeout => Box::new(FixedTimeout::new(Duration::from_millis(
+            config.down_after_ms,
+        ))),
+        DetectorKind::PhiAccrual => Box::new(PhiAccrual::new(
+            config.phi_threshold,
+            config.phi_window,
+            Duration::from_millis(config.phi_min_std_ms),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phi_accrual_grows_with_silence() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = PhiAccrual::new(8.0, 100, ms(100));
+        for i in 0..20 {
+            d.observe(t0 + ms(100 * i), true);
+        }
+        let last = t0 + ms(1900);
+        assert_eq!(d.verdict(last + ms(50)), Health::Up);
+        assert!(d.phi(last + ms(300)) < d.phi(last + ms(600)));
+        assert_eq!(d.verdict(last + ms(2000)), Health::Down);
+        d.observe(last + ms(2000), false);
+        assert_eq!(d.verdict(last + ms(2000)), Health::Down);
+        d.observe(last + ms(2100), true);
+        assert_eq!(d.verdict(last + ms(2100)), Health::Up);
+    }
 
     #[test]
     fn fixed_timeout() {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use super::detect::{Detector, FixedTimeout};
+use super::detect;
 use crate::backend::control::{frame_text, Control};
 use crate::backend::ConnectOptions;
 use crate::config::ProbeConfig;
@@ -98,7 +98,7 @@ pub fn spawn(
         async move {
             let interval = Duration::from_millis(config.interval_ms);
             let timeout = Duration::from_millis(config.timeout_ms);
-            let mut detector = FixedTimeout::new(Duration::from_millis(config.down_after_ms));
+            let mut detector = detect::build(&config);
             let mut control: Option<Control> = None;
             let mut first = true;
             loop {
