@@ -29,7 +29,10 @@ Rampart is up.
   redis-cli -p 6380                      # talk to Redis through Rampart
   redis-cli -p 6380 RAMPART TOPOLOGY     # what Rampart sees
   curl -s localhost:6381/v1/topology     # the same over HTTP
-  redis-cli -p 7001 DEBUG SLEEP 0        # the nodes themselves: 7001, 7002, 7003
+  redis-cli -p 6380 RAMPART SWITCHOVER main 127.0.0.1:7002   # move the primary, no errors, no loss
+  kill -9 \$(redis-cli -p 7001 INFO server | awk -F: '/process_id/ {print \$2}' | tr -d '\r')
+                                         # kill the primary: Rampart fails over in about a second
+  curl -s localhost:6381/v1/events       # what Rampart did, step by step
 Ctrl-C stops the nodes and Rampart.
 MSG
 wait

@@ -164,9 +164,11 @@ def bench_rampart(work, probe, runs):
     port, admin = free_port(), free_port()
     conf = os.path.join(work, f"rampart-{port}.toml")
     rampart_config(conf, port, admin, nodes, probe)
-    proc = subprocess.Popen([BIN, "run", "--config", conf])
+    log = open(os.path.join(work, f"rampart-{port}.log"), "w")
+    proc = subprocess.Popen([BIN, "run", "--config", conf], stdout=log, stderr=log)
     try:
         wait_port(port)
+        time.sleep(1)  # a second of probe history, as any running instance has
         times = []
         for _ in range(runs):
             shard = topology(admin)
@@ -280,7 +282,8 @@ def soak(work, seconds, probe):
     port, admin = free_port(), free_port()
     conf = os.path.join(work, f"soak-{port}.toml")
     rampart_config(conf, port, admin, [Fwd(f) for f in fwd], probe)
-    proc = subprocess.Popen([BIN, "run", "--config", conf])
+    log = open(os.path.join(work, f"soak-{port}.log"), "w")
+    proc = subprocess.Popen([BIN, "run", "--config", conf], stdout=log, stderr=log)
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
         wait_port(port)

@@ -64,33 +64,44 @@ pub struct PhiAccrual {
     window: usize,
     min_std_ms: f64,
     gaps_ms: VecDeque<f64>,
+    /// The gap assumed before any has been seen (the probe interval), so a
+    /// node that dies right after its first answer is still judged.
+    first_gap_ms: f64,
     last_ok: Option<Instant>,
     last_failed: bool,
 }
 
 impl PhiAccrual {
-    pub fn new(threshold: f64, window: usize, min_std: Duration) -> PhiAccrual {
+    pub fn new(
+        threshold: f64,
+        window: usize,
+        min_std: Duration,
+        first_gap: Duration,
+    ) -> PhiAccrual {
         PhiAccrual {
             threshold,
             window: window.max(2),
             min_std_ms: min_std.as_secs_f64() * 1000.0,
             gaps_ms: VecDeque::new(),
+            first_gap_ms: first_gap.as_secs_f64() * 1000.0,
             last_ok: None,
             last_failed: true,
         }
     }
 
-    /// Phi at `now`; 0 until there is a history to judge by.
+    /// Phi at `now`.
     pub fn phi(&self, now: Instant) -> f64 {
         let Some(last) = self.last_ok else {
             return f64::INFINITY;
         };
-        if self.gaps_ms.is_empty() {
-            return 0.0;
-        }
-        let n = self.gaps_ms.len() as f64;
-        let mean = self.gaps_ms.iter().sum::<f64>() / n;
-        let variance = self.gaps_ms.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n;
+        let (mean, variance) = if self.gaps_ms.is_empty() {
+            (self.first_gap_ms, 0.0)
+        } else {
+            let n = self.gaps_ms.len() as f64;
+            let mean = self.gaps_ms.iter().sum::<f64>() / n;
+            let variance = self.gaps_ms.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n;
+            (mean, variance)
+        };
         let std = variance.sqrt().max(self.min_std_ms);
         let elapsed = now.saturating_duration_since(last).as_secs_f64() * 1000.0;
         // The logistic approximation of the normal CDF Akka uses.
@@ -144,6 +155,7 @@ pub fn build(config: &ProbeConfig) -> Box<dyn Detector> {
             config.phi_threshold,
             config.phi_window,
             Duration::from_millis(config.phi_min_std_ms),
+            Duration::from_millis(config.interval_ms),
         )),
     }
 }
@@ -156,7 +168,15 @@ mod tests {
     fn phi_accrual_grows_with_silence() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut d = PhiAccrual::new(8.0, 100, ms(100));
+        let mut d = PhiAccrual::new(8.0, 100, ms(100), ms(100));
+        assert_eq!(d.verdict(t0), Health::Down, "never seen");
+        d.observe(t0, true);
+        assert_eq!(
+            d.verdict(t0 + ms(5000)),
+            Health::Down,
+            "one answer, then silence"
+        );
+        let mut d = PhiAccrual::new(8.0, 100, ms(100), ms(100));
         for i in 0..20 {
             d.observe(t0 + ms(100 * i), true);
         }

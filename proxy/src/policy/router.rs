@@ -182,12 +182,12 @@ fn wit_node(shard_index: u32, node: &topology::Node) -> wit::Node {
             topology::Health::Down => wit::Health::Down,
         },
         serves_reads: node.serves_reads(),
-        priority: 100,
+        priority: node.priority(),
         zone: 0,
         latency_us: 0,
         inflight: 0,
         repl_offset: node.offset(),
-        lag_ms: 0,
+        lag_ms: node.lag_ms().min(u32::MAX as u64) as u32,
     }
 }
 
