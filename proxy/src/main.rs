@@ -38,8 +38,8 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => {
-            let config = match Config::load(&config) {
+        Command::Run { config: path } => {
+            let config = match Config::load(&path) {
                 Ok(config) => config,
                 Err(e) => {
                     eprintln!("{e}");
@@ -65,6 +65,7 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
+                rampart::policy::reload::spawn(server.context.clone(), path);
                 wait_for_stop_signal().await;
                 tracing::info!("shutting down: no new clients, draining the rest");
                 let grace = server.context.config.proxy.shutdown_grace();

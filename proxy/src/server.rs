@@ -14,8 +14,9 @@ use crate::backend::{ConnectOptions, LinkOptions, NodePool};
 use crate::config::{Config, FailoverRole, Shortfall};
 use crate::failover::controller::Switchover;
 use crate::failover::events::Events;
+use crate::policy::slot::RouterSlot;
+use crate::policy::swap::{self, Source};
 use crate::replicate::{quorum, QuorumPolicy};
-use crate::route::{read_policy, ReadPolicy};
 use crate::topology::{Health, Node, Shard, Topology};
 use crate::worker::{NewClient, Workers};
 use crate::{admin, failover};
@@ -24,8 +25,12 @@ use crate::{admin, failover};
 pub struct Context {
     pub config: Config,
     pub topology: Topology,
-    /// One per shard, in shard order.
-    pub read_policies: Vec<Box<dyn ReadPolicy>>,
+    /// One per shard, in shard order: the active router generation and
+    /// its neighbours.
+    pub routers: Vec<RouterSlot>,
+    /// Bumped when any node's role or health changes (router plugins
+    /// refresh their node list on it).
+    pub topology_changes: Arc<AtomicU64>,
     /// One per shard, in shard order.
     pub quorum_policies: Vec<Box<dyn QuorumPolicy>>,
     pub clients: AtomicUsize,
@@ -137,14 +142,24 @@ impl Server {
                 shard_config.replication.max_read_lag_ms,
             )));
         }
-        let mut read_policies = Vec::new();
+        let mut routers = Vec::new();
         for (shard, shard_config) in shards.iter().zip(config.shards.values()) {
-            read_policies.push(match &shard_config.router {
-                Some(path) => {
-                    load_router(&shard.name, path, &shard_config.router_config, &changes)?
-                }
-                None => read_policy(shard.read_from),
-            });
+            let source = Source::parse(&router_source(shard_config));
+            let generation = swap::build(
+                &source,
+                &shard_config.router_config,
+                shard,
+                changes.clone(),
+                1,
+            )
+            .map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("shards.{}.router: {e}", shard.name),
+                )
+            })?;
+            tracing::info!(shard = %shard.name, router = %generation.source, "router loaded");
+            routers.push(RouterSlot::from_generation(generation));
         }
         let mut quorum_policies: Vec<Box<dyn QuorumPolicy>> = Vec::new();
         for (shard, shard_config) in shards.iter().zip(config.shards.values()) {
@@ -163,7 +178,8 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let context = Arc::new(Context {
             topology: Topology { shards },
-            read_policies,
+            routers,
+            topology_changes: changes.clone(),
             quorum_policies,
             clients: AtomicUsize::new(0),
             events: Events::new(config.failover.event_history),
@@ -216,6 +232,7 @@ impl Server {
             workers,
             shutdown_rx.clone(),
         ));
+        tokio::spawn(roll_back_failing_routers(context.clone()));
         if let Some(listener) = admin_listener {
             tokio::spawn(admin::serve(listener, context.clone(), shutdown_rx));
         }
@@ -252,30 +269,39 @@ impl Server {
     }
 }
 
-/// Loads a shard's router plugin; a plugin that fails any step of loading
-/// stops startup with the step and the reason.
-fn load_router(
-    shard: &str,
-    path: &str,
-    config: &str,
-    changes: &Arc<std::sync::atomic::AtomicU64>,
-) -> std::io::Result<Box<dyn ReadPolicy>> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("shards.{shard}.router: cannot read {path}: {e}"),
-        )
-    })?;
-    let router = crate::policy::WasmRouter::load(
-        path,
-        &bytes,
-        config,
-        crate::policy::Limits::default(),
-        changes.clone(),
-    )
-    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-    tracing::info!(shard, plugin = %router.name(), "router plugin loaded");
-    Ok(Box::new(router))
+/// The router a shard's configuration asks for: its plugin, or the
+/// built-in that `read_from` names.
+pub fn router_source(shard: &crate::config::ShardConfig) -> String {
+    match (&shard.router, shard.read_from) {
+        (Some(path), _) => path.clone(),
+        (None, crate::config::ReadFrom::Primary) => "builtin:primary-only".into(),
+        (None, crate::config::ReadFrom::Replicas) => "builtin:round-robin".into(),
+    }
+}
+
+/// A router generation that traps again and again soon after it was
+/// loaded is replaced by the one before it.
+async fn roll_back_failing_routers(ctx: Arc<Context>) {
+    const PROBATION: Duration = Duration::from_secs(60);
+    const TRAPS: u64 = 3;
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => return,
+        }
+        for (shard, slot) in ctx.topology.shards.iter().zip(&ctx.routers) {
+            if let Some((from, to)) = slot.roll_back_if_failing(PROBATION, TRAPS) {
+                ctx.events.record(
+                    &shard.name,
+                    "policy-rolled-back",
+                    None,
+                    shard.epoch(),
+                    format!("router generation {from} trapped {TRAPS} times within {} s of loading; generation {to} is active again", PROBATION.as_secs()),
+                );
+            }
+        }
+    }
 }
 
 async fn accept_loop(

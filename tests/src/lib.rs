@@ -266,6 +266,15 @@ impl Proxy {
         redis_cli(self.port(), args).unwrap_or_default()
     }
 
+    /// Reloads the configuration from `path` when it changes, as
+    /// `rampart run --config` does.
+    pub fn watch_config(&self, path: &std::path::Path) {
+        if let Some(runtime) = &self.runtime {
+            let _guard = runtime.enter();
+            rampart::policy::reload::spawn(self.server.context.clone(), path.to_path_buf());
+        }
+    }
+
     /// `GET /v1/topology` from the admin listener.
     pub fn topology(&self) -> serde_json::Value {
         self.admin_json("/v1/topology")

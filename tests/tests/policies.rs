@@ -28,6 +28,11 @@ fn served_by(cluster: &Cluster, proxy: &Proxy, reads: usize) -> Vec<u64> {
 }
 
 fn proxy_with_router(cluster: &Cluster, name: &str) -> Proxy {
+    proxy_with_router_n(cluster, name, 2)
+}
+
+/// With `replicas` replicas expected to serve reads.
+fn proxy_with_router_n(cluster: &Cluster, name: &str, replicas: usize) -> Proxy {
     let path = plugin(name);
     let shard = format!("read_from = \"replicas\"\nrouter = \"{}\"", path.display());
     let proxy = Proxy::start(
@@ -37,7 +42,7 @@ fn proxy_with_router(cluster: &Cluster, name: &str) -> Proxy {
             ..Setup::default()
         },
     );
-    proxy.wait_serving_replicas(2, Duration::from_secs(5));
+    proxy.wait_serving_replicas(replicas, Duration::from_secs(5));
     proxy
 }
 
@@ -111,7 +116,7 @@ fn start_hostile(cluster: &Cluster, mode: &str) -> Result<Proxy, String> {
 fn policy_counters(proxy: &Proxy) -> serde_json::Value {
     let json: serde_json::Value =
         serde_json::from_str(&proxy.cli(&["RAMPART", "POLICIES"])).unwrap();
-    json[0][1].clone()
+    json[0][1]["active"].clone()
 }
 
 #[test]
@@ -136,11 +141,18 @@ fn plugins_that_fail_to_configure_are_refused_at_startup() {
 #[test]
 fn hostile_plugins_never_cost_a_request() {
     let cluster = Cluster::start(2);
-    for mode in ["loop", "bomb", "trap-after:5", "read-file"] {
+    // Each behaves long enough to pass the self-check at startup, then
+    // misbehaves on every call.
+    for mode in [
+        "loop-after:40",
+        "bomb-after:40",
+        "trap-after:40",
+        "read-file-after:40",
+    ] {
         let proxy = start_hostile(&cluster, mode).unwrap_or_else(|e| panic!("{mode}: {e}"));
         let mut c = proxy.conn();
         let _: () = c.set("h", mode).unwrap();
-        for _ in 0..30 {
+        for _ in 0..80 {
             // Every read is answered, by the primary when the plugin fails.
             let v: String = c.get("h").unwrap();
             assert_eq!(v, mode);
@@ -169,4 +181,260 @@ fn plugin_configuration_reaches_the_plugin() {
     let counters = policy_counters(&proxy);
     assert_eq!(counters["traps"], 0);
     assert!(counters["calls"].as_u64().unwrap() >= 50);
+}
+
+/// Readers that GET until stopped; returns (ok, failed).
+fn readers(
+    proxy: &Proxy,
+    n: usize,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Vec<std::thread::JoinHandle<(u64, u64)>>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads = (0..n)
+        .map(|_| {
+            let client = proxy.client();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut c = client.get_connection().unwrap();
+                let (mut ok, mut failed) = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match c.get::<_, String>("p") {
+                        Ok(v) if v == "v" => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    (stop, threads)
+}
+
+fn generation(proxy: &Proxy) -> u64 {
+    let json: serde_json::Value =
+        serde_json::from_str(&proxy.cli(&["RAMPART", "POLICY", "LIST"])).unwrap();
+    json[0][1]["active"]["generation"].as_u64().unwrap()
+}
+
+#[test]
+fn routers_are_swapped_under_load_without_dropping_a_request() {
+    let cluster = Cluster::start(2);
+    let proxy = proxy_with_router(&cluster, "router-round-robin");
+    assert_eq!(
+        served_by(&cluster, &proxy, 50)[0],
+        0,
+        "reads start on the replicas"
+    );
+    let (stop, threads) = readers(&proxy, 4);
+
+    // By RESP: the primary-only plugin.
+    let path = plugin("router-primary-only");
+    let answer = proxy.cli(&[
+        "RAMPART",
+        "POLICY",
+        "LOAD",
+        "router",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(answer.trim(), "OK generation 2");
+    std::thread::sleep(Duration::from_millis(200));
+    let served = served_by(&cluster, &proxy, 50);
+    assert_eq!(
+        served[1] + served[2],
+        0,
+        "replicas served reads: {served:?}"
+    );
+
+    // By HTTP: the round-robin plugin's bytes.
+    let bytes = std::fs::read(plugin("router-round-robin")).unwrap();
+    let (status, body) =
+        rampart_tests::http(proxy.admin.unwrap(), "PUT", "/v1/policies/router", &bytes);
+    assert_eq!(status, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["generation"], 3);
+    assert_eq!(view["sha256"].as_str().unwrap().len(), 64);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(served_by(&cluster, &proxy, 50)[0], 0);
+
+    // Back to the previous generation.
+    assert_eq!(
+        proxy
+            .cli(&["RAMPART", "POLICY", "ROLLBACK", "router"])
+            .trim(),
+        "OK generation 2"
+    );
+    let served = served_by(&cluster, &proxy, 50);
+    assert_eq!(
+        served[1] + served[2],
+        0,
+        "replicas served reads: {served:?}"
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+    assert_eq!(
+        failed, 0,
+        "{failed} reads failed across three swaps ({ok} succeeded)"
+    );
+    assert!(ok > 100);
+    let (status, body) = rampart_tests::http_get(proxy.admin.unwrap(), "/v1/policies");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"previous\""), "{body}");
+}
+
+#[test]
+fn a_plugin_that_fails_to_load_leaves_the_active_one_in_place() {
+    let cluster = Cluster::start(1);
+    let proxy = proxy_with_router_n(&cluster, "router-round-robin", 1);
+    let hostile = rampart_tests::test_plugin("router-hostile");
+    let error = proxy.cli(&[
+        "RAMPART",
+        "POLICY",
+        "LOAD",
+        "router",
+        hostile.to_str().unwrap(),
+        "fail-configure",
+    ]);
+    assert!(
+        error.contains("configure") && error.contains("refuses"),
+        "{error}"
+    );
+    let error = proxy.cli(&[
+        "RAMPART",
+        "POLICY",
+        "LOAD",
+        "router",
+        hostile.to_str().unwrap(),
+        "loop-in-configure",
+    ]);
+    assert!(error.contains("configure"), "{error}");
+    let (status, body) = rampart_tests::http(
+        proxy.admin.unwrap(),
+        "PUT",
+        "/v1/policies/router",
+        b"\0asm\x01\0\0\0garbage",
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("compile"), "{body}");
+    assert_eq!(generation(&proxy), 1);
+    assert!(
+        proxy
+            .event_kinds()
+            .iter()
+            .filter(|k| *k == "policy-rejected")
+            .count()
+            >= 3
+    );
+    let error = proxy.cli(&["RAMPART", "POLICY", "LOAD", "quorum", "x.wasm"]);
+    assert!(error.contains("built in"), "{error}");
+}
+
+#[test]
+fn a_plugin_that_keeps_trapping_is_rolled_back() {
+    let cluster = Cluster::start(1);
+    let proxy = proxy_with_router_n(&cluster, "router-round-robin", 1);
+    let hostile = rampart_tests::test_plugin("router-hostile");
+    // It passes the self-check (32 calls), then traps every 40th call.
+    let answer = proxy.cli(&[
+        "RAMPART",
+        "POLICY",
+        "LOAD",
+        "router",
+        hostile.to_str().unwrap(),
+        "trap-after:40",
+    ]);
+    assert_eq!(answer.trim(), "OK generation 2");
+    let mut c = proxy.conn();
+    let _: () = c.set("p", "v").unwrap();
+    wait_until("replication", Duration::from_secs(5), || {
+        cluster.nodes[1].cli(&["GET", "p"]).trim() == "v"
+    });
+    for _ in 0..300 {
+        // Reads keep working: a trap falls back to the primary.
+        let v: String = c.get("p").unwrap();
+        assert_eq!(v, "v");
+    }
+    wait_until("the rollback", Duration::from_secs(5), || {
+        generation(&proxy) == 1
+    });
+    assert!(proxy
+        .event_kinds()
+        .iter()
+        .any(|k| k == "policy-rolled-back"));
+}
+
+#[test]
+fn a_shadow_router_is_compared_then_activated() {
+    let cluster = Cluster::start(2);
+    let proxy = proxy_with_router(&cluster, "router-round-robin");
+    let path = plugin("router-primary-only");
+    let answer = proxy.cli(&[
+        "RAMPART",
+        "POLICY",
+        "SHADOW",
+        "router",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(answer.trim(), "OK generation 2");
+    // The shadow decides nothing: reads still go to the replicas.
+    assert_eq!(served_by(&cluster, &proxy, 100)[0], 0);
+    let json: serde_json::Value =
+        serde_json::from_str(&proxy.cli(&["RAMPART", "POLICY", "LIST"])).unwrap();
+    let counts = json[0][1]["shadow"]["by_active_choice"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let disagree: u64 = counts.iter().map(|c| c["disagree"].as_u64().unwrap()).sum();
+    let agree: u64 = counts.iter().map(|c| c["agree"].as_u64().unwrap()).sum();
+    assert!(disagree >= 100 && agree == 0, "{counts:?}");
+
+    assert_eq!(
+        proxy
+            .cli(&["RAMPART", "POLICY", "ACTIVATE", "router"])
+            .trim(),
+        "OK generation 2"
+    );
+    assert_eq!(served_by(&cluster, &proxy, 50), [50, 0, 0]);
+}
+
+#[test]
+fn editing_the_config_file_reloads_the_router() {
+    let cluster = Cluster::start(2);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rampart.toml");
+    let write = |router: &str| {
+        let shard = format!(
+            "read_from = \"replicas\"\nrouter = \"{}\"",
+            plugin(router).display()
+        );
+        let text = rampart_tests::config_for(
+            &cluster.addrs(),
+            Setup {
+                shard: &shard,
+                ..Setup::default()
+            },
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    write("router-round-robin");
+    let proxy = Proxy::start_with(&std::fs::read_to_string(&file).unwrap());
+    proxy.wait_serving_replicas(2, Duration::from_secs(5));
+    proxy.watch_config(&file);
+    assert_eq!(served_by(&cluster, &proxy, 50)[0], 0);
+
+    // A broken file changes nothing.
+    std::fs::write(&file, "[proxy]\nlisten = 12\n").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(generation(&proxy), 1);
+
+    write("router-primary-only");
+    wait_until("the reload", Duration::from_secs(10), || {
+        generation(&proxy) == 2
+    });
+    assert_eq!(served_by(&cluster, &proxy, 50), [50, 0, 0]);
 }

@@ -61,6 +61,9 @@ async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> 
             Err(e) => text(StatusCode::CONFLICT, &format!("{e}\n")),
         };
     }
+    if let Some(rest) = path.strip_prefix("/v1/policies/") {
+        return policy(req, ctx, rest.to_string()).await;
+    }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -84,6 +87,7 @@ async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> 
             }
         }
         (&Method::GET, "/v1/topology") => json(&ctx.topology.snapshot()),
+        (&Method::GET, "/v1/policies") => json(&ctx.policies()),
         (&Method::GET, "/v1/events") => {
             // `?after=N`: only events newer than sequence number N.
             let after = query(&req, "after")
@@ -107,14 +111,99 @@ fn authorized(req: &Request<Incoming>, ctx: &Context) -> bool {
         .is_some_and(|given| crate::client::constant_time_eq(given.as_bytes(), token.as_bytes()))
 }
 
-/// One query parameter, unescaped only for `%3A` (the colon in host:port).
+/// One query parameter, percent-decoded (`+` is a space).
 fn query(req: &Request<Incoming>, name: &str) -> Option<String> {
     req.uri().query().and_then(|q| {
         q.split('&').find_map(|kv| {
             let value = kv.strip_prefix(name)?.strip_prefix('=')?;
-            Some(value.replace("%3A", ":").replace("%3a", ":"))
+            Some(percent_decode(value))
         })
     })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The largest plugin accepted over HTTP.
+const MAX_PLUGIN_BYTES: usize = 64 * 1024 * 1024;
+
+/// `PUT /v1/policies/router` (body: the `.wasm`; `?config=` the text for
+/// its `configure`, `?shard=` which shard, default the first), `PUT
+/// /v1/policies/router/shadow` (the same, as a shadow), `POST
+/// /v1/policies/router/activate` and `.../rollback`.
+async fn policy(req: Request<Incoming>, ctx: &Context, rest: String) -> Response<Full<Bytes>> {
+    use crate::policy::swap::{Mode, Source};
+    use http_body_util::BodyExt;
+    let shard = query(&req, "shard").unwrap_or_else(|| ctx.topology.shard().name.clone());
+    let (kind, action) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
+    if kind != "router" {
+        return text(
+            StatusCode::NOT_FOUND,
+            &format!("only router policies can be loaded (quorum and detector are built in for now), not '{kind}'\n"),
+        );
+    }
+    let method = req.method().clone();
+    let result = match (method, action) {
+        (Method::PUT, "" | "shadow") => {
+            let mode = if action.is_empty() {
+                Mode::Activate
+            } else {
+                Mode::Shadow
+            };
+            let config = query(&req, "config").unwrap_or_default();
+            let body = http_body_util::Limited::new(req.into_body(), MAX_PLUGIN_BYTES);
+            let bytes = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => {
+                    return text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("cannot read the plugin: {e}\n"),
+                    )
+                }
+            };
+            if bytes.is_empty() {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "the request body must be the plugin's .wasm\n",
+                );
+            }
+            match ctx
+                .load_router(&shard, Source::Upload(bytes.to_vec()), config, mode)
+                .await
+            {
+                Ok(view) => return json(&view),
+                Err(e) => Err(e),
+            }
+        }
+        (Method::POST, "activate") => ctx
+            .activate_shadow(&shard)
+            .map(|n| format!("generation {n}")),
+        (Method::POST, "rollback") => ctx
+            .rollback_router(&shard)
+            .map(|n| format!("generation {n}")),
+        _ => return text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    match result {
+        Ok(done) => text(StatusCode::OK, &format!("{done}\n")),
+        Err(e) if e.starts_with("no shard") => text(StatusCode::NOT_FOUND, &format!("{e}\n")),
+        Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e}\n")),
+    }
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
@@ -134,5 +223,16 @@ fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {
             response
         }
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(super::percent_decode("127.0.0.1%3A7001"), "127.0.0.1:7001");
+        assert_eq!(super::percent_decode("a+b%2Cc"), "a b,c");
+        assert_eq!(super::percent_decode("100%"), "100%");
+        assert_eq!(super::percent_decode("%zz%4"), "%zz%4");
     }
 }

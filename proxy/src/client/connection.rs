@@ -256,14 +256,14 @@ impl Connection {
         // clones a shard, node or link handle unless a new batch starts.
         let ctx = self.ctx.clone();
         let shard = ctx.topology.shard();
-        let policy = &ctx.read_policies[0];
-        let mut node = match route::route(shard, policy.as_ref(), class, self.session.id) {
+        let policy = &ctx.routers[0];
+        let mut node = match route::route(shard, policy, class, self.session.id) {
             Ok(node) => node,
             Err(_) => {
                 if !self.await_primary().await {
                     return self.reply(self.no_primary()).await;
                 }
-                match route::route(shard, policy.as_ref(), class, self.session.id) {
+                match route::route(shard, policy, class, self.session.id) {
                     Ok(node) => node,
                     Err(_) => return self.reply(self.no_primary()).await,
                 }

@@ -114,6 +114,10 @@ impl Connection {
             {
                 self.switchover(&req).await
             }
+            Local::Rampart if req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"POLICY") => {
+                let reply = self.policy(&req).await;
+                self.reply(reply).await
+            }
             Local::Rampart => {
                 let reply = self.rampart(&req);
                 self.reply(reply).await
@@ -295,6 +299,58 @@ impl Connection {
         self.reply(reply).await
     }
 
+    /// `RAMPART POLICY LOAD|SHADOW <kind> <path|builtin:name> [config]`,
+    /// `RAMPART POLICY ACTIVATE|ROLLBACK <kind>`, `RAMPART POLICY LIST`.
+    /// Applies to the first (today the only) shard.
+    async fn policy(&mut self, req: &Request) -> Value {
+        use crate::policy::swap::{Mode, Source};
+        const USAGE: &str = "ERR usage: RAMPART POLICY LOAD|SHADOW router <path|builtin:name> [config] | ACTIVATE|ROLLBACK router | LIST";
+        let args = req.args();
+        let text = |i: usize| args.get(i).map(|a| String::from_utf8_lossy(a).into_owned());
+        let action = text(2).unwrap_or_default().to_uppercase();
+        if action == "LIST" {
+            return match serde_json::to_string_pretty(&self.ctx.policies()) {
+                Ok(json) => Value::bulk(json),
+                Err(e) => Value::err(format!("ERR {e}")),
+            };
+        }
+        match text(3).as_deref() {
+            Some("router") => {}
+            Some(kind @ ("quorum" | "detector")) => {
+                return Value::err(format!(
+                    "ERR rampart: {kind} policies are built in for now (shards.<name>.replication, probe.detector); only router plugins can be loaded"
+                ))
+            }
+            _ => return Value::err(USAGE),
+        }
+        let ctx = self.ctx.clone();
+        let shard = ctx.topology.shard().name.clone();
+        let result = match (action.as_str(), text(4)) {
+            ("LOAD" | "SHADOW", Some(source)) if args.len() <= 6 => {
+                let mode = if action == "LOAD" {
+                    Mode::Activate
+                } else {
+                    Mode::Shadow
+                };
+                let config = text(5).unwrap_or_default();
+                ctx.load_router(&shard, Source::parse(&source), config, mode)
+                    .await
+                    .map(|view| format!("OK generation {}", view.generation))
+            }
+            ("ACTIVATE", None) => ctx
+                .activate_shadow(&shard)
+                .map(|n| format!("OK generation {n}")),
+            ("ROLLBACK", None) => ctx
+                .rollback_router(&shard)
+                .map(|n| format!("OK generation {n}")),
+            _ => return Value::err(USAGE),
+        };
+        match result {
+            Ok(done) => Value::Simple(done),
+            Err(e) => Value::err(format!("ERR rampart: {e}")),
+        }
+    }
+
     fn rampart(&self, req: &Request) -> Value {
         let sub = req.arg_upper(1);
         match sub.as_ref().map(|s| s.as_bytes()) {
@@ -305,15 +361,7 @@ impl Connection {
                 }
             }
             Some(b"POLICIES") => {
-                let views: Vec<_> = self
-                    .ctx
-                    .topology
-                    .shards
-                    .iter()
-                    .zip(&self.ctx.read_policies)
-                    .map(|(shard, policy)| (shard.name.clone(), policy.describe()))
-                    .collect();
-                match serde_json::to_string_pretty(&views) {
+                match serde_json::to_string_pretty(&self.ctx.policies()) {
                     Ok(json) => Value::bulk(json),
                     Err(e) => Value::err(format!("ERR {e}")),
                 }
@@ -325,6 +373,12 @@ impl Connection {
                     "    Shards, nodes, roles and health as JSON.",
                     "POLICIES",
                     "    Each shard's read policy, with calls, traps and fallbacks, as JSON.",
+                    "POLICY LOAD|SHADOW router <path|builtin:name> [config]",
+                    "    Load a router plugin and make it active (LOAD) or compare it with the active one (SHADOW).",
+                    "POLICY ACTIVATE|ROLLBACK router",
+                    "    Make the shadow router active, or go back to the previous generation.",
+                    "POLICY LIST",
+                    "    Active, previous and shadow routers with their generations, as JSON.",
                     "SWITCHOVER <shard> [<host:port>]",
                     "    Move the primary role to the given replica (or the best one) without losing a write.",
                     "HELP",

@@ -11,10 +11,13 @@
 //! A `Store` is not `Sync`, so each worker thread keeps its own instance of
 //! each plugin, made lazily from a pre-linked `InstancePre`.
 //!
-//! Status: the router world only; quorum and detector plugins, hot swap and
-//! shadow mode are not built yet.
+//! Routers are swapped at runtime by generations (`slot`, `swap`). Status:
+//! the router world only; quorum and detector plugins are native today.
 
+pub mod reload;
 mod router;
+pub mod slot;
+pub mod swap;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};

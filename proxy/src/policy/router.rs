@@ -54,6 +54,8 @@ struct Instance {
     router: Router,
     /// Topology version last passed to `update`.
     seen: u64,
+    /// Dead once the plugin generation this instance belongs to is gone.
+    owner: std::sync::Weak<()>,
 }
 
 thread_local! {
@@ -71,6 +73,9 @@ pub struct WasmRouter {
     /// Bumped whenever a node's role or health changes.
     topology_version: Arc<AtomicU64>,
     pub stats: SharedStats,
+    /// Instances hold a weak reference: when this router is replaced and
+    /// dropped, each thread sweeps its instances of it away.
+    alive: Arc<()>,
 }
 
 impl WasmRouter {
@@ -112,6 +117,7 @@ impl WasmRouter {
             limits,
             topology_version,
             stats: Arc::new(Stats::default()),
+            alive: Arc::new(()),
         };
         router
             .instantiate()
@@ -150,6 +156,7 @@ impl WasmRouter {
             store,
             router,
             seen: u64::MAX,
+            owner: Arc::downgrade(&self.alive),
         })
     }
 
@@ -206,6 +213,10 @@ impl ReadPolicy for WasmRouter {
     fn pick<'s>(&self, shard: &'s Shard, client_id: u64) -> Option<&'s Arc<topology::Node>> {
         INSTANCES.with(|cell| {
             let mut instances = cell.borrow_mut();
+            if !instances.contains_key(&self.id) {
+                // A new plugin on this thread: drop instances of replaced ones.
+                instances.retain(|_, instance| instance.owner.strong_count() > 0);
+            }
             if let Entry::Vacant(slot) = instances.entry(self.id) {
                 match self.instantiate() {
                     Ok(instance) => {

@@ -60,8 +60,14 @@ impl Value {
         Value::Simple("OK".into())
     }
 
+    /// An error reply. Line breaks become spaces, as Redis does: an error
+    /// is one line of RESP (a plugin's trap message, say, has several).
     pub fn err(text: impl Into<String>) -> Value {
-        Value::Error(text.into())
+        let mut text = text.into();
+        if text.contains(['\r', '\n']) {
+            text = text.replace("\r\n", " ").replace(['\r', '\n'], " ");
+        }
+        Value::Error(text)
     }
 
     pub fn bulk(data: impl Into<Bytes>) -> Value {

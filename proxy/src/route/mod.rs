@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 pub use policies::{PrimaryOnly, RoundRobinReplicas};
 
-use crate::config::ReadFrom;
+use crate::policy::slot::RouterSlot;
 use crate::resp::Class;
 use crate::topology::{Node, Shard};
 
@@ -45,22 +45,15 @@ impl PolicyView {
     }
 }
 
-pub fn read_policy(read_from: ReadFrom) -> Box<dyn ReadPolicy> {
-    match read_from {
-        ReadFrom::Primary => Box::new(PrimaryOnly),
-        ReadFrom::Replicas => Box::new(RoundRobinReplicas::default()),
-    }
-}
-
 /// Where a command goes; `Err` when the shard has no primary to send it to.
 pub fn route<'s>(
     shard: &'s Shard,
-    policy: &dyn ReadPolicy,
+    router: &RouterSlot,
     class: Class,
     client_id: u64,
 ) -> Result<&'s Arc<Node>, NoPrimary> {
     if class == Class::Read {
-        if let Some(node) = policy.pick(shard, client_id) {
+        if let Some(node) = router.pick(shard, client_id) {
             return Ok(node);
         }
     }

@@ -4,8 +4,10 @@
 //! - `loop-in-configure`: never returns from `configure`
 //! - `loop`: `route` never returns
 //! - `bomb`: `route` allocates without bound
-//! - `trap-after:N`: `route` works N times, then panics (a trap)
+//! - `trap`: `route` panics (a trap)
 //! - `read-file`: `route` tries to read a file (a capability it is not given)
+//! - `<any of the four>-after:N`: `route` behaves for N calls first (long
+//!   enough to pass Rampart's self-check), then misbehaves
 //! - `pick:ID`: a well-behaved router that sends every read to node ID
 
 use std::cell::RefCell;
@@ -45,28 +47,34 @@ impl Guest for Hostile {
             s.calls += 1;
             (s.mode.clone(), s.calls)
         });
-        if mode == "loop" {
-            loop {
+        if let Some(id) = mode.strip_prefix("pick:") {
+            return id.parse().ok();
+        }
+        let (action, good_calls) = match mode.split_once("-after:") {
+            Some((action, n)) => (action, n.parse().unwrap_or(0)),
+            None => (mode.as_str(), 0),
+        };
+        if calls <= good_calls {
+            return None;
+        }
+        match action {
+            "loop" => loop {
                 std::hint::black_box(calls);
+            },
+            "bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
             }
-        }
-        if mode == "bomb" {
-            let mut hoard: Vec<Vec<u8>> = Vec::new();
-            loop {
-                hoard.push(vec![1u8; 1 << 20]);
-                std::hint::black_box(&hoard);
+            "trap" => panic!("trap on call {calls}"),
+            "read-file" => {
+                let secret = std::fs::read("/etc/passwd").map(|b| b.len()).unwrap_or(0);
+                Some(secret as u32)
             }
+            _ => None,
         }
-        if let Some(n) = mode.strip_prefix("trap-after:") {
-            if calls > n.parse().unwrap_or(0) {
-                panic!("trap on call {calls}");
-            }
-        }
-        if mode == "read-file" {
-            let secret = std::fs::read("/etc/passwd").map(|b| b.len()).unwrap_or(0);
-            return Some(secret as u32);
-        }
-        mode.strip_prefix("pick:").and_then(|id| id.parse().ok())
     }
 }
 

@@ -1,0 +1,261 @@
+//! Where a shard's active router lives, and how it is replaced while
+//! traffic flows.
+//!
+//! The active router is one *generation* behind an `ArcSwap`: each read
+//! loads it (a few nanoseconds, no lock), so a swap is one pointer store and
+//! commands already routing finish on the generation they loaded. A new
+//! generation is compiled, instantiated, configured and self-checked on a
+//! blocking thread before it is published; one that fails any step is never
+//! seen by a command. The previous generation is kept for rollback, by hand
+//! or automatically when a new one keeps trapping. A *shadow* generation
+//! can run beside the active one on the same reads: its choices are only
+//! compared and counted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::route::{PolicyView, ReadPolicy};
+use crate::topology::{Node, Shard};
+
+/// One loaded router and where it came from.
+pub struct Generation {
+    pub number: u64,
+    pub policy: Box<dyn ReadPolicy>,
+    /// `builtin:<name>`, a file path, or `upload`.
+    pub source: String,
+    /// Of the `.wasm` bytes; none for built-ins.
+    pub sha256: Option<String>,
+    pub config: String,
+    pub loaded_at_ms: u64,
+    loaded: Instant,
+}
+
+impl Generation {
+    pub fn new(
+        number: u64,
+        policy: Box<dyn ReadPolicy>,
+        source: String,
+        wasm: Option<&[u8]>,
+        config: String,
+    ) -> Generation {
+        Generation {
+            number,
+            policy,
+            source,
+            sha256: wasm.map(sha256_hex),
+            config,
+            loaded_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            loaded: Instant::now(),
+        }
+    }
+
+    pub fn view(&self) -> GenerationView {
+        GenerationView {
+            generation: self.number,
+            source: self.source.clone(),
+            sha256: self.sha256.clone(),
+            config: self.config.clone(),
+            loaded_at_ms: self.loaded_at_ms,
+            policy: self.policy.describe(),
+        }
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationView {
+    pub generation: u64,
+    pub source: String,
+    pub sha256: Option<String>,
+    pub config: String,
+    pub loaded_at_ms: u64,
+    #[serde(flatten)]
+    pub policy: PolicyView,
+}
+
+/// A candidate router compared with the active one on live reads.
+pub struct Shadow {
+    pub generation: Arc<Generation>,
+    /// Per choice of the active router (index 0: the primary, i + 1: node
+    /// i of the shard), how often the shadow agreed and disagreed.
+    counts: Vec<(AtomicU64, AtomicU64)>,
+}
+
+impl Shadow {
+    fn compare(&self, shard: &Shard, active: Option<&Arc<Node>>, shadow: Option<&Arc<Node>>) {
+        let index = |n: Option<&Arc<Node>>| {
+            n.and_then(|n| shard.nodes.iter().position(|m| m.id == n.id))
+                .map_or(0, |i| i + 1)
+        };
+        let (a, s) = (index(active), index(shadow));
+        if let Some((agree, disagree)) = self.counts.get(a) {
+            if a == s {
+                agree.fetch_add(1, Ordering::Relaxed);
+            } else {
+                disagree.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn view(&self, shard: &Shard) -> ShadowView {
+        let label = |i: usize| match i {
+            0 => "primary".to_string(),
+            i => shard
+                .nodes
+                .get(i - 1)
+                .map_or("?".into(), |n| n.addr.clone()),
+        };
+        ShadowView {
+            candidate: self.generation.view(),
+            by_active_choice: self
+                .counts
+                .iter()
+                .enumerate()
+                .map(|(i, (agree, disagree))| ChoiceCounts {
+                    active_choice: label(i),
+                    agree: agree.load(Ordering::Relaxed),
+                    disagree: disagree.load(Ordering::Relaxed),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowView {
+    pub candidate: GenerationView,
+    pub by_active_choice: Vec<ChoiceCounts>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChoiceCounts {
+    pub active_choice: String,
+    pub agree: u64,
+    pub disagree: u64,
+}
+
+/// A shard's router: the active generation, the one before, a shadow.
+pub struct RouterSlot {
+    current: ArcSwap<Generation>,
+    previous: Mutex<Option<Arc<Generation>>>,
+    shadow: ArcSwapOption<Shadow>,
+    next: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotView {
+    pub active: GenerationView,
+    pub previous: Option<GenerationView>,
+    pub shadow: Option<ShadowView>,
+}
+
+impl RouterSlot {
+    pub fn from_generation(generation: Generation) -> RouterSlot {
+        RouterSlot {
+            next: AtomicU64::new(generation.number + 1),
+            current: ArcSwap::from_pointee(generation),
+            previous: Mutex::new(None),
+            shadow: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The number the next generation gets.
+    pub fn next_number(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Picks the node for a read with the active generation (and lets the
+    /// shadow, if any, pick too, for the record). `None`: the primary.
+    pub fn pick<'s>(&self, shard: &'s Shard, client_id: u64) -> Option<&'s Arc<Node>> {
+        let current = self.current.load();
+        let choice = current.policy.pick(shard, client_id);
+        if let Some(shadow) = &*self.shadow.load() {
+            let candidate = shadow.generation.policy.pick(shard, client_id);
+            shadow.compare(shard, choice, candidate);
+        }
+        choice
+    }
+
+    pub fn active(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// Makes `generation` active; the old one becomes `previous`.
+    pub fn publish(&self, generation: Generation) -> u64 {
+        let number = generation.number;
+        let old = self.current.swap(Arc::new(generation));
+        *self.previous.lock().unwrap_or_else(|p| p.into_inner()) = Some(old);
+        number
+    }
+
+    /// Goes back to the previous generation; `None` if there is none.
+    pub fn rollback(&self) -> Option<u64> {
+        let previous = self
+            .previous
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        let number = previous.number;
+        let bad = self.current.swap(previous);
+        tracing::warn!(from = bad.number, to = number, "router rolled back");
+        Some(number)
+    }
+
+    pub fn set_shadow(&self, generation: Option<Generation>, nodes: usize) {
+        self.shadow.store(generation.map(|g| {
+            Arc::new(Shadow {
+                generation: Arc::new(g),
+                counts: (0..=nodes).map(|_| Default::default()).collect(),
+            })
+        }));
+    }
+
+    /// Makes the shadow the active generation.
+    pub fn activate_shadow(&self) -> Option<u64> {
+        let shadow = self.shadow.swap(None)?;
+        let number = shadow.generation.number;
+        let old = self.current.swap(shadow.generation.clone());
+        *self.previous.lock().unwrap_or_else(|p| p.into_inner()) = Some(old);
+        Some(number)
+    }
+
+    /// A generation younger than `probation` that has trapped `traps`
+    /// times or more is replaced by the one before it. Returns the numbers
+    /// rolled from and to.
+    pub fn roll_back_if_failing(&self, probation: Duration, traps: u64) -> Option<(u64, u64)> {
+        let current = self.current.load();
+        let young = current.loaded.elapsed() < probation;
+        if !young || current.policy.describe().traps < traps {
+            return None;
+        }
+        let from = current.number;
+        drop(current);
+        self.rollback().map(|to| (from, to))
+    }
+
+    pub fn view(&self, shard: &Shard) -> SlotView {
+        SlotView {
+            active: self.current.load().view(),
+            previous: self
+                .previous
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|g| g.view()),
+            shadow: self.shadow.load().as_ref().map(|s| s.view(shard)),
+        }
+    }
+}
