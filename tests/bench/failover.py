@@ -134,7 +134,7 @@ listen = "127.0.0.1:{port}"
 [admin]
 listen = "127.0.0.1:{admin}"
 [log]
-level = "warn"
+level = "info"
 [probe]
 interval_ms = 100
 timeout_ms = 500

@@ -257,6 +257,9 @@ impl Controller {
         self.observe(&target).await;
         let epoch = self.shard.epoch() + 1;
         self.persist(epoch, &target);
+        // A new primary: every node must be told now, however recently it
+        // was told something else.
+        self.last_sent.clear();
         let shard = self.shard.clone();
         for node in shard
             .nodes
