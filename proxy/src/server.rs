@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
+use crate::admin::metrics::Metrics;
 use crate::backend::{ConnectOptions, LinkOptions, NodePool};
 use crate::config::{Config, FailoverRole, Shortfall};
 use crate::failover::controller::Switchover;
@@ -36,6 +37,8 @@ pub struct Context {
     pub clients: AtomicUsize,
     /// What the failover controllers did.
     pub events: Events,
+    /// Request latency histograms.
+    pub metrics: Arc<Metrics>,
     /// Per shard, the way to the shard's failover controller (none on a
     /// follower).
     switchovers: Vec<mpsc::Sender<Switchover>>,
@@ -183,6 +186,7 @@ impl Server {
             quorum_policies,
             clients: AtomicUsize::new(0),
             events: Events::new(config.failover.event_history),
+            metrics: Arc::default(),
             switchovers,
             next_client_id: AtomicU64::new(1),
             shutdown: shutdown_rx.clone(),

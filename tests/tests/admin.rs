@@ -42,3 +42,89 @@ fn health_readiness_and_topology() {
     assert!(get(admin, "/readyz").1.contains("main"));
     assert_eq!(get(admin, "/healthz").0, 200);
 }
+
+/// The value of one sample line of `/metrics`.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+#[test]
+fn metrics_in_prometheus_format() {
+    let cluster = Cluster::start(1);
+    let proxy = Proxy::start(&cluster.addrs(), Setup::default());
+    let admin = proxy.admin.unwrap();
+    let mut conn = proxy.conn();
+    for i in 0..20 {
+        redis::cmd("SET")
+            .arg("m")
+            .arg(i)
+            .query::<()>(&mut conn)
+            .unwrap();
+        redis::cmd("GET").arg("m").query::<i64>(&mut conn).unwrap();
+    }
+    let (status, body) = get(admin, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("# TYPE rampart_request_batch_seconds histogram"),
+        "{body}"
+    );
+    for class in ["read", "write"] {
+        let count = sample(
+            &body,
+            &format!("rampart_request_batch_seconds_count{{class=\"{class}\"}}"),
+        )
+        .unwrap();
+        assert!(count >= 20.0, "{class}: {count}");
+    }
+    let primary = format!(
+        "rampart_node_primary{{shard=\"main\",node=\"{}\"}}",
+        cluster.primary().addr()
+    );
+    assert_eq!(sample(&body, &primary), Some(1.0));
+    let up = format!(
+        "rampart_node_up{{shard=\"main\",node=\"{}\"}}",
+        cluster.nodes[1].addr()
+    );
+    assert_eq!(sample(&body, &up), Some(1.0));
+    assert_eq!(
+        sample(&body, "rampart_shard_epoch{shard=\"main\"}"),
+        Some(1.0)
+    );
+    assert!(sample(&body, "rampart_clients").unwrap() >= 1.0);
+    assert!(
+        body.contains(
+            "rampart_failover_events_total{shard=\"main\",kind=\"primary-discovered\"} 1"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("rampart_policy_calls_total{shard=\"main\",kind=\"router\""),
+        "{body}"
+    );
+}
+
+#[test]
+fn mutating_endpoints_need_the_token_when_one_is_set() {
+    let cluster = Cluster::start(1);
+    let text = rampart_tests::config_for(&cluster.addrs(), Setup::default()).replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"",
+    );
+    let proxy = Proxy::start_with(&text);
+    let admin = proxy.admin.unwrap();
+    let (status, _) = rampart_tests::http(admin, "POST", "/v1/policies/router/rollback", b"");
+    assert_eq!(status, 401);
+    assert_eq!(get(admin, "/v1/topology").0, 200, "reading needs no token");
+
+    // A non-loopback admin listener without a token is refused at start.
+    let text = rampart_tests::config_for(&cluster.addrs(), Setup::default()).replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = \"0.0.0.0:0\"",
+    );
+    let error = rampart_tests::rampart::Config::parse(&text).unwrap_err().0;
+    assert!(error.contains("admin.token"), "{error}");
+}

@@ -71,6 +71,16 @@ fn a_dead_primary_is_replaced_and_fenced_when_it_returns() {
             "no {kind} event in {kinds:?}"
         );
     }
+    // And in the metrics.
+    let (_, metrics) = rampart_tests::http_get(proxy.admin.unwrap(), "/metrics");
+    assert!(
+        metrics.contains("rampart_failover_events_total{shard=\"main\",kind=\"promoted\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rampart_shard_epoch{shard=\"main\"} 2"),
+        "{metrics}"
+    );
     // The epoch is on disk.
     let persisted = std::fs::read_to_string(state.path().join("main.json")).unwrap();
     assert!(
@@ -164,6 +174,8 @@ fn promotion_is_refused_when_no_replica_can_be_sure_to_hold_every_acknowledged_w
         proxy.event_kinds().iter().any(|k| k == "promotion-refused")
     });
     assert_eq!(proxy.shard()["epoch"], 1, "nothing was promoted");
+    let (_, metrics) = rampart_tests::http_get(proxy.admin.unwrap(), "/metrics");
+    assert!(metrics.contains("kind=\"promotion-refused\"}"), "{metrics}");
     // Held writes are answered with an error once the hold expires.
     let err = conn.set::<_, _, ()>("k2", "v").unwrap_err();
     assert!(err.to_string().contains("no reachable primary"), "{err}");

@@ -16,6 +16,8 @@ use tokio::sync::watch;
 
 use crate::server::Context;
 
+pub mod metrics;
+
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
@@ -87,6 +89,14 @@ async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> 
             }
         }
         (&Method::GET, "/v1/topology") => json(&ctx.topology.snapshot()),
+        (&Method::GET, "/metrics") => {
+            let mut response = text(StatusCode::OK, &metrics::render(ctx));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        }
         (&Method::GET, "/v1/policies") => json(&ctx.policies()),
         (&Method::GET, "/v1/events") => {
             // `?after=N`: only events newer than sequence number N.

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use super::session::Session;
 use super::writer::{Pending, Replies};
+use crate::admin::metrics::BatchClass;
 use crate::backend::{Batch, Link};
 use crate::resp::command::{Class, Tx};
 use crate::resp::{classify, Request, RequestParser, Value};
@@ -43,6 +44,7 @@ struct OpenBatch {
     /// A batch is all durable or not at all, so a `WAIT` after it never
     /// lands inside a transaction that follows it.
     durable: bool,
+    class: BatchClass,
 }
 
 pub struct Connection {
@@ -56,6 +58,8 @@ pub struct Connection {
     pipe_from: Option<OwnedReadHalf>,
     /// The request being handled is a synchronous write.
     durable: bool,
+    /// Its class, for the latency histograms.
+    class: BatchClass,
     /// Position in the reply queue of the client's last durable batch: until
     /// its replies are in, the client's reads follow its writes on the write
     /// link, so they cannot overtake them.
@@ -70,10 +74,11 @@ impl Connection {
             session: Session::new(id, authed),
             parser: RequestParser::new(limits),
             buf: BytesMut::with_capacity(16 * 1024),
-            replies: Replies::new(wr),
+            replies: Replies::new(wr, ctx.metrics.clone()),
             open: None,
             pipe_from: None,
             durable: false,
+            class: BatchClass::Other,
             durable_upto: 0,
             ctx,
         }
@@ -213,6 +218,11 @@ impl Connection {
             return self.in_lost_transaction(class, req).await;
         }
         self.durable = self.wants_durability(class);
+        self.class = match class {
+            Class::Read => BatchClass::Read,
+            Class::Write => BatchClass::Write,
+            _ => BatchClass::Other,
+        };
         match class {
             Class::Local(local) => self.local(local, req).await,
             Class::Refused(text) => self.reply(Value::err(text)).await,
@@ -614,6 +624,7 @@ impl Connection {
                     node,
                     requests,
                     durable,
+                    class: self.class,
                 });
             }
         }
@@ -639,7 +650,12 @@ impl Connection {
                 durable,
             })
             .await;
-        let position = self.replies.push(Pending::Remote { reply: rx, replies });
+        let position = self.replies.push(Pending::Remote {
+            reply: rx,
+            replies,
+            sent: std::time::Instant::now(),
+            class: open.class,
+        });
         if open.durable {
             self.durable_upto = position;
         }

@@ -19,6 +19,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::admin::metrics::{BatchClass, Metrics};
 use crate::backend::BatchReply;
 
 /// Something the client will receive, in order.
@@ -27,6 +31,9 @@ pub enum Pending {
     Remote {
         reply: oneshot::Receiver<BatchReply>,
         replies: usize,
+        /// When the batch went to the backend, and what it mostly was.
+        sent: Instant,
+        class: BatchClass,
     },
     /// A reply Rampart made itself, encoded.
     Local(Bytes),
@@ -41,6 +48,7 @@ const MAX_SLICES: usize = 64;
 
 pub struct Replies {
     wr: OwnedWriteHalf,
+    metrics: Arc<Metrics>,
     queue: VecDeque<Pending>,
     /// Replies ready to go, written together with one vectored write: a
     /// batch's replies are already one contiguous slice of the link's
@@ -56,9 +64,10 @@ pub struct Replies {
 }
 
 impl Replies {
-    pub fn new(wr: OwnedWriteHalf) -> Replies {
+    pub fn new(wr: OwnedWriteHalf, metrics: Arc<Metrics>) -> Replies {
         Replies {
             wr,
+            metrics,
             queue: VecDeque::new(),
             out: Vec::with_capacity(16),
             out_len: 0,
@@ -97,13 +106,20 @@ impl Replies {
     /// polls, the item stays queued.
     pub async fn front_ready(&mut self) {
         poll_fn(|cx| {
-            let Some(Pending::Remote { reply, replies }) = self.queue.front_mut() else {
+            let Some(Pending::Remote {
+                reply,
+                replies,
+                sent,
+                class,
+            }) = self.queue.front_mut()
+            else {
                 return Poll::Ready(());
             };
             let replies = *replies;
             let Poll::Ready(result) = Pin::new(reply).poll(cx) else {
                 return Poll::Pending;
             };
+            self.metrics.observe(*class, sent.elapsed());
             let reply = result.unwrap_or_else(|_| dropped());
             if let Some(front) = self.queue.front_mut() {
                 *front = Pending::Arrived { reply, replies };
@@ -120,11 +136,24 @@ impl Replies {
             match item {
                 Pending::Local(bytes) => self.append(bytes),
                 Pending::Arrived { reply, replies } => self.arrived(reply, replies),
-                Pending::Remote { mut reply, replies } => match reply.try_recv() {
-                    Ok(reply) => self.arrived(reply, replies),
+                Pending::Remote {
+                    mut reply,
+                    replies,
+                    sent,
+                    class,
+                } => match reply.try_recv() {
+                    Ok(reply) => {
+                        self.metrics.observe(class, sent.elapsed());
+                        self.arrived(reply, replies)
+                    }
                     Err(oneshot::error::TryRecvError::Empty) => {
                         self.completed -= 1;
-                        self.queue.push_front(Pending::Remote { reply, replies });
+                        self.queue.push_front(Pending::Remote {
+                            reply,
+                            replies,
+                            sent,
+                            class,
+                        });
                         break;
                     }
                     Err(oneshot::error::TryRecvError::Closed) => self.arrived(dropped(), replies),

@@ -27,6 +27,9 @@ pub struct Event {
 pub struct Events {
     capacity: usize,
     inner: Mutex<(u64, VecDeque<Event>)>,
+    /// Every event ever recorded, by shard and kind (the history forgets;
+    /// these counters do not).
+    counts: Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
 }
 
 impl Events {
@@ -34,6 +37,7 @@ impl Events {
         Events {
             capacity: capacity.max(1),
             inner: Mutex::new((0, VecDeque::new())),
+            counts: Mutex::default(),
         }
     }
 
@@ -56,6 +60,12 @@ impl Events {
         let at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((shard.to_string(), kind))
+            .or_default() += 1;
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.0 += 1;
         let event = Event {
@@ -71,6 +81,12 @@ impl Events {
             inner.1.pop_front();
         }
         inner.1.push_back(event);
+    }
+
+    /// How many events of each kind each shard has had.
+    pub fn counts(&self) -> Vec<((String, &'static str), u64)> {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     /// Events with a sequence number above `after`, oldest first.

@@ -69,7 +69,11 @@ fn modified_at(path: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-async fn reload(ctx: &Context, path: &std::path::Path, applied: &mut HashMap<String, (String, String)>) {
+async fn reload(
+    ctx: &Context,
+    path: &std::path::Path,
+    applied: &mut HashMap<String, (String, String)>,
+) {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(e) => {
