@@ -157,6 +157,11 @@ pub struct ProbeConfig {
     /// phi-accrual: the spread assumed at least, so a very regular node is
     /// not judged down after one late answer.
     pub phi_min_std_ms: u64,
+    /// A detector plugin (a `.wasm` component, world `detector`) used
+    /// instead of `detector`.
+    pub detector_plugin: Option<String>,
+    /// Text handed to the detector plugin's `configure`.
+    pub detector_config: String,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -176,6 +181,8 @@ impl Default for ProbeConfig {
             phi_threshold: 8.0,
             phi_window: 100,
             phi_min_std_ms: 150,
+            detector_plugin: None,
+            detector_config: String::new(),
         }
     }
 }
@@ -249,6 +256,12 @@ pub struct ReplicationConfig {
     pub min_replicas_max_lag_s: u32,
     /// A replica further behind than this serves no reads.
     pub max_read_lag_ms: u64,
+    /// A quorum plugin (a `.wasm` component, world `quorum`) that decides
+    /// the acknowledgements and the election instead of `quorum`; the
+    /// built-in settings above remain its fallback if it traps.
+    pub quorum_plugin: Option<String>,
+    /// Text handed to the quorum plugin's `configure`.
+    pub quorum_config: String,
 }
 
 impl Default for ReplicationConfig {
@@ -260,6 +273,8 @@ impl Default for ReplicationConfig {
             manage_replication: false,
             min_replicas_max_lag_s: 10,
             max_read_lag_ms: 10_000,
+            quorum_plugin: None,
+            quorum_config: String::new(),
         }
     }
 }

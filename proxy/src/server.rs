@@ -17,6 +17,7 @@ use crate::failover::controller::Switchover;
 use crate::failover::events::Events;
 use crate::policy::slot::RouterSlot;
 use crate::policy::swap::{self, Source};
+use crate::policy::{WasmDetector, WasmQuorum};
 use crate::replicate::{quorum, QuorumPolicy};
 use crate::topology::{Health, Node, Shard, Topology};
 use crate::worker::{NewClient, Workers};
@@ -34,6 +35,9 @@ pub struct Context {
     pub topology_changes: Arc<AtomicU64>,
     /// One per shard, in shard order.
     pub quorum_policies: Vec<Box<dyn QuorumPolicy>>,
+    /// The detector plugin, if one is configured (else each probe uses the
+    /// built-in `probe.detector`).
+    pub detector: Option<Arc<WasmDetector>>,
     pub clients: AtomicUsize,
     /// What the failover controllers did.
     pub events: Events,
@@ -172,10 +176,28 @@ impl Server {
                 timeout_ms: replication.timeout_ms,
                 fail_on_shortfall: replication.on_shortfall == Shortfall::Fail,
             };
+            let policy: Box<dyn QuorumPolicy> = match &replication.quorum_plugin {
+                Some(path) => Box::new(load_plugin(
+                    &format!("shards.{}.replication.quorum_plugin", shard.name),
+                    path,
+                    |bytes| {
+                        WasmQuorum::load(path, bytes, &replication.quorum_config, Box::new(policy))
+                    },
+                )?),
+                None => Box::new(policy),
+            };
             let replicas = shard.nodes.len().saturating_sub(1) as u32;
             shard.durability.set(policy.requirement(replicas));
-            quorum_policies.push(Box::new(policy));
+            quorum_policies.push(policy);
         }
+        let detector = match &config.probe.detector_plugin {
+            Some(path) => Some(Arc::new(load_plugin(
+                "probe.detector_plugin",
+                path,
+                |bytes| WasmDetector::load(path, bytes, &config.probe.detector_config),
+            )?)),
+            None => None,
+        };
         let (switchovers, mut switchover_rx): (Vec<_>, Vec<_>) =
             shards.iter().map(|_| mpsc::channel(4)).unzip();
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -184,6 +206,7 @@ impl Server {
             routers,
             topology_changes: changes.clone(),
             quorum_policies,
+            detector,
             clients: AtomicUsize::new(0),
             events: Events::new(config.failover.event_history),
             metrics: Arc::default(),
@@ -197,10 +220,15 @@ impl Server {
         let mut node_count = 0;
         for (shard, node) in context.topology.nodes() {
             node_count += 1;
+            let detector = match &context.detector {
+                Some(plugin) => plugin.for_node(node.id),
+                None => failover::detect::build(&context.config.probe),
+            };
             failover::probe::spawn(
                 shard.clone(),
                 node.clone(),
                 context.config.probe.clone(),
+                detector,
                 connect.clone(),
                 probed.clone(),
             );
@@ -271,6 +299,22 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Reads and loads a plugin named in the configuration; a plugin that
+/// fails any step stops startup with the field, the step and the reason.
+fn load_plugin<T>(
+    field: &str,
+    path: &str,
+    load: impl FnOnce(&[u8]) -> Result<T, crate::policy::LoadError>,
+) -> std::io::Result<T> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{field}: cannot read {path}: {e}")))?;
+    let plugin = load(&bytes).map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{field}: {e}"))
+    })?;
+    tracing::info!(field, plugin = path, "plugin loaded");
+    Ok(plugin)
 }
 
 /// The router a shard's configuration asks for: its plugin, or the

@@ -4,8 +4,9 @@
 //! `cargo build --target wasm32-wasip2 --release`; the result is a
 //! WebAssembly component Rampart loads. The contract is `wit/policy.wit`.
 //!
-//! Status: the `router` world is implemented on both sides; `quorum` and
-//! `detector` are drafted in the WIT and not yet hosted.
+//! Three worlds, one module each: [`router`] (which node serves a read),
+//! [`quorum`] (how many replica acks a write needs, whom to promote) and
+//! [`detector`] (is a node up, suspect or down).
 //!
 //! ```ignore
 //! use rampart_sdk::router::{Guest, Node, Request};
@@ -20,6 +21,8 @@
 //!
 //! rampart_sdk::router::export_router!(HighestId);
 //! ```
+
+pub mod algorithms;
 
 /// The plugin contract, as WIT text.
 pub const WIT: &str = include_str!("../wit/policy.wit");
@@ -37,4 +40,34 @@ pub mod router {
 
     pub use self::rampart::policy::host::{log, now_ms, Level};
     pub use self::rampart::policy::types::{CommandClass, Health, Role};
+}
+
+/// Bindings for the `quorum` world: implement [`quorum::Guest`] and export
+/// it with [`export_quorum!`].
+pub mod quorum {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "quorum",
+        pub_export_macro: true,
+        export_macro_name: "export_quorum",
+        default_bindings_module: "rampart_sdk::quorum",
+    });
+
+    // `Candidate` and `Requirement` are generated here by the world's `use`.
+    pub use self::rampart::policy::host::{log, now_ms, Level};
+}
+
+/// Bindings for the `detector` world: implement [`detector::Guest`] and
+/// export it with [`export_detector!`].
+pub mod detector {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "detector",
+        pub_export_macro: true,
+        export_macro_name: "export_detector",
+        default_bindings_module: "rampart_sdk::detector",
+    });
+
+    // `Health` is generated here by the world's `use`.
+    pub use self::rampart::policy::host::{log, now_ms, Level};
 }

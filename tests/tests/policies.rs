@@ -116,7 +116,7 @@ fn start_hostile(cluster: &Cluster, mode: &str) -> Result<Proxy, String> {
 fn policy_counters(proxy: &Proxy) -> serde_json::Value {
     let json: serde_json::Value =
         serde_json::from_str(&proxy.cli(&["RAMPART", "POLICIES"])).unwrap();
-    json[0][1]["active"].clone()
+    json["router"][0][1]["active"].clone()
 }
 
 #[test]
@@ -215,7 +215,9 @@ fn readers(
 fn generation(proxy: &Proxy) -> u64 {
     let json: serde_json::Value =
         serde_json::from_str(&proxy.cli(&["RAMPART", "POLICY", "LIST"])).unwrap();
-    json[0][1]["active"]["generation"].as_u64().unwrap()
+    json["router"][0][1]["active"]["generation"]
+        .as_u64()
+        .unwrap()
 }
 
 #[test]
@@ -385,7 +387,7 @@ fn a_shadow_router_is_compared_then_activated() {
     assert_eq!(served_by(&cluster, &proxy, 100)[0], 0);
     let json: serde_json::Value =
         serde_json::from_str(&proxy.cli(&["RAMPART", "POLICY", "LIST"])).unwrap();
-    let counts = json[0][1]["shadow"]["by_active_choice"]
+    let counts = json["router"][0][1]["shadow"]["by_active_choice"]
         .as_array()
         .unwrap()
         .clone();
@@ -437,4 +439,95 @@ fn editing_the_config_file_reloads_the_router() {
         generation(&proxy) == 2
     });
     assert_eq!(served_by(&cluster, &proxy, 50), [50, 0, 0]);
+}
+
+/// A proxy whose sections (after `[shards.main]`) are `extra`.
+fn proxy_with(cluster: &Cluster, sections: &str, extra: &str) -> Proxy {
+    let config = format!(
+        "{}{extra}",
+        rampart_tests::config_for(
+            &cluster.addrs(),
+            Setup {
+                sections,
+                ..Setup::default()
+            }
+        )
+    );
+    Proxy::start_with(&config)
+}
+
+#[test]
+fn a_quorum_plugin_decides_acknowledgements_and_the_election() {
+    let mut cluster = Cluster::start(2);
+    let quorum = format!(
+        "[shards.main.replication]\nquorum_plugin = \"{}\"\nquorum_config = \"quorum=all timeout_ms=500 on_shortfall=fail\"\n",
+        plugin("quorum-standard").display()
+    );
+    let proxy = proxy_with(
+        &cluster,
+        "[probe]\ninterval_ms = 50\ndown_after_ms = 400\n",
+        &quorum,
+    );
+    let durability = &proxy.shard()["durability"];
+    assert_eq!(durability["acks"], 2, "{durability}");
+    assert_eq!(durability["timeout_ms"], 500);
+    let mut c = proxy.conn();
+    wait_until(
+        "a first acknowledged write",
+        Duration::from_secs(10),
+        || c.set::<_, _, ()>("q", "1").is_ok(),
+    );
+
+    // One replica paused: "all" cannot be met.
+    cluster.nodes[2].signal("STOP");
+    let err = c.set::<_, _, ()>("q", "2").unwrap_err();
+    assert_eq!(err.code(), Some("NOQUORUM"), "{err}");
+    cluster.nodes[2].signal("CONT");
+
+    // The plugin's election picks the new primary.
+    cluster.nodes[0].kill();
+    wait_until("a promotion", Duration::from_secs(10), || {
+        proxy.shard()["epoch"] == 2
+    });
+    let json: serde_json::Value =
+        serde_json::from_str(&proxy.cli(&["RAMPART", "POLICY", "LIST"])).unwrap();
+    let view = &json["quorum"][0][1];
+    assert_eq!(view["kind"], "wasm", "{json}");
+    assert!(
+        view["calls"].as_u64().unwrap() >= 2,
+        "requirement and elect: {view}"
+    );
+    assert_eq!(view["traps"], 0);
+}
+
+#[test]
+fn detector_plugins_judge_the_nodes() {
+    for (name, config) in [
+        ("detector-fixed-timeout", "down_after_ms=400"),
+        ("detector-phi-accrual", "threshold=8 min_std_ms=100"),
+    ] {
+        let mut cluster = Cluster::start(1);
+        let sections = format!(
+            "[probe]\ninterval_ms = 50\ndetector_plugin = \"{}\"\ndetector_config = \"{config}\"\n",
+            plugin(name).display()
+        );
+        let proxy = proxy_with(&cluster, &sections, "");
+        let mut c = proxy.conn();
+        let _: () = c.set("d", "1").unwrap();
+        cluster.nodes[0].kill();
+        wait_until("a promotion", Duration::from_secs(10), || {
+            proxy.shard()["epoch"] == 2
+        });
+        let json: serde_json::Value =
+            serde_json::from_str(&proxy.cli(&["RAMPART", "POLICY", "LIST"])).unwrap();
+        assert_eq!(json["detector"]["kind"], "wasm", "{name}: {json}");
+        assert!(
+            json["detector"]["calls"].as_u64().unwrap() > 10,
+            "{name}: {json}"
+        );
+        assert_eq!(json["detector"]["traps"], 0, "{name}: {json}");
+        // Nodes that answer stay up under the plugin's judgement.
+        let up = proxy.shard()["nodes"][1]["health"].clone();
+        assert_eq!(up, "up", "{name}");
+    }
 }

@@ -287,7 +287,7 @@ pub fn render(ctx: &Context) -> String {
         "gauge",
         "The active router generation.",
     );
-    for (shard, slot) in ctx.policies() {
+    for (shard, slot) in ctx.routers_view() {
         let a = &slot.active;
         let labels = format!(
             "shard=\"{shard}\",kind=\"router\",name=\"{}\"",

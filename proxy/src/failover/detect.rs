@@ -5,6 +5,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use rampart_sdk::algorithms;
+
 use crate::config::{DetectorKind, ProbeConfig};
 use crate::topology::Health;
 
@@ -13,7 +15,7 @@ pub trait Detector: Send {
     fn observe(&mut self, at: Instant, ok: bool);
 
     /// The verdict at `now`.
-    fn verdict(&self, now: Instant) -> Health;
+    fn verdict(&mut self, now: Instant) -> Health;
 }
 
 /// Down after no successful probe for `down_after` (Sentinel's
@@ -42,7 +44,7 @@ impl Detector for FixedTimeout {
         self.last_failed = !ok;
     }
 
-    fn verdict(&self, now: Instant) -> Health {
+    fn verdict(&mut self, now: Instant) -> Health {
         if !self.last_failed {
             return Health::Up;
         }
@@ -94,24 +96,10 @@ impl PhiAccrual {
         let Some(last) = self.last_ok else {
             return f64::INFINITY;
         };
-        let (mean, variance) = if self.gaps_ms.is_empty() {
-            (self.first_gap_ms, 0.0)
-        } else {
-            let n = self.gaps_ms.len() as f64;
-            let mean = self.gaps_ms.iter().sum::<f64>() / n;
-            let variance = self.gaps_ms.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n;
-            (mean, variance)
-        };
-        let std = variance.sqrt().max(self.min_std_ms);
+        let (mean, std) =
+            algorithms::gap_stats(self.gaps_ms.iter(), self.first_gap_ms, self.min_std_ms);
         let elapsed = now.saturating_duration_since(last).as_secs_f64() * 1000.0;
-        // The logistic approximation of the normal CDF Akka uses.
-        let y = (elapsed - mean) / std;
-        let e = (-y * (1.5976 + 0.070566 * y * y)).exp();
-        if elapsed > mean {
-            -(e / (1.0 + e)).log10()
-        } else {
-            -(1.0 - 1.0 / (1.0 + e)).log10()
-        }
+        algorithms::phi(elapsed, mean, std)
     }
 }
 
@@ -133,7 +121,7 @@ impl Detector for PhiAccrual {
         self.last_ok = Some(at);
     }
 
-    fn verdict(&self, now: Instant) -> Health {
+    fn verdict(&mut self, now: Instant) -> Health {
         let phi = self.phi(now);
         if phi >= self.threshold {
             Health::Down

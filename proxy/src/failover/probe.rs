@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use super::detect;
+use super::detect::Detector;
 use crate::backend::control::{frame_text, Control};
 use crate::backend::ConnectOptions;
 use crate::config::ProbeConfig;
@@ -90,6 +90,7 @@ pub fn spawn(
     shard: Arc<Shard>,
     node: Arc<Node>,
     config: ProbeConfig,
+    mut detector: Box<dyn Detector>,
     opts: ConnectOptions,
     first_round: Arc<Semaphore>,
 ) {
@@ -98,7 +99,6 @@ pub fn spawn(
         async move {
             let interval = Duration::from_millis(config.interval_ms);
             let timeout = Duration::from_millis(config.timeout_ms);
-            let mut detector = detect::build(&config);
             let mut control: Option<Control> = None;
             let mut first = true;
             loop {

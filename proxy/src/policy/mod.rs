@@ -9,13 +9,19 @@
 //! and that call falls back to the default choice, the primary.
 //!
 //! A `Store` is not `Sync`, so each worker thread keeps its own instance of
-//! each plugin, made lazily from a pre-linked `InstancePre`.
+//! each router, made lazily from a pre-linked `InstancePre`. Quorum and
+//! detector plugins are called rarely (on configuration, at failover, per
+//! probe) and keep state across nodes, so each has one instance behind a
+//! mutex.
 //!
-//! Routers are swapped at runtime by generations (`slot`, `swap`). Status:
-//! the router world only; quorum and detector plugins are native today.
+//! Routers are swapped at runtime by generations (`slot`, `swap`); quorum
+//! and detector plugins are chosen in the configuration.
 
+mod detector;
+mod quorum;
 pub mod reload;
 mod router;
+mod sandbox;
 pub mod slot;
 pub mod swap;
 
@@ -25,6 +31,8 @@ use std::time::Duration;
 
 use wasmtime::{Config, Engine};
 
+pub use detector::WasmDetector;
+pub use quorum::WasmQuorum;
 pub use router::WasmRouter;
 
 /// Limits applied to every plugin instance.
@@ -32,8 +40,12 @@ pub use router::WasmRouter;
 pub struct Limits {
     /// Linear memory an instance may grow to.
     pub memory_bytes: usize,
-    /// Epoch ticks (one per [`TICK`]) a single call may run.
+    /// Epoch ticks (one per [`TICK`]) a single routing call may run.
     pub call_ticks: u64,
+    /// Ticks for instantiating and configuring a plugin, and for the calls
+    /// made off the request path (quorum, detector): wall-clock budgets, so
+    /// generous enough for a loaded machine, still bounded.
+    pub setup_ticks: u64,
 }
 
 impl Default for Limits {
@@ -43,6 +55,7 @@ impl Default for Limits {
             // The deadline is counted in whole ticks from wherever the
             // current tick is: one tick could end a call a microsecond in.
             call_ticks: 2,
+            setup_ticks: 100,
         }
     }
 }
@@ -92,6 +105,18 @@ impl Stats {
             self.traps.load(Ordering::Relaxed),
             self.fallbacks.load(Ordering::Relaxed),
         )
+    }
+
+    /// The plugin `name` as the admin views show it.
+    pub fn view(&self, name: &str) -> crate::route::PolicyView {
+        let (calls, traps, fallbacks) = self.snapshot();
+        crate::route::PolicyView {
+            name: name.to_string(),
+            kind: "wasm",
+            calls,
+            traps,
+            fallbacks,
+        }
     }
 }
 

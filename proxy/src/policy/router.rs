@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::component::HasSelf;
+use wasmtime::Store;
 
-use super::{engine, Limits, LoadError, SharedStats, Stats};
+use super::{Limits, LoadError, SharedStats, Stats};
 use crate::route::{PolicyView, ReadPolicy};
 use crate::topology::{self, Shard};
 
@@ -18,35 +18,8 @@ wasmtime::component::bindgen!({
     world: "router",
 });
 
-use self::rampart::policy::host::Level;
 use self::rampart::policy::types as wit;
-
-/// What each plugin instance's store holds.
-struct State {
-    limits: StoreLimits,
-    name: Arc<str>,
-}
-
-impl self::rampart::policy::host::Host for State {
-    fn log(&mut self, level: Level, message: String) {
-        let plugin = &*self.name;
-        match level {
-            Level::Trace => tracing::trace!(plugin, "{message}"),
-            Level::Debug => tracing::debug!(plugin, "{message}"),
-            Level::Info => tracing::info!(plugin, "{message}"),
-            Level::Warn => tracing::warn!(plugin, "{message}"),
-            Level::Error => tracing::error!(plugin, "{message}"),
-        }
-    }
-
-    fn now_ms(&mut self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    }
-}
-
-impl wit::Host for State {}
+use super::sandbox::{self, State};
 
 /// One live instance, owned by one thread.
 struct Instance {
@@ -89,26 +62,12 @@ impl WasmRouter {
         topology_version: Arc<AtomicU64>,
     ) -> Result<WasmRouter, LoadError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let fail = |step: &'static str, message: String| LoadError {
-            name: name.to_string(),
-            step,
-            message,
-        };
-        let engine = engine();
-        let component =
-            Component::new(engine, bytes).map_err(|e| fail("compile", format!("{e:#}")))?;
-        let mut linker = Linker::new(engine);
-        Router::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state)
-            .map_err(|e| fail("link", format!("{e:#}")))?;
-        // Anything else the component imports (WASI included) traps if
-        // called: a policy gets no files, sockets or environment.
-        linker
-            .define_unknown_imports_as_traps(&component)
-            .map_err(|e| fail("link", format!("{e:#}")))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(RouterPre::new)
-            .map_err(|e| fail("link", format!("{e:#}")))?;
+        let pre = sandbox::link(
+            name,
+            bytes,
+            |linker| Router::add_to_linker::<State, HasSelf<State>>(linker, |state| state),
+            RouterPre::new,
+        )?;
         let router = WasmRouter {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name: name.into(),
@@ -119,9 +78,11 @@ impl WasmRouter {
             stats: Arc::new(Stats::default()),
             alive: Arc::new(()),
         };
-        router
-            .instantiate()
-            .map_err(|(step, message)| fail(step, message))?;
+        router.instantiate().map_err(|(step, message)| LoadError {
+            name: name.to_string(),
+            step,
+            message,
+        })?;
         Ok(router)
     }
 
@@ -130,28 +91,14 @@ impl WasmRouter {
     }
 
     fn instantiate(&self) -> Result<Instance, (&'static str, String)> {
-        let state = State {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
-                // A component is several core instances (its modules and
-                // the shims between them), never many.
-                .instances(32)
-                .build(),
-            name: self.name.clone(),
-        };
-        let mut store = Store::new(engine(), state);
-        store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(self.limits.call_ticks);
+        let mut store = sandbox::store(&self.name, self.limits);
         let router = self
             .pre
             .instantiate(&mut store)
             .map_err(|e| ("instantiate", format!("{e:#}")))?;
-        store.set_epoch_deadline(self.limits.call_ticks);
-        match router.call_configure(&mut store, &self.config) {
-            Ok(Ok(())) => {}
-            Ok(Err(refused)) => return Err(("configure", refused)),
-            Err(trap) => return Err(("configure", format!("trapped: {trap:#}"))),
-        }
+        let (store, router) = sandbox::configured(store, router, |r, store| {
+            r.call_configure(store, &self.config)
+        })?;
         Ok(Instance {
             store,
             router,
@@ -200,14 +147,7 @@ fn wit_node(shard_index: u32, node: &topology::Node) -> wit::Node {
 
 impl ReadPolicy for WasmRouter {
     fn describe(&self) -> PolicyView {
-        let (calls, traps, fallbacks) = self.stats.snapshot();
-        PolicyView {
-            name: self.name.to_string(),
-            kind: "wasm",
-            calls,
-            traps,
-            fallbacks,
-        }
+        self.stats.view(&self.name)
     }
 
     fn pick<'s>(&self, shard: &'s Shard, client_id: u64) -> Option<&'s Arc<topology::Node>> {

@@ -7,8 +7,19 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use super::slot::{Generation, GenerationView, SlotView};
+
+/// Every policy in force.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoliciesView {
+    /// Per shard: active, previous and shadow router generations.
+    pub router: Vec<(String, SlotView)>,
+    /// Per shard.
+    pub quorum: Vec<(String, PolicyView)>,
+    /// One for all nodes.
+    pub detector: PolicyView,
+}
 use super::{Limits, WasmRouter};
-use crate::route::{PrimaryOnly, ReadPolicy, RoundRobinReplicas};
+use crate::route::{PolicyView, PrimaryOnly, ReadPolicy, RoundRobinReplicas};
 use crate::server::Context;
 use crate::topology::Shard;
 
@@ -192,13 +203,33 @@ impl Context {
         Ok(number)
     }
 
-    /// Every shard's routers, for `GET /v1/policies` and `RAMPART POLICY LIST`.
-    pub fn policies(&self) -> Vec<(String, SlotView)> {
+    /// Every shard's routers.
+    pub fn routers_view(&self) -> Vec<(String, SlotView)> {
         self.topology
             .shards
             .iter()
             .zip(&self.routers)
             .map(|(shard, slot)| (shard.name.clone(), slot.view(shard)))
             .collect()
+    }
+
+    /// Every policy in force, for `GET /v1/policies` and `RAMPART POLICY LIST`.
+    pub fn policies(&self) -> PoliciesView {
+        PoliciesView {
+            router: self.routers_view(),
+            quorum: self
+                .topology
+                .shards
+                .iter()
+                .zip(&self.quorum_policies)
+                .map(|(shard, q)| (shard.name.clone(), q.describe()))
+                .collect(),
+            detector: match &self.detector {
+                Some(plugin) => plugin.describe(),
+                None => {
+                    PolicyView::native(&format!("{:?}", self.config.probe.detector).to_lowercase())
+                }
+            },
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! lost. One small trait; the built-in algorithms sit below it, and a Wasm
 //! quorum plugin is another implementation of the same trait.
 
+use rampart_sdk::algorithms;
 use serde::Deserialize;
 
 use crate::route::PolicyView;
@@ -54,14 +55,18 @@ pub enum Quorum {
 }
 
 impl Quorum {
+    fn name(self) -> &'static str {
+        match self {
+            Quorum::None => "none",
+            Quorum::One => "one",
+            Quorum::Majority => "majority",
+            Quorum::All => "all",
+        }
+    }
+
     /// Replica acknowledgements for a shard with `replicas` replicas.
     pub fn acks(self, replicas: u32) -> u32 {
-        match self {
-            Quorum::None => 0,
-            Quorum::One => replicas.min(1),
-            Quorum::Majority => replicas.div_ceil(2),
-            Quorum::All => replicas,
-        }
+        algorithms::quorum_acks(self.name(), replicas).unwrap_or(replicas)
     }
 }
 
@@ -86,25 +91,18 @@ impl QuorumPolicy for Builtin {
     }
 
     fn describe(&self) -> PolicyView {
-        PolicyView::native(&format!("quorum-{:?}", self.quorum).to_lowercase())
+        PolicyView::native(&format!("quorum-{}", self.quorum.name()))
     }
 }
 
-/// The default election: never a priority-0 replica; the highest offset
-/// (the replica most likely to hold every acknowledged write); then the
-/// lowest priority number, as Sentinel prefers; then the lowest id, so the
-/// choice is deterministic.
+/// The default election (shared with the `quorum-standard` plugin): never
+/// priority 0, the highest offset, then the lowest priority number.
 pub fn elect_by_offset(candidates: &[Candidate]) -> Option<u32> {
-    candidates
-        .iter()
-        .filter(|c| c.priority != 0)
-        .max_by(|a, b| {
-            a.offset
-                .cmp(&b.offset)
-                .then(b.priority.cmp(&a.priority))
-                .then(b.id.cmp(&a.id))
-        })
-        .map(|c| c.id)
+    algorithms::elect_by_offset(candidates.iter().map(|c| algorithms::Candidate {
+        id: c.id,
+        offset: c.offset,
+        priority: c.priority,
+    }))
 }
 
 /// How many of a shard's replicas must answer before a promotion can be
@@ -122,34 +120,6 @@ pub fn replicas_needed_to_promote(replicas: u32, acks: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn c(id: u32, offset: u64, priority: u32) -> Candidate {
-        Candidate {
-            id,
-            offset,
-            priority,
-        }
-    }
-
-    #[test]
-    fn quorum_sizes() {
-        assert_eq!(Quorum::None.acks(2), 0);
-        assert_eq!(Quorum::One.acks(2), 1);
-        assert_eq!(Quorum::One.acks(0), 0);
-        assert_eq!(Quorum::Majority.acks(1), 1);
-        assert_eq!(Quorum::Majority.acks(2), 1);
-        assert_eq!(Quorum::Majority.acks(4), 2);
-        assert_eq!(Quorum::All.acks(2), 2);
-    }
-
-    #[test]
-    fn election_prefers_offset_then_priority_and_skips_priority_zero() {
-        assert_eq!(elect_by_offset(&[c(1, 10, 100), c(2, 20, 100)]), Some(2));
-        assert_eq!(elect_by_offset(&[c(1, 20, 100), c(2, 20, 10)]), Some(2));
-        assert_eq!(elect_by_offset(&[c(1, 20, 100), c(2, 30, 0)]), Some(1));
-        assert_eq!(elect_by_offset(&[c(1, 20, 100), c(2, 20, 100)]), Some(1));
-        assert_eq!(elect_by_offset(&[c(2, 30, 0)]), None);
-    }
 
     #[test]
     fn promotion_needs_enough_replicas() {

@@ -1,0 +1,83 @@
+//! The `quorum` world: a Wasm component that says how many replica
+//! acknowledgements a write needs and whom to promote.
+
+use wasmtime::component::HasSelf;
+
+use super::sandbox::{Single, State};
+use super::LoadError;
+use crate::replicate::quorum::{self as native, QuorumPolicy};
+use crate::route::PolicyView;
+
+wasmtime::component::bindgen!({
+    path: "../sdk/wit",
+    world: "quorum",
+    with: {
+        "rampart:policy/types": super::router::rampart::policy::types,
+        "rampart:policy/host": super::router::rampart::policy::host,
+    },
+});
+
+use super::router::rampart::policy::types as wit;
+
+/// A loaded quorum plugin. If a call traps it fails closed: the
+/// requirement is the built-in fallback's, and the election promotes
+/// nobody (the controller tries again on its next tick).
+pub struct WasmQuorum {
+    plugin: Single<Quorum>,
+    fallback: Box<dyn QuorumPolicy>,
+}
+
+impl WasmQuorum {
+    pub fn load(
+        name: &str,
+        bytes: &[u8],
+        config: &str,
+        fallback: Box<dyn QuorumPolicy>,
+    ) -> Result<WasmQuorum, LoadError> {
+        let plugin = Single::load(
+            name,
+            bytes,
+            config,
+            |linker| Quorum::add_to_linker::<State, HasSelf<State>>(linker, |state| state),
+            QuorumPre::new,
+            |pre, store| pre.instantiate(store),
+            |q, store, config| q.call_configure(store, config),
+        )?;
+        Ok(WasmQuorum { plugin, fallback })
+    }
+}
+
+impl QuorumPolicy for WasmQuorum {
+    fn requirement(&self, replicas: u32) -> native::Requirement {
+        self.plugin
+            .call("requirement", |q, store| {
+                q.call_requirement(store, replicas)
+            })
+            .map(|r| native::Requirement {
+                acks: r.acks.min(replicas),
+                timeout_ms: r.timeout_ms.max(1),
+                fail_on_shortfall: r.fail_on_shortfall,
+            })
+            .unwrap_or_else(|| self.fallback.requirement(replicas))
+    }
+
+    fn elect(&self, candidates: &[native::Candidate]) -> Option<u32> {
+        let list: Vec<wit::Candidate> = candidates
+            .iter()
+            .map(|c| wit::Candidate {
+                id: c.id,
+                offset: c.offset,
+                priority: c.priority,
+            })
+            .collect();
+        let chosen = self
+            .plugin
+            .call("elect", |q, store| q.call_elect(store, &list))??;
+        // Only a candidate can be promoted, whatever the plugin says.
+        candidates.iter().any(|c| c.id == chosen).then_some(chosen)
+    }
+
+    fn describe(&self) -> PolicyView {
+        self.plugin.describe()
+    }
+}
