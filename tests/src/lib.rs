@@ -419,6 +419,12 @@ pub fn plugin(name: &str) -> PathBuf {
     built_plugin(&BUILT, "plugins", name)
 }
 
+/// The example plugin in examples/router-prefix, built on first use.
+pub fn example_plugin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    built_plugin(&BUILT, "examples/router-prefix", "router-prefix")
+}
+
 /// A misbehaving plugin from tests/plugins/, built on first use.
 pub fn test_plugin(name: &str) -> PathBuf {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();

@@ -531,3 +531,65 @@ fn detector_plugins_judge_the_nodes() {
         assert_eq!(up, "up", "{name}");
     }
 }
+
+#[test]
+fn the_example_plugin_routes_by_prefix() {
+    let cluster = Cluster::start(2);
+    let proxy = proxy_with_router(&cluster, "router-round-robin");
+    let path = rampart_tests::example_plugin();
+    let answer = proxy.cli(&[
+        "RAMPART",
+        "POLICY",
+        "LOAD",
+        "router",
+        path.to_str().unwrap(),
+        "prefix=session:",
+    ]);
+    assert_eq!(answer.trim(), "OK generation 2");
+    let mut c = proxy.conn();
+    let _: () = c.set("session:1", "s").unwrap();
+    let _: () = c.set("user:1", "u").unwrap();
+    wait_until("replication", Duration::from_secs(5), || {
+        cluster.nodes[1..]
+            .iter()
+            .all(|n| n.cli(&["GET", "user:1"]).trim() == "u")
+    });
+
+    let before: Vec<u64> = cluster.nodes.iter().map(|n| n.calls("get")).collect();
+    for _ in 0..40 {
+        let v: String = c.get("session:1").unwrap();
+        assert_eq!(v, "s");
+    }
+    let after: Vec<u64> = cluster.nodes.iter().map(|n| n.calls("get")).collect();
+    assert_eq!(
+        after[0] - before[0],
+        40,
+        "prefixed keys are read from the primary"
+    );
+
+    for _ in 0..40 {
+        let v: String = c.get("user:1").unwrap();
+        assert_eq!(v, "u");
+    }
+    let last: Vec<u64> = cluster.nodes.iter().map(|n| n.calls("get")).collect();
+    let replica_reads: Vec<u64> = (1..3).map(|i| last[i] - after[i]).collect();
+    assert_eq!(
+        last[0], after[0],
+        "other keys are not read from the primary"
+    );
+    assert!(
+        replica_reads.contains(&40) && replica_reads.contains(&0),
+        "one replica, the nearest: {replica_reads:?}"
+    );
+
+    // A bad configuration is refused with the plugin's own words.
+    let error = proxy.cli(&[
+        "RAMPART",
+        "POLICY",
+        "LOAD",
+        "router",
+        path.to_str().unwrap(),
+        "prefix",
+    ]);
+    assert!(error.contains("expected prefix="), "{error}");
+}

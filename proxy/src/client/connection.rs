@@ -267,13 +267,17 @@ impl Connection {
         let ctx = self.ctx.clone();
         let shard = ctx.topology.shard();
         let policy = &ctx.routers[0];
-        let mut node = match route::route(shard, policy, class, self.session.id) {
+        let read = route::Read {
+            client_id: self.session.id,
+            key: req.arg(1).unwrap_or_default(),
+        };
+        let mut node = match route::route(shard, policy, class, &read) {
             Ok(node) => node,
             Err(_) => {
                 if !self.await_primary().await {
                     return self.reply(self.no_primary()).await;
                 }
-                match route::route(shard, policy, class, self.session.id) {
+                match route::route(shard, policy, class, &read) {
                     Ok(node) => node,
                     Err(_) => return self.reply(self.no_primary()).await,
                 }

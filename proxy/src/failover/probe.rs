@@ -111,6 +111,7 @@ pub fn spawn(
                         if node.health() != Health::Up {
                             tracing::info!(role = ?report.role, "node up");
                         }
+                        node.set_rtt(started.elapsed());
                         shard.observe(&node, &report, started);
                     }
                     Err(e) => {

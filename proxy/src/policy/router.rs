@@ -10,12 +10,15 @@ use wasmtime::component::HasSelf;
 use wasmtime::Store;
 
 use super::{Limits, LoadError, SharedStats, Stats};
-use crate::route::{PolicyView, ReadPolicy};
+use crate::route::{PolicyView, Read, ReadPolicy};
 use crate::topology::{self, Shard};
 
 wasmtime::component::bindgen!({
     path: "../sdk/wit",
     world: "router",
+    // Arguments to the plugin borrow: the key is lowered straight from
+    // the request buffer, not copied into a Vec first.
+    ownership: Borrowing { duplicate_if_necessary: false },
 });
 
 use self::rampart::policy::types as wit;
@@ -138,7 +141,7 @@ fn wit_node(shard_index: u32, node: &topology::Node) -> wit::Node {
         serves_reads: node.serves_reads(),
         priority: node.priority(),
         zone: 0,
-        latency_us: 0,
+        latency_us: node.rtt_us(),
         inflight: 0,
         repl_offset: node.offset(),
         lag_ms: node.lag_ms().min(u32::MAX as u64) as u32,
@@ -150,7 +153,7 @@ impl ReadPolicy for WasmRouter {
         self.stats.view(&self.name)
     }
 
-    fn pick<'s>(&self, shard: &'s Shard, client_id: u64) -> Option<&'s Arc<topology::Node>> {
+    fn pick<'s>(&self, shard: &'s Shard, read: &Read) -> Option<&'s Arc<topology::Node>> {
         INSTANCES.with(|cell| {
             let mut instances = cell.borrow_mut();
             if !instances.contains_key(&self.id) {
@@ -183,8 +186,9 @@ impl ReadPolicy for WasmRouter {
             let request = wit::Request {
                 shard: 0,
                 class: wit::CommandClass::Read,
-                key_hash: 0,
-                client_id,
+                key_hash: fnv1a(read.key),
+                key: read.key,
+                client_id: read.client_id,
                 client_zone: 0,
             };
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
@@ -205,4 +209,12 @@ impl ReadPolicy for WasmRouter {
             }
         })
     }
+}
+
+/// FNV-1a, 64 bits: a stable hash of the key for plugins that spread keys
+/// (the same key always gives the same hash, in every Rampart).
+fn fnv1a(key: &[u8]) -> u64 {
+    key.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }

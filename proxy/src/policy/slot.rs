@@ -19,7 +19,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::route::{PolicyView, ReadPolicy};
+use crate::route::{PolicyView, Read, ReadPolicy};
 use crate::topology::{Node, Shard};
 
 /// One loaded router and where it came from.
@@ -179,11 +179,11 @@ impl RouterSlot {
 
     /// Picks the node for a read with the active generation (and lets the
     /// shadow, if any, pick too, for the record). `None`: the primary.
-    pub fn pick<'s>(&self, shard: &'s Shard, client_id: u64) -> Option<&'s Arc<Node>> {
+    pub fn pick<'s>(&self, shard: &'s Shard, read: &Read) -> Option<&'s Arc<Node>> {
         let current = self.current.load();
-        let choice = current.policy.pick(shard, client_id);
+        let choice = current.policy.pick(shard, read);
         if let Some(shadow) = &*self.shadow.load() {
-            let candidate = shadow.generation.policy.pick(shard, client_id);
+            let candidate = shadow.generation.policy.pick(shard, read);
             shadow.compare(shard, choice, candidate);
         }
         choice

@@ -19,7 +19,7 @@ pub struct PoliciesView {
     pub detector: PolicyView,
 }
 use super::{Limits, WasmRouter};
-use crate::route::{PolicyView, PrimaryOnly, ReadPolicy, RoundRobinReplicas};
+use crate::route::{PolicyView, PrimaryOnly, Read, ReadPolicy, RoundRobinReplicas};
 use crate::server::Context;
 use crate::topology::Shard;
 
@@ -86,7 +86,14 @@ pub fn build(
         }
     };
     for client in 0..32 {
-        let _ = policy.pick(shard, client);
+        let key = format!("rampart:self-check:{client}");
+        let _ = policy.pick(
+            shard,
+            &Read {
+                client_id: client,
+                key: key.as_bytes(),
+            },
+        );
     }
     let checked = policy.describe();
     if checked.traps > 0 || checked.fallbacks > 0 {

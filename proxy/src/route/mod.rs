@@ -14,9 +14,18 @@ use crate::policy::slot::RouterSlot;
 use crate::resp::Class;
 use crate::topology::{Node, Shard};
 
+/// What a read policy knows about the read it places.
+#[derive(Debug, Clone, Copy)]
+pub struct Read<'a> {
+    pub client_id: u64,
+    /// The command's first argument: the key, for nearly every read
+    /// (empty when there is none).
+    pub key: &'a [u8],
+}
+
 /// Chooses the node for a read-only command. `None` means "the primary".
 pub trait ReadPolicy: Send + Sync {
-    fn pick<'s>(&self, shard: &'s Shard, client_id: u64) -> Option<&'s Arc<Node>>;
+    fn pick<'s>(&self, shard: &'s Shard, read: &Read) -> Option<&'s Arc<Node>>;
 
     /// What is deciding, for the admin views.
     fn describe(&self) -> PolicyView;
@@ -50,10 +59,10 @@ pub fn route<'s>(
     shard: &'s Shard,
     router: &RouterSlot,
     class: Class,
-    client_id: u64,
+    read: &Read,
 ) -> Result<&'s Arc<Node>, NoPrimary> {
     if class == Class::Read {
-        if let Some(node) = router.pick(shard, client_id) {
+        if let Some(node) = router.pick(shard, read) {
             return Ok(node);
         }
     }

@@ -58,6 +58,8 @@ pub struct Node {
     lag_ms: AtomicU64,
     /// May serve reads: decided by the shard on every probe.
     readable: AtomicBool,
+    /// Round trip of the last answered probe, in microseconds.
+    rtt_us: AtomicU32,
     /// Commands forwarded to this node.
     pub requests: AtomicU64,
     /// `redis_version` from INFO, for HELLO replies.
@@ -85,6 +87,7 @@ impl Node {
             lag_bytes: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
             readable: AtomicBool::new(false),
+            rtt_us: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             version: Mutex::new(None),
             pool,
@@ -125,6 +128,17 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    pub fn rtt_us(&self) -> u32 {
+        self.rtt_us.load(Ordering::Relaxed)
+    }
+
+    pub fn set_rtt(&self, rtt: std::time::Duration) {
+        self.rtt_us.store(
+            rtt.as_micros().min(u32::MAX as u128) as u32,
+            Ordering::Relaxed,
+        );
     }
 
     pub fn lag_ms(&self) -> u64 {
@@ -191,6 +205,7 @@ impl Node {
             priority: self.priority(),
             lag_bytes: self.lag_bytes.load(Ordering::Relaxed),
             lag_ms: self.lag_ms(),
+            rtt_us: self.rtt_us(),
             requests: self.requests.load(Ordering::Relaxed),
         }
     }
@@ -453,5 +468,7 @@ pub struct NodeView {
     pub priority: u32,
     pub lag_bytes: u64,
     pub lag_ms: u64,
+    /// Round trip of the last answered probe.
+    pub rtt_us: u32,
     pub requests: u64,
 }

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Routing-plugin overhead end to end: redis-benchmark GET (-c 50, -P 1 and
+# -P 16) through two Rampart instances side by side in front of the same
+# primary and two replicas: reads spread by the native round robin
+# (read_from = "replicas") and by the same algorithm as a Wasm plugin
+# (plugins/router-round-robin). Prints requests/s, p50/p99 and the ratio
+# wasm/native. Interleaved rounds, medians.
+#
+#   tests/bench/routing.sh [requests-per-run] [rounds]
+#
+# `cargo bench -p rampart --bench route` measures the decision alone.
+# Needs redis-server and redis-tools; the wasm32-wasip2 target.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${1:-200000}
+ROUNDS=${2:-3}
+
+for tool in redis-server redis-benchmark python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y redis-server redis-tools)" >&2; exit 1; }
+done
+cargo build --release -q -p rampart
+cargo build --release -q --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
+PLUGIN=$PWD/plugins/target/wasm32-wasip2/release/router_round_robin.wasm
+
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do redis-cli -p "$1" PING >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "port $1 did not come up" >&2; exit 1; }
+
+PRIMARY=$(free_port); R1=$(free_port); R2=$(free_port)
+for port in "$PRIMARY" "$R1" "$R2"; do
+  mkdir -p "$work/$port"
+  extra=()
+  [ "$port" != "$PRIMARY" ] && extra=(--replicaof 127.0.0.1 "$PRIMARY")
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work/$port" "${extra[@]}" >/dev/null &
+  pids+=($!)
+  wait_port "$port"
+done
+redis-cli -p "$PRIMARY" SET key:__rand_int__ x >/dev/null
+
+declare -A PORTS
+for mode in native wasm; do
+  port=$(free_port)
+  PORTS[$mode]=$port
+  router=""
+  [ "$mode" = wasm ] && router="router = \"$PLUGIN\""
+  cat > "$work/$mode.toml" <<TOML
+[proxy]
+listen = "127.0.0.1:$port"
+[log]
+level = "warn"
+[failover]
+role = "follower"
+[shards.main]
+nodes = ["127.0.0.1:$PRIMARY", "127.0.0.1:$R1", "127.0.0.1:$R2"]
+read_from = "replicas"
+$router
+TOML
+  ./target/release/rampart run --config "$work/$mode.toml" &
+  pids+=($!)
+  wait_port "$port"
+done
+sleep 1
+
+run() { # name port pipeline
+  redis-benchmark -p "$2" -c 50 -n "$N" -P "$3" -t get --csv -q 2>/dev/null \
+    | sed "s/^/$1,$3,/" >> "$work/results.csv"
+}
+for round in $(seq "$ROUNDS"); do
+  for P in 1 16; do
+    run native "${PORTS[native]}" "$P"
+    run wasm "${PORTS[wasm]}" "$P"
+  done
+done
+
+python3 - "$work/results.csv" <<'PY'
+import csv, sys
+runs = {}
+for r in csv.reader(open(sys.argv[1])):
+    if len(r) < 5 or r[2] == "test":
+        continue
+    runs.setdefault((r[0], r[1]), []).append((float(r[3]), float(r[6]), float(r[8])))
+rows = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
+print(f"GET over two replicas, 50 clients, median of {len(next(iter(runs.values())))} interleaved runs")
+print(f"{'router':<8}{'-P':>4}{'rps':>12}{'p50 ms':>9}{'p99 ms':>9}{'/native':>9}")
+for p in ("1", "16"):
+    base = rows.get(("native", p))
+    for mode in ("native", "wasm"):
+        r = rows.get((mode, p))
+        if r and base:
+            print(f"{mode:<8}{p:>4}{r[0]:>12.0f}{r[1]:>9.2f}{r[2]:>9.2f}{r[0] / base[0]:>9.2f}")
+PY
