@@ -68,6 +68,8 @@ fn plugin() -> PathBuf {
                 "--manifest-path",
             ])
             .arg(dir.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(dir.join("target"))
             .status()
             .expect("run cargo");
     assert!(status.success(), "building the plugins failed");

@@ -19,7 +19,7 @@ for tool in redis-server redis-benchmark python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y redis-server redis-tools)" >&2; exit 1; }
 done
 cargo build --release -q -p rampart
-cargo build --release -q --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
+cargo build --release -q --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --target-dir plugins/target
 PLUGIN=$PWD/plugins/target/wasm32-wasip2/release/router_round_robin.wasm
 
 work=$(mktemp -d)

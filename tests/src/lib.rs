@@ -444,6 +444,10 @@ fn built_plugin(once: &std::sync::OnceLock<()>, dir: &str, name: &str) -> PathBu
                 "--manifest-path",
             ])
             .arg(repo_path(&format!("{dir}/Cargo.toml")))
+            // The plugin's own target directory, whatever CARGO_TARGET_DIR
+            // says, so the path below holds.
+            .arg("--target-dir")
+            .arg(repo_path(&format!("{dir}/target")))
             .status()
             .expect("run cargo to build the plugins");
         assert!(
