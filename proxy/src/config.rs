@@ -136,7 +136,8 @@ impl BackendConfig {
     }
 }
 
-/// Health probes (PING-like `ROLE` requests) to every node.
+/// Health probes (`INFO replication`) to every node, and the detector that
+/// judges their results.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbeConfig {
@@ -216,7 +217,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct ShardConfig {
     /// `host:port` of every node. Which one is primary is discovered from
-    /// the nodes themselves (`ROLE`), never trusted from this list.
+    /// the nodes themselves (`INFO replication`), never trusted from this list.
     pub nodes: Vec<String>,
     /// Where read-only commands go.
     #[serde(default)]
