@@ -18,23 +18,12 @@ N=${1:-100000}
 ROUNDS=${2:-3}
 TESTS=set,get,incr,lpush,lrange_100
 
-for tool in redis-server redis-benchmark nutcracker python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y redis-server redis-tools nutcracker)" >&2; exit 1; }
-done
+source tests/bench/lib.sh
+require redis-server redis-benchmark nutcracker python3
 cargo build --release -q -p rampart
 
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do redis-cli -p "$1" PING >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "port $1 did not come up" >&2; exit 1; }
-
 REDIS=$(free_port); RAMPART=$(free_port); TWEM=$(free_port)
-redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
-pids+=($!)
-wait_port "$REDIS"
+start_redis "$REDIS"
 
 cat > "$work/rampart.toml" <<TOML
 [proxy]

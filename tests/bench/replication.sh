@@ -16,32 +16,10 @@ cd "$(dirname "$0")/../.."
 N=${1:-200000}
 ROUNDS=${2:-3}
 
-for tool in redis-server redis-benchmark python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y redis-server redis-tools)" >&2; exit 1; }
-done
+source tests/bench/lib.sh
+require redis-server redis-benchmark python3
 cargo build --release -q -p rampart
-
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do redis-cli -p "$1" PING >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "port $1 did not come up" >&2; exit 1; }
-
-PRIMARY=$(free_port); R1=$(free_port); R2=$(free_port)
-for port in "$PRIMARY" "$R1" "$R2"; do
-  mkdir -p "$work/$port"
-  extra=()
-  [ "$port" != "$PRIMARY" ] && extra=(--replicaof 127.0.0.1 "$PRIMARY")
-  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work/$port" "${extra[@]}" >/dev/null &
-  pids+=($!)
-  wait_port "$port"
-done
-for _ in $(seq 100); do
-  [ "$(redis-cli -p "$PRIMARY" INFO replication | grep -c 'state=online')" = 2 ] && break
-  sleep 0.1
-done
+start_shard
 
 declare -A PORTS
 for mode in async sync-one sync-all; do
@@ -65,9 +43,7 @@ nodes = ["127.0.0.1:$PRIMARY", "127.0.0.1:$R1", "127.0.0.1:$R2"]
 quorum = "$quorum"
 timeout_ms = 1000
 TOML
-  ./target/release/rampart run --config "$work/$mode.toml" &
-  pids+=($!)
-  wait_port "$port"
+  start_rampart "$mode" "$port"
 done
 
 run() { # name port pipeline

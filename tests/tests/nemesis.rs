@@ -129,6 +129,28 @@ fn await_failover(proxy: &Proxy, before: u64) {
     proxy.wait_serving_replicas(2, Duration::from_secs(30));
 }
 
+/// Pauses both replicas for 300 ms while the primary keeps taking writes,
+/// kills the primary, resumes the replicas and waits for the promotion.
+/// Returns the epoch before and the killed node.
+fn stall_replicas_then_kill_the_primary(
+    cluster: &mut FaultyCluster,
+    proxy: &Proxy,
+) -> (u64, usize) {
+    let e = epoch(proxy);
+    let p = primary(proxy, cluster);
+    let replicas: Vec<usize> = (0..3).filter(|&n| n != p).collect();
+    for &r in &replicas {
+        cluster.nodes[r].signal("STOP");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.nodes[p].kill();
+    for &r in &replicas {
+        cluster.nodes[r].signal("CONT");
+    }
+    wait_until("a promotion", Duration::from_secs(20), || epoch(proxy) > e);
+    (e, p)
+}
+
 /// Every key on every node, directly (not through Rampart).
 fn keys_on(cluster: &FaultyCluster, node: usize) -> HashSet<String> {
     let mut conn = redis::Client::open(format!("redis://{}/", cluster.nodes[node].addr()))
@@ -212,18 +234,7 @@ fn sync_mode_loses_no_acknowledged_write_under_kill_pause_and_partition() {
 
     // 7. The replicas stall, then the primary dies: what the primary
     //    acknowledged alone must not have been acknowledged to clients.
-    let e = epoch(&proxy);
-    let p = primary(&proxy, &cluster);
-    let replicas: Vec<usize> = (0..3).filter(|&n| n != p).collect();
-    for &r in &replicas {
-        cluster.nodes[r].signal("STOP");
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    cluster.nodes[p].kill();
-    for &r in &replicas {
-        cluster.nodes[r].signal("CONT");
-    }
-    wait_until("a promotion", Duration::from_secs(20), || epoch(&proxy) > e);
+    let (e, p) = stall_replicas_then_kill_the_primary(&mut cluster, &proxy);
     cluster.nodes[p].restart();
     await_failover(&proxy, e);
 
@@ -283,18 +294,7 @@ fn async_mode_reports_what_a_failover_may_have_lost() {
     std::thread::sleep(Duration::from_millis(300));
     // The replicas stall while the primary keeps acknowledging writes, then
     // the primary dies: what only it had is gone.
-    let e = epoch(&proxy);
-    let p = primary(&proxy, &cluster);
-    let replicas: Vec<usize> = (0..3).filter(|&n| n != p).collect();
-    for &r in &replicas {
-        cluster.nodes[r].signal("STOP");
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    cluster.nodes[p].kill();
-    for &r in &replicas {
-        cluster.nodes[r].signal("CONT");
-    }
-    wait_until("a promotion", Duration::from_secs(20), || epoch(&proxy) > e);
+    stall_replicas_then_kill_the_primary(&mut cluster, &proxy);
     std::thread::sleep(Duration::from_millis(300));
     let outcomes = workload.finish();
 
