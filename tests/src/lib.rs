@@ -14,12 +14,23 @@ use std::time::{Duration, Instant};
 
 pub use rampart;
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and never handed out before in this
+/// process: tests run in parallel, and a port freed by one test's killed
+/// node must not become another test's node while the first test's Rampart
+/// still probes it (its failover controller would fence that node).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free loopback port");
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `check` until it holds or `timeout` passes.
@@ -91,11 +102,16 @@ impl RedisNode {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
-    /// Sends a signal (`KILL`, `STOP`, `CONT`) to the process.
+    /// Sends a signal (`KILL`, `STOP`, `CONT`) to the process, if it runs.
+    /// (Never to pid 0: `kill -CONT 0` would reach every process in the
+    /// test's process group, other tests' paused nodes included.)
     pub fn signal(&self, signal: &str) {
+        let Some(child) = &self.child else {
+            return;
+        };
         let _ = Command::new("kill")
             .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
+            .arg(child.id().to_string())
             .status();
     }
 

@@ -124,7 +124,13 @@ fn a_shortfall_fails_or_is_accepted_as_configured() {
     // A transaction is one write.
     let _: () = redis::cmd("MULTI").query(&mut f).unwrap();
     let _: () = redis::cmd("SET").arg("tx1").arg("1").query(&mut f).unwrap();
-    let err = redis::cmd("EXEC").query::<()>(&mut f).unwrap_err();
+    let err = match redis::cmd("EXEC").query::<redis::Value>(&mut f) {
+        Ok(v) => panic!(
+            "EXEC acknowledged during the shortfall: {v:?}; {}",
+            fail.shard()
+        ),
+        Err(e) => e,
+    };
     assert_eq!(err.code(), Some("NOQUORUM"), "{err}");
 
     let _: () = a.set("accepted", "1").unwrap();
