@@ -212,6 +212,16 @@ fn readers(
     (stop, threads)
 }
 
+/// `RAMPART POLICY <action> router <plugin> <config>`; the reply.
+fn policy_command(proxy: &Proxy, action: &str, plugin: &std::path::Path, config: &str) -> String {
+    let plugin = plugin.to_str().unwrap();
+    let mut args = vec!["RAMPART", "POLICY", action, "router", plugin];
+    if !config.is_empty() {
+        args.push(config);
+    }
+    proxy.cli(&args)
+}
+
 fn generation(proxy: &Proxy) -> u64 {
     let json: serde_json::Value =
         serde_json::from_str(&proxy.cli(&["RAMPART", "POLICY", "LIST"])).unwrap();
@@ -233,13 +243,7 @@ fn routers_are_swapped_under_load_without_dropping_a_request() {
 
     // By RESP: the primary-only plugin.
     let path = plugin("router-primary-only");
-    let answer = proxy.cli(&[
-        "RAMPART",
-        "POLICY",
-        "LOAD",
-        "router",
-        path.to_str().unwrap(),
-    ]);
+    let answer = policy_command(&proxy, "LOAD", &path, "");
     assert_eq!(answer.trim(), "OK generation 2");
     std::thread::sleep(Duration::from_millis(200));
     let served = served_by(&cluster, &proxy, 50);
@@ -294,26 +298,12 @@ fn a_plugin_that_fails_to_load_leaves_the_active_one_in_place() {
     let cluster = Cluster::start(1);
     let proxy = proxy_with_router_n(&cluster, "router-round-robin", 1);
     let hostile = rampart_tests::test_plugin("router-hostile");
-    let error = proxy.cli(&[
-        "RAMPART",
-        "POLICY",
-        "LOAD",
-        "router",
-        hostile.to_str().unwrap(),
-        "fail-configure",
-    ]);
+    let error = policy_command(&proxy, "LOAD", &hostile, "fail-configure");
     assert!(
         error.contains("configure") && error.contains("refuses"),
         "{error}"
     );
-    let error = proxy.cli(&[
-        "RAMPART",
-        "POLICY",
-        "LOAD",
-        "router",
-        hostile.to_str().unwrap(),
-        "loop-in-configure",
-    ]);
+    let error = policy_command(&proxy, "LOAD", &hostile, "loop-in-configure");
     assert!(error.contains("configure"), "{error}");
     let (status, body) = rampart_tests::http(
         proxy.admin.unwrap(),
@@ -342,14 +332,7 @@ fn a_plugin_that_keeps_trapping_is_rolled_back() {
     let proxy = proxy_with_router_n(&cluster, "router-round-robin", 1);
     let hostile = rampart_tests::test_plugin("router-hostile");
     // It passes the self-check (32 calls), then traps every 40th call.
-    let answer = proxy.cli(&[
-        "RAMPART",
-        "POLICY",
-        "LOAD",
-        "router",
-        hostile.to_str().unwrap(),
-        "trap-after:40",
-    ]);
+    let answer = policy_command(&proxy, "LOAD", &hostile, "trap-after:40");
     assert_eq!(answer.trim(), "OK generation 2");
     let mut c = proxy.conn();
     let _: () = c.set("p", "v").unwrap();
@@ -375,13 +358,7 @@ fn a_shadow_router_is_compared_then_activated() {
     let cluster = Cluster::start(2);
     let proxy = proxy_with_router(&cluster, "router-round-robin");
     let path = plugin("router-primary-only");
-    let answer = proxy.cli(&[
-        "RAMPART",
-        "POLICY",
-        "SHADOW",
-        "router",
-        path.to_str().unwrap(),
-    ]);
+    let answer = policy_command(&proxy, "SHADOW", &path, "");
     assert_eq!(answer.trim(), "OK generation 2");
     // The shadow decides nothing: reads still go to the replicas.
     assert_eq!(served_by(&cluster, &proxy, 100)[0], 0);
@@ -537,14 +514,7 @@ fn the_example_plugin_routes_by_prefix() {
     let cluster = Cluster::start(2);
     let proxy = proxy_with_router(&cluster, "router-round-robin");
     let path = rampart_tests::example_plugin();
-    let answer = proxy.cli(&[
-        "RAMPART",
-        "POLICY",
-        "LOAD",
-        "router",
-        path.to_str().unwrap(),
-        "prefix=session:",
-    ]);
+    let answer = policy_command(&proxy, "LOAD", &path, "prefix=session:");
     assert_eq!(answer.trim(), "OK generation 2");
     let mut c = proxy.conn();
     let _: () = c.set("session:1", "s").unwrap();
@@ -583,13 +553,6 @@ fn the_example_plugin_routes_by_prefix() {
     );
 
     // A bad configuration is refused with the plugin's own words.
-    let error = proxy.cli(&[
-        "RAMPART",
-        "POLICY",
-        "LOAD",
-        "router",
-        path.to_str().unwrap(),
-        "prefix",
-    ]);
+    let error = policy_command(&proxy, "LOAD", &path, "prefix");
     assert!(error.contains("expected prefix="), "{error}");
 }
