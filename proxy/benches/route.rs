@@ -29,6 +29,7 @@ fn shard(changes: &Arc<AtomicU64>) -> Shard {
         },
         max_reply_depth: 512,
         reply_timeout: None,
+        stats: Default::default(),
     };
     let nodes: Vec<Arc<Node>> = (1..=3)
         .map(|id| {

@@ -109,6 +109,7 @@ impl Server {
             connect: connect.clone(),
             max_reply_depth: config.limits.max_reply_depth,
             reply_timeout: Some(config.backend.reply_timeout()),
+            stats: Default::default(),
         };
         let mut shards = Vec::new();
         let mut next_id = 0;

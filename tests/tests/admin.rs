@@ -105,6 +105,73 @@ fn metrics_in_prometheus_format() {
         body.contains("rampart_policy_calls_total{shard=\"main\",kind=\"router\""),
         "{body}"
     );
+    assert!(body.contains("rampart_policy_calls_total{shard=\"main\",kind=\"quorum\""));
+    assert!(body.contains("rampart_policy_traps_total{shard=\"*\",kind=\"detector\""));
+    let connections = format!(
+        "rampart_node_connections{{shard=\"main\",node=\"{}\"}}",
+        cluster.primary().addr()
+    );
+    assert!(sample(&body, &connections).unwrap() >= 1.0, "{body}");
+    well_formed(&body);
+}
+
+/// Prometheus's text format: every sample after its family's HELP and
+/// TYPE, each family in one group.
+fn well_formed(body: &str) {
+    let mut seen = std::collections::HashSet::new();
+    let mut current = String::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split(' ').next().unwrap().to_string();
+            assert!(seen.insert(name.clone()), "{name} declared twice");
+            current = name;
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let name = line.split(['{', ' ']).next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|f| *f == current))
+            .unwrap_or(name);
+        assert_eq!(family, current, "`{line}` is outside its family's group");
+    }
+}
+
+#[test]
+fn requests_failed_by_a_node_are_counted() {
+    let cluster = Cluster::start(1);
+    let proxy = Proxy::start(
+        &cluster.addrs(),
+        Setup {
+            sections: "[probe]\ninterval_ms = 50\ntimeout_ms = 2000\ndown_after_ms = 5000\n[backend]\nreply_timeout_ms = 300\n",
+            ..Setup::default()
+        },
+    );
+    let admin = proxy.admin.unwrap();
+    let errors = format!(
+        "rampart_node_errors_total{{shard=\"main\",node=\"{}\"}}",
+        cluster.primary().addr()
+    );
+    let mut conn = proxy.conn();
+    redis::cmd("SET")
+        .arg("k")
+        .arg(1)
+        .query::<()>(&mut conn)
+        .unwrap();
+    assert_eq!(sample(&get(admin, "/metrics").1, &errors), Some(0.0));
+
+    // A stalled primary: the read times out on its link, which is reset.
+    cluster.primary().signal("STOP");
+    let failed = redis::cmd("GET").arg("k").query::<Option<i64>>(&mut conn);
+    cluster.primary().signal("CONT");
+    let error = failed
+        .expect_err("a stalled node's reply timed out")
+        .to_string();
+    assert!(error.contains("may or may not have run"), "{error}");
+    let body = get(admin, "/metrics").1;
+    assert_eq!(sample(&body, &errors), Some(1.0), "{body}");
 }
 
 #[test]

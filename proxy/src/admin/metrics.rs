@@ -6,8 +6,10 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::replicate::DurabilityView;
+use crate::route::PolicyView;
 use crate::server::Context;
-use crate::topology::{Health, Role};
+use crate::topology::{Health, NodeView, Role, Shard};
 
 /// What a batch of requests mostly was, for the latency histograms: the
 /// class of its first request.
@@ -88,233 +90,269 @@ pub fn render(ctx: &Context) -> String {
         );
     }
 
-    help(o, "rampart_clients", "gauge", "Client connections.");
-    let _ = writeln!(o, "rampart_clients {}", ctx.clients.load(Ordering::Relaxed));
+    family(
+        o,
+        "rampart_clients",
+        "gauge",
+        "Client connections.",
+        [(String::new(), ctx.clients.load(Ordering::Relaxed) as f64)],
+    );
 
-    help(
-        o,
-        "rampart_node_requests_total",
-        "counter",
-        "Commands forwarded to each node.",
-    );
-    help(
-        o,
-        "rampart_node_up",
-        "gauge",
-        "1 when the node answers probes, 0.5 suspect, 0 down.",
-    );
-    help(
-        o,
-        "rampart_node_primary",
-        "gauge",
-        "1 for the shard's current primary.",
-    );
-    help(
-        o,
-        "rampart_node_role",
-        "gauge",
-        "The role the node reports: 1 primary, 2 replica, 0 unknown.",
-    );
-    help(
-        o,
-        "rampart_node_serves_reads",
-        "gauge",
-        "1 when the node may serve reads.",
-    );
-    help(
-        o,
-        "rampart_node_replication_offset",
-        "gauge",
-        "Replication offset at the last probe.",
-    );
-    help(
-        o,
-        "rampart_node_replication_lag_bytes",
-        "gauge",
-        "How far a replica trails its primary, in bytes.",
-    );
-    help(
-        o,
-        "rampart_node_replication_lag_seconds",
-        "gauge",
-        "How far a replica trails its primary, in time.",
-    );
+    // Every sample of a metric must follow its HELP and TYPE as one group,
+    // so the rendering goes metric by metric, not node by node.
+    let mut nodes = Vec::new();
     for shard in &ctx.topology.shards {
         let primary = shard.primary_node().map(|p| p.id);
         for node in &shard.nodes {
             let labels = format!("shard=\"{}\",node=\"{}\"", shard.name, node.addr);
-            let view = node.snapshot(primary == Some(node.id));
-            let up = match view.health {
+            nodes.push((labels, node.snapshot(primary == Some(node.id))));
+        }
+    }
+    type NodeMetric = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&NodeView) -> f64,
+    );
+    const NODE_METRICS: &[NodeMetric] = &[
+        (
+            "rampart_node_requests_total",
+            "counter",
+            "Commands forwarded to each node.",
+            |n| n.requests as f64,
+        ),
+        (
+            "rampart_node_errors_total",
+            "counter",
+            "Commands answered with an error because the node's connection failed or was down.",
+            |n| n.errors as f64,
+        ),
+        (
+            "rampart_node_connections",
+            "gauge",
+            "Connections open to the node (shared links and dedicated connections).",
+            |n| n.connections as f64,
+        ),
+        (
+            "rampart_node_up",
+            "gauge",
+            "1 when the node answers probes, 0.5 suspect, 0 down.",
+            |n| match n.health {
                 Health::Up => 1.0,
                 Health::Suspect => 0.5,
                 Health::Down => 0.0,
-            };
-            let role = match view.role {
-                Role::Primary => 1,
-                Role::Replica => 2,
-                Role::Unknown => 0,
-            };
-            let _ = writeln!(
-                o,
-                "rampart_node_requests_total{{{labels}}} {}",
-                view.requests
-            );
-            let _ = writeln!(o, "rampart_node_up{{{labels}}} {up}");
-            let _ = writeln!(o, "rampart_node_primary{{{labels}}} {}", view.primary as u8);
-            let _ = writeln!(o, "rampart_node_role{{{labels}}} {role}");
-            let _ = writeln!(
-                o,
-                "rampart_node_serves_reads{{{labels}}} {}",
-                view.serves_reads as u8
-            );
-            let _ = writeln!(
-                o,
-                "rampart_node_replication_offset{{{labels}}} {}",
-                view.offset
-            );
-            let _ = writeln!(
-                o,
-                "rampart_node_replication_lag_bytes{{{labels}}} {}",
-                view.lag_bytes
-            );
-            let _ = writeln!(
-                o,
-                "rampart_node_replication_lag_seconds{{{labels}}} {}",
-                view.lag_ms as f64 / 1e3
-            );
-        }
-    }
-
-    help(
-        o,
-        "rampart_shard_epoch",
-        "gauge",
-        "The shard's epoch: bumped by every promotion.",
-    );
-    help(
-        o,
-        "rampart_shard_failing_over",
-        "gauge",
-        "1 while a failover or switchover holds writes.",
-    );
-    help(
-        o,
-        "rampart_shard_held_clients",
-        "gauge",
-        "Clients whose writes wait for a primary.",
-    );
-    help(
-        o,
-        "rampart_shard_wait_total",
-        "counter",
-        "WAITs sent after synchronous writes.",
-    );
-    help(
-        o,
-        "rampart_shard_quorum_shortfalls_total",
-        "counter",
-        "WAITs that came back with fewer acknowledgements than required.",
-    );
-    help(
-        o,
-        "rampart_shard_noquorum_writes_total",
-        "counter",
-        "Writes answered with -NOQUORUM.",
-    );
-    help(
-        o,
-        "rampart_shard_required_acks",
-        "gauge",
-        "Replica acknowledgements a write needs (0: asynchronous).",
-    );
-    for shard in &ctx.topology.shards {
-        let labels = format!("shard=\"{}\"", shard.name);
-        let d = shard.durability.view();
-        let _ = writeln!(o, "rampart_shard_epoch{{{labels}}} {}", shard.epoch());
-        let _ = writeln!(
+            },
+        ),
+        (
+            "rampart_node_primary",
+            "gauge",
+            "1 for the shard's current primary.",
+            |n| n.primary as u8 as f64,
+        ),
+        (
+            "rampart_node_role",
+            "gauge",
+            "The role the node reports: 1 primary, 2 replica, 0 unknown.",
+            |n| match n.role {
+                Role::Primary => 1.0,
+                Role::Replica => 2.0,
+                Role::Unknown => 0.0,
+            },
+        ),
+        (
+            "rampart_node_serves_reads",
+            "gauge",
+            "1 when the node may serve reads.",
+            |n| n.serves_reads as u8 as f64,
+        ),
+        (
+            "rampart_node_replication_offset",
+            "gauge",
+            "Replication offset at the last probe.",
+            |n| n.offset as f64,
+        ),
+        (
+            "rampart_node_replication_lag_bytes",
+            "gauge",
+            "How far a replica trails its primary, in bytes.",
+            |n| n.lag_bytes as f64,
+        ),
+        (
+            "rampart_node_replication_lag_seconds",
+            "gauge",
+            "How far a replica trails its primary, in time.",
+            |n| n.lag_ms as f64 / 1e3,
+        ),
+        (
+            "rampart_node_probe_rtt_seconds",
+            "gauge",
+            "Round trip of the last answered probe.",
+            |n| n.rtt_us as f64 / 1e6,
+        ),
+    ];
+    for (name, kind, text, value) in NODE_METRICS {
+        family(
             o,
-            "rampart_shard_failing_over{{{labels}}} {}",
-            shard.is_failing_over() as u8
-        );
-        let _ = writeln!(
-            o,
-            "rampart_shard_held_clients{{{labels}}} {}",
-            shard.held.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(o, "rampart_shard_wait_total{{{labels}}} {}", d.waits);
-        let _ = writeln!(
-            o,
-            "rampart_shard_quorum_shortfalls_total{{{labels}}} {}",
-            d.shortfalls
-        );
-        let _ = writeln!(
-            o,
-            "rampart_shard_noquorum_writes_total{{{labels}}} {}",
-            d.failed_writes
-        );
-        let _ = writeln!(o, "rampart_shard_required_acks{{{labels}}} {}", d.acks);
-    }
-
-    help(o, "rampart_failover_events_total", "counter", "Control-loop events by kind: promoted (failovers), promotion-refused, fenced, switchover, policy-rolled-back ...");
-    for ((shard, kind), count) in ctx.events.counts() {
-        let _ = writeln!(
-            o,
-            "rampart_failover_events_total{{shard=\"{shard}\",kind=\"{kind}\"}} {count}"
+            name,
+            kind,
+            text,
+            nodes.iter().map(|(l, n)| (l.clone(), value(n))),
         );
     }
 
-    help(
-        o,
-        "rampart_policy_calls_total",
-        "counter",
-        "Calls into the active router.",
+    let shards: Vec<(String, &Shard, DurabilityView)> = ctx
+        .topology
+        .shards
+        .iter()
+        .map(|s| (format!("shard=\"{}\"", s.name), &**s, s.durability.view()))
+        .collect();
+    type ShardMetric = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&Shard, &DurabilityView) -> f64,
     );
-    help(
+    const SHARD_METRICS: &[ShardMetric] = &[
+        (
+            "rampart_shard_epoch",
+            "gauge",
+            "The shard's epoch: bumped by every promotion.",
+            |s, _| s.epoch() as f64,
+        ),
+        (
+            "rampart_shard_failing_over",
+            "gauge",
+            "1 while a failover or switchover holds writes.",
+            |s, _| s.is_failing_over() as u8 as f64,
+        ),
+        (
+            "rampart_shard_held_clients",
+            "gauge",
+            "Clients whose writes wait for a primary.",
+            |s, _| s.held.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "rampart_shard_wait_total",
+            "counter",
+            "WAITs sent after synchronous writes.",
+            |_, d| d.waits as f64,
+        ),
+        (
+            "rampart_shard_quorum_shortfalls_total",
+            "counter",
+            "WAITs that came back with fewer acknowledgements than required.",
+            |_, d| d.shortfalls as f64,
+        ),
+        (
+            "rampart_shard_noquorum_writes_total",
+            "counter",
+            "Writes answered with -NOQUORUM.",
+            |_, d| d.failed_writes as f64,
+        ),
+        (
+            "rampart_shard_required_acks",
+            "gauge",
+            "Replica acknowledgements a write needs (0: asynchronous).",
+            |_, d| d.acks as f64,
+        ),
+    ];
+    for (name, kind, text, value) in SHARD_METRICS {
+        family(
+            o,
+            name,
+            kind,
+            text,
+            shards.iter().map(|(l, s, d)| (l.clone(), value(s, d))),
+        );
+    }
+
+    family(
         o,
-        "rampart_policy_traps_total",
+        "rampart_failover_events_total",
         "counter",
-        "Router calls that trapped (or ran out of time or memory).",
+        "Control-loop events by kind: promoted (failovers), promotion-refused, fenced, switchover, policy-rolled-back ...",
+        ctx.events.counts().into_iter().map(|((shard, kind), count)| {
+            (format!("shard=\"{shard}\",kind=\"{kind}\""), count as f64)
+        }),
     );
-    help(
-        o,
-        "rampart_policy_fallbacks_total",
-        "counter",
-        "Reads sent to the primary because the router failed.",
-    );
-    help(
+
+    // Every policy in force: each shard's router and quorum, the detector.
+    let views = ctx.policies();
+    let mut policies: Vec<(String, PolicyView)> = Vec::new();
+    for (shard, slot) in &views.router {
+        policies.push((
+            format!("shard=\"{shard}\",kind=\"router\""),
+            slot.active.policy.clone(),
+        ));
+    }
+    for (shard, quorum) in &views.quorum {
+        policies.push((format!("shard=\"{shard}\",kind=\"quorum\""), quorum.clone()));
+    }
+    policies.push((
+        "shard=\"*\",kind=\"detector\"".to_string(),
+        views.detector.clone(),
+    ));
+    type PolicyMetric = (&'static str, &'static str, fn(&PolicyView) -> u64);
+    const POLICY_METRICS: &[PolicyMetric] = &[
+        (
+            "rampart_policy_calls_total",
+            "Calls into the policy.",
+            |p| p.calls,
+        ),
+        (
+            "rampart_policy_traps_total",
+            "Calls that trapped (or ran out of time or memory).",
+            |p| p.traps,
+        ),
+        (
+            "rampart_policy_fallbacks_total",
+            "Decisions made by the fallback because the policy failed.",
+            |p| p.fallbacks,
+        ),
+    ];
+    for (name, text, value) in POLICY_METRICS {
+        family(
+            o,
+            name,
+            "counter",
+            text,
+            policies
+                .iter()
+                .map(|(l, p)| (format!("{l},name=\"{}\"", p.name), value(p) as f64)),
+        );
+    }
+    family(
         o,
         "rampart_policy_generation",
         "gauge",
         "The active router generation.",
+        views.router.iter().map(|(shard, slot)| {
+            (
+                format!("shard=\"{shard}\",kind=\"router\""),
+                slot.active.generation as f64,
+            )
+        }),
     );
-    for (shard, slot) in ctx.routers_view() {
-        let a = &slot.active;
-        let labels = format!(
-            "shard=\"{shard}\",kind=\"router\",name=\"{}\"",
-            a.policy.name
-        );
-        let _ = writeln!(
-            o,
-            "rampart_policy_calls_total{{{labels}}} {}",
-            a.policy.calls
-        );
-        let _ = writeln!(
-            o,
-            "rampart_policy_traps_total{{{labels}}} {}",
-            a.policy.traps
-        );
-        let _ = writeln!(
-            o,
-            "rampart_policy_fallbacks_total{{{labels}}} {}",
-            a.policy.fallbacks
-        );
-        let _ = writeln!(
-            o,
-            "rampart_policy_generation{{shard=\"{shard}\",kind=\"router\"}} {}",
-            a.generation
-        );
-    }
     out
+}
+
+/// One metric: its HELP and TYPE, then every sample (`labels` without
+/// braces, empty for none).
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    text: &str,
+    samples: impl IntoIterator<Item = (String, f64)>,
+) {
+    help(out, name, kind, text);
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
 }
 
 fn help(out: &mut String, name: &str, kind: &str, text: &str) {

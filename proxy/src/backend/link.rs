@@ -15,7 +15,7 @@
 //! blocking command) carry connection state that a reconnect would lose, so
 //! they live exactly as long as their connection.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,7 +64,8 @@ impl BatchReply {
 }
 
 /// Fails a batch that could not be sent at all.
-pub fn refuse(batch: Batch, error: Arc<str>) {
+fn refuse(batch: Batch, error: Arc<str>, stats: &LinkStats) {
+    stats.failed(batch.replies);
     let _ = batch.reply.send(BatchReply::failed(error));
 }
 
@@ -75,6 +76,26 @@ pub struct LinkOptions {
     pub max_reply_depth: usize,
     /// `None` for links that run blocking commands.
     pub reply_timeout: Option<Duration>,
+    /// Counters of the node these links go to (one per node: the pool
+    /// sets it).
+    pub stats: Arc<LinkStats>,
+}
+
+/// What a node's links have seen, for the metrics.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Requests answered with an error because their connection failed, or
+    /// was down when they came.
+    pub failed_requests: AtomicU64,
+    /// Connections open now, shared and dedicated.
+    pub connections: AtomicI64,
+}
+
+impl LinkStats {
+    fn failed(&self, requests: usize) {
+        self.failed_requests
+            .fetch_add(requests as u64, Ordering::Relaxed);
+    }
 }
 
 /// Called when a shared link loses its connection or cannot connect: a
@@ -83,6 +104,7 @@ pub type OnFailure = Arc<dyn Fn(&str) + Send + Sync>;
 
 struct State {
     addr: String,
+    stats: Arc<LinkStats>,
     /// False once a dedicated link's connection is gone, or while a shared
     /// link is reconnecting.
     up: AtomicBool,
@@ -114,6 +136,7 @@ impl Link {
         let (tx, rx) = mpsc::channel(QUEUE);
         let state = Arc::new(State {
             addr: addr.clone(),
+            stats: opts.stats.clone(),
             up: AtomicBool::new(false),
         });
         let span = tracing::info_span!("link", node = %addr, proto = session.proto.number());
@@ -131,6 +154,7 @@ impl Link {
         let (tx, mut rx) = mpsc::channel(QUEUE);
         let state = Arc::new(State {
             addr: addr.to_string(),
+            stats: opts.stats.clone(),
             up: AtomicBool::new(true),
         });
         let task_state = state.clone();
@@ -143,7 +167,7 @@ impl Link {
                 rx.close();
                 let error = lost(&task_state.addr, &reason);
                 while let Ok(batch) = rx.try_recv() {
-                    refuse(batch, error.clone());
+                    refuse(batch, error.clone(), &opts.stats);
                 }
             }
             .instrument(span),
@@ -154,7 +178,11 @@ impl Link {
     /// Queues a batch; waits while the link's queue is full (backpressure).
     pub async fn send(&self, batch: Batch) {
         if let Err(mpsc::error::SendError(batch)) = self.tx.send(batch).await {
-            refuse(batch, lost(&self.state.addr, "link closed"));
+            refuse(
+                batch,
+                lost(&self.state.addr, "link closed"),
+                &self.state.stats,
+            );
         }
     }
 
@@ -219,7 +247,7 @@ async fn supervise(
             tokio::select! {
                 _ = tokio::time::sleep_until(retry_at) => break,
                 batch = rx.recv() => match batch {
-                    Some(batch) => refuse(batch, error.clone()),
+                    Some(batch) => refuse(batch, error.clone(), &opts.stats),
                     None => return,
                 },
             }
@@ -261,6 +289,7 @@ async fn serve(
     opts: &LinkOptions,
     addr: &str,
 ) -> String {
+    opts.stats.connections.fetch_add(1, Ordering::Relaxed);
     let (rd, wr) = stream.into_split();
     let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel();
     let mut reader = Reader {
@@ -281,7 +310,9 @@ async fn serve(
         Ok(()) => "closed".to_string(),
         Err(e) => e,
     };
-    reader.fail(&mut inflight_rx, lost(addr, &reason));
+    let failed = reader.fail(&mut inflight_rx, lost(addr, &reason));
+    opts.stats.failed(failed);
+    opts.stats.connections.fetch_sub(1, Ordering::Relaxed);
     reason
 }
 
@@ -545,16 +576,26 @@ impl Reader {
     ///
     /// Held durable batches fail too: their writes reached the primary, but
     /// whether they reached the replicas is unknown.
-    fn fail(&mut self, inflight: &mut mpsc::UnboundedReceiver<InFlight>, error: Arc<str>) {
-        for (reply, _) in self.held.drain(..) {
+    /// Answers everything in flight with `error`; returns how many
+    /// requests that failed.
+    fn fail(&mut self, inflight: &mut mpsc::UnboundedReceiver<InFlight>, error: Arc<str>) -> usize {
+        let mut failed = 0;
+        for (reply, held) in self.held.drain(..) {
+            failed += held.got;
             let _ = reply.send(BatchReply::failed(error.clone()));
         }
-        if let Some(InFlight::Batch { reply, durable, .. }) = self.current.take() {
+        if let Some(InFlight::Batch {
+            reply,
+            durable,
+            replies,
+        }) = self.current.take()
+        {
             let data = self.buf.split_to(self.consumed).freeze();
             let (data, got) = match durable {
                 None => (data, self.done),
                 Some(_) => (Bytes::new(), 0),
             };
+            failed += replies - got;
             let _ = reply.send(BatchReply {
                 data,
                 got,
@@ -563,10 +604,12 @@ impl Reader {
         }
         inflight.close();
         while let Ok(next) = inflight.try_recv() {
-            if let InFlight::Batch { reply, .. } = next {
+            if let InFlight::Batch { reply, replies, .. } = next {
+                failed += replies;
                 let _ = reply.send(BatchReply::failed(error.clone()));
             }
         }
+        failed
     }
 }
 

@@ -9,12 +9,12 @@
 //! - Raw connections are handed over for good to sessions that become a
 //!   stream of pushed messages (SUBSCRIBE, MONITOR).
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::net::TcpStream;
 
 use super::connect::{connect, Session};
-use super::link::{Link, LinkOptions, OnFailure};
+use super::link::{Link, LinkOptions, LinkStats, OnFailure};
 use crate::resp::Proto;
 
 pub struct NodePool {
@@ -44,12 +44,14 @@ fn slot(proto: Proto) -> usize {
 impl NodePool {
     pub fn new(
         addr: String,
-        opts: LinkOptions,
+        mut opts: LinkOptions,
         links_per_node: usize,
         max_idle: usize,
         workers: usize,
         on_failure: OnFailure,
     ) -> NodePool {
+        // Every link to this node counts into the node's own counters.
+        opts.stats = Arc::new(LinkStats::default());
         NodePool {
             addr,
             opts,
@@ -143,5 +145,9 @@ impl NodePool {
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    pub fn stats(&self) -> &LinkStats {
+        &self.opts.stats
     }
 }

@@ -207,6 +207,8 @@ impl Node {
             lag_ms: self.lag_ms(),
             rtt_us: self.rtt_us(),
             requests: self.requests.load(Ordering::Relaxed),
+            errors: self.pool.stats().failed_requests.load(Ordering::Relaxed),
+            connections: self.pool.stats().connections.load(Ordering::Relaxed),
         }
     }
 }
@@ -471,4 +473,9 @@ pub struct NodeView {
     /// Round trip of the last answered probe.
     pub rtt_us: u32,
     pub requests: u64,
+    /// Requests answered with an error because the node's connection
+    /// failed or was down.
+    pub errors: u64,
+    /// Connections open to the node now.
+    pub connections: i64,
 }
