@@ -172,6 +172,16 @@ pub enum DetectorKind {
     PhiAccrual,
 }
 
+impl DetectorKind {
+    /// As written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            DetectorKind::FixedTimeout => "fixed-timeout",
+            DetectorKind::PhiAccrual => "phi-accrual",
+        }
+    }
+}
+
 impl Default for ProbeConfig {
     fn default() -> ProbeConfig {
         ProbeConfig {
@@ -347,16 +357,37 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-        Config::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+        Config::parse_with(&text, |name| std::env::var(name).ok())
+            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
     }
 
+    /// The file's text alone, without the environment.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with(text, |_| None)
+    }
+
+    /// Secrets the file leaves unset come from the environment (`env`), so
+    /// a config file can be shared (a Kubernetes ConfigMap, a repository)
+    /// while the secrets live elsewhere.
+    pub fn parse_with(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::parse(text).map_err(|e| ConfigError(e.to_string()))?;
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
             ConfigError(format!("field `{path}`: {}", inner.trim_end()))
         })?;
+        for (field, variable) in [
+            (&mut config.admin.token, "RAMPART_ADMIN_TOKEN"),
+            (&mut config.proxy.password, "RAMPART_PASSWORD"),
+            (&mut config.backend.password, "RAMPART_BACKEND_PASSWORD"),
+        ] {
+            if field.is_none() {
+                *field = env(variable).filter(|value| !value.is_empty());
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -479,6 +510,73 @@ mod tests {
         nodes = ["127.0.0.1:7001", "127.0.0.1:7002"]
         read_from = "replicas"
     "#;
+
+    /// `examples/configs/reference.toml` documents every field with its
+    /// default: it must parse to exactly what the bare minimum parses to,
+    /// and name every field there is.
+    #[test]
+    fn the_reference_config_is_every_default() {
+        let reference = include_str!("../../examples/configs/reference.toml");
+        let minimal = r#"
+            [proxy]
+            listen = "127.0.0.1:6380"
+            [admin]
+            listen = "127.0.0.1:6381"
+            [shards.main]
+            nodes = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
+        "#;
+        let full = format!("{:?}", Config::parse(reference).unwrap());
+        assert_eq!(full, format!("{:?}", Config::parse(minimal).unwrap()));
+        // Field names as Debug prints them (`name: value`).
+        let fields = full
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .filter_map(|word| word.strip_suffix(':'))
+            .filter(|name| {
+                name.chars().all(|c| c.is_ascii_lowercase() || c == '_') && !name.is_empty()
+            });
+        for field in fields {
+            let documented = [
+                format!("{field} ="),
+                format!("[{field}]"),
+                format!("[{field}."),
+                format!(".{field}]"),
+            ];
+            assert!(
+                documented.iter().any(|d| reference.contains(d.as_str())),
+                "reference.toml does not document `{field}`"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_left_unset_come_from_the_environment() {
+        let text = format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:6381\"\n");
+        let env = |name: &str| match name {
+            "RAMPART_ADMIN_TOKEN" => Some("from-env".to_string()),
+            "RAMPART_BACKEND_PASSWORD" => Some("node-secret".to_string()),
+            _ => None,
+        };
+        let config = Config::parse_with(&text, env).unwrap();
+        assert_eq!(config.admin.token.as_deref(), Some("from-env"));
+        assert_eq!(config.backend.password.as_deref(), Some("node-secret"));
+        assert_eq!(config.proxy.password, None);
+        // Without it, an admin listener open to the network is refused.
+        let refused = Config::parse(&text).unwrap_err().to_string();
+        assert!(refused.contains("admin.token"), "{refused}");
+        // The file wins over the environment.
+        let pinned = text.replace(
+            "listen = \"0.0.0.0:6381\"",
+            "listen = \"0.0.0.0:6381\"\ntoken = \"file\"",
+        );
+        assert_eq!(
+            Config::parse_with(&pinned, env)
+                .unwrap()
+                .admin
+                .token
+                .as_deref(),
+            Some("file")
+        );
+    }
 
     #[test]
     fn good_config_has_defaults() {

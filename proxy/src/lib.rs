@@ -8,10 +8,12 @@
 
 pub mod admin;
 pub mod backend;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod failover;
 pub mod policy;
+pub mod reload;
 pub mod replicate;
 pub mod resp;
 pub mod route;

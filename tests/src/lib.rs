@@ -4,6 +4,7 @@
 //! Everything started here is stopped when its handle drops, also when a
 //! test fails, so a failing test never leaves servers behind.
 
+pub mod browser;
 pub mod forwarder;
 
 use std::io::{Read, Write};
@@ -287,7 +288,7 @@ impl Proxy {
     pub fn watch_config(&self, path: &std::path::Path) {
         if let Some(runtime) = &self.runtime {
             let _guard = runtime.enter();
-            rampart::policy::reload::spawn(self.server.context.clone(), path.to_path_buf());
+            rampart::reload::spawn(self.server.context.clone(), path.to_path_buf());
         }
     }
 
@@ -344,13 +345,32 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, St
     let mut s = TcpStream::connect(addr).expect("connect to the admin listener");
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     let _ = s.write_all(head.as_bytes());
     let _ = s.write_all(body);
-    let mut response = String::new();
-    let _ = s.read_to_string(&mut response);
+    // Read up to the end of the body Content-Length announces: not every
+    // server closes the connection when asked (Chromium's DevTools does not).
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|len| response.len() >= end + 4 + len) {
+                break;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let response = String::from_utf8_lossy(&response);
     let status = response
         .split_whitespace()
         .nth(1)

@@ -386,7 +386,7 @@ fn editing_the_config_file_reloads_the_router() {
     let cluster = Cluster::start(2);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rampart.toml");
-    let write = |router: &str| {
+    let write_with = |router: &str, sections: &str| {
         let shard = format!(
             "read_from = \"replicas\"\nrouter = \"{}\"",
             plugin(router).display()
@@ -395,11 +395,13 @@ fn editing_the_config_file_reloads_the_router() {
             &cluster.addrs(),
             Setup {
                 shard: &shard,
+                sections,
                 ..Setup::default()
             },
         );
         std::fs::write(&file, text).unwrap();
     };
+    let write = |router: &str| write_with(router, "");
     write("router-round-robin");
     let proxy = Proxy::start_with(&std::fs::read_to_string(&file).unwrap());
     proxy.wait_serving_replicas(2, Duration::from_secs(5));
@@ -416,6 +418,26 @@ fn editing_the_config_file_reloads_the_router() {
         generation(&proxy) == 2
     });
     assert_eq!(served_by(&cluster, &proxy, 50), [50, 0, 0]);
+
+    // A setting that cannot change live is named, not silently ignored.
+    write_with(
+        "router-primary-only",
+        "[probe]\ninterval_ms = 70\n[log]\nlevel = \"debug\"\n",
+    );
+    wait_until("the reload event", Duration::from_secs(10), || {
+        proxy
+            .event_kinds()
+            .iter()
+            .filter(|k| *k == "config-reloaded")
+            .count()
+            == 2
+    });
+    let last = proxy.events().pop().unwrap();
+    assert_eq!(
+        last["detail"],
+        "applied now: log.level; at the next start: probe.interval_ms"
+    );
+    assert_eq!(generation(&proxy), 2, "an unchanged router is not reloaded");
 }
 
 /// A proxy whose sections (after `[shards.main]`) are `extra`.

@@ -1,4 +1,5 @@
-//! The admin HTTP listener (hyper): health and the topology as JSON. It runs
+//! The admin HTTP listener (hyper): health, the topology, events and
+//! policies as JSON, Prometheus metrics, the live dashboard. It runs
 //! beside the data path and shares nothing with it but the topology.
 
 use std::convert::Infallible;
@@ -67,6 +68,7 @@ async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> 
         return policy(req, ctx, rest.to_string()).await;
     }
     match (req.method(), path.as_str()) {
+        (&Method::GET, "/" | "/dashboard") => dashboard(),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             let missing: Vec<&str> = ctx
@@ -153,8 +155,9 @@ fn percent_decode(text: &str) -> String {
 /// The largest plugin accepted over HTTP.
 const MAX_PLUGIN_BYTES: usize = 64 * 1024 * 1024;
 
-/// `PUT /v1/policies/router` (body: the `.wasm`; `?config=` the text for
-/// its `configure`, `?shard=` which shard, default the first), `PUT
+/// `PUT /v1/policies/router` (body: the `.wasm`, or no body and
+/// `?builtin=<name>`; `?config=` the text for its `configure`, `?shard=`
+/// which shard, default the first), `PUT
 /// /v1/policies/router/shadow` (the same, as a shadow), `POST
 /// /v1/policies/router/activate` and `.../rollback`.
 async fn policy(req: Request<Incoming>, ctx: &Context, rest: String) -> Response<Full<Bytes>> {
@@ -177,6 +180,7 @@ async fn policy(req: Request<Incoming>, ctx: &Context, rest: String) -> Response
                 Mode::Shadow
             };
             let config = query(&req, "config").unwrap_or_default();
+            let builtin = query(&req, "builtin");
             let body = http_body_util::Limited::new(req.into_body(), MAX_PLUGIN_BYTES);
             let bytes = match body.collect().await {
                 Ok(collected) => collected.to_bytes(),
@@ -187,16 +191,15 @@ async fn policy(req: Request<Incoming>, ctx: &Context, rest: String) -> Response
                     )
                 }
             };
-            if bytes.is_empty() {
-                return text(
+            let source = match (bytes.is_empty(), builtin) {
+                (false, None) => Source::Upload(bytes.to_vec()),
+                (true, Some(name)) => Source::Builtin(name),
+                _ => return text(
                     StatusCode::BAD_REQUEST,
-                    "the request body must be the plugin's .wasm\n",
-                );
-            }
-            match ctx
-                .load_router(&shard, Source::Upload(bytes.to_vec()), config, mode)
-                .await
-            {
+                    "send either the plugin's .wasm as the body or ?builtin=<name> with no body\n",
+                ),
+            };
+            match ctx.load_router(&shard, source, config, mode).await {
                 Ok(view) => return json(&view),
                 Err(e) => Err(e),
             }
@@ -214,6 +217,27 @@ async fn policy(req: Request<Incoming>, ctx: &Context, rest: String) -> Response
         Err(e) if e.starts_with("no shard") => text(StatusCode::NOT_FOUND, &format!("{e}\n")),
         Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e}\n")),
     }
+}
+
+/// The live dashboard: one self-contained page that polls the GET
+/// endpoints above, so it shows nothing an operator's scripts cannot see.
+fn dashboard() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(include_bytes!(
+        "dashboard.html"
+    ))));
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // Its only script is inline and it only talks to this listener.
+    headers.insert(
+        hyper::header::CONTENT_SECURITY_POLICY,
+        hyper::header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+        ),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -19,7 +19,6 @@
 
 mod detector;
 mod quorum;
-pub mod reload;
 mod router;
 mod sandbox;
 pub mod slot;

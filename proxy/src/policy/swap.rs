@@ -233,9 +233,7 @@ impl Context {
                 .collect(),
             detector: match &self.detector {
                 Some(plugin) => plugin.describe(),
-                None => {
-                    PolicyView::native(&format!("{:?}", self.config.probe.detector).to_lowercase())
-                }
+                None => PolicyView::native(self.config.probe.detector.name()),
             },
         }
     }

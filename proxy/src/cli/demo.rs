@@ -1,0 +1,244 @@
+//! `rampart demo`: three local redis-server nodes (a primary and two
+//! replicas) with Rampart in front, configured exactly as
+//! `examples/configs/local.toml` says except for the ports asked for. For
+//! trying Rampart out, not for production: the nodes keep no data on disk
+//! and everything stops with Ctrl-C.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use super::progress::Step;
+use super::run::{drain, init_logging, wait_for_stop_signal};
+use crate::{Config, Server};
+
+/// The configuration the demo runs, ports and state directory aside.
+const LOCAL_TOML: &str = include_str!("../../../examples/configs/local.toml");
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Where Redis clients connect.
+    #[arg(long, default_value_t = 6380)]
+    port: u16,
+    /// The admin HTTP listener (dashboard, API).
+    #[arg(long, default_value_t = 6381)]
+    admin_port: u16,
+    /// Ports of the three nodes; the first starts as the primary.
+    #[arg(long, value_delimiter = ',', default_values_t = [7001, 7002, 7003])]
+    nodes: Vec<u16>,
+    /// The redis-server binary.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: String,
+}
+
+pub fn demo(args: DemoArgs) -> ExitCode {
+    match start_and_wait(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rampart demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start_and_wait(args: DemoArgs) -> Result<(), String> {
+    if args.nodes.len() != 3 {
+        return Err(format!(
+            "--nodes: expected three ports (e.g. 7001,7002,7003), got {}",
+            args.nodes.len()
+        ));
+    }
+    let mut config = Config::parse(LOCAL_TOML).map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("rampart-demo-{}", std::process::id()));
+    let mut nodes = Nodes {
+        children: Vec::new(),
+        dir: dir.clone(),
+    };
+    let primary = args.nodes[0];
+    for &port in &args.nodes {
+        let role = if port == primary {
+            "primary"
+        } else {
+            "replica"
+        };
+        let step = Step::start(&format!("starting redis-server 127.0.0.1:{port} ({role})"));
+        let started = nodes.start(&args.redis_server, port, primary);
+        step.finish(started, "up")?;
+    }
+    let step = Step::start("waiting for the replicas to copy the primary");
+    let synced = wait(Duration::from_secs(30), || {
+        args.nodes[1..].iter().all(|&port| {
+            call(port, "INFO replication")
+                .is_some_and(|info| info.contains("master_link_status:up"))
+        })
+    });
+    step.finish(synced, "in sync")?;
+
+    config.proxy.listen = format!("127.0.0.1:{}", args.port);
+    config.admin.listen = Some(format!("127.0.0.1:{}", args.admin_port));
+    config.failover.state_dir = Some(dir.join("state").display().to_string());
+    for shard in config.shards.values_mut() {
+        shard.nodes = args
+            .nodes
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+    }
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        eprintln!("starting Rampart on 127.0.0.1:{}", args.port);
+        let server = Server::start(config)
+            .await
+            .map_err(|e| format!("cannot start Rampart: {e}"))?;
+        println!("{}", instructions(&args));
+        wait_for_stop_signal().await;
+        drain(&server).await;
+        Ok::<(), String>(())
+    })?;
+    drop(nodes);
+    eprintln!("stopped the nodes and Rampart");
+    Ok(())
+}
+
+fn instructions(args: &DemoArgs) -> String {
+    let (port, admin) = (args.port, args.admin_port);
+    let [primary, second, third] = [args.nodes[0], args.nodes[1], args.nodes[2]];
+    let tips = [
+        (
+            format!("redis-cli -p {port}"),
+            "talk to Redis through Rampart",
+        ),
+        (
+            format!("http://127.0.0.1:{admin}/dashboard"),
+            "the live dashboard",
+        ),
+        (
+            format!("rampart status --admin 127.0.0.1:{admin}"),
+            "the topology as a table",
+        ),
+        (
+            format!("redis-cli -p {port} RAMPART SWITCHOVER main 127.0.0.1:{second}"),
+            "move the primary: no errors, no lost writes",
+        ),
+        (
+            format!("redis-cli -p {primary} SHUTDOWN NOSAVE"),
+            "or kill it: Rampart fails over in about a second",
+        ),
+        (
+            format!("rampart events --admin 127.0.0.1:{admin}"),
+            "what Rampart did, step by step",
+        ),
+    ];
+    let width = tips
+        .iter()
+        .map(|(command, _)| command.len())
+        .max()
+        .unwrap_or(0);
+    let mut out = format!(
+        "\nRampart is up in front of 127.0.0.1:{primary} (primary), :{second} and :{third} (replicas).\n"
+    );
+    for (command, what) in tips {
+        out.push_str(&format!("  {command:<width$}   {what}\n"));
+    }
+    out.push_str("Ctrl-C stops the nodes and Rampart.");
+    out
+}
+
+/// The demo's redis-server processes; stopped and their directory removed
+/// on drop, also when the demo fails half way.
+struct Nodes {
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Nodes {
+    fn start(&mut self, binary: &str, port: u16, primary: u16) -> Result<(), String> {
+        let dir = self.dir.join(port.to_string());
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut command = Command::new(binary);
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            // Replicas copy the primary at once rather than after 5 s.
+            .args(["--repl-diskless-sync-delay", "0"])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if port != primary {
+            command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+        }
+        let child = command.spawn().map_err(|e| {
+            format!("cannot run {binary}: {e} (on Debian/Ubuntu: apt-get install -y redis-server)")
+        })?;
+        self.children.push(child);
+        wait(Duration::from_secs(10), || {
+            call(port, "PING").is_some_and(|r| r == "PONG")
+        })
+        .map_err(|e| {
+            format!(
+                "{e}: is port {port} taken? (see {})",
+                dir.join("redis.log").display()
+            )
+        })
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait(timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        if Instant::now() > deadline {
+            return Err(format!("not ready after {} s", timeout.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// One inline command to a node; its simple-string or bulk reply as text.
+fn call(port: u16, command: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(simple) = text.strip_prefix('+') {
+            if let Some((line, _)) = simple.split_once("\r\n") {
+                return Some(line.to_string());
+            }
+        } else if let Some(bulk) = text.strip_prefix('$') {
+            let (len, rest) = bulk.split_once("\r\n")?;
+            let len: usize = len.parse().ok()?;
+            if rest.len() >= len {
+                return Some(rest[..len].to_string());
+            }
+        } else if !text.is_empty() {
+            return None;
+        }
+    }
+}

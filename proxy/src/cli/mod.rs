@@ -1,0 +1,150 @@
+//! The `rampart` command line. It lives in the library so the tests run
+//! exactly the code users run; `main.rs` only calls [`main`].
+//!
+//! `run` and `demo` start a proxy in this process; `status`, `policy`,
+//! `switchover` and `events` talk to a running one over its admin HTTP
+//! listener ([`admin::Admin`]), so they work from any machine that can
+//! reach it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod admin;
+mod demo;
+mod policy;
+mod progress;
+mod run;
+mod status;
+
+#[derive(Parser)]
+#[command(
+    name = "rampart",
+    version,
+    about = "A Redis high-availability proxy: routing, synchronous replication, failover",
+    after_help = "Start with `rampart demo`, then `rampart status` in another terminal."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and exit (status 2 when it is invalid).
+    CheckConfig { config: PathBuf },
+    /// Start three local redis-server nodes (a primary and two replicas)
+    /// and Rampart in front of them; Ctrl-C stops everything.
+    Demo(demo::DemoArgs),
+    /// The topology of a running Rampart as a table.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print the JSON as the admin API returns it.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The failover and switchover events of a running Rampart.
+    Events {
+        #[command(flatten)]
+        target: Target,
+        /// Keep printing new events until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Load, shadow, activate, roll back and list routing policies.
+    Policy {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        action: policy::Action,
+    },
+    /// Move a shard's primary to another node without losing writes.
+    Switchover {
+        #[command(flatten)]
+        target: Target,
+        /// The shard, e.g. `main`.
+        shard: String,
+        /// The node to promote (`host:port`); default: the most up to date.
+        #[arg(long = "to")]
+        to: Option<String>,
+    },
+}
+
+/// Which running Rampart to talk to.
+#[derive(Args, Clone)]
+pub struct Target {
+    /// Its admin listener, `host:port`.
+    #[arg(long, env = "RAMPART_ADMIN", global = true)]
+    admin: Option<String>,
+    /// Its admin token, for changes (not needed to read).
+    #[arg(
+        long,
+        env = "RAMPART_ADMIN_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Take the admin address and token from this configuration file.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => return run::run(config),
+        Command::CheckConfig { config } => run::check_config(&config),
+        Command::Demo(args) => return demo::demo(args),
+        Command::Status { target, json } => {
+            admin::Admin::connect(&target).and_then(|a| status::status(&a, json))
+        }
+        Command::Events { target, follow } => {
+            admin::Admin::connect(&target).and_then(|a| status::events(&a, follow))
+        }
+        Command::Policy { target, action } => {
+            admin::Admin::connect(&target).and_then(|a| policy::policy(&a, action))
+        }
+        Command::Switchover { target, shard, to } => admin::Admin::connect(&target)
+            .and_then(|a| policy::switchover(&a, &shard, to.as_deref())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rampart: {e}");
+            ExitCode::from(e.code())
+        }
+    }
+}
+
+/// A command that failed, and the exit status that says how.
+#[derive(Debug)]
+pub enum Failure {
+    /// The request was wrong or refused (status 2).
+    Usage(String),
+    /// Rampart could not be reached or answered with an error (status 1).
+    Remote(String),
+}
+
+impl Failure {
+    fn code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => 2,
+            Failure::Remote(_) => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Usage(m) | Failure::Remote(m) => f.write_str(m.trim_end()),
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! `rampart policy ...` and `rampart switchover`: changes to a running
+//! Rampart through its admin API (they need the admin token when one is
+//! set).
+
+use std::path::PathBuf;
+
+use clap::{Subcommand, ValueEnum};
+use serde_json::Value;
+
+use super::admin::{encode, Admin};
+use super::progress::Step;
+use super::status::{cells, str, table};
+use super::Failure;
+
+#[derive(Subcommand)]
+pub enum Action {
+    /// Every shard's policies: active, previous and shadow router
+    /// generations, quorum and detector, with calls, traps and fallbacks.
+    List {
+        /// Print the JSON as the admin API returns it.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load a policy and make it active. SOURCE is a `.wasm` component
+    /// (uploaded from here) or `builtin:<name>`.
+    Load(Load),
+    /// Load a router beside the active one: it sees the same reads, its
+    /// choices are only counted (`policy list` shows agree/differ).
+    Shadow(Load),
+    /// Make the shadow router active.
+    Activate(Which),
+    /// Go back to the previous router generation.
+    Rollback(Which),
+}
+
+#[derive(clap::Args)]
+pub struct Load {
+    kind: Kind,
+    source: String,
+    /// The text handed to the plugin's `configure`.
+    #[arg(long, value_name = "CONFIG", default_value = "")]
+    with: String,
+    /// The shard; default: the first.
+    #[arg(long)]
+    shard: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct Which {
+    kind: Kind,
+    #[arg(long)]
+    shard: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    Router,
+    Quorum,
+    Detector,
+}
+
+impl Kind {
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Router => "router",
+            Kind::Quorum => "quorum",
+            Kind::Detector => "detector",
+        }
+    }
+}
+
+pub fn policy(admin: &Admin, action: Action) -> Result<(), Failure> {
+    match action {
+        Action::List { json } => list(admin, json),
+        Action::Load(load) => upload(admin, load, ""),
+        Action::Shadow(load) => upload(admin, load, "/shadow"),
+        Action::Activate(which) => post(admin, which, "activate"),
+        Action::Rollback(which) => post(admin, which, "rollback"),
+    }
+}
+
+fn list(admin: &Admin, json: bool) -> Result<(), Failure> {
+    if json {
+        print!("{}", admin.get("/v1/policies")?);
+        return Ok(());
+    }
+    let policies = admin.get_json("/v1/policies")?;
+    let mut rows = vec![cells(&[
+        "SHARD",
+        "KIND",
+        "SLOT",
+        "POLICY",
+        "GEN",
+        "CALLS",
+        "TRAPS",
+        "FALLBACKS",
+        "SOURCE",
+    ])];
+    let row = |shard: &str, kind: &str, slot: &str, p: &Value| {
+        vec![
+            shard.to_string(),
+            kind.to_string(),
+            slot.to_string(),
+            format!("{} ({})", str(&p["name"]), str(&p["kind"])),
+            p.get("generation").map(str).unwrap_or_else(|| "-".into()),
+            p["calls"].to_string(),
+            p["traps"].to_string(),
+            p["fallbacks"].to_string(),
+            match p["sha256"].as_str() {
+                Some(sha) => format!("{} sha256:{}", str(&p["source"]), &sha[..sha.len().min(12)]),
+                None => p.get("source").map(str).unwrap_or_else(|| "-".into()),
+            },
+        ]
+    };
+    for entry in policies["router"].as_array().into_iter().flatten() {
+        let shard = str(&entry[0]);
+        let slot = &entry[1];
+        rows.push(row(&shard, "router", "active", &slot["active"]));
+        if let Some(shadow) = slot["shadow"].as_object() {
+            let (agree, differ) = shadow["by_active_choice"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .fold((0, 0), |(a, d), c| {
+                    (
+                        a + c["agree"].as_u64().unwrap_or(0),
+                        d + c["disagree"].as_u64().unwrap_or(0),
+                    )
+                });
+            let label = format!("shadow ({agree} agree, {differ} differ)");
+            rows.push(row(&shard, "router", &label, &shadow["candidate"]));
+        }
+        if !slot["previous"].is_null() {
+            rows.push(row(&shard, "router", "previous", &slot["previous"]));
+        }
+    }
+    for entry in policies["quorum"].as_array().into_iter().flatten() {
+        rows.push(row(&str(&entry[0]), "quorum", "active", &entry[1]));
+    }
+    rows.push(row("*", "detector", "active", &policies["detector"]));
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+fn upload(admin: &Admin, load: Load, mode: &str) -> Result<(), Failure> {
+    let mut query = format!("config={}", encode(&load.with));
+    if let Some(shard) = &load.shard {
+        query.push_str(&format!("&shard={}", encode(shard)));
+    }
+    let body = match load.source.strip_prefix("builtin:") {
+        Some(name) => {
+            query.push_str(&format!("&builtin={}", encode(name)));
+            Vec::new()
+        }
+        None => {
+            let path = PathBuf::from(&load.source);
+            std::fs::read(&path)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?
+        }
+    };
+    let path = format!("/v1/policies/{}{mode}?{query}", load.kind.path());
+    let step = Step::start(&format!(
+        "sending {} ({}) to {}; Rampart compiles, configures and self-checks it",
+        load.source,
+        size(body.len()),
+        admin.addr
+    ));
+    let answer = step.finish(admin.request("PUT", &path, &body), "accepted")?;
+    let view: Value = serde_json::from_str(&answer)
+        .map_err(|e| Failure::Remote(format!("unexpected answer ({e}): {answer}")))?;
+    let what = if mode.is_empty() {
+        "active"
+    } else {
+        "in shadow"
+    };
+    println!(
+        "{} generation {} {what}: {} ({})",
+        load.kind.path(),
+        view["generation"],
+        str(&view["name"]),
+        view["sha256"]
+            .as_str()
+            .map(|s| format!("sha256 {s}"))
+            .unwrap_or_else(|| str(&view["source"])),
+    );
+    Ok(())
+}
+
+fn post(admin: &Admin, which: Which, action: &str) -> Result<(), Failure> {
+    let mut path = format!("/v1/policies/{}/{action}", which.kind.path());
+    if let Some(shard) = &which.shard {
+        path.push_str(&format!("?shard={}", encode(shard)));
+    }
+    let answer = admin.request("POST", &path, &[])?;
+    println!("{} {}", which.kind.path(), answer.trim_end());
+    Ok(())
+}
+
+pub fn switchover(admin: &Admin, shard: &str, to: Option<&str>) -> Result<(), Failure> {
+    let mut path = format!("/v1/shards/{}/switchover", encode(shard));
+    if let Some(target) = to {
+        path.push_str(&format!("?target={}", encode(target)));
+    }
+    let step = Step::start(&format!(
+        "switching over shard {shard}: holding writes until {} has every one",
+        to.unwrap_or("the new primary")
+    ));
+    let answer = step.finish(admin.request("POST", &path, &[]), "done")?;
+    println!("{}", answer.trim_end());
+    Ok(())
+}
+
+fn size(bytes: usize) -> String {
+    if bytes == 0 {
+        "built in".into()
+    } else if bytes < 1 << 20 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+    }
+}

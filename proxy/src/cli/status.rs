@@ -1,0 +1,157 @@
+//! `rampart status` and `rampart events`: the admin API's JSON as text.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::admin::Admin;
+use super::Failure;
+
+pub fn status(admin: &Admin, json: bool) -> Result<(), Failure> {
+    if json {
+        print!("{}", admin.get("/v1/topology")?);
+        return Ok(());
+    }
+    let topology = admin.get_json("/v1/topology")?;
+    print!("{}", render_topology(&topology));
+    Ok(())
+}
+
+/// Each shard: a summary line, then one row per node.
+pub fn render_topology(topology: &Value) -> String {
+    let mut out = String::new();
+    for shard in topology["shards"].as_array().into_iter().flatten() {
+        let durability = &shard["durability"];
+        let writes = if durability["mode"] == "async" {
+            "async".to_string()
+        } else {
+            format!(
+                "sync, {} ack(s) within {} ms, {} on shortfall",
+                durability["acks"],
+                durability["timeout_ms"],
+                str(&durability["on_shortfall"])
+            )
+        };
+        out.push_str(&format!(
+            "shard {}  epoch {}  primary {}  reads from {}  writes {}\n",
+            str(&shard["name"]),
+            shard["epoch"],
+            shard["primary"].as_str().unwrap_or("NONE"),
+            str(&shard["read_from"]),
+            writes,
+        ));
+        if shard["failing_over"] == true {
+            out.push_str(&format!(
+                "  FAILING OVER: {} client(s) holding writes\n",
+                shard["held_clients"]
+            ));
+        }
+        let mut rows = vec![cells(&[
+            "NODE", "ROLE", "HEALTH", "SERVES", "OFFSET", "LAG", "RTT", "REQUESTS", "ERRORS",
+        ])];
+        for node in shard["nodes"].as_array().into_iter().flatten() {
+            let primary = node["primary"] == true;
+            rows.push(vec![
+                str(&node["addr"]),
+                if primary {
+                    "primary".into()
+                } else {
+                    str(&node["role"])
+                },
+                str(&node["health"]),
+                if primary {
+                    "writes".into()
+                } else if node["serves_reads"] == true {
+                    "reads".into()
+                } else {
+                    "-".into()
+                },
+                node["offset"].to_string(),
+                if primary {
+                    "-".into()
+                } else {
+                    format!("{} B / {} ms", node["lag_bytes"], node["lag_ms"])
+                },
+                format!("{:.2} ms", node["rtt_us"].as_f64().unwrap_or(0.0) / 1000.0),
+                node["requests"].to_string(),
+                node["errors"].to_string(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+        out.push('\n');
+    }
+    out
+}
+
+pub fn events(admin: &Admin, follow: bool) -> Result<(), Failure> {
+    let mut after = 0;
+    loop {
+        let events = admin.get_json(&format!("/v1/events?after={after}"))?;
+        for event in events.as_array().into_iter().flatten() {
+            after = after.max(event["seq"].as_u64().unwrap_or(0));
+            println!(
+                "{}  {}  {:<20} {}  {} (epoch {})",
+                clock(event["at_ms"].as_u64().unwrap_or(0)),
+                str(&event["shard"]),
+                str(&event["kind"]),
+                event["node"].as_str().unwrap_or("-"),
+                str(&event["detail"]),
+                event["epoch"],
+            );
+        }
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// `HH:MM:SS.mmm` UTC, enough to line events up with logs.
+fn clock(at_ms: u64) -> String {
+    let ms = at_ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
+/// A JSON string without its quotes; anything else as JSON.
+pub fn str(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+pub fn cells(texts: &[&str]) -> Vec<String> {
+    texts.iter().map(|t| t.to_string()).collect()
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

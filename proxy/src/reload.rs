@@ -1,0 +1,228 @@
+//! Reloading the configuration file while running: on SIGHUP, and when the
+//! file changes (checked every two seconds), without dropping a client.
+//!
+//! What changes live: each shard's router (`router`, `router_config`,
+//! `read_from`), loaded as a new generation exactly as `RAMPART POLICY
+//! LOAD` would, and `log.level`. Every other changed field is logged by
+//! name as applying at the next start, so an operator never wonders
+//! whether an edit took. A file that does not parse changes nothing and is
+//! reported with the field at fault.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use crate::config::Config;
+use crate::policy::swap::{Mode, Source};
+use crate::server::{router_source, Context};
+
+/// Sets the log filter; installed by whoever set up logging (`rampart
+/// run`), absent when `RUST_LOG` decides the level.
+type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+static LOG_LEVEL: OnceLock<SetLogLevel> = OnceLock::new();
+
+/// Lets reloads change the log level through `set`.
+pub fn set_log_level_with(set: SetLogLevel) {
+    let _ = LOG_LEVEL.set(set);
+}
+
+/// Fields whose change a reload applies at once; the rest wait for a
+/// restart. `*` stands for any shard's name.
+const LIVE: &[&str] = &[
+    "shards.*.router",
+    "shards.*.router_config",
+    "shards.*.read_from",
+    "log.level",
+];
+
+/// How often the file's modification time is checked.
+const POLL: Duration = Duration::from_secs(2);
+
+/// Watches `path` until shutdown.
+pub fn spawn(ctx: Arc<Context>, path: PathBuf) {
+    tokio::spawn(async move {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(signal) => Some(signal),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading on file changes only");
+                None
+            }
+        };
+        let mut shutdown = ctx.shutdown.clone();
+        let mut applied: HashMap<String, (String, String)> = ctx
+            .config
+            .shards
+            .iter()
+            .map(|(name, shard)| {
+                (
+                    name.clone(),
+                    (router_source(shard), shard.router_config.clone()),
+                )
+            })
+            .collect();
+        let mut modified = modified_at(&path);
+        let mut text = read_table(&path).unwrap_or_default();
+        loop {
+            let signalled = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = signalled => tracing::info!(path = %path.display(), "SIGHUP: reloading the configuration"),
+                _ = tokio::time::sleep(POLL) => {
+                    let now = modified_at(&path);
+                    if now == modified {
+                        continue;
+                    }
+                    modified = now;
+                    tracing::info!(path = %path.display(), "configuration file changed: reloading");
+                }
+                _ = shutdown.changed() => return,
+            }
+            reload(&ctx, &path, &mut applied, &mut text).await;
+        }
+    });
+}
+
+fn modified_at(path: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+async fn reload(
+    ctx: &Context,
+    path: &Path,
+    applied: &mut HashMap<String, (String, String)>,
+    text: &mut toml::Table,
+) {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "the new configuration is invalid; nothing changed");
+            return;
+        }
+    };
+    let new_text = read_table(path).unwrap_or_default();
+    let mut changed = Vec::new();
+    diff("", text, &new_text, &mut changed);
+    *text = new_text;
+    let (live, later): (Vec<String>, Vec<String>) = changed
+        .into_iter()
+        .partition(|field| LIVE.iter().any(|live| matches(live, field)));
+    for field in &later {
+        tracing::warn!(field = %field, "changed in the configuration file; applies at the next start");
+    }
+    if live.iter().any(|field| field == "log.level") {
+        set_log_level(&config.log.level);
+    }
+    if !live.is_empty() || !later.is_empty() {
+        // On the event timeline too, where operators watch the dashboard.
+        let detail = format!(
+            "applied now: {}; at the next start: {}",
+            list(&live),
+            list(&later)
+        );
+        ctx.events.record("*", "config-reloaded", None, 0, detail);
+    }
+    for (name, shard) in &config.shards {
+        let wanted = (router_source(shard), shard.router_config.clone());
+        if applied.get(name) == Some(&wanted) {
+            continue;
+        }
+        match ctx
+            .load_router(
+                name,
+                Source::parse(&wanted.0),
+                wanted.1.clone(),
+                Mode::Activate,
+            )
+            .await
+        {
+            Ok(view) => {
+                tracing::info!(shard = %name, generation = view.generation, router = %view.source, "router reloaded");
+                applied.insert(name.clone(), wanted);
+            }
+            Err(e) => {
+                tracing::error!(shard = %name, error = %e, "router reload refused; the active one stays")
+            }
+        }
+    }
+}
+
+fn set_log_level(level: &str) {
+    match LOG_LEVEL.get() {
+        Some(set) => match set(level) {
+            Ok(()) => tracing::info!(level, "log level changed"),
+            Err(e) => tracing::error!(level, error = %e, "log level not changed"),
+        },
+        None => tracing::warn!("log.level changed but RUST_LOG sets the level; not changed"),
+    }
+}
+
+fn list(fields: &[String]) -> String {
+    if fields.is_empty() {
+        "nothing".into()
+    } else {
+        fields.join(", ")
+    }
+}
+
+fn read_table(path: &Path) -> Option<toml::Table> {
+    std::fs::read_to_string(path).ok()?.parse().ok()
+}
+
+/// The dotted paths of every value that differs between `old` and `new`
+/// (added, removed or changed).
+fn diff(prefix: &str, old: &toml::Table, new: &toml::Table, out: &mut Vec<String>) {
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for key in keys {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let empty = toml::Table::new();
+        match (old.get(key), new.get(key)) {
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => diff(&path, a, b, out),
+            // A section added or removed: name its fields.
+            (Some(toml::Value::Table(a)), None) => diff(&path, a, &empty, out),
+            (None, Some(toml::Value::Table(b))) => diff(&path, &empty, b, out),
+            (a, b) if a != b => out.push(path),
+            _ => {}
+        }
+    }
+}
+
+/// `pattern` against a dotted path, `*` matching one segment.
+fn matches(pattern: &str, path: &str) -> bool {
+    let (p, f): (Vec<&str>, Vec<&str>) = (pattern.split('.').collect(), path.split('.').collect());
+    p.len() == f.len() && p.iter().zip(&f).all(|(p, f)| *p == "*" || p == f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_are_named_by_their_dotted_path() {
+        let old: toml::Table = "[probe]\ninterval_ms = 100\n[shards.main]\nnodes = [\"a:1\"]\nread_from = \"primary\"\n".parse().unwrap();
+        let new: toml::Table = "[probe]\ninterval_ms = 50\ntimeout_ms = 9\n[log]\nlevel = \"debug\"\n[shards.main]\nnodes = [\"a:1\"]\nread_from = \"replicas\"\n".parse().unwrap();
+        let mut changed = Vec::new();
+        diff("", &old, &new, &mut changed);
+        assert_eq!(
+            changed,
+            [
+                "log.level",
+                "probe.interval_ms",
+                "probe.timeout_ms",
+                "shards.main.read_from"
+            ]
+        );
+        assert!(LIVE.iter().any(|l| matches(l, "shards.main.read_from")));
+        assert!(!LIVE.iter().any(|l| matches(l, "probe.interval_ms")));
+        assert!(!matches("shards.*.router", "shards.main.router.x"));
+    }
+}

@@ -1,0 +1,280 @@
+//! The `rampart` command line, run as a separate process exactly as users
+//! run it: `--version`, `check-config`, `status`, `events`, `policy ...`,
+//! `switchover` against a running Rampart, and `demo` end to end.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use rampart_tests::{
+    config_for, free_port, plugin, redis_cli, repo_path, wait_until, Cluster, Proxy, Setup,
+};
+
+const TOKEN: &str = "s3cret";
+
+fn rampart(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
+        .args(args)
+        .env_remove("RAMPART_ADMIN")
+        .env_remove("RAMPART_ADMIN_TOKEN")
+        .output()
+        .expect("run rampart")
+}
+
+/// Runs `rampart args`, expects success, returns stdout.
+fn ok(args: &[&str]) -> String {
+    let out = rampart(args);
+    assert!(
+        out.status.success(),
+        "rampart {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn version_and_check_config() {
+    let version = ok(&["--version"]);
+    assert_eq!(
+        version.trim(),
+        format!("rampart {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    for example in [
+        "examples/configs/local.toml",
+        "examples/configs/reference.toml",
+    ] {
+        let path = repo_path(example);
+        let path = path.to_str().unwrap();
+        assert!(ok(&["check-config", path]).contains(": ok"), "{example}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[proxy]\nlisten = \"127.0.0.1:6380\"\n[shards.main]\nnodes = [\"127.0.0.1:7001\"]\nread_from = \"sideways\"\n",
+    )
+    .unwrap();
+    let out = rampart(&["check-config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("shards.main.read_from"), "{stderr}");
+}
+
+#[test]
+fn status_events_policies_and_switchover_against_a_running_proxy() {
+    let cluster = Cluster::start(2);
+    let state = tempfile::tempdir().unwrap();
+    let sections = format!(
+        "token = \"{TOKEN}\"\n[probe]\ninterval_ms = 50\n[failover]\nstate_dir = \"{}\"\n",
+        state.path().display()
+    );
+    let proxy = Proxy::start_with(&config_for(
+        &cluster.addrs(),
+        Setup {
+            sections: &sections,
+            ..Setup::default()
+        },
+    ));
+    let admin = proxy.admin.unwrap().to_string();
+    let primary = cluster.primary().addr();
+
+    // Reading needs no token.
+    let status = ok(&["status", "--admin", &admin]);
+    let primary_row = status
+        .lines()
+        .find(|l| l.starts_with(&primary))
+        .unwrap_or_else(|| panic!("no row for {primary}:\n{status}"));
+    assert!(
+        primary_row.contains("primary") && primary_row.contains("up"),
+        "{status}"
+    );
+    assert!(status.contains(&format!("primary {primary}")), "{status}");
+    for replica in &cluster.addrs()[1..] {
+        assert!(status.contains(replica.as_str()), "{status}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["status", "--admin", &admin, "--json"])).unwrap();
+    assert_eq!(json["shards"][0]["primary"], primary.as_str());
+    let events = ok(&["events", "--admin", &admin]);
+    assert!(events.contains("primary-discovered"), "{events}");
+
+    // Changing needs the token, and says so.
+    let wasm = plugin("router-round-robin");
+    let wasm = wasm.to_str().unwrap();
+    let refused = rampart(&["policy", "load", "router", wasm, "--admin", &admin]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--token"));
+
+    let with_token = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--admin", admin.as_str(), "--token", TOKEN]);
+        ok(&all)
+    };
+    let loaded = with_token(&["policy", "load", "router", wasm]);
+    assert!(loaded.contains("router generation 2 active"), "{loaded}");
+    let list = with_token(&["policy", "list"]);
+    assert!(
+        list.contains("previous") && list.contains("sha256:"),
+        "{list}"
+    );
+
+    let shadowed = with_token(&["policy", "shadow", "router", "builtin:primary-only"]);
+    assert!(shadowed.contains("generation 3 in shadow"), "{shadowed}");
+    let _ = proxy.cli(&["GET", "some-key"]);
+    assert!(with_token(&["policy", "list"]).contains("shadow ("));
+    assert!(with_token(&["policy", "activate", "router"]).contains("generation 3"));
+    assert!(with_token(&["policy", "rollback", "router"]).contains("generation 2"));
+    let bad = rampart(&[
+        "policy",
+        "load",
+        "router",
+        "builtin:nope",
+        "--admin",
+        &admin,
+        "--token",
+        TOKEN,
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown built-in router"));
+
+    // A switchover through the CLI moves the primary.
+    let target = cluster.addrs()[1].clone();
+    let moved = with_token(&["switchover", "main", "--to", &target]);
+    assert!(moved.contains("switched over"), "{moved}");
+    assert_eq!(proxy.shard()["primary"], target.as_str());
+    assert!(ok(&["events", "--admin", &admin]).contains("switchover"));
+
+    // The address and token can come from the config file instead.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rampart.toml");
+    let config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:6380\"\n[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n[shards.main]\nnodes = [\"{primary}\"]\n"
+    );
+    std::fs::write(&file, config).unwrap();
+    let file = file.to_str().unwrap();
+    assert!(ok(&["status", "--config", file]).contains(&target));
+    let loaded = ok(&[
+        "policy",
+        "load",
+        "router",
+        "builtin:round-robin",
+        "--config",
+        file,
+    ]);
+    assert!(loaded.contains("active: round-robin"), "{loaded}");
+
+    // Nobody listening: a clear error and status 1.
+    let gone = rampart(&["status", "--admin", &format!("127.0.0.1:{}", free_port())]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot reach"));
+}
+
+#[test]
+fn demo_starts_three_nodes_and_rampart_and_stops_them() {
+    let (port, admin) = (free_port(), free_port());
+    let nodes = [free_port(), free_port(), free_port()];
+    let list = nodes.map(|p| p.to_string()).join(",");
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
+        .args([
+            "demo",
+            "--port",
+            &port.to_string(),
+            "--admin-port",
+            &admin.to_string(),
+        ])
+        .args(["--nodes", &list])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the demo");
+    let stdout = demo.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut up = false;
+    while !up {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => up = line.starts_with("Rampart is up"),
+            Err(_) => break,
+        }
+    }
+    assert!(up, "the demo did not come up");
+
+    assert_eq!(
+        redis_cli(port, &["SET", "demo", "works"]).unwrap().trim(),
+        "OK"
+    );
+    assert_eq!(redis_cli(port, &["GET", "demo"]).unwrap().trim(), "works");
+    let status = ok(&["status", "--admin", &format!("127.0.0.1:{admin}")]);
+    for node in nodes {
+        assert!(status.contains(&format!("127.0.0.1:{node}")), "{status}");
+    }
+    // Sync replication to one replica, as the example config says.
+    assert!(status.contains("sync, 1 ack(s)"), "{status}");
+
+    let pid = demo.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(demo.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let exit = demo.wait().unwrap();
+    assert!(exit.success(), "demo exited with {exit}: {stderr}");
+    assert!(
+        stderr.contains("starting redis-server"),
+        "progress shown: {stderr}"
+    );
+    for node in nodes {
+        wait_until("the demo's nodes to stop", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", node)).is_err()
+        });
+    }
+}
+
+/// The Kubernetes ConfigMap's configurations are valid, with the admin
+/// token coming from the environment as the Deployments set it.
+#[test]
+fn deploy_configs_pass_check_config() {
+    let manifest = std::fs::read_to_string(repo_path("deploy/kubernetes/rampart.yaml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["leader.toml", "follower.toml"] {
+        let toml = embedded_file(&manifest, name);
+        let path = dir.path().join(name);
+        std::fs::write(&path, &toml).unwrap();
+        let path = path.to_str().unwrap();
+        let checked = Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
+            .args(["check-config", path])
+            .env("RAMPART_ADMIN_TOKEN", "t0ken")
+            .output()
+            .unwrap();
+        assert!(
+            checked.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+        // Without the token, an admin listener on 0.0.0.0 is refused.
+        let refused = rampart(&["check-config", path]);
+        assert_eq!(refused.status.code(), Some(2), "{name}");
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("admin.token"));
+    }
+}
+
+/// The block under `  name: |` in a YAML manifest, unindented.
+fn embedded_file(manifest: &str, name: &str) -> String {
+    let mut lines = manifest
+        .lines()
+        .skip_while(|l| l.trim() != format!("{name}: |"));
+    assert!(lines.next().is_some(), "no {name} in the manifest");
+    lines
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| l.get(4..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,112 @@
+//! The dashboard in a real headless Chromium: it loads, shows the topology
+//! and live request rates, and follows a failover on its own (the page is
+//! loaded once; only its own polling updates it).
+
+use std::time::Duration;
+
+use rampart_tests::browser::Browser;
+use rampart_tests::{config_for, http_get, Cluster, Proxy, Setup};
+use redis::Commands;
+
+/// The node rows as `addr role health` strings, for assertions and messages.
+const ROWS: &str = "JSON.stringify([...document.querySelectorAll('tr.node')].map(r => [r.dataset.addr, r.dataset.role, r.dataset.health].join(' ')))";
+
+/// True when the page shows a row `addr role health`.
+fn row_is(addr: &str, role: &str, health: &str) -> String {
+    format!("JSON.parse({ROWS}).includes('{addr} {role} {health}')")
+}
+
+#[test]
+fn dashboard_shows_the_topology_and_follows_a_failover() {
+    let mut cluster = Cluster::start(2);
+    let state = tempfile::tempdir().unwrap();
+    let sections = format!(
+        "[probe]\ninterval_ms = 50\ntimeout_ms = 200\ndown_after_ms = 500\n[failover]\nstate_dir = \"{}\"\n",
+        state.path().display()
+    );
+    let proxy = Proxy::start_with(&config_for(
+        &cluster.addrs(),
+        Setup {
+            shard: "read_from = \"replicas\"",
+            sections: &sections,
+            ..Setup::default()
+        },
+    ));
+    let admin = proxy.admin.expect("admin listener");
+    let (status, page) = http_get(admin, "/dashboard");
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>Rampart</title>"));
+
+    let mut browser = Browser::open(&format!("http://{admin}/dashboard"));
+    let old = cluster.primary().addr();
+    let replicas: Vec<String> = cluster.addrs()[1..].to_vec();
+    let ten_s = Duration::from_secs(10);
+
+    // The topology: the primary and both replicas, all up.
+    browser.wait_for("the topology", ten_s, &row_is(&old, "primary", "up"), ROWS);
+    for replica in &replicas {
+        browser.wait_for(
+            "the replicas",
+            ten_s,
+            &row_is(replica, "replica", "up"),
+            ROWS,
+        );
+    }
+    assert_eq!(browser.eval("document.title"), "Rampart");
+    browser.wait_for(
+        "the router policy",
+        ten_s,
+        "document.querySelector('tr[data-policy=router][data-slot=active]')?.dataset.name === 'round-robin'",
+        "document.getElementById('policies').innerText",
+    );
+
+    // Live request rates: traffic through the proxy shows as req/s.
+    let mut conn = proxy.conn();
+    let traffic = |conn: &mut redis::Connection| {
+        for i in 0..300 {
+            let _: () = conn.set(format!("k{i}"), i).unwrap();
+            let _: Option<i64> = conn.get(format!("k{i}")).unwrap();
+        }
+    };
+    let mut seen_rate = false;
+    for _ in 0..20 {
+        traffic(&mut conn);
+        if browser.eval(
+            "Number(document.querySelector('.shard-rate')?.textContent.replace(/,/g, '')) > 0",
+        ) == true
+        {
+            seen_rate = true;
+            break;
+        }
+    }
+    assert!(
+        seen_rate,
+        "no request rate shown: {}",
+        browser.eval("document.getElementById('shards').innerText")
+    );
+
+    // Kill the primary: without a reload the page shows a new primary, the
+    // old one down, and the promotion in the event timeline.
+    let updates_before = browser.eval("Number(document.body.dataset.updates)");
+    cluster.nodes[0].kill();
+    let new_primary = format!(
+        "JSON.parse({ROWS}).some(r => r.endsWith(' primary up') && !r.startsWith('{old} '))"
+    );
+    browser.wait_for("a new primary", ten_s, &new_primary, ROWS);
+    let old_down =
+        format!("JSON.parse({ROWS}).some(r => r.startsWith('{old} ') && r.endsWith(' down'))");
+    browser.wait_for("the old primary down", ten_s, &old_down, ROWS);
+    browser.wait_for(
+        "the promotion in the timeline",
+        ten_s,
+        "document.querySelector('li.event[data-kind=promoted]') !== null",
+        "document.getElementById('events').innerText",
+    );
+    let updates_after = browser.eval("Number(document.body.dataset.updates)");
+    assert!(
+        updates_after.as_f64() > updates_before.as_f64(),
+        "the page did not poll: {updates_before} -> {updates_after}"
+    );
+    let epoch = browser.eval("document.querySelector('h2[data-shard=main]').dataset.epoch");
+    assert_eq!(epoch, "2", "the page shows the new epoch");
+}
