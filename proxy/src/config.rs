@@ -57,6 +57,10 @@ pub struct ProxyConfig {
     /// replies they are owed before their connections are closed anyway.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// The zone (availability zone, rack, region) this instance runs in:
+    /// zone-aware routers prefer replicas in it (`shards.<name>.zones`).
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 fn default_shutdown_grace_ms() -> u64 {
@@ -239,6 +243,10 @@ pub struct ShardConfig {
     /// Text handed to the router plugin's `configure`.
     #[serde(default)]
     pub router_config: String,
+    /// Each node's zone, by address (`"10.0.0.1:6379" = "eu-west-1a"`), for
+    /// zone-aware routers; nodes not listed have none.
+    #[serde(default)]
+    pub zones: BTreeMap<String, String>,
     #[serde(default)]
     pub replication: ReplicationConfig,
 }
@@ -354,6 +362,22 @@ pub enum ReadFrom {
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// Zone names numbered for the routers (1, 2, ... in name order; 0 is
+    /// none): every zone named in `config`.
+    pub fn zone_numbers(&self) -> BTreeMap<String, u32> {
+        let names: std::collections::BTreeSet<&String> = self
+            .proxy
+            .zone
+            .iter()
+            .chain(self.shards.values().flat_map(|s| s.zones.values()))
+            .collect();
+        names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| (name.clone(), i as u32 + 1))
+            .collect()
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
@@ -435,6 +459,13 @@ impl Config {
                 return Err(ConfigError(format!(
                     "field `shards.{name}.replication.timeout_ms`: expected a number greater than 0 (WAIT 0 would wait forever), got 0"
                 )));
+            }
+            for addr in shard.zones.keys() {
+                if !shard.nodes.contains(addr) {
+                    return Err(ConfigError(format!(
+                        "field `shards.{name}.zones`: expected addresses from shards.{name}.nodes, got {addr:?}"
+                    )));
+                }
             }
             for (i, node) in shard.nodes.iter().enumerate() {
                 check_addr(&format!("shards.{name}.nodes[{i}]"), node)?;
@@ -546,6 +577,22 @@ mod tests {
                 "reference.toml does not document `{field}`"
             );
         }
+    }
+
+    #[test]
+    fn zones_are_numbered_and_must_name_known_nodes() {
+        let text =
+            format!("{GOOD}zones = {{ \"127.0.0.1:7002\" = \"b\", \"127.0.0.1:7001\" = \"a\" }}\n")
+                .replace(
+                    "listen = \"127.0.0.1:6380\"",
+                    "listen = \"127.0.0.1:6380\"\nzone = \"b\"",
+                );
+        let config = Config::parse(&text).unwrap();
+        let numbers = config.zone_numbers();
+        assert_eq!((numbers["a"], numbers["b"]), (1, 2));
+        let unknown = text.replace("\"127.0.0.1:7002\" = \"b\"", "\"127.0.0.1:9999\" = \"b\"");
+        let error = Config::parse(&unknown).unwrap_err().to_string();
+        assert!(error.contains("shards.main.zones"), "{error}");
     }
 
     #[test]

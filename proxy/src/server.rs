@@ -114,6 +114,7 @@ impl Server {
         let mut shards = Vec::new();
         let mut next_id = 0;
         let changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let zones = config.zone_numbers();
         for (name, shard_config) in &config.shards {
             let nodes = shard_config
                 .nodes
@@ -138,17 +139,21 @@ impl Server {
                             config.proxy.worker_count(),
                             on_failure,
                         );
-                        Node::new(next_id, addr.clone(), pool, changes.clone())
+                        let zone = shard_config.zones.get(addr).map_or(0, |z| zones[z]);
+                        Node::new(next_id, addr.clone(), pool, changes.clone()).in_zone(zone)
                     })
                 })
                 .collect();
-            shards.push(Arc::new(Shard::new(
-                name.clone(),
-                nodes,
-                shard_config.read_from,
-                config.failover.role == FailoverRole::Follower,
-                shard_config.replication.max_read_lag_ms,
-            )));
+            shards.push(Arc::new(
+                Shard::new(
+                    name.clone(),
+                    nodes,
+                    shard_config.read_from,
+                    config.failover.role == FailoverRole::Follower,
+                    shard_config.replication.max_read_lag_ms,
+                )
+                .with_client_zone(config.proxy.zone.as_ref().map_or(0, |z| zones[z])),
+            ));
         }
         let mut routers = Vec::new();
         for (shard, shard_config) in shards.iter().zip(config.shards.values()) {

@@ -113,3 +113,108 @@ mod tests {
         assert!(phi(1000.0, 100.0, 100.0) > 8.0);
     }
 }
+
+/// The `key=value key=value` text every built-in plugin's `configure`
+/// takes, split into pairs (an empty text is no pairs).
+pub fn pairs(config: &str) -> Result<Vec<(&str, &str)>, String> {
+    config
+        .split_whitespace()
+        .map(|pair| {
+            pair.split_once('=')
+                .ok_or_else(|| format!("expected key=value, got {pair:?}"))
+        })
+        .collect()
+}
+
+/// SplitMix64's finaliser: spreads any 64-bit number over all 64 bits.
+/// Plugins have no randomness (no WASI); mixing a counter with a client
+/// id gives choices that look random and cost nothing.
+pub fn mix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Consistent hashing: every node owns `points` positions on a ring of
+/// 64-bit numbers, and a key belongs to the node at the first position at
+/// or after the key's hash. A node that leaves gives up only its own keys
+/// (spread over the others); every other key stays where it was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HashRing {
+    positions: Vec<(u64, u32)>,
+}
+
+impl HashRing {
+    pub fn new(nodes: impl IntoIterator<Item = u32>, points: u32) -> HashRing {
+        let mut positions: Vec<(u64, u32)> = nodes
+            .into_iter()
+            .flat_map(|node| {
+                (0..points).map(move |i| (mix64((u64::from(node) << 32) | u64::from(i)), node))
+            })
+            .collect();
+        positions.sort_unstable();
+        HashRing { positions }
+    }
+
+    /// The node owning `hash`; none when the ring is empty.
+    pub fn pick(&self, hash: u64) -> Option<u32> {
+        let at = self.positions.partition_point(|&(p, _)| p < hash);
+        self.positions
+            .get(at)
+            .or_else(|| self.positions.first())
+            .map(|&(_, node)| node)
+    }
+}
+
+/// The power of two choices: two candidates drawn by `seed` (distinct when
+/// there are two or more), the cheaper one wins. Nearly as good as always
+/// taking the cheapest, without sending everyone to the same node at once.
+pub fn two_choices<T: Copy>(candidates: &[T], seed: u64, cost: impl Fn(T) -> u64) -> Option<T> {
+    match candidates.len() {
+        0 => None,
+        1 => Some(candidates[0]),
+        n => {
+            let a = (seed % n as u64) as usize;
+            let b = (a + 1 + (mix64(seed) % (n as u64 - 1)) as usize) % n;
+            let (x, y) = (candidates[a], candidates[b]);
+            Some(if cost(y) < cost(x) { y } else { x })
+        }
+    }
+}
+
+#[cfg(test)]
+mod ring_tests {
+    use super::*;
+
+    #[test]
+    fn a_node_leaving_moves_only_its_own_keys() {
+        let before = HashRing::new([1, 2, 3], 100);
+        let after = HashRing::new([1, 3], 100);
+        let mut owned = [0usize; 4];
+        for key in 0..10_000u64 {
+            let hash = mix64(key);
+            let was = before.pick(hash).unwrap();
+            owned[was as usize] += 1;
+            let now = after.pick(hash).unwrap();
+            if was != 2 {
+                assert_eq!(was, now, "key {key} moved from {was} to {now}");
+            }
+        }
+        for (node, keys) in owned.iter().enumerate().skip(1) {
+            assert!(*keys > 2_000, "node {node} owns {keys} keys");
+        }
+        assert_eq!(HashRing::new([], 100).pick(7), None);
+    }
+
+    #[test]
+    fn two_choices_takes_the_cheaper_of_two_distinct() {
+        let nodes = [(1, 10), (2, 1000)];
+        for seed in 0..100 {
+            assert_eq!(two_choices(&nodes, seed, |(_, c)| c), Some((1, 10)));
+        }
+        assert_eq!(two_choices(&[] as &[(u32, u64)], 1, |(_, c)| c), None);
+        assert_eq!(pairs("a=1  b=x").unwrap(), [("a", "1"), ("b", "x")]);
+        assert!(pairs("nope").is_err());
+    }
+}

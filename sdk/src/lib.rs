@@ -38,7 +38,7 @@ pub mod router {
         default_bindings_module: "rampart_sdk::router",
     });
 
-    pub use self::rampart::policy::host::{log, now_ms, Level};
+    pub use self::rampart::policy::host::{inflight, log, now_ms, Level};
     pub use self::rampart::policy::types::{CommandClass, Health, Role};
 }
 

@@ -503,3 +503,57 @@ pub fn repo_path(rel: &str) -> PathBuf {
         .join("..")
         .join(rel)
 }
+
+/// `MONITOR` on a node: every command it runs, as (command, first
+/// argument), for tests that must know which node served which key.
+pub struct Monitor {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    stream: TcpStream,
+}
+
+impl Monitor {
+    pub fn start(node: &RedisNode) -> Monitor {
+        let mut stream = TcpStream::connect(("127.0.0.1", node.port)).expect("connect to the node");
+        stream.write_all(b"MONITOR\r\n").expect("send MONITOR");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = stream.try_clone().expect("clone the stream");
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(reader)
+                .lines()
+                .map_while(Result::ok)
+            {
+                // +1700000000.123456 [0 127.0.0.1:5555] "GET" "key"
+                let Some((_, args)) = line.split_once("] ") else {
+                    continue;
+                };
+                let mut quoted = args.split('"').skip(1).step_by(2);
+                if let Some(command) = quoted.next() {
+                    let first = quoted.next().unwrap_or_default().to_string();
+                    let mut seen = sink.lock().unwrap_or_else(|p| p.into_inner());
+                    seen.push((command.to_ascii_uppercase(), first));
+                }
+            }
+        });
+        Monitor { seen, stream }
+    }
+
+    /// The first arguments of every `command` seen so far, then forgets them.
+    pub fn take(&self, command: &str) -> Vec<String> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let keys = seen
+            .iter()
+            .filter(|(c, _)| c == command)
+            .map(|(_, key)| key.clone())
+            .collect();
+        seen.clear();
+        keys
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}

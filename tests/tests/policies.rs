@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rampart_tests::{plugin, wait_until, Cluster, Proxy, Setup};
+use rampart_tests::{plugin, wait_until, Cluster, Monitor, Proxy, Setup};
 use redis::Commands;
 
 /// Reads served by each node while `reads` GETs go through the proxy.
@@ -577,4 +577,148 @@ fn the_example_plugin_routes_by_prefix() {
     // A bad configuration is refused with the plugin's own words.
     let error = policy_command(&proxy, "LOAD", &path, "prefix");
     assert!(error.contains("expected prefix="), "{error}");
+}
+
+/// GETs `keys` through the proxy; returns, per replica (monitored), the
+/// keys it served.
+fn serve_keys(proxy: &Proxy, monitors: &[Monitor], keys: &[String]) -> Vec<Vec<String>> {
+    let mut conn = proxy.conn();
+    for key in keys {
+        let _: Option<String> = conn.get(key).unwrap();
+    }
+    let mut served: Vec<Vec<String>> = vec![Vec::new(); monitors.len()];
+    wait_until(
+        "MONITOR to show every read",
+        Duration::from_secs(10),
+        || {
+            for (i, monitor) in monitors.iter().enumerate() {
+                served[i].extend(monitor.take("GET"));
+            }
+            served.iter().map(Vec::len).sum::<usize>() >= keys.len()
+        },
+    );
+    served
+}
+
+#[test]
+fn the_key_affinity_router_keeps_each_key_on_one_replica() {
+    let mut cluster = Cluster::start(3);
+    let proxy = proxy_with_router_n(&cluster, "router-key-affinity", 3);
+    let monitors: Vec<Monitor> = cluster.nodes[1..].iter().map(Monitor::start).collect();
+    let keys: Vec<String> = (0..300).map(|i| format!("user:{i}")).collect();
+    let twice: Vec<String> = keys.iter().chain(&keys).cloned().collect();
+
+    let served = serve_keys(&proxy, &monitors, &twice);
+    let owner = |served: &[Vec<String>], key: &String| -> Vec<usize> {
+        (0..served.len())
+            .filter(|&r| served[r].contains(key))
+            .collect()
+    };
+    let mut owners = std::collections::HashMap::new();
+    for key in &keys {
+        let on = owner(&served, key);
+        assert_eq!(on.len(), 1, "{key} was read from replicas {on:?}");
+        assert_eq!(served[on[0]].iter().filter(|k| *k == key).count(), 2);
+        owners.insert(key.clone(), on[0]);
+    }
+    for (r, keys_on) in served.iter().enumerate() {
+        assert!(
+            keys_on.len() >= 2 * 45,
+            "replica {r} served only {} reads",
+            keys_on.len()
+        );
+    }
+
+    // A replica leaves: its keys move, nobody else's do.
+    cluster.nodes[3].kill();
+    proxy.wait_serving_replicas(2, Duration::from_secs(10));
+    let served = serve_keys(&proxy, &monitors[..2], &keys);
+    for key in &keys {
+        let now = owner(&served, key);
+        assert_eq!(now.len(), 1, "{key} was read from replicas {now:?}");
+        if owners[key] != 2 {
+            assert_eq!(now[0], owners[key], "{key} moved though its replica stayed");
+        }
+    }
+}
+
+#[test]
+fn the_least_latency_router_prefers_the_fast_replica_and_spreads_load() {
+    let cluster = rampart_tests::FaultyCluster::start(2);
+    let shard = format!(
+        "read_from = \"replicas\"\nrouter = \"{}\"",
+        plugin("router-least-latency").display()
+    );
+    let proxy = Proxy::start(
+        &cluster.addrs(),
+        Setup {
+            shard: &shard,
+            ..Setup::default()
+        },
+    );
+    proxy.wait_serving_replicas(2, Duration::from_secs(10));
+    let gets = |node: usize| cluster.nodes[node].calls("get");
+
+    // Equal replicas under concurrent load: both get a share.
+    let before = [gets(1), gets(2)];
+    std::thread::scope(|s| {
+        for _ in 0..6 {
+            s.spawn(|| {
+                let mut conn = proxy.conn();
+                for i in 0..300 {
+                    let _: Option<String> = conn.get(format!("k{i}")).unwrap();
+                }
+            });
+        }
+    });
+    let shares = [gets(1) - before[0], gets(2) - before[1]];
+    assert!(shares.iter().all(|&n| n >= 1800 / 10), "{shares:?}");
+
+    // One replica 20 ms away: once probes see it, reads avoid it.
+    let slow = cluster.node_at(&cluster.addrs()[2]);
+    cluster.forwarders[slow].set_delay(Duration::from_millis(20));
+    wait_until(
+        "the probe to see the slow replica",
+        Duration::from_secs(10),
+        || proxy.shard()["nodes"][2]["rtt_us"].as_u64().unwrap_or(0) > 20_000,
+    );
+    let before = [gets(1), gets(2)];
+    let mut conn = proxy.conn();
+    for i in 0..200 {
+        let _: Option<String> = conn.get(format!("k{i}")).unwrap();
+    }
+    let (fast, slow) = (gets(1) - before[0], gets(2) - before[1]);
+    assert!(fast >= 190 && slow <= 10, "fast {fast}, slow {slow}");
+}
+
+#[test]
+fn the_zone_affinity_router_keeps_reads_in_the_zone() {
+    let mut cluster = Cluster::start(2);
+    let addrs = cluster.addrs();
+    let shard = format!(
+        "read_from = \"replicas\"\nrouter = \"{}\"\nzones = {{ \"{}\" = \"zone-a\", \"{}\" = \"zone-b\" }}",
+        plugin("router-zone-affinity").display(),
+        addrs[1],
+        addrs[2]
+    );
+    let proxy = Proxy::start(
+        &addrs,
+        Setup {
+            proxy: "zone = \"zone-b\"",
+            shard: &shard,
+            ..Setup::default()
+        },
+    );
+    proxy.wait_serving_replicas(2, Duration::from_secs(10));
+    assert_eq!(served_by(&cluster, &proxy, 100), [0, 0, 100]);
+
+    // No replica left in the zone: the others serve (fallback=replicas).
+    cluster.nodes[2].kill();
+    proxy.wait_serving_replicas(1, Duration::from_secs(10));
+    let before = cluster.nodes[1].calls("get");
+    let mut conn = proxy.conn();
+    for _ in 0..50 {
+        let _: Option<String> = conn.get("p").unwrap();
+    }
+    assert_eq!(cluster.nodes[1].calls("get") - before, 50);
 }

@@ -28,14 +28,14 @@ struct FixedTimeout;
 impl Guest for FixedTimeout {
     fn configure(config: String) -> Result<(), String> {
         let mut down_after_ms = 1000;
-        for pair in config.split_whitespace() {
-            match pair.split_once('=') {
-                Some(("down_after_ms", v)) => {
+        for (key, v) in rampart_sdk::algorithms::pairs(&config)? {
+            match key {
+                "down_after_ms" => {
                     down_after_ms = v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
                         format!("down_after_ms: expected a number above 0, got {v:?}")
                     })?
                 }
-                _ => return Err(format!("expected down_after_ms=<ms>, got {pair:?}")),
+                _ => return Err(format!("unknown key {key:?} (expected down_after_ms)")),
             }
         }
         STATE.with(|s| s.borrow_mut().down_after_ms = down_after_ms);

@@ -48,10 +48,7 @@ struct PhiAccrual;
 impl Guest for PhiAccrual {
     fn configure(config: String) -> Result<(), String> {
         let mut s = SETTINGS.with(|s| *s.borrow());
-        for pair in config.split_whitespace() {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("expected key=value, got {pair:?}"))?;
+        for (key, value) in rampart_sdk::algorithms::pairs(&config)? {
             let number: f64 = value
                 .parse()
                 .ok()

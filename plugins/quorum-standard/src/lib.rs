@@ -35,10 +35,7 @@ impl Guest for Standard {
             timeout_ms: 1000,
             fail_on_shortfall: true,
         };
-        for pair in config.split_whitespace() {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("expected key=value, got {pair:?}"))?;
+        for (key, value) in rampart_sdk::algorithms::pairs(&config)? {
             match key {
                 "quorum" => match value {
                     "none" | "one" | "majority" | "all" => settings.quorum = value.into(),

@@ -66,6 +66,7 @@ impl BatchReply {
 /// Fails a batch that could not be sent at all.
 fn refuse(batch: Batch, error: Arc<str>, stats: &LinkStats) {
     stats.failed(batch.replies);
+    stats.answered(1);
     let _ = batch.reply.send(BatchReply::failed(error));
 }
 
@@ -89,9 +90,25 @@ pub struct LinkStats {
     pub failed_requests: AtomicU64,
     /// Connections open now, shared and dedicated.
     pub connections: AtomicI64,
+    /// Batches handed to links, and batches answered: the difference is
+    /// the node's load right now (routers balance on it).
+    sent_batches: AtomicU64,
+    answered_batches: AtomicU64,
 }
 
 impl LinkStats {
+    /// Batches sent to the node and not answered yet.
+    pub fn inflight(&self) -> u64 {
+        let answered = self.answered_batches.load(Ordering::Relaxed);
+        self.sent_batches
+            .load(Ordering::Relaxed)
+            .saturating_sub(answered)
+    }
+
+    fn answered(&self, batches: u64) {
+        self.answered_batches.fetch_add(batches, Ordering::Relaxed);
+    }
+
     fn failed(&self, requests: usize) {
         self.failed_requests
             .fetch_add(requests as u64, Ordering::Relaxed);
@@ -177,6 +194,10 @@ impl Link {
 
     /// Queues a batch; waits while the link's queue is full (backpressure).
     pub async fn send(&self, batch: Batch) {
+        self.state
+            .stats
+            .sent_batches
+            .fetch_add(1, Ordering::Relaxed);
         if let Err(mpsc::error::SendError(batch)) = self.tx.send(batch).await {
             refuse(
                 batch,
@@ -299,6 +320,7 @@ async fn serve(
         consumed: 0,
         done: 0,
         held: Vec::new(),
+        stats: opts.stats.clone(),
     };
     let progress = Progress::default();
     let reason = tokio::select! {
@@ -443,6 +465,7 @@ struct Reader {
     done: usize,
     /// Durable batches whose replies arrived, waiting for their `WAIT`.
     held: Vec<(oneshot::Sender<BatchReply>, BatchReply)>,
+    stats: Arc<LinkStats>,
 }
 
 impl Reader {
@@ -528,6 +551,7 @@ impl Reader {
                     durable: None,
                     ..
                 } => {
+                    self.stats.answered(1);
                     let _ = reply.send(answer);
                 }
                 InFlight::Batch { reply, .. } => self.held.push((reply, answer)),
@@ -553,6 +577,7 @@ impl Reader {
                 durability.failed_writes.fetch_add(failed, Relaxed);
                 answer.data = data;
             }
+            self.stats.answered(1);
             let _ = reply.send(answer);
         }
     }
@@ -582,6 +607,7 @@ impl Reader {
         let mut failed = 0;
         for (reply, held) in self.held.drain(..) {
             failed += held.got;
+            self.stats.answered(1);
             let _ = reply.send(BatchReply::failed(error.clone()));
         }
         if let Some(InFlight::Batch {
@@ -596,6 +622,7 @@ impl Reader {
                 Some(_) => (Bytes::new(), 0),
             };
             failed += replies - got;
+            self.stats.answered(1);
             let _ = reply.send(BatchReply {
                 data,
                 got,
@@ -606,6 +633,7 @@ impl Reader {
         while let Ok(next) = inflight.try_recv() {
             if let InFlight::Batch { reply, replies, .. } = next {
                 failed += replies;
+                self.stats.answered(1);
                 let _ = reply.send(BatchReply::failed(error.clone()));
             }
         }

@@ -62,6 +62,9 @@ impl Default for Limits {
 /// How often the engine's epoch advances: the granularity of call budgets.
 pub const TICK: Duration = Duration::from_millis(1);
 
+/// Ticks since the engine started, a clock cheap enough to read per call.
+pub(crate) static TICKS: AtomicU64 = AtomicU64::new(0);
+
 /// The process-wide engine, with its epoch ticker thread.
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -81,6 +84,7 @@ pub fn engine() -> &'static Engine {
             .spawn(move || {
                 while let Some(engine) = ticker.upgrade() {
                     engine.increment_epoch();
+                    TICKS.fetch_add(1, Ordering::Relaxed);
                     drop(engine);
                     std::thread::sleep(TICK);
                 }

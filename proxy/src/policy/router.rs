@@ -24,12 +24,17 @@ wasmtime::component::bindgen!({
 use self::rampart::policy::types as wit;
 use super::sandbox::{self, State};
 
+/// `update` runs at least this often (in ticks), so latencies and lag a
+/// router sees are at most this old even when nothing else changed.
+const REFRESH_TICKS: u64 = 100;
+
 /// One live instance, owned by one thread.
 struct Instance {
     store: Store<State>,
     router: Router,
-    /// Topology version last passed to `update`.
+    /// Topology version last passed to `update`, and when (in ticks).
     seen: u64,
+    updated_at: u64,
     /// Dead once the plugin generation this instance belongs to is gone.
     owner: std::sync::Weak<()>,
 }
@@ -81,11 +86,13 @@ impl WasmRouter {
             stats: Arc::new(Stats::default()),
             alive: Arc::new(()),
         };
-        router.instantiate().map_err(|(step, message)| LoadError {
-            name: name.to_string(),
-            step,
-            message,
-        })?;
+        router
+            .instantiate(&[])
+            .map_err(|(step, message)| LoadError {
+                name: name.to_string(),
+                step,
+                message,
+            })?;
         Ok(router)
     }
 
@@ -93,8 +100,12 @@ impl WasmRouter {
         &self.name
     }
 
-    fn instantiate(&self) -> Result<Instance, (&'static str, String)> {
+    fn instantiate(
+        &self,
+        nodes: &[Arc<topology::Node>],
+    ) -> Result<Instance, (&'static str, String)> {
         let mut store = sandbox::store(&self.name, self.limits);
+        store.data_mut().nodes = nodes.to_vec();
         let router = self
             .pre
             .instantiate(&mut store)
@@ -106,6 +117,7 @@ impl WasmRouter {
             store,
             router,
             seen: u64::MAX,
+            updated_at: 0,
             owner: Arc::downgrade(&self.alive),
         })
     }
@@ -140,9 +152,9 @@ fn wit_node(shard_index: u32, node: &topology::Node) -> wit::Node {
         },
         serves_reads: node.serves_reads(),
         priority: node.priority(),
-        zone: 0,
+        zone: node.zone,
         latency_us: node.rtt_us(),
-        inflight: 0,
+        inflight: node.inflight().min(u32::MAX as u64) as u32,
         repl_offset: node.offset(),
         lag_ms: node.lag_ms().min(u32::MAX as u64) as u32,
     }
@@ -161,7 +173,7 @@ impl ReadPolicy for WasmRouter {
                 instances.retain(|_, instance| instance.owner.strong_count() > 0);
             }
             if let Entry::Vacant(slot) = instances.entry(self.id) {
-                match self.instantiate() {
+                match self.instantiate(&shard.nodes) {
                     Ok(instance) => {
                         slot.insert(instance);
                     }
@@ -174,7 +186,8 @@ impl ReadPolicy for WasmRouter {
             }
             let instance = instances.get_mut(&self.id)?;
             let version = self.topology_version.load(Ordering::Acquire);
-            if instance.seen != version {
+            let now = super::TICKS.load(Ordering::Relaxed);
+            if instance.seen != version || now.wrapping_sub(instance.updated_at) >= REFRESH_TICKS {
                 let nodes: Vec<wit::Node> = shard.nodes.iter().map(|n| wit_node(0, n)).collect();
                 instance.store.set_epoch_deadline(self.limits.call_ticks);
                 if let Err(trap) = instance.router.call_update(&mut instance.store, &nodes) {
@@ -182,6 +195,7 @@ impl ReadPolicy for WasmRouter {
                     return None;
                 }
                 instance.seen = version;
+                instance.updated_at = now;
             }
             let request = wit::Request {
                 shard: 0,
@@ -189,7 +203,7 @@ impl ReadPolicy for WasmRouter {
                 key_hash: fnv1a(read.key),
                 key: read.key,
                 client_id: read.client_id,
-                client_zone: 0,
+                client_zone: shard.client_zone,
             };
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
             instance.store.set_epoch_deadline(self.limits.call_ticks);

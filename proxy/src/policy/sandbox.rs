@@ -17,6 +17,8 @@ use crate::route::PolicyView;
 pub struct State {
     limits: StoreLimits,
     name: Arc<str>,
+    /// The shard's nodes, for `inflight`; empty outside routers.
+    pub nodes: Vec<Arc<crate::topology::Node>>,
 }
 
 impl Host for State {
@@ -35,6 +37,13 @@ impl Host for State {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn inflight(&mut self, node: u32) -> u32 {
+        self.nodes
+            .iter()
+            .find(|n| n.id == node)
+            .map_or(0, |n| n.inflight().min(u32::MAX as u64) as u32)
     }
 }
 
@@ -196,6 +205,7 @@ pub fn store(name: &Arc<str>, limits: Limits) -> Store<State> {
             .instances(32)
             .build(),
         name: name.clone(),
+        nodes: Vec::new(),
     };
     let mut store = Store::new(engine(), state);
     store.limiter(|state| &mut state.limits);

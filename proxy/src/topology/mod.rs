@@ -39,6 +39,8 @@ pub enum Health {
 pub struct Node {
     pub id: u32,
     pub addr: String,
+    /// The node's zone from the configuration, numbered; 0 = none.
+    pub zone: u32,
     role: AtomicU8,
     health: AtomicU8,
     /// Replication offset from the last probe.
@@ -77,6 +79,7 @@ impl Node {
             changes,
             id,
             addr,
+            zone: 0,
             role: AtomicU8::new(Role::Unknown as u8),
             health: AtomicU8::new(Health::Down as u8),
             offset: AtomicU64::new(0),
@@ -92,6 +95,12 @@ impl Node {
             version: Mutex::new(None),
             pool,
         }
+    }
+
+    /// Places the node in a zone (numbered, see [`Shard::client_zone`]).
+    pub fn in_zone(mut self, zone: u32) -> Node {
+        self.zone = zone;
+        self
     }
 
     pub fn role(&self) -> Role {
@@ -143,6 +152,11 @@ impl Node {
 
     pub fn lag_ms(&self) -> u64 {
         self.lag_ms.load(Ordering::Relaxed)
+    }
+
+    /// Batches sent to the node and not answered yet.
+    pub fn inflight(&self) -> u64 {
+        self.pool.stats().inflight()
     }
 
     pub fn count_requests(&self, n: u64) {
@@ -218,6 +232,9 @@ pub struct Shard {
     pub name: String,
     pub nodes: Vec<Arc<Node>>,
     pub read_from: ReadFrom,
+    /// The zone of this Rampart instance (`proxy.zone`), numbered like the
+    /// nodes' zones; 0 = none. Routers prefer replicas in it.
+    pub client_zone: u32,
     /// The write quorum in force, read by the links that carry writes.
     pub durability: Arc<Durability>,
     /// Index into `nodes` of the primary, `NO_PRIMARY` when none is known.
@@ -255,6 +272,7 @@ impl Shard {
             name,
             nodes,
             read_from,
+            client_zone: 0,
             durability: Arc::default(),
             primary: AtomicUsize::new(NO_PRIMARY),
             epoch: AtomicU64::new(0),
@@ -265,6 +283,11 @@ impl Shard {
             changed: watch::channel(0).0,
             held: AtomicUsize::new(0),
         }
+    }
+
+    pub fn with_client_zone(mut self, zone: u32) -> Shard {
+        self.client_zone = zone;
+        self
     }
 
     /// The primary to send writes to: known, answering, and not being
