@@ -3,7 +3,8 @@
 //!
 //! What changes live: each shard's router (`router`, `router_config`,
 //! `read_from`), loaded as a new generation exactly as `RAMPART POLICY
-//! LOAD` would, and `log.level`. Every other changed field is logged by
+//! LOAD` would, each shard's quorum and the detector (their settings and
+//! plugins), and `log.level`. Every other changed field is logged by
 //! name as applying at the next start, so an operator never wonders
 //! whether an edit took. A file that does not parse changes nothing and is
 //! reported with the field at fault.
@@ -33,6 +34,18 @@ const LIVE: &[&str] = &[
     "shards.*.router",
     "shards.*.router_config",
     "shards.*.read_from",
+    "shards.*.replication.quorum",
+    "shards.*.replication.timeout_ms",
+    "shards.*.replication.on_shortfall",
+    "shards.*.replication.quorum_plugin",
+    "shards.*.replication.quorum_config",
+    "probe.detector",
+    "probe.down_after_ms",
+    "probe.phi_threshold",
+    "probe.phi_window",
+    "probe.phi_min_std_ms",
+    "probe.detector_plugin",
+    "probe.detector_config",
     "log.level",
 ];
 
@@ -118,6 +131,36 @@ async fn reload(
     if live.iter().any(|field| field == "log.level") {
         set_log_level(&config.log.level);
     }
+    for (name, shard) in &config.shards {
+        let prefix = format!("shards.{name}.replication.");
+        if live.iter().any(|field| field.starts_with(&prefix)) {
+            let replication = &shard.replication;
+            let source = match &replication.quorum_plugin {
+                Some(path) => Source::File(path.clone()),
+                None => Source::Builtin(replication.quorum.name().to_string()),
+            };
+            let loaded = ctx
+                .load_quorum_with(
+                    name,
+                    source,
+                    replication.quorum_config.clone(),
+                    replication.clone(),
+                )
+                .await;
+            report(name, "quorum", loaded);
+        }
+    }
+    if live.iter().any(|field| field.starts_with("probe.")) {
+        let probe = &config.probe;
+        let source = match &probe.detector_plugin {
+            Some(path) => Source::File(path.clone()),
+            None => Source::Builtin(probe.detector.name().to_string()),
+        };
+        let loaded = ctx
+            .load_detector_with(source, probe.detector_config.clone(), probe.clone())
+            .await;
+        report("*", "detector", loaded);
+    }
     if !live.is_empty() || !later.is_empty() {
         // On the event timeline too, where operators watch the dashboard.
         let detail = format!(
@@ -148,6 +191,15 @@ async fn reload(
             Err(e) => {
                 tracing::error!(shard = %name, error = %e, "router reload refused; the active one stays")
             }
+        }
+    }
+}
+
+fn report<T>(shard: &str, kind: &str, loaded: Result<T, String>) {
+    match loaded {
+        Ok(_) => tracing::info!(shard, kind, "policy reloaded"),
+        Err(e) => {
+            tracing::error!(shard, kind, error = %e, "policy reload refused; the active one stays")
         }
     }
 }

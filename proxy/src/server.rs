@@ -7,13 +7,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::admin::metrics::Metrics;
 use crate::backend::{ConnectOptions, LinkOptions, NodePool};
-use crate::config::{Config, FailoverRole, Shortfall};
+use crate::config::{Config, FailoverRole};
 use crate::failover::controller::Switchover;
+use crate::failover::detect::{DetectorChoice, DetectorSource};
 use crate::failover::events::Events;
 use crate::policy::slot::RouterSlot;
 use crate::policy::swap::{self, Source};
@@ -34,10 +37,11 @@ pub struct Context {
     /// refresh their node list on it).
     pub topology_changes: Arc<AtomicU64>,
     /// One per shard, in shard order.
-    pub quorum_policies: Vec<Box<dyn QuorumPolicy>>,
-    /// The detector plugin, if one is configured (else each probe uses the
-    /// built-in `probe.detector`).
-    pub detector: Option<Arc<WasmDetector>>,
+    /// Per shard; replaced whole by `RAMPART POLICY LOAD quorum ...`.
+    pub quorum_policies: Vec<ArcSwap<Box<dyn QuorumPolicy>>>,
+    /// The detector every probe uses: the built-in `probe.detector`, or a
+    /// plugin; replaceable at runtime.
+    pub detector: Arc<DetectorSource>,
     pub clients: AtomicUsize,
     /// What the failover controllers did.
     pub events: Events,
@@ -174,14 +178,10 @@ impl Server {
             tracing::info!(shard = %shard.name, router = %generation.source, "router loaded");
             routers.push(RouterSlot::from_generation(generation));
         }
-        let mut quorum_policies: Vec<Box<dyn QuorumPolicy>> = Vec::new();
+        let mut quorum_policies = Vec::new();
         for (shard, shard_config) in shards.iter().zip(config.shards.values()) {
             let replication = &shard_config.replication;
-            let policy = quorum::Builtin {
-                quorum: replication.quorum,
-                timeout_ms: replication.timeout_ms,
-                fail_on_shortfall: replication.on_shortfall == Shortfall::Fail,
-            };
+            let policy = quorum::Builtin::configured(replication, None);
             let policy: Box<dyn QuorumPolicy> = match &replication.quorum_plugin {
                 Some(path) => Box::new(load_plugin(
                     &format!("shards.{}.replication.quorum_plugin", shard.name),
@@ -192,18 +192,19 @@ impl Server {
                 )?),
                 None => Box::new(policy),
             };
-            let replicas = shard.nodes.len().saturating_sub(1) as u32;
-            shard.durability.set(policy.requirement(replicas));
-            quorum_policies.push(policy);
+            shard
+                .durability
+                .set(policy.requirement(shard.replica_count()));
+            quorum_policies.push(ArcSwap::from_pointee(policy));
         }
-        let detector = match &config.probe.detector_plugin {
-            Some(path) => Some(Arc::new(load_plugin(
+        let detector = Arc::new(DetectorSource::new(match &config.probe.detector_plugin {
+            Some(path) => DetectorChoice::Plugin(Arc::new(load_plugin(
                 "probe.detector_plugin",
                 path,
                 |bytes| WasmDetector::load(path, bytes, &config.probe.detector_config),
             )?)),
-            None => None,
-        };
+            None => DetectorChoice::Builtin(config.probe.clone()),
+        }));
         let (switchovers, mut switchover_rx): (Vec<_>, Vec<_>) =
             shards.iter().map(|_| mpsc::channel(4)).unzip();
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -226,15 +227,11 @@ impl Server {
         let mut node_count = 0;
         for (shard, node) in context.topology.nodes() {
             node_count += 1;
-            let detector = match &context.detector {
-                Some(plugin) => plugin.for_node(node.id),
-                None => failover::detect::build(&context.config.probe),
-            };
             failover::probe::spawn(
                 shard.clone(),
                 node.clone(),
                 context.config.probe.clone(),
-                detector,
+                context.detector.clone(),
                 connect.clone(),
                 probed.clone(),
             );

@@ -422,7 +422,7 @@ fn editing_the_config_file_reloads_the_router() {
     // A setting that cannot change live is named, not silently ignored.
     write_with(
         "router-primary-only",
-        "[probe]\ninterval_ms = 70\n[log]\nlevel = \"debug\"\n",
+        "[probe]\ninterval_ms = 70\n[log]\nlevel = \"debug\"\n[shards.main.replication]\nquorum = \"one\"\n",
     );
     wait_until("the reload event", Duration::from_secs(10), || {
         proxy
@@ -432,10 +432,19 @@ fn editing_the_config_file_reloads_the_router() {
             .count()
             == 2
     });
-    let last = proxy.events().pop().unwrap();
+    let last = proxy
+        .events()
+        .into_iter()
+        .rfind(|e| e["kind"] == "config-reloaded")
+        .unwrap();
     assert_eq!(
         last["detail"],
-        "applied now: log.level; at the next start: probe.interval_ms"
+        "applied now: log.level, shards.main.replication.quorum; at the next start: probe.interval_ms"
+    );
+    assert_eq!(
+        proxy.shard()["durability"]["acks"],
+        1,
+        "the quorum applies live"
     );
     assert_eq!(generation(&proxy), 2, "an unchanged router is not reloaded");
 }
@@ -721,4 +730,88 @@ fn the_zone_affinity_router_keeps_reads_in_the_zone() {
         let _: Option<String> = conn.get("p").unwrap();
     }
     assert_eq!(cluster.nodes[1].calls("get") - before, 50);
+}
+
+#[test]
+fn quorum_and_detector_policies_are_swapped_at_runtime() {
+    use rampart_tests::{http, http_get};
+    let cluster = Cluster::start(1);
+    let proxy = Proxy::start(&cluster.addrs(), Setup::default());
+    let admin = proxy.admin.unwrap();
+    let acks = |proxy: &Proxy| proxy.shard()["durability"]["acks"].as_u64();
+    let mut conn = proxy.conn();
+    let _: () = conn.set("q", 1).unwrap();
+    assert_eq!(acks(&proxy), Some(0), "asynchronous to begin with");
+
+    // A quorum plugin over RAMPART POLICY: writes now wait for the replica.
+    let quorum = plugin("quorum-standard");
+    let loaded = proxy.cli(&[
+        "RAMPART",
+        "POLICY",
+        "LOAD",
+        "quorum",
+        quorum.to_str().unwrap(),
+        "quorum=all timeout_ms=300 on_shortfall=fail",
+    ]);
+    assert!(loaded.starts_with("OK"), "{loaded}");
+    assert_eq!(acks(&proxy), Some(1));
+    cluster.nodes[1].signal("STOP");
+    let refused = conn.set::<_, _, ()>("q", 2).unwrap_err().to_string();
+    assert!(refused.contains("NOQUORUM"), "{refused}");
+
+    // Back to the built-in over HTTP: answered at once again.
+    let (status, body) = http(admin, "PUT", "/v1/policies/quorum?builtin=none", b"");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(acks(&proxy), Some(0));
+    let _: () = conn.set("q", 3).unwrap();
+    cluster.nodes[1].signal("CONT");
+
+    // Refusals leave the policy in force.
+    let (status, body) = http(admin, "PUT", "/v1/policies/quorum?builtin=most", b"");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("unknown built-in quorum"), "{body}");
+    let router = std::fs::read(plugin("router-round-robin")).unwrap();
+    let (status, body) = http(admin, "PUT", "/v1/policies/detector", &router);
+    assert_eq!(status, 422, "a router is not a detector: {body}");
+    assert_eq!(
+        http(admin, "POST", "/v1/policies/quorum/rollback", b"").0,
+        404
+    );
+
+    // A detector plugin, uploaded: every probe now asks it.
+    let detector = std::fs::read(plugin("detector-fixed-timeout")).unwrap();
+    let (status, body) = http(
+        admin,
+        "PUT",
+        "/v1/policies/detector?config=down_after_ms%3D300",
+        &detector,
+    );
+    assert_eq!(status, 200, "{body}");
+    let detector_calls = || {
+        let (_, body) = http_get(admin, "/v1/policies");
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(view["detector"]["kind"], "wasm");
+        view["detector"]["calls"].as_u64().unwrap_or(0)
+    };
+    wait_until("probes to call the plugin", Duration::from_secs(5), || {
+        detector_calls() > 20
+    });
+    cluster.nodes[1].signal("STOP");
+    wait_until(
+        "the plugin to judge the replica down",
+        Duration::from_secs(5),
+        || proxy.shard()["nodes"][1]["health"] == "down",
+    );
+    cluster.nodes[1].signal("CONT");
+    wait_until("the replica up again", Duration::from_secs(5), || {
+        proxy.shard()["nodes"][1]["health"] == "up"
+    });
+    assert!(
+        proxy
+            .event_kinds()
+            .iter()
+            .filter(|k| *k == "policy-activated")
+            .count()
+            >= 3
+    );
 }

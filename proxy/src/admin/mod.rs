@@ -155,22 +155,22 @@ fn percent_decode(text: &str) -> String {
 /// The largest plugin accepted over HTTP.
 const MAX_PLUGIN_BYTES: usize = 64 * 1024 * 1024;
 
-/// `PUT /v1/policies/router` (body: the `.wasm`, or no body and
-/// `?builtin=<name>`; `?config=` the text for its `configure`, `?shard=`
-/// which shard, default the first), `PUT
+/// `PUT /v1/policies/{router|quorum|detector}` (body: the `.wasm`, or no
+/// body and `?builtin=<name>`; `?config=` the text for its `configure`,
+/// `?shard=` which shard, default the first), `PUT
 /// /v1/policies/router/shadow` (the same, as a shadow), `POST
 /// /v1/policies/router/activate` and `.../rollback`.
 async fn policy(req: Request<Incoming>, ctx: &Context, rest: String) -> Response<Full<Bytes>> {
-    use crate::policy::swap::{Mode, Source};
+    use crate::policy::swap::{Kind, Mode, Source};
     use http_body_util::BodyExt;
     let shard = query(&req, "shard").unwrap_or_else(|| ctx.topology.shard().name.clone());
-    let (kind, action) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
-    if kind != "router" {
+    let (kind_name, action) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
+    let Some(kind) = Kind::parse(kind_name) else {
         return text(
             StatusCode::NOT_FOUND,
-            &format!("only router policies can be loaded (quorum and detector are built in for now), not '{kind}'\n"),
+            &format!("no policy kind '{kind_name}' (expected router, quorum or detector)\n"),
         );
-    }
+    };
     let method = req.method().clone();
     let result = match (method, action) {
         (Method::PUT, "" | "shadow") => {
@@ -199,10 +199,16 @@ async fn policy(req: Request<Incoming>, ctx: &Context, rest: String) -> Response
                     "send either the plugin's .wasm as the body or ?builtin=<name> with no body\n",
                 ),
             };
-            match ctx.load_router(&shard, source, config, mode).await {
+            match ctx.load_policy(kind, &shard, source, config, mode).await {
                 Ok(view) => return json(&view),
                 Err(e) => Err(e),
             }
+        }
+        (Method::POST, _) if kind != Kind::Router => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "only routers have a shadow and a previous generation; load the policy you want instead\n",
+            )
         }
         (Method::POST, "activate") => ctx
             .activate_shadow(&shard)

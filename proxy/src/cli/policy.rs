@@ -173,15 +173,20 @@ fn upload(admin: &Admin, load: Load, mode: &str) -> Result<(), Failure> {
     } else {
         "in shadow"
     };
+    let generation = match view["generation"].as_u64() {
+        Some(n) => format!(" generation {n}"),
+        None => String::new(),
+    };
+    let origin = match (view["sha256"].as_str(), view["source"].as_str()) {
+        (Some(sha), _) => format!(" (sha256 {sha})"),
+        (None, Some(source)) => format!(" ({source})"),
+        (None, None) => String::new(),
+    };
     println!(
-        "{} generation {} {what}: {} ({})",
+        "{}{generation} {what}: {} ({}){origin}",
         load.kind.path(),
-        view["generation"],
         str(&view["name"]),
-        view["sha256"]
-            .as_str()
-            .map(|s| format!("sha256 {s}"))
-            .unwrap_or_else(|| str(&view["source"])),
+        str(&view["kind"]),
     );
     Ok(())
 }

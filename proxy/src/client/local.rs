@@ -303,8 +303,8 @@ impl Connection {
     /// `RAMPART POLICY ACTIVATE|ROLLBACK <kind>`, `RAMPART POLICY LIST`.
     /// Applies to the first (today the only) shard.
     async fn policy(&mut self, req: &Request) -> Value {
-        use crate::policy::swap::{Mode, Source};
-        const USAGE: &str = "ERR usage: RAMPART POLICY LOAD|SHADOW router <path|builtin:name> [config] | ACTIVATE|ROLLBACK router | LIST";
+        use crate::policy::swap::{Kind, Mode, Source};
+        const USAGE: &str = "ERR usage: RAMPART POLICY LOAD router|quorum|detector <path|builtin:name> [config] | SHADOW router <path|builtin:name> [config] | ACTIVATE|ROLLBACK router | LIST";
         let args = req.args();
         let text = |i: usize| args.get(i).map(|a| String::from_utf8_lossy(a).into_owned());
         let action = text(2).unwrap_or_default().to_uppercase();
@@ -314,15 +314,9 @@ impl Connection {
                 Err(e) => Value::err(format!("ERR {e}")),
             };
         }
-        match text(3).as_deref() {
-            Some("router") => {}
-            Some(kind @ ("quorum" | "detector")) => {
-                return Value::err(format!(
-                    "ERR rampart: {kind} policies are built in for now (shards.<name>.replication, probe.detector); only router plugins can be loaded"
-                ))
-            }
-            _ => return Value::err(USAGE),
-        }
+        let Some(kind) = text(3).as_deref().and_then(Kind::parse) else {
+            return Value::err(USAGE);
+        };
         let ctx = self.ctx.clone();
         let shard = ctx.topology.shard().name.clone();
         let result = match (action.as_str(), text(4)) {
@@ -333,9 +327,15 @@ impl Connection {
                     Mode::Shadow
                 };
                 let config = text(5).unwrap_or_default();
-                ctx.load_router(&shard, Source::parse(&source), config, mode)
+                ctx.load_policy(kind, &shard, Source::parse(&source), config, mode)
                     .await
-                    .map(|view| format!("OK generation {}", view.generation))
+                    .map(|view| match view["generation"].as_u64() {
+                        Some(generation) => format!("OK generation {generation}"),
+                        None => format!("OK {}", view["name"].as_str().unwrap_or_default()),
+                    })
+            }
+            ("ACTIVATE" | "ROLLBACK", None) if kind != Kind::Router => {
+                return Value::err("ERR rampart: only routers have a shadow and a previous generation; load the policy you want instead")
             }
             ("ACTIVATE", None) => ctx
                 .activate_shadow(&shard)
@@ -373,12 +373,14 @@ impl Connection {
                     "    Shards, nodes, roles and health as JSON.",
                     "POLICIES",
                     "    Each shard's read policy, with calls, traps and fallbacks, as JSON.",
-                    "POLICY LOAD|SHADOW router <path|builtin:name> [config]",
-                    "    Load a router plugin and make it active (LOAD) or compare it with the active one (SHADOW).",
+                    "POLICY LOAD router|quorum|detector <path|builtin:name> [config]",
+                    "    Load a policy and make it active.",
+                    "POLICY SHADOW router <path|builtin:name> [config]",
+                    "    Run a router beside the active one, only counting where they agree.",
                     "POLICY ACTIVATE|ROLLBACK router",
                     "    Make the shadow router active, or go back to the previous generation.",
                     "POLICY LIST",
-                    "    Active, previous and shadow routers with their generations, as JSON.",
+                    "    Routers (active, previous, shadow), quorums and the detector, as JSON.",
                     "SWITCHOVER <shard> [<host:port>]",
                     "    Move the primary role to the given replica (or the best one) without losing a write.",
                     "HELP",

@@ -240,6 +240,7 @@ impl Controller {
             return;
         }
         let Some(target) = self.ctx.quorum_policies[self.index]
+            .load()
             .elect(&candidates)
             .and_then(|id| self.shard.node(id).cloned())
         else {
@@ -325,6 +326,7 @@ impl Controller {
                     })
                     .collect();
                 self.ctx.quorum_policies[self.index]
+                    .load()
                     .elect(&candidates)
                     .and_then(|id| self.shard.node(id).cloned())
                     .ok_or("ERR no replica is fit to take over (following the primary, caught up, priority above 0)")?

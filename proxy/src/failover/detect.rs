@@ -3,11 +3,16 @@
 //! Wasm detector plugin) slots in beside the fixed timeout.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use rampart_sdk::algorithms;
 
 use crate::config::{DetectorKind, ProbeConfig};
+use crate::policy::WasmDetector;
+use crate::route::PolicyView;
 use crate::topology::Health;
 
 pub trait Detector: Send {
@@ -133,7 +138,58 @@ impl Detector for PhiAccrual {
     }
 }
 
-/// The detector the configuration asks for.
+/// Which detector judges the nodes: a built-in with its settings, or a
+/// plugin.
+pub enum DetectorChoice {
+    Builtin(ProbeConfig),
+    Plugin(Arc<WasmDetector>),
+}
+
+/// Where every probe gets its detector. Replacing the choice at runtime
+/// (`RAMPART POLICY LOAD detector ...`) bumps a generation; each probe
+/// notices at its next round and starts over with the new detector (a
+/// fresh history, judged by the new rules from then on).
+pub struct DetectorSource {
+    choice: ArcSwap<DetectorChoice>,
+    generation: AtomicU64,
+}
+
+impl DetectorSource {
+    pub fn new(choice: DetectorChoice) -> DetectorSource {
+        DetectorSource {
+            choice: ArcSwap::from_pointee(choice),
+            generation: AtomicU64::new(1),
+        }
+    }
+
+    pub fn replace(&self, choice: DetectorChoice) -> u64 {
+        self.choice.store(Arc::new(choice));
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// A detector for one node's probe, and the generation it belongs to.
+    pub fn for_node(&self, node: u32) -> (u64, Box<dyn Detector>) {
+        let generation = self.generation();
+        let detector = match &**self.choice.load() {
+            DetectorChoice::Builtin(config) => build(config),
+            DetectorChoice::Plugin(plugin) => plugin.for_node(node),
+        };
+        (generation, detector)
+    }
+
+    pub fn describe(&self) -> PolicyView {
+        match &**self.choice.load() {
+            DetectorChoice::Builtin(config) => PolicyView::native(config.detector.name()),
+            DetectorChoice::Plugin(plugin) => plugin.describe(),
+        }
+    }
+}
+
+/// The built-in detector `config` asks for.
 pub fn build(config: &ProbeConfig) -> Box<dyn Detector> {
     match config.detector {
         DetectorKind::FixedTimeout => Box::new(FixedTimeout::new(Duration::from_millis(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use super::detect::Detector;
+use super::detect::DetectorSource;
 use crate::backend::control::{frame_text, Control};
 use crate::backend::ConnectOptions;
 use crate::config::ProbeConfig;
@@ -90,7 +90,7 @@ pub fn spawn(
     shard: Arc<Shard>,
     node: Arc<Node>,
     config: ProbeConfig,
-    mut detector: Box<dyn Detector>,
+    detectors: Arc<DetectorSource>,
     opts: ConnectOptions,
     first_round: Arc<Semaphore>,
 ) {
@@ -101,7 +101,11 @@ pub fn spawn(
             let timeout = Duration::from_millis(config.timeout_ms);
             let mut control: Option<Control> = None;
             let mut first = true;
+            let (mut generation, mut detector) = detectors.for_node(node.id);
             loop {
+                if detectors.generation() != generation {
+                    (generation, detector) = detectors.for_node(node.id);
+                }
                 let started = Instant::now();
                 let result = probe_once(&node, &mut control, &opts, timeout).await;
                 detector.observe(started, result.is_ok());

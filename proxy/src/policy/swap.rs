@@ -18,7 +18,10 @@ pub struct PoliciesView {
     /// One for all nodes.
     pub detector: PolicyView,
 }
-use super::{Limits, WasmRouter};
+use super::{Limits, WasmDetector, WasmQuorum, WasmRouter};
+use crate::config::DetectorKind;
+use crate::failover::detect::DetectorChoice;
+use crate::replicate::quorum::{Builtin, Candidate, Quorum, QuorumPolicy};
 use crate::route::{PolicyView, PrimaryOnly, Read, ReadPolicy, RoundRobinReplicas};
 use crate::server::Context;
 use crate::topology::Shard;
@@ -35,11 +38,39 @@ pub enum Source {
 }
 
 impl Source {
+    /// Where it came from, for events and views.
+    pub fn label(&self) -> String {
+        match self {
+            Source::Builtin(name) => format!("builtin:{name}"),
+            Source::File(path) => path.clone(),
+            Source::Upload(_) => "upload".into(),
+        }
+    }
+
     /// `builtin:<name>` or a file path.
     pub fn parse(text: &str) -> Source {
         match text.strip_prefix("builtin:") {
             Some(name) => Source::Builtin(name.to_string()),
             None => Source::File(text.to_string()),
+        }
+    }
+}
+
+/// The policies that can be loaded at runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Router,
+    Quorum,
+    Detector,
+}
+
+impl Kind {
+    pub fn parse(text: &str) -> Option<Kind> {
+        match text {
+            "router" => Some(Kind::Router),
+            "quorum" => Some(Kind::Quorum),
+            "detector" => Some(Kind::Detector),
+            _ => None,
         }
     }
 }
@@ -111,6 +142,100 @@ pub fn build(
     ))
 }
 
+/// The bytes of a plugin source, and the name to report it by.
+fn plugin_bytes(source: &Source) -> Result<(String, std::borrow::Cow<'_, [u8]>), String> {
+    match source {
+        Source::File(path) => std::fs::read(path)
+            .map(|bytes| (path.clone(), bytes.into()))
+            .map_err(|e| format!("cannot read {path}: {e}")),
+        Source::Upload(bytes) => Ok(("upload".into(), bytes.as_slice().into())),
+        Source::Builtin(name) => Err(format!("builtin:{name} is not a plugin")),
+    }
+}
+
+/// A quorum policy from `source`, checked: its requirement and an election
+/// must run without a trap.
+fn build_quorum(
+    source: &Source,
+    config: &str,
+    replication: &crate::config::ReplicationConfig,
+    replicas: u32,
+) -> Result<Box<dyn QuorumPolicy>, String> {
+    let policy: Box<dyn QuorumPolicy> = match source {
+        Source::Builtin(name) => {
+            let quorum = Quorum::parse(name).ok_or_else(|| {
+                format!("unknown built-in quorum '{name}' (expected none, one, majority or all)")
+            })?;
+            Box::new(Builtin::configured(replication, Some(quorum)))
+        }
+        _ => {
+            let (name, bytes) = plugin_bytes(source)?;
+            let fallback = Box::new(Builtin::configured(replication, None));
+            Box::new(WasmQuorum::load(&name, &bytes, config, fallback).map_err(|e| e.to_string())?)
+        }
+    };
+    let _ = policy.requirement(replicas);
+    let candidates: Vec<Candidate> = (1..=replicas.max(1))
+        .map(|id| Candidate {
+            id,
+            offset: u64::from(id) * 100,
+            priority: 100,
+        })
+        .collect();
+    let _ = policy.elect(&candidates);
+    let checked = policy.describe();
+    if checked.traps > 0 {
+        return Err(format!(
+            "{}: self-check: {} traps in a requirement and an election",
+            source.label(),
+            checked.traps
+        ));
+    }
+    Ok(policy)
+}
+
+/// A detector from `source`, checked: a few probe results must be judged
+/// without a trap.
+fn build_detector(
+    source: &Source,
+    config: &str,
+    probe: &crate::config::ProbeConfig,
+) -> Result<DetectorChoice, String> {
+    if let Source::Builtin(name) = source {
+        let kind = match name.as_str() {
+            "fixed-timeout" => DetectorKind::FixedTimeout,
+            "phi-accrual" => DetectorKind::PhiAccrual,
+            other => {
+                return Err(format!(
+                    "unknown built-in detector '{other}' (expected fixed-timeout or phi-accrual)"
+                ))
+            }
+        };
+        let mut probe = probe.clone();
+        probe.detector = kind;
+        return Ok(DetectorChoice::Builtin(probe));
+    }
+    let (name, bytes) = plugin_bytes(source)?;
+    let plugin =
+        std::sync::Arc::new(WasmDetector::load(&name, &bytes, config).map_err(|e| e.to_string())?);
+    // A node id no real node has, so the check leaves no trace on them.
+    let mut detector = plugin.for_node(u32::MAX);
+    let now = std::time::Instant::now();
+    for ok in [true, true, false] {
+        detector.observe(now, ok);
+        let _ = detector.verdict(now);
+    }
+    let checked = plugin.describe();
+    if checked.traps > 0 {
+        return Err(format!(
+            "{}: self-check: {} traps judging three probes",
+            source.label(),
+            checked.traps
+        ));
+    }
+    Ok(DetectorChoice::Plugin(plugin))
+}
+
 impl Context {
     fn shard_index(&self, shard: &str) -> Result<usize, String> {
         self.topology
@@ -140,14 +265,7 @@ impl Context {
         })
         .await
         .map_err(|e| format!("loading failed: {e}"))?;
-        let generation = match built {
-            Ok(generation) => generation,
-            Err(e) => {
-                self.events
-                    .record(shard, "policy-rejected", None, 0, e.clone());
-                return Err(e);
-            }
-        };
+        let generation = self.accepted(shard, built)?;
         let view = generation.view();
         let nodes = self.topology.shards[index].nodes.len();
         match mode {
@@ -210,6 +328,130 @@ impl Context {
         Ok(number)
     }
 
+    /// Replaces a shard's quorum policy: `builtin:<none|one|majority|all>`
+    /// (timeout and shortfall from the configuration) or a plugin (with the
+    /// configured built-in as its fallback). Checked off the hot path; the
+    /// new requirement applies to every write not yet sent, and the next
+    /// election is the new policy's.
+    pub async fn load_quorum(
+        &self,
+        shard: &str,
+        source: Source,
+        config: String,
+    ) -> Result<PolicyView, String> {
+        let replication = self
+            .config
+            .shards
+            .get(shard)
+            .map(|s| s.replication.clone())
+            .ok_or_else(|| format!("no shard named '{shard}'"))?;
+        self.load_quorum_with(shard, source, config, replication)
+            .await
+    }
+
+    /// [`load_quorum`](Self::load_quorum) with the built-in's settings
+    /// from `replication` (a reloaded configuration's).
+    pub async fn load_quorum_with(
+        &self,
+        shard: &str,
+        source: Source,
+        config: String,
+        replication: crate::config::ReplicationConfig,
+    ) -> Result<PolicyView, String> {
+        let index = self.shard_index(shard)?;
+        let replicas = self.topology.shards[index].replica_count();
+        let label = source.label();
+        let built = tokio::task::spawn_blocking(move || {
+            build_quorum(&source, &config, &replication, replicas)
+        })
+        .await
+        .map_err(|e| format!("loading failed: {e}"))?;
+        let policy = self.accepted(shard, built)?;
+        let view = policy.describe();
+        self.topology.shards[index]
+            .durability
+            .set(policy.requirement(replicas));
+        self.quorum_policies[index].store(std::sync::Arc::new(policy));
+        self.events.record(
+            shard,
+            "policy-activated",
+            None,
+            self.topology.shards[index].epoch(),
+            format!("quorum {} from {label}", view.name),
+        );
+        Ok(view)
+    }
+
+    /// Replaces the detector of every node: `builtin:<fixed-timeout|
+    /// phi-accrual>` (settings from the configuration) or a plugin. Each
+    /// probe switches at its next round, with a fresh history.
+    pub async fn load_detector(
+        &self,
+        source: Source,
+        config: String,
+    ) -> Result<PolicyView, String> {
+        self.load_detector_with(source, config, self.config.probe.clone())
+            .await
+    }
+
+    /// [`load_detector`](Self::load_detector) with the built-in's settings
+    /// from `probe` (a reloaded configuration's).
+    pub async fn load_detector_with(
+        &self,
+        source: Source,
+        config: String,
+        probe: crate::config::ProbeConfig,
+    ) -> Result<PolicyView, String> {
+        let label = source.label();
+        let built = tokio::task::spawn_blocking(move || build_detector(&source, &config, &probe))
+            .await
+            .map_err(|e| format!("loading failed: {e}"))?;
+        let choice = self.accepted("*", built)?;
+        self.detector.replace(choice);
+        let view = self.detector.describe();
+        self.events.record(
+            "*",
+            "policy-activated",
+            None,
+            0,
+            format!("detector {} from {label}", view.name),
+        );
+        Ok(view)
+    }
+
+    /// Loads a policy of any kind, as the admin API and `RAMPART POLICY`
+    /// ask; what is now in force, as JSON. Only routers have shadows (a
+    /// quorum or detector decides nothing per request to compare).
+    pub async fn load_policy(
+        &self,
+        kind: Kind,
+        shard: &str,
+        source: Source,
+        config: String,
+        mode: Mode,
+    ) -> Result<serde_json::Value, String> {
+        fn json<T: serde::Serialize>(view: Result<T, String>) -> Result<serde_json::Value, String> {
+            view.and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
+        }
+        match (kind, mode) {
+            (Kind::Router, _) => json(self.load_router(shard, source, config, mode).await),
+            (Kind::Quorum, Mode::Activate) => json(self.load_quorum(shard, source, config).await),
+            (Kind::Detector, Mode::Activate) => json(self.load_detector(source, config).await),
+            (_, Mode::Shadow) => Err(format!(
+                "only routers run in shadow; a {kind:?} policy is loaded directly"
+            )
+            .to_lowercase()),
+        }
+    }
+
+    /// A policy that failed to load is an event, and the error.
+    fn accepted<T>(&self, shard: &str, built: Result<T, String>) -> Result<T, String> {
+        built.inspect_err(|e| {
+            self.events
+                .record(shard, "policy-rejected", None, 0, e.clone());
+        })
+    }
+
     /// Every shard's routers.
     pub fn routers_view(&self) -> Vec<(String, SlotView)> {
         self.topology
@@ -229,12 +471,9 @@ impl Context {
                 .shards
                 .iter()
                 .zip(&self.quorum_policies)
-                .map(|(shard, q)| (shard.name.clone(), q.describe()))
+                .map(|(shard, q)| (shard.name.clone(), q.load().describe()))
                 .collect(),
-            detector: match &self.detector {
-                Some(plugin) => plugin.describe(),
-                None => PolicyView::native(self.config.probe.detector.name()),
-            },
+            detector: self.detector.describe(),
         }
     }
 }

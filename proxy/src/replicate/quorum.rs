@@ -55,7 +55,14 @@ pub enum Quorum {
 }
 
 impl Quorum {
-    fn name(self) -> &'static str {
+    /// As written in the configuration.
+    pub fn parse(name: &str) -> Option<Quorum> {
+        [Quorum::None, Quorum::One, Quorum::Majority, Quorum::All]
+            .into_iter()
+            .find(|q| q.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
         match self {
             Quorum::None => "none",
             Quorum::One => "one",
@@ -75,6 +82,21 @@ pub struct Builtin {
     pub quorum: Quorum,
     pub timeout_ms: u32,
     pub fail_on_shortfall: bool,
+}
+
+impl Builtin {
+    /// What a shard's `replication` settings say (`quorum` replaced by
+    /// `quorum` when given).
+    pub fn configured(
+        replication: &crate::config::ReplicationConfig,
+        quorum: Option<Quorum>,
+    ) -> Builtin {
+        Builtin {
+            quorum: quorum.unwrap_or(replication.quorum),
+            timeout_ms: replication.timeout_ms,
+            fail_on_shortfall: replication.on_shortfall == crate::config::Shortfall::Fail,
+        }
+    }
 }
 
 impl QuorumPolicy for Builtin {

@@ -285,6 +285,11 @@ impl Shard {
         }
     }
 
+    /// Replicas configured (every node but one).
+    pub fn replica_count(&self) -> u32 {
+        self.nodes.len().saturating_sub(1) as u32
+    }
+
     pub fn with_client_zone(mut self, zone: u32) -> Shard {
         self.client_zone = zone;
         self
