@@ -1,14 +1,13 @@
-//! What a routing decision costs: the native round robin beside the same
-//! algorithm as a Wasm plugin (`plugins/router-round-robin`), on one
-//! thread, in one run. Prints nanoseconds per decision and the ratio.
+//! What a routing decision costs, on one thread, in one run: the native
+//! round robin beside Wasm routers from `plugins/`: round robin and key
+//! affinity (whose `update` returns a plan the host carries out) and least
+//! latency (which decides per read, so every read calls into the plugin).
+//! Prints nanoseconds per decision and the ratios to native.
 //!
 //!     cargo bench -p rampart --bench route
 //!
-//! Builds the plugins first if needed (the wasm32-wasip2 target must be
-//! installed).
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 use rampart::backend::{ConnectOptions, LinkOptions, NodePool};
 use rampart::config::ReadFrom;
 use rampart::failover::probe::Report;
-use rampart::policy::{Limits, WasmRouter};
+use rampart::policy::{builtin, Limits, WasmRouter};
 use rampart::route::{Read, ReadPolicy, RoundRobinReplicas};
 use rampart::topology::{Health, Node, Role, Shard};
 
@@ -57,26 +56,6 @@ fn shard(changes: &Arc<AtomicU64>) -> Shard {
     shard
 }
 
-fn plugin() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins");
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(dir.join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(dir.join("target"))
-            .status()
-            .expect("run cargo");
-    assert!(status.success(), "building the plugins failed");
-    dir.join("target/wasm32-wasip2/release/router_round_robin.wasm")
-}
-
 /// Nanoseconds per decision, the best of several rounds.
 fn measure(policy: &dyn ReadPolicy, shard: &Shard) -> f64 {
     let rounds = 7;
@@ -105,46 +84,46 @@ fn main() {
     let changes = Arc::new(AtomicU64::new(0));
     let shard = shard(&changes);
     let native = RoundRobinReplicas::default();
-    let path = plugin();
-    let bytes = std::fs::read(&path).expect("the plugin was built");
-    let wasm = WasmRouter::load(
-        "router-round-robin",
-        &bytes,
-        "",
-        Limits::default(),
-        changes.clone(),
-    )
-    .expect("the plugin loads");
-    assert!(native
-        .pick(
-            &shard,
-            &Read {
-                client_id: 0,
-                key: b""
-            }
-        )
-        .is_some());
-    assert!(wasm
-        .pick(
-            &shard,
-            &Read {
-                client_id: 0,
-                key: b""
-            }
-        )
-        .is_some());
-
-    // Interleaved, so that noise hits both alike.
-    let (mut n, mut w) = (f64::MAX, f64::MAX);
-    for _ in 0..3 {
-        n = n.min(measure(&native, &shard));
-        w = w.min(measure(&wasm, &shard));
+    // The components embedded in the binary (built from plugins/).
+    let load = |name: &str| {
+        let bytes = builtin::router(name).expect("a built-in router");
+        WasmRouter::load(name, bytes, "", Limits::default(), changes.clone())
+            .expect("the plugin loads")
+    };
+    let routers: Vec<(&str, Box<dyn ReadPolicy>)> = vec![
+        ("native round robin", Box::new(native)),
+        ("wasm round robin (plan)", Box::new(load("round-robin"))),
+        ("wasm key affinity (plan)", Box::new(load("key-affinity"))),
+        (
+            "wasm least latency (per read)",
+            Box::new(load("least-latency")),
+        ),
+    ];
+    for (name, router) in &routers {
+        let read = Read {
+            client_id: 0,
+            key: b"k",
+        };
+        assert!(
+            router.pick(&shard, &read).is_some(),
+            "{name} picks a replica"
+        );
     }
-    println!("route decision, round robin over 2 replicas (best of 3x6 rounds of 200k calls):");
-    println!("  native       {n:8.1} ns");
-    println!(
-        "  wasm plugin  {w:8.1} ns   ({:.1}x native, +{:.0} ns per read)",
-        w / n,
-        w - n
-    );
+
+    // Interleaved, so that noise hits all alike.
+    let mut best = vec![f64::MAX; routers.len()];
+    for _ in 0..3 {
+        for (i, (_, router)) in routers.iter().enumerate() {
+            best[i] = best[i].min(measure(router.as_ref(), &shard));
+        }
+    }
+    println!("route decision over 2 replicas (best of 3x6 rounds of 200k calls):");
+    let native = best[0];
+    for ((name, _), ns) in routers.iter().zip(&best) {
+        println!(
+            "  {name:<30} {ns:8.1} ns   ({:.1}x native, +{:.0} ns per read)",
+            ns / native,
+            ns - native
+        );
+    }
 }

@@ -181,16 +181,22 @@ impl Server {
         let mut quorum_policies = Vec::new();
         for (shard, shard_config) in shards.iter().zip(config.shards.values()) {
             let replication = &shard_config.replication;
-            let policy = quorum::Builtin::configured(replication, None);
             let policy: Box<dyn QuorumPolicy> = match &replication.quorum_plugin {
                 Some(path) => Box::new(load_plugin(
                     &format!("shards.{}.replication.quorum_plugin", shard.name),
                     path,
                     |bytes| {
-                        WasmQuorum::load(path, bytes, &replication.quorum_config, Box::new(policy))
+                        let fallback = quorum::Builtin::configured(replication, None);
+                        WasmQuorum::load(
+                            path,
+                            bytes,
+                            &replication.quorum_config,
+                            Box::new(fallback),
+                        )
                     },
                 )?),
-                None => Box::new(policy),
+                None => swap::builtin_quorum(replication, None)
+                    .map_err(|e| invalid(format!("shards.{}.replication: {e}", shard.name)))?,
             };
             shard
                 .durability
@@ -203,7 +209,8 @@ impl Server {
                 path,
                 |bytes| WasmDetector::load(path, bytes, &config.probe.detector_config),
             )?)),
-            None => DetectorChoice::Builtin(config.probe.clone()),
+            None => swap::builtin_detector(&config.probe)
+                .map_err(|e| invalid(format!("probe.detector: {e}")))?,
         }));
         let (switchovers, mut switchover_rx): (Vec<_>, Vec<_>) =
             shards.iter().map(|_| mpsc::channel(4)).unzip();
@@ -306,6 +313,10 @@ impl Server {
 
 /// Reads and loads a plugin named in the configuration; a plugin that
 /// fails any step stops startup with the field, the step and the reason.
+fn invalid(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+}
+
 fn load_plugin<T>(
     field: &str,
     path: &str,

@@ -157,6 +157,15 @@ impl HashRing {
         HashRing { positions }
     }
 
+    /// The ring as a table of `slots` owners, for a `by-key` plan: slot
+    /// `s` belongs to the owner of `mix64(s)`, so a node leaving changes
+    /// only its own slots. Empty when the ring is.
+    pub fn table(&self, slots: u32) -> Vec<u32> {
+        (0..u64::from(slots))
+            .filter_map(|slot| self.pick(mix64(slot)))
+            .collect()
+    }
+
     /// The node owning `hash`; none when the ring is empty.
     pub fn pick(&self, hash: u64) -> Option<u32> {
         let at = self.positions.partition_point(|&(p, _)| p < hash);
@@ -205,6 +214,13 @@ mod ring_tests {
             assert!(*keys > 2_000, "node {node} owns {keys} keys");
         }
         assert_eq!(HashRing::new([], 100).pick(7), None);
+        // As a table, the same: only the leaving node's slots change hands.
+        let (t1, t2) = (before.table(1024), after.table(1024));
+        assert_eq!(t1.len(), 1024);
+        for (a, b) in t1.iter().zip(&t2) {
+            assert!(*a == 2 || a == b);
+        }
+        assert!(HashRing::new([], 1).table(8).is_empty());
     }
 
     #[test]

@@ -9,17 +9,24 @@
 //! [`detector`] (is a node up, suspect or down).
 //!
 //! ```ignore
-//! use rampart_sdk::router::{Guest, Node, Request};
+//! use rampart_sdk::router::{Guest, Node, Plan, Request};
 //!
-//! struct HighestId;
+//! struct FirstReplica;
 //!
-//! impl Guest for HighestId {
+//! impl Guest for FirstReplica {
 //!     fn configure(_config: String) -> Result<(), String> { Ok(()) }
-//!     fn update(nodes: Vec<Node>) { /* remember the nodes */ }
+//!     // On every topology change: a plan the host carries out per read.
+//!     fn update(nodes: Vec<Node>, _local_zone: u32) -> Plan {
+//!         match nodes.iter().find(|n| n.serves_reads) {
+//!             Some(n) => Plan::Rotate(vec![n.id]),
+//!             None => Plan::Primary,
+//!         }
+//!     }
+//!     // Only called when `update` returned `Plan::PerRead`.
 //!     fn route(_req: Request) -> Option<u32> { None /* None = the primary */ }
 //! }
 //!
-//! rampart_sdk::router::export_router!(HighestId);
+//! rampart_sdk::router::export_router!(FirstReplica);
 //! ```
 
 pub mod algorithms;

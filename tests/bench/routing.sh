@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Routing-plugin overhead end to end: redis-benchmark GET (-c 50, -P 1 and
-# -P 16) through two Rampart instances side by side in front of the same
-# primary and two replicas: reads spread by the native round robin
-# (read_from = "replicas") and by the same algorithm as a Wasm plugin
-# (plugins/router-round-robin). Prints requests/s, p50/p99 and the ratio
-# wasm/native. Interleaved rounds, medians.
+# -P 16) through three Rampart instances side by side in front of the same
+# primary and two replicas, reads spread over the replicas by
+#   native    the round robin compiled into Rampart (router = "native:round-robin")
+#   plan      the built-in Wasm round robin, the default (its `update` returns a
+#             plan the host carries out per read)
+#   per-read  the built-in Wasm least-latency router, which is called for
+#             every read (two choices on latency x in-flight)
+# Prints requests/s, p50/p99 and the ratio to native. Interleaved rounds,
+# medians.
 #
 #   tests/bench/routing.sh [requests-per-run] [rounds]
 #
@@ -18,17 +22,14 @@ ROUNDS=${2:-3}
 source tests/bench/lib.sh
 require redis-server redis-benchmark python3
 cargo build --release -q -p rampart
-cargo build --release -q --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --target-dir plugins/target
-PLUGIN=$PWD/plugins/target/wasm32-wasip2/release/router_round_robin.wasm
 start_shard
 redis-cli -p "$PRIMARY" SET key:__rand_int__ x >/dev/null
 
-declare -A PORTS
-for mode in native wasm; do
+MODES="native plan per-read"
+declare -A PORTS ROUTER=([native]="native:round-robin" [plan]="builtin:round-robin" [per-read]="builtin:least-latency")
+for mode in $MODES; do
   port=$(free_port)
   PORTS[$mode]=$port
-  router=""
-  [ "$mode" = wasm ] && router="router = \"$PLUGIN\""
   cat > "$work/$mode.toml" <<TOML
 [proxy]
 listen = "127.0.0.1:$port"
@@ -39,7 +40,7 @@ role = "follower"
 [shards.main]
 nodes = ["127.0.0.1:$PRIMARY", "127.0.0.1:$R1", "127.0.0.1:$R2"]
 read_from = "replicas"
-$router
+router = "${ROUTER[$mode]}"
 TOML
   start_rampart "$mode" "$port"
 done
@@ -51,8 +52,9 @@ run() { # name port pipeline
 }
 for round in $(seq "$ROUNDS"); do
   for P in 1 16; do
-    run native "${PORTS[native]}" "$P"
-    run wasm "${PORTS[wasm]}" "$P"
+    for mode in $MODES; do
+      run "$mode" "${PORTS[$mode]}" "$P"
+    done
   done
 done
 
@@ -65,11 +67,11 @@ for r in csv.reader(open(sys.argv[1])):
     runs.setdefault((r[0], r[1]), []).append((float(r[3]), float(r[6]), float(r[8])))
 rows = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
 print(f"GET over two replicas, 50 clients, median of {len(next(iter(runs.values())))} interleaved runs")
-print(f"{'router':<8}{'-P':>4}{'rps':>12}{'p50 ms':>9}{'p99 ms':>9}{'/native':>9}")
+print(f"{'router':<10}{'-P':>4}{'rps':>12}{'p50 ms':>9}{'p99 ms':>9}{'/native':>9}")
 for p in ("1", "16"):
     base = rows.get(("native", p))
-    for mode in ("native", "wasm"):
+    for mode in ("native", "plan", "per-read"):
         r = rows.get((mode, p))
         if r and base:
-            print(f"{mode:<8}{p:>4}{r[0]:>12.0f}{r[1]:>9.2f}{r[2]:>9.2f}{r[0] / base[0]:>9.2f}")
+            print(f"{mode:<10}{p:>4}{r[0]:>12.0f}{r[1]:>9.2f}{r[2]:>9.2f}{r[0] / base[0]:>9.2f}")
 PY

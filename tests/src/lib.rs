@@ -448,11 +448,28 @@ pub fn config_for(nodes: &[String], setup: Setup) -> String {
     )
 }
 
-/// The built-in plugin `name` (a crate under plugins/), built as a Wasm
-/// component on first use.
+/// The built-in plugin `name` (a crate under plugins/) as a `.wasm` file:
+/// the component embedded in Rampart (built by its build script), written
+/// out once, so tests load exactly what the binary ships.
 pub fn plugin(name: &str) -> PathBuf {
-    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    built_plugin(&BUILT, "plugins", name)
+    use rampart::policy::builtin;
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("a directory for the plugins"));
+    let bytes = if let Some(router) = name.strip_prefix("router-") {
+        builtin::router(router)
+    } else if let Some(detector) = name.strip_prefix("detector-") {
+        builtin::detector(detector)
+    } else if name == "quorum-standard" {
+        Some(builtin::QUORUM)
+    } else {
+        None
+    };
+    let bytes = bytes.unwrap_or_else(|| panic!("no built-in plugin named {name}"));
+    let path = dir.path().join(format!("{}.wasm", name.replace('-', "_")));
+    if !path.exists() {
+        std::fs::write(&path, bytes).expect("write the plugin");
+    }
+    path
 }
 
 /// The example plugin in examples/router-prefix, built on first use.

@@ -203,7 +203,18 @@ fn a_replica_that_lost_its_data_does_not_count_towards_a_safe_promotion() {
     for i in 0..50 {
         let _: () = conn.set(format!("k{i}"), i).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Rampart must have seen the replica hold the writes (on a loaded
+    // machine probes can lag): only then is its coming back empty a loss.
+    let written: u64 = cluster
+        .primary()
+        .info_field("replication", "master_repl_offset")
+        .and_then(|o| o.parse().ok())
+        .unwrap();
+    wait_until(
+        "the probe to see the replica's offset",
+        Duration::from_secs(10),
+        || proxy.shard()["nodes"][2]["offset"].as_u64().unwrap_or(0) >= written,
+    );
     // A replica restarts without persistence: it is back, but empty, and
     // the acknowledged writes may have been only on it.
     cluster.nodes[2].kill();

@@ -322,8 +322,48 @@ fn a_plugin_that_fails_to_load_leaves_the_active_one_in_place() {
             .count()
             >= 3
     );
+    let error = policy_command(&proxy, "LOAD", &hostile, "loop-in-update");
+    assert!(error.contains("self-check"), "{error}");
     let error = proxy.cli(&["RAMPART", "POLICY", "LOAD", "quorum", "x.wasm"]);
-    assert!(error.contains("built in"), "{error}");
+    assert!(error.contains("cannot read x.wasm"), "{error}");
+    assert_eq!(generation(&proxy), 1);
+}
+
+/// A router whose `update` returns a plan: the host carries it out per
+/// read without calling the plugin; a plan naming unknown nodes is refused.
+#[test]
+fn a_plan_is_carried_out_without_calling_the_plugin() {
+    let cluster = Cluster::start(2);
+    let start = |config: &str| {
+        let shard = format!(
+            "read_from = \"replicas\"\nrouter = \"{}\"\nrouter_config = \"{config}\"",
+            rampart_tests::test_plugin("router-hostile").display()
+        );
+        let proxy = Proxy::start(
+            &cluster.addrs(),
+            Setup {
+                shard: &shard,
+                ..Setup::default()
+            },
+        );
+        proxy.wait_serving_replicas(2, Duration::from_secs(5));
+        proxy
+    };
+    // Node ids follow the configuration's order: 3 is the second replica.
+    let proxy = start("plan:3");
+    let calls_before = policy_counters(&proxy)["calls"].as_u64().unwrap();
+    assert_eq!(served_by(&cluster, &proxy, 200), [0, 0, 200]);
+    let calls = policy_counters(&proxy)["calls"].as_u64().unwrap() - calls_before;
+    assert!(
+        calls < 50,
+        "{calls} plugin calls for 200 reads: the plan was not used"
+    );
+
+    // A plan naming a node that does not exist fails the self-check.
+    let hostile = rampart_tests::test_plugin("router-hostile");
+    let error = policy_command(&proxy, "LOAD", &hostile, "plan:99");
+    assert!(error.contains("self-check"), "{error}");
+    assert_eq!(served_by(&cluster, &proxy, 20), [0, 0, 20]);
 }
 
 #[test]

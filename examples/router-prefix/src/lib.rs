@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 
-use rampart_sdk::router::{log, CommandClass, Guest, Level, Node, Request};
+use rampart_sdk::router::{log, CommandClass, Guest, Level, Node, Plan, Request};
 
 #[derive(Default)]
 struct State {
@@ -46,13 +46,15 @@ impl Guest for PrefixToPrimary {
 
     /// Called when roles, health or fitness for reads change: choose the
     /// nearest replica once here, not on every read.
-    fn update(nodes: Vec<Node>) {
+    /// The decision depends on each key's text, so it is made per read.
+    fn update(nodes: Vec<Node>, _local_zone: u32) -> Plan {
         let nearest = nodes
             .iter()
             .filter(|n| n.serves_reads)
             .min_by_key(|n| (n.latency_us, n.id))
             .map(|n| n.id);
         STATE.with(|s| s.borrow_mut().nearest = nearest);
+        Plan::PerRead
     }
 
     fn route(req: Request) -> Option<u32> {

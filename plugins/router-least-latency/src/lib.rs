@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 
 use rampart_sdk::algorithms::{mix64, pairs, two_choices};
-use rampart_sdk::router::{inflight, CommandClass, Guest, Node, Request};
+use rampart_sdk::router::{inflight, CommandClass, Guest, Node, Plan, Request};
 
 #[derive(Default)]
 struct State {
@@ -34,7 +34,8 @@ impl Guest for LeastLatency {
         }
     }
 
-    fn update(nodes: Vec<Node>) {
+    /// Load changes by the microsecond: this router decides per read.
+    fn update(nodes: Vec<Node>, _local_zone: u32) -> Plan {
         STATE.with(|s| {
             s.borrow_mut().replicas = nodes
                 .iter()
@@ -42,6 +43,7 @@ impl Guest for LeastLatency {
                 .map(|n| (n.id, n.latency_us.max(1)))
                 .collect();
         });
+        Plan::PerRead
     }
 
     fn route(req: Request) -> Option<u32> {

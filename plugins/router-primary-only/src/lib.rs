@@ -1,6 +1,6 @@
 //! Every command to the primary: reads see every acknowledged write.
 
-use rampart_sdk::router::{Guest, Node, Request};
+use rampart_sdk::router::{Guest, Node, Plan, Request};
 
 struct PrimaryOnly;
 
@@ -9,8 +9,11 @@ impl Guest for PrimaryOnly {
         Ok(())
     }
 
-    fn update(_nodes: Vec<Node>) {}
+    fn update(_nodes: Vec<Node>, _local_zone: u32) -> Plan {
+        Plan::Primary
+    }
 
+    /// Never called: the plan is the primary.
     fn route(_req: Request) -> Option<u32> {
         None
     }

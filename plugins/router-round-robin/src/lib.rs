@@ -1,21 +1,8 @@
 //! Reads in turn over the replicas fit to serve them; none such means the
-//! primary (the host's default when `route` returns nothing).
+//! primary. The whole decision is a plan (`rotate`), so the host carries
+//! it out per read without calling the plugin.
 
-use std::cell::RefCell;
-
-use rampart_sdk::router::{CommandClass, Guest, Node, Request};
-
-#[derive(Default)]
-struct State {
-    /// Ids of the replicas that may serve reads, from the last `update`.
-    replicas: Vec<u32>,
-    next: usize,
-}
-
-thread_local! {
-    // A component instance is single-threaded; the host keeps one per worker.
-    static STATE: RefCell<State> = RefCell::new(State::default());
-}
+use rampart_sdk::router::{Guest, Node, Plan, Request};
 
 struct RoundRobin;
 
@@ -24,29 +11,22 @@ impl Guest for RoundRobin {
         Ok(())
     }
 
-    fn update(nodes: Vec<Node>) {
-        STATE.with(|s| {
-            s.borrow_mut().replicas = nodes
-                .iter()
-                .filter(|n| n.serves_reads)
-                .map(|n| n.id)
-                .collect();
-        });
+    fn update(nodes: Vec<Node>, _local_zone: u32) -> Plan {
+        let replicas: Vec<u32> = nodes
+            .iter()
+            .filter(|n| n.serves_reads)
+            .map(|n| n.id)
+            .collect();
+        if replicas.is_empty() {
+            Plan::Primary
+        } else {
+            Plan::Rotate(replicas)
+        }
     }
 
-    fn route(req: Request) -> Option<u32> {
-        if req.class != CommandClass::Read {
-            return None;
-        }
-        STATE.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.replicas.is_empty() {
-                return None;
-            }
-            let pick = s.replicas[s.next % s.replicas.len()];
-            s.next = s.next.wrapping_add(1);
-            Some(pick)
-        })
+    /// Never called: the plan says everything.
+    fn route(_req: Request) -> Option<u32> {
+        None
     }
 }
 

@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 
 use rampart_sdk::algorithms::pairs;
-use rampart_sdk::router::{CommandClass, Guest, Node, Request};
+use rampart_sdk::router::{CommandClass, Guest, Node, Plan, Request};
 
 struct State {
     /// (id, zone) of each replica fit to serve reads.
@@ -54,7 +54,8 @@ impl Guest for ZoneAffinity {
         Ok(())
     }
 
-    fn update(nodes: Vec<Node>) {
+    /// Every client of one Rampart shares its zone: the choice is a plan.
+    fn update(nodes: Vec<Node>, local_zone: u32) -> Plan {
         STATE.with(|s| {
             let mut s = s.borrow_mut();
             s.replicas = nodes
@@ -63,9 +64,16 @@ impl Guest for ZoneAffinity {
                 .map(|n| (n.id, n.zone))
                 .collect();
             s.choices = None;
-        });
+            let choices = choices_for(&s.replicas, local_zone, s.fallback_to_replicas);
+            if choices.is_empty() {
+                Plan::Primary
+            } else {
+                Plan::Rotate(choices)
+            }
+        })
     }
 
+    /// Not called while the plan is `rotate`; answers the same way.
     fn route(req: Request) -> Option<u32> {
         if req.class != CommandClass::Read {
             return None;

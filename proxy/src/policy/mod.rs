@@ -17,6 +17,7 @@
 //! Routers are swapped at runtime by generations (`slot`, `swap`); quorum
 //! and detector plugins are chosen in the configuration.
 
+pub mod builtin;
 mod detector;
 mod quorum;
 mod router;

@@ -57,6 +57,8 @@ pub struct WasmRouter {
     /// Instances hold a weak reference: when this router is replaced and
     /// dropped, each thread sweeps its instances of it away.
     alive: Arc<()>,
+    /// The plan of the last `update`, shared by every thread.
+    plan: arc_swap::ArcSwapOption<Published>,
 }
 
 impl WasmRouter {
@@ -85,6 +87,7 @@ impl WasmRouter {
             topology_version,
             stats: Arc::new(Stats::default()),
             alive: Arc::new(()),
+            plan: arc_swap::ArcSwapOption::empty(),
         };
         router
             .instantiate(&[])
@@ -160,12 +163,78 @@ fn wit_node(shard_index: u32, node: &topology::Node) -> wit::Node {
     }
 }
 
-impl ReadPolicy for WasmRouter {
-    fn describe(&self) -> PolicyView {
-        self.stats.view(&self.name)
+/// A router's plan, resolved to indices into the shard's nodes, with the
+/// topology version and tick it was made at.
+struct Published {
+    plan: Resolved,
+    version: u64,
+    at: u64,
+}
+
+enum Resolved {
+    PerRead,
+    Primary,
+    Rotate(Vec<usize>),
+    ByKey(Vec<usize>),
+}
+
+thread_local! {
+    /// Turns for `rotate` plans: per thread, so reads never contend on it.
+    static TURN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl WasmRouter {
+    /// The plan in force, if it is still fresh.
+    fn fresh_plan(
+        &self,
+        version: u64,
+        now: u64,
+    ) -> Option<arc_swap::Guard<Option<Arc<Published>>>> {
+        let published = self.plan.load();
+        let fresh = published
+            .as_ref()
+            .is_some_and(|p| p.version == version && now.wrapping_sub(p.at) < REFRESH_TICKS);
+        fresh.then_some(published)
     }
 
-    fn pick<'s>(&self, shard: &'s Shard, read: &Read) -> Option<&'s Arc<topology::Node>> {
+    /// Carries a plan out for one read, natively.
+    fn apply<'s>(
+        &self,
+        plan: &Resolved,
+        shard: &'s Shard,
+        read: &Read,
+    ) -> Option<&'s Arc<topology::Node>> {
+        match plan {
+            Resolved::PerRead => self.route(shard, read),
+            Resolved::Primary => None,
+            Resolved::Rotate(nodes) => {
+                let turn = TURN.with(|t| {
+                    let turn = t.get();
+                    t.set(turn.wrapping_add(1));
+                    turn
+                });
+                shard.nodes.get(*nodes.get(turn % nodes.len().max(1))?)
+            }
+            Resolved::ByKey(table) => {
+                let hash = if read.key.is_empty() {
+                    rampart_sdk::algorithms::mix64(read.client_id)
+                } else {
+                    fnv1a(read.key)
+                };
+                let slot = (hash % table.len().max(1) as u64) as usize;
+                shard.nodes.get(*table.get(slot)?)
+            }
+        }
+    }
+
+    /// This thread's instance, made if needed and brought up to date (an
+    /// `update`, whose plan is published for every thread); `None` if it
+    /// could not be (counted, logged, the read goes to the primary).
+    fn with_instance<R>(
+        &self,
+        shard: &Shard,
+        call: impl FnOnce(&mut Instance) -> Result<R, wasmtime::Error>,
+    ) -> Option<R> {
         INSTANCES.with(|cell| {
             let mut instances = cell.borrow_mut();
             if !instances.contains_key(&self.id) {
@@ -190,38 +259,104 @@ impl ReadPolicy for WasmRouter {
             if instance.seen != version || now.wrapping_sub(instance.updated_at) >= REFRESH_TICKS {
                 let nodes: Vec<wit::Node> = shard.nodes.iter().map(|n| wit_node(0, n)).collect();
                 instance.store.set_epoch_deadline(self.limits.call_ticks);
-                if let Err(trap) = instance.router.call_update(&mut instance.store, &nodes) {
-                    self.trapped(&mut instances, "update", trap);
-                    return None;
-                }
+                self.stats.calls.fetch_add(1, Ordering::Relaxed);
+                let plan = match instance.router.call_update(&mut instance.store, &nodes, shard.client_zone) {
+                    Ok(plan) => plan,
+                    Err(trap) => {
+                        self.trapped(&mut instances, "update", trap);
+                        return None;
+                    }
+                };
                 instance.seen = version;
                 instance.updated_at = now;
+                self.publish(shard, plan, version, now);
             }
-            let request = wit::Request {
-                shard: 0,
-                class: wit::CommandClass::Read,
-                key_hash: fnv1a(read.key),
-                key: read.key,
-                client_id: read.client_id,
-                client_zone: shard.client_zone,
-            };
-            self.stats.calls.fetch_add(1, Ordering::Relaxed);
-            instance.store.set_epoch_deadline(self.limits.call_ticks);
-            match instance.router.call_route(&mut instance.store, request) {
-                Ok(Some(id)) => {
-                    let node = shard.nodes.iter().find(|n| n.id == id);
-                    if node.is_none() {
-                        self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-                    }
-                    node
-                }
-                Ok(None) => None,
+            match call(instance) {
+                Ok(result) => Some(result),
                 Err(trap) => {
                     self.trapped(&mut instances, "route", trap);
                     None
                 }
             }
         })
+    }
+
+    /// Resolves a plan's node ids; an unknown id is dropped and counted as
+    /// a fallback (a plan left with no nodes sends reads to the primary).
+    fn publish(&self, shard: &Shard, plan: wit::Plan, version: u64, at: u64) {
+        let mut unknown = 0;
+        let mut resolve = |ids: Vec<u32>| -> Vec<usize> {
+            ids.into_iter()
+                .filter_map(|id| {
+                    let index = shard.nodes.iter().position(|n| n.id == id);
+                    unknown += u64::from(index.is_none());
+                    index
+                })
+                .collect()
+        };
+        let plan = match plan {
+            wit::Plan::PerRead => Resolved::PerRead,
+            wit::Plan::Primary => Resolved::Primary,
+            wit::Plan::Rotate(ids) => match resolve(ids) {
+                nodes if nodes.is_empty() => Resolved::Primary,
+                nodes => Resolved::Rotate(nodes),
+            },
+            wit::Plan::ByKey(ids) => match resolve(ids) {
+                table if table.is_empty() => Resolved::Primary,
+                table => Resolved::ByKey(table),
+            },
+        };
+        if unknown > 0 {
+            self.stats.fallbacks.fetch_add(unknown, Ordering::Relaxed);
+            tracing::warn!(plugin = %self.name, unknown, "router plan names nodes that do not exist; ignoring them");
+        }
+        self.plan
+            .store(Some(Arc::new(Published { plan, version, at })));
+    }
+
+    /// One `route` call, for plans that decide per read.
+    fn route<'s>(&self, shard: &'s Shard, read: &Read) -> Option<&'s Arc<topology::Node>> {
+        let request = wit::Request {
+            shard: 0,
+            class: wit::CommandClass::Read,
+            key_hash: fnv1a(read.key),
+            key: read.key,
+            client_id: read.client_id,
+            client_zone: shard.client_zone,
+        };
+        let chosen = self.with_instance(shard, |instance| {
+            self.stats.calls.fetch_add(1, Ordering::Relaxed);
+            instance.store.set_epoch_deadline(self.limits.call_ticks);
+            instance.router.call_route(&mut instance.store, request)
+        })??;
+        let node = shard.nodes.iter().find(|n| n.id == chosen);
+        if node.is_none() {
+            self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        node
+    }
+}
+
+impl ReadPolicy for WasmRouter {
+    fn describe(&self) -> PolicyView {
+        self.stats.view(&self.name)
+    }
+
+    /// The fast path carries out the published plan without entering the
+    /// plugin; a stale or missing plan first runs `update` on this
+    /// thread's instance.
+    fn pick<'s>(&self, shard: &'s Shard, read: &Read) -> Option<&'s Arc<topology::Node>> {
+        let version = self.topology_version.load(Ordering::Acquire);
+        let now = super::TICKS.load(Ordering::Relaxed);
+        if let Some(published) = self.fresh_plan(version, now) {
+            if let Some(p) = published.as_ref() {
+                return self.apply(&p.plan, shard, read);
+            }
+        }
+        self.with_instance(shard, |_| Ok(()))?;
+        let published = self.plan.load();
+        let p = published.as_ref()?;
+        self.apply(&p.plan, shard, read)
     }
 }
 

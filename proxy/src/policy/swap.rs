@@ -18,7 +18,7 @@ pub struct PoliciesView {
     /// One for all nodes.
     pub detector: PolicyView,
 }
-use super::{Limits, WasmDetector, WasmQuorum, WasmRouter};
+use super::{builtin, Limits, WasmDetector, WasmQuorum, WasmRouter};
 use crate::config::DetectorKind;
 use crate::failover::detect::DetectorChoice;
 use crate::replicate::quorum::{Builtin, Candidate, Quorum, QuorumPolicy};
@@ -26,11 +26,15 @@ use crate::route::{PolicyView, PrimaryOnly, Read, ReadPolicy, RoundRobinReplicas
 use crate::server::Context;
 use crate::topology::Shard;
 
-/// Where a router comes from.
+/// Where a policy comes from.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// `builtin:primary-only`, `builtin:round-robin`.
+    /// `builtin:<name>`: a policy from `plugins/`, embedded in the binary
+    /// and run as Wasm like any other plugin.
     Builtin(String),
+    /// `native:<name>`: the same algorithm compiled into Rampart, for
+    /// comparison (`tests/bench/routing.sh`) and as a last resort.
+    Native(String),
     /// A `.wasm` component on disk.
     File(String),
     /// A `.wasm` component uploaded over the admin API.
@@ -42,16 +46,20 @@ impl Source {
     pub fn label(&self) -> String {
         match self {
             Source::Builtin(name) => format!("builtin:{name}"),
+            Source::Native(name) => format!("native:{name}"),
             Source::File(path) => path.clone(),
             Source::Upload(_) => "upload".into(),
         }
     }
 
-    /// `builtin:<name>` or a file path.
+    /// `builtin:<name>`, `native:<name>` or a file path.
     pub fn parse(text: &str) -> Source {
-        match text.strip_prefix("builtin:") {
-            Some(name) => Source::Builtin(name.to_string()),
-            None => Source::File(text.to_string()),
+        if let Some(name) = text.strip_prefix("builtin:") {
+            Source::Builtin(name.to_string())
+        } else if let Some(name) = text.strip_prefix("native:") {
+            Source::Native(name.to_string())
+        } else {
+            Source::File(text.to_string())
         }
     }
 }
@@ -92,28 +100,23 @@ pub fn build(
     number: u64,
 ) -> Result<Generation, String> {
     let (policy, label, bytes): (Box<dyn ReadPolicy>, String, Option<Vec<u8>>) = match source {
-        Source::Builtin(name) => {
+        Source::Native(name) => {
             let policy: Box<dyn ReadPolicy> = match name.as_str() {
                 "primary-only" => Box::new(PrimaryOnly),
                 "round-robin" => Box::new(RoundRobinReplicas::default()),
                 other => {
                     return Err(format!(
-                        "unknown built-in router '{other}' (expected primary-only or round-robin)"
+                        "unknown native router '{other}' (expected primary-only or round-robin)"
                     ))
                 }
             };
-            (policy, format!("builtin:{name}"), None)
+            (policy, source.label(), None)
         }
-        Source::File(path) => {
-            let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-            let router = WasmRouter::load(path, &bytes, config, Limits::default(), changes)
+        _ => {
+            let (name, bytes) = plugin_bytes(source)?;
+            let router = WasmRouter::load(&name, &bytes, config, Limits::default(), changes)
                 .map_err(|e| e.to_string())?;
-            (Box::new(router), path.clone(), Some(bytes))
-        }
-        Source::Upload(bytes) => {
-            let router = WasmRouter::load("upload", bytes, config, Limits::default(), changes)
-                .map_err(|e| e.to_string())?;
-            (Box::new(router), "upload".to_string(), Some(bytes.clone()))
+            (Box::new(router), source.label(), Some(bytes.into_owned()))
         }
     };
     for client in 0..32 {
@@ -142,15 +145,68 @@ pub fn build(
     ))
 }
 
-/// The bytes of a plugin source, and the name to report it by.
-fn plugin_bytes(source: &Source) -> Result<(String, std::borrow::Cow<'_, [u8]>), String> {
+/// The bytes of a plugin source, and the name to report it by (a
+/// built-in router's is its own name).
+fn plugin_bytes(source: &Source) -> Result<(String, std::borrow::Cow<'static, [u8]>), String> {
     match source {
         Source::File(path) => std::fs::read(path)
             .map(|bytes| (path.clone(), bytes.into()))
             .map_err(|e| format!("cannot read {path}: {e}")),
-        Source::Upload(bytes) => Ok(("upload".into(), bytes.as_slice().into())),
-        Source::Builtin(name) => Err(format!("builtin:{name} is not a plugin")),
+        Source::Upload(bytes) => Ok(("upload".into(), bytes.clone().into())),
+        Source::Builtin(name) => builtin::router(name)
+            .map(|bytes| (name.clone(), bytes.into()))
+            .ok_or_else(|| {
+                format!(
+                    "unknown built-in router '{name}' (expected one of {})",
+                    builtin::router_names()
+                )
+            }),
+        Source::Native(name) => Err(format!("native:{name} is not a plugin")),
     }
+}
+
+/// The built-in quorum (`quorum` if given, else the configured one) as the
+/// embedded Wasm plugin, with the native equivalent as its fallback.
+pub fn builtin_quorum(
+    replication: &crate::config::ReplicationConfig,
+    quorum: Option<Quorum>,
+) -> Result<Box<dyn QuorumPolicy>, String> {
+    let native = Builtin::configured(replication, quorum);
+    let settings = format!(
+        "quorum={} timeout_ms={} on_shortfall={}",
+        native.quorum.name(),
+        native.timeout_ms,
+        if native.fail_on_shortfall {
+            "fail"
+        } else {
+            "accept"
+        }
+    );
+    let plugin = WasmQuorum::load(
+        "builtin:quorum-standard",
+        builtin::QUORUM,
+        &settings,
+        Box::new(native),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Box::new(plugin))
+}
+
+/// The detector `probe.detector` names, as the embedded Wasm plugin with
+/// the probe settings as its configuration.
+pub fn builtin_detector(probe: &crate::config::ProbeConfig) -> Result<DetectorChoice, String> {
+    let name = probe.detector.name();
+    let settings = match probe.detector {
+        DetectorKind::FixedTimeout => format!("down_after_ms={}", probe.down_after_ms),
+        DetectorKind::PhiAccrual => format!(
+            "threshold={} window={} min_std_ms={} first_gap_ms={}",
+            probe.phi_threshold, probe.phi_window, probe.phi_min_std_ms, probe.interval_ms
+        ),
+    };
+    let bytes = builtin::detector(name).ok_or_else(|| format!("no built-in detector '{name}'"))?;
+    let plugin = WasmDetector::load(&format!("builtin:{name}"), bytes, &settings)
+        .map_err(|e| e.to_string())?;
+    Ok(DetectorChoice::Plugin(std::sync::Arc::new(plugin)))
 }
 
 /// A quorum policy from `source`, checked: its requirement and an election
@@ -162,11 +218,14 @@ fn build_quorum(
     replicas: u32,
 ) -> Result<Box<dyn QuorumPolicy>, String> {
     let policy: Box<dyn QuorumPolicy> = match source {
-        Source::Builtin(name) => {
+        Source::Builtin(name) | Source::Native(name) => {
             let quorum = Quorum::parse(name).ok_or_else(|| {
                 format!("unknown built-in quorum '{name}' (expected none, one, majority or all)")
             })?;
-            Box::new(Builtin::configured(replication, Some(quorum)))
+            match source {
+                Source::Native(_) => Box::new(Builtin::configured(replication, Some(quorum))),
+                _ => builtin_quorum(replication, Some(quorum))?,
+            }
         }
         _ => {
             let (name, bytes) = plugin_bytes(source)?;
@@ -201,7 +260,7 @@ fn build_detector(
     config: &str,
     probe: &crate::config::ProbeConfig,
 ) -> Result<DetectorChoice, String> {
-    if let Source::Builtin(name) = source {
+    if let Source::Builtin(name) | Source::Native(name) = source {
         let kind = match name.as_str() {
             "fixed-timeout" => DetectorKind::FixedTimeout,
             "phi-accrual" => DetectorKind::PhiAccrual,
@@ -213,7 +272,10 @@ fn build_detector(
         };
         let mut probe = probe.clone();
         probe.detector = kind;
-        return Ok(DetectorChoice::Builtin(probe));
+        return match source {
+            Source::Native(_) => Ok(DetectorChoice::Builtin(probe)),
+            _ => builtin_detector(&probe),
+        };
     }
     let (name, bytes) = plugin_bytes(source)?;
     let plugin =

@@ -9,10 +9,14 @@
 //! - `<any of the four>-after:N`: `route` behaves for N calls first (long
 //!   enough to pass Rampart's self-check), then misbehaves
 //! - `pick:ID`: a well-behaved router that sends every read to node ID
+//! - `plan:ID`: the same as a plan (`rotate [ID]`), carried out by the host
+//! - `loop-in-update`: `update` never returns
+//!
+//! Every mode but `plan:` decides per read (`per-read`), so `route` runs.
 
 use std::cell::RefCell;
 
-use rampart_sdk::router::{Guest, Node, Request};
+use rampart_sdk::router::{Guest, Node, Plan, Request};
 
 #[derive(Default)]
 struct State {
@@ -39,7 +43,18 @@ impl Guest for Hostile {
         Ok(())
     }
 
-    fn update(_nodes: Vec<Node>) {}
+    fn update(_nodes: Vec<Node>, _local_zone: u32) -> Plan {
+        let mode = STATE.with(|s| s.borrow().mode.clone());
+        if mode == "loop-in-update" {
+            loop {
+                std::hint::black_box(0);
+            }
+        }
+        match mode.strip_prefix("plan:").and_then(|id| id.parse().ok()) {
+            Some(id) => Plan::Rotate(vec![id]),
+            None => Plan::PerRead,
+        }
+    }
 
     fn route(_req: Request) -> Option<u32> {
         let (mode, calls) = STATE.with(|s| {
