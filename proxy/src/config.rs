@@ -29,6 +29,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub failover: FailoverConfig,
+    #[serde(default)]
+    pub plugins: PluginsConfig,
     /// Shards by name. Today exactly one is supported.
     pub shards: BTreeMap<String, ShardConfig>,
 }
@@ -305,6 +307,42 @@ pub enum Shortfall {
     Accept,
 }
 
+/// The sandbox every policy plugin runs in (built-ins included).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Linear memory one plugin instance may grow to, in MiB.
+    pub memory_limit_mb: u32,
+    /// A routing call (`route`, `update`) running longer than this is
+    /// stopped: a trap, and the read goes to the primary.
+    pub route_budget_ms: u32,
+    /// The budget of every other call: `configure`, quorum and detector
+    /// calls, made off the request path.
+    pub call_budget_ms: u32,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> PluginsConfig {
+        PluginsConfig {
+            memory_limit_mb: 16,
+            route_budget_ms: 1,
+            call_budget_ms: 100,
+        }
+    }
+}
+
+impl PluginsConfig {
+    pub fn limits(&self) -> crate::policy::Limits {
+        crate::policy::Limits {
+            memory_bytes: self.memory_limit_mb as usize * 1024 * 1024,
+            // Deadlines count whole epoch ticks (1 ms) from wherever the
+            // current tick is, so one more tick than the budget.
+            call_ticks: u64::from(self.route_budget_ms) + 1,
+            setup_ticks: u64::from(self.call_budget_ms) + 1,
+        }
+    }
+}
+
 /// Automatic failover.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -425,6 +463,17 @@ impl Config {
             if !loopback && self.admin.token.is_none() {
                 return Err(ConfigError(format!(
                     "field `admin.token`: expected a token, because admin.listen ({listen}) is reachable from other machines and the admin API can move the primary"
+                )));
+            }
+        }
+        for (field, value) in [
+            ("plugins.memory_limit_mb", self.plugins.memory_limit_mb),
+            ("plugins.route_budget_ms", self.plugins.route_budget_ms),
+            ("plugins.call_budget_ms", self.plugins.call_budget_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError(format!(
+                    "field `{field}`: expected a number greater than 0, got 0"
                 )));
             }
         }

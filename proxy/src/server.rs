@@ -20,7 +20,7 @@ use crate::failover::detect::{DetectorChoice, DetectorSource};
 use crate::failover::events::Events;
 use crate::policy::slot::RouterSlot;
 use crate::policy::swap::{self, Source};
-use crate::policy::{WasmDetector, WasmQuorum};
+use crate::policy::{Spec, WasmDetector, WasmQuorum};
 use crate::replicate::{quorum, QuorumPolicy};
 use crate::topology::{Health, Node, Shard, Topology};
 use crate::worker::{NewClient, Workers};
@@ -159,6 +159,7 @@ impl Server {
                 .with_client_zone(config.proxy.zone.as_ref().map_or(0, |z| zones[z])),
             ));
         }
+        let limits = config.plugins.limits();
         let mut routers = Vec::new();
         for (shard, shard_config) in shards.iter().zip(config.shards.values()) {
             let source = Source::parse(&router_source(shard_config));
@@ -168,6 +169,7 @@ impl Server {
                 shard,
                 changes.clone(),
                 1,
+                limits,
             )
             .map_err(|e| {
                 std::io::Error::new(
@@ -187,15 +189,16 @@ impl Server {
                     path,
                     |bytes| {
                         let fallback = quorum::Builtin::configured(replication, None);
-                        WasmQuorum::load(
-                            path,
+                        let spec = Spec {
+                            name: path,
                             bytes,
-                            &replication.quorum_config,
-                            Box::new(fallback),
-                        )
+                            config: &replication.quorum_config,
+                            limits,
+                        };
+                        WasmQuorum::load(spec, Box::new(fallback))
                     },
                 )?),
-                None => swap::builtin_quorum(replication, None)
+                None => swap::builtin_quorum(replication, None, limits)
                     .map_err(|e| invalid(format!("shards.{}.replication: {e}", shard.name)))?,
             };
             shard
@@ -207,9 +210,16 @@ impl Server {
             Some(path) => DetectorChoice::Plugin(Arc::new(load_plugin(
                 "probe.detector_plugin",
                 path,
-                |bytes| WasmDetector::load(path, bytes, &config.probe.detector_config),
+                |bytes| {
+                    WasmDetector::load(Spec {
+                        name: path,
+                        bytes,
+                        config: &config.probe.detector_config,
+                        limits,
+                    })
+                },
             )?)),
-            None => swap::builtin_detector(&config.probe)
+            None => swap::builtin_detector(&config.probe, limits)
                 .map_err(|e| invalid(format!("probe.detector: {e}")))?,
         }));
         let (switchovers, mut switchover_rx): (Vec<_>, Vec<_>) =

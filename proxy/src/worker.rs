@@ -84,13 +84,17 @@ fn run(index: usize, ctx: Arc<Context>, mut clients: mpsc::UnboundedReceiver<New
                 client = clients.recv() => {
                     let Some(client) = client else { break };
                     let ctx = ctx.clone();
-                    let span = tracing::debug_span!("client", id = client.id, peer = %client.peer, worker = index);
+                    // Per-connection logs are opt-in (`rampart::client=debug`):
+                    // one line per connection is too many for a busy proxy.
+                    let span = tracing::debug_span!(target: "rampart::client", "client", id = client.id, peer = %client.peer, worker = index);
                     tasks.spawn(
                         async move {
+                            tracing::debug!(target: "rampart::client", "connected");
                             match tokio::net::TcpStream::from_std(client.stream) {
                                 Ok(stream) => crate::client::serve(stream, ctx, client.id).await,
                                 Err(e) => tracing::warn!(error = %e, "cannot adopt client socket"),
                             }
+                            tracing::debug!(target: "rampart::client", "disconnected");
                             drop(client.slot);
                         }
                         .instrument(span),

@@ -177,21 +177,23 @@ fn demo_starts_three_nodes_and_rampart_and_stops_them() {
     let (port, admin) = (free_port(), free_port());
     let nodes = [free_port(), free_port(), free_port()];
     let list = nodes.map(|p| p.to_string()).join(",");
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
-        .args([
-            "demo",
-            "--port",
-            &port.to_string(),
-            "--admin-port",
-            &admin.to_string(),
-        ])
-        .args(["--nodes", &list])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the demo");
-    let stdout = demo.stdout.take().unwrap();
+    let mut demo = Running(
+        Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
+            .args([
+                "demo",
+                "--port",
+                &port.to_string(),
+                "--admin-port",
+                &admin.to_string(),
+            ])
+            .args(["--nodes", &list])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the demo"),
+    );
+    let stdout = demo.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -221,11 +223,11 @@ fn demo_starts_three_nodes_and_rampart_and_stops_them() {
     // Sync replication to one replica, as the example config says.
     assert!(status.contains("sync, 1 ack(s)"), "{status}");
 
-    let pid = demo.id().to_string();
+    let pid = demo.0.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let mut stderr = String::new();
-    std::io::Read::read_to_string(demo.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    let exit = demo.wait().unwrap();
+    std::io::Read::read_to_string(demo.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let exit = demo.0.wait().unwrap();
     assert!(exit.success(), "demo exited with {exit}: {stderr}");
     assert!(
         stderr.contains("starting redis-server"),
@@ -277,4 +279,109 @@ fn embedded_file(manifest: &str, name: &str) -> String {
         .map(|l| l.get(4..).unwrap_or(""))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A child process stopped when the test ends, even by a panic: SIGTERM
+/// first (the demo then stops its nodes), SIGKILL if it lingers.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `rampart run` as a process: JSON logs with the connection span, a
+/// reload on SIGHUP, a clean exit on SIGTERM.
+#[test]
+fn run_logs_json_reloads_on_sighup_and_drains_on_sigterm() {
+    let cluster = Cluster::start(1);
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rampart.toml");
+    let write = |read_from: &str| {
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nformat = \"json\"\nlevel = \"info,rampart::client=debug\"\n[shards.main]\nnodes = [\"{}\", \"{}\"]\nread_from = \"{read_from}\"\n",
+            cluster.addrs()[0],
+            cluster.addrs()[1]
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    write("primary");
+    let mut run = Running(
+        Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
+            .args(["run", "--config", file.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start rampart run"),
+    );
+    let stderr = run.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    let mut wait_for = |what: &str, found: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if lines.iter().any(found) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => lines.push(
+                    serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}")),
+                ),
+                Err(_) => panic!("no log line for {what}; got {lines:#?}"),
+            }
+        }
+    };
+    let message = |v: &serde_json::Value| v["fields"]["message"].as_str().unwrap_or("").to_string();
+    wait_for("listening", &|v| message(v).contains("rampart listening"));
+
+    // A client connection is logged inside its span.
+    assert_eq!(redis_cli(port, &["PING"]).unwrap().trim(), "PONG");
+    wait_for("the client span", &|v| {
+        v["span"]["name"] == "client" && v["span"]["peer"].is_string()
+    });
+
+    // SIGHUP: the file is read again and the change applied.
+    write("replicas");
+    Command::new("kill")
+        .args(["-HUP", &run.0.id().to_string()])
+        .status()
+        .unwrap();
+    wait_for("the reload", &|v| message(v).contains("SIGHUP"));
+    wait_for("the new router", &|v| {
+        message(v).contains("router reloaded")
+    });
+    let policies = rampart_tests::http_get(([127, 0, 0, 1], admin).into(), "/v1/policies").1;
+    assert!(policies.contains("round-robin"), "{policies}");
+
+    // SIGTERM: drains and exits 0.
+    Command::new("kill")
+        .args(["-TERM", &run.0.id().to_string()])
+        .status()
+        .unwrap();
+    wait_for("the drain", &|v| message(v).contains("shutting down"));
+    let status = run.0.wait().unwrap();
+    assert!(status.success(), "rampart run exited with {status}");
 }

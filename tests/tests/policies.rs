@@ -855,3 +855,24 @@ fn quorum_and_detector_policies_are_swapped_at_runtime() {
             >= 3
     );
 }
+
+/// `[plugins]` limits apply to every plugin: too little memory and even
+/// the built-in router cannot start, and the error says where.
+#[test]
+fn plugin_limits_come_from_the_configuration() {
+    let cluster = Cluster::start(1);
+    let text = rampart_tests::config_for(
+        &cluster.addrs(),
+        Setup {
+            sections: "[probe]\ninterval_ms = 50\n[plugins]\nmemory_limit_mb = 1\n",
+            ..Setup::default()
+        },
+    );
+    let config = rampart_tests::rampart::Config::parse(&text).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let error = match runtime.block_on(rampart_tests::rampart::Server::start(config)) {
+        Ok(_) => panic!("a 1 MiB sandbox should not fit the built-in router"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("shards.main.router"), "{error}");
+}

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use wasmtime::component::HasSelf;
 
-use super::sandbox::{Single, State};
+use super::sandbox::{Single, Spec, State};
 use super::LoadError;
 use crate::failover::detect::Detector as NativeDetector;
 use crate::route::PolicyView;
@@ -39,11 +39,9 @@ fn monotonic_ms(at: Instant) -> u64 {
 }
 
 impl WasmDetector {
-    pub fn load(name: &str, bytes: &[u8], config: &str) -> Result<WasmDetector, LoadError> {
+    pub fn load(spec: Spec<'_>) -> Result<WasmDetector, LoadError> {
         let plugin = Single::load(
-            name,
-            bytes,
-            config,
+            spec,
             |linker| Detector::add_to_linker::<State, HasSelf<State>>(linker, |state| state),
             DetectorPre::new,
             |pre, store| pre.instantiate(store),

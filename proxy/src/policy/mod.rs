@@ -34,6 +34,7 @@ use wasmtime::{Config, Engine};
 pub use detector::WasmDetector;
 pub use quorum::WasmQuorum;
 pub use router::WasmRouter;
+pub use sandbox::Spec;
 
 /// Limits applied to every plugin instance.
 #[derive(Debug, Clone, Copy)]

@@ -3,7 +3,7 @@
 
 use wasmtime::component::HasSelf;
 
-use super::sandbox::{Single, State};
+use super::sandbox::{Single, Spec, State};
 use super::LoadError;
 use crate::replicate::quorum::{self as native, QuorumPolicy};
 use crate::route::PolicyView;
@@ -28,16 +28,9 @@ pub struct WasmQuorum {
 }
 
 impl WasmQuorum {
-    pub fn load(
-        name: &str,
-        bytes: &[u8],
-        config: &str,
-        fallback: Box<dyn QuorumPolicy>,
-    ) -> Result<WasmQuorum, LoadError> {
+    pub fn load(spec: Spec<'_>, fallback: Box<dyn QuorumPolicy>) -> Result<WasmQuorum, LoadError> {
         let plugin = Single::load(
-            name,
-            bytes,
-            config,
+            spec,
             |linker| Quorum::add_to_linker::<State, HasSelf<State>>(linker, |state| state),
             QuorumPre::new,
             |pre, store| pre.instantiate(store),

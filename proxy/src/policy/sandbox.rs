@@ -166,9 +166,7 @@ impl<W> Single<W> {
     /// Links, instantiates and configures a single-instance plugin:
     /// `instantiate` and `configure` are the world's own calls.
     pub fn load<P>(
-        name: &str,
-        bytes: &[u8],
-        config: &str,
+        spec: Spec<'_>,
         add: impl FnOnce(&mut Linker<State>) -> wasmtime::Result<()>,
         pre: impl FnOnce(InstancePre<State>) -> wasmtime::Result<P>,
         instantiate: fn(&P, &mut Store<State>) -> wasmtime::Result<W>,
@@ -178,11 +176,11 @@ impl<W> Single<W> {
         P: Send + Sync + 'static,
         W: 'static,
     {
-        let pre = link(name, bytes, add, pre)?;
+        let pre = link(spec.name, spec.bytes, add, pre)?;
         let (plugin, config, limits) = (
-            Arc::<str>::from(name),
-            config.to_string(),
-            Limits::default(),
+            Arc::<str>::from(spec.name),
+            spec.config.to_string(),
+            spec.limits,
         );
         let make = Box::new(move || {
             let mut store = store(&plugin, limits);
@@ -190,8 +188,18 @@ impl<W> Single<W> {
                 instantiate(&pre, &mut store).map_err(|e| ("instantiate", format!("{e:#}")))?;
             configured(store, world, |w, store| configure(w, store, &config))
         });
-        Single::new(name, limits, make)
+        Single::new(spec.name, limits, make)
     }
+}
+
+/// A plugin to load: its name (for logs and views), the component, the
+/// text for its `configure`, and the sandbox limits it runs under.
+#[derive(Clone, Copy)]
+pub struct Spec<'a> {
+    pub name: &'a str,
+    pub bytes: &'a [u8],
+    pub config: &'a str,
+    pub limits: Limits,
 }
 
 /// A fresh store for one instance, with its memory cap and the budget for

@@ -18,7 +18,7 @@ pub struct PoliciesView {
     /// One for all nodes.
     pub detector: PolicyView,
 }
-use super::{builtin, Limits, WasmDetector, WasmQuorum, WasmRouter};
+use super::{builtin, Limits, Spec, WasmDetector, WasmQuorum, WasmRouter};
 use crate::config::DetectorKind;
 use crate::failover::detect::DetectorChoice;
 use crate::replicate::quorum::{Builtin, Candidate, Quorum, QuorumPolicy};
@@ -98,6 +98,7 @@ pub fn build(
     shard: &Shard,
     changes: Arc<AtomicU64>,
     number: u64,
+    limits: Limits,
 ) -> Result<Generation, String> {
     let (policy, label, bytes): (Box<dyn ReadPolicy>, String, Option<Vec<u8>>) = match source {
         Source::Native(name) => {
@@ -114,7 +115,7 @@ pub fn build(
         }
         _ => {
             let (name, bytes) = plugin_bytes(source)?;
-            let router = WasmRouter::load(&name, &bytes, config, Limits::default(), changes)
+            let router = WasmRouter::load(&name, &bytes, config, limits, changes)
                 .map_err(|e| e.to_string())?;
             (Box::new(router), source.label(), Some(bytes.into_owned()))
         }
@@ -170,6 +171,7 @@ fn plugin_bytes(source: &Source) -> Result<(String, std::borrow::Cow<'static, [u
 pub fn builtin_quorum(
     replication: &crate::config::ReplicationConfig,
     quorum: Option<Quorum>,
+    limits: Limits,
 ) -> Result<Box<dyn QuorumPolicy>, String> {
     let native = Builtin::configured(replication, quorum);
     let settings = format!(
@@ -182,19 +184,22 @@ pub fn builtin_quorum(
             "accept"
         }
     );
-    let plugin = WasmQuorum::load(
-        "builtin:quorum-standard",
-        builtin::QUORUM,
-        &settings,
-        Box::new(native),
-    )
-    .map_err(|e| e.to_string())?;
+    let spec = Spec {
+        name: "builtin:quorum-standard",
+        bytes: builtin::QUORUM,
+        config: &settings,
+        limits,
+    };
+    let plugin = WasmQuorum::load(spec, Box::new(native)).map_err(|e| e.to_string())?;
     Ok(Box::new(plugin))
 }
 
 /// The detector `probe.detector` names, as the embedded Wasm plugin with
 /// the probe settings as its configuration.
-pub fn builtin_detector(probe: &crate::config::ProbeConfig) -> Result<DetectorChoice, String> {
+pub fn builtin_detector(
+    probe: &crate::config::ProbeConfig,
+    limits: Limits,
+) -> Result<DetectorChoice, String> {
     let name = probe.detector.name();
     let settings = match probe.detector {
         DetectorKind::FixedTimeout => format!("down_after_ms={}", probe.down_after_ms),
@@ -204,8 +209,13 @@ pub fn builtin_detector(probe: &crate::config::ProbeConfig) -> Result<DetectorCh
         ),
     };
     let bytes = builtin::detector(name).ok_or_else(|| format!("no built-in detector '{name}'"))?;
-    let plugin = WasmDetector::load(&format!("builtin:{name}"), bytes, &settings)
-        .map_err(|e| e.to_string())?;
+    let plugin = WasmDetector::load(Spec {
+        name: &format!("builtin:{name}"),
+        bytes,
+        config: &settings,
+        limits,
+    })
+    .map_err(|e| e.to_string())?;
     Ok(DetectorChoice::Plugin(std::sync::Arc::new(plugin)))
 }
 
@@ -216,6 +226,7 @@ fn build_quorum(
     config: &str,
     replication: &crate::config::ReplicationConfig,
     replicas: u32,
+    limits: Limits,
 ) -> Result<Box<dyn QuorumPolicy>, String> {
     let policy: Box<dyn QuorumPolicy> = match source {
         Source::Builtin(name) | Source::Native(name) => {
@@ -224,13 +235,19 @@ fn build_quorum(
             })?;
             match source {
                 Source::Native(_) => Box::new(Builtin::configured(replication, Some(quorum))),
-                _ => builtin_quorum(replication, Some(quorum))?,
+                _ => builtin_quorum(replication, Some(quorum), limits)?,
             }
         }
         _ => {
             let (name, bytes) = plugin_bytes(source)?;
             let fallback = Box::new(Builtin::configured(replication, None));
-            Box::new(WasmQuorum::load(&name, &bytes, config, fallback).map_err(|e| e.to_string())?)
+            let spec = Spec {
+                name: &name,
+                bytes: &bytes,
+                config,
+                limits,
+            };
+            Box::new(WasmQuorum::load(spec, fallback).map_err(|e| e.to_string())?)
         }
     };
     let _ = policy.requirement(replicas);
@@ -259,6 +276,7 @@ fn build_detector(
     source: &Source,
     config: &str,
     probe: &crate::config::ProbeConfig,
+    limits: Limits,
 ) -> Result<DetectorChoice, String> {
     if let Source::Builtin(name) | Source::Native(name) = source {
         let kind = match name.as_str() {
@@ -274,12 +292,19 @@ fn build_detector(
         probe.detector = kind;
         return match source {
             Source::Native(_) => Ok(DetectorChoice::Builtin(probe)),
-            _ => builtin_detector(&probe),
+            _ => builtin_detector(&probe, limits),
         };
     }
     let (name, bytes) = plugin_bytes(source)?;
-    let plugin =
-        std::sync::Arc::new(WasmDetector::load(&name, &bytes, config).map_err(|e| e.to_string())?);
+    let plugin = std::sync::Arc::new(
+        WasmDetector::load(Spec {
+            name: &name,
+            bytes: &bytes,
+            config,
+            limits,
+        })
+        .map_err(|e| e.to_string())?,
+    );
     // A node id no real node has, so the check leaves no trace on them.
     let mut detector = plugin.for_node(u32::MAX);
     let now = std::time::Instant::now();
@@ -322,8 +347,9 @@ impl Context {
         let number = slot.next_number();
         let shard_ref = self.topology.shards[index].clone();
         let changes = self.topology_changes.clone();
+        let limits = self.config.plugins.limits();
         let built = tokio::task::spawn_blocking(move || {
-            build(&source, &config, &shard_ref, changes, number)
+            build(&source, &config, &shard_ref, changes, number, limits)
         })
         .await
         .map_err(|e| format!("loading failed: {e}"))?;
@@ -423,8 +449,9 @@ impl Context {
         let index = self.shard_index(shard)?;
         let replicas = self.topology.shards[index].replica_count();
         let label = source.label();
+        let limits = self.config.plugins.limits();
         let built = tokio::task::spawn_blocking(move || {
-            build_quorum(&source, &config, &replication, replicas)
+            build_quorum(&source, &config, &replication, replicas, limits)
         })
         .await
         .map_err(|e| format!("loading failed: {e}"))?;
@@ -465,9 +492,11 @@ impl Context {
         probe: crate::config::ProbeConfig,
     ) -> Result<PolicyView, String> {
         let label = source.label();
-        let built = tokio::task::spawn_blocking(move || build_detector(&source, &config, &probe))
-            .await
-            .map_err(|e| format!("loading failed: {e}"))?;
+        let limits = self.config.plugins.limits();
+        let built =
+            tokio::task::spawn_blocking(move || build_detector(&source, &config, &probe, limits))
+                .await
+                .map_err(|e| format!("loading failed: {e}"))?;
         let choice = self.accepted("*", built)?;
         self.detector.replace(choice);
         let view = self.detector.describe();
