@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
-use crate::policy::swap::{Mode, Source};
+use crate::policy::swap::{self, Mode, Source};
 use crate::server::{router_source, Context};
 
 /// Sets the log filter; installed by whoever set up logging (`rampart
@@ -135,10 +135,7 @@ async fn reload(
         let prefix = format!("shards.{name}.replication.");
         if live.iter().any(|field| field.starts_with(&prefix)) {
             let replication = &shard.replication;
-            let source = match &replication.quorum_plugin {
-                Some(path) => Source::File(path.clone()),
-                None => Source::Builtin(replication.quorum.name().to_string()),
-            };
+            let source = swap::quorum_source(replication);
             let loaded = ctx
                 .load_quorum_with(
                     name,
@@ -152,10 +149,7 @@ async fn reload(
     }
     if live.iter().any(|field| field.starts_with("probe.")) {
         let probe = &config.probe;
-        let source = match &probe.detector_plugin {
-            Some(path) => Source::File(path.clone()),
-            None => Source::Builtin(probe.detector.name().to_string()),
-        };
+        let source = swap::detector_source(probe);
         let loaded = ctx
             .load_detector_with(source, probe.detector_config.clone(), probe.clone())
             .await;

@@ -16,12 +16,12 @@ use crate::admin::metrics::Metrics;
 use crate::backend::{ConnectOptions, LinkOptions, NodePool};
 use crate::config::{Config, FailoverRole};
 use crate::failover::controller::Switchover;
-use crate::failover::detect::{DetectorChoice, DetectorSource};
+use crate::failover::detect::DetectorSource;
 use crate::failover::events::Events;
+use crate::policy::slot::Generation;
 use crate::policy::slot::RouterSlot;
 use crate::policy::swap::{self, Source};
-use crate::policy::{Spec, WasmDetector, WasmQuorum};
-use crate::replicate::{quorum, QuorumPolicy};
+use crate::replicate::QuorumPolicy;
 use crate::topology::{Health, Node, Shard, Topology};
 use crate::worker::{NewClient, Workers};
 use crate::{admin, failover};
@@ -38,7 +38,7 @@ pub struct Context {
     pub topology_changes: Arc<AtomicU64>,
     /// One per shard, in shard order.
     /// Per shard; replaced whole by `RAMPART POLICY LOAD quorum ...`.
-    pub quorum_policies: Vec<ArcSwap<Box<dyn QuorumPolicy>>>,
+    pub quorum_policies: Vec<ArcSwap<Generation<Box<dyn QuorumPolicy>>>>,
     /// The detector every probe uses: the built-in `probe.detector`, or a
     /// plugin; replaceable at runtime.
     pub detector: Arc<DetectorSource>,
@@ -183,45 +183,30 @@ impl Server {
         let mut quorum_policies = Vec::new();
         for (shard, shard_config) in shards.iter().zip(config.shards.values()) {
             let replication = &shard_config.replication;
-            let policy: Box<dyn QuorumPolicy> = match &replication.quorum_plugin {
-                Some(path) => Box::new(load_plugin(
-                    &format!("shards.{}.replication.quorum_plugin", shard.name),
-                    path,
-                    |bytes| {
-                        let fallback = quorum::Builtin::configured(replication, None);
-                        let spec = Spec {
-                            name: path,
-                            bytes,
-                            config: &replication.quorum_config,
-                            limits,
-                        };
-                        WasmQuorum::load(spec, Box::new(fallback))
-                    },
-                )?),
-                None => swap::builtin_quorum(replication, None, limits)
-                    .map_err(|e| invalid(format!("shards.{}.replication: {e}", shard.name)))?,
-            };
+            let source = swap::quorum_source(replication);
+            let built = swap::build_quorum(
+                &source,
+                &replication.quorum_config,
+                replication,
+                shard.replica_count(),
+                limits,
+            )
+            .map_err(|e| invalid(format!("shards.{}.replication: {e}", shard.name)))?;
+            let generation = built.generation(1, source.label());
             shard
                 .durability
-                .set(policy.requirement(shard.replica_count()));
-            quorum_policies.push(ArcSwap::from_pointee(policy));
+                .set(generation.policy.requirement(shard.replica_count()));
+            quorum_policies.push(ArcSwap::from_pointee(generation));
         }
-        let detector = Arc::new(DetectorSource::new(match &config.probe.detector_plugin {
-            Some(path) => DetectorChoice::Plugin(Arc::new(load_plugin(
-                "probe.detector_plugin",
-                path,
-                |bytes| {
-                    WasmDetector::load(Spec {
-                        name: path,
-                        bytes,
-                        config: &config.probe.detector_config,
-                        limits,
-                    })
-                },
-            )?)),
-            None => swap::builtin_detector(&config.probe, limits)
-                .map_err(|e| invalid(format!("probe.detector: {e}")))?,
-        }));
+        let source = swap::detector_source(&config.probe);
+        let built = swap::build_detector(
+            &source,
+            &config.probe.detector_config,
+            &config.probe,
+            limits,
+        )
+        .map_err(|e| invalid(format!("probe: {e}")))?;
+        let detector = Arc::new(DetectorSource::new(built.generation(1, source.label())));
         let (switchovers, mut switchover_rx): (Vec<_>, Vec<_>) =
             shards.iter().map(|_| mpsc::channel(4)).unzip();
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -321,24 +306,10 @@ impl Server {
     }
 }
 
-/// Reads and loads a plugin named in the configuration; a plugin that
-/// fails any step stops startup with the field, the step and the reason.
+/// A policy that cannot be loaded at startup: the field, the step and the
+/// reason, and Rampart does not start.
 fn invalid(message: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message)
-}
-
-fn load_plugin<T>(
-    field: &str,
-    path: &str,
-    load: impl FnOnce(&[u8]) -> Result<T, crate::policy::LoadError>,
-) -> std::io::Result<T> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{field}: cannot read {path}: {e}")))?;
-    let plugin = load(&bytes).map_err(|e| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{field}: {e}"))
-    })?;
-    tracing::info!(field, plugin = path, "plugin loaded");
-    Ok(plugin)
 }
 
 /// The router a shard's configuration asks for: its plugin, or the

@@ -286,11 +286,14 @@ pub fn render(ctx: &Context) -> String {
         ));
     }
     for (shard, quorum) in &views.quorum {
-        policies.push((format!("shard=\"{shard}\",kind=\"quorum\""), quorum.clone()));
+        policies.push((
+            format!("shard=\"{shard}\",kind=\"quorum\""),
+            quorum.policy.clone(),
+        ));
     }
     policies.push((
         "shard=\"*\",kind=\"detector\"".to_string(),
-        views.detector.clone(),
+        views.detector.policy.clone(),
     ));
     type PolicyMetric = (&'static str, &'static str, fn(&PolicyView) -> u64);
     const POLICY_METRICS: &[PolicyMetric] = &[

@@ -241,6 +241,7 @@ impl Controller {
         }
         let Some(target) = self.ctx.quorum_policies[self.index]
             .load()
+            .policy
             .elect(&candidates)
             .and_then(|id| self.shard.node(id).cloned())
         else {
@@ -327,6 +328,7 @@ impl Controller {
                     .collect();
                 self.ctx.quorum_policies[self.index]
                     .load()
+                    .policy
                     .elect(&candidates)
                     .and_then(|id| self.shard.node(id).cloned())
                     .ok_or("ERR no replica is fit to take over (following the primary, caught up, priority above 0)")?

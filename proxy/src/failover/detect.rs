@@ -3,7 +3,6 @@
 //! Wasm detector plugin) slots in beside the fixed timeout.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +10,7 @@ use arc_swap::ArcSwap;
 use rampart_sdk::algorithms;
 
 use crate::config::{DetectorKind, ProbeConfig};
+use crate::policy::slot::{Generation, GenerationView};
 use crate::policy::WasmDetector;
 use crate::route::PolicyView;
 use crate::topology::Health;
@@ -150,42 +150,41 @@ pub enum DetectorChoice {
 /// notices at its next round and starts over with the new detector (a
 /// fresh history, judged by the new rules from then on).
 pub struct DetectorSource {
-    choice: ArcSwap<DetectorChoice>,
-    generation: AtomicU64,
+    current: ArcSwap<Generation<DetectorChoice>>,
 }
 
 impl DetectorSource {
-    pub fn new(choice: DetectorChoice) -> DetectorSource {
+    pub fn new(first: Generation<DetectorChoice>) -> DetectorSource {
         DetectorSource {
-            choice: ArcSwap::from_pointee(choice),
-            generation: AtomicU64::new(1),
+            current: ArcSwap::from_pointee(first),
         }
     }
 
-    pub fn replace(&self, choice: DetectorChoice) -> u64 {
-        self.choice.store(Arc::new(choice));
-        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    pub fn replace(&self, next: Generation<DetectorChoice>) {
+        self.current.store(Arc::new(next));
     }
 
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.current.load().number
     }
 
     /// A detector for one node's probe, and the generation it belongs to.
     pub fn for_node(&self, node: u32) -> (u64, Box<dyn Detector>) {
-        let generation = self.generation();
-        let detector = match &**self.choice.load() {
+        let current = self.current.load();
+        let detector = match &current.policy {
             DetectorChoice::Builtin(config) => build(config),
             DetectorChoice::Plugin(plugin) => plugin.for_node(node),
         };
-        (generation, detector)
+        (current.number, detector)
     }
 
-    pub fn describe(&self) -> PolicyView {
-        match &**self.choice.load() {
+    pub fn describe(&self) -> GenerationView {
+        let current = self.current.load();
+        let policy = match &current.policy {
             DetectorChoice::Builtin(config) => PolicyView::native(config.detector.name()),
             DetectorChoice::Plugin(plugin) => plugin.describe(),
-        }
+        };
+        current.view_with(policy)
     }
 }
 

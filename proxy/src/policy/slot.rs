@@ -22,10 +22,11 @@ use sha2::{Digest, Sha256};
 use crate::route::{PolicyView, Read, ReadPolicy};
 use crate::topology::{Node, Shard};
 
-/// One loaded router and where it came from.
-pub struct Generation {
+/// One loaded policy (a router unless said otherwise) and where it came
+/// from.
+pub struct Generation<P = Box<dyn ReadPolicy>> {
     pub number: u64,
-    pub policy: Box<dyn ReadPolicy>,
+    pub policy: P,
     /// `builtin:<name>`, a file path, or `upload`.
     pub source: String,
     /// Of the `.wasm` bytes; none for built-ins.
@@ -35,14 +36,14 @@ pub struct Generation {
     loaded: Instant,
 }
 
-impl Generation {
+impl<P> Generation<P> {
     pub fn new(
         number: u64,
-        policy: Box<dyn ReadPolicy>,
+        policy: P,
         source: String,
         wasm: Option<&[u8]>,
         config: String,
-    ) -> Generation {
+    ) -> Generation<P> {
         Generation {
             number,
             policy,
@@ -56,15 +57,22 @@ impl Generation {
         }
     }
 
-    pub fn view(&self) -> GenerationView {
+    /// What the admin views show, with the policy's own counters.
+    pub fn view_with(&self, policy: PolicyView) -> GenerationView {
         GenerationView {
             generation: self.number,
             source: self.source.clone(),
             sha256: self.sha256.clone(),
             config: self.config.clone(),
             loaded_at_ms: self.loaded_at_ms,
-            policy: self.policy.describe(),
+            policy,
         }
+    }
+}
+
+impl Generation {
+    pub fn view(&self) -> GenerationView {
+        self.view_with(self.policy.describe())
     }
 }
 

@@ -14,15 +14,15 @@ pub struct PoliciesView {
     /// Per shard: active, previous and shadow router generations.
     pub router: Vec<(String, SlotView)>,
     /// Per shard.
-    pub quorum: Vec<(String, PolicyView)>,
+    pub quorum: Vec<(String, GenerationView)>,
     /// One for all nodes.
-    pub detector: PolicyView,
+    pub detector: GenerationView,
 }
 use super::{builtin, Limits, Spec, WasmDetector, WasmQuorum, WasmRouter};
 use crate::config::DetectorKind;
 use crate::failover::detect::DetectorChoice;
 use crate::replicate::quorum::{Builtin, Candidate, Quorum, QuorumPolicy};
-use crate::route::{PolicyView, PrimaryOnly, Read, ReadPolicy, RoundRobinReplicas};
+use crate::route::{PrimaryOnly, Read, ReadPolicy, RoundRobinReplicas};
 use crate::server::Context;
 use crate::topology::Shard;
 
@@ -172,7 +172,7 @@ pub fn builtin_quorum(
     replication: &crate::config::ReplicationConfig,
     quorum: Option<Quorum>,
     limits: Limits,
-) -> Result<Box<dyn QuorumPolicy>, String> {
+) -> Result<Built<Box<dyn QuorumPolicy>>, String> {
     let native = Builtin::configured(replication, quorum);
     let settings = format!(
         "quorum={} timeout_ms={} on_shortfall={}",
@@ -191,7 +191,39 @@ pub fn builtin_quorum(
         limits,
     };
     let plugin = WasmQuorum::load(spec, Box::new(native)).map_err(|e| e.to_string())?;
-    Ok(Box::new(plugin))
+    Ok(Built {
+        policy: Box::new(plugin),
+        wasm: Some(builtin::QUORUM.into()),
+        config: settings,
+    })
+}
+
+/// A policy just built, with the component it came from (none for native
+/// code) and the text its `configure` was given: what its generation shows.
+pub struct Built<P> {
+    pub policy: P,
+    pub wasm: Option<std::borrow::Cow<'static, [u8]>>,
+    pub config: String,
+}
+
+impl<P> Built<P> {
+    pub fn native(policy: P) -> Built<P> {
+        Built {
+            policy,
+            wasm: None,
+            config: String::new(),
+        }
+    }
+
+    pub fn generation(self, number: u64, source: String) -> Generation<P> {
+        Generation::new(
+            number,
+            self.policy,
+            source,
+            self.wasm.as_deref(),
+            self.config,
+        )
+    }
 }
 
 /// The detector `probe.detector` names, as the embedded Wasm plugin with
@@ -199,7 +231,7 @@ pub fn builtin_quorum(
 pub fn builtin_detector(
     probe: &crate::config::ProbeConfig,
     limits: Limits,
-) -> Result<DetectorChoice, String> {
+) -> Result<Built<DetectorChoice>, String> {
     let name = probe.detector.name();
     let settings = match probe.detector {
         DetectorKind::FixedTimeout => format!("down_after_ms={}", probe.down_after_ms),
@@ -216,25 +248,48 @@ pub fn builtin_detector(
         limits,
     })
     .map_err(|e| e.to_string())?;
-    Ok(DetectorChoice::Plugin(std::sync::Arc::new(plugin)))
+    Ok(Built {
+        policy: DetectorChoice::Plugin(std::sync::Arc::new(plugin)),
+        wasm: Some(bytes.into()),
+        config: settings,
+    })
+}
+
+/// Where a shard's quorum policy comes from by its configuration: the
+/// plugin if one is set, else the built-in for `quorum`.
+pub fn quorum_source(replication: &crate::config::ReplicationConfig) -> Source {
+    match &replication.quorum_plugin {
+        Some(path) => Source::File(path.clone()),
+        None => Source::Builtin(replication.quorum.name().to_string()),
+    }
+}
+
+/// Where the detector comes from by the configuration.
+pub fn detector_source(probe: &crate::config::ProbeConfig) -> Source {
+    match &probe.detector_plugin {
+        Some(path) => Source::File(path.clone()),
+        None => Source::Builtin(probe.detector.name().to_string()),
+    }
 }
 
 /// A quorum policy from `source`, checked: its requirement and an election
 /// must run without a trap.
-fn build_quorum(
+pub fn build_quorum(
     source: &Source,
     config: &str,
     replication: &crate::config::ReplicationConfig,
     replicas: u32,
     limits: Limits,
-) -> Result<Box<dyn QuorumPolicy>, String> {
-    let policy: Box<dyn QuorumPolicy> = match source {
+) -> Result<Built<Box<dyn QuorumPolicy>>, String> {
+    let built: Built<Box<dyn QuorumPolicy>> = match source {
         Source::Builtin(name) | Source::Native(name) => {
             let quorum = Quorum::parse(name).ok_or_else(|| {
                 format!("unknown built-in quorum '{name}' (expected none, one, majority or all)")
             })?;
             match source {
-                Source::Native(_) => Box::new(Builtin::configured(replication, Some(quorum))),
+                Source::Native(_) => {
+                    Built::native(Box::new(Builtin::configured(replication, Some(quorum))))
+                }
                 _ => builtin_quorum(replication, Some(quorum), limits)?,
             }
         }
@@ -247,9 +302,15 @@ fn build_quorum(
                 config,
                 limits,
             };
-            Box::new(WasmQuorum::load(spec, fallback).map_err(|e| e.to_string())?)
+            let plugin = WasmQuorum::load(spec, fallback).map_err(|e| e.to_string())?;
+            Built {
+                policy: Box::new(plugin),
+                wasm: Some(bytes),
+                config: config.to_string(),
+            }
         }
     };
+    let policy = &built.policy;
     let _ = policy.requirement(replicas);
     let candidates: Vec<Candidate> = (1..=replicas.max(1))
         .map(|id| Candidate {
@@ -267,17 +328,17 @@ fn build_quorum(
             checked.traps
         ));
     }
-    Ok(policy)
+    Ok(built)
 }
 
 /// A detector from `source`, checked: a few probe results must be judged
 /// without a trap.
-fn build_detector(
+pub fn build_detector(
     source: &Source,
     config: &str,
     probe: &crate::config::ProbeConfig,
     limits: Limits,
-) -> Result<DetectorChoice, String> {
+) -> Result<Built<DetectorChoice>, String> {
     if let Source::Builtin(name) | Source::Native(name) = source {
         let kind = match name.as_str() {
             "fixed-timeout" => DetectorKind::FixedTimeout,
@@ -291,7 +352,7 @@ fn build_detector(
         let mut probe = probe.clone();
         probe.detector = kind;
         return match source {
-            Source::Native(_) => Ok(DetectorChoice::Builtin(probe)),
+            Source::Native(_) => Ok(Built::native(DetectorChoice::Builtin(probe))),
             _ => builtin_detector(&probe, limits),
         };
     }
@@ -320,7 +381,11 @@ fn build_detector(
             checked.traps
         ));
     }
-    Ok(DetectorChoice::Plugin(plugin))
+    Ok(Built {
+        policy: DetectorChoice::Plugin(plugin),
+        wasm: Some(bytes),
+        config: config.to_string(),
+    })
 }
 
 impl Context {
@@ -426,7 +491,7 @@ impl Context {
         shard: &str,
         source: Source,
         config: String,
-    ) -> Result<PolicyView, String> {
+    ) -> Result<GenerationView, String> {
         let replication = self
             .config
             .shards
@@ -445,7 +510,7 @@ impl Context {
         source: Source,
         config: String,
         replication: crate::config::ReplicationConfig,
-    ) -> Result<PolicyView, String> {
+    ) -> Result<GenerationView, String> {
         let index = self.shard_index(shard)?;
         let replicas = self.topology.shards[index].replica_count();
         let label = source.label();
@@ -455,18 +520,21 @@ impl Context {
         })
         .await
         .map_err(|e| format!("loading failed: {e}"))?;
-        let policy = self.accepted(shard, built)?;
-        let view = policy.describe();
+        let number = self.quorum_policies[index].load().number + 1;
+        let generation = self
+            .accepted(shard, built)?
+            .generation(number, label.clone());
+        let view = generation.view_with(generation.policy.describe());
         self.topology.shards[index]
             .durability
-            .set(policy.requirement(replicas));
-        self.quorum_policies[index].store(std::sync::Arc::new(policy));
+            .set(generation.policy.requirement(replicas));
+        self.quorum_policies[index].store(std::sync::Arc::new(generation));
         self.events.record(
             shard,
             "policy-activated",
             None,
             self.topology.shards[index].epoch(),
-            format!("quorum {} from {label}", view.name),
+            format!("quorum {} from {label}", view.policy.name),
         );
         Ok(view)
     }
@@ -478,7 +546,7 @@ impl Context {
         &self,
         source: Source,
         config: String,
-    ) -> Result<PolicyView, String> {
+    ) -> Result<GenerationView, String> {
         self.load_detector_with(source, config, self.config.probe.clone())
             .await
     }
@@ -490,22 +558,23 @@ impl Context {
         source: Source,
         config: String,
         probe: crate::config::ProbeConfig,
-    ) -> Result<PolicyView, String> {
+    ) -> Result<GenerationView, String> {
         let label = source.label();
         let limits = self.config.plugins.limits();
         let built =
             tokio::task::spawn_blocking(move || build_detector(&source, &config, &probe, limits))
                 .await
                 .map_err(|e| format!("loading failed: {e}"))?;
-        let choice = self.accepted("*", built)?;
-        self.detector.replace(choice);
+        let number = self.detector.generation() + 1;
+        let generation = self.accepted("*", built)?.generation(number, label.clone());
+        self.detector.replace(generation);
         let view = self.detector.describe();
         self.events.record(
             "*",
             "policy-activated",
             None,
             0,
-            format!("detector {} from {label}", view.name),
+            format!("detector {} from {label}", view.policy.name),
         );
         Ok(view)
     }
@@ -562,7 +631,11 @@ impl Context {
                 .shards
                 .iter()
                 .zip(&self.quorum_policies)
-                .map(|(shard, q)| (shard.name.clone(), q.load().describe()))
+                .map(|(shard, q)| {
+                    let generation = q.load();
+                    let view = generation.view_with(generation.policy.describe());
+                    (shard.name.clone(), view)
+                })
                 .collect(),
             detector: self.detector.describe(),
         }
