@@ -313,8 +313,10 @@ pub enum Shortfall {
 pub struct PluginsConfig {
     /// Linear memory one plugin instance may grow to, in MiB.
     pub memory_limit_mb: u32,
-    /// A routing call (`route`, `update`) running longer than this is
-    /// stopped: a trap, and the read goes to the primary.
+    /// A routing call (`route`, `update`) may run about this long, counted
+    /// in wasm instructions (fuel), so a loaded machine never cuts a
+    /// well-behaved call short; past it, a trap and the read goes to the
+    /// primary. `call_budget_ms` of wall-clock time is the backstop.
     pub route_budget_ms: u32,
     /// The budget of every other call: `configure`, quorum and detector
     /// calls, made off the request path.
@@ -333,11 +335,13 @@ impl Default for PluginsConfig {
 
 impl PluginsConfig {
     pub fn limits(&self) -> crate::policy::Limits {
+        use crate::policy::FUEL_PER_MS;
         crate::policy::Limits {
             memory_bytes: self.memory_limit_mb as usize * 1024 * 1024,
+            route_fuel: u64::from(self.route_budget_ms) * FUEL_PER_MS,
+            setup_fuel: u64::from(self.call_budget_ms) * FUEL_PER_MS,
             // Deadlines count whole epoch ticks (1 ms) from wherever the
             // current tick is, so one more tick than the budget.
-            call_ticks: u64::from(self.route_budget_ms) + 1,
             setup_ticks: u64::from(self.call_budget_ms) + 1,
         }
     }

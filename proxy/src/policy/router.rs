@@ -258,7 +258,7 @@ impl WasmRouter {
             let now = super::TICKS.load(Ordering::Relaxed);
             if instance.seen != version || now.wrapping_sub(instance.updated_at) >= REFRESH_TICKS {
                 let nodes: Vec<wit::Node> = shard.nodes.iter().map(|n| wit_node(0, n)).collect();
-                instance.store.set_epoch_deadline(self.limits.call_ticks);
+                self.limits.arm_route(&mut instance.store);
                 self.stats.calls.fetch_add(1, Ordering::Relaxed);
                 let plan = match instance.router.call_update(&mut instance.store, &nodes, shard.client_zone) {
                     Ok(plan) => plan,
@@ -326,7 +326,7 @@ impl WasmRouter {
         };
         let chosen = self.with_instance(shard, |instance| {
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
-            instance.store.set_epoch_deadline(self.limits.call_ticks);
+            self.limits.arm_route(&mut instance.store);
             instance.router.call_route(&mut instance.store, request)
         })??;
         let node = shard.nodes.iter().find(|n| n.id == chosen);

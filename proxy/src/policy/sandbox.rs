@@ -146,7 +146,7 @@ impl<W> Single<W> {
         }
         let (store, world) = slot.as_mut()?;
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        store.set_epoch_deadline(self.limits.setup_ticks);
+        self.limits.arm_setup(store);
         match call(world, store) {
             Ok(result) => Some(result),
             Err(trap) => {
@@ -192,6 +192,20 @@ impl<W> Single<W> {
     }
 }
 
+impl Limits {
+    /// Before a routing call.
+    pub fn arm_route(&self, store: &mut Store<State>) {
+        let _ = store.set_fuel(self.route_fuel);
+        store.set_epoch_deadline(self.setup_ticks);
+    }
+
+    /// Before any other call.
+    pub fn arm_setup(&self, store: &mut Store<State>) {
+        let _ = store.set_fuel(self.setup_fuel);
+        store.set_epoch_deadline(self.setup_ticks);
+    }
+}
+
 /// A plugin to load: its name (for logs and views), the component, the
 /// text for its `configure`, and the sandbox limits it runs under.
 #[derive(Clone, Copy)]
@@ -217,6 +231,6 @@ pub fn store(name: &Arc<str>, limits: Limits) -> Store<State> {
     };
     let mut store = Store::new(engine(), state);
     store.limiter(|state| &mut state.limits);
-    store.set_epoch_deadline(limits.setup_ticks);
+    limits.arm_setup(&mut store);
     store
 }
