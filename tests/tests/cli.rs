@@ -215,7 +215,11 @@ fn demo_starts_three_nodes_and_rampart_and_stops_them() {
         redis_cli(port, &["SET", "demo", "works"]).unwrap().trim(),
         "OK"
     );
-    assert_eq!(redis_cli(port, &["GET", "demo"]).unwrap().trim(), "works");
+    // Reads go to the replicas (read_from = "replicas"): the write was
+    // acknowledged by one of them, the other may lag a moment.
+    wait_until("the write to be readable", Duration::from_secs(5), || {
+        redis_cli(port, &["GET", "demo"]).is_ok_and(|v| v.trim() == "works")
+    });
     let status = ok(&["status", "--admin", &format!("127.0.0.1:{admin}")]);
     for node in nodes {
         assert!(status.contains(&format!("127.0.0.1:{node}")), "{status}");

@@ -11,7 +11,7 @@
 //! can run beside the active one on the same reads: its choices are only
 //! compared and counted.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -160,6 +160,9 @@ pub struct RouterSlot {
     current: ArcSwap<Generation>,
     previous: Mutex<Option<Arc<Generation>>>,
     shadow: ArcSwapOption<Shadow>,
+    /// Whether a shadow is set: checked before loading it, so reads without
+    /// a shadow (nearly all) skip that load.
+    has_shadow: AtomicBool,
     next: AtomicU64,
 }
 
@@ -177,6 +180,7 @@ impl RouterSlot {
             current: ArcSwap::from_pointee(generation),
             previous: Mutex::new(None),
             shadow: ArcSwapOption::empty(),
+            has_shadow: AtomicBool::new(false),
         }
     }
 
@@ -190,9 +194,11 @@ impl RouterSlot {
     pub fn pick<'s>(&self, shard: &'s Shard, read: &Read) -> Option<&'s Arc<Node>> {
         let current = self.current.load();
         let choice = current.policy.pick(shard, read);
-        if let Some(shadow) = &*self.shadow.load() {
-            let candidate = shadow.generation.policy.pick(shard, read);
-            shadow.compare(shard, choice, candidate);
+        if self.has_shadow.load(Ordering::Relaxed) {
+            if let Some(shadow) = &*self.shadow.load() {
+                let candidate = shadow.generation.policy.pick(shard, read);
+                shadow.compare(shard, choice, candidate);
+            }
         }
         choice
     }
@@ -223,6 +229,8 @@ impl RouterSlot {
     }
 
     pub fn set_shadow(&self, generation: Option<Generation>, nodes: usize) {
+        self.has_shadow
+            .store(generation.is_some(), Ordering::Relaxed);
         self.shadow.store(generation.map(|g| {
             Arc::new(Shadow {
                 generation: Arc::new(g),
@@ -233,6 +241,7 @@ impl RouterSlot {
 
     /// Makes the shadow the active generation.
     pub fn activate_shadow(&self) -> Option<u64> {
+        self.has_shadow.store(false, Ordering::Relaxed);
         let shadow = self.shadow.swap(None)?;
         let number = shadow.generation.number;
         let old = self.current.swap(shadow.generation.clone());
