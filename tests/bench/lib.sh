@@ -44,3 +44,37 @@ start_rampart() {
   pids+=($!)
   wait_port "$2"
 }
+
+# median_table TITLE BASE PIPELINES MODES [FLOOR-MODE FLOOR]: the medians of
+# $work/results.csv (lines `mode,pipeline,<redis-benchmark --csv line>`) as
+# a table, each row with its ratio to mode BASE at the same pipeline; with
+# FLOOR-MODE, also whether it reaches FLOOR x BASE at the first pipeline.
+median_table() {
+  python3 - "$work/results.csv" "$@" <<'PY'
+import csv, sys
+path, title, base_mode, pipelines, modes = sys.argv[1:6]
+pipelines, modes = pipelines.split(), modes.split()
+floor_mode, floor = (sys.argv[6], float(sys.argv[7])) if len(sys.argv) > 7 else (None, None)
+runs = {}
+for r in csv.reader(open(path)):
+    if len(r) < 5 or r[2] == "test":
+        continue
+    runs.setdefault((r[0], r[1]), []).append((float(r[3]), float(r[6]), float(r[8])))
+rows = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
+print(f"{title}, median of {len(next(iter(runs.values())))} interleaved runs")
+print(f"{'mode':<10}{'-P':>4}{'rps':>12}{'p50 ms':>9}{'p99 ms':>9}{'/' + base_mode:>10}")
+for p in pipelines:
+    base = rows.get((base_mode, p))
+    for mode in modes:
+        r = rows.get((mode, p))
+        if not r:
+            continue
+        ratio = f"{r[0] / base[0]:.2f}" if base else "-"
+        print(f"{mode:<10}{p:>4}{r[0]:>12.0f}{r[1]:>9.2f}{r[2]:>9.2f}{ratio:>10}")
+if floor_mode:
+    got, base = rows.get((floor_mode, pipelines[0])), rows.get((base_mode, pipelines[0]))
+    if got and base:
+        verdict = "meets" if got[0] >= floor * base[0] else "MISSES"
+        print(f"floor: {floor_mode} at -P {pipelines[0]} is {got[0] / base[0]:.2f}x {base_mode} ({verdict} the {floor}x floor)")
+PY
+}

@@ -59,26 +59,4 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-python3 - "$work/results.csv" <<'PY'
-import csv, sys
-runs = {}
-for r in csv.reader(open(sys.argv[1])):
-    if len(r) < 5 or r[2] == "test":
-        continue
-    runs.setdefault((r[0], r[1]), []).append((float(r[3]), float(r[6]), float(r[8])))
-rows = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
-print(f"SET, 50 clients, median of {len(next(iter(runs.values())))} interleaved runs")
-print(f"{'mode':<10}{'-P':>4}{'rps':>12}{'p50 ms':>9}{'p99 ms':>9}{'/async':>9}")
-for p in ("16", "1"):
-    base = rows.get(("async", p))
-    for mode in ("direct", "async", "sync-one", "sync-all"):
-        r = rows.get((mode, p))
-        if not r:
-            continue
-        ratio = f"{r[0] / base[0]:.2f}" if base else "-"
-        print(f"{mode:<10}{p:>4}{r[0]:>12.0f}{r[1]:>9.2f}{r[2]:>9.2f}{ratio:>9}")
-one, asy = rows.get(("sync-one", "16")), rows.get(("async", "16"))
-if one and asy:
-    verdict = "meets" if one[0] >= 0.5 * asy[0] else "MISSES"
-    print(f"floor: sync(1 ack) at -P 16 is {one[0] / asy[0]:.2f}x async ({verdict} the 0.5x floor)")
-PY
+median_table "SET, 50 clients" async "16 1" "direct async sync-one sync-all" sync-one 0.5

@@ -58,20 +58,4 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-python3 - "$work/results.csv" <<'PY'
-import csv, sys
-runs = {}
-for r in csv.reader(open(sys.argv[1])):
-    if len(r) < 5 or r[2] == "test":
-        continue
-    runs.setdefault((r[0], r[1]), []).append((float(r[3]), float(r[6]), float(r[8])))
-rows = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
-print(f"GET over two replicas, 50 clients, median of {len(next(iter(runs.values())))} interleaved runs")
-print(f"{'router':<10}{'-P':>4}{'rps':>12}{'p50 ms':>9}{'p99 ms':>9}{'/native':>9}")
-for p in ("1", "16"):
-    base = rows.get(("native", p))
-    for mode in ("native", "plan", "per-read"):
-        r = rows.get((mode, p))
-        if r and base:
-            print(f"{mode:<10}{p:>4}{r[0]:>12.0f}{r[1]:>9.2f}{r[2]:>9.2f}{r[0] / base[0]:>9.2f}")
-PY
+median_table "GET over two replicas, 50 clients" native "1 16" "native plan per-read"
