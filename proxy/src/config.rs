@@ -258,6 +258,15 @@ pub struct ShardConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplicationConfig {
+    /// `native`: the nodes are Redis replicas of one primary. `fanout`:
+    /// the nodes are independent (managed services, other vendors, another
+    /// region) and Rampart sends every write to each of them, in one order.
+    pub mode: Mode,
+    /// Fan-out: memory for writes some node has not run yet (a node that is
+    /// down, or slow). A node that is down when the backlog would pass this
+    /// is marked stale, serves no reads and is copied afresh (SCAN + DUMP /
+    /// RESTORE) when it returns.
+    pub backlog_mb: u32,
     /// Replica acknowledgements a write needs: `none` (asynchronous), `one`,
     /// `majority` (of all the shard's nodes, the primary counting as one) or
     /// `all`, of the replicas configured.
@@ -288,6 +297,8 @@ pub struct ReplicationConfig {
 impl Default for ReplicationConfig {
     fn default() -> ReplicationConfig {
         ReplicationConfig {
+            mode: Mode::Native,
+            backlog_mb: 64,
             quorum: Quorum::None,
             timeout_ms: 1000,
             on_shortfall: Shortfall::Fail,
@@ -298,6 +309,17 @@ impl Default for ReplicationConfig {
             quorum_config: String::new(),
         }
     }
+}
+
+/// How a shard's nodes get the writes.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Redis replication, from the primary to its replicas.
+    #[default]
+    Native,
+    /// Rampart sends each write to every node itself.
+    Fanout,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -512,6 +534,23 @@ impl Config {
                 return Err(ConfigError(format!(
                     "field `shards.{name}.replication.timeout_ms`: expected a number greater than 0 (WAIT 0 would wait forever), got 0"
                 )));
+            }
+            if replication.mode == Mode::Fanout {
+                if replication.manage_replication {
+                    return Err(ConfigError(format!(
+                        "field `shards.{name}.replication.manage_replication`: expected false in fan-out mode (the nodes are not Redis replicas of each other)"
+                    )));
+                }
+                if self.failover.role == FailoverRole::Follower {
+                    return Err(ConfigError(format!(
+                        "field `shards.{name}.replication.mode`: fan-out needs one Rampart instance sending the writes (failover.role = \"leader\"); two would apply them in different orders"
+                    )));
+                }
+                if replication.backlog_mb == 0 {
+                    return Err(ConfigError(format!(
+                        "field `shards.{name}.replication.backlog_mb`: expected a number greater than 0, got 0"
+                    )));
+                }
             }
             for addr in shard.zones.keys() {
                 if !shard.nodes.contains(addr) {

@@ -14,13 +14,14 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::admin::metrics::Metrics;
 use crate::backend::{ConnectOptions, LinkOptions, NodePool};
-use crate::config::{Config, FailoverRole};
+use crate::config::{Config, FailoverRole, Mode};
 use crate::failover::controller::Switchover;
 use crate::failover::detect::DetectorSource;
 use crate::failover::events::Events;
 use crate::policy::slot::Generation;
 use crate::policy::slot::RouterSlot;
 use crate::policy::swap::{self, Source};
+use crate::replicate::fanout::Fanout;
 use crate::replicate::QuorumPolicy;
 use crate::topology::{Health, Node, Shard, Topology};
 use crate::worker::{NewClient, Workers};
@@ -42,6 +43,9 @@ pub struct Context {
     /// The detector every probe uses: the built-in `probe.detector`, or a
     /// plugin; replaceable at runtime.
     pub detector: Arc<DetectorSource>,
+    /// Per shard, in shard order: the fan-out writer of a shard in fan-out
+    /// mode.
+    pub fanouts: Vec<Option<Arc<Fanout>>>,
     pub clients: AtomicUsize,
     /// What the failover controllers did.
     pub events: Events,
@@ -57,18 +61,32 @@ pub struct Context {
 }
 
 impl Context {
+    /// Marks a fan-out node stale, so that it is copied afresh from a node
+    /// in sync.
+    pub fn resync(&self, shard: &str, node: &str) -> Result<String, String> {
+        let index = self.shard_index(shard).map_err(|e| format!("ERR {e}"))?;
+        let Some(Some(fanout)) = self.fanouts.get(index) else {
+            return Err(format!(
+                "ERR shard '{shard}' is not in fan-out mode (Redis replication resyncs its own replicas)"
+            ));
+        };
+        if fanout.force_resync(node, self) {
+            Ok(format!("{node} will be copied afresh"))
+        } else {
+            Err(format!("ERR {node} is not a node of shard '{shard}'"))
+        }
+    }
+
     /// Asks the shard's failover controller to move the primary role to
     /// `target` (or to the replica the election picks). The answer is a
     /// Redis-style error text on failure.
     pub async fn switchover(&self, shard: &str, target: Option<String>) -> Result<String, String> {
-        let index = self
-            .topology
-            .shards
-            .iter()
-            .position(|s| s.name == shard)
-            .ok_or_else(|| format!("ERR no shard named '{shard}'"))?;
+        let index = self.shard_index(shard).map_err(|e| format!("ERR {e}"))?;
         if self.config.failover.role == FailoverRole::Follower {
             return Err("ERR this Rampart is a follower (failover.role); ask the leader".into());
+        }
+        if let Some(Some(fanout)) = self.fanouts.get(index) {
+            return fanout.switchover(target);
         }
         let (reply, answer) = oneshot::channel();
         self.switchovers[index]
@@ -156,7 +174,8 @@ impl Server {
                     config.failover.role == FailoverRole::Follower,
                     shard_config.replication.max_read_lag_ms,
                 )
-                .with_client_zone(config.proxy.zone.as_ref().map_or(0, |z| zones[z])),
+                .with_client_zone(config.proxy.zone.as_ref().map_or(0, |z| zones[z]))
+                .with_fanout(shard_config.replication.mode == Mode::Fanout),
             ));
         }
         let limits = config.plugins.limits();
@@ -209,8 +228,23 @@ impl Server {
         let detector = Arc::new(DetectorSource::new(built.generation(1, source.label())));
         let (switchovers, mut switchover_rx): (Vec<_>, Vec<_>) =
             shards.iter().map(|_| mpsc::channel(4)).unzip();
+        let fanouts = shards
+            .iter()
+            .zip(config.shards.values())
+            .map(|(shard, shard_config)| {
+                shard.is_fanout().then(|| {
+                    Arc::new(Fanout::new(
+                        shard.clone(),
+                        shard_config.replication.backlog_mb,
+                        config.backend.reply_timeout(),
+                        connect.clone(),
+                    ))
+                })
+            })
+            .collect();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let context = Arc::new(Context {
+            fanouts,
             topology: Topology { shards },
             routers,
             topology_changes: changes.clone(),
@@ -225,6 +259,9 @@ impl Server {
             config,
         });
 
+        for fanout in context.fanouts.iter().flatten() {
+            fanout.start(&context);
+        }
         let probed = Arc::new(Semaphore::new(0));
         let mut node_count = 0;
         for (shard, node) in context.topology.nodes() {
@@ -245,6 +282,12 @@ impl Server {
         match context.config.failover.role {
             FailoverRole::Leader => {
                 for (index, requests) in switchover_rx.drain(..).enumerate() {
+                    // A fan-out shard's primary is chosen by its writer, from
+                    // the nodes in sync; nobody is promoted or repointed.
+                    if let Some(Some(fanout)) = context.fanouts.get(index) {
+                        fanout.pick_first_primary().await;
+                        continue;
+                    }
                     failover::controller::spawn(context.clone(), index, connect.clone(), requests);
                 }
                 // The controller's first tick picks the primary.

@@ -2,13 +2,18 @@
 # Write-durability benchmark: redis-benchmark SET (-c 50, -P 16 and -P 1)
 # against one primary with two replicas, directly and through three
 # Rampart instances side by side: asynchronous, synchronous with one
-# replica ack, synchronous with all replica acks. Prints requests/s, p50/p99
-# and the ratio of each synchronous mode to the asynchronous one.
+# replica ack, synchronous with all replica acks; and through two Rampart
+# instances in fan-out mode in front of three independent nodes (Rampart
+# sends every write to each): asynchronous (answered after the primary) and
+# synchronous (after all three). Prints requests/s, p50/p99 and the ratio
+# of each mode to native asynchronous.
 #
 #   tests/bench/replication.sh [requests-per-run] [rounds]
 #
 # Each configuration runs `rounds` times (default 3), interleaved, and the
-# median is reported. Fan-out mode is not implemented yet (issue 4).
+# median is reported. All nodes share this machine's cores: fan-out keeps
+# three redis-servers busy with every write where native mode keeps one
+# (plus replication), so its ratios include that.
 #
 # Needs redis-server and redis-tools (Debian packages).
 set -euo pipefail
@@ -20,31 +25,40 @@ source tests/bench/lib.sh
 require redis-server redis-benchmark python3
 cargo build --release -q -p rampart
 start_shard
+F0=$(free_port); F1=$(free_port); F2=$(free_port)
+for port in $F0 $F1 $F2; do start_redis "$port"; done
 
 declare -A PORTS
-for mode in async sync-one sync-all; do
+# rampart MODE ROLE REPLICATION-MODE QUORUM NODE-PORTS...: one instance.
+rampart() {
+  local mode=$1 role=$2 replication=$3 quorum=$4 port nodes
+  shift 4
   port=$(free_port)
   PORTS[$mode]=$port
-  case $mode in
-    async) quorum=none ;;
-    sync-one) quorum=one ;;
-    sync-all) quorum=all ;;
-  esac
+  nodes=$(printf '"127.0.0.1:%s", ' "$@")
   cat > "$work/$mode.toml" <<TOML
 [proxy]
 listen = "127.0.0.1:$port"
 [log]
 level = "warn"
 [failover]
-role = "follower"
+role = "$role"
 [shards.main]
-nodes = ["127.0.0.1:$PRIMARY", "127.0.0.1:$R1", "127.0.0.1:$R2"]
+nodes = [${nodes%, }]
 [shards.main.replication]
+mode = "$replication"
 quorum = "$quorum"
 timeout_ms = 1000
 TOML
   start_rampart "$mode" "$port"
-done
+}
+# Native mode: a follower (the nodes' replication is left as it is).
+rampart async follower native none "$PRIMARY" "$R1" "$R2"
+rampart sync-one follower native one "$PRIMARY" "$R1" "$R2"
+rampart sync-all follower native all "$PRIMARY" "$R1" "$R2"
+# Fan-out needs the single writer, a leader.
+rampart fan-async leader fanout none "$F0" "$F1" "$F2"
+rampart fan-sync leader fanout all "$F0" "$F1" "$F2"
 
 run() { # name port pipeline
   redis-benchmark -p "$2" -c 50 -n "$N" -P "$3" -t set --csv -q 2>/dev/null \
@@ -53,10 +67,10 @@ run() { # name port pipeline
 for round in $(seq "$ROUNDS"); do
   for P in 16 1; do
     run direct "$PRIMARY" "$P"
-    for mode in async sync-one sync-all; do
+    for mode in async sync-one sync-all fan-async fan-sync; do
       run "$mode" "${PORTS[$mode]}" "$P"
     done
   done
 done
 
-median_table "SET, 50 clients" async "16 1" "direct async sync-one sync-all" sync-one 0.5
+median_table "SET, 50 clients" async "16 1" "direct async sync-one sync-all fan-async fan-sync" sync-one 0.5

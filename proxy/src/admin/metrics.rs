@@ -105,7 +105,10 @@ pub fn render(ctx: &Context) -> String {
         let primary = shard.primary_node().map(|p| p.id);
         for node in &shard.nodes {
             let labels = format!("shard=\"{}\",node=\"{}\"", shard.name, node.addr);
-            nodes.push((labels, node.snapshot(primary == Some(node.id))));
+            nodes.push((
+                labels,
+                node.snapshot(primary == Some(node.id), shard.is_fanout()),
+            ));
         }
     }
     type NodeMetric = (

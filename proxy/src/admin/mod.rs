@@ -64,6 +64,18 @@ async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> 
             Err(e) => text(StatusCode::CONFLICT, &format!("{e}\n")),
         };
     }
+    if let (&Method::POST, Some(shard)) = (
+        req.method(),
+        path.strip_prefix("/v1/shards/")
+            .and_then(|rest| rest.strip_suffix("/resync")),
+    ) {
+        // `?node=host:port`: copy a fan-out node afresh.
+        let node = query(&req, "node").unwrap_or_default();
+        return match ctx.resync(shard, &node) {
+            Ok(done) => text(StatusCode::OK, &format!("{done}\n")),
+            Err(e) => text(StatusCode::NOT_FOUND, &format!("{e}\n")),
+        };
+    }
     if let Some(rest) = path.strip_prefix("/v1/policies/") {
         return policy(req, ctx, rest.to_string()).await;
     }

@@ -427,6 +427,33 @@ fn close_run(
     let _ = inflight.send(InFlight::Wait { req, durability });
 }
 
+/// What an idle reader saw first.
+pub(crate) enum Idle<T> {
+    /// Something was written and awaits its replies.
+    Next(T),
+    /// Every writer is gone.
+    Done,
+    /// Bytes nobody asked for (pushes, or a broken connection): the caller
+    /// looks at them.
+    Read,
+}
+
+/// A reader with nothing in flight waits for the next thing written while
+/// still reading, so a connection the server closes is noticed at once.
+pub(crate) async fn idle_read<T>(
+    items: &mut mpsc::UnboundedReceiver<T>,
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+) -> Result<Idle<T>, String> {
+    tokio::select! {
+        next = items.recv() => Ok(next.map_or(Idle::Done, Idle::Next)),
+        read = rd.read_buf(buf) => match read.map_err(|e| e.to_string())? {
+            0 => Err("closed by the server".into()),
+            _ => Ok(Idle::Read),
+        },
+    }
+}
+
 /// What the watchdog needs to see of the reader. A timer per read would
 /// cost a timer registration (and a wake-up of the event loop) per reply;
 /// one coarse watchdog per link costs nothing on the request path.
@@ -478,16 +505,10 @@ impl Reader {
         loop {
             self.deliver(inflight)?;
             if self.current.is_none() {
-                tokio::select! {
-                    next = inflight.recv() => match next {
-                        Some(next) => self.current = Some(next),
-                        None => return Ok(()),
-                    },
-                    read = rd.read_buf(&mut self.buf) => {
-                        if read.map_err(|e| e.to_string())? == 0 {
-                            return Err("closed by the server".into());
-                        }
-                    }
+                match idle_read(inflight, &mut rd, &mut self.buf).await? {
+                    Idle::Next(next) => self.current = Some(next),
+                    Idle::Done => return Ok(()),
+                    Idle::Read => {}
                 }
                 continue;
             }
@@ -573,7 +594,8 @@ impl Reader {
         let error = (short && req.fail_on_shortfall).then(|| replicate::shortfall_error(acks, req));
         for (reply, mut answer) in self.held.drain(..) {
             if let Some(error) = &error {
-                let (data, failed) = fail_writes(&answer.data, error, self.scanner.depth());
+                let (data, failed) =
+                    replicate::fail_writes(&answer.data, error, self.scanner.depth());
                 durability.failed_writes.fetch_add(failed, Relaxed);
                 answer.data = data;
             }
@@ -639,26 +661,4 @@ impl Reader {
         }
         failed
     }
-}
-
-/// A durable batch's replies with each successful one replaced by `error`
-/// (replies that are errors already stay: those writes did not happen), and
-/// how many were replaced.
-fn fail_writes(data: &Bytes, error: &str, max_depth: usize) -> (Bytes, u64) {
-    let mut scanner = ReplyScanner::new(max_depth);
-    let mut out = BytesMut::with_capacity(data.len() + 64);
-    let mut failed = 0;
-    let mut rest = &data[..];
-    while let Ok(Some(len)) = scanner.scan(rest) {
-        if rest[0] == b'-' {
-            out.extend_from_slice(&rest[..len]);
-        } else {
-            out.extend_from_slice(b"-");
-            out.extend_from_slice(error.as_bytes());
-            out.extend_from_slice(b"\r\n");
-            failed += 1;
-        }
-        rest = &rest[len..];
-    }
-    (out.freeze(), failed)
 }

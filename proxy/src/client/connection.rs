@@ -19,6 +19,7 @@ use super::session::Session;
 use super::writer::{Pending, Replies};
 use crate::admin::metrics::BatchClass;
 use crate::backend::{Batch, Link};
+use crate::replicate::fanout::{Fanout, Verdict};
 use crate::resp::command::{Class, Tx};
 use crate::resp::{classify, Request, RequestParser, Value};
 use crate::route;
@@ -35,10 +36,25 @@ pub enum Flow {
     Stop,
 }
 
+/// Where an open batch goes.
+enum Target {
+    Link {
+        link: Link,
+        node: Arc<Node>,
+    },
+    /// A fan-out shard's writer: every node, in the shard's order.
+    Fanout(Arc<Fanout>),
+}
+
+impl Target {
+    fn same_link(&self, other: &Link) -> bool {
+        matches!(self, Target::Link { link, .. } if link.same(other))
+    }
+}
+
 /// Requests gathered for one link.
 struct OpenBatch {
-    link: Link,
-    node: Arc<Node>,
+    target: Target,
     requests: Vec<Bytes>,
     /// Replies held until the shard's quorum of replicas has the writes.
     /// A batch is all durable or not at all, so a `WAIT` after it never
@@ -223,6 +239,11 @@ impl Connection {
             Class::Write => BatchClass::Write,
             _ => BatchClass::Other,
         };
+        if let Some(fanout) = self.fanout() {
+            if let Some(flow) = self.fanout_only(&fanout, class, req.clone()).await {
+                return flow;
+            }
+        }
         match class {
             Class::Local(local) => self.local(local, req).await,
             Class::Refused(text) => self.reply(Value::err(text)).await,
@@ -239,6 +260,83 @@ impl Connection {
         }
     }
 
+    /// The shard's fan-out writer, in fan-out mode.
+    pub(super) fn fanout(&self) -> Option<Arc<Fanout>> {
+        self.ctx.fanouts.first().cloned().flatten()
+    }
+
+    /// What fan-out mode does differently: writes go to every node through
+    /// the shard's writer (rewritten or refused, see `replicate::fanout::
+    /// rewrite`), reads wait for the client's own writes, and what cannot be
+    /// the same on every node is refused. `None`: handled as usual.
+    async fn fanout_only(
+        &mut self,
+        fanout: &Arc<Fanout>,
+        class: Class,
+        req: Request,
+    ) -> Option<Flow> {
+        let refuse =
+            |what: &str| Value::err(format!("ERR rampart: {what} not supported in fan-out mode"));
+        Some(match class {
+            Class::Write => match fanout.rewriter.judge(req) {
+                Verdict::Refused(error) => self.reply(Value::err(error)).await,
+                Verdict::Primary(req) => self.forward(Class::Write, req).await,
+                Verdict::Fanout(req) => self.fanout_write(fanout, req).await,
+            },
+            Class::Read => {
+                // A read must see the client's own writes: they are on their
+                // way to every node, so wait until they have been answered.
+                let pending = self
+                    .open
+                    .as_ref()
+                    .is_some_and(|open| matches!(open.target, Target::Fanout(_)))
+                    || self.replies.completed() < self.durable_upto;
+                if pending && (self.flush().await == Flow::Stop || self.barrier().await == Flow::Stop) {
+                    return Some(Flow::Stop);
+                }
+                return None;
+            }
+            Class::Blocking if req.name().as_bytes() != b"XREAD" => {
+                self.reply(refuse("blocking pops and moves are (the node that unblocks first would apply it alone);"))
+                    .await
+            }
+            Class::Transaction(_) => {
+                self.reply(refuse("MULTI/EXEC and WATCH are")).await
+            }
+            Class::Wait => {
+                self.reply(refuse("WAIT is (the shard's quorum decides when writes are answered);"))
+                    .await
+            }
+            _ => return None,
+        })
+    }
+
+    /// Adds a write to the open fan-out batch.
+    async fn fanout_write(&mut self, fanout: &Arc<Fanout>, req: Request) -> Flow {
+        let shard = fanout.shard.clone();
+        if shard.primary().is_none() && !self.await_primary().await {
+            return self.reply(self.no_primary()).await;
+        }
+        if let Some(open) = &mut self.open {
+            if matches!(open.target, Target::Fanout(_)) && open.requests.len() < MAX_BATCH {
+                open.requests.push(req.raw);
+                return Flow::Continue;
+            }
+        }
+        if self.flush().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        let mut requests = Vec::with_capacity(8);
+        requests.push(req.raw);
+        self.open = Some(OpenBatch {
+            target: Target::Fanout(fanout.clone()),
+            requests,
+            durable: true,
+            class: BatchClass::Write,
+        });
+        Flow::Continue
+    }
+
     /// Whether the request's reply must wait for the shard's write quorum:
     /// writes, blocking pops and moves, and EXEC (a whole transaction is one
     /// write), in synchronous mode. Commands queued inside MULTI are not,
@@ -249,7 +347,8 @@ impl Connection {
             Class::Write | Class::Blocking => !self.session.in_multi,
             _ => false,
         };
-        write && self.ctx.topology.shard().durability.is_sync()
+        let shard = self.ctx.topology.shard();
+        write && shard.durability.is_sync() && !shard.is_fanout()
     }
 
     /// Reads and writes that need no connection state.
@@ -307,7 +406,7 @@ impl Connection {
             }
         }
         if let Some(open) = &mut self.open {
-            if open.link.same(link) && open.requests.len() < MAX_BATCH {
+            if open.target.same_link(link) && open.requests.len() < MAX_BATCH {
                 open.requests.push(req.raw);
                 return Flow::Continue;
             }
@@ -613,7 +712,9 @@ impl Connection {
     async fn add(&mut self, node: Arc<Node>, link: Link, raw: Bytes) -> Flow {
         let durable = self.durable;
         let same = self.open.as_ref().is_some_and(|open| {
-            open.link.same(&link) && open.durable == durable && open.requests.len() < MAX_BATCH
+            open.target.same_link(&link)
+                && open.durable == durable
+                && open.requests.len() < MAX_BATCH
         });
         if !same && self.flush().await == Flow::Stop {
             return Flow::Stop;
@@ -624,8 +725,7 @@ impl Connection {
                 let mut requests = Vec::with_capacity(8);
                 requests.push(raw);
                 self.open = Some(OpenBatch {
-                    link,
-                    node,
+                    target: Target::Link { link, node },
                     requests,
                     durable,
                     class: self.class,
@@ -642,18 +742,24 @@ impl Connection {
         };
         let replies = open.requests.len();
         let (tx, rx) = oneshot::channel();
-        open.node.count_requests(replies as u64);
-        let durable = open
-            .durable
-            .then(|| self.ctx.topology.shard().durability.clone());
-        open.link
-            .send(Batch {
-                requests: open.requests,
-                replies,
-                reply: tx,
-                durable,
-            })
-            .await;
+        match open.target {
+            Target::Link { link, node } => {
+                node.count_requests(replies as u64);
+                let durable = open
+                    .durable
+                    .then(|| self.ctx.topology.shard().durability.clone());
+                link.send(Batch {
+                    requests: open.requests,
+                    replies,
+                    reply: tx,
+                    durable,
+                })
+                .await;
+            }
+            Target::Fanout(fanout) => {
+                fanout.write(self.session.proto, open.requests, tx).await;
+            }
+        }
         let position = self.replies.push(Pending::Remote {
             reply: rx,
             replies,

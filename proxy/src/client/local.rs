@@ -245,6 +245,13 @@ impl Connection {
         if db == self.session.db {
             return self.reply(Value::ok()).await;
         }
+        if self.fanout().is_some() {
+            return self
+                .reply(Value::err(
+                    "ERR rampart: only database 0 is kept in sync in fan-out mode",
+                ))
+                .await;
+        }
         if let Err(error) = self.pin().await {
             return self.reply(error).await;
         }

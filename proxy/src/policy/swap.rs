@@ -389,7 +389,7 @@ pub fn build_detector(
 }
 
 impl Context {
-    fn shard_index(&self, shard: &str) -> Result<usize, String> {
+    pub(crate) fn shard_index(&self, shard: &str) -> Result<usize, String> {
         self.topology
             .shards
             .iter()

@@ -8,16 +8,22 @@
 //! same backend write: pipelined and concurrent writes share one round trip
 //! to the replicas (group commit).
 //!
+//! In fan-out mode ([`fanout`]) the nodes are independent and Rampart sends
+//! every write to each of them in one order itself.
+//!
 //! How many acknowledgements a write needs comes from the shard's quorum
 //! policy ([`quorum`]); this module keeps the shard's current answer where
 //! the links can read it without a lock, and counts what happened.
 
+pub mod fanout;
 pub mod lag;
 pub mod quorum;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+
+use crate::resp::ReplyScanner;
 use serde::Serialize;
 
 pub use quorum::{QuorumPolicy, Requirement};
@@ -111,6 +117,28 @@ pub fn shortfall_error(got: u32, req: Requirement) -> String {
         "NOQUORUM the write reached {got} of the {} replicas required within {} ms; it was applied on the primary and may still be replicated (Redis cannot roll it back)",
         req.acks, req.timeout_ms
     )
+}
+
+/// A durable batch's replies with each successful one replaced by `error`
+/// (replies that are errors already stay: those writes did not happen), and
+/// how many were replaced.
+pub fn fail_writes(data: &Bytes, error: &str, max_depth: usize) -> (Bytes, u64) {
+    let mut scanner = ReplyScanner::new(max_depth);
+    let mut out = BytesMut::with_capacity(data.len() + 64);
+    let mut failed = 0;
+    let mut rest = &data[..];
+    while let Ok(Some(len)) = scanner.scan(rest) {
+        if rest[0] == b'-' {
+            out.extend_from_slice(&rest[..len]);
+        } else {
+            out.extend_from_slice(b"-");
+            out.extend_from_slice(error.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            failed += 1;
+        }
+        rest = &rest[len..];
+    }
+    (out.freeze(), failed)
 }
 
 #[cfg(test)]

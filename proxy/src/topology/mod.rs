@@ -35,6 +35,48 @@ pub enum Health {
     Down,
 }
 
+/// Where a fan-out node stands with the shard's writes (native shards
+/// leave every node `InSync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncState {
+    /// Has run every write up to the last few: may serve reads and be
+    /// primary.
+    InSync,
+    /// Connected again and running the writes it missed.
+    CatchingUp,
+    /// Not connected; its writes wait in the backlog.
+    Down,
+    /// Missed more than the backlog holds, or may have lost writes (it
+    /// restarted, or its connection died with writes unanswered): must be
+    /// copied afresh before it serves again.
+    Stale,
+    /// Being copied from a node in sync.
+    Resyncing,
+}
+
+impl SyncState {
+    fn from_u8(v: u8) -> SyncState {
+        match v {
+            0 => SyncState::InSync,
+            1 => SyncState::CatchingUp,
+            2 => SyncState::Down,
+            3 => SyncState::Stale,
+            _ => SyncState::Resyncing,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncState::InSync => "in-sync",
+            SyncState::CatchingUp => "catching-up",
+            SyncState::Down => "down",
+            SyncState::Stale => "stale",
+            SyncState::Resyncing => "resyncing",
+        }
+    }
+}
+
 /// One Redis node.
 pub struct Node {
     pub id: u32,
@@ -62,6 +104,8 @@ pub struct Node {
     readable: AtomicBool,
     /// Round trip of the last answered probe, in microseconds.
     rtt_us: AtomicU32,
+    /// Fan-out only: see [`SyncState`].
+    sync: AtomicU8,
     /// Commands forwarded to this node.
     pub requests: AtomicU64,
     /// `redis_version` from INFO, for HELLO replies.
@@ -91,6 +135,7 @@ impl Node {
             lag_ms: AtomicU64::new(0),
             readable: AtomicBool::new(false),
             rtt_us: AtomicU32::new(0),
+            sync: AtomicU8::new(SyncState::InSync as u8),
             requests: AtomicU64::new(0),
             version: Mutex::new(None),
             pool,
@@ -185,7 +230,27 @@ impl Node {
         }
     }
 
-    fn set_lag(&self, bytes: u64, ms: u64) {
+    pub fn sync(&self) -> SyncState {
+        SyncState::from_u8(self.sync.load(Ordering::Acquire))
+    }
+
+    /// Returns the previous state.
+    pub fn set_sync(&self, state: SyncState) -> SyncState {
+        let old = SyncState::from_u8(self.sync.swap(state as u8, Ordering::AcqRel));
+        if old != state {
+            self.changes.fetch_add(1, Ordering::AcqRel);
+        }
+        old
+    }
+
+    /// Fan-out: the role is Rampart's choice, not what the node says.
+    fn set_role(&self, role: Role) {
+        if self.role.swap(role as u8, Ordering::AcqRel) != role as u8 {
+            self.changes.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    pub(crate) fn set_lag(&self, bytes: u64, ms: u64) {
         self.lag_bytes.store(bytes, Ordering::Relaxed);
         self.lag_ms.store(ms, Ordering::Relaxed);
     }
@@ -206,8 +271,9 @@ impl Node {
         self.readable.load(Ordering::Acquire)
     }
 
-    pub fn snapshot(&self, primary: bool) -> NodeView {
+    pub fn snapshot(&self, primary: bool, fanout: bool) -> NodeView {
         NodeView {
+            sync: fanout.then(|| self.sync()),
             id: self.id,
             addr: self.addr.clone(),
             role: self.role(),
@@ -256,6 +322,9 @@ pub struct Shard {
     changed: watch::Sender<u64>,
     /// Clients currently waiting with held writes.
     pub held: AtomicUsize,
+    /// Fan-out mode: Rampart sends every write to every node, and picks
+    /// the primary (whose replies clients get) itself.
+    fanout: bool,
 }
 
 const NO_PRIMARY: usize = usize::MAX;
@@ -282,7 +351,23 @@ impl Shard {
             history: Mutex::new(OffsetHistory::default()),
             changed: watch::channel(0).0,
             held: AtomicUsize::new(0),
+            fanout: false,
         }
+    }
+
+    pub fn with_fanout(mut self, fanout: bool) -> Shard {
+        self.fanout = fanout;
+        self
+    }
+
+    pub fn is_fanout(&self) -> bool {
+        self.fanout
+    }
+
+    /// Index into `nodes` of this epoch's primary.
+    pub fn primary_index(&self) -> Option<usize> {
+        let i = self.primary.load(Ordering::Acquire);
+        (i < self.nodes.len()).then_some(i)
     }
 
     /// Replicas configured (every node but one).
@@ -359,6 +444,15 @@ impl Shard {
 
     /// Records a probe's report of `node`, taken at `at`.
     pub fn observe(&self, node: &Node, report: &Report, at: Instant) {
+        if self.fanout {
+            // Every fan-out node is a primary of its own; what matters is
+            // that it answers, and its role is Rampart's choice.
+            let mut report = report.clone();
+            report.role = node.role();
+            report.master = None;
+            node.observe(&report);
+            return;
+        }
         node.observe(report);
         let Ok(mut history) = self.history.lock() else {
             return;
@@ -379,6 +473,10 @@ impl Shard {
     /// Re-derives who may serve reads (and, on a follower, who is primary)
     /// after a probe, and wakes held writes if the usable primary changed.
     pub fn refresh(&self) {
+        if self.fanout {
+            self.refresh_fanout();
+            return;
+        }
         if self.follow_claims {
             self.primary
                 .store(self.claimed_primary(), Ordering::Release);
@@ -396,6 +494,38 @@ impl Shard {
         }
         // Wake held writes whenever there is a primary to send them to
         // (cheap: with nobody held, nobody is woken).
+        let usable = self.primary().is_some();
+        if (usable && self.held.load(Ordering::Acquire) > 0) || changed {
+            self.changed.send_modify(|generation| *generation += 1);
+        }
+    }
+
+    /// Fan-out: the primary is a node that answers and has every write,
+    /// kept while it stays so (a change costs nothing, no data moves, but
+    /// needless changes confuse whoever reads the topology); the other
+    /// such nodes serve reads.
+    fn refresh_fanout(&self) {
+        let fit = |n: &Node| n.health() == Health::Up && n.sync() == SyncState::InSync;
+        let current = self.primary.load(Ordering::Acquire);
+        let chosen = match self.nodes.get(current) {
+            Some(node) if fit(node) => current,
+            _ => self.nodes.iter().position(|n| fit(n)).unwrap_or(NO_PRIMARY),
+        };
+        if chosen != current {
+            self.primary.store(chosen, Ordering::Release);
+            if chosen != NO_PRIMARY {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        let mut changed = chosen != current;
+        for (i, node) in self.nodes.iter().enumerate() {
+            node.set_role(if i == chosen {
+                Role::Primary
+            } else {
+                Role::Replica
+            });
+            changed |= node.set_readable(i != chosen && fit(node));
+        }
         let usable = self.primary().is_some();
         if (usable && self.held.load(Ordering::Acquire) > 0) || changed {
             self.changed.send_modify(|generation| *generation += 1);
@@ -429,6 +559,7 @@ impl Shard {
         ShardView {
             name: self.name.clone(),
             read_from: format!("{:?}", self.read_from).to_lowercase(),
+            mode: if self.fanout { "fanout" } else { "native" },
             epoch: self.epoch(),
             failing_over: self.is_failing_over(),
             primary: self.primary_node().map(|p| p.addr.clone()),
@@ -438,7 +569,7 @@ impl Shard {
                 .nodes
                 .iter()
                 .enumerate()
-                .map(|(i, n)| n.snapshot(i == primary))
+                .map(|(i, n)| n.snapshot(i == primary, self.fanout))
                 .collect(),
         }
     }
@@ -477,6 +608,8 @@ pub struct TopologyView {
 pub struct ShardView {
     pub name: String,
     pub read_from: String,
+    /// `native` or `fanout`.
+    pub mode: &'static str,
     pub epoch: u64,
     pub failing_over: bool,
     pub primary: Option<String>,
@@ -489,6 +622,9 @@ pub struct ShardView {
 pub struct NodeView {
     pub id: u32,
     pub addr: String,
+    /// Fan-out shards only: where the node stands with the writes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncState>,
     pub role: Role,
     pub health: Health,
     pub offset: u64,

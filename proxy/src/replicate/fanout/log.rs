@@ -1,0 +1,271 @@
+//! What the shard's ordered log holds: client writes, and the steps of a
+//! resync, each with a sequence number. Every node runs the entries in
+//! sequence order over one connection, so every node applies the writes in
+//! the same order.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
+
+use crate::backend::BatchReply;
+use crate::replicate::{self, Durability, Requirement};
+use crate::resp::Proto;
+
+pub struct Entry {
+    pub seq: u64,
+    /// When it was appended, and the log's byte count before it: for the
+    /// nodes' lag.
+    pub at: Instant,
+    pub offset: u64,
+    pub kind: Kind,
+}
+
+pub enum Kind {
+    Write(Write),
+    /// Part of a resync: `source` reads these keys (DUMP + PEXPIRETIME) at
+    /// this point of the order, and `target` writes what it read at the
+    /// same point, so the copy is exact whatever writes come before and
+    /// after. Every other node skips it.
+    Snapshot(Snapshot),
+    /// The end of a resync: once `target` has run everything up to here it
+    /// holds what the others hold.
+    Synced {
+        target: usize,
+    },
+}
+
+impl Entry {
+    /// Bytes this entry keeps in memory, for the backlog bound.
+    pub fn size(&self) -> usize {
+        64 + match &self.kind {
+            Kind::Write(w) => w.requests.iter().map(|r| r.len()).sum(),
+            Kind::Snapshot(s) => s.keys.iter().map(|k| k.len() * 3).sum(),
+            Kind::Synced { .. } => 0,
+        }
+    }
+
+    pub fn write(&self) -> Option<&Write> {
+        match &self.kind {
+            Kind::Write(w) => Some(w),
+            _ => None,
+        }
+    }
+}
+
+/// A batch of one client's writes.
+pub struct Write {
+    pub proto: Proto,
+    pub requests: Vec<Bytes>,
+    pub replies: usize,
+    /// Node replies needed before the client is answered: the quorum's
+    /// acknowledgements plus the node whose reply the client gets.
+    pub needed: u32,
+    pub req: Requirement,
+    pub deadline: Instant,
+    pub durability: Arc<Durability>,
+    acks: Mutex<Acks>,
+}
+
+struct Acks {
+    /// Taken when the client is answered.
+    reply: Option<oneshot::Sender<BatchReply>>,
+    /// The node whose reply the client gets: the primary when the write was
+    /// ordered.
+    preferred: usize,
+    from_preferred: Option<Bytes>,
+    /// The first reply from any node, used if the preferred node is lost
+    /// (the writes are deterministic, so every node answers alike).
+    first: Option<Bytes>,
+    answered: u32,
+}
+
+/// What a write's release looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Not yet: still waiting for replies.
+    Waiting,
+    /// Answered now, or earlier.
+    Done,
+}
+
+impl Write {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        proto: Proto,
+        requests: Vec<Bytes>,
+        reply: oneshot::Sender<BatchReply>,
+        preferred: usize,
+        req: Requirement,
+        deadline: Instant,
+        durability: Arc<Durability>,
+    ) -> Write {
+        Write {
+            proto,
+            replies: requests.len(),
+            requests,
+            needed: req.acks + 1,
+            req,
+            deadline,
+            durability,
+            acks: Mutex::new(Acks {
+                reply: Some(reply),
+                preferred,
+                from_preferred: None,
+                first: None,
+                answered: 0,
+            }),
+        }
+    }
+
+    fn acks(&self) -> std::sync::MutexGuard<'_, Acks> {
+        self.acks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_settled(&self) -> bool {
+        self.acks().reply.is_none()
+    }
+
+    /// Node `node` ran the writes and answered `data`. `counts` is false
+    /// for a node being resynced: it runs the writes, but what it holds is
+    /// not yet the shard's data. `may_answer` says whether a node may
+    /// still answer.
+    pub fn answered(
+        &self,
+        node: usize,
+        data: Bytes,
+        counts: bool,
+        may_answer: impl Fn(usize) -> bool,
+    ) {
+        let mut acks = self.acks();
+        if acks.reply.is_none() || !counts {
+            return;
+        }
+        let preferred_live = node == acks.preferred || may_answer(acks.preferred);
+        acks.answered += 1;
+        if node == acks.preferred {
+            acks.from_preferred = Some(data.clone());
+        }
+        if acks.first.is_none() {
+            acks.first = Some(data);
+        }
+        self.try_release(&mut acks, preferred_live, false);
+    }
+
+    /// Releases the write if it is due: enough replies, or its deadline has
+    /// passed (`timed_out`), or the preferred node is gone and another
+    /// answered.
+    pub fn settle(&self, preferred_live: impl Fn(usize) -> bool, timed_out: bool) -> Settle {
+        let mut acks = self.acks();
+        if acks.reply.is_none() {
+            return Settle::Done;
+        }
+        let live = preferred_live(acks.preferred);
+        self.try_release(&mut acks, live, timed_out);
+        if acks.reply.is_none() {
+            Settle::Done
+        } else {
+            Settle::Waiting
+        }
+    }
+
+    fn try_release(&self, acks: &mut Acks, preferred_live: bool, timed_out: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        // At the deadline any node's reply will do: the preferred one may
+        // be the node that is not answering.
+        let data = if preferred_live && !timed_out {
+            acks.from_preferred.clone()
+        } else {
+            acks.from_preferred.clone().or_else(|| acks.first.clone())
+        };
+        let enough = acks.answered >= self.needed;
+        let answer = match data {
+            Some(data) if enough => data,
+            Some(data) if timed_out => {
+                self.durability.shortfalls.fetch_add(1, Relaxed);
+                if !self.req.fail_on_shortfall {
+                    data
+                } else {
+                    let error = shortfall_error(acks.answered.saturating_sub(1), self.req);
+                    let (data, failed) = replicate::fail_writes(&data, &error, 64);
+                    self.durability.failed_writes.fetch_add(failed, Relaxed);
+                    data
+                }
+            }
+            None if timed_out => {
+                let Some(reply) = acks.reply.take() else {
+                    return;
+                };
+                let _ = reply.send(BatchReply {
+                    data: Bytes::new(),
+                    got: 0,
+                    error: Some(
+                        "ERR rampart: no node answered the write in time; it stays queued for every node and may still be applied"
+                            .into(),
+                    ),
+                });
+                return;
+            }
+            _ => return,
+        };
+        if let Some(reply) = acks.reply.take() {
+            let _ = reply.send(BatchReply {
+                data: answer,
+                got: self.replies,
+                error: None,
+            });
+        }
+    }
+}
+
+/// The error a fanned-out write gets when too few nodes ran it in time.
+fn shortfall_error(got: u32, req: Requirement) -> String {
+    format!(
+        "NOQUORUM the write reached {got} of the {} other nodes required within {} ms; it was applied where it arrived and stays queued for the rest (it cannot be rolled back)",
+        req.acks, req.timeout_ms
+    )
+}
+
+/// One key as the source node holds it.
+#[derive(Debug, Clone)]
+pub struct Dumped {
+    pub key: Bytes,
+    /// `DUMP`'s payload; `None` when the key does not exist.
+    pub payload: Option<Bytes>,
+    /// `PEXPIRETIME`: absolute Unix milliseconds, or -1 for none.
+    pub expire_at: i64,
+}
+
+pub struct Snapshot {
+    pub source: usize,
+    pub target: usize,
+    pub keys: Vec<Bytes>,
+    /// What the source read, once it has: `Err` if it could not.
+    read: watch::Sender<Option<Result<Arc<Vec<Dumped>>, String>>>,
+}
+
+impl Snapshot {
+    pub fn new(source: usize, target: usize, keys: Vec<Bytes>) -> Snapshot {
+        Snapshot {
+            source,
+            target,
+            keys,
+            read: watch::channel(None).0,
+        }
+    }
+
+    pub fn fill(&self, result: Result<Vec<Dumped>, String>) {
+        self.read.send_replace(Some(result.map(Arc::new)));
+    }
+
+    /// Waits for the source's read.
+    pub async fn wait(&self) -> Result<Arc<Vec<Dumped>>, String> {
+        let mut rx = self.read.subscribe();
+        let filled = rx.wait_for(|v| v.is_some()).await;
+        match filled {
+            Ok(value) => value.clone().unwrap_or_else(|| Err("no read".into())),
+            Err(_) => Err("the source went away".into()),
+        }
+    }
+}

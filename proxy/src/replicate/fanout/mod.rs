@@ -1,0 +1,567 @@
+//! Fan-out mode: for nodes that are not Redis replicas of each other
+//! (managed services, another vendor, a second region), Rampart itself
+//! sends every write to every node of the shard.
+//!
+//! - **One order.** Writes enter one log per shard and get a sequence
+//!   number there; each node has one connection ([`stream`]) that runs the
+//!   log in sequence order, so every node applies the same writes in the
+//!   same order.
+//! - **When the client is answered.** Asynchronous: once the primary (the
+//!   node Rampart reads from by default) has answered. Synchronous: once
+//!   the quorum's number of other nodes have too, or at the quorum timeout
+//!   with a shortfall (`-NOQUORUM` or accept, as the quorum policy says).
+//! - **A node that is down** keeps its place in the log: the writes it has
+//!   not run are its backlog, replayed in order when it returns. The log is
+//!   bounded (`replication.backlog_mb`); a node that would hold it past the
+//!   bound is marked stale and let go.
+//! - **A stale node** serves no reads and is not primary until it has been
+//!   copied afresh ([`resync`]): SCAN + DUMP/RESTORE from a node in sync,
+//!   each batch of keys read and written *at a point of the log*, so the
+//!   copy is exact while writes go on.
+//! - A node is also stale when Rampart cannot know what it holds: it
+//!   restarted (a new `run_id`: whatever it persisted is older than what it
+//!   answered), or its connection died with writes unanswered (they may or
+//!   may not have run, and running them again could apply them twice).
+//! - **Determinism.** Every node runs every write itself, possibly minutes
+//!   apart; [`rewrite`] turns writes whose effect depends on the clock into
+//!   absolute forms and refuses the random ones.
+
+pub mod log;
+pub mod resync;
+pub mod rewrite;
+pub mod stream;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, Notify};
+
+use self::log::{Entry, Kind, Settle, Snapshot, Write};
+use crate::backend::{BatchReply, ConnectOptions};
+use crate::resp::Proto;
+use crate::server::Context;
+use crate::topology::{Shard, SyncState};
+
+pub use rewrite::{Rewriter, Verdict};
+
+/// A fan-out shard's writer.
+pub struct Fanout {
+    pub shard: Arc<Shard>,
+    pub rewriter: Rewriter,
+    state: Mutex<State>,
+    /// Per node: woken when the log has entries for it, or its state
+    /// changed under it.
+    wake: Vec<Notify>,
+    /// Woken when the log shrinks, for writes waiting for room.
+    room: Notify,
+    max_bytes: usize,
+    /// How long an asynchronous write waits for any node to answer.
+    reply_timeout: Duration,
+    opts: ConnectOptions,
+}
+
+struct State {
+    /// Entries some node that holds its place has not answered yet.
+    entries: VecDeque<Arc<Entry>>,
+    /// Sequence number of `entries[0]`.
+    base: u64,
+    /// The next sequence number to hand out.
+    next: u64,
+    bytes: usize,
+    /// Bytes ever appended: entries' offsets count from here.
+    appended: u64,
+    nodes: Vec<Cursor>,
+    /// Writes whose clients are not answered yet, oldest first.
+    unsettled: VecDeque<Arc<Entry>>,
+}
+
+/// One node's place in the log.
+#[derive(Default)]
+struct Cursor {
+    /// Every entry below this has been answered by the node.
+    acked: u64,
+    /// Every entry below this has been written to it.
+    sent: u64,
+    /// From `INFO server`: a new one means the node restarted.
+    run_id: Option<String>,
+    /// Catching up ends once `acked` reaches this.
+    catch_up_to: u64,
+}
+
+/// What a node that connects does first.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Run the log from where it left off.
+    Resume,
+    /// Be copied afresh; run the log from now on.
+    Resync,
+}
+
+/// Whether a node's state keeps entries in the log for it.
+fn holds_place(state: SyncState) -> bool {
+    state != SyncState::Stale
+}
+
+impl Fanout {
+    pub fn new(
+        shard: Arc<Shard>,
+        backlog_mb: u32,
+        reply_timeout: Duration,
+        opts: ConnectOptions,
+    ) -> Fanout {
+        let nodes = shard.nodes.len();
+        for node in &shard.nodes {
+            // Until its connection is up, nobody knows what it holds.
+            node.set_sync(SyncState::Down);
+        }
+        Fanout {
+            rewriter: Rewriter::default(),
+            state: Mutex::new(State {
+                entries: VecDeque::new(),
+                base: 0,
+                next: 0,
+                bytes: 0,
+                appended: 0,
+                nodes: (0..nodes).map(|_| Cursor::default()).collect(),
+                unsettled: VecDeque::new(),
+            }),
+            wake: (0..nodes).map(|_| Notify::new()).collect(),
+            room: Notify::new(),
+            max_bytes: (backlog_mb as usize).saturating_mul(1024 * 1024),
+            reply_timeout,
+            opts,
+            shard,
+        }
+    }
+
+    /// Starts a stream per node and the task that answers writes that time
+    /// out.
+    pub fn start(self: &Arc<Self>, ctx: &Arc<Context>) {
+        for index in 0..self.shard.nodes.len() {
+            stream::spawn(self.clone(), index, ctx.clone());
+        }
+        tokio::spawn(sweep(self.clone(), ctx.clone()));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn node_state(&self, index: usize) -> SyncState {
+        self.shard.nodes[index].sync()
+    }
+
+    /// Whether a node may still answer the entries it was sent.
+    fn may_answer(&self, index: usize) -> bool {
+        matches!(
+            self.node_state(index),
+            SyncState::InSync | SyncState::CatchingUp
+        )
+    }
+
+    /// Orders one client batch of writes and sends it to every node; the
+    /// client's replies come on `reply`.
+    pub async fn write(
+        &self,
+        proto: Proto,
+        requests: Vec<Bytes>,
+        reply: oneshot::Sender<BatchReply>,
+    ) {
+        let preferred = self.shard.primary_index().unwrap_or(0);
+        let req = self.shard.durability.requirement();
+        let timeout = if req.acks > 0 {
+            Duration::from_millis(req.timeout_ms.into())
+        } else {
+            self.reply_timeout
+        };
+        let write = Write::new(
+            proto,
+            requests,
+            reply,
+            preferred,
+            req,
+            Instant::now() + timeout,
+            self.shard.durability.clone(),
+        );
+        self.append(Kind::Write(write)).await;
+    }
+
+    /// Appends an entry, waiting while the log is full of writes that live
+    /// nodes have yet to run (backpressure), and wakes every node.
+    async fn append(&self, kind: Kind) -> u64 {
+        let mut kind = Some(kind);
+        loop {
+            let room = self.room.notified();
+            {
+                let mut state = self.lock();
+                let Some(k) = kind.take() else {
+                    return state.next;
+                };
+                let entry = Entry {
+                    seq: state.next,
+                    at: Instant::now(),
+                    offset: state.appended,
+                    kind: k,
+                };
+                let size = entry.size();
+                if state.bytes > 0 && state.bytes + size > self.max_bytes {
+                    self.let_go_of_absent(&mut state);
+                }
+                if state.bytes == 0 || state.bytes + size <= self.max_bytes {
+                    let entry = Arc::new(entry);
+                    state.next += 1;
+                    state.bytes += size;
+                    state.appended += size as u64;
+                    if entry.write().is_some() {
+                        state.unsettled.push_back(entry.clone());
+                    }
+                    state.entries.push_back(entry.clone());
+                    drop(state);
+                    for wake in &self.wake {
+                        wake.notify_one();
+                    }
+                    return entry.seq;
+                }
+                kind = Some(entry.kind);
+            }
+            // Full, and the nodes holding it are live: wait for them.
+            let _ = tokio::time::timeout(Duration::from_millis(100), room).await;
+        }
+    }
+
+    /// The log is full: nodes that are not connected (down, or resyncing
+    /// without a connection) stop holding their place and become stale.
+    fn let_go_of_absent(&self, state: &mut State) {
+        for (index, node) in self.shard.nodes.iter().enumerate() {
+            let absent = matches!(node.sync(), SyncState::Down | SyncState::Resyncing)
+                && state.nodes[index].acked < state.next;
+            if absent {
+                node.set_sync(SyncState::Stale);
+                tracing::warn!(shard = %self.shard.name, node = %node.addr,
+                    "fan-out backlog full: the node is marked stale and will be resynced");
+                self.wake[index].notify_one();
+            }
+        }
+        self.trim(state);
+        self.shard.refresh();
+    }
+
+    /// Drops the entries every node holding its place has answered.
+    fn trim(&self, state: &mut State) {
+        let keep_from = (0..state.nodes.len())
+            .filter(|&i| holds_place(self.node_state(i)))
+            .map(|i| state.nodes[i].acked)
+            .min()
+            .unwrap_or(state.next);
+        let mut freed = false;
+        while state.base < keep_from {
+            let Some(entry) = state.entries.pop_front() else {
+                break;
+            };
+            state.bytes -= entry.size();
+            state.base += 1;
+            freed = true;
+        }
+        if freed {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Up to `max_bytes` of the entries node `index` has not been sent
+    /// yet (at least one, if there is one).
+    fn take(&self, index: usize, max_bytes: usize) -> Vec<Arc<Entry>> {
+        let mut state = self.lock();
+        let from = state.nodes[index].sent.max(state.base);
+        let mut taken = Vec::new();
+        let mut bytes = 0;
+        for entry in state.entries.range((from - state.base) as usize..) {
+            if bytes >= max_bytes {
+                break;
+            }
+            bytes += entry.size();
+            taken.push(entry.clone());
+        }
+        state.nodes[index].sent = from + taken.len() as u64;
+        taken
+    }
+
+    /// Node `index` has answered every entry below `upto`.
+    fn acked(&self, index: usize, upto: u64, ctx: &Context) {
+        let mut state = self.lock();
+        let cursor = &mut state.nodes[index];
+        cursor.acked = cursor.acked.max(upto);
+        let caught_up = cursor.acked >= cursor.catch_up_to;
+        if self.node_state(index) == SyncState::CatchingUp && caught_up {
+            self.shard.nodes[index].set_sync(SyncState::InSync);
+            drop(state);
+            self.event(
+                ctx,
+                "caught-up",
+                index,
+                "ran the writes it missed; serving again",
+            );
+            self.shard.refresh();
+            let mut state = self.lock();
+            self.trim(&mut state);
+            return;
+        }
+        self.trim(&mut state);
+    }
+
+    /// A resync of node `index` reached its end in the log.
+    fn synced(&self, index: usize, ctx: &Context) {
+        if self.shard.nodes[index].set_sync(SyncState::InSync) == SyncState::Resyncing {
+            self.event(
+                ctx,
+                "resynced",
+                index,
+                "copied from a node in sync; serving again",
+            );
+            self.shard.refresh();
+        }
+    }
+
+    /// Node `index`'s stream connected; `run_id` is the node's.
+    fn connected(&self, index: usize, run_id: String, ctx: &Context) -> Start {
+        let node = &self.shard.nodes[index];
+        let mut state = self.lock();
+        let next = state.next;
+        let cursor = &mut state.nodes[index];
+        let restarted = cursor.run_id.as_ref().is_some_and(|old| *old != run_id);
+        cursor.run_id = Some(run_id);
+        if restarted && node.sync() != SyncState::Stale {
+            node.set_sync(SyncState::Stale);
+            drop(state);
+            self.event(
+                ctx,
+                "node-stale",
+                index,
+                "the node restarted (new run_id): what it kept may be older than what it acknowledged",
+            );
+            state = self.lock();
+        }
+        let cursor = &mut state.nodes[index];
+        if node.sync() == SyncState::Stale {
+            node.set_sync(SyncState::Resyncing);
+            cursor.acked = next;
+            cursor.sent = next;
+            cursor.catch_up_to = next;
+            return Start::Resync;
+        }
+        cursor.sent = cursor.acked;
+        cursor.catch_up_to = next;
+        let state_now = if cursor.acked >= next {
+            SyncState::InSync
+        } else {
+            SyncState::CatchingUp
+        };
+        drop(state);
+        node.set_sync(state_now);
+        self.shard.refresh();
+        Start::Resume
+    }
+
+    /// Node `index`'s stream lost its connection. `unanswered` says whether
+    /// writes were in flight on it.
+    fn disconnected(&self, index: usize, unanswered: bool, reason: &str, ctx: &Context) {
+        let node = &self.shard.nodes[index];
+        let before = node.sync();
+        let after = match before {
+            SyncState::Stale | SyncState::Resyncing => SyncState::Stale,
+            _ if unanswered => SyncState::Stale,
+            _ => SyncState::Down,
+        };
+        node.set_sync(after);
+        if after == SyncState::Stale && before != SyncState::Stale {
+            let why = if before == SyncState::Resyncing {
+                format!("resync interrupted ({reason})")
+            } else {
+                format!("connection lost with writes unanswered ({reason}): they may or may not have run")
+            };
+            self.event(ctx, "node-stale", index, why);
+        } else if before != after {
+            self.event(
+                ctx,
+                "node-down",
+                index,
+                format!("connection lost ({reason}); writes wait in its backlog"),
+            );
+        }
+        self.shard.refresh();
+        let mut state = self.lock();
+        self.trim(&mut state);
+    }
+
+    /// Node `index`'s resync failed before it began copying.
+    fn resync_failed(&self, index: usize, why: &str, ctx: &Context) {
+        if self.shard.nodes[index].set_sync(SyncState::Stale) == SyncState::Resyncing {
+            self.event(ctx, "resync-failed", index, why.to_string());
+        }
+        self.wake[index].notify_one();
+        let mut state = self.lock();
+        self.trim(&mut state);
+    }
+
+    /// Marks a node stale so that it is copied afresh (an operator's call,
+    /// when a node's data is known to be wrong). False if it is not in
+    /// this shard.
+    pub fn force_resync(&self, addr: &str, ctx: &Context) -> bool {
+        let Some(index) = self.shard.nodes.iter().position(|n| n.addr == addr) else {
+            return false;
+        };
+        let before = self.shard.nodes[index].set_sync(SyncState::Stale);
+        if before != SyncState::Stale {
+            self.event(ctx, "node-stale", index, "resync requested by an operator");
+        }
+        self.shard.refresh();
+        // Its stream notices at its next wake-up and reconnects.
+        self.wake[index].notify_one();
+        true
+    }
+
+    /// At start-up: waits (a little) for every node's stream to connect,
+    /// then makes the first node listed that is in sync the primary, so the
+    /// choice does not depend on which connection was quickest.
+    pub async fn pick_first_primary(&self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline
+            && self.shard.nodes.iter().any(|n| n.sync() == SyncState::Down)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.shard.clear_primary();
+    }
+
+    /// Makes another node in sync the primary (nothing moves: every node
+    /// in sync has every write). `None` picks the first other one.
+    pub fn switchover(&self, target: Option<String>) -> Result<String, String> {
+        let current = self.shard.primary_index();
+        let fit = |i: &usize| Some(*i) != current && self.node_state(*i) == SyncState::InSync;
+        let chosen = match &target {
+            Some(addr) => {
+                let index = self
+                    .shard
+                    .nodes
+                    .iter()
+                    .position(|n| n.addr == *addr)
+                    .ok_or_else(|| format!("ERR no node {addr} in shard '{}'", self.shard.name))?;
+                if !fit(&index) {
+                    return Err(format!(
+                        "ERR {addr} cannot become primary: it is {} ({})",
+                        if Some(index) == current {
+                            "the primary already"
+                        } else {
+                            "not in sync"
+                        },
+                        self.node_state(index).name()
+                    ));
+                }
+                index
+            }
+            None => (0..self.shard.nodes.len())
+                .find(fit)
+                .ok_or("ERR no other node is in sync")?,
+        };
+        let node = &self.shard.nodes[chosen];
+        self.shard.set_primary(node, self.shard.epoch() + 1);
+        Ok(node.addr.clone())
+    }
+
+    /// A node in sync to copy from, the primary if it is.
+    fn source_for(&self, target: usize) -> Option<usize> {
+        let fit = |i: usize| i != target && self.node_state(i) == SyncState::InSync;
+        self.shard
+            .primary_index()
+            .filter(|&p| fit(p))
+            .or_else(|| (0..self.shard.nodes.len()).find(|&i| fit(i)))
+    }
+
+    /// Appends a resync step; false if the target is no longer resyncing.
+    async fn append_snapshot(&self, source: usize, target: usize, keys: Vec<Bytes>) -> bool {
+        if self.node_state(target) != SyncState::Resyncing {
+            return false;
+        }
+        self.append(Kind::Snapshot(Snapshot::new(source, target, keys)))
+            .await;
+        true
+    }
+
+    fn event(&self, ctx: &Context, kind: &'static str, index: usize, detail: impl Into<String>) {
+        ctx.events.record(
+            &self.shard.name,
+            kind,
+            Some(&self.shard.nodes[index].addr),
+            self.shard.epoch(),
+            detail,
+        );
+    }
+}
+
+/// Answers writes at their deadline (or when the node they were waiting
+/// for is lost), keeps each node's lag, and records primary changes.
+async fn sweep(fanout: Arc<Fanout>, ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut primary = fanout.shard.primary_index();
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = Instant::now();
+        let unsettled: Vec<Arc<Entry>> = fanout.lock().unsettled.iter().cloned().collect();
+        let mut done = 0;
+        for entry in &unsettled {
+            let Some(write) = entry.write() else { continue };
+            let timed_out = now >= write.deadline;
+            if write.settle(|i| fanout.may_answer(i), timed_out) == Settle::Done {
+                done += 1;
+            }
+        }
+        if done > 0 {
+            fanout
+                .lock()
+                .unsettled
+                .retain(|e| e.write().is_some_and(|w| !w.is_settled()));
+        }
+        fanout.update_lag(now);
+        let now_primary = fanout.shard.primary_index();
+        if now_primary != primary {
+            primary = now_primary;
+            if let Some(index) = primary {
+                fanout.event(
+                    &ctx,
+                    "fanout-primary",
+                    index,
+                    "now the node whose replies clients get and where reads go by default",
+                );
+            }
+        }
+    }
+}
+
+impl Fanout {
+    /// Each node's distance behind the head of the log: the bytes it has
+    /// not answered, and how long ago the oldest of them was appended.
+    fn update_lag(&self, now: Instant) {
+        let state = self.lock();
+        for (index, cursor) in state.nodes.iter().enumerate() {
+            let node = &self.shard.nodes[index];
+            let oldest = cursor
+                .acked
+                .checked_sub(state.base)
+                .and_then(|i| state.entries.get(i as usize))
+                .filter(|_| holds_place(node.sync()));
+            match oldest {
+                Some(entry) => node.set_lag(
+                    state.appended - entry.offset,
+                    now.duration_since(entry.at).as_millis() as u64,
+                ),
+                None => node.set_lag(0, 0),
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Copying a stale node afresh while writes go on.
+//!
+//! The keys come from `SCAN` of a node in sync (the source) and of the
+//! stale node itself (the target: keys only it holds must go). Each page
+//! of keys becomes a snapshot entry in the shard's log: the source reads
+//! the keys (`DUMP`, `PEXPIRETIME`) when its stream reaches that entry,
+//! and the target writes them (`RESTORE ... REPLACE ABSTTL`, or `DEL`)
+//! when its stream reaches the same entry. Both have run exactly the same
+//! writes before that point, so each key is copied as of one moment of the
+//! log; the target runs every later write itself (it holds its place in
+//! the log from the moment the resync began). The resync ends at a marker
+//! entry, after which the target is in sync.
+//!
+//! A key SCAN never lists was neither on the source nor on the target for
+//! the whole scan, so any writes that made or removed it during the resync
+//! ran on both alike.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use redis_protocol::resp3::types::OwnedFrame;
+
+use super::log::Kind;
+use super::Fanout;
+use crate::backend::control::{frame_text, Control};
+use crate::server::Context;
+use crate::topology::SyncState;
+
+/// Keys per snapshot entry (and per `SCAN` call).
+const PAGE: usize = 256;
+
+pub async fn run(fanout: Arc<Fanout>, target: usize, ctx: Arc<Context>) {
+    if let Err(why) = copy(&fanout, target, &ctx).await {
+        tracing::warn!(%why, "resync failed");
+        fanout.resync_failed(target, &why, &ctx);
+    }
+}
+
+async fn copy(fanout: &Fanout, target: usize, ctx: &Context) -> Result<(), String> {
+    let source = fanout
+        .source_for(target)
+        .ok_or("no node in sync to copy from")?;
+    let source_addr = &fanout.shard.nodes[source].addr;
+    fanout.event(
+        ctx,
+        "resync-started",
+        target,
+        format!("copying every key from {source_addr} (SCAN + DUMP/RESTORE)"),
+    );
+    for side in [source, target] {
+        let addr = &fanout.shard.nodes[side].addr;
+        let mut control = Control::connect(addr, &fanout.opts)
+            .await
+            .map_err(|e| format!("cannot connect to {addr} to scan: {e}"))?;
+        let mut cursor = "0".to_string();
+        loop {
+            let count = PAGE.to_string();
+            let reply = control
+                .call(&["SCAN", &cursor, "COUNT", &count], fanout.reply_timeout)
+                .await
+                .map_err(|e| format!("SCAN on {addr}: {e}"))?;
+            let (next, keys) = scan_page(&reply)
+                .ok_or_else(|| format!("SCAN on {addr}: unexpected reply {reply:?}"))?;
+            if !keys.is_empty() && !fanout.append_snapshot(source, target, keys).await {
+                return Err("the node stopped resyncing".into());
+            }
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    if fanout.node_state(target) != SyncState::Resyncing {
+        return Err("the node stopped resyncing".into());
+    }
+    fanout.append(Kind::Synced { target }).await;
+    Ok(())
+}
+
+/// `SCAN`'s reply: the next cursor and the keys.
+fn scan_page(reply: &OwnedFrame) -> Option<(String, Vec<Bytes>)> {
+    let OwnedFrame::Array { data, .. } = reply else {
+        return None;
+    };
+    let [cursor, OwnedFrame::Array { data: keys, .. }] = &data[..] else {
+        return None;
+    };
+    let keys = keys
+        .iter()
+        .map(|k| match k {
+            OwnedFrame::BlobString { data, .. } | OwnedFrame::SimpleString { data, .. } => {
+                Some(Bytes::copy_from_slice(data))
+            }
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((frame_text(cursor)?, keys))
+}

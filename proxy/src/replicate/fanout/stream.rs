@@ -1,0 +1,514 @@
+//! One node's connection in fan-out mode: it runs the shard's log in
+//! sequence order, and reports each node reply to the write it answers.
+//!
+//! One connection per node, never more: Redis runs a connection's commands
+//! in the order they arrive, which is what makes the order the same on
+//! every node. The writer takes entries from the log and writes them back
+//! to back; the reader matches replies to them in order (as a backend
+//! link does) and moves the node's place in the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::log::{Dumped, Entry, Kind};
+use super::{resync, Fanout, Start};
+use crate::backend::connect::{connect, Session};
+use crate::backend::link::{idle_read, Idle};
+use crate::resp::encode::multibulk;
+use crate::resp::{Proto, ReplyScanner};
+use crate::server::Context;
+use crate::topology::SyncState;
+
+/// Stop gathering entries for one write past this many bytes.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+pub fn spawn(fanout: Arc<Fanout>, index: usize, ctx: Arc<Context>) {
+    let span = tracing::info_span!("fanout", shard = %fanout.shard.name, node = %fanout.shard.nodes[index].addr);
+    tokio::spawn(run(fanout, index, ctx).instrument(span));
+}
+
+async fn run(fanout: Arc<Fanout>, index: usize, ctx: Arc<Context>) {
+    let node = fanout.shard.nodes[index].clone();
+    let mut backoff = Duration::from_millis(10);
+    // Between failed resyncs: a resync that cannot succeed (no node in
+    // sync to copy from, a payload the node refuses) is not retried in a
+    // tight loop.
+    let mut resync_backoff = Duration::from_secs(1);
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match open(&node.addr, &fanout).await {
+            Ok((stream, run_id)) => {
+                backoff = Duration::from_millis(10);
+                let start = fanout.connected(index, run_id, &ctx);
+                if start == Start::Resync {
+                    tokio::spawn(resync::run(fanout.clone(), index, ctx.clone()).in_current_span());
+                } else {
+                    resync_backoff = Duration::from_secs(1);
+                }
+                tracing::debug!(?start, "fan-out stream connected");
+                let ended = tokio::select! {
+                    ended = serve(&fanout, index, stream, &ctx) => ended,
+                    _ = shutdown.changed() => return,
+                };
+                tracing::warn!(reason = %ended.reason, unanswered = ended.unanswered, "fan-out stream lost");
+                fanout.disconnected(index, ended.unanswered, &ended.reason, &ctx);
+                if start == Start::Resync && node.sync() == SyncState::Stale {
+                    tokio::time::sleep(resync_backoff).await;
+                    resync_backoff = (resync_backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+            Err(e) => {
+                if fanout.may_answer(index) {
+                    fanout.disconnected(index, false, &e.to_string(), &ctx);
+                }
+                tracing::debug!(error = %e, "fan-out connect failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Connects and asks the node who it is (`run_id`), on the very
+/// connection the writes will use: asked on another, the node could
+/// restart in between unnoticed.
+async fn open(addr: &str, fanout: &Fanout) -> Result<(TcpStream, String), String> {
+    let mut stream = connect(addr, &fanout.opts, Session::DEFAULT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = BytesMut::new();
+    multibulk(&mut out, &["INFO", "server"]);
+    let exchange = async {
+        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        let mut buf = BytesMut::with_capacity(8192);
+        let mut scanner = ReplyScanner::new(4);
+        loop {
+            if let Some(len) = scanner.scan(&buf).map_err(|e| e.to_string())? {
+                return Ok(String::from_utf8_lossy(&buf[..len]).into_owned());
+            }
+            if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("closed by the server".to_string());
+            }
+        }
+    };
+    let info = tokio::time::timeout(fanout.reply_timeout, exchange)
+        .await
+        .map_err(|_| "no reply to INFO".to_string())??;
+    let run_id = crate::failover::probe::info_field(&info, "run_id")
+        .ok_or_else(|| format!("no run_id in INFO server: {info:.80}"))?;
+    Ok((stream, run_id))
+}
+
+/// Something written and awaiting its replies.
+enum Item {
+    /// `HELLO 2|3`, switching the protocol for the entries that follow.
+    Hello,
+    Write(Arc<Entry>),
+    /// DUMP + PEXPIRETIME of a snapshot's keys, on its source.
+    Dump(Arc<Entry>),
+    /// RESTORE or DEL of each key, on a snapshot's target.
+    Restore(Arc<Entry>, usize),
+    /// Nothing to send: an entry for other nodes, or the end of a resync.
+    Pass(Arc<Entry>),
+}
+
+impl Item {
+    fn replies(&self) -> usize {
+        match self {
+            Item::Hello => 1,
+            Item::Write(entry) => entry.write().map_or(0, |w| w.replies),
+            Item::Dump(entry) => match &entry.kind {
+                Kind::Snapshot(s) => 2 * s.keys.len(),
+                _ => 0,
+            },
+            Item::Restore(_, n) => *n,
+            Item::Pass(_) => 0,
+        }
+    }
+
+    /// Whether the node may have changed data for it: unanswered, nobody
+    /// knows whether it ran.
+    fn changes_data(&self) -> bool {
+        matches!(self, Item::Write(_) | Item::Restore(..))
+    }
+}
+
+struct Ended {
+    reason: String,
+    unanswered: bool,
+}
+
+async fn serve(fanout: &Fanout, index: usize, stream: TcpStream, ctx: &Context) -> Ended {
+    let (rd, wr) = stream.into_split();
+    let (items_tx, mut items) = mpsc::unbounded_channel();
+    let mut reader = Reader {
+        buf: BytesMut::with_capacity(16 * 1024),
+        scanner: ReplyScanner::new(ctx.config.limits.max_reply_depth),
+        current: None,
+        consumed: 0,
+        done: 0,
+        acked: None,
+    };
+    let result = tokio::select! {
+        r = write_loop(fanout, index, wr, &items_tx) => r,
+        r = reader.run(fanout, index, rd, &mut items, ctx) => r,
+    };
+    let reason = match result {
+        Ok(()) => "closed".to_string(),
+        Err(e) => e,
+    };
+    let unanswered = reader.fail(&mut items);
+    Ended { reason, unanswered }
+}
+
+fn hello(out: &mut BytesMut, proto: Proto) {
+    let version = proto.number().to_string();
+    multibulk(out, &["HELLO", &version]);
+}
+
+async fn write_loop(
+    fanout: &Fanout,
+    index: usize,
+    mut wr: OwnedWriteHalf,
+    items: &mpsc::UnboundedSender<Item>,
+) -> Result<(), String> {
+    let node = &fanout.shard.nodes[index];
+    let mut proto = Proto::Resp2;
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let switch = |out: &mut BytesMut, proto: &mut Proto, to: Proto| {
+        if *proto != to {
+            hello(out, to);
+            let _ = items.send(Item::Hello);
+            *proto = to;
+        }
+    };
+    loop {
+        if node.sync() == SyncState::Stale {
+            return Err("the node was marked stale; reconnecting to resync it".into());
+        }
+        let entries = fanout.take(index, WRITE_CHUNK);
+        if entries.is_empty() {
+            fanout.wake[index].notified().await;
+            continue;
+        }
+        out.clear();
+        for entry in entries {
+            match &entry.kind {
+                Kind::Write(write) => {
+                    switch(&mut out, &mut proto, write.proto);
+                    for request in &write.requests {
+                        out.extend_from_slice(request);
+                    }
+                    let _ = items.send(Item::Write(entry.clone()));
+                }
+                Kind::Snapshot(snap) if snap.source == index => {
+                    switch(&mut out, &mut proto, Proto::Resp2);
+                    for key in &snap.keys {
+                        multibulk(&mut out, &[&b"DUMP"[..], key]);
+                        multibulk(&mut out, &[&b"PEXPIRETIME"[..], key]);
+                    }
+                    let _ = items.send(Item::Dump(entry.clone()));
+                }
+                Kind::Snapshot(snap) if snap.target == index => {
+                    // Everything before this point goes out first; then the
+                    // source's read of these keys is written here.
+                    wr.write_all(&out).await.map_err(|e| e.to_string())?;
+                    out.clear();
+                    let wait = fanout.reply_timeout * 2;
+                    let dumped = tokio::time::timeout(wait, snap.wait())
+                        .await
+                        .map_err(|_| {
+                            "resync: the source did not read its keys in time".to_string()
+                        })?
+                        .map_err(|e| format!("resync: {e}"))?;
+                    switch(&mut out, &mut proto, Proto::Resp2);
+                    for key in dumped.iter() {
+                        restore(&mut out, key);
+                    }
+                    let _ = items.send(Item::Restore(entry.clone(), dumped.len()));
+                }
+                _ => {
+                    let _ = items.send(Item::Pass(entry.clone()));
+                }
+            }
+        }
+        wr.write_all(&out).await.map_err(|e| e.to_string())?;
+    }
+}
+
+/// Writes one key as the source held it: `RESTORE ... REPLACE` with its
+/// absolute expiry, or `DEL` if it did not exist.
+fn restore(out: &mut BytesMut, key: &Dumped) {
+    match &key.payload {
+        None => multibulk(out, &[&b"DEL"[..], &key.key]),
+        Some(payload) if key.expire_at >= 0 => {
+            let at = key.expire_at.to_string();
+            multibulk(
+                out,
+                &[
+                    &b"RESTORE"[..],
+                    &key.key,
+                    at.as_bytes(),
+                    payload,
+                    b"REPLACE",
+                    b"ABSTTL",
+                ],
+            )
+        }
+        Some(payload) => multibulk(out, &[&b"RESTORE"[..], &key.key, b"0", payload, b"REPLACE"]),
+    }
+}
+
+struct Reader {
+    buf: BytesMut,
+    scanner: ReplyScanner,
+    current: Option<Item>,
+    /// Bytes at the front of `buf` holding complete replies of `current`.
+    consumed: usize,
+    done: usize,
+    /// The node has answered every entry below this (not yet reported).
+    acked: Option<u64>,
+}
+
+impl Reader {
+    async fn run(
+        &mut self,
+        fanout: &Fanout,
+        index: usize,
+        mut rd: OwnedReadHalf,
+        items: &mut mpsc::UnboundedReceiver<Item>,
+        ctx: &Context,
+    ) -> Result<(), String> {
+        loop {
+            self.deliver(fanout, index, items, ctx)?;
+            if let Some(upto) = self.acked.take() {
+                fanout.acked(index, upto, ctx);
+            }
+            if self.current.is_none() {
+                match idle_read(items, &mut rd, &mut self.buf).await? {
+                    Idle::Next(next) => self.current = Some(next),
+                    Idle::Done => return Ok(()),
+                    Idle::Read => {}
+                }
+                continue;
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(64 * 1024);
+            }
+            let read = tokio::time::timeout(fanout.reply_timeout, rd.read_buf(&mut self.buf))
+                .await
+                .map_err(|_| format!("no reply within {} ms", fanout.reply_timeout.as_millis()))?;
+            if read.map_err(|e| e.to_string())? == 0 {
+                return Err("closed by the server".into());
+            }
+        }
+    }
+
+    /// Completes every item whose replies are all in.
+    fn deliver(
+        &mut self,
+        fanout: &Fanout,
+        index: usize,
+        items: &mut mpsc::UnboundedReceiver<Item>,
+        ctx: &Context,
+    ) -> Result<(), String> {
+        loop {
+            let Some(current) = &self.current else {
+                match items.try_recv() {
+                    Ok(next) => self.current = Some(next),
+                    Err(_) => return Ok(()),
+                }
+                continue;
+            };
+            if self.done == current.replies() {
+                let data = self.buf.split_to(self.consumed).freeze();
+                self.consumed = 0;
+                self.done = 0;
+                if let Some(item) = self.current.take() {
+                    self.complete(item, data, fanout, index, ctx)?;
+                }
+                continue;
+            }
+            let Some(len) = self
+                .scanner
+                .scan(&self.buf[self.consumed..])
+                .map_err(|e| e.to_string())?
+            else {
+                return Ok(());
+            };
+            if self.buf[self.consumed] == b'>' {
+                // A RESP3 push is nobody's reply.
+                let mut rest = self.buf.split_off(self.consumed);
+                let _ = rest.split_to(len);
+                self.buf.unsplit(rest);
+                continue;
+            }
+            self.consumed += len;
+            self.done += 1;
+        }
+    }
+
+    fn complete(
+        &mut self,
+        item: Item,
+        data: Bytes,
+        fanout: &Fanout,
+        index: usize,
+        ctx: &Context,
+    ) -> Result<(), String> {
+        let entry = match item {
+            Item::Hello => return Ok(()),
+            Item::Write(entry) => {
+                if let Some(write) = entry.write() {
+                    let counts = fanout.may_answer(index);
+                    write.answered(index, data, counts, |i| fanout.may_answer(i));
+                }
+                entry
+            }
+            Item::Dump(entry) => {
+                if let Kind::Snapshot(snap) = &entry.kind {
+                    snap.fill(parse_dumps(&snap.keys, &data));
+                }
+                entry
+            }
+            Item::Restore(entry, _) => {
+                if let Some(error) = first_error(&data) {
+                    return Err(format!("resync: the node refused a key: {error}"));
+                }
+                entry
+            }
+            Item::Pass(entry) => {
+                if matches!(entry.kind, Kind::Synced { target } if target == index) {
+                    fanout.synced(index, ctx);
+                }
+                entry
+            }
+        };
+        self.acked = Some(entry.seq + 1);
+        Ok(())
+    }
+
+    /// After the connection ended: whether anything that changes data went
+    /// unanswered. Reads a snapshot's target was waiting for fail.
+    fn fail(&mut self, items: &mut mpsc::UnboundedReceiver<Item>) -> bool {
+        items.close();
+        let mut unanswered = false;
+        let mut pending: Vec<Item> = self.current.take().into_iter().collect();
+        while let Ok(item) = items.try_recv() {
+            pending.push(item);
+        }
+        for item in pending {
+            unanswered |= item.changes_data();
+            if let Item::Dump(entry) = item {
+                if let Kind::Snapshot(snap) = &entry.kind {
+                    snap.fill(Err("the source's connection was lost".into()));
+                }
+            }
+        }
+        unanswered
+    }
+}
+
+/// One RESP2 reply at the front of `data`: its kind byte, its body (a bulk's
+/// payload, a number's or an error's text; `None` for a null), and its
+/// length.
+fn next_reply(data: &[u8]) -> Option<(u8, Option<&[u8]>, usize)> {
+    let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+    let kind = *data.first()?;
+    let line = &data[1..line_end];
+    if kind != b'$' {
+        return Some((kind, Some(line), line_end + 2));
+    }
+    let len: i64 = std::str::from_utf8(line).ok()?.parse().ok()?;
+    if len < 0 {
+        return Some((kind, None, line_end + 2));
+    }
+    let start = line_end + 2;
+    let end = start.checked_add(len as usize)?;
+    let body = data.get(start..end)?;
+    Some((kind, Some(body), end + 2))
+}
+
+/// The source's `DUMP` and `PEXPIRETIME` replies, key by key.
+fn parse_dumps(keys: &[Bytes], data: &Bytes) -> Result<Vec<Dumped>, String> {
+    let mut rest = &data[..];
+    let mut read = || -> Result<(u8, Option<Bytes>), String> {
+        let (kind, body, len) =
+            next_reply(rest).ok_or("resync: a reply from the source could not be read")?;
+        let body = body.map(Bytes::copy_from_slice);
+        rest = &rest[len..];
+        if kind == b'-' {
+            let text = String::from_utf8_lossy(&body.unwrap_or_default()).into_owned();
+            return Err(format!("resync: the source refused: {text}"));
+        }
+        Ok((kind, body))
+    };
+    let mut dumped = Vec::with_capacity(keys.len());
+    for key in keys {
+        let (_, payload) = read()?;
+        let (_, expiry) = read()?;
+        let expire_at = expiry
+            .and_then(|e| std::str::from_utf8(&e).ok()?.parse::<i64>().ok())
+            .ok_or("resync: PEXPIRETIME did not answer a number")?;
+        // -2: the key is gone since SCAN listed it.
+        let payload = if expire_at == -2 { None } else { payload };
+        dumped.push(Dumped {
+            key: key.clone(),
+            payload,
+            expire_at: expire_at.max(-1),
+        });
+    }
+    Ok(dumped)
+}
+
+/// The first error reply among `data`'s replies.
+fn first_error(data: &[u8]) -> Option<String> {
+    let mut rest = data;
+    while let Some((kind, body, len)) = next_reply(rest) {
+        if kind == b'-' {
+            return Some(String::from_utf8_lossy(body.unwrap_or_default()).into_owned());
+        }
+        rest = &rest[len..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_dumps() {
+        let keys = vec![Bytes::from("a"), Bytes::from("b"), Bytes::from("c")];
+        let data = Bytes::from_static(
+            b"$3\r\n\x00\r\n\r\n:-1\r\n$-1\r\n:-2\r\n$1\r\nx\r\n:1700000000000\r\n",
+        );
+        let dumped = parse_dumps(&keys, &data).unwrap();
+        assert_eq!(dumped[0].payload.as_deref(), Some(&b"\x00\r\n"[..]));
+        assert_eq!(dumped[0].expire_at, -1);
+        assert!(dumped[1].payload.is_none());
+        assert_eq!(dumped[2].expire_at, 1_700_000_000_000);
+        let refused = Bytes::from_static(b"-ERR unknown command 'PEXPIRETIME'\r\n");
+        assert!(parse_dumps(&keys[..1], &refused)
+            .unwrap_err()
+            .contains("unknown command"));
+        assert_eq!(
+            first_error(b"+OK\r\n:1\r\n-ERR Bad data format\r\n").as_deref(),
+            Some("ERR Bad data format")
+        );
+        assert_eq!(first_error(b"+OK\r\n:0\r\n"), None);
+    }
+}

@@ -1,0 +1,541 @@
+//! Fan-out mode: independent redis-server nodes (no Redis replication
+//! between them) kept identical by Rampart sending every write to each,
+//! in one order; a node that was away is replayed or copied afresh.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_tests::forwarder::{Fault, Forwarder};
+use rampart_tests::{wait_until, Proxy, RedisNode};
+use redis::Commands;
+
+/// Three independent nodes.
+fn nodes() -> Vec<RedisNode> {
+    (0..3).map(|_| RedisNode::start(None)).collect()
+}
+
+fn fanout_config(addrs: &[String], replication: &str, sections: &str) -> String {
+    let nodes: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[probe]\ninterval_ms = 50\n{sections}\n[shards.main]\nnodes = [{}]\nread_from = \"replicas\"\n[shards.main.replication]\nmode = \"fanout\"\n{replication}\n",
+        nodes.join(", ")
+    )
+}
+
+fn start(addrs: &[String], replication: &str) -> Proxy {
+    Proxy::start_with(&fanout_config(addrs, replication, ""))
+}
+
+/// Every key of a node with its type, its value in a canonical form, and
+/// its absolute expiry (`PEXPIRETIME`): two nodes with equal dumps hold
+/// the same data.
+fn dump(addr: &str) -> BTreeMap<String, (String, String, i64)> {
+    let mut conn = redis::Client::open(format!("redis://{addr}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).unwrap();
+        let value = match kind.as_str() {
+            "string" => conn.get::<_, String>(&key).unwrap(),
+            "list" => format!("{:?}", conn.lrange::<_, Vec<String>>(&key, 0, -1).unwrap()),
+            "hash" => format!(
+                "{:?}",
+                conn.hgetall::<_, BTreeMap<String, String>>(&key).unwrap()
+            ),
+            "set" => {
+                let mut members: Vec<String> = conn.smembers(&key).unwrap();
+                members.sort();
+                format!("{members:?}")
+            }
+            "zset" => format!(
+                "{:?}",
+                conn.zrange_withscores::<_, Vec<(String, f64)>>(&key, 0, -1)
+                    .unwrap()
+            ),
+            "stream" => format!(
+                "{:?}",
+                redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg("-")
+                    .arg("+")
+                    .query::<redis::Value>(&mut conn)
+                    .unwrap()
+            ),
+            other => format!("<{other}>"),
+        };
+        let expire_at: i64 = redis::cmd("PEXPIRETIME")
+            .arg(&key)
+            .query(&mut conn)
+            .unwrap();
+        out.insert(key, (kind, value, expire_at));
+    }
+    out
+}
+
+/// Every node holds exactly what the first does.
+fn assert_identical(addrs: &[String]) -> usize {
+    let first = dump(&addrs[0]);
+    for addr in &addrs[1..] {
+        let other = dump(addr);
+        let only_first: Vec<_> = first
+            .keys()
+            .filter(|k| !other.contains_key(*k))
+            .take(5)
+            .collect();
+        let only_other: Vec<_> = other
+            .keys()
+            .filter(|k| !first.contains_key(*k))
+            .take(5)
+            .collect();
+        let differ: Vec<_> = first
+            .iter()
+            .filter(|(k, v)| other.get(*k).is_some_and(|o| o != *v))
+            .take(3)
+            .collect();
+        assert!(
+            only_first.is_empty() && only_other.is_empty() && differ.is_empty(),
+            "{} and {addr} differ: only on the first {only_first:?}, only on the other {only_other:?}, different {differ:?}",
+            addrs[0]
+        );
+    }
+    first.len()
+}
+
+fn node_sync(proxy: &Proxy, addr: &str) -> String {
+    proxy.shard()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["addr"] == addr)
+        .map(|n| n["sync"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+fn wait_in_sync(proxy: &Proxy, addrs: &[String], timeout: Duration) {
+    wait_until("every node in sync", timeout, || {
+        addrs.iter().all(|a| node_sync(proxy, a) == "in-sync")
+    });
+}
+
+/// A mix of writes to every type, some with relative expiry, from `w`'s
+/// `round`: deterministic, so any node can be compared with any other.
+fn write_round(conn: &mut redis::Connection, w: usize, round: usize) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    pipe.incr("shared:counter", 1)
+        .ignore()
+        .rpush("shared:list", format!("{w}:{round}"))
+        .ignore()
+        .hset(format!("h:{w}"), format!("f{}", round % 7), round)
+        .ignore()
+        .zadd("shared:zset", format!("{w}:{}", round % 11), round as f64)
+        .ignore()
+        .sadd(format!("s:{}", round % 3), w)
+        .ignore()
+        .set_ex(format!("ttl:{w}:{round}"), round, 3600)
+        .ignore()
+        .cmd("XADD")
+        .arg("shared:stream")
+        .arg("*")
+        .arg("w")
+        .arg(w)
+        .ignore();
+    if round % 5 == 0 {
+        pipe.del(format!("ttl:{w}:{}", round.saturating_sub(5)))
+            .ignore();
+        pipe.expire(format!("h:{w}"), 7200).ignore();
+    }
+    pipe.query(conn)
+}
+
+#[test]
+fn fanout_applies_every_write_on_every_node_in_one_order() {
+    let nodes = nodes();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
+    let proxy = start(&addrs, "");
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
+    let shard = proxy.shard();
+    assert_eq!(shard["mode"], "fanout");
+    assert_eq!(shard["primary"], addrs[0].as_str(), "the first node listed");
+
+    // Several clients write concurrently, to shared keys whose value
+    // depends on the order (a list, a counter, a stream).
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let client = proxy.client();
+            std::thread::spawn(move || {
+                let mut conn = client.get_connection().unwrap();
+                for round in 0..100 {
+                    write_round(&mut conn, w, round).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let keys = assert_identical(&addrs);
+    assert!(keys > 100, "the writes made keys ({keys})");
+    let list_len: usize = proxy.conn().llen("shared:list").unwrap();
+    assert_eq!(list_len, 400);
+    // None of the nodes replicate: each ran the writes itself.
+    for node in &nodes {
+        assert_eq!(
+            node.info_field("replication", "role").as_deref(),
+            Some("master")
+        );
+        assert!(
+            node.calls("rpush") >= 400,
+            "{} ran every RPUSH",
+            node.addr()
+        );
+    }
+    // Reads go to the other nodes, all in sync.
+    proxy.wait_serving_replicas(2, Duration::from_secs(5));
+}
+
+#[test]
+fn fanout_converges_after_a_node_is_killed_and_restarted() {
+    let mut nodes = nodes();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
+    let proxy = start(&addrs, "quorum = \"one\"\ntimeout_ms = 1000");
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
+    // Data from before the trouble, which the restarted node will have
+    // lost (no persistence) and must be copied.
+    {
+        let mut conn = proxy.conn();
+        for round in 0..50 {
+            write_round(&mut conn, 9, round).unwrap();
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let client = proxy.client();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut conn = client.get_connection().unwrap();
+                let (mut ok, mut failed) = (0, 0);
+                let mut round = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    match write_round(&mut conn, w, round) {
+                        Ok(()) => ok += 1,
+                        Err(_) => failed += 1,
+                    }
+                    round += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(300));
+    nodes[2].kill();
+    std::thread::sleep(Duration::from_millis(500));
+    nodes[2].restart();
+    wait_until(
+        "the restarted node to be resynced",
+        Duration::from_secs(30),
+        || proxy.event_kinds().iter().any(|k| k == "resynced"),
+    );
+    // Writes go on after the resync too.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let mut ok = 0;
+    for w in writers {
+        let (o, failed) = w.join().unwrap();
+        ok += o;
+        assert_eq!(failed, 0, "no write failed: the other nodes had every one");
+    }
+    assert!(ok > 100, "writes kept flowing ({ok} rounds)");
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
+    let kinds = proxy.event_kinds();
+    for kind in ["node-stale", "resync-started", "resynced"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
+    }
+    assert_identical(&addrs);
+}
+
+/// Every node has answered every write (an asynchronous write is
+/// answered once the primary has it; the others may still be running it).
+fn wait_caught_up(proxy: &Proxy) {
+    wait_until(
+        "every node to run every write",
+        Duration::from_secs(5),
+        || {
+            proxy.shard()["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["lag_bytes"] == 0)
+        },
+    );
+}
+
+#[test]
+fn fanout_replays_a_short_absence_and_resyncs_a_long_one() {
+    let nodes = nodes();
+    let forwarders: Vec<Forwarder> = nodes.iter().map(|n| Forwarder::start(n.port)).collect();
+    let addrs: Vec<String> = forwarders.iter().map(|f| f.addr()).collect();
+    let proxy = Proxy::start_with(&fanout_config(
+        &addrs,
+        "backlog_mb = 1",
+        "[backend]\nreply_timeout_ms = 1000",
+    ));
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
+    let mut conn = proxy.conn();
+    for round in 0..20 {
+        write_round(&mut conn, 0, round).unwrap();
+    }
+
+    // A short absence (nothing in flight when it began): the node keeps its
+    // place, and runs what it missed when it returns.
+    wait_caught_up(&proxy);
+    forwarders[2].set(Fault::Reset);
+    wait_until("the node to be seen down", Duration::from_secs(5), || {
+        node_sync(&proxy, &addrs[2]) == "down"
+    });
+    for round in 20..60 {
+        write_round(&mut conn, 0, round).unwrap();
+    }
+    assert!(
+        proxy.shard()["nodes"][2]["lag_bytes"].as_u64().unwrap() > 0,
+        "its backlog shows as lag"
+    );
+    forwarders[2].set(Fault::Pass);
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
+    let kinds = proxy.event_kinds();
+    assert!(kinds.iter().any(|k| k == "node-down"), "{kinds:?}");
+    assert!(kinds.iter().any(|k| k == "caught-up"), "{kinds:?}");
+    assert!(
+        !kinds.iter().any(|k| k == "resync-started"),
+        "replayed, not copied: {kinds:?}"
+    );
+    assert_identical(&addrs);
+
+    // A long absence: more than the 1 MiB backlog. The node is let go of,
+    // and copied afresh when it returns.
+    wait_caught_up(&proxy);
+    forwarders[1].set(Fault::Reset);
+    wait_until("the node to be seen down", Duration::from_secs(5), || {
+        node_sync(&proxy, &addrs[1]) == "down"
+    });
+    let big = "x".repeat(16 * 1024);
+    for i in 0..100 {
+        let _: () = conn.set(format!("big:{i}"), &big).unwrap();
+    }
+    assert_eq!(node_sync(&proxy, &addrs[1]), "stale");
+    forwarders[1].set(Fault::Pass);
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(20));
+    assert!(proxy.event_kinds().iter().any(|k| k == "resynced"));
+    assert_identical(&addrs);
+}
+
+#[test]
+fn fanout_sync_quorum_shortfall_fails_or_accepts() {
+    for on_shortfall in ["fail", "accept"] {
+        let nodes = nodes();
+        let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
+        let proxy = start(
+            &addrs,
+            &format!("quorum = \"all\"\ntimeout_ms = 300\non_shortfall = \"{on_shortfall}\""),
+        );
+        wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
+        let mut conn = proxy.conn();
+        let _: () = conn.set("before", 1).unwrap();
+        nodes[2].signal("STOP");
+        let result: redis::RedisResult<()> = conn.set("during", 1);
+        nodes[2].signal("CONT");
+        match on_shortfall {
+            "fail" => {
+                let error = result.unwrap_err().to_string();
+                assert!(error.contains("NOQUORUM"), "{error}");
+                assert!(error.contains("1 of the 2"), "{error}");
+            }
+            _ => result.unwrap(),
+        }
+        // Either way the write was applied where it arrived, and reaches
+        // the paused node once it runs again.
+        wait_until(
+            "the paused node to run the write",
+            Duration::from_secs(10),
+            || nodes[2].cli(&["GET", "during"]).trim() == "1",
+        );
+        let shard = proxy.shard();
+        assert!(shard["durability"]["shortfalls"].as_u64().unwrap() >= 1);
+    }
+}
+
+#[test]
+fn fanout_rewrites_or_refuses_what_would_differ_per_node() {
+    let nodes = nodes();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
+    let proxy = start(&addrs, "");
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
+    let mut conn = proxy.conn();
+    let error = |r: redis::RedisResult<redis::Value>| r.unwrap_err().to_string();
+
+    // Relative expiry becomes one absolute time, the same on every node
+    // however late a node runs it.
+    let _: () = redis::cmd("SET")
+        .arg("a")
+        .arg(1)
+        .arg("EX")
+        .arg(100)
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("SETEX")
+        .arg("b")
+        .arg(100)
+        .arg(1)
+        .query(&mut conn)
+        .unwrap();
+    let _: () = conn.set("c", 1).unwrap();
+    let _: bool = conn.expire("c", 100).unwrap();
+    let _: () = redis::cmd("PSETEX")
+        .arg("d")
+        .arg(100_000)
+        .arg(1)
+        .query(&mut conn)
+        .unwrap();
+    // XADD * gets its millisecond from Rampart: the same ID everywhere.
+    let id: String = redis::cmd("XADD")
+        .arg("s")
+        .arg("*")
+        .arg("f")
+        .arg("v")
+        .query(&mut conn)
+        .unwrap();
+    let keys = assert_identical(&addrs);
+    assert_eq!(keys, 5);
+    let ttl: i64 = conn.ttl("a").unwrap();
+    assert!((90..=100).contains(&ttl), "TTL kept: {ttl}");
+    for node in &nodes {
+        assert_eq!(
+            node.cli(&["XRANGE", "s", "-", "+"]).lines().next(),
+            Some(id.as_str())
+        );
+    }
+
+    // Random effects are refused, with a reason.
+    let _: () = conn.sadd("set", &[1, 2, 3]).unwrap();
+    let e = error(redis::cmd("SPOP").arg("set").query(&mut conn));
+    assert!(e.contains("SPOP is not allowed in fan-out mode"), "{e}");
+    // Reads are served by one node: random reads need nothing.
+    let member: String = redis::cmd("SRANDMEMBER")
+        .arg("set")
+        .query(&mut conn)
+        .unwrap();
+    assert!(["1", "2", "3"].contains(&member.as_str()));
+    // Scripts: checked by what they call, and must name their keys.
+    let e = error(
+        redis::cmd("EVAL")
+            .arg("return redis.call('SPOP', KEYS[1])")
+            .arg(1)
+            .arg("set")
+            .query(&mut conn),
+    );
+    assert!(e.contains("'spop'"), "{e}");
+    let e = error(
+        redis::cmd("EVAL")
+            .arg("return redis.call('INCR', 'k')")
+            .arg(0)
+            .query(&mut conn),
+    );
+    assert!(e.contains("no keys"), "{e}");
+    let script = "return redis.call('INCRBY', KEYS[1], ARGV[1])";
+    let n: i64 = redis::cmd("EVAL")
+        .arg(script)
+        .arg(1)
+        .arg("n")
+        .arg(5)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(n, 5);
+    let e = error(
+        redis::cmd("EVALSHA")
+            .arg("0".repeat(40))
+            .arg(1)
+            .arg("n")
+            .query(&mut conn),
+    );
+    assert!(e.contains("has not seen"), "{e}");
+    let other = "return redis.call('DECRBY', KEYS[1], ARGV[1])";
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(other)
+        .query(&mut conn)
+        .unwrap();
+    let n: i64 = redis::cmd("EVALSHA")
+        .arg(&sha)
+        .arg(1)
+        .arg("n")
+        .arg(2)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(n, 3);
+    // Other things that cannot be the same everywhere.
+    for (args, expected) in [
+        (&["SELECT", "1"][..], "only database 0"),
+        (&["MULTI"][..], "MULTI/EXEC"),
+        (&["BLPOP", "q", "1"][..], "blocking pops"),
+        (&["WAIT", "1", "0"][..], "WAIT"),
+        (&["XAUTOCLAIM", "s", "g", "c", "0", "0"][..], "idle times"),
+        (&["NOSUCHCOMMAND"][..], "cannot tell"),
+    ] {
+        let e = error(redis::cmd(args[0]).arg(&args[1..]).query(&mut conn));
+        assert!(e.contains(expected), "{args:?}: {e}");
+    }
+    // Admin commands run on the primary alone.
+    let info: String = redis::cmd("INFO").arg("server").query(&mut conn).unwrap();
+    assert!(info.contains("redis_version"));
+    assert_identical(&addrs);
+    let n: i64 = conn.get("n").unwrap();
+    assert_eq!(n, 3, "the connection is still usable");
+}
+
+#[test]
+fn fanout_moves_the_primary_when_its_node_dies() {
+    let mut nodes = nodes();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
+    let proxy = start(&addrs, "");
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
+    let mut conn = proxy.conn();
+    let _: () = conn.set("k", 1).unwrap();
+    nodes[0].kill();
+    wait_until("another primary", Duration::from_secs(10), || {
+        let primary = proxy.shard()["primary"].clone();
+        primary.is_string() && primary != addrs[0].as_str()
+    });
+    let _: i64 = conn.incr("k", 1).unwrap();
+    let k: i64 = conn.get("k").unwrap();
+    assert_eq!(k, 2);
+    wait_until(
+        "an event for the new primary",
+        Duration::from_secs(5),
+        || {
+            proxy
+                .events()
+                .iter()
+                .any(|e| e["kind"] == "fanout-primary" && e["node"] != addrs[0].as_str())
+        },
+    );
+
+    // An operator moves it on purpose: nothing to copy, only in-sync nodes.
+    let (status, body) = rampart_tests::http(
+        proxy.admin.unwrap(),
+        "POST",
+        "/v1/shards/main/switchover",
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    nodes[0].restart();
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(20));
+    assert_identical(&addrs);
+}
