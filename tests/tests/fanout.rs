@@ -483,7 +483,7 @@ fn fanout_rewrites_or_refuses_what_would_differ_per_node() {
     // Other things that cannot be the same everywhere.
     for (args, expected) in [
         (&["SELECT", "1"][..], "only database 0"),
-        (&["MULTI"][..], "MULTI/EXEC"),
+        (&["WATCH", "k"][..], "WATCH is"),
         (&["BLPOP", "q", "1"][..], "blocking pops"),
         (&["WAIT", "1", "0"][..], "WAIT"),
         (&["XAUTOCLAIM", "s", "g", "c", "0", "0"][..], "idle times"),
@@ -498,6 +498,81 @@ fn fanout_rewrites_or_refuses_what_would_differ_per_node() {
     assert_identical(&addrs);
     let n: i64 = conn.get("n").unwrap();
     assert_eq!(n, 3, "the connection is still usable");
+}
+
+#[test]
+fn fanout_transactions_run_whole_on_every_node() {
+    let nodes = nodes();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
+    let proxy = start(&addrs, "quorum = \"all\"");
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
+    let mut conn = proxy.conn();
+
+    // redis-rs's atomic pipeline is MULTI ... EXEC; the replies are EXEC's.
+    let (n, len, old): (i64, i64, Option<String>) = redis::pipe()
+        .atomic()
+        .incr("tx:n", 5)
+        .rpush("tx:list", "a")
+        .getset("tx:s", "new")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!((n, len, old), (5, 1, None));
+    // Relative expiry inside a transaction is rewritten too.
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg("tx:ttl")
+        .arg(1)
+        .arg("EX")
+        .arg(100)
+        .ignore()
+        .query(&mut conn)
+        .unwrap();
+    assert_identical(&addrs);
+
+    // By hand: QUEUED, then EXEC's array; DISCARD drops everything.
+    let reply = proxy.cli(&["MULTI"]);
+    assert_eq!(reply.trim(), "OK");
+    let mut raw = redis::Client::open(proxy.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let queued: String = redis::cmd("MULTI").query(&mut raw).unwrap();
+    assert_eq!(queued, "OK");
+    let queued: String = redis::cmd("INCR").arg("tx:n").query(&mut raw).unwrap();
+    assert_eq!(queued, "QUEUED");
+    let _: () = redis::cmd("DISCARD").query(&mut raw).unwrap();
+    let n: i64 = raw.get("tx:n").unwrap();
+    assert_eq!(n, 5, "a discarded transaction ran nowhere");
+
+    // A command refused while queueing aborts the transaction, as an
+    // error at queueing time does in Redis.
+    let _: String = redis::cmd("MULTI").query(&mut raw).unwrap();
+    let _: String = redis::cmd("INCR").arg("tx:n").query(&mut raw).unwrap();
+    let e = redis::cmd("SPOP")
+        .arg("tx:set")
+        .query::<redis::Value>(&mut raw)
+        .unwrap_err();
+    assert!(e.to_string().contains("SPOP"), "{e}");
+    let e = redis::cmd("EXEC")
+        .query::<redis::Value>(&mut raw)
+        .unwrap_err();
+    assert!(e.to_string().contains("Transaction discarded"), "{e}");
+    let n: i64 = raw.get("tx:n").unwrap();
+    assert_eq!(n, 5);
+    // A transaction with a runtime error runs the rest, the same on every
+    // node.
+    let _: () = raw.set("tx:str", "x").unwrap();
+    let results: Vec<redis::Value> = redis::pipe()
+        .atomic()
+        .incr("tx:n", 1)
+        .lpush("tx:str", "y")
+        .incr("tx:n", 1)
+        .query(&mut raw)
+        .unwrap_or_default();
+    let n: i64 = raw.get("tx:n").unwrap();
+    assert_eq!(n, 7, "{results:?}");
+    assert_identical(&addrs);
 }
 
 #[test]

@@ -28,6 +28,17 @@ pub struct Session {
     pub pinned: Option<(Arc<Node>, Link)>,
     /// Set once the session is a raw pipe to a backend (SUBSCRIBE, MONITOR).
     pub pipe: Option<OwnedWriteHalf>,
+    /// Fan-out mode, between MULTI and EXEC: the transaction is queued here
+    /// and sent to every node whole at EXEC.
+    pub fanout_tx: Option<FanoutTx>,
+}
+
+#[derive(Default)]
+pub struct FanoutTx {
+    pub queued: Vec<Bytes>,
+    /// A command was refused while queueing: EXEC answers EXECABORT, as
+    /// Redis does after an error at queueing time.
+    pub failed: bool,
 }
 
 impl Session {
@@ -44,6 +55,7 @@ impl Session {
             sticky: false,
             pinned: None,
             pipe: None,
+            fanout_tx: None,
         }
     }
 

@@ -58,7 +58,12 @@ impl Entry {
 pub struct Write {
     pub proto: Proto,
     pub requests: Vec<Bytes>,
+    /// Replies each node sends.
     pub replies: usize,
+    /// Leading replies the client does not get: a transaction is sent as
+    /// `MULTI ... EXEC`, and the client, whose `MULTI` and `QUEUED`s Rampart
+    /// answered itself, gets only `EXEC`'s reply.
+    pub skip: usize,
     /// Node replies needed before the client is answered: the quorum's
     /// acknowledgements plus the node whose reply the client gets.
     pub needed: u32,
@@ -95,6 +100,7 @@ impl Write {
     pub fn new(
         proto: Proto,
         requests: Vec<Bytes>,
+        skip: usize,
         reply: oneshot::Sender<BatchReply>,
         preferred: usize,
         req: Requirement,
@@ -104,6 +110,7 @@ impl Write {
         Write {
             proto,
             replies: requests.len(),
+            skip: skip.min(requests.len().saturating_sub(1)),
             requests,
             needed: req.acks + 1,
             req,
@@ -211,12 +218,25 @@ impl Write {
         };
         if let Some(reply) = acks.reply.take() {
             let _ = reply.send(BatchReply {
-                data: answer,
-                got: self.replies,
+                data: skip_replies(answer, self.skip),
+                got: self.replies - self.skip,
                 error: None,
             });
         }
     }
+}
+
+/// `data` without its first `skip` replies.
+fn skip_replies(data: Bytes, skip: usize) -> Bytes {
+    let mut scanner = crate::resp::ReplyScanner::new(64);
+    let mut from = 0;
+    for _ in 0..skip {
+        match scanner.scan(&data[from..]) {
+            Ok(Some(len)) => from += len,
+            _ => break,
+        }
+    }
+    data.slice(from..)
 }
 
 /// The error a fanned-out write gets when too few nodes ran it in time.

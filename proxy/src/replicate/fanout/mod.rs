@@ -167,6 +167,7 @@ impl Fanout {
         &self,
         proto: Proto,
         requests: Vec<Bytes>,
+        skip: usize,
         reply: oneshot::Sender<BatchReply>,
     ) {
         let preferred = self.shard.primary_index().unwrap_or(0);
@@ -179,6 +180,7 @@ impl Fanout {
         let write = Write::new(
             proto,
             requests,
+            skip,
             reply,
             preferred,
             req,
