@@ -331,6 +331,29 @@ fn fanout_replays_a_short_absence_and_resyncs_a_long_one() {
         let _: () = conn.set(format!("big:{i}"), &big).unwrap();
     }
     assert_eq!(node_sync(&proxy, &addrs[1]), "stale");
+    let events = proxy.events();
+    assert!(
+        events.iter().any(|e| e["kind"] == "node-stale"
+            && e["node"] == addrs[1].as_str()
+            && e["detail"].as_str().unwrap_or_default().contains("backlog")),
+        "{events:?}"
+    );
+    // Operators see it: the metrics, and `rampart status`.
+    let (_, metrics) = rampart_tests::http_get(proxy.admin.unwrap(), "/metrics");
+    let in_sync = format!(
+        "rampart_node_in_sync{{shard=\"main\",node=\"{}\"}} 0",
+        addrs[1]
+    );
+    assert!(metrics.contains(&in_sync), "{in_sync} in the metrics");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
+        .args(["status", "--admin", &proxy.admin.unwrap().to_string()])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("fan-out") && status.contains("stale"),
+        "{status}"
+    );
     forwarders[1].set(Fault::Pass);
     wait_in_sync(&proxy, &addrs, Duration::from_secs(20));
     assert!(proxy.event_kinds().iter().any(|k| k == "resynced"));

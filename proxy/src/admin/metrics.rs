@@ -147,6 +147,12 @@ pub fn render(ctx: &Context) -> String {
             },
         ),
         (
+            "rampart_node_in_sync",
+            "gauge",
+            "1 when the node has run every write but the last few (always 1 in native mode; in fan-out mode 0 while it is down, catching up, stale or being resynced).",
+            |n| n.sync.is_none_or(|s| s == crate::topology::SyncState::InSync) as u8 as f64,
+        ),
+        (
             "rampart_node_primary",
             "gauge",
             "1 for the shard's current primary.",

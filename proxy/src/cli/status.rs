@@ -22,7 +22,7 @@ pub fn render_topology(topology: &Value) -> String {
     let mut out = String::new();
     for shard in topology["shards"].as_array().into_iter().flatten() {
         let durability = &shard["durability"];
-        let writes = if durability["mode"] == "async" {
+        let mut writes = if durability["mode"] == "async" {
             "async".to_string()
         } else {
             format!(
@@ -32,6 +32,9 @@ pub fn render_topology(topology: &Value) -> String {
                 str(&durability["on_shortfall"])
             )
         };
+        if shard["mode"] == "fanout" {
+            writes = format!("fan-out, {writes}");
+        }
         out.push_str(&format!(
             "shard {}  epoch {}  primary {}  reads from {}  writes {}\n",
             str(&shard["name"]),
@@ -51,6 +54,8 @@ pub fn render_topology(topology: &Value) -> String {
         ])];
         for node in shard["nodes"].as_array().into_iter().flatten() {
             let primary = node["primary"] == true;
+            // Fan-out nodes: a node not in sync says where it stands.
+            let sync = node["sync"].as_str().filter(|s| *s != "in-sync");
             rows.push(vec![
                 str(&node["addr"]),
                 if primary {
@@ -59,7 +64,9 @@ pub fn render_topology(topology: &Value) -> String {
                     str(&node["role"])
                 },
                 str(&node["health"]),
-                if primary {
+                if let Some(sync) = sync {
+                    sync.to_string()
+                } else if primary {
                     "writes".into()
                 } else if node["serves_reads"] == true {
                     "reads".into()
@@ -67,7 +74,7 @@ pub fn render_topology(topology: &Value) -> String {
                     "-".into()
                 },
                 node["offset"].to_string(),
-                if primary {
+                if primary && node["sync"].is_null() {
                     "-".into()
                 } else {
                     format!("{} B / {} ms", node["lag_bytes"], node["lag_ms"])

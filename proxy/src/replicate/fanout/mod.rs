@@ -59,6 +59,8 @@ pub struct Fanout {
     max_bytes: usize,
     /// How long an asynchronous write waits for any node to answer.
     reply_timeout: Duration,
+    /// For events raised where no context is at hand (set by `start`).
+    ctx: std::sync::OnceLock<std::sync::Weak<Context>>,
     opts: ConnectOptions,
 }
 
@@ -131,6 +133,7 @@ impl Fanout {
             room: Notify::new(),
             max_bytes: (backlog_mb as usize).saturating_mul(1024 * 1024),
             reply_timeout,
+            ctx: std::sync::OnceLock::new(),
             opts,
             shard,
         }
@@ -139,6 +142,7 @@ impl Fanout {
     /// Starts a stream per node and the task that answers writes that time
     /// out.
     pub fn start(self: &Arc<Self>, ctx: &Arc<Context>) {
+        let _ = self.ctx.set(Arc::downgrade(ctx));
         for index in 0..self.shard.nodes.len() {
             stream::spawn(self.clone(), index, ctx.clone());
         }
@@ -209,7 +213,7 @@ impl Fanout {
                 };
                 let size = entry.size();
                 if state.bytes > 0 && state.bytes + size > self.max_bytes {
-                    self.let_go_of_absent(&mut state);
+                    self.let_go_of_absent(&mut state, size);
                 }
                 if state.bytes == 0 || state.bytes + size <= self.max_bytes {
                     let entry = Arc::new(entry);
@@ -233,21 +237,42 @@ impl Fanout {
         }
     }
 
-    /// The log is full: nodes that are not connected (down, or resyncing
-    /// without a connection) stop holding their place and become stale.
-    fn let_go_of_absent(&self, state: &mut State) {
-        for (index, node) in self.shard.nodes.iter().enumerate() {
-            let absent = matches!(node.sync(), SyncState::Down | SyncState::Resyncing)
-                && state.nodes[index].acked < state.next;
-            if absent {
-                node.set_sync(SyncState::Stale);
-                tracing::warn!(shard = %self.shard.name, node = %node.addr,
-                    "fan-out backlog full: the node is marked stale and will be resynced");
+    /// The log is full. While the oldest entry is held only by nodes that
+    /// are away (down, or resyncing: a copy that cannot keep up is started
+    /// again later), they stop holding their place and become stale. An
+    /// entry a live node has yet to run is not dropped: writers wait for it.
+    fn let_go_of_absent(&self, state: &mut State, size: usize) {
+        let mut let_go = false;
+        while state.bytes > 0 && state.bytes + size > self.max_bytes {
+            let front: Vec<usize> = (0..self.shard.nodes.len())
+                .filter(|&i| holds_place(self.node_state(i)) && state.nodes[i].acked == state.base)
+                .collect();
+            let away =
+                |i: &usize| matches!(self.node_state(*i), SyncState::Down | SyncState::Resyncing);
+            if front.is_empty() || !front.iter().all(away) {
+                break;
+            }
+            for index in front {
+                self.shard.nodes[index].set_sync(SyncState::Stale);
+                if let Some(ctx) = self.ctx.get().and_then(|c| c.upgrade()) {
+                    self.event(
+                        &ctx,
+                        "node-stale",
+                        index,
+                        format!(
+                            "away for longer than the backlog holds ({} MiB); it will be copied afresh",
+                            self.max_bytes / (1024 * 1024)
+                        ),
+                    );
+                }
                 self.wake[index].notify_one();
             }
+            self.trim(state);
+            let_go = true;
         }
-        self.trim(state);
-        self.shard.refresh();
+        if let_go {
+            self.shard.refresh();
+        }
     }
 
     /// Drops the entries every node holding its place has answered.
@@ -507,12 +532,8 @@ async fn sweep(fanout: Arc<Fanout>, ctx: Arc<Context>) {
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut primary = fanout.shard.primary_index();
-    let mut shutdown = ctx.shutdown.clone();
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+        tick.tick().await;
         let now = Instant::now();
         let unsettled: Vec<Arc<Entry>> = fanout.lock().unsettled.iter().cloned().collect();
         let mut done = 0;

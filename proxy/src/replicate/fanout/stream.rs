@@ -41,11 +41,9 @@ async fn run(fanout: Arc<Fanout>, index: usize, ctx: Arc<Context>) {
     // sync to copy from, a payload the node refuses) is not retried in a
     // tight loop.
     let mut resync_backoff = Duration::from_secs(1);
-    let mut shutdown = ctx.shutdown.clone();
+    // Runs for the life of the process, shutdown included: clients that
+    // are draining wait for their writes' replies.
     loop {
-        if *shutdown.borrow() {
-            return;
-        }
         match open(&node.addr, &fanout).await {
             Ok((stream, run_id)) => {
                 backoff = Duration::from_millis(10);
@@ -56,10 +54,7 @@ async fn run(fanout: Arc<Fanout>, index: usize, ctx: Arc<Context>) {
                     resync_backoff = Duration::from_secs(1);
                 }
                 tracing::debug!(?start, "fan-out stream connected");
-                let ended = tokio::select! {
-                    ended = serve(&fanout, index, stream, &ctx) => ended,
-                    _ = shutdown.changed() => return,
-                };
+                let ended = serve(&fanout, index, stream, &ctx).await;
                 tracing::warn!(reason = %ended.reason, unanswered = ended.unanswered, "fan-out stream lost");
                 fanout.disconnected(index, ended.unanswered, &ended.reason, &ctx);
                 if start == Start::Resync && node.sync() == SyncState::Stale {
@@ -74,10 +69,7 @@ async fn run(fanout: Arc<Fanout>, index: usize, ctx: Arc<Context>) {
                 tracing::debug!(error = %e, "fan-out connect failed");
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.changed() => return,
-        }
+        tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
