@@ -18,6 +18,7 @@ use crate::config::{Config, FailoverRole, Mode};
 use crate::failover::controller::Switchover;
 use crate::failover::detect::DetectorSource;
 use crate::failover::events::Events;
+use crate::failover::state::StateStore;
 use crate::policy::slot::Generation;
 use crate::policy::slot::RouterSlot;
 use crate::policy::swap::{self, Source};
@@ -238,6 +239,7 @@ impl Server {
                         shard_config.replication.backlog_mb,
                         config.backend.reply_timeout(),
                         connect.clone(),
+                        StateStore::new(config.failover.state_dir.as_deref()),
                     ))
                 })
             })
@@ -339,13 +341,19 @@ impl Server {
     pub async fn shutdown(&self, grace: Duration) -> usize {
         self.stop();
         let deadline = tokio::time::Instant::now() + grace;
-        loop {
+        let left = loop {
             let left = self.context.clients.load(Ordering::Acquire);
             if left == 0 || tokio::time::Instant::now() >= deadline {
-                return left;
+                break left;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // Fan-out logs are closed last, once no client can add to them.
+        let close_by = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        for fanout in self.context.fanouts.iter().flatten() {
+            fanout.close(close_by).await;
         }
+        left
     }
 }
 

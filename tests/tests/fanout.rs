@@ -637,3 +637,93 @@ fn fanout_moves_the_primary_when_its_node_dies() {
     wait_in_sync(&proxy, &addrs, Duration::from_secs(20));
     assert_identical(&addrs);
 }
+
+#[test]
+fn fanout_remembers_across_restarts_which_nodes_it_can_trust() {
+    let mut nodes = nodes();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
+    let state_dir = tempfile::tempdir().unwrap();
+    let config = fanout_config(
+        &addrs,
+        "",
+        &format!("[failover]\nstate_dir = \"{}\"", state_dir.path().display()),
+    );
+
+    // A node is away when Rampart stops cleanly: its backlog is gone with
+    // the process, so the next Rampart must copy it.
+    let proxy = Proxy::start_with(&config);
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
+    let mut conn = proxy.conn();
+    for round in 0..10 {
+        write_round(&mut conn, 0, round).unwrap();
+    }
+    nodes[2].kill();
+    for round in 10..20 {
+        write_round(&mut conn, 0, round).unwrap();
+    }
+    drop(conn);
+    proxy.shutdown();
+    drop(proxy);
+    nodes[2].restart();
+    let proxy = Proxy::start_with(&config);
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(20));
+    let events = proxy.events();
+    let stale: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "node-stale")
+        .filter_map(|e| e["node"].as_str())
+        .collect();
+    assert_eq!(stale, [addrs[2].as_str()], "{events:?}");
+    assert!(events.iter().any(|e| e["kind"] == "resynced"));
+    assert_identical(&addrs);
+
+    // Rampart dies without closing its log: only the primary is known to
+    // have every acknowledged write; the others are copied from it.
+    let mut conn = proxy.conn();
+    for round in 20..30 {
+        write_round(&mut conn, 0, round).unwrap();
+    }
+    drop(conn);
+    drop(proxy); // no clean stop
+    let proxy = Proxy::start_with(&config);
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(20));
+    let resynced: Vec<String> = proxy
+        .events()
+        .iter()
+        .filter(|e| e["kind"] == "resynced")
+        .map(|e| e["node"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(resynced.len(), 2, "{resynced:?}");
+    assert!(
+        !resynced.contains(&addrs[0]),
+        "the last primary is the source"
+    );
+    assert_eq!(proxy.shard()["primary"], addrs[0].as_str());
+    assert_identical(&addrs);
+
+    // Rampart dies again, and the last primary is gone too: no node is
+    // known to have every write, so none serves until an operator says
+    // which to trust.
+    let _: () = proxy.conn().set("last", 1).unwrap();
+    wait_caught_up(&proxy);
+    drop(proxy);
+    nodes[0].kill();
+    let proxy = Proxy::start_with(&config);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(proxy.shard()["primary"].is_null(), "{}", proxy.shard());
+    let admin = proxy.admin.unwrap();
+    let path = format!("/v1/shards/main/switchover?target={}", addrs[1]);
+    let (status, body) = rampart_tests::http(admin, "POST", &path, b"");
+    assert_eq!(status, 200, "{body}");
+    wait_until(
+        "the trusted node to be primary",
+        Duration::from_secs(10),
+        || proxy.shard()["primary"] == addrs[1].as_str(),
+    );
+    assert!(proxy.event_kinds().iter().any(|k| k == "trusted"));
+    nodes[0].restart();
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(20));
+    let last: i64 = proxy.conn().get("last").unwrap();
+    assert_eq!(last, 1);
+    assert_identical(&addrs);
+}

@@ -2,6 +2,10 @@
 //! primary it chose in that epoch. Without it, a restarted Rampart would
 //! have to believe whichever node claims to be primary, and a stale primary
 //! that came back first would win.
+//!
+//! A fan-out shard remembers which of its nodes had every write when
+//! Rampart last stopped: the backlog of a node that was away lives in
+//! memory, so after a restart only those nodes can be trusted.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,7 +18,24 @@ pub struct ShardState {
     pub primary: String,
 }
 
-/// Files `<dir>/<shard>.json`; with no directory, nothing is kept.
+/// A fan-out shard's nodes as Rampart last left them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanoutState {
+    /// True while Rampart runs: found true at start, it stopped without
+    /// closing the log (a crash), and only `primary` is known to have
+    /// every acknowledged write.
+    pub running: bool,
+    pub primary: Option<String>,
+    /// After a clean stop: the nodes that had run every write.
+    pub in_sync: Vec<String>,
+    /// Each trusted node's `run_id` when last seen: a node that answers
+    /// with another one restarted since, and lost what it did not persist.
+    #[serde(default)]
+    pub run_ids: std::collections::BTreeMap<String, String>,
+}
+
+/// Files `<dir>/<shard>.json` (and `<shard>.fanout.json`); with no
+/// directory, nothing is kept.
 #[derive(Debug, Clone)]
 pub struct StateStore {
     dir: Option<PathBuf>,
@@ -28,10 +49,26 @@ impl StateStore {
     }
 
     pub fn load(&self, shard: &str) -> std::io::Result<Option<ShardState>> {
+        self.load_file(&format!("{shard}.json"))
+    }
+
+    pub fn save(&self, shard: &str, state: &ShardState) -> std::io::Result<()> {
+        self.save_file(&format!("{shard}.json"), state)
+    }
+
+    pub fn load_fanout(&self, shard: &str) -> std::io::Result<Option<FanoutState>> {
+        self.load_file(&format!("{shard}.fanout.json"))
+    }
+
+    pub fn save_fanout(&self, shard: &str, state: &FanoutState) -> std::io::Result<()> {
+        self.save_file(&format!("{shard}.fanout.json"), state)
+    }
+
+    fn load_file<T: serde::de::DeserializeOwned>(&self, name: &str) -> std::io::Result<Option<T>> {
         let Some(dir) = &self.dir else {
             return Ok(None);
         };
-        let path = dir.join(format!("{shard}.json"));
+        let path = dir.join(name);
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
                 std::io::Error::new(
@@ -46,13 +83,13 @@ impl StateStore {
 
     /// Writes the state durably: a temporary file, synced, renamed over the
     /// old one, so a crash leaves either the old epoch or the new.
-    pub fn save(&self, shard: &str, state: &ShardState) -> std::io::Result<()> {
+    fn save_file<T: Serialize>(&self, name: &str, state: &T) -> std::io::Result<()> {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
         std::fs::create_dir_all(dir)?;
-        let path = dir.join(format!("{shard}.json"));
-        let tmp = dir.join(format!(".{shard}.json.tmp"));
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(&serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
         file.sync_all()?;

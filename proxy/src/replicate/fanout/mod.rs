@@ -40,6 +40,7 @@ use tokio::sync::{oneshot, Notify};
 
 use self::log::{Entry, Kind, Settle, Snapshot, Write};
 use crate::backend::{BatchReply, ConnectOptions};
+use crate::failover::state::{FanoutState, StateStore};
 use crate::resp::Proto;
 use crate::server::Context;
 use crate::topology::{Shard, SyncState};
@@ -56,11 +57,19 @@ pub struct Fanout {
     wake: Vec<Notify>,
     /// Woken when the log shrinks, for writes waiting for room.
     room: Notify,
+    /// Woken when a node comes in sync: stale nodes waiting to retry a
+    /// resync that had no source try again.
+    in_sync: Notify,
     max_bytes: usize,
     /// How long an asynchronous write waits for any node to answer.
     reply_timeout: Duration,
     /// For events raised where no context is at hand (set by `start`).
     ctx: std::sync::OnceLock<std::sync::Weak<Context>>,
+    /// Where the nodes' standing is kept across restarts.
+    store: StateStore,
+    /// What the last run left: the primary, and why nodes start stale.
+    record: Mutex<FanoutState>,
+    distrusted: Vec<(usize, String)>,
     opts: ConnectOptions,
 }
 
@@ -112,11 +121,48 @@ impl Fanout {
         backlog_mb: u32,
         reply_timeout: Duration,
         opts: ConnectOptions,
+        store: StateStore,
     ) -> Fanout {
         let nodes = shard.nodes.len();
-        for node in &shard.nodes {
-            // Until its connection is up, nobody knows what it holds.
-            node.set_sync(SyncState::Down);
+        let remembered = store.load_fanout(&shard.name).unwrap_or_else(|e| {
+            tracing::error!(shard = %shard.name, error = %e, "cannot read the fan-out state; trusting every node");
+            None
+        });
+        let (trusted, why) = match &remembered {
+            // First start (or no state_dir): nothing to go by.
+            None => (None, ""),
+            Some(s) if s.running => (
+                Some(s.primary.iter().cloned().collect::<Vec<_>>()),
+                "Rampart stopped without closing the log last time: only the last primary is known to have every write",
+            ),
+            Some(s) => (
+                Some(s.in_sync.clone()),
+                "it had not run every write when Rampart last stopped",
+            ),
+        };
+        let mut distrusted = Vec::new();
+        let mut cursors: Vec<Cursor> = (0..nodes).map(|_| Cursor::default()).collect();
+        let mut record = FanoutState {
+            running: true,
+            primary: remembered.as_ref().and_then(|s| s.primary.clone()),
+            ..Default::default()
+        };
+        for (index, node) in shard.nodes.iter().enumerate() {
+            // Until its connection is up, nobody knows what it holds; a
+            // node the last run could not vouch for is copied afresh.
+            let trust = trusted.as_ref().is_none_or(|t| t.contains(&node.addr));
+            let run_id = remembered.as_ref().and_then(|s| s.run_ids.get(&node.addr));
+            if let (true, Some(run_id)) = (trust, run_id) {
+                // Must still be the same process to be trusted.
+                cursors[index].run_id = Some(run_id.clone());
+                record.run_ids.insert(node.addr.clone(), run_id.clone());
+            }
+            node.set_sync(if trust {
+                SyncState::Down
+            } else {
+                distrusted.push((index, why.to_string()));
+                SyncState::Stale
+            });
         }
         Fanout {
             rewriter: Rewriter::default(),
@@ -126,14 +172,18 @@ impl Fanout {
                 next: 0,
                 bytes: 0,
                 appended: 0,
-                nodes: (0..nodes).map(|_| Cursor::default()).collect(),
+                nodes: cursors,
                 unsettled: VecDeque::new(),
             }),
             wake: (0..nodes).map(|_| Notify::new()).collect(),
             room: Notify::new(),
+            in_sync: Notify::new(),
             max_bytes: (backlog_mb as usize).saturating_mul(1024 * 1024),
             reply_timeout,
             ctx: std::sync::OnceLock::new(),
+            store,
+            record: Mutex::new(record),
+            distrusted,
             opts,
             shard,
         }
@@ -143,6 +193,10 @@ impl Fanout {
     /// out.
     pub fn start(self: &Arc<Self>, ctx: &Arc<Context>) {
         let _ = self.ctx.set(Arc::downgrade(ctx));
+        for (index, why) in &self.distrusted {
+            self.event(ctx, "node-stale", *index, why.clone());
+        }
+        self.remember(|_| {});
         for index in 0..self.shard.nodes.len() {
             stream::spawn(self.clone(), index, ctx.clone());
         }
@@ -322,6 +376,7 @@ impl Fanout {
         let caught_up = cursor.acked >= cursor.catch_up_to;
         if self.node_state(index) == SyncState::CatchingUp && caught_up {
             self.shard.nodes[index].set_sync(SyncState::InSync);
+            self.in_sync.notify_waiters();
             drop(state);
             self.event(
                 ctx,
@@ -339,7 +394,9 @@ impl Fanout {
 
     /// A resync of node `index` reached its end in the log.
     fn synced(&self, index: usize, ctx: &Context) {
-        if self.shard.nodes[index].set_sync(SyncState::InSync) == SyncState::Resyncing {
+        let before = self.shard.nodes[index].set_sync(SyncState::InSync);
+        self.in_sync.notify_waiters();
+        if before == SyncState::Resyncing {
             self.event(
                 ctx,
                 "resynced",
@@ -353,22 +410,31 @@ impl Fanout {
     /// Node `index`'s stream connected; `run_id` is the node's.
     fn connected(&self, index: usize, run_id: String, ctx: &Context) -> Start {
         let node = &self.shard.nodes[index];
-        let mut state = self.lock();
-        let next = state.next;
-        let cursor = &mut state.nodes[index];
-        let restarted = cursor.run_id.as_ref().is_some_and(|old| *old != run_id);
-        cursor.run_id = Some(run_id);
+        let (restarted, first_seen) = {
+            let mut state = self.lock();
+            let cursor = &mut state.nodes[index];
+            let known = cursor.run_id.replace(run_id.clone());
+            (
+                known.as_ref().is_some_and(|old| *old != run_id),
+                known.as_ref() != Some(&run_id),
+            )
+        };
+        if first_seen {
+            self.remember(|r| {
+                r.run_ids.insert(node.addr.clone(), run_id);
+            });
+        }
         if restarted && node.sync() != SyncState::Stale {
             node.set_sync(SyncState::Stale);
-            drop(state);
             self.event(
                 ctx,
                 "node-stale",
                 index,
                 "the node restarted (new run_id): what it kept may be older than what it acknowledged",
             );
-            state = self.lock();
         }
+        let mut state = self.lock();
+        let next = state.next;
         let cursor = &mut state.nodes[index];
         if node.sync() == SyncState::Stale {
             node.set_sync(SyncState::Resyncing);
@@ -386,6 +452,9 @@ impl Fanout {
         };
         drop(state);
         node.set_sync(state_now);
+        if state_now == SyncState::InSync {
+            self.in_sync.notify_waiters();
+        }
         self.shard.refresh();
         Start::Resume
     }
@@ -461,11 +530,64 @@ impl Fanout {
         self.shard.clear_primary();
     }
 
+    /// Updates and writes what the next start must know. Nothing changes
+    /// after a clean stop was recorded.
+    fn remember(&self, change: impl FnOnce(&mut FanoutState)) {
+        let mut record = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        if !record.running {
+            return;
+        }
+        change(&mut record);
+        if let Err(e) = self.store.save_fanout(&self.shard.name, &record) {
+            tracing::error!(shard = %self.shard.name, error = %e, "cannot save the fan-out state");
+        }
+    }
+
+    /// A clean stop: waits (until `deadline`) for the connected nodes to
+    /// run every write, then records which nodes have, so the next start
+    /// trusts exactly those.
+    pub async fn close(&self, deadline: tokio::time::Instant) {
+        let caught_up = |i: usize, state: &State| state.nodes[i].acked >= state.next;
+        loop {
+            let waiting = {
+                let state = self.lock();
+                (0..self.shard.nodes.len()).any(|i| self.may_answer(i) && !caught_up(i, &state))
+            };
+            if !waiting || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let in_sync = {
+            let state = self.lock();
+            (0..self.shard.nodes.len())
+                .filter(|&i| self.node_state(i) == SyncState::InSync && caught_up(i, &state))
+                .map(|i| self.shard.nodes[i].addr.clone())
+                .collect::<Vec<_>>()
+        };
+        let primary = self
+            .shard
+            .primary_index()
+            .map(|i| self.shard.nodes[i].addr.clone());
+        tracing::info!(shard = %self.shard.name, ?in_sync, "fan-out log closed");
+        self.remember(|record| {
+            record.running = false;
+            record.primary = primary;
+            record.run_ids.retain(|addr, _| in_sync.contains(addr));
+            record.in_sync = in_sync;
+        });
+    }
+
     /// Makes another node in sync the primary (nothing moves: every node
     /// in sync has every write). `None` picks the first other one.
     pub fn switchover(&self, target: Option<String>) -> Result<String, String> {
         let current = self.shard.primary_index();
         let fit = |i: &usize| Some(*i) != current && self.node_state(*i) == SyncState::InSync;
+        let none_in_sync =
+            !(0..self.shard.nodes.len()).any(|i| self.node_state(i) == SyncState::InSync);
+        if let (true, Some(addr)) = (none_in_sync, &target) {
+            return self.trust(addr);
+        }
         let chosen = match &target {
             Some(addr) => {
                 let index = self
@@ -494,6 +616,51 @@ impl Fanout {
         let node = &self.shard.nodes[chosen];
         self.shard.set_primary(node, self.shard.epoch() + 1);
         Ok(node.addr.clone())
+    }
+
+    /// The operator's way out when no node is known to have every write
+    /// (the last primary is gone after a crash, say): `addr` is declared in
+    /// sync and made primary, and the others are copied from it.
+    fn trust(&self, addr: &str) -> Result<String, String> {
+        let index = self
+            .shard
+            .nodes
+            .iter()
+            .position(|n| n.addr == addr)
+            .ok_or_else(|| format!("ERR no node {addr} in shard '{}'", self.shard.name))?;
+        let node = &self.shard.nodes[index];
+        if !matches!(node.sync(), SyncState::Stale | SyncState::Down)
+            || node.health() != crate::topology::Health::Up
+        {
+            return Err(format!("ERR {addr} must answer before it can be trusted"));
+        }
+        // Its stream reconnects and resumes from the head of the log.
+        {
+            let mut state = self.lock();
+            let next = state.next;
+            let cursor = &mut state.nodes[index];
+            cursor.acked = next;
+            cursor.sent = next;
+        }
+        node.set_sync(SyncState::Down);
+        self.wake[index].notify_one();
+        // Whatever the others hold is measured against this node now.
+        for (i, other) in self.shard.nodes.iter().enumerate() {
+            if i != index && other.sync() == SyncState::Down {
+                other.set_sync(SyncState::Stale);
+            }
+        }
+        if let Some(ctx) = self.ctx.get().and_then(|c| c.upgrade()) {
+            self.event(
+                &ctx,
+                "trusted",
+                index,
+                "declared in sync by an operator (no node was known to have every write); the others will be copied from it",
+            );
+        }
+        Ok(format!(
+            "{addr} is trusted; it becomes primary once its connection is up"
+        ))
     }
 
     /// A node in sync to copy from, the primary if it is.
@@ -555,6 +722,10 @@ async fn sweep(fanout: Arc<Fanout>, ctx: Arc<Context>) {
         if now_primary != primary {
             primary = now_primary;
             if let Some(index) = primary {
+                // After a crash, the next start trusts this node alone.
+                let keeper = fanout.clone();
+                let addr = fanout.shard.nodes[index].addr.clone();
+                tokio::task::spawn_blocking(move || keeper.remember(|r| r.primary = Some(addr)));
                 fanout.event(
                     &ctx,
                     "fanout-primary",

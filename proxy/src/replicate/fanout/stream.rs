@@ -58,7 +58,10 @@ async fn run(fanout: Arc<Fanout>, index: usize, ctx: Arc<Context>) {
                 tracing::warn!(reason = %ended.reason, unanswered = ended.unanswered, "fan-out stream lost");
                 fanout.disconnected(index, ended.unanswered, &ended.reason, &ctx);
                 if start == Start::Resync && node.sync() == SyncState::Stale {
-                    tokio::time::sleep(resync_backoff).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(resync_backoff) => {}
+                        _ = fanout.in_sync.notified() => {}
+                    }
                     resync_backoff = (resync_backoff * 2).min(Duration::from_secs(30));
                 }
             }
