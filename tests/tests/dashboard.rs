@@ -110,3 +110,64 @@ fn dashboard_shows_the_topology_and_follows_a_failover() {
     let epoch = browser.eval("document.querySelector('h2[data-shard=main]').dataset.epoch");
     assert_eq!(epoch, "2", "the page shows the new epoch");
 }
+
+/// The node rows as `addr sync` strings (fan-out shards).
+const SYNC_ROWS: &str = "JSON.stringify([...document.querySelectorAll('tr.node')].map(r => [r.dataset.addr, r.dataset.sync].join(' ')))";
+
+#[test]
+fn dashboard_shows_where_fanout_nodes_stand() {
+    let mut nodes: Vec<rampart_tests::RedisNode> = (0..3)
+        .map(|_| rampart_tests::RedisNode::start(None))
+        .collect();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
+    let proxy = Proxy::start_with(&config_for(
+        &addrs,
+        Setup {
+            shard: "[shards.main.replication]\nmode = \"fanout\"",
+            ..Setup::default()
+        },
+    ));
+    let admin = proxy.admin.expect("admin listener");
+    let mut browser = Browser::open(&format!("http://{admin}/dashboard"));
+    let ten_s = Duration::from_secs(10);
+    let sync_is =
+        |addr: &str, sync: &str| format!("JSON.parse({SYNC_ROWS}).includes('{addr} {sync}')");
+    for addr in &addrs {
+        browser.wait_for(
+            "every node in sync",
+            ten_s,
+            &sync_is(addr, "in-sync"),
+            SYNC_ROWS,
+        );
+    }
+    browser.wait_for(
+        "the write mode",
+        ten_s,
+        "document.getElementById('shards').innerText.includes('fan-out')",
+        "document.getElementById('shards').innerText",
+    );
+
+    // A node that restarts lost what it held: stale, then copied afresh.
+    let _: () = proxy.conn().set("k", 1).unwrap();
+    nodes[2].kill();
+    // (down, or stale if the write was still on its way to it)
+    let away = format!(
+        "{} || {}",
+        sync_is(&addrs[2], "down"),
+        sync_is(&addrs[2], "stale")
+    );
+    browser.wait_for("the node away", ten_s, &away, SYNC_ROWS);
+    nodes[2].restart();
+    browser.wait_for(
+        "the node copied",
+        ten_s,
+        &sync_is(&addrs[2], "in-sync"),
+        SYNC_ROWS,
+    );
+    browser.wait_for(
+        "the resync in the timeline",
+        ten_s,
+        "!!document.querySelector('li.event[data-kind=resynced]')",
+        "document.getElementById('events').innerText",
+    );
+}
