@@ -582,3 +582,50 @@ impl Drop for Monitor {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }
+
+/// Four clients, each writing 50 pipelines of 5 `SET key key` through the
+/// proxy: the keys whose pipeline was acknowledged.
+pub fn acknowledged_writes(proxy: &Proxy) -> Vec<String> {
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let client = proxy.client();
+            std::thread::spawn(move || {
+                let mut conn = client.get_connection().expect("connect to rampart");
+                let mut acked = Vec::new();
+                for round in 0..50 {
+                    let keys: Vec<String> = (0..5).map(|i| format!("k:{w}:{round}:{i}")).collect();
+                    let mut pipe = redis::pipe();
+                    for key in &keys {
+                        pipe.set(key, key).ignore();
+                    }
+                    if pipe.query::<()>(&mut conn).is_ok() {
+                        acked.extend(keys);
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    writers
+        .into_iter()
+        .flat_map(|w| w.join().expect("writer thread"))
+        .collect()
+}
+
+/// The keys of `acked` (each written with itself as its value) that the
+/// node at `addr` does not hold, read directly from it.
+pub fn missing_on<'a>(addr: &str, acked: &'a [String]) -> Vec<&'a String> {
+    let mut direct = redis::Client::open(format!("redis://{addr}/"))
+        .and_then(|c| c.get_connection())
+        .expect("connect to the node");
+    acked
+        .iter()
+        .filter(|k| {
+            redis::Commands::get::<_, Option<String>>(&mut direct, k.as_str())
+                .ok()
+                .flatten()
+                .as_deref()
+                != Some(k.as_str())
+        })
+        .collect()
+}

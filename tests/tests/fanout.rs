@@ -734,49 +734,13 @@ fn fanout_acknowledged_sync_writes_are_on_the_other_nodes_when_the_primary_dies(
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
     let proxy = start(&addrs, "quorum = \"all\"\ntimeout_ms = 2000");
     wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let client = proxy.client();
-            std::thread::spawn(move || {
-                let mut conn = client.get_connection().unwrap();
-                let mut acked = Vec::new();
-                for round in 0..50 {
-                    let keys: Vec<String> = (0..5).map(|i| format!("k:{w}:{round}:{i}")).collect();
-                    let mut pipe = redis::pipe();
-                    for key in &keys {
-                        pipe.set(key, key).ignore();
-                    }
-                    if pipe.query::<()>(&mut conn).is_ok() {
-                        acked.extend(keys);
-                    }
-                }
-                acked
-            })
-        })
-        .collect();
-    let acked: Vec<String> = writers
-        .into_iter()
-        .flat_map(|w| w.join().unwrap())
-        .collect();
+    let acked = rampart_tests::acknowledged_writes(&proxy);
     assert_eq!(acked.len(), 1000);
     // The primary dies the moment the last write was acknowledged; with
     // quorum "all" every other node already has every acknowledged write.
     nodes[0].kill();
     for node in &nodes[1..] {
-        let mut direct = redis::Client::open(format!("redis://{}/", node.addr()))
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        let missing = acked
-            .iter()
-            .filter(|k| {
-                direct
-                    .get::<_, Option<String>>(k.as_str())
-                    .unwrap()
-                    .as_deref()
-                    != Some(k.as_str())
-            })
-            .count();
+        let missing = rampart_tests::missing_on(&node.addr(), &acked).len();
         assert_eq!(missing, 0, "{} lacks acknowledged writes", node.addr());
     }
 }

@@ -31,30 +31,7 @@ fn acknowledged_sync_writes_are_on_every_replica_when_the_primary_dies() {
     let proxy = start(&cluster, &sync_setup("all", 2000, "fail"));
 
     // Several clients, some pipelining: every acknowledged write counts.
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let client = proxy.client();
-            std::thread::spawn(move || {
-                let mut conn = client.get_connection().unwrap();
-                let mut acked = Vec::new();
-                for round in 0..50 {
-                    let mut pipe = redis::pipe();
-                    let keys: Vec<String> = (0..5).map(|i| format!("k:{w}:{round}:{i}")).collect();
-                    for key in &keys {
-                        pipe.set(key, key).ignore();
-                    }
-                    if pipe.query::<()>(&mut conn).is_ok() {
-                        acked.extend(keys);
-                    }
-                }
-                acked
-            })
-        })
-        .collect();
-    let acked: Vec<String> = writers
-        .into_iter()
-        .flat_map(|w| w.join().unwrap())
-        .collect();
+    let acked = rampart_tests::acknowledged_writes(&proxy);
     assert_eq!(
         acked.len(),
         4 * 50 * 5,
@@ -64,20 +41,7 @@ fn acknowledged_sync_writes_are_on_every_replica_when_the_primary_dies() {
     // The primary dies the moment the last write was acknowledged.
     cluster.nodes[0].kill();
     for replica in &cluster.nodes[1..] {
-        let mut direct = redis::Client::open(format!("redis://{}/", replica.addr()))
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        let missing: Vec<&String> = acked
-            .iter()
-            .filter(|k| {
-                direct
-                    .get::<_, Option<String>>(k.as_str())
-                    .unwrap()
-                    .as_deref()
-                    != Some(k.as_str())
-            })
-            .collect();
+        let missing = rampart_tests::missing_on(&replica.addr(), &acked);
         assert!(
             missing.is_empty(),
             "{} acknowledged writes missing on {}: {:?}",
