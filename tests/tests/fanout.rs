@@ -744,3 +744,46 @@ fn fanout_acknowledged_sync_writes_are_on_the_other_nodes_when_the_primary_dies(
         assert_eq!(missing, 0, "{} lacks acknowledged writes", node.addr());
     }
 }
+
+#[test]
+fn fanout_answers_resp2_and_resp3_clients_in_their_own_protocol() {
+    let nodes = nodes();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
+    let proxy = start(&addrs, "quorum = \"one\"");
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
+    // Two clients of each protocol writing at once: the nodes' connections
+    // switch protocol between their writes, and each client still gets
+    // replies in its own (ZINCRBY is a double in RESP3, a bulk in RESP2).
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let url = if c % 2 == 0 {
+                format!("{}?protocol=resp3", proxy.url())
+            } else {
+                proxy.url()
+            };
+            std::thread::spawn(move || {
+                let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+                for i in 0..100 {
+                    let v: redis::Value = redis::cmd("ZINCRBY")
+                        .arg(format!("z:{c}"))
+                        .arg(1.5)
+                        .arg("m")
+                        .query(&mut conn)
+                        .unwrap();
+                    let expected = 1.5 * (i + 1) as f64;
+                    match (c % 2, &v) {
+                        (0, redis::Value::Double(d)) => assert_eq!(*d, expected),
+                        (1, redis::Value::BulkString(b)) => {
+                            assert_eq!(String::from_utf8_lossy(b).parse::<f64>().unwrap(), expected)
+                        }
+                        _ => panic!("client {c} got {v:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_identical(&addrs);
+}
