@@ -196,6 +196,34 @@ fn fanout_applies_every_write_on_every_node_in_one_order() {
     }
     // Reads go to the other nodes, all in sync.
     proxy.wait_serving_replicas(2, Duration::from_secs(5));
+
+    // An operator asks for a node to be copied afresh: it is, while the
+    // others go on serving.
+    let admin = proxy.admin.unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
+            .args(args)
+            .args(["--admin", &admin.to_string()])
+            .output()
+            .unwrap()
+    };
+    let done = cli(&["resync", "main", &addrs[1]]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(String::from_utf8_lossy(&done.stdout).contains("copied afresh"));
+    let refused = cli(&["resync", "main", "nowhere:1"]);
+    assert!(!refused.status.success());
+    let (status, _) =
+        rampart_tests::http(admin, "POST", "/v1/shards/main/resync?node=nowhere:1", b"");
+    assert_eq!(status, 404);
+    wait_until("the node copied", Duration::from_secs(10), || {
+        proxy.event_kinds().iter().any(|k| k == "resynced")
+    });
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
+    assert_identical(&addrs);
 }
 
 #[test]

@@ -75,6 +75,15 @@ enum Command {
         #[arg(long = "to")]
         to: Option<String>,
     },
+    /// Fan-out mode: copy a node afresh from a node in sync.
+    Resync {
+        #[command(flatten)]
+        target: Target,
+        /// The shard, e.g. `main`.
+        shard: String,
+        /// The node (`host:port` as configured).
+        node: String,
+    },
 }
 
 /// Which running Rampart to talk to.
@@ -113,6 +122,11 @@ pub fn main() -> ExitCode {
         }
         Command::Switchover { target, shard, to } => admin::Admin::connect(&target)
             .and_then(|a| policy::switchover(&a, &shard, to.as_deref())),
+        Command::Resync {
+            target,
+            shard,
+            node,
+        } => admin::Admin::connect(&target).and_then(|a| policy::resync(&a, &shard, &node)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -215,6 +215,13 @@ pub fn switchover(admin: &Admin, shard: &str, to: Option<&str>) -> Result<(), Fa
     Ok(())
 }
 
+pub fn resync(admin: &Admin, shard: &str, node: &str) -> Result<(), Failure> {
+    let path = format!("/v1/shards/{}/resync?node={}", encode(shard), encode(node));
+    let answer = admin.request("POST", &path, &[])?;
+    println!("{}", answer.trim_end());
+    Ok(())
+}
+
 fn size(bytes: usize) -> String {
     if bytes == 0 {
         "built in".into()
