@@ -362,9 +362,7 @@ impl PluginsConfig {
             memory_bytes: self.memory_limit_mb as usize * 1024 * 1024,
             route_fuel: u64::from(self.route_budget_ms) * FUEL_PER_MS,
             setup_fuel: u64::from(self.call_budget_ms) * FUEL_PER_MS,
-            // Deadlines count whole epoch ticks (1 ms) from wherever the
-            // current tick is, so one more tick than the budget.
-            setup_ticks: u64::from(self.call_budget_ms) + 1,
+            setup_ticks: crate::policy::ticks_for(u64::from(self.call_budget_ms)),
         }
     }
 }

@@ -24,9 +24,9 @@ wasmtime::component::bindgen!({
 use self::rampart::policy::types as wit;
 use super::sandbox::{self, State};
 
-/// `update` runs at least this often (in ticks), so latencies and lag a
+/// `update` runs at least every 100 ms (counted in ticks), so latencies and lag a
 /// router sees are at most this old even when nothing else changed.
-const REFRESH_TICKS: u64 = 100;
+const REFRESH_TICKS: u64 = 100 / super::TICK_MS;
 
 /// One live instance, owned by one thread.
 struct Instance {
