@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod forwarder;
+pub mod workload;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -5,100 +5,11 @@
 //! in asynchronous mode losses are counted and must have been reported.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart_tests::forwarder::Fault;
+use rampart_tests::workload::Workload;
 use rampart_tests::{config_for, wait_until, FaultyCluster, Proxy, Setup};
-
-#[derive(Default)]
-struct Outcomes {
-    acked: Vec<String>,
-    failed: usize,
-    unknown: usize,
-}
-
-/// Writers that keep writing unique keys until stopped.
-struct Workload {
-    stop: Arc<AtomicBool>,
-    outcomes: Arc<Mutex<Outcomes>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Workload {
-    /// `padding` bytes are appended to each value (the key itself).
-    fn start(proxy: &Proxy, writers: usize, padding: usize) -> Workload {
-        let stop = Arc::new(AtomicBool::new(false));
-        let outcomes = Arc::new(Mutex::new(Outcomes::default()));
-        let threads = (0..writers)
-            .map(|w| {
-                let client = proxy.client();
-                let (stop, outcomes) = (stop.clone(), outcomes.clone());
-                std::thread::spawn(move || {
-                    let mut conn = None;
-                    let mut i = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let c = match conn.as_mut() {
-                            Some(c) => c,
-                            None => {
-                                match client.get_connection_with_timeout(Duration::from_secs(2)) {
-                                    Ok(c) => conn.insert(c),
-                                    Err(_) => {
-                                        std::thread::sleep(Duration::from_millis(20));
-                                        continue;
-                                    }
-                                }
-                            }
-                        };
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-                        let key = format!("n:{w}:{i}");
-                        i += 1;
-                        let value = format!("{key}{}", "x".repeat(padding));
-                        let result: redis::RedisResult<()> =
-                            redis::cmd("SET").arg(&key).arg(value).query(c);
-                        let mut o = outcomes.lock().unwrap();
-                        match result {
-                            Ok(()) => o.acked.push(key),
-                            Err(e) => {
-                                let text = e.to_string();
-                                // Only errors that say the command did not
-                                // run count as failed; anything else may
-                                // have been applied.
-                                if text.contains("no reachable primary")
-                                    || text.contains("unavailable")
-                                {
-                                    o.failed += 1;
-                                } else {
-                                    o.unknown += 1;
-                                }
-                                if e.is_io_error() || e.is_connection_dropped() {
-                                    conn = None;
-                                }
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Workload {
-            stop,
-            outcomes,
-            threads,
-        }
-    }
-
-    fn finish(self) -> Outcomes {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
-        Arc::try_unwrap(self.outcomes)
-            .ok()
-            .map(|m| m.into_inner().unwrap())
-            .unwrap_or_default()
-    }
-}
 
 fn start_proxy(cluster: &FaultyCluster, quorum: &str, state: &std::path::Path) -> Proxy {
     let sections = format!(
