@@ -172,8 +172,9 @@ fn status_events_policies_and_switchover_against_a_running_proxy() {
     assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot reach"));
 }
 
-#[test]
-fn demo_starts_three_nodes_and_rampart_and_stops_them() {
+/// `rampart demo` (with `extra` arguments) on free ports, once it says it
+/// is up: the process, its client and admin ports, and the nodes' ports.
+fn start_demo(extra: &[&str]) -> (Running, u16, u16, [u16; 3]) {
     let (port, admin) = (free_port(), free_port());
     let nodes = [free_port(), free_port(), free_port()];
     let list = nodes.map(|p| p.to_string()).join(",");
@@ -187,6 +188,7 @@ fn demo_starts_three_nodes_and_rampart_and_stops_them() {
                 &admin.to_string(),
             ])
             .args(["--nodes", &list])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -210,23 +212,11 @@ fn demo_starts_three_nodes_and_rampart_and_stops_them() {
         }
     }
     assert!(up, "the demo did not come up");
+    (demo, port, admin, nodes)
+}
 
-    assert_eq!(
-        redis_cli(port, &["SET", "demo", "works"]).unwrap().trim(),
-        "OK"
-    );
-    // Reads go to the replicas (read_from = "replicas"): the write was
-    // acknowledged by one of them, the other may lag a moment.
-    wait_until("the write to be readable", Duration::from_secs(5), || {
-        redis_cli(port, &["GET", "demo"]).is_ok_and(|v| v.trim() == "works")
-    });
-    let status = ok(&["status", "--admin", &format!("127.0.0.1:{admin}")]);
-    for node in nodes {
-        assert!(status.contains(&format!("127.0.0.1:{node}")), "{status}");
-    }
-    // Sync replication to one replica, as the example config says.
-    assert!(status.contains("sync, 1 ack(s)"), "{status}");
-
+/// SIGTERM: the demo exits cleanly and stops its nodes.
+fn stop_demo(mut demo: Running, nodes: [u16; 3]) {
     let pid = demo.0.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let mut stderr = String::new();
@@ -242,6 +232,51 @@ fn demo_starts_three_nodes_and_rampart_and_stops_them() {
             std::net::TcpStream::connect(("127.0.0.1", node)).is_err()
         });
     }
+}
+
+#[test]
+fn demo_starts_three_nodes_and_rampart_and_stops_them() {
+    let (demo, port, admin, nodes) = start_demo(&[]);
+    assert_eq!(
+        redis_cli(port, &["SET", "demo", "works"]).unwrap().trim(),
+        "OK"
+    );
+    // Reads go to the replicas (read_from = "replicas"): the write was
+    // acknowledged by one of them, the other may lag a moment.
+    wait_until("the write to be readable", Duration::from_secs(5), || {
+        redis_cli(port, &["GET", "demo"]).is_ok_and(|v| v.trim() == "works")
+    });
+    let status = ok(&["status", "--admin", &format!("127.0.0.1:{admin}")]);
+    for node in nodes {
+        assert!(status.contains(&format!("127.0.0.1:{node}")), "{status}");
+    }
+    // Sync replication to one replica, as the example config says.
+    assert!(status.contains("sync, 1 ack(s)"), "{status}");
+    stop_demo(demo, nodes);
+}
+
+#[test]
+fn demo_fanout_writes_to_three_independent_nodes() {
+    let (demo, port, admin, nodes) = start_demo(&["--fanout"]);
+    assert_eq!(
+        redis_cli(port, &["SET", "demo", "everywhere"])
+            .unwrap()
+            .trim(),
+        "OK"
+    );
+    for node in nodes {
+        // Each node is a primary of its own, and has the write.
+        let role = redis_cli(node, &["ROLE"]).unwrap();
+        assert!(role.starts_with("master"), "{node}: {role}");
+        wait_until(
+            "every node to run the write",
+            Duration::from_secs(5),
+            || redis_cli(node, &["GET", "demo"]).is_ok_and(|v| v.trim() == "everywhere"),
+        );
+    }
+    let status = ok(&["status", "--admin", &format!("127.0.0.1:{admin}")]);
+    assert!(status.contains("fan-out"), "{status}");
+    stop_demo(demo, nodes);
 }
 
 /// The Kubernetes ConfigMap's configurations are valid, with the admin

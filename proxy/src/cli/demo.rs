@@ -1,6 +1,7 @@
 //! `rampart demo`: three local redis-server nodes (a primary and two
 //! replicas) with Rampart in front, configured exactly as
-//! `examples/configs/local.toml` says except for the ports asked for. For
+//! `examples/configs/local.toml` says except for the ports asked for. With
+//! `--fanout`, three independent nodes and the shard in fan-out mode. For
 //! trying Rampart out, not for production: the nodes keep no data on disk
 //! and everything stops with Ctrl-C.
 
@@ -31,6 +32,10 @@ pub struct DemoArgs {
     /// The redis-server binary.
     #[arg(long, default_value = "redis-server")]
     redis_server: String,
+    /// Independent nodes (no Redis replication between them), the shard in
+    /// fan-out mode: Rampart sends every write to each.
+    #[arg(long)]
+    fanout: bool,
 }
 
 pub fn demo(args: DemoArgs) -> ExitCode {
@@ -56,25 +61,28 @@ fn start_and_wait(args: DemoArgs) -> Result<(), String> {
         children: Vec::new(),
         dir: dir.clone(),
     };
-    let primary = args.nodes[0];
+    // In fan-out mode no node follows another.
+    let primary = (!args.fanout).then_some(args.nodes[0]);
     for &port in &args.nodes {
-        let role = if port == primary {
-            "primary"
-        } else {
-            "replica"
+        let role = match primary {
+            None => "independent",
+            Some(p) if p == port => "primary",
+            Some(_) => "replica",
         };
         let step = Step::start(&format!("starting redis-server 127.0.0.1:{port} ({role})"));
-        let started = nodes.start(&args.redis_server, port, primary);
+        let started = nodes.start(&args.redis_server, port, primary.filter(|&p| p != port));
         step.finish(started, "up")?;
     }
-    let step = Step::start("waiting for the replicas to copy the primary");
-    let synced = wait(Duration::from_secs(30), || {
-        args.nodes[1..].iter().all(|&port| {
-            call(port, "INFO replication")
-                .is_some_and(|info| info.contains("master_link_status:up"))
-        })
-    });
-    step.finish(synced, "in sync")?;
+    if !args.fanout {
+        let step = Step::start("waiting for the replicas to copy the primary");
+        let synced = wait(Duration::from_secs(30), || {
+            args.nodes[1..].iter().all(|&port| {
+                call(port, "INFO replication")
+                    .is_some_and(|info| info.contains("master_link_status:up"))
+            })
+        });
+        step.finish(synced, "in sync")?;
+    }
 
     config.proxy.listen = format!("127.0.0.1:{}", args.port);
     config.admin.listen = Some(format!("127.0.0.1:{}", args.admin_port));
@@ -85,6 +93,10 @@ fn start_and_wait(args: DemoArgs) -> Result<(), String> {
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
+        if args.fanout {
+            shard.replication.mode = crate::config::Mode::Fanout;
+            shard.replication.manage_replication = false;
+        }
     }
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -109,6 +121,31 @@ fn start_and_wait(args: DemoArgs) -> Result<(), String> {
 fn instructions(args: &DemoArgs) -> String {
     let (port, admin) = (args.port, args.admin_port);
     let [primary, second, third] = [args.nodes[0], args.nodes[1], args.nodes[2]];
+    if args.fanout {
+        return format_tips(
+            format!("\nRampart is up, sending every write to 127.0.0.1:{primary}, :{second} and :{third} (independent nodes, fan-out mode).\n"),
+            [
+                (format!("redis-cli -p {port}"), "talk to Redis through Rampart"),
+                (format!("redis-cli -p {third} GET <key>"), "every node has every write"),
+                (
+                    format!("http://127.0.0.1:{admin}/dashboard"),
+                    "the live dashboard, each node's place in the write log",
+                ),
+                (
+                    format!("redis-cli -p {third} DEBUG SLEEP 5"),
+                    "pause a node: its writes wait in the backlog, then it catches up",
+                ),
+                (
+                    format!("rampart resync main 127.0.0.1:{third} --admin 127.0.0.1:{admin}"),
+                    "copy a node afresh while writes go on",
+                ),
+                (
+                    format!("rampart events --admin 127.0.0.1:{admin}"),
+                    "what Rampart did, step by step",
+                ),
+            ],
+        );
+    }
     let tips = [
         (
             format!("redis-cli -p {port}"),
@@ -135,14 +172,22 @@ fn instructions(args: &DemoArgs) -> String {
             "what Rampart did, step by step",
         ),
     ];
+    format_tips(
+        format!(
+            "\nRampart is up in front of 127.0.0.1:{primary} (primary), :{second} and :{third} (replicas).\n"
+        ),
+        tips,
+    )
+}
+
+/// The heading, then one aligned line per (command, what it shows).
+fn format_tips<const N: usize>(heading: String, tips: [(String, &str); N]) -> String {
     let width = tips
         .iter()
         .map(|(command, _)| command.len())
         .max()
         .unwrap_or(0);
-    let mut out = format!(
-        "\nRampart is up in front of 127.0.0.1:{primary} (primary), :{second} and :{third} (replicas).\n"
-    );
+    let mut out = heading;
     for (command, what) in tips {
         out.push_str(&format!("  {command:<width$}   {what}\n"));
     }
@@ -158,7 +203,8 @@ struct Nodes {
 }
 
 impl Nodes {
-    fn start(&mut self, binary: &str, port: u16, primary: u16) -> Result<(), String> {
+    /// Starts a node on `port`, a replica of `primary` if given.
+    fn start(&mut self, binary: &str, port: u16, primary: Option<u16>) -> Result<(), String> {
         let dir = self.dir.join(port.to_string());
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut command = Command::new(binary);
@@ -173,7 +219,7 @@ impl Nodes {
             .arg(dir.join("redis.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if port != primary {
+        if let Some(primary) = primary {
             command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
         }
         let child = command.spawn().map_err(|e| {
