@@ -912,3 +912,31 @@ fn fanout_nodes_end_identical_after_kills_pauses_partitions_and_resets() {
         outcomes.incr_unknown
     );
 }
+
+#[test]
+fn fanout_node_too_far_behind_serves_no_reads_until_it_catches_up() {
+    let nodes = nodes();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
+    let proxy = start(&addrs, "max_read_lag_ms = 200");
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
+    proxy.wait_serving_replicas(2, Duration::from_secs(5));
+    let serves = |proxy: &Proxy| -> bool { proxy.shard()["nodes"][2]["serves_reads"] == true };
+    // The node stops running writes for 1.5 s (its connection stays up).
+    nodes[2].cli(&["CLIENT", "PAUSE", "1500", "WRITE"]);
+    let mut conn = proxy.conn();
+    let _: () = conn.set("k", 1).unwrap();
+    wait_until(
+        "the lagging node to stop serving reads",
+        Duration::from_secs(5),
+        || !serves(&proxy),
+    );
+    assert_eq!(
+        node_sync(&proxy, &addrs[2]),
+        "in-sync",
+        "behind, not out of the log"
+    );
+    wait_until("the node to serve again", Duration::from_secs(10), || {
+        serves(&proxy)
+    });
+    assert_eq!(nodes[2].cli(&["GET", "k"]).trim(), "1");
+}

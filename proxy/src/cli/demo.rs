@@ -132,7 +132,7 @@ fn instructions(args: &DemoArgs) -> String {
                     "the live dashboard, each node's place in the write log",
                 ),
                 (
-                    format!("redis-cli -p {third} DEBUG SLEEP 2"),
+                    format!("redis-cli -p {third} CLIENT PAUSE 2000 WRITE"),
                     "pause a node: its writes wait in the backlog, then it catches up",
                 ),
                 (

@@ -503,7 +503,7 @@ impl Shard {
     /// Fan-out: the primary is a node that answers and has every write,
     /// kept while it stays so (a change costs nothing, no data moves, but
     /// needless changes confuse whoever reads the topology); the other
-    /// such nodes serve reads.
+    /// such nodes serve reads while within `max_read_lag_ms` of the log.
     fn refresh_fanout(&self) {
         let fit = |n: &Node| n.health() == Health::Up && n.sync() == SyncState::InSync;
         let current = self.primary.load(Ordering::Acquire);
@@ -524,7 +524,9 @@ impl Shard {
             } else {
                 Role::Replica
             });
-            changed |= node.set_readable(i != chosen && fit(node));
+            // As in native mode: a node too far behind serves no reads.
+            let current = node.lag_ms() <= self.max_read_lag_ms;
+            changed |= node.set_readable(i != chosen && fit(node) && current);
         }
         let usable = self.primary().is_some();
         if (usable && self.held.load(Ordering::Acquire) > 0) || changed {

@@ -203,6 +203,7 @@ async fn write_loop(
         for entry in entries {
             match &entry.kind {
                 Kind::Write(write) => {
+                    node.count_requests(write.replies as u64);
                     switch(&mut out, &mut proto, write.proto);
                     for request in &write.requests {
                         out.extend_from_slice(request);
