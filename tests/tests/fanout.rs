@@ -940,3 +940,54 @@ fn fanout_node_too_far_behind_serves_no_reads_until_it_catches_up() {
     });
     assert_eq!(nodes[2].cli(&["GET", "k"]).trim(), "1");
 }
+
+#[test]
+fn fanout_copies_a_node_that_stopped_holding_what_the_others_hold() {
+    let nodes = nodes();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
+    // Node 2 starts as a Redis replica of node 0: unfit, held out.
+    nodes[2].cli(&["REPLICAOF", "127.0.0.1", &nodes[0].port.to_string()]);
+    let proxy = start(&addrs, "");
+    wait_until(
+        "the replica to be held out",
+        Duration::from_secs(10),
+        || {
+            node_sync(&proxy, &addrs[2]) == "stale"
+                && node_sync(&proxy, &addrs[0]) == "in-sync"
+                && node_sync(&proxy, &addrs[1]) == "in-sync"
+        },
+    );
+    let events = proxy.events();
+    assert!(
+        events.iter().any(|e| e["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Redis replica")),
+        "{events:?}"
+    );
+    let mut conn = proxy.conn();
+    for round in 0..10 {
+        write_round(&mut conn, 0, round).unwrap();
+    }
+    // Made independent, it is copied (not replayed onto what it followed).
+    nodes[2].cli(&["REPLICAOF", "NO", "ONE"]);
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(20));
+    assert_identical(&addrs);
+
+    // A node refuses writes the others take (out of memory): it has
+    // missed them, so it is copied once it can take them again.
+    nodes[1].cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    for round in 10..20 {
+        write_round(&mut conn, 0, round).unwrap();
+    }
+    wait_until(
+        "the node to be found diverged",
+        Duration::from_secs(10),
+        || node_sync(&proxy, &addrs[1]) != "in-sync",
+    );
+    assert!(proxy.events().iter().any(|e| e["node"] == addrs[1].as_str()
+        && e["detail"].as_str().unwrap_or_default().contains("OOM")));
+    nodes[1].cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(40));
+    assert_identical(&addrs);
+}

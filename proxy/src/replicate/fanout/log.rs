@@ -22,6 +22,9 @@ pub struct Entry {
     pub kind: Kind,
 }
 
+// Entries live in an `Arc` each, one allocation whatever the variant: a
+// small variant saves nothing by the large one being boxed.
+#[allow(clippy::large_enum_variant)]
 pub enum Kind {
     Write(Write),
     /// Part of a resync: `source` reads these keys (DUMP + PEXPIRETIME) at
@@ -79,11 +82,58 @@ struct Acks {
     /// The node whose reply the client gets: the primary when the write was
     /// ordered.
     preferred: usize,
+    /// Replies are kept only until the client is answered: an entry can
+    /// stay in the log for long (a node is away), and a reply's bytes pin
+    /// the whole read buffer they were cut from.
     from_preferred: Option<Bytes>,
     /// The first reply from any node, used if the preferred node is lost
     /// (the writes are deterministic, so every node answers alike).
     first: Option<Bytes>,
     answered: u32,
+    /// What kept, for as long as the entry lives: whether the preferred
+    /// node's reply carried a node-state error (see [`node_state_error`]),
+    /// once it came, and the same for other nodes that answered before it.
+    preferred_state: Option<Option<&'static str>>,
+    early: smallvec::SmallVec<[(usize, Option<&'static str>); 2]>,
+}
+
+/// Errors that say a node did not run a write because of its own state,
+/// not because of the data: where one node answers one and the other does
+/// not, the nodes no longer hold the same data.
+const NODE_STATE_ERRORS: &[&str] = &[
+    "READONLY",
+    "OOM",
+    "LOADING",
+    "MASTERDOWN",
+    "MISCONF",
+    "NOREPLICAS",
+    "BUSY",
+    "NOSCRIPT",
+    "NOPERM",
+    "NOAUTH",
+    "CLUSTERDOWN",
+    "MOVED",
+    "ASK",
+    "TRYAGAIN",
+];
+
+/// The first node-state error among `data`'s replies, if any.
+pub fn node_state_error(data: &[u8]) -> Option<&'static str> {
+    let mut scanner = crate::resp::ReplyScanner::new(64);
+    let mut rest = data;
+    while let Ok(Some(len)) = scanner.scan(rest) {
+        if let Some(text) = rest.strip_prefix(b"-") {
+            let code = text
+                .split(|&c| c == b' ' || c == b'\r')
+                .next()
+                .unwrap_or_default();
+            if let Some(known) = NODE_STATE_ERRORS.iter().find(|e| e.as_bytes() == code) {
+                return Some(known);
+            }
+        }
+        rest = &rest[len..];
+    }
+    None
 }
 
 /// What a write's release looks like.
@@ -122,6 +172,8 @@ impl Write {
                 from_preferred: None,
                 first: None,
                 answered: 0,
+                preferred_state: None,
+                early: smallvec::SmallVec::new(),
             }),
         }
     }
@@ -138,26 +190,54 @@ impl Write {
     /// for a node being resynced: it runs the writes, but what it holds is
     /// not yet the shard's data. `may_answer` says whether a node may
     /// still answer.
+    ///
+    /// Returns the nodes that no longer hold what the others hold: one
+    /// answered a node-state error (READONLY, OOM ...) where the preferred
+    /// node did not, or the other way round.
     pub fn answered(
         &self,
         node: usize,
         data: Bytes,
         counts: bool,
         may_answer: impl Fn(usize) -> bool,
-    ) {
+    ) -> smallvec::SmallVec<[usize; 2]> {
+        let mut diverged = smallvec::SmallVec::new();
         let mut acks = self.acks();
-        if acks.reply.is_none() || !counts {
-            return;
+        if !counts {
+            return diverged;
         }
-        let preferred_live = node == acks.preferred || may_answer(acks.preferred);
+        let state = node_state_error(&data);
+        let preferred = acks.preferred;
+        let judge = |other: usize, theirs: Option<&str>, ours: Option<&str>| match (ours, theirs) {
+            (None, Some(_)) => Some(other),
+            (Some(_), None) => Some(preferred),
+            _ => None,
+        };
+        if node == preferred {
+            acks.preferred_state = Some(state);
+            for (other, theirs) in acks.early.drain(..) {
+                diverged.extend(judge(other, theirs, state));
+            }
+        } else {
+            match acks.preferred_state {
+                Some(ours) => diverged.extend(judge(node, state, ours)),
+                None => acks.early.push((node, state)),
+            }
+        }
+        diverged.dedup();
+        if acks.reply.is_none() {
+            return diverged;
+        }
+        let preferred_live = node == preferred || may_answer(preferred);
         acks.answered += 1;
-        if node == acks.preferred {
+        if node == preferred {
             acks.from_preferred = Some(data.clone());
         }
         if acks.first.is_none() {
             acks.first = Some(data);
         }
         self.try_release(&mut acks, preferred_live, false);
+        diverged
     }
 
     /// Releases the write if it is due: enough replies, or its deadline has
@@ -223,6 +303,8 @@ impl Write {
                 error: None,
             });
         }
+        acks.from_preferred = None;
+        acks.first = None;
     }
 }
 

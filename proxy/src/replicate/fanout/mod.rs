@@ -490,6 +490,37 @@ impl Fanout {
         self.trim(&mut state);
     }
 
+    /// Node `index` answered a write with a node-state error where the
+    /// primary did not (or the other way round): it missed that write, or
+    /// ran one the others did not.
+    fn diverged(&self, index: usize, ctx: &Context) {
+        let node = &self.shard.nodes[index];
+        if !matches!(node.sync(), SyncState::InSync | SyncState::CatchingUp) {
+            return;
+        }
+        node.set_sync(SyncState::Stale);
+        self.event(
+            ctx,
+            "node-stale",
+            index,
+            "a write failed on this node alone, or on it alone succeeded (READONLY, OOM, NOSCRIPT ...): it no longer holds what the others hold",
+        );
+        self.shard.refresh();
+        // Its stream notices, reconnects and has it copied afresh.
+        self.wake[index].notify_one();
+    }
+
+    /// Node `index` answers but cannot take part (a Redis replica): it is
+    /// marked stale, to be copied once it can.
+    fn unfit(&self, index: usize, why: &str, ctx: &Context) {
+        if self.shard.nodes[index].set_sync(SyncState::Stale) != SyncState::Stale {
+            self.event(ctx, "node-stale", index, why.to_string());
+            self.shard.refresh();
+            let mut state = self.lock();
+            self.trim(&mut state);
+        }
+    }
+
     /// Node `index`'s resync failed before it began copying.
     fn resync_failed(&self, index: usize, why: &str, ctx: &Context) {
         if self.shard.nodes[index].set_sync(SyncState::Stale) == SyncState::Resyncing {

@@ -65,11 +65,15 @@ async fn run(fanout: Arc<Fanout>, index: usize, ctx: Arc<Context>) {
                     resync_backoff = (resync_backoff * 2).min(Duration::from_secs(30));
                 }
             }
-            Err(e) => {
+            Err(Refusal::Unreachable(e)) => {
                 if fanout.may_answer(index) {
-                    fanout.disconnected(index, false, &e.to_string(), &ctx);
+                    fanout.disconnected(index, false, &e, &ctx);
                 }
                 tracing::debug!(error = %e, "fan-out connect failed");
+            }
+            Err(Refusal::Unfit(why)) => {
+                fanout.unfit(index, &why, &ctx);
+                backoff = Duration::from_secs(1);
             }
         }
         tokio::time::sleep(backoff).await;
@@ -77,15 +81,26 @@ async fn run(fanout: Arc<Fanout>, index: usize, ctx: Arc<Context>) {
     }
 }
 
-/// Connects and asks the node who it is (`run_id`), on the very
-/// connection the writes will use: asked on another, the node could
-/// restart in between unnoticed.
-async fn open(addr: &str, fanout: &Fanout) -> Result<(TcpStream, String), String> {
+/// Why a node's connection could not be used.
+enum Refusal {
+    /// Not reachable (or not answering): it may come back as it was.
+    Unreachable(String),
+    /// Reachable but unfit for fan-out (a Redis replica): what it holds
+    /// follows someone else, so it must be copied once it is fit.
+    Unfit(String),
+}
+
+/// Connects and asks the node who it is (`run_id`) and whether it follows
+/// a primary, on the very connection the writes will use: asked on
+/// another, the node could restart in between unnoticed.
+async fn open(addr: &str, fanout: &Fanout) -> Result<(TcpStream, String), Refusal> {
+    let unreachable = |e: String| Refusal::Unreachable(e);
     let mut stream = connect(addr, &fanout.opts, Session::DEFAULT)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| unreachable(e.to_string()))?;
     let mut out = BytesMut::new();
-    multibulk(&mut out, &["INFO", "server"]);
+    // Default INFO: the server and replication sections among others.
+    multibulk(&mut out, &["INFO"]);
     let exchange = async {
         stream.write_all(&out).await.map_err(|e| e.to_string())?;
         let mut buf = BytesMut::with_capacity(8192);
@@ -101,9 +116,21 @@ async fn open(addr: &str, fanout: &Fanout) -> Result<(TcpStream, String), String
     };
     let info = tokio::time::timeout(fanout.reply_timeout, exchange)
         .await
-        .map_err(|_| "no reply to INFO".to_string())??;
-    let run_id = crate::failover::probe::info_field(&info, "run_id")
-        .ok_or_else(|| format!("no run_id in INFO server: {info:.80}"))?;
+        .map_err(|_| unreachable("no reply to INFO".into()))?
+        .map_err(unreachable)?;
+    let field = |name| crate::failover::probe::info_field(&info, name);
+    if matches!(field("role").as_deref(), Some("slave" | "replica")) {
+        let primary = format!(
+            "{}:{}",
+            field("master_host").unwrap_or_default(),
+            field("master_port").unwrap_or_default()
+        );
+        return Err(Refusal::Unfit(format!(
+            "it is a Redis replica of {primary}: fan-out nodes must be independent (REPLICAOF NO ONE)"
+        )));
+    }
+    let run_id =
+        field("run_id").ok_or_else(|| unreachable(format!("no run_id in INFO: {info:.80}")))?;
     Ok((stream, run_id))
 }
 
@@ -370,7 +397,9 @@ impl Reader {
             Item::Write(entry) => {
                 if let Some(write) = entry.write() {
                     let counts = fanout.may_answer(index);
-                    write.answered(index, data, counts, |i| fanout.may_answer(i));
+                    for node in write.answered(index, data, counts, |i| fanout.may_answer(i)) {
+                        fanout.diverged(node, ctx);
+                    }
                 }
                 entry
             }
