@@ -43,7 +43,7 @@ impl Entry {
     /// Bytes this entry keeps in memory, for the backlog bound.
     pub fn size(&self) -> usize {
         64 + match &self.kind {
-            Kind::Write(w) => w.requests.iter().map(|r| r.len()).sum(),
+            Kind::Write(w) => w.payload.len(),
             Kind::Snapshot(s) => s.keys.iter().map(|k| k.len() * 3).sum(),
             Kind::Synced { .. } => 0,
         }
@@ -60,7 +60,10 @@ impl Entry {
 /// A batch of one client's writes.
 pub struct Write {
     pub proto: Proto,
-    pub requests: Vec<Bytes>,
+    /// The requests, encoded back to back in a buffer of their own: the
+    /// client's requests are slices of its read buffer, and an entry held
+    /// for a node that is away would pin every such buffer whole.
+    pub payload: Bytes,
     /// Replies each node sends.
     pub replies: usize,
     /// Leading replies the client does not get: a transaction is sent as
@@ -161,7 +164,14 @@ impl Write {
             proto,
             replies: requests.len(),
             skip: skip.min(requests.len().saturating_sub(1)),
-            requests,
+            payload: {
+                let mut payload =
+                    bytes::BytesMut::with_capacity(requests.iter().map(|r| r.len()).sum());
+                for request in &requests {
+                    payload.extend_from_slice(request);
+                }
+                payload.freeze()
+            },
             needed: req.acks + 1,
             req,
             deadline,
@@ -369,5 +379,41 @@ impl Snapshot {
             Ok(value) => value.clone().unwrap_or_else(|| Err("no read".into())),
             Err(_) => Err("the source went away".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_state_errors() {
+        assert_eq!(
+            node_state_error(b"+OK\r\n-OOM command not allowed\r\n"),
+            Some("OOM")
+        );
+        assert_eq!(
+            node_state_error(b"-READONLY You can't write against a read only replica.\r\n"),
+            Some("READONLY")
+        );
+        assert_eq!(
+            node_state_error(b"-NOSCRIPT No matching script.\r\n"),
+            Some("NOSCRIPT")
+        );
+        // Errors about the data are the same on every node.
+        assert_eq!(
+            node_state_error(
+                b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+            ),
+            None
+        );
+        assert_eq!(node_state_error(b":1\r\n$3\r\nOOM\r\n"), None);
+    }
+
+    #[test]
+    fn skips_leading_replies() {
+        let data = Bytes::from_static(b"+OK\r\n+QUEUED\r\n*2\r\n:1\r\n:2\r\n");
+        assert_eq!(&skip_replies(data.clone(), 2)[..], b"*2\r\n:1\r\n:2\r\n");
+        assert_eq!(skip_replies(data.clone(), 0), data);
     }
 }

@@ -232,9 +232,7 @@ async fn write_loop(
                 Kind::Write(write) => {
                     node.count_requests(write.replies as u64);
                     switch(&mut out, &mut proto, write.proto);
-                    for request in &write.requests {
-                        out.extend_from_slice(request);
-                    }
+                    out.extend_from_slice(&write.payload);
                     let _ = items.send(Item::Write(entry.clone()));
                 }
                 Kind::Snapshot(snap) if snap.source == index => {
