@@ -746,4 +746,37 @@ mod tests {
         let e = Config::parse(&bad_type).unwrap_err().0;
         assert!(e.contains("probe.interval_ms"), "{e}");
     }
+
+    #[test]
+    fn fanout_settings_are_checked() {
+        let fanout = format!("{GOOD}\n[shards.main.replication]\nmode = \"fanout\"\n");
+        let c = Config::parse(&fanout).unwrap();
+        assert_eq!(c.shards["main"].replication.mode, Mode::Fanout);
+        assert_eq!(c.shards["main"].replication.backlog_mb, 64);
+
+        let managed = format!("{fanout}manage_replication = true\n");
+        let e = Config::parse(&managed).unwrap_err().0;
+        assert!(
+            e.contains("shards.main.replication.manage_replication"),
+            "{e}"
+        );
+
+        let empty = format!("{fanout}backlog_mb = 0\n");
+        let e = Config::parse(&empty).unwrap_err().0;
+        assert!(e.contains("shards.main.replication.backlog_mb"), "{e}");
+
+        let follower = format!("[failover]\nrole = \"follower\"\n{fanout}");
+        let e = Config::parse(&follower).unwrap_err().0;
+        assert!(
+            e.contains("shards.main.replication.mode") && e.contains("leader"),
+            "{e}"
+        );
+
+        let unknown = fanout.replace("\"fanout\"", "\"mirror\"");
+        let e = Config::parse(&unknown).unwrap_err().0;
+        assert!(
+            e.contains("shards.main.replication.mode") && e.contains("fanout"),
+            "{e}"
+        );
+    }
 }
