@@ -122,6 +122,10 @@ const NODE_STATE_ERRORS: &[&str] = &[
 
 /// The first node-state error among `data`'s replies, if any.
 pub fn node_state_error(data: &[u8]) -> Option<&'static str> {
+    // Most write replies (+OK, :1) hold no '-' at all: nothing to walk.
+    if !data.contains(&b'-') {
+        return None;
+    }
     let mut scanner = crate::resp::ReplyScanner::new(64);
     let mut rest = data;
     while let Ok(Some(len)) = scanner.scan(rest) {
