@@ -126,7 +126,6 @@ const AS_IS: &[&str] = &[
     "SETRANGE",
     "SINTERSTORE",
     "SMOVE",
-    "SORT",
     "SREM",
     "SUNIONSTORE",
     "UNLINK",
@@ -227,6 +226,13 @@ impl Rewriter {
             "XADD" => Verdict::Fanout(self.xadd(req, now)),
             "COPY" if has_option(&req, 3, b"DB") => refused(name, "only database 0 is kept in sync"),
             "COPY" => Verdict::Fanout(req),
+            // A set's own order (BY nosort) depends on how each node's hash
+            // table grew; stored, it would differ per node.
+            "SORT" if has_option(&req, 2, b"NOSORT") && has_option(&req, 2, b"STORE") => refused(
+                name,
+                "SORT ... BY nosort ... STORE keeps a set's internal order, which differs per node (sort by something, or drop BY nosort)",
+            ),
+            "SORT" => Verdict::Fanout(req),
             "EVAL" => self.eval(req),
             "EVALSHA" => self.evalsha(req),
             "SCRIPT" => self.script(req),
@@ -551,6 +557,10 @@ mod tests {
             assert!(e.starts_with("ERR rampart:"), "{e}");
         }
         assert_eq!(judge(&r, &["INFO"]).unwrap_err(), "primary");
+        assert!(judge(&r, &["SORT", "s", "BY", "nosort", "STORE", "d"])
+            .unwrap_err()
+            .contains("nosort"));
+        assert!(judge(&r, &["SORT", "s", "ALPHA", "STORE", "d"]).is_ok());
         assert_eq!(judge(&r, &["INCR", "k"]).unwrap(), ["INCR", "k"]);
     }
 
