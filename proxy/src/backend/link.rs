@@ -314,11 +314,8 @@ async fn serve(
     let (rd, wr) = stream.into_split();
     let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel();
     let mut reader = Reader {
-        buf: BytesMut::with_capacity(16 * 1024),
-        scanner: ReplyScanner::new(opts.max_reply_depth),
+        cut: ReplyCutter::new(opts.max_reply_depth),
         current: None,
-        consumed: 0,
-        done: 0,
         held: Vec::new(),
         stats: opts.stats.clone(),
     };
@@ -427,6 +424,67 @@ fn close_run(
     let _ = inflight.send(InFlight::Wait { req, durability });
 }
 
+/// Replies read from a backend connection, cut off the read buffer as
+/// they complete, without copying (shared by links and fan-out streams).
+pub(crate) struct ReplyCutter {
+    pub buf: BytesMut,
+    pub scanner: ReplyScanner,
+    /// Bytes at the front of `buf` holding complete replies not taken yet.
+    consumed: usize,
+    /// How many replies those are.
+    pub done: usize,
+}
+
+impl ReplyCutter {
+    pub fn new(max_depth: usize) -> ReplyCutter {
+        ReplyCutter {
+            buf: BytesMut::with_capacity(16 * 1024),
+            scanner: ReplyScanner::new(max_depth),
+            consumed: 0,
+            done: 0,
+        }
+    }
+
+    /// Walks past the next complete reply; false while more bytes are
+    /// needed. A RESP3 push answers no request and is dropped.
+    pub fn advance(&mut self) -> Result<bool, String> {
+        loop {
+            let Some(len) = self
+                .scanner
+                .scan(&self.buf[self.consumed..])
+                .map_err(|e| e.to_string())?
+            else {
+                return Ok(false);
+            };
+            if self.buf[self.consumed] == b'>' {
+                let mut rest = self.buf.split_off(self.consumed);
+                let _ = rest.split_to(len);
+                self.buf.unsplit(rest);
+                continue;
+            }
+            self.consumed += len;
+            self.done += 1;
+            return Ok(true);
+        }
+    }
+
+    /// The replies walked past so far, and how many.
+    pub fn take(&mut self) -> (Bytes, usize) {
+        let data = self.buf.split_to(self.consumed).freeze();
+        let done = self.done;
+        self.consumed = 0;
+        self.done = 0;
+        (data, done)
+    }
+
+    /// Room for the next read.
+    pub fn make_room(&mut self) {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(64 * 1024);
+        }
+    }
+}
+
 /// What an idle reader saw first.
 pub(crate) enum Idle<T> {
     /// Something was written and awaits its replies.
@@ -483,13 +541,8 @@ async fn watchdog(progress: &Progress, limit: Option<Duration>) -> Result<(), St
 }
 
 struct Reader {
-    buf: BytesMut,
-    scanner: ReplyScanner,
+    cut: ReplyCutter,
     current: Option<InFlight>,
-    /// Bytes at the front of `buf` holding complete replies of `current`.
-    consumed: usize,
-    /// How many replies of `current` those are.
-    done: usize,
     /// Durable batches whose replies arrived, waiting for their `WAIT`.
     held: Vec<(oneshot::Sender<BatchReply>, BatchReply)>,
     stats: Arc<LinkStats>,
@@ -505,19 +558,17 @@ impl Reader {
         loop {
             self.deliver(inflight)?;
             if self.current.is_none() {
-                match idle_read(inflight, &mut rd, &mut self.buf).await? {
+                match idle_read(inflight, &mut rd, &mut self.cut.buf).await? {
                     Idle::Next(next) => self.current = Some(next),
                     Idle::Done => return Ok(()),
                     Idle::Read => {}
                 }
                 continue;
             }
-            if self.buf.capacity() - self.buf.len() < 4096 {
-                self.buf.reserve(64 * 1024);
-            }
+            self.cut.make_room();
             progress.waiting.store(true, Ordering::Relaxed);
             let n = rd
-                .read_buf(&mut self.buf)
+                .read_buf(&mut self.cut.buf)
                 .await
                 .map_err(|e| e.to_string())?;
             progress.waiting.store(false, Ordering::Relaxed);
@@ -537,30 +588,16 @@ impl Reader {
                     Err(_) => return self.drop_unsolicited(),
                 }
             }
-            let Some(len) = self
-                .scanner
-                .scan(&self.buf[self.consumed..])
-                .map_err(|e| e.to_string())?
-            else {
+            // (RESP3 pushes are dropped: sessions that receive them are
+            // piped, never on a link.)
+            if !self.cut.advance()? {
                 return Ok(());
-            };
-            if self.buf[self.consumed] == b'>' {
-                // A RESP3 push is not a reply; sessions that receive pushes
-                // are piped, never on a link.
-                let mut rest = self.buf.split_off(self.consumed);
-                let _ = rest.split_to(len);
-                self.buf.unsplit(rest);
-                continue;
             }
-            self.consumed += len;
-            self.done += 1;
-            let Some(current) = self.current.take_if(|c| c.replies() == self.done) else {
+            let done = self.cut.done;
+            let Some(current) = self.current.take_if(|c| c.replies() == done) else {
                 continue;
             };
-            let data = self.buf.split_to(self.consumed).freeze();
-            let got = self.done;
-            self.consumed = 0;
-            self.done = 0;
+            let (data, got) = self.cut.take();
             let answer = BatchReply {
                 data,
                 got,
@@ -595,7 +632,7 @@ impl Reader {
         for (reply, mut answer) in self.held.drain(..) {
             if let Some(error) = &error {
                 let (data, failed) =
-                    replicate::fail_writes(&answer.data, error, self.scanner.depth());
+                    replicate::fail_writes(&answer.data, error, self.cut.scanner.depth());
                 durability.failed_writes.fetch_add(failed, Relaxed);
                 answer.data = data;
             }
@@ -607,11 +644,16 @@ impl Reader {
     /// Bytes with no request waiting for them: harmless if they are pushes,
     /// a broken connection otherwise.
     fn drop_unsolicited(&mut self) -> Result<(), String> {
-        while !self.buf.is_empty() {
-            match self.scanner.scan(&self.buf).map_err(|e| e.to_string())? {
+        while !self.cut.buf.is_empty() {
+            match self
+                .cut
+                .scanner
+                .scan(&self.cut.buf)
+                .map_err(|e| e.to_string())?
+            {
                 None => return Ok(()),
-                Some(len) if self.buf[0] == b'>' => {
-                    let _ = self.buf.split_to(len);
+                Some(len) if self.cut.buf[0] == b'>' => {
+                    let _ = self.cut.buf.split_to(len);
                 }
                 Some(_) => return Err("reply without a request".into()),
             }
@@ -638,9 +680,9 @@ impl Reader {
             replies,
         }) = self.current.take()
         {
-            let data = self.buf.split_to(self.consumed).freeze();
+            let (data, done) = self.cut.take();
             let (data, got) = match durable {
-                None => (data, self.done),
+                None => (data, done),
                 Some(_) => (Bytes::new(), 0),
             };
             failed += replies - got;

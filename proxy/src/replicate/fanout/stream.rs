@@ -20,7 +20,7 @@ use tracing::Instrument;
 use super::log::{Dumped, Entry, Kind};
 use super::{resync, Fanout, Start};
 use crate::backend::connect::{connect, Session};
-use crate::backend::link::{idle_read, Idle};
+use crate::backend::link::{idle_read, Idle, ReplyCutter};
 use crate::resp::encode::multibulk;
 use crate::resp::{Proto, ReplyScanner};
 use crate::server::Context;
@@ -177,11 +177,8 @@ async fn serve(fanout: &Fanout, index: usize, stream: TcpStream, ctx: &Context) 
     let (rd, wr) = stream.into_split();
     let (items_tx, mut items) = mpsc::unbounded_channel();
     let mut reader = Reader {
-        buf: BytesMut::with_capacity(16 * 1024),
-        scanner: ReplyScanner::new(ctx.config.limits.max_reply_depth),
+        cut: ReplyCutter::new(ctx.config.limits.max_reply_depth),
         current: None,
-        consumed: 0,
-        done: 0,
         acked: None,
     };
     let result = tokio::select! {
@@ -294,12 +291,8 @@ fn restore(out: &mut BytesMut, key: &Dumped) {
 }
 
 struct Reader {
-    buf: BytesMut,
-    scanner: ReplyScanner,
+    cut: ReplyCutter,
     current: Option<Item>,
-    /// Bytes at the front of `buf` holding complete replies of `current`.
-    consumed: usize,
-    done: usize,
     /// The node has answered every entry below this (not yet reported).
     acked: Option<u64>,
 }
@@ -319,17 +312,15 @@ impl Reader {
                 fanout.acked(index, upto, ctx);
             }
             if self.current.is_none() {
-                match idle_read(items, &mut rd, &mut self.buf).await? {
+                match idle_read(items, &mut rd, &mut self.cut.buf).await? {
                     Idle::Next(next) => self.current = Some(next),
                     Idle::Done => return Ok(()),
                     Idle::Read => {}
                 }
                 continue;
             }
-            if self.buf.capacity() - self.buf.len() < 4096 {
-                self.buf.reserve(64 * 1024);
-            }
-            let read = tokio::time::timeout(fanout.reply_timeout, rd.read_buf(&mut self.buf))
+            self.cut.make_room();
+            let read = tokio::time::timeout(fanout.reply_timeout, rd.read_buf(&mut self.cut.buf))
                 .await
                 .map_err(|_| format!("no reply within {} ms", fanout.reply_timeout.as_millis()))?;
             if read.map_err(|e| e.to_string())? == 0 {
@@ -354,31 +345,16 @@ impl Reader {
                 }
                 continue;
             };
-            if self.done == current.replies() {
-                let data = self.buf.split_to(self.consumed).freeze();
-                self.consumed = 0;
-                self.done = 0;
+            if self.cut.done == current.replies() {
+                let (data, _) = self.cut.take();
                 if let Some(item) = self.current.take() {
                     self.complete(item, data, fanout, index, ctx)?;
                 }
                 continue;
             }
-            let Some(len) = self
-                .scanner
-                .scan(&self.buf[self.consumed..])
-                .map_err(|e| e.to_string())?
-            else {
+            if !self.cut.advance()? {
                 return Ok(());
-            };
-            if self.buf[self.consumed] == b'>' {
-                // A RESP3 push is nobody's reply.
-                let mut rest = self.buf.split_off(self.consumed);
-                let _ = rest.split_to(len);
-                self.buf.unsplit(rest);
-                continue;
             }
-            self.consumed += len;
-            self.done += 1;
         }
     }
 
