@@ -28,6 +28,7 @@ fn shard(changes: &Arc<AtomicU64>) -> Shard {
         },
         max_reply_depth: 512,
         reply_timeout: None,
+        window: 0,
         stats: Default::default(),
     };
     let nodes: Vec<Arc<Node>> = (1..=3)

@@ -97,6 +97,10 @@ pub struct BackendConfig {
     /// Shared, pipelined connections per node and protocol version. A client
     /// always uses the same one, so its commands stay in order.
     pub links_per_node: usize,
+    /// Most replies a shared link waits for at once; further requests wait
+    /// in Rampart, in order, until replies come back (0: no bound). Keeps
+    /// the node's runs short so it works while replies flow back.
+    pub max_inflight_per_link: u32,
     /// Idle dedicated connections kept per node for transactions and blocking
     /// commands.
     pub idle_dedicated_per_node: usize,
@@ -126,6 +130,7 @@ impl Default for BackendConfig {
             username: None,
             password: None,
             links_per_node: 2,
+            max_inflight_per_link: 256,
             idle_dedicated_per_node: 16,
             connect_timeout_ms: 1000,
             reply_timeout_ms: 5000,

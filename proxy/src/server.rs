@@ -132,6 +132,7 @@ impl Server {
             connect: connect.clone(),
             max_reply_depth: config.limits.max_reply_depth,
             reply_timeout: Some(config.backend.reply_timeout()),
+            window: config.backend.max_inflight_per_link,
             stats: Default::default(),
         };
         let mut shards = Vec::new();

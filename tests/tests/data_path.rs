@@ -456,3 +456,75 @@ fn big_aggregate_replies_split_across_reads_under_pipelining() {
         w.join().unwrap();
     }
 }
+
+/// The bytes a node holds unread from the client connection that is running
+/// `cmd` (the link, blocked on a paused write).
+fn unread_bytes_of_link(node: &rampart_tests::RedisNode) -> Option<u64> {
+    let list = node.cli(&["CLIENT", "LIST"]);
+    let line = list.lines().find(|l| l.contains("cmd=set"))?;
+    let field = line.split(' ').find_map(|f| f.strip_prefix("qbuf="))?;
+    field.parse().ok()
+}
+
+#[test]
+fn a_shared_link_sends_at_most_its_window_of_requests() {
+    // Each client sends one SET (28 bytes) while the node holds writes: the
+    // link's first SET blocks the node's reading of that connection, so the
+    // rest of what the link sent stays in the node's query buffer.
+    const SET_LEN: u64 = "*3\r\n$3\r\nSET\r\n$2\r\nk0\r\n$1\r\nv\r\n".len() as u64;
+    const CLIENTS: usize = 10;
+    let cluster = Cluster::start(0);
+    let node = cluster.primary();
+    for (window, check) in [
+        (
+            0,
+            Box::new(|q: u64| q >= (CLIENTS as u64 - 1) * SET_LEN) as Box<dyn Fn(u64) -> bool>,
+        ),
+        (4, Box::new(|q: u64| q > 0 && q <= 3 * SET_LEN)),
+    ] {
+        node.cli(&["FLUSHALL"]);
+        let sections = format!("[backend]\nlinks_per_node = 1\nmax_inflight_per_link = {window}");
+        let proxy = Proxy::start(
+            &cluster.addrs(),
+            Setup {
+                sections: &sections,
+                ..Setup::default()
+            },
+        );
+        let _: () = proxy.conn().set("warm", "up").unwrap();
+        node.cli(&["CLIENT", "PAUSE", "5000", "WRITE"]);
+        let writers: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let client = proxy.client();
+                std::thread::spawn(move || {
+                    let mut c = client.get_connection().unwrap();
+                    let _: () = c.set(format!("k{i}"), "v").unwrap();
+                })
+            })
+            .collect();
+        // Everything that will reach the node has reached it once its
+        // query buffer stops growing.
+        let mut last = None;
+        wait_until(
+            "the link's requests to settle",
+            Duration::from_secs(3),
+            || {
+                std::thread::sleep(Duration::from_millis(200));
+                let now = unread_bytes_of_link(node);
+                let settled = now.is_some() && now == last;
+                last = now;
+                settled
+            },
+        );
+        let unread = last.unwrap();
+        node.cli(&["CLIENT", "UNPAUSE"]);
+        assert!(
+            check(unread),
+            "window {window}: {unread} bytes unread on the node"
+        );
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(node.cli(&["DBSIZE"]).trim(), (CLIENTS + 1).to_string());
+    }
+}

@@ -77,6 +77,9 @@ pub struct LinkOptions {
     pub max_reply_depth: usize,
     /// `None` for links that run blocking commands.
     pub reply_timeout: Option<Duration>,
+    /// Most replies a shared link waits for at once (0: no bound). See
+    /// [`Window`].
+    pub window: u32,
     /// Counters of the node these links go to (one per node: the pool
     /// sets it).
     pub stats: Arc<LinkStats>,
@@ -285,6 +288,8 @@ enum InFlight {
         replies: usize,
         reply: oneshot::Sender<BatchReply>,
         durable: Option<Arc<Durability>>,
+        /// Its share of the link's window, given back when its replies are in.
+        cost: u32,
     },
     /// The `WAIT` Rampart sent after durable batches.
     Wait {
@@ -302,6 +307,61 @@ impl InFlight {
     }
 }
 
+/// Bounds how many replies a link has asked for and not yet read.
+///
+/// Redis reads what a connection has sent (up to 16 KiB at a time), runs
+/// all of it, and only then writes the replies. Without a bound, a link
+/// carrying many clients hands the node everything they sent at once: the
+/// node works through one long run while the clients wait for replies,
+/// then the clients and Rampart work through the replies while the node
+/// idles for lack of requests. Keeping the run short lets the node work on
+/// one part while the replies to the part before flow back, so the node,
+/// Rampart and the clients work at the same time. Measured on LRANGE 100,
+/// 50 clients, pipelines of 16: +10% throughput. Batches that wait for the
+/// window wait in Rampart's queue, in order, where they would otherwise
+/// have waited in the node's socket.
+struct Window {
+    room: tokio::sync::Semaphore,
+    size: u32,
+}
+
+impl Window {
+    fn new(size: u32) -> Option<Window> {
+        (size > 0).then(|| Window {
+            room: tokio::sync::Semaphore::new(size as usize),
+            size,
+        })
+    }
+
+    /// A batch's share: its replies, at most the whole window (so a batch
+    /// larger than the window still goes, alone).
+    fn cost(&self, replies: usize) -> u32 {
+        replies.clamp(1, self.size as usize) as u32
+    }
+
+    /// Waits until there is room for `cost` replies, and takes it.
+    async fn enter(&self, cost: u32) {
+        if let Ok(permit) = self.room.acquire_many(cost).await {
+            permit.forget();
+        }
+    }
+
+    /// Takes room for `cost` replies if there is some now.
+    fn try_enter(&self, cost: u32) -> bool {
+        match self.room.try_acquire_many(cost) {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn leave(&self, cost: u32) {
+        self.room.add_permits(cost as usize);
+    }
+}
+
 /// Runs one connection until it fails or every handle is dropped; returns
 /// why it ended. Everything in flight has been answered when it returns.
 async fn serve(
@@ -313,15 +373,18 @@ async fn serve(
     opts.stats.connections.fetch_add(1, Ordering::Relaxed);
     let (rd, wr) = stream.into_split();
     let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel();
+    let window = Window::new(opts.window);
     let mut reader = Reader {
+        window: window.as_ref(),
         cut: ReplyCutter::new(opts.max_reply_depth),
         current: None,
         held: Vec::new(),
         stats: opts.stats.clone(),
     };
     let progress = Progress::default();
+    let mut held_back = None;
     let reason = tokio::select! {
-        r = write_loop(wr, rx, inflight_tx) => r,
+        r = write_loop(wr, rx, inflight_tx, window.as_ref(), &mut held_back) => r,
         r = reader.run(rd, &mut inflight_rx, &progress) => r,
         r = watchdog(&progress, opts.reply_timeout) => r,
     };
@@ -331,6 +394,9 @@ async fn serve(
     };
     let failed = reader.fail(&mut inflight_rx, lost(addr, &reason));
     opts.stats.failed(failed);
+    if let Some(batch) = held_back {
+        refuse(batch, unavailable(addr, &reason), &opts.stats);
+    }
     opts.stats.connections.fetch_sub(1, Ordering::Relaxed);
     reason
 }
@@ -339,9 +405,31 @@ async fn write_loop(
     mut wr: OwnedWriteHalf,
     rx: &mut mpsc::Receiver<Batch>,
     inflight: mpsc::UnboundedSender<InFlight>,
+    window: Option<&Window>,
+    next: &mut Option<Batch>,
 ) -> Result<(), String> {
     let mut out = BytesMut::with_capacity(16 * 1024);
-    while let Some(first) = rx.recv().await {
+    // `next`: a batch taken from the queue when the window was full. It goes
+    // first in the next write; it lives with the caller so that, if this
+    // future is dropped while it waits, the batch is still answered.
+    loop {
+        if next.is_none() {
+            *next = rx.recv().await;
+        }
+        let Some(replies) = next.as_ref().map(|batch| batch.replies) else {
+            break;
+        };
+        let cost = match window {
+            Some(window) => {
+                let cost = window.cost(replies);
+                window.enter(cost).await;
+                cost
+            }
+            None => 0,
+        };
+        let Some(first) = next.take() else {
+            break;
+        };
         out.clear();
         // A lone small batch: before writing it, let the event loop take in
         // everything else that is ready (other clients' requests for this
@@ -356,15 +444,26 @@ async fn write_loop(
         // and a registered batch is then answered by `Reader::fail`, while
         // one held in a local variable would vanish without a reply.
         let mut wait = None;
-        stage(&mut out, &inflight, first, &mut wait);
+        stage(&mut out, &inflight, first, cost, &mut wait);
         if gather {
             tokio::task::yield_now().await;
         }
         while out.len() < WRITE_CHUNK {
-            match rx.try_recv() {
-                Ok(batch) => stage(&mut out, &inflight, batch, &mut wait),
-                Err(_) => break,
-            }
+            let Ok(batch) = rx.try_recv() else {
+                break;
+            };
+            let cost = match window {
+                Some(window) => {
+                    let cost = window.cost(batch.replies);
+                    if !window.try_enter(cost) {
+                        *next = Some(batch);
+                        break;
+                    }
+                    cost
+                }
+                None => 0,
+            };
+            stage(&mut out, &inflight, batch, cost, &mut wait);
         }
         close_run(&mut out, &inflight, &mut wait);
         wr.write_all(&out).await.map_err(|e| e.to_string())?;
@@ -384,6 +483,7 @@ fn stage(
     out: &mut BytesMut,
     inflight: &mpsc::UnboundedSender<InFlight>,
     batch: Batch,
+    cost: u32,
     wait: &mut Option<Arc<Durability>>,
 ) {
     if batch.durable.is_none() {
@@ -399,6 +499,7 @@ fn stage(
         replies: batch.replies,
         reply: batch.reply,
         durable: batch.durable,
+        cost,
     });
 }
 
@@ -540,7 +641,10 @@ async fn watchdog(progress: &Progress, limit: Option<Duration>) -> Result<(), St
     }
 }
 
-struct Reader {
+struct Reader<'w> {
+    /// The connection's window, when it has one: room is given back as
+    /// replies arrive.
+    window: Option<&'w Window>,
     cut: ReplyCutter,
     current: Option<InFlight>,
     /// Durable batches whose replies arrived, waiting for their `WAIT`.
@@ -548,7 +652,7 @@ struct Reader {
     stats: Arc<LinkStats>,
 }
 
-impl Reader {
+impl Reader<'_> {
     async fn run(
         &mut self,
         mut rd: OwnedReadHalf,
@@ -603,6 +707,9 @@ impl Reader {
                 got,
                 error: None,
             };
+            if let (InFlight::Batch { cost, .. }, Some(window)) = (&current, self.window) {
+                window.leave(*cost);
+            }
             match current {
                 InFlight::Batch {
                     reply,
@@ -678,6 +785,7 @@ impl Reader {
             reply,
             durable,
             replies,
+            ..
         }) = self.current.take()
         {
             let (data, done) = self.cut.take();

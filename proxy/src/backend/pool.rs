@@ -119,6 +119,8 @@ impl NodePool {
         }
         let opts = LinkOptions {
             reply_timeout: None,
+            // One client's session: nothing to share.
+            window: 0,
             ..self.opts.clone()
         };
         Link::dedicated(&self.addr, opts, session).await
