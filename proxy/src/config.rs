@@ -96,10 +96,13 @@ pub struct BackendConfig {
     pub password: Option<String>,
     /// Shared, pipelined connections per node, protocol version and worker.
     /// A client always uses the same one, so its commands stay in order.
-    /// One by default: the node runs commands one at a time whatever the
-    /// number of connections, and a second link only splits the node's
-    /// batches (measured: 1 link beat 2 by 2-18% at `-P 16`).
-    pub links_per_node: usize,
+    /// Unset: one, as the node runs commands one at a time whatever the
+    /// number of connections and a second link only splits the node's
+    /// batches (measured: one beat two by 2-18% at `-P 16`); two on shards
+    /// whose writes wait for replicas (a `quorum` other than `none`, or a
+    /// quorum plugin), because `WAIT` holds the connection it runs on until
+    /// the replicas answer, and the other link keeps writes moving.
+    pub links_per_node: Option<usize>,
     /// Most replies a shared link waits for at once; further requests wait
     /// in Rampart, in order, until replies come back (0: no bound). Keeps
     /// the node's runs short so it works while replies flow back.
@@ -127,12 +130,22 @@ impl ProxyConfig {
     }
 }
 
+impl BackendConfig {
+    /// Shared links per node for a shard's nodes (see `links_per_node`).
+    pub fn links_for(&self, shard: &ShardConfig) -> usize {
+        let replication = &shard.replication;
+        let waits = replication.mode == Mode::Native
+            && (replication.quorum != Quorum::None || replication.quorum_plugin.is_some());
+        self.links_per_node.unwrap_or(if waits { 2 } else { 1 })
+    }
+}
+
 impl Default for BackendConfig {
     fn default() -> BackendConfig {
         BackendConfig {
             username: None,
             password: None,
-            links_per_node: 1,
+            links_per_node: None,
             max_inflight_per_link: 256,
             idle_dedicated_per_node: 16,
             connect_timeout_ms: 1000,
@@ -575,7 +588,10 @@ impl Config {
             }
         }
         let positive = [
-            ("backend.links_per_node", self.backend.links_per_node as u64),
+            (
+                "backend.links_per_node",
+                self.backend.links_per_node.map_or(1, |n| n as u64),
+            ),
             (
                 "backend.connect_timeout_ms",
                 self.backend.connect_timeout_ms,
@@ -724,9 +740,23 @@ mod tests {
     }
 
     #[test]
+    fn shards_that_wait_for_replicas_get_two_links() {
+        let with = |lines: &str| {
+            let c = Config::parse(&format!("{GOOD}\n{lines}")).unwrap();
+            c.backend.links_for(&c.shards["main"])
+        };
+        assert_eq!(with(""), 1);
+        assert_eq!(with("[shards.main.replication]\nquorum = \"one\""), 2);
+        assert_eq!(
+            with("[backend]\nlinks_per_node = 3\n[shards.main.replication]\nquorum = \"one\""),
+            3
+        );
+    }
+
+    #[test]
     fn good_config_has_defaults() {
         let c = Config::parse(GOOD).unwrap();
-        assert_eq!(c.backend.links_per_node, 1);
+        assert_eq!(c.backend.links_per_node, None);
         assert_eq!(c.shards["main"].read_from, ReadFrom::Replicas);
     }
 

@@ -158,7 +158,7 @@ impl Server {
                         let pool = NodePool::new(
                             addr.clone(),
                             link_options.clone(),
-                            config.backend.links_per_node,
+                            config.backend.links_for(shard_config),
                             config.backend.idle_dedicated_per_node,
                             config.proxy.worker_count(),
                             on_failure,
