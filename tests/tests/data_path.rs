@@ -528,3 +528,47 @@ fn a_shared_link_sends_at_most_its_window_of_requests() {
         assert_eq!(node.cli(&["DBSIZE"]).trim(), (CLIENTS + 1).to_string());
     }
 }
+
+#[test]
+fn requests_waiting_for_the_window_fail_cleanly_when_the_node_dies() {
+    let mut cluster = Cluster::start(0);
+    let proxy = Proxy::start(
+        &cluster.addrs(),
+        Setup {
+            sections: "[backend]\nmax_inflight_per_link = 1",
+            ..Setup::default()
+        },
+    );
+    let _: () = proxy.conn().set("warm", "up").unwrap();
+    cluster
+        .primary()
+        .cli(&["CLIENT", "PAUSE", "10000", "WRITE"]);
+    // One SET reaches the node and blocks there; the others wait for the
+    // window in Rampart (one taken off the link's queue, one still in it).
+    let writers: Vec<_> = (0..3)
+        .map(|i| {
+            let client = proxy.client();
+            std::thread::spawn(move || {
+                let mut c = client.get_connection().unwrap();
+                std::thread::sleep(Duration::from_millis(50 * i));
+                c.set::<_, _, ()>(format!("k{i}"), "v")
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    wait_until("a SET blocked on the node", Duration::from_secs(3), || {
+        unread_bytes_of_link(cluster.primary()).is_some()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.nodes[0].kill();
+    let errors: Vec<String> = writers
+        .into_iter()
+        .map(|w| w.join().unwrap().expect_err("the node died"))
+        .collect();
+    // The one sent may or may not have run; the two never sent say so.
+    let sent = errors
+        .iter()
+        .filter(|e| e.contains("may or may not have run"));
+    let unsent = errors.iter().filter(|e| e.contains("unavailable"));
+    assert_eq!((sent.count(), unsent.count()), (1, 2), "{errors:?}");
+}
