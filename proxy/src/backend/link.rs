@@ -339,22 +339,28 @@ impl Window {
         replies.clamp(1, self.size as usize) as u32
     }
 
-    /// Waits until there is room for `cost` replies, and takes it.
-    async fn enter(&self, cost: u32) {
-        if let Ok(permit) = self.room.acquire_many(cost).await {
+    /// Waits until there is room for a batch of `replies`, takes it and
+    /// returns its cost (0 without a window).
+    async fn enter(window: Option<&Window>, replies: usize) -> u32 {
+        let Some(window) = window else {
+            return 0;
+        };
+        let cost = window.cost(replies);
+        if let Ok(permit) = window.room.acquire_many(cost).await {
             permit.forget();
         }
+        cost
     }
 
-    /// Takes room for `cost` replies if there is some now.
-    fn try_enter(&self, cost: u32) -> bool {
-        match self.room.try_acquire_many(cost) {
-            Ok(permit) => {
-                permit.forget();
-                true
-            }
-            Err(_) => false,
-        }
+    /// Takes room for a batch of `replies` if there is some now; its cost.
+    fn try_enter(window: Option<&Window>, replies: usize) -> Option<u32> {
+        let Some(window) = window else {
+            return Some(0);
+        };
+        let cost = window.cost(replies);
+        let permit = window.room.try_acquire_many(cost).ok()?;
+        permit.forget();
+        Some(cost)
     }
 
     fn leave(&self, cost: u32) {
@@ -419,14 +425,7 @@ async fn write_loop(
         let Some(replies) = next.as_ref().map(|batch| batch.replies) else {
             break;
         };
-        let cost = match window {
-            Some(window) => {
-                let cost = window.cost(replies);
-                window.enter(cost).await;
-                cost
-            }
-            None => 0,
-        };
+        let cost = Window::enter(window, replies).await;
         let Some(first) = next.take() else {
             break;
         };
@@ -452,16 +451,9 @@ async fn write_loop(
             let Ok(batch) = rx.try_recv() else {
                 break;
             };
-            let cost = match window {
-                Some(window) => {
-                    let cost = window.cost(batch.replies);
-                    if !window.try_enter(cost) {
-                        *next = Some(batch);
-                        break;
-                    }
-                    cost
-                }
-                None => 0,
+            let Some(cost) = Window::try_enter(window, batch.replies) else {
+                *next = Some(batch);
+                break;
             };
             stage(&mut out, &inflight, batch, cost, &mut wait);
         }
