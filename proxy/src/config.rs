@@ -63,6 +63,30 @@ pub struct ProxyConfig {
     /// zone-aware routers prefer replicas in it (`shards.<name>.zones`).
     #[serde(default)]
     pub zone: Option<String>,
+    /// Commands refused through Rampart: a name, or a name and subcommand
+    /// (`"CLIENT PAUSE"`). The default keeps clients from pausing the
+    /// connections Rampart shares and from stopping nodes (DEBUG SLEEP ...).
+    #[serde(default = "default_deny_commands")]
+    pub deny_commands: Vec<String>,
+    /// Node parameters `CONFIG SET` may not change through Rampart (a
+    /// trailing `*` matches any suffix): the credentials and replication
+    /// settings Rampart itself sets on the nodes.
+    #[serde(default = "default_managed_settings")]
+    pub managed_settings: Vec<String>,
+}
+
+fn default_deny_commands() -> Vec<String> {
+    crate::client::guard::DEFAULT_DENY
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn default_managed_settings() -> Vec<String> {
+    crate::client::guard::DEFAULT_MANAGED
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn default_shutdown_grace_ms() -> u64 {
@@ -190,6 +214,12 @@ pub struct ProbeConfig {
     pub detector_plugin: Option<String>,
     /// Text handed to the detector plugin's `configure`.
     pub detector_config: String,
+    /// A node that has answered `-BUSY` (a long script or function) for
+    /// this long is sent `SCRIPT KILL` / `FUNCTION KILL`, as Sentinel does;
+    /// 0 never kills. A busy node is alive either way: only a script that
+    /// cannot be killed because it wrote (`-UNKILLABLE`) lets the detector
+    /// judge the node down.
+    pub busy_kill_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -215,6 +245,7 @@ impl Default for ProbeConfig {
             interval_ms: 100,
             timeout_ms: 500,
             down_after_ms: 1000,
+            busy_kill_after_ms: 5000,
             detector: DetectorKind::FixedTimeout,
             phi_threshold: 8.0,
             phi_window: 100,

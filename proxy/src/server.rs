@@ -49,7 +49,7 @@ pub struct Context {
     pub fanouts: Vec<Option<Arc<Fanout>>>,
     pub clients: AtomicUsize,
     /// What the failover controllers did.
-    pub events: Events,
+    pub events: Arc<Events>,
     /// Request latency histograms.
     pub metrics: Arc<Metrics>,
     /// Per shard, the way to the shard's failover controller (none on a
@@ -59,6 +59,9 @@ pub struct Context {
     /// Becomes true when Rampart is shutting down: clients finish what they
     /// are owed and close.
     pub shutdown: watch::Receiver<bool>,
+    /// Commands and settings clients may not use (`proxy.deny_commands`,
+    /// `proxy.managed_settings`).
+    pub guard: crate::client::guard::Guard,
 }
 
 impl Context {
@@ -254,11 +257,16 @@ impl Server {
             quorum_policies,
             detector,
             clients: AtomicUsize::new(0),
-            events: Events::new(config.failover.event_history),
+            events: Arc::new(Events::new(config.failover.event_history)),
             metrics: Arc::default(),
             switchovers,
             next_client_id: AtomicU64::new(1),
             shutdown: shutdown_rx.clone(),
+            guard: crate::client::guard::Guard::new(
+                &config.proxy.deny_commands,
+                &config.proxy.managed_settings,
+                config.backend.username.as_deref(),
+            ),
             config,
         });
 
@@ -276,6 +284,7 @@ impl Server {
                 context.detector.clone(),
                 connect.clone(),
                 probed.clone(),
+                context.events.clone(),
             );
         }
         // Accepting clients before the first probes answer would refuse their

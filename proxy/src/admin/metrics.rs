@@ -44,9 +44,21 @@ struct Histogram {
 #[derive(Default)]
 pub struct Metrics {
     latency: [Histogram; 3],
+    /// Blocking commands unblocked because their client left.
+    abandoned: AtomicU64,
+    /// Elements popped for a client that left, pushed back.
+    restored: AtomicU64,
 }
 
 impl Metrics {
+    pub fn count_abandoned(&self) {
+        self.abandoned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_restored(&self) {
+        self.restored.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Records how long a batch waited for its replies, from being sent to
     /// the backend until the client task had them.
     pub fn observe(&self, class: BatchClass, elapsed: Duration) {
@@ -96,6 +108,26 @@ pub fn render(ctx: &Context) -> String {
         "gauge",
         "Client connections.",
         [(String::new(), ctx.clients.load(Ordering::Relaxed) as f64)],
+    );
+    family(
+        o,
+        "rampart_blocked_abandoned_total",
+        "counter",
+        "Blocking commands unblocked on their node because their client left.",
+        [(
+            String::new(),
+            ctx.metrics.abandoned.load(Ordering::Relaxed) as f64,
+        )],
+    );
+    family(
+        o,
+        "rampart_blocked_restored_total",
+        "counter",
+        "Elements popped in the instant their client left, pushed back where they came from.",
+        [(
+            String::new(),
+            ctx.metrics.restored.load(Ordering::Relaxed) as f64,
+        )],
     );
 
     // Every sample of a metric must follow its HELP and TYPE as one group,

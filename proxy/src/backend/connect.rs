@@ -39,7 +39,27 @@ pub async fn connect(
     opts: &ConnectOptions,
     session: Session,
 ) -> std::io::Result<TcpStream> {
-    match tokio::time::timeout(opts.timeout, connect_inner(addr, opts, session)).await {
+    Ok(connect_as(addr, opts, session, false).await?.0)
+}
+
+/// Connects as [`connect`] does and also asks the node for the connection's
+/// `CLIENT ID` (in the same round trip as the handshake): Rampart needs it
+/// to unblock the connection from another one when its client leaves.
+pub async fn connect_with_id(
+    addr: &str,
+    opts: &ConnectOptions,
+    session: Session,
+) -> std::io::Result<(TcpStream, Option<i64>)> {
+    connect_as(addr, opts, session, true).await
+}
+
+async fn connect_as(
+    addr: &str,
+    opts: &ConnectOptions,
+    session: Session,
+    want_id: bool,
+) -> std::io::Result<(TcpStream, Option<i64>)> {
+    match tokio::time::timeout(opts.timeout, connect_inner(addr, opts, session, want_id)).await {
         Ok(result) => result,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -52,7 +72,8 @@ async fn connect_inner(
     addr: &str,
     opts: &ConnectOptions,
     session: Session,
-) -> std::io::Result<TcpStream> {
+    want_id: bool,
+) -> std::io::Result<(TcpStream, Option<i64>)> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let mut out = BytesMut::new();
@@ -81,22 +102,31 @@ async fn connect_inner(
         multibulk(&mut out, &["SELECT", &session.db.to_string()]);
         expected += 1;
     }
+    if want_id {
+        multibulk(&mut out, &["CLIENT", "ID"]);
+        expected += 1;
+    }
     if expected == 0 {
-        return Ok(stream);
+        return Ok((stream, None));
     }
     stream.write_all(&out).await?;
     let mut buf = BytesMut::with_capacity(1024);
     let mut seen = 0;
+    let mut id = None;
     while seen < expected {
         match resp3::decode::complete::decode(&buf) {
             Ok(Some((frame, used))) => {
                 let _ = buf.split_to(used);
                 seen += 1;
-                if let resp3::types::OwnedFrame::SimpleError { data, .. } = frame {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::PermissionDenied,
-                        format!("handshake refused: {data}"),
-                    ));
+                match frame {
+                    resp3::types::OwnedFrame::SimpleError { data, .. } => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            format!("handshake refused: {data}"),
+                        ));
+                    }
+                    resp3::types::OwnedFrame::Number { data, .. } if want_id => id = Some(data),
+                    _ => {}
                 }
             }
             Ok(None) => {
@@ -112,5 +142,5 @@ async fn connect_inner(
             }
         }
     }
-    Ok(stream)
+    Ok((stream, id))
 }

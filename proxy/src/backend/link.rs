@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::connect::{connect, ConnectOptions, Session};
+use super::connect::{connect, connect_with_id, ConnectOptions, Session};
 use crate::replicate::{self, Durability, Requirement};
 use crate::resp::ReplyScanner;
 
@@ -40,6 +40,10 @@ pub struct Batch {
     /// Set for synchronous writes: the replies are held until a `WAIT`
     /// shows the shard's quorum of replicas has the writes.
     pub durable: Option<Arc<Durability>>,
+    /// The replies carry what the node took out (a blocking pop): on a
+    /// quorum shortfall they are passed on as they are, not turned into
+    /// `-NOQUORUM`, or the client could never learn what was taken.
+    pub keep_on_shortfall: bool,
 }
 
 /// The replies to a batch.
@@ -97,9 +101,22 @@ pub struct LinkStats {
     /// the node's load right now (routers balance on it).
     sent_batches: AtomicU64,
     answered_batches: AtomicU64,
+    /// The node answers its probes with `-BUSY` or `-LOADING`: it is alive
+    /// and running something long, so a reply that is slow to come is no
+    /// sign of a dead connection.
+    busy: AtomicBool,
 }
 
 impl LinkStats {
+    /// Set by the node's probe while the node says it is busy.
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed)
+    }
+
     /// Batches sent to the node and not answered yet.
     pub fn inflight(&self) -> u64 {
         let answered = self.answered_batches.load(Ordering::Relaxed);
@@ -128,6 +145,9 @@ struct State {
     /// False once a dedicated link's connection is gone, or while a shared
     /// link is reconnecting.
     up: AtomicBool,
+    /// A dedicated link's `CLIENT ID` on the node, so that another
+    /// connection can `CLIENT UNBLOCK` it.
+    backend_id: Option<i64>,
 }
 
 /// Handle to a link; cheap to clone.
@@ -158,6 +178,7 @@ impl Link {
             addr: addr.clone(),
             stats: opts.stats.clone(),
             up: AtomicBool::new(false),
+            backend_id: None,
         });
         let span = tracing::info_span!("link", node = %addr, proto = session.proto.number());
         tokio::spawn(supervise(rx, state.clone(), opts, session, on_failure).instrument(span));
@@ -170,12 +191,13 @@ impl Link {
         opts: LinkOptions,
         session: Session,
     ) -> std::io::Result<Link> {
-        let stream = connect(addr, &opts.connect, session).await?;
+        let (stream, backend_id) = connect_with_id(addr, &opts.connect, session).await?;
         let (tx, mut rx) = mpsc::channel(QUEUE);
         let state = Arc::new(State {
             addr: addr.to_string(),
             stats: opts.stats.clone(),
             up: AtomicBool::new(true),
+            backend_id,
         });
         let task_state = state.clone();
         let span = tracing::debug_span!("dedicated", node = %addr);
@@ -221,6 +243,11 @@ impl Link {
 
     pub fn addr(&self) -> &str {
         &self.state.addr
+    }
+
+    /// The connection's `CLIENT ID` on the node (dedicated links only).
+    pub fn backend_id(&self) -> Option<i64> {
+        self.state.backend_id
     }
 }
 
@@ -288,6 +315,7 @@ enum InFlight {
         replies: usize,
         reply: oneshot::Sender<BatchReply>,
         durable: Option<Arc<Durability>>,
+        keep_on_shortfall: bool,
         /// Its share of the link's window, given back when its replies are in.
         cost: u32,
     },
@@ -392,7 +420,7 @@ async fn serve(
     let reason = tokio::select! {
         r = write_loop(wr, rx, inflight_tx, window.as_ref(), &mut held_back) => r,
         r = reader.run(rd, &mut inflight_rx, &progress) => r,
-        r = watchdog(&progress, opts.reply_timeout) => r,
+        r = watchdog(&progress, opts.reply_timeout, &opts.stats) => r,
     };
     let reason = match reason {
         Ok(()) => "closed".to_string(),
@@ -491,6 +519,7 @@ fn stage(
         replies: batch.replies,
         reply: batch.reply,
         durable: batch.durable,
+        keep_on_shortfall: batch.keep_on_shortfall,
         cost,
     });
 }
@@ -617,8 +646,13 @@ struct Progress {
 }
 
 /// Fails the link when it has owed replies for a whole `limit` with no read
-/// completing. Detection takes between one and two `limit`s.
-async fn watchdog(progress: &Progress, limit: Option<Duration>) -> Result<(), String> {
+/// completing, unless the node says it is busy (a long script: the reply
+/// will come). Detection takes between one and two `limit`s.
+async fn watchdog(
+    progress: &Progress,
+    limit: Option<Duration>,
+    stats: &LinkStats,
+) -> Result<(), String> {
     let Some(limit) = limit else {
         return std::future::pending().await;
     };
@@ -626,7 +660,7 @@ async fn watchdog(progress: &Progress, limit: Option<Duration>) -> Result<(), St
     loop {
         tokio::time::sleep(limit).await;
         let now = progress.reads.load(Ordering::Relaxed);
-        if progress.waiting.load(Ordering::Relaxed) && now == last {
+        if progress.waiting.load(Ordering::Relaxed) && now == last && !stats.is_busy() {
             return Err(format!("no reply within {} ms", limit.as_millis()));
         }
         last = now;
@@ -640,7 +674,7 @@ struct Reader<'w> {
     cut: ReplyCutter,
     current: Option<InFlight>,
     /// Durable batches whose replies arrived, waiting for their `WAIT`.
-    held: Vec<(oneshot::Sender<BatchReply>, BatchReply)>,
+    held: Vec<(oneshot::Sender<BatchReply>, BatchReply, bool)>,
     stats: Arc<LinkStats>,
 }
 
@@ -711,7 +745,11 @@ impl Reader<'_> {
                     self.stats.answered(1);
                     let _ = reply.send(answer);
                 }
-                InFlight::Batch { reply, .. } => self.held.push((reply, answer)),
+                InFlight::Batch {
+                    reply,
+                    keep_on_shortfall,
+                    ..
+                } => self.held.push((reply, answer, keep_on_shortfall)),
                 InFlight::Wait { req, durability } => self.release(&answer.data, req, &durability),
             }
         }
@@ -728,8 +766,8 @@ impl Reader<'_> {
             durability.shortfalls.fetch_add(1, Relaxed);
         }
         let error = (short && req.fail_on_shortfall).then(|| replicate::shortfall_error(acks, req));
-        for (reply, mut answer) in self.held.drain(..) {
-            if let Some(error) = &error {
+        for (reply, mut answer, keep) in self.held.drain(..) {
+            if let (Some(error), false) = (&error, keep) {
                 let (data, failed) =
                     replicate::fail_writes(&answer.data, error, self.cut.scanner.depth());
                 durability.failed_writes.fetch_add(failed, Relaxed);
@@ -768,7 +806,7 @@ impl Reader<'_> {
     /// requests that failed.
     fn fail(&mut self, inflight: &mut mpsc::UnboundedReceiver<InFlight>, error: Arc<str>) -> usize {
         let mut failed = 0;
-        for (reply, held) in self.held.drain(..) {
+        for (reply, held, _) in self.held.drain(..) {
             failed += held.got;
             self.stats.answered(1);
             let _ = reply.send(BatchReply::failed(error.clone()));

@@ -145,6 +145,11 @@ impl NodePool {
         connect(&self.addr, &self.opts.connect, session).await
     }
 
+    /// A control connection to this node, with Rampart's own credentials.
+    pub async fn control(&self) -> std::io::Result<super::control::Control> {
+        super::control::Control::connect(&self.addr, &self.opts.connect).await
+    }
+
     pub fn addr(&self) -> &str {
         &self.addr
     }

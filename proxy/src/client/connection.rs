@@ -15,12 +15,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 
+use super::blocking::Blocked;
 use super::session::Session;
 use super::writer::{Pending, Replies};
 use crate::admin::metrics::BatchClass;
-use crate::backend::{Batch, Link};
+use crate::backend::{Batch, BatchReply, Link};
 use crate::replicate::fanout::{Fanout, Verdict};
-use crate::resp::command::{Class, Tx};
+use crate::resp::command::{Class, Tx, NOT_THROUGH_RAMPART};
 use crate::resp::{classify, Request, RequestParser, Value};
 use crate::route;
 use crate::server::Context;
@@ -68,18 +69,21 @@ pub struct Connection {
     pub(super) session: Session,
     parser: RequestParser,
     buf: BytesMut,
-    replies: Replies,
+    pub(super) replies: Replies,
     open: Option<OpenBatch>,
     /// Set when the session becomes a pipe: the backend side to copy from.
     pipe_from: Option<OwnedReadHalf>,
     /// The request being handled is a synchronous write.
-    durable: bool,
+    pub(super) durable: bool,
     /// Its class, for the latency histograms.
     class: BatchClass,
     /// Position in the reply queue of the client's last durable batch: until
     /// its replies are in, the client's reads follow its writes on the write
     /// link, so they cannot overtake them.
-    durable_upto: u64,
+    pub(super) durable_upto: u64,
+    /// Blocking commands sent and perhaps not answered yet (see
+    /// [`super::blocking`]).
+    pub(super) blocked: Vec<Blocked>,
 }
 
 impl Connection {
@@ -96,6 +100,7 @@ impl Connection {
             durable: false,
             class: BatchClass::Other,
             durable_upto: 0,
+            blocked: Vec::new(),
             ctx,
         }
     }
@@ -112,6 +117,7 @@ impl Connection {
         let max = self.ctx.config.limits.max_pipeline;
         let mut shutdown = self.ctx.shutdown.clone();
         let mut closing = *shutdown.borrow();
+        let mut gone = false;
         'serve: loop {
             while !closing && self.replies.owed() < max {
                 match self.parser.parse(&mut self.buf) {
@@ -149,7 +155,10 @@ impl Connection {
             tokio::select! {
                 _ = self.replies.front_ready(), if !self.replies.is_empty() => {}
                 read = rd.read_buf(&mut self.buf), if can_read => match read {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) | Err(_) => {
+                        gone = true;
+                        break;
+                    }
                     Ok(_) => {}
                 },
                 _ = shutdown.changed(), if !closing => {
@@ -159,6 +168,9 @@ impl Connection {
             }
         }
         let _ = self.flush().await;
+        if gone {
+            self.abandon_blocked().await;
+        }
         let _ = self.replies.drain().await;
         self.replies.shutdown().await;
     }
@@ -233,6 +245,9 @@ impl Connection {
         if self.session.tx_lost && self.session.in_multi {
             return self.in_lost_transaction(class, req).await;
         }
+        if let Some(error) = self.ctx.guard.check(&req) {
+            return self.refuse(error).await;
+        }
         self.durable = self.wants_durability(class);
         self.class = match class {
             Class::Read => BatchClass::Read,
@@ -246,9 +261,14 @@ impl Connection {
         }
         match class {
             Class::Local(local) => self.local(local, req).await,
-            Class::Refused(text) => self.reply(Value::err(text)).await,
+            Class::Refused(text) if self.session.in_multi && text == NOT_THROUGH_RAMPART => {
+                // Redis refuses SHUTDOWN and the like inside MULTI itself.
+                self.refuse(crate::client::local::NOT_IN_MULTI.to_string())
+                    .await
+            }
+            Class::Refused(text) => self.refuse(text.to_string()).await,
             Class::Read | Class::Write => self.forward(class, req).await,
-            Class::Blocking => self.pinned(req).await,
+            Class::Blocking => self.blocking(req).await,
             Class::Pin => {
                 let flow = self.pinned(req).await;
                 self.session.sticky = self.session.pinned.is_some();
@@ -258,6 +278,16 @@ impl Connection {
             Class::Wait => self.wait(req).await,
             Class::Stream => self.stream(req).await,
         }
+    }
+
+    /// Answers a refused command. Inside MULTI the refusal also dooms the
+    /// transaction, as a command Redis rejects while queueing does: EXEC
+    /// then answers EXECABORT.
+    async fn refuse(&mut self, error: String) -> Flow {
+        if self.session.in_multi {
+            self.session.tx_refused = true;
+        }
+        self.reply(Value::err(error)).await
     }
 
     /// The shard's fan-out writer, in fan-out mode.
@@ -540,11 +570,15 @@ impl Connection {
             Tx::Exec | Tx::Discard => {
                 let was_lost = s.tx_lost;
                 let in_multi = s.in_multi;
+                let refused = std::mem::take(&mut s.tx_refused);
                 s.in_multi = false;
                 s.watching = false;
                 s.tx_lost = false;
                 if was_lost {
                     return self.reply(lost_reply(tx, in_multi)).await;
+                }
+                if refused && tx == Tx::Exec && in_multi {
+                    return self.abort_exec().await;
                 }
                 if self.session.pinned.is_none() {
                     let name = if tx == Tx::Exec { "EXEC" } else { "DISCARD" };
@@ -573,6 +607,21 @@ impl Connection {
                 self.pinned(req).await
             }
         }
+    }
+
+    /// EXEC of a transaction in which Rampart refused a command: the node
+    /// discards what it queued, and the client gets Redis's EXECABORT.
+    async fn abort_exec(&mut self) -> Flow {
+        if let Some((node, link)) = self.session.pinned.clone() {
+            let discard = Request::from_args(&["DISCARD"]);
+            if let Err(error) = self.call(&node, &link, vec![discard.raw], "DISCARD").await {
+                tracing::debug!(?error, "DISCARD of a refused transaction failed");
+            }
+        }
+        self.reply(Value::err(
+            "EXECABORT Transaction discarded because of previous errors.",
+        ))
+        .await
     }
 
     /// A transaction whose connection was lost: nothing reaches a backend
@@ -615,22 +664,48 @@ impl Connection {
             },
         };
         let marker = Request::from_args(&["PUBLISH", "__rampart__:wait", ""]);
-        let reply = self
-            .call(&node, &link, vec![marker.raw, req.raw], "WAIT")
-            .await;
-        if borrowed {
-            node.pool.give_back(link, self.session.proto);
-        }
-        // Only the WAIT's reply goes to the client, not the marker's.
-        let bytes = match reply {
-            Ok(data) => {
-                let mut scanner = crate::resp::ReplyScanner::new(8);
-                let first = scanner.scan(&data).ok().flatten().unwrap_or(0);
-                data.slice(first..)
+        let (tx, rx) = oneshot::channel();
+        node.count_requests(2);
+        link.send(Batch {
+            requests: vec![marker.raw, req.raw.clone()],
+            replies: 2,
+            reply: tx,
+            durable: None,
+            keep_on_shortfall: false,
+        })
+        .await;
+        // The WAIT may block for long: its reply is awaited beside the
+        // client's other replies, so a client that leaves meanwhile is seen
+        // leaving (and its WAIT unblocked). Only the WAIT's reply goes to
+        // the client, not the marker's.
+        let (client_tx, client_rx) = oneshot::channel();
+        let proto = self.session.proto;
+        let lent = borrowed.then(|| (node.clone(), link.clone()));
+        tokio::spawn(async move {
+            let reply = rx.await.unwrap_or_else(|_| BatchReply {
+                data: Bytes::new(),
+                got: 0,
+                error: Some("ERR rampart: WAIT failed".into()),
+            });
+            let _ = client_tx.send(without_first(reply));
+            if let Some((node, link)) = lent {
+                node.pool.give_back(link, proto);
             }
-            Err(error) => error.encode(self.session.proto),
-        };
-        self.push(Pending::Local(bytes))
+        });
+        let position = self.replies.push(Pending::Remote {
+            reply: client_rx,
+            replies: 1,
+            sent: std::time::Instant::now(),
+            class: BatchClass::Other,
+        });
+        self.track_blocked(Blocked {
+            node,
+            link,
+            position,
+            request: req,
+            skip: 0,
+        });
+        Flow::Continue
     }
 
     /// SUBSCRIBE, MONITOR, CLIENT TRACKING: from now on this client is piped
@@ -697,6 +772,7 @@ impl Connection {
             replies,
             reply: tx,
             durable: None,
+            keep_on_shortfall: false,
         })
         .await;
         match rx.await {
@@ -807,7 +883,7 @@ impl Connection {
 
     /// Adds a request to the open batch, sending the batch first if it is for
     /// another link or full.
-    async fn add(&mut self, node: Arc<Node>, link: Link, raw: Bytes) -> Flow {
+    pub(super) async fn add(&mut self, node: Arc<Node>, link: Link, raw: Bytes) -> Flow {
         let durable = self.durable;
         let same = self.open.as_ref().is_some_and(|open| {
             open.target.same_link(&link)
@@ -851,6 +927,7 @@ impl Connection {
                     replies,
                     reply: tx,
                     durable,
+                    keep_on_shortfall: false,
                 })
                 .await;
             }
@@ -892,6 +969,18 @@ impl Connection {
         let bytes = value.encode(self.session.proto);
         self.push(Pending::Local(bytes))
     }
+}
+
+/// A batch's replies without the first one (a marker Rampart added).
+fn without_first(mut reply: BatchReply) -> BatchReply {
+    if reply.got == 0 {
+        return reply;
+    }
+    let mut scanner = crate::resp::ReplyScanner::new(8);
+    let first = scanner.scan(&reply.data).ok().flatten().unwrap_or(0);
+    reply.data = reply.data.slice(first..);
+    reply.got -= 1;
+    reply
 }
 
 /// EXEC or DISCARD of a transaction whose connection was lost.

@@ -19,7 +19,7 @@ fn wrong_args(name: &str) -> Value {
     ))
 }
 
-const NOT_IN_MULTI: &str = "ERR Command not allowed inside a transaction";
+pub(super) const NOT_IN_MULTI: &str = "ERR Command not allowed inside a transaction";
 
 impl Connection {
     pub(super) async fn local(&mut self, local: Local, req: Request) -> Flow {
@@ -36,6 +36,11 @@ impl Connection {
                 if in_multi =>
             {
                 self.pinned(req).await
+            }
+            Local::KillScript if in_multi => self.pinned(req).await,
+            Local::KillScript => {
+                let reply = self.kill_script(&req).await;
+                self.reply(reply).await
             }
             Local::Hello | Local::Auth | Local::Select if in_multi => {
                 self.reply(Value::err(NOT_IN_MULTI)).await
@@ -123,6 +128,41 @@ impl Connection {
                 self.reply(reply).await
             }
         }
+    }
+
+    /// `SCRIPT KILL` / `FUNCTION KILL`, sent to every node of the shard on
+    /// connections of their own (the script may be a read-only one on a
+    /// replica, and the client's shared connection waits behind it). One
+    /// node killing it answers OK; otherwise `UNKILLABLE` wins over
+    /// `NOTBUSY`, as that is what the client needs to know.
+    async fn kill_script(&mut self, req: &Request) -> Value {
+        let args = req.args();
+        let mut calls = tokio::task::JoinSet::new();
+        for node in self.ctx.topology.shard().nodes.iter().cloned() {
+            let args = args.clone();
+            calls.spawn(async move {
+                let mut control = node.pool.control().await.ok()?;
+                control
+                    .call(&args, std::time::Duration::from_secs(2))
+                    .await
+                    .ok()
+            });
+        }
+        let mut best: Option<Value> = None;
+        while let Some(done) = calls.join_next().await {
+            let Ok(Some(frame)) = done else { continue };
+            use redis_protocol::resp3::types::OwnedFrame;
+            let value = match frame {
+                OwnedFrame::SimpleString { .. } => return Value::ok(),
+                OwnedFrame::SimpleError { data, .. } => Value::err(data),
+                _ => continue,
+            };
+            let unkillable = matches!(&value, Value::Error(e) if e.starts_with("UNKILLABLE"));
+            if best.is_none() || unkillable {
+                best = Some(value);
+            }
+        }
+        best.unwrap_or_else(|| Value::err("ERR rampart: no node answered SCRIPT KILL"))
     }
 
     fn authenticate(&mut self, user: Option<&Bytes>, password: &[u8]) -> Value {

@@ -3,8 +3,10 @@
 //! writes them in order. Commands Rampart answers itself are in `local`, and what it
 //! remembers about the client in `session`.
 
+mod blocking;
 mod connection;
-mod local;
+pub mod guard;
+pub(crate) mod local;
 
 pub use local::constant_time_eq;
 mod session;

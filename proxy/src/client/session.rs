@@ -22,6 +22,9 @@ pub struct Session {
     /// The dedicated connection holding this client's transaction or WATCH
     /// was lost: the transaction must fail, never run half or unwatched.
     pub tx_lost: bool,
+    /// Rampart refused a command queued in the current MULTI: EXEC must
+    /// answer EXECABORT, as Redis does after an error while queueing.
+    pub tx_refused: bool,
     /// A CLIENT option changed the dedicated connection: keep it until RESET.
     pub sticky: bool,
     /// The dedicated connection the client is pinned to, and its node.
@@ -52,6 +55,7 @@ impl Session {
             in_multi: false,
             watching: false,
             tx_lost: false,
+            tx_refused: false,
             sticky: false,
             pinned: None,
             pipe: None,

@@ -92,6 +92,19 @@ impl Replies {
         self.completed
     }
 
+    /// Takes the item at `position` out of the queue, if it is still there,
+    /// leaving an empty reply in its place. For a client that has gone:
+    /// what it was owed is dealt with instead of written.
+    pub fn take(&mut self, position: u64) -> Option<Pending> {
+        let index = position.checked_sub(self.completed + 1)? as usize;
+        let slot = self.queue.get_mut(index)?;
+        let item = std::mem::replace(slot, Pending::Local(Bytes::new()));
+        if let Pending::Remote { replies, .. } | Pending::Arrived { replies, .. } = &item {
+            self.owed -= replies;
+        }
+        Some(item)
+    }
+
     /// Backend replies the client is still owed: bounds how far ahead of
     /// its reading a client may send.
     pub fn owed(&self) -> usize {

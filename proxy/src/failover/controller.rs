@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use super::probe::{self, Report};
 use super::state::{ShardState, StateStore};
-use crate::backend::control::Control;
+use crate::backend::control::{frame_text, Control};
 use crate::backend::ConnectOptions;
 use crate::replicate::quorum::{replicas_needed_to_promote, Candidate};
 use crate::server::Context;
@@ -58,6 +58,8 @@ pub struct Controller {
     last_sent: HashMap<u32, Instant>,
     /// The primary `min-replicas-to-write` was last set on.
     guarded: Option<u32>,
+    /// When the guard was last read back from the primary.
+    guard_checked: Option<Instant>,
     /// The current failover, once started.
     failover_started: Option<Instant>,
     refusal: Option<String>,
@@ -81,6 +83,7 @@ pub fn spawn(
         opts,
         last_sent: HashMap::new(),
         guarded: None,
+        guard_checked: None,
         failover_started: None,
         refusal: None,
     };
@@ -480,10 +483,40 @@ impl Controller {
     /// bypass Rampart.
     async fn guard(&mut self, primary: &Arc<Node>) {
         let replication = &self.ctx.config.shards[&self.shard.name].replication;
-        if !replication.manage_replication || self.guarded == Some(primary.id) {
+        if !replication.manage_replication {
             return;
         }
         let min = self.shard.durability.requirement().acks.max(1).to_string();
+        if self.guarded == Some(primary.id) {
+            // Read it back now and then: it can be changed on the node
+            // behind Rampart's back (clients through Rampart cannot).
+            if self
+                .guard_checked
+                .is_some_and(|t| t.elapsed() < RETRY_AFTER)
+            {
+                return;
+            }
+            self.guard_checked = Some(Instant::now());
+            let now = self
+                .command(primary, &["CONFIG", "GET", "min-replicas-to-write"])
+                .await;
+            let found = match &now {
+                Ok(OwnedFrame::Map { data, .. }) => data.values().next().and_then(frame_text),
+                Ok(OwnedFrame::Array { data, .. }) => data.get(1).and_then(frame_text),
+                _ => return,
+            };
+            if found.as_deref() == Some(min.as_str()) {
+                return;
+            }
+            self.event(
+                "guard-repaired",
+                Some(primary),
+                format!(
+                    "min-replicas-to-write was {} on the primary; set back to {min}",
+                    found.unwrap_or_default()
+                ),
+            );
+        }
         let lag = replication.min_replicas_max_lag_s.to_string();
         let args = [
             "CONFIG",

@@ -13,6 +13,9 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use super::detect::DetectorSource;
+use super::events::Events;
+use redis_protocol::resp3::types::OwnedFrame;
+
 use crate::backend::control::{frame_text, Control};
 use crate::backend::ConnectOptions;
 use crate::config::ProbeConfig;
@@ -74,7 +77,11 @@ pub fn parse_replication(info: &str) -> Option<Report> {
 /// Asks a node for its replication state over `control`.
 pub async fn replication(control: &mut Control, timeout: Duration) -> std::io::Result<Report> {
     let reply = control.call(&["INFO", "replication"], timeout).await?;
-    frame_text(&reply)
+    parse_reply(&reply)
+}
+
+fn parse_reply(reply: &OwnedFrame) -> std::io::Result<Report> {
+    frame_text(reply)
         .and_then(|text| parse_replication(&text))
         .ok_or_else(|| {
             std::io::Error::new(
@@ -82,6 +89,28 @@ pub async fn replication(control: &mut Control, timeout: Duration) -> std::io::R
                 format!("unexpected INFO replication reply: {reply:?}"),
             )
         })
+}
+
+/// What one probe learnt.
+#[derive(Debug)]
+enum Answer {
+    /// The node's replication state.
+    Report(Report),
+    /// Alive, but not running commands now: `-BUSY` (a script or function
+    /// running past `busy-reply-threshold`) or `-LOADING` (loading its
+    /// data set). Either way the node is not down, and failing it over
+    /// would promote a replica under a healthy primary.
+    Busy(String),
+}
+
+/// A node answering `-BUSY`, as the probe follows it.
+#[derive(Default)]
+struct Busy {
+    since: Option<Instant>,
+    kill_sent: bool,
+    /// The script wrote and cannot be killed: the node will not serve
+    /// again until it ends by itself, so it counts as not answering.
+    unkillable: bool,
 }
 
 /// Starts the probe of one node. `first_round` gets a permit once the node
@@ -93,6 +122,7 @@ pub fn spawn(
     detectors: Arc<DetectorSource>,
     opts: ConnectOptions,
     first_round: Arc<Semaphore>,
+    events: Arc<Events>,
 ) {
     let span = tracing::info_span!("probe", shard = %shard.name, node = %node.addr);
     tokio::spawn(
@@ -101,6 +131,8 @@ pub fn spawn(
             let timeout = Duration::from_millis(config.timeout_ms);
             let mut control: Option<Control> = None;
             let mut first = true;
+            let kill_after = Duration::from_millis(config.busy_kill_after_ms);
+            let mut busy = Busy::default();
             let (mut generation, mut detector) = detectors.for_node(node.id);
             loop {
                 if detectors.generation() != generation {
@@ -108,10 +140,43 @@ pub fn spawn(
                 }
                 let started = Instant::now();
                 let result = probe_once(&node, &mut control, &opts, timeout).await;
-                detector.observe(started, result.is_ok());
+                let alive = match &result {
+                    Ok(Answer::Report(_)) => true,
+                    Ok(Answer::Busy(_)) => !busy.unkillable,
+                    Err(_) => false,
+                };
+                detector.observe(started, alive);
                 let health = detector.verdict(Instant::now());
                 match result {
-                    Ok(report) => {
+                    Ok(Answer::Busy(text)) => {
+                        node.set_rtt(started.elapsed());
+                        node.pool.stats().set_busy(true);
+                        let since = *busy.since.get_or_insert_with(|| {
+                            tracing::info!(reply = %text, "node busy");
+                            started
+                        });
+                        let killable = text.starts_with("BUSY") && !kill_after.is_zero();
+                        if killable && !busy.kill_sent && since.elapsed() >= kill_after {
+                            busy.kill_sent = true;
+                            if let Some(conn) = control.as_mut() {
+                                let (kind, detail) = kill_script(conn, timeout).await;
+                                busy.unkillable = kind == "script-unkillable";
+                                events.record(
+                                    &shard.name,
+                                    kind,
+                                    Some(&node.addr),
+                                    shard.epoch(),
+                                    detail,
+                                );
+                            }
+                        }
+                    }
+                    Ok(Answer::Report(report)) => {
+                        if busy.since.take().is_some() {
+                            tracing::info!("node no longer busy");
+                            busy = Busy::default();
+                            node.pool.stats().set_busy(false);
+                        }
                         if node.health() != Health::Up {
                             tracing::info!(role = ?report.role, "node up");
                         }
@@ -120,6 +185,10 @@ pub fn spawn(
                     }
                     Err(e) => {
                         control = None;
+                        if busy.since.take().is_some() {
+                            busy = Busy::default();
+                            node.pool.stats().set_busy(false);
+                        }
                         if node.health() != health {
                             tracing::warn!(error = %e, ?health, "probe failed");
                         }
@@ -138,12 +207,42 @@ pub fn spawn(
     );
 }
 
+/// Stops the script or function that keeps a node busy, as Sentinel does:
+/// `SCRIPT KILL`, then `FUNCTION KILL` when no script runs. The event kind
+/// and detail to record.
+async fn kill_script(conn: &mut Control, timeout: Duration) -> (&'static str, String) {
+    let mut last = String::new();
+    for command in [["SCRIPT", "KILL"], ["FUNCTION", "KILL"]] {
+        match conn.call(&command, timeout).await {
+            Ok(OwnedFrame::SimpleString { .. }) => {
+                return (
+                    "script-killed",
+                    format!("busy past probe.busy_kill_after_ms: {} sent", command.join(" ")),
+                )
+            }
+            Ok(OwnedFrame::SimpleError { data, .. }) if data.starts_with("UNKILLABLE") => {
+                return (
+                    "script-unkillable",
+                    format!("a script that wrote keeps the node busy ({data}); it is judged down and failed over unless it ends first"),
+                )
+            }
+            Ok(OwnedFrame::SimpleError { data, .. }) => last = data,
+            Ok(other) => last = format!("{other:?}"),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    (
+        "script-kill-failed",
+        format!("SCRIPT KILL / FUNCTION KILL: {last}"),
+    )
+}
+
 async fn probe_once(
     node: &Node,
     control: &mut Option<Control>,
     opts: &ConnectOptions,
     timeout: Duration,
-) -> std::io::Result<Report> {
+) -> std::io::Result<Answer> {
     if control.is_none() {
         let mut fresh = tokio::time::timeout(timeout, Control::connect(&node.addr, opts))
             .await
@@ -160,7 +259,13 @@ async fn probe_once(
     let Some(conn) = control.as_mut() else {
         return Err(std::io::ErrorKind::NotConnected.into());
     };
-    replication(conn, timeout).await
+    let reply = conn.call(&["INFO", "replication"], timeout).await?;
+    if let OwnedFrame::SimpleError { data, .. } = &reply {
+        if data.starts_with("BUSY") || data.starts_with("LOADING") {
+            return Ok(Answer::Busy(data.clone()));
+        }
+    }
+    parse_reply(&reply).map(Answer::Report)
 }
 
 /// One `field:value` line of an INFO reply.

@@ -61,11 +61,17 @@ pub enum Local {
     ClientGetName,
     ClientId,
     ClientSetInfo,
+    /// `SCRIPT KILL`, `FUNCTION KILL`: must reach the node running the
+    /// script at once, never queue behind it on a shared connection.
+    KillScript,
     /// (P|S)UNSUBSCRIBE while not subscribed: Redis answers one frame per
     /// channel, which a shared link could not match to requests.
     Unsubscribe,
     Rampart,
 }
+
+/// Why SHUTDOWN, SYNC and PSYNC are refused.
+pub const NOT_THROUGH_RAMPART: &str = "ERR this command is not allowed through Rampart";
 
 /// Classifies a request. Allocation-free: it runs for every command.
 pub fn classify(req: &Request) -> Class {
@@ -76,6 +82,9 @@ pub fn classify(req: &Request) -> Class {
     }
     match n {
         b"CLIENT" => client_subcommand(req),
+        b"SCRIPT" | b"FUNCTION" if req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"KILL") => {
+            Class::Local(Local::KillScript)
+        }
         b"XREAD" | b"XREADGROUP" => {
             if has_option(req, b"BLOCK") {
                 Class::Blocking
@@ -115,9 +124,7 @@ fn exact(n: &[u8]) -> Option<Class> {
         b"REPLICAOF" | b"SLAVEOF" | b"FAILOVER" => {
             Refused("ERR replication is managed by Rampart; use its admin API to change roles")
         }
-        b"SHUTDOWN" | b"SYNC" | b"PSYNC" => {
-            Refused("ERR this command is not allowed through Rampart")
-        }
+        b"SHUTDOWN" | b"SYNC" | b"PSYNC" => Refused(NOT_THROUGH_RAMPART),
         _ => return None,
     })
 }
@@ -257,6 +264,12 @@ mod tests {
         );
         assert_eq!(class(&["CLIENT", "TRACKING", "on"]), Class::Stream);
         assert_eq!(class(&["blpop", "q", "0"]), Class::Blocking);
+        assert_eq!(class(&["script", "kill"]), Class::Local(Local::KillScript));
+        assert_eq!(
+            class(&["FUNCTION", "KILL"]),
+            Class::Local(Local::KillScript)
+        );
+        assert_eq!(class(&["SCRIPT", "LOAD", "return 1"]), Class::Write);
         assert!(matches!(
             class(&["replicaof", "no", "one"]),
             Class::Refused(_)

@@ -1,0 +1,418 @@
+//! Blocking commands (BLPOP, BLMOVE, BZPOPMIN, XREAD BLOCK, WAIT ...) and
+//! what happens when their client leaves while they wait.
+//!
+//! A blocking command runs on the client's dedicated connection. If the
+//! client goes away while it waits, the node would go on waiting for it,
+//! and the next element pushed would be popped for nobody. So when a client
+//! leaves, Rampart asks the node to `CLIENT UNBLOCK` the dedicated
+//! connection (from a control connection) and reads what the command
+//! answers:
+//!
+//! - nothing popped (the usual case): nothing is lost, and the node's
+//!   `blocked_clients` falls at once;
+//! - an element popped in the instant the client left: Rampart pushes it
+//!   back where it came from (`LPUSH` for BLPOP, `RPUSH` for BRPOP, `ZADD`
+//!   with its score for BZPOPMIN ...), so the next consumer gets it. Moves
+//!   (BRPOPLPUSH, BLMOVE) need nothing: the element is already in the
+//!   destination list, which is what reliable queues rely on; XREADGROUP
+//!   leaves what it read in the group's pending list;
+//! - the node does not answer in time: the dedicated connection is closed,
+//!   which unblocks it on the node without popping anything more.
+//!
+//! What Rampart cannot do is what Redis cannot either: a reply already
+//! written to a client that dies before reading it is lost with the client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::connection::{Connection, Flow};
+use super::writer::Pending;
+use crate::admin::metrics::BatchClass;
+use crate::backend::{Batch, BatchReply, Link};
+use crate::resp::{Proto, Request};
+use crate::topology::Node;
+
+/// How long a blocked command may take to answer once unblocked.
+const UNBLOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// A blocking command on its way, for as long as its reply is owed.
+pub(super) struct Blocked {
+    pub node: Arc<Node>,
+    pub link: Link,
+    /// Its place in the client's reply queue.
+    pub position: u64,
+    pub request: Request,
+    /// The reply holds a marker's reply before the command's own (WAIT).
+    pub skip: usize,
+}
+
+impl Connection {
+    /// Sends a blocking command alone in its batch on the client's
+    /// dedicated connection, and remembers it until it is answered.
+    pub(super) async fn blocking(&mut self, req: Request) -> Flow {
+        if self.session.in_multi {
+            // Inside MULTI a blocking command does not block.
+            return self.pinned(req).await;
+        }
+        if let Err(error) = self.pin().await {
+            return self.reply(error).await;
+        }
+        let Some((node, link)) = self.session.pinned.clone() else {
+            return Flow::Continue;
+        };
+        if self.flush().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        let durable = self
+            .durable
+            .then(|| self.ctx.topology.shard().durability.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        node.count_requests(1);
+        link.send(Batch {
+            requests: vec![req.raw.clone()],
+            replies: 1,
+            reply: tx,
+            durable: durable.clone(),
+            keep_on_shortfall: true,
+        })
+        .await;
+        let position = self.replies.push(Pending::Remote {
+            reply: rx,
+            replies: 1,
+            sent: std::time::Instant::now(),
+            class: BatchClass::Other,
+        });
+        if durable.is_some() {
+            self.durable_upto = position;
+        }
+        self.track_blocked(Blocked {
+            node,
+            link,
+            position,
+            request: req,
+            skip: 0,
+        });
+        Flow::Continue
+    }
+
+    /// Remembers a blocking command, forgetting those already answered.
+    pub(super) fn track_blocked(&mut self, blocked: Blocked) {
+        let completed = self.replies.completed();
+        self.blocked.retain(|b| b.position > completed);
+        self.blocked.push(blocked);
+    }
+
+    /// The client has gone: unblock whatever still waits for it on a node,
+    /// and put back anything popped for it that it never got.
+    pub(super) async fn abandon_blocked(&mut self) {
+        let blocked = std::mem::take(&mut self.blocked);
+        for b in blocked {
+            if b.position <= self.replies.completed() {
+                continue;
+            }
+            let reply = match self.replies.take(b.position) {
+                Some(Pending::Arrived { reply, .. }) => Some(reply),
+                Some(Pending::Remote { reply, .. }) => {
+                    let unblocked = unblock(&b.node, &b.link).await;
+                    match tokio::time::timeout(UNBLOCK_WAIT, reply).await {
+                        Ok(Ok(reply)) => Some(reply),
+                        _ => {
+                            tracing::warn!(node = %b.node.addr, unblocked, "a departed client's blocked command did not answer; closing its connection");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            self.ctx.metrics.count_abandoned();
+            match reply {
+                Some(reply) => self.restore(&b, reply).await,
+                // Closing the connection unblocks it on the node.
+                None => {
+                    let pinned_here = self
+                        .session
+                        .pinned
+                        .as_ref()
+                        .is_some_and(|(_, l)| l.same(&b.link));
+                    if pinned_here {
+                        self.session.lose_pinned();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pushes back what a blocked command popped for a client that left.
+    async fn restore(&mut self, b: &Blocked, reply: BatchReply) {
+        if reply.error.is_some() && reply.got == 0 {
+            return;
+        }
+        let data = skip_replies(&reply.data, b.skip);
+        let Some(frame) = decode(&data, self.session.proto) else {
+            return;
+        };
+        let Some(undo) = undo(&b.request, &frame) else {
+            return;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        b.node.count_requests(1);
+        b.link
+            .send(Batch {
+                requests: vec![undo.raw.clone()],
+                replies: 1,
+                reply: tx,
+                durable: None,
+                keep_on_shortfall: false,
+            })
+            .await;
+        let answer = tokio::time::timeout(UNBLOCK_WAIT, rx).await;
+        let put_back =
+            matches!(&answer, Ok(Ok(r)) if r.error.is_none() && !r.data.starts_with(b"-"));
+        let command = String::from_utf8_lossy(undo.arg(0).unwrap_or_default()).into_owned();
+        if put_back {
+            self.ctx.metrics.count_restored();
+            tracing::warn!(node = %b.node.addr, %command, "a client left in the instant its blocking command popped; the element was pushed back");
+        } else {
+            tracing::error!(node = %b.node.addr, %command, ?answer, "a client left in the instant its blocking command popped, and pushing the element back failed");
+        }
+    }
+}
+
+/// Asks the node, on a control connection, to unblock a dedicated link.
+async fn unblock(node: &Node, link: &Link) -> bool {
+    let Some(id) = link.backend_id() else {
+        return false;
+    };
+    let Ok(mut control) = node.pool.control().await else {
+        return false;
+    };
+    let id = id.to_string();
+    let reply = control
+        .call(&["CLIENT", "UNBLOCK", id.as_str()], UNBLOCK_WAIT)
+        .await;
+    matches!(
+        reply,
+        Ok(redis_protocol::resp3::types::OwnedFrame::Number { data: 1, .. })
+    )
+}
+
+/// The bytes after the first `n` replies.
+fn skip_replies(data: &Bytes, n: usize) -> Bytes {
+    let mut start = 0;
+    for _ in 0..n {
+        let mut scanner = crate::resp::ReplyScanner::new(64);
+        match scanner.scan(&data[start..]) {
+            Ok(Some(len)) => start += len,
+            _ => return Bytes::new(),
+        }
+    }
+    data.slice(start..)
+}
+
+/// A reply, reduced to what undoing a pop needs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Plain {
+    Null,
+    Text(Bytes),
+    List(Vec<Plain>),
+    Other,
+}
+
+impl Plain {
+    fn text(&self) -> Option<&Bytes> {
+        match self {
+            Plain::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    fn list(&self) -> Option<&[Plain]> {
+        match self {
+            Plain::List(items) => Some(items),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes one reply in the client's protocol.
+pub(crate) fn decode(data: &[u8], proto: Proto) -> Option<Plain> {
+    match proto {
+        Proto::Resp2 => {
+            use redis_protocol::resp2::types::OwnedFrame as F;
+            fn plain(f: F) -> Plain {
+                match f {
+                    F::Null => Plain::Null,
+                    F::BulkString(b) | F::SimpleString(b) => Plain::Text(b.into()),
+                    F::Integer(i) => Plain::Text(i.to_string().into()),
+                    F::Array(items) => Plain::List(items.into_iter().map(plain).collect()),
+                    F::Error(_) => Plain::Other,
+                }
+            }
+            let (frame, _) = redis_protocol::resp2::decode::decode(data).ok()??;
+            Some(plain(frame))
+        }
+        Proto::Resp3 => {
+            use redis_protocol::resp3::types::OwnedFrame as F;
+            fn plain(f: F) -> Plain {
+                match f {
+                    F::Null => Plain::Null,
+                    F::BlobString { data, .. } | F::SimpleString { data, .. } => {
+                        Plain::Text(data.into())
+                    }
+                    F::Number { data, .. } => Plain::Text(data.to_string().into()),
+                    F::Double { data, .. } => Plain::Text(format_score(data).into()),
+                    F::Array { data, .. } | F::Push { data, .. } => {
+                        Plain::List(data.into_iter().map(plain).collect())
+                    }
+                    F::Set { data, .. } => Plain::List(data.into_iter().map(plain).collect()),
+                    F::Map { data, .. } => Plain::List(
+                        data.into_iter()
+                            .flat_map(|(k, v)| [plain(k), plain(v)])
+                            .collect(),
+                    ),
+                    _ => Plain::Other,
+                }
+            }
+            let (frame, _) = redis_protocol::resp3::decode::complete::decode(data).ok()??;
+            Some(plain(frame))
+        }
+    }
+}
+
+/// A score as ZADD takes it back.
+fn format_score(score: f64) -> String {
+    if score == f64::INFINITY {
+        "+inf".into()
+    } else if score == f64::NEG_INFINITY {
+        "-inf".into()
+    } else {
+        format!("{score}")
+    }
+}
+
+/// The command that puts back what `request` popped, given its reply; none
+/// when nothing was popped or nothing needs to go back.
+pub(crate) fn undo(request: &Request, reply: &Plain) -> Option<Request> {
+    let items = reply.list()?;
+    let name = request.name();
+    let upper = |i: usize| request.arg_upper(i);
+    match name.as_bytes() {
+        b"BLPOP" | b"BRPOP" => {
+            let (key, element) = (items.first()?.text()?, items.get(1)?.text()?);
+            let push: &[u8] = if name.as_bytes() == b"BLPOP" {
+                b"LPUSH"
+            } else {
+                b"RPUSH"
+            };
+            Some(Request::from_args(&[push, key, element]))
+        }
+        b"BLMPOP" => {
+            // BLMPOP timeout numkeys key... LEFT|RIGHT [COUNT n]
+            let numkeys = request
+                .arg(2)
+                .and_then(crate::resp::request::parse_i64)
+                .filter(|n| *n > 0)? as usize;
+            let left = upper(3 + numkeys).is_some_and(|w| w.as_bytes() == b"LEFT");
+            let key = items.first()?.text()?;
+            let elements = items.get(1)?.list()?;
+            // Popped in order from one end: pushing them back in reverse
+            // order restores the list as it was.
+            let mut args: Vec<Bytes> = vec![
+                Bytes::from_static(if left { b"LPUSH" } else { b"RPUSH" }),
+                key.clone(),
+            ];
+            for element in elements.iter().rev() {
+                args.push(element.text()?.clone());
+            }
+            (args.len() > 2).then(|| Request::from_args(&args))
+        }
+        b"BZPOPMIN" | b"BZPOPMAX" => {
+            let (key, member, score) = (
+                items.first()?.text()?,
+                items.get(1)?.text()?,
+                items.get(2)?.text()?,
+            );
+            Some(Request::from_args(&[&b"ZADD"[..], key, score, member]))
+        }
+        b"BZMPOP" => {
+            let key = items.first()?.text()?;
+            let pairs = items.get(1)?.list()?;
+            let mut args: Vec<Bytes> = vec![Bytes::from_static(b"ZADD"), key.clone()];
+            for pair in pairs {
+                let pair = pair.list()?;
+                args.push(pair.get(1)?.text()?.clone());
+                args.push(pair.first()?.text()?.clone());
+            }
+            (args.len() > 2).then(|| Request::from_args(&args))
+        }
+        // Moves keep the element in the destination; XREADGROUP keeps it
+        // pending in the group; XREAD and WAIT consume nothing.
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(args: &[&str]) -> Request {
+        Request::from_args(args)
+    }
+
+    fn args(r: &Request) -> Vec<String> {
+        r.args()
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn undoes_pops_in_both_protocols() {
+        let blpop = decode(b"*2\r\n$1\r\nq\r\n$3\r\njob\r\n", Proto::Resp2).unwrap();
+        let undo_l = undo(&req(&["blpop", "q", "0"]), &blpop).unwrap();
+        assert_eq!(args(&undo_l), ["LPUSH", "q", "job"]);
+        let undo_r = undo(&req(&["BRPOP", "q", "0"]), &blpop).unwrap();
+        assert_eq!(args(&undo_r), ["RPUSH", "q", "job"]);
+
+        let nil2 = decode(b"*-1\r\n", Proto::Resp2).unwrap();
+        assert!(undo(&req(&["BLPOP", "q", "0"]), &nil2).is_none());
+        let nil3 = decode(b"_\r\n", Proto::Resp3).unwrap();
+        assert!(undo(&req(&["BLPOP", "q", "0"]), &nil3).is_none());
+
+        let zpop = decode(b"*3\r\n$1\r\nz\r\n$1\r\nm\r\n,1.5\r\n", Proto::Resp3).unwrap();
+        let undo_z = undo(&req(&["BZPOPMIN", "z", "0"]), &zpop).unwrap();
+        assert_eq!(args(&undo_z), ["ZADD", "z", "1.5", "m"]);
+
+        let mpop = decode(
+            b"*2\r\n$1\r\nl\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n",
+            Proto::Resp2,
+        )
+        .unwrap();
+        let undo_m = undo(
+            &req(&["BLMPOP", "0", "2", "k", "l", "LEFT", "COUNT", "2"]),
+            &mpop,
+        )
+        .unwrap();
+        assert_eq!(args(&undo_m), ["LPUSH", "l", "b", "a"]);
+
+        let zmpop = decode(
+            b"*2\r\n$1\r\nz\r\n*1\r\n*2\r\n$1\r\nm\r\n$1\r\n2\r\n",
+            Proto::Resp2,
+        )
+        .unwrap();
+        let undo_zm = undo(&req(&["BZMPOP", "0", "1", "z", "MIN"]), &zmpop).unwrap();
+        assert_eq!(args(&undo_zm), ["ZADD", "z", "2", "m"]);
+
+        let moved = decode(b"$3\r\njob\r\n", Proto::Resp2).unwrap();
+        assert!(undo(&req(&["BLMOVE", "a", "b", "LEFT", "LEFT", "0"]), &moved).is_none());
+    }
+
+    #[test]
+    fn skips_marker_replies() {
+        let data = Bytes::from_static(b":0\r\n:1\r\n");
+        assert_eq!(&skip_replies(&data, 1)[..], b":1\r\n");
+        assert_eq!(&skip_replies(&data, 0)[..], b":0\r\n:1\r\n");
+    }
+}
