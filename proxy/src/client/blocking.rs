@@ -44,8 +44,6 @@ pub(super) struct Blocked {
     /// Its place in the client's reply queue.
     pub position: u64,
     pub request: Request,
-    /// The reply holds a marker's reply before the command's own (WAIT).
-    pub skip: usize,
 }
 
 impl Connection {
@@ -78,30 +76,38 @@ impl Connection {
             keep_on_shortfall: true,
         })
         .await;
+        let position = self.expect_blocked(node, link, req, rx);
+        if durable.is_some() {
+            self.durable_upto = position;
+        }
+        Flow::Continue
+    }
+
+    /// Queues the reply of a blocking command sent on `link`, and remembers
+    /// the command until it is answered (forgetting those that were).
+    /// Returns its place in the reply queue.
+    pub(super) fn expect_blocked(
+        &mut self,
+        node: Arc<Node>,
+        link: Link,
+        request: Request,
+        reply: tokio::sync::oneshot::Receiver<BatchReply>,
+    ) -> u64 {
         let position = self.replies.push(Pending::Remote {
-            reply: rx,
+            reply,
             replies: 1,
             sent: std::time::Instant::now(),
             class: BatchClass::Other,
         });
-        if durable.is_some() {
-            self.durable_upto = position;
-        }
-        self.track_blocked(Blocked {
+        let completed = self.replies.completed();
+        self.blocked.retain(|b| b.position > completed);
+        self.blocked.push(Blocked {
             node,
             link,
             position,
-            request: req,
-            skip: 0,
+            request,
         });
-        Flow::Continue
-    }
-
-    /// Remembers a blocking command, forgetting those already answered.
-    pub(super) fn track_blocked(&mut self, blocked: Blocked) {
-        let completed = self.replies.completed();
-        self.blocked.retain(|b| b.position > completed);
-        self.blocked.push(blocked);
+        position
     }
 
     /// The client has gone: unblock whatever still waits for it on a node,
@@ -149,8 +155,7 @@ impl Connection {
         if reply.error.is_some() && reply.got == 0 {
             return;
         }
-        let data = skip_replies(&reply.data, b.skip);
-        let Some(frame) = decode(&data, self.session.proto) else {
+        let Some(frame) = decode(&reply.data, self.session.proto) else {
             return;
         };
         let Some(undo) = undo(&b.request, &frame) else {
@@ -196,19 +201,6 @@ async fn unblock(node: &Node, link: &Link) -> bool {
         reply,
         Ok(redis_protocol::resp3::types::OwnedFrame::Number { data: 1, .. })
     )
-}
-
-/// The bytes after the first `n` replies.
-fn skip_replies(data: &Bytes, n: usize) -> Bytes {
-    let mut start = 0;
-    for _ in 0..n {
-        let mut scanner = crate::resp::ReplyScanner::new(64);
-        match scanner.scan(&data[start..]) {
-            Ok(Some(len)) => start += len,
-            _ => return Bytes::new(),
-        }
-    }
-    data.slice(start..)
 }
 
 /// A reply, reduced to what undoing a pop needs.
@@ -407,12 +399,5 @@ mod tests {
 
         let moved = decode(b"$3\r\njob\r\n", Proto::Resp2).unwrap();
         assert!(undo(&req(&["BLMOVE", "a", "b", "LEFT", "LEFT", "0"]), &moved).is_none());
-    }
-
-    #[test]
-    fn skips_marker_replies() {
-        let data = Bytes::from_static(b":0\r\n:1\r\n");
-        assert_eq!(&skip_replies(&data, 1)[..], b":1\r\n");
-        assert_eq!(&skip_replies(&data, 0)[..], b":0\r\n:1\r\n");
     }
 }

@@ -692,19 +692,7 @@ impl Connection {
                 node.pool.give_back(link, proto);
             }
         });
-        let position = self.replies.push(Pending::Remote {
-            reply: client_rx,
-            replies: 1,
-            sent: std::time::Instant::now(),
-            class: BatchClass::Other,
-        });
-        self.track_blocked(Blocked {
-            node,
-            link,
-            position,
-            request: req,
-            skip: 0,
-        });
+        self.expect_blocked(node, link, req, client_rx);
         Flow::Continue
     }
 
