@@ -62,6 +62,8 @@ pub struct Context {
     /// Commands and settings clients may not use (`proxy.deny_commands`,
     /// `proxy.managed_settings`).
     pub guard: crate::client::guard::Guard,
+    /// Every connected client, for `CLIENT LIST`, `KILL`, `UNBLOCK`.
+    pub registry: Arc<crate::client::registry::Registry>,
 }
 
 impl Context {
@@ -267,6 +269,7 @@ impl Server {
                 &config.proxy.managed_settings,
                 config.backend.username.as_deref(),
             ),
+            registry: Arc::default(),
             config,
         });
 

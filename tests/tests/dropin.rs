@@ -450,3 +450,272 @@ fn deny_commands_are_configurable() {
         .query(&mut c)
         .unwrap();
 }
+
+/// A raw connection that reads one reply at a time.
+struct Raw {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    fn connect(addr: std::net::SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, commands: &[&[&str]]) {
+        let mut out = Vec::new();
+        for args in commands {
+            out.extend(encode(args));
+        }
+        self.stream.write_all(&out).unwrap();
+    }
+
+    fn reply(&mut self) -> redis::Value {
+        loop {
+            if let Ok(Some((_, used))) = redis_protocol::resp2::decode::decode(&self.buf) {
+                let value = redis::parse_redis_value(&self.buf[..used]).expect("RESP");
+                self.buf.drain(..used);
+                return value;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).expect("a reply");
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+#[test]
+fn client_commands_are_about_rampart_clients() {
+    let cluster = Cluster::start(1);
+    let proxy = Proxy::start(&cluster.addrs(), SYNC_ONE);
+    let mut alice = proxy.conn();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["SETNAME", "alice"])
+        .query(&mut alice)
+        .unwrap();
+    let alice_id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut alice).unwrap();
+    let _: Option<String> = alice.get("k").unwrap();
+
+    let mut bob = proxy.conn();
+    let bob_id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut bob).unwrap();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut bob).unwrap();
+    let alice_line = list
+        .lines()
+        .find(|l| l.starts_with(&format!("id={alice_id} ")))
+        .unwrap_or_else(|| panic!("alice in CLIENT LIST:\n{list}"));
+    assert!(alice_line.contains(" name=alice "), "{alice_line}");
+    assert!(alice_line.contains(" cmd=get "), "{alice_line}");
+    assert!(alice_line.contains(" user=default "), "{alice_line}");
+    let bob_line = list
+        .lines()
+        .find(|l| l.starts_with(&format!("id={bob_id} ")))
+        .unwrap();
+    assert!(bob_line.contains(" cmd=client|list "), "{bob_line}");
+    assert!(bob_line.contains(" flags=N "), "{bob_line}");
+    // Only Rampart's clients, none of its connections to the nodes.
+    assert_eq!(list.lines().count(), 2, "{list}");
+    let only: String = redis::cmd("CLIENT")
+        .arg(&["LIST", "ID", &alice_id.to_string()])
+        .query(&mut bob)
+        .unwrap();
+    assert_eq!(only.lines().count(), 1);
+    let info: String = redis::cmd("CLIENT").arg("INFO").query(&mut alice).unwrap();
+    assert!(info.starts_with(&format!("id={alice_id} ")), "{info}");
+    assert!(info.contains(" cmd=client|info "), "{info}");
+
+    // Errors as Redis words them.
+    let e = redis::cmd("CLIENT")
+        .arg(&["KILL", "127.0.0.1:1"])
+        .query::<String>(&mut bob)
+        .unwrap_err();
+    assert!(e.to_string().contains("No such client"), "{e}");
+    let e = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "nosuch"])
+        .query::<i64>(&mut bob)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("Unknown client type 'nosuch'"),
+        "{e}"
+    );
+
+    // KILL by id closes that client's connection, not Rampart's links.
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "ID", &alice_id.to_string()])
+        .query(&mut bob)
+        .unwrap();
+    assert_eq!(killed, 1);
+    assert!(alice.get::<_, Option<String>>("k").is_err());
+    let _: () = bob.set("k", "still served").unwrap();
+    // SKIPME: by default a client does not kill itself.
+    let me: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "ID", &bob_id.to_string()])
+        .query(&mut bob)
+        .unwrap();
+    assert_eq!(me, 0);
+}
+
+#[test]
+fn client_reply_and_unblock_behave_as_on_redis() {
+    let cluster = Cluster::start(1);
+    let proxy = Proxy::start(&cluster.addrs(), SYNC_ONE);
+    let mut s = Raw::connect(proxy.addr);
+    s.send(&[
+        &["CLIENT", "REPLY", "OFF"],
+        &["SET", "a", "1"],
+        &["CLIENT", "REPLY", "ON"],
+        &["CLIENT", "REPLY", "SKIP"],
+        &["SET", "b", "2"],
+        &["GET", "b"],
+    ]);
+    assert_eq!(s.reply(), redis::Value::Okay);
+    assert_eq!(s.reply(), redis::Value::BulkString(b"2".to_vec()));
+    let mut c = proxy.conn();
+    assert_eq!(c.get::<_, String>("a").unwrap(), "1");
+
+    // CLIENT UNBLOCK, by another client, in both modes.
+    let mut blocked = Raw::connect(proxy.addr);
+    blocked.send(&[&["CLIENT", "ID"]]);
+    let redis::Value::Int(id) = blocked.reply() else {
+        panic!("CLIENT ID");
+    };
+    for (mode, expected) in [("TIMEOUT", None), ("ERROR", Some("UNBLOCKED"))] {
+        blocked.send(&[&["BLPOP", "empty", "0"]]);
+        wait_until("blocked", Duration::from_secs(5), || {
+            cluster
+                .primary()
+                .info_field("clients", "blocked_clients")
+                .as_deref()
+                == Some("1")
+        });
+        let n: i64 = redis::cmd("CLIENT")
+            .arg(&["UNBLOCK", &id.to_string(), mode])
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(n, 1);
+        match (blocked.reply(), expected) {
+            (redis::Value::Nil, None) => {}
+            (redis::Value::ServerError(e), Some(code)) => assert_eq!(e.code(), code),
+            (other, _) => panic!("{mode}: {other:?}"),
+        }
+    }
+    let n: i64 = redis::cmd("CLIENT")
+        .arg(&["UNBLOCK", &id.to_string()])
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(n, 0, "not blocked any more");
+}
+
+#[test]
+fn tracking_redirects_to_another_rampart_client() {
+    let cluster = Cluster::start(0);
+    let proxy = Proxy::start(&cluster.addrs(), Setup::default());
+    let mut sub = Raw::connect(proxy.addr);
+    sub.send(&[&["CLIENT", "ID"]]);
+    let redis::Value::Int(sub_id) = sub.reply() else {
+        panic!("CLIENT ID");
+    };
+    sub.send(&[&["SUBSCRIBE", "__redis__:invalidate"]]);
+    let _ = sub.reply();
+    let mut c = proxy.conn();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["TRACKING", "on", "REDIRECT", &sub_id.to_string()])
+        .query(&mut c)
+        .unwrap();
+    let _: Option<String> = c.get("tracked").unwrap();
+    let mut other = proxy.conn();
+    let _: () = other.set("tracked", "changed").unwrap();
+    let message = format!("{:?}", sub.reply());
+    assert!(
+        message.contains("invalidate") && message.contains("tracked"),
+        "{message}"
+    );
+}
+
+#[test]
+fn acl_users_log_in_and_their_permissions_apply() {
+    let cluster = Cluster::start(1);
+    for node in &cluster.nodes {
+        node.cli(&[
+            "ACL", "SETUSER", "alice", "on", ">secret", "~app:*", "+@all",
+        ]);
+    }
+    let proxy = Proxy::start(&cluster.addrs(), SYNC_ONE);
+    let mut c = proxy.conn();
+    let wrong = redis::cmd("AUTH")
+        .arg(&["alice", "nope"])
+        .query::<String>(&mut c)
+        .unwrap_err();
+    assert_eq!(wrong.code(), Some("WRONGPASS"), "{wrong}");
+    let _: () = redis::cmd("AUTH")
+        .arg(&["alice", "secret"])
+        .query(&mut c)
+        .unwrap();
+    let _: () = c.set("app:x", "1").unwrap();
+    let denied = c.set::<_, _, ()>("other:x", "1").unwrap_err();
+    assert_eq!(denied.code(), Some("NOPERM"), "{denied}");
+    let who: String = redis::cmd("ACL").arg("WHOAMI").query(&mut c).unwrap();
+    assert_eq!(who, "alice");
+    let list: String = redis::cmd("CLIENT").arg("INFO").query(&mut c).unwrap();
+    assert!(list.contains(" user=alice "), "{list}");
+    // The write was acknowledged by a replica as usual.
+    assert_eq!(
+        cluster.nodes[1].cli(&["GET", "app:x"]).trim(),
+        "1",
+        "replicated"
+    );
+
+    // HELLO ... AUTH, on another connection; other clients are unaffected.
+    let mut s = Raw::connect(proxy.addr);
+    s.send(&[
+        &["HELLO", "2", "AUTH", "alice", "secret"],
+        &["GET", "other:y"],
+    ]);
+    let _hello = s.reply();
+    match s.reply() {
+        redis::Value::ServerError(e) => assert_eq!(e.code(), "NOPERM"),
+        other => panic!("{other:?}"),
+    }
+    let mut plain = proxy.conn();
+    let _: () = plain.set("other:x", "1").unwrap();
+    let who: String = redis::cmd("ACL").arg("WHOAMI").query(&mut plain).unwrap();
+    assert_eq!(who, "default");
+    // RESET goes back to Rampart's own user.
+    let _: String = redis::cmd("RESET").query(&mut c).unwrap();
+    let _: () = c.set("other:x", "2").unwrap();
+
+    // A user defined through Rampart exists on every node (Redis does not
+    // replicate ACLs), so it survives a failover.
+    let _: String = redis::cmd("ACL")
+        .arg(&["SETUSER", "bob", "on", ">pw", "~*", "+@all"])
+        .query(&mut c)
+        .unwrap();
+    wait_until("bob on the replica", Duration::from_secs(5), || {
+        cluster.nodes[1].cli(&["ACL", "LIST"]).contains("user bob ")
+    });
+    // A user without the right to change users changes nothing, on any node.
+    let _: String = redis::cmd("ACL")
+        .arg(&["SETUSER", "carol", "on", ">pw", "~*", "+@all", "-@admin"])
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("AUTH")
+        .arg(&["carol", "pw"])
+        .query(&mut c)
+        .unwrap();
+    let denied = redis::cmd("ACL")
+        .arg(&["SETUSER", "mallory", "on", ">x", "+@all"])
+        .query::<String>(&mut c)
+        .unwrap_err();
+    assert_eq!(denied.code(), Some("NOPERM"), "{denied}");
+    std::thread::sleep(Duration::from_millis(200));
+    for node in &cluster.nodes {
+        assert!(!node.cli(&["ACL", "LIST"]).contains("mallory"));
+    }
+}

@@ -19,17 +19,28 @@ pub struct ConnectOptions {
     pub timeout: Duration,
 }
 
+/// An ACL user a client authenticated as: its connections to the nodes
+/// log in as that user, so the nodes' ACLs apply to it exactly.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
 /// What a connection must look like once open.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Session {
     pub proto: Proto,
     pub db: i64,
+    /// Log in as this user instead of with Rampart's own credentials.
+    pub user: Option<std::sync::Arc<Credentials>>,
 }
 
 impl Session {
     pub const DEFAULT: Session = Session {
         proto: Proto::Resp2,
         db: 0,
+        user: None,
     };
 }
 
@@ -78,10 +89,13 @@ async fn connect_inner(
     stream.set_nodelay(true)?;
     let mut out = BytesMut::new();
     let mut expected = 0;
-    let auth = opts.password.as_ref().map(|pass| {
-        let user = opts.username.clone().unwrap_or_else(|| "default".into());
-        (user, pass.clone())
-    });
+    let auth = match &session.user {
+        Some(user) => Some((user.username.clone(), user.password.clone())),
+        None => opts.password.as_ref().map(|pass| {
+            let user = opts.username.clone().unwrap_or_else(|| "default".into());
+            (user, pass.clone())
+        }),
+    };
     match session.proto {
         Proto::Resp3 => {
             let mut args = vec!["HELLO".to_string(), "3".into()];

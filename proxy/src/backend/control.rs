@@ -23,6 +23,7 @@ impl Control {
         let session = Session {
             proto: crate::resp::Proto::Resp3,
             db: 0,
+            user: None,
         };
         Ok(Control {
             stream: connect(addr, opts, session).await?,

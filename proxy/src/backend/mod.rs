@@ -5,6 +5,6 @@ pub mod control;
 pub mod link;
 pub mod pool;
 
-pub use connect::{ConnectOptions, Session};
+pub use connect::{ConnectOptions, Credentials, Session};
 pub use link::{Batch, BatchReply, Link, LinkOptions};
 pub use pool::NodePool;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::net::TcpStream;
 
-use super::connect::{connect, Session};
+use super::connect::{connect_with_id, Session};
 use super::link::{Link, LinkOptions, LinkStats, OnFailure};
 use crate::resp::Proto;
 
@@ -91,7 +91,11 @@ impl NodePool {
                     Link::shared(
                         self.addr.clone(),
                         self.opts.clone(),
-                        Session { proto, db: 0 },
+                        Session {
+                            proto,
+                            db: 0,
+                            user: None,
+                        },
                         self.on_failure.clone(),
                     )
                 })
@@ -107,7 +111,7 @@ impl NodePool {
 
     /// A dedicated link in the given session state.
     pub async fn dedicated(&self, session: Session) -> std::io::Result<Link> {
-        if session.db == 0 {
+        if session.db == 0 && session.user.is_none() {
             let mut idle = self.idle[self.here()][slot(session.proto)]
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
@@ -140,9 +144,11 @@ impl NodePool {
         }
     }
 
-    /// A raw connection for a session that will receive pushed messages.
-    pub async fn raw(&self, session: Session) -> std::io::Result<TcpStream> {
-        connect(&self.addr, &self.opts.connect, session).await
+    /// A raw connection for a session that will receive pushed messages,
+    /// and its `CLIENT ID` on the node (`CLIENT TRACKING ... REDIRECT` to
+    /// it needs that id).
+    pub async fn raw(&self, session: Session) -> std::io::Result<(TcpStream, Option<i64>)> {
+        connect_with_id(&self.addr, &self.opts.connect, session).await
     }
 
     /// A control connection to this node, with Rampart's own credentials.

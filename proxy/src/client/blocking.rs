@@ -110,6 +110,16 @@ impl Connection {
         position
     }
 
+    /// `CLIENT UNBLOCK` of this client by another: unblocks its oldest
+    /// blocking command still waiting; whether there was one.
+    pub(super) async fn unblock_own(&mut self, error: bool) -> bool {
+        let completed = self.replies.completed();
+        let Some(b) = self.blocked.iter().find(|b| b.position > completed) else {
+            return false;
+        };
+        unblock(&b.node, &b.link, error).await
+    }
+
     /// The client has gone: unblock whatever still waits for it on a node,
     /// and put back anything popped for it that it never got.
     pub(super) async fn abandon_blocked(&mut self) {
@@ -121,7 +131,7 @@ impl Connection {
             let reply = match self.replies.take(b.position) {
                 Some(Pending::Arrived { reply, .. }) => Some(reply),
                 Some(Pending::Remote { reply, .. }) => {
-                    let unblocked = unblock(&b.node, &b.link).await;
+                    let unblocked = unblock(&b.node, &b.link, false).await;
                     match tokio::time::timeout(UNBLOCK_WAIT, reply).await {
                         Ok(Ok(reply)) => Some(reply),
                         _ => {
@@ -185,8 +195,9 @@ impl Connection {
     }
 }
 
-/// Asks the node, on a control connection, to unblock a dedicated link.
-async fn unblock(node: &Node, link: &Link) -> bool {
+/// Asks the node, on a control connection, to unblock a dedicated link, as
+/// if its command timed out or (`error`) with an error.
+async fn unblock(node: &Node, link: &Link, error: bool) -> bool {
     let Some(id) = link.backend_id() else {
         return false;
     };
@@ -194,8 +205,9 @@ async fn unblock(node: &Node, link: &Link) -> bool {
         return false;
     };
     let id = id.to_string();
+    let mode = if error { "ERROR" } else { "TIMEOUT" };
     let reply = control
-        .call(&["CLIENT", "UNBLOCK", id.as_str()], UNBLOCK_WAIT)
+        .call(&["CLIENT", "UNBLOCK", id.as_str(), mode], UNBLOCK_WAIT)
         .await;
     matches!(
         reply,

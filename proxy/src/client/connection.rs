@@ -13,9 +13,10 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::blocking::Blocked;
+use super::registry::{Order, Registration};
 use super::session::Session;
 use super::writer::{Pending, Replies};
 use crate::admin::metrics::BatchClass;
@@ -84,10 +85,22 @@ pub struct Connection {
     /// Blocking commands sent and perhaps not answered yet (see
     /// [`super::blocking`]).
     pub(super) blocked: Vec<Blocked>,
+    /// This client's entry among all clients, and the orders other clients
+    /// send it (`CLIENT KILL`, `CLIENT UNBLOCK`).
+    pub(super) registration: Registration,
+    orders: mpsc::Receiver<Order>,
+    /// The last request handled, for `CLIENT LIST`'s `cmd=`.
+    last: Option<Request>,
 }
 
 impl Connection {
-    pub fn new(ctx: Arc<Context>, id: u64, wr: OwnedWriteHalf) -> Connection {
+    pub fn new(
+        ctx: Arc<Context>,
+        id: u64,
+        wr: OwnedWriteHalf,
+        registration: Registration,
+        orders: mpsc::Receiver<Order>,
+    ) -> Connection {
         let limits = ctx.config.limits;
         let authed = ctx.config.proxy.password.is_none();
         Connection {
@@ -101,6 +114,9 @@ impl Connection {
             class: BatchClass::Other,
             durable_upto: 0,
             blocked: Vec::new(),
+            registration,
+            orders,
+            last: None,
             ctx,
         }
     }
@@ -134,6 +150,7 @@ impl Connection {
                     }
                 }
             }
+            self.publish();
             if self.flush().await == Flow::Stop {
                 break;
             }
@@ -165,6 +182,16 @@ impl Connection {
                     tracing::debug!("closing for shutdown");
                     closing = true;
                 }
+                order = self.orders.recv() => match order {
+                    Some(Order::Kill) | None => {
+                        // Killed by another client: as if it had left.
+                        gone = true;
+                        break;
+                    }
+                    Some(Order::Unblock { error, done }) => {
+                        let _ = done.send(self.unblock_own(error).await);
+                    }
+                },
             }
         }
         let _ = self.flush().await;
@@ -223,6 +250,81 @@ impl Connection {
     }
 
     async fn handle(&mut self, req: Request) -> Flow {
+        self.last = Some(req.clone());
+        if self.session.skip_next_reply || self.session.replies_off {
+            return self.handle_muted(req).await;
+        }
+        self.dispatch(req).await
+    }
+
+    /// Handles a request whose reply the client asked not to get
+    /// (`CLIENT REPLY OFF|SKIP`): its batch goes alone, and its replies are
+    /// dropped instead of written.
+    async fn handle_muted(&mut self, req: Request) -> Flow {
+        if self.flush().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        let skipping = std::mem::take(&mut self.session.skip_next_reply);
+        self.replies.set_muted(true);
+        let flow = self.dispatch(req).await;
+        let flow = if self.flush().await == Flow::Stop {
+            Flow::Stop
+        } else {
+            flow
+        };
+        if skipping && !self.session.replies_off {
+            self.replies.set_muted(false);
+        }
+        flow
+    }
+
+    /// What other clients may see of this one (`CLIENT LIST`).
+    fn publish(&self) {
+        let cmd = self.last.as_ref().map(command_label).unwrap_or_default();
+        self.publish_with(&cmd);
+    }
+
+    /// Publishes now, with `cmd` as the last command (for `CLIENT LIST` and
+    /// `CLIENT INFO` showing themselves).
+    pub(super) fn publish_now(&self, cmd: &str) {
+        self.publish_with(cmd);
+    }
+
+    fn publish_with(&self, cmd: &str) {
+        let s = &self.session;
+        let blocked = !self.blocked.is_empty()
+            && self
+                .blocked
+                .last()
+                .is_some_and(|b| b.position > self.replies.completed());
+        self.registration.entry.publish(|snap| {
+            snap.name = s.name.clone();
+            snap.db = s.db;
+            snap.resp = s.proto.number();
+            snap.subscribed = s.pipe.is_some();
+            snap.multi = if s.in_multi { 0 } else { -1 };
+            snap.flags.clear();
+            if blocked {
+                snap.flags.push('b');
+            }
+            if s.in_multi {
+                snap.flags.push('x');
+            }
+            if s.pipe.is_some() {
+                snap.flags.push('P');
+            }
+            if snap.flags.is_empty() {
+                snap.flags.push('N');
+            }
+            if !cmd.is_empty() {
+                snap.cmd.clear();
+                snap.cmd.push_str(cmd);
+                snap.last_active = std::time::Instant::now();
+            }
+        });
+    }
+
+    async fn dispatch(&mut self, req: Request) -> Flow {
         if let Some(pipe) = self.session.pipe.as_mut() {
             return match pipe.write_all(&req.raw).await {
                 Ok(()) => Flow::Continue,
@@ -716,7 +818,11 @@ impl Connection {
         let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
             return self.reply(self.no_primary()).await;
         };
-        let stream = match primary.pool.raw(self.session.link_session()).await {
+        let req = match self.redirect_tracking(req, &primary.addr) {
+            Ok(req) => req,
+            Err(error) => return self.reply(error).await,
+        };
+        let (stream, backend_id) = match primary.pool.raw(self.session.link_session()).await {
             Ok(stream) => stream,
             Err(e) => {
                 return self
@@ -727,6 +833,12 @@ impl Connection {
                     .await
             }
         };
+        if let Some(id) = backend_id {
+            let addr = primary.addr.clone();
+            self.registration
+                .entry
+                .publish(|snap| snap.pipe = Some((addr, id)));
+        }
         let (backend_rd, mut backend_wr) = stream.into_split();
         self.pipe_from = Some(backend_rd);
         primary.count_requests(1);
@@ -735,6 +847,37 @@ impl Connection {
         }
         self.session.pipe = Some(backend_wr);
         Flow::Continue
+    }
+
+    /// `CLIENT TRACKING ... REDIRECT <id>` names a Rampart client; the node
+    /// must be given that client's own connection to it instead.
+    fn redirect_tracking(&self, req: Request, node: &str) -> Result<Request, Value> {
+        let is_tracking = req.name().as_bytes() == b"CLIENT"
+            && req
+                .arg_upper(1)
+                .is_some_and(|s| s.as_bytes() == b"TRACKING");
+        let Some(at) = (2..req.argc()).find(|&i| {
+            is_tracking
+                && req
+                    .arg_upper(i)
+                    .is_some_and(|a| a.as_bytes() == b"REDIRECT")
+        }) else {
+            return Ok(req);
+        };
+        let target = req
+            .arg(at + 1)
+            .and_then(crate::resp::request::parse_i64)
+            .and_then(|id| u64::try_from(id).ok())
+            .and_then(|id| self.ctx.registry.get(id));
+        let pipe = target.and_then(|t| t.snapshot().pipe);
+        let Some((_, backend_id)) = pipe.filter(|(addr, _)| addr == node) else {
+            return Err(Value::err(
+                "ERR The client ID you want redirect to does not exist",
+            ));
+        };
+        let mut args = req.args();
+        args[at + 1] = Bytes::from(backend_id.to_string());
+        Ok(Request::from_args(&args))
     }
 
     /// Sends requests on a link and waits for all their replies, after
@@ -828,7 +971,7 @@ impl Connection {
     /// failover costs clients a pause instead of errors. At most
     /// `failover.max_held_clients` wait; beyond that, and past the time
     /// bound, the caller answers an error. True once there is a primary.
-    async fn await_primary(&mut self) -> bool {
+    pub(super) async fn await_primary(&mut self) -> bool {
         let ctx = self.ctx.clone();
         let shard = ctx.topology.shard();
         if shard.primary().is_some() {
@@ -862,7 +1005,7 @@ impl Connection {
         found
     }
 
-    fn no_primary(&self) -> Value {
+    pub(super) fn no_primary(&self) -> Value {
         Value::err(format!(
             "ERR rampart: no reachable primary for shard '{}'",
             self.ctx.topology.shard().name
@@ -957,6 +1100,36 @@ impl Connection {
         let bytes = value.encode(self.session.proto);
         self.push(Pending::Local(bytes))
     }
+}
+
+/// A command as `CLIENT LIST` names it: lower case, with the subcommand of
+/// a container command (`client|list`, `config|get`).
+fn command_label(req: &Request) -> String {
+    let name = req.name();
+    let mut label = name.as_str().to_ascii_lowercase();
+    let container = matches!(
+        name.as_bytes(),
+        b"CLIENT"
+            | b"CONFIG"
+            | b"SCRIPT"
+            | b"FUNCTION"
+            | b"ACL"
+            | b"OBJECT"
+            | b"XINFO"
+            | b"XGROUP"
+            | b"MEMORY"
+            | b"COMMAND"
+            | b"SLOWLOG"
+            | b"PUBSUB"
+            | b"MODULE"
+            | b"LATENCY"
+            | b"CLUSTER"
+    );
+    if let (true, Some(sub)) = (container, req.arg_upper(1)) {
+        label.push('|');
+        label.push_str(&sub.as_str().to_ascii_lowercase());
+    }
+    label
 }
 
 /// A batch's replies without the first one (a marker Rampart added).

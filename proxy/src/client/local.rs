@@ -3,11 +3,14 @@
 //! connection (PING, HELLO, AUTH, CLIENT SETNAME ...), and the `RAMPART`
 //! admin namespace. Error texts are Redis's own.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::connection::{Connection, Flow};
 use super::session::Session;
 use super::writer::Pending;
+use crate::backend::Credentials;
 use crate::resp::command::Local;
 use crate::resp::request::parse_i64;
 use crate::resp::{Proto, Request, Value};
@@ -18,6 +21,8 @@ fn wrong_args(name: &str) -> Value {
         name.to_lowercase()
     ))
 }
+
+pub(super) const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
 pub(super) const NOT_IN_MULTI: &str = "ERR Command not allowed inside a transaction";
 
@@ -37,13 +42,23 @@ impl Connection {
             {
                 self.pinned(req).await
             }
-            Local::KillScript if in_multi => self.pinned(req).await,
+            Local::KillScript | Local::Client | Local::AclChange if in_multi => {
+                self.pinned(req).await
+            }
+            Local::AclChange => self.acl_change(req).await,
+            Local::Client => self.client_command(req).await,
             Local::KillScript => {
                 let reply = self.kill_script(&req).await;
                 self.reply(reply).await
             }
             Local::Hello | Local::Auth | Local::Select if in_multi => {
                 self.reply(Value::err(NOT_IN_MULTI)).await
+            }
+            // A node running a long script answers PING with -BUSY; so
+            // does Rampart in front of it, so clients see why nothing runs.
+            Local::Ping if self.primary_busy().is_some() => {
+                let busy = self.primary_busy().unwrap_or_default();
+                self.reply(Value::err(busy)).await
             }
             Local::Ping => match args.len() {
                 1 => self.reply(Value::Simple("PONG".into())).await,
@@ -60,8 +75,8 @@ impl Connection {
             }
             Local::Auth => {
                 let reply = match args.len() {
-                    2 => self.authenticate(None, &args[1]),
-                    3 => self.authenticate(Some(&args[1]), &args[2]),
+                    2 => self.authenticate(None, &args[1]).await,
+                    3 => self.authenticate(Some(&args[1]), &args[2]).await,
                     _ => wrong_args("auth"),
                 };
                 self.reply(reply).await
@@ -130,6 +145,76 @@ impl Connection {
         }
     }
 
+    /// `ACL SETUSER | DELUSER`: the primary decides, with the client's own
+    /// rights; what it accepted is then applied to every other node, so
+    /// the user still exists after a failover.
+    async fn acl_change(&mut self, req: Request) -> Flow {
+        let (node, link) = if self.session.is_clean() && self.session.pinned.is_none() {
+            if !self.await_primary().await {
+                return self.reply(self.no_primary()).await;
+            }
+            let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+                return self.reply(self.no_primary()).await;
+            };
+            let link = primary
+                .pool
+                .shared(self.session.proto, self.session.id)
+                .clone();
+            (primary, link)
+        } else {
+            if let Err(error) = self.pin().await {
+                return self.reply(error).await;
+            }
+            let Some(pinned) = self.session.pinned.clone() else {
+                return Flow::Continue;
+            };
+            pinned
+        };
+        let reply = match self.call(&node, &link, vec![req.raw.clone()], "ACL").await {
+            Ok(reply) => reply,
+            Err(error) => return self.reply(error).await,
+        };
+        if !reply.starts_with(b"-") {
+            let args = req.args();
+            let others: Vec<_> = self
+                .ctx
+                .topology
+                .shard()
+                .nodes
+                .iter()
+                .filter(|n| n.id != node.id)
+                .cloned()
+                .collect();
+            for other in others {
+                let args = args.clone();
+                tokio::spawn(async move {
+                    use redis_protocol::resp3::types::OwnedFrame;
+                    let result = match other.pool.control().await {
+                        Ok(mut control) => {
+                            control.call(&args, std::time::Duration::from_secs(2)).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let failed = match result {
+                        Ok(OwnedFrame::SimpleError { data, .. }) => Some(data),
+                        Ok(_) => None,
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if let Some(error) = failed {
+                        tracing::warn!(node = %other.addr, %error, "ACL change not applied on this node; define the user there by hand");
+                    }
+                });
+            }
+        }
+        self.push(Pending::Local(reply))
+    }
+
+    /// The primary's busy reply, while its probe sees it busy.
+    fn primary_busy(&self) -> Option<String> {
+        let shard = self.ctx.topology.shard();
+        shard.primary()?.pool.stats().busy_reply()
+    }
+
     /// `SCRIPT KILL` / `FUNCTION KILL`, sent to every node of the shard on
     /// connections of their own (the script may be a read-only one on a
     /// replica, and the client's shared connection waits behind it). One
@@ -165,21 +250,103 @@ impl Connection {
         best.unwrap_or_else(|| Value::err("ERR rampart: no node answered SCRIPT KILL"))
     }
 
-    fn authenticate(&mut self, user: Option<&Bytes>, password: &[u8]) -> Value {
+    /// `AUTH [user] password`: Rampart's own password (`proxy.password`)
+    /// when one is set and matches; otherwise the nodes' ACL users, checked
+    /// by the primary itself, so its answers (`WRONGPASS`, the error for a
+    /// password with none configured) are Redis's own.
+    async fn authenticate(&mut self, user: Option<&Bytes>, password: &Bytes) -> Value {
         let config = &self.ctx.config.proxy;
-        let Some(expected) = &config.password else {
-            return Value::err(
-                "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-            );
-        };
-        let expected_user = config.username.as_deref().unwrap_or("default");
-        let user_ok = user.is_none_or(|u| &u[..] == expected_user.as_bytes());
-        if user_ok && constant_time_eq(password, expected.as_bytes()) {
-            self.session.authed = true;
-            Value::ok()
-        } else {
-            Value::err("WRONGPASS invalid username-password pair or user is disabled.")
+        if let Some(expected) = &config.password {
+            let expected_user = config.username.as_deref().unwrap_or("default");
+            let user_ok = user.is_none_or(|u| &u[..] == expected_user.as_bytes());
+            if user_ok && constant_time_eq(password, expected.as_bytes()) {
+                self.session.authed = true;
+                self.switch_user(None).await;
+                return Value::ok();
+            }
+            if user.is_none() {
+                return Value::err(WRONGPASS);
+            }
         }
+        self.node_auth(user, password).await
+    }
+
+    async fn node_auth(&mut self, user: Option<&Bytes>, password: &Bytes) -> Value {
+        if !self.await_primary().await {
+            return self.no_primary();
+        }
+        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+            return self.no_primary();
+        };
+        let mut control = match primary.pool.control().await {
+            Ok(control) => control,
+            Err(e) => {
+                return Value::err(format!(
+                    "ERR rampart: cannot check credentials on {} ({e})",
+                    primary.addr
+                ))
+            }
+        };
+        let mut args: Vec<&[u8]> = vec![b"AUTH"];
+        args.extend(user.map(|u| &u[..]));
+        args.push(password);
+        let timeout = std::time::Duration::from_millis(self.ctx.config.probe.timeout_ms.max(1000));
+        use redis_protocol::resp3::types::OwnedFrame;
+        match control.call(&args, timeout).await {
+            Ok(OwnedFrame::SimpleString { .. }) => {}
+            Ok(OwnedFrame::SimpleError { data, .. }) => return Value::err(data),
+            Ok(other) => {
+                return Value::err(format!("ERR rampart: unexpected AUTH reply {other:?}"))
+            }
+            Err(e) => return Value::err(format!("ERR rampart: cannot check credentials ({e})")),
+        }
+        self.session.authed = true;
+        let username = user.map_or_else(
+            || "default".to_string(),
+            |u| String::from_utf8_lossy(u).into_owned(),
+        );
+        let backend = &self.ctx.config.backend;
+        let is_rampart = username == backend.username.as_deref().unwrap_or("default")
+            && backend
+                .password
+                .as_deref()
+                .is_none_or(|p| p.as_bytes() == &password[..]);
+        let creds = (!is_rampart).then(|| {
+            Arc::new(Credentials {
+                username,
+                password: String::from_utf8_lossy(password).into_owned(),
+            })
+        });
+        self.switch_user(creds).await;
+        Value::ok()
+    }
+
+    /// Runs the client's commands as `user` from now on: connections held
+    /// for the previous user are let go.
+    async fn switch_user(&mut self, user: Option<Arc<Credentials>>) {
+        if self.session.user == user {
+            return;
+        }
+        if self.session.pinned.is_some() {
+            let clean = self.session.is_clean();
+            self.unpin().await;
+            if !clean {
+                self.session.lose_pinned();
+            }
+        }
+        let name = user.as_ref().map_or_else(
+            || {
+                self.ctx
+                    .config
+                    .backend
+                    .username
+                    .clone()
+                    .unwrap_or_else(|| "default".into())
+            },
+            |u| u.username.clone(),
+        );
+        self.registration.entry.publish(|snap| snap.user = name);
+        self.session.user = user;
     }
 
     /// `HELLO [protover [AUTH user pass] [SETNAME name]]`.
@@ -210,7 +377,9 @@ impl Connection {
             let option = crate::resp::request::CommandName::new(&args[i]);
             match option.as_bytes() {
                 b"AUTH" if i + 2 < args.len() => {
-                    let reply = self.authenticate(Some(&args[i + 1].clone()), &args[i + 2].clone());
+                    let reply = self
+                        .authenticate(Some(&args[i + 1].clone()), &args[i + 2].clone())
+                        .await;
                     if matches!(reply, Value::Error(_)) {
                         return self.reply(reply).await;
                     }
@@ -321,7 +490,15 @@ impl Connection {
             }
         }
         let authed = self.ctx.config.proxy.password.is_none();
+        let user = self.session.user.is_some();
         self.session = Session::new(self.session.id, authed);
+        if user {
+            let name = self.ctx.config.backend.username.clone();
+            self.registration
+                .entry
+                .publish(|snap| snap.user = name.unwrap_or_else(|| "default".into()));
+        }
+        self.replies.set_muted(false);
         self.reply(Value::Simple("RESET".into())).await
     }
 

@@ -1,12 +1,17 @@
 //! One task per client connection: `connection` reads, parses and
 //! dispatches requests, `writer` keeps the replies the client is owed and
-//! writes them in order. Commands Rampart answers itself are in `local`, and what it
-//! remembers about the client in `session`.
+//! writes them in order. Commands Rampart answers itself are in `local`,
+//! what it remembers about the client in `session`, blocking commands in
+//! `blocking`, the `CLIENT` commands about other clients in `identity`
+//! (over the `registry` of connected clients), and what clients may not do
+//! in `guard`.
 
 mod blocking;
 mod connection;
 pub mod guard;
+mod identity;
 pub(crate) mod local;
+pub mod registry;
 
 pub use local::constant_time_eq;
 mod session;
@@ -21,6 +26,13 @@ use crate::server::Context;
 /// Serves one client until it disconnects.
 pub async fn serve(stream: TcpStream, ctx: Arc<Context>, id: u64) {
     let _ = stream.set_nodelay(true);
+    let unknown = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    let peer = stream.peer_addr().unwrap_or(unknown);
+    let local = stream.local_addr().unwrap_or(unknown);
+    let user = ctx.config.proxy.username.as_deref().unwrap_or("default");
+    let (registration, orders) = ctx.registry.register(id, peer, local, user);
     let (rd, wr) = stream.into_split();
-    connection::Connection::new(ctx, id, wr).run(rd).await;
+    connection::Connection::new(ctx, id, wr, registration, orders)
+        .run(rd)
+        .await;
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::net::tcp::OwnedWriteHalf;
 
-use crate::backend::{Link, Session as LinkSession};
+use crate::backend::{Credentials, Link, Session as LinkSession};
 use crate::resp::Proto;
 use crate::topology::Node;
 
@@ -15,6 +15,10 @@ pub struct Session {
     pub db: i64,
     pub name: Option<Bytes>,
     pub authed: bool,
+    /// The nodes' ACL user the client authenticated as (`AUTH user pass`
+    /// checked by a node): its commands run on connections of its own,
+    /// logged in as that user. `None`: Rampart's own backend user.
+    pub user: Option<Arc<Credentials>>,
     /// Between MULTI and EXEC/DISCARD.
     pub in_multi: bool,
     /// WATCH is in force.
@@ -34,6 +38,10 @@ pub struct Session {
     /// Fan-out mode, between MULTI and EXEC: the transaction is queued here
     /// and sent to every node whole at EXEC.
     pub fanout_tx: Option<FanoutTx>,
+    /// `CLIENT REPLY OFF`: no reply is written until `CLIENT REPLY ON`.
+    pub replies_off: bool,
+    /// `CLIENT REPLY SKIP`: the next command's reply is dropped.
+    pub skip_next_reply: bool,
 }
 
 #[derive(Default)]
@@ -52,6 +60,7 @@ impl Session {
             db: 0,
             name: None,
             authed,
+            user: None,
             in_multi: false,
             watching: false,
             tx_lost: false,
@@ -60,12 +69,19 @@ impl Session {
             pinned: None,
             pipe: None,
             fanout_tx: None,
+            replies_off: false,
+            skip_next_reply: false,
         }
     }
 
     /// No state that ties the client to its dedicated connection.
     pub fn is_clean(&self) -> bool {
-        !self.in_multi && !self.watching && !self.sticky && !self.tx_lost && self.db == 0
+        !self.in_multi
+            && !self.watching
+            && !self.sticky
+            && !self.tx_lost
+            && self.db == 0
+            && self.user.is_none()
     }
 
     /// The state a new dedicated connection for this client must start in.
@@ -73,6 +89,7 @@ impl Session {
         LinkSession {
             proto: self.proto,
             db: self.db,
+            user: self.user.clone(),
         }
     }
 

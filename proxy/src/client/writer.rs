@@ -39,6 +39,12 @@ pub enum Pending {
     Local(Bytes),
     /// Replies from a backend that have arrived.
     Arrived { reply: BatchReply, replies: usize },
+    /// Replies the client asked not to get (`CLIENT REPLY OFF|SKIP`):
+    /// awaited in order, then dropped.
+    Discard {
+        reply: oneshot::Receiver<BatchReply>,
+        replies: usize,
+    },
 }
 
 /// Writes past this size go out without waiting for more replies.
@@ -61,6 +67,8 @@ pub struct Replies {
     /// (counting from 1) has its reply once `completed >= n`.
     queued: u64,
     completed: u64,
+    /// Items pushed now are dropped rather than written.
+    muted: bool,
 }
 
 impl Replies {
@@ -74,17 +82,32 @@ impl Replies {
             owed: 0,
             queued: 0,
             completed: 0,
+            muted: false,
         }
     }
 
     /// Queues an item; returns its position, for [`Replies::completed`].
     pub fn push(&mut self, item: Pending) -> u64 {
-        if let Pending::Remote { replies, .. } = &item {
+        let item = match item {
+            Pending::Remote { reply, replies, .. } if self.muted => {
+                Pending::Discard { reply, replies }
+            }
+            Pending::Local(_) | Pending::Arrived { .. } if self.muted => {
+                Pending::Local(Bytes::new())
+            }
+            item => item,
+        };
+        if let Pending::Remote { replies, .. } | Pending::Discard { replies, .. } = &item {
             self.owed += replies;
         }
         self.queue.push_back(item);
         self.queued += 1;
         self.queued
+    }
+
+    /// From now on, drop what is pushed (`CLIENT REPLY OFF`), or not.
+    pub fn set_muted(&mut self, muted: bool) {
+        self.muted = muted;
     }
 
     /// How many queued items have their replies.
@@ -99,7 +122,10 @@ impl Replies {
         let index = position.checked_sub(self.completed + 1)? as usize;
         let slot = self.queue.get_mut(index)?;
         let item = std::mem::replace(slot, Pending::Local(Bytes::new()));
-        if let Pending::Remote { replies, .. } | Pending::Arrived { replies, .. } = &item {
+        if let Pending::Remote { replies, .. }
+        | Pending::Arrived { replies, .. }
+        | Pending::Discard { replies, .. } = &item
+        {
             self.owed -= replies;
         }
         Some(item)
@@ -119,6 +145,17 @@ impl Replies {
     /// polls, the item stays queued.
     pub async fn front_ready(&mut self) {
         poll_fn(|cx| {
+            if let Some(Pending::Discard { reply, replies }) = self.queue.front_mut() {
+                let replies = *replies;
+                if Pin::new(reply).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.owed -= replies;
+                if let Some(front) = self.queue.front_mut() {
+                    *front = Pending::Local(Bytes::new());
+                }
+                return Poll::Ready(());
+            }
             let Some(Pending::Remote {
                 reply,
                 replies,
@@ -171,6 +208,14 @@ impl Replies {
                     }
                     Err(oneshot::error::TryRecvError::Closed) => self.arrived(dropped(), replies),
                 },
+                Pending::Discard { mut reply, replies } => match reply.try_recv() {
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        self.completed -= 1;
+                        self.queue.push_front(Pending::Discard { reply, replies });
+                        break;
+                    }
+                    _ => self.owed -= replies,
+                },
             }
             if self.out_len >= FLUSH_AT || self.out.len() >= MAX_SLICES {
                 self.flush().await?;
@@ -213,6 +258,11 @@ impl Replies {
     }
 
     fn append(&mut self, bytes: Bytes) {
+        // An empty chunk would make the vectored write return 0, which
+        // means the peer is gone.
+        if bytes.is_empty() {
+            return;
+        }
         self.out_len += bytes.len();
         self.out.push(bytes);
     }

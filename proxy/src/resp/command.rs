@@ -61,6 +61,12 @@ pub enum Local {
     ClientGetName,
     ClientId,
     ClientSetInfo,
+    /// `CLIENT LIST | INFO | KILL | UNBLOCK | REPLY`: about Rampart's
+    /// clients, not its connections to the nodes.
+    Client,
+    /// `ACL SETUSER | DELUSER`: run on the primary as the client, then
+    /// copied to every other node (Redis does not replicate ACLs).
+    AclChange,
     /// `SCRIPT KILL`, `FUNCTION KILL`: must reach the node running the
     /// script at once, never queue behind it on a shared connection.
     KillScript,
@@ -84,6 +90,13 @@ pub fn classify(req: &Request) -> Class {
         b"CLIENT" => client_subcommand(req),
         b"SCRIPT" | b"FUNCTION" if req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"KILL") => {
             Class::Local(Local::KillScript)
+        }
+        b"ACL"
+            if req
+                .arg_upper(1)
+                .is_some_and(|s| matches!(s.as_bytes(), b"SETUSER" | b"DELUSER")) =>
+        {
+            Class::Local(Local::AclChange)
         }
         b"XREAD" | b"XREADGROUP" => {
             if has_option(req, b"BLOCK") {
@@ -139,7 +152,7 @@ fn client_subcommand(req: &Request) -> Class {
         b"ID" => Class::Local(Local::ClientId),
         b"SETINFO" => Class::Local(Local::ClientSetInfo),
         b"TRACKING" => Class::Stream,
-        b"REPLY" => Class::Refused("ERR CLIENT REPLY is not supported through Rampart"),
+        b"LIST" | b"INFO" | b"KILL" | b"UNBLOCK" | b"REPLY" => Class::Local(Local::Client),
         // Options that change how the server treats the connection they run
         // on must not reach a shared link.
         b"NO-EVICT" | b"NO-TOUCH" | b"CACHING" => Class::Pin,

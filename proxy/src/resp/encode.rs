@@ -47,6 +47,9 @@ pub enum Value {
     Error(String),
     Int(i64),
     Bulk(Bytes),
+    /// Text for people (`CLIENT LIST`, `INFO`): verbatim in RESP3, bulk in
+    /// RESP2.
+    Verbatim(Bytes),
     Null,
     Array(Vec<Value>),
     /// A map in RESP3, a flat array of key, value, ... in RESP2.
@@ -99,7 +102,7 @@ impl Value {
             Value::Simple(s) => F::SimpleString(Bytes::copy_from_slice(s.as_bytes())),
             Value::Error(e) => F::Error(e.as_str().into()),
             Value::Int(i) => F::Integer(*i),
-            Value::Bulk(b) => F::BulkString(b.clone()),
+            Value::Bulk(b) | Value::Verbatim(b) => F::BulkString(b.clone()),
             Value::Null => F::Null,
             Value::Array(items) | Value::Push(items) => {
                 F::Array(items.iter().map(Value::to_resp2).collect())
@@ -130,6 +133,11 @@ impl Value {
             },
             Value::Bulk(b) => F::BlobString {
                 data: b.clone(),
+                attributes: None,
+            },
+            Value::Verbatim(b) => F::VerbatimString {
+                data: b.clone(),
+                format: resp3::types::VerbatimStringFormat::Text,
                 attributes: None,
             },
             Value::Null => F::Null,

@@ -1,0 +1,186 @@
+//! Every client connected to this Rampart, as `CLIENT LIST`, `CLIENT INFO`,
+//! `CLIENT KILL` and `CLIENT UNBLOCK` see them.
+//!
+//! Through a proxy the nodes only know Rampart's own connections, so these
+//! commands are answered here, about Rampart's clients, in Redis's own
+//! format. Each connection publishes what the others may ask about it (name,
+//! user, database, last command ...) into its entry once per read, and takes
+//! orders (close, unblock) on a channel of its own, so acting on another
+//! client never reaches into its task.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tokio::sync::{mpsc, oneshot};
+
+/// What one connection is asked to do by another.
+pub enum Order {
+    /// Close the connection (`CLIENT KILL`).
+    Kill,
+    /// `CLIENT UNBLOCK`: stop the blocking command in progress, if any,
+    /// as if it timed out or (`error`) with an error; answers whether one was.
+    Unblock {
+        error: bool,
+        done: oneshot::Sender<bool>,
+    },
+}
+
+/// What a connection last published about itself.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub name: Option<Bytes>,
+    pub user: String,
+    pub db: i64,
+    /// The last command, as `CLIENT LIST` shows it (`get`, `client|list`).
+    pub cmd: String,
+    pub last_active: Instant,
+    /// Redis's flag letters: `N` (none), `b` (blocked), `x` (MULTI), `P`
+    /// (subscribed), `t` (tracking).
+    pub flags: String,
+    /// Commands queued in MULTI, or -1.
+    pub multi: i64,
+    pub subscribed: bool,
+    pub resp: i64,
+    /// Once the client is piped to a connection of its own (SUBSCRIBE ...):
+    /// that connection's node and `CLIENT ID` there.
+    pub pipe: Option<(String, i64)>,
+}
+
+pub struct Entry {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub laddr: SocketAddr,
+    created: Instant,
+    snapshot: Mutex<Snapshot>,
+    orders: mpsc::Sender<Order>,
+}
+
+impl Entry {
+    pub fn publish(&self, update: impl FnOnce(&mut Snapshot)) {
+        let mut snapshot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        update(&mut snapshot);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The `CLIENT LIST` line, in Redis 7.0's field order.
+    pub fn line(&self, now: Instant) -> String {
+        let s = self.snapshot();
+        let mut out = String::with_capacity(256);
+        let name = s
+            .name
+            .as_ref()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default();
+        let _ = write!(
+            out,
+            "id={} addr={} laddr={} fd=8 name={} age={} idle={} flags={} db={} sub={} psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=1024 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={}",
+            self.id,
+            self.addr,
+            self.laddr,
+            name,
+            now.saturating_duration_since(self.created).as_secs(),
+            now.saturating_duration_since(s.last_active).as_secs(),
+            s.flags,
+            s.db,
+            u8::from(s.subscribed),
+            s.multi,
+            s.cmd,
+            s.user,
+            s.resp,
+        );
+        out
+    }
+
+    /// Sends an order; false when the connection is already gone.
+    pub fn order(&self, order: Order) -> bool {
+        self.orders.try_send(order).is_ok()
+    }
+}
+
+/// All connected clients.
+#[derive(Default)]
+pub struct Registry {
+    clients: DashMap<u64, Arc<Entry>>,
+}
+
+/// Removes its client from the registry when the connection ends.
+pub struct Registration {
+    pub entry: Arc<Entry>,
+    registry: Arc<Registry>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.clients.remove(&self.entry.id);
+    }
+}
+
+impl Registry {
+    /// Adds a client; its orders arrive on the returned receiver.
+    pub fn register(
+        self: &Arc<Registry>,
+        id: u64,
+        addr: SocketAddr,
+        laddr: SocketAddr,
+        user: &str,
+    ) -> (Registration, mpsc::Receiver<Order>) {
+        let (tx, rx) = mpsc::channel(8);
+        let now = Instant::now();
+        let entry = Arc::new(Entry {
+            id,
+            addr,
+            laddr,
+            created: now,
+            snapshot: Mutex::new(Snapshot {
+                name: None,
+                user: user.to_string(),
+                db: 0,
+                cmd: "NULL".into(),
+                last_active: now,
+                flags: "N".into(),
+                multi: -1,
+                subscribed: false,
+                resp: 2,
+                pipe: None,
+            }),
+            orders: tx,
+        });
+        self.clients.insert(id, entry.clone());
+        (
+            Registration {
+                entry,
+                registry: self.clone(),
+            },
+            rx,
+        )
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<Entry>> {
+        self.clients.get(&id).map(|e| e.clone())
+    }
+
+    /// Every client, by id.
+    pub fn all(&self) -> Vec<Arc<Entry>> {
+        let mut all: Vec<Arc<Entry>> = self.clients.iter().map(|e| e.value().clone()).collect();
+        all.sort_by_key(|e| e.id);
+        all
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+}
