@@ -719,3 +719,34 @@ fn acl_users_log_in_and_their_permissions_apply() {
         assert!(!node.cli(&["ACL", "LIST"]).contains("mallory"));
     }
 }
+
+/// A subscriber whose connection breaks with its primary, and that
+/// re-subscribes at once (as redis-py and ioredis do), gets messages again.
+#[test]
+fn a_subscriber_that_resubscribes_during_a_failover_gets_messages() {
+    let mut cluster = Cluster::start(2);
+    let proxy = Proxy::start(&cluster.addrs(), SYNC_ONE);
+    let mut sub = Raw::connect(proxy.addr);
+    sub.send(&[&["SUBSCRIBE", "news"]]);
+    let _ = sub.reply();
+    cluster.nodes[0].kill();
+    // The pipe to the dead primary breaks: the connection closes.
+    let mut chunk = [0u8; 64];
+    assert!(matches!(sub.stream.read(&mut chunk), Ok(0) | Err(_)));
+    // Reconnect and re-subscribe right away, before the failover is done.
+    let mut sub = Raw::connect(proxy.addr);
+    sub.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sub.send(&[&["SUBSCRIBE", "news"]]);
+    let confirmed = format!("{:?}", sub.reply());
+    assert!(confirmed.contains("subscribe"), "{confirmed}");
+    let mut c = proxy.conn();
+    let receivers: i64 = redis::cmd("PUBLISH")
+        .arg(&["news", "after-failover"])
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(receivers, 1);
+    let message = format!("{:?}", sub.reply());
+    assert!(message.contains("after-failover"), "{message}");
+}

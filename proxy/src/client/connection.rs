@@ -812,26 +812,39 @@ impl Connection {
                 node.pool.give_back(link, self.session.proto);
             }
         }
-        if !self.await_primary().await {
-            return self.reply(self.no_primary()).await;
-        }
-        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
-            return self.reply(self.no_primary()).await;
+        // A subscriber that reconnects while its primary is dying (redis-py
+        // and ioredis re-subscribe at once) waits for the failover, as a
+        // write would, rather than failing and ending up subscribed to
+        // nothing.
+        let deadline = tokio::time::Instant::now()
+            + std::time::Duration::from_millis(self.ctx.config.failover.hold_writes_ms);
+        let (primary, stream, backend_id) = loop {
+            if !self.await_primary().await {
+                return self.reply(self.no_primary()).await;
+            }
+            let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+                return self.reply(self.no_primary()).await;
+            };
+            match primary.pool.raw(self.session.link_session()).await {
+                Ok((stream, id)) => break (primary, stream, id),
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    let mut changed = self.ctx.topology.shard().watch();
+                    let pause = std::time::Duration::from_millis(100);
+                    let _ = tokio::time::timeout(pause, changed.changed()).await;
+                }
+                Err(e) => {
+                    return self
+                        .reply(Value::err(format!(
+                            "ERR rampart: {} unavailable ({e})",
+                            primary.addr
+                        )))
+                        .await
+                }
+            }
         };
         let req = match self.redirect_tracking(req, &primary.addr) {
             Ok(req) => req,
             Err(error) => return self.reply(error).await,
-        };
-        let (stream, backend_id) = match primary.pool.raw(self.session.link_session()).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                return self
-                    .reply(Value::err(format!(
-                        "ERR rampart: {} unavailable ({e})",
-                        primary.addr
-                    )))
-                    .await
-            }
         };
         if let Some(id) = backend_id {
             let addr = primary.addr.clone();
