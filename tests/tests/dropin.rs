@@ -750,3 +750,38 @@ fn a_subscriber_that_resubscribes_during_a_failover_gets_messages() {
     let message = format!("{:?}", sub.reply());
     assert!(message.contains("after-failover"), "{message}");
 }
+
+/// MONITOR shows the clients' commands, not Rampart's probes or the WAITs
+/// it adds after synchronous writes.
+#[test]
+fn monitor_shows_the_clients_commands_only() {
+    let cluster = Cluster::start(1);
+    let proxy = Proxy::start(&cluster.addrs(), SYNC_ONE);
+    let mut monitor = Raw::connect(proxy.addr);
+    monitor.send(&[&["MONITOR"]]);
+    assert_eq!(monitor.reply(), redis::Value::Okay);
+    let mut c = proxy.conn();
+    let _: () = c.set("watched", "1").unwrap();
+    let _: Option<String> = c.get("watched").unwrap();
+    let _: i64 = redis::cmd("WAIT").arg(&["1", "100"]).query(&mut c).unwrap();
+    // Several probe rounds pass meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
+    let _: () = c.set("last", "1").unwrap();
+    let mut lines = Vec::new();
+    loop {
+        let line = format!("{:?}", monitor.reply());
+        let done = line.contains("\\\"last\\\"");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let all = lines.join("\n");
+    assert!(all.contains("\\\"watched\\\" \\\"1\\\""), "{all}");
+    assert!(all.to_uppercase().contains("\\\"GET\\\""), "{all}");
+    // The client's own WAIT is shown; Rampart's are not.
+    assert_eq!(all.matches("\\\"WAIT\\\"").count(), 1, "{all}");
+    for internal in ["INFO", "__rampart__", "CONFIG", "HELLO"] {
+        assert!(!all.contains(internal), "{internal} in:\n{all}");
+    }
+}

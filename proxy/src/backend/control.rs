@@ -14,6 +14,8 @@ use crate::resp::encode::multibulk;
 
 pub struct Control {
     stream: TcpStream,
+    /// Hides this connection's commands from clients' MONITOR.
+    _mark: super::own::Mark,
     buf: BytesMut,
 }
 
@@ -25,8 +27,10 @@ impl Control {
             db: 0,
             user: None,
         };
+        let stream = connect(addr, opts, session).await?;
         Ok(Control {
-            stream: connect(addr, opts, session).await?,
+            _mark: super::own::Mark::new(&stream, super::own::Kind::Control),
+            stream,
             buf: BytesMut::with_capacity(4096),
         })
     }

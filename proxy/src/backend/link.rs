@@ -219,7 +219,8 @@ impl Link {
         let span = tracing::debug_span!("dedicated", node = %addr);
         tokio::spawn(
             async move {
-                let reason = serve(stream, &mut rx, &opts, &task_state.addr).await;
+                let kind = super::own::Kind::Dedicated;
+                let reason = serve(stream, &mut rx, &opts, &task_state.addr, kind).await;
                 task_state.up.store(false, Ordering::Release);
                 tracing::debug!(%reason, "dedicated link closed");
                 rx.close();
@@ -292,7 +293,8 @@ async fn supervise(
                 tracing::debug!("connected");
                 state.up.store(true, Ordering::Release);
                 backoff = Duration::from_millis(10);
-                let reason = serve(stream, &mut rx, &opts, &state.addr).await;
+                let kind = super::own::Kind::Shared;
+                let reason = serve(stream, &mut rx, &opts, &state.addr, kind).await;
                 state.up.store(false, Ordering::Release);
                 if rx.is_closed() {
                     return;
@@ -419,7 +421,9 @@ async fn serve(
     rx: &mut mpsc::Receiver<Batch>,
     opts: &LinkOptions,
     addr: &str,
+    kind: super::own::Kind,
 ) -> String {
+    let _mark = super::own::Mark::new(&stream, kind);
     opts.stats.connections.fetch_add(1, Ordering::Relaxed);
     let (rd, wr) = stream.into_split();
     let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel();

@@ -3,6 +3,7 @@
 pub mod connect;
 pub mod control;
 pub mod link;
+pub mod own;
 pub mod pool;
 
 pub use connect::{ConnectOptions, Credentials, Session};

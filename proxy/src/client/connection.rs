@@ -206,6 +206,10 @@ impl Connection {
     /// and forwarded, backend bytes are copied back untouched.
     async fn pipe(mut self, mut rd: OwnedReadHalf, mut backend: OwnedReadHalf) {
         let mut from_backend = BytesMut::with_capacity(16 * 1024);
+        let mut monitor = self
+            .session
+            .monitor
+            .then(super::monitor::MonitorFilter::default);
         let mut shutdown = self.ctx.shutdown.clone();
         loop {
             if *shutdown.borrow() {
@@ -215,7 +219,14 @@ impl Connection {
                 _ = shutdown.changed() => break,
                 read = backend.read_buf(&mut from_backend) => match read {
                     Ok(n) if n > 0 => {
-                        if self.replies.write_raw(&from_backend).await.is_err() {
+                        let written = match monitor.as_mut() {
+                            Some(filter) => {
+                                let lines = filter.feed(&from_backend);
+                                self.replies.write_raw(&lines).await
+                            }
+                            None => self.replies.write_raw(&from_backend).await,
+                        };
+                        if written.is_err() {
                             break;
                         }
                         from_backend.clear();
@@ -852,6 +863,7 @@ impl Connection {
                 .entry
                 .publish(|snap| snap.pipe = Some((addr, id)));
         }
+        self.session.monitor = req.name().as_bytes() == b"MONITOR";
         let (backend_rd, mut backend_wr) = stream.into_split();
         self.pipe_from = Some(backend_rd);
         primary.count_requests(1);

@@ -11,6 +11,7 @@ mod connection;
 pub mod guard;
 mod identity;
 pub(crate) mod local;
+mod monitor;
 pub mod registry;
 
 pub use local::constant_time_eq;

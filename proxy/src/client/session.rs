@@ -38,6 +38,8 @@ pub struct Session {
     /// Fan-out mode, between MULTI and EXEC: the transaction is queued here
     /// and sent to every node whole at EXEC.
     pub fanout_tx: Option<FanoutTx>,
+    /// The pipe carries a MONITOR feed, filtered of Rampart's own commands.
+    pub monitor: bool,
     /// `CLIENT REPLY OFF`: no reply is written until `CLIENT REPLY ON`.
     pub replies_off: bool,
     /// `CLIENT REPLY SKIP`: the next command's reply is dropped.
@@ -69,6 +71,7 @@ impl Session {
             pinned: None,
             pipe: None,
             fanout_tx: None,
+            monitor: false,
             replies_off: false,
             skip_next_reply: false,
         }
