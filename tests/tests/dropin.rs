@@ -785,3 +785,34 @@ fn monitor_shows_the_clients_commands_only() {
         assert!(!all.contains(internal), "{internal} in:\n{all}");
     }
 }
+
+/// SLOWLOG GET lists the clients' commands, not Rampart's probes or the
+/// replicas' acknowledgements.
+#[test]
+fn slowlog_lists_the_clients_commands() {
+    let cluster = Cluster::start(1);
+    let proxy = Proxy::start(&cluster.addrs(), SYNC_ONE);
+    let mut c = proxy.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "slowlog-log-slower-than", "0"])
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut c).unwrap();
+    let _: () = c.set("slow", "1").unwrap();
+    // Probes and replica acks are logged on the node meanwhile.
+    std::thread::sleep(Duration::from_millis(1200));
+    let on_node = cluster.primary().cli(&["SLOWLOG", "GET", "-1"]);
+    assert!(
+        on_node.contains("INFO") || on_node.contains("REPLCONF"),
+        "{on_node}"
+    );
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg(&["GET", "100"])
+        .query(&mut c)
+        .unwrap();
+    let text = format!("{entries:?}");
+    assert!(text.contains("\"SET\"") && text.contains("slow"), "{text}");
+    for internal in ["INFO", "REPLCONF", "WAIT", "PUBLISH"] {
+        assert!(!text.contains(internal), "{internal} in {text}");
+    }
+}

@@ -56,3 +56,22 @@ pub fn kind_of(addr: &str) -> Option<Kind> {
     let addr: SocketAddr = addr.parse().ok()?;
     own().get(&addr).map(|k| *k)
 }
+
+/// Whether a command a node saw coming from `addr` is one Rampart sent for
+/// itself rather than for a client: everything on a control connection,
+/// the `WAIT`s (and their marker `PUBLISH`) after synchronous writes, the
+/// handshakes of its links. `command` and `first` are as the node shows
+/// them (any case).
+pub fn is_internal(addr: &str, command: &str, first: &str) -> bool {
+    let Some(kind) = kind_of(addr) else {
+        return false;
+    };
+    match command.to_ascii_uppercase().as_str() {
+        _ if kind == Kind::Control => true,
+        "WAIT" => kind == Kind::Shared,
+        "PUBLISH" => first == "__rampart__:wait",
+        "CLIENT" => first.eq_ignore_ascii_case("ID"),
+        "HELLO" | "AUTH" => true,
+        _ => false,
+    }
+}

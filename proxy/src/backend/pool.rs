@@ -31,8 +31,15 @@ pub struct NodePool {
     shared: Vec<[OnceLock<Vec<Link>>; 4]>,
     /// Per worker thread: clean dedicated links (database 0, no
     /// transaction), per protocol.
-    idle: Vec<[Mutex<Vec<Link>>; 2]>,
+    idle: Arc<Vec<[Mutex<Vec<Link>>; 2]>>,
 }
+
+/// Clean dedicated links kept open ahead of need, per worker and protocol.
+/// A blocking command sent on a link that is already open reaches the node
+/// about as fast as another client's write on a shared link; one that must
+/// wait for a new connection arrives after writes its client sent it
+/// ahead of (a BLPOP would miss the LPUSH that was meant to wake it).
+const SPARE: usize = 2;
 
 fn slot(proto: Proto) -> usize {
     match proto {
@@ -61,9 +68,11 @@ impl NodePool {
             shared: (0..=workers)
                 .map(|_| std::array::from_fn(|_| OnceLock::new()))
                 .collect(),
-            idle: (0..=workers)
-                .map(|_| [Mutex::new(Vec::new()), Mutex::new(Vec::new())])
-                .collect(),
+            idle: Arc::new(
+                (0..=workers)
+                    .map(|_| [Mutex::new(Vec::new()), Mutex::new(Vec::new())])
+                    .collect(),
+            ),
         }
     }
 
@@ -111,23 +120,56 @@ impl NodePool {
 
     /// A dedicated link in the given session state.
     pub async fn dedicated(&self, session: Session) -> std::io::Result<Link> {
-        if session.db == 0 && session.user.is_none() {
-            let mut idle = self.idle[self.here()][slot(session.proto)]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            while let Some(link) = idle.pop() {
-                if link.is_up() {
-                    return Ok(link);
-                }
-            }
-        }
         let opts = LinkOptions {
             reply_timeout: None,
             // One client's session: nothing to share.
             window: 0,
             ..self.opts.clone()
         };
-        Link::dedicated(&self.addr, opts, session).await
+        if session.db != 0 || session.user.is_some() {
+            return Link::dedicated(&self.addr, opts, session).await;
+        }
+        let here = self.here();
+        let proto = slot(session.proto);
+        let spare = {
+            let mut idle = self.idle[here][proto]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            idle.retain(Link::is_up);
+            idle.pop()
+        };
+        self.refill(here, session.clone(), opts.clone());
+        match spare {
+            Some(link) => Ok(link),
+            None => Link::dedicated(&self.addr, opts, session).await,
+        }
+    }
+
+    /// Opens clean dedicated links in the background until this worker
+    /// has [`SPARE`] of them for the protocol.
+    fn refill(&self, here: usize, session: Session, opts: LinkOptions) {
+        let idle = self.idle.clone();
+        let addr = self.addr.clone();
+        let proto = slot(session.proto);
+        let missing = {
+            let idle = idle[here][proto].lock().unwrap_or_else(|p| p.into_inner());
+            SPARE.min(self.max_idle).saturating_sub(idle.len())
+        };
+        if missing == 0 {
+            return;
+        }
+        tokio::spawn(async move {
+            for _ in 0..missing {
+                let Ok(link) = Link::dedicated(&addr, opts.clone(), session.clone()).await else {
+                    return;
+                };
+                let mut idle = idle[here][proto].lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() >= SPARE {
+                    return;
+                }
+                idle.push(link);
+            }
+        });
     }
 
     /// Takes back a dedicated link the caller knows to be clean: database 0,

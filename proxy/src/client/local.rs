@@ -10,10 +10,11 @@ use bytes::Bytes;
 use super::connection::{Connection, Flow};
 use super::session::Session;
 use super::writer::Pending;
-use crate::backend::Credentials;
+use crate::backend::{Credentials, Link};
 use crate::resp::command::Local;
 use crate::resp::request::parse_i64;
 use crate::resp::{Proto, Request, Value};
+use crate::topology::Node;
 
 fn wrong_args(name: &str) -> Value {
     Value::err(format!(
@@ -42,10 +43,13 @@ impl Connection {
             {
                 self.pinned(req).await
             }
-            Local::KillScript | Local::Client | Local::AclChange if in_multi => {
+            Local::KillScript | Local::Client | Local::AclChange | Local::SlowlogGet
+                if in_multi =>
+            {
                 self.pinned(req).await
             }
             Local::AclChange => self.acl_change(req).await,
+            Local::SlowlogGet => self.slowlog_get(req).await,
             Local::Client => self.client_command(req).await,
             Local::KillScript => {
                 let reply = self.kill_script(&req).await;
@@ -149,26 +153,9 @@ impl Connection {
     /// rights; what it accepted is then applied to every other node, so
     /// the user still exists after a failover.
     async fn acl_change(&mut self, req: Request) -> Flow {
-        let (node, link) = if self.session.is_clean() && self.session.pinned.is_none() {
-            if !self.await_primary().await {
-                return self.reply(self.no_primary()).await;
-            }
-            let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
-                return self.reply(self.no_primary()).await;
-            };
-            let link = primary
-                .pool
-                .shared(self.session.proto, self.session.id)
-                .clone();
-            (primary, link)
-        } else {
-            if let Err(error) = self.pin().await {
-                return self.reply(error).await;
-            }
-            let Some(pinned) = self.session.pinned.clone() else {
-                return Flow::Continue;
-            };
-            pinned
+        let (node, link) = match self.primary_link().await {
+            Ok(pair) => pair,
+            Err(error) => return self.reply(error).await,
         };
         let reply = match self.call(&node, &link, vec![req.raw.clone()], "ACL").await {
             Ok(reply) => reply,
@@ -207,6 +194,27 @@ impl Connection {
             }
         }
         self.push(Pending::Local(reply))
+    }
+
+    /// The connection to the primary a command Rampart inspects runs on:
+    /// the client's dedicated one when it has state there (an ACL user, a
+    /// database), a shared link otherwise.
+    pub(super) async fn primary_link(&mut self) -> Result<(Arc<Node>, Link), Value> {
+        if !self.session.is_clean() || self.session.pinned.is_some() {
+            self.pin().await?;
+            return self.session.pinned.clone().ok_or_else(|| self.no_primary());
+        }
+        if !self.await_primary().await {
+            return Err(self.no_primary());
+        }
+        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+            return Err(self.no_primary());
+        };
+        let link = primary
+            .pool
+            .shared(self.session.proto, self.session.id)
+            .clone();
+        Ok((primary, link))
     }
 
     /// The primary's busy reply, while its probe sees it busy.

@@ -13,6 +13,7 @@ mod identity;
 pub(crate) mod local;
 mod monitor;
 pub mod registry;
+mod slowlog;
 
 pub use local::constant_time_eq;
 mod session;

@@ -5,7 +5,7 @@
 
 use bytes::{Buf, BytesMut};
 
-use crate::backend::own::{self, Kind};
+use crate::backend::own;
 
 #[derive(Default)]
 pub struct MonitorFilter {
@@ -44,21 +44,10 @@ fn keep(line: &[u8]) -> bool {
     let Some((_db, addr)) = text[open + 1..close].split_once(' ') else {
         return true;
     };
-    let Some(kind) = own::kind_of(addr) else {
-        return true;
-    };
     let mut args = quoted(&text[close + 2..]);
-    let command = args.next().unwrap_or_default().to_ascii_uppercase();
+    let command = args.next().unwrap_or_default();
     let first = args.next().unwrap_or_default();
-    let internal = match command.as_str() {
-        _ if kind == Kind::Control => true,
-        "WAIT" => kind == Kind::Shared,
-        "PUBLISH" => first == "__rampart__:wait",
-        "CLIENT" => first.eq_ignore_ascii_case("ID"),
-        "HELLO" | "AUTH" => true,
-        _ => false,
-    };
-    !internal
+    !own::is_internal(addr, &command, &first)
 }
 
 /// The quoted arguments of a MONITOR line, unescaped just enough to compare.

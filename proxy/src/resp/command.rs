@@ -67,6 +67,8 @@ pub enum Local {
     /// `ACL SETUSER | DELUSER`: run on the primary as the client, then
     /// copied to every other node (Redis does not replicate ACLs).
     AclChange,
+    /// `SLOWLOG GET`: the node's log without Rampart's own entries.
+    SlowlogGet,
     /// `SCRIPT KILL`, `FUNCTION KILL`: must reach the node running the
     /// script at once, never queue behind it on a shared connection.
     KillScript,
@@ -90,6 +92,9 @@ pub fn classify(req: &Request) -> Class {
         b"CLIENT" => client_subcommand(req),
         b"SCRIPT" | b"FUNCTION" if req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"KILL") => {
             Class::Local(Local::KillScript)
+        }
+        b"SLOWLOG" if req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"GET") => {
+            Class::Local(Local::SlowlogGet)
         }
         b"ACL"
             if req
