@@ -132,14 +132,19 @@ async fn connect_inner(
             Ok(Some((frame, used))) => {
                 let _ = buf.split_to(used);
                 seen += 1;
+                // The CLIENT ID comes last; a user whose ACL does not allow
+                // it simply has no id (its blocked commands are then ended by
+                // closing the connection rather than by CLIENT UNBLOCK).
+                let is_id = want_id && seen == expected;
                 match frame {
+                    resp3::types::OwnedFrame::SimpleError { .. } if is_id => {}
                     resp3::types::OwnedFrame::SimpleError { data, .. } => {
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::PermissionDenied,
                             format!("handshake refused: {data}"),
                         ));
                     }
-                    resp3::types::OwnedFrame::Number { data, .. } if want_id => id = Some(data),
+                    resp3::types::OwnedFrame::Number { data, .. } if is_id => id = Some(data),
                     _ => {}
                 }
             }

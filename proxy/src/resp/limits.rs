@@ -15,6 +15,9 @@ pub struct Limits {
     /// Longest inline request line (and longest length header), in bytes.
     pub max_inline_len: usize,
     /// Deepest nesting accepted in a backend reply (RESP3 maps in arrays ...).
+    /// Redis itself nests a Lua script's reply as deep as Lua's stack
+    /// allows (a few thousand levels), so the bound sits above that; the
+    /// scanner keeps 16 bytes a level while it walks such a reply.
     pub max_reply_depth: usize,
     /// Most requests a client may have in flight before Rampart stops reading
     /// from it: a client that writes faster than it reads is held back by TCP,
@@ -28,7 +31,7 @@ impl Default for Limits {
             max_bulk_len: 512 * 1024 * 1024,
             max_multibulk_len: 1024 * 1024,
             max_inline_len: 64 * 1024,
-            max_reply_depth: 512,
+            max_reply_depth: 10_000,
             max_pipeline: 4096,
         }
     }
