@@ -364,7 +364,7 @@ fn settings_rampart_owns_are_refused_and_repaired() {
             "maxmemory",
             "0",
             "min-replicas-to-write",
-            "0",
+            "5",
         ],
         &["CONFIG", "SET", "masterauth", "x"],
         &["CONFIG", "SET", "replica-read-only", "no"],
@@ -428,6 +428,16 @@ fn settings_rampart_owns_are_refused_and_repaired() {
             == "min-replicas-to-write\n1\n"
     });
     assert!(proxy.event_kinds().iter().any(|k| k == "guard-repaired"));
+    // Setting a managed parameter to the value it has changes nothing, and
+    // passes (clients that save and restore their configuration do that).
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "min-replicas-to-write", "1", "maxmemory", "0"])
+        .query(&mut c)
+        .unwrap();
+    assert!(redis::cmd("CONFIG")
+        .arg(&["SET", "min-replicas-to-write", "0"])
+        .query::<()>(&mut c)
+        .is_err());
 }
 
 #[test]
@@ -659,6 +669,12 @@ fn acl_users_log_in_and_their_permissions_apply() {
         .query(&mut c)
         .unwrap();
     let _: () = c.set("app:x", "1").unwrap();
+    redis::cmd("MULTI").exec(&mut c).unwrap();
+    let _: String = redis::cmd("SET")
+        .arg(&["app:y", "2"])
+        .query(&mut c)
+        .unwrap();
+    let _: Vec<String> = redis::cmd("EXEC").query(&mut c).unwrap();
     let denied = c.set::<_, _, ()>("other:x", "1").unwrap_err();
     assert_eq!(denied.code(), Some("NOPERM"), "{denied}");
     let who: String = redis::cmd("ACL").arg("WHOAMI").query(&mut c).unwrap();

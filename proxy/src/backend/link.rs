@@ -105,32 +105,16 @@ pub struct LinkStats {
     /// and running something long, so a reply that is slow to come is no
     /// sign of a dead connection.
     busy: AtomicBool,
-    /// What the node answered while busy, for clients asking it (PING).
-    busy_reply: std::sync::Mutex<Option<String>>,
 }
 
 impl LinkStats {
-    /// Set by the node's probe while the node says it is busy, with what
-    /// it says.
-    pub fn set_busy(&self, reply: Option<String>) {
-        self.busy.store(reply.is_some(), Ordering::Relaxed);
-        *self.busy_reply.lock().unwrap_or_else(|p| p.into_inner()) = reply;
+    /// Set by the node's probe while the node says it is busy.
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
     }
 
     pub fn is_busy(&self) -> bool {
         self.busy.load(Ordering::Relaxed)
-    }
-
-    /// The node's own busy error (`BUSY Redis is busy running a script
-    /// ...`), while it is busy.
-    pub fn busy_reply(&self) -> Option<String> {
-        if !self.is_busy() {
-            return None;
-        }
-        self.busy_reply
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 
     /// Batches sent to the node and not answered yet.

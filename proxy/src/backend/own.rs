@@ -57,21 +57,45 @@ pub fn kind_of(addr: &str) -> Option<Kind> {
     own().get(&addr).map(|k| *k)
 }
 
-/// Whether a command a node saw coming from `addr` is one Rampart sent for
-/// itself rather than for a client: everything on a control connection,
-/// the `WAIT`s (and their marker `PUBLISH`) after synchronous writes, the
-/// handshakes of its links. `command` and `first` are as the node shows
-/// them (any case).
-pub fn is_internal(addr: &str, command: &str, first: &str) -> bool {
-    let Some(kind) = kind_of(addr) else {
-        return false;
-    };
-    match command.to_ascii_uppercase().as_str() {
-        _ if kind == Kind::Control => true,
-        "WAIT" => kind == Kind::Shared,
-        "PUBLISH" => first == "__rampart__:wait",
-        "CLIENT" => first.eq_ignore_ascii_case("ID"),
-        "HELLO" | "AUTH" => true,
-        _ => false,
+/// The marker Rampart writes before a client's own `WAIT` (see
+/// `client::connection`'s `wait`): replication is ordered, so waiting for
+/// the marker waits for everything the client wrote before it.
+pub const WAIT_MARKER: &str = "__rampart__:wait";
+
+/// The marker Rampart writes, as a synchronous write of its own, to confirm
+/// the writes of a client whose connection may not run `WAIT`.
+pub const CONFIRM_MARKER: &str = "__rampart__:confirm";
+
+/// Tells, in a node's feed of commands (MONITOR, SLOWLOG), the ones
+/// Rampart sent for itself from the clients'. Commands must be fed in the
+/// order the node ran them: a `WAIT` on one of Rampart's links is the
+/// client's own exactly when the marker came just before it on that link.
+#[derive(Default)]
+pub struct Attribution {
+    marked: std::collections::HashSet<String>,
+}
+
+impl Attribution {
+    /// Whether a command the node saw coming from `addr` is Rampart's own:
+    /// everything on a control connection, the `WAIT`s (and markers) after
+    /// synchronous writes, its links' handshakes. `command` and `first` as
+    /// the node shows them (any case).
+    pub fn is_internal(&mut self, addr: &str, command: &str, first: &str) -> bool {
+        let Some(kind) = kind_of(addr) else {
+            return false;
+        };
+        match command.to_ascii_uppercase().as_str() {
+            _ if kind == Kind::Control => true,
+            "PUBLISH" if first.starts_with("__rampart__:") => {
+                if first == WAIT_MARKER {
+                    self.marked.insert(addr.to_string());
+                }
+                true
+            }
+            "WAIT" => !self.marked.remove(addr),
+            "CLIENT" => first.eq_ignore_ascii_case("ID"),
+            "HELLO" | "AUTH" => true,
+            _ => false,
+        }
     }
 }

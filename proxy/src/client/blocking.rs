@@ -63,8 +63,9 @@ impl Connection {
         if self.flush().await == Flow::Stop {
             return Flow::Stop;
         }
-        let durable = self
-            .durable
+        // A user's connection may not be allowed WAIT: its pops go out
+        // unconfirmed (delivered at least once, see the module's notes).
+        let durable = (self.durable && self.session.user.is_none())
             .then(|| self.ctx.topology.shard().durability.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
         node.count_requests(1);
@@ -262,9 +263,9 @@ pub(crate) fn decode(data: &[u8], proto: Proto) -> Option<Plain> {
             fn plain(f: F) -> Plain {
                 match f {
                     F::Null => Plain::Null,
-                    F::BlobString { data, .. } | F::SimpleString { data, .. } => {
-                        Plain::Text(data.into())
-                    }
+                    F::BlobString { data, .. }
+                    | F::SimpleString { data, .. }
+                    | F::VerbatimString { data, .. } => Plain::Text(data.into()),
                     F::Number { data, .. } => Plain::Text(data.to_string().into()),
                     F::Double { data, .. } => Plain::Text(format_score(data).into()),
                     F::Array { data, .. } | F::Push { data, .. } => {

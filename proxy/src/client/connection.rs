@@ -20,6 +20,7 @@ use super::registry::{Order, Registration};
 use super::session::Session;
 use super::writer::{Pending, Replies};
 use crate::admin::metrics::BatchClass;
+use crate::backend::control::frame_text;
 use crate::backend::{Batch, BatchReply, Link};
 use crate::replicate::fanout::{Fanout, Verdict};
 use crate::resp::command::{Class, Tx, NOT_THROUGH_RAMPART};
@@ -358,8 +359,10 @@ impl Connection {
         if self.session.tx_lost && self.session.in_multi {
             return self.in_lost_transaction(class, req).await;
         }
-        if let Some(error) = self.ctx.guard.check(&req) {
-            return self.refuse(error).await;
+        if let Some(refusal) = self.ctx.guard.check(&req) {
+            if refusal.unless_unchanged.is_empty() || !self.unchanged(&refusal).await {
+                return self.refuse(refusal.error).await;
+            }
         }
         self.durable = self.wants_durability(class);
         self.class = match class {
@@ -401,6 +404,34 @@ impl Connection {
             self.session.tx_refused = true;
         }
         self.reply(Value::err(error)).await
+    }
+
+    /// Whether every managed parameter a `CONFIG SET` names already has
+    /// the value it would set, on the primary.
+    async fn unchanged(&self, refusal: &super::guard::Refusal) -> bool {
+        use redis_protocol::resp3::types::OwnedFrame;
+        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+            return false;
+        };
+        let Ok(mut control) = primary.pool.control().await else {
+            return false;
+        };
+        for (param, value) in &refusal.unless_unchanged {
+            let now = control
+                .call(
+                    &["CONFIG", "GET", param.as_str()],
+                    std::time::Duration::from_secs(1),
+                )
+                .await;
+            let current = match &now {
+                Ok(OwnedFrame::Map { data, .. }) => data.values().next().and_then(frame_text),
+                _ => None,
+            };
+            if current.as_deref().map(str::as_bytes) != Some(value.as_slice()) {
+                return false;
+            }
+        }
+        true
     }
 
     /// The shard's fan-out writer, in fan-out mode.
@@ -776,7 +807,7 @@ impl Connection {
                 Err(error) => return self.reply(error).await,
             },
         };
-        let marker = Request::from_args(&["PUBLISH", "__rampart__:wait", ""]);
+        let marker = Request::from_args(&["PUBLISH", crate::backend::own::WAIT_MARKER, ""]);
         let (tx, rx) = oneshot::channel();
         node.count_requests(2);
         link.send(Batch {
@@ -1073,6 +1104,17 @@ impl Connection {
         let replies = open.requests.len();
         let (tx, rx) = oneshot::channel();
         match open.target {
+            Target::Link { link, node } if open.durable && self.session.user.is_some() => {
+                node.count_requests(replies as u64 + 1);
+                let own = node
+                    .pool
+                    .writer(self.session.proto, self.session.id)
+                    .clone();
+                let durability = self.ctx.topology.shard().durability.clone();
+                let depth = self.ctx.config.limits.max_reply_depth;
+                super::durable::send_confirmed(&link, own, durability, open.requests, tx, depth)
+                    .await;
+            }
             Target::Link { link, node } => {
                 node.count_requests(replies as u64);
                 let durable = open

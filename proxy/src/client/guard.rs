@@ -46,6 +46,25 @@ pub const DEFAULT_MANAGED: &[&str] = &[
     "aclfile",
 ];
 
+/// Why a command is refused.
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: String,
+    /// `CONFIG SET` of managed parameters is let through after all when it
+    /// sets each to the value it already has (a client saving and restoring
+    /// its configuration changes nothing Rampart relies on).
+    pub unless_unchanged: Vec<(String, Vec<u8>)>,
+}
+
+impl Refusal {
+    fn plain(error: String) -> Refusal {
+        Refusal {
+            error,
+            unless_unchanged: Vec::new(),
+        }
+    }
+}
+
 pub struct Guard {
     /// `(command, subcommand)`, upper case.
     deny: Vec<(Vec<u8>, Option<Vec<u8>>)>,
@@ -84,8 +103,8 @@ impl Guard {
         }
     }
 
-    /// The error to answer `req` with, if it is refused.
-    pub fn check(&self, req: &Request) -> Option<String> {
+    /// Why `req` is refused, if it is.
+    pub fn check(&self, req: &Request) -> Option<Refusal> {
         let name = req.name();
         let n = name.as_bytes();
         if n.is_empty() || !self.first[n[0] as usize] {
@@ -101,28 +120,36 @@ impl Guard {
                 Some(s) => sub().is_some_and(|a| a.as_bytes() == s.as_slice()),
             };
             if matches {
-                return Some(refused(&name, subcommand.as_ref().and(sub())));
+                return Some(Refusal::plain(refused(
+                    &name,
+                    subcommand.as_ref().and(sub()),
+                )));
             }
         }
         match (n, sub().as_ref().map(CommandName::as_bytes)) {
             (b"CONFIG", Some(b"SET")) => self.config_set(req),
-            (b"ACL", Some(b"SETUSER" | b"DELUSER")) => self.acl(req),
+            (b"ACL", Some(b"SETUSER" | b"DELUSER")) => self.acl(req).map(Refusal::plain),
             _ => None,
         }
     }
 
-    fn config_set(&self, req: &Request) -> Option<String> {
+    fn config_set(&self, req: &Request) -> Option<Refusal> {
         let mut i = 2;
+        let mut managed = Vec::new();
         while let Some(param) = req.arg(i) {
-            let param = String::from_utf8_lossy(param).to_ascii_lowercase();
-            if self.managed.iter().any(|m| matches(m, &param)) {
-                return Some(format!(
-                    "ERR rampart: '{param}' is managed by Rampart (its configuration sets credentials and replication on the nodes); CONFIG SET of it is refused (proxy.managed_settings)"
-                ));
+            let name = String::from_utf8_lossy(param).to_ascii_lowercase();
+            if self.managed.iter().any(|m| matches(m, &name)) {
+                managed.push((name, req.arg(i + 1).unwrap_or_default().to_vec()));
             }
             i += 2;
         }
-        None
+        let (first, _) = managed.first()?;
+        Some(Refusal {
+            error: format!(
+                "ERR rampart: '{first}' is managed by Rampart (its configuration sets credentials and replication on the nodes); CONFIG SET of it is refused (proxy.managed_settings)"
+            ),
+            unless_unchanged: managed,
+        })
     }
 
     fn acl(&self, req: &Request) -> Option<String> {
@@ -172,7 +199,7 @@ mod tests {
     }
 
     fn check(args: &[&str]) -> Option<String> {
-        guard().check(&Request::from_args(args))
+        guard().check(&Request::from_args(args)).map(|r| r.error)
     }
 
     #[test]

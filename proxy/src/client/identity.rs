@@ -66,7 +66,7 @@ impl Connection {
                 self.publish_now("client|info");
                 Value::Verbatim(Bytes::from(format!(
                     "{}\n",
-                    self.registration.entry.line(Instant::now())
+                    self.registration.entry.line(Instant::now(), req.raw.len())
                 )))
             }
             Some(b"KILL") => return self.client_kill(&req).await,
@@ -112,7 +112,12 @@ impl Connection {
         let mut text = String::new();
         for entry in self.ctx.registry.all() {
             if filter.matches(&entry) {
-                text.push_str(&entry.line(now));
+                let qbuf = if entry.id == self.session.id {
+                    req.raw.len()
+                } else {
+                    0
+                };
+                text.push_str(&entry.line(now, qbuf));
                 text.push('\n');
             }
         }
@@ -124,6 +129,13 @@ impl Connection {
     async fn client_kill(&mut self, req: &Request) -> Flow {
         let args = req.args();
         let text = |i: usize| String::from_utf8_lossy(&args[i]).into_owned();
+        if args.len() < 3 {
+            return self
+                .reply(Value::err(
+                    "ERR wrong number of arguments for 'client|kill' command",
+                ))
+                .await;
+        }
         let old_style = args.len() == 3;
         let mut filter = Filter {
             skip_me: true,
@@ -132,7 +144,7 @@ impl Connection {
         if old_style {
             filter.addr = Some(text(2));
             filter.skip_me = false;
-        } else if args.len() < 3 || args.len() % 2 != 0 {
+        } else if args.len() % 2 != 0 {
             return self.reply(Value::err("ERR syntax error")).await;
         } else {
             for i in (2..args.len()).step_by(2) {

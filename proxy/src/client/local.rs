@@ -43,13 +43,18 @@ impl Connection {
             {
                 self.pinned(req).await
             }
-            Local::KillScript | Local::Client | Local::AclChange | Local::SlowlogGet
+            Local::KillScript
+            | Local::Client
+            | Local::AclChange
+            | Local::SlowlogGet
+            | Local::Info
                 if in_multi =>
             {
                 self.pinned(req).await
             }
             Local::AclChange => self.acl_change(req).await,
             Local::SlowlogGet => self.slowlog_get(req).await,
+            Local::Info => self.info(req).await,
             Local::Client => self.client_command(req).await,
             Local::KillScript => {
                 let reply = self.kill_script(&req).await;
@@ -58,11 +63,12 @@ impl Connection {
             Local::Hello | Local::Auth | Local::Select if in_multi => {
                 self.reply(Value::err(NOT_IN_MULTI)).await
             }
-            // A node running a long script answers PING with -BUSY; so
-            // does Rampart in front of it, so clients see why nothing runs.
-            Local::Ping if self.primary_busy().is_some() => {
-                let busy = self.primary_busy().unwrap_or_default();
-                self.reply(Value::err(busy)).await
+            // A node running a long script answers PING with -BUSY: while
+            // the probe sees the primary busy, its own answer is passed on,
+            // so clients see why nothing runs (and when it is over).
+            Local::Ping if self.primary_busy() => {
+                let reply = self.ping_primary(&req).await;
+                self.reply(reply).await
             }
             Local::Ping => match args.len() {
                 1 => self.reply(Value::Simple("PONG".into())).await,
@@ -217,10 +223,67 @@ impl Connection {
         Ok((primary, link))
     }
 
-    /// The primary's busy reply, while its probe sees it busy.
-    fn primary_busy(&self) -> Option<String> {
+    /// `INFO [section ...]` from the primary, with `connected_clients` as
+    /// Rampart's clients (a client counting its peers must not see
+    /// Rampart's own connections to the node).
+    async fn info(&mut self, req: Request) -> Flow {
+        let (node, link) = match self.primary_link().await {
+            Ok(pair) => pair,
+            Err(error) => return self.reply(error).await,
+        };
+        let reply = match self.call(&node, &link, vec![req.raw], "INFO").await {
+            Ok(reply) => reply,
+            Err(error) => return self.reply(error).await,
+        };
+        let text = match super::blocking::decode(&reply, self.session.proto) {
+            Some(super::blocking::Plain::Text(text)) => text,
+            _ => return self.push(Pending::Local(reply)),
+        };
+        let text = String::from_utf8_lossy(&text);
+        let text = text.strip_prefix("txt:").unwrap_or(&text);
+        let clients = self.ctx.registry.len();
+        let patched: String = text
+            .split_inclusive('\n')
+            .map(|line| match line.strip_prefix("connected_clients:") {
+                Some(_) => format!("connected_clients:{clients}\r\n"),
+                None => line.to_string(),
+            })
+            .collect();
+        self.reply(Value::Verbatim(Bytes::from(patched))).await
+    }
+
+    /// Whether the primary's probe last found it busy.
+    fn primary_busy(&self) -> bool {
         let shard = self.ctx.topology.shard();
-        shard.primary()?.pool.stats().busy_reply()
+        shard.primary().is_some_and(|p| p.pool.stats().is_busy())
+    }
+
+    /// PING sent to the primary on a connection of its own (its shared one
+    /// may wait behind the script).
+    async fn ping_primary(&self, req: &Request) -> Value {
+        use redis_protocol::resp3::types::OwnedFrame;
+        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+            return self.no_primary();
+        };
+        let answer = match primary.pool.control().await {
+            Ok(mut control) => {
+                control
+                    .call(&req.args(), std::time::Duration::from_secs(1))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(OwnedFrame::SimpleError { data, .. }) => Value::err(data),
+            Ok(OwnedFrame::SimpleString { data, .. }) => {
+                Value::Simple(String::from_utf8_lossy(&data).into_owned())
+            }
+            Ok(OwnedFrame::BlobString { data, .. }) => Value::Bulk(data.into()),
+            _ => match req.arg(1) {
+                Some(message) => Value::Bulk(Bytes::copy_from_slice(message)),
+                None => Value::Simple("PONG".into()),
+            },
+        }
     }
 
     /// `SCRIPT KILL` / `FUNCTION KILL`, sent to every node of the shard on
@@ -241,21 +304,31 @@ impl Connection {
                     .ok()
             });
         }
-        let mut best: Option<Value> = None;
+        // What says most about the script: it cannot be killed, or it is
+        // of the other kind (a function for SCRIPT KILL), or none runs.
+        let rank = |e: &str| match e.split(' ').next() {
+            Some("UNKILLABLE") => 3,
+            Some("BUSY") => 2,
+            _ => 1,
+        };
+        let mut best: Option<String> = None;
         while let Some(done) = calls.join_next().await {
             let Ok(Some(frame)) = done else { continue };
             use redis_protocol::resp3::types::OwnedFrame;
-            let value = match frame {
+            match frame {
                 OwnedFrame::SimpleString { .. } => return Value::ok(),
-                OwnedFrame::SimpleError { data, .. } => Value::err(data),
-                _ => continue,
-            };
-            let unkillable = matches!(&value, Value::Error(e) if e.starts_with("UNKILLABLE"));
-            if best.is_none() || unkillable {
-                best = Some(value);
+                OwnedFrame::SimpleError { data, .. }
+                    if best.as_deref().is_none_or(|b| rank(&data) > rank(b)) =>
+                {
+                    best = Some(data);
+                }
+                _ => {}
             }
         }
-        best.unwrap_or_else(|| Value::err("ERR rampart: no node answered SCRIPT KILL"))
+        best.map_or_else(
+            || Value::err("ERR rampart: no node answered SCRIPT KILL"),
+            Value::err,
+        )
     }
 
     /// `AUTH [user] password`: Rampart's own password (`proxy.password`)

@@ -8,6 +8,7 @@
 
 mod blocking;
 mod connection;
+mod durable;
 pub mod guard;
 mod identity;
 pub(crate) mod local;

@@ -11,6 +11,7 @@ use crate::backend::own;
 pub struct MonitorFilter {
     /// An incomplete line from the last read.
     partial: BytesMut,
+    attribution: own::Attribution,
 }
 
 impl MonitorFilter {
@@ -21,7 +22,7 @@ impl MonitorFilter {
         let mut out = BytesMut::with_capacity(self.partial.len());
         while let Some(end) = memchr_crlf(&self.partial) {
             let line = &self.partial[..end + 2];
-            if keep(line) {
+            if keep(line, &mut self.attribution) {
                 out.extend_from_slice(line);
             }
             self.partial.advance(end + 2);
@@ -36,7 +37,7 @@ fn memchr_crlf(buf: &[u8]) -> Option<usize> {
 
 /// Whether a MONITOR line is a client's command (or not a command at all,
 /// like the `+OK` that starts the feed).
-fn keep(line: &[u8]) -> bool {
+fn keep(line: &[u8], attribution: &mut own::Attribution) -> bool {
     let text = String::from_utf8_lossy(line);
     let (Some(open), Some(close)) = (text.find('['), text.find("] ")) else {
         return true;
@@ -47,7 +48,7 @@ fn keep(line: &[u8]) -> bool {
     let mut args = quoted(&text[close + 2..]);
     let command = args.next().unwrap_or_default();
     let first = args.next().unwrap_or_default();
-    !own::is_internal(addr, &command, &first)
+    !attribution.is_internal(addr, &command, &first)
 }
 
 /// The quoted arguments of a MONITOR line, unescaped just enough to compare.

@@ -72,8 +72,9 @@ impl Entry {
             .clone()
     }
 
-    /// The `CLIENT LIST` line, in Redis 7.0's field order.
-    pub fn line(&self, now: Instant) -> String {
+    /// The `CLIENT LIST` line, in Redis 7.0's field order. `qbuf`: bytes of
+    /// the command being run (the client asking about itself), else 0.
+    pub fn line(&self, now: Instant, qbuf: usize) -> String {
         let s = self.snapshot();
         let mut out = String::with_capacity(256);
         let name = s
@@ -83,7 +84,7 @@ impl Entry {
             .unwrap_or_default();
         let _ = write!(
             out,
-            "id={} addr={} laddr={} fd=8 name={} age={} idle={} flags={} db={} sub={} psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=1024 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={}",
+            "id={} addr={} laddr={} fd=8 name={} age={} idle={} flags={} db={} sub={} psub=0 ssub=0 multi={} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=1024 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={}",
             self.id,
             self.addr,
             self.laddr,
@@ -94,6 +95,7 @@ impl Entry {
             s.db,
             u8::from(s.subscribed),
             s.multi,
+            qbuf,
             s.cmd,
             s.user,
             s.resp,

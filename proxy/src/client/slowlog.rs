@@ -15,7 +15,14 @@ impl Connection {
         let wanted = match req.arg(2) {
             None => 10,
             Some(n) => match crate::resp::request::parse_i64(n) {
-                Some(n) if n < 0 => usize::MAX,
+                Some(-1) => usize::MAX,
+                Some(n) if n < 0 => {
+                    return self
+                        .reply(Value::err(
+                            "ERR count should be greater than or equal to -1",
+                        ))
+                        .await
+                }
                 Some(n) => n as usize,
                 None => {
                     return self
@@ -57,15 +64,21 @@ fn clients_only(reply: &Bytes, proto: Proto, wanted: usize) -> Option<Bytes> {
         .parse()
         .ok()?;
     let mut pos = header_end;
-    let mut kept = Vec::new();
+    let mut entries = Vec::with_capacity(count);
     for _ in 0..count {
         let len = ReplyScanner::new(16).scan(&reply[pos..]).ok()??;
-        let entry = &reply[pos..pos + len];
-        if kept.len() < wanted && from_client(entry, proto) {
-            kept.push(entry);
-        }
+        entries.push(&reply[pos..pos + len]);
         pos += len;
     }
+    // Newest first in the reply; attributed oldest first, as they ran.
+    let mut attribution = own::Attribution::default();
+    let mut kept: Vec<&[u8]> = entries
+        .into_iter()
+        .rev()
+        .filter(|entry| from_client(entry, proto, &mut attribution))
+        .collect();
+    kept.reverse();
+    kept.truncate(wanted);
     let mut out = BytesMut::with_capacity(reply.len());
     out.extend_from_slice(format!("*{}\r\n", kept.len()).as_bytes());
     for entry in kept {
@@ -76,7 +89,7 @@ fn clients_only(reply: &Bytes, proto: Proto, wanted: usize) -> Option<Bytes> {
 
 /// Whether a slow log entry (`[id, time, duration, [args], addr, name]`)
 /// is a client's command.
-fn from_client(entry: &[u8], proto: Proto) -> bool {
+fn from_client(entry: &[u8], proto: Proto, attribution: &mut own::Attribution) -> bool {
     let Some(Plain::List(fields)) = decode(entry, proto) else {
         return true;
     };
@@ -90,7 +103,7 @@ fn from_client(entry: &[u8], proto: Proto) -> bool {
     };
     // Replicas' acknowledgements are no client's either.
     !command.eq_ignore_ascii_case("REPLCONF")
-        && !own::is_internal(&text(fields.get(4)), &command, &first)
+        && !attribution.is_internal(&text(fields.get(4)), &command, &first)
 }
 
 #[cfg(test)]

@@ -150,7 +150,7 @@ pub fn spawn(
                 match result {
                     Ok(Answer::Busy(text)) => {
                         node.set_rtt(started.elapsed());
-                        node.pool.stats().set_busy(Some(text.clone()));
+                        node.pool.stats().set_busy(true);
                         let since = *busy.since.get_or_insert_with(|| {
                             tracing::info!(reply = %text, "node busy");
                             started
@@ -175,7 +175,7 @@ pub fn spawn(
                         if busy.since.take().is_some() {
                             tracing::info!("node no longer busy");
                             busy = Busy::default();
-                            node.pool.stats().set_busy(None);
+                            node.pool.stats().set_busy(false);
                         }
                         if node.health() != Health::Up {
                             tracing::info!(role = ?report.role, "node up");
@@ -187,7 +187,7 @@ pub fn spawn(
                         control = None;
                         if busy.since.take().is_some() {
                             busy = Busy::default();
-                            node.pool.stats().set_busy(None);
+                            node.pool.stats().set_busy(false);
                         }
                         if node.health() != health {
                             tracing::warn!(error = %e, ?health, "probe failed");

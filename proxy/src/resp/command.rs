@@ -69,6 +69,9 @@ pub enum Local {
     AclChange,
     /// `SLOWLOG GET`: the node's log without Rampart's own entries.
     SlowlogGet,
+    /// `INFO`: the primary's, with `connected_clients` counting Rampart's
+    /// clients rather than the node's connections.
+    Info,
     /// `SCRIPT KILL`, `FUNCTION KILL`: must reach the node running the
     /// script at once, never queue behind it on a shared connection.
     KillScript,
@@ -129,6 +132,7 @@ fn exact(n: &[u8]) -> Option<Class> {
         b"SELECT" => Local(self::Local::Select),
         b"RESET" => Local(self::Local::Reset),
         b"RAMPART" => Local(self::Local::Rampart),
+        b"INFO" => Local(self::Local::Info),
         b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" => Local(self::Local::Unsubscribe),
         b"MULTI" => Transaction(Tx::Multi),
         b"EXEC" => Transaction(Tx::Exec),
