@@ -832,3 +832,54 @@ fn slowlog_lists_the_clients_commands() {
         assert!(!text.contains(internal), "{internal} in {text}");
     }
 }
+
+/// `CLIENT PAUSE <ms> WRITE` holds writes on the primary, longer than the
+/// backend reply timeout, without failing anything or failing over;
+/// `CLIENT UNPAUSE` from another client ends it at once. Pausing all
+/// commands is refused.
+#[test]
+fn client_pause_write_holds_writes_without_harm() {
+    let cluster = Cluster::start(1);
+    let setup = Setup {
+        sections:
+            "[backend]\nreply_timeout_ms = 1000\n[probe]\ninterval_ms = 50\ndown_after_ms = 500",
+        shard:
+            "read_from = \"primary\"\n[shards.main.replication]\nquorum = \"one\"\ntimeout_ms = 500",
+        ..Setup::default()
+    };
+    let proxy = Proxy::start(&cluster.addrs(), setup);
+    let epoch = proxy.shard()["epoch"].as_u64().unwrap();
+    let mut admin = proxy.conn();
+    let all = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "1000"])
+        .query::<()>(&mut admin)
+        .unwrap_err();
+    assert!(all.to_string().contains("WRITE"), "{all}");
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "30000", "WRITE"])
+        .query(&mut admin)
+        .unwrap();
+    let port = proxy.port();
+    let writer = std::thread::spawn(move || {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        let mut c = client.get_connection().unwrap();
+        let started = Instant::now();
+        let result = c.set::<_, _, ()>("paused", "1");
+        (result, started.elapsed())
+    });
+    // Paused for three times the reply timeout.
+    std::thread::sleep(Duration::from_millis(3000));
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut admin)
+        .unwrap();
+    let (result, took) = writer.join().unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    assert!(took >= Duration::from_millis(2500), "{took:?}");
+    assert_eq!(
+        proxy.shard()["epoch"].as_u64().unwrap(),
+        epoch,
+        "no failover"
+    );
+    assert_eq!(admin.get::<_, String>("paused").unwrap(), "1");
+}

@@ -105,6 +105,9 @@ pub struct LinkStats {
     /// and running something long, so a reply that is slow to come is no
     /// sign of a dead connection.
     busy: AtomicBool,
+    /// Until when the node pauses writes (`CLIENT PAUSE ... WRITE` through
+    /// Rampart): replies held by the pause are not late.
+    paused_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl LinkStats {
@@ -114,7 +117,20 @@ impl LinkStats {
     }
 
     pub fn is_busy(&self) -> bool {
-        self.busy.load(Ordering::Relaxed)
+        self.busy.load(Ordering::Relaxed) || self.is_paused()
+    }
+
+    /// The node pauses writes for `duration` from now (`None`: no more).
+    pub fn pause_for(&self, duration: Option<Duration>) {
+        *self.paused_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            duration.map(|d| std::time::Instant::now() + d);
+    }
+
+    fn is_paused(&self) -> bool {
+        self.paused_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| std::time::Instant::now() < until)
     }
 
     /// Batches sent to the node and not answered yet.

@@ -14,8 +14,6 @@ use crate::resp::Request;
 
 /// Refused by default, and why (shown to the client).
 pub const DEFAULT_DENY: &[&str] = &[
-    "CLIENT PAUSE",
-    "CLIENT UNPAUSE",
     "DEBUG SLEEP",
     "DEBUG RELOAD",
     "DEBUG RESTART",
@@ -173,7 +171,6 @@ fn refused(name: &CommandName, sub: Option<CommandName>) -> String {
         None => name.as_str().to_string(),
     };
     let why = match name.as_bytes() {
-        b"CLIENT" => "it would hold connections that Rampart shares between clients",
         b"DEBUG" => "it would stop or restart a node Rampart serves from",
         _ => "it is in proxy.deny_commands",
     };
@@ -204,7 +201,6 @@ mod tests {
 
     #[test]
     fn refuses_what_rampart_owns() {
-        assert!(check(&["client", "pause", "100"]).is_some());
         assert!(check(&["CLIENT", "LIST"]).is_none());
         assert!(check(&["debug", "sleep", "1"]).is_some());
         assert!(check(&["DEBUG", "LOG", "x"]).is_none());

@@ -48,12 +48,17 @@ impl Connection {
             | Local::AclChange
             | Local::SlowlogGet
             | Local::Info
+            | Local::Pause
                 if in_multi =>
             {
                 self.pinned(req).await
             }
             Local::AclChange => self.acl_change(req).await,
             Local::SlowlogGet => self.slowlog_get(req).await,
+            Local::Pause => {
+                let reply = self.pause(&req).await;
+                self.reply(reply).await
+            }
             Local::Info => self.info(req).await,
             Local::Client => self.client_command(req).await,
             Local::KillScript => {
@@ -250,6 +255,48 @@ impl Connection {
             })
             .collect();
         self.reply(Value::Verbatim(Bytes::from(patched))).await
+    }
+
+    /// `CLIENT PAUSE <ms> WRITE` and `CLIENT UNPAUSE`, run on the primary at
+    /// once (another client's paused write may hold the shared connection).
+    /// Pausing everything would stop Rampart's probes and every connection
+    /// other clients share: only WRITE is allowed.
+    async fn pause(&mut self, req: &Request) -> Value {
+        use redis_protocol::resp3::types::OwnedFrame;
+        let unpause = req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"UNPAUSE");
+        let duration = if unpause {
+            None
+        } else {
+            let write = req.arg_upper(3).is_some_and(|m| m.as_bytes() == b"WRITE");
+            if (req.argc() == 4 && !write) || req.argc() == 3 {
+                return Value::err(
+                    "ERR rampart: CLIENT PAUSE ALL would stop Rampart's probes and every connection clients share; CLIENT PAUSE <ms> WRITE pauses writes",
+                );
+            }
+            req.arg(2)
+                .and_then(parse_i64)
+                .map(|ms| std::time::Duration::from_millis(ms.max(0) as u64))
+        };
+        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+            return self.no_primary();
+        };
+        let answer = match primary.pool.control().await {
+            Ok(mut control) => {
+                control
+                    .call(&req.args(), std::time::Duration::from_secs(2))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(OwnedFrame::SimpleString { .. }) => {
+                primary.pool.stats().pause_for(duration);
+                Value::ok()
+            }
+            Ok(OwnedFrame::SimpleError { data, .. }) => Value::err(data),
+            Ok(other) => Value::err(format!("ERR rampart: unexpected reply {other:?}")),
+            Err(e) => Value::err(format!("ERR rampart: {} unavailable ({e})", primary.addr)),
+        }
     }
 
     /// Whether the primary's probe last found it busy.

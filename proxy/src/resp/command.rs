@@ -69,6 +69,9 @@ pub enum Local {
     AclChange,
     /// `SLOWLOG GET`: the node's log without Rampart's own entries.
     SlowlogGet,
+    /// `CLIENT PAUSE <ms> WRITE` and `CLIENT UNPAUSE`: on the primary, at
+    /// once, on a connection of their own.
+    Pause,
     /// `INFO`: the primary's, with `connected_clients` counting Rampart's
     /// clients rather than the node's connections.
     Info,
@@ -162,6 +165,7 @@ fn client_subcommand(req: &Request) -> Class {
         b"SETINFO" => Class::Local(Local::ClientSetInfo),
         b"TRACKING" => Class::Stream,
         b"LIST" | b"INFO" | b"KILL" | b"UNBLOCK" | b"REPLY" => Class::Local(Local::Client),
+        b"PAUSE" | b"UNPAUSE" => Class::Local(Local::Pause),
         // Options that change how the server treats the connection they run
         // on must not reach a shared link.
         b"NO-EVICT" | b"NO-TOUCH" | b"CACHING" => Class::Pin,
