@@ -337,11 +337,8 @@ impl Connection {
     }
 
     async fn dispatch(&mut self, req: Request) -> Flow {
-        if let Some(pipe) = self.session.pipe.as_mut() {
-            return match pipe.write_all(&req.raw).await {
-                Ok(()) => Flow::Continue,
-                Err(_) => Flow::Stop,
-            };
+        if self.session.pipe.is_some() {
+            return self.to_pipe(req).await;
         }
         let class = classify(&req);
         if !self.session.authed
@@ -903,6 +900,35 @@ impl Connection {
         }
         self.session.pipe = Some(backend_wr);
         Flow::Continue
+    }
+
+    /// A request from a client piped to a connection of its own: passed on
+    /// as it is, but for a `REDIRECT` to another Rampart client.
+    async fn to_pipe(&mut self, req: Request) -> Flow {
+        let node = (req.name().as_bytes() == b"CLIENT")
+            .then(|| self.registration.entry.snapshot().pipe)
+            .flatten()
+            .map(|(addr, _)| addr);
+        let req = match node {
+            Some(node) => match self.redirect_tracking(req, &node) {
+                Ok(req) => req,
+                Err(error) => {
+                    let bytes = error.encode(self.session.proto);
+                    return match self.replies.write_raw(&bytes).await {
+                        Ok(()) => Flow::Continue,
+                        Err(_) => Flow::Stop,
+                    };
+                }
+            },
+            None => req,
+        };
+        let Some(pipe) = self.session.pipe.as_mut() else {
+            return Flow::Stop;
+        };
+        match pipe.write_all(&req.raw).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Stop,
+        }
     }
 
     /// `CLIENT TRACKING ... REDIRECT <id>` names a Rampart client; the node
