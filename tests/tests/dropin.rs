@@ -883,3 +883,50 @@ fn client_pause_write_holds_writes_without_harm() {
     );
     assert_eq!(admin.get::<_, String>("paused").unwrap(), "1");
 }
+
+/// No sequence of client commands leaves the shard without its healthy
+/// primary, and none reaches Rampart's own connections.
+#[test]
+fn hostile_client_commands_leave_the_shard_serving() {
+    let cluster = Cluster::start(1);
+    let proxy = Proxy::start(&cluster.addrs(), SYNC_ONE);
+    let epoch = proxy.shard()["epoch"].as_u64().unwrap();
+    let mut other = proxy.conn();
+    let mut c = proxy.conn();
+    for args in [
+        &["CONFIG", "SET", "requirepass", "x"][..],
+        &["CLIENT", "PAUSE", "4000", "ALL"],
+        &["CLIENT", "PAUSE", "4000"],
+        &["DEBUG", "SLEEP", "3"],
+        &["CLIENT", "KILL", "TYPE", "normal"],
+        &["CLIENT", "KILL", "TYPE", "master"],
+        &["CLIENT", "KILL", "TYPE", "replica"],
+        &["CLIENT", "KILL", "USER", "default"],
+        &["ACL", "SETUSER", "default", "resetpass", ">x"],
+        &["CONFIG", "SET", "min-replicas-to-write", "3"],
+        &["SCRIPT", "KILL"],
+        &["FUNCTION", "KILL"],
+        &["REPLICAOF", "127.0.0.1", "1"],
+        &["SHUTDOWN"],
+    ] {
+        let _ = redis::cmd(args[0])
+            .arg(&args[1..])
+            .query::<redis::Value>(&mut c);
+    }
+    // The killed client is gone; everyone else, new clients included, is
+    // served by the same primary, and its replica still follows it.
+    assert!(other.get::<_, Option<String>>("x").is_err());
+    let mut fresh = proxy.conn();
+    for i in 0..50 {
+        let _: () = fresh.set(format!("after:{i}"), i).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(proxy.shard()["epoch"].as_u64().unwrap(), epoch);
+    assert_eq!(
+        cluster.nodes[1]
+            .info_field("replication", "master_link_status")
+            .as_deref(),
+        Some("up")
+    );
+    assert!(!proxy.event_kinds().iter().any(|k| k == "primary-down"));
+}
