@@ -198,6 +198,17 @@ impl NodePool {
         super::control::Control::connect(&self.addr, &self.opts.connect).await
     }
 
+    /// Runs one command on a control connection of its own: for commands
+    /// that must reach the node now, not queue behind a client's on a
+    /// shared link (SCRIPT KILL, CLIENT UNPAUSE, PING while busy ...).
+    pub async fn call_once<A: AsRef<[u8]>>(
+        &self,
+        args: &[A],
+        timeout: std::time::Duration,
+    ) -> std::io::Result<redis_protocol::resp3::types::OwnedFrame> {
+        self.control().await?.call(args, timeout).await
+    }
+
     pub fn addr(&self) -> &str {
         &self.addr
     }

@@ -202,13 +202,11 @@ async fn unblock(node: &Node, link: &Link, error: bool) -> bool {
     let Some(id) = link.backend_id() else {
         return false;
     };
-    let Ok(mut control) = node.pool.control().await else {
-        return false;
-    };
     let id = id.to_string();
     let mode = if error { "ERROR" } else { "TIMEOUT" };
-    let reply = control
-        .call(&["CLIENT", "UNBLOCK", id.as_str(), mode], UNBLOCK_WAIT)
+    let reply = node
+        .pool
+        .call_once(&["CLIENT", "UNBLOCK", id.as_str(), mode], UNBLOCK_WAIT)
         .await;
     matches!(
         reply,

@@ -280,14 +280,8 @@ impl Connection {
         let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
             return self.no_primary();
         };
-        let answer = match primary.pool.control().await {
-            Ok(mut control) => {
-                control
-                    .call(&req.args(), std::time::Duration::from_secs(2))
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let timeout = std::time::Duration::from_secs(2);
+        let answer = primary.pool.call_once(&req.args(), timeout).await;
         match answer {
             Ok(OwnedFrame::SimpleString { .. }) => {
                 primary.pool.stats().pause_for(duration);
@@ -312,14 +306,8 @@ impl Connection {
         let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
             return self.no_primary();
         };
-        let answer = match primary.pool.control().await {
-            Ok(mut control) => {
-                control
-                    .call(&req.args(), std::time::Duration::from_secs(1))
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let timeout = std::time::Duration::from_secs(1);
+        let answer = primary.pool.call_once(&req.args(), timeout).await;
         match answer {
             Ok(OwnedFrame::SimpleError { data, .. }) => Value::err(data),
             Ok(OwnedFrame::SimpleString { data, .. }) => {
