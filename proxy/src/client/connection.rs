@@ -338,7 +338,7 @@ impl Connection {
 
     async fn dispatch(&mut self, req: Request) -> Flow {
         if self.session.pipe.is_some() {
-            return self.to_pipe(req).await;
+            return self.send_piped(req).await;
         }
         let class = classify(&req);
         if !self.session.authed
@@ -904,7 +904,7 @@ impl Connection {
 
     /// A request from a client piped to a connection of its own: passed on
     /// as it is, but for a `REDIRECT` to another Rampart client.
-    async fn to_pipe(&mut self, req: Request) -> Flow {
+    async fn send_piped(&mut self, req: Request) -> Flow {
         let node = (req.name().as_bytes() == b"CLIENT")
             .then(|| self.registration.entry.snapshot().pipe)
             .flatten()
