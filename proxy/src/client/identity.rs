@@ -152,14 +152,9 @@ impl Connection {
                 match args[i].to_ascii_uppercase().as_slice() {
                     b"ID" => match parse_i64(value) {
                         Some(id) if id > 0 => filter.ids = Some(vec![id as u64]),
-                        Some(_) => {
+                        _ => {
                             return self
                                 .reply(Value::err("ERR client-id should be greater than 0"))
-                                .await
-                        }
-                        None => {
-                            return self
-                                .reply(Value::err("ERR value is not an integer or out of range"))
                                 .await
                         }
                     },
