@@ -106,7 +106,9 @@ pub struct LinkStats {
     /// sign of a dead connection.
     busy: AtomicBool,
     /// Until when the node pauses writes (`CLIENT PAUSE ... WRITE` through
-    /// Rampart): replies held by the pause are not late.
+    /// Rampart): replies held by the pause are not late. `paused` is the
+    /// lock-free check the request path makes.
+    paused: AtomicBool,
     paused_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
@@ -124,13 +126,20 @@ impl LinkStats {
     pub fn pause_for(&self, duration: Option<Duration>) {
         *self.paused_until.lock().unwrap_or_else(|p| p.into_inner()) =
             duration.map(|d| std::time::Instant::now() + d);
+        self.paused.store(duration.is_some(), Ordering::Relaxed);
     }
 
-    fn is_paused(&self) -> bool {
-        self.paused_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|until| std::time::Instant::now() < until)
+    /// Whether the node pauses writes now.
+    pub fn is_paused(&self) -> bool {
+        if !self.paused.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        let paused = until.is_some_and(|until| std::time::Instant::now() < until);
+        if !paused {
+            self.paused.store(false, Ordering::Relaxed);
+        }
+        paused
     }
 
     /// Batches sent to the node and not answered yet.

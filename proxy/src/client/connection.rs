@@ -627,6 +627,19 @@ impl Connection {
         if !self.session.is_clean() {
             return self.pinned(req).await;
         }
+        // While the primary pauses writes (`CLIENT PAUSE ... WRITE`), a held
+        // command would hold a shared connection and every client behind it
+        // there: each client waits on a connection of its own instead, as on
+        // Redis.
+        let paused = self
+            .ctx
+            .topology
+            .shard()
+            .primary()
+            .is_some_and(|p| p.pool.stats().is_paused());
+        if paused {
+            return self.pinned(req).await;
+        }
         if self.session.pinned.is_some() {
             self.unpin().await;
         }

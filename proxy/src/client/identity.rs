@@ -174,6 +174,13 @@ impl Connection {
                 }
             }
         }
+        if let Some(user) = &filter.user {
+            if !self.user_exists(user).await {
+                return self
+                    .reply(Value::err(format!("ERR No such user '{user}'")))
+                    .await;
+            }
+        }
         let me = self.session.id;
         let mut killed = 0;
         let mut myself = false;
@@ -200,6 +207,21 @@ impl Connection {
         } else {
             flow
         }
+    }
+
+    /// Whether the primary knows the ACL user (so `CLIENT KILL USER` of an
+    /// unknown one errs as on Redis). When it cannot be asked, assume so.
+    async fn user_exists(&self, user: &str) -> bool {
+        use redis_protocol::resp3::types::OwnedFrame;
+        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+            return true;
+        };
+        let timeout = std::time::Duration::from_secs(1);
+        let answer = primary
+            .pool
+            .call_once(&["ACL", "GETUSER", user], timeout)
+            .await;
+        !matches!(answer, Ok(OwnedFrame::Null))
     }
 
     /// `CLIENT UNBLOCK <id> [TIMEOUT|ERROR]`: 1 if that client was blocked.
