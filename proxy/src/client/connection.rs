@@ -16,7 +16,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 use super::blocking::Blocked;
-use super::registry::{Order, Registration};
+use super::registry::{LastCommand, Order, Registration};
 use super::session::Session;
 use super::writer::{Pending, Replies};
 use crate::admin::metrics::BatchClass;
@@ -292,17 +292,16 @@ impl Connection {
 
     /// What other clients may see of this one (`CLIENT LIST`).
     fn publish(&self) {
-        let cmd = self.last.as_ref().map(command_label).unwrap_or_default();
-        self.publish_with(&cmd);
+        self.publish_with(self.last.as_ref().map(LastCommand::of));
     }
 
-    /// Publishes now, with `cmd` as the last command (for `CLIENT LIST` and
-    /// `CLIENT INFO` showing themselves).
-    pub(super) fn publish_now(&self, cmd: &str) {
-        self.publish_with(cmd);
+    /// Publishes now, with `CLIENT <sub>` as the last command (for `CLIENT
+    /// LIST` and `CLIENT INFO` showing the client itself).
+    pub(super) fn publish_now(&self, sub: &str) {
+        self.publish_with(Some(LastCommand::client(sub)));
     }
 
-    fn publish_with(&self, cmd: &str) {
+    fn publish_with(&self, cmd: Option<LastCommand>) {
         let s = &self.session;
         let blocked = !self.blocked.is_empty()
             && self
@@ -328,9 +327,8 @@ impl Connection {
             if snap.flags.is_empty() {
                 snap.flags.push('N');
             }
-            if !cmd.is_empty() {
-                snap.cmd.clear();
-                snap.cmd.push_str(cmd);
+            if cmd.is_some() {
+                snap.cmd = cmd;
                 snap.last_active = std::time::Instant::now();
             }
         });
@@ -363,7 +361,7 @@ impl Connection {
         }
         self.durable = self.wants_durability(class);
         self.class = match class {
-            Class::Read => BatchClass::Read,
+            Class::Read | Class::CursorRead => BatchClass::Read,
             Class::Write => BatchClass::Write,
             _ => BatchClass::Other,
         };
@@ -380,7 +378,7 @@ impl Connection {
                     .await
             }
             Class::Refused(text) => self.refuse(text.to_string()).await,
-            Class::Read | Class::Write => self.forward(class, req).await,
+            Class::Read | Class::CursorRead | Class::Write => self.forward(class, req).await,
             Class::Blocking => self.blocking(req).await,
             Class::Pin => {
                 let flow = self.pinned(req).await;
@@ -457,7 +455,7 @@ impl Connection {
                 Verdict::Primary(req) => self.forward(Class::Write, req).await,
                 Verdict::Fanout(req) => self.fanout_write(fanout, req).await,
             },
-            Class::Read => {
+            Class::Read | Class::CursorRead => {
                 // A read must see the client's own writes: they are on their
                 // way to every node, so wait until they have been answered.
                 let pending = self
@@ -536,7 +534,7 @@ impl Connection {
             Class::Local(Local::Ping | Local::Echo) => queued(self, req.raw),
             Class::Local(_) => Value::err("ERR Command not allowed inside a transaction"),
             // Inside MULTI a blocking command does not block.
-            Class::Read | Class::Blocking => queued(self, req.raw),
+            Class::Read | Class::CursorRead | Class::Blocking => queued(self, req.raw),
             Class::Write => match fanout.rewriter.judge(req) {
                 Verdict::Fanout(req) => queued(self, req.raw),
                 Verdict::Refused(error) => refused(self, error),
@@ -1206,36 +1204,6 @@ impl Connection {
         let bytes = value.encode(self.session.proto);
         self.push(Pending::Local(bytes))
     }
-}
-
-/// A command as `CLIENT LIST` names it: lower case, with the subcommand of
-/// a container command (`client|list`, `config|get`).
-fn command_label(req: &Request) -> String {
-    let name = req.name();
-    let mut label = name.as_str().to_ascii_lowercase();
-    let container = matches!(
-        name.as_bytes(),
-        b"CLIENT"
-            | b"CONFIG"
-            | b"SCRIPT"
-            | b"FUNCTION"
-            | b"ACL"
-            | b"OBJECT"
-            | b"XINFO"
-            | b"XGROUP"
-            | b"MEMORY"
-            | b"COMMAND"
-            | b"SLOWLOG"
-            | b"PUBSUB"
-            | b"MODULE"
-            | b"LATENCY"
-            | b"CLUSTER"
-    );
-    if let (true, Some(sub)) = (container, req.arg_upper(1)) {
-        label.push('|');
-        label.push_str(&sub.as_str().to_ascii_lowercase());
-    }
-    label
 }
 
 /// A batch's replies without the first one (a marker Rampart added).

@@ -63,7 +63,7 @@ impl Connection {
         let reply = match sub.as_ref().map(|s| s.as_bytes()) {
             Some(b"LIST") => self.client_list(&req),
             Some(b"INFO") if req.argc() == 2 => {
-                self.publish_now("client|info");
+                self.publish_now("INFO");
                 Value::Verbatim(Bytes::from(format!(
                     "{}\n",
                     self.registration.entry.line(Instant::now(), req.raw.len())
@@ -107,7 +107,7 @@ impl Connection {
                 _ => return Value::err("ERR syntax error"),
             }
         }
-        self.publish_now("client|list");
+        self.publish_now("LIST");
         let now = Instant::now();
         let mut text = String::new();
         for entry in self.ctx.registry.all() {

@@ -17,6 +17,9 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::resp::request::CommandName;
+use crate::resp::Request;
+
 /// What one connection is asked to do by another.
 pub enum Order {
     /// Close the connection (`CLIENT KILL`).
@@ -35,8 +38,8 @@ pub struct Snapshot {
     pub name: Option<Bytes>,
     pub user: String,
     pub db: i64,
-    /// The last command, as `CLIENT LIST` shows it (`get`, `client|list`).
-    pub cmd: String,
+    /// The last command (`cmd=` in `CLIENT LIST`).
+    pub cmd: Option<LastCommand>,
     pub last_active: Instant,
     /// Redis's flag letters: `N` (none), `b` (blocked), `x` (MULTI), `P`
     /// (subscribed), `t` (tracking).
@@ -48,6 +51,60 @@ pub struct Snapshot {
     /// Once the client is piped to a connection of its own (SUBSCRIBE ...):
     /// that connection's node and `CLIENT ID` there.
     pub pipe: Option<(String, i64)>,
+}
+
+/// A command as `CLIENT LIST` names it: lower case, with the subcommand of
+/// a container command (`get`, `client|list`, `config|get`). Kept as two
+/// inline names so that publishing it per read allocates nothing.
+#[derive(Clone, Copy)]
+pub struct LastCommand {
+    name: CommandName,
+    sub: Option<CommandName>,
+}
+
+impl LastCommand {
+    pub fn of(req: &Request) -> LastCommand {
+        let name = req.name();
+        let container = matches!(
+            name.as_bytes(),
+            b"CLIENT"
+                | b"CONFIG"
+                | b"SCRIPT"
+                | b"FUNCTION"
+                | b"ACL"
+                | b"OBJECT"
+                | b"XINFO"
+                | b"XGROUP"
+                | b"MEMORY"
+                | b"COMMAND"
+                | b"SLOWLOG"
+                | b"PUBSUB"
+                | b"MODULE"
+                | b"LATENCY"
+                | b"CLUSTER"
+        );
+        LastCommand {
+            name,
+            sub: if container { req.arg_upper(1) } else { None },
+        }
+    }
+
+    /// `CLIENT <sub>`, for a client describing itself.
+    pub fn client(sub: &str) -> LastCommand {
+        LastCommand {
+            name: CommandName::new(b"CLIENT"),
+            sub: Some(CommandName::new(sub.as_bytes())),
+        }
+    }
+
+    fn label(&self) -> String {
+        let mut label = self.name.as_str().to_ascii_lowercase();
+        if let Some(sub) = &self.sub {
+            label.push('|');
+            label.push_str(&sub.as_str().to_ascii_lowercase());
+        }
+        label
+    }
 }
 
 pub struct Entry {
@@ -96,7 +153,7 @@ impl Entry {
             u8::from(s.subscribed),
             s.multi,
             qbuf,
-            s.cmd,
+            s.cmd.map_or_else(|| "NULL".to_string(), |c| c.label()),
             s.user,
             s.resp,
         );
@@ -147,7 +204,7 @@ impl Registry {
                 name: None,
                 user: user.to_string(),
                 db: 0,
-                cmd: "NULL".into(),
+                cmd: None,
                 last_active: now,
                 flags: "N".into(),
                 multi: -1,

@@ -15,6 +15,10 @@ use super::request::Request;
 pub enum Class {
     /// Read-only: may be served by a replica when the routing policy says so.
     Read,
+    /// Read-only, but its answer holds a cursor only the node that gave it
+    /// understands (`SCAN`, `HSCAN` ...): always the primary, so that every
+    /// call of an iteration reaches the same node.
+    CursorRead,
     /// Everything else that runs on a backend: writes, admin, unknown commands.
     /// Goes to the primary on a shared link.
     Write,
@@ -119,6 +123,7 @@ pub fn classify(req: &Request) -> Class {
                 Class::Write
             }
         }
+        b"SCAN" | b"HSCAN" | b"SSCAN" | b"ZSCAN" => Class::CursorRead,
         _ if is_read(n) => Class::Read,
         _ => Class::Write,
     }
@@ -196,7 +201,6 @@ fn is_read(n: &[u8]) -> bool {
             | b"TOUCH"
             | b"DUMP"
             | b"OBJECT"
-            | b"SCAN"
             | b"KEYS"
             | b"RANDOMKEY"
             | b"DBSIZE"
@@ -209,7 +213,6 @@ fn is_read(n: &[u8]) -> bool {
             | b"HLEN"
             | b"HEXISTS"
             | b"HSTRLEN"
-            | b"HSCAN"
             | b"HRANDFIELD"
             | b"LRANGE"
             | b"LINDEX"
@@ -220,7 +223,6 @@ fn is_read(n: &[u8]) -> bool {
             | b"SMISMEMBER"
             | b"SCARD"
             | b"SRANDMEMBER"
-            | b"SSCAN"
             | b"SINTER"
             | b"SINTERCARD"
             | b"SUNION"
@@ -238,7 +240,6 @@ fn is_read(n: &[u8]) -> bool {
             | b"ZLEXCOUNT"
             | b"ZRANK"
             | b"ZREVRANK"
-            | b"ZSCAN"
             | b"ZRANDMEMBER"
             | b"ZINTER"
             | b"ZINTERCARD"
@@ -277,6 +278,8 @@ mod tests {
     #[test]
     fn classes() {
         assert_eq!(class(&["get", "k"]), Class::Read);
+        assert_eq!(class(&["scan", "0"]), Class::CursorRead);
+        assert_eq!(class(&["HSCAN", "h", "0"]), Class::CursorRead);
         assert_eq!(class(&["SET", "k", "v"]), Class::Write);
         assert_eq!(class(&["NOSUCHCMD"]), Class::Write);
         assert_eq!(
