@@ -675,8 +675,11 @@ struct Progress {
 }
 
 /// Fails the link when it has owed replies for a whole `limit` with no read
-/// completing, unless the node says it is busy (a long script: the reply
-/// will come). Detection takes between one and two `limit`s.
+/// completing, unless the node says it is busy (a long script, a pause: the
+/// reply will come). It must have been waiting at two ticks in a row with
+/// no read between them, so a request sent just before a tick, on a link
+/// that was idle, is never taken for a silent node: detection takes
+/// between one and two `limit`s.
 async fn watchdog(
     progress: &Progress,
     limit: Option<Duration>,
@@ -686,12 +689,16 @@ async fn watchdog(
         return std::future::pending().await;
     };
     let mut last = progress.reads.load(Ordering::Relaxed);
+    let mut was_waiting = false;
     loop {
         tokio::time::sleep(limit).await;
         let now = progress.reads.load(Ordering::Relaxed);
-        if progress.waiting.load(Ordering::Relaxed) && now == last && !stats.is_busy() {
+        let waiting = progress.waiting.load(Ordering::Relaxed);
+        if was_waiting && waiting && now == last && !stats.is_busy() {
             return Err(format!("no reply within {} ms", limit.as_millis()));
         }
+        // A busy node's wait does not count towards the next tick either.
+        was_waiting = waiting && !stats.is_busy();
         last = now;
     }
 }

@@ -92,6 +92,20 @@ pub struct Connection {
     orders: mpsc::Receiver<Order>,
     /// The last request handled, for `CLIENT LIST`'s `cmd=`.
     last: Option<Request>,
+    /// What was last published about this client.
+    published: Option<Published>,
+}
+
+/// The parts of a client's state `CLIENT LIST` shows, compared to skip
+/// publishing what did not change.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Published {
+    cmd: Option<LastCommand>,
+    db: i64,
+    resp: i64,
+    /// Where the name's bytes are: a new name is a new buffer.
+    name: usize,
+    flags: u8,
 }
 
 impl Connection {
@@ -118,6 +132,7 @@ impl Connection {
             registration,
             orders,
             last: None,
+            published: None,
             ctx,
         }
     }
@@ -290,24 +305,50 @@ impl Connection {
         flow
     }
 
-    /// What other clients may see of this one (`CLIENT LIST`).
-    fn publish(&self) {
-        self.publish_with(self.last.as_ref().map(LastCommand::of));
+    /// What other clients may see of this one (`CLIENT LIST`), once per
+    /// read: only the time unless something changed.
+    fn publish(&mut self) {
+        let cmd = self.last.as_ref().map(LastCommand::of);
+        let entry = &self.registration.entry;
+        entry.touch();
+        let now = self.published_state(cmd);
+        if self.published != Some(now) {
+            self.publish_with(cmd);
+            self.published = Some(now);
+        }
     }
 
     /// Publishes now, with `CLIENT <sub>` as the last command (for `CLIENT
     /// LIST` and `CLIENT INFO` showing the client itself).
-    pub(super) fn publish_now(&self, sub: &str) {
+    pub(super) fn publish_now(&mut self, sub: &str) {
+        self.registration.entry.touch();
         self.publish_with(Some(LastCommand::client(sub)));
+        self.published = None;
+    }
+
+    fn blocked_now(&self) -> bool {
+        self.blocked
+            .last()
+            .is_some_and(|b| b.position > self.replies.completed())
+    }
+
+    /// Everything `publish_with` shows, to tell whether it changed.
+    fn published_state(&self, cmd: Option<LastCommand>) -> Published {
+        let s = &self.session;
+        Published {
+            cmd,
+            db: s.db,
+            resp: s.proto.number(),
+            name: s.name.as_ref().map_or(0, |n| n.as_ptr() as usize),
+            flags: u8::from(self.blocked_now())
+                | (u8::from(s.in_multi) << 1)
+                | (u8::from(s.pipe.is_some()) << 2),
+        }
     }
 
     fn publish_with(&self, cmd: Option<LastCommand>) {
         let s = &self.session;
-        let blocked = !self.blocked.is_empty()
-            && self
-                .blocked
-                .last()
-                .is_some_and(|b| b.position > self.replies.completed());
+        let blocked = self.blocked_now();
         self.registration.entry.publish(|snap| {
             snap.name = s.name.clone();
             snap.db = s.db;
@@ -329,7 +370,6 @@ impl Connection {
             }
             if cmd.is_some() {
                 snap.cmd = cmd;
-                snap.last_active = std::time::Instant::now();
             }
         });
     }

@@ -10,8 +10,9 @@
 
 use std::fmt::Write;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -40,7 +41,6 @@ pub struct Snapshot {
     pub db: i64,
     /// The last command (`cmd=` in `CLIENT LIST`).
     pub cmd: Option<LastCommand>,
-    pub last_active: Instant,
     /// Redis's flag letters: `N` (none), `b` (blocked), `x` (MULTI), `P`
     /// (subscribed), `t` (tracking).
     pub flags: String,
@@ -56,7 +56,7 @@ pub struct Snapshot {
 /// A command as `CLIENT LIST` names it: lower case, with the subcommand of
 /// a container command (`get`, `client|list`, `config|get`). Kept as two
 /// inline names so that publishing it per read allocates nothing.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct LastCommand {
     name: CommandName,
     sub: Option<CommandName>,
@@ -112,6 +112,9 @@ pub struct Entry {
     pub addr: SocketAddr,
     pub laddr: SocketAddr,
     created: Instant,
+    /// When the client last ran a command, in ms after `created`: updated
+    /// on every read, so it is an atomic rather than part of the snapshot.
+    last_active_ms: AtomicU64,
     snapshot: Mutex<Snapshot>,
     orders: mpsc::Sender<Order>,
 }
@@ -120,6 +123,12 @@ impl Entry {
     pub fn publish(&self, update: impl FnOnce(&mut Snapshot)) {
         let mut snapshot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
         update(&mut snapshot);
+    }
+
+    /// The client ran a command just now.
+    pub fn touch(&self) {
+        let ms = self.created.elapsed().as_millis() as u64;
+        self.last_active_ms.store(ms, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -147,7 +156,10 @@ impl Entry {
             self.laddr,
             name,
             now.saturating_duration_since(self.created).as_secs(),
-            now.saturating_duration_since(s.last_active).as_secs(),
+            now.saturating_duration_since(
+                self.created + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed))
+            )
+            .as_secs(),
             s.flags,
             s.db,
             u8::from(s.subscribed),
@@ -200,12 +212,12 @@ impl Registry {
             addr,
             laddr,
             created: now,
+            last_active_ms: AtomicU64::new(0),
             snapshot: Mutex::new(Snapshot {
                 name: None,
                 user: user.to_string(),
                 db: 0,
                 cmd: None,
-                last_active: now,
                 flags: "N".into(),
                 multi: -1,
                 subscribed: false,
