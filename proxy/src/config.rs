@@ -73,6 +73,13 @@ pub struct ProxyConfig {
     /// settings Rampart itself sets on the nodes.
     #[serde(default = "default_managed_settings")]
     pub managed_settings: Vec<String>,
+    /// Whether the commands that change Rampart (`RAMPART SWITCHOVER`,
+    /// `RAMPART POLICY LOAD|SHADOW|ACTIVATE|ROLLBACK`) are accepted on the
+    /// client port. Off: only the admin API and the `rampart` CLI change
+    /// Rampart. On, with `admin.token` set, a connection must first send
+    /// `RAMPART AUTH <token>`.
+    #[serde(default)]
+    pub admin_commands: bool,
 }
 
 fn default_deny_commands() -> Vec<String> {

@@ -449,7 +449,7 @@ pub struct Setup<'a> {
 pub fn config_for(nodes: &[String], setup: Setup) -> String {
     let nodes: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
     format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[shards.main]\nnodes = [{}]\n{}\n",
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_commands = true\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[shards.main]\nnodes = [{}]\n{}\n",
         setup.proxy,
         if setup.sections.contains("[probe]") { setup.sections.to_string() } else { format!("[probe]\ninterval_ms = 50\n{}", setup.sections) },
         nodes.join(", "),

@@ -195,3 +195,69 @@ fn mutating_endpoints_need_the_token_when_one_is_set() {
     let error = rampart_tests::rampart::Config::parse(&text).unwrap_err().0;
     assert!(error.contains("admin.token"), "{error}");
 }
+
+/// The client port changes nothing about Rampart unless
+/// `proxy.admin_commands` is on, and then (with a token) only after
+/// `RAMPART AUTH`. Reading stays open.
+#[test]
+fn resp_admin_commands_are_off_unless_enabled_and_authenticated() {
+    let cluster = Cluster::start(1);
+    let nodes: Vec<String> = cluster.addrs().iter().map(|n| format!("\"{n}\"")).collect();
+    let text = |proxy: &str, admin: &str| {
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy}\n[admin]\nlisten = \"127.0.0.1:0\"\n{admin}\n[shards.main]\nnodes = [{}]\n",
+            nodes.join(", ")
+        )
+    };
+    let off = Proxy::start_with(&text("", ""));
+    for args in [
+        &["RAMPART", "SWITCHOVER", "main"][..],
+        &[
+            "RAMPART",
+            "POLICY",
+            "LOAD",
+            "quorum",
+            "builtin:quorum-standard",
+            "quorum=none",
+        ],
+        &["RAMPART", "POLICY", "ROLLBACK", "router"],
+    ] {
+        let answer = off.cli(args);
+        assert!(
+            answer.contains("proxy.admin_commands"),
+            "{args:?}: {answer}"
+        );
+    }
+    assert!(off
+        .cli(&["RAMPART", "POLICY", "LIST"])
+        .contains("generation"));
+    drop(off);
+
+    let on = Proxy::start_with(&text("admin_commands = true", "token = \"s3cret\""));
+    let mut c = on.conn();
+    let refused = redis::cmd("RAMPART")
+        .arg(&["SWITCHOVER", "main"])
+        .query::<String>(&mut c)
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("NOAUTH"), "{refused}");
+    let wrong = redis::cmd("RAMPART")
+        .arg(&["AUTH", "nope"])
+        .query::<String>(&mut c)
+        .unwrap_err();
+    assert_eq!(wrong.code(), Some("WRONGPASS"), "{wrong}");
+    let _: () = redis::cmd("RAMPART")
+        .arg(&["AUTH", "s3cret"])
+        .query(&mut c)
+        .unwrap();
+    let moved: String = redis::cmd("RAMPART")
+        .arg(&["SWITCHOVER", "main"])
+        .query(&mut c)
+        .unwrap();
+    assert!(!moved.is_empty());
+    // Another connection has not authenticated.
+    let mut other = on.conn();
+    assert!(redis::cmd("RAMPART")
+        .arg(&["SWITCHOVER", "main"])
+        .query::<String>(&mut other)
+        .is_err());
+}

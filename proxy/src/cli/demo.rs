@@ -160,7 +160,7 @@ fn instructions(args: &DemoArgs) -> String {
             "the topology as a table",
         ),
         (
-            format!("redis-cli -p {port} RAMPART SWITCHOVER main 127.0.0.1:{second}"),
+            format!("rampart switchover main --to 127.0.0.1:{second} --admin 127.0.0.1:{admin}"),
             "move the primary: no errors, no lost writes",
         ),
         (

@@ -142,6 +142,14 @@ impl Connection {
                 }
                 self.push(Pending::Local(out.freeze()))
             }
+            Local::Rampart if req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"AUTH") => {
+                let reply = self.admin_auth(&req);
+                self.reply(reply).await
+            }
+            Local::Rampart if changes_rampart(&req) && !self.may_change_rampart() => {
+                let reply = self.admin_refusal();
+                self.reply(reply).await
+            }
             Local::Rampart
                 if req
                     .arg_upper(1)
@@ -157,6 +165,36 @@ impl Connection {
                 let reply = self.rampart(&req);
                 self.reply(reply).await
             }
+        }
+    }
+
+    /// `RAMPART AUTH <admin.token>`: lets this connection change Rampart
+    /// (with `proxy.admin_commands` on).
+    fn admin_auth(&mut self, req: &Request) -> Value {
+        if req.argc() != 3 {
+            return wrong_args("rampart|auth");
+        }
+        match &self.ctx.config.admin.token {
+            Some(token) if constant_time_eq(req.arg(2).unwrap_or_default(), token.as_bytes()) => {
+                self.session.admin = true;
+                Value::ok()
+            }
+            Some(_) => Value::err("WRONGPASS invalid admin token"),
+            None => Value::err("ERR rampart: no admin.token is configured"),
+        }
+    }
+
+    /// Whether this connection may run the commands that change Rampart.
+    fn may_change_rampart(&self) -> bool {
+        self.ctx.config.proxy.admin_commands
+            && (self.ctx.config.admin.token.is_none() || self.session.admin)
+    }
+
+    fn admin_refusal(&self) -> Value {
+        if !self.ctx.config.proxy.admin_commands {
+            Value::err("ERR rampart: commands that change Rampart are off on the client port (proxy.admin_commands); use the admin API or the rampart CLI")
+        } else {
+            Value::err("NOAUTH rampart: send RAMPART AUTH <admin token> first")
         }
     }
 
@@ -723,6 +761,8 @@ impl Connection {
                     "    Routers (active, previous, shadow), quorums and the detector, as JSON.",
                     "SWITCHOVER <shard> [<host:port>]",
                     "    Move the primary role to the given replica (or the best one) without losing a write.",
+                    "AUTH <admin token>",
+                    "    Allow this connection to change Rampart (SWITCHOVER, POLICY LOAD ...); needs proxy.admin_commands.",
                     "HELP",
                     "    Print this help.",
                 ]
@@ -735,6 +775,16 @@ impl Connection {
                 sub.map(|s| s.as_str().to_string()).unwrap_or_default()
             )),
         }
+    }
+}
+
+/// `RAMPART SWITCHOVER` and `RAMPART POLICY` other than `LIST`: they
+/// change how Rampart routes, replicates or fails over.
+fn changes_rampart(req: &Request) -> bool {
+    match req.arg_upper(1).as_ref().map(|s| s.as_bytes()) {
+        Some(b"SWITCHOVER") => true,
+        Some(b"POLICY") => !req.arg_upper(2).is_some_and(|a| a.as_bytes() == b"LIST"),
+        _ => false,
     }
 }
 

@@ -19,6 +19,8 @@ pub struct Session {
     /// checked by a node): its commands run on connections of its own,
     /// logged in as that user. `None`: Rampart's own backend user.
     pub user: Option<Arc<Credentials>>,
+    /// `RAMPART AUTH <admin.token>` succeeded on this connection.
+    pub admin: bool,
     /// Between MULTI and EXEC/DISCARD.
     pub in_multi: bool,
     /// WATCH is in force.
@@ -63,6 +65,7 @@ impl Session {
             name: None,
             authed,
             user: None,
+            admin: false,
             in_multi: false,
             watching: false,
             tx_lost: false,
