@@ -783,7 +783,7 @@ impl Connection {
 fn changes_rampart(req: &Request) -> bool {
     match req.arg_upper(1).as_ref().map(|s| s.as_bytes()) {
         Some(b"SWITCHOVER") => true,
-        Some(b"POLICY") => !req.arg_upper(2).is_some_and(|a| a.as_bytes() == b"LIST"),
+        Some(b"POLICY") => req.arg_upper(2).is_none_or(|a| a.as_bytes() != b"LIST"),
         _ => false,
     }
 }
