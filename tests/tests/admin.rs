@@ -261,3 +261,39 @@ fn resp_admin_commands_are_off_unless_enabled_and_authenticated() {
         .query::<String>(&mut other)
         .is_err());
 }
+
+/// Wrong passwords are counted and, past the third on one connection,
+/// answered ever more slowly (RESET does not start over); the right one
+/// still gets in.
+#[test]
+fn password_guessing_is_counted_and_slowed() {
+    let cluster = Cluster::start(0);
+    let proxy = Proxy::start(
+        &cluster.addrs(),
+        Setup {
+            proxy: "password = \"right\"",
+            ..Setup::default()
+        },
+    );
+    let mut c = proxy.conn();
+    for _ in 0..3 {
+        assert!(redis::cmd("AUTH").arg("wrong").query::<()>(&mut c).is_err());
+    }
+    let _: String = redis::cmd("RESET").query(&mut c).unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let e = redis::cmd("AUTH")
+            .arg("wrong")
+            .query::<()>(&mut c)
+            .unwrap_err();
+        assert_eq!(e.code(), Some("WRONGPASS"));
+    }
+    // The 4th, 5th and 6th wait 100, 200 and 400 ms.
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    let _: () = redis::cmd("AUTH").arg("right").query(&mut c).unwrap();
+    let metrics = get(proxy.admin.unwrap(), "/metrics").1;
+    assert!(
+        metrics.contains("rampart_auth_failures_total 6"),
+        "{metrics}"
+    );
+}

@@ -48,11 +48,17 @@ pub struct Metrics {
     abandoned: AtomicU64,
     /// Elements popped for a client that left, pushed back.
     restored: AtomicU64,
+    /// AUTH attempts with a wrong password.
+    auth_failures: AtomicU64,
 }
 
 impl Metrics {
     pub fn count_abandoned(&self) {
         self.abandoned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count_restored(&self) {
@@ -127,6 +133,16 @@ pub fn render(ctx: &Context) -> String {
         [(
             String::new(),
             ctx.metrics.restored.load(Ordering::Relaxed) as f64,
+        )],
+    );
+    family(
+        o,
+        "rampart_auth_failures_total",
+        "counter",
+        "AUTH (or HELLO ... AUTH) attempts with a wrong password.",
+        [(
+            String::new(),
+            ctx.metrics.auth_failures.load(Ordering::Relaxed) as f64,
         )],
     );
 

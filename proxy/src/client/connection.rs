@@ -385,6 +385,7 @@ impl Connection {
                 Class::Local(crate::resp::command::Local::Auth)
                     | Class::Local(crate::resp::command::Local::Hello)
                     | Class::Local(crate::resp::command::Local::Quit)
+                    | Class::Local(crate::resp::command::Local::Reset)
             )
         {
             return self

@@ -409,6 +409,39 @@ impl Connection {
     /// by the primary itself, so its answers (`WRONGPASS`, the error for a
     /// password with none configured) are Redis's own.
     async fn authenticate(&mut self, user: Option<&Bytes>, password: &Bytes) -> Value {
+        let reply = self.check_credentials(user, password).await;
+        if matches!(&reply, Value::Error(e) if e.starts_with("WRONGPASS")) {
+            self.auth_failed().await;
+        }
+        reply
+    }
+
+    /// A wrong password: counted, logged (at most once a second for the
+    /// whole process, so a flood of guesses cannot flood the log), and
+    /// slowed down on this connection from the fourth on: 100 ms,
+    /// doubling, at most 2 s a guess.
+    async fn auth_failed(&mut self) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static LAST_LOG_S: AtomicU64 = AtomicU64::new(0);
+        self.session.auth_failures += 1;
+        self.ctx.metrics.count_auth_failure();
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if LAST_LOG_S.swap(now_s, Ordering::Relaxed) != now_s {
+            tracing::warn!(
+                client = %self.registration.entry.addr,
+                failures = self.session.auth_failures,
+                "AUTH with a wrong password (logged at most once a second)"
+            );
+        }
+        if let Some(extra) = self.session.auth_failures.checked_sub(4) {
+            let delay_ms = (100u64 << extra.min(5)).min(2000);
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        }
+    }
+
+    async fn check_credentials(&mut self, user: Option<&Bytes>, password: &Bytes) -> Value {
         let config = &self.ctx.config.proxy;
         if let Some(expected) = &config.password {
             let expected_user = config.username.as_deref().unwrap_or("default");
@@ -645,7 +678,11 @@ impl Connection {
         }
         let authed = self.ctx.config.proxy.password.is_none();
         let user = self.session.user.is_some();
+        // Wrong passwords are remembered across RESET, or it would undo
+        // the slowing down of guesses.
+        let failures = self.session.auth_failures;
         self.session = Session::new(self.session.id, authed);
+        self.session.auth_failures = failures;
         if user {
             let name = self.ctx.config.backend.username.clone();
             self.registration

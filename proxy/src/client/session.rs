@@ -21,6 +21,9 @@ pub struct Session {
     pub user: Option<Arc<Credentials>>,
     /// `RAMPART AUTH <admin.token>` succeeded on this connection.
     pub admin: bool,
+    /// Wrong passwords this connection has sent (each one after the third
+    /// is answered more slowly).
+    pub auth_failures: u32,
     /// Between MULTI and EXEC/DISCARD.
     pub in_multi: bool,
     /// WATCH is in force.
@@ -66,6 +69,7 @@ impl Session {
             authed,
             user: None,
             admin: false,
+            auth_failures: 0,
             in_multi: false,
             watching: false,
             tx_lost: false,
