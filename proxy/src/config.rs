@@ -105,16 +105,35 @@ fn default_max_clients() -> usize {
 }
 
 /// The admin HTTP listener (health, topology, metrics).
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// `host:port`; no admin listener when unset.
-    #[serde(default)]
     pub listen: Option<String>,
     /// Bearer token required by every mutating endpoint (switchover,
     /// policy loads). Required when `listen` is not a loopback address.
-    #[serde(default)]
     pub token: Option<String>,
+    /// Host names (besides IP addresses and `localhost`) that requests may
+    /// name in their `Host` header: a page on another site that makes its
+    /// name resolve to this machine (DNS rebinding) is refused.
+    pub allowed_hosts: Vec<String>,
+    /// A connection that has not sent a request's headers this long after
+    /// it began is closed.
+    pub header_timeout_ms: u64,
+    /// Admin connections open at once; more are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> AdminConfig {
+        AdminConfig {
+            listen: None,
+            token: None,
+            allowed_hosts: Vec::new(),
+            header_timeout_ms: 10_000,
+            max_connections: 256,
+        }
+    }
 }
 
 /// How Rampart connects to the Redis nodes.

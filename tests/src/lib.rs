@@ -443,14 +443,17 @@ pub struct Setup<'a> {
     pub shard: &'a str,
     /// Whole sections (e.g. `[backend]\nlinks_per_node = 1`).
     pub sections: &'a str,
+    /// Lines inside `[admin]` (e.g. `max_connections = 2`).
+    pub admin: &'a str,
 }
 
 /// The TOML for a proxy on a free port in front of `nodes`.
 pub fn config_for(nodes: &[String], setup: Setup) -> String {
     let nodes: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
     format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_commands = true\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[shards.main]\nnodes = [{}]\n{}\n",
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_commands = true\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n{}\n[shards.main]\nnodes = [{}]\n{}\n",
         setup.proxy,
+        setup.admin,
         if setup.sections.contains("[probe]") { setup.sections.to_string() } else { format!("[probe]\ninterval_ms = 50\n{}", setup.sections) },
         nodes.join(", "),
         setup.shard,

@@ -297,3 +297,82 @@ fn password_guessing_is_counted_and_slowed() {
         "{metrics}"
     );
 }
+
+/// Sends a raw HTTP request to the admin listener; the status code.
+fn raw_status(addr: std::net::SocketAddr, request: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = s.read_to_string(&mut response);
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A browser page elsewhere cannot change anything (cross-origin POST),
+/// nor read anything through a name pointed at this machine (DNS
+/// rebinding); slow or idle connections are cut and capped.
+#[test]
+fn the_admin_listener_refuses_other_origins_other_hosts_and_idle_floods() {
+    use std::io::{Read, Write};
+    let cluster = Cluster::start(1);
+    let proxy = Proxy::start(
+        &cluster.addrs(),
+        Setup {
+            sections: "[probe]\ninterval_ms = 50",
+            ..Setup::default()
+        },
+    );
+    let admin = proxy.admin.unwrap();
+    let cross = format!(
+        "POST /v1/shards/main/switchover HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\nContent-Type: text/plain\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(raw_status(admin, &cross), 403);
+    let rebound =
+        "GET /v1/topology HTTP/1.1\r\nHost: evil.example:6381\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_status(admin, rebound), 403);
+    let local = format!(
+        "GET /v1/topology HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n",
+        admin.port()
+    );
+    assert_eq!(raw_status(admin, &local), 200);
+    // The same origin may change things.
+    let same = format!(
+        "POST /v1/shards/main/switchover HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://{admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(raw_status(admin, &same), 200);
+    drop(proxy);
+
+    let proxy = Proxy::start(
+        &cluster.addrs(),
+        Setup {
+            sections: "[probe]\ninterval_ms = 50",
+            admin: "header_timeout_ms = 500\nmax_connections = 2",
+            ..Setup::default()
+        },
+    );
+    let admin = proxy.admin.unwrap();
+    // Two connections that never finish their headers hold both places...
+    let mut slow = std::net::TcpStream::connect(admin).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x").unwrap();
+    let _idle = std::net::TcpStream::connect(admin).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // ... so a third is closed at once.
+    let mut third = std::net::TcpStream::connect(admin).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert!(matches!(third.read(&mut buf), Ok(0) | Err(_)));
+    // The slow one is cut after the header timeout, and the listener serves.
+    slow.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    wait_until("a place is free again", Duration::from_secs(5), || {
+        get(admin, "/healthz").0 == 200
+    });
+}

@@ -16,6 +16,7 @@ const SYNC_ONE: Setup = Setup {
     proxy: "",
     shard: "read_from = \"primary\"\n[shards.main.replication]\nquorum = \"one\"",
     sections: "",
+    admin: "",
 };
 
 fn encode(args: &[&str]) -> Vec<u8> {

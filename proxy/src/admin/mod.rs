@@ -20,12 +20,21 @@ use crate::server::Context;
 pub mod metrics;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    let admin = &ctx.config.admin;
+    let slots = Arc::new(tokio::sync::Semaphore::new(admin.max_connections.max(1)));
+    let header_timeout = std::time::Duration::from_millis(admin.header_timeout_ms.max(1));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => return,
         };
         let Ok((stream, _)) = accepted else {
+            continue;
+        };
+        // Past the cap, a connection is closed at once: half-open admin
+        // connections cannot pile up.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
             continue;
         };
         let ctx = ctx.clone();
@@ -35,13 +44,64 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut shutdown: watch
                 async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
             });
             let _ = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(slot);
         });
     }
 }
 
+/// Whether a `Host` header names this listener: an IP address, localhost,
+/// or a name in `admin.allowed_hosts`. Anything else is a name someone
+/// pointed here (DNS rebinding) and is refused.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+/// Why a request is refused before it is looked at, if it is: a `Host`
+/// this listener does not answer to, or a change (anything but GET) sent
+/// by a page of another origin (a browser sends `Origin` then; a
+/// same-origin page's `Origin` is its `Host`).
+fn refused(req: &Request<Incoming>, ctx: &Context) -> Option<&'static str> {
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
+    };
+    let host = header(hyper::header::HOST);
+    if host.is_some_and(|h| !host_allowed(h, &ctx.config.admin.allowed_hosts)) {
+        return Some("the Host header does not name this listener (admin.allowed_hosts)\n");
+    }
+    if req.method() != Method::GET {
+        if let Some(origin) = header(hyper::header::ORIGIN) {
+            let authority = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"));
+            if authority.is_none() || authority != host {
+                return Some("cross-origin requests may not change anything\n");
+            }
+        }
+    }
+    None
+}
+
 async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
+    if let Some(why) = refused(&req, ctx) {
+        return text(StatusCode::FORBIDDEN, why);
+    }
     if req.method() != Method::GET && !authorized(&req, ctx) {
         return text(
             StatusCode::UNAUTHORIZED,
