@@ -80,6 +80,15 @@ pub struct ProxyConfig {
     /// `RAMPART AUTH <token>`.
     #[serde(default)]
     pub admin_commands: bool,
+    /// Redis's protected mode: listening on an address other machines can
+    /// reach with no `password` is refused at start. `false` allows it
+    /// (a network policy or firewall then has to keep strangers out).
+    #[serde(default = "yes")]
+    pub protected_mode: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_deny_commands() -> Vec<String> {
@@ -558,11 +567,15 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         check_addr("proxy.listen", &self.proxy.listen)?;
+        let listen = &self.proxy.listen;
+        if self.proxy.protected_mode && self.proxy.password.is_none() && !is_loopback(listen) {
+            return Err(ConfigError(format!(
+                "field `proxy.password`: expected a password, because proxy.listen ({listen}) is reachable from other machines (Redis's protected mode); set one (or RAMPART_PASSWORD), or proxy.protected_mode = false"
+            )));
+        }
         if let Some(listen) = &self.admin.listen {
             check_addr("admin.listen", listen)?;
-            let host = listen.rsplit_once(':').map_or("", |(h, _)| h);
-            let loopback = matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1");
-            if !loopback && self.admin.token.is_none() {
+            if !is_loopback(listen) && self.admin.token.is_none() {
                 return Err(ConfigError(format!(
                     "field `admin.token`: expected a token, because admin.listen ({listen}) is reachable from other machines and the admin API can move the primary"
                 )));
@@ -687,6 +700,15 @@ impl Config {
     }
 }
 
+/// Whether `host:port` listens on a loopback address only.
+fn is_loopback(listen: &str) -> bool {
+    let host = listen.rsplit_once(':').map_or("", |(h, _)| h);
+    matches!(host, "localhost" | "[::1]" | "::1")
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// `host:port` with a non-empty host and a numeric port.
 fn check_addr(field: &str, value: &str) -> Result<(), ConfigError> {
     let ok = value
@@ -712,6 +734,25 @@ mod tests {
         nodes = ["127.0.0.1:7001", "127.0.0.1:7002"]
         read_from = "replicas"
     "#;
+
+    #[test]
+    fn protected_mode_wants_a_password_off_loopback() {
+        let open = GOOD.replace("127.0.0.1:6380", "0.0.0.0:6380");
+        let e = Config::parse(&open).unwrap_err().0;
+        assert!(
+            e.contains("proxy.password") && e.contains("protected"),
+            "{e}"
+        );
+        let with_password = open.replace("[proxy]", "[proxy]\npassword = \"x\"");
+        assert!(Config::parse(&with_password).is_ok());
+        let unprotected = open.replace("[proxy]", "[proxy]\nprotected_mode = false");
+        assert!(Config::parse(&unprotected).is_ok());
+        assert!(
+            Config::parse_with(&open, |name| (name == "RAMPART_PASSWORD")
+                .then(|| "x".into()))
+            .is_ok()
+        );
+    }
 
     /// `examples/configs/reference.toml` documents every field with its
     /// default: it must parse to exactly what the bare minimum parses to,

@@ -17,6 +17,7 @@ fn rampart(args: &[&str]) -> Output {
         .args(args)
         .env_remove("RAMPART_ADMIN")
         .env_remove("RAMPART_ADMIN_TOKEN")
+        .env_remove("RAMPART_PASSWORD")
         .output()
         .expect("run rampart")
 }
@@ -293,6 +294,7 @@ fn deploy_configs_pass_check_config() {
         let checked = Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
             .args(["check-config", path])
             .env("RAMPART_ADMIN_TOKEN", "t0ken")
+            .env("RAMPART_PASSWORD", "pa55")
             .output()
             .unwrap();
         assert!(
@@ -300,10 +302,19 @@ fn deploy_configs_pass_check_config() {
             "{name}: {}",
             String::from_utf8_lossy(&checked.stderr)
         );
-        // Without the token, an admin listener on 0.0.0.0 is refused.
+        // Without the password, a client listener on 0.0.0.0 is refused
+        // (protected mode); without the token, an admin listener.
         let refused = rampart(&["check-config", path]);
         assert_eq!(refused.status.code(), Some(2), "{name}");
-        assert!(String::from_utf8_lossy(&refused.stderr).contains("admin.token"));
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("proxy.password"));
+        let no_token = Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
+            .args(["check-config", path])
+            .env("RAMPART_PASSWORD", "pa55")
+            .env_remove("RAMPART_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        assert_eq!(no_token.status.code(), Some(2), "{name}");
+        assert!(String::from_utf8_lossy(&no_token.stderr).contains("admin.token"));
     }
 }
 
