@@ -46,6 +46,20 @@ pub struct Batch {
     pub keep_on_shortfall: bool,
 }
 
+impl Batch {
+    /// Requests whose replies go to `reply` as they are: not held for a
+    /// quorum.
+    pub fn plain(requests: Vec<Bytes>, reply: oneshot::Sender<BatchReply>) -> Batch {
+        Batch {
+            replies: requests.len(),
+            requests,
+            reply,
+            durable: None,
+            keep_on_shortfall: false,
+        }
+    }
+}
+
 /// The replies to a batch.
 #[derive(Debug)]
 pub struct BatchReply {

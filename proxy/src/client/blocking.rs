@@ -174,15 +174,7 @@ impl Connection {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         b.node.count_requests(1);
-        b.link
-            .send(Batch {
-                requests: vec![undo.raw.clone()],
-                replies: 1,
-                reply: tx,
-                durable: None,
-                keep_on_shortfall: false,
-            })
-            .await;
+        b.link.send(Batch::plain(vec![undo.raw.clone()], tx)).await;
         let answer = tokio::time::timeout(UNBLOCK_WAIT, rx).await;
         let put_back =
             matches!(&answer, Ok(Ok(r)) if r.error.is_none() && !r.data.starts_with(b"-"));

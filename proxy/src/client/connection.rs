@@ -859,14 +859,8 @@ impl Connection {
         let marker = Request::from_args(&["PUBLISH", crate::backend::own::WAIT_MARKER, ""]);
         let (tx, rx) = oneshot::channel();
         node.count_requests(2);
-        link.send(Batch {
-            requests: vec![marker.raw, req.raw.clone()],
-            replies: 2,
-            reply: tx,
-            durable: None,
-            keep_on_shortfall: false,
-        })
-        .await;
+        link.send(Batch::plain(vec![marker.raw, req.raw.clone()], tx))
+            .await;
         // The WAIT may block for long: its reply is awaited beside the
         // client's other replies, so a client that leaves meanwhile is seen
         // leaving (and its WAIT unblocked). Only the WAIT's reply goes to
@@ -1032,14 +1026,7 @@ impl Connection {
         let (tx, rx) = oneshot::channel();
         let replies = requests.len();
         node.count_requests(replies as u64);
-        link.send(Batch {
-            requests,
-            replies,
-            reply: tx,
-            durable: None,
-            keep_on_shortfall: false,
-        })
-        .await;
+        link.send(Batch::plain(requests, tx)).await;
         match rx.await {
             Ok(reply) if reply.got == replies && reply.error.is_none() => Ok(reply.data),
             Ok(reply) => Err(reply

@@ -30,16 +30,8 @@ pub(super) async fn send_confirmed(
     reply: oneshot::Sender<BatchReply>,
     max_depth: usize,
 ) {
-    let replies = requests.len();
     let (tx, rx) = oneshot::channel();
-    link.send(Batch {
-        requests,
-        replies,
-        reply: tx,
-        durable: None,
-        keep_on_shortfall: false,
-    })
-    .await;
+    link.send(Batch::plain(requests, tx)).await;
     tokio::spawn(async move {
         let Ok(mut answer) = rx.await else {
             return;
