@@ -430,6 +430,11 @@ pub struct PluginsConfig {
     /// The budget of every other call: `configure`, quorum and detector
     /// calls, made off the request path.
     pub call_budget_ms: u32,
+    /// The directory `RAMPART POLICY LOAD <kind> <name>` reads plugins
+    /// from: clients name a file in it, never a path. Unset: loads over
+    /// the client port take only `builtin:` and `native:` policies (the
+    /// admin API takes uploads either way).
+    pub dir: Option<String>,
 }
 
 impl Default for PluginsConfig {
@@ -438,6 +443,7 @@ impl Default for PluginsConfig {
             memory_limit_mb: 16,
             route_budget_ms: 1,
             call_budget_ms: 100,
+            dir: None,
         }
     }
 }

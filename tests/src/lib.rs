@@ -454,10 +454,45 @@ pub fn config_for(nodes: &[String], setup: Setup) -> String {
         "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_commands = true\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n{}\n[shards.main]\nnodes = [{}]\n{}\n",
         setup.proxy,
         setup.admin,
-        if setup.sections.contains("[probe]") { setup.sections.to_string() } else { format!("[probe]\ninterval_ms = 50\n{}", setup.sections) },
+        sections_with_defaults(setup.sections),
         nodes.join(", "),
         setup.shard,
     )
+}
+
+/// The test's `[probe]` and `[plugins]` sections unless it wrote its own:
+/// fast probes, and `plugins.dir` where [`plugin`], [`test_plugin`] and
+/// [`example_plugin`] put their files (so `RAMPART POLICY LOAD` can name
+/// them).
+fn sections_with_defaults(sections: &str) -> String {
+    let mut all = String::new();
+    if !sections.contains("[probe]") {
+        all.push_str("[probe]\ninterval_ms = 50\n");
+    }
+    all.push_str(sections);
+    if !sections.contains("[plugins]") {
+        all.push_str(&format!(
+            "\n[plugins]\ndir = \"{}\"\n",
+            plugins_dir().display()
+        ));
+    }
+    all
+}
+
+/// One directory per test process holding every plugin a test loads.
+pub fn plugins_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("a directory for the plugins"))
+        .path()
+}
+
+/// The file name of a plugin from [`plugin`], [`test_plugin`] or
+/// [`example_plugin`], as `RAMPART POLICY LOAD` takes it.
+pub fn plugin_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .expect("a plugin file name")
+        .to_string()
 }
 
 /// The built-in plugin `name` (a crate under plugins/) as a `.wasm` file:
@@ -465,8 +500,6 @@ pub fn config_for(nodes: &[String], setup: Setup) -> String {
 /// out once, so tests load exactly what the binary ships.
 pub fn plugin(name: &str) -> PathBuf {
     use rampart::policy::builtin;
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("a directory for the plugins"));
     let bytes = if let Some(router) = name.strip_prefix("router-") {
         builtin::router(router)
     } else if let Some(detector) = name.strip_prefix("detector-") {
@@ -477,7 +510,7 @@ pub fn plugin(name: &str) -> PathBuf {
         None
     };
     let bytes = bytes.unwrap_or_else(|| panic!("no built-in plugin named {name}"));
-    let path = dir.path().join(format!("{}.wasm", name.replace('-', "_")));
+    let path = plugins_dir().join(format!("{}.wasm", name.replace('-', "_")));
     if !path.exists() {
         std::fs::write(&path, bytes).expect("write the plugin");
     }
@@ -497,7 +530,8 @@ pub fn test_plugin(name: &str) -> PathBuf {
 }
 
 /// Builds the plugin workspace in `dir` once (`cargo build --target
-/// wasm32-wasip2 --release`) and returns the path of `name`'s component.
+/// wasm32-wasip2 --release`) and returns the path of `name`'s component,
+/// copied into [`plugins_dir`].
 fn built_plugin(once: &std::sync::OnceLock<()>, dir: &str, name: &str) -> PathBuf {
     once.get_or_init(|| {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -520,10 +554,13 @@ fn built_plugin(once: &std::sync::OnceLock<()>, dir: &str, name: &str) -> PathBu
             "building {dir} failed (is the target installed? rustup target add wasm32-wasip2)"
         );
     });
-    repo_path(&format!(
-        "{dir}/target/wasm32-wasip2/release/{}.wasm",
-        name.replace('-', "_")
-    ))
+    let file = format!("{}.wasm", name.replace('-', "_"));
+    let built = repo_path(&format!("{dir}/target/wasm32-wasip2/release/{file}"));
+    let path = plugins_dir().join(file);
+    if !path.exists() {
+        std::fs::copy(&built, &path).expect("copy the plugin into the plugins directory");
+    }
+    path
 }
 
 /// Path to a file in the repository (for example configs).

@@ -262,6 +262,59 @@ fn resp_admin_commands_are_off_unless_enabled_and_authenticated() {
         .is_err());
 }
 
+/// `RAMPART POLICY LOAD` names a file in `plugins.dir`: a path is refused
+/// before anything is opened, and what is in the directory is read only
+/// if it is a small regular WebAssembly file. No error quotes a file.
+#[test]
+fn policy_loads_over_resp_read_only_plugin_files_by_name() {
+    let cluster = Cluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "root:$6$hash:19000").unwrap();
+    std::fs::write(dir.path().join("big.wasm"), b"\0asm").unwrap();
+    let big = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("big.wasm"))
+        .unwrap();
+    big.set_len(65 * 1024 * 1024).unwrap();
+    let fifo = dir.path().join("fifo.wasm");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.wasm")).unwrap();
+    std::fs::copy(
+        rampart_tests::plugin("router-primary-only"),
+        dir.path().join("mine.wasm"),
+    )
+    .unwrap();
+    let proxy = Proxy::start(
+        &cluster.addrs(),
+        Setup {
+            sections: &format!("[plugins]\ndir = \"{}\"\n", dir.path().display()),
+            ..Setup::default()
+        },
+    );
+    let load = |name: &str| proxy.cli(&["RAMPART", "POLICY", "LOAD", "router", name]);
+    for path in ["/etc/shadow", "/nonexistent", "../etc/passwd", "sub/x.wasm"] {
+        let answer = load(path);
+        assert!(answer.contains("is not a plugin name"), "{path}: {answer}");
+    }
+    let answer = load("notes.txt");
+    assert!(answer.contains("not a WebAssembly component"), "{answer}");
+    assert!(!answer.contains("root"), "{answer}");
+    assert!(load("big.wasm").contains("larger than 64 MiB"));
+    // Neither blocks: a FIFO is opened without waiting for a writer.
+    for special in ["fifo.wasm", "zero.wasm"] {
+        let answer = load(special);
+        assert!(answer.contains("not a regular file"), "{special}: {answer}");
+    }
+    assert!(load("missing.wasm").contains("no such file"));
+    assert_eq!(load("mine.wasm").trim(), "OK generation 2");
+    let listed = proxy.cli(&["RAMPART", "POLICY", "LIST"]);
+    assert!(listed.contains("\"mine.wasm\""), "{listed}");
+}
+
 /// Wrong passwords are counted and, past the third on one connection,
 /// answered ever more slowly (RESET does not start over); the right one
 /// still gets in.

@@ -13,6 +13,8 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+
+use crate::policy::file::MAX_PLUGIN_BYTES;
 use tokio::sync::watch;
 
 use crate::server::Context;
@@ -223,9 +225,6 @@ fn percent_decode(text: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
-
-/// The largest plugin accepted over HTTP.
-const MAX_PLUGIN_BYTES: usize = 64 * 1024 * 1024;
 
 /// `PUT /v1/policies/{router|quorum|detector}` (body: the `.wasm`, or no
 /// body and `?builtin=<name>`; `?config=` the text for its `configure`,

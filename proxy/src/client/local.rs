@@ -714,12 +714,12 @@ impl Connection {
         self.reply(reply).await
     }
 
-    /// `RAMPART POLICY LOAD|SHADOW <kind> <path|builtin:name> [config]`,
+    /// `RAMPART POLICY LOAD|SHADOW <kind> <file in plugins.dir|builtin:name> [config]`,
     /// `RAMPART POLICY ACTIVATE|ROLLBACK <kind>`, `RAMPART POLICY LIST`.
     /// Applies to the first (today the only) shard.
     async fn policy(&mut self, req: &Request) -> Value {
         use crate::policy::swap::{Kind, Mode, Source};
-        const USAGE: &str = "ERR usage: RAMPART POLICY LOAD router|quorum|detector <path|builtin:name> [config] | SHADOW router <path|builtin:name> [config] | ACTIVATE|ROLLBACK router | LIST";
+        const USAGE: &str = "ERR usage: RAMPART POLICY LOAD router|quorum|detector <file in plugins.dir|builtin:name> [config] | SHADOW router <file in plugins.dir|builtin:name> [config] | ACTIVATE|ROLLBACK router | LIST";
         let args = req.args();
         let text = |i: usize| args.get(i).map(|a| String::from_utf8_lossy(a).into_owned());
         let action = text(2).unwrap_or_default().to_uppercase();
@@ -742,7 +742,11 @@ impl Connection {
                     Mode::Shadow
                 };
                 let config = text(5).unwrap_or_default();
-                ctx.load_policy(kind, &shard, Source::parse(&source), config, mode)
+                let source = match Source::named(&source, ctx.config.plugins.dir.as_deref()) {
+                    Ok(source) => source,
+                    Err(e) => return Value::err(format!("ERR rampart: {e}")),
+                };
+                ctx.load_policy(kind, &shard, source, config, mode)
                     .await
                     .map(|view| match view["generation"].as_u64() {
                         Some(generation) => format!("OK generation {generation}"),
@@ -788,9 +792,9 @@ impl Connection {
                     "    Shards, nodes, roles and health as JSON.",
                     "POLICIES",
                     "    Each shard's read policy, with calls, traps and fallbacks, as JSON.",
-                    "POLICY LOAD router|quorum|detector <path|builtin:name> [config]",
+                    "POLICY LOAD router|quorum|detector <file in plugins.dir|builtin:name> [config]",
                     "    Load a policy and make it active.",
-                    "POLICY SHADOW router <path|builtin:name> [config]",
+                    "POLICY SHADOW router <file in plugins.dir|builtin:name> [config]",
                     "    Run a router beside the active one, only counting where they agree.",
                     "POLICY ACTIVATE|ROLLBACK router",
                     "    Make the shadow router active, or go back to the previous generation.",

@@ -19,6 +19,7 @@
 
 pub mod builtin;
 mod detector;
+pub mod file;
 mod quorum;
 mod router;
 mod sandbox;

@@ -3,6 +3,7 @@
 //! self-check) runs on a blocking thread; only a router that passed every
 //! step is published.
 
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -35,8 +36,10 @@ pub enum Source {
     /// `native:<name>`: the same algorithm compiled into Rampart, for
     /// comparison (`tests/bench/routing.sh`) and as a last resort.
     Native(String),
-    /// A `.wasm` component on disk.
-    File(String),
+    /// A `.wasm` component on disk: a path from the configuration file,
+    /// or a name in `plugins.dir` given at runtime ([`Source::named`]).
+    /// `shown` is how views and errors name it.
+    File { path: PathBuf, shown: String },
     /// A `.wasm` component uploaded over the admin API.
     Upload(Vec<u8>),
 }
@@ -47,19 +50,40 @@ impl Source {
         match self {
             Source::Builtin(name) => format!("builtin:{name}"),
             Source::Native(name) => format!("native:{name}"),
-            Source::File(path) => path.clone(),
+            Source::File { shown, .. } => shown.clone(),
             Source::Upload(_) => "upload".into(),
         }
     }
 
-    /// `builtin:<name>`, `native:<name>` or a file path.
+    /// `builtin:<name>`, `native:<name>` or a file path, as written in
+    /// the configuration file (the operator's, so any path is allowed).
     pub fn parse(text: &str) -> Source {
         if let Some(name) = text.strip_prefix("builtin:") {
             Source::Builtin(name.to_string())
         } else if let Some(name) = text.strip_prefix("native:") {
             Source::Native(name.to_string())
         } else {
-            Source::File(text.to_string())
+            Source::path(text)
+        }
+    }
+
+    /// A plugin file at a path from the configuration.
+    pub fn path(text: &str) -> Source {
+        Source::File {
+            path: PathBuf::from(text),
+            shown: text.to_string(),
+        }
+    }
+
+    /// `builtin:<name>`, `native:<name>` or the name of a file in
+    /// `plugins.dir`, as a client asks for it at runtime: never a path.
+    pub fn named(text: &str, dir: Option<&str>) -> Result<Source, String> {
+        match Source::parse(text) {
+            Source::File { .. } => Ok(Source::File {
+                path: super::file::resolve(dir, text)?,
+                shown: text.to_string(),
+            }),
+            other => Ok(other),
         }
     }
 }
@@ -150,10 +174,13 @@ pub fn build(
 /// built-in router's is its own name).
 fn plugin_bytes(source: &Source) -> Result<(String, std::borrow::Cow<'static, [u8]>), String> {
     match source {
-        Source::File(path) => std::fs::read(path)
-            .map(|bytes| (path.clone(), bytes.into()))
-            .map_err(|e| format!("cannot read {path}: {e}")),
-        Source::Upload(bytes) => Ok(("upload".into(), bytes.clone().into())),
+        Source::File { path, shown } => {
+            super::file::read(path, shown).map(|bytes| (shown.clone(), bytes.into()))
+        }
+        Source::Upload(bytes) => {
+            super::file::check_magic(bytes, "the upload")?;
+            Ok(("upload".into(), bytes.clone().into()))
+        }
         Source::Builtin(name) => builtin::router(name)
             .map(|bytes| (name.clone(), bytes.into()))
             .ok_or_else(|| {
@@ -259,7 +286,7 @@ pub fn builtin_detector(
 /// plugin if one is set, else the built-in for `quorum`.
 pub fn quorum_source(replication: &crate::config::ReplicationConfig) -> Source {
     match &replication.quorum_plugin {
-        Some(path) => Source::File(path.clone()),
+        Some(path) => Source::path(path),
         None => Source::Builtin(replication.quorum.name().to_string()),
     }
 }
@@ -267,7 +294,7 @@ pub fn quorum_source(replication: &crate::config::ReplicationConfig) -> Source {
 /// Where the detector comes from by the configuration.
 pub fn detector_source(probe: &crate::config::ProbeConfig) -> Source {
     match &probe.detector_plugin {
-        Some(path) => Source::File(path.clone()),
+        Some(path) => Source::path(path),
         None => Source::Builtin(probe.detector.name().to_string()),
     }
 }
@@ -409,16 +436,18 @@ impl Context {
     ) -> Result<GenerationView, String> {
         let index = self.shard_index(shard)?;
         let slot = &self.routers[index];
-        let number = slot.next_number();
         let shard_ref = self.topology.shards[index].clone();
         let changes = self.topology_changes.clone();
         let limits = self.config.plugins.limits();
+        // Numbered once accepted: a refused load uses no generation number.
         let built = tokio::task::spawn_blocking(move || {
-            build(&source, &config, &shard_ref, changes, number, limits)
+            build(&source, &config, &shard_ref, changes, 0, limits)
         })
         .await
         .map_err(|e| format!("loading failed: {e}"))?;
-        let generation = self.accepted(shard, built)?;
+        let mut generation = self.accepted(shard, built)?;
+        let number = slot.next_number();
+        generation.number = number;
         let view = generation.view();
         let nodes = self.topology.shards[index].nodes.len();
         match mode {
