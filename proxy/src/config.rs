@@ -477,8 +477,13 @@ pub struct FailoverConfig {
     /// Unset: in memory only, and a restarted Rampart trusts what the nodes
     /// say about themselves.
     pub state_dir: Option<String>,
-    /// Failover events kept for `GET /v1/events`.
+    /// Events kept for `GET /v1/events`, twice over: this many failover
+    /// and fencing events, and this many of every other kind, so a flood
+    /// of routine events never pushes a failover out of the history.
     pub event_history: usize,
+    /// At most one switchover per shard in this many milliseconds (0: no
+    /// limit); one asked for sooner is refused.
+    pub switchover_interval_ms: u64,
 }
 
 impl Default for FailoverConfig {
@@ -489,6 +494,7 @@ impl Default for FailoverConfig {
             max_held_clients: 10_000,
             state_dir: None,
             event_history: 256,
+            switchover_interval_ms: 5000,
         }
     }
 }

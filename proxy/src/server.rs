@@ -91,6 +91,15 @@ impl Context {
         if self.config.failover.role == FailoverRole::Follower {
             return Err("ERR this Rampart is a follower (failover.role); ask the leader".into());
         }
+        let interval = Duration::from_millis(self.config.failover.switchover_interval_ms);
+        if let Err(ago) = self.topology.shards[index].admit_switchover(interval) {
+            self.metrics.count_switchover_refused();
+            return Err(format!(
+                "ERR rampart: switchover refused: the last one began {:.1} s ago and failover.switchover_interval_ms allows one every {:.1} s",
+                ago.as_secs_f64(),
+                interval.as_secs_f64()
+            ));
+        }
         if let Some(Some(fanout)) = self.fanouts.get(index) {
             return fanout.switchover(target);
         }

@@ -272,7 +272,11 @@ fn a_follower_never_promotes() {
 fn switchover_moves_the_primary_without_errors_or_loss() {
     let cluster = Cluster::start(2);
     let state = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start_with(&config(&cluster.addrs(), state.path(), ""));
+    let proxy = Proxy::start_with(&config(
+        &cluster.addrs(),
+        state.path(),
+        "switchover_interval_ms = 0",
+    ));
     proxy.wait_serving_replicas(2, Duration::from_secs(10));
 
     // Writers keep going through both switchovers and must see no error.
@@ -337,4 +341,49 @@ fn switchover_moves_the_primary_without_errors_or_loss() {
         b"",
     );
     assert_eq!(status, 404);
+}
+
+/// Switchovers are rate-limited per shard: one asked for within
+/// `failover.switchover_interval_ms` of the last is refused (429 over
+/// HTTP) and counted, and a flood of them leaves the record of a failover
+/// in the event history.
+#[test]
+fn switchovers_are_rate_limited_and_never_push_failovers_out_of_the_history() {
+    let cluster = Cluster::start(1);
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(&config(
+        &cluster.addrs(),
+        state.path(),
+        "switchover_interval_ms = 60000\nevent_history = 8",
+    ));
+    proxy.wait_serving_replicas(1, Duration::from_secs(10));
+    let admin = proxy.admin.unwrap();
+    let first = proxy.cli(&["RAMPART", "SWITCHOVER", "main"]);
+    assert!(first.starts_with("switched over"), "{first}");
+    let mut c = proxy.conn();
+    for _ in 0..500 {
+        let refused = redis::cmd("RAMPART")
+            .arg(&["SWITCHOVER", "main"])
+            .query::<String>(&mut c)
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("switchover_interval_ms"),
+            "{refused}"
+        );
+        let (status, _) = rampart_tests::http(admin, "POST", "/v1/shards/main/switchover", b"");
+        assert_eq!(status, 429);
+    }
+    assert_eq!(proxy.shard()["epoch"], 2, "one switchover happened");
+    let metrics = rampart_tests::http_get(admin, "/metrics").1;
+    assert!(
+        metrics.contains("rampart_switchovers_refused_total 1000"),
+        "{metrics}"
+    );
+    // Now a flood of policy refusals, which do record events.
+    for _ in 0..50 {
+        let _ = proxy.cli(&["RAMPART", "POLICY", "LOAD", "router", "missing.wasm"]);
+    }
+    let kinds = proxy.event_kinds();
+    assert!(kinds.iter().any(|k| k == "switchover"), "{kinds:?}");
+    assert!(kinds.iter().any(|k| k == "primary-discovered"), "{kinds:?}");
 }

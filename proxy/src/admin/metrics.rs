@@ -50,6 +50,8 @@ pub struct Metrics {
     restored: AtomicU64,
     /// AUTH attempts with a wrong password.
     auth_failures: AtomicU64,
+    /// Switchovers refused by `failover.switchover_interval_ms`.
+    switchovers_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -59,6 +61,10 @@ impl Metrics {
 
     pub fn count_auth_failure(&self) {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_switchover_refused(&self) {
+        self.switchovers_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count_restored(&self) {
@@ -143,6 +149,16 @@ pub fn render(ctx: &Context) -> String {
         [(
             String::new(),
             ctx.metrics.auth_failures.load(Ordering::Relaxed) as f64,
+        )],
+    );
+    family(
+        o,
+        "rampart_switchovers_refused_total",
+        "counter",
+        "Switchovers refused because one began less than failover.switchover_interval_ms ago.",
+        [(
+            String::new(),
+            ctx.metrics.switchovers_refused.load(Ordering::Relaxed) as f64,
         )],
     );
 

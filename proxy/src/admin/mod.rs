@@ -123,6 +123,9 @@ async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> 
             Err(e) if e.contains("no shard named") || e.contains("is not a node") => {
                 text(StatusCode::NOT_FOUND, &format!("{e}\n"))
             }
+            Err(e) if e.contains("switchover refused") => {
+                text(StatusCode::TOO_MANY_REQUESTS, &format!("{e}\n"))
+            }
             Err(e) => text(StatusCode::CONFLICT, &format!("{e}\n")),
         };
     }

@@ -1,6 +1,12 @@
 //! A bounded history of what the control loop did (discoveries, failovers,
 //! fencing, refusals), for `GET /v1/events` and the dashboard. Each event is
 //! also logged, inside the span of the step that caused it.
+//!
+//! Failover and fencing events are kept apart from routine ones (policy
+//! loads, switchover attempts, config reloads, script kills): each kind has
+//! its own bound, so a client loading plugins or asking for switchovers in
+//! a loop can push only its own kind of event out, never the record of a
+//! failover an operator needs to read afterwards.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -26,7 +32,7 @@ pub struct Event {
 
 pub struct Events {
     capacity: usize,
-    inner: Mutex<(u64, VecDeque<Event>)>,
+    inner: Mutex<History>,
     /// Every event ever recorded, by shard and kind (the history forgets;
     /// these counters do not).
     counts: Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
@@ -36,7 +42,7 @@ impl Events {
     pub fn new(capacity: usize) -> Events {
         Events {
             capacity: capacity.max(1),
-            inner: Mutex::new((0, VecDeque::new())),
+            inner: Mutex::default(),
             counts: Mutex::default(),
         }
     }
@@ -67,9 +73,9 @@ impl Events {
             .entry((shard.to_string(), kind))
             .or_default() += 1;
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.0 += 1;
+        inner.seq += 1;
         let event = Event {
-            seq: inner.0,
+            seq: inner.seq,
             at_ms,
             shard: shard.to_string(),
             kind,
@@ -77,10 +83,16 @@ impl Events {
             epoch,
             detail,
         };
-        if inner.1.len() == self.capacity {
-            inner.1.pop_front();
+        let capacity = self.capacity;
+        let kept = if is_routine(kind) {
+            &mut inner.routine
+        } else {
+            &mut inner.failover
+        };
+        if kept.len() == capacity {
+            kept.pop_front();
         }
-        inner.1.push_back(event);
+        kept.push_back(event);
     }
 
     /// How many events of each kind each shard has had.
@@ -92,8 +104,34 @@ impl Events {
     /// Events with a sequence number above `after`, oldest first.
     pub fn since(&self, after: u64) -> Vec<Event> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.1.iter().filter(|e| e.seq > after).cloned().collect()
+        let mut events: Vec<Event> = inner
+            .failover
+            .iter()
+            .chain(&inner.routine)
+            .filter(|e| e.seq > after)
+            .cloned()
+            .collect();
+        events.sort_by_key(|e| e.seq);
+        events
     }
+}
+
+#[derive(Default)]
+struct History {
+    /// The last sequence number given out.
+    seq: u64,
+    /// Failover, fencing and node-health events.
+    failover: VecDeque<Event>,
+    /// Everything [`is_routine`].
+    routine: VecDeque<Event>,
+}
+
+/// Events an operator or client can cause at will, and so in floods.
+fn is_routine(kind: &str) -> bool {
+    ["policy-", "config-", "guard-", "script-kill", "switchover-"]
+        .iter()
+        .any(|prefix| kind.starts_with(prefix))
+        || matches!(kind, "catching-up" | "caught-up" | "resync-started")
 }
 
 #[cfg(test)]
@@ -109,5 +147,19 @@ mod tests {
         let all = events.since(0);
         assert_eq!(all.iter().map(|e| e.kind).collect::<Vec<_>>(), ["b", "c"]);
         assert_eq!(events.since(2).len(), 1);
+    }
+
+    #[test]
+    fn a_flood_of_routine_events_keeps_the_failovers() {
+        let events = Events::new(3);
+        events.record("main", "promoted", None, 2, "");
+        for _ in 0..1000 {
+            events.record("main", "switchover-started", None, 2, "");
+            events.record("main", "policy-rejected", None, 2, "");
+        }
+        let all = events.since(0);
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0].kind, "promoted");
+        assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -325,6 +325,9 @@ pub struct Shard {
     /// Fan-out mode: Rampart sends every write to every node, and picks
     /// the primary (whose replies clients get) itself.
     fanout: bool,
+    /// When the last switchover asked of this shard began, for
+    /// `failover.switchover_interval_ms`.
+    last_switchover: Mutex<Option<Instant>>,
 }
 
 const NO_PRIMARY: usize = usize::MAX;
@@ -352,6 +355,26 @@ impl Shard {
             changed: watch::channel(0).0,
             held: AtomicUsize::new(0),
             fanout: false,
+            last_switchover: Mutex::new(None),
+        }
+    }
+
+    /// Admits a switchover unless one began less than `interval` ago, in
+    /// which case it answers how long ago that was. A switchover pauses
+    /// writes and moves every replica; a client asking for thousands a
+    /// second must not get them (nor flood the event history).
+    pub fn admit_switchover(&self, interval: Duration) -> Result<(), Duration> {
+        let mut last = self
+            .last_switchover
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match *last {
+            Some(at) if now.duration_since(at) < interval => Err(now.duration_since(at)),
+            _ => {
+                *last = Some(now);
+                Ok(())
+            }
         }
     }
 
