@@ -86,6 +86,22 @@ impl Context {
     /// Asks the shard's failover controller to move the primary role to
     /// `target` (or to the replica the election picks). The answer is a
     /// Redis-style error text on failure.
+    /// `rampart promote --force`: makes `node` the primary of `shard` now,
+    /// without proof that it holds every acknowledged write. Not
+    /// rate-limited: it is the way out of a shard that waits.
+    pub async fn force_promote(&self, shard: &str, node: String) -> Result<String, String> {
+        let index = self.shard_index(shard).map_err(|e| format!("ERR {e}"))?;
+        if self.config.failover.role == FailoverRole::Follower {
+            return Err("ERR this Rampart is a follower (failover.role); ask the leader".into());
+        }
+        if self.topology.shards[index].is_fanout() {
+            return Err(
+                "ERR a fan-out shard picks its primary with `rampart switchover --to`".into(),
+            );
+        }
+        self.ask_controller(index, Some(node), true).await
+    }
+
     pub async fn switchover(&self, shard: &str, target: Option<String>) -> Result<String, String> {
         let index = self.shard_index(shard).map_err(|e| format!("ERR {e}"))?;
         if self.config.failover.role == FailoverRole::Follower {
@@ -103,9 +119,22 @@ impl Context {
         if let Some(Some(fanout)) = self.fanouts.get(index) {
             return fanout.switchover(target);
         }
+        self.ask_controller(index, target, false).await
+    }
+
+    async fn ask_controller(
+        &self,
+        index: usize,
+        target: Option<String>,
+        force: bool,
+    ) -> Result<String, String> {
         let (reply, answer) = oneshot::channel();
         self.switchovers[index]
-            .send(Switchover { target, reply })
+            .send(Switchover {
+                target,
+                force,
+                reply,
+            })
             .await
             .map_err(|_| "ERR the failover controller is not running".to_string())?;
         answer

@@ -1,6 +1,6 @@
 //! The `rampart` command line, run as a separate process exactly as users
 //! run it: `--version`, `check-config`, `status`, `events`, `policy ...`,
-//! `switchover` against a running Rampart, and `demo` end to end.
+//! `switchover`, `promote` against a running Rampart, and `demo` end to end.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
@@ -147,6 +147,11 @@ fn status_events_policies_and_switchover_against_a_running_proxy() {
     assert!(moved.contains("switched over"), "{moved}");
     assert_eq!(proxy.shard()["primary"], target.as_str());
     assert!(ok(&["events", "--admin", &admin]).contains("switchover"));
+
+    // A forced promotion must be asked for with --force.
+    let unforced = rampart(&["promote", "main", &target, "--admin", &admin]);
+    assert_eq!(unforced.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unforced.stderr).contains("--force"));
 
     // The address and token can come from the config file instead.
     let dir = tempfile::tempdir().unwrap();

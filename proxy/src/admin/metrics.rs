@@ -299,6 +299,12 @@ pub fn render(ctx: &Context) -> String {
             |s, _| s.is_failing_over() as u8 as f64,
         ),
         (
+            "rampart_shard_awaiting_operator",
+            "gauge",
+            "1 while no node can be proven to hold every acknowledged write and the shard waits for `rampart promote --force`.",
+            |s, _| s.awaiting_operator().is_some() as u8 as f64,
+        ),
+        (
             "rampart_shard_held_clients",
             "gauge",
             "Clients whose writes wait for a primary.",

@@ -132,6 +132,26 @@ async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> 
     if let (&Method::POST, Some(shard)) = (
         req.method(),
         path.strip_prefix("/v1/shards/")
+            .and_then(|rest| rest.strip_suffix("/promote")),
+    ) {
+        // `?node=host:port`: the operator's forced choice.
+        let Some(node) = query(&req, "node") else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "name the node to promote: ?node=host:port\n",
+            );
+        };
+        return match ctx.force_promote(shard, node).await {
+            Ok(done) => text(StatusCode::OK, &format!("{done}\n")),
+            Err(e) if e.contains("no shard named") || e.contains("is not a node") => {
+                text(StatusCode::NOT_FOUND, &format!("{e}\n"))
+            }
+            Err(e) => text(StatusCode::CONFLICT, &format!("{e}\n")),
+        };
+    }
+    if let (&Method::POST, Some(shard)) = (
+        req.method(),
+        path.strip_prefix("/v1/shards/")
             .and_then(|rest| rest.strip_suffix("/resync")),
     ) {
         // `?node=host:port`: copy a fan-out node afresh.
@@ -148,12 +168,15 @@ async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> 
         (&Method::GET, "/" | "/dashboard") => dashboard(),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            let missing: Vec<&str> = ctx
+            let missing: Vec<String> = ctx
                 .topology
                 .shards
                 .iter()
                 .filter(|s| s.primary().is_none())
-                .map(|s| s.name.as_str())
+                .map(|s| match s.awaiting_operator() {
+                    Some(why) => format!("{} (waiting for an operator: {why})", s.name),
+                    None => s.name.clone(),
+                })
                 .collect();
             if missing.is_empty() {
                 text(StatusCode::OK, "ready\n")

@@ -75,6 +75,20 @@ enum Command {
         #[arg(long = "to")]
         to: Option<String>,
     },
+    /// Make a node the primary now, without proof that it holds every
+    /// acknowledged write: the way out when a shard waits for an operator
+    /// (see `rampart status`). Needs `--force`.
+    Promote {
+        #[command(flatten)]
+        target: Target,
+        /// The shard, e.g. `main`.
+        shard: String,
+        /// The node to promote (`host:port` as configured).
+        node: String,
+        /// Say that you accept losing what the node may lack.
+        #[arg(long)]
+        force: bool,
+    },
     /// Fan-out mode: copy a node afresh from a node in sync.
     Resync {
         #[command(flatten)]
@@ -122,6 +136,12 @@ pub fn main() -> ExitCode {
         }
         Command::Switchover { target, shard, to } => admin::Admin::connect(&target)
             .and_then(|a| policy::switchover(&a, &shard, to.as_deref())),
+        Command::Promote {
+            target,
+            shard,
+            node,
+            force,
+        } => admin::Admin::connect(&target).and_then(|a| policy::promote(&a, &shard, &node, force)),
         Command::Resync {
             target,
             shard,

@@ -215,6 +215,21 @@ pub fn switchover(admin: &Admin, shard: &str, to: Option<&str>) -> Result<(), Fa
     Ok(())
 }
 
+/// `rampart promote SHARD NODE --force`.
+pub fn promote(admin: &Admin, shard: &str, node: &str, force: bool) -> Result<(), Failure> {
+    if !force {
+        return Err(Failure::Usage(format!(
+            "promoting {node} skips the check that it holds every acknowledged write: \
+             writes it lacks are lost. Look at `rampart status` and `rampart events` first, \
+             then run again with --force"
+        )));
+    }
+    let path = format!("/v1/shards/{}/promote?node={}", encode(shard), encode(node));
+    let answer = admin.request("POST", &path, &[])?;
+    println!("{}", answer.trim_end());
+    Ok(())
+}
+
 pub fn resync(admin: &Admin, shard: &str, node: &str) -> Result<(), Failure> {
     let path = format!("/v1/shards/{}/resync?node={}", encode(shard), encode(node));
     let answer = admin.request("POST", &path, &[])?;

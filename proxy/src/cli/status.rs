@@ -49,6 +49,12 @@ pub fn render_topology(topology: &Value) -> String {
                 shard["held_clients"]
             ));
         }
+        if let Some(why) = shard["awaiting_operator"].as_str() {
+            out.push_str(&format!(
+                "  WAITING FOR AN OPERATOR: {why}\n  (rampart promote {} <node> --force chooses a node, accepting what it may lack)\n",
+                str(&shard["name"])
+            ));
+        }
         let mut rows = vec![cells(&[
             "NODE", "ROLE", "HEALTH", "SERVES", "OFFSET", "LAG", "RTT", "REQUESTS", "ERRORS",
         ])];

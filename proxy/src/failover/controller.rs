@@ -40,6 +40,10 @@ pub struct Switchover {
     /// The node to promote (`host:port` as configured); `None` lets the
     /// election choose.
     pub target: Option<String>,
+    /// `rampart promote --force`: promote `target` now, without the
+    /// checks that it holds every acknowledged write. For a shard waiting
+    /// on an operator because no node can be proven to.
+    pub force: bool,
     pub reply: oneshot::Sender<Result<String, String>>,
 }
 
@@ -63,6 +67,15 @@ pub struct Controller {
     /// The current failover, once started.
     failover_started: Option<Instant>,
     refusal: Option<String>,
+    /// Replicas told to stop following a primary that is down while no
+    /// replica can be promoted: see [`Controller::detach`].
+    detached: std::collections::HashSet<u32>,
+    /// Rampart restarted while the shard waited for an operator: what
+    /// made promotion unsafe can no longer be checked, so only an
+    /// operator promotes.
+    operator_only: bool,
+    /// The current failover's old primary was reported stale already.
+    stale_reported: bool,
 }
 
 pub fn spawn(
@@ -86,6 +99,9 @@ pub fn spawn(
         guard_checked: None,
         failover_started: None,
         refusal: None,
+        detached: Default::default(),
+        operator_only: false,
+        stale_reported: false,
     };
     tokio::spawn(controller.run(requests).instrument(span));
 }
@@ -99,8 +115,12 @@ impl Controller {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 Some(request) = requests.recv() => {
-                    let span = tracing::info_span!("switchover", target = ?request.target, epoch = self.shard.epoch());
-                    let result = self.switchover(request.target).instrument(span).await;
+                    let span = tracing::info_span!("switchover", target = ?request.target, force = request.force, epoch = self.shard.epoch());
+                    let result = if request.force {
+                        self.force_promote(request.target).instrument(span).await
+                    } else {
+                        self.switchover(request.target).instrument(span).await
+                    };
                     let _ = request.reply.send(result);
                 }
                 _ = shutdown.changed() => return,
@@ -113,7 +133,19 @@ impl Controller {
             self.discover();
             return;
         };
-        if primary.health() == Health::Down {
+        let distrusted = primary.health() != Health::Down && self.distrusts(&primary);
+        if distrusted && self.failover_started.is_some() && !self.stale_reported {
+            self.stale_reported = true;
+            self.event(
+                "primary-stale",
+                Some(&primary),
+                format!(
+                    "the primary answers again but {}: it may lack acknowledged writes and is not taken back",
+                    staleness(&primary)
+                ),
+            );
+        }
+        if primary.health() == Health::Down || distrusted {
             let span =
                 tracing::warn_span!("failover", from = %primary.addr, epoch = self.shard.epoch());
             self.failover(&primary).instrument(span).await;
@@ -123,9 +155,14 @@ impl Controller {
             self.event(
                 "failover-aborted",
                 Some(&primary),
-                "the primary answers probes again before a replica could be promoted",
+                "the primary answers probes again, with all it had, before a replica could be promoted",
             );
             self.refusal = None;
+            self.detached.clear();
+            if self.shard.awaiting_operator().is_some() {
+                self.shard.set_awaiting_operator(None);
+                self.persist(self.shard.epoch(), &primary);
+            }
             self.shard.set_failing_over(false);
         }
         if primary.health() == Health::Up
@@ -192,6 +229,26 @@ impl Controller {
         if persisted.as_ref().is_none_or(|s| s.epoch != epoch) {
             self.persist(epoch, &chosen);
         }
+        if let Some(why) = persisted.as_ref().and_then(|s| s.waiting.clone()) {
+            // Still waiting for an operator from before the restart: the
+            // remembered primary is held as the old one, distrusted, and
+            // nothing is promoted without the operator.
+            if let Some(old) = remembered.cloned() {
+                old.distrust();
+                self.shard
+                    .set_primary(&old, persisted.as_ref().map_or(1, |s| s.epoch));
+                self.shard.set_failing_over(true);
+                self.failover_started = Some(Instant::now());
+                self.operator_only = true;
+                self.shard.set_awaiting_operator(Some(why.clone()));
+                self.event(
+                    "primary-stale",
+                    Some(&old),
+                    format!("Rampart restarted while the shard waited for an operator ({why}); still waiting"),
+                );
+                return;
+            }
+        }
         self.shard.set_primary(&chosen, epoch);
         let detail = match claimants.len() {
             0 => "no node claims to be primary; the replicas follow this one".to_string(),
@@ -205,11 +262,27 @@ impl Controller {
         if self.failover_started.is_none() {
             self.failover_started = Some(Instant::now());
             self.shard.set_failing_over(true);
-            self.event(
-                "primary-down",
-                Some(old),
-                "the detector judged the primary down; holding writes",
-            );
+            if old.health() == Health::Down {
+                self.event(
+                    "primary-down",
+                    Some(old),
+                    "the detector judged the primary down; holding writes",
+                );
+            } else {
+                self.stale_reported = true;
+                self.event(
+                    "primary-stale",
+                    Some(old),
+                    format!(
+                        "the primary {}: it may have lost acknowledged writes and is not trusted as primary; holding writes",
+                        staleness(old)
+                    ),
+                );
+            }
+        }
+        if self.operator_only {
+            self.refuse("Rampart restarted while this shard waited for an operator".into());
+            return;
         }
         // Fresh reports, not the last probe's: offsets move until the very
         // moment the old primary stopped.
@@ -217,7 +290,7 @@ impl Controller {
         let mut intact = 0;
         for node in self.shard.nodes.iter().filter(|n| n.id != old.id) {
             if let Ok(report) = self.report(node).await {
-                if report.role == Role::Replica {
+                if report.role == Role::Replica || self.detached.contains(&node.id) {
                     // A replica whose offset went backwards lost what it
                     // had: it answers, but cannot vouch for past writes.
                     if report.offset >= node.max_offset() {
@@ -240,6 +313,7 @@ impl Controller {
                 "{} of {replicas} replicas answer ({lost} of them with less data than they once had: restarted without persistence?); with writes acknowledged by {acks} replica(s), {needed} intact ones must answer to be sure one holds every acknowledged write",
                 candidates.len()
             ));
+            self.detach(old).await;
             return;
         }
         let Some(target) = self.ctx.quorum_policies[self.index]
@@ -255,28 +329,13 @@ impl Controller {
             .iter()
             .find(|c| c.id == target.id)
             .map_or(0, |c| c.offset);
-        if let Err(e) = self.command(&target, &["REPLICAOF", "NO", "ONE"]).await {
+        // A stale old primary still answers: it is repointed with the
+        // others (its data is not wanted). A dead one is fenced when back.
+        let skip = (old.health() == Health::Down).then_some(old.id);
+        if let Err(e) = self.install(&target, skip).await {
             self.event("promotion-failed", Some(&target), e);
             return;
         }
-        self.observe(&target).await;
-        let epoch = self.shard.epoch() + 1;
-        self.persist(epoch, &target);
-        // A new primary: every node must be told now, however recently it
-        // was told something else.
-        self.last_sent.clear();
-        let shard = self.shard.clone();
-        for node in shard
-            .nodes
-            .iter()
-            .filter(|n| n.id != target.id && n.id != old.id)
-        {
-            self.follow(node, &target, "repointed").await;
-        }
-        self.guard(&target).await;
-        self.wait_for_replicas(&target, acks).await;
-        self.shard.set_primary(&target, epoch);
-        self.shard.set_failing_over(false);
         let took = self
             .failover_started
             .take()
@@ -365,24 +424,14 @@ impl Controller {
             self.event("switchover-aborted", Some(&target), e.clone());
             return Err(format!("ERR switchover aborted: {e}"));
         }
-        if let Err(e) = self.command(&target, &["REPLICAOF", "NO", "ONE"]).await {
-            self.shard.set_failing_over(false);
-            self.event("switchover-aborted", Some(&target), e.clone());
-            return Err(format!("ERR switchover aborted: {e}"));
-        }
-        self.observe(&target).await;
-        let epoch = self.shard.epoch() + 1;
-        self.persist(epoch, &target);
-        self.last_sent.clear();
-        let shard = self.shard.clone();
-        for node in shard.nodes.iter().filter(|n| n.id != target.id) {
-            self.follow(node, &target, "repointed").await;
-        }
-        self.guard(&target).await;
-        self.wait_for_replicas(&target, self.shard.durability.requirement().acks)
-            .await;
-        self.shard.set_primary(&target, epoch);
-        self.shard.set_failing_over(false);
+        let epoch = match self.install(&target, None).await {
+            Ok(epoch) => epoch,
+            Err(e) => {
+                self.shard.set_failing_over(false);
+                self.event("switchover-aborted", Some(&target), e.clone());
+                return Err(format!("ERR switchover aborted: {e}"));
+            }
+        };
         let detail = format!(
             "{} -> {} in {} ms",
             primary.addr,
@@ -391,6 +440,146 @@ impl Controller {
         );
         self.event("switchover", Some(&target), detail.clone());
         Ok(format!("switched over: {detail}, epoch {epoch}"))
+    }
+
+    /// Makes `target` the primary of a new epoch: promote it, remember
+    /// the choice, point every other node (but `skip`) at it, guard it,
+    /// give the replicas a moment to connect, and publish it, which
+    /// releases held writes. Returns the new epoch.
+    async fn install(&mut self, target: &Arc<Node>, skip: Option<u32>) -> Result<u64, String> {
+        self.command(target, &["REPLICAOF", "NO", "ONE"]).await?;
+        self.observe(target).await;
+        let epoch = self.shard.epoch() + 1;
+        self.shard.set_awaiting_operator(None);
+        self.persist(epoch, target);
+        // A new primary: every node must be told now, however recently it
+        // was told something else.
+        self.last_sent.clear();
+        self.detached.clear();
+        self.stale_reported = false;
+        let shard = self.shard.clone();
+        for node in shard
+            .nodes
+            .iter()
+            .filter(|n| n.id != target.id && Some(n.id) != skip)
+        {
+            self.follow(node, target, "repointed").await;
+        }
+        self.guard(target).await;
+        self.wait_for_replicas(target, self.shard.durability.requirement().acks)
+            .await;
+        self.shard.set_primary(target, epoch);
+        self.shard.set_failing_over(false);
+        Ok(epoch)
+    }
+
+    /// Whether a primary that answers must still be replaced: it
+    /// restarted or its offset went backwards, so it may lack writes that
+    /// were acknowledged. Without a quorum (asynchronous writes) a
+    /// restarted primary that holds at least as much as every replica is
+    /// kept: there is no acknowledgement to protect beyond what the nodes
+    /// hold, and replacing it would lose more.
+    fn distrusts(&self, primary: &Node) -> bool {
+        if !primary.is_stale() || primary.health() != Health::Up {
+            return false;
+        }
+        let acks = self.shard.durability.requirement().acks;
+        let someone_has_more = self
+            .shard
+            .nodes
+            .iter()
+            .any(|n| n.id != primary.id && n.offset() > primary.offset());
+        if acks == 0 && !someone_has_more {
+            tracing::info!(node = %primary.addr, offset = primary.offset(), "the primary restarted; asynchronous writes and no node holds more: kept");
+            primary.trust_again();
+            return false;
+        }
+        true
+    }
+
+    /// While the primary is down and no replica can be promoted, the
+    /// replicas that still follow it are told to follow nobody
+    /// (`REPLICAOF NO ONE`; Rampart routes nothing to them). A replica
+    /// left following would resynchronise from the old primary the moment
+    /// it returns, and if it returns restarted from an older snapshot, the
+    /// replica's copy of the acknowledged writes would be replaced by the
+    /// older data. Detached, the copy stays until Rampart (or an operator)
+    /// decides.
+    async fn detach(&mut self, old: &Node) {
+        let following: Vec<Arc<Node>> = self
+            .shard
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.id != old.id
+                    && n.health() == Health::Up
+                    && n.role() == Role::Replica
+                    && n.master().as_deref() == Some(old.addr.as_str())
+                    && !self.detached.contains(&n.id)
+            })
+            .cloned()
+            .collect();
+        for node in &following {
+            match self.command(node, &["REPLICAOF", "NO", "ONE"]).await {
+                Ok(_) => {
+                    self.detached.insert(node.id);
+                    self.event(
+                        "replica-detached",
+                        Some(node),
+                        format!("no longer follows {}, which is down and cannot be replaced yet: the replica keeps its copy of the acknowledged writes whatever the old primary returns with", old.addr),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(node = %node.addr, error = %e, "REPLICAOF NO ONE failed; will retry")
+                }
+            }
+        }
+    }
+
+    /// `rampart promote --force`: makes `target` the primary now, whatever
+    /// it may lack. The operator's answer to a shard that waits because no
+    /// node can be proven to hold every acknowledged write.
+    async fn force_promote(&mut self, target: Option<String>) -> Result<String, String> {
+        let addr = target.ok_or("ERR a forced promotion names the node to promote")?;
+        let target =
+            self.shard.node_by_addr(&addr).cloned().ok_or_else(|| {
+                format!("ERR {addr} is not a node of shard '{}'", self.shard.name)
+            })?;
+        let report = self.report(&target).await?;
+        let most = self
+            .shard
+            .nodes
+            .iter()
+            .map(|n| n.max_offset())
+            .max()
+            .unwrap_or(0);
+        let old = self.shard.primary_node().cloned();
+        self.shard.set_failing_over(true);
+        let epoch = match self.install(&target, None).await {
+            Ok(epoch) => epoch,
+            Err(e) => {
+                if self.failover_started.is_none() {
+                    self.shard.set_failing_over(false);
+                }
+                return Err(format!("ERR promotion failed: {e}"));
+            }
+        };
+        target.trust_again();
+        self.failover_started = None;
+        self.operator_only = false;
+        self.refusal = None;
+        let detail = format!(
+            "forced by an operator{}: offset {}, the most any node was seen with {most}{}",
+            old.map(|o| format!(" in place of {}", o.addr))
+                .unwrap_or_default(),
+            report.offset,
+            match most.saturating_sub(report.offset) {
+                0 => String::new(),
+                n => format!(" (up to {n} bytes of the replication stream may be missing)"),
+            }
+        );
+        self.event("promoted-by-operator", Some(&target), detail.clone());
+        Ok(format!("promoted: {detail}, epoch {epoch}"))
     }
 
     /// Waits until the primary's offset holds still and the target has
@@ -420,6 +609,12 @@ impl Controller {
     fn refuse(&mut self, why: String) {
         if self.refusal.as_deref() != Some(why.as_str()) {
             self.event("promotion-refused", None, why.clone());
+            self.shard.set_awaiting_operator(Some(format!(
+                "{why}; writes wait until the primary returns with all it had or an operator runs `rampart promote --force`"
+            )));
+            if let Some(primary) = self.shard.primary_node().cloned() {
+                self.persist(self.shard.epoch(), &primary);
+            }
             self.refusal = Some(why);
         }
     }
@@ -559,6 +754,7 @@ impl Controller {
         let state = ShardState {
             epoch,
             primary: primary.addr.clone(),
+            waiting: self.shard.awaiting_operator(),
         };
         if let Err(e) = self.store.save(&self.shard.name, &state) {
             tracing::error!(error = %e, epoch, "cannot persist the epoch; a restart may not remember this primary");
@@ -609,4 +805,18 @@ impl Controller {
             Err(_) => Err(format!("{}: connect timed out", node.addr)),
         }
     }
+}
+
+/// How a stale node gave itself away, for events.
+fn staleness(node: &Node) -> String {
+    let how = if node.offset() < node.max_offset() {
+        "went backwards"
+    } else {
+        "restarted"
+    };
+    format!(
+        "{how} (offset {}, the most it was seen with {})",
+        node.offset(),
+        node.max_offset()
+    )
 }

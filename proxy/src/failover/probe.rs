@@ -247,11 +247,20 @@ async fn probe_once(
         let mut fresh = tokio::time::timeout(timeout, Control::connect(&node.addr, opts))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        if let Ok(info) = fresh.call(&["INFO", "server"], timeout).await {
-            if let Some(version) =
-                frame_text(&info).and_then(|text| info_field(&text, "redis_version"))
-            {
+        if let Some(info) = fresh
+            .call(&["INFO", "server"], timeout)
+            .await
+            .ok()
+            .as_ref()
+            .and_then(frame_text)
+        {
+            if let Some(version) = info_field(&info, "redis_version") {
                 *node.version.lock().unwrap_or_else(|p| p.into_inner()) = Some(version);
+            }
+            if let Some(run_id) = info_field(&info, "run_id") {
+                if node.note_run_id(&run_id) {
+                    tracing::warn!(%run_id, "node restarted: its data is not trusted until it resyncs");
+                }
             }
         }
         *control = Some(fresh);

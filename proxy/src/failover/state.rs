@@ -16,6 +16,12 @@ use serde::{Deserialize, Serialize};
 pub struct ShardState {
     pub epoch: u64,
     pub primary: String,
+    /// Set while the shard waits for an operator because no node could be
+    /// proven to hold every acknowledged write: a Rampart restarted then
+    /// keeps waiting rather than trust whichever node claims the role
+    /// (what made the choice unsafe, the offsets it saw, is not kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// A fan-out shard's nodes as Rampart last left them.
@@ -113,6 +119,7 @@ mod tests {
         let state = ShardState {
             epoch: 3,
             primary: "127.0.0.1:7001".into(),
+            waiting: None,
         };
         store.save("main", &state).unwrap();
         assert_eq!(store.load("main").unwrap(), Some(state));

@@ -110,6 +110,12 @@ pub struct Node {
     pub requests: AtomicU64,
     /// `redis_version` from INFO, for HELLO replies.
     pub version: Mutex<Option<String>>,
+    /// `run_id` from INFO: it changes when the process restarts.
+    run_id: Mutex<Option<String>>,
+    /// The node restarted since Rampart last trusted its data: whatever it
+    /// did not persist is gone, and it cannot vouch for acknowledged
+    /// writes until it has caught up from a node that can.
+    restarted: AtomicBool,
     pub pool: NodePool,
     /// Shared by all nodes: bumped when any node's role, health or fitness
     /// for reads changes, so policies that cache the node list know to
@@ -138,6 +144,8 @@ impl Node {
             sync: AtomicU8::new(SyncState::InSync as u8),
             requests: AtomicU64::new(0),
             version: Mutex::new(None),
+            run_id: Mutex::new(None),
+            restarted: AtomicBool::new(false),
             pool,
         }
     }
@@ -212,6 +220,36 @@ impl Node {
         if self.health.swap(health as u8, Ordering::AcqRel) != health as u8 {
             self.changes.fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    /// Records the `run_id` a (re)connection found. A different one than
+    /// before means the process restarted; returns true then.
+    pub fn note_run_id(&self, run_id: &str) -> bool {
+        let mut known = self.run_id.lock().unwrap_or_else(|p| p.into_inner());
+        let restarted = known.as_deref().is_some_and(|old| old != run_id);
+        if restarted {
+            self.restarted.store(true, Ordering::Release);
+        }
+        *known = Some(run_id.to_string());
+        restarted
+    }
+
+    /// May have lost acknowledged writes: restarted since it was last
+    /// trusted, or its offset went backwards.
+    pub fn is_stale(&self) -> bool {
+        self.restarted.load(Ordering::Acquire) || self.offset() < self.max_offset()
+    }
+
+    /// Distrusts the node's data until it resyncs or an operator decides.
+    pub fn distrust(&self) {
+        self.restarted.store(true, Ordering::Release);
+    }
+
+    /// Trusts the node's data as it is now: it resynced from a trusted
+    /// primary, or an operator chose it knowing what it may lack.
+    pub fn trust_again(&self) {
+        self.restarted.store(false, Ordering::Release);
+        self.max_offset.store(self.offset(), Ordering::Release);
     }
 
     /// Records what a probe saw.
@@ -328,6 +366,9 @@ pub struct Shard {
     /// When the last switchover asked of this shard began, for
     /// `failover.switchover_interval_ms`.
     last_switchover: Mutex<Option<Instant>>,
+    /// Why the shard has no primary and waits for an operator (no node
+    /// can be proven to hold every acknowledged write), if it does.
+    awaiting_operator: Mutex<Option<String>>,
 }
 
 const NO_PRIMARY: usize = usize::MAX;
@@ -356,7 +397,23 @@ impl Shard {
             held: AtomicUsize::new(0),
             fanout: false,
             last_switchover: Mutex::new(None),
+            awaiting_operator: Mutex::new(None),
         }
+    }
+
+    /// Says (or, with `None`, clears) why the shard waits for an operator.
+    pub fn set_awaiting_operator(&self, why: Option<String>) {
+        *self
+            .awaiting_operator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    pub fn awaiting_operator(&self) -> Option<String> {
+        self.awaiting_operator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Admits a switchover unless one began less than `interval` ago, in
@@ -484,7 +541,18 @@ impl Shard {
         if is_primary {
             history.record(at, report.offset);
         } else if report.role == Role::Replica {
-            let primary_offset = self.primary_node().map_or(0, |p| p.offset());
+            let primary = self.primary_node();
+            let primary_offset = primary.map_or(0, |p| p.offset());
+            // A restarted replica that synced from the trusted primary
+            // holds what the primary holds again.
+            if report.connected
+                && primary.is_some_and(|p| {
+                    !p.is_stale() && report.master.as_deref() == Some(p.addr.as_str())
+                })
+                && report.offset >= node.max_offset()
+            {
+                node.restarted.store(false, Ordering::Release);
+            }
             let lag = history.lag(report.offset, Instant::now());
             node.set_lag(
                 primary_offset.saturating_sub(report.offset),
@@ -589,6 +657,7 @@ impl Shard {
             failing_over: self.is_failing_over(),
             primary: self.primary_node().map(|p| p.addr.clone()),
             held_clients: self.held.load(Ordering::Relaxed),
+            awaiting_operator: self.awaiting_operator(),
             durability: self.durability.view(),
             nodes: self
                 .nodes
@@ -639,6 +708,8 @@ pub struct ShardView {
     pub failing_over: bool,
     pub primary: Option<String>,
     pub held_clients: usize,
+    /// Why the shard waits for `rampart promote --force`, if it does.
+    pub awaiting_operator: Option<String>,
     pub durability: DurabilityView,
     pub nodes: Vec<NodeView>,
 }
