@@ -52,6 +52,9 @@ pub struct Context {
     pub events: Arc<Events>,
     /// Request latency histograms.
     pub metrics: Arc<Metrics>,
+    /// Memory the clients' buffered replies and partial requests take,
+    /// against `[limits]`'s caps.
+    pub budget: Arc<crate::backend::charge::Budget>,
     /// Per shard, the way to the shard's failover controller (none on a
     /// follower).
     switchovers: Vec<mpsc::Sender<Switchover>>,
@@ -299,6 +302,7 @@ impl Server {
             clients: AtomicUsize::new(0),
             events: Arc::new(Events::new(config.failover.event_history)),
             metrics: Arc::default(),
+            budget: crate::backend::charge::Budget::new(config.limits.output_caps()),
             switchovers,
             next_client_id: AtomicU64::new(1),
             shutdown: shutdown_rx.clone(),

@@ -670,3 +670,26 @@ pub fn missing_on<'a>(addr: &str, acked: &'a [String]) -> Vec<&'a String> {
         })
         .collect()
 }
+
+/// A child process stopped when the test ends, even by a panic: SIGTERM
+/// first (the demo then stops its nodes), SIGKILL if it lingers.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use rampart_tests::{
-    config_for, free_port, plugin, redis_cli, repo_path, wait_until, Cluster, Proxy, Setup,
+    config_for, free_port, plugin, redis_cli, repo_path, wait_until, Cluster, Proxy, Running, Setup,
 };
 
 const TOKEN: &str = "s3cret";
@@ -334,29 +334,6 @@ fn embedded_file(manifest: &str, name: &str) -> String {
         .map(|l| l.get(4..).unwrap_or(""))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// A child process stopped when the test ends, even by a panic: SIGTERM
-/// first (the demo then stops its nodes), SIGKILL if it lingers.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.0.try_wait() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `rampart run` as a process: JSON logs with the connection span, a

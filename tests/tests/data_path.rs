@@ -572,3 +572,66 @@ fn requests_waiting_for_the_window_fail_cleanly_when_the_node_dies() {
     let unsent = errors.iter().filter(|e| e.contains("unavailable"));
     assert_eq!((sent.count(), unsent.count()), (1, 2), "{errors:?}");
 }
+
+/// The reply to `EVAL` of a Lua table nested `depth` deep, read raw from
+/// `addr` (redis-rs would recurse once per level).
+fn deep_reply(addr: &str, depth: usize) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let script = format!(
+        "local t = {{}} local c = t for i=1,{depth} do local n = {{}} c[1] = n c = n end return t"
+    );
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(
+        format!(
+            "*3\r\n$4\r\nEVAL\r\n${}\r\n{script}\r\n$1\r\n0\r\n",
+            script.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Every level is `*1\r\n`; the innermost table is empty (`*0\r\n`),
+    // unless Lua's stack ran out first and Redis ended with an error.
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 65536];
+    while !(reply.ends_with(b"*0\r\n") || reply.ends_with(b"limit\r\n")) {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed after {} bytes", reply.len());
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    reply
+}
+
+/// The deepest replies Redis makes (a Lua table nested as deep as Lua's
+/// stack allows) pass through unchanged, and clients sharing the link
+/// see nothing of them.
+#[test]
+fn the_deepest_replies_redis_makes_pass_through() {
+    let (cluster, proxy) = setup();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let others: Vec<_> = (0..4)
+        .map(|i| {
+            let mut c = proxy.conn();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _: () = c.set(format!("other:{i}"), n).unwrap();
+                    let got: u64 = c.get(format!("other:{i}")).unwrap();
+                    assert_eq!(got, n);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let through = proxy.addr.to_string();
+    for depth in [600, 7_900, 20_000] {
+        let direct = deep_reply(&cluster.addrs()[0], depth);
+        assert_eq!(deep_reply(&through, depth), direct, "depth {depth}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for other in others {
+        assert!(other.join().unwrap() > 0);
+    }
+}

@@ -151,6 +151,32 @@ pub fn render(ctx: &Context) -> String {
             ctx.metrics.auth_failures.load(Ordering::Relaxed) as f64,
         )],
     );
+    {
+        use crate::backend::charge::Reason;
+        let budget = &ctx.budget;
+        family(
+            o,
+            "rampart_clients_evicted_total",
+            "counter",
+            "Clients disconnected for going over a memory cap ([limits] client_output_*, clients_output_total_mb, partial_requests_total_mb).",
+            [Reason::Hard, Reason::Soft, Reason::Total, Reason::PartialRequests]
+                .map(|r| (format!("reason=\"{}\"", r.name()), budget.evictions(r) as f64)),
+        );
+        family(
+            o,
+            "rampart_clients_output_bytes",
+            "gauge",
+            "Replies received from the nodes and not yet written to their clients.",
+            [(String::new(), budget.total() as f64)],
+        );
+        family(
+            o,
+            "rampart_clients_partial_request_bytes",
+            "gauge",
+            "Requests received in part, across clients.",
+            [(String::new(), budget.partial() as f64)],
+        );
+    }
     family(
         o,
         "rampart_switchovers_refused_total",

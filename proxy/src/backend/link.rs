@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+use super::charge::{Charge, ReplyTo};
 use super::connect::{connect, connect_with_id, ConnectOptions, Session};
 use crate::replicate::{self, Durability, Requirement};
 use crate::resp::ReplyScanner;
@@ -36,7 +37,8 @@ pub struct Batch {
     pub requests: Vec<Bytes>,
     /// How many replies the requests produce.
     pub replies: usize,
-    pub reply: oneshot::Sender<BatchReply>,
+    /// Where the replies go, and whose account they are charged to.
+    pub reply: ReplyTo,
     /// Set for synchronous writes: the replies are held until a `WAIT`
     /// shows the shard's quorum of replicas has the writes.
     pub durable: Option<Arc<Durability>>,
@@ -53,7 +55,7 @@ impl Batch {
         Batch {
             replies: requests.len(),
             requests,
-            reply,
+            reply: reply.into(),
             durable: None,
             keep_on_shortfall: false,
         }
@@ -61,7 +63,7 @@ impl Batch {
 }
 
 /// The replies to a batch.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct BatchReply {
     /// The replies that arrived, exactly as the backend wrote them.
     pub data: Bytes,
@@ -69,6 +71,8 @@ pub struct BatchReply {
     pub got: usize,
     /// Why the remaining replies will never come, as an error reply text.
     pub error: Option<Arc<str>>,
+    /// `data` as charged to the client it is for (see [`super::charge`]).
+    pub charge: Option<Charge>,
 }
 
 impl BatchReply {
@@ -77,6 +81,7 @@ impl BatchReply {
             data: Bytes::new(),
             got: 0,
             error: Some(error),
+            charge: None,
         }
     }
 }
@@ -354,7 +359,7 @@ enum InFlight {
     /// until the `WAIT` after it answers.
     Batch {
         replies: usize,
-        reply: oneshot::Sender<BatchReply>,
+        reply: ReplyTo,
         durable: Option<Arc<Durability>>,
         keep_on_shortfall: bool,
         /// Its share of the link's window, given back when its replies are in.
@@ -457,6 +462,7 @@ async fn serve(
         current: None,
         held: Vec::new(),
         stats: opts.stats.clone(),
+        charge: None,
     };
     let progress = Progress::default();
     let mut held_back = None;
@@ -633,6 +639,13 @@ impl ReplyCutter {
         }
     }
 
+    /// Drops the complete replies walked past so far, keeping their
+    /// count: for a batch nobody will read.
+    pub fn discard(&mut self) {
+        let _ = self.buf.split_to(self.consumed);
+        self.consumed = 0;
+    }
+
     /// The replies walked past so far, and how many.
     pub fn take(&mut self) -> (Bytes, usize) {
         let data = self.buf.split_to(self.consumed).freeze();
@@ -724,8 +737,12 @@ struct Reader<'w> {
     cut: ReplyCutter,
     current: Option<InFlight>,
     /// Durable batches whose replies arrived, waiting for their `WAIT`.
-    held: Vec<(oneshot::Sender<BatchReply>, BatchReply, bool)>,
+    held: Vec<(ReplyTo, BatchReply, bool)>,
     stats: Arc<LinkStats>,
+    /// What the current batch's replies, as far as they have arrived,
+    /// cost the client they are for: a batch of large replies is held here
+    /// until complete, and must count against the client's caps meanwhile.
+    charge: Option<Charge>,
 }
 
 impl Reader<'_> {
@@ -771,7 +788,15 @@ impl Reader<'_> {
             // (RESP3 pushes are dropped: sessions that receive them are
             // piped, never on a link.)
             if !self.cut.advance()? {
+                self.charge_current();
                 return Ok(());
+            }
+            let unwanted =
+                matches!(&self.current, Some(InFlight::Batch { reply, .. }) if reply.is_unwanted());
+            if unwanted {
+                // Keep reading for the clients behind it, not holding
+                // what this one will never take.
+                self.cut.discard();
             }
             let done = self.cut.done;
             let Some(current) = self.current.take_if(|c| c.replies() == done) else {
@@ -781,7 +806,8 @@ impl Reader<'_> {
             let answer = BatchReply {
                 data,
                 got,
-                error: None,
+                error: unwanted.then(|| "ERR rampart: client evicted or gone".into()),
+                charge: self.charge.take(),
             };
             if let (InFlight::Batch { cost, .. }, Some(window)) = (&current, self.window) {
                 window.leave(*cost);
@@ -802,6 +828,21 @@ impl Reader<'_> {
                 } => self.held.push((reply, answer, keep_on_shortfall)),
                 InFlight::Wait { req, durability } => self.release(&answer.data, req, &durability),
             }
+        }
+    }
+
+    /// Charges the bytes of the current batch that have arrived (they
+    /// are all in the buffer: its complete replies and the one arriving)
+    /// to its client.
+    fn charge_current(&mut self) {
+        let Some(InFlight::Batch { reply, .. }) = &self.current else {
+            return;
+        };
+        let held = self.cut.buf.len();
+        match &mut self.charge {
+            Some(charge) => charge.resize(held),
+            None if held > 0 => self.charge = reply.charge(held),
+            None => {}
         }
     }
 
@@ -879,6 +920,7 @@ impl Reader<'_> {
                 data,
                 got,
                 error: Some(error.clone()),
+                charge: self.charge.take(),
             });
         }
         inflight.close();

@@ -72,7 +72,7 @@ impl Connection {
         link.send(Batch {
             requests: vec![req.raw.clone()],
             replies: 1,
-            reply: tx,
+            reply: tx.into(),
             durable: durable.clone(),
             keep_on_shortfall: true,
         })

@@ -20,6 +20,7 @@ use super::registry::{LastCommand, Order, Registration};
 use super::session::Session;
 use super::writer::{Pending, Replies};
 use crate::admin::metrics::BatchClass;
+use crate::backend::charge::ReplyTo;
 use crate::backend::control::frame_text;
 use crate::backend::{Batch, BatchReply, Link};
 use crate::replicate::fanout::{Fanout, Verdict};
@@ -71,6 +72,10 @@ pub struct Connection {
     pub(super) session: Session,
     parser: RequestParser,
     buf: BytesMut,
+    /// Bytes of `buf` counted against `limits.partial_requests_total_mb`.
+    partial: usize,
+    /// This client's share of the memory caps (its replies hold it too).
+    account: Arc<crate::backend::charge::Account>,
     pub(super) replies: Replies,
     open: Option<OpenBatch>,
     /// Set when the session becomes a pipe: the backend side to copy from.
@@ -118,11 +123,14 @@ impl Connection {
     ) -> Connection {
         let limits = ctx.config.limits;
         let authed = ctx.config.proxy.password.is_none();
+        let account = ctx.budget.open(id);
         Connection {
             session: Session::new(id, authed),
             parser: RequestParser::new(limits),
             buf: BytesMut::with_capacity(16 * 1024),
-            replies: Replies::new(wr, ctx.metrics.clone()),
+            replies: Replies::new(wr, ctx.metrics.clone(), account.clone()),
+            partial: 0,
+            account,
             open: None,
             pipe_from: None,
             durable: false,
@@ -170,6 +178,11 @@ impl Connection {
             if self.flush().await == Flow::Stop {
                 break;
             }
+            // What stays in `buf` is an unfinished request.
+            if !self.hold_partial() {
+                gone = true;
+                break;
+            }
             if let Some(backend) = self.pipe_from.take() {
                 self.pipe(rd, backend).await;
                 return;
@@ -194,6 +207,10 @@ impl Connection {
                     }
                     Ok(_) => {}
                 },
+                _ = self.account.evicted() => {
+                    gone = true;
+                    break;
+                }
                 _ = shutdown.changed(), if !closing => {
                     tracing::debug!("closing for shutdown");
                     closing = true;
@@ -210,12 +227,45 @@ impl Connection {
                 },
             }
         }
+        self.hold_partial_none();
+        if let Some(reason) = self.account.eviction() {
+            // Nothing more is written to a client evicted for its memory:
+            // what it is owed is dropped with the connection.
+            self.ctx.events.record(
+                "*",
+                "client-evicted",
+                None,
+                0,
+                format!(
+                    "client {} ({}) disconnected: {}; {} bytes of replies were waiting for it",
+                    self.session.id,
+                    self.registration.entry.addr,
+                    reason.name(),
+                    self.account.used()
+                ),
+            );
+            self.abandon_blocked().await;
+            return;
+        }
         let _ = self.flush().await;
         if gone {
             self.abandon_blocked().await;
         }
         let _ = self.replies.drain().await;
         self.replies.shutdown().await;
+    }
+
+    /// Counts what `buf` holds against the cap on partly received
+    /// requests; false when that evicted this client.
+    fn hold_partial(&mut self) -> bool {
+        let now = self.buf.len();
+        let before = std::mem::replace(&mut self.partial, now);
+        self.account.hold_partial(before, now)
+    }
+
+    fn hold_partial_none(&mut self) {
+        let before = std::mem::take(&mut self.partial);
+        self.account.hold_partial(before, 0);
     }
 
     /// A piped session: client bytes are parsed (so framing stays checked)
@@ -873,6 +923,7 @@ impl Connection {
                 data: Bytes::new(),
                 got: 0,
                 error: Some("ERR rampart: WAIT failed".into()),
+                charge: None,
             });
             let _ = client_tx.send(without_first(reply));
             if let Some((node, link)) = lent {
@@ -1188,7 +1239,7 @@ impl Connection {
                 link.send(Batch {
                     requests: open.requests,
                     replies,
-                    reply: tx,
+                    reply: ReplyTo::charged(tx, self.account.clone()),
                     durable,
                     keep_on_shortfall: false,
                 })

@@ -54,7 +54,7 @@ async fn confirm(own: &Link, durability: Arc<Durability>) -> Option<String> {
     own.send(Batch {
         requests: vec![marker.raw],
         replies: 1,
-        reply: tx,
+        reply: tx.into(),
         durable: Some(durability),
         keep_on_shortfall: false,
     })

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::admin::metrics::{BatchClass, Metrics};
+use crate::backend::charge::Account;
 use crate::backend::BatchReply;
 
 /// Something the client will receive, in order.
@@ -69,10 +70,15 @@ pub struct Replies {
     completed: u64,
     /// Items pushed now are dropped rather than written.
     muted: bool,
+    /// The client's share of the memory caps: replies are charged to it
+    /// when they arrive, and released here as they are written.
+    account: Arc<Account>,
+    /// Bytes in `out` still charged to the account.
+    charged: usize,
 }
 
 impl Replies {
-    pub fn new(wr: OwnedWriteHalf, metrics: Arc<Metrics>) -> Replies {
+    pub fn new(wr: OwnedWriteHalf, metrics: Arc<Metrics>, account: Arc<Account>) -> Replies {
         Replies {
             wr,
             metrics,
@@ -83,6 +89,8 @@ impl Replies {
             queued: 0,
             completed: 0,
             muted: false,
+            account,
+            charged: 0,
         }
     }
 
@@ -246,8 +254,11 @@ impl Replies {
         let _ = self.wr.shutdown().await;
     }
 
-    fn arrived(&mut self, reply: BatchReply, replies: usize) {
+    fn arrived(&mut self, mut reply: BatchReply, replies: usize) {
         self.owed -= replies;
+        if let Some(charge) = reply.charge.take() {
+            self.charged += charge.keep();
+        }
         if reply.error.is_none() {
             self.append(reply.data);
             return;
@@ -267,17 +278,28 @@ impl Replies {
         self.out.push(bytes);
     }
 
+    /// Cancel-safe, and ends early with an error when the client is
+    /// evicted: a client that does not read would otherwise keep its task
+    /// here for good.
     async fn flush(&mut self) -> std::io::Result<()> {
         while !self.out.is_empty() {
             let mut written = {
                 let slices: SmallVec<[IoSlice<'_>; 16]> =
                     self.out.iter().map(|b| IoSlice::new(b)).collect();
-                self.wr.write_vectored(&slices).await?
+                tokio::select! {
+                    written = self.wr.write_vectored(&slices) => written?,
+                    _ = self.account.evicted() => {
+                        return Err(std::io::Error::other("client evicted"));
+                    }
+                }
             };
             if written == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
             self.out_len -= written;
+            let released = written.min(self.charged);
+            self.charged -= released;
+            self.account.release(released);
             // Drop what went out; keep the unwritten tail of a partial chunk.
             let mut done = 0;
             for chunk in self.out.iter_mut() {
@@ -292,6 +314,12 @@ impl Replies {
             self.out.drain(..done);
         }
         Ok(())
+    }
+}
+
+impl Drop for Replies {
+    fn drop(&mut self) {
+        self.account.release(self.charged);
     }
 }
 
@@ -312,5 +340,6 @@ fn dropped() -> BatchReply {
         data: Bytes::new(),
         got: 0,
         error: Some("ERR rampart: the backend connection was lost before replying; the command may or may not have run".into()),
+        charge: None,
     }
 }

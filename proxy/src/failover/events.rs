@@ -128,9 +128,16 @@ struct History {
 
 /// Events an operator or client can cause at will, and so in floods.
 fn is_routine(kind: &str) -> bool {
-    ["policy-", "config-", "guard-", "script-kill", "switchover-"]
-        .iter()
-        .any(|prefix| kind.starts_with(prefix))
+    [
+        "policy-",
+        "config-",
+        "guard-",
+        "script-kill",
+        "switchover-",
+        "client-",
+    ]
+    .iter()
+    .any(|prefix| kind.starts_with(prefix))
         || matches!(kind, "catching-up" | "caught-up" | "resync-started")
 }
 

@@ -14,15 +14,33 @@ pub struct Limits {
     pub max_multibulk_len: usize,
     /// Longest inline request line (and longest length header), in bytes.
     pub max_inline_len: usize,
-    /// Deepest nesting accepted in a backend reply (RESP3 maps in arrays ...).
-    /// Redis itself nests a Lua script's reply as deep as Lua's stack
-    /// allows (a few thousand levels), so the bound sits above that; the
-    /// scanner keeps 16 bytes a level while it walks such a reply.
+    /// Most distinct nesting levels accepted in a backend reply (RESP3
+    /// maps in arrays ...). Levels in a row with the same element count
+    /// (Redis nests a Lua table's reply one single-element array inside
+    /// the next, as deep as Lua allows) count once; the scanner keeps 24
+    /// bytes per distinct level while it walks a reply.
     pub max_reply_depth: usize,
     /// Most requests a client may have in flight before Rampart stops reading
     /// from it: a client that writes faster than it reads is held back by TCP,
     /// not buffered without bound.
     pub max_pipeline: usize,
+    /// Replies buffered for one client that has not read them, in MiB:
+    /// past it the client is disconnected (Redis's
+    /// `client-output-buffer-limit` hard limit). 0: no limit.
+    pub client_output_hard_mb: usize,
+    /// The soft limit, in MiB: a client may stay over it for at most
+    /// `client_output_soft_seconds`. 0: no limit.
+    pub client_output_soft_mb: usize,
+    pub client_output_soft_seconds: u64,
+    /// Replies buffered for all clients together, in MiB: past it the
+    /// client holding the most is disconnected (Redis's
+    /// `maxmemory-clients`). 0: no limit.
+    pub clients_output_total_mb: usize,
+    /// Partly received requests across all clients, in MiB: a client whose
+    /// unfinished request would take the total past it is disconnected (a
+    /// thousand connections each sending most of a large value would
+    /// otherwise hold it all). 0: no limit.
+    pub partial_requests_total_mb: usize,
 }
 
 impl Default for Limits {
@@ -33,6 +51,25 @@ impl Default for Limits {
             max_inline_len: 64 * 1024,
             max_reply_depth: 10_000,
             max_pipeline: 4096,
+            client_output_hard_mb: 256,
+            client_output_soft_mb: 64,
+            client_output_soft_seconds: 60,
+            clients_output_total_mb: 384,
+            partial_requests_total_mb: 512,
+        }
+    }
+}
+
+impl Limits {
+    /// The output caps, in bytes.
+    pub fn output_caps(&self) -> crate::backend::charge::Caps {
+        const MIB: usize = 1024 * 1024;
+        crate::backend::charge::Caps {
+            hard: self.client_output_hard_mb * MIB,
+            soft: self.client_output_soft_mb * MIB,
+            soft_for: std::time::Duration::from_secs(self.client_output_soft_seconds),
+            total: self.clients_output_total_mb * MIB,
+            partial_requests: self.partial_requests_total_mb * MIB,
         }
     }
 }

@@ -13,12 +13,18 @@
 #[error("invalid reply from backend: {0}")]
 pub struct ReplyError(pub &'static str);
 
+/// `levels` nested aggregates in a row, each with `remaining` elements
+/// still to finish (counting the one open inside it). Runs keep deep
+/// replies cheap: Redis nests a Lua table's reply as deep as the script
+/// built it, one single-element array inside the next, and a chain of
+/// those thousands deep is one entry here, not thousands.
 #[derive(Debug, Clone, Copy)]
 struct Open {
     remaining: u64,
     /// Attribute maps (`|`) decorate the value that follows them, so finishing
     /// one does not finish an element of the enclosing aggregate.
     attribute: bool,
+    levels: u64,
 }
 
 /// Resumable scanner for one reply at a time.
@@ -80,13 +86,7 @@ impl ReplyScanner {
                             n as u64
                         };
                         if items > 0 {
-                            if self.stack.len() >= self.max_depth {
-                                return Err(ReplyError("reply nested too deeply"));
-                            }
-                            self.stack.push(Open {
-                                remaining: items,
-                                attribute: kind == b'|',
-                            });
+                            self.open(items, kind == b'|')?;
                             continue;
                         }
                         if kind == b'|' {
@@ -146,20 +146,59 @@ impl ReplyScanner {
         Ok(Some(()))
     }
 
+    /// Enters an aggregate of `items` elements.
+    fn open(&mut self, items: u64, attribute: bool) -> Result<(), ReplyError> {
+        if let Some(top) = self.stack.last_mut() {
+            if top.remaining == items && top.attribute == attribute {
+                top.levels += 1;
+                return Ok(());
+            }
+        }
+        if self.stack.len() >= self.max_depth {
+            return Err(ReplyError("reply nested too deeply"));
+        }
+        self.stack.push(Open {
+            remaining: items,
+            attribute,
+            levels: 1,
+        });
+        Ok(())
+    }
+
     /// Records one finished element; true when the whole reply is finished.
     fn element_done(&mut self) -> bool {
         loop {
             let Some(top) = self.stack.last_mut() else {
                 return true;
             };
-            top.remaining -= 1;
-            if top.remaining > 0 {
+            if top.remaining > 1 {
+                // The innermost level of the run has one fewer left; the
+                // levels outside it do not.
+                let inner = Open {
+                    remaining: top.remaining - 1,
+                    attribute: top.attribute,
+                    levels: 1,
+                };
+                top.levels -= 1;
+                if top.levels == 0 {
+                    *top = inner;
+                } else {
+                    // Never past the bound by more than this one entry,
+                    // which goes as the run unwinds.
+                    self.stack.push(inner);
+                }
                 return false;
             }
-            let finished = self.stack.pop();
-            if finished.is_some_and(|open| open.attribute) {
+            if top.attribute {
+                // A finished attribute map finishes nothing around it.
+                top.levels -= 1;
+                if top.levels == 0 {
+                    self.stack.pop();
+                }
                 return false;
             }
+            // Every level of the run had one element left: all finish.
+            self.stack.pop();
         }
     }
 }
@@ -299,8 +338,45 @@ mod tests {
         let mut s = ReplyScanner::new(4);
         assert!(s.scan(b"?what\r\n").is_err());
         let mut s = ReplyScanner::new(4);
-        assert!(s.scan(b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n").is_err());
+        assert!(s.scan(b"*1\r\n*2\r\n*1\r\n*2\r\n*1\r\n:1\r\n").is_err());
         let mut s = ReplyScanner::new(4);
         assert!(s.scan(b"$-7\r\n").is_err());
+    }
+
+    /// A Lua table nested a million deep (one element per level, as Redis
+    /// replies it) scans in constant memory.
+    #[test]
+    fn deep_chains_are_one_run() {
+        let depth = 1_000_000;
+        let mut frame = b"*1\r\n".repeat(depth);
+        frame.extend_from_slice(b":7\r\n+after\r\n");
+        let mut s = ReplyScanner::new(4);
+        assert_eq!(s.scan(&frame).unwrap(), Some(depth * 4 + 4));
+        assert!(s.stack.capacity() <= 4, "{}", s.stack.capacity());
+    }
+
+    /// Runs split and unwind exactly as a plain stack would.
+    #[test]
+    fn runs_finish_where_a_plain_stack_would() {
+        let frames: [&[u8]; 6] = [
+            b"*2\r\n*2\r\n*2\r\n:1\r\n:2\r\n:3\r\n:4\r\n",
+            b"*2\r\n*2\r\n:1\r\n*2\r\n:2\r\n:3\r\n:4\r\n",
+            b"*1\r\n*1\r\n*2\r\n*1\r\n:1\r\n:2\r\n",
+            b"*3\r\n%1\r\n+k\r\n*1\r\n*1\r\n:1\r\n|1\r\n+a\r\n+b\r\n:2\r\n:3\r\n",
+            b"|1\r\n+a\r\n+b\r\n:1\r\n",
+            b"*2\r\n|1\r\n+a\r\n+x\r\n:1\r\n|1\r\n+b\r\n+y\r\n:2\r\n",
+        ];
+        for frame in frames {
+            let mut s = ReplyScanner::new(64);
+            let mut padded = frame.to_vec();
+            padded.extend_from_slice(b"+next\r\n");
+            assert_eq!(
+                s.scan(&padded).unwrap(),
+                Some(frame.len()),
+                "{}",
+                String::from_utf8_lossy(frame)
+            );
+            assert!(s.stack.is_empty());
+        }
     }
 }

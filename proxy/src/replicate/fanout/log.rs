@@ -305,6 +305,7 @@ impl Write {
                         "ERR rampart: no node answered the write in time; it stays queued for every node and may still be applied"
                             .into(),
                     ),
+                    charge: None,
                 });
                 return;
             }
@@ -315,6 +316,7 @@ impl Write {
                 data: skip_replies(answer, self.skip),
                 got: self.replies - self.skip,
                 error: None,
+                charge: None,
             });
         }
         acks.from_preferred = None;

@@ -1,0 +1,201 @@
+//! Memory caps: what clients make Rampart hold is bounded, and a client
+//! over a cap is disconnected without disturbing the others.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rampart_tests::{free_port, http_get, redis_cli, wait_until, Cluster, Proxy, Running, Setup};
+use redis::Commands;
+
+/// `VmHWM` (peak resident memory) or `VmRSS` of a process, in KiB.
+fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse().ok())
+        .unwrap()
+}
+
+/// `rampart run` as its own process, so its memory can be measured.
+fn run_rampart(nodes: &[String], limits: &str) -> (Running, u16, std::net::SocketAddr) {
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rampart.toml");
+    let nodes: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
+    std::fs::write(
+        &file,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[limits]\n{limits}\n[shards.main]\nnodes = [{}]\n",
+            nodes.join(", ")
+        ),
+    )
+    .unwrap();
+    let running = Running(
+        Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
+            .args(["run", "--config", file.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rampart run"),
+    );
+    wait_until("rampart to serve", Duration::from_secs(20), || {
+        redis_cli(port, &["PING"]).is_ok_and(|out| out.trim() == "PONG")
+    });
+    // The file is read at start (and on SIGHUP, which no test sends).
+    std::mem::forget(dir);
+    (running, port, format!("127.0.0.1:{admin}").parse().unwrap())
+}
+
+/// The finding: 1,000 pipelined GETs of a large value from a client that
+/// never reads grew Rampart by gigabytes and starved everyone else. Now the
+/// client is cut at `client_output_hard_mb`, Rampart's peak memory grows by
+/// little more than the cap, and another client is served throughout.
+#[test]
+fn a_client_that_never_reads_is_cut_at_its_cap_and_others_are_served() {
+    let cluster = Cluster::start(0);
+    let value = vec![b'x'; 4 * 1024 * 1024];
+    let mut direct = redis::Client::open(format!("redis://{}/", cluster.addrs()[0]))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = direct.set("big", &value).unwrap();
+    let _: () = direct.set("small", "s").unwrap();
+    let (rampart, port, admin) = run_rampart(
+        &cluster.addrs(),
+        "client_output_hard_mb = 32\nclients_output_total_mb = 64",
+    );
+    let pid = rampart.0.id();
+    let before = memory_kib(pid, "VmRSS:");
+
+    // 300 GETs of 4 MiB: 1.2 GB owed to a client that reads nothing.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let request = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(300);
+    slow.write_all(&request).unwrap();
+
+    // Meanwhile another client keeps working.
+    let mut other = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut slowest_ping = Duration::ZERO;
+    let evicted = |admin| {
+        http_get(admin, "/metrics")
+            .1
+            .contains("rampart_clients_evicted_total{reason=\"output-hard-limit\"} 1")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut after_eviction = None;
+    while after_eviction.is_none_or(|n| n < 20) {
+        assert!(Instant::now() < deadline, "the slow client was never cut");
+        let started = Instant::now();
+        let pong: String = redis::cmd("PING").query(&mut other).unwrap();
+        slowest_ping = slowest_ping.max(started.elapsed());
+        assert_eq!(pong, "PONG");
+        let small: String = other.get("small").unwrap();
+        assert_eq!(small, "s");
+        if after_eviction.is_some() || evicted(admin) {
+            after_eviction = Some(after_eviction.unwrap_or(0) + 1);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Cut means closed: once the bytes already in flight are read, EOF.
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut sink = vec![0; 1 << 20];
+    let mut received = 0;
+    loop {
+        match slow.read(&mut sink) {
+            Ok(0) => break,
+            Ok(n) => received += n,
+            Err(e) => panic!("the evicted client's connection stayed open: {e}"),
+        }
+    }
+    assert!(received < value.len() * 300, "it got everything: not cut");
+
+    let peak = memory_kib(pid, "VmHWM:");
+    assert!(
+        peak.saturating_sub(before) < 256 * 1024,
+        "Rampart grew from {before} KiB to a peak of {peak} KiB"
+    );
+    // Liveness, not speed: a client that does not read must not stall the
+    // others for seconds, as it once did.
+    assert!(
+        slowest_ping < Duration::from_secs(1),
+        "a PING waited {slowest_ping:?}"
+    );
+    let metrics = http_get(admin, "/metrics").1;
+    assert!(
+        metrics.contains("rampart_clients_output_bytes 0"),
+        "{metrics}"
+    );
+    let events = http_get(admin, "/v1/events").1;
+    assert!(
+        events.contains("client-evicted") && events.contains("output-hard-limit"),
+        "{events}"
+    );
+}
+
+/// Many connections each sending most of a large value share one cap: the
+/// one whose unfinished request takes the total past it is disconnected,
+/// the others (and everyone else) carry on.
+#[test]
+fn partly_received_requests_share_a_cap() {
+    let cluster = Cluster::start(0);
+    let proxy = Proxy::start(
+        &cluster.addrs(),
+        Setup {
+            sections: "[limits]\npartial_requests_total_mb = 8\n",
+            ..Setup::default()
+        },
+    );
+    // Values of 3.5 MiB, of which 3 MiB are sent at first.
+    let header = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3670016\r\n";
+    let chunk = vec![b'x'; 3 * 1024 * 1024];
+    let mut senders: Vec<TcpStream> = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(proxy.addr).unwrap();
+        s.write_all(header).unwrap();
+        s.write_all(&chunk).unwrap();
+        senders.push(s);
+    }
+    let admin = proxy.admin.unwrap();
+    wait_until("6 MiB held", Duration::from_secs(10), || {
+        http_get(admin, "/metrics").1.lines().any(|l| {
+            l.strip_prefix("rampart_clients_partial_request_bytes ")
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v >= 6.0 * 1024.0 * 1024.0)
+        })
+    });
+    // The third takes it past 8 MiB: it is closed.
+    let mut third = TcpStream::connect(proxy.addr).unwrap();
+    third.write_all(header).unwrap();
+    let _ = third.write_all(&chunk);
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(third.read(&mut buf), Ok(0) | Err(_)),
+        "the third connection was not closed"
+    );
+    let metrics = http_get(admin, "/metrics").1;
+    assert!(
+        metrics.contains("rampart_clients_evicted_total{reason=\"partial-requests-limit\"} 1"),
+        "{metrics}"
+    );
+    // The first two finish their requests and are answered.
+    let mut conn = proxy.conn();
+    let _: () = conn.set("ok", 1).unwrap();
+    for mut s in senders {
+        s.write_all(&vec![b'x'; 3670016 - chunk.len()]).unwrap();
+        s.write_all(b"\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut reply = [0u8; 5];
+        s.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"+OK\r\n");
+    }
+}
