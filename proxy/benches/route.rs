@@ -25,6 +25,7 @@ fn shard(changes: &Arc<AtomicU64>) -> Shard {
             username: None,
             password: None,
             timeout: Duration::from_secs(1),
+            tls: None,
         },
         max_reply_depth: 512,
         reply_timeout: None,

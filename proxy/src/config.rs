@@ -44,6 +44,10 @@ pub struct ProxyConfig {
     /// When set, clients must `AUTH` (or `HELLO ... AUTH`) with this password.
     #[serde(default)]
     pub password: Option<String>,
+    /// `[proxy.tls]`: clients connect with TLS (and, with `ca`, present a
+    /// certificate signed by it).
+    #[serde(default)]
+    pub tls: Option<crate::net::tls::ServerTls>,
     /// Username that goes with `password` (`AUTH user pass`); `default` if unset.
     #[serde(default)]
     pub username: Option<String>,
@@ -131,6 +135,8 @@ pub struct AdminConfig {
     pub header_timeout_ms: u64,
     /// Admin connections open at once; more are closed at once.
     pub max_connections: usize,
+    /// `[admin.tls]`: the admin API over HTTPS.
+    pub tls: Option<crate::net::tls::ServerTls>,
 }
 
 impl Default for AdminConfig {
@@ -141,6 +147,7 @@ impl Default for AdminConfig {
             allowed_hosts: Vec::new(),
             header_timeout_ms: 10_000,
             max_connections: 256,
+            tls: None,
         }
     }
 }
@@ -173,6 +180,9 @@ pub struct BackendConfig {
     /// A shared link whose oldest request has waited this long for a reply is
     /// closed and its requests fail; blocking commands never use shared links.
     pub reply_timeout_ms: u64,
+    /// `[backend.tls]`: every connection to the nodes (links, probes,
+    /// dedicated connections) uses TLS.
+    pub tls: Option<crate::net::tls::BackendTls>,
 }
 
 impl ProxyConfig {
@@ -209,6 +219,7 @@ impl Default for BackendConfig {
             idle_dedicated_per_node: 16,
             connect_timeout_ms: 1000,
             reply_timeout_ms: 5000,
+            tls: None,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod failover;
+pub mod net;
 pub mod policy;
 pub mod reload;
 pub mod replicate;

@@ -85,7 +85,10 @@ pub fn spawn(ctx: Arc<Context>, path: PathBuf) {
                 }
             };
             tokio::select! {
-                _ = signalled => tracing::info!(path = %path.display(), "SIGHUP: reloading the configuration"),
+                _ = signalled => {
+                    tracing::info!(path = %path.display(), "SIGHUP: reloading the configuration and the TLS certificates");
+                    reload_certificates(&ctx);
+                }
                 _ = tokio::time::sleep(POLL) => {
                     let now = modified_at(&path);
                     if now == modified {
@@ -99,6 +102,34 @@ pub fn spawn(ctx: Arc<Context>, path: PathBuf) {
             reload(&ctx, &path, &mut applied, &mut text).await;
         }
     });
+}
+
+/// Reads every TLS certificate and key again (on SIGHUP): new handshakes
+/// use them, open connections keep theirs. A file that does not read
+/// leaves the previous certificate in force.
+pub fn reload_certificates(ctx: &Context) {
+    let listeners = [
+        ("proxy.tls", ctx.client_tls.as_ref()),
+        ("admin.tls", ctx.admin_tls.as_deref()),
+    ];
+    for (section, acceptor) in listeners {
+        if let Some(acceptor) = acceptor {
+            match acceptor.reload() {
+                Ok(()) => tracing::info!(section, "certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(section, error = %e, "certificate reload failed; the previous one stays")
+                }
+            }
+        }
+    }
+    if let Some(connector) = &ctx.backend_tls {
+        match connector.reload() {
+            Ok(()) => tracing::info!(section = "backend.tls", "certificates reloaded"),
+            Err(e) => {
+                tracing::error!(section = "backend.tls", error = %e, "certificate reload failed; the previous ones stay")
+            }
+        }
+    }
 }
 
 fn modified_at(path: &std::path::Path) -> Option<SystemTime> {

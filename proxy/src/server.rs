@@ -19,6 +19,7 @@ use crate::failover::controller::Switchover;
 use crate::failover::detect::DetectorSource;
 use crate::failover::events::Events;
 use crate::failover::state::StateStore;
+use crate::net::tls::{Acceptor, Connector};
 use crate::policy::slot::Generation;
 use crate::policy::slot::RouterSlot;
 use crate::policy::swap::{self, Source};
@@ -55,6 +56,11 @@ pub struct Context {
     /// Memory the clients' buffered replies and partial requests take,
     /// against `[limits]`'s caps.
     pub budget: Arc<crate::backend::charge::Budget>,
+    /// TLS on the client listener, the admin listener and to the nodes
+    /// (reloaded on SIGHUP).
+    pub client_tls: Option<Acceptor>,
+    pub admin_tls: Option<Arc<Acceptor>>,
+    pub backend_tls: Option<Arc<Connector>>,
     /// Per shard, the way to the shard's failover controller (none on a
     /// follower).
     switchovers: Vec<mpsc::Sender<Switchover>>,
@@ -158,6 +164,25 @@ impl Server {
     /// Binds the listeners, starts probing, waits (briefly) for a first
     /// picture of every shard, then starts accepting clients.
     pub async fn start(config: Config) -> std::io::Result<Server> {
+        // Certificates first: a file that does not read stops the start
+        // before anything listens.
+        let tls = |section: &str, e: crate::net::tls::TlsError| invalid(format!("{section}: {e}"));
+        let client_tls = match &config.proxy.tls {
+            Some(files) => Some(Acceptor::new(files).map_err(|e| tls("proxy.tls", e))?),
+            None => None,
+        };
+        let admin_tls = match &config.admin.tls {
+            Some(files) => Some(Arc::new(
+                Acceptor::new(files).map_err(|e| tls("admin.tls", e))?,
+            )),
+            None => None,
+        };
+        let backend_tls = match &config.backend.tls {
+            Some(files) => Some(Arc::new(
+                Connector::new(files).map_err(|e| tls("backend.tls", e))?,
+            )),
+            None => None,
+        };
         let listener = TcpListener::bind(&config.proxy.listen).await?;
         let client_addr = listener.local_addr()?;
         let admin_listener = match &config.admin.listen {
@@ -173,6 +198,7 @@ impl Server {
             username: config.backend.username.clone(),
             password: config.backend.password.clone(),
             timeout: config.backend.connect_timeout(),
+            tls: backend_tls.clone(),
         };
         let link_options = LinkOptions {
             connect: connect.clone(),
@@ -303,6 +329,9 @@ impl Server {
             events: Arc::new(Events::new(config.failover.event_history)),
             metrics: Arc::default(),
             budget: crate::backend::charge::Budget::new(config.limits.output_caps()),
+            client_tls,
+            admin_tls,
+            backend_tls,
             switchovers,
             next_client_id: AtomicU64::new(1),
             shutdown: shutdown_rx.clone(),

@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod forwarder;
+pub mod pki;
 pub mod workload;
 
 use std::io::{Read, Write};
@@ -53,17 +54,30 @@ pub struct RedisNode {
     child: Option<Child>,
     dir: tempfile::TempDir,
     replica_of: Option<u16>,
+    /// Listening (and replicating) with TLS only, with these certificates.
+    tls: Option<std::sync::Arc<pki::Pki>>,
 }
 
 impl RedisNode {
     /// Starts a node; a replica of `replica_of` when given.
     pub fn start(replica_of: Option<u16>) -> RedisNode {
+        RedisNode::start_with(replica_of, None)
+    }
+
+    /// A node that speaks TLS only (`--tls-port`, no plain port), to
+    /// clients and to its replicas, and requires client certificates.
+    pub fn start_tls(replica_of: Option<u16>, pki: &std::sync::Arc<pki::Pki>) -> RedisNode {
+        RedisNode::start_with(replica_of, Some(pki.clone()))
+    }
+
+    fn start_with(replica_of: Option<u16>, tls: Option<std::sync::Arc<pki::Pki>>) -> RedisNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut node = RedisNode {
             port: free_port(),
             child: None,
             dir,
             replica_of,
+            tls,
         };
         node.spawn();
         node
@@ -71,9 +85,20 @@ impl RedisNode {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        match &self.tls {
+            None => cmd.arg("--port").arg(self.port.to_string()),
+            Some(pki) => cmd
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&pki.cert)
+                .arg("--tls-key-file")
+                .arg(&pki.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&pki.ca)
+                .args(["--tls-replication", "yes"]),
+        };
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             // A replica that needs a full sync gets it at once, not after
             // the default 5 s wait for other replicas to join.
             .args(["--repl-diskless-sync-delay", "0"])
@@ -92,7 +117,7 @@ impl RedisNode {
         wait_until(
             &format!("redis-server on {port}"),
             Duration::from_secs(10),
-            || redis_cli(port, &["PING"]).is_ok_and(|out| out.trim() == "PONG"),
+            || self.cli(&["PING"]).trim() == "PONG",
         );
     }
 
@@ -133,7 +158,15 @@ impl RedisNode {
 
     /// Runs a command on this node directly (not through Rampart).
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.port, args).unwrap_or_default()
+        match &self.tls {
+            None => redis_cli(self.port, args).unwrap_or_default(),
+            Some(pki) => {
+                let mut all: Vec<String> = pki.cli_args();
+                all.extend(args.iter().map(|a| a.to_string()));
+                let all: Vec<&str> = all.iter().map(String::as_str).collect();
+                redis_cli(self.port, &all).unwrap_or_default()
+            }
+        }
     }
 
     /// A field of `INFO` (e.g. `cmdstat_get` from `INFO commandstats`).
@@ -182,11 +215,24 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(replicas: usize) -> Cluster {
-        let primary = RedisNode::start(None);
+        Cluster::start_with(replicas, None)
+    }
+
+    /// Every node TLS only (see [`RedisNode::start_tls`]).
+    pub fn start_tls(replicas: usize, pki: &std::sync::Arc<pki::Pki>) -> Cluster {
+        Cluster::start_with(replicas, Some(pki))
+    }
+
+    fn start_with(replicas: usize, pki: Option<&std::sync::Arc<pki::Pki>>) -> Cluster {
+        let start = |replica_of| match pki {
+            Some(pki) => RedisNode::start_tls(replica_of, pki),
+            None => RedisNode::start(replica_of),
+        };
+        let primary = start(None);
         let port = primary.port;
         let mut nodes = vec![primary];
         for _ in 0..replicas {
-            nodes.push(RedisNode::start(Some(port)));
+            nodes.push(start(Some(port)));
         }
         let cluster = Cluster { nodes };
         cluster.wait_replicas(replicas);
@@ -669,6 +715,25 @@ pub fn missing_on<'a>(addr: &str, acked: &'a [String]) -> Vec<&'a String> {
                 != Some(k.as_str())
         })
         .collect()
+}
+
+/// `rampart run --config FILE` as a process of its own (so its memory and
+/// signals are its own), logging warnings only; returns once `ready`
+/// holds. `bin` is the test's `env!("CARGO_BIN_EXE_rampart-test-cli")`.
+pub fn run_rampart(bin: &str, config: &std::path::Path, ready: impl FnMut() -> bool) -> Running {
+    let running = Running(
+        Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rampart run"),
+    );
+    wait_until("rampart to serve", Duration::from_secs(20), ready);
+    running
 }
 
 /// A child process stopped when the test ends, even by a panic: SIGTERM

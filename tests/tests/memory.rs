@@ -3,10 +3,11 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rampart_tests::{free_port, http_get, redis_cli, wait_until, Cluster, Proxy, Running, Setup};
+use rampart_tests::{
+    free_port, http_get, redis_cli, run_rampart, wait_until, Cluster, Proxy, Running, Setup,
+};
 use redis::Commands;
 
 /// `VmHWM` (peak resident memory) or `VmRSS` of a process, in KiB.
@@ -20,7 +21,7 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// `rampart run` as its own process, so its memory can be measured.
-fn run_rampart(nodes: &[String], limits: &str) -> (Running, u16, std::net::SocketAddr) {
+fn rampart_with_limits(nodes: &[String], limits: &str) -> (Running, u16, std::net::SocketAddr) {
     let (port, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rampart.toml");
@@ -33,16 +34,7 @@ fn run_rampart(nodes: &[String], limits: &str) -> (Running, u16, std::net::Socke
         ),
     )
     .unwrap();
-    let running = Running(
-        Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
-            .args(["run", "--config", file.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start rampart run"),
-    );
-    wait_until("rampart to serve", Duration::from_secs(20), || {
+    let running = run_rampart(env!("CARGO_BIN_EXE_rampart-test-cli"), &file, || {
         redis_cli(port, &["PING"]).is_ok_and(|out| out.trim() == "PONG")
     });
     // The file is read at start (and on SIGHUP, which no test sends).
@@ -64,7 +56,7 @@ fn a_client_that_never_reads_is_cut_at_its_cap_and_others_are_served() {
         .unwrap();
     let _: () = direct.set("big", &value).unwrap();
     let _: () = direct.set("small", "s").unwrap();
-    let (rampart, port, admin) = run_rampart(
+    let (rampart, port, admin) = rampart_with_limits(
         &cluster.addrs(),
         "client_output_hard_mb = 32\nclients_output_total_mb = 64",
     );

@@ -52,6 +52,8 @@ pub struct Metrics {
     auth_failures: AtomicU64,
     /// Switchovers refused by `failover.switchover_interval_ms`.
     switchovers_refused: AtomicU64,
+    /// Client TLS handshakes that failed or timed out.
+    tls_handshake_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -61,6 +63,10 @@ impl Metrics {
 
     pub fn count_auth_failure(&self) {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_tls_handshake_failure(&self) {
+        self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count_switchover_refused(&self) {
@@ -177,6 +183,16 @@ pub fn render(ctx: &Context) -> String {
             [(String::new(), budget.partial() as f64)],
         );
     }
+    family(
+        o,
+        "rampart_tls_handshake_failures_total",
+        "counter",
+        "Client connections closed because their TLS handshake failed or took over 10 s.",
+        [(
+            String::new(),
+            ctx.metrics.tls_handshake_failures.load(Ordering::Relaxed) as f64,
+        )],
+    );
     family(
         o,
         "rampart_switchovers_refused_total",

@@ -14,6 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::net::Stream;
 use crate::policy::file::MAX_PLUGIN_BYTES;
 use tokio::sync::watch;
 
@@ -41,6 +42,15 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut shutdown: watch
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            // The handshake counts against the header timeout: a
+            // connection that never finishes it holds a slot no longer.
+            let stream = match ctx.admin_tls.clone() {
+                None => Stream::Tcp(stream),
+                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    _ => return,
+                },
+            };
             let service = service_fn(move |req| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(handle(req, &ctx).await) }

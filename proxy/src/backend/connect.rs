@@ -8,6 +8,9 @@ use redis_protocol::resp3;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::net::tls::Connector;
+use crate::net::Stream;
+
 use crate::resp::encode::multibulk;
 use crate::resp::Proto;
 
@@ -17,6 +20,8 @@ pub struct ConnectOptions {
     pub username: Option<String>,
     pub password: Option<String>,
     pub timeout: Duration,
+    /// TLS to the nodes (`[backend.tls]`), none for plain TCP.
+    pub tls: Option<std::sync::Arc<Connector>>,
 }
 
 /// An ACL user a client authenticated as: its connections to the nodes
@@ -49,7 +54,7 @@ pub async fn connect(
     addr: &str,
     opts: &ConnectOptions,
     session: Session,
-) -> std::io::Result<TcpStream> {
+) -> std::io::Result<Stream> {
     Ok(connect_as(addr, opts, session, false).await?.0)
 }
 
@@ -60,7 +65,7 @@ pub async fn connect_with_id(
     addr: &str,
     opts: &ConnectOptions,
     session: Session,
-) -> std::io::Result<(TcpStream, Option<i64>)> {
+) -> std::io::Result<(Stream, Option<i64>)> {
     connect_as(addr, opts, session, true).await
 }
 
@@ -69,7 +74,7 @@ async fn connect_as(
     opts: &ConnectOptions,
     session: Session,
     want_id: bool,
-) -> std::io::Result<(TcpStream, Option<i64>)> {
+) -> std::io::Result<(Stream, Option<i64>)> {
     match tokio::time::timeout(opts.timeout, connect_inner(addr, opts, session, want_id)).await {
         Ok(result) => result,
         Err(_) => Err(std::io::Error::new(
@@ -84,9 +89,13 @@ async fn connect_inner(
     opts: &ConnectOptions,
     session: Session,
     want_id: bool,
-) -> std::io::Result<(TcpStream, Option<i64>)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
+) -> std::io::Result<(Stream, Option<i64>)> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut stream = match &opts.tls {
+        Some(tls) => tls.connect(addr, tcp).await?,
+        None => Stream::Tcp(tcp),
+    };
     let mut out = BytesMut::new();
     let mut expected = 0;
     let auth = match &session.user {
@@ -124,6 +133,7 @@ async fn connect_inner(
         return Ok((stream, None));
     }
     stream.write_all(&out).await?;
+    stream.flush().await?;
     let mut buf = BytesMut::with_capacity(1024);
     let mut seen = 0;
     let mut id = None;

@@ -7,13 +7,14 @@ use std::time::Duration;
 use bytes::BytesMut;
 use redis_protocol::resp3::types::OwnedFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::net::Stream;
 
 use super::connect::{connect, ConnectOptions, Session};
 use crate::resp::encode::multibulk;
 
 pub struct Control {
-    stream: TcpStream,
+    stream: Stream,
     /// Hides this connection's commands from clients' MONITOR.
     _mark: super::own::Mark,
     buf: BytesMut,
@@ -56,6 +57,7 @@ impl Control {
         let mut out = BytesMut::new();
         multibulk(&mut out, args);
         self.stream.write_all(&out).await?;
+        self.stream.flush().await?;
         loop {
             match redis_protocol::resp3::decode::complete::decode(&self.buf) {
                 Ok(Some((frame, used))) => {

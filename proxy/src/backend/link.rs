@@ -21,13 +21,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::charge::{Charge, ReplyTo};
 use super::connect::{connect, connect_with_id, ConnectOptions, Session};
+use crate::net::{ReadHalf, Stream, WriteHalf};
 use crate::replicate::{self, Durability, Requirement};
 use crate::resp::ReplyScanner;
 
@@ -445,7 +444,7 @@ impl Window {
 /// Runs one connection until it fails or every handle is dropped; returns
 /// why it ended. Everything in flight has been answered when it returns.
 async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     rx: &mut mpsc::Receiver<Batch>,
     opts: &LinkOptions,
     addr: &str,
@@ -485,7 +484,7 @@ async fn serve(
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
     rx: &mut mpsc::Receiver<Batch>,
     inflight: mpsc::UnboundedSender<InFlight>,
     window: Option<&Window>,
@@ -536,6 +535,8 @@ async fn write_loop(
         }
         close_run(&mut out, &inflight, &mut wait);
         wr.write_all(&out).await.map_err(|e| e.to_string())?;
+        // TLS keeps what a full socket did not take; plain TCP has nothing.
+        wr.flush().await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -678,7 +679,7 @@ pub(crate) enum Idle<T> {
 /// still reading, so a connection the server closes is noticed at once.
 pub(crate) async fn idle_read<T>(
     items: &mut mpsc::UnboundedReceiver<T>,
-    rd: &mut OwnedReadHalf,
+    rd: &mut ReadHalf,
     buf: &mut BytesMut,
 ) -> Result<Idle<T>, String> {
     tokio::select! {
@@ -748,7 +749,7 @@ struct Reader<'w> {
 impl Reader<'_> {
     async fn run(
         &mut self,
-        mut rd: OwnedReadHalf,
+        mut rd: ReadHalf,
         inflight: &mut mpsc::UnboundedReceiver<InFlight>,
         progress: &Progress,
     ) -> Result<(), String> {

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use dashmap::DashMap;
-use tokio::net::TcpStream;
+
+use crate::net::Stream;
 
 /// What a connection of Rampart's carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +34,7 @@ fn own() -> &'static DashMap<SocketAddr, Kind> {
 pub struct Mark(Option<SocketAddr>);
 
 impl Mark {
-    pub fn new(stream: &TcpStream, kind: Kind) -> Mark {
+    pub fn new(stream: &Stream, kind: Kind) -> Mark {
         let local = stream.local_addr().ok();
         if let Some(addr) = local {
             own().insert(addr, kind);

@@ -11,8 +11,6 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::net::TcpStream;
-
 use super::connect::{connect_with_id, Session};
 use super::link::{Link, LinkOptions, LinkStats, OnFailure};
 use crate::resp::Proto;
@@ -189,7 +187,10 @@ impl NodePool {
     /// A raw connection for a session that will receive pushed messages,
     /// and its `CLIENT ID` on the node (`CLIENT TRACKING ... REDIRECT` to
     /// it needs that id).
-    pub async fn raw(&self, session: Session) -> std::io::Result<(TcpStream, Option<i64>)> {
+    pub async fn raw(
+        &self,
+        session: Session,
+    ) -> std::io::Result<(crate::net::Stream, Option<i64>)> {
         connect_with_id(&self.addr, &self.opts.connect, session).await
     }
 

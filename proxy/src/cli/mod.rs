@@ -117,6 +117,9 @@ pub struct Target {
     /// Take the admin address and token from this configuration file.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+    /// The admin listener uses TLS (`[admin.tls]`): trust this CA (PEM).
+    #[arg(long, env = "RAMPART_ADMIN_CACERT", global = true)]
+    cacert: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 use super::blocking::Blocked;
@@ -23,6 +22,7 @@ use crate::admin::metrics::BatchClass;
 use crate::backend::charge::ReplyTo;
 use crate::backend::control::frame_text;
 use crate::backend::{Batch, BatchReply, Link};
+use crate::net::{ReadHalf, WriteHalf};
 use crate::replicate::fanout::{Fanout, Verdict};
 use crate::resp::command::{Class, Tx, NOT_THROUGH_RAMPART};
 use crate::resp::{classify, Request, RequestParser, Value};
@@ -79,7 +79,7 @@ pub struct Connection {
     pub(super) replies: Replies,
     open: Option<OpenBatch>,
     /// Set when the session becomes a pipe: the backend side to copy from.
-    pipe_from: Option<OwnedReadHalf>,
+    pipe_from: Option<ReadHalf>,
     /// The request being handled is a synchronous write.
     pub(super) durable: bool,
     /// Its class, for the latency histograms.
@@ -117,7 +117,7 @@ impl Connection {
     pub fn new(
         ctx: Arc<Context>,
         id: u64,
-        wr: OwnedWriteHalf,
+        wr: WriteHalf,
         registration: Registration,
         orders: mpsc::Receiver<Order>,
     ) -> Connection {
@@ -153,7 +153,7 @@ impl Connection {
     /// comes first, more input or the next reply. A client that sends
     /// faster than it reads is thus held back by TCP, with a bounded amount
     /// buffered here.
-    pub async fn run(mut self, mut rd: OwnedReadHalf) {
+    pub async fn run(mut self, mut rd: ReadHalf) {
         let max = self.ctx.config.limits.max_pipeline;
         let mut shutdown = self.ctx.shutdown.clone();
         let mut closing = *shutdown.borrow();
@@ -270,7 +270,7 @@ impl Connection {
 
     /// A piped session: client bytes are parsed (so framing stays checked)
     /// and forwarded, backend bytes are copied back untouched.
-    async fn pipe(mut self, mut rd: OwnedReadHalf, mut backend: OwnedReadHalf) {
+    async fn pipe(mut self, mut rd: ReadHalf, mut backend: ReadHalf) {
         let mut from_backend = BytesMut::with_capacity(16 * 1024);
         let mut monitor = self
             .session
@@ -992,7 +992,7 @@ impl Connection {
         let (backend_rd, mut backend_wr) = stream.into_split();
         self.pipe_from = Some(backend_rd);
         primary.count_requests(1);
-        if backend_wr.write_all(&req.raw).await.is_err() {
+        if backend_wr.write_all(&req.raw).await.is_err() || backend_wr.flush().await.is_err() {
             return Flow::Stop;
         }
         self.session.pipe = Some(backend_wr);
@@ -1023,8 +1023,8 @@ impl Connection {
             return Flow::Stop;
         };
         match pipe.write_all(&req.raw).await {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::Stop,
+            Ok(()) if pipe.flush().await.is_ok() => Flow::Continue,
+            _ => Flow::Stop,
         }
     }
 

@@ -24,11 +24,33 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
+use crate::net::Stream;
 use crate::server::Context;
 
+/// A client that has not finished its TLS handshake this long after
+/// connecting is closed: a connection that only holds a slot is not let
+/// keep it.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves one client until it disconnects.
-pub async fn serve(stream: TcpStream, ctx: Arc<Context>, id: u64) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve(tcp: TcpStream, ctx: Arc<Context>, id: u64) {
+    let _ = tcp.set_nodelay(true);
+    let stream = match &ctx.client_tls {
+        None => Stream::Tcp(tcp),
+        Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                ctx.metrics.count_tls_handshake_failure();
+                tracing::debug!(target: "rampart::client", error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                ctx.metrics.count_tls_handshake_failure();
+                tracing::debug!(target: "rampart::client", "TLS handshake timed out");
+                return;
+            }
+        },
+    };
     let unknown = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
     let peer = stream.peer_addr().unwrap_or(unknown);
     let local = stream.local_addr().unwrap_or(unknown);

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::backend::{Credentials, Link, Session as LinkSession};
 use crate::resp::Proto;
@@ -39,7 +38,7 @@ pub struct Session {
     /// The dedicated connection the client is pinned to, and its node.
     pub pinned: Option<(Arc<Node>, Link)>,
     /// Set once the session is a raw pipe to a backend (SUBSCRIBE, MONITOR).
-    pub pipe: Option<OwnedWriteHalf>,
+    pub pipe: Option<crate::net::WriteHalf>,
     /// Fan-out mode, between MULTI and EXEC: the transaction is queued here
     /// and sent to every node whole at EXEC.
     pub fanout_tx: Option<FanoutTx>,

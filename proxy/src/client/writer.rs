@@ -16,7 +16,6 @@ use std::io::IoSlice;
 use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
 
 use std::sync::Arc;
@@ -25,6 +24,7 @@ use std::time::Instant;
 use crate::admin::metrics::{BatchClass, Metrics};
 use crate::backend::charge::Account;
 use crate::backend::BatchReply;
+use crate::net::WriteHalf;
 
 /// Something the client will receive, in order.
 pub enum Pending {
@@ -54,7 +54,7 @@ const FLUSH_AT: usize = 64 * 1024;
 const MAX_SLICES: usize = 64;
 
 pub struct Replies {
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     metrics: Arc<Metrics>,
     queue: VecDeque<Pending>,
     /// Replies ready to go, written together with one vectored write: a
@@ -78,7 +78,7 @@ pub struct Replies {
 }
 
 impl Replies {
-    pub fn new(wr: OwnedWriteHalf, metrics: Arc<Metrics>, account: Arc<Account>) -> Replies {
+    pub fn new(wr: WriteHalf, metrics: Arc<Metrics>, account: Arc<Account>) -> Replies {
         Replies {
             wr,
             metrics,
@@ -246,7 +246,8 @@ impl Replies {
     /// Writes raw bytes straight through (a piped session).
     pub async fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.flush().await?;
-        self.wr.write_all(bytes).await
+        self.wr.write_all(bytes).await?;
+        self.wr.flush().await
     }
 
     pub async fn shutdown(&mut self) {
@@ -282,6 +283,9 @@ impl Replies {
     /// evicted: a client that does not read would otherwise keep its task
     /// here for good.
     async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
         while !self.out.is_empty() {
             let mut written = {
                 let slices: SmallVec<[IoSlice<'_>; 16]> =
@@ -313,7 +317,12 @@ impl Replies {
             }
             self.out.drain(..done);
         }
-        Ok(())
+        // TLS may hold on to what a full socket did not take (plain TCP
+        // holds nothing back): push it out.
+        tokio::select! {
+            flushed = self.wr.flush() => flushed,
+            _ = self.account.evicted() => Err(std::io::Error::other("client evicted")),
+        }
     }
 }
 

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -21,6 +19,7 @@ use super::log::{Dumped, Entry, Kind};
 use super::{resync, Fanout, Start};
 use crate::backend::connect::{connect, Session};
 use crate::backend::link::{idle_read, Idle, ReplyCutter};
+use crate::net::{ReadHalf, Stream, WriteHalf};
 use crate::resp::encode::multibulk;
 use crate::resp::{Proto, ReplyScanner};
 use crate::server::Context;
@@ -93,7 +92,7 @@ enum Refusal {
 /// Connects and asks the node who it is (`run_id`) and whether it follows
 /// a primary, on the very connection the writes will use: asked on
 /// another, the node could restart in between unnoticed.
-async fn open(addr: &str, fanout: &Fanout) -> Result<(TcpStream, String), Refusal> {
+async fn open(addr: &str, fanout: &Fanout) -> Result<(Stream, String), Refusal> {
     let unreachable = |e: String| Refusal::Unreachable(e);
     let mut stream = connect(addr, &fanout.opts, Session::DEFAULT)
         .await
@@ -103,6 +102,7 @@ async fn open(addr: &str, fanout: &Fanout) -> Result<(TcpStream, String), Refusa
     multibulk(&mut out, &["INFO"]);
     let exchange = async {
         stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())?;
         let mut buf = BytesMut::with_capacity(8192);
         let mut scanner = ReplyScanner::new(4);
         loop {
@@ -173,7 +173,7 @@ struct Ended {
     unanswered: bool,
 }
 
-async fn serve(fanout: &Fanout, index: usize, stream: TcpStream, ctx: &Context) -> Ended {
+async fn serve(fanout: &Fanout, index: usize, stream: Stream, ctx: &Context) -> Ended {
     let (rd, wr) = stream.into_split();
     let (items_tx, mut items) = mpsc::unbounded_channel();
     let mut reader = Reader {
@@ -201,7 +201,7 @@ fn hello(out: &mut BytesMut, proto: Proto) {
 async fn write_loop(
     fanout: &Fanout,
     index: usize,
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
     items: &mpsc::UnboundedSender<Item>,
 ) -> Result<(), String> {
     let node = &fanout.shard.nodes[index];
@@ -244,6 +244,7 @@ async fn write_loop(
                     // Everything before this point goes out first; then the
                     // source's read of these keys is written here.
                     wr.write_all(&out).await.map_err(|e| e.to_string())?;
+                    wr.flush().await.map_err(|e| e.to_string())?;
                     out.clear();
                     let wait = fanout.reply_timeout * 2;
                     let dumped = tokio::time::timeout(wait, snap.wait())
@@ -264,6 +265,7 @@ async fn write_loop(
             }
         }
         wr.write_all(&out).await.map_err(|e| e.to_string())?;
+        wr.flush().await.map_err(|e| e.to_string())?;
     }
 }
 
@@ -302,7 +304,7 @@ impl Reader {
         &mut self,
         fanout: &Fanout,
         index: usize,
-        mut rd: OwnedReadHalf,
+        mut rd: ReadHalf,
         items: &mut mpsc::UnboundedReceiver<Item>,
         ctx: &Context,
     ) -> Result<(), String> {
