@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod failover;
 pub mod net;
+pub mod operate;
 pub mod policy;
 pub mod reload;
 pub mod replicate;

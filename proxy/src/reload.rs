@@ -220,7 +220,7 @@ async fn reload(
     }
 }
 
-fn report<T>(shard: &str, kind: &str, loaded: Result<T, String>) {
+fn report<T>(shard: &str, kind: &str, loaded: Result<T, crate::operate::OpError>) {
     match loaded {
         Ok(_) => tracing::info!(shard, kind, "policy reloaded"),
         Err(e) => {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::admin::metrics::Metrics;
 use crate::backend::{ConnectOptions, LinkOptions, NodePool};
@@ -63,7 +63,7 @@ pub struct Context {
     pub backend_tls: Option<Arc<Connector>>,
     /// Per shard, the way to the shard's failover controller (none on a
     /// follower).
-    switchovers: Vec<mpsc::Sender<Switchover>>,
+    pub(crate) switchovers: Vec<mpsc::Sender<Switchover>>,
     next_client_id: AtomicU64,
     /// Becomes true when Rampart is shutting down: clients finish what they
     /// are owed and close.
@@ -73,83 +73,6 @@ pub struct Context {
     pub guard: crate::client::guard::Guard,
     /// Every connected client, for `CLIENT LIST`, `KILL`, `UNBLOCK`.
     pub registry: Arc<crate::client::registry::Registry>,
-}
-
-impl Context {
-    /// Marks a fan-out node stale, so that it is copied afresh from a node
-    /// in sync.
-    pub fn resync(&self, shard: &str, node: &str) -> Result<String, String> {
-        let index = self.shard_index(shard).map_err(|e| format!("ERR {e}"))?;
-        let Some(Some(fanout)) = self.fanouts.get(index) else {
-            return Err(format!(
-                "ERR shard '{shard}' is not in fan-out mode (Redis replication resyncs its own replicas)"
-            ));
-        };
-        if fanout.force_resync(node, self) {
-            Ok(format!("{node} will be copied afresh"))
-        } else {
-            Err(format!("ERR {node} is not a node of shard '{shard}'"))
-        }
-    }
-
-    /// Asks the shard's failover controller to move the primary role to
-    /// `target` (or to the replica the election picks). The answer is a
-    /// Redis-style error text on failure.
-    /// `rampart promote --force`: makes `node` the primary of `shard` now,
-    /// without proof that it holds every acknowledged write. Not
-    /// rate-limited: it is the way out of a shard that waits.
-    pub async fn force_promote(&self, shard: &str, node: String) -> Result<String, String> {
-        let index = self.shard_index(shard).map_err(|e| format!("ERR {e}"))?;
-        if self.config.failover.role == FailoverRole::Follower {
-            return Err("ERR this Rampart is a follower (failover.role); ask the leader".into());
-        }
-        if self.topology.shards[index].is_fanout() {
-            return Err(
-                "ERR a fan-out shard picks its primary with `rampart switchover --to`".into(),
-            );
-        }
-        self.ask_controller(index, Some(node), true).await
-    }
-
-    pub async fn switchover(&self, shard: &str, target: Option<String>) -> Result<String, String> {
-        let index = self.shard_index(shard).map_err(|e| format!("ERR {e}"))?;
-        if self.config.failover.role == FailoverRole::Follower {
-            return Err("ERR this Rampart is a follower (failover.role); ask the leader".into());
-        }
-        let interval = Duration::from_millis(self.config.failover.switchover_interval_ms);
-        if let Err(ago) = self.topology.shards[index].admit_switchover(interval) {
-            self.metrics.count_switchover_refused();
-            return Err(format!(
-                "ERR rampart: switchover refused: the last one began {:.1} s ago and failover.switchover_interval_ms allows one every {:.1} s",
-                ago.as_secs_f64(),
-                interval.as_secs_f64()
-            ));
-        }
-        if let Some(Some(fanout)) = self.fanouts.get(index) {
-            return fanout.switchover(target);
-        }
-        self.ask_controller(index, target, false).await
-    }
-
-    async fn ask_controller(
-        &self,
-        index: usize,
-        target: Option<String>,
-        force: bool,
-    ) -> Result<String, String> {
-        let (reply, answer) = oneshot::channel();
-        self.switchovers[index]
-            .send(Switchover {
-                target,
-                force,
-                reply,
-            })
-            .await
-            .map_err(|_| "ERR the failover controller is not running".to_string())?;
-        answer
-            .await
-            .map_err(|_| "ERR the failover controller stopped".to_string())?
-    }
 }
 
 /// A running Rampart.

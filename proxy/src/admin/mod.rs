@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::net::Stream;
+use crate::operate::OpError;
 use crate::policy::file::MAX_PLUGIN_BYTES;
 use tokio::sync::watch;
 
@@ -128,16 +129,7 @@ async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> 
     ) {
         // `?target=host:port`, optional.
         let target = query(&req, "target");
-        return match ctx.switchover(shard, target).await {
-            Ok(done) => text(StatusCode::OK, &format!("{done}\n")),
-            Err(e) if e.contains("no shard named") || e.contains("is not a node") => {
-                text(StatusCode::NOT_FOUND, &format!("{e}\n"))
-            }
-            Err(e) if e.contains("switchover refused") => {
-                text(StatusCode::TOO_MANY_REQUESTS, &format!("{e}\n"))
-            }
-            Err(e) => text(StatusCode::CONFLICT, &format!("{e}\n")),
-        };
+        return answer(ctx.switchover(shard, target).await);
     }
     if let (&Method::POST, Some(shard)) = (
         req.method(),
@@ -151,13 +143,7 @@ async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> 
                 "name the node to promote: ?node=host:port\n",
             );
         };
-        return match ctx.force_promote(shard, node).await {
-            Ok(done) => text(StatusCode::OK, &format!("{done}\n")),
-            Err(e) if e.contains("no shard named") || e.contains("is not a node") => {
-                text(StatusCode::NOT_FOUND, &format!("{e}\n"))
-            }
-            Err(e) => text(StatusCode::CONFLICT, &format!("{e}\n")),
-        };
+        return answer(ctx.force_promote(shard, node).await);
     }
     if let (&Method::POST, Some(shard)) = (
         req.method(),
@@ -166,10 +152,7 @@ async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> 
     ) {
         // `?node=host:port`: copy a fan-out node afresh.
         let node = query(&req, "node").unwrap_or_default();
-        return match ctx.resync(shard, &node) {
-            Ok(done) => text(StatusCode::OK, &format!("{done}\n")),
-            Err(e) => text(StatusCode::NOT_FOUND, &format!("{e}\n")),
-        };
+        return answer(ctx.resync(shard, &node));
     }
     if let Some(rest) = path.strip_prefix("/v1/policies/") {
         return policy(req, ctx, rest.to_string()).await;
@@ -325,11 +308,21 @@ async fn policy(req: Request<Incoming>, ctx: &Context, rest: String) -> Response
             .map(|n| format!("generation {n}")),
         _ => return text(StatusCode::NOT_FOUND, "not found\n"),
     };
-    match result {
-        Ok(done) => text(StatusCode::OK, &format!("{done}\n")),
-        Err(e) if e.starts_with("no shard") => text(StatusCode::NOT_FOUND, &format!("{e}\n")),
-        Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e}\n")),
-    }
+    answer(result)
+}
+
+/// An operation's outcome as an HTTP answer: the status says what kind of
+/// refusal it was, the body says why.
+fn answer(result: Result<String, OpError>) -> Response<Full<Bytes>> {
+    let (status, why) = match result {
+        Ok(done) => return text(StatusCode::OK, &format!("{done}\n")),
+        Err(e @ OpError::NotFound(_)) => (StatusCode::NOT_FOUND, e),
+        Err(e @ OpError::TooSoon(_)) => (StatusCode::TOO_MANY_REQUESTS, e),
+        Err(e @ OpError::Conflict(_)) => (StatusCode::CONFLICT, e),
+        Err(e @ OpError::Rejected(_)) => (StatusCode::UNPROCESSABLE_ENTITY, e),
+        Err(e @ OpError::Unavailable(_)) => (StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    text(status, &format!("{why}\n"))
 }
 
 /// The live dashboard: one self-contained page that polls the GET

@@ -709,7 +709,7 @@ impl Connection {
         let ctx = self.ctx.clone();
         let reply = match ctx.switchover(&shard, target).await {
             Ok(done) => Value::Simple(done),
-            Err(e) => Value::err(e),
+            Err(e) => Value::err(e.resp()),
         };
         self.reply(reply).await
     }
@@ -766,7 +766,7 @@ impl Connection {
         };
         match result {
             Ok(done) => Value::Simple(done),
-            Err(e) => Value::err(format!("ERR rampart: {e}")),
+            Err(e) => Value::err(e.resp()),
         }
     }
 

@@ -24,6 +24,7 @@ use super::probe::{self, Report};
 use super::state::{ShardState, StateStore};
 use crate::backend::control::{frame_text, Control};
 use crate::backend::ConnectOptions;
+use crate::operate::OpError;
 use crate::replicate::quorum::{replicas_needed_to_promote, Candidate};
 use crate::server::Context;
 use crate::topology::{Health, Node, Role, Shard};
@@ -44,7 +45,7 @@ pub struct Switchover {
     /// checks that it holds every acknowledged write. For a shard waiting
     /// on an operator because no node can be proven to.
     pub force: bool,
-    pub reply: oneshot::Sender<Result<String, String>>,
+    pub reply: oneshot::Sender<Result<String, OpError>>,
 }
 
 /// How long a switchover waits for the target to catch up before giving up
@@ -366,15 +367,17 @@ impl Controller {
     /// everyone else (the old primary included), release the writes.
     /// Nothing acknowledged is lost and no client sees an error; if the
     /// target does not catch up in time, nothing changes.
-    async fn switchover(&mut self, target: Option<String>) -> Result<String, String> {
-        let primary = self
-            .shard
-            .primary()
-            .cloned()
-            .ok_or("ERR no healthy primary to switch over from")?;
+    async fn switchover(&mut self, target: Option<String>) -> Result<String, OpError> {
+        let primary =
+            self.shard.primary().cloned().ok_or_else(|| {
+                OpError::Conflict("no healthy primary to switch over from".into())
+            })?;
         let target = match target {
             Some(addr) => self.shard.node_by_addr(&addr).cloned().ok_or_else(|| {
-                format!("ERR {addr} is not a node of shard '{}'", self.shard.name)
+                OpError::NotFound(format!(
+                    "{addr} is not a node of shard '{}'",
+                    self.shard.name
+                ))
             })?,
             None => {
                 let candidates: Vec<Candidate> = self
@@ -393,21 +396,24 @@ impl Controller {
                     .policy
                     .elect(&candidates)
                     .and_then(|id| self.shard.node(id).cloned())
-                    .ok_or("ERR no replica is fit to take over (following the primary, caught up, priority above 0)")?
+                    .ok_or_else(|| OpError::Conflict("no replica is fit to take over (following the primary, caught up, priority above 0)".into()))?
             }
         };
         if target.id == primary.id {
-            return Err(format!("ERR {} is already the primary", target.addr));
+            return Err(OpError::Conflict(format!(
+                "{} is already the primary",
+                target.addr
+            )));
         }
-        let report = self.report(&target).await?;
+        let report = self.report(&target).await.map_err(OpError::Conflict)?;
         if report.role != Role::Replica
             || report.master.as_deref() != Some(primary.addr.as_str())
             || !report.connected
         {
-            return Err(format!(
-                "ERR {} is not a replica following the primary over a live link",
+            return Err(OpError::Conflict(format!(
+                "{} is not a replica following the primary over a live link",
                 target.addr
-            ));
+            )));
         }
         self.shard.set_failing_over(true);
         self.event(
@@ -422,14 +428,14 @@ impl Controller {
         if let Err(e) = self.catch_up(&primary, &target).await {
             self.shard.set_failing_over(false);
             self.event("switchover-aborted", Some(&target), e.clone());
-            return Err(format!("ERR switchover aborted: {e}"));
+            return Err(OpError::Conflict(format!("switchover aborted: {e}")));
         }
         let epoch = match self.install(&target, None).await {
             Ok(epoch) => epoch,
             Err(e) => {
                 self.shard.set_failing_over(false);
                 self.event("switchover-aborted", Some(&target), e.clone());
-                return Err(format!("ERR switchover aborted: {e}"));
+                return Err(OpError::Conflict(format!("switchover aborted: {e}")));
             }
         };
         let detail = format!(
@@ -539,13 +545,21 @@ impl Controller {
     /// `rampart promote --force`: makes `target` the primary now, whatever
     /// it may lack. The operator's answer to a shard that waits because no
     /// node can be proven to hold every acknowledged write.
-    async fn force_promote(&mut self, target: Option<String>) -> Result<String, String> {
-        let addr = target.ok_or("ERR a forced promotion names the node to promote")?;
-        let target =
-            self.shard.node_by_addr(&addr).cloned().ok_or_else(|| {
-                format!("ERR {addr} is not a node of shard '{}'", self.shard.name)
-            })?;
-        let report = self.report(&target).await?;
+    async fn force_promote(&mut self, target: Option<String>) -> Result<String, OpError> {
+        let addr = target.ok_or_else(|| {
+            OpError::Rejected("a forced promotion names the node to promote".into())
+        })?;
+        let target = self.shard.node_by_addr(&addr).cloned().ok_or_else(|| {
+            OpError::NotFound(format!(
+                "{addr} is not a node of shard '{}'",
+                self.shard.name
+            ))
+        })?;
+        let report = self.report(&target).await.map_err(|e| {
+            OpError::Conflict(format!(
+                "{addr} does not answer, so it cannot be promoted: {e}"
+            ))
+        })?;
         let most = self
             .shard
             .nodes
@@ -561,7 +575,7 @@ impl Controller {
                 if self.failover_started.is_none() {
                     self.shard.set_failing_over(false);
                 }
-                return Err(format!("ERR promotion failed: {e}"));
+                return Err(OpError::Conflict(format!("promotion failed: {e}")));
             }
         };
         target.trust_again();

@@ -41,6 +41,7 @@ use tokio::sync::{oneshot, Notify};
 use self::log::{Entry, Kind, Settle, Snapshot, Write};
 use crate::backend::{BatchReply, ConnectOptions};
 use crate::failover::state::{FanoutState, StateStore};
+use crate::operate::OpError;
 use crate::resp::Proto;
 use crate::server::Context;
 use crate::topology::{Shard, SyncState};
@@ -611,7 +612,7 @@ impl Fanout {
 
     /// Makes another node in sync the primary (nothing moves: every node
     /// in sync has every write). `None` picks the first other one.
-    pub fn switchover(&self, target: Option<String>) -> Result<String, String> {
+    pub fn switchover(&self, target: Option<String>) -> Result<String, OpError> {
         let current = self.shard.primary_index();
         let fit = |i: &usize| Some(*i) != current && self.node_state(*i) == SyncState::InSync;
         let none_in_sync =
@@ -626,23 +627,25 @@ impl Fanout {
                     .nodes
                     .iter()
                     .position(|n| n.addr == *addr)
-                    .ok_or_else(|| format!("ERR no node {addr} in shard '{}'", self.shard.name))?;
+                    .ok_or_else(|| {
+                        OpError::NotFound(format!("no node {addr} in shard '{}'", self.shard.name))
+                    })?;
                 if !fit(&index) {
-                    return Err(format!(
-                        "ERR {addr} cannot become primary: it is {} ({})",
+                    return Err(OpError::Conflict(format!(
+                        "{addr} cannot become primary: it is {} ({})",
                         if Some(index) == current {
                             "the primary already"
                         } else {
                             "not in sync"
                         },
                         self.node_state(index).name()
-                    ));
+                    )));
                 }
                 index
             }
             None => (0..self.shard.nodes.len())
                 .find(fit)
-                .ok_or("ERR no other node is in sync")?,
+                .ok_or_else(|| OpError::Conflict("no other node is in sync".into()))?,
         };
         let node = &self.shard.nodes[chosen];
         self.shard.set_primary(node, self.shard.epoch() + 1);
@@ -652,18 +655,22 @@ impl Fanout {
     /// The operator's way out when no node is known to have every write
     /// (the last primary is gone after a crash, say): `addr` is declared in
     /// sync and made primary, and the others are copied from it.
-    fn trust(&self, addr: &str) -> Result<String, String> {
+    fn trust(&self, addr: &str) -> Result<String, OpError> {
         let index = self
             .shard
             .nodes
             .iter()
             .position(|n| n.addr == addr)
-            .ok_or_else(|| format!("ERR no node {addr} in shard '{}'", self.shard.name))?;
+            .ok_or_else(|| {
+                OpError::NotFound(format!("no node {addr} in shard '{}'", self.shard.name))
+            })?;
         let node = &self.shard.nodes[index];
         if !matches!(node.sync(), SyncState::Stale | SyncState::Down)
             || node.health() != crate::topology::Health::Up
         {
-            return Err(format!("ERR {addr} must answer before it can be trusted"));
+            return Err(OpError::Conflict(format!(
+                "{addr} must answer before it can be trusted"
+            )));
         }
         // Its stream reconnects and resumes from the head of the log.
         {

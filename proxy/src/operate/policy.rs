@@ -1,0 +1,273 @@
+//! Policy operations: load a router, quorum or detector (as the active
+//! one, or a router as a shadow), activate a shadow, roll back. Loading
+//! (compile, link, instantiate, configure, self-check) runs on a blocking
+//! thread; only a policy that passed every step is published.
+
+use super::OpError;
+use crate::policy::slot::{GenerationView, SlotView};
+use crate::policy::swap::{build, build_detector, build_quorum, Kind, Mode, Source};
+use crate::server::Context;
+
+/// Every policy in force.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoliciesView {
+    /// Per shard: active, previous and shadow router generations.
+    pub router: Vec<(String, SlotView)>,
+    /// Per shard.
+    pub quorum: Vec<(String, GenerationView)>,
+    /// One for all nodes.
+    pub detector: GenerationView,
+}
+
+impl Context {
+    /// Loads a router for a shard and makes it active or its shadow.
+    /// Commands keep routing on the old generation until the new one is
+    /// published.
+    pub async fn load_router(
+        &self,
+        shard: &str,
+        source: Source,
+        config: String,
+        mode: Mode,
+    ) -> Result<GenerationView, OpError> {
+        let index = self.shard_index(shard)?;
+        let slot = &self.routers[index];
+        let shard_ref = self.topology.shards[index].clone();
+        let changes = self.topology_changes.clone();
+        let limits = self.config.plugins.limits();
+        // Numbered once accepted: a refused load uses no generation number.
+        let built = tokio::task::spawn_blocking(move || {
+            build(&source, &config, &shard_ref, changes, 0, limits)
+        })
+        .await
+        .map_err(|e| OpError::Unavailable(format!("loading failed: {e}")))?;
+        let mut generation = self.accepted(shard, built)?;
+        let number = slot.next_number();
+        generation.number = number;
+        let view = generation.view();
+        let nodes = self.topology.shards[index].nodes.len();
+        match mode {
+            Mode::Activate => {
+                slot.publish(generation);
+                self.events.record(
+                    shard,
+                    "policy-activated",
+                    None,
+                    self.topology.shards[index].epoch(),
+                    format!("router generation {number} from {}", view.source),
+                );
+            }
+            Mode::Shadow => {
+                slot.set_shadow(Some(generation), nodes);
+                self.events.record(
+                    shard,
+                    "policy-shadowed",
+                    None,
+                    self.topology.shards[index].epoch(),
+                    format!(
+                        "router generation {number} from {} runs in shadow",
+                        view.source
+                    ),
+                );
+            }
+        }
+        Ok(view)
+    }
+
+    /// Makes the shadow router active.
+    pub fn activate_shadow(&self, shard: &str) -> Result<u64, OpError> {
+        let index = self.shard_index(shard)?;
+        let number = self.routers[index]
+            .activate_shadow()
+            .ok_or_else(|| OpError::Conflict("no router runs in shadow".into()))?;
+        self.events.record(
+            shard,
+            "policy-activated",
+            None,
+            0,
+            format!("shadow router generation {number} activated"),
+        );
+        Ok(number)
+    }
+
+    /// Goes back to the previous router.
+    pub fn rollback_router(&self, shard: &str) -> Result<u64, OpError> {
+        let index = self.shard_index(shard)?;
+        let number = self.routers[index].rollback().ok_or_else(|| {
+            OpError::Conflict("no previous router generation to roll back to".into())
+        })?;
+        self.events.record(
+            shard,
+            "policy-rolled-back",
+            None,
+            0,
+            format!("router generation {number} active again"),
+        );
+        Ok(number)
+    }
+
+    /// Replaces a shard's quorum policy: `builtin:<none|one|majority|all>`
+    /// (timeout and shortfall from the configuration) or a plugin (with the
+    /// configured built-in as its fallback). Checked off the hot path; the
+    /// new requirement applies to every write not yet sent, and the next
+    /// election is the new policy's.
+    pub async fn load_quorum(
+        &self,
+        shard: &str,
+        source: Source,
+        config: String,
+    ) -> Result<GenerationView, OpError> {
+        let replication = self
+            .config
+            .shards
+            .get(shard)
+            .map(|s| s.replication.clone())
+            .ok_or_else(|| OpError::NotFound(format!("no shard named '{shard}'")))?;
+        self.load_quorum_with(shard, source, config, replication)
+            .await
+    }
+
+    /// [`load_quorum`](Self::load_quorum) with the built-in's settings
+    /// from `replication` (a reloaded configuration's).
+    pub async fn load_quorum_with(
+        &self,
+        shard: &str,
+        source: Source,
+        config: String,
+        replication: crate::config::ReplicationConfig,
+    ) -> Result<GenerationView, OpError> {
+        let index = self.shard_index(shard)?;
+        let replicas = self.topology.shards[index].replica_count();
+        let label = source.label();
+        let limits = self.config.plugins.limits();
+        let built = tokio::task::spawn_blocking(move || {
+            build_quorum(&source, &config, &replication, replicas, limits)
+        })
+        .await
+        .map_err(|e| OpError::Unavailable(format!("loading failed: {e}")))?;
+        let number = self.quorum_policies[index].load().number + 1;
+        let generation = self
+            .accepted(shard, built)?
+            .generation(number, label.clone());
+        let view = generation.view_with(generation.policy.describe());
+        self.topology.shards[index]
+            .durability
+            .set(generation.policy.requirement(replicas));
+        self.quorum_policies[index].store(std::sync::Arc::new(generation));
+        self.events.record(
+            shard,
+            "policy-activated",
+            None,
+            self.topology.shards[index].epoch(),
+            format!("quorum {} from {label}", view.policy.name),
+        );
+        Ok(view)
+    }
+
+    /// Replaces the detector of every node: `builtin:<fixed-timeout|
+    /// phi-accrual>` (settings from the configuration) or a plugin. Each
+    /// probe switches at its next round, with a fresh history.
+    pub async fn load_detector(
+        &self,
+        source: Source,
+        config: String,
+    ) -> Result<GenerationView, OpError> {
+        self.load_detector_with(source, config, self.config.probe.clone())
+            .await
+    }
+
+    /// [`load_detector`](Self::load_detector) with the built-in's settings
+    /// from `probe` (a reloaded configuration's).
+    pub async fn load_detector_with(
+        &self,
+        source: Source,
+        config: String,
+        probe: crate::config::ProbeConfig,
+    ) -> Result<GenerationView, OpError> {
+        let label = source.label();
+        let limits = self.config.plugins.limits();
+        let built =
+            tokio::task::spawn_blocking(move || build_detector(&source, &config, &probe, limits))
+                .await
+                .map_err(|e| OpError::Unavailable(format!("loading failed: {e}")))?;
+        let number = self.detector.generation() + 1;
+        let generation = self.accepted("*", built)?.generation(number, label.clone());
+        self.detector.replace(generation);
+        let view = self.detector.describe();
+        self.events.record(
+            "*",
+            "policy-activated",
+            None,
+            0,
+            format!("detector {} from {label}", view.policy.name),
+        );
+        Ok(view)
+    }
+
+    /// Loads a policy of any kind, as the admin API and `RAMPART POLICY`
+    /// ask; what is now in force, as JSON. Only routers have shadows (a
+    /// quorum or detector decides nothing per request to compare).
+    pub async fn load_policy(
+        &self,
+        kind: Kind,
+        shard: &str,
+        source: Source,
+        config: String,
+        mode: Mode,
+    ) -> Result<serde_json::Value, OpError> {
+        fn json<T: serde::Serialize>(
+            view: Result<T, OpError>,
+        ) -> Result<serde_json::Value, OpError> {
+            view.and_then(|v| {
+                serde_json::to_value(v).map_err(|e| OpError::Unavailable(e.to_string()))
+            })
+        }
+        match (kind, mode) {
+            (Kind::Router, _) => json(self.load_router(shard, source, config, mode).await),
+            (Kind::Quorum, Mode::Activate) => json(self.load_quorum(shard, source, config).await),
+            (Kind::Detector, Mode::Activate) => json(self.load_detector(source, config).await),
+            (_, Mode::Shadow) => Err(OpError::Conflict(
+                format!("only routers run in shadow; a {kind:?} policy is loaded directly")
+                    .to_lowercase(),
+            )),
+        }
+    }
+
+    /// A policy that failed to load is an event, and the error.
+    fn accepted<T>(&self, shard: &str, built: Result<T, String>) -> Result<T, OpError> {
+        built.map_err(|e| {
+            self.events
+                .record(shard, "policy-rejected", None, 0, e.clone());
+            OpError::Rejected(e)
+        })
+    }
+
+    /// Every shard's routers.
+    pub fn routers_view(&self) -> Vec<(String, SlotView)> {
+        self.topology
+            .shards
+            .iter()
+            .zip(&self.routers)
+            .map(|(shard, slot)| (shard.name.clone(), slot.view(shard)))
+            .collect()
+    }
+
+    /// Every policy in force, for `GET /v1/policies` and `RAMPART POLICY LIST`.
+    pub fn policies(&self) -> PoliciesView {
+        PoliciesView {
+            router: self.routers_view(),
+            quorum: self
+                .topology
+                .shards
+                .iter()
+                .zip(&self.quorum_policies)
+                .map(|(shard, q)| {
+                    let generation = q.load();
+                    let view = generation.view_with(generation.policy.describe());
+                    (shard.name.clone(), view)
+                })
+                .collect(),
+            detector: self.detector.describe(),
+        }
+    }
+}
