@@ -20,6 +20,7 @@ pub mod replicate;
 pub mod resp;
 pub mod route;
 pub mod server;
+pub mod shard;
 pub mod topology;
 pub mod worker;
 

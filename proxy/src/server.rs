@@ -15,16 +15,13 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::admin::metrics::Metrics;
 use crate::backend::{ConnectOptions, LinkOptions, NodePool};
 use crate::config::{Config, FailoverRole, Mode};
-use crate::failover::controller::Switchover;
 use crate::failover::detect::DetectorSource;
 use crate::failover::events::Events;
 use crate::failover::state::StateStore;
 use crate::net::tls::{Acceptor, Connector};
-use crate::policy::slot::Generation;
 use crate::policy::slot::RouterSlot;
 use crate::policy::swap::{self, Source};
 use crate::replicate::fanout::Fanout;
-use crate::replicate::QuorumPolicy;
 use crate::topology::{Health, Node, Shard, Topology};
 use crate::worker::{NewClient, Workers};
 use crate::{admin, failover};
@@ -33,21 +30,15 @@ use crate::{admin, failover};
 pub struct Context {
     pub config: Config,
     pub topology: Topology,
-    /// One per shard, in shard order: the active router generation and
-    /// its neighbours.
-    pub routers: Vec<RouterSlot>,
+    /// Every shard with its router, quorum policy and write path, in
+    /// configuration order.
+    pub shards: Vec<Arc<crate::shard::Shard>>,
     /// Bumped when any node's role or health changes (router plugins
     /// refresh their node list on it).
     pub topology_changes: Arc<AtomicU64>,
-    /// One per shard, in shard order.
-    /// Per shard; replaced whole by `RAMPART POLICY LOAD quorum ...`.
-    pub quorum_policies: Vec<ArcSwap<Generation<Box<dyn QuorumPolicy>>>>,
     /// The detector every probe uses: the built-in `probe.detector`, or a
     /// plugin; replaceable at runtime.
     pub detector: Arc<DetectorSource>,
-    /// Per shard, in shard order: the fan-out writer of a shard in fan-out
-    /// mode.
-    pub fanouts: Vec<Option<Arc<Fanout>>>,
     pub clients: AtomicUsize,
     /// What the failover controllers did.
     pub events: Arc<Events>,
@@ -61,9 +52,6 @@ pub struct Context {
     pub client_tls: Option<Acceptor>,
     pub admin_tls: Option<Arc<Acceptor>>,
     pub backend_tls: Option<Arc<Connector>>,
-    /// Per shard, the way to the shard's failover controller (none on a
-    /// follower).
-    pub(crate) switchovers: Vec<mpsc::Sender<Switchover>>,
     next_client_id: AtomicU64,
     /// Becomes true when Rampart is shutting down: clients finish what they
     /// are owed and close.
@@ -225,7 +213,7 @@ impl Server {
         let detector = Arc::new(DetectorSource::new(built.generation(1, source.label())));
         let (switchovers, mut switchover_rx): (Vec<_>, Vec<_>) =
             shards.iter().map(|_| mpsc::channel(4)).unzip();
-        let fanouts = shards
+        let fanouts: Vec<Option<Arc<Fanout>>> = shards
             .iter()
             .zip(config.shards.values())
             .map(|(shard, shard_config)| {
@@ -240,13 +228,27 @@ impl Server {
                 })
             })
             .collect();
+        let owned: Vec<Arc<crate::shard::Shard>> = shards
+            .iter()
+            .zip(routers)
+            .zip(quorum_policies)
+            .zip(fanouts)
+            .zip(switchovers)
+            .map(|((((topology, router), quorum), fanout), controller)| {
+                Arc::new(crate::shard::Shard {
+                    topology: topology.clone(),
+                    router,
+                    quorum,
+                    fanout,
+                    controller,
+                })
+            })
+            .collect();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let context = Arc::new(Context {
-            fanouts,
             topology: Topology { shards },
-            routers,
+            shards: owned,
             topology_changes: changes.clone(),
-            quorum_policies,
             detector,
             clients: AtomicUsize::new(0),
             events: Arc::new(Events::new(config.failover.event_history)),
@@ -255,7 +257,6 @@ impl Server {
             client_tls,
             admin_tls,
             backend_tls,
-            switchovers,
             next_client_id: AtomicU64::new(1),
             shutdown: shutdown_rx.clone(),
             guard: crate::client::guard::Guard::new(
@@ -267,7 +268,7 @@ impl Server {
             config,
         });
 
-        for fanout in context.fanouts.iter().flatten() {
+        for fanout in context.shards.iter().filter_map(|s| s.fanout.as_ref()) {
             fanout.start(&context);
         }
         let probed = Arc::new(Semaphore::new(0));
@@ -293,7 +294,7 @@ impl Server {
                 for (index, requests) in switchover_rx.drain(..).enumerate() {
                     // A fan-out shard's primary is chosen by its writer, from
                     // the nodes in sync; nobody is promoted or repointed.
-                    if let Some(Some(fanout)) = context.fanouts.get(index) {
+                    if let Some(fanout) = &context.shards[index].fanout {
                         fanout.pick_first_primary().await;
                         continue;
                     }
@@ -357,7 +358,7 @@ impl Server {
         };
         // Fan-out logs are closed last, once no client can add to them.
         let close_by = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
-        for fanout in self.context.fanouts.iter().flatten() {
+        for fanout in self.context.shards.iter().filter_map(|s| s.fanout.as_ref()) {
             fanout.close(close_by).await;
         }
         left
@@ -391,7 +392,8 @@ async fn roll_back_failing_routers(ctx: Arc<Context>) {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = shutdown.changed() => return,
         }
-        for (shard, slot) in ctx.topology.shards.iter().zip(&ctx.routers) {
+        for shard in &ctx.shards {
+            let (slot, shard) = (&shard.router, &shard.topology);
             if let Some((from, to)) = slot.roll_back_if_failing(PROBATION, TRAPS) {
                 ctx.events.record(
                     &shard.name,

@@ -83,6 +83,7 @@ impl Budget {
             budget: self.clone(),
             used: AtomicUsize::new(0),
             over_soft_since: Mutex::new(None),
+            over_soft: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
             reason: std::sync::atomic::AtomicU8::new(u8::MAX),
             wake: Notify::new(),
@@ -130,6 +131,8 @@ pub struct Account {
     budget: Arc<Budget>,
     used: AtomicUsize,
     over_soft_since: Mutex<Option<Instant>>,
+    /// Set while `over_soft_since` may hold a time.
+    over_soft: AtomicBool,
     evicted: AtomicBool,
     /// The [`Reason`] once evicted (`u8::MAX` before).
     reason: std::sync::atomic::AtomicU8,
@@ -173,6 +176,7 @@ impl Account {
         if caps.hard > 0 && used > caps.hard {
             self.evict(Reason::Hard);
         } else if caps.soft > 0 && used > caps.soft {
+            self.over_soft.store(true, Ordering::Relaxed);
             let mut since = self
                 .over_soft_since
                 .lock()
@@ -189,6 +193,10 @@ impl Account {
     /// complete (it held `before`). Evicts it, and answers false, when its
     /// growing request takes the total across clients past the cap.
     pub fn hold_partial(&self, before: usize, now: usize) -> bool {
+        if now == before {
+            // The common case (nothing held, nothing held): no shared write.
+            return true;
+        }
         let partial = &self.budget.partial;
         if now >= before {
             let total = partial.fetch_add(now - before, Ordering::Relaxed) + now - before;
@@ -207,7 +215,10 @@ impl Account {
     pub fn release(&self, bytes: usize) {
         let before = self.used.fetch_sub(bytes, Ordering::Relaxed);
         self.budget.total.fetch_sub(bytes, Ordering::Relaxed);
-        if before.saturating_sub(bytes) <= self.budget.caps.soft {
+        // The lock only for a client that went over the soft limit.
+        if before.saturating_sub(bytes) <= self.budget.caps.soft
+            && self.over_soft.swap(false, Ordering::Relaxed)
+        {
             *self
                 .over_soft_since
                 .lock()

@@ -522,7 +522,10 @@ impl Connection {
 
     /// The shard's fan-out writer, in fan-out mode.
     pub(super) fn fanout(&self) -> Option<Arc<Fanout>> {
-        self.ctx.fanouts.first().cloned().flatten()
+        self.ctx
+            .shards
+            .first()
+            .and_then(|shard| shard.fanout.clone())
     }
 
     /// What fan-out mode does differently: writes go to every node through
@@ -735,11 +738,12 @@ impl Connection {
         // Borrowed from a clone of the context so that nothing per request
         // clones a shard, node or link handle unless a new batch starts.
         let ctx = self.ctx.clone();
-        let shard = ctx.topology.shard();
-        let policy = &ctx.routers[0];
+        let key = req.arg(1).unwrap_or_default();
+        let owner = ctx.shard_of(key);
+        let (shard, policy) = (&owner.topology, &owner.router);
         let read = route::Read {
             client_id: self.session.id,
-            key: req.arg(1).unwrap_or_default(),
+            key,
         };
         let mut node = match route::route(shard, policy, class, &read) {
             Ok(node) => node,

@@ -290,7 +290,10 @@ impl Replies {
             let mut written = {
                 let slices: SmallVec<[IoSlice<'_>; 16]> =
                     self.out.iter().map(|b| IoSlice::new(b)).collect();
+                // Biased: a write the socket takes at once never looks at
+                // the eviction signal (polling it registers a waiter).
                 tokio::select! {
+                    biased;
                     written = self.wr.write_vectored(&slices) => written?,
                     _ = self.account.evicted() => {
                         return Err(std::io::Error::other("client evicted"));
@@ -320,6 +323,7 @@ impl Replies {
         // TLS may hold on to what a full socket did not take (plain TCP
         // holds nothing back): push it out.
         tokio::select! {
+            biased;
             flushed = self.wr.flush() => flushed,
             _ = self.account.evicted() => Err(std::io::Error::other("client evicted")),
         }

@@ -317,7 +317,8 @@ impl Controller {
             self.detach(old).await;
             return;
         }
-        let Some(target) = self.ctx.quorum_policies[self.index]
+        let Some(target) = self.ctx.shards[self.index]
+            .quorum
             .load()
             .policy
             .elect(&candidates)
@@ -391,7 +392,8 @@ impl Controller {
                         priority: n.priority(),
                     })
                     .collect();
-                self.ctx.quorum_policies[self.index]
+                self.ctx.shards[self.index]
+            .quorum
                     .load()
                     .policy
                     .elect(&candidates)

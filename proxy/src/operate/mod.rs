@@ -10,7 +10,10 @@ mod primary;
 
 pub use policy::PoliciesView;
 
+use std::sync::Arc;
+
 use crate::server::Context;
+use crate::shard::Shard;
 
 /// Why an operation was not done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,11 +46,17 @@ impl OpError {
 }
 
 impl Context {
-    pub(crate) fn shard_index(&self, shard: &str) -> Result<usize, OpError> {
-        self.topology
-            .shards
+    /// The shard that owns `key`. Rampart serves one shard today; hash
+    /// slots will pick among several here.
+    pub fn shard_of(&self, _key: &[u8]) -> &Arc<Shard> {
+        &self.shards[0]
+    }
+
+    /// The shard named `name`.
+    pub fn shard(&self, name: &str) -> Result<&Arc<Shard>, OpError> {
+        self.shards
             .iter()
-            .position(|s| s.name == shard)
-            .ok_or_else(|| OpError::NotFound(format!("no shard named '{shard}'")))
+            .find(|s| s.name() == name)
+            .ok_or_else(|| OpError::NotFound(format!("no shard named '{name}'")))
     }
 }

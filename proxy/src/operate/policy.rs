@@ -30,9 +30,9 @@ impl Context {
         config: String,
         mode: Mode,
     ) -> Result<GenerationView, OpError> {
-        let index = self.shard_index(shard)?;
-        let slot = &self.routers[index];
-        let shard_ref = self.topology.shards[index].clone();
+        let found = self.shard(shard)?;
+        let slot = &found.router;
+        let shard_ref = found.topology.clone();
         let changes = self.topology_changes.clone();
         let limits = self.config.plugins.limits();
         // Numbered once accepted: a refused load uses no generation number.
@@ -45,7 +45,7 @@ impl Context {
         let number = slot.next_number();
         generation.number = number;
         let view = generation.view();
-        let nodes = self.topology.shards[index].nodes.len();
+        let nodes = found.topology.nodes.len();
         match mode {
             Mode::Activate => {
                 slot.publish(generation);
@@ -53,7 +53,7 @@ impl Context {
                     shard,
                     "policy-activated",
                     None,
-                    self.topology.shards[index].epoch(),
+                    found.topology.epoch(),
                     format!("router generation {number} from {}", view.source),
                 );
             }
@@ -63,7 +63,7 @@ impl Context {
                     shard,
                     "policy-shadowed",
                     None,
-                    self.topology.shards[index].epoch(),
+                    found.topology.epoch(),
                     format!(
                         "router generation {number} from {} runs in shadow",
                         view.source
@@ -76,8 +76,9 @@ impl Context {
 
     /// Makes the shadow router active.
     pub fn activate_shadow(&self, shard: &str) -> Result<u64, OpError> {
-        let index = self.shard_index(shard)?;
-        let number = self.routers[index]
+        let number = self
+            .shard(shard)?
+            .router
             .activate_shadow()
             .ok_or_else(|| OpError::Conflict("no router runs in shadow".into()))?;
         self.events.record(
@@ -92,8 +93,7 @@ impl Context {
 
     /// Goes back to the previous router.
     pub fn rollback_router(&self, shard: &str) -> Result<u64, OpError> {
-        let index = self.shard_index(shard)?;
-        let number = self.routers[index].rollback().ok_or_else(|| {
+        let number = self.shard(shard)?.router.rollback().ok_or_else(|| {
             OpError::Conflict("no previous router generation to roll back to".into())
         })?;
         self.events.record(
@@ -136,8 +136,8 @@ impl Context {
         config: String,
         replication: crate::config::ReplicationConfig,
     ) -> Result<GenerationView, OpError> {
-        let index = self.shard_index(shard)?;
-        let replicas = self.topology.shards[index].replica_count();
+        let found = self.shard(shard)?;
+        let replicas = found.topology.replica_count();
         let label = source.label();
         let limits = self.config.plugins.limits();
         let built = tokio::task::spawn_blocking(move || {
@@ -145,20 +145,21 @@ impl Context {
         })
         .await
         .map_err(|e| OpError::Unavailable(format!("loading failed: {e}")))?;
-        let number = self.quorum_policies[index].load().number + 1;
+        let number = found.quorum.load().number + 1;
         let generation = self
             .accepted(shard, built)?
             .generation(number, label.clone());
         let view = generation.view_with(generation.policy.describe());
-        self.topology.shards[index]
+        found
+            .topology
             .durability
             .set(generation.policy.requirement(replicas));
-        self.quorum_policies[index].store(std::sync::Arc::new(generation));
+        found.quorum.store(std::sync::Arc::new(generation));
         self.events.record(
             shard,
             "policy-activated",
             None,
-            self.topology.shards[index].epoch(),
+            found.topology.epoch(),
             format!("quorum {} from {label}", view.policy.name),
         );
         Ok(view)
@@ -244,11 +245,9 @@ impl Context {
 
     /// Every shard's routers.
     pub fn routers_view(&self) -> Vec<(String, SlotView)> {
-        self.topology
-            .shards
+        self.shards
             .iter()
-            .zip(&self.routers)
-            .map(|(shard, slot)| (shard.name.clone(), slot.view(shard)))
+            .map(|shard| (shard.name().to_string(), shard.router.view(&shard.topology)))
             .collect()
     }
 
@@ -257,14 +256,12 @@ impl Context {
         PoliciesView {
             router: self.routers_view(),
             quorum: self
-                .topology
                 .shards
                 .iter()
-                .zip(&self.quorum_policies)
-                .map(|(shard, q)| {
-                    let generation = q.load();
+                .map(|shard| {
+                    let generation = shard.quorum.load();
                     let view = generation.view_with(generation.policy.describe());
-                    (shard.name.clone(), view)
+                    (shard.name().to_string(), view)
                 })
                 .collect(),
             detector: self.detector.describe(),

@@ -11,13 +11,13 @@ use super::OpError;
 use crate::config::FailoverRole;
 use crate::failover::controller::Switchover;
 use crate::server::Context;
+use crate::shard::Shard;
 
 impl Context {
     /// Marks a fan-out node stale, so that it is copied afresh from a node
     /// in sync.
     pub fn resync(&self, shard: &str, node: &str) -> Result<String, OpError> {
-        let index = self.shard_index(shard)?;
-        let Some(Some(fanout)) = self.fanouts.get(index) else {
+        let Some(fanout) = &self.shard(shard)?.fanout else {
             return Err(OpError::Conflict(format!(
                 "shard '{shard}' is not in fan-out mode (Redis replication resyncs its own replicas)"
             )));
@@ -35,10 +35,10 @@ impl Context {
     /// `target` (or to the replica the election picks), at most once per
     /// `failover.switchover_interval_ms`.
     pub async fn switchover(&self, shard: &str, target: Option<String>) -> Result<String, OpError> {
-        let index = self.shard_index(shard)?;
+        let found = self.shard(shard)?;
         self.leader()?;
         let interval = Duration::from_millis(self.config.failover.switchover_interval_ms);
-        if let Err(ago) = self.topology.shards[index].admit_switchover(interval) {
+        if let Err(ago) = found.topology.admit_switchover(interval) {
             self.metrics.count_switchover_refused();
             return Err(OpError::TooSoon(format!(
                 "switchover refused: the last one began {:.1} s ago and failover.switchover_interval_ms allows one every {:.1} s",
@@ -46,24 +46,24 @@ impl Context {
                 interval.as_secs_f64()
             )));
         }
-        if let Some(Some(fanout)) = self.fanouts.get(index) {
+        if let Some(fanout) = &found.fanout {
             return fanout.switchover(target);
         }
-        self.ask_controller(index, target, false).await
+        ask_controller(found, target, false).await
     }
 
     /// `rampart promote --force`: makes `node` the primary of `shard` now,
     /// without proof that it holds every acknowledged write. Not
     /// rate-limited: it is the way out of a shard that waits.
     pub async fn force_promote(&self, shard: &str, node: String) -> Result<String, OpError> {
-        let index = self.shard_index(shard)?;
+        let found = self.shard(shard)?;
         self.leader()?;
-        if self.topology.shards[index].is_fanout() {
+        if found.fanout.is_some() {
             return Err(OpError::Conflict(
                 "a fan-out shard picks its primary with `rampart switchover --to`".into(),
             ));
         }
-        self.ask_controller(index, Some(node), true).await
+        ask_controller(found, Some(node), true).await
     }
 
     /// Only a leader moves primaries.
@@ -75,24 +75,26 @@ impl Context {
             _ => Ok(()),
         }
     }
+}
 
-    async fn ask_controller(
-        &self,
-        index: usize,
-        target: Option<String>,
-        force: bool,
-    ) -> Result<String, OpError> {
-        let (reply, answer) = oneshot::channel();
-        self.switchovers[index]
-            .send(Switchover {
-                target,
-                force,
-                reply,
-            })
-            .await
-            .map_err(|_| OpError::Unavailable("the failover controller is not running".into()))?;
-        answer
-            .await
-            .map_err(|_| OpError::Unavailable("the failover controller stopped".into()))?
-    }
+/// Hands a request to the shard's failover controller and waits for its
+/// answer.
+async fn ask_controller(
+    shard: &Shard,
+    target: Option<String>,
+    force: bool,
+) -> Result<String, OpError> {
+    let (reply, answer) = oneshot::channel();
+    shard
+        .controller
+        .send(Switchover {
+            target,
+            force,
+            reply,
+        })
+        .await
+        .map_err(|_| OpError::Unavailable("the failover controller is not running".into()))?;
+    answer
+        .await
+        .map_err(|_| OpError::Unavailable("the failover controller stopped".into()))?
 }
