@@ -777,6 +777,18 @@ mod tests {
         );
     }
 
+    /// docs/configuration.md carries reference.toml whole, so the page is
+    /// complete on its own and cannot drift from the file.
+    #[test]
+    fn the_configuration_page_shows_the_reference_file() {
+        let reference = include_str!("../../examples/configs/reference.toml");
+        let page = include_str!("../../docs/configuration.md");
+        assert!(
+            page.contains(&format!("```toml\n{}\n```", reference.trim_end())),
+            "docs/configuration.md must end with examples/configs/reference.toml verbatim"
+        );
+    }
+
     /// `examples/configs/reference.toml` documents every field with its
     /// default: it must parse to exactly what the bare minimum parses to,
     /// and name every field there is.

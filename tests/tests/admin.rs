@@ -52,6 +52,28 @@ fn sample(metrics: &str, prefix: &str) -> Option<f64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
+/// Every metric family `/metrics` renders is in docs/operations.md's
+/// metrics reference: the docs cannot fall behind the code.
+#[test]
+fn every_metric_is_documented() {
+    let cluster = Cluster::start(0);
+    let proxy = Proxy::start(&cluster.addrs(), Setup::default());
+    let metrics = rampart_tests::http_get(proxy.admin.unwrap(), "/metrics").1;
+    let docs = std::fs::read_to_string(rampart_tests::repo_path("docs/operations.md")).unwrap();
+    let families: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(families.len() > 30, "{metrics}");
+    for family in families {
+        assert!(
+            docs.contains(&format!("| `{family}` |")),
+            "docs/operations.md does not list {family}"
+        );
+    }
+}
+
 #[test]
 fn metrics_in_prometheus_format() {
     let cluster = Cluster::start(1);

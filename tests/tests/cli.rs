@@ -34,6 +34,29 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Every subcommand `rampart --help` lists is in docs/operations.md's CLI
+/// table.
+#[test]
+fn every_subcommand_is_documented() {
+    let help = ok(&["--help"]);
+    let docs = std::fs::read_to_string(repo_path("docs/operations.md")).unwrap();
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 8, "{help}");
+    for command in commands {
+        assert!(
+            docs.contains(&format!("| `rampart {command}")),
+            "docs/operations.md does not document `rampart {command}`"
+        );
+    }
+}
+
 #[test]
 fn version_and_check_config() {
     let version = ok(&["--version"]);
