@@ -132,8 +132,11 @@ fn plugins_that_fail_to_configure_are_refused_at_startup() {
     let refused = start_hostile(&cluster, "loop-in-configure")
         .err()
         .expect("refused");
+    // A loop in configure runs out of its wall-clock or instruction
+    // budget, and the error says which.
     assert!(
-        refused.contains("configure") && refused.contains("trapped"),
+        refused.contains("in configure")
+            && (refused.contains("wall-clock budget") || refused.contains("fuel exhausted")),
         "{refused}"
     );
 }
@@ -143,11 +146,12 @@ fn hostile_plugins_never_cost_a_request() {
     let cluster = Cluster::start(2);
     // Each behaves long enough to pass the self-check at startup, then
     // misbehaves on every call.
-    for mode in [
-        "loop-after:40",
-        "bomb-after:40",
-        "trap-after:40",
-        "read-file-after:40",
+    // What each failure is called, in words (`/v1/policies`' last error).
+    for (mode, reason) in [
+        ("loop-after:40", "fuel exhausted after"),
+        ("bomb-after:40", "memory limit 16 MiB exceeded in route"),
+        ("trap-after:40", "trap on call 41 (in route)"),
+        ("read-file-after:40", "which Rampart does not provide"),
     ] {
         let proxy = start_hostile(&cluster, mode).unwrap_or_else(|e| panic!("{mode}: {e}"));
         let mut c = proxy.conn();
@@ -167,6 +171,8 @@ fn hostile_plugins_never_cost_a_request() {
             counters["fallbacks"].as_u64().unwrap() > 0,
             "{mode}: {counters}"
         );
+        let last = counters["last_error"].as_str().unwrap_or_default();
+        assert!(last.contains(reason), "{mode}: {last}");
     }
 }
 
@@ -323,7 +329,10 @@ fn a_plugin_that_fails_to_load_leaves_the_active_one_in_place() {
             >= 3
     );
     let error = policy_command(&proxy, "LOAD", &hostile, "loop-in-update");
-    assert!(error.contains("self-check"), "{error}");
+    assert!(
+        error.contains("self-check") && error.contains("fuel exhausted after"),
+        "{error}"
+    );
     let error = proxy.cli(&["RAMPART", "POLICY", "LOAD", "quorum", "x.wasm"]);
     assert!(
         error.contains("cannot read plugin x.wasm: no such file"),

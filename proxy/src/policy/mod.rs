@@ -25,6 +25,7 @@ mod router;
 mod sandbox;
 pub mod slot;
 pub mod swap;
+mod trap;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -126,9 +127,23 @@ pub struct Stats {
     pub calls: AtomicU64,
     pub traps: AtomicU64,
     pub fallbacks: AtomicU64,
+    /// Why the last trap or fallback happened, in words.
+    pub last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Stats {
+    /// A call that trapped: counted, and its reason kept for the views.
+    pub fn trapped(&self, reason: &str) {
+        self.traps.fetch_add(1, Ordering::Relaxed);
+        self.fallback(reason);
+    }
+
+    /// A decision the fallback made instead of the plugin.
+    pub fn fallback(&self, reason: &str) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+    }
+
     pub fn snapshot(&self) -> (u64, u64, u64) {
         (
             self.calls.load(Ordering::Relaxed),
@@ -146,6 +161,11 @@ impl Stats {
             calls,
             traps,
             fallbacks,
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }

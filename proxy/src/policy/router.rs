@@ -113,7 +113,7 @@ impl WasmRouter {
             .pre
             .instantiate(&mut store)
             .map_err(|e| ("instantiate", format!("{e:#}")))?;
-        let (store, router) = sandbox::configured(store, router, |r, store| {
+        let (store, router) = sandbox::configured(store, router, &self.limits, |r, store| {
             r.call_configure(store, &self.config)
         })?;
         Ok(Instance {
@@ -127,16 +127,21 @@ impl WasmRouter {
 
     /// Records a failed call: the instance is dropped (a trap may leave it
     /// in any state) and the caller falls back to the primary.
-    fn trapped(
-        &self,
-        instances: &mut HashMap<u64, Instance>,
-        what: &str,
-        error: impl std::fmt::Display,
-    ) {
-        self.stats.traps.fetch_add(1, Ordering::Relaxed);
-        self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+    fn trapped(&self, instances: &mut HashMap<u64, Instance>, what: &str, error: wasmtime::Error) {
+        let last_error_log = instances
+            .get(&self.id)
+            .and_then(|i| i.store.data().last_error_log.clone());
+        let reason = super::trap::Failure {
+            error: &error,
+            call: what,
+            limits: &self.limits,
+            fuel: self.limits.route_fuel,
+            last_error_log: last_error_log.as_deref(),
+        }
+        .explain();
+        self.stats.trapped(&reason);
         instances.remove(&self.id);
-        tracing::warn!(plugin = %self.name, call = what, error = %error, "router plugin trapped; using the primary");
+        tracing::warn!(plugin = %self.name, call = what, %reason, "router plugin trapped; using the primary");
     }
 }
 
@@ -247,7 +252,7 @@ impl WasmRouter {
                         slot.insert(instance);
                     }
                     Err((step, message)) => {
-                        self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                        self.stats.fallback(&format!("{step}: {message}"));
                         tracing::warn!(plugin = %self.name, step, %message, "router plugin unavailable; using the primary");
                         return None;
                     }
@@ -307,7 +312,11 @@ impl WasmRouter {
             },
         };
         if unknown > 0 {
-            self.stats.fallbacks.fetch_add(unknown, Ordering::Relaxed);
+            let reason = format!("update returned a plan naming {unknown} unknown node(s)");
+            self.stats
+                .fallbacks
+                .fetch_add(unknown - 1, Ordering::Relaxed);
+            self.stats.fallback(&reason);
             tracing::warn!(plugin = %self.name, unknown, "router plan names nodes that do not exist; ignoring them");
         }
         self.plan
@@ -331,7 +340,8 @@ impl WasmRouter {
         })??;
         let node = shard.nodes.iter().find(|n| n.id == chosen);
         if node.is_none() {
-            self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .fallback(&format!("route returned unknown node {chosen}"));
         }
         node
     }

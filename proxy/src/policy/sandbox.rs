@@ -19,6 +19,9 @@ pub struct State {
     name: Arc<str>,
     /// The shard's nodes, for `inflight`; empty outside routers.
     pub nodes: Vec<Arc<crate::topology::Node>>,
+    /// The last error the plugin logged in the current call: a panic
+    /// hook's message, which the trap that follows does not carry.
+    pub last_error_log: Option<String>,
 }
 
 impl Host for State {
@@ -29,7 +32,10 @@ impl Host for State {
             Level::Debug => tracing::debug!(plugin, "{message}"),
             Level::Info => tracing::info!(plugin, "{message}"),
             Level::Warn => tracing::warn!(plugin, "{message}"),
-            Level::Error => tracing::error!(plugin, "{message}"),
+            Level::Error => {
+                tracing::error!(plugin, "{message}");
+                self.last_error_log = Some(message);
+            }
         }
     }
 
@@ -82,13 +88,24 @@ pub fn link<P>(
 pub fn configured<W>(
     store: Store<State>,
     world: W,
+    limits: &Limits,
     configure: impl FnOnce(&W, &mut Store<State>) -> wasmtime::Result<Result<(), String>>,
 ) -> Result<(Store<State>, W), (&'static str, String)> {
     let mut store = store;
     match configure(&world, &mut store) {
         Ok(Ok(())) => Ok((store, world)),
-        Ok(Err(refused)) => Err(("configure", refused)),
-        Err(trap) => Err(("configure", format!("trapped: {trap:#}"))),
+        Ok(Err(refused)) => Err(("configure", format!("refused: {refused}"))),
+        Err(trap) => Err((
+            "configure",
+            super::trap::Failure {
+                error: &trap,
+                call: "configure",
+                limits,
+                fuel: limits.setup_fuel,
+                last_error_log: store.data().last_error_log.as_deref(),
+            }
+            .explain(),
+        )),
     }
 }
 
@@ -150,10 +167,17 @@ impl<W> Single<W> {
         match call(world, store) {
             Ok(result) => Some(result),
             Err(trap) => {
-                self.stats.traps.fetch_add(1, Ordering::Relaxed);
-                self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                let reason = super::trap::Failure {
+                    error: &trap,
+                    call: what,
+                    limits: &self.limits,
+                    fuel: self.limits.setup_fuel,
+                    last_error_log: store.data().last_error_log.as_deref(),
+                }
+                .explain();
+                self.stats.trapped(&reason);
                 *slot = None;
-                tracing::warn!(plugin = %self.name, call = what, error = %trap, "plugin trapped; its fallback answers");
+                tracing::warn!(plugin = %self.name, call = what, %reason, "plugin trapped; its fallback answers");
                 None
             }
         }
@@ -186,7 +210,9 @@ impl<W> Single<W> {
             let mut store = store(&plugin, limits);
             let world =
                 instantiate(&pre, &mut store).map_err(|e| ("instantiate", format!("{e:#}")))?;
-            configured(store, world, |w, store| configure(w, store, &config))
+            configured(store, world, &limits, |w, store| {
+                configure(w, store, &config)
+            })
         });
         Single::new(spec.name, limits, make)
     }
@@ -195,12 +221,14 @@ impl<W> Single<W> {
 impl Limits {
     /// Before a routing call.
     pub fn arm_route(&self, store: &mut Store<State>) {
+        store.data_mut().last_error_log = None;
         let _ = store.set_fuel(self.route_fuel);
         store.set_epoch_deadline(self.setup_ticks);
     }
 
     /// Before any other call.
     pub fn arm_setup(&self, store: &mut Store<State>) {
+        store.data_mut().last_error_log = None;
         let _ = store.set_fuel(self.setup_fuel);
         store.set_epoch_deadline(self.setup_ticks);
     }
@@ -225,9 +253,13 @@ pub fn store(name: &Arc<str>, limits: Limits) -> Store<State> {
             // A component is several core instances (its modules and the
             // shims between them), never many.
             .instances(32)
+            // A growth past the cap traps (and is reported as such) rather
+            // than failing quietly into an allocator abort.
+            .trap_on_grow_failure(true)
             .build(),
         name: name.clone(),
         nodes: Vec::new(),
+        last_error_log: None,
     };
     let mut store = Store::new(engine(), state);
     store.limiter(|state| &mut state.limits);

@@ -146,8 +146,10 @@ pub fn build(
     let checked = policy.describe();
     if checked.traps > 0 || checked.fallbacks > 0 {
         return Err(format!(
-            "{label}: self-check: {} traps and {} fallbacks in 32 routing calls",
-            checked.traps, checked.fallbacks
+            "{label}: self-check: {} traps and {} fallbacks in 32 routing calls; the last: {}",
+            checked.traps,
+            checked.fallbacks,
+            checked.last_error.as_deref().unwrap_or("-")
         ));
     }
     Ok(Generation::new(
@@ -339,9 +341,10 @@ pub fn build_quorum(
     let checked = policy.describe();
     if checked.traps > 0 {
         return Err(format!(
-            "{}: self-check: {} traps in a requirement and an election",
+            "{}: self-check: {} traps in a requirement and an election; the last: {}",
             source.label(),
-            checked.traps
+            checked.traps,
+            checked.last_error.as_deref().unwrap_or("-")
         ));
     }
     Ok(built)
@@ -392,9 +395,10 @@ pub fn build_detector(
     let checked = plugin.describe();
     if checked.traps > 0 {
         return Err(format!(
-            "{}: self-check: {} traps judging three probes",
+            "{}: self-check: {} traps judging three probes; the last: {}",
             source.label(),
-            checked.traps
+            checked.traps,
+            checked.last_error.as_deref().unwrap_or("-")
         ));
     }
     Ok(Built {

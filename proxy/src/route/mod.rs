@@ -40,6 +40,9 @@ pub struct PolicyView {
     pub calls: u64,
     pub traps: u64,
     pub fallbacks: u64,
+    /// Why the last trap or fallback happened, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 impl PolicyView {
@@ -50,6 +53,7 @@ impl PolicyView {
             calls: 0,
             traps: 0,
             fallbacks: 0,
+            last_error: None,
         }
     }
 }
