@@ -139,6 +139,13 @@ fn plugins_that_fail_to_configure_are_refused_at_startup() {
             && (refused.contains("wall-clock budget") || refused.contains("fuel exhausted")),
         "{refused}"
     );
+    // An answer naming a node that does not exist fails the self-check,
+    // and the refusal quotes it.
+    let refused = start_hostile(&cluster, "pick:9").err().expect("refused");
+    assert!(
+        refused.contains("self-check") && refused.contains("route returned unknown node 9"),
+        "{refused}"
+    );
 }
 
 #[test]

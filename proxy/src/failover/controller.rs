@@ -324,7 +324,16 @@ impl Controller {
             .elect(&candidates)
             .and_then(|id| self.shard.node(id).cloned())
         else {
-            self.refuse("no replica is eligible (priority 0 replicas are never promoted)".into());
+            let policy = self.ctx.shards[self.index].quorum.load();
+            let view = policy.policy.describe();
+            let why = match view.last_error {
+                Some(error) if view.kind == "wasm" => format!(
+                    "the quorum policy {} elected no candidate: {error}",
+                    policy.source
+                ),
+                _ => "no replica is eligible (priority 0 replicas are never promoted)".into(),
+            };
+            self.refuse(why);
             return;
         };
         let offset = candidates

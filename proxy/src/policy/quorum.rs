@@ -40,16 +40,33 @@ impl WasmQuorum {
     }
 }
 
+impl WasmQuorum {
+    /// An answer the host cannot use: counted as a fallback, kept as the
+    /// last error, logged with the plugin's name.
+    fn invalid(&self, reason: String) {
+        self.plugin.stats.fallback(&reason);
+        tracing::warn!(plugin = %self.plugin.name, %reason, "quorum plugin answered what cannot be used");
+    }
+}
+
 impl QuorumPolicy for WasmQuorum {
     fn requirement(&self, replicas: u32) -> native::Requirement {
         self.plugin
             .call("requirement", |q, store| {
                 q.call_requirement(store, replicas)
             })
-            .map(|r| native::Requirement {
-                acks: r.acks.min(replicas),
-                timeout_ms: r.timeout_ms.max(1),
-                fail_on_shortfall: r.fail_on_shortfall,
+            .map(|r| {
+                if r.acks > replicas {
+                    self.invalid(format!(
+                        "requirement asked for {} acks of {replicas} replica(s); {replicas} it is",
+                        r.acks
+                    ));
+                }
+                native::Requirement {
+                    acks: r.acks.min(replicas),
+                    timeout_ms: r.timeout_ms.max(1),
+                    fail_on_shortfall: r.fail_on_shortfall,
+                }
             })
             .unwrap_or_else(|| self.fallback.requirement(replicas))
     }
@@ -67,7 +84,15 @@ impl QuorumPolicy for WasmQuorum {
             .plugin
             .call("elect", |q, store| q.call_elect(store, &list))??;
         // Only a candidate can be promoted, whatever the plugin says.
-        candidates.iter().any(|c| c.id == chosen).then_some(chosen)
+        if candidates.iter().any(|c| c.id == chosen) {
+            return Some(chosen);
+        }
+        let ids: Vec<String> = candidates.iter().map(|c| c.id.to_string()).collect();
+        self.invalid(format!(
+            "elect returned node {chosen}, which is not a candidate (candidates: {})",
+            ids.join(", ")
+        ));
+        None
     }
 
     fn describe(&self) -> PolicyView {

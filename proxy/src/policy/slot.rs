@@ -255,7 +255,9 @@ impl RouterSlot {
     pub fn roll_back_if_failing(&self, probation: Duration, traps: u64) -> Option<(u64, u64)> {
         let current = self.current.load();
         let young = current.loaded.elapsed() < probation;
-        if !young || current.policy.describe().traps < traps {
+        // A trap is a fallback too; so is an answer the host cannot use
+        // (an unknown node): either way the plugin is not deciding.
+        if !young || current.policy.describe().fallbacks < traps {
             return None;
         }
         let from = current.number;

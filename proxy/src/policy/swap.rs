@@ -339,11 +339,12 @@ pub fn build_quorum(
         .collect();
     let _ = policy.elect(&candidates);
     let checked = policy.describe();
-    if checked.traps > 0 {
+    if checked.fallbacks > 0 {
         return Err(format!(
-            "{}: self-check: {} traps in a requirement and an election; the last: {}",
+            "{}: self-check: {} traps and {} unusable answers in a requirement and an election; the last: {}",
             source.label(),
             checked.traps,
+            checked.fallbacks - checked.traps,
             checked.last_error.as_deref().unwrap_or("-")
         ));
     }
