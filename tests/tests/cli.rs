@@ -140,6 +140,8 @@ fn status_events_policies_and_switchover_against_a_running_proxy() {
     let loaded = with_token(&["policy", "load", "router", wasm]);
     assert!(loaded.contains("router generation 2 active"), "{loaded}");
     let list = with_token(&["policy", "list"]);
+    // Named after its file, with the hash's prefix.
+    assert!(list.contains("router_round_robin.wasm@"), "{list}");
     assert!(
         list.contains("previous") && list.contains("sha256:"),
         "{list}"

@@ -268,11 +268,19 @@ fn routers_are_swapped_under_load_without_dropping_a_request() {
 
     // By HTTP: the round-robin plugin's bytes.
     let bytes = std::fs::read(plugin("router-round-robin")).unwrap();
-    let (status, body) =
-        rampart_tests::http(proxy.admin.unwrap(), "PUT", "/v1/policies/router", &bytes);
+    let (status, body) = rampart_tests::http(
+        proxy.admin.unwrap(),
+        "PUT",
+        "/v1/policies/router?name=spread",
+        &bytes,
+    );
     assert_eq!(status, 200, "{body}");
     let view: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(view["generation"], 3);
+    assert!(
+        view["source"].as_str().unwrap().starts_with("spread@"),
+        "{view}"
+    );
     assert_eq!(view["sha256"].as_str().unwrap().len(), 64);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(served_by(&cluster, &proxy, 50)[0], 0);

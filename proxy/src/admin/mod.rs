@@ -271,6 +271,7 @@ async fn policy(req: Request<Incoming>, ctx: &Context, rest: String) -> Response
             };
             let config = query(&req, "config").unwrap_or_default();
             let builtin = query(&req, "builtin");
+            let name = query(&req, "name");
             let body = http_body_util::Limited::new(req.into_body(), MAX_PLUGIN_BYTES);
             let bytes = match body.collect().await {
                 Ok(collected) => collected.to_bytes(),
@@ -282,7 +283,10 @@ async fn policy(req: Request<Incoming>, ctx: &Context, rest: String) -> Response
                 }
             };
             let source = match (bytes.is_empty(), builtin) {
-                (false, None) => Source::Upload(bytes.to_vec()),
+                (false, None) => Source::Upload {
+                    bytes: bytes.to_vec(),
+                    name,
+                },
                 (true, Some(name)) => Source::Builtin(name),
                 _ => return text(
                     StatusCode::BAD_REQUEST,

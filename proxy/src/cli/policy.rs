@@ -43,6 +43,9 @@ pub struct Load {
     /// The shard; default: the first.
     #[arg(long)]
     shard: Option<String>,
+    /// What logs, views and metrics call it; default: the file's name.
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -154,6 +157,13 @@ fn upload(admin: &Admin, load: Load, mode: &str) -> Result<(), Failure> {
         }
         None => {
             let path = PathBuf::from(&load.source);
+            let name = load
+                .name
+                .clone()
+                .or_else(|| path.file_name().map(|n| n.to_string_lossy().into_owned()));
+            if let Some(name) = name {
+                query.push_str(&format!("&name={}", encode(&name)));
+            }
             std::fs::read(&path)
                 .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?
         }

@@ -29,8 +29,12 @@ pub enum Source {
     /// or a name in `plugins.dir` given at runtime ([`Source::named`]).
     /// `shown` is how views and errors name it.
     File { path: PathBuf, shown: String },
-    /// A `.wasm` component uploaded over the admin API.
-    Upload(Vec<u8>),
+    /// A `.wasm` component uploaded over the admin API, and the name it
+    /// was given (`?name=`; the CLI sends the file's name).
+    Upload {
+        bytes: Vec<u8>,
+        name: Option<String>,
+    },
 }
 
 impl Source {
@@ -40,7 +44,10 @@ impl Source {
             Source::Builtin(name) => format!("builtin:{name}"),
             Source::Native(name) => format!("native:{name}"),
             Source::File { shown, .. } => shown.clone(),
-            Source::Upload(_) => "upload".into(),
+            Source::Upload { bytes, name } => {
+                let sha = super::slot::sha256_hex(bytes);
+                format!("{}@{}", name.as_deref().unwrap_or("upload"), &sha[..12])
+            }
         }
     }
 
@@ -168,9 +175,9 @@ fn plugin_bytes(source: &Source) -> Result<(String, std::borrow::Cow<'static, [u
         Source::File { path, shown } => {
             super::file::read(path, shown).map(|bytes| (shown.clone(), bytes.into()))
         }
-        Source::Upload(bytes) => {
+        Source::Upload { bytes, .. } => {
             super::file::check_magic(bytes, "the upload")?;
-            Ok(("upload".into(), bytes.clone().into()))
+            Ok((source.label(), bytes.clone().into()))
         }
         Source::Builtin(name) => builtin::router(name)
             .map(|bytes| (name.clone(), bytes.into()))
