@@ -272,18 +272,18 @@ impl Server {
             fanout.start(&context);
         }
         let probed = Arc::new(Semaphore::new(0));
+        let probing = Arc::new(failover::probe::Probing {
+            config: context.config.probe.clone(),
+            detectors: context.detector.clone(),
+            opts: connect.clone(),
+            first_round: probed.clone(),
+            events: context.events.clone(),
+            shutdown: shutdown_rx.clone(),
+        });
         let mut node_count = 0;
         for (shard, node) in context.topology.nodes() {
             node_count += 1;
-            failover::probe::spawn(
-                shard.clone(),
-                node.clone(),
-                context.config.probe.clone(),
-                context.detector.clone(),
-                connect.clone(),
-                probed.clone(),
-                context.events.clone(),
-            );
+            failover::probe::spawn(shard.clone(), node.clone(), probing.clone());
         }
         // Accepting clients before the first probes answer would refuse their
         // first commands for want of a known primary.

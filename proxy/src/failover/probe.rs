@@ -115,18 +115,32 @@ struct Busy {
 
 /// Starts the probe of one node. `first_round` gets a permit once the node
 /// has been probed (successfully or not) for the first time.
-pub fn spawn(
-    shard: Arc<Shard>,
-    node: Arc<Node>,
-    config: ProbeConfig,
-    detectors: Arc<DetectorSource>,
-    opts: ConnectOptions,
-    first_round: Arc<Semaphore>,
-    events: Arc<Events>,
-) {
+/// What every node's probe shares.
+pub struct Probing {
+    pub config: ProbeConfig,
+    pub detectors: Arc<DetectorSource>,
+    pub opts: ConnectOptions,
+    /// Gets a permit once each node has been probed for the first time.
+    pub first_round: Arc<Semaphore>,
+    pub events: Arc<Events>,
+    /// Probes stop when Rampart shuts down (so does the controller that
+    /// acts on what they see).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
     let span = tracing::info_span!("probe", shard = %shard.name, node = %node.addr);
     tokio::spawn(
         async move {
+            let Probing {
+                config,
+                detectors,
+                opts,
+                first_round,
+                events,
+                shutdown,
+            } = &*probing;
+            let mut shutdown = shutdown.clone();
             let interval = Duration::from_millis(config.interval_ms);
             let timeout = Duration::from_millis(config.timeout_ms);
             let mut control: Option<Control> = None;
@@ -139,7 +153,7 @@ pub fn spawn(
                     (generation, detector) = detectors.for_node(node.id);
                 }
                 let started = Instant::now();
-                let result = probe_once(&node, &mut control, &opts, timeout).await;
+                let result = probe_once(&node, &mut control, opts, timeout).await;
                 let alive = match &result {
                     Ok(Answer::Report(_)) => true,
                     Ok(Answer::Busy(_)) => !busy.unkillable,
@@ -200,7 +214,10 @@ pub fn spawn(
                     first = false;
                     first_round.add_permits(1);
                 }
-                tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(interval.saturating_sub(started.elapsed())) => {}
+                    _ = shutdown.changed() => return,
+                }
             }
         }
         .instrument(span),
