@@ -438,6 +438,11 @@ fn a_shadow_router_is_compared_then_activated() {
     let disagree: u64 = counts.iter().map(|c| c["disagree"].as_u64().unwrap()).sum();
     let agree: u64 = counts.iter().map(|c| c["agree"].as_u64().unwrap()).sum();
     assert!(disagree >= 100 && agree == 0, "{counts:?}");
+    // What the candidate would have done: everything to the primary.
+    let chosen = &json["router"][0][1]["shadow"]["by_shadow_choice"];
+    assert_eq!(chosen[0][0], "primary", "{chosen}");
+    assert!(chosen[0][1].as_u64().unwrap() >= 100, "{chosen}");
+    assert_eq!(chosen[1][1], 0, "{chosen}");
 
     assert_eq!(
         proxy

@@ -142,6 +142,21 @@ fn list(admin: &Admin, json: bool) -> Result<(), Failure> {
     }
     rows.push(row("*", "detector", "active", &policies["detector"]));
     print!("{}", table(&rows));
+    // Where each shadow would have sent the reads it saw.
+    for entry in policies["router"].as_array().into_iter().flatten() {
+        let chosen = &entry[1]["shadow"]["by_shadow_choice"];
+        if let Some(choices) = chosen.as_array() {
+            let text: Vec<String> = choices
+                .iter()
+                .map(|c| format!("{} {}", str(&c[0]), c[1]))
+                .collect();
+            println!(
+                "shadow of {} would have sent reads to: {}",
+                str(&entry[0]),
+                text.join(", ")
+            );
+        }
+    }
     Ok(())
 }
 

@@ -100,6 +100,8 @@ pub struct Shadow {
     /// Per choice of the active router (index 0: the primary, i + 1: node
     /// i of the shard), how often the shadow agreed and disagreed.
     counts: Vec<(AtomicU64, AtomicU64)>,
+    /// Per choice of the shadow (same indices), how often it chose it.
+    chosen: Vec<AtomicU64>,
 }
 
 impl Shadow {
@@ -109,6 +111,9 @@ impl Shadow {
                 .map_or(0, |i| i + 1)
         };
         let (a, s) = (index(active), index(shadow));
+        if let Some(chosen) = self.chosen.get(s) {
+            chosen.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some((agree, disagree)) = self.counts.get(a) {
             if a == s {
                 agree.fetch_add(1, Ordering::Relaxed);
@@ -138,6 +143,12 @@ impl Shadow {
                     disagree: disagree.load(Ordering::Relaxed),
                 })
                 .collect(),
+            by_shadow_choice: self
+                .chosen
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (label(i), n.load(Ordering::Relaxed)))
+                .collect(),
         }
     }
 }
@@ -146,6 +157,9 @@ impl Shadow {
 pub struct ShadowView {
     pub candidate: GenerationView,
     pub by_active_choice: Vec<ChoiceCounts>,
+    /// What the candidate chose: each node (and "primary") with how many
+    /// reads it would have sent there.
+    pub by_shadow_choice: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,6 +249,7 @@ impl RouterSlot {
             Arc::new(Shadow {
                 generation: Arc::new(g),
                 counts: (0..=nodes).map(|_| Default::default()).collect(),
+                chosen: (0..=nodes).map(|_| Default::default()).collect(),
             })
         }));
     }
