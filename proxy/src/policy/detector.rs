@@ -62,6 +62,11 @@ impl WasmDetector {
     pub fn describe(&self) -> PolicyView {
         self.plugin.describe()
     }
+
+    /// See [`Single::reset`]: the self-check's probe results are forgotten.
+    pub fn forget_self_check(&self) {
+        self.plugin.reset();
+    }
 }
 
 /// One node's view of a shared detector plugin.

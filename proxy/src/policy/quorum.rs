@@ -98,4 +98,8 @@ impl QuorumPolicy for WasmQuorum {
     fn describe(&self) -> PolicyView {
         self.plugin.describe()
     }
+
+    fn forget_self_check(&self) {
+        self.plugin.reset();
+    }
 }

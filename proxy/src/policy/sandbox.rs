@@ -187,6 +187,12 @@ impl<W> Single<W> {
         self.stats.view(&self.name)
     }
 
+    /// Drops the instance: the next call makes a fresh one (configured
+    /// anew), with none of the state the calls so far left in it.
+    pub fn reset(&self) {
+        *self.instance.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Links, instantiates and configures a single-instance plugin:
     /// `instantiate` and `configure` are the world's own calls.
     pub fn load<P>(

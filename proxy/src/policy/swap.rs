@@ -355,6 +355,7 @@ pub fn build_quorum(
             checked.last_error.as_deref().unwrap_or("-")
         ));
     }
+    built.policy.forget_self_check();
     Ok(built)
 }
 
@@ -409,6 +410,7 @@ pub fn build_detector(
             checked.last_error.as_deref().unwrap_or("-")
         ));
     }
+    plugin.forget_self_check();
     Ok(Built {
         policy: DetectorChoice::Plugin(plugin),
         wasm: Some(bytes),

@@ -37,6 +37,10 @@ pub trait QuorumPolicy: Send + Sync {
     fn elect(&self, candidates: &[Candidate]) -> Option<u32>;
 
     fn describe(&self) -> PolicyView;
+
+    /// Drops whatever state the load's self-check left, so the policy
+    /// starts in service as new. Stateless policies have nothing to drop.
+    fn forget_self_check(&self) {}
 }
 
 /// The built-in quorums.
