@@ -6,8 +6,8 @@
 //! commands already routing finish on the generation they loaded. A new
 //! generation is compiled, instantiated, configured and self-checked on a
 //! blocking thread before it is published; one that fails any step is never
-//! seen by a command. The previous generation is kept for rollback, by hand
-//! or automatically when a new one keeps trapping. A *shadow* generation
+//! seen by a command. The last few generations are kept for rollback, by
+//! hand or automatically when a new one keeps trapping. A *shadow* generation
 //! can run beside the active one on the same reads: its choices are only
 //! compared and counted.
 
@@ -169,10 +169,14 @@ pub struct ChoiceCounts {
     pub disagree: u64,
 }
 
-/// A shard's router: the active generation, the one before, a shadow.
+/// Generations kept behind the active one for rollback.
+const KEEP: usize = 3;
+
+/// A shard's router: the active generation, the ones before, a shadow.
 pub struct RouterSlot {
     current: ArcSwap<Generation>,
-    previous: Mutex<Option<Arc<Generation>>>,
+    /// Oldest first; a rollback takes the last.
+    previous: Mutex<Vec<Arc<Generation>>>,
     shadow: ArcSwapOption<Shadow>,
     /// Whether a shadow is set: checked before loading it, so reads without
     /// a shadow (nearly all) skip that load.
@@ -183,7 +187,11 @@ pub struct RouterSlot {
 #[derive(Debug, Clone, Serialize)]
 pub struct SlotView {
     pub active: GenerationView,
+    /// What a rollback goes back to.
     pub previous: Option<GenerationView>,
+    /// The generations further back, newest first: rollbacks after the
+    /// first go to these in turn.
+    pub earlier: Vec<u64>,
     pub shadow: Option<ShadowView>,
 }
 
@@ -192,7 +200,7 @@ impl RouterSlot {
         RouterSlot {
             next: AtomicU64::new(generation.number + 1),
             current: ArcSwap::from_pointee(generation),
-            previous: Mutex::new(None),
+            previous: Mutex::new(Vec::new()),
             shadow: ArcSwapOption::empty(),
             has_shadow: AtomicBool::new(false),
         }
@@ -225,8 +233,17 @@ impl RouterSlot {
     pub fn publish(&self, generation: Generation) -> u64 {
         let number = generation.number;
         let old = self.current.swap(Arc::new(generation));
-        *self.previous.lock().unwrap_or_else(|p| p.into_inner()) = Some(old);
+        self.remember(old);
         number
+    }
+
+    /// Keeps a generation that was just replaced, for rollback.
+    fn remember(&self, old: Arc<Generation>) {
+        let mut previous = self.previous.lock().unwrap_or_else(|p| p.into_inner());
+        previous.push(old);
+        if previous.len() > KEEP {
+            previous.remove(0);
+        }
     }
 
     /// Goes back to the previous generation; `None` if there is none.
@@ -235,7 +252,7 @@ impl RouterSlot {
             .previous
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()?;
+            .pop()?;
         let number = previous.number;
         let bad = self.current.swap(previous);
         tracing::warn!(from = bad.number, to = number, "router rolled back");
@@ -260,7 +277,7 @@ impl RouterSlot {
         let shadow = self.shadow.swap(None)?;
         let number = shadow.generation.number;
         let old = self.current.swap(shadow.generation.clone());
-        *self.previous.lock().unwrap_or_else(|p| p.into_inner()) = Some(old);
+        self.remember(old);
         Some(number)
     }
 
@@ -281,15 +298,42 @@ impl RouterSlot {
     }
 
     pub fn view(&self, shard: &Shard) -> SlotView {
+        let previous = self.previous.lock().unwrap_or_else(|p| p.into_inner());
         SlotView {
             active: self.current.load().view(),
-            previous: self
-                .previous
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .map(|g| g.view()),
+            previous: previous.last().map(|g| g.view()),
+            earlier: previous.iter().rev().skip(1).map(|g| g.number).collect(),
             shadow: self.shadow.load().as_ref().map(|s| s.view(shard)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::PrimaryOnly;
+
+    fn generation(number: u64) -> Generation {
+        Generation::new(
+            number,
+            Box::new(PrimaryOnly),
+            format!("g{number}"),
+            None,
+            String::new(),
+        )
+    }
+
+    #[test]
+    fn the_last_few_generations_can_be_rolled_back_to_in_turn() {
+        let slot = RouterSlot::from_generation(generation(1));
+        for n in 2..=5 {
+            slot.publish(generation(n));
+        }
+        assert_eq!(slot.active().number, 5);
+        assert_eq!(slot.rollback(), Some(4));
+        assert_eq!(slot.rollback(), Some(3));
+        assert_eq!(slot.rollback(), Some(2));
+        assert_eq!(slot.rollback(), None, "only {KEEP} are kept");
+        assert_eq!(slot.active().number, 2);
     }
 }
