@@ -74,6 +74,69 @@ fn every_metric_is_documented() {
     }
 }
 
+/// The alert rules pass `promtool check rules` and their own unit tests
+/// (`promtool test rules`), and every metric they and the Grafana
+/// dashboard query is one Rampart exports.
+#[test]
+fn alerts_and_the_grafana_dashboard_query_real_metrics() {
+    for args in [
+        ["check", "rules", "deploy/prometheus/alerts.yml"],
+        ["test", "rules", "deploy/prometheus/alerts_test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(rampart_tests::repo_path(""))
+            .output()
+            .expect("promtool (Debian's prometheus package) is installed");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let cluster = Cluster::start(0);
+    let proxy = Proxy::start(&cluster.addrs(), Setup::default());
+    let metrics = rampart_tests::http_get(proxy.admin.unwrap(), "/metrics").1;
+    let exported: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(rampart_tests::repo_path("deploy/grafana/rampart.json")).unwrap(),
+    )
+    .expect("the Grafana dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8);
+    let mut queries: Vec<String> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap_or_default().to_string())
+        .collect();
+    queries.push(
+        std::fs::read_to_string(rampart_tests::repo_path("deploy/prometheus/alerts.yml")).unwrap(),
+    );
+    for text in &queries {
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("rampart_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
+            assert!(
+                exported.contains(&family),
+                "{name} is queried but not exported"
+            );
+        }
+    }
+}
+
 #[test]
 fn metrics_in_prometheus_format() {
     let cluster = Cluster::start(1);

@@ -177,6 +177,13 @@ pub fn render(ctx: &Context) -> String {
         );
         family(
             o,
+            "rampart_clients_output_cap_bytes",
+            "gauge",
+            "limits.clients_output_total_mb in bytes (0: no cap): past it the biggest client is disconnected.",
+            [(String::new(), budget.total_cap() as f64)],
+        );
+        family(
+            o,
             "rampart_clients_partial_request_bytes",
             "gauge",
             "Requests received in part, across clients.",

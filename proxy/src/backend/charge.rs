@@ -92,6 +92,11 @@ impl Budget {
         account
     }
 
+    /// The cap on [`Budget::total`], 0 for none.
+    pub fn total_cap(&self) -> usize {
+        self.caps.total
+    }
+
     /// Bytes of replies held for all clients.
     pub fn total(&self) -> usize {
         self.total.load(Ordering::Relaxed)
