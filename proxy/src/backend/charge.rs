@@ -85,6 +85,7 @@ impl Budget {
             over_soft_since: Mutex::new(None),
             over_soft: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
+            partial: AtomicUsize::new(0),
             reason: std::sync::atomic::AtomicU8::new(u8::MAX),
             wake: Notify::new(),
         });
@@ -139,6 +140,8 @@ pub struct Account {
     /// Set while `over_soft_since` may hold a time.
     over_soft: AtomicBool,
     evicted: AtomicBool,
+    /// Bytes of partly received requests the client holds.
+    partial: AtomicUsize,
     /// The [`Reason`] once evicted (`u8::MAX` before).
     reason: std::sync::atomic::AtomicU8,
     wake: Notify,
@@ -195,9 +198,12 @@ impl Account {
     }
 
     /// Records that the client now holds `now` bytes of requests not yet
-    /// complete (it held `before`). Evicts it, and answers false, when its
-    /// growing request takes the total across clients past the cap.
-    pub fn hold_partial(&self, before: usize, now: usize) -> bool {
+    /// complete. Evicts it, and answers false, when its growing request
+    /// takes the total across clients past the cap. What it holds is given
+    /// back when the account closes, however the connection ended.
+    pub fn hold_partial(&self, now: usize) -> bool {
+        // Only this client's task calls this: no race between the two.
+        let before = self.partial.swap(now, Ordering::Relaxed);
         if now == before {
             // The common case (nothing held, nothing held): no shared write.
             return true;
@@ -262,6 +268,7 @@ impl Account {
 
 impl Drop for Account {
     fn drop(&mut self) {
+        self.hold_partial(0);
         self.budget.accounts.remove(&self.id);
     }
 }
@@ -428,14 +435,11 @@ mod tests {
         });
         let a = budget.open(1);
         let b = budget.open(2);
-        assert!(a.hold_partial(0, 60));
-        assert!(
-            !b.hold_partial(0, 50),
-            "the one that grows past the cap goes"
-        );
+        assert!(a.hold_partial(60));
+        assert!(!b.hold_partial(50), "the one that grows past the cap goes");
         assert!(b.is_evicted() && !a.is_evicted());
-        b.hold_partial(50, 0);
-        assert!(a.hold_partial(60, 0));
+        drop(b);
+        assert!(a.hold_partial(0));
         assert_eq!(budget.partial(), 0);
     }
 }

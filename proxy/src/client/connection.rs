@@ -72,8 +72,6 @@ pub struct Connection {
     pub(super) session: Session,
     parser: RequestParser,
     buf: BytesMut,
-    /// Bytes of `buf` counted against `limits.partial_requests_total_mb`.
-    partial: usize,
     /// This client's share of the memory caps (its replies hold it too).
     account: Arc<crate::backend::charge::Account>,
     pub(super) replies: Replies,
@@ -129,7 +127,6 @@ impl Connection {
             parser: RequestParser::new(limits),
             buf: BytesMut::with_capacity(16 * 1024),
             replies: Replies::new(wr, ctx.metrics.clone(), account.clone()),
-            partial: 0,
             account,
             open: None,
             pipe_from: None,
@@ -179,7 +176,7 @@ impl Connection {
                 break;
             }
             // What stays in `buf` is an unfinished request.
-            if !self.hold_partial() {
+            if !self.account.hold_partial(self.buf.len()) {
                 gone = true;
                 break;
             }
@@ -227,7 +224,9 @@ impl Connection {
                 },
             }
         }
-        self.hold_partial_none();
+        // Nothing more is read: what the buffer held no longer counts (the
+        // account gives it back when it closes too, on every other path).
+        self.account.hold_partial(0);
         if let Some(reason) = self.account.eviction() {
             // Nothing more is written to a client evicted for its memory:
             // what it is owed is dropped with the connection.
@@ -253,19 +252,6 @@ impl Connection {
         }
         let _ = self.replies.drain().await;
         self.replies.shutdown().await;
-    }
-
-    /// Counts what `buf` holds against the cap on partly received
-    /// requests; false when that evicted this client.
-    fn hold_partial(&mut self) -> bool {
-        let now = self.buf.len();
-        let before = std::mem::replace(&mut self.partial, now);
-        self.account.hold_partial(before, now)
-    }
-
-    fn hold_partial_none(&mut self) {
-        let before = std::mem::take(&mut self.partial);
-        self.account.hold_partial(before, 0);
     }
 
     /// A piped session: client bytes are parsed (so framing stays checked)

@@ -42,10 +42,6 @@ impl Stream {
         self.tcp().peer_addr()
     }
 
-    pub fn is_tls(&self) -> bool {
-        !matches!(self, Stream::Tcp(_))
-    }
-
     pub fn into_split(self) -> (ReadHalf, WriteHalf) {
         match self {
             Stream::Tcp(s) => {
