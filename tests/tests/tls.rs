@@ -241,3 +241,37 @@ fn certificates_reload_on_sighup_without_dropping_clients() {
     let n: i64 = before.incr("k", 1).unwrap();
     assert_eq!(n, 2);
 }
+
+/// Nodes whose certificates Rampart cannot verify are not reached: the
+/// handshake fails, the node is down, and a client gets Redis-style
+/// errors rather than a hang.
+#[test]
+fn nodes_with_a_certificate_rampart_does_not_trust_are_not_used() {
+    let pki = Arc::new(Pki::new());
+    let cluster = Cluster::start_tls(0, &pki);
+    let stranger = Pki::new();
+    let text = rampart_tests::config_for(
+        &cluster.addrs(),
+        Setup {
+            sections: &format!(
+                "[backend.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[failover]\nhold_writes_ms = 300\n",
+                stranger.ca.display(),
+                pki.cert.display(),
+                pki.key.display()
+            ),
+            ..Setup::default()
+        },
+    );
+    let proxy = Proxy::start_with(&text);
+    assert_eq!(proxy.shard()["nodes"][0]["health"], "down");
+    assert_eq!(
+        rampart_tests::http_get(proxy.admin.unwrap(), "/readyz").0,
+        503
+    );
+    let mut c = proxy.conn();
+    let refused = c.set::<_, _, ()>("k", "v").unwrap_err();
+    assert!(
+        refused.to_string().contains("no reachable primary"),
+        "{refused}"
+    );
+}
