@@ -333,6 +333,12 @@ pub struct ShardConfig {
     /// `host:port` of every node. Which one is primary is discovered from
     /// the nodes themselves (`INFO replication`), never trusted from this list.
     pub nodes: Vec<String>,
+    /// The hash slots this shard owns (`"0-8191"`, `"0-5000,10000-16383"`),
+    /// as in Redis Cluster: CRC16 of the key (or of its `{hash tag}`)
+    /// modulo 16384. Needed when there are several shards; every slot must
+    /// be owned by exactly one. One shard owns every slot.
+    #[serde(default)]
+    pub slots: Option<String>,
     /// Where read-only commands go.
     #[serde(default)]
     pub read_from: ReadFrom,
@@ -534,6 +540,17 @@ pub enum ReadFrom {
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// Which shard owns each hash slot, from the shards' `slots`: shard
+    /// indexes follow the order of `shards` (by name).
+    pub fn slot_map(&self) -> Result<crate::shard::slots::SlotMap, ConfigError> {
+        crate::shard::slots::SlotMap::build(
+            self.shards
+                .iter()
+                .map(|(name, shard)| (name.as_str(), shard.slots.as_deref())),
+        )
+        .map_err(|e| ConfigError(e.0))
+    }
+
     /// Zone names numbered for the routers (1, 2, ... in name order; 0 is
     /// none): every zone named in `config`.
     pub fn zone_numbers(&self) -> BTreeMap<String, u32> {
@@ -621,11 +638,18 @@ impl Config {
                     .into(),
             ));
         }
-        if self.shards.len() > 1 {
-            return Err(ConfigError(format!(
-                "field `shards`: expected exactly one shard (key-based sharding is not supported yet), got {}",
-                self.shards.len()
-            )));
+        self.slot_map()?;
+        let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, shard) in &self.shards {
+            for node in &shard.nodes {
+                if let Some(other) = seen.insert(node, name) {
+                    if other != name {
+                        return Err(ConfigError(format!(
+                            "field `shards.{name}.nodes`: {node} is also a node of shard '{other}'"
+                        )));
+                    }
+                }
+            }
         }
         for (name, shard) in &self.shards {
             if shard.nodes.is_empty() {

@@ -33,6 +33,8 @@ pub struct Context {
     /// Every shard with its router, quorum policy and write path, in
     /// configuration order.
     pub shards: Vec<Arc<crate::shard::Shard>>,
+    /// Which shard owns each hash slot.
+    pub slots: crate::shard::slots::SlotMap,
     /// Bumped when any node's role or health changes (router plugins
     /// refresh their node list on it).
     pub topology_changes: Arc<AtomicU64>,
@@ -245,7 +247,9 @@ impl Server {
             })
             .collect();
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let slots = config.slot_map().map_err(|e| invalid(e.to_string()))?;
         let context = Arc::new(Context {
+            slots,
             topology: Topology { shards },
             shards: owned,
             topology_changes: changes.clone(),

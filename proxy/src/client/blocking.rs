@@ -33,6 +33,7 @@ use crate::admin::metrics::BatchClass;
 use crate::backend::{Batch, BatchReply, Link};
 use crate::resp::{Proto, Request};
 use crate::topology::Node;
+use tokio::sync::oneshot;
 
 /// How long a blocked command may take to answer once unblocked.
 const UNBLOCK_WAIT: Duration = Duration::from_secs(2);
@@ -403,4 +404,68 @@ mod tests {
         let moved = decode(b"$3\r\njob\r\n", Proto::Resp2).unwrap();
         assert!(undo(&req(&["BLMOVE", "a", "b", "LEFT", "LEFT", "0"]), &moved).is_none());
     }
+}
+
+impl Connection {
+    /// `WAIT`/`WAITAOF` count replica acknowledgements of this connection's
+    /// writes, but a client's writes went over a shared link. So Rampart
+    /// waits for the client's earlier replies, then on a dedicated connection
+    /// makes one tiny write of its own (a PUBLISH nobody listens to) and
+    /// waits on that: replication is ordered, so acknowledging it means
+    /// acknowledging everything the client wrote before. Nobody else's
+    /// commands queue behind the wait.
+    pub(super) async fn wait(&mut self, req: Request) -> Flow {
+        if self.session.in_multi {
+            return self.pinned(req).await;
+        }
+        if self.flush().await == Flow::Stop || self.barrier().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        let pinned = self.session.pinned.clone();
+        let (node, link, borrowed) = match pinned {
+            Some((node, link)) => (node, link, false),
+            None => match self.dedicated().await {
+                Ok((node, link)) => (node, link, true),
+                Err(error) => return self.reply(error).await,
+            },
+        };
+        let marker = Request::from_args(&["PUBLISH", crate::backend::own::WAIT_MARKER, ""]);
+        let (tx, rx) = oneshot::channel();
+        node.count_requests(2);
+        link.send(Batch::plain(vec![marker.raw, req.raw.clone()], tx))
+            .await;
+        // The WAIT may block for long: its reply is awaited beside the
+        // client's other replies, so a client that leaves meanwhile is seen
+        // leaving (and its WAIT unblocked). Only the WAIT's reply goes to
+        // the client, not the marker's.
+        let (client_tx, client_rx) = oneshot::channel();
+        let proto = self.session.proto;
+        let lent = borrowed.then(|| (node.clone(), link.clone()));
+        tokio::spawn(async move {
+            let reply = rx.await.unwrap_or_else(|_| BatchReply {
+                data: Bytes::new(),
+                got: 0,
+                error: Some("ERR rampart: WAIT failed".into()),
+                charge: None,
+            });
+            let _ = client_tx.send(without_first(reply));
+            if let Some((node, link)) = lent {
+                node.pool.give_back(link, proto);
+            }
+        });
+        self.expect_blocked(node, link, req, client_rx);
+        Flow::Continue
+    }
+}
+
+/// A batch's replies without the first one (a marker Rampart added).
+fn without_first(mut reply: BatchReply) -> BatchReply {
+    if reply.got == 0 {
+        return reply;
+    }
+    let mut scanner = crate::resp::ReplyScanner::new(8);
+    let first = scanner.scan(&reply.data).ok().flatten().unwrap_or(0);
+    reply.data = reply.data.slice(first..);
+    reply.got -= 1;
+    reply
 }

@@ -6,18 +6,23 @@
 //! (over the `registry` of connected clients), and what clients may not do
 //! in `guard`.
 
+mod batch;
 mod blocking;
 mod connection;
 mod durable;
+mod fanout;
 pub mod guard;
 mod identity;
 pub(crate) mod local;
 mod monitor;
+mod pin;
+mod pipe;
 pub mod registry;
 mod slowlog;
 
 pub use local::constant_time_eq;
 mod session;
+mod tx;
 mod writer;
 
 use std::sync::Arc;

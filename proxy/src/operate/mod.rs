@@ -46,10 +46,9 @@ impl OpError {
 }
 
 impl Context {
-    /// The shard that owns `key`. Rampart serves one shard today; hash
-    /// slots will pick among several here.
-    pub fn shard_of(&self, _key: &[u8]) -> &Arc<Shard> {
-        &self.shards[0]
+    /// The shard that owns `key`'s hash slot.
+    pub fn shard_of(&self, key: &[u8]) -> &Arc<Shard> {
+        &self.shards[self.slots.shard_of(key)]
     }
 
     /// The shard named `name`.

@@ -4,6 +4,8 @@
 
 pub mod command;
 pub mod encode;
+pub mod keyspecs;
+mod keyspecs_table;
 pub mod limits;
 pub mod reply;
 pub mod request;

@@ -5,6 +5,10 @@
 //! controller. Code that has found the shard it needs talks to this and
 //! nothing else about it.
 
+pub mod locate;
+pub mod slots;
+pub mod split;
+
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;

@@ -1,0 +1,153 @@
+//! Dedicated connections: a client whose state lives on a connection (a
+//! transaction, WATCH, a database, an ACL user, a CLIENT option) is pinned
+//! to one of its own on the primary; and while a shard has no primary, a
+//! request that needs one waits for the failover instead of failing.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::connection::{Connection, Flow};
+use crate::backend::{Batch, Link};
+use crate::resp::{Request, Value};
+use crate::topology::Node;
+
+impl Connection {
+    /// Sends on the client's dedicated connection, opening one if needed.
+    pub(super) async fn pinned(&mut self, req: Request) -> Flow {
+        if let Err(error) = self.pin().await {
+            return self.reply(error).await;
+        }
+        let Some((node, link)) = self.session.pinned.clone() else {
+            return Flow::Continue;
+        };
+        self.add(node, link, req.raw).await
+    }
+
+    /// Sends requests on a link and waits for all their replies, after
+    /// everything the client sent before them (an open batch for the same
+    /// link would otherwise be overtaken). The replies as the node wrote
+    /// them, or the error to answer with if any did not come.
+    pub(super) async fn call(
+        &mut self,
+        node: &Node,
+        link: &Link,
+        requests: Vec<Bytes>,
+        what: &str,
+    ) -> Result<Bytes, Value> {
+        let failed = || Value::err(format!("ERR rampart: {what} failed"));
+        if self.flush().await == Flow::Stop {
+            return Err(failed());
+        }
+        let (tx, rx) = oneshot::channel();
+        let replies = requests.len();
+        node.count_requests(replies as u64);
+        link.send(Batch::plain(requests, tx)).await;
+        match rx.await {
+            Ok(reply) if reply.got == replies && reply.error.is_none() => Ok(reply.data),
+            Ok(reply) => Err(reply
+                .error
+                .map_or_else(failed, |error| Value::err(error.to_string()))),
+            Err(_) => Err(failed()),
+        }
+    }
+
+    /// Ensures the client holds a live dedicated connection to the primary.
+    pub(super) async fn pin(&mut self) -> Result<(), Value> {
+        if let Some((_, link)) = &self.session.pinned {
+            if link.is_up() {
+                return Ok(());
+            }
+            self.session.lose_pinned();
+            if self.session.tx_lost && self.session.in_multi {
+                return Err(Value::err(
+                    "ERR rampart: the connection holding this transaction or WATCH was lost",
+                ));
+            }
+        }
+        if self.flush().await == Flow::Stop || self.barrier().await == Flow::Stop {
+            return Err(Value::err("ERR rampart: connection closing"));
+        }
+        let (node, link) = self.dedicated().await?;
+        self.session.pinned = Some((node, link));
+        Ok(())
+    }
+
+    /// A dedicated connection to the primary in this client's state.
+    pub(super) async fn dedicated(&mut self) -> Result<(Arc<Node>, Link), Value> {
+        if !self.await_primary().await {
+            return Err(self.no_primary());
+        }
+        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+            return Err(self.no_primary());
+        };
+        match primary.pool.dedicated(self.session.link_session()).await {
+            Ok(link) => Ok((primary, link)),
+            Err(e) => Err(Value::err(format!(
+                "ERR rampart: {} unavailable ({e})",
+                primary.addr
+            ))),
+        }
+    }
+
+    /// Returns a clean dedicated connection to the pool once every reply it
+    /// owes has arrived.
+    pub(super) async fn unpin(&mut self) {
+        if self.flush().await == Flow::Stop || self.barrier().await == Flow::Stop {
+            return;
+        }
+        if let Some((node, link)) = self.session.pinned.take() {
+            if self.session.is_clean() {
+                node.pool.give_back(link, self.session.proto);
+            }
+        }
+    }
+
+    /// While the shard has no usable primary (a failover is choosing one),
+    /// a request that needs it waits, up to `failover.hold_writes_ms`, so a
+    /// failover costs clients a pause instead of errors. At most
+    /// `failover.max_held_clients` wait; beyond that, and past the time
+    /// bound, the caller answers an error. True once there is a primary.
+    pub(super) async fn await_primary(&mut self) -> bool {
+        let ctx = self.ctx.clone();
+        let shard = ctx.topology.shard();
+        if shard.primary().is_some() {
+            return true;
+        }
+        if self.flush().await == Flow::Stop {
+            return false;
+        }
+        let failover = &ctx.config.failover;
+        if shard.held.fetch_add(1, Ordering::AcqRel) >= failover.max_held_clients {
+            shard.held.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_millis(failover.hold_writes_ms);
+        let mut changed = shard.watch();
+        let mut shutdown = ctx.shutdown.clone();
+        let found = loop {
+            if shard.primary().is_some() {
+                break true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break false,
+                _ = shutdown.changed() => break false,
+                result = changed.changed() => if result.is_err() {
+                    break false;
+                },
+            }
+        };
+        shard.held.fetch_sub(1, Ordering::AcqRel);
+        found
+    }
+
+    pub(super) fn no_primary(&self) -> Value {
+        Value::err(format!(
+            "ERR rampart: no reachable primary for shard '{}'",
+            self.ctx.topology.shard().name
+        ))
+    }
+}

@@ -1,0 +1,196 @@
+//! Clients piped to a connection of their own: SUBSCRIBE, MONITOR and
+//! CLIENT TRACKING turn the connection into a stream of pushed messages,
+//! so from then on the client's bytes are passed straight through (parsed,
+//! so framing stays checked) and the node's bytes copied back.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::connection::{Connection, Flow};
+use crate::net::ReadHalf;
+use crate::resp::{Request, Value};
+
+impl Connection {
+    /// A piped session: client bytes are parsed (so framing stays checked)
+    /// and forwarded, backend bytes are copied back untouched.
+    pub(super) async fn pipe(mut self, mut rd: ReadHalf, mut backend: ReadHalf) {
+        let mut from_backend = BytesMut::with_capacity(16 * 1024);
+        let mut monitor = self
+            .session
+            .monitor
+            .then(super::monitor::MonitorFilter::default);
+        let mut shutdown = self.ctx.shutdown.clone();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                read = backend.read_buf(&mut from_backend) => match read {
+                    Ok(n) if n > 0 => {
+                        let written = match monitor.as_mut() {
+                            Some(filter) => {
+                                let lines = filter.feed(&from_backend);
+                                self.replies.write_raw(&lines).await
+                            }
+                            None => self.replies.write_raw(&from_backend).await,
+                        };
+                        if written.is_err() {
+                            break;
+                        }
+                        from_backend.clear();
+                    }
+                    _ => break,
+                },
+                read = rd.read_buf(&mut self.buf) => match read {
+                    Ok(n) if n > 0 => loop {
+                        match self.parser.parse(&mut self.buf) {
+                            Ok(Some(req)) => {
+                                if self.handle(req).await == Flow::Stop {
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                let error = Value::err(format!("ERR {e}")).encode(self.session.proto);
+                                let _ = self.replies.write_raw(&error).await;
+                                self.replies.shutdown().await;
+                                return;
+                            }
+                        }
+                    },
+                    _ => break,
+                },
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(16 * 1024);
+            }
+        }
+        self.replies.shutdown().await;
+    }
+
+    /// SUBSCRIBE, MONITOR, CLIENT TRACKING: from now on this client is piped
+    /// straight to a connection of its own, pushed messages and all.
+    pub(super) async fn stream(&mut self, req: Request) -> Flow {
+        if self.session.in_multi {
+            return self.pinned(req).await;
+        }
+        if self.flush().await == Flow::Stop || self.barrier().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        if let Some((node, link)) = self.session.pinned.take() {
+            if self.session.is_clean() {
+                node.pool.give_back(link, self.session.proto);
+            }
+        }
+        // A subscriber that reconnects while its primary is dying (redis-py
+        // and ioredis re-subscribe at once) waits for the failover, as a
+        // write would, rather than failing and ending up subscribed to
+        // nothing.
+        let deadline = tokio::time::Instant::now()
+            + std::time::Duration::from_millis(self.ctx.config.failover.hold_writes_ms);
+        let (primary, stream, backend_id) = loop {
+            if !self.await_primary().await {
+                return self.reply(self.no_primary()).await;
+            }
+            let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+                return self.reply(self.no_primary()).await;
+            };
+            match primary.pool.raw(self.session.link_session()).await {
+                Ok((stream, id)) => break (primary, stream, id),
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    let mut changed = self.ctx.topology.shard().watch();
+                    let pause = std::time::Duration::from_millis(100);
+                    let _ = tokio::time::timeout(pause, changed.changed()).await;
+                }
+                Err(e) => {
+                    return self
+                        .reply(Value::err(format!(
+                            "ERR rampart: {} unavailable ({e})",
+                            primary.addr
+                        )))
+                        .await
+                }
+            }
+        };
+        let req = match self.redirect_tracking(req, &primary.addr) {
+            Ok(req) => req,
+            Err(error) => return self.reply(error).await,
+        };
+        if let Some(id) = backend_id {
+            let addr = primary.addr.clone();
+            self.registration
+                .entry
+                .publish(|snap| snap.pipe = Some((addr, id)));
+        }
+        self.session.monitor = req.name().as_bytes() == b"MONITOR";
+        let (backend_rd, mut backend_wr) = stream.into_split();
+        self.pipe_from = Some(backend_rd);
+        primary.count_requests(1);
+        if backend_wr.write_all(&req.raw).await.is_err() || backend_wr.flush().await.is_err() {
+            return Flow::Stop;
+        }
+        self.session.pipe = Some(backend_wr);
+        Flow::Continue
+    }
+
+    /// A request from a client piped to a connection of its own: passed on
+    /// as it is, but for a `REDIRECT` to another Rampart client.
+    pub(super) async fn send_piped(&mut self, req: Request) -> Flow {
+        let node = (req.name().as_bytes() == b"CLIENT")
+            .then(|| self.registration.entry.snapshot().pipe)
+            .flatten()
+            .map(|(addr, _)| addr);
+        let req = match node {
+            Some(node) => match self.redirect_tracking(req, &node) {
+                Ok(req) => req,
+                Err(error) => {
+                    let bytes = error.encode(self.session.proto);
+                    return match self.replies.write_raw(&bytes).await {
+                        Ok(()) => Flow::Continue,
+                        Err(_) => Flow::Stop,
+                    };
+                }
+            },
+            None => req,
+        };
+        let Some(pipe) = self.session.pipe.as_mut() else {
+            return Flow::Stop;
+        };
+        match pipe.write_all(&req.raw).await {
+            Ok(()) if pipe.flush().await.is_ok() => Flow::Continue,
+            _ => Flow::Stop,
+        }
+    }
+
+    /// `CLIENT TRACKING ... REDIRECT <id>` names a Rampart client; the node
+    /// must be given that client's own connection to it instead.
+    pub(super) fn redirect_tracking(&self, req: Request, node: &str) -> Result<Request, Value> {
+        let is_tracking = req.name().as_bytes() == b"CLIENT"
+            && req
+                .arg_upper(1)
+                .is_some_and(|s| s.as_bytes() == b"TRACKING");
+        let Some(at) = (2..req.argc()).find(|&i| {
+            is_tracking
+                && req
+                    .arg_upper(i)
+                    .is_some_and(|a| a.as_bytes() == b"REDIRECT")
+        }) else {
+            return Ok(req);
+        };
+        let target = req
+            .arg(at + 1)
+            .and_then(crate::resp::request::parse_i64)
+            .and_then(|id| u64::try_from(id).ok())
+            .and_then(|id| self.ctx.registry.get(id));
+        let pipe = target.and_then(|t| t.snapshot().pipe);
+        let Some((_, backend_id)) = pipe.filter(|(addr, _)| addr == node) else {
+            return Err(Value::err(
+                "ERR The client ID you want redirect to does not exist",
+            ));
+        };
+        let mut args = req.args();
+        args[at + 1] = Bytes::from(backend_id.to_string());
+        Ok(Request::from_args(&args))
+    }
+}

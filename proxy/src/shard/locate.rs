@@ -1,0 +1,149 @@
+//! Where a request goes when there are several shards: the one shard its
+//! keys live in, every shard (keyless commands about the whole data set),
+//! or split by key (the multi-key commands Redis Cluster proxies split).
+//! Anything else whose keys span shards is refused with Redis Cluster's
+//! `CROSSSLOT` error.
+
+use super::slots::SlotMap;
+use crate::resp::keyspecs;
+use crate::resp::Request;
+
+/// Redis Cluster's answer to keys in several slots (here: shards).
+pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The shard (by index) owning every key of the request; keyless
+    /// commands not listed below go to the first shard.
+    One(usize),
+    /// Keys on several shards, in a command split by key.
+    Split(Split),
+    /// A keyless command about the whole data set.
+    Every(Every),
+    /// Keys on several shards, in a command that cannot be split.
+    CrossSlot,
+}
+
+/// Commands split by key, and how their replies are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// `MGET`: the values, in the order the keys were asked.
+    Mget,
+    /// `MSET`: `+OK` when every shard said so.
+    Mset,
+    /// `DEL`, `UNLINK`, `EXISTS`, `TOUCH`: the counts summed.
+    Count,
+}
+
+/// Keyless commands sent to every shard, and how their replies combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Every {
+    /// `DBSIZE`: summed.
+    Sum,
+    /// `KEYS`: every shard's keys in one array.
+    Concat,
+    /// `SCAN`: one shard at a time, the cursor saying which.
+    Scan,
+    /// `RANDOMKEY`: a key from a shard that has one.
+    Random,
+    /// `FLUSHALL`, `FLUSHDB`, `SCRIPT LOAD|FLUSH`, `FUNCTION LOAD|DELETE|
+    /// FLUSH|RESTORE`, `CONFIG SET|RESETSTAT`: every shard must do it; the
+    /// first shard's reply, or the first error.
+    Same,
+    /// `SCRIPT EXISTS`: a script exists when it exists on every shard.
+    All,
+}
+
+/// Where `req` goes, among `shards` shards placed by `slots`.
+pub fn locate(req: &Request, slots: &SlotMap, shards: usize) -> Place {
+    if shards <= 1 {
+        return Place::One(0);
+    }
+    if let Some(every) = every(req) {
+        return Place::Every(every);
+    }
+    let Some(keys) = keyspecs::keys(req) else {
+        return Place::One(0);
+    };
+    let mut owners = keys.iter().map(|key| slots.shard_of(key));
+    let Some(first) = owners.next() else {
+        return Place::One(0);
+    };
+    if owners.all(|owner| owner == first) {
+        return Place::One(first);
+    }
+    match split(req) {
+        Some(split) => Place::Split(split),
+        None => Place::CrossSlot,
+    }
+}
+
+fn split(req: &Request) -> Option<Split> {
+    let name = req.name();
+    match name.as_bytes() {
+        b"MGET" => Some(Split::Mget),
+        b"MSET" if req.argc() % 2 == 1 => Some(Split::Mset),
+        b"DEL" | b"UNLINK" | b"EXISTS" | b"TOUCH" => Some(Split::Count),
+        _ => None,
+    }
+}
+
+fn every(req: &Request) -> Option<Every> {
+    let name = req.name();
+    let sub = || req.arg_upper(1);
+    let sub_is = |names: &[&[u8]]| sub().is_some_and(|s| names.contains(&s.as_bytes()));
+    Some(match name.as_bytes() {
+        b"DBSIZE" => Every::Sum,
+        b"KEYS" => Every::Concat,
+        b"SCAN" => Every::Scan,
+        b"RANDOMKEY" => Every::Random,
+        b"FLUSHALL" | b"FLUSHDB" => Every::Same,
+        b"SCRIPT" if sub_is(&[b"LOAD", b"FLUSH"]) => Every::Same,
+        b"SCRIPT" if sub_is(&[b"EXISTS"]) => Every::All,
+        b"FUNCTION" if sub_is(&[b"LOAD", b"DELETE", b"FLUSH", b"RESTORE"]) => Every::Same,
+        b"CONFIG" if sub_is(&[b"SET", b"RESETSTAT"]) => Every::Same,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two() -> SlotMap {
+        SlotMap::build([("a", Some("0-8191")), ("b", Some("8192-16383"))]).unwrap()
+    }
+
+    fn place(args: &[&str]) -> Place {
+        locate(&Request::from_args(args), &two(), 2)
+    }
+
+    #[test]
+    fn keys_choose_the_shard() {
+        // bar -> 5061 (a), foo -> 12182 (b).
+        assert_eq!(place(&["GET", "bar"]), Place::One(0));
+        assert_eq!(place(&["GET", "foo"]), Place::One(1));
+        assert_eq!(place(&["MGET", "{foo}1", "{foo}2"]), Place::One(1));
+        assert_eq!(place(&["MGET", "foo", "bar"]), Place::Split(Split::Mget));
+        assert_eq!(place(&["DEL", "foo", "bar"]), Place::Split(Split::Count));
+        assert_eq!(
+            place(&["MSET", "foo", "1", "bar", "2"]),
+            Place::Split(Split::Mset)
+        );
+        assert_eq!(place(&["MSETNX", "foo", "1", "bar", "2"]), Place::CrossSlot);
+        assert_eq!(place(&["RENAME", "foo", "bar"]), Place::CrossSlot);
+        assert_eq!(
+            place(&["EVAL", "return 1", "2", "foo", "bar"]),
+            Place::CrossSlot
+        );
+        assert_eq!(place(&["EVAL", "return 1", "0"]), Place::One(0));
+        assert_eq!(place(&["DBSIZE"]), Place::Every(Every::Sum));
+        assert_eq!(place(&["script", "load", "x"]), Place::Every(Every::Same));
+        assert_eq!(place(&["PING"]), Place::One(0));
+        assert_eq!(
+            locate(&Request::from_args(&["MGET", "foo", "bar"]), &two(), 1),
+            Place::One(0)
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! Key -> hash slot -> shard, as Redis Cluster places keys.
+//!
+//! A key's slot is CRC16 (XMODEM) of the key modulo 16384, where a key
+//! holding a non-empty `{tag}` is hashed by the tag alone: applications
+//! written for Redis Cluster keep their key design (and `{user:1}:cart`
+//! and `{user:1}:orders` stay together) when they move behind Rampart.
+//! Which shard owns which slots is configuration, checked at start.
+
+use std::fmt;
+
+/// Hash slots, as in Redis Cluster.
+pub const SLOTS: usize = 16384;
+
+/// The slot `key` lives in.
+pub fn slot(key: &[u8]) -> u16 {
+    (crc16(hash_tag(key)) % SLOTS as u16) as u16
+}
+
+/// The part of `key` that is hashed: what is between the first `{` and the
+/// next `}` if that is not empty, otherwise the whole key (Redis's rule).
+fn hash_tag(key: &[u8]) -> &[u8] {
+    let Some(open) = key.iter().position(|&b| b == b'{') else {
+        return key;
+    };
+    match key[open + 1..].iter().position(|&b| b == b'}') {
+        Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+        _ => key,
+    }
+}
+
+/// CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0.
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// Which shard (by index) owns each slot.
+#[derive(Clone)]
+pub struct SlotMap {
+    owner: Box<[u16]>,
+}
+
+/// A slot map that does not cover every slot exactly once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotError(pub String);
+
+impl fmt::Display for SlotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl SlotMap {
+    /// Every slot to shard 0.
+    pub fn single() -> SlotMap {
+        SlotMap {
+            owner: vec![0; SLOTS].into_boxed_slice(),
+        }
+    }
+
+    /// Builds the map from each shard's name and `slots` setting (`None`
+    /// means every slot, allowed only when there is one shard). Every slot
+    /// must be owned by exactly one shard.
+    pub fn build<'a>(
+        shards: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    ) -> Result<SlotMap, SlotError> {
+        let shards: Vec<_> = shards.into_iter().collect();
+        if shards.len() > u16::MAX as usize {
+            return Err(SlotError("too many shards".into()));
+        }
+        let mut owner: Vec<Option<u16>> = vec![None; SLOTS];
+        for (index, (name, ranges)) in shards.iter().enumerate() {
+            let ranges = match ranges {
+                Some(ranges) => parse_ranges(ranges)
+                    .map_err(|e| SlotError(format!("field `shards.{name}.slots`: {e}")))?,
+                None if shards.len() == 1 => vec![(0, SLOTS as u16 - 1)],
+                None => {
+                    return Err(SlotError(format!(
+                        "field `shards.{name}.slots`: expected the hash slots this shard owns (e.g. \"0-8191\"), because there are {} shards",
+                        shards.len()
+                    )))
+                }
+            };
+            for (first, last) in ranges {
+                for slot in first..=last {
+                    if let Some(other) = owner[slot as usize] {
+                        return Err(SlotError(format!(
+                            "field `shards.{name}.slots`: slot {slot} is already owned by shard '{}'",
+                            shards[other as usize].0
+                        )));
+                    }
+                    owner[slot as usize] = Some(index as u16);
+                }
+            }
+        }
+        if let Some(missing) = owner.iter().position(Option::is_none) {
+            let end = owner[missing..]
+                .iter()
+                .position(Option::is_some)
+                .map_or(SLOTS - 1, |n| missing + n - 1);
+            return Err(SlotError(format!(
+                "field `shards.*.slots`: slots {missing}-{end} are owned by no shard (every slot from 0 to 16383 needs one)"
+            )));
+        }
+        Ok(SlotMap {
+            owner: owner.into_iter().map(|o| o.unwrap_or(0)).collect(),
+        })
+    }
+
+    /// The index of the shard owning `slot`.
+    pub fn owner(&self, slot: u16) -> usize {
+        usize::from(self.owner[usize::from(slot) % SLOTS])
+    }
+
+    /// The index of the shard owning `key`.
+    pub fn shard_of(&self, key: &[u8]) -> usize {
+        self.owner(slot(key))
+    }
+
+    /// The slot ranges shard `index` owns, in order (for `CLUSTER SLOTS`-like
+    /// views and `/v1/topology`).
+    pub fn ranges_of(&self, index: usize) -> Vec<(u16, u16)> {
+        let mut ranges: Vec<(u16, u16)> = Vec::new();
+        for (slot, &owner) in self.owner.iter().enumerate() {
+            if usize::from(owner) != index {
+                continue;
+            }
+            let slot = slot as u16;
+            match ranges.last_mut() {
+                Some((_, last)) if *last + 1 == slot => *last = slot,
+                _ => ranges.push((slot, slot)),
+            }
+        }
+        ranges
+    }
+}
+
+/// `"0-8191,10000,12000-16383"`: ranges and single slots, comma separated.
+fn parse_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
+    let mut ranges = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let number = |s: &str| -> Result<u16, String> {
+            s.parse::<u16>()
+                .ok()
+                .filter(|&n| usize::from(n) < SLOTS)
+                .ok_or_else(|| {
+                    format!("expected slot numbers from 0 to 16383 as \"first-last\" ranges separated by commas, got \"{text}\"")
+                })
+        };
+        let (first, last) = (number(first)?, number(last)?);
+        if first > last {
+            return Err(format!("range {first}-{last} ends before it starts"));
+        }
+        ranges.push((first, last));
+    }
+    Ok(ranges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis_cluster() {
+        // From Redis's own `CLUSTER KEYSLOT` (and its cluster spec).
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"bar"), 5061);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(slot(b"{user1000}.followers"), slot(b"user1000"));
+        // An empty tag hashes the whole key; only the first `{` counts.
+        assert_eq!(slot(b"foo{}{bar}"), crc16(b"foo{}{bar}") % 16384);
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+        assert_eq!(slot(b"foo{bar}{zap}"), slot(b"bar"));
+        assert_eq!(slot(b""), 0);
+    }
+
+    #[test]
+    fn every_slot_owned_exactly_once() {
+        let map = SlotMap::build([("a", Some("0-8191")), ("b", Some("8192-16383"))]).unwrap();
+        assert_eq!(map.owner(0), 0);
+        assert_eq!(map.owner(16383), 1);
+        assert_eq!(map.ranges_of(1), vec![(8192, 16383)]);
+        let gap = SlotMap::build([("a", Some("0-100")), ("b", Some("200-16383"))]).unwrap_err();
+        assert!(
+            gap.0.contains("slots 101-199 are owned by no shard"),
+            "{gap}"
+        );
+        let twice = SlotMap::build([("a", Some("0-9000")), ("b", Some("9000-16383"))]).unwrap_err();
+        assert!(
+            twice.0.contains("slot 9000 is already owned by shard 'a'"),
+            "{twice}"
+        );
+        let unset = SlotMap::build([("a", None), ("b", Some("0-16383"))]).unwrap_err();
+        assert!(unset.0.contains("shards.a.slots"), "{unset}");
+        let bad = SlotMap::build([("a", Some("0-16384"))]).unwrap_err();
+        assert!(bad.0.contains("0 to 16383"), "{bad}");
+        assert!(SlotMap::build([("a", None)]).is_ok());
+        let split = SlotMap::build([("a", Some("0-5, 10-16383")), ("b", Some("6-9"))]).unwrap();
+        assert_eq!(split.ranges_of(0), vec![(0, 5), (10, 16383)]);
+    }
+}
