@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::replicate::quorum::Quorum;
 use crate::resp::Limits;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -357,6 +356,18 @@ pub struct ShardConfig {
     pub replication: ReplicationConfig,
 }
 
+impl ShardConfig {
+    /// The router the shard asks for: its plugin, or the built-in that
+    /// `read_from` names.
+    pub fn router_source(&self) -> String {
+        match (&self.router, self.read_from) {
+            (Some(path), _) => path.clone(),
+            (None, ReadFrom::Primary) => "builtin:primary-only".into(),
+            (None, ReadFrom::Replicas) => "builtin:round-robin".into(),
+        }
+    }
+}
+
 /// How durable a write is before its client is answered (native mode: the
 /// nodes replicate with Redis replication).
 #[derive(Debug, Clone, Deserialize)]
@@ -465,15 +476,41 @@ impl Default for PluginsConfig {
     }
 }
 
-impl PluginsConfig {
-    pub fn limits(&self) -> crate::policy::Limits {
-        use crate::policy::FUEL_PER_MS;
-        crate::policy::Limits {
-            memory_bytes: self.memory_limit_mb as usize * 1024 * 1024,
-            route_fuel: u64::from(self.route_budget_ms) * FUEL_PER_MS,
-            setup_fuel: u64::from(self.call_budget_ms) * FUEL_PER_MS,
-            setup_ticks: crate::policy::ticks_for(u64::from(self.call_budget_ms)),
+/// The built-in quorums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Quorum {
+    /// Asynchronous: answered once the primary has the write.
+    #[default]
+    None,
+    /// One replica.
+    One,
+    /// A majority of the shard's nodes, the primary included.
+    Majority,
+    /// Every replica.
+    All,
+}
+
+impl Quorum {
+    /// As written in the configuration.
+    pub fn parse(name: &str) -> Option<Quorum> {
+        [Quorum::None, Quorum::One, Quorum::Majority, Quorum::All]
+            .into_iter()
+            .find(|q| q.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Quorum::None => "none",
+            Quorum::One => "one",
+            Quorum::Majority => "majority",
+            Quorum::All => "all",
         }
+    }
+
+    /// Replica acknowledgements for a shard with `replicas` replicas.
+    pub fn acks(self, replicas: u32) -> u32 {
+        rampart_sdk::algorithms::quorum_acks(self.name(), replicas).unwrap_or(replicas)
     }
 }
 

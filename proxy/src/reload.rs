@@ -15,8 +15,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
+use crate::context::Context;
 use crate::policy::swap::{self, Mode, Source};
-use crate::server::{router_source, Context};
 
 /// Sets the log filter; installed by whoever set up logging (`rampart
 /// run`), absent when `RUST_LOG` decides the level.
@@ -71,7 +71,7 @@ pub fn spawn(ctx: Arc<Context>, path: PathBuf) {
             .map(|(name, shard)| {
                 (
                     name.clone(),
-                    (router_source(shard), shard.router_config.clone()),
+                    (shard.router_source(), shard.router_config.clone()),
                 )
             })
             .collect();
@@ -196,7 +196,7 @@ async fn reload(
         ctx.events.record("*", "config-reloaded", None, 0, detail);
     }
     for (name, shard) in &config.shards {
-        let wanted = (router_source(shard), shard.router_config.clone());
+        let wanted = (shard.router_source(), shard.router_config.clone());
         if applied.get(name) == Some(&wanted) {
             continue;
         }

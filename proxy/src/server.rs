@@ -12,58 +12,19 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::admin::metrics::Metrics;
 use crate::backend::{ConnectOptions, LinkOptions, NodePool};
 use crate::config::{Config, FailoverRole, Mode};
+use crate::context::{ClientSlot, Context};
 use crate::failover::detect::DetectorSource;
-use crate::failover::events::Events;
 use crate::failover::state::StateStore;
 use crate::net::tls::{Acceptor, Connector};
+use crate::observe::events::Events;
 use crate::policy::slot::RouterSlot;
 use crate::policy::swap::{self, Source};
 use crate::replicate::fanout::Fanout;
 use crate::topology::{Health, Node, Shard, Topology};
 use crate::worker::{NewClient, Workers};
 use crate::{admin, failover};
-
-/// Everything a client task needs, shared by all of them.
-pub struct Context {
-    pub config: Config,
-    pub topology: Topology,
-    /// Every shard with its router, quorum policy and write path, in
-    /// configuration order.
-    pub shards: Vec<Arc<crate::shard::Shard>>,
-    /// Which shard owns each hash slot.
-    pub slots: crate::shard::slots::SlotMap,
-    /// Bumped when any node's role or health changes (router plugins
-    /// refresh their node list on it).
-    pub topology_changes: Arc<AtomicU64>,
-    /// The detector every probe uses: the built-in `probe.detector`, or a
-    /// plugin; replaceable at runtime.
-    pub detector: Arc<DetectorSource>,
-    pub clients: AtomicUsize,
-    /// What the failover controllers did.
-    pub events: Arc<Events>,
-    /// Request latency histograms.
-    pub metrics: Arc<Metrics>,
-    /// Memory the clients' buffered replies and partial requests take,
-    /// against `[limits]`'s caps.
-    pub budget: Arc<crate::backend::charge::Budget>,
-    /// TLS on the client listener, the admin listener and to the nodes
-    /// (reloaded on SIGHUP).
-    pub client_tls: Option<Acceptor>,
-    pub admin_tls: Option<Arc<Acceptor>>,
-    pub backend_tls: Option<Arc<Connector>>,
-    next_client_id: AtomicU64,
-    /// Becomes true when Rampart is shutting down: clients finish what they
-    /// are owed and close.
-    pub shutdown: watch::Receiver<bool>,
-    /// Commands and settings clients may not use (`proxy.deny_commands`,
-    /// `proxy.managed_settings`).
-    pub guard: crate::client::guard::Guard,
-    /// Every connected client, for `CLIENT LIST`, `KILL`, `UNBLOCK`.
-    pub registry: Arc<crate::client::registry::Registry>,
-}
 
 /// A running Rampart.
 pub struct Server {
@@ -120,6 +81,7 @@ impl Server {
             window: config.backend.max_inflight_per_link,
             stats: Default::default(),
         };
+        let slots = config.slot_map().map_err(|e| invalid(e.to_string()))?;
         let mut shards = Vec::new();
         let mut next_id = 0;
         let changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -162,13 +124,14 @@ impl Server {
                     shard_config.replication.max_read_lag_ms,
                 )
                 .with_client_zone(config.proxy.zone.as_ref().map_or(0, |z| zones[z]))
-                .with_fanout(shard_config.replication.mode == Mode::Fanout),
+                .with_fanout(shard_config.replication.mode == Mode::Fanout)
+                .with_slots(&slots.ranges_of(shards.len())),
             ));
         }
-        let limits = config.plugins.limits();
+        let limits = crate::policy::Limits::of(&config.plugins);
         let mut routers = Vec::new();
         for (shard, shard_config) in shards.iter().zip(config.shards.values()) {
-            let source = Source::parse(&router_source(shard_config));
+            let source = Source::parse(&shard_config.router_source());
             let generation = swap::build(
                 &source,
                 &shard_config.router_config,
@@ -215,6 +178,8 @@ impl Server {
         let detector = Arc::new(DetectorSource::new(built.generation(1, source.label())));
         let (switchovers, mut switchover_rx): (Vec<_>, Vec<_>) =
             shards.iter().map(|_| mpsc::channel(4)).unzip();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let events = Arc::new(Events::new(config.failover.event_history));
         let fanouts: Vec<Option<Arc<Fanout>>> = shards
             .iter()
             .zip(config.shards.values())
@@ -222,10 +187,14 @@ impl Server {
                 shard.is_fanout().then(|| {
                     Arc::new(Fanout::new(
                         shard.clone(),
-                        shard_config.replication.backlog_mb,
-                        config.backend.reply_timeout(),
+                        crate::replicate::fanout::Limits {
+                            backlog_mb: shard_config.replication.backlog_mb,
+                            reply_timeout: config.backend.reply_timeout(),
+                            max_reply_depth: config.limits.max_reply_depth,
+                        },
                         connect.clone(),
                         StateStore::new(config.failover.state_dir.as_deref()),
+                        events.clone(),
                     ))
                 })
             })
@@ -246,8 +215,6 @@ impl Server {
                 })
             })
             .collect();
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let slots = config.slot_map().map_err(|e| invalid(e.to_string()))?;
         let context = Arc::new(Context {
             slots,
             topology: Topology { shards },
@@ -255,7 +222,7 @@ impl Server {
             topology_changes: changes.clone(),
             detector,
             clients: AtomicUsize::new(0),
-            events: Arc::new(Events::new(config.failover.event_history)),
+            events,
             metrics: Arc::default(),
             budget: crate::backend::charge::Budget::new(config.limits.output_caps()),
             client_tls,
@@ -273,7 +240,7 @@ impl Server {
         });
 
         for fanout in context.shards.iter().filter_map(|s| s.fanout.as_ref()) {
-            fanout.start(&context);
+            fanout.start();
         }
         let probed = Arc::new(Semaphore::new(0));
         let probing = Arc::new(failover::probe::Probing {
@@ -304,11 +271,12 @@ impl Server {
                     }
                     failover::controller::spawn(context.clone(), index, connect.clone(), requests);
                 }
-                // The controller's first tick picks the primary.
-                let shard = context.topology.shard();
-                let mut changed = shard.watch();
+                // The controllers' first ticks pick the primaries.
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    while shard.primary().is_none() && changed.changed().await.is_ok() {}
+                    for shard in &context.topology.shards {
+                        let mut changed = shard.watch();
+                        while shard.primary().is_none() && changed.changed().await.is_ok() {}
+                    }
                 })
                 .await;
             }
@@ -375,16 +343,6 @@ fn invalid(message: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message)
 }
 
-/// The router a shard's configuration asks for: its plugin, or the
-/// built-in that `read_from` names.
-pub fn router_source(shard: &crate::config::ShardConfig) -> String {
-    match (&shard.router, shard.read_from) {
-        (Some(path), _) => path.clone(),
-        (None, crate::config::ReadFrom::Primary) => "builtin:primary-only".into(),
-        (None, crate::config::ReadFrom::Replicas) => "builtin:round-robin".into(),
-    }
-}
-
 /// A router generation that traps again and again soon after it was
 /// loaded is replaced by the one before it.
 async fn roll_back_failing_routers(ctx: Arc<Context>) {
@@ -449,22 +407,6 @@ async fn accept_loop(
             }),
             Err(e) => tracing::warn!(error = %e, "cannot hand over a client"),
         }
-    }
-}
-
-/// Counts a connected client for `max_clients` while it lives.
-pub struct ClientSlot(Arc<Context>);
-
-impl ClientSlot {
-    fn take(ctx: &Arc<Context>) -> ClientSlot {
-        ctx.clients.fetch_add(1, Ordering::AcqRel);
-        ClientSlot(ctx.clone())
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

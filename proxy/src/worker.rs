@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::server::Context;
+use crate::context::Context;
 
 thread_local! {
     static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
@@ -33,7 +33,7 @@ pub struct NewClient {
     pub id: u64,
     pub peer: std::net::SocketAddr,
     /// Held while the client is connected.
-    pub slot: crate::server::ClientSlot,
+    pub slot: crate::context::ClientSlot,
 }
 
 /// Handles to the worker threads.

@@ -39,20 +39,7 @@ RAMPART_PID=$!
 pids+=($RAMPART_PID)
 wait_port "$RAMPART"
 
-cat > "$work/twemproxy.yml" <<YML
-bench:
-  listen: 127.0.0.1:$TWEM
-  hash: fnv1a_64
-  distribution: ketama
-  redis: true
-  auto_eject_hosts: false
-  servers:
-   - 127.0.0.1:$REDIS:1
-YML
-nutcracker -c "$work/twemproxy.yml" -s "$(free_port)" -o "$work/twemproxy.log" &
-TWEM_PID=$!
-pids+=($TWEM_PID)
-wait_port "$TWEM"
+start_twemproxy "$TWEM" "$REDIS"
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 idle_rss=$(rss_kib "$RAMPART_PID")

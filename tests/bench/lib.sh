@@ -38,6 +38,23 @@ start_shard() {
   done
 }
 
+# start_twemproxy PORT NODE_PORT...: twemproxy (nutcracker) on PORT in front
+# of the nodes, keys spread over them as twemproxy does (ketama), once it
+# answers; its pid in TWEM_PID.
+start_twemproxy() {
+  local port=$1
+  shift
+  {
+    printf 'bench:\n  listen: 127.0.0.1:%s\n  hash: fnv1a_64\n  distribution: ketama\n' "$port"
+    printf '  redis: true\n  auto_eject_hosts: false\n  servers:\n'
+    for node in "$@"; do printf '   - 127.0.0.1:%s:1\n' "$node"; done
+  } > "$work/twemproxy.yml"
+  nutcracker -c "$work/twemproxy.yml" -s "$(free_port)" -o "$work/twemproxy.log" &
+  TWEM_PID=$!
+  pids+=($TWEM_PID)
+  wait_port "$port"
+}
+
 # start_rampart NAME PORT: Rampart with $work/NAME.toml, once it answers.
 start_rampart() {
   ./target/release/rampart run --config "$work/$1.toml" &

@@ -205,10 +205,14 @@ fn status_events_policies_and_switchover_against_a_running_proxy() {
 
 /// `rampart demo` (with `extra` arguments) on free ports, once it says it
 /// is up: the process, its client and admin ports, and the nodes' ports.
-fn start_demo(extra: &[&str]) -> (Running, u16, u16, [u16; 3]) {
+fn start_demo(extra: &[&str], node_count: usize) -> (Running, u16, u16, Vec<u16>) {
     let (port, admin) = (free_port(), free_port());
-    let nodes = [free_port(), free_port(), free_port()];
-    let list = nodes.map(|p| p.to_string()).join(",");
+    let nodes: Vec<u16> = (0..node_count).map(|_| free_port()).collect();
+    let list = nodes
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let mut demo = Running(
         Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
             .args([
@@ -247,7 +251,7 @@ fn start_demo(extra: &[&str]) -> (Running, u16, u16, [u16; 3]) {
 }
 
 /// SIGTERM: the demo exits cleanly and stops its nodes.
-fn stop_demo(mut demo: Running, nodes: [u16; 3]) {
+fn stop_demo(mut demo: Running, nodes: Vec<u16>) {
     let pid = demo.0.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let mut stderr = String::new();
@@ -267,7 +271,7 @@ fn stop_demo(mut demo: Running, nodes: [u16; 3]) {
 
 #[test]
 fn demo_starts_three_nodes_and_rampart_and_stops_them() {
-    let (demo, port, admin, nodes) = start_demo(&[]);
+    let (demo, port, admin, nodes) = start_demo(&[], 3);
     assert_eq!(
         redis_cli(port, &["SET", "demo", "works"]).unwrap().trim(),
         "OK"
@@ -278,7 +282,7 @@ fn demo_starts_three_nodes_and_rampart_and_stops_them() {
         redis_cli(port, &["GET", "demo"]).is_ok_and(|v| v.trim() == "works")
     });
     let status = ok(&["status", "--admin", &format!("127.0.0.1:{admin}")]);
-    for node in nodes {
+    for node in &nodes {
         assert!(status.contains(&format!("127.0.0.1:{node}")), "{status}");
     }
     // Sync replication to one replica, as the example config says.
@@ -288,14 +292,14 @@ fn demo_starts_three_nodes_and_rampart_and_stops_them() {
 
 #[test]
 fn demo_fanout_writes_to_three_independent_nodes() {
-    let (demo, port, admin, nodes) = start_demo(&["--fanout"]);
+    let (demo, port, admin, nodes) = start_demo(&["--fanout"], 3);
     assert_eq!(
         redis_cli(port, &["SET", "demo", "everywhere"])
             .unwrap()
             .trim(),
         "OK"
     );
-    for node in nodes {
+    for &node in &nodes {
         // Each node is a primary of its own, and has the write.
         let role = redis_cli(node, &["ROLE"]).unwrap();
         assert!(role.starts_with("master"), "{node}: {role}");
@@ -307,6 +311,27 @@ fn demo_fanout_writes_to_three_independent_nodes() {
     }
     let status = ok(&["status", "--admin", &format!("127.0.0.1:{admin}")]);
     assert!(status.contains("fan-out"), "{status}");
+    stop_demo(demo, nodes);
+}
+
+#[test]
+fn demo_shards_spreads_keys_over_two_shards() {
+    let (demo, port, admin, nodes) = start_demo(&["--shards", "2"], 6);
+    // bar -> slot 5061 (shard1), foo -> slot 12182 (shard2).
+    assert_eq!(
+        redis_cli(port, &["MSET", "foo", "1", "bar", "2"])
+            .unwrap()
+            .trim(),
+        "OK"
+    );
+    assert_eq!(redis_cli(nodes[0], &["GET", "bar"]).unwrap().trim(), "2");
+    assert_eq!(redis_cli(nodes[3], &["GET", "foo"]).unwrap().trim(), "1");
+    assert_eq!(redis_cli(nodes[0], &["EXISTS", "foo"]).unwrap().trim(), "0");
+    assert_eq!(redis_cli(port, &["DBSIZE"]).unwrap().trim(), "2");
+    let status = ok(&["status", "--admin", &format!("127.0.0.1:{admin}")]);
+    for shard in ["shard1", "shard2"] {
+        assert!(status.contains(shard), "{status}");
+    }
     stop_demo(demo, nodes);
 }
 

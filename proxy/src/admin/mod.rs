@@ -19,7 +19,7 @@ use crate::operate::OpError;
 use crate::policy::file::MAX_PLUGIN_BYTES;
 use tokio::sync::watch;
 
-use crate::server::Context;
+use crate::context::Context;
 
 pub mod metrics;
 
@@ -253,7 +253,7 @@ fn percent_decode(text: &str) -> String {
 async fn policy(req: Request<Incoming>, ctx: &Context, rest: String) -> Response<Full<Bytes>> {
     use crate::policy::swap::{Kind, Mode, Source};
     use http_body_util::BodyExt;
-    let shard = query(&req, "shard").unwrap_or_else(|| ctx.topology.shard().name.clone());
+    let shard = query(&req, "shard").unwrap_or_else(|| ctx.topology.first().name.clone());
     let (kind_name, action) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
     let Some(kind) = Kind::parse(kind_name) else {
         return text(

@@ -1,7 +1,8 @@
 //! `rampart demo`: three local redis-server nodes (a primary and two
 //! replicas) with Rampart in front, configured exactly as
 //! `examples/configs/local.toml` says except for the ports asked for. With
-//! `--fanout`, three independent nodes and the shard in fan-out mode. For
+//! `--fanout`, three independent nodes and the shard in fan-out mode; with
+//! `--shards N`, N such shards (three nodes each) sharing the hash slots. For
 //! trying Rampart out, not for production: the nodes keep no data on disk
 //! and everything stops with Ctrl-C.
 
@@ -26,9 +27,13 @@ pub struct DemoArgs {
     /// The admin HTTP listener (dashboard, API).
     #[arg(long, default_value_t = 6381)]
     admin_port: u16,
-    /// Ports of the three nodes; the first starts as the primary.
-    #[arg(long, value_delimiter = ',', default_values_t = [7001, 7002, 7003])]
+    /// Ports of the three nodes of each shard; the first of each three
+    /// starts as the primary. Default: 7001, 7002, ... (three per shard).
+    #[arg(long, value_delimiter = ',')]
     nodes: Vec<u16>,
+    /// Shards, of three nodes each, sharing the hash slots evenly.
+    #[arg(long, default_value_t = 1)]
+    shards: u16,
     /// The redis-server binary.
     #[arg(long, default_value = "redis-server")]
     redis_server: String,
@@ -48,10 +53,17 @@ pub fn demo(args: DemoArgs) -> ExitCode {
     }
 }
 
-fn start_and_wait(args: DemoArgs) -> Result<(), String> {
-    if args.nodes.len() != 3 {
+fn start_and_wait(mut args: DemoArgs) -> Result<(), String> {
+    if !(1..=8).contains(&args.shards) {
+        return Err(format!("--shards: expected 1 to 8, got {}", args.shards));
+    }
+    let wanted = 3 * usize::from(args.shards);
+    if args.nodes.is_empty() {
+        args.nodes = (7001..).take(wanted).collect();
+    }
+    if args.nodes.len() != wanted {
         return Err(format!(
-            "--nodes: expected three ports (e.g. 7001,7002,7003), got {}",
+            "--nodes: expected {wanted} ports (three per shard, e.g. 7001,7002,7003), got {}",
             args.nodes.len()
         ));
     }
@@ -61,24 +73,28 @@ fn start_and_wait(args: DemoArgs) -> Result<(), String> {
         children: Vec::new(),
         dir: dir.clone(),
     };
-    // In fan-out mode no node follows another.
-    let primary = (!args.fanout).then_some(args.nodes[0]);
-    for &port in &args.nodes {
-        let role = match primary {
-            None => "independent",
-            Some(p) if p == port => "primary",
-            Some(_) => "replica",
-        };
-        let step = Step::start(&format!("starting redis-server 127.0.0.1:{port} ({role})"));
-        let started = nodes.start(&args.redis_server, port, primary.filter(|&p| p != port));
-        step.finish(started, "up")?;
+    for group in args.nodes.chunks(3) {
+        // In fan-out mode no node follows another.
+        let primary = (!args.fanout).then_some(group[0]);
+        for &port in group {
+            let role = match primary {
+                None => "independent",
+                Some(p) if p == port => "primary",
+                Some(_) => "replica",
+            };
+            let step = Step::start(&format!("starting redis-server 127.0.0.1:{port} ({role})"));
+            let started = nodes.start(&args.redis_server, port, primary.filter(|&p| p != port));
+            step.finish(started, "up")?;
+        }
     }
     if !args.fanout {
-        let step = Step::start("waiting for the replicas to copy the primary");
+        let step = Step::start("waiting for the replicas to copy their primary");
         let synced = wait(Duration::from_secs(30), || {
-            args.nodes[1..].iter().all(|&port| {
-                call(port, "INFO replication")
-                    .is_some_and(|info| info.contains("master_link_status:up"))
+            args.nodes.chunks(3).all(|group| {
+                group[1..].iter().all(|&port| {
+                    call(port, "INFO replication")
+                        .is_some_and(|info| info.contains("master_link_status:up"))
+                })
             })
         });
         step.finish(synced, "in sync")?;
@@ -87,16 +103,26 @@ fn start_and_wait(args: DemoArgs) -> Result<(), String> {
     config.proxy.listen = format!("127.0.0.1:{}", args.port);
     config.admin.listen = Some(format!("127.0.0.1:{}", args.admin_port));
     config.failover.state_dir = Some(dir.join("state").display().to_string());
-    for shard in config.shards.values_mut() {
-        shard.nodes = args
-            .nodes
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
+    let template = config
+        .shards
+        .values()
+        .next()
+        .cloned()
+        .ok_or("examples/configs/local.toml has no shard")?;
+    config.shards.clear();
+    let count = args.nodes.len() / 3;
+    for (i, group) in args.nodes.chunks(3).enumerate() {
+        let mut shard = template.clone();
+        shard.nodes = group.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        if count > 1 {
+            let (first, last) = (16384 * i / count, 16384 * (i + 1) / count - 1);
+            shard.slots = Some(format!("{first}-{last}"));
+        }
         if args.fanout {
             shard.replication.mode = crate::config::Mode::Fanout;
             shard.replication.manage_replication = false;
         }
+        config.shards.insert(shard_name(i, count), shard);
     }
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -118,8 +144,65 @@ fn start_and_wait(args: DemoArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// `main` for the one shard of the usual demo, `shard1`, `shard2` ...
+/// otherwise.
+fn shard_name(index: usize, count: usize) -> String {
+    if count == 1 {
+        "main".into()
+    } else {
+        format!("shard{}", index + 1)
+    }
+}
+
 fn instructions(args: &DemoArgs) -> String {
     let (port, admin) = (args.port, args.admin_port);
+    if args.nodes.len() > 3 {
+        let shards: Vec<String> = args
+            .nodes
+            .chunks(3)
+            .enumerate()
+            .map(|(i, group)| {
+                format!(
+                    "{} on :{} (primary), :{} and :{}",
+                    shard_name(i, args.nodes.len() / 3),
+                    group[0],
+                    group[1],
+                    group[2]
+                )
+            })
+            .collect();
+        let second = args.nodes[3];
+        return format_tips(
+            format!(
+                "\nRampart is up in front of {} shards: {}. Keys are placed by hash slot, as Redis Cluster places them.\n",
+                shards.len(),
+                shards.join("; ")
+            ),
+            [
+                (format!("redis-cli -p {port}"), "talk to Redis through Rampart"),
+                (
+                    format!("redis-cli -p {port} MSET a 1 b 2 c 3"),
+                    "keys spread over the shards; MGET/DEL/SCAN see them all",
+                ),
+                (
+                    format!("redis-cli -p {port} CLUSTER KEYSLOT a"),
+                    "the slot a key lives in",
+                ),
+                (
+                    format!("rampart status --admin 127.0.0.1:{admin}"),
+                    "every shard as a table",
+                ),
+                (
+                    format!("redis-cli -p {second} SHUTDOWN NOSAVE"),
+                    "kill shard2's primary: only shard2 fails over",
+                ),
+                (
+                    format!("http://127.0.0.1:{admin}/dashboard"),
+                    "the live dashboard",
+                ),
+            ],
+        );
+    }
     let [primary, second, third] = [args.nodes[0], args.nodes[1], args.nodes[2]];
     if args.fanout {
         return format_tips(

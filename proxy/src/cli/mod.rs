@@ -40,7 +40,8 @@ enum Command {
     /// Check a configuration file and exit (status 2 when it is invalid).
     CheckConfig { config: PathBuf },
     /// Start three local redis-server nodes (a primary and two replicas)
-    /// and Rampart in front of them; Ctrl-C stops everything.
+    /// and Rampart in front of them, or three per shard with `--shards N`;
+    /// Ctrl-C stops everything.
     Demo(demo::DemoArgs),
     /// The topology of a running Rampart as a table.
     Status {

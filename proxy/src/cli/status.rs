@@ -35,8 +35,12 @@ pub fn render_topology(topology: &Value) -> String {
         if shard["mode"] == "fanout" {
             writes = format!("fan-out, {writes}");
         }
+        let slots = match shard["slots"].as_str() {
+            Some(slots) if slots != "0-16383" => format!("  slots {slots}"),
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "shard {}  epoch {}  primary {}  reads from {}  writes {}\n",
+            "shard {}{slots}  epoch {}  primary {}  reads from {}  writes {}\n",
             str(&shard["name"]),
             shard["epoch"],
             shard["primary"].as_str().unwrap_or("NONE"),

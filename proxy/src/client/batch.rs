@@ -11,9 +11,9 @@ use tokio::sync::oneshot;
 
 use super::connection::{Connection, Flow};
 use super::writer::Pending;
-use crate::admin::metrics::BatchClass;
 use crate::backend::charge::ReplyTo;
 use crate::backend::{Batch, Link};
+use crate::observe::counters::BatchClass;
 use crate::replicate::fanout::Fanout;
 use crate::resp::Value;
 use crate::topology::Node;
@@ -46,6 +46,8 @@ pub(super) struct OpenBatch {
     /// lands inside a transaction that follows it.
     pub(super) durable: bool,
     pub(super) class: BatchClass,
+    /// The shard the batch goes to.
+    pub(super) shard: Arc<crate::shard::Shard>,
 }
 
 impl Connection {
@@ -71,6 +73,7 @@ impl Connection {
                     requests,
                     durable,
                     class: self.class,
+                    shard: self.shard.clone(),
                 });
             }
         }
@@ -91,16 +94,14 @@ impl Connection {
                     .pool
                     .writer(self.session.proto, self.session.id)
                     .clone();
-                let durability = self.ctx.topology.shard().durability.clone();
+                let durability = open.shard.topology.durability.clone();
                 let depth = self.ctx.config.limits.max_reply_depth;
                 super::durable::send_confirmed(&link, own, durability, open.requests, tx, depth)
                     .await;
             }
             Target::Link { link, node } => {
                 node.count_requests(replies as u64);
-                let durable = open
-                    .durable
-                    .then(|| self.ctx.topology.shard().durability.clone());
+                let durable = open.durable.then(|| open.shard.topology.durability.clone());
                 link.send(Batch {
                     requests: open.requests,
                     replies,

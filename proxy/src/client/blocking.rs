@@ -29,8 +29,8 @@ use bytes::Bytes;
 
 use super::connection::{Connection, Flow};
 use super::writer::Pending;
-use crate::admin::metrics::BatchClass;
 use crate::backend::{Batch, BatchReply, Link};
+use crate::observe::counters::BatchClass;
 use crate::resp::{Proto, Request};
 use crate::topology::Node;
 use tokio::sync::oneshot;
@@ -67,7 +67,7 @@ impl Connection {
         // A user's connection may not be allowed WAIT: its pops go out
         // unconfirmed (delivered at least once, see the module's notes).
         let durable = (self.durable && self.session.user.is_none())
-            .then(|| self.ctx.topology.shard().durability.clone());
+            .then(|| self.shard.topology.durability.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
         node.count_requests(1);
         link.send(Batch {
@@ -349,63 +349,6 @@ pub(crate) fn undo(request: &Request, reply: &Plain) -> Option<Request> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(args: &[&str]) -> Request {
-        Request::from_args(args)
-    }
-
-    fn args(r: &Request) -> Vec<String> {
-        r.args()
-            .iter()
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect()
-    }
-
-    #[test]
-    fn undoes_pops_in_both_protocols() {
-        let blpop = decode(b"*2\r\n$1\r\nq\r\n$3\r\njob\r\n", Proto::Resp2).unwrap();
-        let undo_l = undo(&req(&["blpop", "q", "0"]), &blpop).unwrap();
-        assert_eq!(args(&undo_l), ["LPUSH", "q", "job"]);
-        let undo_r = undo(&req(&["BRPOP", "q", "0"]), &blpop).unwrap();
-        assert_eq!(args(&undo_r), ["RPUSH", "q", "job"]);
-
-        let nil2 = decode(b"*-1\r\n", Proto::Resp2).unwrap();
-        assert!(undo(&req(&["BLPOP", "q", "0"]), &nil2).is_none());
-        let nil3 = decode(b"_\r\n", Proto::Resp3).unwrap();
-        assert!(undo(&req(&["BLPOP", "q", "0"]), &nil3).is_none());
-
-        let zpop = decode(b"*3\r\n$1\r\nz\r\n$1\r\nm\r\n,1.5\r\n", Proto::Resp3).unwrap();
-        let undo_z = undo(&req(&["BZPOPMIN", "z", "0"]), &zpop).unwrap();
-        assert_eq!(args(&undo_z), ["ZADD", "z", "1.5", "m"]);
-
-        let mpop = decode(
-            b"*2\r\n$1\r\nl\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n",
-            Proto::Resp2,
-        )
-        .unwrap();
-        let undo_m = undo(
-            &req(&["BLMPOP", "0", "2", "k", "l", "LEFT", "COUNT", "2"]),
-            &mpop,
-        )
-        .unwrap();
-        assert_eq!(args(&undo_m), ["LPUSH", "l", "b", "a"]);
-
-        let zmpop = decode(
-            b"*2\r\n$1\r\nz\r\n*1\r\n*2\r\n$1\r\nm\r\n$1\r\n2\r\n",
-            Proto::Resp2,
-        )
-        .unwrap();
-        let undo_zm = undo(&req(&["BZMPOP", "0", "1", "z", "MIN"]), &zmpop).unwrap();
-        assert_eq!(args(&undo_zm), ["ZADD", "z", "2", "m"]);
-
-        let moved = decode(b"$3\r\njob\r\n", Proto::Resp2).unwrap();
-        assert!(undo(&req(&["BLMOVE", "a", "b", "LEFT", "LEFT", "0"]), &moved).is_none());
-    }
-}
-
 impl Connection {
     /// `WAIT`/`WAITAOF` count replica acknowledgements of this connection's
     /// writes, but a client's writes went over a shared link. So Rampart
@@ -468,4 +411,61 @@ fn without_first(mut reply: BatchReply) -> BatchReply {
     reply.data = reply.data.slice(first..);
     reply.got -= 1;
     reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(args: &[&str]) -> Request {
+        Request::from_args(args)
+    }
+
+    fn args(r: &Request) -> Vec<String> {
+        r.args()
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn undoes_pops_in_both_protocols() {
+        let blpop = decode(b"*2\r\n$1\r\nq\r\n$3\r\njob\r\n", Proto::Resp2).unwrap();
+        let undo_l = undo(&req(&["blpop", "q", "0"]), &blpop).unwrap();
+        assert_eq!(args(&undo_l), ["LPUSH", "q", "job"]);
+        let undo_r = undo(&req(&["BRPOP", "q", "0"]), &blpop).unwrap();
+        assert_eq!(args(&undo_r), ["RPUSH", "q", "job"]);
+
+        let nil2 = decode(b"*-1\r\n", Proto::Resp2).unwrap();
+        assert!(undo(&req(&["BLPOP", "q", "0"]), &nil2).is_none());
+        let nil3 = decode(b"_\r\n", Proto::Resp3).unwrap();
+        assert!(undo(&req(&["BLPOP", "q", "0"]), &nil3).is_none());
+
+        let zpop = decode(b"*3\r\n$1\r\nz\r\n$1\r\nm\r\n,1.5\r\n", Proto::Resp3).unwrap();
+        let undo_z = undo(&req(&["BZPOPMIN", "z", "0"]), &zpop).unwrap();
+        assert_eq!(args(&undo_z), ["ZADD", "z", "1.5", "m"]);
+
+        let mpop = decode(
+            b"*2\r\n$1\r\nl\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n",
+            Proto::Resp2,
+        )
+        .unwrap();
+        let undo_m = undo(
+            &req(&["BLMPOP", "0", "2", "k", "l", "LEFT", "COUNT", "2"]),
+            &mpop,
+        )
+        .unwrap();
+        assert_eq!(args(&undo_m), ["LPUSH", "l", "b", "a"]);
+
+        let zmpop = decode(
+            b"*2\r\n$1\r\nz\r\n*1\r\n*2\r\n$1\r\nm\r\n$1\r\n2\r\n",
+            Proto::Resp2,
+        )
+        .unwrap();
+        let undo_zm = undo(&req(&["BZMPOP", "0", "1", "z", "MIN"]), &zmpop).unwrap();
+        assert_eq!(args(&undo_zm), ["ZADD", "z", "2", "m"]);
+
+        let moved = decode(b"$3\r\njob\r\n", Proto::Resp2).unwrap();
+        assert!(undo(&req(&["BLMOVE", "a", "b", "LEFT", "LEFT", "0"]), &moved).is_none());
+    }
 }

@@ -17,13 +17,13 @@ use super::blocking::Blocked;
 use super::registry::{LastCommand, Order, Registration};
 use super::session::Session;
 use super::writer::Replies;
-use crate::admin::metrics::BatchClass;
 use crate::backend::control::frame_text;
+use crate::context::Context;
 use crate::net::{ReadHalf, WriteHalf};
+use crate::observe::counters::BatchClass;
 use crate::resp::command::{Class, Tx, NOT_THROUGH_RAMPART};
 use crate::resp::{classify, Request, RequestParser, Value};
 use crate::route;
-use crate::server::Context;
 
 /// Whether the reader goes on after a request.
 #[derive(PartialEq, Eq)]
@@ -58,6 +58,10 @@ pub struct Connection {
     /// send it (`CLIENT KILL`, `CLIENT UNBLOCK`).
     pub(super) registration: Registration,
     pub(super) orders: mpsc::Receiver<Order>,
+    /// The shard the request being handled goes to.
+    pub(super) shard: Arc<crate::shard::Shard>,
+    /// The shard of the client's last write, which `WAIT` waits on.
+    pub(super) wrote_to: usize,
     /// The last request handled, for `CLIENT LIST`'s `cmd=`.
     pub(super) last: Option<Request>,
     /// What was last published about this client.
@@ -103,6 +107,8 @@ impl Connection {
             orders,
             last: None,
             published: None,
+            shard: ctx.shards[0].clone(),
+            wrote_to: 0,
             ctx,
         }
     }
@@ -343,6 +349,11 @@ impl Connection {
                 return self.refuse(refusal.error).await;
             }
         }
+        if self.ctx.shards.len() > 1 {
+            if let Some(flow) = self.place(class, &req).await {
+                return flow;
+            }
+        }
         self.durable = self.wants_durability(class);
         self.class = match class {
             Class::Read | Class::CursorRead => BatchClass::Read,
@@ -389,7 +400,7 @@ impl Connection {
     /// the value it would set, on the primary.
     async fn unchanged(&self, refusal: &super::guard::Refusal) -> bool {
         use redis_protocol::resp3::types::OwnedFrame;
-        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+        let Some(primary) = self.shard.topology.primary().cloned() else {
             return false;
         };
         let Ok(mut control) = primary.pool.control().await else {
@@ -423,7 +434,7 @@ impl Connection {
             Class::Write | Class::Blocking => !self.session.in_multi,
             _ => false,
         };
-        let shard = self.ctx.topology.shard();
+        let shard = &self.shard.topology;
         write && shard.durability.is_sync() && !shard.is_fanout()
     }
 
@@ -439,9 +450,8 @@ impl Connection {
         // there: each client waits on a connection of its own instead, as on
         // Redis.
         let paused = self
-            .ctx
+            .shard
             .topology
-            .shard()
             .primary()
             .is_some_and(|p| p.pool.stats().is_paused());
         if paused {
@@ -450,11 +460,10 @@ impl Connection {
         if self.session.pinned.is_some() {
             self.unpin().await;
         }
-        // Borrowed from a clone of the context so that nothing per request
-        // clones a shard, node or link handle unless a new batch starts.
-        let ctx = self.ctx.clone();
+        // Borrowed from a clone of the shard so that nothing per request
+        // clones a node or link handle unless a new batch starts.
+        let owner = self.shard.clone();
         let key = req.arg(1).unwrap_or_default();
-        let owner = ctx.shard_of(key);
         let (shard, policy) = (&owner.topology, &owner.router);
         let read = route::Read {
             client_id: self.session.id,

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::batch::{OpenBatch, Target, MAX_BATCH};
 use super::connection::{Connection, Flow};
 use super::writer::Pending;
-use crate::admin::metrics::BatchClass;
+use crate::observe::counters::BatchClass;
 use crate::replicate::fanout::{Fanout, Verdict};
 use crate::resp::command::{Class, Tx};
 use crate::resp::{Request, Value};
@@ -19,10 +19,7 @@ use crate::resp::{Request, Value};
 impl Connection {
     /// The shard's fan-out writer, in fan-out mode.
     pub(super) fn fanout(&self) -> Option<Arc<Fanout>> {
-        self.ctx
-            .shards
-            .first()
-            .and_then(|shard| shard.fanout.clone())
+        self.shard.fanout.clone()
     }
 
     /// What fan-out mode does differently: writes go to every node through
@@ -191,6 +188,7 @@ impl Connection {
             requests,
             durable: true,
             class: BatchClass::Write,
+            shard: self.shard.clone(),
         });
         Flow::Continue
     }

@@ -213,7 +213,7 @@ impl Connection {
     /// unknown one errs as on Redis). When it cannot be asked, assume so.
     async fn user_exists(&self, user: &str) -> bool {
         use redis_protocol::resp3::types::OwnedFrame;
-        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+        let Some(primary) = self.shard.topology.primary().cloned() else {
             return true;
         };
         let timeout = std::time::Duration::from_secs(1);

@@ -123,6 +123,13 @@ impl Connection {
                 4 => self.reply(Value::ok()).await,
                 _ => self.reply(wrong_args("client|setinfo")).await,
             },
+            Local::KeySlot => match args.len() {
+                3 => {
+                    let slot = crate::shard::slots::slot(&args[2]);
+                    self.reply(Value::Int(i64::from(slot))).await
+                }
+                _ => self.reply(wrong_args("cluster|keyslot")).await,
+            },
             Local::Unsubscribe => {
                 // Not subscribed (a subscribed client is piped and never gets
                 // here): one confirmation per channel, count 0.
@@ -212,12 +219,12 @@ impl Connection {
         };
         if !reply.starts_with(b"-") {
             let args = req.args();
+            // Every node of every shard: ACLs are not replicated.
             let others: Vec<_> = self
                 .ctx
                 .topology
-                .shard()
-                .nodes
-                .iter()
+                .nodes()
+                .map(|(_, n)| n)
                 .filter(|n| n.id != node.id)
                 .cloned()
                 .collect();
@@ -256,7 +263,7 @@ impl Connection {
         if !self.await_primary().await {
             return Err(self.no_primary());
         }
-        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+        let Some(primary) = self.shard.topology.primary().cloned() else {
             return Err(self.no_primary());
         };
         let link = primary
@@ -285,6 +292,7 @@ impl Connection {
         let text = String::from_utf8_lossy(&text);
         let text = text.strip_prefix("txt:").unwrap_or(&text);
         let clients = self.ctx.registry.len();
+        let text = self.with_every_keyspace(text).await;
         let patched: String = text
             .split_inclusive('\n')
             .map(|line| match line.strip_prefix("connected_clients:") {
@@ -293,6 +301,27 @@ impl Connection {
             })
             .collect();
         self.reply(Value::Verbatim(Bytes::from(patched))).await
+    }
+
+    /// With several shards, the `# Keyspace` section of one shard's INFO
+    /// made that of the whole data set (each shard's primary asked).
+    async fn with_every_keyspace(&self, text: &str) -> String {
+        use crate::backend::control::frame_text;
+        if self.ctx.shards.len() < 2 || !text.contains("# Keyspace") {
+            return text.to_string();
+        }
+        let mut sections = Vec::new();
+        for shard in &self.ctx.shards {
+            let Some(primary) = shard.topology.primary() else {
+                continue;
+            };
+            let timeout = std::time::Duration::from_secs(1);
+            let answer = primary.pool.call_once(&["INFO", "keyspace"], timeout).await;
+            if let Some(section) = answer.ok().as_ref().and_then(frame_text) {
+                sections.push(section);
+            }
+        }
+        crate::shard::split::with_keyspace(text, &sections)
     }
 
     /// `CLIENT PAUSE <ms> WRITE` and `CLIENT UNPAUSE`, run on the primary at
@@ -315,25 +344,33 @@ impl Connection {
                 .and_then(parse_i64)
                 .map(|ms| std::time::Duration::from_millis(ms.max(0) as u64))
         };
-        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
-            return self.no_primary();
-        };
-        let timeout = std::time::Duration::from_secs(2);
-        let answer = primary.pool.call_once(&req.args(), timeout).await;
-        match answer {
-            Ok(OwnedFrame::SimpleString { .. }) => {
-                primary.pool.stats().pause_for(duration);
-                Value::ok()
-            }
-            Ok(OwnedFrame::SimpleError { data, .. }) => Value::err(data),
-            Ok(other) => Value::err(format!("ERR rampart: unexpected reply {other:?}")),
-            Err(e) => Value::err(format!("ERR rampart: {} unavailable ({e})", primary.addr)),
+        // Every shard's primary: the client pauses one big Redis.
+        for shard in self.ctx.shards.clone() {
+            let Some(primary) = shard.topology.primary().cloned() else {
+                return Value::err(format!(
+                    "ERR rampart: no reachable primary for shard '{}'",
+                    shard.name()
+                ));
+            };
+            let timeout = std::time::Duration::from_secs(2);
+            let answer = primary.pool.call_once(&req.args(), timeout).await;
+            let error = match answer {
+                Ok(OwnedFrame::SimpleString { .. }) => {
+                    primary.pool.stats().pause_for(duration);
+                    continue;
+                }
+                Ok(OwnedFrame::SimpleError { data, .. }) => Value::err(data),
+                Ok(other) => Value::err(format!("ERR rampart: unexpected reply {other:?}")),
+                Err(e) => Value::err(format!("ERR rampart: {} unavailable ({e})", primary.addr)),
+            };
+            return error;
         }
+        Value::ok()
     }
 
     /// Whether the primary's probe last found it busy.
     fn primary_busy(&self) -> bool {
-        let shard = self.ctx.topology.shard();
+        let shard = &self.shard.topology;
         shard.primary().is_some_and(|p| p.pool.stats().is_busy())
     }
 
@@ -341,7 +378,7 @@ impl Connection {
     /// may wait behind the script).
     async fn ping_primary(&self, req: &Request) -> Value {
         use redis_protocol::resp3::types::OwnedFrame;
-        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+        let Some(primary) = self.shard.topology.primary().cloned() else {
             return self.no_primary();
         };
         let timeout = std::time::Duration::from_secs(1);
@@ -359,7 +396,7 @@ impl Connection {
         }
     }
 
-    /// `SCRIPT KILL` / `FUNCTION KILL`, sent to every node of the shard on
+    /// `SCRIPT KILL` / `FUNCTION KILL`, sent to every node of every shard on
     /// connections of their own (the script may be a read-only one on a
     /// replica, and the client's shared connection waits behind it). One
     /// node killing it answers OK; otherwise `UNKILLABLE` wins over
@@ -367,7 +404,8 @@ impl Connection {
     async fn kill_script(&mut self, req: &Request) -> Value {
         let args = req.args();
         let mut calls = tokio::task::JoinSet::new();
-        for node in self.ctx.topology.shard().nodes.iter().cloned() {
+        for (_, node) in self.ctx.topology.nodes() {
+            let node = node.clone();
             let args = args.clone();
             calls.spawn(async move {
                 let mut control = node.pool.control().await.ok()?;
@@ -462,7 +500,7 @@ impl Connection {
         if !self.await_primary().await {
             return self.no_primary();
         }
-        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+        let Some(primary) = self.shard.topology.primary().cloned() else {
             return self.no_primary();
         };
         let mut control = match primary.pool.control().await {
@@ -608,9 +646,8 @@ impl Connection {
             self.session.proto = proto;
         }
         let version = self
-            .ctx
+            .shard
             .topology
-            .shard()
             .primary()
             .and_then(|p| p.version.lock().ok().and_then(|v| v.clone()))
             .unwrap_or_else(|| "7.0.0".into());
@@ -640,6 +677,12 @@ impl Connection {
         };
         if db == self.session.db {
             return self.reply(Value::ok()).await;
+        }
+        if self.ctx.shards.len() > 1 {
+            // As Redis Cluster: every shard's data is in database 0.
+            return self
+                .reply(Value::err("ERR SELECT is not allowed in cluster mode"))
+                .await;
         }
         if self.fanout().is_some() {
             return self
@@ -733,7 +776,7 @@ impl Connection {
             return Value::err(USAGE);
         };
         let ctx = self.ctx.clone();
-        let shard = ctx.topology.shard().name.clone();
+        let shard = ctx.topology.first().name.clone();
         let result = match (action.as_str(), text(4)) {
             ("LOAD" | "SHADOW", Some(source)) if args.len() <= 6 => {
                 let mode = if action == "LOAD" {

@@ -22,6 +22,7 @@ mod slowlog;
 
 pub use local::constant_time_eq;
 mod session;
+mod shards;
 mod tx;
 mod writer;
 
@@ -29,8 +30,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
+use crate::context::Context;
 use crate::net::Stream;
-use crate::server::Context;
 
 /// A client that has not finished its TLS handshake this long after
 /// connecting is closed: a connection that only holds a slot is not let

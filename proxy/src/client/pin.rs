@@ -18,11 +18,24 @@ impl Connection {
     /// Sends on the client's dedicated connection, opening one if needed.
     pub(super) async fn pinned(&mut self, req: Request) -> Flow {
         if let Err(error) = self.pin().await {
+            // Inside MULTI the refusal dooms the transaction.
+            if self.session.in_multi {
+                self.session.tx_refused = true;
+            }
             return self.reply(error).await;
         }
         let Some((node, link)) = self.session.pinned.clone() else {
             return Flow::Continue;
         };
+        if self.session.multi_deferred {
+            // The transaction's first command: its MULTI goes first.
+            self.session.multi_deferred = false;
+            let multi = Request::from_args(&["MULTI"]).raw;
+            if let Err(error) = self.call(&node, &link, vec![multi], "MULTI").await {
+                self.session.in_multi = false;
+                return self.reply(error).await;
+            }
+        }
         self.add(node, link, req.raw).await
     }
 
@@ -54,8 +67,27 @@ impl Connection {
         }
     }
 
+    /// Whether the client's dedicated connection is on another shard than
+    /// the request's.
+    fn pinned_elsewhere(&self) -> bool {
+        self.session
+            .pinned
+            .as_ref()
+            .is_some_and(|(node, _)| !self.shard.topology.has(node))
+    }
+
     /// Ensures the client holds a live dedicated connection to the primary.
     pub(super) async fn pin(&mut self) -> Result<(), Value> {
+        if self.pinned_elsewhere() {
+            let s = &self.session;
+            if (s.in_multi && !s.multi_deferred) || s.watching || s.tx_lost {
+                return Err(Value::err(crate::shard::locate::CROSSSLOT));
+            }
+            // Another shard's command: the client moves to a connection
+            // there (a CLIENT option set on the old one stays with it).
+            self.unpin().await;
+            self.session.pinned = None;
+        }
         if let Some((_, link)) = &self.session.pinned {
             if link.is_up() {
                 return Ok(());
@@ -80,7 +112,7 @@ impl Connection {
         if !self.await_primary().await {
             return Err(self.no_primary());
         }
-        let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+        let Some(primary) = self.shard.topology.primary().cloned() else {
             return Err(self.no_primary());
         };
         match primary.pool.dedicated(self.session.link_session()).await {
@@ -112,7 +144,7 @@ impl Connection {
     /// bound, the caller answers an error. True once there is a primary.
     pub(super) async fn await_primary(&mut self) -> bool {
         let ctx = self.ctx.clone();
-        let shard = ctx.topology.shard();
+        let shard = self.shard.topology.clone();
         if shard.primary().is_some() {
             return true;
         }
@@ -147,7 +179,7 @@ impl Connection {
     pub(super) fn no_primary(&self) -> Value {
         Value::err(format!(
             "ERR rampart: no reachable primary for shard '{}'",
-            self.ctx.topology.shard().name
+            self.shard.name()
         ))
     }
 }

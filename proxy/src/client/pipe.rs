@@ -93,13 +93,13 @@ impl Connection {
             if !self.await_primary().await {
                 return self.reply(self.no_primary()).await;
             }
-            let Some(primary) = self.ctx.topology.shard().primary().cloned() else {
+            let Some(primary) = self.shard.topology.primary().cloned() else {
                 return self.reply(self.no_primary()).await;
             };
             match primary.pool.raw(self.session.link_session()).await {
                 Ok((stream, id)) => break (primary, stream, id),
                 Err(_) if tokio::time::Instant::now() < deadline => {
-                    let mut changed = self.ctx.topology.shard().watch();
+                    let mut changed = self.shard.topology.watch();
                     let pause = std::time::Duration::from_millis(100);
                     let _ = tokio::time::timeout(pause, changed.changed()).await;
                 }
@@ -137,6 +137,13 @@ impl Connection {
     /// A request from a client piped to a connection of its own: passed on
     /// as it is, but for a `REDIRECT` to another Rampart client.
     pub(super) async fn send_piped(&mut self, req: Request) -> Flow {
+        if let Some(error) = self.other_shards_channels(&req) {
+            let bytes = error.encode(self.session.proto);
+            return match self.replies.write_raw(&bytes).await {
+                Ok(()) => Flow::Continue,
+                Err(_) => Flow::Stop,
+            };
+        }
         let node = (req.name().as_bytes() == b"CLIENT")
             .then(|| self.registration.entry.snapshot().pipe)
             .flatten()
@@ -161,6 +168,38 @@ impl Connection {
             Ok(()) if pipe.flush().await.is_ok() => Flow::Continue,
             _ => Flow::Stop,
         }
+    }
+
+    /// With several shards, a subscribed connection is piped to one
+    /// shard's primary: `SUBSCRIBE` and `PSUBSCRIBE` live on the first
+    /// shard (where `PUBLISH` goes), each `SSUBSCRIBE` channel on the shard
+    /// owning its slot. A subscription that would land elsewhere is
+    /// refused, as Redis Cluster refuses a shard channel of another node.
+    fn other_shards_channels(&self, req: &Request) -> Option<Value> {
+        use crate::shard::locate::{locate, Place, CROSSSLOT};
+        if self.ctx.shards.len() < 2 {
+            return None;
+        }
+        let name = req.name();
+        let wanted = match name.as_bytes() {
+            b"SUBSCRIBE" | b"PSUBSCRIBE" => 0,
+            b"SSUBSCRIBE" => match locate(req, &self.ctx.slots, self.ctx.shards.len()) {
+                Place::One(index) => index,
+                Place::Any => return None,
+                _ => return Some(Value::err(CROSSSLOT)),
+            },
+            _ => return None,
+        };
+        let wanted = &self.ctx.shards[wanted];
+        if std::sync::Arc::ptr_eq(wanted, &self.shard) {
+            return None;
+        }
+        Some(Value::err(format!(
+            "ERR rampart: this connection is subscribed on shard '{}'; {} here would be on shard '{}': use another connection",
+            self.shard.name(),
+            name.as_str(),
+            wanted.name()
+        )))
     }
 
     /// `CLIENT TRACKING ... REDIRECT <id>` names a Rampart client; the node

@@ -25,6 +25,10 @@ pub struct Session {
     pub auth_failures: u32,
     /// Between MULTI and EXEC/DISCARD.
     pub in_multi: bool,
+    /// With several shards, MULTI is answered by Rampart and sent to a
+    /// node with the transaction's first command, once that command says
+    /// which shard the transaction runs on.
+    pub multi_deferred: bool,
     /// WATCH is in force.
     pub watching: bool,
     /// The dedicated connection holding this client's transaction or WATCH
@@ -70,6 +74,7 @@ impl Session {
             admin: false,
             auth_failures: 0,
             in_multi: false,
+            multi_deferred: false,
             watching: false,
             tx_lost: false,
             tx_refused: false,

@@ -17,6 +17,18 @@ impl Connection {
                     s.in_multi = true;
                     return self.reply(Value::ok()).await;
                 }
+                if s.multi_deferred {
+                    return self
+                        .reply(Value::err("ERR MULTI calls can not be nested"))
+                        .await;
+                }
+                if self.ctx.shards.len() > 1 && !s.watching && !s.in_multi {
+                    // Which shard the transaction runs on is known at its
+                    // first command (see `pinned`).
+                    s.in_multi = true;
+                    s.multi_deferred = true;
+                    return self.reply(Value::ok()).await;
+                }
                 let flow = self.pinned(req).await;
                 self.session.in_multi = self.session.pinned.is_some();
                 flow
@@ -30,6 +42,17 @@ impl Connection {
                 s.tx_lost = false;
                 if was_lost {
                     return self.reply(lost_reply(tx, in_multi)).await;
+                }
+                if std::mem::take(&mut s.multi_deferred) {
+                    // Nothing was queued: no node knows of this MULTI.
+                    let reply = if tx == Tx::Discard {
+                        Value::ok()
+                    } else if refused {
+                        Value::err("EXECABORT Transaction discarded because of previous errors.")
+                    } else {
+                        Value::Array(Vec::new())
+                    };
+                    return self.reply(reply).await;
                 }
                 if refused && tx == Tx::Exec && in_multi {
                     return self.abort_exec().await;

@@ -21,10 +21,10 @@ use tokio::sync::oneshot;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::admin::metrics::{BatchClass, Metrics};
 use crate::backend::charge::Account;
 use crate::backend::BatchReply;
 use crate::net::WriteHalf;
+use crate::observe::counters::{BatchClass, Metrics};
 
 /// Something the client will receive, in order.
 pub enum Pending {

@@ -17,16 +17,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis_protocol::resp3::types::OwnedFrame;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::probe::{self, Report};
+pub use super::request::Switchover;
 use super::state::{ShardState, StateStore};
 use crate::backend::control::{frame_text, Control};
 use crate::backend::ConnectOptions;
-use crate::operate::OpError;
+use crate::context::Context;
+use crate::operate::error::OpError;
 use crate::replicate::quorum::{replicas_needed_to_promote, Candidate};
-use crate::server::Context;
 use crate::topology::{Health, Node, Role, Shard};
 
 /// A node is sent the same corrective command at most this often: it takes
@@ -35,18 +36,6 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// After a promotion, how long to wait for the replicas to connect to the
 /// new primary before releasing held writes (which need their acks).
 const CATCH_UP: Duration = Duration::from_secs(2);
-
-/// An operator's request to move the primary role to another node.
-pub struct Switchover {
-    /// The node to promote (`host:port` as configured); `None` lets the
-    /// election choose.
-    pub target: Option<String>,
-    /// `rampart promote --force`: promote `target` now, without the
-    /// checks that it holds every acknowledged write. For a shard waiting
-    /// on an operator because no node can be proven to.
-    pub force: bool,
-    pub reply: oneshot::Sender<Result<String, OpError>>,
-}
 
 /// How long a switchover waits for the target to catch up before giving up
 /// (and letting the held writes go to the old primary again).

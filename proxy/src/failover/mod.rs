@@ -5,6 +5,6 @@
 
 pub mod controller;
 pub mod detect;
-pub mod events;
 pub mod probe;
+pub mod request;
 pub mod state;

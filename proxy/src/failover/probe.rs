@@ -13,30 +13,14 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use super::detect::DetectorSource;
-use super::events::Events;
+use crate::observe::events::Events;
+pub use crate::topology::Report;
 use redis_protocol::resp3::types::OwnedFrame;
 
 use crate::backend::control::{frame_text, Control};
 use crate::backend::ConnectOptions;
 use crate::config::ProbeConfig;
 use crate::topology::{Health, Node, Role, Shard};
-
-/// What one `INFO replication` reply says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
-    pub role: Role,
-    /// `master_repl_offset` of a primary; `slave_repl_offset` of a replica.
-    pub offset: u64,
-    /// For a replica: its link to the primary is up.
-    pub connected: bool,
-    /// For a replica: the `host:port` it follows.
-    pub master: Option<String>,
-    /// `replica-priority` (`slave_priority`); 100 when not reported.
-    pub priority: u32,
-    /// For a primary: replicas connected to it (`connected_slaves`), or,
-    /// when `min-replicas-to-write` is set, those it counts as good.
-    pub replicas: u32,
-}
 
 /// Parses an `INFO replication` reply.
 pub fn parse_replication(info: &str) -> Option<Report> {

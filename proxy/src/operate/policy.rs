@@ -4,9 +4,9 @@
 //! thread; only a policy that passed every step is published.
 
 use super::OpError;
+use crate::context::Context;
 use crate::policy::slot::{GenerationView, SlotView};
 use crate::policy::swap::{build, build_detector, build_quorum, Kind, Mode, Source};
-use crate::server::Context;
 
 /// Every policy in force.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -34,7 +34,7 @@ impl Context {
         let slot = &found.router;
         let shard_ref = found.topology.clone();
         let changes = self.topology_changes.clone();
-        let limits = self.config.plugins.limits();
+        let limits = crate::policy::Limits::of(&self.config.plugins);
         // Numbered once accepted: a refused load uses no generation number.
         let built = tokio::task::spawn_blocking(move || {
             build(&source, &config, &shard_ref, changes, 0, limits)
@@ -139,7 +139,7 @@ impl Context {
         let found = self.shard(shard)?;
         let replicas = found.topology.replica_count();
         let label = source.label();
-        let limits = self.config.plugins.limits();
+        let limits = crate::policy::Limits::of(&self.config.plugins);
         let built = tokio::task::spawn_blocking(move || {
             build_quorum(&source, &config, &replication, replicas, limits)
         })
@@ -186,7 +186,7 @@ impl Context {
         probe: crate::config::ProbeConfig,
     ) -> Result<GenerationView, OpError> {
         let label = source.label();
-        let limits = self.config.plugins.limits();
+        let limits = crate::policy::Limits::of(&self.config.plugins);
         let built =
             tokio::task::spawn_blocking(move || build_detector(&source, &config, &probe, limits))
                 .await

@@ -9,8 +9,8 @@ use tokio::sync::oneshot;
 
 use super::OpError;
 use crate::config::FailoverRole;
-use crate::failover::controller::Switchover;
-use crate::server::Context;
+use crate::context::Context;
+use crate::failover::request::Switchover;
 use crate::shard::Shard;
 
 impl Context {
@@ -22,7 +22,7 @@ impl Context {
                 "shard '{shard}' is not in fan-out mode (Redis replication resyncs its own replicas)"
             )));
         };
-        if fanout.force_resync(node, self) {
+        if fanout.force_resync(node) {
             Ok(format!("{node} will be copied afresh"))
         } else {
             Err(OpError::NotFound(format!(

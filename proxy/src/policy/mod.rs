@@ -60,6 +60,18 @@ pub struct Limits {
     pub setup_ticks: u64,
 }
 
+impl Limits {
+    /// The sandbox `[plugins]` asks for.
+    pub fn of(plugins: &crate::config::PluginsConfig) -> Limits {
+        Limits {
+            memory_bytes: plugins.memory_limit_mb as usize * 1024 * 1024,
+            route_fuel: u64::from(plugins.route_budget_ms) * FUEL_PER_MS,
+            setup_fuel: u64::from(plugins.call_budget_ms) * FUEL_PER_MS,
+            setup_ticks: ticks_for(u64::from(plugins.call_budget_ms)),
+        }
+    }
+}
+
 /// Fuel per millisecond of budget: about what cranelift's code burns in a
 /// millisecond of a tight loop (measured on the development VM: 2 million
 /// ran out after 0.34 ms).

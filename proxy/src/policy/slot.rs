@@ -195,6 +195,27 @@ pub struct SlotView {
     pub shadow: Option<ShadowView>,
 }
 
+/// The slot as the request path sees it: one read policy.
+impl ReadPolicy for RouterSlot {
+    /// Picks the node for a read with the active generation (and lets the
+    /// shadow, if any, pick too, for the record). `None`: the primary.
+    fn pick<'s>(&self, shard: &'s Shard, read: &Read) -> Option<&'s Arc<Node>> {
+        let current = self.current.load();
+        let choice = current.policy.pick(shard, read);
+        if self.has_shadow.load(Ordering::Relaxed) {
+            if let Some(shadow) = &*self.shadow.load() {
+                let candidate = shadow.generation.policy.pick(shard, read);
+                shadow.compare(shard, choice, candidate);
+            }
+        }
+        choice
+    }
+
+    fn describe(&self) -> PolicyView {
+        self.current.load().policy.describe()
+    }
+}
+
 impl RouterSlot {
     pub fn from_generation(generation: Generation) -> RouterSlot {
         RouterSlot {
@@ -209,20 +230,6 @@ impl RouterSlot {
     /// The number the next generation gets.
     pub fn next_number(&self) -> u64 {
         self.next.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Picks the node for a read with the active generation (and lets the
-    /// shadow, if any, pick too, for the record). `None`: the primary.
-    pub fn pick<'s>(&self, shard: &'s Shard, read: &Read) -> Option<&'s Arc<Node>> {
-        let current = self.current.load();
-        let choice = current.policy.pick(shard, read);
-        if self.has_shadow.load(Ordering::Relaxed) {
-            if let Some(shadow) = &*self.shadow.load() {
-                let candidate = shadow.generation.policy.pick(shard, read);
-                shadow.compare(shard, choice, candidate);
-            }
-        }
-        choice
     }
 
     pub fn active(&self) -> Arc<Generation> {

@@ -4,7 +4,6 @@
 //! quorum plugin is another implementation of the same trait.
 
 use rampart_sdk::algorithms;
-use serde::Deserialize;
 
 use crate::route::PolicyView;
 
@@ -43,43 +42,7 @@ pub trait QuorumPolicy: Send + Sync {
     fn forget_self_check(&self) {}
 }
 
-/// The built-in quorums.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Quorum {
-    /// Asynchronous: answered once the primary has the write.
-    #[default]
-    None,
-    /// One replica.
-    One,
-    /// A majority of the shard's nodes, the primary included.
-    Majority,
-    /// Every replica.
-    All,
-}
-
-impl Quorum {
-    /// As written in the configuration.
-    pub fn parse(name: &str) -> Option<Quorum> {
-        [Quorum::None, Quorum::One, Quorum::Majority, Quorum::All]
-            .into_iter()
-            .find(|q| q.name() == name)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Quorum::None => "none",
-            Quorum::One => "one",
-            Quorum::Majority => "majority",
-            Quorum::All => "all",
-        }
-    }
-
-    /// Replica acknowledgements for a shard with `replicas` replicas.
-    pub fn acks(self, replicas: u32) -> u32 {
-        algorithms::quorum_acks(self.name(), replicas).unwrap_or(replicas)
-    }
-}
+pub use crate::config::Quorum;
 
 /// A built-in quorum with the default election.
 pub struct Builtin {

@@ -85,6 +85,9 @@ pub enum Local {
     /// (P|S)UNSUBSCRIBE while not subscribed: Redis answers one frame per
     /// channel, which a shared link could not match to requests.
     Unsubscribe,
+    /// `CLUSTER KEYSLOT key`: the hash slot Rampart places the key by, as
+    /// Redis Cluster computes it (a node outside cluster mode refuses it).
+    KeySlot,
     Rampart,
 }
 
@@ -100,6 +103,9 @@ pub fn classify(req: &Request) -> Class {
     }
     match n {
         b"CLIENT" => client_subcommand(req),
+        b"CLUSTER" if req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"KEYSLOT") => {
+            Class::Local(Local::KeySlot)
+        }
         b"SCRIPT" | b"FUNCTION" if req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"KILL") => {
             Class::Local(Local::KillScript)
         }

@@ -46,6 +46,10 @@ pub struct Spec {
     pub find: Find,
 }
 
+/// Commands (`NAME` or `CONTAINER|SUB`) and where their keys are, sorted
+/// by name.
+static TABLE: &[(&str, &[Spec])] = include!("keyspecs_table.rs");
+
 /// Argument positions of keys, usually few.
 pub type KeyPositions = SmallVec<[usize; 4]>;
 
@@ -108,6 +112,11 @@ pub fn key_positions(req: &Request) -> Option<KeyPositions> {
     if let Some(store) = sort_store(req) {
         positions.push(store);
     }
+    // `MIGRATE host port "" db timeout KEYS k1 k2`: the empty key argument
+    // stands for none (Redis's `migrateGetKeys`).
+    if req.name().as_bytes() == b"MIGRATE" && req.arg(3) == Some(b"") {
+        positions.retain(|&mut at| at != 3);
+    }
     Some(positions)
 }
 
@@ -125,10 +134,10 @@ fn specs_of(req: &Request) -> Option<&'static [Spec]> {
     let name = req.name();
     let name = name.as_str();
     let find = |wanted: &str| {
-        super::keyspecs_table::TABLE
+        TABLE
             .binary_search_by(|(n, _)| (*n).cmp(wanted))
             .ok()
-            .map(|i| super::keyspecs_table::TABLE[i].1)
+            .map(|i| TABLE[i].1)
     };
     if let Some(specs) = find(name) {
         return Some(specs);

@@ -5,7 +5,6 @@
 pub mod command;
 pub mod encode;
 pub mod keyspecs;
-mod keyspecs_table;
 pub mod limits;
 pub mod reply;
 pub mod request;

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 pub use policies::{PrimaryOnly, RoundRobinReplicas};
 
-use crate::policy::slot::RouterSlot;
 use crate::resp::Class;
 use crate::topology::{Node, Shard};
 
@@ -61,7 +60,7 @@ impl PolicyView {
 /// Where a command goes; `Err` when the shard has no primary to send it to.
 pub fn route<'s>(
     shard: &'s Shard,
-    router: &RouterSlot,
+    router: &dyn ReadPolicy,
     class: Class,
     read: &Read,
 ) -> Result<&'s Arc<Node>, NoPrimary> {

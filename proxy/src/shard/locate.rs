@@ -14,9 +14,11 @@ pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same sl
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
-    /// The shard (by index) owning every key of the request; keyless
-    /// commands not listed below go to the first shard.
+    /// The shard (by index) owning every key of the request.
     One(usize),
+    /// No key, and nothing about the whole data set: the shard the client
+    /// is already on (in a transaction), otherwise the first.
+    Any,
     /// Keys on several shards, in a command split by key.
     Split(Split),
     /// A keyless command about the whole data set.
@@ -60,28 +62,31 @@ pub fn locate(req: &Request, slots: &SlotMap, shards: usize) -> Place {
     if shards <= 1 {
         return Place::One(0);
     }
-    if let Some(every) = every(req) {
+    let name = req.name();
+    let name = name.as_bytes();
+    if let Some(every) = every(name, req) {
         return Place::Every(every);
     }
     let Some(keys) = keyspecs::keys(req) else {
-        return Place::One(0);
+        return Place::Any;
     };
     let mut owners = keys.iter().map(|key| slots.shard_of(key));
     let Some(first) = owners.next() else {
-        return Place::One(0);
+        return Place::Any;
     };
     if owners.all(|owner| owner == first) {
         return Place::One(first);
     }
-    match split(req) {
+    match split(name, req) {
         Some(split) => Place::Split(split),
+        // `MSET k v k`: the node answers Redis's arity error.
+        None if name == b"MSET" => Place::One(first),
         None => Place::CrossSlot,
     }
 }
 
-fn split(req: &Request) -> Option<Split> {
-    let name = req.name();
-    match name.as_bytes() {
+fn split(name: &[u8], req: &Request) -> Option<Split> {
+    match name {
         b"MGET" => Some(Split::Mget),
         b"MSET" if req.argc() % 2 == 1 => Some(Split::Mset),
         b"DEL" | b"UNLINK" | b"EXISTS" | b"TOUCH" => Some(Split::Count),
@@ -89,11 +94,12 @@ fn split(req: &Request) -> Option<Split> {
     }
 }
 
-fn every(req: &Request) -> Option<Every> {
-    let name = req.name();
-    let sub = || req.arg_upper(1);
-    let sub_is = |names: &[&[u8]]| sub().is_some_and(|s| names.contains(&s.as_bytes()));
-    Some(match name.as_bytes() {
+fn every(name: &[u8], req: &Request) -> Option<Every> {
+    let sub_is = |names: &[&[u8]]| {
+        req.arg_upper(1)
+            .is_some_and(|s| names.contains(&s.as_bytes()))
+    };
+    Some(match name {
         b"DBSIZE" => Every::Sum,
         b"KEYS" => Every::Concat,
         b"SCAN" => Every::Scan,
@@ -137,10 +143,11 @@ mod tests {
             place(&["EVAL", "return 1", "2", "foo", "bar"]),
             Place::CrossSlot
         );
-        assert_eq!(place(&["EVAL", "return 1", "0"]), Place::One(0));
+        assert_eq!(place(&["EVAL", "return 1", "0"]), Place::Any);
         assert_eq!(place(&["DBSIZE"]), Place::Every(Every::Sum));
         assert_eq!(place(&["script", "load", "x"]), Place::Every(Every::Same));
-        assert_eq!(place(&["PING"]), Place::One(0));
+        assert_eq!(place(&["PUBLISH", "news", "x"]), Place::Any);
+        assert_eq!(place(&["SPUBLISH", "foo", "x"]), Place::One(1));
         assert_eq!(
             locate(&Request::from_args(&["MGET", "foo", "bar"]), &two(), 1),
             Place::One(0)

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 
-use crate::failover::controller::Switchover;
+use crate::failover::request::Switchover;
 use crate::policy::slot::{Generation, RouterSlot};
 use crate::replicate::fanout::Fanout;
 use crate::replicate::QuorumPolicy;

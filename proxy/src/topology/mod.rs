@@ -12,7 +12,6 @@ use tokio::sync::watch;
 
 use crate::backend::NodePool;
 use crate::config::ReadFrom;
-use crate::failover::probe::Report;
 use crate::replicate::lag::OffsetHistory;
 use crate::replicate::{Durability, DurabilityView};
 
@@ -331,11 +330,30 @@ impl Node {
     }
 }
 
+/// What one `INFO replication` reply says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub role: Role,
+    /// `master_repl_offset` of a primary; `slave_repl_offset` of a replica.
+    pub offset: u64,
+    /// For a replica: its link to the primary is up.
+    pub connected: bool,
+    /// For a replica: the `host:port` it follows.
+    pub master: Option<String>,
+    /// `replica-priority` (`slave_priority`); 100 when not reported.
+    pub priority: u32,
+    /// For a primary: replicas connected to it (`connected_slaves`), or,
+    /// when `min-replicas-to-write` is set, those it counts as good.
+    pub replicas: u32,
+}
+
 /// A primary and its replicas.
 pub struct Shard {
     pub name: String,
     pub nodes: Vec<Arc<Node>>,
     pub read_from: ReadFrom,
+    /// The hash slots the shard owns, as ranges (`0-8191`).
+    pub slots: String,
     /// The zone of this Rampart instance (`proxy.zone`), numbered like the
     /// nodes' zones; 0 = none. Routers prefer replicas in it.
     pub client_zone: u32,
@@ -385,6 +403,7 @@ impl Shard {
             name,
             nodes,
             read_from,
+            slots: "0-16383".into(),
             client_zone: 0,
             durability: Arc::default(),
             primary: AtomicUsize::new(NO_PRIMARY),
@@ -435,6 +454,21 @@ impl Shard {
         }
     }
 
+    pub fn with_slots(mut self, ranges: &[(u16, u16)]) -> Shard {
+        let ranges: Vec<String> = ranges
+            .iter()
+            .map(|&(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        self.slots = ranges.join(",");
+        self
+    }
+
     pub fn with_fanout(mut self, fanout: bool) -> Shard {
         self.fanout = fanout;
         self
@@ -470,6 +504,11 @@ impl Shard {
         }
         self.primary_node()
             .filter(|node| node.health() == Health::Up)
+    }
+
+    /// Whether `node` is one of this shard's.
+    pub fn has(&self, node: &Arc<Node>) -> bool {
+        self.nodes.iter().any(|n| Arc::ptr_eq(n, node))
     }
 
     /// This epoch's primary, whatever its health.
@@ -652,6 +691,7 @@ impl Shard {
         ShardView {
             name: self.name.clone(),
             read_from: format!("{:?}", self.read_from).to_lowercase(),
+            slots: self.slots.clone(),
             mode: if self.fanout { "fanout" } else { "native" },
             epoch: self.epoch(),
             failing_over: self.is_failing_over(),
@@ -675,8 +715,9 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// The shard a command goes to. Single-shard for now.
-    pub fn shard(&self) -> &Arc<Shard> {
+    /// The first shard (by name): where keyless commands go, and what an
+    /// operation that names no shard acts on.
+    pub fn first(&self) -> &Arc<Shard> {
         &self.shards[0]
     }
 
@@ -702,6 +743,8 @@ pub struct TopologyView {
 pub struct ShardView {
     pub name: String,
     pub read_from: String,
+    /// The hash slots it owns (`0-8191`).
+    pub slots: String,
     /// `native` or `fanout`.
     pub mode: &'static str,
     pub epoch: u64,

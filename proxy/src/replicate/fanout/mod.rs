@@ -41,9 +41,9 @@ use tokio::sync::{oneshot, Notify};
 use self::log::{Entry, Kind, Settle, Snapshot, Write};
 use crate::backend::{BatchReply, ConnectOptions};
 use crate::failover::state::{FanoutState, StateStore};
-use crate::operate::OpError;
+use crate::observe::events::Events;
+use crate::operate::error::OpError;
 use crate::resp::Proto;
-use crate::server::Context;
 use crate::topology::{Shard, SyncState};
 
 pub use rewrite::{Rewriter, Verdict};
@@ -64,8 +64,15 @@ pub struct Fanout {
     max_bytes: usize,
     /// How long an asynchronous write waits for any node to answer.
     reply_timeout: Duration,
-    /// For events raised where no context is at hand (set by `start`).
-    ctx: std::sync::OnceLock<std::sync::Weak<Context>>,
+    /// Where nodes falling out of sync, resyncs and primary changes are
+    /// recorded.
+    events: Arc<Events>,
+    /// Bounds how deeply nested a node's reply may be.
+    pub(crate) max_reply_depth: usize,
+    /// Set once the log is closed ([`Fanout::close`], the last step of a
+    /// shutdown): the streams and the sweep end then, not at the shutdown
+    /// signal, because draining clients still wait for their writes.
+    closed: tokio::sync::watch::Sender<bool>,
     /// Where the nodes' standing is kept across restarts.
     store: StateStore,
     /// What the last run left: the primary, and why nodes start stale.
@@ -116,14 +123,29 @@ fn holds_place(state: SyncState) -> bool {
     state != SyncState::Stale
 }
 
+/// The numbers a fan-out writer runs by, from the configuration.
+pub struct Limits {
+    /// `replication.backlog_mb`.
+    pub backlog_mb: u32,
+    /// How long an asynchronous write waits for any node to answer.
+    pub reply_timeout: Duration,
+    /// `limits.max_reply_depth`.
+    pub max_reply_depth: usize,
+}
+
 impl Fanout {
     pub fn new(
         shard: Arc<Shard>,
-        backlog_mb: u32,
-        reply_timeout: Duration,
+        limits: Limits,
         opts: ConnectOptions,
         store: StateStore,
+        events: Arc<Events>,
     ) -> Fanout {
+        let Limits {
+            backlog_mb,
+            reply_timeout,
+            max_reply_depth,
+        } = limits;
         let nodes = shard.nodes.len();
         let remembered = store.load_fanout(&shard.name).unwrap_or_else(|e| {
             tracing::error!(shard = %shard.name, error = %e, "cannot read the fan-out state; trusting every node");
@@ -181,7 +203,9 @@ impl Fanout {
             in_sync: Notify::new(),
             max_bytes: (backlog_mb as usize).saturating_mul(1024 * 1024),
             reply_timeout,
-            ctx: std::sync::OnceLock::new(),
+            events,
+            max_reply_depth,
+            closed: tokio::sync::watch::channel(false).0,
             store,
             record: Mutex::new(record),
             distrusted,
@@ -192,16 +216,15 @@ impl Fanout {
 
     /// Starts a stream per node and the task that answers writes that time
     /// out.
-    pub fn start(self: &Arc<Self>, ctx: &Arc<Context>) {
-        let _ = self.ctx.set(Arc::downgrade(ctx));
+    pub fn start(self: &Arc<Self>) {
         for (index, why) in &self.distrusted {
-            self.event(ctx, "node-stale", *index, why.clone());
+            self.event("node-stale", *index, why.clone());
         }
         self.remember(|_| {});
         for index in 0..self.shard.nodes.len() {
-            stream::spawn(self.clone(), index, ctx.clone());
+            stream::spawn(self.clone(), index);
         }
-        tokio::spawn(sweep(self.clone(), ctx.clone()));
+        tokio::spawn(sweep(self.clone()));
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -309,9 +332,8 @@ impl Fanout {
             }
             for index in front {
                 self.shard.nodes[index].set_sync(SyncState::Stale);
-                if let Some(ctx) = self.ctx.get().and_then(|c| c.upgrade()) {
+                {
                     self.event(
-                        &ctx,
                         "node-stale",
                         index,
                         format!(
@@ -370,7 +392,7 @@ impl Fanout {
     }
 
     /// Node `index` has answered every entry below `upto`.
-    fn acked(&self, index: usize, upto: u64, ctx: &Context) {
+    fn acked(&self, index: usize, upto: u64) {
         let mut state = self.lock();
         let cursor = &mut state.nodes[index];
         cursor.acked = cursor.acked.max(upto);
@@ -380,7 +402,6 @@ impl Fanout {
             self.in_sync.notify_waiters();
             drop(state);
             self.event(
-                ctx,
                 "caught-up",
                 index,
                 "ran the writes it missed; serving again",
@@ -394,12 +415,11 @@ impl Fanout {
     }
 
     /// A resync of node `index` reached its end in the log.
-    fn synced(&self, index: usize, ctx: &Context) {
+    fn synced(&self, index: usize) {
         let before = self.shard.nodes[index].set_sync(SyncState::InSync);
         self.in_sync.notify_waiters();
         if before == SyncState::Resyncing {
             self.event(
-                ctx,
                 "resynced",
                 index,
                 "copied from a node in sync; serving again",
@@ -409,7 +429,7 @@ impl Fanout {
     }
 
     /// Node `index`'s stream connected; `run_id` is the node's.
-    fn connected(&self, index: usize, run_id: String, ctx: &Context) -> Start {
+    fn connected(&self, index: usize, run_id: String) -> Start {
         let node = &self.shard.nodes[index];
         let (restarted, first_seen) = {
             let mut state = self.lock();
@@ -428,7 +448,6 @@ impl Fanout {
         if restarted && node.sync() != SyncState::Stale {
             node.set_sync(SyncState::Stale);
             self.event(
-                ctx,
                 "node-stale",
                 index,
                 "the node restarted (new run_id): what it kept may be older than what it acknowledged",
@@ -462,7 +481,7 @@ impl Fanout {
 
     /// Node `index`'s stream lost its connection. `unanswered` says whether
     /// writes were in flight on it.
-    fn disconnected(&self, index: usize, unanswered: bool, reason: &str, ctx: &Context) {
+    fn disconnected(&self, index: usize, unanswered: bool, reason: &str) {
         let node = &self.shard.nodes[index];
         let before = node.sync();
         let after = match before {
@@ -477,10 +496,9 @@ impl Fanout {
             } else {
                 format!("connection lost with writes unanswered ({reason}): they may or may not have run")
             };
-            self.event(ctx, "node-stale", index, why);
+            self.event("node-stale", index, why);
         } else if before != after {
             self.event(
-                ctx,
                 "node-down",
                 index,
                 format!("connection lost ({reason}); writes wait in its backlog"),
@@ -494,14 +512,13 @@ impl Fanout {
     /// Node `index` answered a write with a node-state error where the
     /// primary did not (or the other way round): it missed that write, or
     /// ran one the others did not.
-    fn diverged(&self, index: usize, ctx: &Context) {
+    fn diverged(&self, index: usize) {
         let node = &self.shard.nodes[index];
         if !matches!(node.sync(), SyncState::InSync | SyncState::CatchingUp) {
             return;
         }
         node.set_sync(SyncState::Stale);
         self.event(
-            ctx,
             "node-stale",
             index,
             "a write failed on this node alone, or on it alone succeeded (READONLY, OOM, NOSCRIPT ...): it no longer holds what the others hold",
@@ -513,9 +530,9 @@ impl Fanout {
 
     /// Node `index` answers but cannot take part (a Redis replica): it is
     /// marked stale, to be copied once it can.
-    fn unfit(&self, index: usize, why: &str, ctx: &Context) {
+    fn unfit(&self, index: usize, why: &str) {
         if self.shard.nodes[index].set_sync(SyncState::Stale) != SyncState::Stale {
-            self.event(ctx, "node-stale", index, why.to_string());
+            self.event("node-stale", index, why.to_string());
             self.shard.refresh();
             let mut state = self.lock();
             self.trim(&mut state);
@@ -523,9 +540,9 @@ impl Fanout {
     }
 
     /// Node `index`'s resync failed before it began copying.
-    fn resync_failed(&self, index: usize, why: &str, ctx: &Context) {
+    fn resync_failed(&self, index: usize, why: &str) {
         if self.shard.nodes[index].set_sync(SyncState::Stale) == SyncState::Resyncing {
-            self.event(ctx, "resync-failed", index, why.to_string());
+            self.event("resync-failed", index, why.to_string());
         }
         self.wake[index].notify_one();
         let mut state = self.lock();
@@ -535,13 +552,13 @@ impl Fanout {
     /// Marks a node stale so that it is copied afresh (an operator's call,
     /// when a node's data is known to be wrong). False if it is not in
     /// this shard.
-    pub fn force_resync(&self, addr: &str, ctx: &Context) -> bool {
+    pub fn force_resync(&self, addr: &str) -> bool {
         let Some(index) = self.shard.nodes.iter().position(|n| n.addr == addr) else {
             return false;
         };
         let before = self.shard.nodes[index].set_sync(SyncState::Stale);
         if before != SyncState::Stale {
-            self.event(ctx, "node-stale", index, "resync requested by an operator");
+            self.event("node-stale", index, "resync requested by an operator");
         }
         self.shard.refresh();
         // Its stream notices at its next wake-up and reconnects.
@@ -602,6 +619,7 @@ impl Fanout {
             .primary_index()
             .map(|i| self.shard.nodes[i].addr.clone());
         tracing::info!(shard = %self.shard.name, ?in_sync, "fan-out log closed");
+        self.closed.send_replace(true);
         self.remember(|record| {
             record.running = false;
             record.primary = primary;
@@ -688,9 +706,8 @@ impl Fanout {
                 other.set_sync(SyncState::Stale);
             }
         }
-        if let Some(ctx) = self.ctx.get().and_then(|c| c.upgrade()) {
+        {
             self.event(
-                &ctx,
                 "trusted",
                 index,
                 "declared in sync by an operator (no node was known to have every write); the others will be copied from it",
@@ -720,8 +737,8 @@ impl Fanout {
         true
     }
 
-    fn event(&self, ctx: &Context, kind: &'static str, index: usize, detail: impl Into<String>) {
-        ctx.events.record(
+    fn event(&self, kind: &'static str, index: usize, detail: impl Into<String>) {
+        self.events.record(
             &self.shard.name,
             kind,
             Some(&self.shard.nodes[index].addr),
@@ -733,12 +750,16 @@ impl Fanout {
 
 /// Answers writes at their deadline (or when the node they were waiting
 /// for is lost), keeps each node's lag, and records primary changes.
-async fn sweep(fanout: Arc<Fanout>, ctx: Arc<Context>) {
+async fn sweep(fanout: Arc<Fanout>) {
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut primary = fanout.shard.primary_index();
+    let mut closed = fanout.closed.subscribe();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = closed.changed() => return,
+        }
         let now = Instant::now();
         let unsettled: Vec<Arc<Entry>> = fanout.lock().unsettled.iter().cloned().collect();
         let mut done = 0;
@@ -765,7 +786,6 @@ async fn sweep(fanout: Arc<Fanout>, ctx: Arc<Context>) {
                 let addr = fanout.shard.nodes[index].addr.clone();
                 tokio::task::spawn_blocking(move || keeper.remember(|r| r.primary = Some(addr)));
                 fanout.event(
-                    &ctx,
                     "fanout-primary",
                     index,
                     "now the node whose replies clients get and where reads go by default",

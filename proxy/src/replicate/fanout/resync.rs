@@ -23,26 +23,24 @@ use redis_protocol::resp3::types::OwnedFrame;
 use super::log::Kind;
 use super::Fanout;
 use crate::backend::control::{frame_text, Control};
-use crate::server::Context;
 use crate::topology::SyncState;
 
 /// Keys per snapshot entry (and per `SCAN` call).
 const PAGE: usize = 256;
 
-pub async fn run(fanout: Arc<Fanout>, target: usize, ctx: Arc<Context>) {
-    if let Err(why) = copy(&fanout, target, &ctx).await {
+pub async fn run(fanout: Arc<Fanout>, target: usize) {
+    if let Err(why) = copy(&fanout, target).await {
         tracing::warn!(%why, "resync failed");
-        fanout.resync_failed(target, &why, &ctx);
+        fanout.resync_failed(target, &why);
     }
 }
 
-async fn copy(fanout: &Fanout, target: usize, ctx: &Context) -> Result<(), String> {
+async fn copy(fanout: &Fanout, target: usize) -> Result<(), String> {
     let source = fanout
         .source_for(target)
         .ok_or("no node in sync to copy from")?;
     let source_addr = &fanout.shard.nodes[source].addr;
     fanout.event(
-        ctx,
         "resync-started",
         target,
         format!("copying every key from {source_addr} (SCAN + DUMP/RESTORE)"),

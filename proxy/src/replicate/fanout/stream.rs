@@ -22,40 +22,43 @@ use crate::backend::link::{idle_read, Idle, ReplyCutter};
 use crate::net::{ReadHalf, Stream, WriteHalf};
 use crate::resp::encode::multibulk;
 use crate::resp::{Proto, ReplyScanner};
-use crate::server::Context;
 use crate::topology::SyncState;
 
 /// Stop gathering entries for one write past this many bytes.
 const WRITE_CHUNK: usize = 256 * 1024;
 
-pub fn spawn(fanout: Arc<Fanout>, index: usize, ctx: Arc<Context>) {
+pub fn spawn(fanout: Arc<Fanout>, index: usize) {
     let span = tracing::info_span!("fanout", shard = %fanout.shard.name, node = %fanout.shard.nodes[index].addr);
-    tokio::spawn(run(fanout, index, ctx).instrument(span));
+    tokio::spawn(run(fanout, index).instrument(span));
 }
 
-async fn run(fanout: Arc<Fanout>, index: usize, ctx: Arc<Context>) {
+async fn run(fanout: Arc<Fanout>, index: usize) {
     let node = fanout.shard.nodes[index].clone();
     let mut backoff = Duration::from_millis(10);
     // Between failed resyncs: a resync that cannot succeed (no node in
     // sync to copy from, a payload the node refuses) is not retried in a
     // tight loop.
     let mut resync_backoff = Duration::from_secs(1);
-    // Runs for the life of the process, shutdown included: clients that
-    // are draining wait for their writes' replies.
+    // Runs until the log is closed, shutdown included: clients that are
+    // draining wait for their writes' replies.
+    let mut closed = fanout.closed.subscribe();
     loop {
+        if *closed.borrow_and_update() {
+            return;
+        }
         match open(&node.addr, &fanout).await {
             Ok((stream, run_id)) => {
                 backoff = Duration::from_millis(10);
-                let start = fanout.connected(index, run_id, &ctx);
+                let start = fanout.connected(index, run_id);
                 if start == Start::Resync {
-                    tokio::spawn(resync::run(fanout.clone(), index, ctx.clone()).in_current_span());
+                    tokio::spawn(resync::run(fanout.clone(), index).in_current_span());
                 } else {
                     resync_backoff = Duration::from_secs(1);
                 }
                 tracing::debug!(?start, "fan-out stream connected");
-                let ended = serve(&fanout, index, stream, &ctx).await;
+                let ended = serve(&fanout, index, stream).await;
                 tracing::warn!(reason = %ended.reason, unanswered = ended.unanswered, "fan-out stream lost");
-                fanout.disconnected(index, ended.unanswered, &ended.reason, &ctx);
+                fanout.disconnected(index, ended.unanswered, &ended.reason);
                 if start == Start::Resync && node.sync() == SyncState::Stale {
                     tokio::select! {
                         _ = tokio::time::sleep(resync_backoff) => {}
@@ -66,16 +69,19 @@ async fn run(fanout: Arc<Fanout>, index: usize, ctx: Arc<Context>) {
             }
             Err(Refusal::Unreachable(e)) => {
                 if fanout.may_answer(index) {
-                    fanout.disconnected(index, false, &e, &ctx);
+                    fanout.disconnected(index, false, &e);
                 }
                 tracing::debug!(error = %e, "fan-out connect failed");
             }
             Err(Refusal::Unfit(why)) => {
-                fanout.unfit(index, &why, &ctx);
+                fanout.unfit(index, &why);
                 backoff = Duration::from_secs(1);
             }
         }
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = closed.changed() => return,
+        }
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
@@ -173,17 +179,17 @@ struct Ended {
     unanswered: bool,
 }
 
-async fn serve(fanout: &Fanout, index: usize, stream: Stream, ctx: &Context) -> Ended {
+async fn serve(fanout: &Fanout, index: usize, stream: Stream) -> Ended {
     let (rd, wr) = stream.into_split();
     let (items_tx, mut items) = mpsc::unbounded_channel();
     let mut reader = Reader {
-        cut: ReplyCutter::new(ctx.config.limits.max_reply_depth),
+        cut: ReplyCutter::new(fanout.max_reply_depth),
         current: None,
         acked: None,
     };
     let result = tokio::select! {
         r = write_loop(fanout, index, wr, &items_tx) => r,
-        r = reader.run(fanout, index, rd, &mut items, ctx) => r,
+        r = reader.run(fanout, index, rd, &mut items) => r,
     };
     let reason = match result {
         Ok(()) => "closed".to_string(),
@@ -306,12 +312,11 @@ impl Reader {
         index: usize,
         mut rd: ReadHalf,
         items: &mut mpsc::UnboundedReceiver<Item>,
-        ctx: &Context,
     ) -> Result<(), String> {
         loop {
-            self.deliver(fanout, index, items, ctx)?;
+            self.deliver(fanout, index, items)?;
             if let Some(upto) = self.acked.take() {
-                fanout.acked(index, upto, ctx);
+                fanout.acked(index, upto);
             }
             if self.current.is_none() {
                 match idle_read(items, &mut rd, &mut self.cut.buf).await? {
@@ -337,7 +342,6 @@ impl Reader {
         fanout: &Fanout,
         index: usize,
         items: &mut mpsc::UnboundedReceiver<Item>,
-        ctx: &Context,
     ) -> Result<(), String> {
         loop {
             let Some(current) = &self.current else {
@@ -350,7 +354,7 @@ impl Reader {
             if self.cut.done == current.replies() {
                 let (data, _) = self.cut.take();
                 if let Some(item) = self.current.take() {
-                    self.complete(item, data, fanout, index, ctx)?;
+                    self.complete(item, data, fanout, index)?;
                 }
                 continue;
             }
@@ -366,7 +370,6 @@ impl Reader {
         data: Bytes,
         fanout: &Fanout,
         index: usize,
-        ctx: &Context,
     ) -> Result<(), String> {
         let entry = match item {
             Item::Hello => return Ok(()),
@@ -374,7 +377,7 @@ impl Reader {
                 if let Some(write) = entry.write() {
                     let counts = fanout.may_answer(index);
                     for node in write.answered(index, data, counts, |i| fanout.may_answer(i)) {
-                        fanout.diverged(node, ctx);
+                        fanout.diverged(node);
                     }
                 }
                 entry
@@ -393,7 +396,7 @@ impl Reader {
             }
             Item::Pass(entry) => {
                 if matches!(entry.kind, Kind::Synced { target } if target == index) {
-                    fanout.synced(index, ctx);
+                    fanout.synced(index);
                 }
                 entry
             }

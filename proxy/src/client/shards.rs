@@ -1,0 +1,246 @@
+//! A client's requests when there are several shards: each goes to the
+//! shard owning its keys ([`crate::shard::locate`]), and the few that
+//! concern several shards are sent to each and their replies combined
+//! ([`crate::shard::split`]) into one reply, queued in its place among
+//! the client's other replies so a pipeline spanning shards keeps its
+//! order.
+//!
+//! A client in a transaction or WATCH stays on its shard: a command for
+//! another is refused with `CROSSSLOT` (and the transaction fails at
+//! EXEC, as Redis Cluster does).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::connection::{Connection, Flow};
+use super::writer::Pending;
+use crate::backend::charge::ReplyTo;
+use crate::backend::{Batch, BatchReply};
+use crate::observe::counters::BatchClass;
+use crate::resp::command::Class;
+use crate::resp::{Request, Value};
+use crate::route;
+use crate::shard::locate::{locate, Place, CROSSSLOT};
+use crate::shard::split::{self, Combine, Part};
+use crate::shard::Shard;
+use crate::topology::Node;
+
+impl Connection {
+    /// Chooses the shard for a request (sets `self.shard`), or handles it
+    /// here when it concerns several. `None`: go on with `self.shard`.
+    pub(super) async fn place(&mut self, class: Class, req: &Request) -> Option<Flow> {
+        if let Class::Refused(_) = class {
+            return None;
+        }
+        if class == Class::Stream {
+            let name = req.name();
+            if matches!(name.as_bytes(), b"MONITOR" | b"CLIENT") {
+                return Some(
+                    self.refuse(
+                        "ERR rampart: MONITOR and CLIENT TRACKING are not available with several shards (a node sees only its own shard's keys)"
+                            .into(),
+                    )
+                    .await,
+                );
+            }
+        }
+        let held = self.session.in_multi || self.session.watching || self.session.tx_lost;
+        let place = match class {
+            // Answered here, or about the client's own connection.
+            Class::Local(_) => Place::Any,
+            _ => locate(req, &self.ctx.slots, self.ctx.shards.len()),
+        };
+        let index = match place {
+            Place::One(index) => index,
+            Place::Any | Place::Every(_) if held => self.pinned_shard().unwrap_or(0),
+            Place::Any if class == Class::Wait => self.wrote_to,
+            Place::Any => self.pinned_shard().unwrap_or(0),
+            Place::CrossSlot | Place::Split(_) if held => {
+                return Some(self.refuse(CROSSSLOT.into()).await)
+            }
+            Place::CrossSlot => return Some(self.refuse(CROSSSLOT.into()).await),
+            Place::Split(_) | Place::Every(_) if self.session.user.is_some() => {
+                return Some(self.refuse(
+                    "ERR rampart: commands over several shards are not available to ACL users logged in through Rampart; send one per shard"
+                        .into(),
+                ).await)
+            }
+            Place::Split(kind) => {
+                let (parts, how) = split::split(kind, req, &self.ctx.slots);
+                return Some(self.scatter(class, parts, how).await);
+            }
+            Place::Every(kind) => {
+                let (parts, how) = split::every(kind, req, self.ctx.shards.len());
+                return Some(self.scatter(class, parts, how).await);
+            }
+        };
+        if !Arc::ptr_eq(&self.shard, &self.ctx.shards[index]) {
+            self.shard = self.ctx.shards[index].clone();
+        }
+        if class == Class::Write {
+            self.wrote_to = index;
+        }
+        None
+    }
+
+    /// The index of the shard the client's dedicated connection is on.
+    pub(super) fn pinned_shard(&self) -> Option<usize> {
+        let (node, _) = self.session.pinned.as_ref()?;
+        self.ctx.shards.iter().position(|s| s.topology.has(node))
+    }
+
+    /// Sends each part to its shard and queues the combined reply.
+    async fn scatter(&mut self, class: Class, parts: Vec<Part>, how: Combine) -> Flow {
+        if self.flush().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        // The parts travel on other links than the client's earlier
+        // requests: those must be answered first, so that what the parts
+        // read follows what the client wrote.
+        if self.replies.completed() < self.durable_upto && self.barrier().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        let write = class == Class::Write;
+        let mut pending = Vec::with_capacity(parts.len());
+        let mut durable = false;
+        for part in parts {
+            let shard = self.ctx.shards[part.shard].clone();
+            let (tx, rx) = oneshot::channel();
+            durable |= self.send_part(&shard, write, part.request, tx).await;
+            pending.push(rx);
+        }
+        let (client_tx, client_rx) = oneshot::channel();
+        let account = self.account.clone();
+        tokio::spawn(async move {
+            let mut replies = Vec::with_capacity(pending.len());
+            for rx in pending {
+                replies.push(part_reply(rx.await));
+            }
+            let data = split::combine(&how, &replies);
+            drop(replies);
+            let charge = Some(account.charge(data.len()));
+            let _ = client_tx.send(BatchReply {
+                data,
+                got: 1,
+                error: None,
+                charge,
+            });
+        });
+        let position = self.replies.push(Pending::Remote {
+            reply: client_rx,
+            replies: 1,
+            sent: std::time::Instant::now(),
+            class: if write {
+                BatchClass::Write
+            } else {
+                BatchClass::Read
+            },
+        });
+        if durable {
+            self.durable_upto = position;
+        }
+        Flow::Continue
+    }
+
+    /// Sends one part to its shard: writes to the primary (held for the
+    /// shard's quorum in sync mode, through the writer in fan-out mode),
+    /// reads where the shard's router says. Whether the part is durable.
+    async fn send_part(
+        &mut self,
+        shard: &Arc<Shard>,
+        write: bool,
+        request: Request,
+        tx: oneshot::Sender<BatchReply>,
+    ) -> bool {
+        let proto = self.session.proto;
+        if write {
+            if let Some(fanout) = &shard.fanout {
+                fanout.write(proto, vec![request.raw], 0, tx).await;
+                return true;
+            }
+        }
+        let Some(node) = self.node_for(shard, write, &request).await else {
+            let _ = tx.send(failed(&format!(
+                "ERR rampart: no reachable primary for shard '{}'",
+                shard.name()
+            )));
+            return false;
+        };
+        let durable = write && shard.topology.durability.is_sync();
+        let link = if durable {
+            node.pool.writer(proto, self.session.id)
+        } else {
+            node.pool.shared(proto, self.session.id)
+        };
+        node.count_requests(1);
+        link.send(Batch {
+            requests: vec![request.raw],
+            replies: 1,
+            reply: ReplyTo::charged(tx, self.account.clone()),
+            durable: durable.then(|| shard.topology.durability.clone()),
+            keep_on_shortfall: false,
+        })
+        .await;
+        durable
+    }
+
+    /// The node a part goes to, waiting for a failover if the shard has no
+    /// primary and the part needs one.
+    async fn node_for(
+        &mut self,
+        shard: &Arc<Shard>,
+        write: bool,
+        req: &Request,
+    ) -> Option<Arc<Node>> {
+        let class = if write { Class::Write } else { Class::Read };
+        let read = route::Read {
+            client_id: self.session.id,
+            key: req.arg(1).unwrap_or_default(),
+        };
+        let routed = route::route(&shard.topology, &shard.router, class, &read)
+            .ok()
+            .filter(|node| {
+                write
+                    || node
+                        .pool
+                        .shared(self.session.proto, self.session.id)
+                        .is_up()
+            });
+        if let Some(node) = routed {
+            return Some(node.clone());
+        }
+        if let Some(primary) = shard.topology.primary() {
+            return Some(primary.clone());
+        }
+        let previous = std::mem::replace(&mut self.shard, shard.clone());
+        let found = self.await_primary().await;
+        self.shard = previous;
+        found.then(|| shard.topology.primary().cloned()).flatten()
+    }
+}
+
+/// One part's reply as a single RESP value, an error if it did not come.
+fn part_reply(reply: Result<BatchReply, oneshot::error::RecvError>) -> Bytes {
+    match reply {
+        Ok(reply) if reply.got == 1 && reply.error.is_none() => reply.data,
+        Ok(reply) => {
+            let error = reply.error.map_or_else(
+                || "ERR rampart: a shard did not answer".to_string(),
+                |e| e.to_string(),
+            );
+            Value::err(error).encode(crate::resp::Proto::Resp2)
+        }
+        Err(_) => Bytes::from_static(b"-ERR rampart: a shard did not answer\r\n"),
+    }
+}
+
+fn failed(error: &str) -> BatchReply {
+    BatchReply {
+        data: Bytes::new(),
+        got: 0,
+        error: Some(error.into()),
+        charge: None,
+    }
+}

@@ -1,0 +1,72 @@
+//! What every part of a running Rampart shares: the configuration, the
+//! shards, the detector, events, metrics, memory caps, TLS and the clients.
+//! Built once by [`crate::server`] (the wiring) and handed to each task;
+//! nothing here starts anything.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::failover::detect::DetectorSource;
+use crate::net::tls::{Acceptor, Connector};
+use crate::observe::counters::Metrics;
+use crate::observe::events::Events;
+use crate::topology::Topology;
+
+/// Everything a client task needs, shared by all of them.
+pub struct Context {
+    pub config: Config,
+    pub topology: Topology,
+    /// Every shard with its router, quorum policy and write path, in
+    /// configuration order.
+    pub shards: Vec<Arc<crate::shard::Shard>>,
+    /// Which shard owns each hash slot.
+    pub slots: crate::shard::slots::SlotMap,
+    /// Bumped when any node's role or health changes (router plugins
+    /// refresh their node list on it).
+    pub topology_changes: Arc<AtomicU64>,
+    /// The detector every probe uses: the built-in `probe.detector`, or a
+    /// plugin; replaceable at runtime.
+    pub detector: Arc<DetectorSource>,
+    pub clients: AtomicUsize,
+    /// What the failover controllers did.
+    pub events: Arc<Events>,
+    /// Request latency histograms.
+    pub metrics: Arc<Metrics>,
+    /// Memory the clients' buffered replies and partial requests take,
+    /// against `[limits]`'s caps.
+    pub budget: Arc<crate::backend::charge::Budget>,
+    /// TLS on the client listener, the admin listener and to the nodes
+    /// (reloaded on SIGHUP).
+    pub client_tls: Option<Acceptor>,
+    pub admin_tls: Option<Arc<Acceptor>>,
+    pub backend_tls: Option<Arc<Connector>>,
+    /// The id the next client gets.
+    pub(crate) next_client_id: AtomicU64,
+    /// Becomes true when Rampart is shutting down: clients finish what they
+    /// are owed and close.
+    pub shutdown: watch::Receiver<bool>,
+    /// Commands and settings clients may not use (`proxy.deny_commands`,
+    /// `proxy.managed_settings`).
+    pub guard: crate::client::guard::Guard,
+    /// Every connected client, for `CLIENT LIST`, `KILL`, `UNBLOCK`.
+    pub registry: Arc<crate::client::registry::Registry>,
+}
+
+/// Counts a connected client for `max_clients` while it lives.
+pub struct ClientSlot(Arc<Context>);
+
+impl ClientSlot {
+    pub(crate) fn take(ctx: &Arc<Context>) -> ClientSlot {
+        ctx.clients.fetch_add(1, Ordering::AcqRel);
+        ClientSlot(ctx.clone())
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,625 @@
+//! Several shards behind one Rampart: keys placed by hash slot on real
+//! redis-server nodes, multi-key commands split and combined as one Redis
+//! would answer them, CROSSSLOT where they cannot be, keyless commands over
+//! the whole data set, pub/sub, transactions, and a failover of one shard
+//! that the other never notices.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rampart_tests::{wait_until, Cluster, Proxy, RedisNode};
+use redis::{Commands, Value};
+
+/// `shards` shards of a primary and `replicas` replicas each, the slots
+/// split evenly, writes synchronous to one replica.
+fn config(clusters: &[Cluster], extra: &str) -> String {
+    let mut text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[probe]\ninterval_ms = 50\ntimeout_ms = 200\ndown_after_ms = 500\n[failover]\nhold_writes_ms = 5000\n{extra}\n"
+    );
+    let per = 16384 / clusters.len();
+    for (i, cluster) in clusters.iter().enumerate() {
+        let first = i * per;
+        let last = if i + 1 == clusters.len() {
+            16383
+        } else {
+            first + per - 1
+        };
+        let nodes: Vec<String> = cluster.addrs().iter().map(|a| format!("\"{a}\"")).collect();
+        text.push_str(&format!(
+            "[shards.s{i}]\nnodes = [{}]\nslots = \"{first}-{last}\"\n[shards.s{i}.replication]\nquorum = \"{}\"\ntimeout_ms = 1000\n",
+            nodes.join(", "),
+            if cluster.nodes.len() > 1 { "one" } else { "none" },
+        ));
+    }
+    text
+}
+
+fn clusters(shards: usize, replicas: usize) -> Vec<Cluster> {
+    (0..shards).map(|_| Cluster::start(replicas)).collect()
+}
+
+/// Redis Cluster's slot of a key, computed by a real node.
+fn slot_of(proxy: &Proxy, key: &str) -> i64 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query(&mut proxy.conn())
+        .unwrap()
+}
+
+fn node_conn(node: &RedisNode) -> redis::Connection {
+    redis::Client::open(format!("redis://{}/", node.addr()))
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+/// A key whose slot lands in shard `shard` of `shards` (even split), with
+/// `prefix` in its hash tag.
+fn key_in(shard: usize, shards: usize, prefix: &str) -> String {
+    let per = 16384 / shards;
+    (0..)
+        .map(|i| format!("{{{prefix}{i}}}"))
+        .find(|key| {
+            let slot = crc16_slot(key);
+            slot / per == shard || (shard + 1 == shards && slot >= shard * per)
+        })
+        .unwrap()
+}
+
+/// The slot as the cluster spec defines it (checked against a real
+/// node's `CLUSTER KEYSLOT` below, through Rampart).
+fn crc16_slot(key: &str) -> usize {
+    let bytes = key.as_bytes();
+    let hashed = match bytes.iter().position(|&b| b == b'{') {
+        Some(open) => match bytes[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
+            _ => bytes,
+        },
+        None => bytes,
+    };
+    let mut crc: u16 = 0;
+    for &b in hashed {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    usize::from(crc) % 16384
+}
+
+#[test]
+fn keys_land_on_the_shard_their_slot_names() {
+    let shards = clusters(3, 0);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let mut conn = proxy.conn();
+    // Rampart's CLUSTER KEYSLOT is Redis Cluster's (values from its spec).
+    assert_eq!(slot_of(&proxy, "foo"), 12182);
+    assert_eq!(
+        slot_of(&proxy, "{user1000}.following"),
+        slot_of(&proxy, "user1000")
+    );
+    let mut direct: Vec<_> = shards.iter().map(|c| node_conn(c.primary())).collect();
+    for i in 0..300 {
+        let key = format!("key:{i}");
+        let _: () = conn.set(&key, i).unwrap();
+        let owner = crc16_slot(&key) / (16384 / 3);
+        assert_eq!(slot_of(&proxy, &key) as usize, crc16_slot(&key));
+        for (shard, node) in direct.iter_mut().enumerate() {
+            let there: bool = node.exists(&key).unwrap();
+            assert_eq!(there, shard == owner.min(2), "{key} on shard {shard}");
+        }
+    }
+    // Hash tags keep keys together.
+    for i in 0..20 {
+        let _: () = conn.set(format!("{{user:7}}:field{i}"), i).unwrap();
+    }
+    let owner = crc16_slot("user:7") / (16384 / 3);
+    let count: usize = redis::cmd("KEYS")
+        .arg("{user:7}:*")
+        .query::<Vec<String>>(&mut direct[owner.min(2)])
+        .unwrap()
+        .len();
+    assert_eq!(count, 20);
+    let dbsize: i64 = redis::cmd("DBSIZE").query(&mut conn).unwrap();
+    assert_eq!(dbsize, 320);
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert_eq!(keys.len(), 320);
+}
+
+/// Runs each command on a single redis-server and through Rampart over
+/// two shards: the replies must be the same.
+#[test]
+fn split_commands_answer_as_one_redis() {
+    let shards = clusters(2, 1);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let reference = RedisNode::start(None);
+    let mut one = node_conn(&reference);
+    let mut through = proxy.conn();
+    let (a, b) = (key_in(0, 2, "a"), key_in(1, 2, "b"));
+    let (a2, b2) = (key_in(0, 2, "c"), key_in(1, 2, "d"));
+    let commands: Vec<Vec<String>> = [
+        vec!["MSET", &a, "1", &b, "2", &a2, "3"],
+        vec!["MGET", &b, &a, "missing", &a2, &b],
+        vec!["EXISTS", &a, &b, &b, "missing", &a2],
+        vec!["TOUCH", &a, &b, "missing"],
+        vec!["MSET", &b2, "x", &a, "overwritten"],
+        vec!["MGET", &a, &b2, &b],
+        vec!["DEL", &a, &b, "missing"],
+        vec!["MGET", &a, &b, &a2, &b2],
+        vec!["UNLINK", &a2, &b2],
+        vec!["EXISTS", &a, &b, &a2, &b2],
+        vec!["MGET", &a],
+        vec!["MSET", &a, "1", &b],
+        vec!["DEL"],
+    ]
+    .iter()
+    .map(|c| c.iter().map(|s| s.to_string()).collect())
+    .collect();
+    for command in &commands {
+        let run = |conn: &mut redis::Connection| -> Result<Value, String> {
+            let mut cmd = redis::cmd(&command[0]);
+            for arg in &command[1..] {
+                cmd.arg(arg);
+            }
+            cmd.query::<Value>(conn).map_err(|e| e.to_string())
+        };
+        assert_eq!(run(&mut through), run(&mut one), "{command:?}");
+    }
+    // The keys are where their slots say, not all on one shard.
+    let _: () = through.mset(&[(&a, "1"), (&b, "2")]).unwrap();
+    let on_a: bool = node_conn(shards[0].primary()).exists(&a).unwrap();
+    let on_b: bool = node_conn(shards[1].primary()).exists(&b).unwrap();
+    assert!(on_a && on_b);
+}
+
+#[test]
+fn what_cannot_be_split_is_crossslot() {
+    let shards = clusters(2, 0);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let mut conn = proxy.conn();
+    let (a, b) = (key_in(0, 2, "a"), key_in(1, 2, "b"));
+    // redis-rs names the error kind its own way; the text is Redis Cluster's.
+    let crossslot = "Keys in request don't hash to the same slot";
+    let _: () = conn.set(&a, "1").unwrap();
+    for command in [
+        vec!["RENAME", a.as_str(), b.as_str()],
+        vec!["MSETNX", a.as_str(), "1", b.as_str(), "2"],
+        vec!["SUNIONSTORE", a.as_str(), b.as_str()],
+        vec!["LMOVE", a.as_str(), b.as_str(), "LEFT", "LEFT"],
+        vec!["EVAL", "return 1", "2", a.as_str(), b.as_str()],
+        vec!["BLPOP", a.as_str(), b.as_str(), "1"],
+    ] {
+        let error = redis::cmd(command[0])
+            .arg(&command[1..])
+            .query::<Value>(&mut conn)
+            .unwrap_err();
+        assert_eq!(error.code(), Some("CROSSSLOT"), "{command:?}");
+        assert!(
+            error.to_string().contains(crossslot),
+            "{command:?}: {error}"
+        );
+    }
+    // Within one shard (hash tags) they work.
+    let (t1, t2) = ("{t}1", "{t}2");
+    let _: () = conn.set(t1, "v").unwrap();
+    let _: () = redis::cmd("RENAME")
+        .arg(t1)
+        .arg(t2)
+        .query(&mut conn)
+        .unwrap();
+    let got: String = conn.get(t2).unwrap();
+    assert_eq!(got, "v");
+    let one: i64 = redis::cmd("EVAL")
+        .arg("return redis.call('exists', KEYS[1]) + redis.call('exists', KEYS[2])")
+        .arg(2)
+        .arg(t1)
+        .arg(t2)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(one, 1);
+    // SELECT: every shard's data is in database 0, as in Redis Cluster.
+    let error = redis::cmd("SELECT")
+        .arg(1)
+        .query::<()>(&mut conn)
+        .unwrap_err();
+    assert!(error
+        .to_string()
+        .contains("SELECT is not allowed in cluster mode"));
+}
+
+#[test]
+fn transactions_and_scripts_run_within_one_shard() {
+    let shards = clusters(2, 1);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let mut conn = proxy.conn();
+    let (a, b) = (key_in(0, 2, "a"), key_in(1, 2, "b"));
+    let b_tag = b.trim_start_matches('{').trim_end_matches('}').to_string();
+    let b_other = format!("{{{b_tag}}}:other");
+
+    // A transaction on shard 1's keys.
+    let (x, y): (i64, i64) = redis::pipe()
+        .atomic()
+        .incr(&b, 1)
+        .incr(&b_other, 5)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!((x, y), (1, 5));
+    let on_node: i64 = node_conn(shards[1].primary()).get(&b_other).unwrap();
+    assert_eq!(on_node, 5);
+
+    // A transaction over both shards fails whole: CROSSSLOT while
+    // queueing, EXECABORT at EXEC, nothing applied.
+    let replies: Vec<String> = {
+        let mut out = Vec::new();
+        for command in [
+            vec!["MULTI"],
+            vec!["SET", a.as_str(), "1"],
+            vec!["SET", b.as_str(), "2"],
+            vec!["EXEC"],
+        ] {
+            out.push(
+                match redis::cmd(command[0])
+                    .arg(&command[1..])
+                    .query::<Value>(&mut conn)
+                {
+                    Ok(v) => format!("{v:?}"),
+                    Err(e) => e.to_string(),
+                },
+            );
+        }
+        out
+    };
+    assert!(
+        replies[2].contains("Keys in request don't hash to the same slot"),
+        "{replies:?}"
+    );
+    assert!(replies[3].contains("Transaction discarded"), "{replies:?}");
+    let a_value: Option<String> = conn.get(&a).unwrap();
+    assert_eq!(a_value, None);
+
+    // WATCH then MULTI on one shard; a change by another client aborts.
+    let _: () = redis::cmd("WATCH").arg(&b).query(&mut conn).unwrap();
+    let _: () = proxy.conn().set(&b, "changed").unwrap();
+    let aborted: Option<Vec<String>> = redis::pipe()
+        .atomic()
+        .set(&b_other, "x")
+        .ignore()
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(aborted, None);
+    // An empty transaction and a discarded one.
+    let empty: Vec<Value> = redis::pipe().atomic().query(&mut conn).unwrap();
+    assert!(empty.is_empty());
+    let _: () = redis::cmd("MULTI").query(&mut conn).unwrap();
+    let _: () = redis::cmd("DISCARD").query(&mut conn).unwrap();
+
+    // A script loaded through Rampart is on every shard.
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("return redis.call('get', KEYS[1])")
+        .query(&mut conn)
+        .unwrap();
+    let _: () = conn.set(&a, "from-a").unwrap();
+    for key in [&a, &b] {
+        let value: String = redis::cmd("EVALSHA")
+            .arg(&sha)
+            .arg(1)
+            .arg(key)
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(value, if key == &a { "from-a" } else { "changed" });
+    }
+    let exists: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .arg("0000000000000000000000000000000000000000")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(exists, vec![1, 0]);
+
+    // A blocking pop on shard 1 gets what another client pushes there.
+    let waiter = {
+        let mut conn = proxy.conn();
+        let b = b.clone() + ":list";
+        std::thread::spawn(move || -> Option<(String, String)> {
+            redis::cmd("BLPOP").arg(&b).arg(5).query(&mut conn).unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let _: () = conn.rpush(b.clone() + ":list", "job").unwrap();
+    let popped = waiter.join().unwrap();
+    assert_eq!(popped, Some((b + ":list", "job".into())));
+}
+
+#[test]
+fn scan_visits_every_key_of_every_shard() {
+    let shards = clusters(3, 0);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let mut conn = proxy.conn();
+    let written: BTreeSet<String> = (0..1000).map(|i| format!("scan:{i}")).collect();
+    let mut pipe = redis::pipe();
+    for key in &written {
+        pipe.set(key, 1).ignore();
+    }
+    let _: () = pipe.query(&mut conn).unwrap();
+    let _: () = conn.set("other", 1).unwrap();
+    let mut seen = BTreeSet::new();
+    let mut cursor: u64 = 0;
+    let mut calls = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("scan:*")
+            .arg("COUNT")
+            .arg(50)
+            .query(&mut conn)
+            .unwrap();
+        seen.extend(keys);
+        calls += 1;
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+        assert!(calls < 10_000, "SCAN never ends");
+    }
+    assert_eq!(seen, written);
+    // redis-rs's own iterator, as an application would use it.
+    let iterated: BTreeSet<String> = conn
+        .scan_match::<_, String>("scan:*")
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(iterated, written);
+    // Keyless commands over the whole data set.
+    let random: String = redis::cmd("RANDOMKEY").query(&mut conn).unwrap();
+    assert!(random == "other" || written.contains(&random));
+    let info: redis::InfoDict = redis::cmd("INFO").arg("keyspace").query(&mut conn).unwrap();
+    let db0: String = info.get("db0").unwrap();
+    assert!(db0.starts_with("keys=1001,"), "{db0}");
+    let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
+    let size: i64 = redis::cmd("DBSIZE").query(&mut conn).unwrap();
+    assert_eq!(size, 0);
+    for cluster in &shards {
+        let size: i64 = redis::cmd("DBSIZE")
+            .query(&mut node_conn(cluster.primary()))
+            .unwrap();
+        assert_eq!(size, 0);
+    }
+    let nothing: Option<String> = redis::cmd("RANDOMKEY").query(&mut conn).unwrap();
+    assert_eq!(nothing, None);
+}
+
+#[test]
+fn messages_reach_subscribers_whatever_shard() {
+    let shards = clusters(2, 0);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let client = proxy.client();
+    let mut sub = client.get_connection().unwrap();
+    let mut sharded = client.get_connection().unwrap();
+    let channel_b = key_in(1, 2, "chan");
+    let mut pubsub = sub.as_pubsub();
+    pubsub.subscribe("news").unwrap();
+    pubsub.psubscribe("ne*").unwrap();
+    pubsub
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // SSUBSCRIBE by slot: on the shard owning the channel.
+    redis::cmd("SSUBSCRIBE")
+        .arg(&channel_b)
+        .exec(&mut sharded)
+        .unwrap();
+    sharded
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+
+    let mut conn = proxy.conn();
+    let receivers: i64 = conn.publish("news", "hello").unwrap();
+    assert_eq!(receivers, 2);
+    let first = pubsub.get_message().unwrap();
+    let second = pubsub.get_message().unwrap();
+    let payloads: Vec<String> = [first, second]
+        .iter()
+        .map(|m| m.get_payload::<String>().unwrap())
+        .collect();
+    assert_eq!(payloads, ["hello", "hello"]);
+    let receivers: i64 = redis::cmd("SPUBLISH")
+        .arg(&channel_b)
+        .arg("sharded")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(receivers, 1);
+    let pushed = sharded.recv_response().unwrap();
+    assert!(format!("{pushed:?}").contains("sharded"), "{pushed:?}");
+    // A shard channel of the other shard needs a connection of its own.
+    let channel_a = key_in(0, 2, "chan");
+    let refused = redis::cmd("SSUBSCRIBE").arg(&channel_a).exec(&mut sharded);
+    let text = format!("{refused:?} {:?}", sharded.recv_response());
+    assert!(text.contains("use another connection"), "{text}");
+}
+
+/// Killing one shard's primary under load: that shard's writers pause
+/// for the failover and lose nothing acknowledged; the other shard's
+/// writers see no error and no pause.
+#[test]
+fn one_shard_fails_over_while_the_other_never_notices() {
+    let mut shards = clusters(2, 2);
+    let proxy = Arc::new(Proxy::start_with(&config(&shards, "")));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = |shard: usize| {
+        let proxy = proxy.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut conn = proxy.conn();
+            let (mut acked, mut errors, mut slowest) = (Vec::new(), 0, Duration::ZERO);
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("{}:{i}", key_in(shard, 2, "w"));
+                let started = Instant::now();
+                match conn.set::<_, _, ()>(&key, i) {
+                    Ok(()) => acked.push(key),
+                    Err(_) => {
+                        errors += 1;
+                        conn = proxy.conn();
+                    }
+                }
+                slowest = slowest.max(started.elapsed());
+                i += 1;
+            }
+            (acked, errors, slowest)
+        })
+    };
+    let (on_a, on_b) = (writer(0), writer(1));
+    std::thread::sleep(Duration::from_millis(500));
+    let old = shards[0].primary().addr();
+    shards[0].nodes[0].kill();
+    wait_until("shard s0 to fail over", Duration::from_secs(15), || {
+        let topology = proxy.topology();
+        let primary = topology["shards"][0]["primary"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        !primary.is_empty() && primary != old
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (acked_a, errors_a, pause_a) = on_a.join().unwrap();
+    let (acked_b, errors_b, slowest_b) = on_b.join().unwrap();
+    eprintln!(
+        "s0: {} acknowledged, {errors_a} failed, longest pause {pause_a:?}; s1: {} acknowledged, {errors_b} failed, slowest {slowest_b:?}",
+        acked_a.len(),
+        acked_b.len()
+    );
+    assert_eq!(errors_b, 0, "shard s1's writes failed during s0's failover");
+    // A stall check, not a measurement: anything that made s1 wait for
+    // s0's failover would last at least as long as detecting s0's primary
+    // dead (down_after_ms = 500).
+    assert!(
+        slowest_b < Duration::from_millis(400),
+        "shard s1's writes paused {slowest_b:?} while s0 failed over ({pause_a:?})"
+    );
+    assert!(errors_a <= 2, "{errors_a} writes to s0 failed");
+    assert_eq!(proxy.topology()["shards"][1]["epoch"], 1);
+    // Nothing acknowledged on s0 is lost.
+    let mut conn = proxy.conn();
+    let lost: Vec<&String> = acked_a
+        .iter()
+        .filter(|key| !conn.exists::<_, bool>(*key).unwrap())
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost: {lost:?}",
+        lost.len()
+    );
+    assert!(acked_a.len() > 10 && acked_b.len() > 10);
+}
+
+#[test]
+fn slot_ownership_is_checked_at_start() {
+    let check = |slots: [&str; 2]| {
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n[shards.a]\nnodes = [\"127.0.0.1:1\"]\nslots = \"{}\"\n[shards.b]\nnodes = [\"127.0.0.1:2\"]\nslots = \"{}\"\n",
+            slots[0], slots[1]
+        );
+        rampart::Config::parse(&text)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    assert!(check(["0-8191", "8192-16383"]).is_ok());
+    let gap = check(["0-8000", "8192-16383"]).unwrap_err();
+    assert!(
+        gap.contains("slots 8001-8191 are owned by no shard"),
+        "{gap}"
+    );
+    let twice = check(["0-8192", "8192-16383"]).unwrap_err();
+    assert!(
+        twice.contains("slot 8192 is already owned by shard 'a'"),
+        "{twice}"
+    );
+    let missing = rampart::Config::parse(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[shards.a]\nnodes = [\"127.0.0.1:1\"]\n[shards.b]\nnodes = [\"127.0.0.1:2\"]\nslots = \"0-16383\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(missing.contains("shards.a.slots"), "{missing}");
+    let shared = rampart::Config::parse(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[shards.a]\nnodes = [\"127.0.0.1:1\"]\nslots = \"0-8191\"\n[shards.b]\nnodes = [\"127.0.0.1:1\"]\nslots = \"8192-16383\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(shared.contains("also a node of shard 'a'"), "{shared}");
+}
+
+/// Rampart finds a command's keys where Redis itself does (`COMMAND
+/// GETKEYS` on a real node), for every form of key spec.
+#[test]
+fn keys_are_found_where_redis_finds_them() {
+    let node = RedisNode::start(None);
+    let mut conn = node_conn(&node);
+    let commands: &[&[&str]] = &[
+        &["GET", "k"],
+        &["SET", "k", "v", "EX", "10"],
+        &["MSET", "a", "1", "b", "2", "c", "3"],
+        &["MGET", "a", "b", "c"],
+        &["DEL", "a", "b"],
+        &["RENAME", "a", "b"],
+        &["SMOVE", "a", "b", "m"],
+        &["LMOVE", "a", "b", "LEFT", "RIGHT"],
+        &["BLMOVE", "a", "b", "LEFT", "RIGHT", "0"],
+        &["BLPOP", "a", "b", "c", "0"],
+        &["BZPOPMIN", "a", "b", "0"],
+        &["EVAL", "return 1", "2", "a", "b", "x", "y"],
+        &[
+            "EVALSHA",
+            "0000000000000000000000000000000000000000",
+            "1",
+            "a",
+            "x",
+        ],
+        &["FCALL", "f", "2", "a", "b", "x"],
+        &["ZUNIONSTORE", "d", "2", "a", "b", "WEIGHTS", "1", "2"],
+        &["ZINTERCARD", "2", "a", "b", "LIMIT", "1"],
+        &["SINTERCARD", "3", "a", "b", "c"],
+        &["LMPOP", "2", "a", "b", "LEFT", "COUNT", "2"],
+        &["BLMPOP", "1", "2", "a", "b", "RIGHT"],
+        &["ZMPOP", "1", "a", "MIN"],
+        &["XREAD", "COUNT", "1", "STREAMS", "s1", "s2", "0", "0"],
+        &["XREADGROUP", "GROUP", "g", "c", "STREAMS", "s1", "0"],
+        &["SORT", "l", "BY", "w_*", "LIMIT", "0", "2", "STORE", "d"],
+        &["GEORADIUS", "g", "0", "0", "1", "km", "STORE", "d"],
+        &["OBJECT", "ENCODING", "k"],
+        &["XINFO", "STREAM", "s"],
+        &["MEMORY", "USAGE", "k"],
+        &["BITOP", "AND", "d", "a", "b"],
+        &["PFMERGE", "d", "a", "b"],
+        &["COPY", "a", "b"],
+        &["MIGRATE", "h", "1", "", "0", "5", "KEYS", "a", "b"],
+        &["LCS", "a", "b"],
+        &["GETEX", "k", "PERSIST"],
+    ];
+    for command in commands {
+        let redis_keys: Vec<String> = redis::cmd("COMMAND")
+            .arg("GETKEYS")
+            .arg(*command)
+            .query(&mut conn)
+            .unwrap_or_default();
+        let req = rampart::resp::Request::from_args(command);
+        let ours: Vec<String> = rampart::resp::keyspecs::keys(&req)
+            .unwrap()
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        assert_eq!(ours, redis_keys, "{command:?}");
+    }
+    // Shard channels are not keys to COMMAND GETKEYS, but they place
+    // SPUBLISH and SSUBSCRIBE by slot, as Redis Cluster does.
+    let spublish = rampart::resp::Request::from_args(&["SPUBLISH", "ch", "m"]);
+    assert_eq!(rampart::resp::keyspecs::keys(&spublish).unwrap().len(), 1);
+}
