@@ -467,3 +467,173 @@ fn run_logs_json_reloads_on_sighup_and_drains_on_sigterm() {
     let status = run.0.wait().unwrap();
     assert!(status.success(), "rampart run exited with {status}");
 }
+
+/// `rampart policy test`: each example scenario holds for its built-in,
+/// the example router passes its own, and a wrong decision or a trap
+/// fails the run with what went wrong, without Redis or a Rampart.
+#[test]
+fn policy_test_runs_a_plugin_against_a_scenario() {
+    let scenario = |name: &str| repo_path(&format!("examples/scenarios/{name}.toml"));
+    let run = |source: &str, scenario: &std::path::Path, expect: bool| {
+        let scenario = scenario.display().to_string();
+        let mut args = vec!["policy", "test", source, "--scenario", &scenario];
+        if expect {
+            args.push("--expect");
+        }
+        let out = rampart(&args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    for (source, file) in [
+        ("builtin:primary-only", "router-primary-only"),
+        ("builtin:round-robin", "router-round-robin"),
+        ("builtin:least-latency", "router-least-latency"),
+        ("builtin:key-affinity", "router-key-affinity"),
+        ("builtin:zone-affinity", "router-zone-affinity"),
+        ("builtin:majority", "quorum"),
+        ("builtin:fixed-timeout", "detector"),
+        ("builtin:phi-accrual", "detector"),
+    ] {
+        let (status, out) = run(source, &scenario(file), true);
+        assert_eq!(status, Some(0), "{source} with {file}: {out}");
+        assert!(out.contains(" 0 not;"), "{out}");
+    }
+    let example = rampart_tests::example_plugin();
+    let (status, out) = run(
+        &example.display().to_string(),
+        &repo_path("examples/router-prefix/scenario.toml"),
+        true,
+    );
+    assert_eq!(status, Some(0), "{out}");
+    assert!(
+        out.contains("read \"session:42\" (client 0) -> primary   ok"),
+        "{out}"
+    );
+
+    // A decision other than the expected one: printed, and with
+    // --expect the run fails.
+    let wrong = scenario("router-round-robin");
+    let (status, out) = run("builtin:primary-only", &wrong, true);
+    assert_eq!(status, Some(1), "{out}");
+    assert!(out.contains("MISMATCH: expected 10.0.0.2:6379"), "{out}");
+    let (status, _) = run("builtin:primary-only", &wrong, false);
+    assert_eq!(status, Some(0));
+
+    // A plugin that passes the load check, then panics: the reason in words.
+    let dir = tempfile::tempdir().unwrap();
+    let trapping = dir.path().join("trap.toml");
+    let shard = std::fs::read_to_string(scenario("router-round-robin")).unwrap();
+    std::fs::write(
+        &trapping,
+        shard.replacen(
+            "kind = \"router\"",
+            "kind = \"router\"\nconfig = \"trap-after:33\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let hostile = rampart_tests::test_plugin("router-hostile");
+    let (status, out) = run(&hostile.display().to_string(), &trapping, true);
+    assert_eq!(status, Some(1), "{out}");
+    assert!(out.contains("1 trap(s)"), "{out}");
+    assert!(out.contains("panicked at"), "{out}");
+}
+
+/// `rampart policy new` for each kind: the crate builds with one command,
+/// passes its own scenario, and the router loads into a running Rampart.
+#[test]
+fn policy_new_makes_a_crate_that_builds_tests_and_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cluster = Cluster::start(1);
+    let proxy = Proxy::start_with(&config_for(&cluster.addrs(), Setup::default()));
+    let admin = proxy.admin.unwrap().to_string();
+    for kind in ["router", "quorum", "detector"] {
+        let name = format!("my-{kind}");
+        let dir_arg = dir.path().display().to_string();
+        let made = ok(&["policy", "new", kind, &name, "--dir", &dir_arg]);
+        assert!(made.contains("cargo build --release"), "{made}");
+        let crate_dir = dir.path().join(&name);
+        for file in ["Cargo.toml", "src/lib.rs", "scenario.toml", "README.md"] {
+            assert!(crate_dir.join(file).is_file(), "{kind}: no {file}");
+        }
+        // The one command its README gives (the target comes from its
+        // .cargo/config.toml).
+        let built = Command::new(&cargo)
+            .args(["build", "--release", "--quiet"])
+            .current_dir(&crate_dir)
+            .env("CARGO_TARGET_DIR", &target)
+            .status()
+            .unwrap();
+        assert!(built.success(), "{kind}: cargo build failed");
+        let wasm = target.join(format!("wasm32-wasip2/release/my_{kind}.wasm"));
+        let scenario = crate_dir.join("scenario.toml");
+        let tested = ok(&[
+            "policy",
+            "test",
+            wasm.to_str().unwrap(),
+            "--scenario",
+            scenario.to_str().unwrap(),
+            "--expect",
+        ]);
+        assert!(
+            tested.contains(" 0 not; 0 trap(s), 0 fallback(s)"),
+            "{tested}"
+        );
+        if kind == "router" {
+            ok(&[
+                "policy",
+                "load",
+                "router",
+                wasm.to_str().unwrap(),
+                "--name",
+                &name,
+                "--admin",
+                &admin,
+            ]);
+            let listed = ok(&["policy", "list", "--admin", &admin]);
+            assert!(listed.contains("my-router@"), "{listed}");
+        }
+    }
+    // A name that is not a crate name, and a kind that does not exist.
+    let bad = rampart(&["policy", "new", "router", "My Router"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let bad = rampart(&["policy", "new", "balancer", "x"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected router, quorum or detector"));
+}
+
+/// A detector that traps is replaced by a fresh instance, which Rampart
+/// first gives the recent probe results again: a detector judging from
+/// history (up after three answered probes) keeps judging the node up
+/// right after its trap instead of starting from nothing.
+#[test]
+fn a_trapped_detector_is_given_its_history_again() {
+    let mut scenario = String::from(
+        "kind = \"detector\"\nconfig = \"trap-assess:4\"\n[[nodes]]\naddr = \"10.0.0.1:6379\"\nrole = \"primary\"\n",
+    );
+    for at in [0, 100, 200, 300, 400] {
+        scenario.push_str(&format!(
+            "[[probes]]\nnode = \"10.0.0.1:6379\"\nat_ms = {at}\nok = true\n"
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scenario.toml");
+    std::fs::write(&file, scenario).unwrap();
+    let plugin = rampart_tests::test_plugin("detector-hostile");
+    let out = ok(&[
+        "policy",
+        "test",
+        plugin.to_str().unwrap(),
+        "--scenario",
+        file.to_str().unwrap(),
+    ]);
+    // The fourth verdict trapped (the node keeps its last verdict); the
+    // fifth comes from a fresh instance.
+    assert!(out.contains("1 trap(s)"), "{out}");
+    assert!(out.contains("trap on assess call 4"), "{out}");
+    assert!(out.contains("at 300 ms: probe answered -> up"), "{out}");
+    assert!(out.contains("at 400 ms: probe answered -> up"), "{out}");
+}

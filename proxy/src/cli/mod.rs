@@ -14,6 +14,8 @@ use clap::{Args, Parser, Subcommand};
 mod admin;
 mod demo;
 mod policy;
+mod policy_new;
+mod policy_test;
 mod progress;
 mod run;
 mod status;
@@ -135,6 +137,15 @@ pub fn main() -> ExitCode {
         Command::Events { target, follow } => {
             admin::Admin::connect(&target).and_then(|a| status::events(&a, follow))
         }
+        // Runs here, with no Rampart to talk to.
+        Command::Policy {
+            action: policy::Action::Test(test),
+            ..
+        } => policy_test::test(test),
+        Command::Policy {
+            action: policy::Action::New(new),
+            ..
+        } => policy_new::new(new),
         Command::Policy { target, action } => {
             admin::Admin::connect(&target).and_then(|a| policy::policy(&a, action))
         }
@@ -168,13 +179,16 @@ pub enum Failure {
     Usage(String),
     /// Rampart could not be reached or answered with an error (status 1).
     Remote(String),
+    /// What the command checked did not hold: a plugin that did not
+    /// decide as its scenario expects (status 1).
+    Failed(String),
 }
 
 impl Failure {
     fn code(&self) -> u8 {
         match self {
             Failure::Usage(_) => 2,
-            Failure::Remote(_) => 1,
+            Failure::Remote(_) | Failure::Failed(_) => 1,
         }
     }
 }
@@ -182,7 +196,9 @@ impl Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Usage(m) | Failure::Remote(m) => f.write_str(m.trim_end()),
+            Failure::Usage(m) | Failure::Remote(m) | Failure::Failed(m) => {
+                f.write_str(m.trim_end())
+            }
         }
     }
 }

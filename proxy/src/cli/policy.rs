@@ -31,6 +31,11 @@ pub enum Action {
     Activate(Which),
     /// Go back to the previous router generation.
     Rollback(Which),
+    /// Run a plugin against a shard described in a scenario file, without
+    /// Redis or a running Rampart, and print each decision.
+    Test(super::policy_test::Test),
+    /// Make a ready plugin crate: `rampart policy new router my-router`.
+    New(super::policy_new::New),
 }
 
 #[derive(clap::Args)]
@@ -79,6 +84,8 @@ pub fn policy(admin: &Admin, action: Action) -> Result<(), Failure> {
         Action::Shadow(load) => upload(admin, load, "/shadow"),
         Action::Activate(which) => post(admin, which, "activate"),
         Action::Rollback(which) => post(admin, which, "rollback"),
+        Action::Test(test) => super::policy_test::test(test),
+        Action::New(new) => super::policy_new::new(new),
     }
 }
 

@@ -25,10 +25,24 @@ use super::router::rampart::policy::types as wit;
 
 /// A loaded detector plugin, shared by the probes of every node (it keeps
 /// its own state per node id). If a call traps, each node keeps its last
-/// verdict until the plugin answers again (a fresh instance starts with no
-/// history).
+/// verdict until the plugin answers again, and the fresh instance is first
+/// given the recent probe results again (the last [`REPLAYED`] per node),
+/// so a detector that judges from history does not start from nothing.
 pub struct WasmDetector {
     plugin: Single<Detector>,
+    history: std::sync::Mutex<History>,
+}
+
+/// Probe results kept per node for a fresh instance.
+const REPLAYED: usize = 128;
+
+#[derive(Default)]
+struct History {
+    /// Per node, its recent `(at_ms, ok)`, oldest first.
+    nodes: std::collections::BTreeMap<u32, std::collections::VecDeque<(u64, bool)>>,
+    /// A call trapped: the next one goes to a fresh instance, which is
+    /// given the history first.
+    replay: bool,
 }
 
 /// The monotonic clock plugins see: milliseconds since Rampart started.
@@ -47,7 +61,45 @@ impl WasmDetector {
             |pre, store| pre.instantiate(store),
             |d, store, config| d.call_configure(store, config),
         )?;
-        Ok(WasmDetector { plugin })
+        Ok(WasmDetector {
+            plugin,
+            history: Default::default(),
+        })
+    }
+
+    /// Calls the plugin, first giving a fresh instance (after a trap) the
+    /// probe results the trapped one had seen. A replay that traps is not
+    /// retried: the history is the likely cause.
+    fn call<R>(
+        &self,
+        what: &str,
+        call: impl FnOnce(&Detector, &mut wasmtime::Store<State>) -> wasmtime::Result<R>,
+    ) -> Option<R> {
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if std::mem::take(&mut history.replay) {
+            'replay: for (&node, seen) in &history.nodes {
+                for &(at_ms, ok) in seen {
+                    let replayed = self
+                        .plugin
+                        .call("observe", |d, store| d.call_observe(store, node, at_ms, ok));
+                    if replayed.is_none() {
+                        break 'replay;
+                    }
+                }
+            }
+        }
+        let answer = self.plugin.call(what, call);
+        history.replay = answer.is_none();
+        answer
+    }
+
+    fn remember(&self, node: u32, at_ms: u64, ok: bool) {
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = history.nodes.entry(node).or_default();
+        if seen.len() == REPLAYED {
+            seen.pop_front();
+        }
+        seen.push_back((at_ms, ok));
     }
 
     /// The detector for one node's probe.
@@ -66,6 +118,7 @@ impl WasmDetector {
     /// See [`Single::reset`]: the self-check's probe results are forgotten.
     pub fn forget_self_check(&self) {
         self.plugin.reset();
+        *self.history.lock().unwrap_or_else(|p| p.into_inner()) = History::default();
     }
 }
 
@@ -81,14 +134,15 @@ impl NativeDetector for NodeDetector {
         let (node, at_ms) = (self.node, monotonic_ms(at));
         let _ = self
             .plugin
-            .plugin
             .call("observe", |d, store| d.call_observe(store, node, at_ms, ok));
+        // After the call: a replay it caused already gave the new instance
+        // everything before this result, and the call gave it this one.
+        self.plugin.remember(node, at_ms, ok);
     }
 
     fn verdict(&mut self, now: Instant) -> Verdict {
         let (node, now_ms) = (self.node, monotonic_ms(now));
         self.last = match self
-            .plugin
             .plugin
             .call("assess", |d, store| d.call_assess(store, node, now_ms))
         {
