@@ -35,6 +35,8 @@ pub struct Context {
     pub events: Arc<Events>,
     /// Request latency histograms.
     pub metrics: Arc<Metrics>,
+    /// The last minutes of rates, latencies and lag, for the dashboard.
+    pub history: Arc<crate::observe::history::History>,
     /// Memory the clients' buffered replies and partial requests take,
     /// against `[limits]`'s caps.
     pub budget: Arc<crate::backend::charge::Budget>,

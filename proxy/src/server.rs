@@ -224,6 +224,7 @@ impl Server {
             clients: AtomicUsize::new(0),
             events,
             metrics: Arc::default(),
+            history: Arc::default(),
             budget: crate::backend::charge::Budget::new(config.limits.output_caps()),
             client_tls,
             admin_tls,
@@ -295,6 +296,12 @@ impl Server {
             shutdown_rx.clone(),
         ));
         tokio::spawn(roll_back_failing_routers(context.clone()));
+        tokio::spawn(crate::observe::history::sample(
+            context.history.clone(),
+            context.topology.shards.clone(),
+            context.metrics.clone(),
+            shutdown_rx.clone(),
+        ));
         if let Some(listener) = admin_listener {
             tokio::spawn(admin::serve(listener, context.clone(), shutdown_rx));
         }

@@ -70,13 +70,35 @@ impl Browser {
 
     /// Evaluates `expression` in the page; returns its value (JSON-able).
     pub fn eval(&mut self, expression: &str) -> Value {
+        let result = self.call(
+            "Runtime.evaluate",
+            json!({ "expression": expression, "returnByValue": true }),
+        );
+        if let Some(error) = result.get("exceptionDetails") {
+            panic!("`{expression}` threw: {error}");
+        }
+        result["result"]["value"].clone()
+    }
+
+    /// The page as a PNG, `width` x `height` CSS pixels.
+    pub fn screenshot(&mut self, width: u32, height: u32) -> Vec<u8> {
+        use base64::Engine;
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false }),
+        );
+        let shot = self.call("Page.captureScreenshot", json!({ "format": "png" }));
+        let data = shot["data"].as_str().expect("screenshot data");
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .expect("screenshot base64")
+    }
+
+    /// One DevTools command; its result.
+    fn call(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
-        let call = json!({
-            "id": id,
-            "method": "Runtime.evaluate",
-            "params": { "expression": expression, "returnByValue": true },
-        });
+        let call = json!({ "id": id, "method": method, "params": params });
         self.socket
             .send(Message::text(call.to_string()))
             .expect("send to DevTools");
@@ -89,10 +111,10 @@ impl Browser {
             if reply["id"] != id {
                 continue; // an event, not our answer
             }
-            if let Some(error) = reply["result"].get("exceptionDetails") {
-                panic!("`{expression}` threw: {error}");
+            if let Some(error) = reply.get("error") {
+                panic!("DevTools {method} failed: {error}");
             }
-            return reply["result"]["result"]["value"].clone();
+            return reply["result"].clone();
         }
     }
 

@@ -85,6 +85,31 @@ fn dashboard_shows_the_topology_and_follows_a_failover() {
         browser.eval("document.getElementById('shards').innerText")
     );
 
+    // The charts of the last minutes draw the traffic, and move on their
+    // own as new samples arrive.
+    browser.wait_for(
+        "the request chart",
+        ten_s,
+        "Number(document.querySelector('#chart-requests path[data-series=main]')?.dataset.points) >= 2",
+        "document.getElementById('charts').innerHTML.slice(0, 500)",
+    );
+    for chart in ["chart-latency", "chart-lag", "chart-errors", "chart-held"] {
+        browser.wait_for(
+            chart,
+            ten_s,
+            &format!("document.querySelector('#{chart} path') !== null"),
+            "document.getElementById('charts').innerText",
+        );
+    }
+    let newest = browser.eval("Number(document.getElementById('chart-requests').dataset.newest)");
+    browser.wait_for(
+        "the charts to move",
+        ten_s,
+        &format!("Number(document.getElementById('chart-requests').dataset.newest) > {newest}"),
+        "document.getElementById('chart-requests').dataset.newest",
+    );
+    screenshot(&mut browser, "dashboard.png");
+
     // Kill the primary: without a reload the page shows a new primary, the
     // old one down, and the promotion in the event timeline.
     let updates_before = browser.eval("Number(document.body.dataset.updates)");
@@ -109,6 +134,30 @@ fn dashboard_shows_the_topology_and_follows_a_failover() {
     );
     let epoch = browser.eval("document.querySelector('h2[data-shard=main]').dataset.epoch");
     assert_eq!(epoch, "2", "the page shows the new epoch");
+    // The failover is marked on the charts' time axis.
+    browser.wait_for(
+        "the failover on the charts",
+        ten_s,
+        "document.querySelector('#chart-requests line.marker[data-kind=promoted]') !== null",
+        "document.getElementById('charts').innerHTML.slice(0, 500)",
+    );
+    screenshot(&mut browser, "dashboard-failover.png");
+}
+
+/// Takes a screenshot of the page, checks it is a picture, and with
+/// `RAMPART_UPDATE_SCREENSHOTS=1` writes it to docs/images/ (the
+/// screenshots docs/operations.md shows).
+fn screenshot(browser: &mut Browser, name: &str) {
+    let png = browser.screenshot(1280, 1100);
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "not a screenshot"
+    );
+    if std::env::var_os("RAMPART_UPDATE_SCREENSHOTS").is_some() {
+        let dir = rampart_tests::repo_path("docs/images");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), png).unwrap();
+    }
 }
 
 /// The node rows as `addr sync` strings (fan-out shards).

@@ -193,6 +193,13 @@ async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> 
             response
         }
         (&Method::GET, "/v1/policies") => json(&ctx.policies()),
+        (&Method::GET, "/v1/history") => {
+            // `?after=MS`: only samples taken after that time.
+            let after = query(&req, "after")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            json(&ctx.history.since(after))
+        }
         (&Method::GET, "/v1/events") => {
             // `?after=N`: only events newer than sequence number N.
             let after = query(&req, "after")

@@ -1,6 +1,8 @@
 //! What Rampart tells about itself: the event history ([`events`]: what the
-//! control loop and operators did) and the process-wide counters and
-//! latency histograms ([`counters`]). `admin/` serves both.
+//! control loop and operators did), the process-wide counters and latency
+//! histograms ([`counters`]), and the last minutes of rates, latencies and
+//! lag the dashboard charts ([`history`]). `admin/` serves them.
 
 pub mod counters;
 pub mod events;
+pub mod history;
