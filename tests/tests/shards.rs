@@ -324,6 +324,72 @@ fn transactions_and_scripts_run_within_one_shard() {
         .unwrap();
     assert_eq!(exists, vec![1, 0]);
 
+    // WAIT after writes to both shards counts the replicas every write
+    // reached: each shard has one, so 1; asking for more waits out the
+    // timeout and still answers the fewest.
+    let mut writer = proxy.conn();
+    let _: () = writer.set(&a, "1").unwrap();
+    let _: () = writer.set(&b, "2").unwrap();
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(1000)
+        .query(&mut writer)
+        .unwrap();
+    assert_eq!(acked, 1);
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(3)
+        .arg(200)
+        .query(&mut writer)
+        .unwrap();
+    assert_eq!(acked, 1);
+    // A client that leaves during a WAIT that cannot finish frees its
+    // connections: the next clients' WAITs still work.
+    {
+        let mut leaver = proxy.conn();
+        let _: () = leaver.set(&a, "1").unwrap();
+        let _: () = leaver.set(&b, "2").unwrap();
+        leaver
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        assert!(redis::cmd("WAIT")
+            .arg(3)
+            .arg(0)
+            .query::<i64>(&mut leaver)
+            .is_err());
+        for cluster in &shards {
+            wait_until(
+                "the WAIT to block on the node",
+                Duration::from_secs(5),
+                || {
+                    cluster
+                        .primary()
+                        .info_field("clients", "blocked_clients")
+                        .as_deref()
+                        == Some("1")
+                },
+            );
+        }
+    }
+    for cluster in &shards {
+        wait_until(
+            "the departed client's WAIT to end",
+            Duration::from_secs(5),
+            || {
+                cluster
+                    .primary()
+                    .info_field("clients", "blocked_clients")
+                    .as_deref()
+                    == Some("0")
+            },
+        );
+    }
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(1000)
+        .query(&mut writer)
+        .unwrap();
+    assert_eq!(acked, 1);
+
     // A blocking pop on shard 1 gets what another client pushes there.
     let waiter = {
         let mut conn = proxy.conn();

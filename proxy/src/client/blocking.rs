@@ -116,24 +116,37 @@ impl Connection {
     /// blocking command still waiting; whether there was one.
     pub(super) async fn unblock_own(&mut self, error: bool) -> bool {
         let completed = self.replies.completed();
-        let Some(b) = self.blocked.iter().find(|b| b.position > completed) else {
+        let Some(oldest) = self.blocked.iter().find(|b| b.position > completed) else {
             return false;
         };
-        unblock(&b.node, &b.link, error).await
+        // Every connection it waits on (one per shard for a WAIT over
+        // several shards).
+        let position = oldest.position;
+        let mut unblocked = false;
+        for b in self.blocked.iter().filter(|b| b.position == position) {
+            unblocked |= unblock(&b.node, &b.link, error).await;
+        }
+        unblocked
     }
 
     /// The client has gone: unblock whatever still waits for it on a node,
     /// and put back anything popped for it that it never got.
     pub(super) async fn abandon_blocked(&mut self) {
         let blocked = std::mem::take(&mut self.blocked);
-        for b in blocked {
-            if b.position <= self.replies.completed() {
+        for (i, b) in blocked.iter().enumerate() {
+            // A WAIT over several shards waits on one connection per
+            // shard, all for the same reply: the first entry handles all.
+            let same = |o: &&Blocked| o.position == b.position;
+            if b.position <= self.replies.completed() || blocked[..i].iter().any(|o| same(&o)) {
                 continue;
             }
             let reply = match self.replies.take(b.position) {
                 Some(Pending::Arrived { reply, .. }) => Some(reply),
                 Some(Pending::Remote { reply, .. }) => {
-                    let unblocked = unblock(&b.node, &b.link, false).await;
+                    let mut unblocked = false;
+                    for waiting in blocked[i..].iter().filter(same) {
+                        unblocked |= unblock(&waiting.node, &waiting.link, false).await;
+                    }
                     match tokio::time::timeout(UNBLOCK_WAIT, reply).await {
                         Ok(Ok(reply)) => Some(reply),
                         _ => {
@@ -146,7 +159,7 @@ impl Connection {
             };
             self.ctx.metrics.count_abandoned();
             match reply {
-                Some(reply) => self.restore(&b, reply).await,
+                Some(reply) => self.restore(b, reply).await,
                 // Closing the connection unblocks it on the node.
                 None => {
                     let pinned_here = self
@@ -402,7 +415,7 @@ impl Connection {
 }
 
 /// A batch's replies without the first one (a marker Rampart added).
-fn without_first(mut reply: BatchReply) -> BatchReply {
+pub(super) fn without_first(mut reply: BatchReply) -> BatchReply {
     if reply.got == 0 {
         return reply;
     }

@@ -60,8 +60,9 @@ pub struct Connection {
     pub(super) orders: mpsc::Receiver<Order>,
     /// The shard the request being handled goes to.
     pub(super) shard: Arc<crate::shard::Shard>,
-    /// The shard of the client's last write, which `WAIT` waits on.
-    pub(super) wrote_to: usize,
+    /// With several shards: which ones the client wrote to (by index),
+    /// for `WAIT`.
+    pub(super) written: Vec<bool>,
     /// The last request handled, for `CLIENT LIST`'s `cmd=`.
     pub(super) last: Option<Request>,
     /// What was last published about this client.
@@ -108,7 +109,7 @@ impl Connection {
             last: None,
             published: None,
             shard: ctx.shards[0].clone(),
-            wrote_to: 0,
+            written: Vec::new(),
             ctx,
         }
     }

@@ -55,7 +55,14 @@ impl Connection {
         let index = match place {
             Place::One(index) => index,
             Place::Any | Place::Every(_) if held => self.pinned_shard().unwrap_or(0),
-            Place::Any if class == Class::Wait => self.wrote_to,
+            Place::Any if class == Class::Wait => {
+                let written: Vec<usize> = (0..self.written.len()).filter(|&i| self.written[i]).collect();
+                match written[..] {
+                    [] => 0,
+                    [only] => only,
+                    _ => return Some(self.wait_on(&written, req.clone()).await),
+                }
+            }
             Place::Any => self.pinned_shard().unwrap_or(0),
             Place::CrossSlot | Place::Split(_) if held => {
                 return Some(self.refuse(CROSSSLOT.into()).await)
@@ -80,9 +87,106 @@ impl Connection {
             self.shard = self.ctx.shards[index].clone();
         }
         if class == Class::Write {
-            self.wrote_to = index;
+            self.wrote(index);
         }
         None
+    }
+
+    fn wrote(&mut self, index: usize) {
+        if self.written.len() <= index {
+            self.written.resize(self.ctx.shards.len(), false);
+        }
+        self.written[index] = true;
+    }
+
+    /// `WAIT n t` after writes to several shards: each shard's primary is
+    /// asked on a connection of its own (after a marker write, as for one
+    /// shard, see `blocking.rs`), all at once; the answer is the fewest
+    /// replicas any shard had acknowledge, so `n` means the same as on
+    /// one Redis: every write the client made is on that many replicas.
+    /// A client that leaves meanwhile closes those connections, which
+    /// ends the WAITs on the nodes.
+    async fn wait_on(&mut self, shards: &[usize], req: Request) -> Flow {
+        if self.flush().await == Flow::Stop || self.barrier().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        let marker = Request::from_args(&["PUBLISH", crate::backend::own::WAIT_MARKER, ""]);
+        let mut waits = Vec::with_capacity(shards.len());
+        for &index in shards {
+            let shard = self.ctx.shards[index].clone();
+            let previous = std::mem::replace(&mut self.shard, shard.clone());
+            let dedicated = self.dedicated().await;
+            self.shard = previous;
+            let (node, link) = match dedicated {
+                Ok(pair) => pair,
+                Err(error) => return self.reply(error).await,
+            };
+            let (tx, rx) = oneshot::channel();
+            node.count_requests(2);
+            link.send(Batch::plain(vec![marker.raw.clone(), req.raw.clone()], tx))
+                .await;
+            waits.push((node, link, rx));
+        }
+        let waiting: Vec<(Arc<Node>, crate::backend::Link)> = waits
+            .iter()
+            .map(|(node, link, _)| (node.clone(), link.clone()))
+            .collect();
+        let (client_tx, client_rx) = oneshot::channel::<BatchReply>();
+        let proto = self.session.proto;
+        tokio::spawn(async move {
+            let mut client_tx = client_tx;
+            let mut fewest: Option<i64> = None;
+            let mut failure: Option<Bytes> = None;
+            let mut lent = Vec::with_capacity(waits.len());
+            for (node, link, rx) in waits {
+                let reply = tokio::select! {
+                    reply = rx => reply.ok(),
+                    // The client left: dropping the links closes them.
+                    _ = client_tx.closed() => return,
+                };
+                match reply.map(super::blocking::without_first) {
+                    Some(r) if r.got == 1 && r.error.is_none() => match wait_count(&r.data) {
+                        Some(n) => fewest = Some(fewest.map_or(n, |f| f.min(n))),
+                        None => failure = Some(r.data),
+                    },
+                    Some(r) => {
+                        failure = Some(
+                            Value::err(r.error.as_deref().unwrap_or("ERR rampart: WAIT failed"))
+                                .encode(proto),
+                        )
+                    }
+                    None => failure = Some(Value::err("ERR rampart: WAIT failed").encode(proto)),
+                }
+                lent.push((node, link));
+            }
+            let data = failure.unwrap_or_else(|| Value::Int(fewest.unwrap_or(0)).encode(proto));
+            let _ = client_tx.send(BatchReply {
+                data,
+                got: 1,
+                error: None,
+                charge: None,
+            });
+            for (node, link) in lent {
+                node.pool.give_back(link, proto);
+            }
+        });
+        let position = self.replies.push(Pending::Remote {
+            reply: client_rx,
+            replies: 1,
+            sent: std::time::Instant::now(),
+            class: BatchClass::Other,
+        });
+        // Known as blocked, so a client that leaves (or CLIENT UNBLOCK)
+        // unblocks each shard's WAIT at once.
+        for (node, link) in waiting {
+            self.blocked.push(super::blocking::Blocked {
+                node,
+                link,
+                position,
+                request: req.clone(),
+            });
+        }
+        Flow::Continue
     }
 
     /// The index of the shard the client's dedicated connection is on.
@@ -219,6 +323,13 @@ impl Connection {
         self.shard = previous;
         found.then(|| shard.topology.primary().cloned()).flatten()
     }
+}
+
+/// The count in `WAIT`'s reply (`:2`).
+fn wait_count(reply: &[u8]) -> Option<i64> {
+    let line = reply.strip_prefix(b":")?;
+    let end = line.iter().position(|&b| b == b'\r')?;
+    crate::resp::request::parse_i64(&line[..end])
 }
 
 /// One part's reply as a single RESP value, an error if it did not come.
