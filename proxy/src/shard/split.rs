@@ -84,40 +84,41 @@ pub fn split(kind: Split, req: &Request, slots: &SlotMap) -> (Vec<Part>, Combine
 /// Sends a keyless command to every shard (`SCAN` to the one its cursor
 /// names, with the shard's own cursor).
 pub fn every(kind: Every, req: &Request, shards: usize) -> (Vec<Part>, Combine) {
-    if kind == Every::Scan {
-        let cursor = req.arg(1).and_then(parse_u64);
-        let Some(cursor) = cursor else {
-            // The node explains what is wrong with it.
-            let part = Part {
-                shard: 0,
-                request: req.clone(),
-            };
-            return (vec![part], Combine::Same);
-        };
-        let shard = (cursor % shards as u64) as usize;
-        let mut args = req.args();
-        args[1] = Bytes::from((cursor / shards as u64).to_string());
-        let part = Part {
-            shard,
-            request: Request::from_args(&args),
-        };
-        return (vec![part], Combine::Scan { shard, shards });
-    }
-    let parts = (0..shards)
-        .map(|shard| Part {
-            shard,
-            request: req.clone(),
-        })
-        .collect();
     let combine = match kind {
         Every::Sum => Combine::Sum,
         Every::Concat => Combine::Concat,
         Every::Random => Combine::Random,
         Every::Same => Combine::Same,
         Every::All => Combine::All,
-        Every::Scan => unreachable!("handled above"),
+        Every::Scan => return scan(req, shards),
     };
+    let parts = (0..shards)
+        .map(|shard| Part {
+            shard,
+            request: req.clone(),
+        })
+        .collect();
     (parts, combine)
+}
+
+/// `SCAN cursor ...`: the shard the cursor names, with its own cursor.
+fn scan(req: &Request, shards: usize) -> (Vec<Part>, Combine) {
+    let Some(cursor) = req.arg(1).and_then(parse_u64) else {
+        // The node explains what is wrong with it.
+        let part = Part {
+            shard: 0,
+            request: req.clone(),
+        };
+        return (vec![part], Combine::Same);
+    };
+    let shard = (cursor % shards as u64) as usize;
+    let mut args = req.args();
+    args[1] = Bytes::from((cursor / shards as u64).to_string());
+    let part = Part {
+        shard,
+        request: Request::from_args(&args),
+    };
+    (vec![part], Combine::Scan { shard, shards })
 }
 
 /// The client's reply from the parts' replies, in part order. Each reply
