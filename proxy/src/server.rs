@@ -270,7 +270,21 @@ impl Server {
                         fanout.pick_first_primary().await;
                         continue;
                     }
-                    failover::controller::spawn(context.clone(), index, connect.clone(), requests);
+                    let shard = context.shards[index].clone();
+                    let settings = failover::controller::Settings {
+                        interval: Duration::from_millis(context.config.probe.interval_ms),
+                        timeout: Duration::from_millis(context.config.probe.timeout_ms),
+                        replication: context.config.shards[shard.name()].replication.clone(),
+                        store: StateStore::new(context.config.failover.state_dir.as_deref()),
+                    };
+                    failover::controller::spawn(
+                        shard,
+                        settings,
+                        context.events.clone(),
+                        shutdown_rx.clone(),
+                        connect.clone(),
+                        requests,
+                    );
                 }
                 // The controllers' first ticks pick the primaries.
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {

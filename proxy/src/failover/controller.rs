@@ -25,7 +25,7 @@ pub use super::request::Switchover;
 use super::state::{ShardState, StateStore};
 use crate::backend::control::{frame_text, Control};
 use crate::backend::ConnectOptions;
-use crate::context::Context;
+use crate::observe::events::Events;
 use crate::operate::error::OpError;
 use crate::replicate::quorum::{replicas_needed_to_promote, Candidate};
 use crate::topology::{Health, Node, Role, Shard};
@@ -41,10 +41,27 @@ const CATCH_UP: Duration = Duration::from_secs(2);
 /// (and letting the held writes go to the old primary again).
 const SWITCHOVER_CATCH_UP: Duration = Duration::from_secs(5);
 
+/// What a shard's controller runs by, from the configuration.
+pub struct Settings {
+    /// How often it looks at the shard (`probe.interval_ms`).
+    pub interval: Duration,
+    /// How long a node has to answer it (`probe.timeout_ms`).
+    pub timeout: Duration,
+    /// The shard's `replication` settings.
+    pub replication: crate::config::ReplicationConfig,
+    /// Where epochs and the awaiting-operator state are kept.
+    pub store: StateStore,
+}
+
 pub struct Controller {
-    ctx: Arc<Context>,
+    /// The shard as the request path holds it: its quorum policy.
+    unit: Arc<crate::shard::Shard>,
+    /// Its nodes, roles and epoch.
     shard: Arc<Shard>,
-    index: usize,
+    interval: Duration,
+    replication: crate::config::ReplicationConfig,
+    events: Arc<Events>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     store: StateStore,
     opts: ConnectOptions,
     timeout: Duration,
@@ -68,21 +85,27 @@ pub struct Controller {
     stale_reported: bool,
 }
 
+/// Starts the failover controller of `unit`: it runs until `shutdown`
+/// fires, taking switchover requests from `requests`.
 pub fn spawn(
-    ctx: Arc<Context>,
-    index: usize,
+    unit: Arc<crate::shard::Shard>,
+    settings: Settings,
+    events: Arc<Events>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     opts: ConnectOptions,
     requests: mpsc::Receiver<Switchover>,
 ) {
-    let shard = ctx.topology.shards[index].clone();
-    let store = StateStore::new(ctx.config.failover.state_dir.as_deref());
+    let shard = unit.topology.clone();
     let span = tracing::info_span!("controller", shard = %shard.name);
     let controller = Controller {
-        timeout: Duration::from_millis(ctx.config.probe.timeout_ms),
-        ctx,
+        timeout: settings.timeout,
+        interval: settings.interval,
+        replication: settings.replication,
+        store: settings.store,
+        events,
+        shutdown,
+        unit,
         shard,
-        index,
-        store,
         opts,
         last_sent: HashMap::new(),
         guarded: None,
@@ -98,8 +121,8 @@ pub fn spawn(
 
 impl Controller {
     async fn run(mut self, mut requests: mpsc::Receiver<Switchover>) {
-        let interval = Duration::from_millis(self.ctx.config.probe.interval_ms);
-        let mut shutdown = self.ctx.shutdown.clone();
+        let interval = self.interval;
+        let mut shutdown = self.shutdown.clone();
         loop {
             self.tick().await;
             tokio::select! {
@@ -306,14 +329,15 @@ impl Controller {
             self.detach(old).await;
             return;
         }
-        let Some(target) = self.ctx.shards[self.index]
+        let Some(target) = self
+            .unit
             .quorum
             .load()
             .policy
             .elect(&candidates)
             .and_then(|id| self.shard.node(id).cloned())
         else {
-            let policy = self.ctx.shards[self.index].quorum.load();
+            let policy = self.unit.quorum.load();
             let view = policy.policy.describe();
             let why = match view.last_error {
                 Some(error) if view.kind == "wasm" => format!(
@@ -390,7 +414,7 @@ impl Controller {
                         priority: n.priority(),
                     })
                     .collect();
-                self.ctx.shards[self.index]
+                self.unit
             .quorum
                     .load()
                     .policy
@@ -691,7 +715,7 @@ impl Controller {
     /// about to be replaced) stops taking writes, even from clients that
     /// bypass Rampart.
     async fn guard(&mut self, primary: &Arc<Node>) {
-        let replication = &self.ctx.config.shards[&self.shard.name].replication;
+        let replication = &self.replication;
         if !replication.manage_replication {
             return;
         }
@@ -776,7 +800,7 @@ impl Controller {
     }
 
     fn event(&self, kind: &'static str, node: Option<&Node>, detail: impl Into<String>) {
-        self.ctx.events.record(
+        self.events.record(
             &self.shard.name,
             kind,
             node.map(|n| n.addr.as_str()),
