@@ -220,4 +220,51 @@ mod tests {
         assert!(keys_of(&["PING"]).unwrap().is_empty());
         assert!(keys_of(&["NOSUCHCOMMAND", "x"]).unwrap().is_empty());
     }
+
+    /// Whatever a client sends, finding its keys never panics and never
+    /// names an argument the request does not have.
+    #[test]
+    fn any_request_is_safe() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let names: Vec<&str> = TABLE
+            .iter()
+            .map(|(n, _)| n.split('|').next().unwrap_or(n))
+            .collect();
+        let words = [
+            "0",
+            "1",
+            "2",
+            "-1",
+            "-9223372036854775808",
+            "99999999999",
+            "k",
+            "STREAMS",
+            "STORE",
+            "KEYS",
+            "LIMIT",
+            "",
+            "ENCODING",
+            "GET",
+            "x",
+        ];
+        for _ in 0..50_000 {
+            let mut args = vec![names[(next() % names.len() as u64) as usize].to_string()];
+            for _ in 0..next() % 8 {
+                args.push(words[(next() % words.len() as u64) as usize].to_string());
+            }
+            let req = Request::from_args(&args);
+            if let Some(positions) = key_positions(&req) {
+                assert!(
+                    positions.iter().all(|&p| p >= 1 && p < req.argc()),
+                    "{args:?}: {positions:?}"
+                );
+            }
+        }
+    }
 }

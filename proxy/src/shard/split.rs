@@ -463,6 +463,47 @@ mod tests {
         );
     }
 
+    /// Whatever the nodes answer, combining never panics.
+    #[test]
+    fn any_reply_is_safe_to_combine() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet = b"*$:-+~_\r\n0123456789-1x";
+        let hows = [
+            Combine::Values(vec![(0, 0), (1, 0), (0, 1), (5, 9)]),
+            Combine::AllOk,
+            Combine::Sum,
+            Combine::Concat,
+            Combine::Random,
+            Combine::Same,
+            Combine::All,
+            Combine::Scan {
+                shard: 1,
+                shards: 3,
+            },
+        ];
+        for _ in 0..20_000 {
+            let replies: Vec<Bytes> = (0..1 + next() % 3)
+                .map(|_| {
+                    let len = (next() % 24) as usize;
+                    (0..len)
+                        .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                        .collect::<Vec<u8>>()
+                        .into()
+                })
+                .collect();
+            for how in &hows {
+                let _ = combine(how, &replies);
+            }
+        }
+        assert_eq!(&combine(&Combine::Sum, &[])[..], b":0\r\n");
+    }
+
     #[test]
     fn script_exists_needs_every_shard() {
         let both = combine(
