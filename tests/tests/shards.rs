@@ -232,6 +232,29 @@ fn what_cannot_be_split_is_crossslot() {
     assert!(error
         .to_string()
         .contains("SELECT is not allowed in cluster mode"));
+    for (command, words) in [
+        (vec!["MOVE", t2, "1"], "MOVE is not allowed in cluster mode"),
+        (
+            vec!["SWAPDB", "0", "1"],
+            "SWAPDB is not allowed in cluster mode",
+        ),
+        (
+            vec!["COPY", t2, "{t}3", "DB", "1"],
+            "Copying to another database is not allowed in cluster mode",
+        ),
+    ] {
+        let error = redis::cmd(command[0])
+            .arg(&command[1..])
+            .query::<Value>(&mut conn)
+            .unwrap_err();
+        assert!(error.to_string().contains(words), "{command:?}: {error}");
+    }
+    let copied: i64 = redis::cmd("COPY")
+        .arg(t2)
+        .arg("{t}3")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(copied, 1);
 }
 
 #[test]

@@ -46,6 +46,9 @@ impl Connection {
                 );
             }
         }
+        if let Some(error) = crate::shard::locate::refused_with_shards(req) {
+            return Some(self.refuse(error.into()).await);
+        }
         let held = self.session.in_multi || self.session.watching || self.session.tx_lost;
         let place = match class {
             // Answered here, or about the client's own connection.

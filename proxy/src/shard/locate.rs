@@ -57,6 +57,23 @@ pub enum Every {
     All,
 }
 
+/// Commands Redis Cluster refuses because every shard's data is in
+/// database 0, with its words; `SELECT` is answered by Rampart itself.
+pub fn refused_with_shards(req: &Request) -> Option<&'static str> {
+    let name = req.name();
+    match name.as_bytes() {
+        b"MOVE" => Some("ERR MOVE is not allowed in cluster mode"),
+        b"SWAPDB" => Some("ERR SWAPDB is not allowed in cluster mode"),
+        b"COPY"
+            if (3..req.argc())
+                .any(|i| req.arg(i).is_some_and(|a| a.eq_ignore_ascii_case(b"DB"))) =>
+        {
+            Some("ERR Copying to another database is not allowed in cluster mode")
+        }
+        _ => None,
+    }
+}
+
 /// Where `req` goes, among `shards` shards placed by `slots`.
 pub fn locate(req: &Request, slots: &SlotMap, shards: usize) -> Place {
     if shards <= 1 {
