@@ -712,3 +712,40 @@ fn keys_are_found_where_redis_finds_them() {
     let spublish = rampart::resp::Request::from_args(&["SPUBLISH", "ch", "m"]);
     assert_eq!(rampart::resp::keyspecs::keys(&spublish).unwrap().len(), 1);
 }
+
+/// A client logged in as a node ACL user through Rampart: commands over
+/// several shards run as that user on every shard, so the nodes' ACLs
+/// decide, as on one Redis.
+#[test]
+fn acl_users_reach_every_shard_as_themselves() {
+    let shards = clusters(2, 0);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let mut admin = proxy.conn();
+    let (a, b) = (key_in(0, 2, "app:a"), key_in(1, 2, "app:b"));
+    // ACL SETUSER through Rampart reaches every node of every shard.
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "app", "on", ">secret", "~{app:*", "+@all"])
+        .query(&mut admin)
+        .unwrap();
+    for cluster in &shards {
+        wait_until("the user on every node", Duration::from_secs(5), || {
+            redis::cmd("ACL")
+                .arg("GETUSER")
+                .arg("app")
+                .query::<Value>(&mut node_conn(cluster.primary()))
+                .is_ok_and(|v| v != Value::Nil)
+        });
+    }
+    let mut app = proxy.conn();
+    let _: () = redis::cmd("AUTH").arg("app").arg("secret").query(&mut app).unwrap();
+    let _: () = redis::cmd("MSET").arg(&a).arg("1").arg(&b).arg("2").query(&mut app).unwrap();
+    let values: Vec<String> = redis::cmd("MGET").arg(&a).arg(&b).query(&mut app).unwrap();
+    assert_eq!(values, ["1", "2"]);
+    let size: i64 = redis::cmd("DBSIZE").query(&mut app).unwrap();
+    assert_eq!(size, 2);
+    // A key outside the user's pattern, on the other shard: the node's
+    // own NOPERM.
+    let other = key_in(1, 2, "other");
+    let refused = redis::cmd("DEL").arg(&a).arg(&other).query::<i64>(&mut app).unwrap_err();
+    assert_eq!(refused.code(), Some("NOPERM"), "{refused}");
+}

@@ -292,7 +292,7 @@ impl Connection {
         let text = String::from_utf8_lossy(&text);
         let text = text.strip_prefix("txt:").unwrap_or(&text);
         let clients = self.ctx.registry.len();
-        let text = self.with_every_keyspace(text).await;
+        let text = self.with_every_shards_counts(text).await;
         let patched: String = text
             .split_inclusive('\n')
             .map(|line| match line.strip_prefix("connected_clients:") {
@@ -303,11 +303,14 @@ impl Connection {
         self.reply(Value::Verbatim(Bytes::from(patched))).await
     }
 
-    /// With several shards, the `# Keyspace` section of one shard's INFO
-    /// made that of the whole data set (each shard's primary asked).
-    async fn with_every_keyspace(&self, text: &str) -> String {
+    /// With several shards, the sections of one shard's INFO that count
+    /// the data set and the commands (`Keyspace`, `Errorstats`,
+    /// `Commandstats`) made those of every shard (each primary asked).
+    async fn with_every_shards_counts(&self, text: &str) -> String {
         use crate::backend::control::frame_text;
-        if self.ctx.shards.len() < 2 || !text.contains("# Keyspace") {
+        use crate::shard::info::SUMMED;
+        let summed = SUMMED.iter().any(|s| text.contains(&format!("# {s}")));
+        if self.ctx.shards.len() < 2 || !summed {
             return text.to_string();
         }
         let mut sections = Vec::new();
@@ -316,12 +319,13 @@ impl Connection {
                 continue;
             };
             let timeout = std::time::Duration::from_secs(1);
-            let answer = primary.pool.call_once(&["INFO", "keyspace"], timeout).await;
+            let ask = ["INFO", "keyspace", "errorstats", "commandstats"];
+            let answer = primary.pool.call_once(&ask, timeout).await;
             if let Some(section) = answer.ok().as_ref().and_then(frame_text) {
                 sections.push(section);
             }
         }
-        crate::shard::split::with_keyspace(text, &sections)
+        crate::shard::info::with_sums(text, &sections)
     }
 
     /// `CLIENT PAUSE <ms> WRITE` and `CLIENT UNPAUSE`, run on the primary at

@@ -59,7 +59,9 @@ impl Connection {
             Place::One(index) => index,
             Place::Any | Place::Every(_) if held => self.pinned_shard().unwrap_or(0),
             Place::Any if class == Class::Wait => {
-                let written: Vec<usize> = (0..self.written.len()).filter(|&i| self.written[i]).collect();
+                let written: Vec<usize> = (0..self.written.len())
+                    .filter(|&i| self.written[i])
+                    .collect();
                 match written[..] {
                     [] => 0,
                     [only] => only,
@@ -71,12 +73,6 @@ impl Connection {
                 return Some(self.refuse(CROSSSLOT.into()).await)
             }
             Place::CrossSlot => return Some(self.refuse(CROSSSLOT.into()).await),
-            Place::Split(_) | Place::Every(_) if self.session.user.is_some() => {
-                return Some(self.refuse(
-                    "ERR rampart: commands over several shards are not available to ACL users logged in through Rampart; send one per shard"
-                        .into(),
-                ).await)
-            }
             Place::Split(kind) => {
                 let (parts, how) = split::split(kind, req, &self.ctx.slots);
                 return Some(self.scatter(class, parts, how).await);
@@ -212,18 +208,25 @@ impl Connection {
         let write = class == Class::Write;
         let mut pending = Vec::with_capacity(parts.len());
         let mut durable = false;
+        let mut lent = Vec::new();
         for part in parts {
             let shard = self.ctx.shards[part.shard].clone();
             let (tx, rx) = oneshot::channel();
-            durable |= self.send_part(&shard, write, part.request, tx).await;
+            let sent = self.send_part(&shard, write, part.request, tx).await;
+            durable |= sent.durable;
+            lent.extend(sent.lent);
             pending.push(rx);
         }
         let (client_tx, client_rx) = oneshot::channel();
         let account = self.account.clone();
+        let proto = self.session.proto;
         tokio::spawn(async move {
             let mut replies = Vec::with_capacity(pending.len());
             for rx in pending {
                 replies.push(part_reply(rx.await));
+            }
+            for (node, link) in lent {
+                node.pool.give_back(link, proto);
             }
             let data = split::combine(&how, &replies);
             drop(replies);
@@ -253,19 +256,23 @@ impl Connection {
 
     /// Sends one part to its shard: writes to the primary (held for the
     /// shard's quorum in sync mode, through the writer in fan-out mode),
-    /// reads where the shard's router says. Whether the part is durable.
+    /// reads where the shard's router says. A client logged in as a node
+    /// ACL user sends on a connection of its own, logged in as that user,
+    /// which is lent back once the reply is in.
     async fn send_part(
         &mut self,
         shard: &Arc<Shard>,
         write: bool,
         request: Request,
         tx: oneshot::Sender<BatchReply>,
-    ) -> bool {
+    ) -> Sent {
         let proto = self.session.proto;
+        let mut sent = Sent::default();
         if write {
             if let Some(fanout) = &shard.fanout {
                 fanout.write(proto, vec![request.raw], 0, tx).await;
-                return true;
+                sent.durable = true;
+                return sent;
             }
         }
         let Some(node) = self.node_for(shard, write, &request).await else {
@@ -273,24 +280,57 @@ impl Connection {
                 "ERR rampart: no reachable primary for shard '{}'",
                 shard.name()
             )));
-            return false;
+            return sent;
         };
-        let durable = write && shard.topology.durability.is_sync();
-        let link = if durable {
+        sent.durable = write && shard.topology.durability.is_sync();
+        node.count_requests(1);
+        if self.session.user.is_some() {
+            let link = match node.pool.dedicated(self.session.link_session()).await {
+                Ok(link) => link,
+                Err(e) => {
+                    let _ = tx.send(failed(&format!(
+                        "ERR rampart: {} unavailable ({e})",
+                        node.addr
+                    )));
+                    sent.durable = false;
+                    return sent;
+                }
+            };
+            if sent.durable {
+                // The user may not be allowed WAIT: Rampart's own writer
+                // link waits for the replicas instead.
+                let own = node.pool.writer(proto, self.session.id).clone();
+                let durability = shard.topology.durability.clone();
+                let depth = self.ctx.config.limits.max_reply_depth;
+                super::durable::send_confirmed(
+                    &link,
+                    own,
+                    durability,
+                    vec![request.raw],
+                    tx,
+                    depth,
+                )
+                .await;
+            } else {
+                link.send(Batch::plain(vec![request.raw], tx)).await;
+            }
+            sent.lent = Some((node, link));
+            return sent;
+        }
+        let link = if sent.durable {
             node.pool.writer(proto, self.session.id)
         } else {
             node.pool.shared(proto, self.session.id)
         };
-        node.count_requests(1);
         link.send(Batch {
             requests: vec![request.raw],
             replies: 1,
             reply: ReplyTo::charged(tx, self.account.clone()),
-            durable: durable.then(|| shard.topology.durability.clone()),
+            durable: sent.durable.then(|| shard.topology.durability.clone()),
             keep_on_shortfall: false,
         })
         .await;
-        durable
+        sent
     }
 
     /// The node a part goes to, waiting for a failover if the shard has no
@@ -326,6 +366,15 @@ impl Connection {
         self.shard = previous;
         found.then(|| shard.topology.primary().cloned()).flatten()
     }
+}
+
+/// What sending a part did.
+#[derive(Default)]
+struct Sent {
+    /// It waits for its shard's quorum.
+    durable: bool,
+    /// A connection lent to the client for it, to give back.
+    lent: Option<(Arc<Node>, crate::backend::Link)>,
 }
 
 /// The count in `WAIT`'s reply (`:2`).

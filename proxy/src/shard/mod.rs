@@ -5,6 +5,7 @@
 //! controller. Code that has found the shard it needs talks to this and
 //! nothing else about it.
 
+pub mod info;
 pub mod locate;
 pub mod slots;
 pub mod split;

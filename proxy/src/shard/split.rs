@@ -228,53 +228,6 @@ pub fn combine(how: &Combine, replies: &[Bytes]) -> Bytes {
     }
 }
 
-/// `INFO` text whose `# Keyspace` section is replaced by the sum of
-/// several shards' (`db0:keys=3,expires=1,avg_ttl=10` lines: keys and
-/// expires summed, the average TTL weighted by expires).
-pub fn with_keyspace(info: &str, shard_sections: &[String]) -> String {
-    let mut dbs: std::collections::BTreeMap<u32, (u64, u64, u128)> = Default::default();
-    for section in shard_sections {
-        for line in section.lines() {
-            let Some((db, fields)) = line.trim().split_once(':') else {
-                continue;
-            };
-            let Some(db) = db.strip_prefix("db").and_then(|n| n.parse().ok()) else {
-                continue;
-            };
-            let field = |name: &str| {
-                fields
-                    .split(',')
-                    .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            let entry = dbs.entry(db).or_default();
-            let (keys, expires) = (field("keys"), field("expires"));
-            entry.0 += keys;
-            entry.1 += expires;
-            entry.2 += u128::from(field("avg_ttl")) * u128::from(expires);
-        }
-    }
-    let mut merged = String::from("# Keyspace\r\n");
-    for (db, (keys, expires, ttl_sum)) in dbs {
-        let avg = if expires == 0 {
-            0
-        } else {
-            ttl_sum / u128::from(expires)
-        };
-        merged.push_str(&format!(
-            "db{db}:keys={keys},expires={expires},avg_ttl={avg}\r\n"
-        ));
-    }
-    let Some(start) = info.find("# Keyspace") else {
-        return info.to_string();
-    };
-    let end = info[start + 1..]
-        .find("\r\n#")
-        .map_or(info.len(), |at| start + 1 + at + 2);
-    format!("{}{}{}", &info[..start], merged, &info[end..])
-}
-
 fn array<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Bytes {
     let items: Vec<&[u8]> = items.into_iter().collect();
     let mut out = BytesMut::with_capacity(16 + items.iter().map(|i| i.len()).sum::<usize>());
@@ -444,22 +397,6 @@ mod tests {
         assert_eq!(
             &combine(&last, &[page("0")])[..],
             b"*2\r\n$1\r\n0\r\n*1\r\n$1\r\nk\r\n"
-        );
-    }
-
-    #[test]
-    fn keyspace_is_summed() {
-        let info = "# Server\r\nx:1\r\n\r\n# Keyspace\r\ndb0:keys=1,expires=0,avg_ttl=0\r\n";
-        let merged = with_keyspace(
-            info,
-            &[
-                "# Keyspace\r\ndb0:keys=1,expires=1,avg_ttl=100\r\n".into(),
-                "# Keyspace\r\ndb0:keys=3,expires=1,avg_ttl=300\r\n".into(),
-            ],
-        );
-        assert_eq!(
-            merged,
-            "# Server\r\nx:1\r\n\r\n# Keyspace\r\ndb0:keys=4,expires=2,avg_ttl=200\r\n"
         );
     }
 
