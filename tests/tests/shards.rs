@@ -737,8 +737,18 @@ fn acl_users_reach_every_shard_as_themselves() {
         });
     }
     let mut app = proxy.conn();
-    let _: () = redis::cmd("AUTH").arg("app").arg("secret").query(&mut app).unwrap();
-    let _: () = redis::cmd("MSET").arg(&a).arg("1").arg(&b).arg("2").query(&mut app).unwrap();
+    let _: () = redis::cmd("AUTH")
+        .arg("app")
+        .arg("secret")
+        .query(&mut app)
+        .unwrap();
+    let _: () = redis::cmd("MSET")
+        .arg(&a)
+        .arg("1")
+        .arg(&b)
+        .arg("2")
+        .query(&mut app)
+        .unwrap();
     let values: Vec<String> = redis::cmd("MGET").arg(&a).arg(&b).query(&mut app).unwrap();
     assert_eq!(values, ["1", "2"]);
     let size: i64 = redis::cmd("DBSIZE").query(&mut app).unwrap();
@@ -746,6 +756,10 @@ fn acl_users_reach_every_shard_as_themselves() {
     // A key outside the user's pattern, on the other shard: the node's
     // own NOPERM.
     let other = key_in(1, 2, "other");
-    let refused = redis::cmd("DEL").arg(&a).arg(&other).query::<i64>(&mut app).unwrap_err();
+    let refused = redis::cmd("DEL")
+        .arg(&a)
+        .arg(&other)
+        .query::<i64>(&mut app)
+        .unwrap_err();
     assert_eq!(refused.code(), Some("NOPERM"), "{refused}");
 }

@@ -304,7 +304,7 @@ impl Connection {
     }
 
     /// With several shards, the sections of one shard's INFO that count
-    /// the data set and the commands (`Keyspace`, `Errorstats`,
+    /// the data set and the commands (`Stats`, `Keyspace`, `Errorstats`,
     /// `Commandstats`) made those of every shard (each primary asked).
     async fn with_every_shards_counts(&self, text: &str) -> String {
         use crate::backend::control::frame_text;
@@ -319,7 +319,7 @@ impl Connection {
                 continue;
             };
             let timeout = std::time::Duration::from_secs(1);
-            let ask = ["INFO", "keyspace", "errorstats", "commandstats"];
+            let ask = ["INFO", "stats", "keyspace", "errorstats", "commandstats"];
             let answer = primary.pool.call_once(&ask, timeout).await;
             if let Some(section) = answer.ok().as_ref().and_then(frame_text) {
                 sections.push(section);

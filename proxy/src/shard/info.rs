@@ -1,14 +1,14 @@
 //! `INFO` over several shards: the sections that count things over the
-//! data set or the commands run (`Keyspace`, `Errorstats`,
+//! data set or the commands run (`Stats`, `Keyspace`, `Errorstats`,
 //! `Commandstats`) are summed over every shard's primary; the rest is the
 //! first shard's, as its node reports it.
 
 /// The sections summed over the shards.
-pub const SUMMED: [&str; 3] = ["Keyspace", "Errorstats", "Commandstats"];
+pub const SUMMED: [&str; 4] = ["Stats", "Keyspace", "Errorstats", "Commandstats"];
 
 /// `info` (one node's `INFO` text) with each of [`SUMMED`] it holds
 /// replaced by the sum of that section over `shards` (each shard's
-/// `INFO keyspace errorstats commandstats`).
+/// `INFO stats keyspace errorstats commandstats`).
 pub fn with_sums(info: &str, shards: &[String]) -> String {
     let mut out = info.to_string();
     for section in SUMMED {
@@ -28,14 +28,25 @@ pub fn with_sums(info: &str, shards: &[String]) -> String {
 /// One section summed: lines `name:field=value,...` with the same name
 /// are added field by field, in the order the names first appear.
 /// `usec_per_call` is recomputed from the sums, and `avg_ttl` is the
-/// average weighted by `expires`.
+/// average weighted by `expires`. Lines `name:number` (`# Stats`) are
+/// added; other `name:text` lines are the first shard's.
 fn sum(section: &str, shards: &[String]) -> String {
     let mut lines: Vec<(String, Vec<(String, f64)>)> = Vec::new();
+    let mut plain: Vec<(String, Result<f64, String>)> = Vec::new();
     for info in shards {
         for line in lines_of(info, section) {
             let Some((name, fields)) = line.split_once(':') else {
                 continue;
             };
+            if !fields.contains('=') {
+                let value = fields.parse::<f64>().map_err(|_| fields.to_string());
+                match plain.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, Ok(total))) => *total += value.unwrap_or(0.0),
+                    Some(_) => {}
+                    None => plain.push((name.to_string(), value)),
+                }
+                continue;
+            }
             let index = match lines.iter().position(|(n, _)| n == name) {
                 Some(index) => index,
                 None => {
@@ -64,6 +75,14 @@ fn sum(section: &str, shards: &[String]) -> String {
         }
     }
     let mut out = format!("# {section}\r\n");
+    for (name, value) in plain {
+        let value = match value {
+            Ok(n) if n.fract() == 0.0 => format!("{}", n as i64),
+            Ok(n) => format!("{n:.2}"),
+            Err(text) => text,
+        };
+        out.push_str(&format!("{name}:{value}\r\n"));
+    }
     for (name, mut fields) in lines {
         let get = |fields: &[(String, f64)], key: &str| {
             fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
@@ -127,6 +146,14 @@ mod tests {
             merged,
             "# Server\r\nredis_version:7.0.15\r\n\r\n# Errorstats\r\nerrorstat_ERR:count=3\r\nerrorstat_OOM:count=1\r\n\r\n# Keyspace\r\ndb0:keys=4,expires=2,avg_ttl=200\r\n"
         );
+        let stats = sum(
+            "Stats",
+            &[
+                "# Stats\r\ntotal_error_replies:1\r\nmode:x\r\n".into(),
+                "# Stats\r\ntotal_error_replies:2\r\nmode:y\r\n".into(),
+            ],
+        );
+        assert_eq!(stats, "# Stats\r\ntotal_error_replies:3\r\nmode:x\r\n");
         let stats = sum("Commandstats", &shards);
         assert_eq!(
             stats,
