@@ -132,18 +132,26 @@ pub fn keys(req: &Request) -> Option<SmallVec<[&[u8]; 4]>> {
 
 fn specs_of(req: &Request) -> Option<&'static [Spec]> {
     let name = req.name();
-    let name = name.as_str();
-    let find = |wanted: &str| {
+    let name = name.as_bytes();
+    // Compared in place as `NAME` or `NAME|SUB`: this runs for every
+    // command, and most keyless ones are in no table entry at all.
+    let find = |sub: Option<&[u8]>| {
         TABLE
-            .binary_search_by(|(n, _)| (*n).cmp(wanted))
+            .binary_search_by(|(n, _)| {
+                let wanted = name
+                    .iter()
+                    .chain(sub.map_or(&[][..], |_| b"|"))
+                    .chain(sub.unwrap_or(&[]));
+                n.as_bytes().iter().cmp(wanted)
+            })
             .ok()
             .map(|i| TABLE[i].1)
     };
-    if let Some(specs) = find(name) {
+    if let Some(specs) = find(None) {
         return Some(specs);
     }
     let sub = req.arg_upper(1)?;
-    find(&format!("{name}|{}", sub.as_str()))
+    find(Some(sub.as_bytes()))
 }
 
 /// Where `keyword` is, searching as Redis does: forwards from `from`, or

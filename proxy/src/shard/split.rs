@@ -146,21 +146,13 @@ pub fn combine(how: &Combine, replies: &[Bytes]) -> Bytes {
             found.or(replies.first()).cloned().unwrap_or_else(malformed)
         }
         Combine::Concat => {
-            let Some(parts) = replies
-                .iter()
-                .map(|r| elements(r))
-                .collect::<Option<Vec<_>>>()
-            else {
+            let Some(parts) = every_elements(replies) else {
                 return malformed();
             };
             array(parts.iter().flatten().copied())
         }
         Combine::Values(order) => {
-            let Some(parts) = replies
-                .iter()
-                .map(|r| elements(r))
-                .collect::<Option<Vec<_>>>()
-            else {
+            let Some(parts) = every_elements(replies) else {
                 return malformed();
             };
             let values: Option<Vec<&[u8]>> = order
@@ -170,11 +162,7 @@ pub fn combine(how: &Combine, replies: &[Bytes]) -> Bytes {
             values.map_or_else(malformed, array)
         }
         Combine::All => {
-            let Some(parts) = replies
-                .iter()
-                .map(|r| elements(r))
-                .collect::<Option<Vec<_>>>()
-            else {
+            let Some(parts) = every_elements(replies) else {
                 return malformed();
             };
             let Some(first) = parts.first() else {
@@ -268,6 +256,11 @@ fn bulk(reply: &[u8]) -> Option<&[u8]> {
     let len = usize::try_from(crate::resp::request::parse_i64(head)?).ok()?;
     let start = head.len() + 3;
     reply.get(start..start + len)
+}
+
+/// Each reply's elements; `None` if any reply is not an array.
+fn every_elements(replies: &[Bytes]) -> Option<Vec<Vec<&[u8]>>> {
+    replies.iter().map(|r| elements(r)).collect()
 }
 
 /// The elements of an array (or RESP3 set) reply, each whole.
