@@ -24,6 +24,8 @@ pub struct Context {
     pub shards: Vec<Arc<crate::shard::Shard>>,
     /// Which shard owns each hash slot.
     pub slots: crate::shard::slots::SlotMap,
+    /// `[coordination]`: the instances' shared view in etcd.
+    pub coordination: Option<Arc<crate::coord::Coordination>>,
     /// Bumped when any node's role or health changes (router plugins
     /// refresh their node list on it).
     pub topology_changes: Arc<AtomicU64>,

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod context;
+pub mod coord;
 pub mod failover;
 pub mod net;
 pub mod observe;

@@ -120,7 +120,9 @@ impl Server {
                     name.clone(),
                     nodes,
                     shard_config.read_from,
-                    config.failover.role == FailoverRole::Follower,
+                    // With [coordination] every instance routes by the
+                    // records in etcd instead.
+                    config.failover.role == FailoverRole::Follower && config.coordination.is_none(),
                     shard_config.replication.max_read_lag_ms,
                 )
                 .with_client_zone(config.proxy.zone.as_ref().map_or(0, |z| zones[z]))
@@ -215,8 +217,29 @@ impl Server {
                 })
             })
             .collect();
+        let coordination = match &config.coordination {
+            Some(settings) => {
+                let tls = match &settings.tls {
+                    Some(files) => Some(Arc::new(
+                        Connector::new(files).map_err(|e| tls("coordination.tls", e))?,
+                    )),
+                    None => None,
+                };
+                Some(Arc::new(crate::coord::Coordination::new(
+                    settings,
+                    tls,
+                    config.failover.role == FailoverRole::Leader,
+                    client_addr.to_string(),
+                    admin_addr.map(|a| a.to_string()),
+                    shards.clone(),
+                    events.clone(),
+                )))
+            }
+            None => None,
+        };
         let context = Arc::new(Context {
             slots,
+            coordination: coordination.clone(),
             topology: Topology { shards },
             shards: owned,
             topology_changes: changes.clone(),
@@ -261,7 +284,11 @@ impl Server {
         // first commands for want of a known primary.
         let first_round = probed.acquire_many(node_count as u32);
         let _ = tokio::time::timeout(Duration::from_secs(3), first_round).await;
+        if let Some(coordination) = &coordination {
+            tokio::spawn(coordination.clone().run(shutdown_rx.clone()));
+        }
         match context.config.failover.role {
+            FailoverRole::Follower if coordination.is_some() => {}
             FailoverRole::Leader => {
                 for (index, requests) in switchover_rx.drain(..).enumerate() {
                     // A fan-out shard's primary is chosen by its writer, from
@@ -276,6 +303,7 @@ impl Server {
                         timeout: Duration::from_millis(context.config.probe.timeout_ms),
                         replication: context.config.shards[shard.name()].replication.clone(),
                         store: StateStore::new(context.config.failover.state_dir.as_deref()),
+                        coordination: coordination.clone(),
                     };
                     failover::controller::spawn(
                         shard,
@@ -286,8 +314,15 @@ impl Server {
                         requests,
                     );
                 }
-                // The controllers' first ticks pick the primaries.
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                // The controllers' first ticks pick the primaries (with
+                // [coordination]: the records, or the lease holder's
+                // discovery).
+                let wait = match &context.config.coordination {
+                    Some(c) => Duration::from_millis(c.poll_ms * 3 + c.request_timeout_ms * 2)
+                        .max(Duration::from_secs(1)),
+                    None => Duration::from_secs(1),
+                };
+                let _ = tokio::time::timeout(wait, async {
                     for shard in &context.topology.shards {
                         let mut changed = shard.watch();
                         while shard.primary().is_none() && changed.changed().await.is_ok() {}

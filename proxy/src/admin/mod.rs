@@ -183,7 +183,14 @@ async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> 
                 )
             }
         }
-        (&Method::GET, "/v1/topology") => json(&ctx.topology.snapshot()),
+        (&Method::GET, "/v1/topology") => {
+            let mut view = serde_json::to_value(ctx.topology.snapshot()).unwrap_or_default();
+            if let Some(coordination) = &ctx.coordination {
+                view["coordination"] =
+                    serde_json::to_value(coordination.snapshot()).unwrap_or_default();
+            }
+            json(&view)
+        }
         (&Method::GET, "/metrics") => {
             let mut response = text(StatusCode::OK, &metrics::render(ctx));
             response.headers_mut().insert(

@@ -17,9 +17,73 @@ pub fn status(admin: &Admin, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Each shard: a summary line, then one row per node.
+/// The instances that share the shards through etcd: who holds each
+/// shard's failover lease, and how fresh each one's view is.
+fn render_coordination(coordination: &Value) -> String {
+    if coordination.is_null() {
+        return String::new();
+    }
+    let mut out = format!(
+        "instance {}  etcd view {} ms old (writes held past {} ms){}\n",
+        str(&coordination["instance"]),
+        coordination["view_age_ms"]
+            .as_u64()
+            .map_or("never read".into(), |ms| ms.to_string()),
+        coordination["max_view_age_ms"],
+        if coordination["tilted"] == true {
+            "  TILT: paused, deciding nothing"
+        } else {
+            ""
+        }
+    );
+    if let Some(error) = coordination["last_error"].as_str() {
+        out.push_str(&format!("  etcd: {error}\n"));
+    }
+    let holders = &coordination["lease_holders"];
+    let mut rows = vec![cells(&["INSTANCE", "LISTEN", "ADMIN", "HOLDS", "EPOCHS"])];
+    for instance in coordination["instances"].as_array().into_iter().flatten() {
+        let name = str(&instance["instance"]);
+        let holds: Vec<&str> = holders
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, h)| h.as_str() == Some(name.as_str()))
+            .map(|(shard, _)| shard.as_str())
+            .collect();
+        let epochs: Vec<String> = instance["shards"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(shard, seen)| {
+                let fenced = if seen["fenced"] == true {
+                    " fenced"
+                } else {
+                    ""
+                };
+                format!("{shard}:{}{fenced}", seen["epoch"])
+            })
+            .collect();
+        rows.push(vec![
+            name,
+            str(&instance["listen"]),
+            instance["admin"].as_str().unwrap_or("-").to_string(),
+            if holds.is_empty() {
+                "-".into()
+            } else {
+                holds.join(",")
+            },
+            epochs.join(" "),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out.push('\n');
+    out
+}
+
+/// Each shard: a summary line, then one row per node; with
+/// `[coordination]`, the instances first.
 pub fn render_topology(topology: &Value) -> String {
-    let mut out = String::new();
+    let mut out = render_coordination(&topology["coordination"]);
     for shard in topology["shards"].as_array().into_iter().flatten() {
         let durability = &shard["durability"];
         let mut writes = if durability["mode"] == "async" {

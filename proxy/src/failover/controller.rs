@@ -25,6 +25,7 @@ pub use super::request::Switchover;
 use super::state::{ShardState, StateStore};
 use crate::backend::control::{frame_text, Control};
 use crate::backend::ConnectOptions;
+use crate::coord::Coordination;
 use crate::observe::events::Events;
 use crate::operate::error::OpError;
 use crate::replicate::quorum::{replicas_needed_to_promote, Candidate};
@@ -51,6 +52,10 @@ pub struct Settings {
     pub replication: crate::config::ReplicationConfig,
     /// Where epochs and the awaiting-operator state are kept.
     pub store: StateStore,
+    /// With `[coordination]`: the controller acts only while this
+    /// instance holds the shard's failover lease, and the shard's record
+    /// in etcd replaces `store`.
+    pub coordination: Option<Arc<Coordination>>,
 }
 
 pub struct Controller {
@@ -83,6 +88,15 @@ pub struct Controller {
     operator_only: bool,
     /// The current failover's old primary was reported stale already.
     stale_reported: bool,
+    coordination: Option<Arc<Coordination>>,
+    /// Whether this instance held the shard's lease at the last tick.
+    holding: bool,
+    /// With `[coordination]`: the epoch fenced for the current failover
+    /// or switchover, whose primary is not named yet.
+    fenced_epoch: Option<u64>,
+    /// The other instances' disagreement that the primary is down was
+    /// reported already.
+    disputed: bool,
 }
 
 /// Starts the failover controller of `unit`: it runs until `shutdown`
@@ -102,6 +116,10 @@ pub fn spawn(
         interval: settings.interval,
         replication: settings.replication,
         store: settings.store,
+        coordination: settings.coordination,
+        holding: false,
+        fenced_epoch: None,
+        disputed: false,
         events,
         shutdown,
         unit,
@@ -128,6 +146,14 @@ impl Controller {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 Some(request) = requests.recv() => {
+                    if let Some(holder) = self.not_holding() {
+                        let _ = request.reply.send(Err(OpError::Conflict(format!(
+                            "this instance does not hold shard '{}''s failover lease ({}); ask that instance",
+                            self.shard.name,
+                            holder.map_or("nobody holds it right now".into(), |h| format!("{h} holds it"))
+                        ))));
+                        continue;
+                    }
                     let span = tracing::info_span!("switchover", target = ?request.target, force = request.force, epoch = self.shard.epoch());
                     let result = if request.force {
                         self.force_promote(request.target).instrument(span).await
@@ -141,9 +167,102 @@ impl Controller {
         }
     }
 
+    /// With `[coordination]` and the lease held by another instance (or
+    /// nobody): who holds it.
+    fn not_holding(&self) -> Option<Option<String>> {
+        let coordination = self.coordination.as_ref()?;
+        if coordination.holds(&self.shard.name) {
+            return None;
+        }
+        Some(coordination.holder(&self.shard.name))
+    }
+
+    /// With `[coordination]`: notices the lease being taken or lost.
+    /// Returns whether this instance may act on the shard now.
+    fn check_lease(&mut self) -> bool {
+        let Some(coordination) = self.coordination.clone() else {
+            return true;
+        };
+        let holds = coordination.holds(&self.shard.name);
+        if holds != self.holding {
+            self.holding = holds;
+            self.forget();
+            if holds {
+                self.take_over(&coordination);
+            }
+        }
+        holds
+    }
+
+    /// Drops what this controller believed about a failover in progress:
+    /// the lease changed hands, and the record in etcd is the truth.
+    fn forget(&mut self) {
+        self.last_sent.clear();
+        self.guarded = None;
+        self.guard_checked = None;
+        self.failover_started = None;
+        self.refusal = None;
+        self.detached.clear();
+        self.operator_only = false;
+        self.stale_reported = false;
+        self.fenced_epoch = None;
+        self.disputed = false;
+    }
+
+    /// The lease was just taken: go on from the shard's record. A fenced
+    /// record is a failover or switchover another instance left half
+    /// done; the ticks finish it (or end it, if the primary is fine).
+    fn take_over(&mut self, coordination: &Coordination) {
+        let Some(record) = coordination.record(&self.shard.name) else {
+            // A new cluster: discover the primary from the nodes.
+            self.shard.clear_primary();
+            return;
+        };
+        crate::coord::follow(&self.shard, &record);
+        let detail = match (&record.fenced, &record.waiting) {
+            (true, _) => {
+                self.fenced_epoch = Some(record.epoch);
+                self.failover_started = Some(Instant::now());
+                self.operator_only = record.waiting.is_some();
+                "the record is fenced: finishing the failover it was in"
+            }
+            (false, Some(_)) => "the shard waits for an operator",
+            (false, None) => "the record's primary stays",
+        };
+        self.event(
+            "lease-taken-over",
+            self.shard.primary_node().map(|n| n.as_ref()),
+            format!("{} acts for the shard now; {detail}", coordination.instance),
+        );
+    }
+
+    /// Whether the other instances agree the primary is down (always,
+    /// without `[coordination]`). Says once when they do not.
+    fn others_agree_down(&mut self, primary: &Node) -> bool {
+        let Some(coordination) = &self.coordination else {
+            return true;
+        };
+        let (agreed, why) = coordination.agreed_down(&self.shard.name, &primary.addr);
+        if !agreed && !self.disputed {
+            self.disputed = true;
+            self.event(
+                "primary-down-disputed",
+                Some(primary),
+                format!("this instance judges the primary down but {why}: no failover yet"),
+            );
+        }
+        if agreed {
+            self.disputed = false;
+        }
+        agreed
+    }
+
     async fn tick(&mut self) {
+        if !self.check_lease() {
+            return;
+        }
         let Some(primary) = self.shard.primary_node().cloned() else {
-            self.discover();
+            self.discover().await;
             return;
         };
         let distrusted = primary.health() != Health::Down && self.distrusts(&primary);
@@ -158,13 +277,29 @@ impl Controller {
                 ),
             );
         }
-        if primary.health() == Health::Down || distrusted {
+        let down = primary.health() == Health::Down
+            && (self.failover_started.is_some() || self.others_agree_down(&primary));
+        if primary.health() == Health::Down && !down {
+            return;
+        }
+        if down || distrusted {
             let span =
                 tracing::warn_span!("failover", from = %primary.addr, epoch = self.shard.epoch());
             self.failover(&primary).instrument(span).await;
             return;
         }
-        if self.failover_started.take().is_some() {
+        if self.failover_started.is_some() {
+            if self.shard.awaiting_operator().is_some() || self.fenced_epoch.is_some() {
+                let waiting = self.shard.awaiting_operator();
+                self.shard.set_awaiting_operator(None);
+                if let Err(e) = self.persist(self.shard.epoch(), &primary, false).await {
+                    self.shard.set_awaiting_operator(waiting);
+                    tracing::warn!(error = %e, "cannot lift the fence; will retry");
+                    return;
+                }
+                self.fenced_epoch = None;
+            }
+            self.failover_started = None;
             self.event(
                 "failover-aborted",
                 Some(&primary),
@@ -172,10 +307,6 @@ impl Controller {
             );
             self.refusal = None;
             self.detached.clear();
-            if self.shard.awaiting_operator().is_some() {
-                self.shard.set_awaiting_operator(None);
-                self.persist(self.shard.epoch(), &primary);
-            }
             self.shard.set_failing_over(false);
         }
         if primary.health() == Health::Up
@@ -202,13 +333,16 @@ impl Controller {
     /// still claims the role, else the claimant with the highest offset,
     /// else (nobody claims it) the node the replicas follow, which the next
     /// tick will find down and fail over from.
-    fn discover(&mut self) {
-        let persisted = match self.store.load(&self.shard.name) {
-            Ok(state) => state,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the persisted epoch; trusting the nodes");
-                None
-            }
+    async fn discover(&mut self) {
+        let persisted = match &self.coordination {
+            Some(coordination) => coordination.record(&self.shard.name),
+            None => match self.store.load(&self.shard.name) {
+                Ok(state) => state,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the persisted epoch; trusting the nodes");
+                    None
+                }
+            },
         };
         let claimants: Vec<&Arc<Node>> = self
             .shard
@@ -240,7 +374,10 @@ impl Controller {
             None => 1,
         };
         if persisted.as_ref().is_none_or(|s| s.epoch != epoch) {
-            self.persist(epoch, &chosen);
+            if let Err(e) = self.persist(epoch, &chosen, false).await {
+                tracing::warn!(error = %e, "cannot record the discovered primary; will retry");
+                return;
+            }
         }
         if let Some(why) = persisted.as_ref().and_then(|s| s.waiting.clone()) {
             // Still waiting for an operator from before the restart: the
@@ -293,8 +430,13 @@ impl Controller {
                 );
             }
         }
+        if let Err(e) = self.fence(old).await {
+            tracing::warn!(error = %e, "cannot fence the epoch; will retry");
+            return;
+        }
         if self.operator_only {
-            self.refuse("Rampart restarted while this shard waited for an operator".into());
+            self.refuse("Rampart restarted while this shard waited for an operator".into())
+                .await;
             return;
         }
         // Fresh reports, not the last probe's: offsets move until the very
@@ -325,7 +467,7 @@ impl Controller {
             self.refuse(format!(
                 "{} of {replicas} replicas answer ({lost} of them with less data than they once had: restarted without persistence?); with writes acknowledged by {acks} replica(s), {needed} intact ones must answer to be sure one holds every acknowledged write",
                 candidates.len()
-            ));
+            )).await;
             self.detach(old).await;
             return;
         }
@@ -346,7 +488,7 @@ impl Controller {
                 ),
                 _ => "no replica is eligible (priority 0 replicas are never promoted)".into(),
             };
-            self.refuse(why);
+            self.refuse(why).await;
             return;
         };
         let offset = candidates
@@ -356,7 +498,11 @@ impl Controller {
         // A stale old primary still answers: it is repointed with the
         // others (its data is not wanted). A dead one is fenced when back.
         let skip = (old.health() == Health::Down).then_some(old.id);
-        if let Err(e) = self.install(&target, skip).await {
+        let epoch = match self.fence(old).await {
+            Ok(epoch) => epoch,
+            Err(e) => return tracing::warn!(error = %e, "cannot fence the epoch; will retry"),
+        };
+        if let Err(e) = self.install(&target, skip, epoch).await {
             self.event("promotion-failed", Some(&target), e);
             return;
         }
@@ -449,15 +595,19 @@ impl Controller {
             ),
         );
         let started = Instant::now();
-        if let Err(e) = self.catch_up(&primary, &target).await {
-            self.shard.set_failing_over(false);
-            self.event("switchover-aborted", Some(&target), e.clone());
-            return Err(OpError::Conflict(format!("switchover aborted: {e}")));
-        }
-        let epoch = match self.install(&target, None).await {
+        // Other instances stop writing to the old primary first, or its
+        // offset would never hold still.
+        let step = match self.fence(&primary).await {
+            Ok(epoch) => match self.catch_up(&primary, &target).await {
+                Ok(()) => self.install(&target, None, epoch).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let epoch = match step {
             Ok(epoch) => epoch,
             Err(e) => {
-                self.shard.set_failing_over(false);
+                self.unfence(&primary).await;
                 self.event("switchover-aborted", Some(&target), e.clone());
                 return Err(OpError::Conflict(format!("switchover aborted: {e}")));
             }
@@ -476,12 +626,14 @@ impl Controller {
     /// the choice, point every other node (but `skip`) at it, guard it,
     /// give the replicas a moment to connect, and publish it, which
     /// releases held writes. Returns the new epoch.
-    async fn install(&mut self, target: &Arc<Node>, skip: Option<u32>) -> Result<u64, String> {
+    async fn install(
+        &mut self,
+        target: &Arc<Node>,
+        skip: Option<u32>,
+        epoch: u64,
+    ) -> Result<u64, String> {
         self.command(target, &["REPLICAOF", "NO", "ONE"]).await?;
         self.observe(target).await;
-        let epoch = self.shard.epoch() + 1;
-        self.shard.set_awaiting_operator(None);
-        self.persist(epoch, target);
         // A new primary: every node must be told now, however recently it
         // was told something else.
         self.last_sent.clear();
@@ -498,6 +650,17 @@ impl Controller {
         self.guard(target).await;
         self.wait_for_replicas(target, self.shard.durability.requirement().acks)
             .await;
+        // Named last: with [coordination] every instance routes to the
+        // new primary from the moment this is written, and a holder that
+        // lost its lease meanwhile cannot write it (the next holder then
+        // finds the epoch fenced and finishes the failover itself).
+        let waiting = self.shard.awaiting_operator();
+        self.shard.set_awaiting_operator(None);
+        if let Err(e) = self.persist(epoch, target, false).await {
+            self.shard.set_awaiting_operator(waiting);
+            return Err(format!("the new primary could not be recorded: {e}"));
+        }
+        self.fenced_epoch = None;
         self.shard.set_primary(target, epoch);
         self.shard.set_failing_over(false);
         Ok(epoch)
@@ -593,10 +756,17 @@ impl Controller {
             .unwrap_or(0);
         let old = self.shard.primary_node().cloned();
         self.shard.set_failing_over(true);
-        let epoch = match self.install(&target, None).await {
+        let step = match self.fence(old.as_ref().unwrap_or(&target)).await {
+            Ok(epoch) => self.install(&target, None, epoch).await,
+            Err(e) => Err(e),
+        };
+        let epoch = match step {
             Ok(epoch) => epoch,
             Err(e) => {
                 if self.failover_started.is_none() {
+                    if let Some(old) = &old {
+                        self.unfence(old).await;
+                    }
                     self.shard.set_failing_over(false);
                 }
                 return Err(OpError::Conflict(format!("promotion failed: {e}")));
@@ -643,15 +813,69 @@ impl Controller {
         }
     }
 
+    /// Opens the epoch a failover or switchover will name its primary in,
+    /// and returns it. With `[coordination]` this is Stolon's first phase:
+    /// the record says "epoch N+1, no primary yet", and the new primary is
+    /// named only once every live instance has confirmed it holds writes
+    /// (or `max_view_age_ms` passed: a silent instance holds writes by its
+    /// own bound by then). Alone, there is nobody to tell.
+    async fn fence(&mut self, old: &Node) -> Result<u64, String> {
+        if let Some(epoch) = self.fenced_epoch {
+            return Ok(epoch);
+        }
+        let epoch = self.shard.epoch() + 1;
+        let Some(coordination) = self.coordination.clone() else {
+            return Ok(epoch);
+        };
+        self.persist(epoch, old, true).await?;
+        self.fenced_epoch = Some(epoch);
+        self.shard.set_primary(old, epoch);
+        let started = Instant::now();
+        let silent = coordination.wait_confirmed(&self.shard.name, epoch).await;
+        let detail = if silent.is_empty() {
+            format!(
+                "every live instance holds writes ({} ms)",
+                started.elapsed().as_millis()
+            )
+        } else {
+            format!(
+                "{} did not confirm within {} ms: cut off from etcd, they hold writes by their own view-age bound",
+                silent.join(", "),
+                started.elapsed().as_millis()
+            )
+        };
+        self.event("epoch-fenced", Some(old), detail);
+        Ok(epoch)
+    }
+
+    /// Ends a fence whose switchover or promotion did not happen: the old
+    /// primary goes on, in the fenced epoch.
+    async fn unfence(&mut self, primary: &Node) {
+        if self.fenced_epoch.is_some() {
+            match self.persist(self.shard.epoch(), primary, false).await {
+                Ok(()) => self.fenced_epoch = None,
+                // The record stays fenced: the writes stay held until the
+                // next holder (or this one, next tick) settles it.
+                Err(e) => tracing::warn!(error = %e, "cannot lift the fence"),
+            }
+        }
+        if self.fenced_epoch.is_none() {
+            self.shard.set_failing_over(false);
+        }
+    }
+
     /// Says once (not every tick) why a failover cannot go on.
-    fn refuse(&mut self, why: String) {
+    async fn refuse(&mut self, why: String) {
         if self.refusal.as_deref() != Some(why.as_str()) {
             self.event("promotion-refused", None, why.clone());
             self.shard.set_awaiting_operator(Some(format!(
                 "{why}; writes wait until the primary returns with all it had or an operator runs `rampart promote --force`"
             )));
             if let Some(primary) = self.shard.primary_node().cloned() {
-                self.persist(self.shard.epoch(), &primary);
+                let fenced = self.fenced_epoch.is_some();
+                if let Err(e) = self.persist(self.shard.epoch(), &primary, fenced).await {
+                    tracing::warn!(error = %e, "cannot record that the shard waits for an operator");
+                }
             }
             self.refusal = Some(why);
         }
@@ -788,15 +1012,24 @@ impl Controller {
         }
     }
 
-    fn persist(&self, epoch: u64, primary: &Node) {
+    /// Records the shard's state. With `[coordination]` it is a
+    /// compare-and-swap in etcd and its failure stops the step; alone, a
+    /// file that cannot be written is logged and the step goes on (the
+    /// nodes still say who is primary).
+    async fn persist(&self, epoch: u64, primary: &Node, fenced: bool) -> Result<(), String> {
         let state = ShardState {
             epoch,
             primary: primary.addr.clone(),
             waiting: self.shard.awaiting_operator(),
+            fenced,
         };
+        if let Some(coordination) = &self.coordination {
+            return coordination.save(&self.shard.name, &state).await;
+        }
         if let Err(e) = self.store.save(&self.shard.name, &state) {
             tracing::error!(error = %e, epoch, "cannot persist the epoch; a restart may not remember this primary");
         }
+        Ok(())
     }
 
     fn event(&self, kind: &'static str, node: Option<&Node>, detail: impl Into<String>) {

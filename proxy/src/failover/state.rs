@@ -22,6 +22,11 @@ pub struct ShardState {
     /// (what made the choice unsafe, the offsets it saw, is not kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// With `[coordination]`: the epoch is fenced, its primary not named
+    /// yet (the old one is kept in `primary`); every instance holds the
+    /// shard's writes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fenced: bool,
 }
 
 /// A fan-out shard's nodes as Rampart last left them.
@@ -120,6 +125,7 @@ mod tests {
             epoch: 3,
             primary: "127.0.0.1:7001".into(),
             waiting: None,
+            fenced: false,
         };
         store.save("main", &state).unwrap();
         assert_eq!(store.load("main").unwrap(), Some(state));

@@ -366,6 +366,10 @@ pub struct Shard {
     epoch: AtomicU64,
     /// A failover is choosing a new primary: writes wait.
     failing_over: AtomicBool,
+    /// With `[coordination]`: this instance has not read etcd for longer
+    /// than `max_view_age_ms`, so another may have named a new primary;
+    /// writes wait.
+    view_stale: AtomicBool,
     /// A follower instance never decides who is primary: it re-derives it
     /// from what the nodes say on every probe. A leader's primary changes
     /// only by discovery at start, failover and switchover.
@@ -409,6 +413,7 @@ impl Shard {
             primary: AtomicUsize::new(NO_PRIMARY),
             epoch: AtomicU64::new(0),
             failing_over: AtomicBool::new(false),
+            view_stale: AtomicBool::new(false),
             follow_claims,
             max_read_lag_ms,
             history: Mutex::new(OffsetHistory::default()),
@@ -499,7 +504,7 @@ impl Shard {
     /// not sent new writes: they wait until it answers again or a failover
     /// replaces it, a pause for the client instead of an error.
     pub fn primary(&self) -> Option<&Arc<Node>> {
-        if self.failing_over.load(Ordering::Acquire) {
+        if self.failing_over.load(Ordering::Acquire) || self.view_stale.load(Ordering::Acquire) {
             return None;
         }
         self.primary_node()
@@ -554,6 +559,20 @@ impl Shard {
 
     pub fn is_failing_over(&self) -> bool {
         self.failing_over.load(Ordering::Acquire)
+    }
+
+    /// Marks this instance's view of the coordination store as too old
+    /// (or fresh again); returns whether that changed.
+    pub fn set_view_stale(&self, stale: bool) -> bool {
+        let was = self.view_stale.swap(stale, Ordering::AcqRel);
+        if was != stale {
+            self.refresh();
+        }
+        was != stale
+    }
+
+    pub fn is_view_stale(&self) -> bool {
+        self.view_stale.load(Ordering::Acquire)
     }
 
     /// A receiver that sees every change of the usable primary.
@@ -695,6 +714,7 @@ impl Shard {
             mode: if self.fanout { "fanout" } else { "native" },
             epoch: self.epoch(),
             failing_over: self.is_failing_over(),
+            view_stale: self.is_view_stale(),
             primary: self.primary_node().map(|p| p.addr.clone()),
             held_clients: self.held.load(Ordering::Relaxed),
             awaiting_operator: self.awaiting_operator(),
@@ -749,6 +769,10 @@ pub struct ShardView {
     pub mode: &'static str,
     pub epoch: u64,
     pub failing_over: bool,
+    /// With `[coordination]`: writes are held because this instance's
+    /// view of etcd is too old.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub view_stale: bool,
     pub primary: Option<String>,
     pub held_clients: usize,
     /// Why the shard waits for `rampart promote --force`, if it does.

@@ -1,0 +1,683 @@
+//! Several Rampart instances that agree through etcd (`[coordination]`).
+//!
+//! Every instance runs the same loop ([`Coordination::run`]) every
+//! `poll_ms`:
+//!
+//! 1. keep its lease alive (one etcd lease per instance; its validity is
+//!    counted from when the keep-alive was *sent*, never from the answer);
+//! 2. read everything under the prefix: each shard's **record** (epoch,
+//!    primary, fenced), who holds each shard's **failover lease**, and
+//!    every live instance's published view;
+//! 3. route by the records of the shards it does not hold: the newest
+//!    epoch's primary, and no writes while a record is fenced;
+//! 4. publish its own view (the epoch it routes by and the nodes its
+//!    probes judge down), and campaign for shards nobody holds.
+//!
+//! Only the holder of a shard's lease runs that shard's failover
+//! controller, and every decision it writes is one transaction comparing
+//! the lease key (value and creation revision: this very lease, not one
+//! taken again later) and the record's `mod_revision` (the record it
+//! replaces): a holder that lost its lease without knowing it, or woke
+//! from a pause, cannot write a decision (Patroni #2787).
+//!
+//! An instance that cannot read etcd keeps routing by the records it has
+//! until its view is older than `max_view_age_ms`, then holds writes:
+//! the holder fences an epoch, waits until every live instance has
+//! reported it (or `max_view_age_ms`, after which the silent ones hold
+//! writes by themselves), and only then names the new primary. A lease
+//! is not a fence (etcd's own docs); the fence is the epoch every
+//! instance routes by, plus the nodes' `min-replicas-to-write`.
+//!
+//! An instance whose loop finds its own clock jumped (a pause, a stopped
+//! VM) gives its lease back and stays out for one lease TTL (Sentinel's
+//! TILT).
+
+pub mod etcd;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::config::CoordinationConfig;
+use crate::failover::state::ShardState;
+use crate::observe::events::Events;
+use crate::topology::{Health, Shard};
+use etcd::{Compare, Etcd, EtcdError, Kv, Op};
+
+/// What an instance publishes about itself, for the others and the views.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceView {
+    pub instance: String,
+    /// The client listener.
+    pub listen: String,
+    /// The admin listener, if any.
+    #[serde(default)]
+    pub admin: Option<String>,
+    /// Per shard: what it routes by and what its probes see.
+    #[serde(default)]
+    pub shards: BTreeMap<String, ShardSeen>,
+    /// How old its view of etcd was when published.
+    #[serde(default)]
+    pub view_age_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSeen {
+    /// The epoch it routes by.
+    pub epoch: u64,
+    /// Whether it holds the shard's writes for a failover.
+    #[serde(default)]
+    pub fenced: bool,
+    /// Nodes its probes judge down.
+    #[serde(default)]
+    pub down: Vec<String>,
+}
+
+/// A shard's lease as read from etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    pub instance: String,
+    #[serde(skip)]
+    create_revision: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    id: i64,
+    /// When the last successful grant or keep-alive was sent, plus the TTL.
+    valid_until: Instant,
+    renew_at: Instant,
+}
+
+/// The instance's view of etcd, refreshed every poll.
+#[derive(Default)]
+struct View {
+    lease: Option<Lease>,
+    /// Shards whose lease this instance holds: the creation revision of
+    /// its lease key.
+    held: HashMap<String, i64>,
+    tilt_until: Option<Instant>,
+    /// When the last successful read was sent.
+    read_at: Option<Instant>,
+    records: HashMap<String, (ShardState, i64)>,
+    holders: HashMap<String, Holder>,
+    instances: BTreeMap<String, InstanceView>,
+    published: Option<(InstanceView, Instant)>,
+    last_error: Option<String>,
+}
+
+pub struct Coordination {
+    pub instance: String,
+    listen: String,
+    admin: Option<String>,
+    etcd: Etcd,
+    prefix: String,
+    ttl: Duration,
+    poll: Duration,
+    max_view_age: Duration,
+    down_quorum: u32,
+    /// False for `failover.role = "follower"`: never takes a lease.
+    campaign: bool,
+    view: Mutex<View>,
+    shards: Vec<Arc<Shard>>,
+    events: Arc<Events>,
+}
+
+/// A shard as `/v1/topology` shows its coordination.
+#[derive(Debug, Clone, Serialize)]
+pub struct CoordinationView {
+    pub backend: &'static str,
+    pub instance: String,
+    pub prefix: String,
+    /// Milliseconds since the last successful read was sent (null: never).
+    pub view_age_ms: Option<u64>,
+    pub max_view_age_ms: u64,
+    pub tilted: bool,
+    pub last_error: Option<String>,
+    /// Shard name -> the instance holding its failover lease.
+    pub lease_holders: BTreeMap<String, String>,
+    pub instances: Vec<InstanceView>,
+}
+
+impl Coordination {
+    pub fn new(
+        config: &CoordinationConfig,
+        tls: Option<Arc<crate::net::tls::Connector>>,
+        campaign: bool,
+        listen: String,
+        admin: Option<String>,
+        shards: Vec<Arc<Shard>>,
+        events: Arc<Events>,
+    ) -> Coordination {
+        let etcd = Etcd::new(etcd::Endpoints {
+            addrs: config.endpoints.clone(),
+            tls,
+            credentials: config
+                .username
+                .clone()
+                .map(|u| (u, config.password.clone().unwrap_or_default())),
+            timeout: Duration::from_millis(config.request_timeout_ms),
+        });
+        Coordination {
+            instance: config.instance_id(&listen),
+            listen,
+            admin,
+            etcd,
+            prefix: config.prefix.trim_end_matches('/').to_string(),
+            ttl: Duration::from_secs(config.lease_ttl_s),
+            poll: Duration::from_millis(config.poll_ms),
+            max_view_age: Duration::from_millis(config.max_view_age_ms),
+            down_quorum: config.down_quorum,
+            campaign,
+            view: Mutex::new(View::default()),
+            shards,
+            events,
+        }
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lease_key(&self, shard: &str) -> String {
+        format!("{}/shards/{shard}/lease", self.prefix)
+    }
+
+    fn record_key(&self, shard: &str) -> String {
+        format!("{}/shards/{shard}/record", self.prefix)
+    }
+
+    fn instance_key(&self, instance: &str) -> String {
+        format!("{}/instances/{instance}", self.prefix)
+    }
+
+    /// Whether this instance may act on `shard` now: it holds the lease,
+    /// the lease is valid for at least a third of its TTL more (counted
+    /// from the keep-alive's sending), and it is not in TILT.
+    pub fn holds(&self, shard: &str) -> bool {
+        let view = self.view();
+        let now = Instant::now();
+        view.held.contains_key(shard)
+            && view.tilt_until.is_none_or(|t| now >= t)
+            && view
+                .lease
+                .is_some_and(|l| l.valid_until > now + self.ttl / 3)
+    }
+
+    /// Who holds `shard`'s lease, as last read.
+    pub fn holder(&self, shard: &str) -> Option<String> {
+        self.view().holders.get(shard).map(|h| h.instance.clone())
+    }
+
+    /// The shard's record as last read (or written by this instance).
+    pub fn record(&self, shard: &str) -> Option<ShardState> {
+        self.view().records.get(shard).map(|(r, _)| r.clone())
+    }
+
+    /// Writes the shard's record, on condition that this instance still
+    /// holds the lease it acquired and the record is the one it last saw.
+    pub async fn save(&self, shard: &str, record: &ShardState) -> Result<(), String> {
+        let (created, seen) = {
+            let view = self.view();
+            let Some(&created) = view.held.get(shard) else {
+                return Err(format!(
+                    "this instance does not hold shard '{shard}''s failover lease"
+                ));
+            };
+            (created, view.records.get(shard).map_or(0, |(_, rev)| *rev))
+        };
+        if !self.holds(shard) {
+            return Err("the failover lease is about to expire or the instance is in TILT".into());
+        }
+        let lease_key = self.lease_key(shard);
+        let record_key = self.record_key(shard);
+        let value = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+        let compare = [
+            Compare::Value(lease_key.clone(), self.instance.as_bytes().to_vec()),
+            Compare::Created(lease_key, created),
+            Compare::Modified(record_key.clone(), seen),
+        ];
+        let put = Op::Put {
+            key: record_key,
+            value,
+            lease: 0,
+        };
+        match self.etcd.txn(&compare, &[put]).await {
+            Ok((true, revision)) => {
+                self.view()
+                    .records
+                    .insert(shard.to_string(), (record.clone(), revision));
+                Ok(())
+            }
+            Ok((false, _)) => {
+                // Someone else holds the lease now, or wrote the record:
+                // this instance no longer decides for the shard.
+                self.view().held.remove(shard);
+                Err("the failover lease or the shard record changed under this instance; it steps back".into())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Waits until every other live instance routes `shard` by `epoch` or
+    /// a newer one, or `max_view_age_ms` passed (an instance that has not
+    /// read etcd for that long holds writes by itself). Returns the
+    /// instances that did not confirm.
+    pub async fn wait_confirmed(&self, shard: &str, epoch: u64) -> Vec<String> {
+        let deadline = Instant::now() + self.max_view_age;
+        loop {
+            let silent: Vec<String> = self
+                .view()
+                .instances
+                .values()
+                .filter(|i| i.instance != self.instance)
+                .filter(|i| i.shards.get(shard).is_none_or(|s| s.epoch < epoch))
+                .map(|i| i.instance.clone())
+                .collect();
+            if silent.is_empty() || Instant::now() >= deadline {
+                return silent;
+            }
+            tokio::time::sleep(self.poll / 4).await;
+        }
+    }
+
+    /// Whether enough live instances judge `addr` down: `down_quorum` of
+    /// them, or (0) a majority. This instance counts with its own probes.
+    pub fn agreed_down(&self, shard: &str, addr: &str) -> (bool, String) {
+        let view = self.view();
+        let others: Vec<&InstanceView> = view
+            .instances
+            .values()
+            .filter(|i| i.instance != self.instance)
+            .collect();
+        let live = others.len() as u32 + 1;
+        let down = 1 + others
+            .iter()
+            .filter(|i| {
+                i.shards
+                    .get(shard)
+                    .is_some_and(|s| s.down.iter().any(|d| d == addr))
+            })
+            .count() as u32;
+        let needed = match self.down_quorum {
+            0 => live / 2 + 1,
+            n => n.min(live),
+        };
+        (
+            down >= needed,
+            format!("{down} of {live} live instances judge it down ({needed} needed)"),
+        )
+    }
+
+    /// For `/v1/topology` and `rampart status`.
+    pub fn snapshot(&self) -> CoordinationView {
+        let view = self.view();
+        let now = Instant::now();
+        CoordinationView {
+            backend: "etcd",
+            instance: self.instance.clone(),
+            prefix: self.prefix.clone(),
+            view_age_ms: view
+                .read_at
+                .map(|t| now.duration_since(t).as_millis() as u64),
+            max_view_age_ms: self.max_view_age.as_millis() as u64,
+            tilted: view.tilt_until.is_some_and(|t| now < t),
+            last_error: view.last_error.clone(),
+            lease_holders: view
+                .holders
+                .iter()
+                .map(|(s, h)| (s.clone(), h.instance.clone()))
+                .collect(),
+            instances: view.instances.values().cloned().collect(),
+        }
+    }
+
+    /// The loop: until `shutdown`, then gives the lease back so another
+    /// instance takes over at once rather than after the TTL.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut last = Instant::now();
+        loop {
+            let started = Instant::now();
+            self.check_pause(started.duration_since(last)).await;
+            last = started;
+            if let Err(e) = self.round().await {
+                let mut view = self.view();
+                if view.last_error.as_deref() != Some(e.to_string().as_str()) {
+                    tracing::warn!(error = %e, "coordination round failed");
+                }
+                view.last_error = Some(e.to_string());
+            }
+            self.hold_if_stale();
+            tokio::select! {
+                _ = tokio::time::sleep(self.poll) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        let lease = self.view().lease.take();
+        if let Some(lease) = lease {
+            let _ = self.etcd.revoke(lease.id).await;
+        }
+    }
+
+    /// TILT: the loop did not run for much longer than it sleeps, so this
+    /// process was paused or starved; whatever it believed about its
+    /// lease may be stale. It gives the lease back and stays out of
+    /// decisions for one TTL.
+    async fn check_pause(&self, gap: Duration) {
+        if gap <= self.poll + self.ttl / 2 {
+            return;
+        }
+        let lease = {
+            let mut view = self.view();
+            view.tilt_until = Some(Instant::now() + self.ttl);
+            view.held.clear();
+            view.lease.take()
+        };
+        self.events.record(
+            "-",
+            "tilt",
+            None,
+            0,
+            format!(
+                "this instance did not run for {} ms (paused or starved): it gives its failover leases back and decides nothing for {} s",
+                gap.as_millis(),
+                self.ttl.as_secs()
+            ),
+        );
+        if let Some(lease) = lease {
+            let _ = self.etcd.revoke(lease.id).await;
+        }
+    }
+
+    async fn round(&self) -> Result<(), EtcdError> {
+        let tilted = self.view().tilt_until.is_some_and(|t| Instant::now() < t);
+        if !tilted {
+            self.keep_lease().await?;
+        }
+        let sent = Instant::now();
+        let (_, kvs) = self.etcd.range_prefix(&format!("{}/", self.prefix)).await?;
+        self.absorb(sent, kvs);
+        self.follow_records();
+        if !tilted {
+            self.publish().await?;
+            if self.campaign {
+                self.campaign().await?;
+            }
+        }
+        self.view().last_error = None;
+        Ok(())
+    }
+
+    async fn keep_lease(&self) -> Result<(), EtcdError> {
+        let now = Instant::now();
+        let lease = self.view().lease;
+        match lease {
+            Some(lease) if now < lease.renew_at => Ok(()),
+            Some(lease) if now < lease.valid_until => {
+                let ttl = self.etcd.keep_alive(lease.id).await?;
+                let mut view = self.view();
+                if ttl == 0 {
+                    // Expired already: every key on it is gone.
+                    view.lease = None;
+                    view.held.clear();
+                } else {
+                    view.lease = Some(Lease {
+                        id: lease.id,
+                        valid_until: now + Duration::from_secs(ttl),
+                        renew_at: now + self.ttl / 3,
+                    });
+                }
+                Ok(())
+            }
+            _ => {
+                let (id, ttl) = self.etcd.grant(self.ttl.as_secs().max(1)).await?;
+                let mut view = self.view();
+                view.held.clear();
+                view.published = None;
+                view.lease = Some(Lease {
+                    id,
+                    valid_until: now + Duration::from_secs(ttl).min(self.ttl),
+                    renew_at: now + self.ttl / 3,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes in a read of the whole prefix, sent at `sent`.
+    fn absorb(&self, sent: Instant, kvs: Vec<Kv>) {
+        let shards_prefix = format!("{}/shards/", self.prefix);
+        let instances_prefix = format!("{}/instances/", self.prefix);
+        let mut records = HashMap::new();
+        let mut holders = HashMap::new();
+        let mut instances = BTreeMap::new();
+        for kv in kvs {
+            if let Some(rest) = kv.key.strip_prefix(&shards_prefix) {
+                if let Some(shard) = rest.strip_suffix("/record") {
+                    match serde_json::from_slice::<ShardState>(&kv.value) {
+                        Ok(record) => {
+                            records.insert(shard.to_string(), (record, kv.mod_revision));
+                        }
+                        Err(e) => {
+                            tracing::error!(key = %kv.key, error = %e, "unreadable shard record")
+                        }
+                    }
+                } else if let Some(shard) = rest.strip_suffix("/lease") {
+                    holders.insert(
+                        shard.to_string(),
+                        Holder {
+                            instance: String::from_utf8_lossy(&kv.value).into_owned(),
+                            create_revision: kv.create_revision,
+                        },
+                    );
+                }
+            } else if kv.key.starts_with(&instances_prefix) {
+                if let Ok(view) = serde_json::from_slice::<InstanceView>(&kv.value) {
+                    instances.insert(view.instance.clone(), view);
+                }
+            }
+        }
+        let mut view = self.view();
+        // A lease key that is no longer this instance's (expired, taken
+        // by another) ends its hold on the shard.
+        let lost: Vec<String> = view
+            .held
+            .iter()
+            .filter(|(shard, created)| {
+                holders
+                    .get(*shard)
+                    .is_none_or(|h| h.instance != self.instance || h.create_revision != **created)
+            })
+            .map(|(shard, _)| shard.clone())
+            .collect();
+        for shard in &lost {
+            view.held.remove(shard);
+        }
+        view.read_at = Some(sent);
+        view.records = records;
+        view.holders = holders;
+        view.instances = instances;
+        drop(view);
+        for shard in lost {
+            self.events.record(
+                &shard,
+                "lease-lost",
+                None,
+                0,
+                format!(
+                    "{} no longer holds the shard's failover lease",
+                    self.instance
+                ),
+            );
+        }
+    }
+
+    /// Routes every shard this instance does not decide for by its record.
+    fn follow_records(&self) {
+        let view = self.view();
+        for shard in &self.shards {
+            if view.held.contains_key(&shard.name) {
+                continue;
+            }
+            let Some((record, _)) = view.records.get(&shard.name) else {
+                continue;
+            };
+            follow(shard, record);
+        }
+    }
+
+    /// Past `max_view_age_ms` without a successful read, every shard holds
+    /// its writes: a failover may have named another primary meanwhile.
+    fn hold_if_stale(&self) {
+        let stale = self
+            .view()
+            .read_at
+            .is_none_or(|t| t.elapsed() > self.max_view_age);
+        for shard in &self.shards {
+            if shard.set_view_stale(stale) {
+                self.events.record(
+                    &shard.name,
+                    if stale { "view-stale" } else { "view-fresh" },
+                    None,
+                    shard.epoch(),
+                    if stale {
+                        format!(
+                            "etcd not read for over {} ms: writes are held until it is",
+                            self.max_view_age.as_millis()
+                        )
+                    } else {
+                        "etcd read again: writes flow".to_string()
+                    },
+                );
+            }
+        }
+    }
+
+    /// Publishes this instance's view when it changed, and every second.
+    async fn publish(&self) -> Result<(), EtcdError> {
+        let mine = InstanceView {
+            instance: self.instance.clone(),
+            listen: self.listen.clone(),
+            admin: self.admin.clone(),
+            shards: self
+                .shards
+                .iter()
+                .map(|s| {
+                    let seen = ShardSeen {
+                        epoch: s.epoch(),
+                        fenced: s.is_failing_over(),
+                        down: s
+                            .nodes
+                            .iter()
+                            .filter(|n| n.health() == Health::Down)
+                            .map(|n| n.addr.clone())
+                            .collect(),
+                    };
+                    (s.name.clone(), seen)
+                })
+                .collect(),
+            view_age_ms: 0,
+        };
+        let (lease, due) = {
+            let view = self.view();
+            let due = match &view.published {
+                Some((last, at)) => *last != mine || at.elapsed() >= Duration::from_secs(1),
+                None => true,
+            };
+            (view.lease, due)
+        };
+        let Some(lease) = lease else {
+            return Ok(());
+        };
+        if !due {
+            return Ok(());
+        }
+        let value = serde_json::to_vec(&mine).unwrap_or_default();
+        let put = Op::Put {
+            key: self.instance_key(&self.instance),
+            value,
+            lease: lease.id,
+        };
+        self.etcd.txn(&[], &[put]).await?;
+        let mut view = self.view();
+        view.instances.insert(self.instance.clone(), mine.clone());
+        view.published = Some((mine, Instant::now()));
+        Ok(())
+    }
+
+    /// Takes the lease of every shard nobody holds (Patroni's rule: a
+    /// transaction on the key not existing).
+    async fn campaign(&self) -> Result<(), EtcdError> {
+        let (lease, free): (Option<Lease>, Vec<String>) = {
+            let view = self.view();
+            (
+                view.lease,
+                self.shards
+                    .iter()
+                    .filter(|s| !view.holders.contains_key(&s.name))
+                    .map(|s| s.name.clone())
+                    .collect(),
+            )
+        };
+        let Some(lease) = lease else {
+            return Ok(());
+        };
+        for shard in free {
+            let key = self.lease_key(&shard);
+            let put = Op::Put {
+                key: key.clone(),
+                value: self.instance.as_bytes().to_vec(),
+                lease: lease.id,
+            };
+            let (won, revision) = self.etcd.txn(&[Compare::Absent(key)], &[put]).await?;
+            if won {
+                {
+                    let mut view = self.view();
+                    view.held.insert(shard.clone(), revision);
+                    view.holders.insert(
+                        shard.clone(),
+                        Holder {
+                            instance: self.instance.clone(),
+                            create_revision: revision,
+                        },
+                    );
+                }
+                self.events.record(
+                    &shard,
+                    "lease-acquired",
+                    None,
+                    0,
+                    format!("{} holds the shard's failover lease", self.instance),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Routes `shard` by `record`: its primary at its epoch, writes held while
+/// it is fenced.
+pub fn follow(shard: &Shard, record: &ShardState) {
+    if let Some(node) = shard.node_by_addr(&record.primary) {
+        let same = shard.primary_node().is_some_and(|p| p.id == node.id);
+        if !same || shard.epoch() != record.epoch {
+            shard.set_primary(node, record.epoch);
+        }
+    }
+    if shard.is_failing_over() != record.fenced {
+        shard.set_failing_over(record.fenced);
+    }
+    if shard.awaiting_operator() != record.waiting {
+        shard.set_awaiting_operator(record.waiting.clone());
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
