@@ -597,6 +597,13 @@ pub struct CoordinationConfig {
     /// lease holder fails it over; 0: a majority of them.
     #[serde(default)]
     pub down_quorum: u32,
+    /// Patroni's failsafe mode: when etcd cannot be read, writes go on
+    /// while every instance last seen live answers (over its admin
+    /// listener) that it cannot read etcd either and routes by the same
+    /// epoch, since nobody can then decide a failover. Off: writes are
+    /// held whenever the view is older than `max_view_age_ms`.
+    #[serde(default = "default_true")]
+    pub failsafe: bool,
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
@@ -612,6 +619,9 @@ pub enum CoordinationBackend {
     Etcd,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_prefix() -> String {
     "/rampart/default".into()
 }

@@ -5,6 +5,7 @@
 //! test fails, so a failing test never leaves servers behind.
 
 pub mod browser;
+pub mod etcd;
 pub mod forwarder;
 pub mod pki;
 pub mod workload;
@@ -397,7 +398,17 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// A plain HTTP/1.1 request with a body; returns (status, body).
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to the admin listener");
+    try_http(addr, method, path, body).expect("connect to the admin listener")
+}
+
+/// [`http`], with a failure to connect as an error rather than a panic.
+pub fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
@@ -435,7 +446,7 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, St
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// A primary and replicas that reach each other, and are reached by

@@ -66,11 +66,16 @@ impl Workload {
     }
 
     fn spawn(proxy: &Proxy, writers: usize, padding: usize, counter: bool) -> Workload {
+        Workload::over(&[proxy.url()], writers, padding, counter)
+    }
+
+    /// Writers spread over several Rampart instances (`urls`, in turn).
+    pub fn over(urls: &[String], writers: usize, padding: usize, counter: bool) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let outcomes = Arc::new(Mutex::new(Outcomes::default()));
         let threads = (0..writers)
             .map(|w| {
-                let client = proxy.client();
+                let client = redis::Client::open(urls[w % urls.len()].as_str()).expect("client");
                 let (stop, outcomes) = (stop.clone(), outcomes.clone());
                 std::thread::spawn(move || {
                     let mut conn = None;

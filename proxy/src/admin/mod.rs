@@ -183,6 +183,10 @@ async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> 
                 )
             }
         }
+        (&Method::GET, "/v1/coordination/peer") => match &ctx.coordination {
+            Some(coordination) => json(&coordination.peer_status()),
+            None => text(StatusCode::NOT_FOUND, "no [coordination]\n"),
+        },
         (&Method::GET, "/v1/topology") => {
             let mut view = serde_json::to_value(ctx.topology.snapshot()).unwrap_or_default();
             if let Some(coordination) = &ctx.coordination {

@@ -36,7 +36,7 @@ pub mod etcd;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -107,6 +107,19 @@ struct View {
     instances: BTreeMap<String, InstanceView>,
     published: Option<(InstanceView, Instant)>,
     last_error: Option<String>,
+    /// Routing goes on with a stale view because every known instance
+    /// said it cannot read etcd either (see [`Coordination::failsafe`]).
+    failsafe_active: bool,
+}
+
+/// What an instance answers a peer asking, in failsafe, whether anyone
+/// can still read etcd (`GET /v1/coordination/peer`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub instance: String,
+    /// It read etcd within `max_view_age_ms` and holds a valid lease.
+    pub fresh: bool,
+    pub shards: BTreeMap<String, ShardSeen>,
 }
 
 pub struct Coordination {
@@ -121,6 +134,9 @@ pub struct Coordination {
     down_quorum: u32,
     /// False for `failover.role = "follower"`: never takes a lease.
     campaign: bool,
+    /// `failsafe`: with a stale view, keep routing while every known
+    /// instance answers directly that it cannot read etcd either.
+    failsafe: bool,
     view: Mutex<View>,
     shards: Vec<Arc<Shard>>,
     events: Arc<Events>,
@@ -136,6 +152,9 @@ pub struct CoordinationView {
     pub view_age_ms: Option<u64>,
     pub max_view_age_ms: u64,
     pub tilted: bool,
+    /// Writes go on with a stale view because every known instance
+    /// confirmed it cannot read etcd either.
+    pub failsafe: bool,
     pub last_error: Option<String>,
     /// Shard name -> the instance holding its failover lease.
     pub lease_holders: BTreeMap<String, String>,
@@ -172,6 +191,7 @@ impl Coordination {
             max_view_age: Duration::from_millis(config.max_view_age_ms),
             down_quorum: config.down_quorum,
             campaign,
+            failsafe: config.failsafe,
             view: Mutex::new(View::default()),
             shards,
             events,
@@ -266,17 +286,31 @@ impl Coordination {
     /// a newer one, or `max_view_age_ms` passed (an instance that has not
     /// read etcd for that long holds writes by itself). Returns the
     /// instances that did not confirm.
+    ///
+    /// The instances waited for are those live when the wait begins: one
+    /// whose key expires meanwhile is still waited for, since it may
+    /// route by its old view until its own bound. One whose key had
+    /// expired already holds writes: its lease ran out by its own count
+    /// (from the keep-alive's sending) no later than etcd's.
     pub async fn wait_confirmed(&self, shard: &str, epoch: u64) -> Vec<String> {
         let deadline = Instant::now() + self.max_view_age;
+        let mut silent: Vec<String> = self
+            .view()
+            .instances
+            .keys()
+            .filter(|i| **i != self.instance)
+            .cloned()
+            .collect();
         loop {
-            let silent: Vec<String> = self
-                .view()
-                .instances
-                .values()
-                .filter(|i| i.instance != self.instance)
-                .filter(|i| i.shards.get(shard).is_none_or(|s| s.epoch < epoch))
-                .map(|i| i.instance.clone())
-                .collect();
+            {
+                let view = self.view();
+                silent.retain(|i| {
+                    view.instances
+                        .get(i)
+                        .and_then(|v| v.shards.get(shard))
+                        .is_none_or(|s| s.epoch < epoch)
+                });
+            }
             if silent.is_empty() || Instant::now() >= deadline {
                 return silent;
             }
@@ -325,6 +359,7 @@ impl Coordination {
                 .map(|t| now.duration_since(t).as_millis() as u64),
             max_view_age_ms: self.max_view_age.as_millis() as u64,
             tilted: view.tilt_until.is_some_and(|t| now < t),
+            failsafe: view.failsafe_active,
             last_error: view.last_error.clone(),
             lease_holders: view
                 .holders
@@ -350,7 +385,7 @@ impl Coordination {
                 }
                 view.last_error = Some(e.to_string());
             }
-            self.hold_if_stale();
+            self.hold_if_stale().await;
             tokio::select! {
                 _ = tokio::time::sleep(self.poll) => {}
                 _ = shutdown.changed() => break,
@@ -364,17 +399,17 @@ impl Coordination {
 
     /// TILT: the loop did not run for much longer than it sleeps, so this
     /// process was paused or starved; whatever it believed about its
-    /// lease may be stale. It gives the lease back and stays out of
-    /// decisions for one TTL.
+    /// leases may be stale. It gives its shards' leases back (so another
+    /// instance takes over at once) and decides nothing for one TTL. Its
+    /// own lease stays: it still serves clients and confirms fences.
     async fn check_pause(&self, gap: Duration) {
         if gap <= self.poll + self.ttl / 2 {
             return;
         }
-        let lease = {
+        let held: Vec<(String, i64)> = {
             let mut view = self.view();
             view.tilt_until = Some(Instant::now() + self.ttl);
-            view.held.clear();
-            view.lease.take()
+            view.held.drain().collect()
         };
         self.events.record(
             "-",
@@ -387,64 +422,66 @@ impl Coordination {
                 self.ttl.as_secs()
             ),
         );
-        if let Some(lease) = lease {
-            let _ = self.etcd.revoke(lease.id).await;
+        for (shard, created) in held {
+            let key = self.lease_key(&shard);
+            let mine = [
+                Compare::Value(key.clone(), self.instance.as_bytes().to_vec()),
+                Compare::Created(key.clone(), created),
+            ];
+            let _ = self.etcd.txn(&mine, &[Op::Delete(key)]).await;
         }
     }
 
     async fn round(&self) -> Result<(), EtcdError> {
         let tilted = self.view().tilt_until.is_some_and(|t| Instant::now() < t);
-        if !tilted {
-            self.keep_lease().await?;
-        }
+        self.keep_lease().await?;
         let sent = Instant::now();
         let (_, kvs) = self.etcd.range_prefix(&format!("{}/", self.prefix)).await?;
         self.absorb(sent, kvs);
         self.follow_records();
-        if !tilted {
-            self.publish().await?;
-            if self.campaign {
-                self.campaign().await?;
-            }
+        self.publish().await?;
+        if self.campaign && !tilted {
+            self.campaign().await?;
         }
         self.view().last_error = None;
         Ok(())
     }
 
+    /// Renews the lease every third of its TTL. A lease this instance
+    /// counts as run out is still renewed if etcd has kept it (etcd
+    /// extends leases across its own leader changes): the keys on it are
+    /// still this instance's. Only a lease etcd no longer knows is
+    /// replaced, and the shards held on it are lost with it.
     async fn keep_lease(&self) -> Result<(), EtcdError> {
         let now = Instant::now();
         let lease = self.view().lease;
-        match lease {
-            Some(lease) if now < lease.renew_at => Ok(()),
-            Some(lease) if now < lease.valid_until => {
-                let ttl = self.etcd.keep_alive(lease.id).await?;
-                let mut view = self.view();
-                if ttl == 0 {
-                    // Expired already: every key on it is gone.
-                    view.lease = None;
-                    view.held.clear();
-                } else {
-                    view.lease = Some(Lease {
-                        id: lease.id,
-                        valid_until: now + Duration::from_secs(ttl),
-                        renew_at: now + self.ttl / 3,
-                    });
-                }
-                Ok(())
+        if let Some(lease) = lease {
+            if now < lease.renew_at {
+                return Ok(());
             }
-            _ => {
-                let (id, ttl) = self.etcd.grant(self.ttl.as_secs().max(1)).await?;
-                let mut view = self.view();
-                view.held.clear();
-                view.published = None;
+            let ttl = self.etcd.keep_alive(lease.id).await?;
+            let mut view = self.view();
+            if ttl > 0 {
                 view.lease = Some(Lease {
-                    id,
+                    id: lease.id,
                     valid_until: now + Duration::from_secs(ttl).min(self.ttl),
                     renew_at: now + self.ttl / 3,
                 });
-                Ok(())
+                return Ok(());
             }
+            view.lease = None;
+            view.held.clear();
         }
+        let (id, ttl) = self.etcd.grant(self.ttl.as_secs().max(1)).await?;
+        let mut view = self.view();
+        view.held.clear();
+        view.published = None;
+        view.lease = Some(Lease {
+            id,
+            valid_until: now + Duration::from_secs(ttl).min(self.ttl),
+            renew_at: now + self.ttl / 3,
+        });
+        Ok(())
     }
 
     /// Takes in a read of the whole prefix, sent at `sent`.
@@ -529,14 +566,29 @@ impl Coordination {
         }
     }
 
-    /// Past `max_view_age_ms` without a successful read, every shard holds
-    /// its writes: a failover may have named another primary meanwhile.
-    fn hold_if_stale(&self) {
-        let stale = self
-            .view()
-            .read_at
-            .is_none_or(|t| t.elapsed() > self.max_view_age);
+    /// Past `max_view_age_ms` without a successful read, or once its own
+    /// lease may have expired (its key gone, so a holder fencing an epoch
+    /// would not wait for it), every shard holds its writes: a failover
+    /// may have named another primary meanwhile.
+    async fn hold_if_stale(&self) {
+        let stale = !self.is_fresh();
+        let safe = if stale && self.failsafe {
+            self.failsafe().await
+        } else {
+            Vec::new()
+        };
+        let was_failsafe = std::mem::replace(&mut self.view().failsafe_active, !safe.is_empty());
+        if !safe.is_empty() && !was_failsafe {
+            self.events.record(
+                "-",
+                "failsafe",
+                None,
+                0,
+                "etcd cannot be read, but every known instance answers that it cannot read it either and routes by the same epochs: nobody can decide a failover, so writes go on",
+            );
+        }
         for shard in &self.shards {
+            let stale = stale && !safe.contains(&shard.name);
             if shard.set_view_stale(stale) {
                 self.events.record(
                     &shard.name,
@@ -556,29 +608,94 @@ impl Coordination {
         }
     }
 
+    /// Read etcd within `max_view_age_ms`, and the lease valid.
+    fn is_fresh(&self) -> bool {
+        let now = Instant::now();
+        let view = self.view();
+        view.read_at
+            .is_some_and(|t| now.duration_since(t) <= self.max_view_age)
+            && view.lease.is_some_and(|l| now < l.valid_until)
+    }
+
+    /// What `GET /v1/coordination/peer` answers.
+    pub fn peer_status(&self) -> PeerStatus {
+        PeerStatus {
+            instance: self.instance.clone(),
+            fresh: self.is_fresh(),
+            shards: self.seen(),
+        }
+    }
+
+    /// Patroni's failsafe mode: with etcd unreadable, the shards that may
+    /// keep their writes flowing. A failover needs etcd, and an instance
+    /// that can read it would be deciding; so when every instance last
+    /// seen live answers over its admin listener that it cannot read etcd
+    /// either, and routes a shard by the same unfenced epoch as this one,
+    /// nobody can be naming another primary for it. Any silence or
+    /// disagreement: hold.
+    async fn failsafe(&self) -> Vec<String> {
+        let peers: Vec<(String, Option<String>)> = self
+            .view()
+            .instances
+            .values()
+            .filter(|i| i.instance != self.instance)
+            .map(|i| (i.instance.clone(), i.admin.clone()))
+            .collect();
+        let mine = self.seen();
+        let mut answers = Vec::new();
+        for (instance, admin) in peers {
+            let Some(admin) = admin else {
+                return Vec::new();
+            };
+            let timeout = self.poll.max(Duration::from_millis(200));
+            match tokio::time::timeout(timeout, peer_get(&admin)).await {
+                Ok(Some(status)) if status.instance == instance && !status.fresh => {
+                    answers.push(status)
+                }
+                _ => return Vec::new(),
+            }
+        }
+        mine.iter()
+            .filter(|(name, seen)| {
+                !seen.fenced
+                    && answers.iter().all(|a| {
+                        a.shards
+                            .get(*name)
+                            .is_some_and(|s| s.epoch == seen.epoch && !s.fenced)
+                    })
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Per shard: the epoch this instance routes by, and what its probes
+    /// see.
+    fn seen(&self) -> BTreeMap<String, ShardSeen> {
+        self.shards
+            .iter()
+            .map(|s| {
+                let seen = ShardSeen {
+                    epoch: s.epoch(),
+                    fenced: s.is_failing_over(),
+                    down: s
+                        .nodes
+                        .iter()
+                        .filter(|n| n.health() == Health::Down)
+                        .map(|n| n.addr.clone())
+                        .collect(),
+                };
+                (s.name.clone(), seen)
+            })
+            .collect()
+    }
+
     /// Publishes this instance's view when it changed, and every second.
     async fn publish(&self) -> Result<(), EtcdError> {
         let mine = InstanceView {
             instance: self.instance.clone(),
             listen: self.listen.clone(),
             admin: self.admin.clone(),
-            shards: self
-                .shards
-                .iter()
-                .map(|s| {
-                    let seen = ShardSeen {
-                        epoch: s.epoch(),
-                        fenced: s.is_failing_over(),
-                        down: s
-                            .nodes
-                            .iter()
-                            .filter(|n| n.health() == Health::Down)
-                            .map(|n| n.addr.clone())
-                            .collect(),
-                    };
-                    (s.name.clone(), seen)
-                })
-                .collect(),
+            shards: self.seen(),
             view_age_ms: 0,
         };
         let (lease, due) = {
@@ -675,9 +792,25 @@ pub fn follow(shard: &Shard, record: &ShardState) {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// `GET /v1/coordination/peer` from another instance's admin listener
+/// (plain HTTP: with `[admin.tls]` the answer is None, and failsafe
+/// never applies).
+async fn peer_get(admin: &str) -> Option<PeerStatus> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+    let request =
+        format!("GET /v1/coordination/peer HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    (&mut stream)
+        .take(64 * 1024)
+        .read_to_end(&mut response)
+        .await
+        .ok()?;
+    let text = std::str::from_utf8(&response).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    serde_json::from_str(body).ok()
 }

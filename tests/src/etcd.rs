@@ -1,0 +1,316 @@
+//! A real etcd cluster on loopback (Debian's `etcd-server`), and Rampart
+//! instances run as processes of their own against it, so that one can be
+//! killed with SIGKILL or paused with SIGSTOP like a real deployment.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::forwarder::Forwarder;
+use crate::{free_port, try_http, wait_until};
+
+/// One etcd member.
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+/// `n` etcd members forming one cluster, each reached through a
+/// forwarder (so a Rampart can be cut off from etcd).
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    pub fn start(n: usize) -> EtcdCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("e{i}"),
+                client: free_port(),
+                peer: free_port(),
+                child: None,
+            })
+            .collect();
+        let mut cluster = EtcdCluster { members, dir };
+        for i in 0..n {
+            cluster.spawn(i, "new");
+        }
+        cluster.wait_healthy();
+        cluster
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize, state: &str) {
+        let initial = self.initial_cluster();
+        let data = self.dir.path().join(&self.members[i].name);
+        let member = &mut self.members[i];
+        let client = format!("http://127.0.0.1:{}", member.client);
+        let peer = format!("http://127.0.0.1:{}", member.peer);
+        let child = Command::new("etcd")
+            .args(["--name", &member.name])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-state", state])
+            .args(["--initial-cluster-token", "rampart-test"])
+            // Fast elections, so leases as short as 1 s are allowed.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start etcd: is it installed (apt-get install etcd-server)?");
+        member.child = Some(child);
+    }
+
+    /// Waits until every running member answers and the cluster has a
+    /// leader (a write succeeds).
+    pub fn wait_healthy(&self) {
+        wait_until("etcd to elect a leader", Duration::from_secs(30), || {
+            self.members
+                .iter()
+                .filter(|m| m.child.is_some())
+                .all(|m| etcd_put(m.client, "/health-check", "1"))
+        });
+    }
+
+    /// `host:port` of every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client))
+            .collect()
+    }
+
+    pub fn client_ports(&self) -> Vec<u16> {
+        self.members.iter().map(|m| m.client).collect()
+    }
+
+    /// SIGKILL member `i`.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again with its data.
+    pub fn restart(&mut self, i: usize) {
+        self.stop(i);
+        self.spawn(i, "existing");
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.stop(i);
+        }
+    }
+}
+
+/// A put through the JSON gateway; true when etcd accepted it.
+fn etcd_put(port: u16, key: &str, value: &str) -> bool {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let body = format!("{{\"key\":\"{}\",\"value\":\"{}\"}}", b64(key), b64(value));
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    crate::try_http(addr, "POST", "/v3/kv/put", body.as_bytes())
+        .is_ok_and(|(status, body)| status == 200 && body.contains("revision"))
+}
+
+/// A Rampart process with `[coordination]`, reaching etcd through
+/// forwarders of its own.
+pub struct Instance {
+    pub name: String,
+    pub port: u16,
+    pub admin: u16,
+    child: Option<Child>,
+    /// One per etcd member: `cut()` makes them all silent.
+    pub to_etcd: Vec<Forwarder>,
+    config: std::path::PathBuf,
+    bin: String,
+}
+
+/// What a test's instances share.
+pub struct InstanceSetup<'a> {
+    pub bin: &'a str,
+    pub dir: &'a Path,
+    pub etcd: &'a EtcdCluster,
+    /// `[shards.main]`'s nodes.
+    pub nodes: &'a [String],
+    /// Lines added to `[shards.main.replication]`.
+    pub replication: &'a str,
+    /// Lines added to `[coordination]`.
+    pub coordination: &'a str,
+    /// The key prefix (one per test).
+    pub prefix: &'a str,
+}
+
+impl Instance {
+    pub fn start(name: &str, setup: &InstanceSetup) -> Instance {
+        let port = free_port();
+        let admin = free_port();
+        let to_etcd: Vec<Forwarder> = setup
+            .etcd
+            .client_ports()
+            .into_iter()
+            .map(Forwarder::start)
+            .collect();
+        let endpoints: Vec<String> = to_etcd
+            .iter()
+            .map(|f| format!("\"{}\"", f.addr()))
+            .collect();
+        let nodes: Vec<String> = setup.nodes.iter().map(|n| format!("\"{n}\"")).collect();
+        let config = format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nadmin_commands = true\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [probe]\ninterval_ms = 50\n\
+             [coordination]\nbackend = \"etcd\"\nendpoints = [{}]\nprefix = \"{}\"\ninstance = \"{name}\"\n\
+             lease_ttl_s = 2\npoll_ms = 50\nrequest_timeout_ms = 250\nmax_view_age_ms = 1000\n{}\n\
+             [shards.main]\nnodes = [{}]\n[shards.main.replication]\n{}\n",
+            endpoints.join(", "),
+            setup.prefix,
+            setup.coordination,
+            nodes.join(", "),
+            setup.replication,
+        );
+        let path = setup.dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).expect("write config");
+        let mut instance = Instance {
+            name: name.to_string(),
+            port,
+            admin,
+            child: None,
+            to_etcd,
+            config: path,
+            bin: setup.bin.to_string(),
+        };
+        instance.spawn();
+        instance
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.config.with_extension("log")).expect("log file");
+        let child = Command::new(&self.bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start rampart");
+        self.child = Some(child);
+        let admin = self.admin;
+        wait_until(
+            &format!("rampart {} to answer", self.name),
+            Duration::from_secs(20),
+            || std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok(),
+        );
+    }
+
+    /// SIGKILL: no lease given back, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again with the same configuration (after `kill`).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Cuts this instance off from etcd (silence, not errors), or heals.
+    pub fn cut_from_etcd(&self, cut: bool) {
+        let fault = if cut {
+            crate::forwarder::Fault::Blackhole
+        } else {
+            crate::forwarder::Fault::Pass
+        };
+        for forwarder in &self.to_etcd {
+            forwarder.set(fault);
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// `GET /v1/topology`, or Null when the instance does not answer.
+    pub fn topology(&self) -> serde_json::Value {
+        let addr = format!("127.0.0.1:{}", self.admin).parse().expect("addr");
+        match try_http(addr, "GET", "/v1/topology", b"") {
+            Ok((200, body)) => serde_json::from_str(&body).unwrap_or_default(),
+            _ => serde_json::Value::Null,
+        }
+    }
+
+    /// `GET /v1/events`, or empty.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let addr = format!("127.0.0.1:{}", self.admin).parse().expect("addr");
+        match try_http(addr, "GET", "/v1/events", b"") {
+            Ok((200, body)) => serde_json::from_str(&body).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The shard's lease holder as this instance sees it.
+    pub fn holder(&self) -> Option<String> {
+        self.topology()["coordination"]["lease_holders"]["main"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// The primary this instance routes writes to.
+    pub fn primary(&self) -> Option<String> {
+        self.topology()["shards"][0]["primary"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.topology()["shards"][0]["epoch"].as_u64().unwrap_or(0)
+    }
+
+    /// The log it wrote, for a failing test's message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,500 @@
+//! Several Rampart instances agreeing through a real three-member etcd
+//! cluster: real `etcd` and `redis-server` processes, and Rampart instances
+//! as processes of their own (`rampart run`), killed with SIGKILL, paused
+//! with SIGSTOP and cut off from etcd by forwarders.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use rampart_tests::etcd::{EtcdCluster, Instance, InstanceSetup};
+use rampart_tests::workload::{Workload, COUNTER};
+use rampart_tests::{wait_until, Cluster};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rampart-test-cli");
+
+/// etcd, a primary with two replicas, and `n` Rampart instances writing
+/// synchronously (one replica acknowledges every write).
+struct Deployment {
+    etcd: EtcdCluster,
+    redis: Cluster,
+    instances: Vec<Instance>,
+    /// The instances' configuration files and logs.
+    _dir: tempfile::TempDir,
+}
+
+fn deploy(n: usize, coordination: &str) -> Deployment {
+    let etcd = EtcdCluster::start(3);
+    let redis = Cluster::start(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = format!("/rampart/test-{}", rampart_tests::free_port());
+    let nodes = redis.addrs();
+    let instances = {
+        let setup = InstanceSetup {
+            bin: BIN,
+            dir: dir.path(),
+            etcd: &etcd,
+            nodes: &nodes,
+            replication: "quorum = \"one\"\ntimeout_ms = 1000\nmanage_replication = true",
+            coordination,
+            prefix: &prefix,
+        };
+        (0..n)
+            .map(|i| Instance::start(&format!("r{i}"), &setup))
+            .collect()
+    };
+    let deployment = Deployment {
+        etcd,
+        redis,
+        instances,
+        _dir: dir,
+    };
+    deployment.wait_agreed();
+    deployment
+}
+
+impl Deployment {
+    fn live(&self) -> Vec<&Instance> {
+        self.instances.iter().filter(|i| i.is_running()).collect()
+    }
+
+    /// Waits until every running instance sees the same lease holder (a
+    /// running one) and routes to the same primary; returns them.
+    fn wait_agreed(&self) -> (String, String) {
+        let mut agreed = None;
+        wait_until(
+            "the instances to agree on a lease holder and a primary",
+            Duration::from_secs(30),
+            || {
+                let live = self.live();
+                let views: Vec<(Option<String>, Option<String>)> =
+                    live.iter().map(|i| (i.holder(), i.primary())).collect();
+                let Some((Some(holder), Some(primary))) = views.first().cloned() else {
+                    return false;
+                };
+                let running = live.iter().any(|i| i.name == holder);
+                if running
+                    && views
+                        .iter()
+                        .all(|v| *v == (Some(holder.clone()), Some(primary.clone())))
+                {
+                    agreed = Some((holder, primary));
+                    return true;
+                }
+                false
+            },
+        );
+        agreed.expect("agreed")
+    }
+
+    fn instance(&mut self, name: &str) -> &mut Instance {
+        self.instances
+            .iter_mut()
+            .find(|i| i.name == name)
+            .expect("instance")
+    }
+
+    fn node_index(&self, addr: &str) -> usize {
+        self.redis
+            .nodes
+            .iter()
+            .position(|n| n.addr() == addr)
+            .expect("node")
+    }
+
+    /// Waits until every running instance routes to a primary other than
+    /// `old`, in the same epoch; returns it.
+    fn wait_new_primary(&self, old: &str, timeout: Duration) -> String {
+        let mut found = None;
+        wait_until("a new primary on every instance", timeout, || {
+            let views: Vec<(Option<String>, u64)> = self
+                .live()
+                .iter()
+                .map(|i| (i.primary(), i.epoch()))
+                .collect();
+            match views.first() {
+                Some((Some(p), e))
+                    if p != old && views.iter().all(|v| *v == (Some(p.clone()), *e)) =>
+                {
+                    found = Some(p.clone());
+                    true
+                }
+                _ => false,
+            }
+        });
+        found.expect("new primary")
+    }
+
+    /// Nodes that answer `ROLE` with `master`.
+    fn claiming_primary(&self) -> Vec<String> {
+        self.redis
+            .nodes
+            .iter()
+            .filter(|n| n.pid() != 0 && n.cli(&["ROLE"]).starts_with("master"))
+            .map(|n| n.addr())
+            .collect()
+    }
+
+    fn logs(&self) -> String {
+        self.instances
+            .iter()
+            .map(|i| format!("--- {} ---\n{}", i.name, tail(&i.log(), 40)))
+            .collect()
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A write through `instance` until one succeeds; how long it took.
+fn first_write(instance: &Instance, timeout: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let client = redis::Client::open(instance.url()).ok()?;
+    while started.elapsed() < timeout {
+        if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+            if redis::cmd("SET")
+                .arg("probe:first-write")
+                .arg("1")
+                .query::<()>(&mut conn)
+                .is_ok()
+            {
+                return Some(started.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// Every acknowledged key is on `node`, and the shared counter is within
+/// what was acknowledged and what may have run.
+fn assert_nothing_lost(
+    deployment: &Deployment,
+    node: &str,
+    outcomes: &rampart_tests::workload::Outcomes,
+) {
+    let index = deployment.node_index(node);
+    let mut conn = redis::Client::open(format!("redis://{node}/"))
+        .and_then(|c| c.get_connection())
+        .expect("connect to the new primary");
+    let keys: HashSet<String> = redis::cmd("KEYS")
+        .arg("n:*")
+        .query::<Vec<String>>(&mut conn)
+        .expect("KEYS")
+        .into_iter()
+        .collect();
+    let lost: Vec<&String> = outcomes
+        .acked
+        .iter()
+        .filter(|k| !keys.contains(*k))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost on node {index} ({node}), e.g. {:?}\n{}",
+        lost.len(),
+        outcomes.acked.len(),
+        &lost[..lost.len().min(5)],
+        deployment.logs()
+    );
+    let counter: u64 = redis::cmd("GET")
+        .arg(COUNTER)
+        .query::<Option<u64>>(&mut conn)
+        .expect("GET counter")
+        .unwrap_or(0);
+    assert!(
+        counter >= outcomes.incr_acked && counter <= outcomes.incr_acked + outcomes.incr_unknown,
+        "counter {counter}: {} acknowledged INCRs, {} unknown",
+        outcomes.incr_acked,
+        outcomes.incr_unknown
+    );
+}
+
+#[test]
+fn holder_killed_then_primary_killed_another_instance_promotes() {
+    let mut d = deploy(3, "");
+    let (holder, primary) = d.wait_agreed();
+    let urls: Vec<String> = d.live().iter().map(|i| i.url()).collect();
+    let work = Workload::over(&urls, 6, 0, true);
+    std::thread::sleep(Duration::from_millis(500));
+
+    d.instance(&holder).kill();
+    let (new_holder, same) = d.wait_agreed();
+    assert_ne!(new_holder, holder);
+    assert_eq!(same, primary, "taking the lease over changes no primary");
+
+    let p = d.node_index(&primary);
+    d.redis.nodes[p].kill();
+    let promoted = d.wait_new_primary(&primary, Duration::from_secs(20));
+    for instance in d.live() {
+        assert!(
+            first_write(instance, Duration::from_secs(10)).is_some(),
+            "writes through {} resume\n{}",
+            instance.name,
+            d.logs()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let outcomes = work.finish();
+    assert!(
+        outcomes.acked.len() > 100,
+        "the workload ran: {}",
+        outcomes.acked.len()
+    );
+    assert_nothing_lost(&d, &promoted, &outcomes);
+    assert_eq!(d.claiming_primary(), vec![promoted.clone()]);
+    let events = d.instance(&new_holder).events();
+    assert!(
+        events.iter().any(|e| e["kind"] == "epoch-fenced"),
+        "the new holder fenced the epoch before naming a primary: {events:?}"
+    );
+}
+
+/// Kills the primary and the lease holder at once; returns how long until
+/// the first write through a surviving instance succeeded. The deployment
+/// is made whole again afterwards (the instance restarted, the node back
+/// as a replica).
+fn kill_primary_and_holder(d: &mut Deployment) -> Duration {
+    let (holder, primary) = d.wait_agreed();
+    let p = d.node_index(&primary);
+    let survivor = d
+        .live()
+        .iter()
+        .find(|i| i.name != holder)
+        .map(|i| i.name.clone())
+        .expect("a survivor");
+    d.instance(&holder).kill();
+    d.redis.nodes[p].kill();
+    let started = Instant::now();
+    let took = first_write(d.instance(&survivor), Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no write succeeded within 30 s\n{}", d.logs()));
+    let elapsed = started.elapsed().min(took);
+    let promoted = d.wait_new_primary(&primary, Duration::from_secs(20));
+    assert_eq!(d.claiming_primary(), vec![promoted]);
+    // Whole again: the node returns (fenced into a replica) and the
+    // instance restarts.
+    d.redis.nodes[p].restart();
+    d.instance(&holder).restart();
+    wait_until(
+        "every node to follow the new primary",
+        Duration::from_secs(30),
+        || {
+            d.instance(&survivor).topology()["shards"][0]["nodes"]
+                .as_array()
+                .is_some_and(|nodes| {
+                    nodes.iter().all(|n| {
+                        n["health"] == "up" && (n["primary"] == true || n["serves_reads"] == true)
+                    })
+                })
+        },
+    );
+    elapsed
+}
+
+#[test]
+fn primary_and_holder_killed_together_writes_resume() {
+    let mut d = deploy(3, "");
+    for _ in 0..2 {
+        let took = kill_primary_and_holder(&mut d);
+        eprintln!("first write after {} ms", took.as_millis());
+    }
+}
+
+/// The figure in the README: `cargo test --test coordination -- --ignored
+/// --nocapture` (also run by `tests/bench/coordination.sh`).
+#[test]
+#[ignore]
+fn measure_primary_and_holder_killed_together() {
+    let mut d = deploy(3, "");
+    let mut times: Vec<u128> = (0..20)
+        .map(|round| {
+            let took = kill_primary_and_holder(&mut d).as_millis();
+            eprintln!("round {round}: first write after {took} ms");
+            took
+        })
+        .collect();
+    times.sort();
+    println!(
+        "primary and lease holder killed together, 20 rounds (lease TTL 2 s): first successful write after median {} ms, p90 {} ms, max {} ms",
+        times[times.len() / 2],
+        times[times.len() * 9 / 10],
+        times[times.len() - 1]
+    );
+}
+
+#[test]
+fn instance_cut_off_from_etcd_holds_writes_and_never_promotes() {
+    let mut d = deploy(3, "");
+    let (holder, primary) = d.wait_agreed();
+    // Cut off the holder itself: the hardest case, it must give up.
+    d.instance(&holder).cut_from_etcd(true);
+    let cut = d.instance(&holder);
+    wait_until(
+        "the cut-off instance to hold writes",
+        Duration::from_secs(10),
+        || cut.topology()["shards"][0]["view_stale"] == true,
+    );
+    let others: Vec<String> = d
+        .live()
+        .iter()
+        .filter(|i| i.name != holder)
+        .map(|i| i.name.clone())
+        .collect();
+    for name in &others {
+        assert!(first_write(d.instance(name), Duration::from_secs(5)).is_some());
+    }
+    // Writes through the cut-off instance wait, then fail: they never
+    // reach a primary it can no longer vouch for.
+    let mut conn = redis::Client::open(d.instance(&holder).url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let refused = redis::cmd("SET").arg("k").arg("v").query::<()>(&mut conn);
+    assert!(
+        refused.is_err(),
+        "a write through the cut-off instance was accepted"
+    );
+
+    // Another instance takes the lease, and fails over when the primary
+    // dies; the cut-off one promotes nothing.
+    let p = d.node_index(&primary);
+    wait_until(
+        "another instance to take the lease",
+        Duration::from_secs(15),
+        || {
+            d.instances
+                .iter()
+                .filter(|i| i.name != holder)
+                .all(|i| i.holder().is_some_and(|h| h != holder))
+        },
+    );
+    d.redis.nodes[p].kill();
+    let promoted = {
+        let mut found = None;
+        wait_until("the others to promote", Duration::from_secs(20), || {
+            let views: Vec<Option<String>> = others
+                .iter()
+                .map(|n| {
+                    d.instances
+                        .iter()
+                        .find(|i| &i.name == n)
+                        .and_then(|i| i.primary())
+                })
+                .collect();
+            match &views[0] {
+                Some(p) if *p != primary && views.iter().all(|v| v.as_ref() == Some(p)) => {
+                    found = Some(p.clone());
+                    true
+                }
+                _ => false,
+            }
+        });
+        found.expect("promoted")
+    };
+    assert_eq!(d.claiming_primary(), vec![promoted.clone()]);
+    let cut_events = d.instance(&holder).events();
+    assert!(
+        !cut_events
+            .iter()
+            .any(|e| e["kind"] == "promoted" || e["kind"] == "epoch-fenced"),
+        "the cut-off instance decided something: {cut_events:?}"
+    );
+
+    // Healed: it routes to the new primary and writes flow through it.
+    d.instance(&holder).cut_from_etcd(false);
+    let cut = d.instance(&holder);
+    wait_until(
+        "the healed instance to converge",
+        Duration::from_secs(15),
+        || {
+            cut.primary().as_deref() == Some(promoted.as_str())
+                && cut.topology()["shards"][0]["view_stale"] != true
+        },
+    );
+    assert!(first_write(cut, Duration::from_secs(5)).is_some());
+}
+
+#[test]
+fn etcd_quorum_lost_no_promotion_and_writes_go_on() {
+    let mut d = deploy(3, "");
+    let (_, primary) = d.wait_agreed();
+    let epoch = d.live()[0].epoch();
+    d.etcd.stop(1);
+    d.etcd.stop(2);
+    // Every instance sees etcd gone, asks the others, and (all of them
+    // unable to read it, all on the same epoch) keeps writing: failsafe.
+    wait_until(
+        "every instance to notice etcd is gone",
+        Duration::from_secs(10),
+        || {
+            d.live().iter().all(|i| {
+                let c = &i.topology()["coordination"];
+                c["view_age_ms"].as_u64().is_some_and(|age| age > 1000)
+            })
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for instance in d.live() {
+        assert!(
+            first_write(instance, Duration::from_secs(3)).is_some(),
+            "writes through {} go on without etcd\n{}",
+            instance.name,
+            d.logs()
+        );
+        assert_eq!(instance.topology()["coordination"]["failsafe"], true);
+    }
+    // The primary dies meanwhile: nobody can promote.
+    let p = d.node_index(&primary);
+    d.redis.nodes[p].kill();
+    std::thread::sleep(Duration::from_secs(3));
+    for instance in d.live() {
+        assert_eq!(
+            instance.epoch(),
+            epoch,
+            "{} moved on without etcd",
+            instance.name
+        );
+    }
+    assert!(
+        d.claiming_primary().is_empty(),
+        "a replica was promoted without etcd"
+    );
+    // etcd returns: the failover happens, everyone converges.
+    d.etcd.restart(1);
+    d.etcd.restart(2);
+    let promoted = d.wait_new_primary(&primary, Duration::from_secs(30));
+    for instance in d.live() {
+        assert!(first_write(instance, Duration::from_secs(10)).is_some());
+    }
+    assert_eq!(d.claiming_primary(), vec![promoted]);
+}
+
+#[test]
+fn paused_holder_steps_back() {
+    let mut d = deploy(2, "");
+    let (holder, _) = d.wait_agreed();
+    d.instance(&holder).signal("STOP");
+    // Longer than the lease TTL (2 s): another instance takes over.
+    std::thread::sleep(Duration::from_secs(4));
+    let other = d
+        .live()
+        .iter()
+        .find(|i| i.name != holder)
+        .map(|i| i.name.clone())
+        .expect("other");
+    wait_until(
+        "the other instance to take the lease",
+        Duration::from_secs(10),
+        || d.instance(&other).holder().as_deref() == Some(other.as_str()),
+    );
+    d.instance(&holder).signal("CONT");
+    let paused = d.instance(&holder);
+    wait_until(
+        "the paused instance to notice",
+        Duration::from_secs(10),
+        || paused.events().iter().any(|e| e["kind"] == "tilt"),
+    );
+    // It follows the new holder's records and does not take the lease back.
+    let (now, _) = d.wait_agreed();
+    assert_eq!(now, other);
+}
