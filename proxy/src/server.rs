@@ -345,6 +345,7 @@ impl Server {
             shutdown_rx.clone(),
         ));
         tokio::spawn(roll_back_failing_routers(context.clone()));
+        tokio::spawn(crate::operate::follow_shared_policies(context.clone()));
         tokio::spawn(crate::observe::history::sample(
             context.history.clone(),
             context.topology.shards.clone(),
@@ -420,6 +421,11 @@ async fn roll_back_failing_routers(ctx: Arc<Context>) {
                     shard.epoch(),
                     format!("router generation {from} trapped {TRAPS} times within {} s of loading; generation {to} is active again", PROBATION.as_secs()),
                 );
+                // Every instance goes back, not only the one that saw
+                // the traps.
+                if let Err(e) = ctx.share_router(&shard.name).await {
+                    tracing::warn!(shard = %shard.name, error = %e, "rollback not shared");
+                }
             }
         }
     }

@@ -153,6 +153,8 @@ pub struct InstanceSetup<'a> {
     pub etcd: &'a EtcdCluster,
     /// `[shards.main]`'s nodes.
     pub nodes: &'a [String],
+    /// Lines added to `[shards.main]`.
+    pub shard: &'a str,
     /// Lines added to `[shards.main.replication]`.
     pub replication: &'a str,
     /// Lines added to `[coordination]`.
@@ -182,11 +184,14 @@ impl Instance {
              [probe]\ninterval_ms = 50\n\
              [coordination]\nbackend = \"etcd\"\nendpoints = [{}]\nprefix = \"{}\"\ninstance = \"{name}\"\n\
              lease_ttl_s = 2\npoll_ms = 50\nrequest_timeout_ms = 250\nmax_view_age_ms = 1000\n{}\n\
-             [shards.main]\nnodes = [{}]\n[shards.main.replication]\n{}\n",
+             [plugins]\ndir = \"{}\"\n\
+             [shards.main]\nnodes = [{}]\n{}\n[shards.main.replication]\n{}\n",
             endpoints.join(", "),
             setup.prefix,
             setup.coordination,
+            crate::plugins_dir().display(),
             nodes.join(", "),
+            setup.shard,
             setup.replication,
         );
         let path = setup.dir.join(format!("{name}.toml"));

@@ -23,6 +23,10 @@ struct Deployment {
 }
 
 fn deploy(n: usize, coordination: &str) -> Deployment {
+    deploy_with(n, coordination, "")
+}
+
+fn deploy_with(n: usize, coordination: &str, shard: &str) -> Deployment {
     let etcd = EtcdCluster::start(3);
     let redis = Cluster::start(2);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -34,6 +38,7 @@ fn deploy(n: usize, coordination: &str) -> Deployment {
             dir: dir.path(),
             etcd: &etcd,
             nodes: &nodes,
+            shard,
             replication: "quorum = \"one\"\ntimeout_ms = 1000\nmanage_replication = true",
             coordination,
             prefix: &prefix,
@@ -497,4 +502,77 @@ fn paused_holder_steps_back() {
     // It follows the new holder's records and does not take the lease back.
     let (now, _) = d.wait_agreed();
     assert_eq!(now, other);
+}
+
+/// The active router generation and its sha256 on `instance`.
+fn router_on(instance: &Instance) -> (u64, Option<String>) {
+    let addr = format!("127.0.0.1:{}", instance.admin)
+        .parse()
+        .expect("addr");
+    let (_, body) = rampart_tests::http_get(addr, "/v1/policies");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let active = &json["router"][0][1]["active"];
+    (
+        active["generation"].as_u64().unwrap_or(0),
+        active["sha256"].as_str().map(str::to_string),
+    )
+}
+
+#[test]
+fn a_policy_loaded_on_one_instance_runs_on_all_and_a_rollback_reaches_all() {
+    let d = deploy_with(3, "", "read_from = \"replicas\"");
+    let hostile = rampart_tests::test_plugin("router-hostile");
+    let name = rampart_tests::plugin_name(&hostile);
+    // It passes the self-check, then traps on every 40th call.
+    let answer = rampart_tests::redis_cli(
+        d.instances[0].port,
+        &[
+            "RAMPART",
+            "POLICY",
+            "LOAD",
+            "router",
+            &name,
+            "trap-after:40",
+        ],
+    )
+    .unwrap_or_default();
+    assert_eq!(answer.trim(), "OK generation 2");
+    let loaded = Instant::now();
+    let (_, sha) = router_on(&d.instances[0]);
+    assert!(sha.is_some());
+    wait_until(
+        "every instance to run generation 2",
+        Duration::from_secs(10),
+        || d.instances.iter().all(|i| router_on(i) == (2, sha.clone())),
+    );
+    eprintln!(
+        "generation 2 on every instance {} ms after the load returned",
+        loaded.elapsed().as_millis()
+    );
+
+    // Reads through instance 1 only: it alone sees the traps, rolls back,
+    // and every instance goes back with it.
+    let mut conn = redis::Client::open(d.instances[1].url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    redis::cmd("SET")
+        .arg("p")
+        .arg("v")
+        .query::<()>(&mut conn)
+        .expect("SET");
+    for _ in 0..300 {
+        let v: String = redis::cmd("GET").arg("p").query(&mut conn).expect("GET");
+        assert_eq!(v, "v");
+    }
+    wait_until(
+        "every instance to roll back",
+        Duration::from_secs(10),
+        || d.instances.iter().all(|i| router_on(i).0 == 1),
+    );
+    let kinds: Vec<String> = d.instances[2]
+        .events()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(kinds.iter().any(|k| k == "policy-followed"), "{kinds:?}");
 }

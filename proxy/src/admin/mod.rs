@@ -324,9 +324,11 @@ async fn policy(req: Request<Incoming>, ctx: &Context, rest: String) -> Response
         }
         (Method::POST, "activate") => ctx
             .activate_shadow(&shard)
+            .await
             .map(|n| format!("generation {n}")),
         (Method::POST, "rollback") => ctx
             .rollback_router(&shard)
+            .await
             .map(|n| format!("generation {n}")),
         _ => return text(StatusCode::NOT_FOUND, "not found\n"),
     };

@@ -805,9 +805,11 @@ impl Connection {
             }
             ("ACTIVATE", None) => ctx
                 .activate_shadow(&shard)
+                .await
                 .map(|n| format!("OK generation {n}")),
             ("ROLLBACK", None) => ctx
                 .rollback_router(&shard)
+                .await
                 .map(|n| format!("OK generation {n}")),
             _ => return Value::err(USAGE),
         };

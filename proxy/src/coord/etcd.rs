@@ -113,10 +113,20 @@ impl Etcd {
 
     /// Every key under `prefix`, and the store's revision at the read.
     pub async fn range_prefix(&self, prefix: &str) -> Result<(i64, Vec<Kv>), EtcdError> {
+        self.range_bytes(prefix.as_bytes(), &prefix_end(prefix))
+            .await
+    }
+
+    /// Every key from `start` (included) to `end` (excluded), in order.
+    pub async fn range(&self, start: &str, end: &str) -> Result<(i64, Vec<Kv>), EtcdError> {
+        self.range_bytes(start.as_bytes(), end.as_bytes()).await
+    }
+
+    async fn range_bytes(&self, start: &[u8], end: &[u8]) -> Result<(i64, Vec<Kv>), EtcdError> {
         let reply = self
             .call(
                 "/v3/kv/range",
-                json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix))}),
+                json!({"key": b64(start), "range_end": b64(end)}),
             )
             .await?;
         Ok((header_revision(&reply), kvs(&reply)))

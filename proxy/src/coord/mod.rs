@@ -33,6 +33,7 @@
 //! TILT).
 
 pub mod etcd;
+pub mod policies;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -110,6 +111,12 @@ struct View {
     /// Routing goes on with a stale view because every known instance
     /// said it cannot read etcd either (see [`Coordination::failsafe`]).
     failsafe_active: bool,
+    /// Each policy slot's shared record, and its `mod_revision`.
+    policies: HashMap<String, (policies::PolicyRecord, i64)>,
+    /// The revision of each slot's record in force here.
+    policies_applied: HashMap<String, i64>,
+    /// How each generation this instance runs can be loaded elsewhere.
+    sources: HashMap<(String, u64), policies::Shared>,
 }
 
 /// What an instance answers a peer asking, in failsafe, whether anyone
@@ -140,6 +147,8 @@ pub struct Coordination {
     view: Mutex<View>,
     shards: Vec<Arc<Shard>>,
     events: Arc<Events>,
+    /// Bumped when records were read that are not applied here.
+    policy_changed: watch::Sender<u64>,
 }
 
 /// A shard as `/v1/topology` shows its coordination.
@@ -195,6 +204,7 @@ impl Coordination {
             view: Mutex::new(View::default()),
             shards,
             events,
+            policy_changed: watch::channel(0).0,
         }
     }
 
@@ -436,7 +446,11 @@ impl Coordination {
         let tilted = self.view().tilt_until.is_some_and(|t| Instant::now() < t);
         self.keep_lease().await?;
         let sent = Instant::now();
-        let (_, kvs) = self.etcd.range_prefix(&format!("{}/", self.prefix)).await?;
+        // Everything but the plugin blobs (`~` sorts after the rest).
+        let (_, kvs) = self
+            .etcd
+            .range(&format!("{}/", self.prefix), &format!("{}/~", self.prefix))
+            .await?;
         self.absorb(sent, kvs);
         self.follow_records();
         self.publish().await?;
@@ -488,6 +502,8 @@ impl Coordination {
     fn absorb(&self, sent: Instant, kvs: Vec<Kv>) {
         let shards_prefix = format!("{}/shards/", self.prefix);
         let instances_prefix = format!("{}/instances/", self.prefix);
+        let policies_prefix = format!("{}/policies/", self.prefix);
+        let mut policies = HashMap::new();
         let mut records = HashMap::new();
         let mut holders = HashMap::new();
         let mut instances = BTreeMap::new();
@@ -510,6 +526,15 @@ impl Coordination {
                             create_revision: kv.create_revision,
                         },
                     );
+                }
+            } else if let Some(scope) = kv.key.strip_prefix(&policies_prefix) {
+                match serde_json::from_slice::<policies::PolicyRecord>(&kv.value) {
+                    Ok(record) => {
+                        policies.insert(scope.to_string(), (record, kv.mod_revision));
+                    }
+                    Err(e) => {
+                        tracing::error!(key = %kv.key, error = %e, "unreadable policy record")
+                    }
                 }
             } else if kv.key.starts_with(&instances_prefix) {
                 if let Ok(view) = serde_json::from_slice::<InstanceView>(&kv.value) {
@@ -537,7 +562,16 @@ impl Coordination {
         view.records = records;
         view.holders = holders;
         view.instances = instances;
+        let pending = policies.iter().any(|(scope, (_, revision))| {
+            view.policies_applied
+                .get(scope)
+                .is_none_or(|applied| applied < revision)
+        });
+        view.policies = policies;
         drop(view);
+        if pending {
+            self.policy_changed.send_modify(|n| *n += 1);
+        }
         for shard in lost {
             self.events.record(
                 &shard,

@@ -8,6 +8,9 @@
 pub mod error;
 mod policy;
 mod primary;
+mod shared;
+
+pub use shared::follow_shared_policies;
 
 pub use error::OpError;
 pub use policy::PoliciesView;

@@ -5,6 +5,7 @@
 
 use super::OpError;
 use crate::context::Context;
+use crate::coord::policies::scope;
 use crate::policy::slot::{GenerationView, SlotView};
 use crate::policy::swap::{build, build_detector, build_quorum, Kind, Mode, Source};
 
@@ -22,13 +23,34 @@ pub struct PoliciesView {
 impl Context {
     /// Loads a router for a shard and makes it active or its shadow.
     /// Commands keep routing on the old generation until the new one is
-    /// published.
+    /// published. With `[coordination]` the other instances load it too.
     pub async fn load_router(
         &self,
         shard: &str,
         source: Source,
         config: String,
         mode: Mode,
+    ) -> Result<GenerationView, OpError> {
+        let scope = scope("router", Some(shard));
+        let number =
+            self.shared_number(&scope, || self.shard(shard).map(|s| s.router.next_number()))?;
+        let shared = self.prepare_share(&source).await?;
+        let view = self
+            .load_router_as(shard, source, config, mode, Some(number))
+            .await?;
+        self.share(&scope, view.generation, shared).await?;
+        Ok(view)
+    }
+
+    /// [`load_router`](Self::load_router) on this instance only, as
+    /// generation `number` (or the slot's next).
+    pub(super) async fn load_router_as(
+        &self,
+        shard: &str,
+        source: Source,
+        config: String,
+        mode: Mode,
+        number: Option<u64>,
     ) -> Result<GenerationView, OpError> {
         let found = self.shard(shard)?;
         let slot = &found.router;
@@ -42,7 +64,13 @@ impl Context {
         .await
         .map_err(|e| OpError::Unavailable(format!("loading failed: {e}")))?;
         let mut generation = self.accepted(shard, built)?;
-        let number = slot.next_number();
+        let number = match number {
+            Some(number) => {
+                slot.skip_to(number + 1);
+                number
+            }
+            None => slot.next_number(),
+        };
         generation.number = number;
         let view = generation.view();
         let nodes = found.topology.nodes.len();
@@ -74,8 +102,15 @@ impl Context {
         Ok(view)
     }
 
-    /// Makes the shadow router active.
-    pub fn activate_shadow(&self, shard: &str) -> Result<u64, OpError> {
+    /// Makes the shadow router active (on every instance).
+    pub async fn activate_shadow(&self, shard: &str) -> Result<u64, OpError> {
+        let number = self.activate_shadow_here(shard)?;
+        self.share(&scope("router", Some(shard)), number, None)
+            .await?;
+        Ok(number)
+    }
+
+    pub(super) fn activate_shadow_here(&self, shard: &str) -> Result<u64, OpError> {
         let number = self
             .shard(shard)?
             .router
@@ -91,8 +126,15 @@ impl Context {
         Ok(number)
     }
 
-    /// Goes back to the previous router.
-    pub fn rollback_router(&self, shard: &str) -> Result<u64, OpError> {
+    /// Goes back to the previous router (on every instance).
+    pub async fn rollback_router(&self, shard: &str) -> Result<u64, OpError> {
+        let number = self.rollback_router_here(shard)?;
+        self.share(&scope("router", Some(shard)), number, None)
+            .await?;
+        Ok(number)
+    }
+
+    pub(super) fn rollback_router_here(&self, shard: &str) -> Result<u64, OpError> {
         let number = self.shard(shard)?.router.rollback().ok_or_else(|| {
             OpError::Conflict("no previous router generation to roll back to".into())
         })?;
@@ -136,6 +178,25 @@ impl Context {
         config: String,
         replication: crate::config::ReplicationConfig,
     ) -> Result<GenerationView, OpError> {
+        let scope = scope("quorum", Some(shard));
+        let number =
+            self.shared_number(&scope, || Ok(self.shard(shard)?.quorum.load().number + 1))?;
+        let shared = self.prepare_share(&source).await?;
+        let view = self
+            .load_quorum_as(shard, source, config, replication, number)
+            .await?;
+        self.share(&scope, number, shared).await?;
+        Ok(view)
+    }
+
+    pub(super) async fn load_quorum_as(
+        &self,
+        shard: &str,
+        source: Source,
+        config: String,
+        replication: crate::config::ReplicationConfig,
+        number: u64,
+    ) -> Result<GenerationView, OpError> {
         let found = self.shard(shard)?;
         let replicas = found.topology.replica_count();
         let label = source.label();
@@ -145,7 +206,6 @@ impl Context {
         })
         .await
         .map_err(|e| OpError::Unavailable(format!("loading failed: {e}")))?;
-        let number = found.quorum.load().number + 1;
         let generation = self
             .accepted(shard, built)?
             .generation(number, label.clone());
@@ -185,13 +245,27 @@ impl Context {
         config: String,
         probe: crate::config::ProbeConfig,
     ) -> Result<GenerationView, OpError> {
+        let scope = scope("detector", None);
+        let number = self.shared_number(&scope, || Ok(self.detector.generation() + 1))?;
+        let shared = self.prepare_share(&source).await?;
+        let view = self.load_detector_as(source, config, probe, number).await?;
+        self.share(&scope, number, shared).await?;
+        Ok(view)
+    }
+
+    pub(super) async fn load_detector_as(
+        &self,
+        source: Source,
+        config: String,
+        probe: crate::config::ProbeConfig,
+        number: u64,
+    ) -> Result<GenerationView, OpError> {
         let label = source.label();
         let limits = crate::policy::Limits::of(&self.config.plugins);
         let built =
             tokio::task::spawn_blocking(move || build_detector(&source, &config, &probe, limits))
                 .await
                 .map_err(|e| OpError::Unavailable(format!("loading failed: {e}")))?;
-        let number = self.detector.generation() + 1;
         let generation = self.accepted("*", built)?.generation(number, label.clone());
         self.detector.replace(generation);
         let view = self.detector.describe();

@@ -236,6 +236,26 @@ impl RouterSlot {
         self.current.load_full()
     }
 
+    /// Numbers from now on start at `next` at least (a generation numbered
+    /// by another instance was loaded).
+    pub fn skip_to(&self, next: u64) {
+        self.next.fetch_max(next, Ordering::Relaxed);
+    }
+
+    /// The number a rollback would go back to.
+    pub fn previous_number(&self) -> Option<u64> {
+        self.previous
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last()
+            .map(|g| g.number)
+    }
+
+    /// The generation running in shadow, if any.
+    pub fn shadow_generation(&self) -> Option<Arc<Generation>> {
+        self.shadow.load().as_ref().map(|s| s.generation.clone())
+    }
+
     /// Makes `generation` active; the old one becomes `previous`.
     pub fn publish(&self, generation: Generation) -> u64 {
         let number = generation.number;

@@ -35,6 +35,9 @@ pub enum Source {
         bytes: Vec<u8>,
         name: Option<String>,
     },
+    /// A component another Rampart instance loaded, read from the
+    /// coordination store; `shown` is the name it has there.
+    Shared { bytes: Vec<u8>, shown: String },
 }
 
 impl Source {
@@ -43,7 +46,7 @@ impl Source {
         match self {
             Source::Builtin(name) => format!("builtin:{name}"),
             Source::Native(name) => format!("native:{name}"),
-            Source::File { shown, .. } => shown.clone(),
+            Source::File { shown, .. } | Source::Shared { shown, .. } => shown.clone(),
             Source::Upload { bytes, name } => {
                 let sha = super::slot::sha256_hex(bytes);
                 format!("{}@{}", name.as_deref().unwrap_or("upload"), &sha[..12])
@@ -170,12 +173,20 @@ pub fn build(
 
 /// The bytes of a plugin source, and the name to report it by (a
 /// built-in router's is its own name).
+/// The component's bytes, for a plugin (not for `builtin:`/`native:`).
+pub fn wasm_bytes(source: &Source) -> Option<Result<Vec<u8>, String>> {
+    match source {
+        Source::Builtin(_) | Source::Native(_) => None,
+        _ => Some(plugin_bytes(source).map(|(_, bytes)| bytes.into_owned())),
+    }
+}
+
 fn plugin_bytes(source: &Source) -> Result<(String, std::borrow::Cow<'static, [u8]>), String> {
     match source {
         Source::File { path, shown } => {
             super::file::read(path, shown).map(|bytes| (shown.clone(), bytes.into()))
         }
-        Source::Upload { bytes, .. } => {
+        Source::Upload { bytes, .. } | Source::Shared { bytes, .. } => {
             super::file::check_magic(bytes, "the upload")?;
             Ok((source.label(), bytes.clone().into()))
         }
