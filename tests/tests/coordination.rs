@@ -254,6 +254,28 @@ fn holder_killed_then_primary_killed_another_instance_promotes() {
         events.iter().any(|e| e["kind"] == "epoch-fenced"),
         "the new holder fenced the epoch before naming a primary: {events:?}"
     );
+    // Any instance shows every instance's events, the dead one's too.
+    let other = d
+        .live()
+        .iter()
+        .find(|i| i.name != new_holder)
+        .map(|i| i.admin)
+        .expect("a third instance");
+    let addr = format!("127.0.0.1:{other}").parse().expect("addr");
+    let all = || -> Vec<serde_json::Value> {
+        let (_, body) = rampart_tests::http_get(addr, "/v1/events?instances=all");
+        serde_json::from_str(&body).unwrap_or_default()
+    };
+    let by = |events: &[serde_json::Value], instance: &str, kind: &str| {
+        events
+            .iter()
+            .any(|e| e["instance"] == instance && e["kind"] == kind)
+    };
+    // Each instance publishes its events at most once a second.
+    wait_until("every instance's events", Duration::from_secs(5), || {
+        let events = all();
+        by(&events, &holder, "lease-acquired") && by(&events, &new_holder, "promoted")
+    });
 }
 
 /// Kills the primary and the lease holder at once; returns how long until

@@ -216,7 +216,14 @@ async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> 
             let after = query(&req, "after")
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
-            json(&ctx.events.since(after))
+            // `?instances=all`: every instance's, from etcd.
+            match (&ctx.coordination, query(&req, "instances").as_deref()) {
+                (Some(coordination), Some("all")) => match coordination.all_events().await {
+                    Ok(events) => json(&events),
+                    Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
+                },
+                _ => json(&ctx.events.since(after)),
+            }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

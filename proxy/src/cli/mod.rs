@@ -60,6 +60,10 @@ enum Command {
         /// Keep printing new events until interrupted.
         #[arg(long, short)]
         follow: bool,
+        /// With `[coordination]`: every instance's events (from etcd),
+        /// each with the instance's name.
+        #[arg(long, conflicts_with = "follow")]
+        all: bool,
     },
     /// Load, shadow, activate, roll back and list routing policies.
     Policy {
@@ -134,9 +138,11 @@ pub fn main() -> ExitCode {
         Command::Status { target, json } => {
             admin::Admin::connect(&target).and_then(|a| status::status(&a, json))
         }
-        Command::Events { target, follow } => {
-            admin::Admin::connect(&target).and_then(|a| status::events(&a, follow))
-        }
+        Command::Events {
+            target,
+            follow,
+            all,
+        } => admin::Admin::connect(&target).and_then(|a| status::events(&a, follow, all)),
         // Runs here, with no Rampart to talk to.
         Command::Policy {
             action: policy::Action::Test(test),

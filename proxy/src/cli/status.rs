@@ -164,14 +164,23 @@ pub fn render_topology(topology: &Value) -> String {
     out
 }
 
-pub fn events(admin: &Admin, follow: bool) -> Result<(), Failure> {
+pub fn events(admin: &Admin, follow: bool, all: bool) -> Result<(), Failure> {
     let mut after = 0;
     loop {
-        let events = admin.get_json(&format!("/v1/events?after={after}"))?;
+        let path = if all {
+            "/v1/events?instances=all".to_string()
+        } else {
+            format!("/v1/events?after={after}")
+        };
+        let events = admin.get_json(&path)?;
         for event in events.as_array().into_iter().flatten() {
             after = after.max(event["seq"].as_u64().unwrap_or(0));
+            let instance = match event["instance"].as_str() {
+                Some(name) => format!("{name}  "),
+                None => String::new(),
+            };
             println!(
-                "{}  {}  {:<20} {}  {} (epoch {})",
+                "{}  {instance}{}  {:<20} {}  {} (epoch {})",
                 clock(event["at_ms"].as_u64().unwrap_or(0)),
                 str(&event["shard"]),
                 str(&event["kind"]),

@@ -111,6 +111,8 @@ struct View {
     /// Routing goes on with a stale view because every known instance
     /// said it cannot read etcd either (see [`Coordination::failsafe`]).
     failsafe_active: bool,
+    /// The last event published for the other instances, and when.
+    events_published: (u64, Option<Instant>),
     /// Each policy slot's shared record, and its `mod_revision`.
     policies: HashMap<String, (policies::PolicyRecord, i64)>,
     /// The revision of each slot's record in force here.
@@ -454,6 +456,7 @@ impl Coordination {
         self.absorb(sent, kvs);
         self.follow_records();
         self.publish().await?;
+        self.publish_events().await?;
         if self.campaign && !tilted {
             self.campaign().await?;
         }
@@ -759,6 +762,61 @@ impl Coordination {
         Ok(())
     }
 
+    /// Publishes this instance's latest events (at most once a second),
+    /// so that any instance can show what every instance did. They are
+    /// kept after the instance dies: its last words are the interesting
+    /// ones.
+    async fn publish_events(&self) -> Result<(), EtcdError> {
+        let (last, at) = self.view().events_published;
+        if at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return Ok(());
+        }
+        let recent = self.events.since(last);
+        let Some(newest) = recent.last().map(|e| e.seq) else {
+            return Ok(());
+        };
+        let all = self.events.since(0);
+        let kept = &all[all.len().saturating_sub(PUBLISHED_EVENTS)..];
+        let put = Op::Put {
+            key: format!("{}/~events/{}", self.prefix, self.instance),
+            value: serde_json::to_vec(kept).unwrap_or_default(),
+            lease: 0,
+        };
+        self.etcd.txn(&[], &[put]).await?;
+        self.view().events_published = (newest, Some(Instant::now()));
+        Ok(())
+    }
+
+    /// Every other instance's published events, each with its
+    /// `instance`, and this instance's own, oldest first.
+    pub async fn all_events(&self) -> Result<Vec<serde_json::Value>, String> {
+        let (_, kvs) = self
+            .etcd
+            .range_prefix(&format!("{}/~events/", self.prefix))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut all: Vec<serde_json::Value> = Vec::new();
+        for kv in kvs {
+            let instance = kv.key.rsplit('/').next().unwrap_or_default().to_string();
+            if instance == self.instance {
+                continue;
+            }
+            let events: Vec<serde_json::Value> =
+                serde_json::from_slice(&kv.value).unwrap_or_default();
+            all.extend(events.into_iter().map(|mut e| {
+                e["instance"] = serde_json::Value::String(instance.clone());
+                e
+            }));
+        }
+        all.extend(self.events.since(0).into_iter().map(|e| {
+            let mut e = serde_json::to_value(e).unwrap_or_default();
+            e["instance"] = serde_json::Value::String(self.instance.clone());
+            e
+        }));
+        all.sort_by_key(|e| e["at_ms"].as_u64().unwrap_or(0));
+        Ok(all)
+    }
+
     /// Takes the lease of every shard nobody holds (Patroni's rule: a
     /// transaction on the key not existing).
     async fn campaign(&self) -> Result<(), EtcdError> {
@@ -808,6 +866,9 @@ impl Coordination {
         Ok(())
     }
 }
+
+/// Events each instance keeps in etcd for the others to show.
+const PUBLISHED_EVENTS: usize = 100;
 
 /// Routes `shard` by `record`: its primary at its epoch, writes held while
 /// it is fenced.
