@@ -598,3 +598,72 @@ fn a_policy_loaded_on_one_instance_runs_on_all_and_a_rollback_reaches_all() {
         .collect();
     assert!(kinds.iter().any(|k| k == "policy-followed"), "{kinds:?}");
 }
+
+/// Waits for the faults of one round to heal: every instance agrees on a
+/// primary, which is the only node claiming the role.
+fn settle(d: &Deployment) -> String {
+    let (_, primary) = d.wait_agreed();
+    wait_until("a single primary", Duration::from_secs(20), || {
+        d.claiming_primary() == vec![primary.clone()]
+    });
+    primary
+}
+
+#[test]
+fn nemesis_through_three_instances_loses_no_acknowledged_write() {
+    let mut d = deploy(3, "");
+    let urls: Vec<String> = d.instances.iter().map(|i| i.url()).collect();
+    let work = Workload::over(&urls, 6, 0, true);
+    std::thread::sleep(Duration::from_millis(500));
+    let first_epoch = d.instances[0].epoch();
+
+    // 1. A non-holder instance and the primary killed together.
+    let (holder, primary) = d.wait_agreed();
+    let other = d
+        .instances
+        .iter()
+        .find(|i| i.name != holder)
+        .map(|i| i.name.clone())
+        .expect("other");
+    let p = d.node_index(&primary);
+    d.instance(&other).kill();
+    d.redis.nodes[p].kill();
+    d.wait_new_primary(&primary, Duration::from_secs(20));
+    d.redis.nodes[p].restart();
+    d.instance(&other).restart();
+    let primary = settle(&d);
+
+    // 2. The holder and the primary paused past the lease TTL.
+    let (holder, _) = d.wait_agreed();
+    let p = d.node_index(&primary);
+    d.instance(&holder).signal("STOP");
+    d.redis.nodes[p].signal("STOP");
+    std::thread::sleep(Duration::from_secs(4));
+    d.redis.nodes[p].signal("CONT");
+    d.instance(&holder).signal("CONT");
+    let primary = settle(&d);
+
+    // 3. The holder cut off from etcd, then the primary killed.
+    let (holder, _) = d.wait_agreed();
+    let p = d.node_index(&primary);
+    d.instance(&holder).cut_from_etcd(true);
+    std::thread::sleep(Duration::from_secs(3));
+    d.redis.nodes[p].kill();
+    std::thread::sleep(Duration::from_secs(3));
+    d.instance(&holder).cut_from_etcd(false);
+    d.redis.nodes[p].restart();
+    let primary = settle(&d);
+
+    std::thread::sleep(Duration::from_millis(500));
+    let outcomes = work.finish();
+    eprintln!(
+        "{} acknowledged, {} failed, {} unknown",
+        outcomes.acked.len(),
+        outcomes.failed,
+        outcomes.unknown
+    );
+    assert!(outcomes.acked.len() > 100, "the workload ran");
+    assert_nothing_lost(&d, &primary, &outcomes);
+    let promotions = d.instances[0].epoch() - first_epoch;
+    assert!(promotions >= 3, "each round failed over: {promotions} promotion(s)");
+}
