@@ -1059,6 +1059,41 @@ mod tests {
     }
 
     #[test]
+    fn coordination_settings_are_checked() {
+        let with = |section: &str| Config::parse(&format!("{GOOD}\n[coordination]\n{section}\n"));
+        let base = "backend = \"etcd\"\nendpoints = [\"127.0.0.1:2379\"]\n";
+        let config = with(base).unwrap();
+        let coordination = config.coordination.unwrap();
+        assert_eq!(coordination.prefix, "/rampart/default");
+        assert_eq!(
+            coordination.instance_id("0.0.0.0:6380").rsplit(':').next(),
+            Some("6380")
+        );
+        for (extra, field) in [
+            ("", "coordination.endpoints"),
+            ("prefix = \"rampart\"", "coordination.prefix"),
+            ("instance = \"a/b\"", "coordination.instance"),
+            (
+                "lease_ttl_s = 1\nrequest_timeout_ms = 600",
+                "coordination.lease_ttl_s",
+            ),
+            ("max_view_age_ms = 500", "coordination.max_view_age_ms"),
+        ] {
+            let section = if field == "coordination.endpoints" {
+                "backend = \"etcd\"\nendpoints = []".to_string()
+            } else {
+                format!("{base}{extra}")
+            };
+            let error = with(&section).unwrap_err().to_string();
+            assert!(error.contains(field), "{extra}: {error}");
+        }
+        let state_dir =
+            format!("{GOOD}\n[failover]\nstate_dir = \"/tmp/x\"\n[coordination]\n{base}");
+        let error = Config::parse(&state_dir).unwrap_err().to_string();
+        assert!(error.contains("failover.state_dir"), "{error}");
+    }
+
+    #[test]
     fn zones_are_numbered_and_must_name_known_nodes() {
         let text =
             format!("{GOOD}zones = {{ \"127.0.0.1:7002\" = \"b\", \"127.0.0.1:7001\" = \"a\" }}\n")

@@ -335,13 +335,13 @@ fn demo_shards_spreads_keys_over_two_shards() {
     stop_demo(demo, nodes);
 }
 
-/// The Kubernetes ConfigMap's configurations are valid, with the admin
-/// token coming from the environment as the Deployments set it.
+/// The Kubernetes ConfigMap's configuration is valid, with the admin
+/// token coming from the environment as the Deployment sets it.
 #[test]
 fn deploy_configs_pass_check_config() {
     let manifest = std::fs::read_to_string(repo_path("deploy/kubernetes/rampart.yaml")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for name in ["leader.toml", "follower.toml"] {
+    for name in ["rampart.toml"] {
         let toml = embedded_file(&manifest, name);
         let path = dir.path().join(name);
         std::fs::write(&path, &toml).unwrap();

@@ -665,5 +665,8 @@ fn nemesis_through_three_instances_loses_no_acknowledged_write() {
     assert!(outcomes.acked.len() > 100, "the workload ran");
     assert_nothing_lost(&d, &primary, &outcomes);
     let promotions = d.instances[0].epoch() - first_epoch;
-    assert!(promotions >= 3, "each round failed over: {promotions} promotion(s)");
+    assert!(
+        promotions >= 3,
+        "each round failed over: {promotions} promotion(s)"
+    );
 }
