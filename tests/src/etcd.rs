@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::forwarder::Forwarder;
+use crate::pki::Pki;
 use crate::{free_port, try_http, wait_until};
 
 /// One etcd member.
@@ -22,10 +23,24 @@ struct Member {
 pub struct EtcdCluster {
     members: Vec<Member>,
     dir: tempfile::TempDir,
+    /// Client URLs are HTTPS with these certificates.
+    tls: Option<std::sync::Arc<Pki>>,
+    /// Clients must present a certificate signed by the CA.
+    client_certs: bool,
 }
 
 impl EtcdCluster {
     pub fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, None, false)
+    }
+
+    /// `n` members whose client URLs are HTTPS only; with `client_certs`,
+    /// clients must present a certificate.
+    pub fn start_tls(n: usize, pki: &std::sync::Arc<Pki>, client_certs: bool) -> EtcdCluster {
+        EtcdCluster::start_with(n, Some(pki.clone()), client_certs)
+    }
+
+    fn start_with(n: usize, tls: Option<std::sync::Arc<Pki>>, client_certs: bool) -> EtcdCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
@@ -35,7 +50,12 @@ impl EtcdCluster {
                 child: None,
             })
             .collect();
-        let mut cluster = EtcdCluster { members, dir };
+        let mut cluster = EtcdCluster {
+            members,
+            dir,
+            tls,
+            client_certs,
+        };
         for i in 0..n {
             cluster.spawn(i, "new");
         }
@@ -54,10 +74,27 @@ impl EtcdCluster {
     fn spawn(&mut self, i: usize, state: &str) {
         let initial = self.initial_cluster();
         let data = self.dir.path().join(&self.members[i].name);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let member = &mut self.members[i];
-        let client = format!("http://127.0.0.1:{}", member.client);
+        let client = format!("{scheme}://127.0.0.1:{}", member.client);
         let peer = format!("http://127.0.0.1:{}", member.peer);
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(pki) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&pki.cert)
+                .arg("--key-file")
+                .arg(&pki.key);
+            // etcd 3.4 asks every client for a certificate once it has a
+            // CA to check them against, whatever --client-cert-auth says.
+            if self.client_certs {
+                command
+                    .arg("--trusted-ca-file")
+                    .arg(&pki.ca)
+                    .arg("--client-cert-auth");
+            }
+        }
+        let child = command
             .args(["--name", &member.name])
             .arg("--data-dir")
             .arg(&data)
@@ -84,8 +121,45 @@ impl EtcdCluster {
             self.members
                 .iter()
                 .filter(|m| m.child.is_some())
-                .all(|m| etcd_put(m.client, "/health-check", "1"))
+                .all(|m| match &self.tls {
+                    None => etcd_put(m.client, "/health-check", "1"),
+                    Some(_) => self.etcdctl(&["put", "/health-check", "1"]).is_ok(),
+                })
         });
+    }
+
+    /// Runs `etcdctl` (Debian's etcd-client) against the cluster, with
+    /// the client certificate when it has TLS and `--user` when given.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoints: Vec<String> = self
+            .endpoints()
+            .iter()
+            .map(|e| format!("{scheme}://{e}"))
+            .collect();
+        let mut command = Command::new("etcdctl");
+        command
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .arg("--dial-timeout=2s");
+        if let Some(pki) = &self.tls {
+            command
+                .arg("--cacert")
+                .arg(&pki.ca)
+                .arg("--cert")
+                .arg(&pki.cert)
+                .arg("--key")
+                .arg(&pki.key);
+        }
+        let output = command
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run etcdctl (apt-get install etcd-client): {e}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
     }
 
     /// `host:port` of every member's client URL.

@@ -341,7 +341,8 @@ fn demo_shards_spreads_keys_over_two_shards() {
 fn deploy_configs_pass_check_config() {
     let manifest = std::fs::read_to_string(repo_path("deploy/kubernetes/rampart.yaml")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for name in ["rampart.toml"] {
+    {
+        let name = "rampart.toml";
         let toml = embedded_file(&manifest, name);
         let path = dir.path().join(name);
         std::fs::write(&path, &toml).unwrap();

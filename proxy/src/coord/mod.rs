@@ -385,11 +385,17 @@ impl Coordination {
     /// The loop: until `shutdown`, then gives the lease back so another
     /// instance takes over at once rather than after the TTL.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut last = Instant::now();
+        let (paused, mut pauses) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(watch_pauses(
+            self.poll,
+            self.poll + self.ttl / 2,
+            paused,
+            shutdown.clone(),
+        ));
         loop {
-            let started = Instant::now();
-            self.check_pause(started.duration_since(last)).await;
-            last = started;
+            if let Ok(gap) = pauses.try_recv() {
+                self.tilt(gap).await;
+            }
             if let Err(e) = self.round().await {
                 let mut view = self.view();
                 if view.last_error.as_deref() != Some(e.to_string().as_str()) {
@@ -409,15 +415,12 @@ impl Coordination {
         }
     }
 
-    /// TILT: the loop did not run for much longer than it sleeps, so this
-    /// process was paused or starved; whatever it believed about its
-    /// leases may be stale. It gives its shards' leases back (so another
-    /// instance takes over at once) and decides nothing for one TTL. Its
-    /// own lease stays: it still serves clients and confirms fences.
-    async fn check_pause(&self, gap: Duration) {
-        if gap <= self.poll + self.ttl / 2 {
-            return;
-        }
+    /// TILT: the process was paused or starved (see [`watch_pauses`]);
+    /// whatever it believed about its leases may be stale. It gives its
+    /// shards' leases back (so another instance takes over at once) and
+    /// decides nothing for one TTL. Its own lease stays: it still serves
+    /// clients and confirms fences.
+    async fn tilt(&self, gap: Duration) {
         let held: Vec<(String, i64)> = {
             let mut view = self.view();
             view.tilt_until = Some(Instant::now() + self.ttl);
@@ -864,6 +867,28 @@ impl Coordination {
             }
         }
         Ok(())
+    }
+}
+
+/// Sentinel's TILT check, kept apart from the loop so that a slow etcd
+/// (a round waiting on its requests) is not taken for a pause: a timer that
+/// wakes `beyond` later than asked means the whole process stood still.
+async fn watch_pauses(
+    every: Duration,
+    beyond: Duration,
+    paused: tokio::sync::mpsc::Sender<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let asleep = Instant::now();
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        let gap = asleep.elapsed();
+        if gap > beyond {
+            let _ = paused.try_send(gap);
+        }
     }
 }
 

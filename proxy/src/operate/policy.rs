@@ -32,18 +32,16 @@ impl Context {
         mode: Mode,
     ) -> Result<GenerationView, OpError> {
         let scope = scope("router", Some(shard));
-        let number =
-            self.shared_number(&scope, || self.shard(shard).map(|s| s.router.next_number()))?;
         let shared = self.prepare_share(&source).await?;
         let view = self
-            .load_router_as(shard, source, config, mode, Some(number))
+            .load_router_as(shard, source, config, mode, None)
             .await?;
         self.share(&scope, view.generation, shared).await?;
         Ok(view)
     }
 
     /// [`load_router`](Self::load_router) on this instance only, as
-    /// generation `number` (or the slot's next).
+    /// generation `number` (or the next one, past any instance's).
     pub(super) async fn load_router_as(
         &self,
         shard: &str,
@@ -65,12 +63,10 @@ impl Context {
         .map_err(|e| OpError::Unavailable(format!("loading failed: {e}")))?;
         let mut generation = self.accepted(shard, built)?;
         let number = match number {
-            Some(number) => {
-                slot.skip_to(number + 1);
-                number
-            }
-            None => slot.next_number(),
+            Some(number) => number,
+            None => self.shared_number(&scope("router", Some(shard)), || Ok(slot.next_number()))?,
         };
+        slot.skip_to(number + 1);
         generation.number = number;
         let view = generation.view();
         let nodes = found.topology.nodes.len();
