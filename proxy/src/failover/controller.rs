@@ -661,6 +661,13 @@ impl Controller {
             return Err(format!("the new primary could not be recorded: {e}"));
         }
         self.fenced_epoch = None;
+        // Chosen as holding every acknowledged write (an election over
+        // enough intact replicas, a caught-up switchover target, or an
+        // operator's word): whatever restart it went through before is
+        // behind it. Left distrusted, a node that had restarted and fully
+        // resynced would be failed over again at the next tick, and its
+        // replicas, which trust only a trusted primary, never trusted.
+        target.trust_again();
         self.shard.set_primary(target, epoch);
         self.shard.set_failing_over(false);
         Ok(epoch)
