@@ -346,6 +346,10 @@ fn kill_primary(d: &mut Deployment) -> Duration {
     d.redis.nodes[p].kill();
     let took = first_write(d.instance(&other), Duration::from_secs(30))
         .unwrap_or_else(|| panic!("no write succeeded within 30 s\n{}", d.logs()));
+    eprintln!(
+        "killed {primary}; first write through {other} (holder {holder}); now {:?}",
+        d.instance(&other).primary()
+    );
     d.wait_new_primary(&primary, Duration::from_secs(20));
     d.redis.nodes[p].restart();
     settle(d);
@@ -647,9 +651,16 @@ fn a_policy_loaded_on_one_instance_runs_on_all_and_a_rollback_reaches_all() {
 /// primary, which is the only node claiming the role.
 fn settle(d: &Deployment) -> String {
     let (_, primary) = d.wait_agreed();
-    wait_until("a single primary", Duration::from_secs(20), || {
-        d.claiming_primary() == vec![primary.clone()]
-    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.claiming_primary() != vec![primary.clone()] {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} claim to be primary, the instances route to {primary}\n{}",
+            d.claiming_primary(),
+            d.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     primary
 }
 
