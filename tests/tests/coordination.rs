@@ -231,6 +231,21 @@ fn holder_killed_then_primary_killed_another_instance_promotes() {
     let (new_holder, same) = d.wait_agreed();
     assert_ne!(new_holder, holder);
     assert_eq!(same, primary, "taking the lease over changes no primary");
+    // The dashboard of any instance shows the live instances and the
+    // new holder.
+    let admin = d.live()[0].admin;
+    let mut browser =
+        rampart_tests::browser::Browser::open(&format!("http://127.0.0.1:{admin}/dashboard"));
+    let rows = "JSON.stringify([...document.querySelectorAll('tr.instance')].map(r => r.dataset.instance + ':' + r.dataset.holds))";
+    browser.wait_for(
+        "the instances on the dashboard",
+        Duration::from_secs(10),
+        &format!(
+            "(() => {{ const r = {rows}; return JSON.parse(r).length === 2 && r.includes('{new_holder}:main'); }})()"
+        ),
+        rows,
+    );
+    drop(browser);
 
     let p = d.node_index(&primary);
     d.redis.nodes[p].kill();
