@@ -425,6 +425,17 @@ fn instance_cut_off_from_etcd_holds_writes_and_never_promotes() {
         Duration::from_secs(10),
         || cut.topology()["shards"][0]["view_stale"] == true,
     );
+    let metrics = |instance: &Instance| {
+        let addr = format!("127.0.0.1:{}", instance.admin)
+            .parse()
+            .expect("addr");
+        rampart_tests::http_get(addr, "/metrics").1
+    };
+    let cut_metrics = metrics(d.instance(&holder));
+    assert!(
+        cut_metrics.contains("rampart_shard_view_stale{shard=\"main\"} 1"),
+        "{cut_metrics}"
+    );
     let others: Vec<String> = d
         .live()
         .iter()
@@ -457,6 +468,13 @@ fn instance_cut_off_from_etcd_holds_writes_and_never_promotes() {
                 .filter(|i| i.name != holder)
                 .all(|i| i.holder().is_some_and(|h| h != holder))
         },
+    );
+    let new_holder = d.instance(&others[0]).holder().expect("a holder");
+    let held = metrics(d.instance(&new_holder));
+    assert!(
+        held.contains("rampart_coordination_lease_held{shard=\"main\"} 1")
+            && held.contains("rampart_coordination_instances 2"),
+        "{held}"
     );
     d.redis.nodes[p].kill();
     let promoted = {

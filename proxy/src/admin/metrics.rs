@@ -280,6 +280,12 @@ pub fn render(ctx: &Context) -> String {
             |s, _| s.held.load(Ordering::Relaxed) as f64,
         ),
         (
+            "rampart_shard_view_stale",
+            "gauge",
+            "With [coordination]: 1 while this instance holds the shard's writes because its view of etcd is too old.",
+            |s, _| s.is_view_stale() as u8 as f64,
+        ),
+        (
             "rampart_shard_wait_total",
             "counter",
             "WAITs sent after synchronous writes.",
@@ -384,6 +390,36 @@ pub fn render(ctx: &Context) -> String {
             )
         }),
     );
+    if let Some(coordination) = &ctx.coordination {
+        let view = coordination.snapshot();
+        family(
+            o,
+            "rampart_coordination_view_age_seconds",
+            "gauge",
+            "Since the last successful read of etcd was sent (-1: never).",
+            [(
+                String::new(),
+                view.view_age_ms.map_or(-1.0, |ms| ms as f64 / 1000.0),
+            )],
+        );
+        family(
+            o,
+            "rampart_coordination_lease_held",
+            "gauge",
+            "1 for each shard whose failover lease this instance holds.",
+            ctx.topology.shards.iter().map(|s| {
+                let held = view.lease_holders.get(&s.name) == Some(&view.instance);
+                (format!("shard=\"{}\"", s.name), held as u8 as f64)
+            }),
+        );
+        family(
+            o,
+            "rampart_coordination_instances",
+            "gauge",
+            "Live instances sharing the shards (each one's key in etcd).",
+            [(String::new(), view.instances.len() as f64)],
+        );
+    }
     out
 }
 

@@ -40,7 +40,9 @@ fn render_coordination(coordination: &Value) -> String {
         out.push_str(&format!("  etcd: {error}\n"));
     }
     let holders = &coordination["lease_holders"];
-    let mut rows = vec![cells(&["INSTANCE", "LISTEN", "ADMIN", "HOLDS", "EPOCHS"])];
+    let mut rows = vec![cells(&[
+        "INSTANCE", "LISTEN", "ADMIN", "HOLDS", "VIEW AGE", "EPOCHS",
+    ])];
     for instance in coordination["instances"].as_array().into_iter().flatten() {
         let name = str(&instance["instance"]);
         let holds: Vec<&str> = holders
@@ -72,6 +74,7 @@ fn render_coordination(coordination: &Value) -> String {
             } else {
                 holds.join(",")
             },
+            format!("{} ms", instance["view_age_ms"]),
             epochs.join(" "),
         ]);
     }
@@ -244,4 +247,45 @@ pub fn table(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_show_leases_view_ages_and_epochs() {
+        let topology = serde_json::json!({
+            "coordination": {
+                "instance": "a:6380", "view_age_ms": 12, "max_view_age_ms": 3000,
+                "tilted": false, "failsafe": false, "last_error": null,
+                "lease_holders": {"main": "b:6380"},
+                "instances": [
+                    {"instance": "a:6380", "listen": "10.0.0.1:6380", "admin": null,
+                     "shards": {"main": {"epoch": 4, "fenced": false}}, "view_age_ms": 90},
+                    {"instance": "b:6380", "listen": "10.0.0.2:6380", "admin": "10.0.0.2:6381",
+                     "shards": {"main": {"epoch": 5, "fenced": true}}, "view_age_ms": 310}
+                ]
+            },
+            "shards": []
+        });
+        let text = render_topology(&topology);
+        assert!(
+            text.starts_with("instance a:6380  etcd view 12 ms old (writes held past 3000 ms)\n"),
+            "{text}"
+        );
+        let b = text
+            .lines()
+            .find(|l| l.starts_with("b:6380"))
+            .unwrap_or_default();
+        for part in ["10.0.0.2:6381", "main", "310 ms", "main:5 fenced"] {
+            assert!(b.contains(part), "{b}");
+        }
+        let a = text
+            .lines()
+            .find(|l| l.starts_with("a:6380"))
+            .unwrap_or_default();
+        assert!(a.contains(" - ") && a.contains("main:4"), "{a}");
+        assert!(render_topology(&serde_json::json!({"shards": []})).is_empty());
+    }
 }

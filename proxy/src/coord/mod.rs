@@ -60,8 +60,14 @@ pub struct InstanceView {
     /// Per shard: what it routes by and what its probes see.
     #[serde(default)]
     pub shards: BTreeMap<String, ShardSeen>,
-    /// How old its view of etcd was when published.
+    /// When it was published (milliseconds since the Unix epoch, its
+    /// clock): instances publish at least once a second while they read
+    /// etcd, and their key expires with their lease when they cannot.
     #[serde(default)]
+    pub published_ms: u64,
+    /// How long ago that was, by this instance's clock (set in views, not
+    /// stored).
+    #[serde(default, skip_deserializing)]
     pub view_age_ms: u64,
 }
 
@@ -378,7 +384,14 @@ impl Coordination {
                 .iter()
                 .map(|(s, h)| (s.clone(), h.instance.clone()))
                 .collect(),
-            instances: view.instances.values().cloned().collect(),
+            instances: view
+                .instances
+                .values()
+                .map(|i| InstanceView {
+                    view_age_ms: now_ms().saturating_sub(i.published_ms),
+                    ..i.clone()
+                })
+                .collect(),
         }
     }
 
@@ -736,6 +749,7 @@ impl Coordination {
             listen: self.listen.clone(),
             admin: self.admin.clone(),
             shards: self.seen(),
+            published_ms: 0,
             view_age_ms: 0,
         };
         let (lease, due) = {
@@ -752,7 +766,11 @@ impl Coordination {
         if !due {
             return Ok(());
         }
-        let value = serde_json::to_vec(&mine).unwrap_or_default();
+        let stamped = InstanceView {
+            published_ms: now_ms(),
+            ..mine.clone()
+        };
+        let value = serde_json::to_vec(&stamped).unwrap_or_default();
         let put = Op::Put {
             key: self.instance_key(&self.instance),
             value,
@@ -760,7 +778,7 @@ impl Coordination {
         };
         self.etcd.txn(&[], &[put]).await?;
         let mut view = self.view();
-        view.instances.insert(self.instance.clone(), mine.clone());
+        view.instances.insert(self.instance.clone(), stamped);
         view.published = Some((mine, Instant::now()));
         Ok(())
     }
@@ -890,6 +908,13 @@ async fn watch_pauses(
             let _ = paused.try_send(gap);
         }
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Events each instance keeps in etcd for the others to show.
