@@ -119,6 +119,8 @@ struct View {
     failsafe_active: bool,
     /// The last event published for the other instances, and when.
     events_published: (u64, Option<Instant>),
+    /// The lease the published events live on, and when it was granted.
+    events_lease: Option<(i64, Instant)>,
     /// Each policy slot's shared record, and its `mod_revision`.
     policies: HashMap<String, (policies::PolicyRecord, i64)>,
     /// The revision of each slot's record in force here.
@@ -798,10 +800,22 @@ impl Coordination {
         };
         let all = self.events.since(0);
         let kept = &all[all.len().saturating_sub(PUBLISHED_EVENTS)..];
+        // On a lease of their own, an hour long and replaced every half
+        // hour: a dead instance's last words stay that long, and instances
+        // that come and go (pods get new names) leave nothing behind.
+        let current = self.view().events_lease;
+        let lease = match current {
+            Some((id, granted)) if granted.elapsed() < EVENTS_KEPT / 2 => id,
+            _ => {
+                let (id, _) = self.etcd.grant(EVENTS_KEPT.as_secs()).await?;
+                self.view().events_lease = Some((id, Instant::now()));
+                id
+            }
+        };
         let put = Op::Put {
             key: format!("{}/~events/{}", self.prefix, self.instance),
             value: serde_json::to_vec(kept).unwrap_or_default(),
-            lease: 0,
+            lease,
         };
         self.etcd.txn(&[], &[put]).await?;
         self.view().events_published = (newest, Some(Instant::now()));
@@ -919,6 +933,9 @@ fn now_ms() -> u64 {
 
 /// Events each instance keeps in etcd for the others to show.
 const PUBLISHED_EVENTS: usize = 100;
+
+/// How long an instance's published events outlive it.
+const EVENTS_KEPT: Duration = Duration::from_secs(3600);
 
 /// Routes `shard` by `record`: its primary at its epoch, writes held while
 /// it is fenced.
