@@ -81,6 +81,11 @@ pub struct ShardSeen {
     /// Nodes its probes judge down.
     #[serde(default)]
     pub down: Vec<String>,
+    /// The highest replication offset its probes saw on each node (at
+    /// most a second old): what the lease holder needs to tell a replica
+    /// that kept everything from one that came back with less.
+    #[serde(default)]
+    pub offsets: BTreeMap<String, u64>,
 }
 
 /// A shard's lease as read from etcd.
@@ -364,6 +369,18 @@ impl Coordination {
             down >= needed,
             format!("{down} of {live} live instances judge it down ({needed} needed)"),
         )
+    }
+
+    /// The highest offset any live instance's probes saw on `addr`: a
+    /// replica with less has lost writes, even if this instance (started
+    /// later, say) never saw it hold more.
+    pub fn seen_offset(&self, shard: &str, addr: &str) -> u64 {
+        self.view()
+            .instances
+            .values()
+            .filter_map(|i| i.shards.get(shard)?.offsets.get(addr).copied())
+            .max()
+            .unwrap_or(0)
     }
 
     /// For `/v1/topology` and `rampart status`.
@@ -738,6 +755,7 @@ impl Coordination {
                         .filter(|n| n.health() == Health::Down)
                         .map(|n| n.addr.clone())
                         .collect(),
+                    offsets: BTreeMap::new(),
                 };
                 (s.name.clone(), seen)
             })
@@ -768,10 +786,21 @@ impl Coordination {
         if !due {
             return Ok(());
         }
-        let stamped = InstanceView {
+        // Offsets move with every write: they go out with the changes
+        // and the once-a-second refresh, not as changes of their own.
+        let mut stamped = InstanceView {
             published_ms: now_ms(),
             ..mine.clone()
         };
+        for shard in &self.shards {
+            if let Some(seen) = stamped.shards.get_mut(&shard.name) {
+                seen.offsets = shard
+                    .nodes
+                    .iter()
+                    .map(|n| (n.addr.clone(), n.max_offset()))
+                    .collect();
+            }
+        }
         let value = serde_json::to_vec(&stamped).unwrap_or_default();
         let put = Op::Put {
             key: self.instance_key(&self.instance),

@@ -448,7 +448,7 @@ impl Controller {
                 if report.role == Role::Replica || self.detached.contains(&node.id) {
                     // A replica whose offset went backwards lost what it
                     // had: it answers, but cannot vouch for past writes.
-                    if report.offset >= node.max_offset() {
+                    if report.offset >= self.most_seen(node) {
                         intact += 1;
                     }
                     candidates.push(Candidate {
@@ -869,6 +869,16 @@ impl Controller {
         if self.fenced_epoch.is_none() {
             self.shard.set_failing_over(false);
         }
+    }
+
+    /// The highest offset `node` was seen with: by this instance's
+    /// probes, and with `[coordination]` by any live instance's.
+    fn most_seen(&self, node: &Node) -> u64 {
+        let seen = self
+            .coordination
+            .as_ref()
+            .map_or(0, |c| c.seen_offset(&self.shard.name, &node.addr));
+        node.max_offset().max(seen)
     }
 
     /// Says once (not every tick) why a failover cannot go on.
