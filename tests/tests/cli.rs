@@ -68,6 +68,8 @@ fn version_and_check_config() {
     for example in [
         "examples/configs/local.toml",
         "examples/configs/reference.toml",
+        "examples/configs/coordinated-1.toml",
+        "examples/configs/coordinated-2.toml",
     ] {
         let path = repo_path(example);
         let path = path.to_str().unwrap();
