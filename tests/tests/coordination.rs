@@ -812,3 +812,92 @@ fn etcd_with_authentication() {
     assert!(keys.contains("/shards/main/record"), "{keys}");
     assert!(d.etcd.etcdctl(&["get", "--prefix", "/rampart/"]).is_err());
 }
+
+/// Patroni #2787's lesson, checked on the transaction itself: an instance
+/// that believes it still holds a shard's lease (its loop stood still, so
+/// nothing told it otherwise) cannot write the shard's record once another
+/// holds the lease; and the holder cannot write over a record changed
+/// behind its back.
+#[test]
+fn a_decision_needs_the_lease_and_the_record_it_replaces() {
+    use rampart::coord::Coordination;
+    use rampart::failover::state::ShardState;
+    use std::sync::Arc;
+
+    let etcd = EtcdCluster::start(1);
+    let endpoint = etcd.endpoints()[0].clone();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let start = |name: &str| {
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:1\"\n[coordination]\nbackend = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"/rampart/cas\"\ninstance = \"{name}\"\nlease_ttl_s = 6\npoll_ms = 50\n[shards.main]\nnodes = [\"127.0.0.1:2\"]\n"
+        );
+        let config = rampart::Config::parse(&text).expect("config");
+        let shard = Arc::new(rampart::topology::Shard::new(
+            "main".into(),
+            Vec::new(),
+            rampart::config::ReadFrom::Primary,
+            false,
+            1000,
+        ));
+        let coordination = Arc::new(Coordination::new(
+            config.coordination.as_ref().expect("[coordination]"),
+            None,
+            true,
+            format!("{name}:1"),
+            None,
+            vec![shard],
+            Arc::new(rampart::observe::events::Events::new(16)),
+        ));
+        let task = runtime.spawn(coordination.clone().run(shutdown.clone()));
+        (coordination, task)
+    };
+    let record = |epoch: u64, primary: &str| ShardState {
+        epoch,
+        primary: primary.into(),
+        waiting: None,
+        fenced: false,
+    };
+
+    let (a, a_loop) = start("a");
+    wait_until("a to hold the lease", Duration::from_secs(10), || {
+        a.holds("main")
+    });
+    runtime
+        .block_on(a.save("main", &record(1, "127.0.0.1:7001")))
+        .expect("the holder writes");
+    // a stands still; its lease key goes (as when its lease expires) and b
+    // takes the shard.
+    a_loop.abort();
+    etcd.etcdctl(&["del", "/rampart/cas/shards/main/lease"])
+        .expect("etcdctl del");
+    let (b, b_loop) = start("b");
+    wait_until("b to hold the lease", Duration::from_secs(10), || {
+        b.holds("main")
+    });
+    assert!(a.holds("main"), "a still believes it holds the lease");
+    let stale = runtime.block_on(a.save("main", &record(2, "127.0.0.1:7002")));
+    assert!(stale.is_err(), "a wrote a decision without the lease");
+    runtime
+        .block_on(b.save("main", &record(2, "127.0.0.1:7003")))
+        .expect("the new holder writes");
+    // The record changed behind b's back (b's loop stopped first, so that
+    // it cannot have read the change): b's next write is refused too.
+    b_loop.abort();
+    etcd.etcdctl(&[
+        "put",
+        "/rampart/cas/shards/main/record",
+        r#"{"epoch":9,"primary":"127.0.0.1:7009"}"#,
+    ])
+    .expect("etcdctl put");
+    let behind = runtime.block_on(b.save("main", &record(3, "127.0.0.1:7003")));
+    assert!(behind.is_err(), "b wrote over a record it had not seen");
+    let stored = etcd
+        .etcdctl(&[
+            "get",
+            "--print-value-only",
+            "/rampart/cas/shards/main/record",
+        ])
+        .expect("etcdctl get");
+    assert!(stored.contains("7009"), "{stored}");
+}
