@@ -80,6 +80,16 @@ impl Deployment {
                     return false;
                 };
                 let running = live.iter().any(|i| i.name == holder);
+                // And each sees every live instance (an instance that has
+                // not seen another would not ask it in failsafe).
+                let formed = live.iter().all(|i| {
+                    i.topology()["coordination"]["instances"]
+                        .as_array()
+                        .is_some_and(|seen| seen.len() == live.len())
+                });
+                if !formed {
+                    return false;
+                }
                 if running
                     && views
                         .iter()
@@ -420,11 +430,16 @@ fn instance_cut_off_from_etcd_holds_writes_and_never_promotes() {
     // Cut off the holder itself: the hardest case, it must give up.
     d.instance(&holder).cut_from_etcd(true);
     let cut = d.instance(&holder);
-    wait_until(
-        "the cut-off instance to hold writes",
-        Duration::from_secs(10),
-        || cut.topology()["shards"][0]["view_stale"] == true,
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cut.topology()["shards"][0]["view_stale"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the cut-off instance does not hold writes: {}\n{}",
+            cut.topology(),
+            tail(&cut.log(), 60)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let metrics = |instance: &Instance| {
         let addr = format!("127.0.0.1:{}", instance.admin)
             .parse()
