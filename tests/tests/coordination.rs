@@ -915,4 +915,15 @@ fn a_decision_needs_the_lease_and_the_record_it_replaces() {
         ])
         .expect("etcdctl get");
     assert!(stored.contains("7009"), "{stored}");
+    // The refusal made b step back, but the lease key is still on b's
+    // lease: at its next read b knows it holds the shard again, and
+    // decides from the record it now sees.
+    assert!(!b.holds("main"));
+    let _b_again = runtime.spawn(b.clone().run(shutdown.clone()));
+    wait_until("b to hold the lease again", Duration::from_secs(10), || {
+        b.holds("main")
+    });
+    runtime
+        .block_on(b.save("main", &record(10, "127.0.0.1:7003")))
+        .expect("b writes again, over the record it has read");
 }

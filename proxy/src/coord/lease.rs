@@ -153,6 +153,7 @@ impl Coordination {
                         Holder {
                             instance: self.instance.clone(),
                             create_revision: revision,
+                            lease: lease.id,
                         },
                     );
                 }

@@ -101,6 +101,9 @@ pub struct Holder {
     pub instance: String,
     #[serde(skip)]
     create_revision: i64,
+    /// The etcd lease the key is attached to.
+    #[serde(skip)]
+    lease: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -304,11 +307,11 @@ impl Coordination {
         self.keep_lease().await?;
         let sent = Instant::now();
         // Everything but the plugin blobs (`~` sorts after the rest).
-        let (_, kvs) = self
+        let (revision, kvs) = self
             .etcd
             .range(&format!("{}/", self.prefix), &format!("{}/~", self.prefix))
             .await?;
-        self.absorb(sent, kvs);
+        self.absorb(sent, revision, kvs);
         self.follow_records();
         self.publish().await?;
         self.publish_events().await?;

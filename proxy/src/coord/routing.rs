@@ -24,8 +24,9 @@ pub struct PeerStatus {
 }
 
 impl Coordination {
-    /// Takes in a read of the whole prefix, sent at `sent`.
-    pub(super) fn absorb(&self, sent: Instant, kvs: Vec<Kv>) {
+    /// Takes in a read of the whole prefix, sent at `sent`, taken at the
+    /// store's `revision`.
+    pub(super) fn absorb(&self, sent: Instant, revision: i64, kvs: Vec<Kv>) {
         let shards_prefix = format!("{}/shards/", self.prefix);
         let instances_prefix = format!("{}/instances/", self.prefix);
         let policies_prefix = format!("{}/policies/", self.prefix);
@@ -50,6 +51,7 @@ impl Coordination {
                         Holder {
                             instance: String::from_utf8_lossy(&kv.value).into_owned(),
                             create_revision: kv.create_revision,
+                            lease: kv.lease,
                         },
                     );
                 }
@@ -69,6 +71,30 @@ impl Coordination {
             }
         }
         let mut view = self.view();
+        // A record this instance wrote after the read was taken (the
+        // controller writes while the loop reads) is newer than the read:
+        // keep it, or the next write would compare against a revision
+        // that is already gone and fail for nothing.
+        for (shard, (record, written)) in &view.records {
+            let read = records.get(shard).map_or(0, |(_, r)| *r);
+            if *written > revision && *written > read {
+                records.insert(shard.clone(), (record.clone(), *written));
+            }
+        }
+        // A key on this instance's own lease is its own, whatever this
+        // instance believed: a decision that failed its comparison (a stale
+        // read) gave up the hold, and nothing else would give it back.
+        let lease = view.lease.map(|l| l.id);
+        let mine: Vec<(String, i64)> = holders
+            .iter()
+            .filter(|(shard, h)| {
+                h.instance == self.instance
+                    && Some(h.lease) == lease
+                    && !view.held.contains_key(*shard)
+            })
+            .map(|(shard, h)| (shard.clone(), h.create_revision))
+            .collect();
+        view.held.extend(mine);
         // A lease key that is no longer this instance's (expired, taken
         // by another) ends its hold on the shard.
         let lost: Vec<String> = view
