@@ -176,10 +176,7 @@ impl EtcdCluster {
 
     /// SIGKILL member `i`.
     pub fn stop(&mut self, i: usize) {
-        if let Some(mut child) = self.members[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::kill_child(&mut self.members[i].child);
     }
 
     /// Starts member `i` again with its data.
@@ -305,10 +302,7 @@ impl Instance {
 
     /// SIGKILL: no lease given back, no goodbye.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::kill_child(&mut self.child);
     }
 
     /// Starts it again with the same configuration (after `kill`).
@@ -318,12 +312,7 @@ impl Instance {
     }
 
     pub fn signal(&self, signal: &str) {
-        if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(child.id().to_string())
-                .status();
-        }
+        crate::signal_child(self.child.as_ref(), signal);
     }
 
     pub fn is_running(&self) -> bool {

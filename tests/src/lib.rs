@@ -131,24 +131,13 @@ impl RedisNode {
     }
 
     /// Sends a signal (`KILL`, `STOP`, `CONT`) to the process, if it runs.
-    /// (Never to pid 0: `kill -CONT 0` would reach every process in the
-    /// test's process group, other tests' paused nodes included.)
     pub fn signal(&self, signal: &str) {
-        let Some(child) = &self.child else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
-            .status();
+        signal_child(self.child.as_ref(), signal);
     }
 
     /// SIGKILL, and reap the process.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Starts the process again on the same port (after `kill`).
@@ -207,6 +196,26 @@ pub fn redis_cli(port: u16, args: &[&str]) -> std::io::Result<String> {
         .stdin(Stdio::null())
         .output()?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Sends a signal (`KILL`, `STOP`, `CONT`) to a child process, if there is
+/// one. (Never to pid 0: `kill -CONT 0` would reach every process in the
+/// test's process group, other tests' paused nodes included.)
+pub(crate) fn signal_child(child: Option<&Child>, signal: &str) {
+    if let Some(child) = child {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status();
+    }
+}
+
+/// SIGKILL a child process, if there is one, and reap it.
+pub(crate) fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// A primary and its replicas, replication established.

@@ -20,6 +20,20 @@ pub struct Outcomes {
     pub incr_unknown: u64,
 }
 
+/// The keys the writers wrote that are on the node at `addr`, read
+/// directly (not through Rampart).
+pub fn keys_at(addr: &str) -> std::collections::HashSet<String> {
+    let mut conn = redis::Client::open(format!("redis://{addr}/"))
+        .and_then(|c| c.get_connection())
+        .expect("connect to the node");
+    redis::cmd("KEYS")
+        .arg("n:*")
+        .query::<Vec<String>>(&mut conn)
+        .expect("KEYS")
+        .into_iter()
+        .collect()
+}
+
 /// The shared counter [`Workload::with_counter`] increments.
 pub const COUNTER: &str = "n:counter";
 

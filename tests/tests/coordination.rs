@@ -3,7 +3,6 @@
 //! as processes of their own (`rampart run`), killed with SIGKILL, paused
 //! with SIGSTOP and cut off from etcd by forwarders.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use rampart_tests::etcd::{EtcdCluster, Instance, InstanceSetup};
@@ -104,6 +103,15 @@ impl Deployment {
         agreed.expect("agreed")
     }
 
+    /// A running instance other than `name`.
+    fn other_than(&self, name: &str) -> String {
+        self.live()
+            .iter()
+            .find(|i| i.name != name)
+            .map(|i| i.name.clone())
+            .expect("another running instance")
+    }
+
     fn instance(&mut self, name: &str) -> &mut Instance {
         self.instances
             .iter_mut()
@@ -194,15 +202,10 @@ fn assert_nothing_lost(
     outcomes: &rampart_tests::workload::Outcomes,
 ) {
     let index = deployment.node_index(node);
+    let keys = rampart_tests::workload::keys_at(node);
     let mut conn = redis::Client::open(format!("redis://{node}/"))
         .and_then(|c| c.get_connection())
         .expect("connect to the new primary");
-    let keys: HashSet<String> = redis::cmd("KEYS")
-        .arg("n:*")
-        .query::<Vec<String>>(&mut conn)
-        .expect("KEYS")
-        .into_iter()
-        .collect();
     let lost: Vec<&String> = outcomes
         .acked
         .iter()
@@ -313,12 +316,7 @@ fn holder_killed_then_primary_killed_another_instance_promotes() {
 fn kill_primary_and_holder(d: &mut Deployment) -> Duration {
     let (holder, primary) = d.wait_agreed();
     let p = d.node_index(&primary);
-    let survivor = d
-        .live()
-        .iter()
-        .find(|i| i.name != holder)
-        .map(|i| i.name.clone())
-        .expect("a survivor");
+    let survivor = d.other_than(&holder);
     d.instance(&holder).kill();
     d.redis.nodes[p].kill();
     let started = Instant::now();
@@ -362,12 +360,7 @@ fn primary_and_holder_killed_together_writes_resume() {
 fn kill_primary(d: &mut Deployment) -> Duration {
     let (holder, primary) = d.wait_agreed();
     let p = d.node_index(&primary);
-    let other = d
-        .live()
-        .iter()
-        .find(|i| i.name != holder)
-        .map(|i| i.name.clone())
-        .expect("another instance");
+    let other = d.other_than(&holder);
     d.redis.nodes[p].kill();
     let took = first_write(d.instance(&other), Duration::from_secs(30))
         .unwrap_or_else(|| panic!("no write succeeded within 30 s\n{}", d.logs()));
@@ -566,6 +559,13 @@ fn etcd_quorum_lost_no_promotion_and_writes_go_on() {
         );
         assert_eq!(instance.topology()["coordination"]["failsafe"], true);
     }
+    // A policy cannot be shared without etcd: the operator is told.
+    let answer = rampart_tests::redis_cli(
+        d.instances[0].port,
+        &["RAMPART", "POLICY", "LOAD", "router", "builtin:round-robin"],
+    )
+    .unwrap_or_default();
+    assert!(answer.contains("not shared with the others"), "{answer}");
     // The primary dies meanwhile: nobody can promote.
     let p = d.node_index(&primary);
     d.redis.nodes[p].kill();
@@ -599,12 +599,7 @@ fn paused_holder_steps_back() {
     d.instance(&holder).signal("STOP");
     // Longer than the lease TTL (2 s): another instance takes over.
     std::thread::sleep(Duration::from_secs(4));
-    let other = d
-        .live()
-        .iter()
-        .find(|i| i.name != holder)
-        .map(|i| i.name.clone())
-        .expect("other");
+    let other = d.other_than(&holder);
     wait_until(
         "the other instance to take the lease",
         Duration::from_secs(10),
@@ -722,12 +717,7 @@ fn nemesis_through_three_instances_loses_no_acknowledged_write() {
 
     // 1. A non-holder instance and the primary killed together.
     let (holder, primary) = d.wait_agreed();
-    let other = d
-        .instances
-        .iter()
-        .find(|i| i.name != holder)
-        .map(|i| i.name.clone())
-        .expect("other");
+    let other = d.other_than(&holder);
     let p = d.node_index(&primary);
     d.instance(&other).kill();
     d.redis.nodes[p].kill();

@@ -64,16 +64,7 @@ fn stall_replicas_then_kill_the_primary(
 
 /// Every key on every node, directly (not through Rampart).
 fn keys_on(cluster: &FaultyCluster, node: usize) -> HashSet<String> {
-    let mut conn = redis::Client::open(format!("redis://{}/", cluster.nodes[node].addr()))
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    redis::cmd("KEYS")
-        .arg("n:*")
-        .query::<Vec<String>>(&mut conn)
-        .unwrap()
-        .into_iter()
-        .collect()
+    rampart_tests::workload::keys_at(&cluster.nodes[node].addr())
 }
 
 #[test]

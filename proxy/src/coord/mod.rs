@@ -95,14 +95,13 @@ pub struct ShardSeen {
     pub offsets: BTreeMap<String, u64>,
 }
 
-/// A shard's lease as read from etcd.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Holder {
-    pub instance: String,
-    #[serde(skip)]
+/// A shard's lease key as read from etcd.
+#[derive(Debug, Clone)]
+struct Holder {
+    instance: String,
+    /// Tells this key from one deleted and created again.
     create_revision: i64,
     /// The etcd lease the key is attached to.
-    #[serde(skip)]
     lease: i64,
 }
 

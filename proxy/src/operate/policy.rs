@@ -101,8 +101,7 @@ impl Context {
     /// Makes the shadow router active (on every instance).
     pub async fn activate_shadow(&self, shard: &str) -> Result<u64, OpError> {
         let number = self.activate_shadow_here(shard)?;
-        self.share(&scope("router", Some(shard)), number, None)
-            .await?;
+        self.share_router(shard).await?;
         Ok(number)
     }
 
@@ -125,8 +124,7 @@ impl Context {
     /// Goes back to the previous router (on every instance).
     pub async fn rollback_router(&self, shard: &str) -> Result<u64, OpError> {
         let number = self.rollback_router_here(shard)?;
-        self.share(&scope("router", Some(shard)), number, None)
-            .await?;
+        self.share_router(shard).await?;
         Ok(number)
     }
 
@@ -155,12 +153,7 @@ impl Context {
         source: Source,
         config: String,
     ) -> Result<GenerationView, OpError> {
-        let replication = self
-            .config
-            .shards
-            .get(shard)
-            .map(|s| s.replication.clone())
-            .ok_or_else(|| OpError::NotFound(format!("no shard named '{shard}'")))?;
+        let replication = self.replication_of(shard)?;
         self.load_quorum_with(shard, source, config, replication)
             .await
     }
@@ -302,6 +295,18 @@ impl Context {
                     .to_lowercase(),
             )),
         }
+    }
+
+    /// The shard's configured `replication` settings.
+    pub(super) fn replication_of(
+        &self,
+        shard: &str,
+    ) -> Result<crate::config::ReplicationConfig, OpError> {
+        self.config
+            .shards
+            .get(shard)
+            .map(|s| s.replication.clone())
+            .ok_or_else(|| OpError::NotFound(format!("no shard named '{shard}'")))
     }
 
     /// A policy that failed to load is an event, and the error.

@@ -79,8 +79,8 @@ impl Context {
             })
     }
 
-    /// Shares a shard's router as it is here (after an automatic
-    /// rollback).
+    /// Shares a shard's router as it is here (after an activation or a
+    /// rollback, by an operator or after traps).
     pub async fn share_router(&self, shard: &str) -> Result<(), OpError> {
         let scope = crate::coord::policies::scope("router", Some(shard));
         self.share(&scope, 0, None).await
@@ -132,12 +132,7 @@ impl Context {
                 if self.shard(shard)?.quorum.load().number == want.generation {
                     return Ok(());
                 }
-                let replication = self
-                    .config
-                    .shards
-                    .get(shard)
-                    .map(|s| s.replication.clone())
-                    .ok_or_else(|| OpError::NotFound(format!("no shard named '{shard}'")))?;
+                let replication = self.replication_of(shard)?;
                 let source = self
                     .resolve(&want.source, || swap::quorum_source(&replication))
                     .await?;
@@ -178,6 +173,37 @@ impl Context {
         let found = self.shard(shard)?;
         let slot = &found.router;
         let want = &record.active;
+        if slot.active().number != want.generation {
+            let shadow = slot.shadow_generation().map(|g| g.number);
+            if slot.previous_number() == Some(want.generation) {
+                self.rollback_router_here(shard)?;
+            } else if shadow == Some(want.generation) {
+                self.activate_shadow_here(shard)?;
+            } else {
+                self.load_shared_router(shard, want, Mode::Activate).await?;
+            }
+            self.remember(scope, want);
+        }
+        let shadow = slot.shadow_generation().map(|g| g.number);
+        match &record.shadow {
+            None if shadow.is_some() => slot.set_shadow(None, found.topology.nodes.len()),
+            Some(want) if shadow != Some(want.generation) => {
+                self.load_shared_router(shard, want, Mode::Shadow).await?;
+                self.remember(scope, want);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Loads a router generation another instance recorded, as the active
+    /// one or the shadow, under its number.
+    async fn load_shared_router(
+        &self,
+        shard: &str,
+        want: &Spec,
+        mode: Mode,
+    ) -> Result<(), OpError> {
         let configured = || {
             Source::parse(
                 &self
@@ -188,43 +214,16 @@ impl Context {
                     .unwrap_or_default(),
             )
         };
-        if slot.active().number != want.generation {
-            let shadow = slot.shadow_generation().map(|g| g.number);
-            if slot.previous_number() == Some(want.generation) {
-                self.rollback_router_here(shard)?;
-            } else if shadow == Some(want.generation) {
-                self.activate_shadow_here(shard)?;
-            } else {
-                let source = self.resolve(&want.source, configured).await?;
-                self.load_router_as(
-                    shard,
-                    source,
-                    want.config.clone(),
-                    Mode::Activate,
-                    Some(want.generation),
-                )
-                .await?;
-            }
-            self.remember(scope, want);
-        }
-        let shadow = slot.shadow_generation().map(|g| g.number);
-        match &record.shadow {
-            None if shadow.is_some() => slot.set_shadow(None, found.topology.nodes.len()),
-            Some(want) if shadow != Some(want.generation) => {
-                let source = self.resolve(&want.source, configured).await?;
-                self.load_router_as(
-                    shard,
-                    source,
-                    want.config.clone(),
-                    Mode::Shadow,
-                    Some(want.generation),
-                )
-                .await?;
-                self.remember(scope, want);
-            }
-            _ => {}
-        }
-        Ok(())
+        let source = self.resolve(&want.source, configured).await?;
+        self.load_router_as(
+            shard,
+            source,
+            want.config.clone(),
+            mode,
+            Some(want.generation),
+        )
+        .await
+        .map(|_| ())
     }
 
     fn remember(&self, scope: &str, spec: &Spec) {
