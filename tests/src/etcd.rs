@@ -232,6 +232,9 @@ pub struct InstanceSetup<'a> {
     pub coordination: &'a str,
     /// The key prefix (one per test).
     pub prefix: &'a str,
+    /// Lines added at the end of each instance's file, `{name}` replaced
+    /// by the instance's name (e.g. a `[backend]` user of its own).
+    pub per_instance: &'a str,
 }
 
 impl Instance {
@@ -249,14 +252,25 @@ impl Instance {
             .map(|f| format!("\"{}\"", f.addr()))
             .collect();
         let nodes: Vec<String> = setup.nodes.iter().map(|n| format!("\"{n}\"")).collect();
+        // The tests' timings, unless the test sets its own.
+        let timings: String = [
+            ("lease_ttl_s", "2"),
+            ("poll_ms", "50"),
+            ("request_timeout_ms", "250"),
+            ("max_view_age_ms", "1000"),
+        ]
+        .iter()
+        .filter(|(key, _)| !setup.coordination.contains(&format!("{key} =")))
+        .map(|(key, value)| format!("{key} = {value}\n"))
+        .collect();
         let config = format!(
             "[proxy]\nlisten = \"127.0.0.1:{port}\"\nadmin_commands = true\n\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\n\
              [probe]\ninterval_ms = 50\n\
              [coordination]\nbackend = \"etcd\"\nendpoints = [{}]\nprefix = \"{}\"\ninstance = \"{name}\"\n\
-             lease_ttl_s = 2\npoll_ms = 50\nrequest_timeout_ms = 250\nmax_view_age_ms = 1000\n{}\n\
+             {timings}{}\n\
              [plugins]\ndir = \"{}\"\n\
-             [shards.main]\nnodes = [{}]\n{}\n[shards.main.replication]\n{}\n",
+             [shards.main]\nnodes = [{}]\n{}\n[shards.main.replication]\n{}\n{}\n",
             endpoints.join(", "),
             setup.prefix,
             setup.coordination,
@@ -264,6 +278,7 @@ impl Instance {
             nodes.join(", "),
             setup.shard,
             setup.replication,
+            setup.per_instance.replace("{name}", name),
         );
         let path = setup.dir.join(format!("{name}.toml"));
         std::fs::write(&path, config).expect("write config");

@@ -286,6 +286,12 @@ pub fn render(ctx: &Context) -> String {
             |s, _| s.is_view_stale() as u8 as f64,
         ),
         (
+            "rampart_failover_lost_bytes_total",
+            "counter",
+            "Bytes of the replication stream acknowledged to clients as asynchronous writes that a promoted replica lacked (the old primary's last probed offset minus the new primary's).",
+            |s, _| s.durability.lost_bytes.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "rampart_shard_wait_total",
             "counter",
             "WAITs sent after synchronous writes.",

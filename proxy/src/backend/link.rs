@@ -857,7 +857,15 @@ impl Reader<'_> {
         if short {
             durability.shortfalls.fetch_add(1, Relaxed);
         }
-        let error = (short && req.fail_on_shortfall).then(|| replicate::shortfall_error(acks, req));
+        // Acknowledged only while this instance may still acknowledge: a
+        // `WAIT` answered after its coordination view expired may count a
+        // replica that another instance has since repointed.
+        let expired = durability.window.admits() == replicate::window::Admit::Closed;
+        let error = if expired {
+            Some(replicate::VIEW_EXPIRED.to_string())
+        } else {
+            (short && req.fail_on_shortfall).then(|| replicate::shortfall_error(acks, req))
+        };
         for (reply, mut answer, keep) in self.held.drain(..) {
             if let (Some(error), false) = (&error, keep) {
                 let (data, failed) =

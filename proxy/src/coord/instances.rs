@@ -22,8 +22,20 @@ impl Coordination {
     /// route by its old view until its own bound. One whose key had
     /// expired already holds writes: its lease ran out by its own count
     /// (from the keep-alive's sending) no later than etcd's.
+    ///
+    /// And never sooner than `max_view_age_ms` after this instance last
+    /// told a peer it could not read etcd either: that peer may be writing
+    /// under failsafe on the strength of the answer until then, and its
+    /// key may be gone (its lease expired while it was cut off), so it is
+    /// not among those waited for.
     pub async fn wait_confirmed(&self, shard: &str, epoch: u64) -> Vec<String> {
-        let deadline = Instant::now() + self.max_view_age;
+        let now = Instant::now();
+        let floor = self
+            .view()
+            .answered_unfresh_at
+            .map(|t| t + self.max_view_age)
+            .filter(|t| *t > now);
+        let deadline = (now + self.max_view_age).max(floor.unwrap_or(now));
         let mut silent: Vec<String> = self
             .view()
             .instances
@@ -41,7 +53,8 @@ impl Coordination {
                         .is_none_or(|s| s.epoch < epoch)
                 });
             }
-            if silent.is_empty() || Instant::now() >= deadline {
+            let now = Instant::now();
+            if (silent.is_empty() && floor.is_none_or(|f| now >= f)) || now >= deadline {
                 return silent;
             }
             tokio::time::sleep(self.poll / 4).await;
@@ -88,6 +101,16 @@ impl Coordination {
             .unwrap_or(0)
     }
 
+    /// Whether any live instance (this one included) detached `addr` from
+    /// a primary that was down while nobody could read etcd.
+    pub fn detached_by_anyone(&self, shard: &str, addr: &str) -> bool {
+        self.view().instances.values().any(|i| {
+            i.shards
+                .get(shard)
+                .is_some_and(|s| s.detached.iter().any(|d| d == addr))
+        })
+    }
+
     /// Per shard: the epoch this instance routes by, and what its probes
     /// see.
     pub(super) fn seen(&self) -> BTreeMap<String, ShardSeen> {
@@ -101,6 +124,12 @@ impl Coordination {
                         .nodes
                         .iter()
                         .filter(|n| n.health() == Health::Down)
+                        .map(|n| n.addr.clone())
+                        .collect(),
+                    detached: s
+                        .nodes
+                        .iter()
+                        .filter(|n| n.is_detached())
                         .map(|n| n.addr.clone())
                         .collect(),
                     offsets: BTreeMap::new(),

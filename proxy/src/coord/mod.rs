@@ -36,6 +36,7 @@ mod events;
 mod instances;
 mod lease;
 mod routing;
+mod watchdog;
 
 pub mod etcd;
 pub mod policies;
@@ -88,6 +89,11 @@ pub struct ShardSeen {
     /// Nodes its probes judge down.
     #[serde(default)]
     pub down: Vec<String>,
+    /// Replicas this instance detached from a primary that was down
+    /// while it could not read etcd: candidates for promotion though they
+    /// claim to be primaries (see `failover::controller`).
+    #[serde(default)]
+    pub detached: Vec<String>,
     /// The highest replication offset its probes saw on each node (at
     /// most a second old): what the lease holder needs to tell a replica
     /// that kept everything from one that came back with less.
@@ -131,6 +137,15 @@ struct View {
     /// Routing goes on with a stale view because every known instance
     /// said it cannot read etcd either (see [`Coordination::failsafe`]).
     failsafe_active: bool,
+    /// The last question to the other instances found none can read etcd.
+    nobody_reads_etcd: bool,
+    /// When this instance last told a peer asking for failsafe that it
+    /// cannot read etcd either: that peer may write on the strength of
+    /// the answer for up to `max_view_age_ms`, so a fence this instance
+    /// writes waits that long after it (see [`Coordination::wait_confirmed`]).
+    answered_unfresh_at: Option<Instant>,
+    /// Keys found malformed (written by hand?), warned about once each.
+    warned: std::collections::HashSet<String>,
     /// The last event published for the other instances, and when.
     events_published: (u64, Option<Instant>),
     /// The lease the published events live on, and when it was granted.
@@ -193,6 +208,10 @@ impl Coordination {
         shards: Vec<Arc<Shard>>,
         events: Arc<Events>,
     ) -> Coordination {
+        // Nothing is written before etcd was read once.
+        for shard in &shards {
+            shard.durability.window.close();
+        }
         let etcd = Etcd::new(etcd::Endpoints {
             addrs: config.endpoints.clone(),
             tls,
@@ -214,7 +233,13 @@ impl Coordination {
             down_quorum: config.down_quorum,
             campaign,
             failsafe: config.failsafe,
-            view: Mutex::new(View::default()),
+            // A fence written soon after a restart waits as if this
+            // instance had just answered a failsafe question: the process
+            // before it may have.
+            view: Mutex::new(View {
+                answered_unfresh_at: Some(Instant::now()),
+                ..View::default()
+            }),
             shards,
             events,
             policy_changed: watch::channel(0).0,
@@ -271,6 +296,7 @@ impl Coordination {
     /// The loop: until `shutdown`, then gives the lease back so another
     /// instance takes over at once rather than after the TTL.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        tokio::spawn(self.clone().watchdog(shutdown.clone()));
         let (paused, mut pauses) = tokio::sync::mpsc::channel(1);
         tokio::spawn(lease::watch_pauses(
             self.poll,
@@ -289,7 +315,6 @@ impl Coordination {
                 }
                 view.last_error = Some(e.to_string());
             }
-            self.hold_if_stale().await;
             tokio::select! {
                 _ = tokio::time::sleep(self.poll) => {}
                 _ = shutdown.changed() => break,

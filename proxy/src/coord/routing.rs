@@ -41,11 +41,15 @@ impl Coordination {
                         Ok(record) => {
                             records.insert(shard.to_string(), (record, kv.mod_revision));
                         }
-                        Err(e) => {
-                            tracing::error!(key = %kv.key, error = %e, "unreadable shard record")
-                        }
+                        Err(e) => self.warn_once(&kv.key, &format!("unreadable shard record: {e}")),
                     }
                 } else if let Some(shard) = rest.strip_suffix("/lease") {
+                    if kv.lease == 0 {
+                        // Not taken by a campaign (written by hand?): it
+                        // would never expire and block every takeover.
+                        self.warn_once(&kv.key, "a shard lease key without an etcd lease is ignored (written by hand?); delete it");
+                        continue;
+                    }
                     holders.insert(
                         shard.to_string(),
                         Holder {
@@ -60,13 +64,15 @@ impl Coordination {
                     Ok(record) => {
                         policies.insert(scope.to_string(), (record, kv.mod_revision));
                     }
-                    Err(e) => {
-                        tracing::error!(key = %kv.key, error = %e, "unreadable policy record")
-                    }
+                    Err(e) => self.warn_once(&kv.key, &format!("unreadable policy record: {e}")),
                 }
-            } else if kv.key.starts_with(&instances_prefix) {
-                if let Ok(view) = serde_json::from_slice::<InstanceView>(&kv.value) {
-                    instances.insert(view.instance.clone(), view);
+            } else if let Some(name) = kv.key.strip_prefix(&instances_prefix) {
+                match serde_json::from_slice::<InstanceView>(&kv.value) {
+                    Ok(view) if kv.lease != 0 && view.instance == name => {
+                        instances.insert(view.instance.clone(), view);
+                    }
+                    Ok(_) => self.warn_once(&kv.key, "an instance key without an etcd lease, or naming another instance, is ignored (written by hand?)"),
+                    Err(e) => self.warn_once(&kv.key, &format!("unreadable instance view: {e}")),
                 }
             }
         }
@@ -124,6 +130,7 @@ impl Coordination {
         if pending {
             self.policy_changed.send_modify(|n| *n += 1);
         }
+        self.open_windows();
         for shard in lost {
             self.events.record(
                 &shard,
@@ -140,57 +147,83 @@ impl Coordination {
 
     /// Routes every shard this instance does not decide for by its record.
     pub(super) fn follow_records(&self) {
-        let view = self.view();
-        for shard in &self.shards {
-            if view.held.contains_key(&shard.name) {
-                continue;
+        let records: Vec<(usize, ShardState)> = {
+            let view = self.view();
+            self.shards
+                .iter()
+                .enumerate()
+                .filter(|(_, shard)| !view.held.contains_key(&shard.name))
+                .filter_map(|(i, shard)| Some((i, view.records.get(&shard.name)?.0.clone())))
+                .collect()
+        };
+        for (i, record) in records {
+            let shard = &self.shards[i];
+            match implausible(shard, &record) {
+                Some(why) => self.warn_once(
+                    &format!("{}@{}", self.record_key(&shard.name), record.epoch),
+                    &format!("shard record refused: {why}; routing stays as it was"),
+                ),
+                None => follow(shard, &record),
             }
-            let Some((record, _)) = view.records.get(&shard.name) else {
-                continue;
-            };
-            follow(shard, record);
         }
     }
 
-    /// Past `max_view_age_ms` without a successful read, or once its own
-    /// lease may have expired (its key gone, so a holder fencing an epoch
-    /// would not wait for it), every shard holds its writes: a failover
-    /// may have named another primary meanwhile.
-    pub(super) async fn hold_if_stale(&self) {
-        let stale = !self.is_fresh();
-        let safe = if stale && self.failsafe {
-            self.failsafe().await
-        } else {
-            Vec::new()
-        };
-        let was_failsafe = std::mem::replace(&mut self.view().failsafe_active, !safe.is_empty());
-        if !safe.is_empty() && !was_failsafe {
-            self.events.record(
-                "-",
-                "failsafe",
-                None,
-                0,
-                "etcd cannot be read, but every known instance answers that it cannot read it either and routes by the same epochs: nobody can decide a failover, so writes go on",
-            );
+    /// Logs `what` about `key` once, and records it as an event: keys
+    /// written by hand are read every poll, and one line ten times a
+    /// second would bury everything else.
+    pub(super) fn warn_once(&self, key: &str, what: &str) {
+        if !self.view().warned.insert(key.to_string()) {
+            return;
         }
+        tracing::warn!(key, "{what}");
+        self.events.record(
+            "-",
+            "coordination-key-refused",
+            None,
+            0,
+            format!("{key}: {what}"),
+        );
+    }
+
+    /// Opens every shard's write window until this instance's view may
+    /// be too old: `max_view_age_ms` after the last successful read was
+    /// sent, and no later than its own lease may run out (its key gone, a
+    /// holder fencing an epoch would not wait for it).
+    pub(super) fn open_windows(&self) {
+        let until = {
+            let view = self.view();
+            let (Some(read), Some(lease)) = (view.read_at, view.lease) else {
+                return;
+            };
+            (read + self.max_view_age).min(lease.valid_until)
+        };
         for shard in &self.shards {
-            let stale = stale && !safe.contains(&shard.name);
-            if shard.set_view_stale(stale) {
-                self.events.record(
-                    &shard.name,
-                    if stale { "view-stale" } else { "view-fresh" },
-                    None,
-                    shard.epoch(),
-                    if stale {
-                        format!(
-                            "etcd not read for over {} ms: writes are held until it is",
-                            self.max_view_age.as_millis()
-                        )
-                    } else {
-                        "etcd read again: writes flow".to_string()
-                    },
-                );
-            }
+            shard.durability.window.open_until(until);
+        }
+    }
+
+    /// Why this instance's view may be too old to write by, or None.
+    pub(super) fn stale_reason(&self) -> Option<String> {
+        let now = Instant::now();
+        let view = self.view();
+        let Some(read) = view.read_at else {
+            return Some("etcd not read yet".into());
+        };
+        let age = now.duration_since(read);
+        if age > self.max_view_age {
+            return Some(format!(
+                "etcd not read for {} ms (max_view_age_ms = {})",
+                age.as_millis(),
+                self.max_view_age.as_millis()
+            ));
+        }
+        match view.lease {
+            Some(lease) if now < lease.valid_until => None,
+            Some(_) => Some(format!(
+                "its etcd lease may have run out (lease_ttl_s = {}, counted from the last renewal sent)",
+                self.ttl.as_secs()
+            )),
+            None => Some("it holds no etcd lease".into()),
         }
     }
 
@@ -204,10 +237,18 @@ impl Coordination {
     }
 
     /// What `GET /v1/coordination/peer` answers.
+    ///
+    /// An answer that it cannot read etcd lets the asker write for up to
+    /// `max_view_age_ms`: remembered, so that a fence this instance writes
+    /// soon after waits for that to end.
     pub fn peer_status(&self) -> PeerStatus {
+        let fresh = self.is_fresh();
+        if !fresh {
+            self.view().answered_unfresh_at = Some(Instant::now());
+        }
         PeerStatus {
             instance: self.instance.clone(),
-            fresh: self.is_fresh(),
+            fresh,
             shards: self.seen(),
         }
     }
@@ -219,7 +260,9 @@ impl Coordination {
     /// either, and routes a shard by the same unfenced epoch as this one,
     /// nobody can be naming another primary for it. Any silence or
     /// disagreement: hold.
-    pub(super) async fn failsafe(&self) -> Vec<String> {
+    pub(super) async fn failsafe(&self) -> Option<Vec<String>> {
+        // Never read etcd: it does not know whom to ask.
+        self.view().read_at?;
         let peers: Vec<(String, Option<String>)> = self
             .view()
             .instances
@@ -230,29 +273,56 @@ impl Coordination {
         let mine = self.seen();
         let mut answers = Vec::new();
         for (instance, admin) in peers {
-            let Some(admin) = admin else {
-                return Vec::new();
-            };
+            let admin = admin?;
             let timeout = self.poll.max(Duration::from_millis(200));
             match tokio::time::timeout(timeout, peer_get(&admin)).await {
                 Ok(Some(status)) if status.instance == instance && !status.fresh => {
                     answers.push(status)
                 }
-                _ => return Vec::new(),
+                _ => return None,
             }
         }
-        mine.iter()
-            .filter(|(name, seen)| {
-                !seen.fenced
-                    && answers.iter().all(|a| {
-                        a.shards
-                            .get(*name)
-                            .is_some_and(|s| s.epoch == seen.epoch && !s.fenced)
-                    })
-            })
-            .map(|(name, _)| name.clone())
-            .collect()
+        Some(
+            mine.iter()
+                .filter(|(name, seen)| {
+                    !seen.fenced
+                        && answers.iter().all(|a| {
+                            a.shards
+                                .get(*name)
+                                .is_some_and(|s| s.epoch == seen.epoch && !s.fenced)
+                        })
+                })
+                .map(|(name, _)| name.clone())
+                .collect(),
+        )
     }
+
+    /// Whether the last failsafe question found that no known instance can
+    /// read etcd: then nobody can decide a failover for now.
+    pub fn nobody_reads_etcd(&self) -> bool {
+        self.view().nobody_reads_etcd
+    }
+}
+
+/// Why a record cannot be followed: it names a node the shard does not
+/// have, or an epoch older than the one already routed by (epochs only
+/// grow; a record going back was written by hand or restored from a
+/// backup, and following it could name a primary that was replaced).
+fn implausible(shard: &Shard, record: &ShardState) -> Option<String> {
+    if shard.node_by_addr(&record.primary).is_none() {
+        return Some(format!(
+            "it names {}, which is not a node of shard '{}'",
+            record.primary, shard.name
+        ));
+    }
+    if record.epoch < shard.epoch() {
+        return Some(format!(
+            "its epoch {} is older than the epoch {} routed by",
+            record.epoch,
+            shard.epoch()
+        ));
+    }
+    None
 }
 
 /// Routes `shard` by `record`: its primary at its epoch, writes held while

@@ -259,6 +259,7 @@ impl Controller {
 
     async fn tick(&mut self) {
         if !self.check_lease() {
+            self.keep_copies_while_blind().await;
             return;
         }
         let Some(primary) = self.shard.primary_node().cloned() else {
@@ -327,6 +328,31 @@ impl Controller {
             return;
         }
         self.reconcile(&primary).await;
+    }
+
+    /// With `[coordination]`, on an instance that does not hold the
+    /// shard's lease while no known instance can read etcd: nobody can
+    /// fail the shard over now (that needs etcd), so if its primary is down or came back
+    /// restarted, the replicas still following it are detached, exactly as
+    /// the holder would when it cannot promote. Left following, they would
+    /// resynchronise from a primary that restarted empty the moment it
+    /// returns and throw away the acknowledged writes they hold. Every
+    /// instance does this on its own (the command is idempotent) and
+    /// publishes which nodes it detached, so that whichever instance holds
+    /// the lease when etcd returns counts them as candidates.
+    async fn keep_copies_while_blind(&mut self) {
+        let Some(coordination) = &self.coordination else {
+            return;
+        };
+        if !coordination.nobody_reads_etcd() {
+            return;
+        }
+        let Some(primary) = self.shard.primary_node().cloned() else {
+            return;
+        };
+        if primary.health() == Health::Down || primary.is_stale() {
+            self.detach(&primary).await;
+        }
     }
 
     /// Picks the primary at start-up: the persisted epoch's primary if it
@@ -445,7 +471,7 @@ impl Controller {
         let mut intact = 0;
         for node in self.shard.nodes.iter().filter(|n| n.id != old.id) {
             if let Ok(report) = self.report(node).await {
-                if report.role == Role::Replica || self.detached.contains(&node.id) {
+                if report.role == Role::Replica || self.was_detached(node) {
                     // A replica whose offset went backwards lost what it
                     // had: it answers, but cannot vouch for past writes.
                     if report.offset >= self.most_seen(node) {
@@ -515,10 +541,16 @@ impl Controller {
         // offset says how much of its stream may be missing: nothing that
         // was acknowledged under a quorum, but asynchronous writes can be.
         let behind = old.offset().saturating_sub(offset);
+        if acks == 0 {
+            self.shard
+                .durability
+                .lost_bytes
+                .fetch_add(behind, std::sync::atomic::Ordering::Relaxed);
+        }
         let loss = match (acks, behind) {
             (_, 0) => "no replication lag at the last probe".to_string(),
-            (0, n) => format!("asynchronous writes: up to {n} bytes of the old primary's replication stream (acknowledged writes) may be lost"),
-            (_, n) => format!("{n} bytes behind the old primary's last probe: writes that were not acknowledged"),
+            (0, n) => format!("asynchronous writes: {n} bytes of the old primary's replication stream, acknowledged to clients, are not on the new primary (rampart_failover_lost_bytes_total)"),
+            (_, n) => format!("{n} bytes behind the old primary's last probe: writes that were not acknowledged (a synchronous write is acknowledged only once a replica that could be elected holds it)"),
         };
         self.event(
             "promoted",
@@ -668,6 +700,7 @@ impl Controller {
         // resynced would be failed over again at the next tick, and its
         // replicas, which trust only a trusted primary, never trusted.
         target.trust_again();
+        target.set_detached(false);
         self.shard.set_primary(target, epoch);
         self.shard.set_failing_over(false);
         Ok(epoch)
@@ -723,6 +756,7 @@ impl Controller {
             match self.command(node, &["REPLICAOF", "NO", "ONE"]).await {
                 Ok(_) => {
                     self.detached.insert(node.id);
+                    node.set_detached(true);
                     self.event(
                         "replica-detached",
                         Some(node),
@@ -734,6 +768,18 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// Whether `node` claims to be a primary only because Rampart detached
+    /// it from a primary that was down: this controller, another part of
+    /// this process, or (with `[coordination]`) another instance did.
+    fn was_detached(&self, node: &Node) -> bool {
+        self.detached.contains(&node.id)
+            || node.is_detached()
+            || self
+                .coordination
+                .as_ref()
+                .is_some_and(|c| c.detached_by_anyone(&self.shard.name, &node.addr))
     }
 
     /// `rampart promote --force`: makes `target` the primary now, whatever
@@ -935,20 +981,23 @@ impl Controller {
             return;
         };
         match self.command(node, &["REPLICAOF", host, port]).await {
-            Ok(_) => self.event(
-                kind,
-                Some(node),
-                format!(
-                    "now follows {} (it was {})",
-                    primary.addr,
-                    match node.role() {
-                        Role::Primary => "claiming to be primary".to_string(),
-                        _ => format!("following {}", node.master().unwrap_or_default()),
-                    }
-                ),
-            ),
-            Err(e) => tracing::warn!(node = %node.addr, error = %e, "REPLICAOF failed; will retry"),
+            Ok(_) => node.set_detached(false),
+            Err(e) => {
+                return tracing::warn!(node = %node.addr, error = %e, "REPLICAOF failed; will retry")
+            }
         }
+        self.event(
+            kind,
+            Some(node),
+            format!(
+                "now follows {} (it was {})",
+                primary.addr,
+                match node.role() {
+                    Role::Primary => "claiming to be primary".to_string(),
+                    _ => format!("following {}", node.master().unwrap_or_default()),
+                }
+            ),
+        );
     }
 
     /// With `manage_replication`: the primary refuses writes unless enough

@@ -18,6 +18,7 @@
 pub mod fanout;
 pub mod lag;
 pub mod quorum;
+pub mod window;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
@@ -40,6 +41,12 @@ pub struct Durability {
     pub shortfalls: AtomicU64,
     /// Writes answered with `-NOQUORUM`.
     pub failed_writes: AtomicU64,
+    /// With `[coordination]`: until when this instance may acknowledge
+    /// writes to the shard.
+    pub window: window::WriteWindow,
+    /// Bytes of the replication stream, acknowledged to clients as
+    /// asynchronous writes, that a promoted replica lacked.
+    pub lost_bytes: AtomicU64,
 }
 
 impl Durability {
@@ -109,6 +116,12 @@ pub fn parse_wait_reply(reply: &[u8]) -> u32 {
         .and_then(|digits| digits.parse::<i64>().ok())
         .map_or(0, |n| n.clamp(0, u32::MAX as i64) as u32)
 }
+
+/// What a synchronous write is answered with when its `WAIT` came back
+/// after this instance's view of the coordination store expired: another
+/// instance may have named a new primary meanwhile, so the replica that
+/// acknowledged it may be repointed and lose it.
+pub const VIEW_EXPIRED: &str = "TRYAGAIN this Rampart instance's view of the coordination store expired before the write was confirmed; it was applied on the primary and may or may not survive a failover";
 
 /// What a write that did not reach its quorum is answered with. Redis cannot
 /// roll a write back, so the client must be told it may still be there.

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::backend::NodePool;
 use crate::config::ReadFrom;
 use crate::replicate::lag::OffsetHistory;
+use crate::replicate::window::Admit;
 use crate::replicate::{Durability, DurabilityView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -115,6 +116,10 @@ pub struct Node {
     /// did not persist is gone, and it cannot vouch for acknowledged
     /// writes until it has caught up from a node that can.
     restarted: AtomicBool,
+    /// Rampart told this replica to stop following a primary that was down
+    /// (`REPLICAOF NO ONE`) to keep its copy safe: it claims to be a primary
+    /// but is a candidate for promotion like a replica.
+    detached: AtomicBool,
     pub pool: NodePool,
     /// Shared by all nodes: bumped when any node's role, health or fitness
     /// for reads changes, so policies that cache the node list know to
@@ -145,6 +150,7 @@ impl Node {
             version: Mutex::new(None),
             run_id: Mutex::new(None),
             restarted: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
             pool,
         }
     }
@@ -237,6 +243,15 @@ impl Node {
     /// trusted, or its offset went backwards.
     pub fn is_stale(&self) -> bool {
         self.restarted.load(Ordering::Acquire) || self.offset() < self.max_offset()
+    }
+
+    /// Marks the node as detached (or following again).
+    pub fn set_detached(&self, detached: bool) {
+        self.detached.store(detached, Ordering::Release);
+    }
+
+    pub fn is_detached(&self) -> bool {
+        self.detached.load(Ordering::Acquire)
     }
 
     /// Distrusts the node's data until it resyncs or an operator decides.
@@ -503,12 +518,25 @@ impl Shard {
     /// replaced. A suspect primary (a failed probe or a broken link) is
     /// not sent new writes: they wait until it answers again or a failover
     /// replaces it, a pause for the client instead of an error.
+    ///
+    /// With `[coordination]` the write window decides too, checked here on
+    /// every write rather than by the coordination loop: past it another
+    /// instance may have named a new primary. Under failsafe a primary that
+    /// restarted or lost data is never written to (nobody can fail it
+    /// over while etcd is out, and what it lacks must not become the
+    /// truth).
     pub fn primary(&self) -> Option<&Arc<Node>> {
-        if self.failing_over.load(Ordering::Acquire) || self.view_stale.load(Ordering::Acquire) {
+        if self.failing_over.load(Ordering::Acquire) {
             return None;
         }
-        self.primary_node()
-            .filter(|node| node.health() == Health::Up)
+        let node = self
+            .primary_node()
+            .filter(|node| node.health() == Health::Up)?;
+        match self.durability.window.admits() {
+            Admit::Open => Some(node),
+            Admit::Failsafe if !node.is_stale() => Some(node),
+            _ => None,
+        }
     }
 
     /// Whether `node` is one of this shard's.
