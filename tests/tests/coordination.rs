@@ -788,6 +788,74 @@ fn cut_off_holder_and_a_split_lose_no_acknowledged_write() {
     assert_nothing_lost(&d, &primary, &outcomes);
 }
 
+/// etcd returns while the other instances still write under failsafe:
+/// the lease holder reads etcd first (the others stay cut off from it) and
+/// fails over a primary only it can no longer reach, while the others,
+/// still reaching it, were writing on the strength of the holder's own
+/// "I cannot read etcd either". The fence must wait for their failsafe to
+/// end.
+#[test]
+fn etcd_returning_during_failsafe_loses_no_acknowledged_write() {
+    let mut d = deploy_users(EtcdCluster::start(3), 3, "", "", true);
+    let (holder, primary) = d.wait_agreed();
+    let others: Vec<String> = d
+        .instances
+        .iter()
+        .filter(|i| i.name != holder)
+        .map(|i| i.name.clone())
+        .collect();
+    let urls: Vec<String> = d.instances.iter().map(|i| i.url()).collect();
+    let work = Workload::over(&urls, 6, 0, true);
+    d.etcd.stop(1);
+    d.etcd.stop(2);
+    wait_until("failsafe everywhere", Duration::from_secs(10), || {
+        d.live()
+            .iter()
+            .all(|i| i.topology()["coordination"]["failsafe"] == true)
+    });
+    for name in &others {
+        d.instance(name).cut_from_etcd(true);
+    }
+    let p = d.node_index(&primary);
+    d.redis.nodes[p].cli(&["ACL", "SETUSER", &holder, "off"]);
+    d.redis.nodes[p].cli(&["CLIENT", "KILL", "USER", &holder]);
+    std::thread::sleep(Duration::from_millis(300));
+    d.etcd.restart(1);
+    d.etcd.restart(2);
+    let promoted = {
+        let mut found = None;
+        wait_until(
+            "the holder to fail over",
+            Duration::from_secs(30),
+            || match d.instance(&holder).primary() {
+                Some(p) if p != primary => {
+                    found = Some(p);
+                    true
+                }
+                _ => false,
+            },
+        );
+        found.expect("promoted")
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    d.redis.nodes[p].cli(&["ACL", "SETUSER", &holder, "on"]);
+    for name in &others {
+        d.instance(name).cut_from_etcd(false);
+    }
+    let primary = settle(&d);
+    assert_eq!(primary, promoted);
+    std::thread::sleep(Duration::from_millis(500));
+    let outcomes = work.finish();
+    eprintln!(
+        "{} acknowledged, {} failed, {} unknown",
+        outcomes.acked.len(),
+        outcomes.failed,
+        outcomes.unknown
+    );
+    assert!(outcomes.acked.len() > 100, "the workload ran");
+    assert_nothing_lost(&d, &primary, &outcomes);
+}
+
 #[test]
 fn paused_holder_steps_back() {
     let mut d = deploy(2, "");
