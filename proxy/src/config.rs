@@ -744,6 +744,31 @@ pub enum ReadFrom {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+/// The largest configuration file read: far above any real one, and what
+/// keeps `check-config /dev/zero` from eating the machine.
+pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
+
+/// Reads a text file of at most `max` bytes: refused beyond that (a
+/// device such as `/dev/zero`, a file given by mistake), and refused if it
+/// is not UTF-8 or holds NUL bytes, before a parser quotes it back whole.
+pub fn read_text(path: &Path, max: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    if bytes.len() > max {
+        return Err(invalid(format!("larger than {} KiB", max / 1024)));
+    }
+    if let Some(at) = bytes.iter().position(|b| *b == 0) {
+        return Err(invalid(format!(
+            "a NUL byte at offset {at}: not a text file"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| invalid(format!("not UTF-8: {e}")))
+}
+
 impl Config {
     /// Which shard owns each hash slot, from the shards' `slots`: shard
     /// indexes follow the order of `shards` (by name).
@@ -773,7 +798,7 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
+        let text = read_text(path, MAX_CONFIG_BYTES)
             .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
         Config::parse_with(&text, |name| std::env::var(name).ok())
             .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))

@@ -57,6 +57,8 @@ pub struct Context {
     pub guard: crate::client::guard::Guard,
     /// Every connected client, for `CLIENT LIST`, `KILL`, `UNBLOCK`.
     pub registry: Arc<crate::client::registry::Registry>,
+    /// Wrong passwords, per source address and in total.
+    pub auth_throttle: crate::client::throttle::AuthThrottle,
 }
 
 /// Counts a connected client for `max_clients` while it lives.

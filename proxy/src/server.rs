@@ -260,6 +260,7 @@ impl Server {
                 config.backend.username.as_deref(),
             ),
             registry: Arc::default(),
+            auth_throttle: Default::default(),
             config,
         });
 

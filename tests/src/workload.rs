@@ -2,7 +2,7 @@
 //! recording each write as acknowledged, failed (the error says it did not
 //! run) or unknown (it may have).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -153,5 +153,58 @@ impl Workload {
             .ok()
             .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
             .unwrap_or_default()
+    }
+}
+
+/// A client that keeps doing SET/GET and counts failures, until stopped.
+pub struct Bystander {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Bystander {
+    pub fn start(proxy: &Proxy) -> Bystander {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let client = proxy.client();
+        // A key of its own: bystanders side by side must not read each
+        // other's values.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let key = format!("bystander:{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let thread = std::thread::spawn(move || {
+            let mut c = client.get_connection().unwrap();
+            let mut i = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                i += 1;
+                let set: redis::RedisResult<()> = redis::Commands::set(&mut c, &key, i);
+                let get: redis::RedisResult<u64> = redis::Commands::get(&mut c, &key);
+                match (set, get) {
+                    (Ok(()), Ok(v)) if v == i => o.fetch_add(1, Ordering::Relaxed),
+                    _ => f.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        });
+        Bystander {
+            stop,
+            ok,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops and returns (ok, failed).
+    pub fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
     }
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rampart_tests::workload::Bystander;
 use rampart_tests::{wait_until, Cluster, Proxy, Setup};
 use redis::Commands;
 
@@ -19,55 +20,6 @@ fn send_raw(port: u16, input: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     out
-}
-
-/// A client that keeps doing SET/GET and counts failures, until stopped.
-struct Bystander {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Bystander {
-    fn start(proxy: &Proxy) -> Bystander {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let client = proxy.client();
-        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
-        let thread = std::thread::spawn(move || {
-            let mut c = client.get_connection().unwrap();
-            let mut i = 0u64;
-            while !s.load(Ordering::Relaxed) {
-                i += 1;
-                let set: redis::RedisResult<()> = c.set("bystander", i);
-                let get: redis::RedisResult<u64> = c.get("bystander");
-                match (set, get) {
-                    (Ok(()), Ok(v)) if v == i => o.fetch_add(1, Ordering::Relaxed),
-                    _ => f.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        });
-        Bystander {
-            stop,
-            ok,
-            failed,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops and returns (ok, failed).
-    fn finish(mut self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use redis_protocol::resp3;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::net::tls::Connector;
@@ -50,6 +50,9 @@ impl Session {
 }
 
 /// Connects and runs the handshake, all within the connect timeout.
+/// The largest handshake reply accepted (HELLO's map is a few hundred bytes).
+const HANDSHAKE_MAX_REPLY: usize = 1024 * 1024;
+
 pub async fn connect(
     addr: &str,
     opts: &ConnectOptions,
@@ -138,37 +141,24 @@ async fn connect_inner(
     let mut seen = 0;
     let mut id = None;
     while seen < expected {
-        match resp3::decode::complete::decode(&buf) {
-            Ok(Some((frame, used))) => {
-                let _ = buf.split_to(used);
-                seen += 1;
-                // The CLIENT ID comes last; a user whose ACL does not allow
-                // it simply has no id (its blocked commands are then ended by
-                // closing the connection rather than by CLIENT UNBLOCK).
-                let is_id = want_id && seen == expected;
-                match frame {
-                    resp3::types::OwnedFrame::SimpleError { .. } if is_id => {}
-                    resp3::types::OwnedFrame::SimpleError { data, .. } => {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::PermissionDenied,
-                            format!("handshake refused: {data}"),
-                        ));
-                    }
-                    resp3::types::OwnedFrame::Number { data, .. } if is_id => id = Some(data),
-                    _ => {}
-                }
-            }
-            Ok(None) => {
-                if stream.read_buf(&mut buf).await? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-            }
-            Err(e) => {
+        let frame = super::control::read_frame(&mut stream, &mut buf, HANDSHAKE_MAX_REPLY)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("handshake reply: {e}")))?;
+        seen += 1;
+        // The CLIENT ID comes last; a user whose ACL does not allow
+        // it simply has no id (its blocked commands are then ended by
+        // closing the connection rather than by CLIENT UNBLOCK).
+        let is_id = want_id && seen == expected;
+        match frame {
+            resp3::types::OwnedFrame::SimpleError { .. } if is_id => {}
+            resp3::types::OwnedFrame::SimpleError { data, .. } => {
                 return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("handshake reply: {e}"),
-                ))
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("handshake refused: {data}"),
+                ));
             }
+            resp3::types::OwnedFrame::Number { data, .. } if is_id => id = Some(data),
+            _ => {}
         }
     }
     Ok((stream, id))

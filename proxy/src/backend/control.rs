@@ -18,6 +18,60 @@ pub struct Control {
     /// Hides this connection's commands from clients' MONITOR.
     _mark: super::own::Mark,
     buf: BytesMut,
+    /// The largest reply accepted, in bytes.
+    max_reply: usize,
+}
+
+/// The deepest reply a control connection decodes. `redis-protocol` decodes
+/// recursively: a node answering a reply nested thousands deep (a hostile
+/// node, or a script's reply) would overflow the stack, so the nesting is
+/// measured first, without recursion.
+pub const MAX_DEPTH: usize = 128;
+
+/// The largest control reply by default: INFO, ROLE, CONFIG GET, a SCAN
+/// page are far below it.
+pub const MAX_REPLY: usize = 64 * 1024 * 1024;
+
+/// Reads one complete reply from `stream` (appending to `buf`) and decodes
+/// it: refused, with the connection to be dropped, when it grows past
+/// `max_bytes` or nests deeper than [`MAX_DEPTH`].
+pub(super) async fn read_frame(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    max_bytes: usize,
+) -> std::io::Result<OwnedFrame> {
+    use crate::resp::ReplyScanner;
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut scanner = ReplyScanner::new(MAX_DEPTH);
+    loop {
+        match scanner.scan(buf) {
+            Ok(Some(len)) => {
+                if crate::resp::reply::nesting_exceeds(&buf[..len], MAX_DEPTH) {
+                    let _ = buf.split_to(len);
+                    return Err(invalid(format!(
+                        "reply nested deeper than {MAX_DEPTH} levels"
+                    )));
+                }
+                return match redis_protocol::resp3::decode::complete::decode(&buf[..len]) {
+                    Ok(Some((frame, used))) => {
+                        let _ = buf.split_to(used);
+                        Ok(frame)
+                    }
+                    Ok(None) => Err(invalid("incomplete reply".into())),
+                    Err(e) => Err(invalid(e.to_string())),
+                };
+            }
+            Ok(None) => {
+                if buf.len() > max_bytes {
+                    return Err(invalid(format!("reply larger than {max_bytes} bytes")));
+                }
+                if stream.read_buf(buf).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            Err(e) => return Err(invalid(e.to_string())),
+        }
+    }
 }
 
 impl Control {
@@ -33,7 +87,15 @@ impl Control {
             _mark: super::own::Mark::new(&stream, super::own::Kind::Control),
             stream,
             buf: BytesMut::with_capacity(4096),
+            max_reply: MAX_REPLY,
         })
+    }
+
+    /// Refuses replies larger than `bytes` (probes expect small ones: a node
+    /// answering INFO with a gigabyte must not make Rampart hold it).
+    pub fn limit_replies(mut self, bytes: usize) -> Control {
+        self.max_reply = bytes;
+        self
     }
 
     /// Sends one command and waits up to `timeout` for its reply. An error
@@ -59,25 +121,9 @@ impl Control {
         self.stream.write_all(&out).await?;
         self.stream.flush().await?;
         loop {
-            match redis_protocol::resp3::decode::complete::decode(&self.buf) {
-                Ok(Some((frame, used))) => {
-                    let _ = self.buf.split_to(used);
-                    if matches!(frame, OwnedFrame::Push { .. }) {
-                        continue;
-                    }
-                    return Ok(frame);
-                }
-                Ok(None) => {
-                    if self.stream.read_buf(&mut self.buf).await? == 0 {
-                        return Err(std::io::ErrorKind::UnexpectedEof.into());
-                    }
-                }
-                Err(e) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        e.to_string(),
-                    ))
-                }
+            let frame = read_frame(&mut self.stream, &mut self.buf, self.max_reply).await?;
+            if !matches!(frame, OwnedFrame::Push { .. }) {
+                return Ok(frame);
             }
         }
     }

@@ -186,8 +186,7 @@ fn upload(admin: &Admin, load: Load, mode: &str) -> Result<(), Failure> {
             if let Some(name) = name {
                 query.push_str(&format!("&name={}", encode(&name)));
             }
-            std::fs::read(&path)
-                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?
+            crate::policy::file::read(&path, &path.display().to_string()).map_err(Failure::Usage)?
         }
     };
     let path = format!("/v1/policies/{}{mode}?{query}", load.kind.path());

@@ -136,7 +136,7 @@ struct ProbeSpec {
 }
 
 pub fn test(args: Test) -> Result<(), Failure> {
-    let text = std::fs::read_to_string(&args.scenario)
+    let text = crate::config::read_text(&args.scenario, crate::config::MAX_CONFIG_BYTES)
         .map_err(|e| Failure::Usage(format!("{}: {e}", args.scenario.display())))?;
     let scenario: Scenario = toml::from_str(&text)
         .map_err(|e| Failure::Usage(format!("{}: {e}", args.scenario.display())))?;

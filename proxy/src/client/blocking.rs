@@ -247,6 +247,11 @@ impl Plain {
 
 /// Decodes one reply in the client's protocol.
 pub(crate) fn decode(data: &[u8], proto: Proto) -> Option<Plain> {
+    // `redis-protocol` decodes recursively: a node's reply nested thousands
+    // deep must not reach it.
+    if crate::resp::reply::nesting_exceeds(data, crate::backend::control::MAX_DEPTH) {
+        return None;
+    }
     match proto {
         Proto::Resp2 => {
             use redis_protocol::resp2::types::OwnedFrame as F;

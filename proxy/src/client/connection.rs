@@ -329,6 +329,9 @@ impl Connection {
             return self.send_piped(req).await;
         }
         let class = classify(&req);
+        if class == Class::Local(crate::resp::command::Local::CrossProtocol) {
+            return self.cross_protocol().await;
+        }
         if !self.session.authed
             && !matches!(
                 class,

@@ -92,9 +92,12 @@ impl Connection {
                 let reply = match args.len() {
                     2 => self.authenticate(None, &args[1]).await,
                     3 => self.authenticate(Some(&args[1]), &args[2]).await,
-                    _ => wrong_args("auth"),
+                    _ => Some(wrong_args("auth")),
                 };
-                self.reply(reply).await
+                match reply {
+                    Some(reply) => self.reply(reply).await,
+                    None => Flow::Stop,
+                }
             }
             Local::Hello => self.hello(req).await,
             Local::Select => self.select(req).await,
@@ -168,6 +171,7 @@ impl Connection {
                 let reply = self.policy(&req).await;
                 self.reply(reply).await
             }
+            Local::CrossProtocol => self.cross_protocol().await,
             Local::Rampart => {
                 let reply = self.rampart(&req);
                 self.reply(reply).await
@@ -446,23 +450,46 @@ impl Connection {
         )
     }
 
+    /// `POST` / `Host:` as a command: what Redis does, word for word in
+    /// the log (at most once a second), and the connection closed with no
+    /// reply. Nothing of it reaches a node.
+    pub(super) async fn cross_protocol(&mut self) -> Flow {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static LAST_LOG_S: AtomicU64 = AtomicU64::new(0);
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if LAST_LOG_S.swap(now_s, Ordering::Relaxed) != now_s {
+            tracing::warn!(
+                client = %self.registration.entry.addr,
+                "Possible SECURITY ATTACK detected. It looks like somebody is sending POST or Host: commands to Redis. This is likely due to an attacker attempting to use Cross Protocol Scripting to compromise your Redis instance. Connection aborted."
+            );
+        }
+        Flow::Stop
+    }
+
     /// `AUTH [user] password`: Rampart's own password (`proxy.password`)
     /// when one is set and matches; otherwise the nodes' ACL users, checked
     /// by the primary itself, so its answers (`WRONGPASS`, the error for a
     /// password with none configured) are Redis's own.
-    async fn authenticate(&mut self, user: Option<&Bytes>, password: &Bytes) -> Value {
+    ///
+    /// `None`: too many wrong passwords from this client's address; the
+    /// connection is closed without an answer.
+    async fn authenticate(&mut self, user: Option<&Bytes>, password: &Bytes) -> Option<Value> {
         let reply = self.check_credentials(user, password).await;
-        if matches!(&reply, Value::Error(e) if e.starts_with("WRONGPASS")) {
-            self.auth_failed().await;
+        if matches!(&reply, Value::Error(e) if e.starts_with("WRONGPASS"))
+            && !self.auth_failed().await
+        {
+            return None;
         }
-        reply
+        Some(reply)
     }
 
     /// A wrong password: counted, logged (at most once a second for the
     /// whole process, so a flood of guesses cannot flood the log), and
-    /// slowed down on this connection from the fourth on: 100 ms,
-    /// doubling, at most 2 s a guess.
-    async fn auth_failed(&mut self) {
+    /// answered when the client's address may have its next wrong answer
+    /// (see [`super::throttle`]). False: close the connection unanswered.
+    async fn auth_failed(&mut self) -> bool {
         use std::sync::atomic::{AtomicU64, Ordering};
         static LAST_LOG_S: AtomicU64 = AtomicU64::new(0);
         self.session.auth_failures += 1;
@@ -477,25 +504,42 @@ impl Connection {
                 "AUTH with a wrong password (logged at most once a second)"
             );
         }
-        if let Some(extra) = self.session.auth_failures.checked_sub(4) {
-            let delay_ms = (100u64 << extra.min(5)).min(2000);
-            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        use super::throttle::Verdict;
+        match self
+            .ctx
+            .auth_throttle
+            .failed(self.registration.entry.addr.ip())
+        {
+            Verdict::AnswerAt(at) => {
+                tokio::time::sleep_until(at.into()).await;
+                true
+            }
+            Verdict::Close => false,
         }
     }
 
+    /// With `proxy.password` set, Rampart's password alone guards its own
+    /// user (`proxy.username`, `default` unless set) and the `default`
+    /// user, however the request names them (`AUTH pass`, `AUTH default
+    /// pass`, `HELLO 3 AUTH default pass`): the nodes' `default` user is
+    /// usually `nopass` and would accept anything. Only other user names
+    /// are the nodes' ACL users, checked by the primary.
     async fn check_credentials(&mut self, user: Option<&Bytes>, password: &Bytes) -> Value {
         let config = &self.ctx.config.proxy;
         if let Some(expected) = &config.password {
             let expected_user = config.username.as_deref().unwrap_or("default");
+            let guarded =
+                user.is_none_or(|u| &u[..] == expected_user.as_bytes() || &u[..] == b"default");
+            if !guarded {
+                return self.node_auth(user, password).await;
+            }
             let user_ok = user.is_none_or(|u| &u[..] == expected_user.as_bytes());
             if user_ok && constant_time_eq(password, expected.as_bytes()) {
                 self.session.authed = true;
                 self.switch_user(None).await;
                 return Value::ok();
             }
-            if user.is_none() {
-                return Value::err(WRONGPASS);
-            }
+            return Value::err(WRONGPASS);
         }
         self.node_auth(user, password).await
     }
@@ -606,9 +650,12 @@ impl Connection {
             let option = crate::resp::request::CommandName::new(&args[i]);
             match option.as_bytes() {
                 b"AUTH" if i + 2 < args.len() => {
-                    let reply = self
+                    let Some(reply) = self
                         .authenticate(Some(&args[i + 1].clone()), &args[i + 2].clone())
-                        .await;
+                        .await
+                    else {
+                        return Flow::Stop;
+                    };
                     if matches!(reply, Value::Error(_)) {
                         return self.reply(reply).await;
                     }

@@ -19,6 +19,7 @@ mod pin;
 mod pipe;
 pub mod registry;
 mod slowlog;
+pub mod throttle;
 
 pub use local::constant_time_eq;
 mod session;

@@ -40,8 +40,10 @@ impl Coordination {
                 id
             }
         };
+        // One key per life of the process: a restarted instance's events
+        // from before the restart stay beside the new ones.
         let put = Op::Put {
-            key: format!("{}/~events/{}", self.prefix, self.instance),
+            key: format!("{}/~events/{}/{}", self.prefix, self.instance, self.life),
             value: serde_json::to_vec(kept).unwrap_or_default(),
             lease,
         };
@@ -51,7 +53,8 @@ impl Coordination {
     }
 
     /// Every other instance's published events, each with its
-    /// `instance`, and this instance's own, oldest first.
+    /// `instance`, this instance's from before it restarted, and its own,
+    /// oldest first.
     pub async fn all_events(&self) -> Result<Vec<serde_json::Value>, String> {
         let (_, kvs) = self
             .etcd
@@ -59,9 +62,15 @@ impl Coordination {
             .await
             .map_err(|e| e.to_string())?;
         let mut all: Vec<serde_json::Value> = Vec::new();
+        let prefix = format!("{}/~events/", self.prefix);
         for kv in kvs {
-            let instance = kv.key.rsplit('/').next().unwrap_or_default().to_string();
-            if instance == self.instance {
+            let name = kv.key.strip_prefix(&prefix).unwrap_or_default();
+            let (instance, life) = match name.rsplit_once('/') {
+                Some((instance, life)) => (instance.to_string(), life.parse().ok()),
+                None => (name.to_string(), None),
+            };
+            if instance == self.instance && life == Some(self.life) {
+                // This life's own come from memory, newest included.
                 continue;
             }
             let events: Vec<serde_json::Value> =

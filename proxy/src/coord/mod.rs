@@ -160,6 +160,9 @@ struct View {
 
 pub struct Coordination {
     pub instance: String,
+    /// When this process started (ms since the Unix epoch): tells its
+    /// published events from those of the same instance before a restart.
+    life: u64,
     listen: String,
     admin: Option<String>,
     etcd: Etcd,
@@ -223,6 +226,7 @@ impl Coordination {
         });
         Coordination {
             instance: config.instance_id(&listen),
+            life: now_ms(),
             listen,
             admin,
             etcd,

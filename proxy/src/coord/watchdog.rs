@@ -20,6 +20,20 @@ impl Coordination {
     pub(super) async fn watchdog(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let tick = (self.poll / 2).clamp(Duration::from_millis(5), Duration::from_millis(50));
         let mut last_failsafe: Option<Instant> = None;
+        // Until etcd was read once, writes are held without a word: that
+        // is starting, not losing the view.
+        while self.view().read_at.is_none() {
+            for shard in &self.shards {
+                shard.set_view_stale(true);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+        for shard in &self.shards {
+            shard.set_view_stale(false);
+        }
         loop {
             self.watch_once(&mut last_failsafe).await;
             tokio::select! {

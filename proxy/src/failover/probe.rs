@@ -238,6 +238,9 @@ async fn kill_script(conn: &mut Control, timeout: Duration) -> (&'static str, St
     )
 }
 
+/// The largest reply a probe accepts.
+const PROBE_MAX_REPLY: usize = 1024 * 1024;
+
 async fn probe_once(
     node: &Node,
     control: &mut Option<Control>,
@@ -245,9 +248,12 @@ async fn probe_once(
     timeout: Duration,
 ) -> std::io::Result<Answer> {
     if control.is_none() {
+        // A probe's replies are small: a node answering with a gigabyte
+        // is dropped, not buffered.
         let mut fresh = tokio::time::timeout(timeout, Control::connect(&node.addr, opts))
             .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??
+            .limit_replies(PROBE_MAX_REPLY);
         if let Some(info) = fresh
             .call(&["INFO", "server"], timeout)
             .await

@@ -89,6 +89,12 @@ pub enum Local {
     /// Redis Cluster computes it (a node outside cluster mode refuses it).
     KeySlot,
     Rampart,
+    /// `POST` or `Host:`: an HTTP request sent to the Redis port (a
+    /// cross-protocol attack from a browser, or a misdirected client).
+    /// Redis logs it and closes the connection without a reply; so does
+    /// Rampart, and never forwards it, since a node would close the shared
+    /// link it arrived on.
+    CrossProtocol,
 }
 
 /// Why SHUTDOWN, SYNC and PSYNC are refused.
@@ -141,6 +147,7 @@ fn exact(n: &[u8]) -> Option<Class> {
         b"PING" => Local(self::Local::Ping),
         b"ECHO" => Local(self::Local::Echo),
         b"QUIT" => Local(self::Local::Quit),
+        b"POST" | b"HOST:" => Local(self::Local::CrossProtocol),
         b"HELLO" => Local(self::Local::Hello),
         b"AUTH" => Local(self::Local::Auth),
         b"SELECT" => Local(self::Local::Select),

@@ -380,3 +380,72 @@ mod tests {
         }
     }
 }
+
+/// Whether the complete reply `reply` (already checked to be valid RESP)
+/// nests aggregates deeper than `max`, counted level by level.
+pub fn nesting_exceeds(reply: &[u8], max: usize) -> bool {
+    let mut open: Vec<u64> = Vec::new();
+    let mut pos = 0;
+    while pos < reply.len() {
+        let kind = reply[pos];
+        let Some(end) = reply[pos..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|i| pos + i)
+        else {
+            return false;
+        };
+        let n: i64 = std::str::from_utf8(&reply[pos + 1..end])
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        pos = end + 2;
+        let mut done = true;
+        match kind {
+            b'$' | b'!' | b'=' if n > 0 => pos += n as usize + 2,
+            b'*' | b'~' | b'>' | b'%' | b'|' if n > 0 => {
+                let items = if matches!(kind, b'%' | b'|') {
+                    2 * n
+                } else {
+                    n
+                };
+                open.push(items as u64);
+                if open.len() > max {
+                    return true;
+                }
+                done = false;
+            }
+            _ => {}
+        }
+        while done {
+            match open.last_mut() {
+                Some(left) if *left > 1 => {
+                    *left -= 1;
+                    done = false;
+                }
+                Some(_) => {
+                    open.pop();
+                }
+                None => done = false,
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod nesting_tests {
+    use super::nesting_exceeds;
+
+    #[test]
+    fn nesting_is_measured_level_by_level() {
+        let deep = "*1\r\n".repeat(5000) + ":1\r\n";
+        assert!(nesting_exceeds(deep.as_bytes(), 128));
+        let ok = "*1\r\n".repeat(100) + ":1\r\n";
+        assert!(!nesting_exceeds(ok.as_bytes(), 128));
+        // Siblings do not add up: a map of arrays is two levels.
+        let wide = "%2\r\n$1\r\na\r\n*2\r\n:1\r\n:2\r\n$1\r\nb\r\n*1\r\n$3\r\nxyz\r\n";
+        assert!(!nesting_exceeds(wide.as_bytes(), 2));
+        assert!(nesting_exceeds(wide.as_bytes(), 1));
+    }
+}
