@@ -840,6 +840,17 @@ impl Config {
         if let Some(coordination) = &self.coordination {
             coordination.validate(self)?;
         }
+        for (field, value) in [
+            ("proxy.password", &self.proxy.password),
+            ("admin.token", &self.admin.token),
+            ("backend.password", &self.backend.password),
+        ] {
+            if value.as_deref() == Some("") {
+                return Err(ConfigError(format!(
+                    "field `{field}`: empty; an empty secret is no secret (remove the line to have none)"
+                )));
+            }
+        }
         let listen = &self.proxy.listen;
         if self.proxy.protected_mode && self.proxy.password.is_none() && !is_loopback(listen) {
             return Err(ConfigError(format!(
@@ -871,11 +882,14 @@ impl Config {
                     .into(),
             ));
         }
+        for name in self.shards.keys() {
+            check_shard_name(name)?;
+        }
         self.slot_map()?;
-        let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
         for (name, shard) in &self.shards {
             for node in &shard.nodes {
-                if let Some(other) = seen.insert(node, name) {
+                if let Some(other) = seen.insert(same_node(node), name) {
                     if other != name {
                         return Err(ConfigError(format!(
                             "field `shards.{name}.nodes`: {node} is also a node of shard '{other}'"
@@ -990,6 +1004,36 @@ fn is_loopback(listen: &str) -> bool {
 }
 
 /// `host:port` with a non-empty host and a numeric port.
+/// Shard names become file names (`failover.state_dir`), etcd keys and
+/// metric labels: letters, digits, `-`, `_` and `.`, not starting with a
+/// dot, at most 64.
+fn check_shard_name(name: &str) -> Result<(), ConfigError> {
+    let fine = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if fine {
+        return Ok(());
+    }
+    Err(ConfigError(format!(
+        "field `shards`: '{}' is not a shard name: use letters, digits, '-', '_' and '.' (not first), at most 64",
+        name.escape_debug()
+    )))
+}
+
+/// A node address as compared for "the same node twice": `localhost` and
+/// the loopback addresses are one host.
+fn same_node(addr: &str) -> String {
+    match addr.rsplit_once(':') {
+        Some(("localhost" | "127.0.0.1" | "[::1]" | "::1", port)) => {
+            format!("loopback:{port}")
+        }
+        _ => addr.to_ascii_lowercase(),
+    }
+}
+
 fn check_addr(field: &str, value: &str) -> Result<(), ConfigError> {
     let ok = value
         .rsplit_once(':')
@@ -1014,6 +1058,27 @@ mod tests {
         nodes = ["127.0.0.1:7001", "127.0.0.1:7002"]
         read_from = "replicas"
     "#;
+
+    #[test]
+    fn empty_secrets_unsafe_shard_names_and_one_node_twice_are_refused() {
+        let shard = "[shards.main]\nnodes = [\"127.0.0.1:7001\"]\n";
+        for (sections, expected) in [
+            ("password = \"\"\n", "proxy.password"),
+            ("[admin]\ntoken = \"\"\n", "admin.token"),
+        ] {
+            let text = format!("[proxy]\nlisten = \"127.0.0.1:6380\"\n{sections}{shard}");
+            let e = Config::parse(&text).unwrap_err().0;
+            assert!(e.contains(expected) && e.contains("empty"), "{e}");
+        }
+        let e = Config::parse("[proxy]\nlisten = \"127.0.0.1:6380\"\n[shards.\"../../escaped\"]\nnodes = [\"127.0.0.1:7001\"]\n")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("not a shard name"), "{e}");
+        let two = "[proxy]\nlisten = \"127.0.0.1:6380\"\n[shards.a]\nnodes = [\"127.0.0.1:1\"]\nslots = \"0-8191\"\n\
+                   [shards.b]\nnodes = [\"localhost:1\"]\nslots = \"8192-16383\"\n";
+        let e = Config::parse(two).unwrap_err().0;
+        assert!(e.contains("also a node of shard"), "{e}");
+    }
 
     #[test]
     fn protected_mode_wants_a_password_off_loopback() {

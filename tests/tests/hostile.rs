@@ -88,7 +88,8 @@ fn password_guesses_are_slowed_per_source_and_never_the_right_one() {
         },
     );
     // A fresh connection for every guess, as a brute-forcer does: the
-    // first four are answered at once, then 100, 200, 400, 800 ms apart.
+    // first three are answered at once, then 100, 200, 400, 800, 1000 ms
+    // apart.
     let started = Instant::now();
     for _ in 0..8 {
         let refused = answer(&proxy, &["AUTH", "guess"]).expect_err("refused");
@@ -224,4 +225,32 @@ fn a_node_answering_too_deep_or_too_large_is_refused_and_nobody_notices() {
     );
     let topology = proxy.cli(&["RAMPART", "TOPOLOGY"]);
     assert!(topology.contains("\"health\""), "{topology}");
+}
+
+#[test]
+fn silent_connections_do_not_lock_the_probes_out_of_the_admin_port() {
+    let cluster = Cluster::start(0);
+    let proxy = Proxy::start(
+        &cluster.addrs(),
+        Setup {
+            admin: "max_connections = 64",
+            ..Setup::default()
+        },
+    );
+    let admin = proxy.admin.expect("admin listener");
+    // Fifteen times the cap, held open without a byte.
+    let held: Vec<TcpStream> = (0..1000)
+        .filter_map(|_| TcpStream::connect(admin).ok())
+        .collect();
+    assert!(held.len() > 900, "{} connections held", held.len());
+    std::thread::sleep(Duration::from_millis(300));
+    let mut answered = 0;
+    for path in ["/healthz", "/readyz", "/metrics"].iter().cycle().take(21) {
+        match rampart_tests::try_http(admin, "GET", path, b"") {
+            Ok((200, _)) => answered += 1,
+            other => eprintln!("{path}: {other:?}"),
+        }
+    }
+    assert_eq!(answered, 21, "the probes were locked out");
+    drop(held);
 }

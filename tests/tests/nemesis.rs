@@ -219,7 +219,14 @@ fn async_mode_reports_what_a_failover_may_have_lost() {
     );
     assert!(lost > 0, "the stalled replicas missed nothing?");
     assert!(
-        detail.contains("may be lost"),
+        detail.contains("are lost"),
         "{lost} writes lost silently: {detail}"
     );
+    let metrics = rampart_tests::http_get(proxy.admin.expect("admin"), "/metrics").1;
+    let counted: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rampart_failover_lost_bytes_total{shard=\"main\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(counted > 0.0, "the loss is counted: {metrics}");
 }

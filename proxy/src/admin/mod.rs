@@ -22,10 +22,11 @@ use tokio::sync::watch;
 use crate::context::Context;
 
 pub mod metrics;
+mod slots;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
     let admin = &ctx.config.admin;
-    let slots = Arc::new(tokio::sync::Semaphore::new(admin.max_connections.max(1)));
+    let slots = slots::Slots::new(admin.max_connections);
     let header_timeout = std::time::Duration::from_millis(admin.header_timeout_ms.max(1));
     loop {
         let accepted = tokio::select! {
@@ -35,9 +36,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut shutdown: watch
         let Ok((stream, _)) = accepted else {
             continue;
         };
-        // Past the cap, a connection is closed at once: half-open admin
-        // connections cannot pile up.
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        // Past the cap, the idlest connection makes room, or (every one
+        // busy answering) the new one is closed at once: half-open admin
+        // connections cannot pile up, nor lock the probes out.
+        let Some(mut slot) = slots.admit() else {
             drop(stream);
             continue;
         };
@@ -47,20 +49,34 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut shutdown: watch
             // connection that never finishes it holds a slot no longer.
             let stream = match ctx.admin_tls.clone() {
                 None => Stream::Tcp(stream),
-                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    _ => return,
-                },
+                Some(tls) => {
+                    let handshake = tokio::time::timeout(header_timeout, tls.accept(stream));
+                    tokio::select! {
+                        Ok(Ok(stream)) = handshake => stream,
+                        _ = &mut slot.evicted => return,
+                        else => return,
+                    }
+                }
             };
+            let busy = slot.busy.clone();
             let service = service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+                let busy = busy.clone();
+                async move {
+                    busy.store(true, std::sync::atomic::Ordering::Release);
+                    let response = handle(req, &ctx).await;
+                    busy.store(false, std::sync::atomic::Ordering::Release);
+                    Ok::<_, Infallible>(response)
+                }
             });
-            let _ = http1::Builder::new()
+            let connection = http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = &mut slot.evicted => {}
+            }
             drop(slot);
         });
     }

@@ -11,6 +11,7 @@ use super::connection::{Connection, Flow};
 use super::session::Session;
 use super::writer::Pending;
 use crate::backend::{Credentials, Link};
+use crate::observe::throttled::Throttled;
 use crate::resp::command::Local;
 use crate::resp::request::parse_i64;
 use crate::resp::{Proto, Request, Value};
@@ -454,14 +455,11 @@ impl Connection {
     /// the log (at most once a second), and the connection closed with no
     /// reply. Nothing of it reaches a node.
     pub(super) async fn cross_protocol(&mut self) -> Flow {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static LAST_LOG_S: AtomicU64 = AtomicU64::new(0);
-        let now_s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if LAST_LOG_S.swap(now_s, Ordering::Relaxed) != now_s {
+        static LOG: Throttled = Throttled::every(1);
+        if let Some(quiet) = LOG.due() {
             tracing::warn!(
                 client = %self.registration.entry.addr,
+                not_logged = quiet,
                 "Possible SECURITY ATTACK detected. It looks like somebody is sending POST or Host: commands to Redis. This is likely due to an attacker attempting to use Cross Protocol Scripting to compromise your Redis instance. Connection aborted."
             );
         }
@@ -490,17 +488,14 @@ impl Connection {
     /// answered when the client's address may have its next wrong answer
     /// (see [`super::throttle`]). False: close the connection unanswered.
     async fn auth_failed(&mut self) -> bool {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static LAST_LOG_S: AtomicU64 = AtomicU64::new(0);
+        static LOG: Throttled = Throttled::every(1);
         self.session.auth_failures += 1;
         self.ctx.metrics.count_auth_failure();
-        let now_s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if LAST_LOG_S.swap(now_s, Ordering::Relaxed) != now_s {
+        if let Some(quiet) = LOG.due() {
             tracing::warn!(
                 client = %self.registration.entry.addr,
                 failures = self.session.auth_failures,
+                not_logged = quiet,
                 "AUTH with a wrong password (logged at most once a second)"
             );
         }

@@ -42,20 +42,15 @@ const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// Serves one client until it disconnects.
 pub async fn serve(tcp: TcpStream, ctx: Arc<Context>, id: u64) {
     let _ = tcp.set_nodelay(true);
+    let tcp_peer = tcp
+        .peer_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let stream = match &ctx.client_tls {
         None => Stream::Tcp(tcp),
         Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                ctx.metrics.count_tls_handshake_failure();
-                tracing::debug!(target: "rampart::client", error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                ctx.metrics.count_tls_handshake_failure();
-                tracing::debug!(target: "rampart::client", "TLS handshake timed out");
-                return;
-            }
+            Ok(Err(e)) => return tls_failed(&ctx, &tcp_peer, &e.to_string()),
+            Err(_) => return tls_failed(&ctx, &tcp_peer, "timed out"),
         },
     };
     let unknown = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
@@ -67,4 +62,15 @@ pub async fn serve(tcp: TcpStream, ctx: Arc<Context>, id: u64) {
     connection::Connection::new(ctx, id, wr, registration, orders)
         .run(rd)
         .await;
+}
+
+/// A client's TLS handshake failed: counted, and logged at most once every
+/// ten seconds (a scanner makes thousands).
+fn tls_failed(ctx: &Context, peer: &str, why: &str) {
+    static LOG: crate::observe::throttled::Throttled =
+        crate::observe::throttled::Throttled::every(10);
+    ctx.metrics.count_tls_handshake_failure();
+    if let Some(quiet) = LOG.due() {
+        tracing::warn!(target: "rampart::client", client = peer, error = why, not_logged = quiet, "TLS handshake failed (logged at most once every 10 s)");
+    }
 }

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Wrong passwords from one source answered without delay.
-const FREE_PER_SOURCE: u32 = 4;
+const FREE_PER_SOURCE: u32 = 3;
 /// The spacing of wrong answers to one source past those: doubling from
 /// this, at most [`MAX_SPACING`].
 const FIRST_SPACING: Duration = Duration::from_millis(100);

@@ -549,7 +549,7 @@ impl Controller {
         }
         let loss = match (acks, behind) {
             (_, 0) => "no replication lag at the last probe".to_string(),
-            (0, n) => format!("asynchronous writes: {n} bytes of the old primary's replication stream, acknowledged to clients, are not on the new primary (rampart_failover_lost_bytes_total)"),
+            (0, n) => format!("asynchronous writes: at least {n} bytes of the old primary's replication stream, acknowledged to clients, are lost: the new primary lacks them (counted in rampart_failover_lost_bytes_total)"),
             (_, n) => format!("{n} bytes behind the old primary's last probe: writes that were not acknowledged (a synchronous write is acknowledged only once a replica that could be elected holds it)"),
         };
         self.event(

@@ -6,3 +6,4 @@
 pub mod counters;
 pub mod events;
 pub mod history;
+pub mod throttled;

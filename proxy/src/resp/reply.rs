@@ -392,6 +392,7 @@ pub fn nesting_exceeds(reply: &[u8], max: usize) -> bool {
             .windows(2)
             .position(|w| w == b"\r\n")
             .map(|i| pos + i)
+            .filter(|end| *end > pos)
         else {
             return false;
         };
@@ -402,10 +403,10 @@ pub fn nesting_exceeds(reply: &[u8], max: usize) -> bool {
         pos = end + 2;
         let mut done = true;
         match kind {
-            b'$' | b'!' | b'=' if n > 0 => pos += n as usize + 2,
+            b'$' | b'!' | b'=' if n >= 0 => pos = pos.saturating_add(n as usize).saturating_add(2),
             b'*' | b'~' | b'>' | b'%' | b'|' if n > 0 => {
                 let items = if matches!(kind, b'%' | b'|') {
-                    2 * n
+                    n.saturating_mul(2)
                 } else {
                     n
                 };
@@ -447,5 +448,15 @@ mod nesting_tests {
         let wide = "%2\r\n$1\r\na\r\n*2\r\n:1\r\n:2\r\n$1\r\nb\r\n*1\r\n$3\r\nxyz\r\n";
         assert!(!nesting_exceeds(wide.as_bytes(), 2));
         assert!(nesting_exceeds(wide.as_bytes(), 1));
+        // Empty blobs and anything else never panic.
+        assert!(!nesting_exceeds(b"*2\r\n$0\r\n\r\n$-1\r\n", 4));
+        for garbage in [
+            &b"\r\n\r\n"[..],
+            b"*9223372036854775807\r\n",
+            b"$9223372036854775807\r\n",
+            b"%9223372036854775807\r\n",
+        ] {
+            let _ = nesting_exceeds(garbage, 4);
+        }
     }
 }
