@@ -112,6 +112,13 @@ impl Connection {
         position
     }
 
+    /// Whether a blocking command sent for this client still waits for
+    /// its answer.
+    pub(super) fn waits_on_blocked(&self) -> bool {
+        let completed = self.replies.completed();
+        self.blocked.iter().any(|b| b.position > completed)
+    }
+
     /// `CLIENT UNBLOCK` of this client by another: unblocks its oldest
     /// blocking command still waiting; whether there was one.
     pub(super) async fn unblock_own(&mut self, error: bool) -> bool {

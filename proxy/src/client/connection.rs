@@ -128,7 +128,12 @@ impl Connection {
         let mut closing = *shutdown.borrow();
         let mut gone = false;
         'serve: loop {
-            while !closing && self.replies.owed() < max {
+            // Behind a command blocked on a node nothing runs, as on
+            // Redis: what the client pipelined after it waits, unparsed,
+            // until it is answered, and the loop below keeps watching the
+            // socket meanwhile, so a client that leaves is noticed, its
+            // command unblocked, and nothing it queued behind runs.
+            while !closing && self.replies.owed() < max && !self.waits_on_blocked() {
                 match self.parser.parse(&mut self.buf) {
                     Ok(Some(req)) => {
                         if self.handle(req).await == Flow::Stop {

@@ -97,6 +97,8 @@ pub struct Controller {
     /// The other instances' disagreement that the primary is down was
     /// reported already.
     disputed: bool,
+    /// Events about a node already given in the current failover.
+    said: std::collections::HashSet<(u32, &'static str)>,
 }
 
 /// Starts the failover controller of `unit`: it runs until `shutdown`
@@ -120,6 +122,7 @@ pub fn spawn(
         holding: false,
         fenced_epoch: None,
         disputed: false,
+        said: Default::default(),
         events,
         shutdown,
         unit,
@@ -207,6 +210,7 @@ impl Controller {
         self.stale_reported = false;
         self.fenced_epoch = None;
         self.disputed = false;
+        self.said.clear();
     }
 
     /// The lease was just taken: go on from the shard's record. A fenced
@@ -469,8 +473,13 @@ impl Controller {
         // moment the old primary stopped.
         let mut candidates = Vec::new();
         let mut intact = 0;
-        for node in self.shard.nodes.iter().filter(|n| n.id != old.id) {
+        let shard = self.shard.clone();
+        for node in shard.nodes.iter().filter(|n| n.id != old.id) {
             if let Ok(report) = self.report(node).await {
+                if let Some(why) = implausible(report.offset, old.max_offset(), &old.addr) {
+                    self.say_once(node, "replica-implausible", why);
+                    continue;
+                }
                 if report.role == Role::Replica || self.was_detached(node) {
                     // A replica whose offset went backwards lost what it
                     // had: it answers, but cannot vouch for past writes.
@@ -532,6 +541,7 @@ impl Controller {
             self.event("promotion-failed", Some(&target), e);
             return;
         }
+        self.said.clear();
         let took = self
             .failover_started
             .take()
@@ -927,6 +937,13 @@ impl Controller {
         node.max_offset().max(seen)
     }
 
+    /// An event about `node` once per failover, not every tick.
+    fn say_once(&mut self, node: &Node, kind: &'static str, detail: String) {
+        if self.said.insert((node.id, kind)) {
+            self.event(kind, Some(node), detail);
+        }
+    }
+
     /// Says once (not every tick) why a failover cannot go on.
     async fn refuse(&mut self, why: String) {
         if self.refusal.as_deref() != Some(why.as_str()) {
@@ -1145,6 +1162,34 @@ impl Controller {
 }
 
 /// How a stale node gave itself away, for events.
+/// How far a replica may claim to be ahead of its primary's offset as
+/// last probed: the writes of one probe interval, at any plausible rate.
+const MAX_AHEAD: u64 = 1 << 30;
+
+/// Why a candidate's report cannot be believed: it claims more data than
+/// its primary ever had (a misconfigured or hostile node; electing it
+/// would throw away the real replicas' copies).
+fn implausible(claimed: u64, known: u64, primary: &str) -> Option<String> {
+    (known > 0 && claimed > known.saturating_add(MAX_AHEAD)).then(|| {
+        format!(
+            "claims replication offset {claimed}, more than 1 GiB beyond the most its primary {primary} was ever seen with ({known}): not a candidate"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::implausible;
+
+    #[test]
+    fn a_replica_far_ahead_of_its_primary_is_not_believed() {
+        assert!(implausible(1_000_000_000_000_000, 28_992, "p:1").is_some());
+        assert!(implausible(28_992 + 4096, 28_992, "p:1").is_none());
+        // Never probed (Rampart just started): nothing to compare with.
+        assert!(implausible(1_000_000_000_000_000, 0, "p:1").is_none());
+    }
+}
+
 fn staleness(node: &Node) -> String {
     let how = if node.offset() < node.max_offset() {
         "went backwards"
