@@ -1177,18 +1177,6 @@ fn implausible(claimed: u64, known: u64, primary: &str) -> Option<String> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::implausible;
-
-    #[test]
-    fn a_replica_far_ahead_of_its_primary_is_not_believed() {
-        assert!(implausible(1_000_000_000_000_000, 28_992, "p:1").is_some());
-        assert!(implausible(28_992 + 4096, 28_992, "p:1").is_none());
-        // Never probed (Rampart just started): nothing to compare with.
-        assert!(implausible(1_000_000_000_000_000, 0, "p:1").is_none());
-    }
-}
 
 fn staleness(node: &Node) -> String {
     let how = if node.offset() < node.max_offset() {
@@ -1201,4 +1189,17 @@ fn staleness(node: &Node) -> String {
         node.offset(),
         node.max_offset()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::implausible;
+
+    #[test]
+    fn a_replica_far_ahead_of_its_primary_is_not_believed() {
+        assert!(implausible(1_000_000_000_000_000, 28_992, "p:1").is_some());
+        assert!(implausible(28_992 + 4096, 28_992, "p:1").is_none());
+        // Never probed (Rampart just started): nothing to compare with.
+        assert!(implausible(1_000_000_000_000_000, 0, "p:1").is_none());
+    }
 }
