@@ -578,3 +578,39 @@ fn back_to_back_failovers_over_restarted_nodes_need_no_operator() {
         );
     }
 }
+
+/// Requests pipelined on one connection to a shard with no primary it may
+/// promote are each answered within about one hold of arriving: they wait
+/// together, not one hold after another (a client pipelining four SETs
+/// used to wait four holds).
+#[test]
+fn pipelined_requests_share_one_hold() {
+    let mut cluster = Cluster::start(2);
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(
+        &config(&cluster.addrs(), state.path(), "")
+            .replace("hold_writes_ms = 5000", "hold_writes_ms = 1000"),
+    );
+    let mut conn = proxy.conn();
+    let _: () = conn.set("k", "v").unwrap();
+    // Nothing may be promoted: one replica stopped, the primary killed.
+    cluster.nodes[2].signal("STOP");
+    cluster.nodes[0].kill();
+    wait_until("the shard to hold writes", Duration::from_secs(10), || {
+        proxy.event_kinds().iter().any(|k| k == "primary-down")
+    });
+    let started = std::time::Instant::now();
+    let answers: redis::RedisResult<()> = redis::pipe()
+        .set("a", 1)
+        .set("b", 2)
+        .set("c", 3)
+        .set("d", 4)
+        .query(&mut conn);
+    let took = started.elapsed();
+    assert!(answers.is_err(), "no primary: the writes fail");
+    assert!(
+        took < Duration::from_millis(2500),
+        "four pipelined writes were answered after {took:?} (one hold is 1 s)"
+    );
+    cluster.nodes[2].signal("CONT");
+}

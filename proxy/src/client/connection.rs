@@ -33,6 +33,10 @@ pub enum Flow {
 }
 
 pub struct Connection {
+    /// When the bytes being parsed arrived: a request held for a primary
+    /// waits at most `failover.hold_writes_ms` from then, so requests
+    /// pipelined together wait together, not one hold after another.
+    pub(super) arrived: tokio::time::Instant,
     pub(super) ctx: Arc<Context>,
     pub(super) session: Session,
     pub(super) parser: RequestParser,
@@ -110,6 +114,7 @@ impl Connection {
             published: None,
             shard: ctx.shards[0].clone(),
             written: Vec::new(),
+            arrived: tokio::time::Instant::now(),
             ctx,
         }
     }
@@ -126,6 +131,9 @@ impl Connection {
         let max = self.ctx.config.limits.max_pipeline;
         let mut shutdown = self.ctx.shutdown.clone();
         let mut closing = *shutdown.borrow();
+        // Bytes read before a shutdown began but not yet parsed (held
+        // behind a blocked command): still served, being owed.
+        let mut unread_owed = 0usize;
         let mut gone = false;
         'serve: loop {
             // Behind a command blocked on a node nothing runs, as on
@@ -133,14 +141,26 @@ impl Connection {
             // until it is answered, and the loop below keeps watching the
             // socket meanwhile, so a client that leaves is noticed, its
             // command unblocked, and nothing it queued behind runs.
-            while !closing && self.replies.owed() < max && !self.waits_on_blocked() {
-                match self.parser.parse(&mut self.buf) {
+            while (!closing || unread_owed > 0)
+                && self.replies.owed() < max
+                && !self.waits_on_blocked()
+            {
+                let before = self.buf.len();
+                let parsed = self.parser.parse(&mut self.buf);
+                unread_owed = unread_owed.saturating_sub(before - self.buf.len().min(before));
+                match parsed {
                     Ok(Some(req)) => {
                         if self.handle(req).await == Flow::Stop {
                             break 'serve;
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        // Only part of a request is left: nothing owed.
+                        if closing {
+                            unread_owed = 0;
+                        }
+                        break;
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "protocol error");
                         self.reply(Value::err(format!("ERR {e}"))).await;
@@ -165,7 +185,10 @@ impl Connection {
                 return;
             }
             if closing && self.replies.is_empty() {
-                break;
+                if unread_owed == 0 {
+                    break;
+                }
+                continue;
             }
             let can_read = !closing && self.replies.owed() < max;
             if can_read {
@@ -179,7 +202,7 @@ impl Connection {
                         gone = true;
                         break;
                     }
-                    Ok(_) => {}
+                    Ok(_) => self.arrived = tokio::time::Instant::now(),
                 },
                 _ = self.account.evicted() => {
                     gone = true;
@@ -188,6 +211,7 @@ impl Connection {
                 _ = shutdown.changed(), if !closing => {
                     tracing::debug!("closing for shutdown");
                     closing = true;
+                    unread_owed = self.buf.len();
                 }
                 order = self.orders.recv() => match order {
                     Some(Order::Kill) | None => {

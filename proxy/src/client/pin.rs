@@ -138,7 +138,8 @@ impl Connection {
     }
 
     /// While the shard has no usable primary (a failover is choosing one),
-    /// a request that needs it waits, up to `failover.hold_writes_ms`, so a
+    /// a request that needs it waits, up to `failover.hold_writes_ms` from
+    /// when it arrived (requests pipelined together share one hold), so a
     /// failover costs clients a pause instead of errors. At most
     /// `failover.max_held_clients` wait; beyond that, and past the time
     /// bound, the caller answers an error. True once there is a primary.
@@ -156,8 +157,7 @@ impl Connection {
             shard.held.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
-        let deadline =
-            tokio::time::Instant::now() + std::time::Duration::from_millis(failover.hold_writes_ms);
+        let deadline = self.arrived + std::time::Duration::from_millis(failover.hold_writes_ms);
         let mut changed = shard.watch();
         let mut shutdown = ctx.shutdown.clone();
         let found = loop {

@@ -1177,7 +1177,6 @@ fn implausible(claimed: u64, known: u64, primary: &str) -> Option<String> {
     })
 }
 
-
 fn staleness(node: &Node) -> String {
     let how = if node.offset() < node.max_offset() {
         "went backwards"
