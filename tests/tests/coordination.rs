@@ -179,6 +179,31 @@ impl Deployment {
         found.expect("new primary")
     }
 
+    /// Waits until the instances named `names` all route to one primary
+    /// other than `old`; returns it.
+    fn wait_promoted_by(&self, names: &[String], old: &str, timeout: Duration) -> String {
+        let mut found = None;
+        wait_until("the instances to promote", timeout, || {
+            let views: Vec<Option<String>> = names
+                .iter()
+                .map(|n| {
+                    self.instances
+                        .iter()
+                        .find(|i| &i.name == n)
+                        .and_then(|i| i.primary())
+                })
+                .collect();
+            match &views[0] {
+                Some(p) if p != old && views.iter().all(|v| v.as_ref() == Some(p)) => {
+                    found = Some(p.clone());
+                    true
+                }
+                _ => false,
+            }
+        });
+        found.expect("promoted")
+    }
+
     /// Nodes that answer `ROLE` with `master`.
     fn claiming_primary(&self) -> Vec<String> {
         self.redis
@@ -514,28 +539,7 @@ fn instance_cut_off_from_etcd_holds_writes_and_never_promotes() {
         "{held}"
     );
     d.redis.nodes[p].kill();
-    let promoted = {
-        let mut found = None;
-        wait_until("the others to promote", Duration::from_secs(20), || {
-            let views: Vec<Option<String>> = others
-                .iter()
-                .map(|n| {
-                    d.instances
-                        .iter()
-                        .find(|i| &i.name == n)
-                        .and_then(|i| i.primary())
-                })
-                .collect();
-            match &views[0] {
-                Some(p) if *p != primary && views.iter().all(|v| v.as_ref() == Some(p)) => {
-                    found = Some(p.clone());
-                    true
-                }
-                _ => false,
-            }
-        });
-        found.expect("promoted")
-    };
+    let promoted = d.wait_promoted_by(&others, &primary, Duration::from_secs(20));
     assert_eq!(d.claiming_primary(), vec![promoted.clone()]);
     let cut_events = d.instance(&holder).events();
     assert!(
@@ -744,28 +748,7 @@ fn cut_off_holder_and_a_split_lose_no_acknowledged_write() {
             d.redis.nodes[p].cli(&["CLIENT", "KILL", "USER", user]);
         }
         let started = Instant::now();
-        let promoted = {
-            let mut found = None;
-            wait_until("the others to fail over", Duration::from_secs(30), || {
-                let views: Vec<Option<String>> = others
-                    .iter()
-                    .map(|n| {
-                        d.instances
-                            .iter()
-                            .find(|i| &i.name == n)
-                            .and_then(|i| i.primary())
-                    })
-                    .collect();
-                match &views[0] {
-                    Some(p) if *p != primary && views.iter().all(|v| v.as_ref() == Some(p)) => {
-                        found = Some(p.clone());
-                        true
-                    }
-                    _ => false,
-                }
-            });
-            found.expect("promoted")
-        };
+        let promoted = d.wait_promoted_by(&others, &primary, Duration::from_secs(30));
         eprintln!(
             "cycle {cycle}: {holder} cut off, {promoted} promoted after {} ms",
             started.elapsed().as_millis()
@@ -822,21 +805,11 @@ fn etcd_returning_during_failsafe_loses_no_acknowledged_write() {
     std::thread::sleep(Duration::from_millis(300));
     d.etcd.restart(1);
     d.etcd.restart(2);
-    let promoted = {
-        let mut found = None;
-        wait_until(
-            "the holder to fail over",
-            Duration::from_secs(30),
-            || match d.instance(&holder).primary() {
-                Some(p) if p != primary => {
-                    found = Some(p);
-                    true
-                }
-                _ => false,
-            },
-        );
-        found.expect("promoted")
-    };
+    let promoted = d.wait_promoted_by(
+        std::slice::from_ref(&holder),
+        &primary,
+        Duration::from_secs(30),
+    );
     std::thread::sleep(Duration::from_millis(500));
     d.redis.nodes[p].cli(&["ACL", "SETUSER", &holder, "on"]);
     for name in &others {

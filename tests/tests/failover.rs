@@ -174,21 +174,29 @@ fn a_restarted_rampart_remembers_its_epoch_and_fences_a_stale_primary() {
     let _: () = conn.set("k", "v").unwrap();
 }
 
-#[test]
-fn promotion_is_refused_when_no_replica_can_be_sure_to_hold_every_acknowledged_write() {
+/// A shard whose primary is killed while one of its two replicas is
+/// stopped: with one acknowledgement required of two replicas, an
+/// acknowledged write may be on either, so both must answer before one is
+/// promoted, and none can be. Writes hold for `hold_ms`.
+fn shard_that_cannot_promote(
+    hold_ms: u32,
+) -> (Cluster, tempfile::TempDir, Proxy, redis::Connection) {
     let mut cluster = Cluster::start(2);
     let state = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start_with(
-        &config(&cluster.addrs(), state.path(), "")
-            .replace("hold_writes_ms = 5000", "hold_writes_ms = 300"),
-    );
+    let proxy = Proxy::start_with(&config(&cluster.addrs(), state.path(), "").replace(
+        "hold_writes_ms = 5000",
+        &format!("hold_writes_ms = {hold_ms}"),
+    ));
     let mut conn = proxy.conn();
     let _: () = conn.set("k", "v").unwrap();
-
-    // With one ack required of two replicas, an acknowledged write may be on
-    // either: both must answer before one is promoted.
     cluster.nodes[2].signal("STOP");
     cluster.nodes[0].kill();
+    (cluster, state, proxy, conn)
+}
+
+#[test]
+fn promotion_is_refused_when_no_replica_can_be_sure_to_hold_every_acknowledged_write() {
+    let (cluster, _state, proxy, mut conn) = shard_that_cannot_promote(300);
     wait_until("a refusal", Duration::from_secs(10), || {
         proxy.event_kinds().iter().any(|k| k == "promotion-refused")
     });
@@ -585,17 +593,7 @@ fn back_to_back_failovers_over_restarted_nodes_need_no_operator() {
 /// used to wait four holds).
 #[test]
 fn pipelined_requests_share_one_hold() {
-    let mut cluster = Cluster::start(2);
-    let state = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start_with(
-        &config(&cluster.addrs(), state.path(), "")
-            .replace("hold_writes_ms = 5000", "hold_writes_ms = 1000"),
-    );
-    let mut conn = proxy.conn();
-    let _: () = conn.set("k", "v").unwrap();
-    // Nothing may be promoted: one replica stopped, the primary killed.
-    cluster.nodes[2].signal("STOP");
-    cluster.nodes[0].kill();
+    let (cluster, _state, proxy, mut conn) = shard_that_cannot_promote(1000);
     wait_until("the shard to hold writes", Duration::from_secs(10), || {
         proxy.event_kinds().iter().any(|k| k == "primary-down")
     });

@@ -141,7 +141,7 @@ async fn connect_inner(
     let mut seen = 0;
     let mut id = None;
     while seen < expected {
-        let frame = super::control::read_frame(&mut stream, &mut buf, HANDSHAKE_MAX_REPLY)
+        let frame = super::frame::read_frame(&mut stream, &mut buf, HANDSHAKE_MAX_REPLY)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("handshake reply: {e}")))?;
         seen += 1;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use redis_protocol::resp3::types::OwnedFrame;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::net::Stream;
 
@@ -22,58 +22,6 @@ pub struct Control {
     max_reply: usize,
 }
 
-/// The deepest reply a control connection decodes. `redis-protocol` decodes
-/// recursively: a node answering a reply nested thousands deep (a hostile
-/// node, or a script's reply) would overflow the stack, so the nesting is
-/// measured first, without recursion.
-pub const MAX_DEPTH: usize = 128;
-
-/// The largest control reply by default: INFO, ROLE, CONFIG GET, a SCAN
-/// page are far below it.
-pub const MAX_REPLY: usize = 64 * 1024 * 1024;
-
-/// Reads one complete reply from `stream` (appending to `buf`) and decodes
-/// it: refused, with the connection to be dropped, when it grows past
-/// `max_bytes` or nests deeper than [`MAX_DEPTH`].
-pub(super) async fn read_frame(
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-    max_bytes: usize,
-) -> std::io::Result<OwnedFrame> {
-    use crate::resp::ReplyScanner;
-    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-    let mut scanner = ReplyScanner::new(MAX_DEPTH);
-    loop {
-        match scanner.scan(buf) {
-            Ok(Some(len)) => {
-                if crate::resp::reply::nesting_exceeds(&buf[..len], MAX_DEPTH) {
-                    let _ = buf.split_to(len);
-                    return Err(invalid(format!(
-                        "reply nested deeper than {MAX_DEPTH} levels"
-                    )));
-                }
-                return match redis_protocol::resp3::decode::complete::decode(&buf[..len]) {
-                    Ok(Some((frame, used))) => {
-                        let _ = buf.split_to(used);
-                        Ok(frame)
-                    }
-                    Ok(None) => Err(invalid("incomplete reply".into())),
-                    Err(e) => Err(invalid(e.to_string())),
-                };
-            }
-            Ok(None) => {
-                if buf.len() > max_bytes {
-                    return Err(invalid(format!("reply larger than {max_bytes} bytes")));
-                }
-                if stream.read_buf(buf).await? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-            }
-            Err(e) => return Err(invalid(e.to_string())),
-        }
-    }
-}
-
 impl Control {
     pub async fn connect(addr: &str, opts: &ConnectOptions) -> std::io::Result<Control> {
         // RESP3 so replies arrive typed (maps, doubles) whatever the command.
@@ -87,7 +35,7 @@ impl Control {
             _mark: super::own::Mark::new(&stream, super::own::Kind::Control),
             stream,
             buf: BytesMut::with_capacity(4096),
-            max_reply: MAX_REPLY,
+            max_reply: super::frame::MAX_REPLY,
         })
     }
 
@@ -121,7 +69,8 @@ impl Control {
         self.stream.write_all(&out).await?;
         self.stream.flush().await?;
         loop {
-            let frame = read_frame(&mut self.stream, &mut self.buf, self.max_reply).await?;
+            let frame =
+                super::frame::read_frame(&mut self.stream, &mut self.buf, self.max_reply).await?;
             if !matches!(frame, OwnedFrame::Push { .. }) {
                 return Ok(frame);
             }

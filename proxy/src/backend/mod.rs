@@ -3,6 +3,7 @@
 pub mod charge;
 pub mod connect;
 pub mod control;
+pub mod frame;
 pub mod link;
 pub mod own;
 pub mod pool;

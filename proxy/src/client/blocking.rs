@@ -256,7 +256,7 @@ impl Plain {
 pub(crate) fn decode(data: &[u8], proto: Proto) -> Option<Plain> {
     // `redis-protocol` decodes recursively: a node's reply nested thousands
     // deep must not reach it.
-    if crate::resp::reply::nesting_exceeds(data, crate::backend::control::MAX_DEPTH) {
+    if crate::resp::reply::nesting_exceeds(data, crate::backend::frame::MAX_DEPTH) {
         return None;
     }
     match proto {
