@@ -514,3 +514,41 @@ fn the_admin_listener_refuses_other_origins_other_hosts_and_idle_floods() {
         get(admin, "/healthz").0 == 200
     });
 }
+
+/// HEAD is answered as GET without a body (load balancers and uptime
+/// checkers probe that way), and needs no token.
+#[test]
+fn head_requests_are_answered_like_get_without_a_body() {
+    use std::io::{Read, Write};
+    let cluster = Cluster::start(0);
+    let proxy = Proxy::start(
+        &cluster.addrs(),
+        Setup {
+            admin: "token = \"t\"",
+            ..Setup::default()
+        },
+    );
+    let admin = proxy.admin.unwrap();
+    for path in ["/healthz", "/readyz", "/metrics", "/v1/topology"] {
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let request = format!("HEAD {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        let _ = s.read_to_string(&mut response);
+        let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        assert!(body.is_empty(), "{path}: a body came with HEAD: {body}");
+        assert!(
+            head.to_ascii_lowercase().contains("content-length:"),
+            "{path}: {head}"
+        );
+    }
+    assert_eq!(
+        raw_status(
+            admin,
+            &format!("HEAD /nothing HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")
+        ),
+        404
+    );
+}

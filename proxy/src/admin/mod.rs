@@ -127,7 +127,13 @@ fn refused(req: &Request<Incoming>, ctx: &Context) -> Option<&'static str> {
     None
 }
 
-async fn handle(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
+async fn handle(mut req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
+    // HEAD is GET without the body (hyper leaves the body out of the
+    // answer to a HEAD request, and keeps its length): load balancers and
+    // uptime checkers probe /healthz and /metrics that way.
+    if req.method() == Method::HEAD {
+        *req.method_mut() = Method::GET;
+    }
     if let Some(why) = refused(&req, ctx) {
         return text(StatusCode::FORBIDDEN, why);
     }

@@ -1052,7 +1052,7 @@ impl Controller {
                 "guard-repaired",
                 Some(primary),
                 format!(
-                    "min-replicas-to-write was {} on the primary; set back to {min}",
+                    "min-replicas-to-write was {} on the primary; set to {min} again",
                     found.unwrap_or_default()
                 ),
             );
