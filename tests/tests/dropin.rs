@@ -931,3 +931,56 @@ fn hostile_client_commands_leave_the_shard_serving() {
     );
     assert!(!proxy.event_kinds().iter().any(|k| k == "primary-down"));
 }
+
+/// Connection commands whose errors must be Redis's own: `HELLO ...
+/// SETNAME` checks the name as `CLIENT SETNAME` does (and changes nothing
+/// when it is refused); `CLIENT SETINFO`, which Redis 7.0 does not have and
+/// clients send on every connection, takes 7.2's attributes and refuses
+/// others.
+#[test]
+fn hello_setname_and_client_setinfo_are_checked_as_redis_checks_them() {
+    let cluster = Cluster::start(0);
+    let proxy = Proxy::start(&cluster.addrs(), Setup::default());
+    let direct = redis::Client::open(format!("redis://{}/", cluster.primary().addr())).unwrap();
+    let error = |client: &redis::Client, args: &[&str]| -> Option<String> {
+        let mut conn = client.get_connection().unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query::<redis::Value>(&mut conn)
+            .err()
+            .map(|e| e.to_string())
+    };
+    for args in [
+        &["HELLO", "2", "SETNAME", "bad name"][..],
+        &["HELLO", "3", "SETNAME", "bad\nname"],
+        &["CLIENT", "SETNAME", "bad name"],
+    ] {
+        let redis_says = error(&direct, args).expect("Redis refuses it");
+        assert_eq!(error(&proxy.client(), args), Some(redis_says), "{args:?}");
+    }
+    // A refused HELLO does not name the connection.
+    let mut conn = proxy.conn();
+    assert!(redis::cmd("HELLO")
+        .arg("3")
+        .arg("SETNAME")
+        .arg("bad name")
+        .query::<redis::Value>(&mut conn)
+        .is_err());
+    let name: Option<String> = redis::cmd("CLIENT")
+        .arg("GETNAME")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(name, None);
+    let setinfo = |args: &[&str]| error(&proxy.client(), args);
+    assert_eq!(
+        setinfo(&["CLIENT", "SETINFO", "LIB-NAME", "redis-py"]),
+        None
+    );
+    assert_eq!(setinfo(&["CLIENT", "SETINFO", "lib-ver", "5.2.1"]), None);
+    assert!(setinfo(&["CLIENT", "SETINFO", "colour", "x"])
+        .is_some_and(|e| e.contains("Unrecognized option 'colour'")));
+    assert!(setinfo(&["CLIENT", "SETINFO", "lib-name", "my lib"])
+        .is_some_and(|e| e.contains("cannot contain spaces")));
+}

@@ -108,12 +108,8 @@ impl Connection {
                     return self.reply(wrong_args("client|setname")).await;
                 }
                 let name = &args[2];
-                if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
-                    return self
-                        .reply(Value::err(
-                            "ERR Client names cannot contain spaces, newlines or special characters.",
-                        ))
-                        .await;
+                if let Err(e) = check_client_name(name) {
+                    return self.reply(e).await;
                 }
                 self.session.name = (!name.is_empty()).then(|| name.clone());
                 self.reply(Value::ok()).await
@@ -123,8 +119,25 @@ impl Connection {
                 self.reply(name).await
             }
             Local::ClientId => self.reply(Value::Int(self.session.id as i64)).await,
+            // Redis 7.2's command (7.0 has none; clients send it on every
+            // connection and ignore the error), with 7.2's checks.
             Local::ClientSetInfo => match args.len() {
-                4 => self.reply(Value::ok()).await,
+                4 => {
+                    let attr = String::from_utf8_lossy(&args[2]).into_owned();
+                    let known = ["lib-name", "lib-ver"]
+                        .iter()
+                        .any(|a| a.eq_ignore_ascii_case(&attr));
+                    let reply = if !known {
+                        Value::err(format!("ERR Unrecognized option '{attr}'"))
+                    } else if !printable(&args[3]) {
+                        Value::err(format!(
+                            "ERR {attr} cannot contain spaces, newlines or special characters."
+                        ))
+                    } else {
+                        Value::ok()
+                    };
+                    self.reply(reply).await
+                }
                 _ => self.reply(wrong_args("client|setinfo")).await,
             },
             Local::KeySlot => match args.len() {
@@ -678,6 +691,11 @@ impl Connection {
                 .await;
         }
         if let Some(name) = name {
+            // Checked once authenticated and before the protocol changes,
+            // as Redis does.
+            if let Err(e) = check_client_name(&name) {
+                return self.reply(e).await;
+            }
             self.session.name = (!name.is_empty()).then_some(name);
         }
         if proto != self.session.proto {
@@ -926,4 +944,21 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Every byte from `!` to `~`: what Redis allows in client names and
+/// client attributes.
+fn printable(value: &[u8]) -> bool {
+    value.iter().all(|c| (b'!'..=b'~').contains(c))
+}
+
+/// A client name as `CLIENT SETNAME` and `HELLO ... SETNAME` accept it.
+fn check_client_name(name: &[u8]) -> Result<(), Value> {
+    if printable(name) {
+        Ok(())
+    } else {
+        Err(Value::err(
+            "ERR Client names cannot contain spaces, newlines or special characters.",
+        ))
+    }
 }
