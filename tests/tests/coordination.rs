@@ -204,6 +204,15 @@ impl Deployment {
         found.expect("promoted")
     }
 
+    /// The names of the running instances other than `name`.
+    fn names_but(&self, name: &str) -> Vec<String> {
+        self.live()
+            .iter()
+            .filter(|i| i.name != name)
+            .map(|i| i.name.clone())
+            .collect()
+    }
+
     /// Nodes that answer `ROLE` with `master`.
     fn claiming_primary(&self) -> Vec<String> {
         self.redis
@@ -246,6 +255,27 @@ fn first_write(instance: &Instance, timeout: Duration) -> Option<Duration> {
         std::thread::sleep(Duration::from_millis(10));
     }
     None
+}
+
+/// Stops the workload, says what it did (as `label`), and checks that it
+/// ran and that nothing acknowledged is missing from `primary`.
+fn finish_and_check(
+    d: &Deployment,
+    work: Workload,
+    primary: &str,
+    label: &str,
+) -> rampart_tests::workload::Outcomes {
+    std::thread::sleep(Duration::from_millis(500));
+    let outcomes = work.finish();
+    eprintln!(
+        "{label}: {} acknowledged, {} failed, {} unknown",
+        outcomes.acked.len(),
+        outcomes.failed,
+        outcomes.unknown
+    );
+    assert!(outcomes.acked.len() > 100, "the workload ran");
+    assert_nothing_lost(d, primary, &outcomes);
+    outcomes
 }
 
 /// Every acknowledged key is on `node`, and the shared counter is within
@@ -498,12 +528,7 @@ fn instance_cut_off_from_etcd_holds_writes_and_never_promotes() {
         cut_metrics.contains("rampart_shard_view_stale{shard=\"main\"} 1"),
         "{cut_metrics}"
     );
-    let others: Vec<String> = d
-        .live()
-        .iter()
-        .filter(|i| i.name != holder)
-        .map(|i| i.name.clone())
-        .collect();
+    let others = d.names_but(&holder);
     for name in &others {
         assert!(first_write(d.instance(name), Duration::from_secs(5)).is_some());
     }
@@ -735,12 +760,7 @@ fn cut_off_holder_and_a_split_lose_no_acknowledged_write() {
     for cycle in 0..cycles {
         let (holder, current) = d.wait_agreed();
         primary = current;
-        let others: Vec<String> = d
-            .instances
-            .iter()
-            .filter(|i| i.name != holder)
-            .map(|i| i.name.clone())
-            .collect();
+        let others = d.names_but(&holder);
         let p = d.node_index(&primary);
         d.instance(&holder).cut_from_etcd(true);
         for user in &others {
@@ -759,16 +779,7 @@ fn cut_off_holder_and_a_split_lose_no_acknowledged_write() {
         d.instance(&holder).cut_from_etcd(false);
         primary = settle(&d);
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let outcomes = work.finish();
-    eprintln!(
-        "{cycles} cycles: {} acknowledged, {} failed, {} unknown",
-        outcomes.acked.len(),
-        outcomes.failed,
-        outcomes.unknown
-    );
-    assert!(outcomes.acked.len() > 100, "the workload ran");
-    assert_nothing_lost(&d, &primary, &outcomes);
+    finish_and_check(&d, work, &primary, &format!("{cycles} cycles"));
 }
 
 /// etcd returns while the other instances still write under failsafe:
@@ -781,12 +792,7 @@ fn cut_off_holder_and_a_split_lose_no_acknowledged_write() {
 fn etcd_returning_during_failsafe_loses_no_acknowledged_write() {
     let mut d = deploy_users(EtcdCluster::start(3), 3, "", "", true);
     let (holder, primary) = d.wait_agreed();
-    let others: Vec<String> = d
-        .instances
-        .iter()
-        .filter(|i| i.name != holder)
-        .map(|i| i.name.clone())
-        .collect();
+    let others = d.names_but(&holder);
     let urls: Vec<String> = d.instances.iter().map(|i| i.url()).collect();
     let work = Workload::over(&urls, 6, 0, true);
     d.etcd.stop(1);
@@ -817,16 +823,7 @@ fn etcd_returning_during_failsafe_loses_no_acknowledged_write() {
     }
     let primary = settle(&d);
     assert_eq!(primary, promoted);
-    std::thread::sleep(Duration::from_millis(500));
-    let outcomes = work.finish();
-    eprintln!(
-        "{} acknowledged, {} failed, {} unknown",
-        outcomes.acked.len(),
-        outcomes.failed,
-        outcomes.unknown
-    );
-    assert!(outcomes.acked.len() > 100, "the workload ran");
-    assert_nothing_lost(&d, &primary, &outcomes);
+    finish_and_check(&d, work, &primary, "etcd back during failsafe");
 }
 
 #[test]
@@ -984,16 +981,7 @@ fn nemesis_through_three_instances_loses_no_acknowledged_write() {
     d.redis.nodes[p].restart();
     let primary = settle(&d);
 
-    std::thread::sleep(Duration::from_millis(500));
-    let outcomes = work.finish();
-    eprintln!(
-        "{} acknowledged, {} failed, {} unknown",
-        outcomes.acked.len(),
-        outcomes.failed,
-        outcomes.unknown
-    );
-    assert!(outcomes.acked.len() > 100, "the workload ran");
-    assert_nothing_lost(&d, &primary, &outcomes);
+    finish_and_check(&d, work, &primary, "nemesis");
     let promotions = d.instances[0].epoch() - first_epoch;
     assert!(
         promotions >= 3,

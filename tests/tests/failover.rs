@@ -174,14 +174,18 @@ fn a_restarted_rampart_remembers_its_epoch_and_fences_a_stale_primary() {
     let _: () = conn.set("k", "v").unwrap();
 }
 
-/// A shard whose primary is killed while one of its two replicas is
-/// stopped: with one acknowledgement required of two replicas, an
+/// A shard whose primary stops answering while one of its two replicas is
+/// stopped too: with one acknowledgement required of two replicas, an
 /// acknowledged write may be on either, so both must answer before one is
-/// promoted, and none can be. Writes hold for `hold_ms`.
+/// promoted, and none can be. Writes hold for `hold_ms`. The primary is
+/// stopped (SIGSTOP) rather than killed so that its port stays taken: a
+/// killed node's port can be handed to another test's redis-server, which
+/// this test's Rampart, still probing the address, would then take for its
+/// own node coming back and repoint.
 fn shard_that_cannot_promote(
     hold_ms: u32,
 ) -> (Cluster, tempfile::TempDir, Proxy, redis::Connection) {
-    let mut cluster = Cluster::start(2);
+    let cluster = Cluster::start(2);
     let state = tempfile::tempdir().unwrap();
     let proxy = Proxy::start_with(&config(&cluster.addrs(), state.path(), "").replace(
         "hold_writes_ms = 5000",
@@ -190,7 +194,7 @@ fn shard_that_cannot_promote(
     let mut conn = proxy.conn();
     let _: () = conn.set("k", "v").unwrap();
     cluster.nodes[2].signal("STOP");
-    cluster.nodes[0].kill();
+    cluster.nodes[0].signal("STOP");
     (cluster, state, proxy, conn)
 }
 
