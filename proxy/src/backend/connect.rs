@@ -99,6 +99,7 @@ async fn connect_inner(
         Some(tls) => tls.connect(addr, tcp).await?,
         None => Stream::Tcp(tcp),
     };
+    let handshake = super::own::Handshake::new(&stream);
     let mut out = BytesMut::new();
     let mut expected = 0;
     let auth = match &session.user {
@@ -133,6 +134,7 @@ async fn connect_inner(
         expected += 1;
     }
     if expected == 0 {
+        handshake.succeeded();
         return Ok((stream, None));
     }
     stream.write_all(&out).await?;
@@ -161,5 +163,6 @@ async fn connect_inner(
             _ => {}
         }
     }
+    handshake.succeeded();
     Ok((stream, id))
 }

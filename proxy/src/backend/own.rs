@@ -51,6 +51,39 @@ impl Drop for Mark {
     }
 }
 
+/// Marks a connection for its handshake (HELLO, AUTH, SELECT, CLIENT ID:
+/// all Rampart's own), before the first byte is sent: the node shows those
+/// commands in `MONITOR` at once, and the [`Mark`] its owner takes comes
+/// only once the handshake is over. Kept as a control connection when the
+/// handshake succeeds (the owner's mark then says what it really is);
+/// forgotten if it fails or is abandoned.
+pub(super) struct Handshake {
+    addr: Option<SocketAddr>,
+    done: bool,
+}
+
+impl Handshake {
+    pub(super) fn new(stream: &Stream) -> Handshake {
+        let addr = stream.local_addr().ok();
+        if let Some(addr) = addr {
+            own().insert(addr, Kind::Control);
+        }
+        Handshake { addr, done: false }
+    }
+
+    pub(super) fn succeeded(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        if let (false, Some(addr)) = (self.done, self.addr) {
+            own().remove(&addr);
+        }
+    }
+}
+
 /// The kind of Rampart connection `addr` (as a node prints it) is, if it is
 /// one.
 pub fn kind_of(addr: &str) -> Option<Kind> {
