@@ -28,7 +28,7 @@ const FREE_TOTAL: u32 = 100;
 /// afresh.
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 /// Longer than this, and the connection is closed without an answer.
-pub const MAX_WAIT: Duration = Duration::from_secs(5);
+const MAX_WAIT: Duration = Duration::from_secs(5);
 /// Sources tracked at once (a flood of addresses falls back on the total).
 const MAX_SOURCES: usize = 65_536;
 

@@ -229,11 +229,7 @@ impl Coordination {
 
     /// Read etcd within `max_view_age_ms`, and the lease valid.
     pub(super) fn is_fresh(&self) -> bool {
-        let now = Instant::now();
-        let view = self.view();
-        view.read_at
-            .is_some_and(|t| now.duration_since(t) <= self.max_view_age)
-            && view.lease.is_some_and(|l| now < l.valid_until)
+        self.stale_reason().is_none()
     }
 
     /// What `GET /v1/coordination/peer` answers.

@@ -81,14 +81,6 @@ impl WriteWindow {
             Admit::Closed
         }
     }
-
-    /// When the fresh view runs out (None: never, no coordination).
-    pub fn fresh_deadline(&self) -> Option<Instant> {
-        match self.fresh_until.load(Ordering::Acquire) {
-            ALWAYS => None,
-            n => Some(origin() + std::time::Duration::from_nanos(n)),
-        }
-    }
 }
 
 fn origin() -> Instant {
