@@ -1142,3 +1142,40 @@ fn a_decision_needs_the_lease_and_the_record_it_replaces() {
         .block_on(b.save("main", &record(10, "127.0.0.1:7003")))
         .expect("b writes again, over the record it has read");
 }
+
+/// Keys written into etcd by hand (an instance key without a lease, which
+/// would never expire, and a shard lease key without a lease) are refused
+/// with an event, and failover goes on.
+#[test]
+fn keys_written_by_hand_are_refused_and_failover_goes_on() {
+    let mut d = deploy(2, "");
+    let (_, primary) = d.wait_agreed();
+    let prefix = d.instances[0].topology()["coordination"]["prefix"]
+        .as_str()
+        .expect("prefix")
+        .to_string();
+    let ghost = r#"{"instance":"ghost","listen":"127.0.0.1:1","published_ms":1}"#;
+    d.etcd
+        .etcdctl(&["put", &format!("{prefix}/instances/ghost"), ghost])
+        .expect("put");
+    d.etcd
+        .etcdctl(&["put", &format!("{prefix}/shards/other/lease"), "ghost"])
+        .expect("put");
+    let first = d.instances[0].name.clone();
+    wait_until("the keys to be refused", Duration::from_secs(10), || {
+        d.instance(&first)
+            .events()
+            .iter()
+            .filter(|e| e["kind"] == "coordination-key-refused")
+            .count()
+            >= 2
+    });
+    let listed = d.instances[0].topology()["coordination"]["instances"].clone();
+    assert!(
+        !listed.to_string().contains("ghost"),
+        "a key without a lease shows as a live instance: {listed}"
+    );
+    let p = d.node_index(&primary);
+    d.redis.nodes[p].kill();
+    d.wait_new_primary(&primary, Duration::from_secs(20));
+}
