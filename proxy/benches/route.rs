@@ -10,9 +10,9 @@
 use std::hint::black_box;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rampart::backend::{ConnectOptions, LinkOptions, NodePool};
+use rampart::backend::NodePool;
 use rampart::config::ReadFrom;
 use rampart::failover::probe::Report;
 use rampart::policy::{builtin, Limits, WasmRouter};
@@ -20,22 +20,10 @@ use rampart::route::{Read, ReadPolicy, RoundRobinReplicas};
 use rampart::topology::{Health, Node, Role, Shard};
 
 fn shard(changes: &Arc<AtomicU64>) -> Shard {
-    let opts = LinkOptions {
-        connect: ConnectOptions {
-            username: None,
-            password: None,
-            timeout: Duration::from_secs(1),
-            tls: None,
-        },
-        max_reply_depth: 512,
-        reply_timeout: None,
-        window: 0,
-        stats: Default::default(),
-    };
     let nodes: Vec<Arc<Node>> = (1..=3)
         .map(|id| {
             let addr = format!("127.0.0.1:{}", 7000 + id);
-            let pool = NodePool::new(addr.clone(), opts.clone(), 1, 0, 1, Arc::new(|_: &str| {}));
+            let pool = NodePool::unconnected(addr.clone());
             Arc::new(Node::new(id, addr, pool, changes.clone()))
         })
         .collect();
@@ -52,7 +40,7 @@ fn shard(changes: &Arc<AtomicU64>) -> Shard {
             priority: 100,
             replicas: 2,
         };
-        shard.observe(node, &report, now);
+        shard.observe(node, &report, now, None);
     }
     shard.refresh();
     shard

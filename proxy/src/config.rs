@@ -345,6 +345,9 @@ pub struct ShardConfig {
     /// Where read-only commands go.
     #[serde(default)]
     pub read_from: ReadFrom,
+    /// What a read served by a replica may miss (see [`ReadConsistency`]).
+    #[serde(default)]
+    pub read_consistency: ReadConsistency,
     /// A router plugin (a `.wasm` component built with rampart-sdk) that
     /// picks the node for each read instead of `read_from`.
     #[serde(default)]
@@ -737,6 +740,35 @@ pub enum ReadFrom {
     /// Reads round-robin over healthy, connected replicas, falling back to
     /// the primary when there are none. Reads may be slightly stale.
     Replicas,
+}
+
+/// What a read served by a replica is guaranteed to see. Replicas that
+/// cannot give the guarantee are skipped for that read (the primary serves
+/// it when none can), whichever router chose them.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadConsistency {
+    /// A connection's reads see every write it made before them and never
+    /// go back to an older state than one it has read (read-your-writes and
+    /// monotonic reads).
+    #[default]
+    Session,
+    /// Any replica that serves reads, however far behind (within
+    /// `max_read_lag_ms`).
+    Eventual,
+    /// A read sees every write acknowledged to any client before it
+    /// arrived, and everything `session` promises.
+    Global,
+}
+
+impl ReadConsistency {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadConsistency::Session => "session",
+            ReadConsistency::Eventual => "eventual",
+            ReadConsistency::Global => "global",
+        }
+    }
 }
 
 /// A configuration mistake, with the field it is about.

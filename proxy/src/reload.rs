@@ -3,8 +3,8 @@
 //!
 //! What changes live: each shard's router (`router`, `router_config`,
 //! `read_from`), loaded as a new generation exactly as `RAMPART POLICY
-//! LOAD` would, each shard's quorum and the detector (their settings and
-//! plugins), and `log.level`. Every other changed field is logged by
+//! LOAD` would, each shard's `read_consistency`, its quorum and the
+//! detector (their settings and plugins), and `log.level`. Every other changed field is logged by
 //! name as applying at the next start, so an operator never wonders
 //! whether an edit took. A file that does not parse changes nothing and is
 //! reported with the field at fault.
@@ -34,6 +34,7 @@ const LIVE: &[&str] = &[
     "shards.*.router",
     "shards.*.router_config",
     "shards.*.read_from",
+    "shards.*.read_consistency",
     "shards.*.replication.quorum",
     "shards.*.replication.timeout_ms",
     "shards.*.replication.on_shortfall",
@@ -196,6 +197,13 @@ async fn reload(
         ctx.events.record("*", "config-reloaded", None, 0, detail);
     }
     for (name, shard) in &config.shards {
+        if let Some(live) = ctx.shards.iter().find(|s| s.name() == name.as_str()) {
+            let positions = &live.topology.positions;
+            if positions.consistency() != shard.read_consistency {
+                positions.set_consistency(shard.read_consistency);
+                tracing::info!(shard = %name, read_consistency = shard.read_consistency.name(), "read consistency changed");
+            }
+        }
         let wanted = (shard.router_source(), shard.router_config.clone());
         if applied.get(name) == Some(&wanted) {
             continue;

@@ -127,6 +127,10 @@ impl Server {
                 )
                 .with_client_zone(config.proxy.zone.as_ref().map_or(0, |z| zones[z]))
                 .with_fanout(shard_config.replication.mode == Mode::Fanout)
+                .with_reads(
+                    shard_config.read_consistency,
+                    Duration::from_millis(config.probe.interval_ms),
+                )
                 .with_slots(&slots.ranges_of(shards.len())),
             ));
         }

@@ -38,6 +38,14 @@ start_shard() {
   done
 }
 
+# shard_bench: what a benchmark of one shard needs: the tools, a release
+# build, and a primary with two replicas (start_shard).
+shard_bench() {
+  require redis-server redis-benchmark python3
+  cargo build --release -q -p rampart
+  start_shard
+}
+
 # start_twemproxy PORT NODE_PORT...: twemproxy (nutcracker) on PORT in front
 # of the nodes, keys spread over them as twemproxy does (ketama), once it
 # answers; its pid in TWEM_PID.

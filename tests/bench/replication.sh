@@ -22,9 +22,7 @@ N=${1:-200000}
 ROUNDS=${2:-3}
 
 source tests/bench/lib.sh
-require redis-server redis-benchmark python3
-cargo build --release -q -p rampart
-start_shard
+shard_bench
 F0=$(free_port); F1=$(free_port); F2=$(free_port)
 for port in $F0 $F1 $F2; do start_redis "$port"; done
 

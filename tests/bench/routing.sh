@@ -20,9 +20,7 @@ N=${1:-200000}
 ROUNDS=${2:-3}
 
 source tests/bench/lib.sh
-require redis-server redis-benchmark python3
-cargo build --release -q -p rampart
-start_shard
+shard_bench
 redis-cli -p "$PRIMARY" SET key:__rand_int__ x >/dev/null
 
 MODES="native plan per-read"

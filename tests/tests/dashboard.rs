@@ -85,6 +85,15 @@ fn dashboard_shows_the_topology_and_follows_a_failover() {
         browser.eval("document.getElementById('shards').innerText")
     );
 
+    // Who served the reads: each GET followed its own SET, so under the
+    // default session consistency the primary served them.
+    browser.wait_for(
+        "the reads line",
+        ten_s,
+        "Number(document.querySelector('p.reads')?.dataset.notCaughtUp) > 0",
+        "document.getElementById('shards').innerText",
+    );
+
     // The charts of the last minutes draw the traffic, and move on their
     // own as new samples arrive.
     browser.wait_for(

@@ -1,4 +1,8 @@
 //! Routing decided by Wasm components built from plugins/.
+//!
+//! The shards here read with `read_consistency = "eventual"`, so that the
+//! router decides every read; under `session` a connection that keeps
+//! reading stays on one replica (tests/tests/consistency.rs).
 
 use std::time::Duration;
 
@@ -34,7 +38,10 @@ fn proxy_with_router(cluster: &Cluster, name: &str) -> Proxy {
 /// With `replicas` replicas expected to serve reads.
 fn proxy_with_router_n(cluster: &Cluster, name: &str, replicas: usize) -> Proxy {
     let path = plugin(name);
-    let shard = format!("read_from = \"replicas\"\nrouter = \"{}\"", path.display());
+    let shard = format!(
+        "read_from = \"replicas\"\nread_consistency = \"eventual\"\nrouter = \"{}\"",
+        path.display()
+    );
     let proxy = Proxy::start(
         &cluster.addrs(),
         Setup {
@@ -94,7 +101,7 @@ fn a_plugin_that_is_not_a_component_is_refused_at_startup() {
 fn start_hostile(cluster: &Cluster, mode: &str) -> Result<Proxy, String> {
     let path = rampart_tests::test_plugin("router-hostile");
     let shard = format!(
-        "read_from = \"replicas\"\nrouter = \"{}\"\nrouter_config = \"{mode}\"",
+        "read_from = \"replicas\"\nread_consistency = \"eventual\"\nrouter = \"{}\"\nrouter_config = \"{mode}\"",
         path.display()
     );
     let config = rampart_tests::config_for(
@@ -363,7 +370,7 @@ fn a_plan_is_carried_out_without_calling_the_plugin() {
     let cluster = Cluster::start(2);
     let start = |config: &str| {
         let shard = format!(
-            "read_from = \"replicas\"\nrouter = \"{}\"\nrouter_config = \"{config}\"",
+            "read_from = \"replicas\"\nread_consistency = \"eventual\"\nrouter = \"{}\"\nrouter_config = \"{config}\"",
             rampart_tests::test_plugin("router-hostile").display()
         );
         let proxy = Proxy::start(
@@ -460,7 +467,7 @@ fn editing_the_config_file_reloads_the_router() {
     let file = dir.path().join("rampart.toml");
     let write_with = |router: &str, sections: &str| {
         let shard = format!(
-            "read_from = \"replicas\"\nrouter = \"{}\"",
+            "read_from = \"replicas\"\nread_consistency = \"eventual\"\nrouter = \"{}\"",
             plugin(router).display()
         );
         let text = rampart_tests::config_for(
@@ -727,7 +734,7 @@ fn the_key_affinity_router_keeps_each_key_on_one_replica() {
 fn the_least_latency_router_prefers_the_fast_replica_and_spreads_load() {
     let cluster = rampart_tests::FaultyCluster::start(2);
     let shard = format!(
-        "read_from = \"replicas\"\nrouter = \"{}\"",
+        "read_from = \"replicas\"\nread_consistency = \"eventual\"\nrouter = \"{}\"",
         plugin("router-least-latency").display()
     );
     let proxy = Proxy::start(
@@ -777,7 +784,7 @@ fn the_zone_affinity_router_keeps_reads_in_the_zone() {
     let mut cluster = Cluster::start(2);
     let addrs = cluster.addrs();
     let shard = format!(
-        "read_from = \"replicas\"\nrouter = \"{}\"\nzones = {{ \"{}\" = \"zone-a\", \"{}\" = \"zone-b\" }}",
+        "read_from = \"replicas\"\nread_consistency = \"eventual\"\nrouter = \"{}\"\nzones = {{ \"{}\" = \"zone-a\", \"{}\" = \"zone-b\" }}",
         plugin("router-zone-affinity").display(),
         addrs[1],
         addrs[2]

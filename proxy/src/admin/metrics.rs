@@ -325,6 +325,22 @@ pub fn render(ctx: &Context) -> String {
             shards.iter().map(|(l, s, d)| (l.clone(), value(s, d))),
         );
     }
+    family(
+        o,
+        "rampart_reads_total",
+        "counter",
+        "Reads by who served them: a replica, or the primary and why (chosen by the router, no replica caught up with what the client has seen under read_consistency, every replica lagging past max_read_lag_ms, no replica up).",
+        shards.iter().flat_map(|(l, s, _)| {
+            crate::topology::position::SERVED
+                .iter()
+                .map(move |&(served, by, reason)| {
+                    (
+                        format!("{l},served_by=\"{by}\",reason=\"{reason}\""),
+                        s.positions.counted(served) as f64,
+                    )
+                })
+        }),
+    );
 
     family(
         o,

@@ -88,7 +88,7 @@ impl BatchReply {
 /// Fails a batch that could not be sent at all.
 fn refuse(batch: Batch, error: Arc<str>, stats: &LinkStats) {
     stats.failed(batch.replies);
-    stats.answered(1);
+    stats.count_answered(1);
     let _ = batch.reply.send(BatchReply::failed(error));
 }
 
@@ -168,8 +168,16 @@ impl LinkStats {
             .saturating_sub(answered)
     }
 
-    fn answered(&self, batches: u64) {
-        self.answered_batches.fetch_add(batches, Ordering::Relaxed);
+    /// Batches answered so far, read before a probe of the node is sent:
+    /// a write acknowledged after that shows as a different count.
+    pub fn answered(&self) -> u64 {
+        self.answered_batches.load(Ordering::SeqCst)
+    }
+
+    fn count_answered(&self, batches: u64) {
+        // SeqCst (free on x86, where any fetch_add is a locked one): the
+        // count a probe reads must reflect every reply handed on before it.
+        self.answered_batches.fetch_add(batches, Ordering::SeqCst);
     }
 
     fn failed(&self, requests: usize) {
@@ -819,7 +827,7 @@ impl Reader<'_> {
                     durable: None,
                     ..
                 } => {
-                    self.stats.answered(1);
+                    self.stats.count_answered(1);
                     let _ = reply.send(answer);
                 }
                 InFlight::Batch {
@@ -873,7 +881,7 @@ impl Reader<'_> {
                 durability.failed_writes.fetch_add(failed, Relaxed);
                 answer.data = data;
             }
-            self.stats.answered(1);
+            self.stats.count_answered(1);
             let _ = reply.send(answer);
         }
     }
@@ -908,7 +916,7 @@ impl Reader<'_> {
         let mut failed = 0;
         for (reply, held, _) in self.held.drain(..) {
             failed += held.got;
-            self.stats.answered(1);
+            self.stats.count_answered(1);
             let _ = reply.send(BatchReply::failed(error.clone()));
         }
         if let Some(InFlight::Batch {
@@ -924,7 +932,7 @@ impl Reader<'_> {
                 Some(_) => (Bytes::new(), 0),
             };
             failed += replies - got;
-            self.stats.answered(1);
+            self.stats.count_answered(1);
             let _ = reply.send(BatchReply {
                 data,
                 got,
@@ -936,7 +944,7 @@ impl Reader<'_> {
         while let Ok(next) = inflight.try_recv() {
             if let InFlight::Batch { reply, replies, .. } = next {
                 failed += replies;
-                self.stats.answered(1);
+                self.stats.count_answered(1);
                 let _ = reply.send(BatchReply::failed(error.clone()));
             }
         }

@@ -47,6 +47,25 @@ fn slot(proto: Proto) -> usize {
 }
 
 impl NodePool {
+    /// A pool for a node that is described rather than reached (policy
+    /// test scenarios, benchmarks, unit tests): it connects only if a link
+    /// is asked of it, and nothing here asks.
+    pub fn unconnected(addr: String) -> NodePool {
+        let opts = LinkOptions {
+            connect: super::ConnectOptions {
+                username: None,
+                password: None,
+                timeout: std::time::Duration::from_secs(1),
+                tls: None,
+            },
+            max_reply_depth: 64,
+            reply_timeout: None,
+            window: 0,
+            stats: Default::default(),
+        };
+        NodePool::new(addr, opts, 1, 0, 1, Arc::new(|_: &str| {}))
+    }
+
     pub fn new(
         addr: String,
         mut opts: LinkOptions,

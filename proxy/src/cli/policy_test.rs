@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::Failure;
-use crate::backend::{ConnectOptions, LinkOptions, NodePool};
+use crate::backend::NodePool;
 use crate::config::{PluginsConfig, ReadFrom, ReplicationConfig};
 use crate::failover::detect::Detector;
 use crate::policy::swap::{self, Source};
@@ -232,31 +232,12 @@ fn shard_of(scenario: &Scenario) -> Result<Arc<Shard>, Failure> {
         .into_iter()
         .zip(1..)
         .collect();
-    let options = LinkOptions {
-        connect: ConnectOptions {
-            username: None,
-            password: None,
-            timeout: Duration::from_secs(1),
-            tls: None,
-        },
-        max_reply_depth: 64,
-        reply_timeout: None,
-        window: 0,
-        stats: Default::default(),
-    };
     let nodes: Vec<Arc<Node>> = scenario
         .nodes
         .iter()
         .zip(1..)
         .map(|(spec, id)| {
-            let pool = NodePool::new(
-                spec.addr.clone(),
-                options.clone(),
-                1,
-                0,
-                1,
-                Arc::new(|_: &str| {}),
-            );
+            let pool = NodePool::unconnected(spec.addr.clone());
             let zone = spec.zone.as_deref().map_or(0, |z| zones[z]);
             Arc::new(Node::new(id, spec.addr.clone(), pool, changes.clone()).in_zone(zone))
         })
@@ -290,7 +271,7 @@ fn shard_of(scenario: &Scenario) -> Result<Arc<Shard>, Failure> {
             priority: spec.priority,
             replicas: 0,
         };
-        shard.observe(node, &report, now);
+        shard.observe(node, &report, now, None);
         node.set_lag(0, spec.lag_ms);
         node.set_rtt(Duration::from_micros(spec.rtt_us));
         node.set_health(health(&spec.health).ok_or_else(|| {
@@ -301,6 +282,13 @@ fn shard_of(scenario: &Scenario) -> Result<Arc<Shard>, Failure> {
         })?);
     }
     shard.refresh();
+    // Readable as a probe would find it: a connected replica, up, within
+    // the default `max_read_lag_ms` (the scenario states lags, not the
+    // offsets over time that would prove them).
+    for (spec, node) in scenario.nodes.iter().zip(&shard.nodes) {
+        let readable = shard.follows_primary(node) && spec.lag_ms <= 10_000;
+        node.simulate_readable(readable);
+    }
     Ok(shard)
 }
 

@@ -67,6 +67,9 @@ pub struct Connection {
     /// With several shards: which ones the client wrote to (by index),
     /// for `WAIT`.
     pub(super) written: Vec<bool>,
+    /// What the client has seen of each shard (by index), for consistent
+    /// reads from replicas.
+    pub(super) reads: Vec<Option<crate::route::ReadToken>>,
     /// The last request handled, for `CLIENT LIST`'s `cmd=`.
     pub(super) last: Option<Request>,
     /// What was last published about this client.
@@ -83,6 +86,15 @@ struct Published {
     /// Where the name's bytes are: a new name is a new buffer.
     name: usize,
     flags: u8,
+}
+
+impl Flow {
+    /// Records that the reply to the request just handled shows the
+    /// primary's data (see [`Connection::saw`]).
+    pub(super) fn and_saw(self, connection: &mut Connection) -> Flow {
+        connection.saw(None);
+        self
+    }
 }
 
 impl Connection {
@@ -114,6 +126,7 @@ impl Connection {
             published: None,
             shard: ctx.shards[0].clone(),
             written: Vec::new(),
+            reads: Vec::new(),
             arrived: tokio::time::Instant::now(),
             ctx,
         }
@@ -407,15 +420,15 @@ impl Connection {
             }
             Class::Refused(text) => self.refuse(text.to_string()).await,
             Class::Read | Class::CursorRead | Class::Write => self.forward(class, req).await,
-            Class::Blocking => self.blocking(req).await,
+            Class::Blocking => self.blocking(req).await.and_saw(self),
             Class::Pin => {
                 let flow = self.pinned(req).await;
                 self.session.sticky = self.session.pinned.is_some();
-                flow
+                flow.and_saw(self)
             }
-            Class::Transaction(tx) => self.transaction(tx, req).await,
+            Class::Transaction(tx) => self.transaction(tx, req).await.and_saw(self),
             Class::Wait => self.wait(req).await,
-            Class::Stream => self.stream(req).await,
+            Class::Stream => self.stream(req).await.and_saw(self),
         }
     }
 
@@ -476,7 +489,7 @@ impl Connection {
         // State that lives on a connection (a database, a transaction ...)
         // keeps the client on its dedicated one, opening it if it was lost.
         if !self.session.is_clean() {
-            return self.pinned(req).await;
+            return self.pinned(req).await.and_saw(self);
         }
         // While the primary pauses writes (`CLIENT PAUSE ... WRITE`), a held
         // command would hold a shared connection and every client behind it
@@ -488,7 +501,7 @@ impl Connection {
             .primary()
             .is_some_and(|p| p.pool.stats().is_paused());
         if paused {
-            return self.pinned(req).await;
+            return self.pinned(req).await.and_saw(self);
         }
         if self.session.pinned.is_some() {
             self.unpin().await;
@@ -502,14 +515,15 @@ impl Connection {
             client_id: self.session.id,
             key,
         };
-        let mut node = match route::route(shard, policy, class, &read) {
-            Ok(node) => node,
+        let token = self.read_token();
+        let (mut node, mut on_replica) = match route::route(shard, policy, class, &read, &token) {
+            Ok(routed) => routed,
             Err(_) => {
                 if !self.await_primary().await {
                     return self.reply(self.no_primary()).await;
                 }
-                match route::route(shard, policy, class, &read) {
-                    Ok(node) => node,
+                match route::route(shard, policy, class, &read, &token) {
+                    Ok(routed) => routed,
                     Err(_) => return self.reply(self.no_primary()).await,
                 }
             }
@@ -522,6 +536,7 @@ impl Connection {
         if follows_own_writes {
             if let Some(primary) = shard.primary() {
                 node = primary;
+                on_replica = false;
                 self.durable = true;
             }
         }
@@ -534,15 +549,19 @@ impl Connection {
             // A replica whose link is reconnecting: the primary can answer.
             if let Some(primary) = shard.primary() {
                 node = primary;
+                on_replica = false;
                 link = primary.pool.shared(proto, self.session.id);
             }
         }
         if let Some(open) = &mut self.open {
             if open.target.same_link(link) && open.requests.len() < MAX_BATCH {
                 open.requests.push(req.raw);
+                self.saw(on_replica.then_some(&**node));
                 return Flow::Continue;
             }
         }
-        self.add(node.clone(), link.clone(), req.raw).await
+        let flow = self.add(node.clone(), link.clone(), req.raw).await;
+        self.saw(on_replica.then_some(&**node));
+        flow
     }
 }

@@ -163,6 +163,7 @@ impl Connection {
             sent: std::time::Instant::now(),
             class: BatchClass::Write,
         });
+        self.saw(None);
         Flow::Continue
     }
 
@@ -175,6 +176,7 @@ impl Connection {
         if let Some(open) = &mut self.open {
             if matches!(open.target, Target::Fanout(_)) && open.requests.len() < MAX_BATCH {
                 open.requests.push(req.raw);
+                self.saw(None);
                 return Flow::Continue;
             }
         }
@@ -190,6 +192,7 @@ impl Connection {
             class: BatchClass::Write,
             shard: self.shard.clone(),
         });
+        self.saw(None);
         Flow::Continue
     }
 }

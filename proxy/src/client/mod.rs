@@ -17,6 +17,7 @@ pub(crate) mod local;
 mod monitor;
 mod pin;
 mod pipe;
+mod reads;
 pub mod registry;
 mod slowlog;
 pub mod throttle;

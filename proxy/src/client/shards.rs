@@ -251,6 +251,7 @@ impl Connection {
         if durable {
             self.durable_upto = position;
         }
+        self.saw_everywhere();
         Flow::Continue
     }
 
@@ -346,8 +347,10 @@ impl Connection {
             client_id: self.session.id,
             key: req.arg(1).unwrap_or_default(),
         };
-        let routed = route::route(&shard.topology, &shard.router, class, &read)
+        let token = self.read_token_for(shard);
+        let routed = route::route(&shard.topology, &shard.router, class, &read, &token)
             .ok()
+            .map(|(node, _)| node)
             .filter(|node| {
                 write
                     || node

@@ -75,6 +75,10 @@ pub struct Replies {
     account: Arc<Account>,
     /// Bytes in `out` still charged to the account.
     charged: usize,
+    /// The last time every queued item had its reply: how many there were
+    /// and when (the moment consistent reads measure from, see
+    /// `route::session`).
+    caught_up: (u64, crate::topology::position::Stamp),
 }
 
 impl Replies {
@@ -91,6 +95,7 @@ impl Replies {
             muted: false,
             account,
             charged: 0,
+            caught_up: (0, 0),
         }
     }
 
@@ -118,9 +123,20 @@ impl Replies {
         self.muted = muted;
     }
 
+    /// Items ever queued.
+    pub fn queued(&self) -> u64 {
+        self.queued
+    }
+
     /// How many queued items have their replies.
     pub fn completed(&self) -> u64 {
         self.completed
+    }
+
+    /// Items that had their replies the last time all of them did, and
+    /// when that was.
+    pub fn caught_up(&self) -> (u64, crate::topology::position::Stamp) {
+        self.caught_up
     }
 
     /// Takes the item at `position` out of the queue, if it is still there,
@@ -189,6 +205,15 @@ impl Replies {
 
     /// Writes every item at the front that is already complete.
     pub async fn write_ready(&mut self) -> std::io::Result<()> {
+        let before = self.completed;
+        self.write_complete().await?;
+        if self.queue.is_empty() && self.completed != before {
+            self.caught_up = (self.completed, crate::topology::position::stamp());
+        }
+        self.flush().await
+    }
+
+    async fn write_complete(&mut self) -> std::io::Result<()> {
         while let Some(item) = self.queue.pop_front() {
             self.completed += 1;
             match item {
@@ -229,7 +254,7 @@ impl Replies {
                 self.flush().await?;
             }
         }
-        self.flush().await
+        Ok(())
     }
 
     /// Writes everything queued, waiting for replies as needed.

@@ -595,7 +595,7 @@ impl Controller {
                     .shard
                     .nodes
                     .iter()
-                    .filter(|n| n.serves_reads())
+                    .filter(|n| self.shard.follows_primary(n))
                     .map(|n| Candidate {
                         id: n.id,
                         offset: n.offset(),
@@ -608,7 +608,7 @@ impl Controller {
                     .policy
                     .elect(&candidates)
                     .and_then(|id| self.shard.node(id).cloned())
-                    .ok_or_else(|| OpError::Conflict("no replica is fit to take over (following the primary, caught up, priority above 0)".into()))?
+                    .ok_or_else(|| OpError::Conflict("no replica is fit to take over (up, following the primary, priority above 0)".into()))?
             }
         };
         if target.id == primary.id {
@@ -1130,7 +1130,7 @@ impl Controller {
     /// role it reported.
     async fn observe(&self, node: &Node) -> Option<Role> {
         let report = self.report(node).await.ok()?;
-        self.shard.observe(node, &report, Instant::now());
+        self.shard.observe(node, &report, Instant::now(), None);
         Some(report.role)
     }
 

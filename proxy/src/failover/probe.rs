@@ -137,6 +137,8 @@ pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
                     (generation, detector) = detectors.for_node(node.id);
                 }
                 let started = Instant::now();
+                // Before the probe is sent: see `topology::position`.
+                let answered = node.pool.stats().answered();
                 let result = probe_once(&node, &mut control, opts, timeout).await;
                 let alive = match &result {
                     Ok(Answer::Report(_)) => true,
@@ -179,7 +181,7 @@ pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
                             tracing::info!(role = ?report.role, "node up");
                         }
                         node.set_rtt(started.elapsed());
-                        shard.observe(&node, &report, started);
+                        shard.observe(&node, &report, started, Some(answered));
                     }
                     Err(e) => {
                         control = None;

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 pub struct OffsetHistory {
     samples: VecDeque<(Instant, u64)>,
+    /// When the last sample was taken, changed or not.
+    last_at: Option<Instant>,
 }
 
 /// Samples kept: at the default 100 ms probe interval, about 100 s.
@@ -20,6 +22,7 @@ const KEEP: usize = 1024;
 impl OffsetHistory {
     /// Records the primary's offset as probed at `at`.
     pub fn record(&mut self, at: Instant, offset: u64) {
+        self.last_at = Some(self.last_at.map_or(at, |last| last.max(at)));
         if self.samples.back().is_some_and(|&(_, last)| last == offset) {
             return;
         }
@@ -44,8 +47,33 @@ impl OffsetHistory {
         }
     }
 
+    /// The primary's offset at its first probe taken at or after `since`:
+    /// every write acknowledged before `since` is below it. `None` when no
+    /// probe has been taken since.
+    pub fn covering(&self, since: Instant) -> Option<u64> {
+        // Samples are kept only when the offset moved: the first one after
+        // `since`, or failing that the last one if a probe since found it
+        // unchanged.
+        if let Some(&(_, offset)) = self.samples.iter().find(|&&(at, _)| at >= since) {
+            return Some(offset);
+        }
+        let last = self.samples.back()?.1;
+        self.last_at.filter(|&at| at >= since).map(|_| last)
+    }
+
+    /// The offset of the first sample.
+    pub fn first(&self) -> Option<u64> {
+        self.samples.front().map(|&(_, offset)| offset)
+    }
+
+    /// The offset of the last sample.
+    pub fn last(&self) -> Option<u64> {
+        self.samples.back().map(|&(_, offset)| offset)
+    }
+
     pub fn clear(&mut self) {
         self.samples.clear();
+        self.last_at = None;
     }
 }
 
@@ -65,5 +93,23 @@ mod tests {
         assert_eq!(h.lag(250, now), Duration::from_millis(50));
         assert_eq!(h.lag(150, now), Duration::from_millis(150));
         assert_eq!(h.lag(0, now), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn covering_is_the_first_probe_at_or_after_the_moment() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut h = OffsetHistory::default();
+        assert_eq!(h.covering(t0), None);
+        h.record(t0, 100);
+        h.record(t0 + ms(100), 200);
+        // Unchanged: no new sample, but the probe happened.
+        h.record(t0 + ms(200), 200);
+        assert_eq!(h.covering(t0), Some(100));
+        assert_eq!(h.covering(t0 + ms(50)), Some(200));
+        assert_eq!(h.covering(t0 + ms(150)), Some(200));
+        assert_eq!(h.covering(t0 + ms(250)), None);
+        h.clear();
+        assert_eq!(h.covering(t0), None);
     }
 }

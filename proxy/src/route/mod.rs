@@ -2,16 +2,22 @@
 //! primary; read-only commands go where the shard's read policy says.
 //!
 //! One small trait per decision: [`ReadPolicy`] picks a replica for a read,
-//! and the algorithms sit side by side in `policies.rs`.
+//! and the algorithms sit side by side in `policies.rs`. Whatever a policy
+//! picks, the host serves the read from it only if it may (see
+//! [`session`]): a router, built in or a plugin, cannot break the shard's
+//! read consistency.
 
 mod policies;
+pub mod session;
 
 use std::sync::Arc;
 
 pub use policies::{PrimaryOnly, RoundRobinReplicas};
+pub use session::ReadToken;
 
 use crate::resp::Class;
-use crate::topology::{Node, Shard};
+use crate::topology::position::Served;
+use crate::topology::{Health, Node, Role, Shard};
 
 /// What a read policy knows about the read it places.
 #[derive(Debug, Clone, Copy)]
@@ -57,19 +63,70 @@ impl PolicyView {
     }
 }
 
-/// Where a command goes; `Err` when the shard has no primary to send it to.
+/// Where a command goes, and for a read whether a replica serves it;
+/// `Err` when the shard has no primary to send it to.
 pub fn route<'s>(
     shard: &'s Shard,
     router: &dyn ReadPolicy,
     class: Class,
     read: &Read,
-) -> Result<&'s Arc<Node>, NoPrimary> {
+    token: &ReadToken,
+) -> Result<(&'s Arc<Node>, bool), NoPrimary> {
     if class == Class::Read {
-        if let Some(node) = router.pick(shard, read) {
-            return Ok(node);
+        let placed = place_read(shard, router, read, token);
+        shard
+            .positions
+            .count(placed.err().unwrap_or(Served::Replica));
+        if let Ok(node) = placed {
+            return Ok((node, true));
         }
     }
-    shard.primary().ok_or(NoPrimary)
+    shard.primary().map(|p| (p, false)).ok_or(NoPrimary)
+}
+
+/// The replica for a read: the policy's pick if the client may read there,
+/// else the client's home replica or any other it may read from; else why
+/// the primary serves it.
+fn place_read<'s>(
+    shard: &'s Shard,
+    router: &dyn ReadPolicy,
+    read: &Read,
+    token: &ReadToken,
+) -> Result<&'s Arc<Node>, Served> {
+    let check = token.check(shard, shard.positions.consistency());
+    match router.pick(shard, read) {
+        Some(node) if check.allows(node) => return Ok(node),
+        Some(node) if node.role() == Role::Primary => return Err(Served::Chosen),
+        Some(_) => {}
+        None => return Err(no_replica_chosen(shard)),
+    }
+    if let Some(home) = token.home(shard, &check) {
+        return Ok(home);
+    }
+    // Any replica the client may read from, starting at a place of its own
+    // so that clients turned away from their pick spread out.
+    let count = shard.nodes.len();
+    let start = (read.client_id as usize) % count.max(1);
+    let other = (0..count)
+        .map(|i| &shard.nodes[(start + i) % count])
+        .find(|node| check.allows(node));
+    match other {
+        Some(node) => Ok(node),
+        None if shard.nodes.iter().any(|n| n.serves_reads()) => Err(Served::NotCaughtUp),
+        None => Err(no_replica_chosen(shard)),
+    }
+}
+
+/// Why the primary serves a read no replica was chosen for.
+fn no_replica_chosen(shard: &Shard) -> Served {
+    let up = |n: &&Arc<Node>| n.role() == Role::Replica && n.health() == Health::Up;
+    if shard.nodes.iter().any(|n| n.serves_reads()) {
+        Served::Chosen
+    } else if shard.nodes.iter().any(|n| up(&n)) {
+        Served::Lagging
+    } else {
+        Served::NoReplica
+    }
 }
 
 /// The shard has no reachable primary right now.

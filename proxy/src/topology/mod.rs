@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
+pub mod position;
+
 use crate::backend::NodePool;
-use crate::config::ReadFrom;
+use crate::config::{ReadConsistency, ReadFrom};
 use crate::replicate::lag::OffsetHistory;
 use crate::replicate::window::Admit;
 use crate::replicate::{Durability, DurabilityView};
@@ -106,6 +108,9 @@ pub struct Node {
     rtt_us: AtomicU32,
     /// Fan-out only: see [`SyncState`].
     sync: AtomicU8,
+    /// Fan-out only: every entry of the shard's log below this has been
+    /// answered by the node.
+    applied: AtomicU64,
     /// Commands forwarded to this node.
     pub requests: AtomicU64,
     /// `redis_version` from INFO, for HELLO replies.
@@ -146,6 +151,7 @@ impl Node {
             readable: AtomicBool::new(false),
             rtt_us: AtomicU32::new(0),
             sync: AtomicU8::new(SyncState::InSync as u8),
+            applied: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             version: Mutex::new(None),
             run_id: Mutex::new(None),
@@ -302,9 +308,21 @@ impl Node {
         }
     }
 
+    /// Fan-out: the node has answered every log entry below `upto`.
+    pub(crate) fn set_applied(&self, upto: u64) {
+        self.applied.store(upto, Ordering::Release);
+    }
+
     pub(crate) fn set_lag(&self, bytes: u64, ms: u64) {
         self.lag_bytes.store(bytes, Ordering::Relaxed);
         self.lag_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Sets whether the node may serve reads as a probe would have found
+    /// it: for `rampart policy test`, whose scenarios state each node's lag
+    /// rather than a history of offsets to prove it from.
+    pub fn simulate_readable(&self, readable: bool) {
+        self.set_readable(readable);
     }
 
     fn set_readable(&self, readable: bool) -> bool {
@@ -390,6 +408,11 @@ pub struct Shard {
     /// only by discovery at start, failover and switchover.
     follow_claims: bool,
     max_read_lag_ms: u64,
+    /// How often nodes are probed: a replica's fitness for reads is
+    /// re-derived this often, so the lag bound leaves it as a margin.
+    probe_interval: Duration,
+    /// Where nodes stand in the history of writes, for consistent reads.
+    pub positions: position::Positions,
     /// The primary's offsets over time, for replicas' lag in milliseconds.
     history: Mutex<OffsetHistory>,
     /// Bumped whenever the usable primary may have changed: held writes
@@ -431,6 +454,8 @@ impl Shard {
             view_stale: AtomicBool::new(false),
             follow_claims,
             max_read_lag_ms,
+            probe_interval: Duration::from_millis(100),
+            positions: position::Positions::new(ReadConsistency::default()),
             history: Mutex::new(OffsetHistory::default()),
             changed: watch::channel(0).0,
             held: AtomicUsize::new(0),
@@ -486,6 +511,12 @@ impl Shard {
             })
             .collect();
         self.slots = ranges.join(",");
+        self
+    }
+
+    pub fn with_reads(mut self, consistency: ReadConsistency, probe_interval: Duration) -> Shard {
+        self.positions.set_consistency(consistency);
+        self.probe_interval = probe_interval;
         self
     }
 
@@ -608,8 +639,11 @@ impl Shard {
         self.changed.subscribe()
     }
 
-    /// Records a probe's report of `node`, taken at `at`.
-    pub fn observe(&self, node: &Node, report: &Report, at: Instant) {
+    /// Records a probe's report of `node`, taken at `at`. `answered` is
+    /// the node's answered batches when the probe started, when known (the
+    /// probe loop's own probes): the primary's report then becomes the
+    /// shard's [`position::Mark`].
+    pub fn observe(&self, node: &Node, report: &Report, at: Instant, answered: Option<u64>) {
         if self.fanout {
             // Every fan-out node is a primary of its own; what matters is
             // that it answers, and its role is Rampart's choice.
@@ -626,6 +660,14 @@ impl Shard {
         let is_primary = self.primary_node().is_some_and(|p| p.id == node.id);
         if is_primary {
             history.record(at, report.offset);
+            if let (Some(answered), Role::Primary) = (answered, report.role) {
+                self.positions.set_mark(position::Mark {
+                    history: self.history(),
+                    started: position::stamp_of(at),
+                    answered,
+                    offset: report.offset,
+                });
+            }
         } else if report.role == Role::Replica {
             let primary = self.primary_node();
             let primary_offset = primary.map_or(0, |p| p.offset());
@@ -658,15 +700,11 @@ impl Shard {
             self.primary
                 .store(self.claimed_primary(), Ordering::Release);
         }
-        let primary_addr = self.primary_node().map(|p| p.addr.as_str());
+        let covered = self.covered_offset();
         let mut changed = false;
         for node in &self.nodes {
-            let readable = node.health() == Health::Up
-                && node.role() == Role::Replica
-                && node.replica_connected.load(Ordering::Acquire) == 1
-                && primary_addr.is_some()
-                && node.master().as_deref() == primary_addr
-                && node.lag_ms() <= self.max_read_lag_ms;
+            let readable = self.follows_primary(node)
+                && covered.is_some_and(|covered| node.offset() >= covered);
             changed |= node.set_readable(readable);
         }
         // Wake held writes whenever there is a primary to send them to
@@ -675,6 +713,85 @@ impl Shard {
         if (usable && self.held.load(Ordering::Acquire) > 0) || changed {
             self.changed.send_modify(|generation| *generation += 1);
         }
+    }
+
+    /// A replica answering probes and following this epoch's primary over
+    /// a live link: one that may take over (a switchover waits for it to
+    /// catch up) and, caught up enough, serve reads.
+    pub fn follows_primary(&self, node: &Node) -> bool {
+        let primary = self.primary_node().map(|p| p.addr.as_str());
+        node.health() == Health::Up
+            && node.role() == Role::Replica
+            && node.replica_connected.load(Ordering::Acquire) == 1
+            && primary.is_some()
+            && node.master().as_deref() == primary
+    }
+
+    /// The offset a replica needs to serve reads until the next refresh
+    /// (one probe interval away) within `max_read_lag_ms`: the primary's
+    /// at its first probe after `now + interval - max_read_lag_ms`. While
+    /// the primary does not answer no write is sent to it, so its last
+    /// answered probe stands.
+    fn covered_offset(&self) -> Option<u64> {
+        let lag = Duration::from_millis(self.max_read_lag_ms);
+        let history = self.history.lock().ok()?;
+        // A bound reaching back before this process began: its first probe.
+        let covering = match (Instant::now() + self.probe_interval).checked_sub(lag) {
+            Some(since) => history.covering(since),
+            None => history.first(),
+        };
+        match covering {
+            Some(offset) => Some(offset),
+            None if self
+                .primary_node()
+                .is_some_and(|p| p.health() != Health::Up) =>
+            {
+                history.last()
+            }
+            None => None,
+        }
+    }
+
+    /// The history offsets are in now.
+    pub fn history(&self) -> position::History {
+        position::History {
+            epoch: self.epoch(),
+            primary: self.primary_node().map_or(u32::MAX, |p| p.id),
+        }
+    }
+
+    /// Where `node` stands: its offset (native) or the log entries it has
+    /// answered (fan-out).
+    pub fn position(&self, node: &Node) -> u64 {
+        if self.fanout {
+            node.applied.load(Ordering::Acquire)
+        } else {
+            node.offset()
+        }
+    }
+
+    /// A position covering everything any node held, and every write
+    /// acknowledged, at `since`; `None` until one is known (native: the
+    /// primary has not been probed since).
+    pub fn position_after(&self, since: position::Stamp) -> Option<u64> {
+        if self.fanout {
+            return Some(self.positions.log_head());
+        }
+        let mark = self.positions.mark()?;
+        (mark.started > since && mark.history == self.history()).then_some(mark.offset)
+    }
+
+    /// A position covering every write acknowledged to anyone so far, if
+    /// one is known: native, the last mark while the primary's links have
+    /// answered nothing since it was taken.
+    pub fn global_floor(&self) -> Option<u64> {
+        if self.fanout {
+            return Some(self.positions.log_head());
+        }
+        let mark = self.positions.mark()?;
+        let primary = self.primary_node()?;
+        let quiet = primary.pool.stats().answered() == mark.answered;
+        (quiet && mark.history == self.history()).then_some(mark.offset)
     }
 
     /// Fan-out: the primary is a node that answers and has every write,
@@ -747,6 +864,7 @@ impl Shard {
             held_clients: self.held.load(Ordering::Relaxed),
             awaiting_operator: self.awaiting_operator(),
             durability: self.durability.view(),
+            reads: self.positions.view(),
             nodes: self
                 .nodes
                 .iter()
@@ -806,6 +924,8 @@ pub struct ShardView {
     /// Why the shard waits for `rampart promote --force`, if it does.
     pub awaiting_operator: Option<String>,
     pub durability: DurabilityView,
+    /// Who served reads, and the consistency they were held to.
+    pub reads: position::ReadsView,
     pub nodes: Vec<NodeView>,
 }
 

@@ -296,6 +296,7 @@ impl Fanout {
                 if state.bytes == 0 || state.bytes + size <= self.max_bytes {
                     let entry = Arc::new(entry);
                     state.next += 1;
+                    self.shard.positions.advance_log(state.next);
                     state.bytes += size;
                     state.appended += size as u64;
                     if entry.write().is_some() {
@@ -396,6 +397,7 @@ impl Fanout {
         let mut state = self.lock();
         let cursor = &mut state.nodes[index];
         cursor.acked = cursor.acked.max(upto);
+        self.shard.nodes[index].set_applied(cursor.acked);
         let caught_up = cursor.acked >= cursor.catch_up_to;
         if self.node_state(index) == SyncState::CatchingUp && caught_up {
             self.shard.nodes[index].set_sync(SyncState::InSync);
@@ -461,6 +463,8 @@ impl Fanout {
             cursor.acked = next;
             cursor.sent = next;
             cursor.catch_up_to = next;
+            // Not read from until the copy is done (it is not in sync).
+            node.set_applied(next);
             return Start::Resync;
         }
         cursor.sent = cursor.acked;
@@ -698,6 +702,7 @@ impl Fanout {
             cursor.acked = next;
             cursor.sent = next;
         }
+        node.set_applied(self.shard.positions.log_head());
         node.set_sync(SyncState::Down);
         self.wake[index].notify_one();
         // Whatever the others hold is measured against this node now.
