@@ -42,10 +42,11 @@ fn rampart_with_limits(nodes: &[String], limits: &str) -> (Running, u16, std::ne
     (running, port, format!("127.0.0.1:{admin}").parse().unwrap())
 }
 
-/// The finding: 1,000 pipelined GETs of a large value from a client that
-/// never reads grew Rampart by gigabytes and starved everyone else. Now the
-/// client is cut at `client_output_hard_mb`, Rampart's peak memory grows by
-/// little more than the cap, and another client is served throughout.
+/// A client that never reads while its replies pass `client_output_hard_mb`
+/// (here one reply is larger than the cap) is cut, Rampart's peak memory
+/// grows by little more than the cap, and another client is served
+/// throughout. (A client whose replies fit is not cut: its requests wait,
+/// see the test below.)
 #[test]
 fn a_client_that_never_reads_is_cut_at_its_cap_and_others_are_served() {
     let cluster = Cluster::start(0);
@@ -58,7 +59,7 @@ fn a_client_that_never_reads_is_cut_at_its_cap_and_others_are_served() {
     let _: () = direct.set("small", "s").unwrap();
     let (rampart, port, admin) = rampart_with_limits(
         &cluster.addrs(),
-        "client_output_hard_mb = 32\nclients_output_total_mb = 64",
+        "client_output_hard_mb = 2\nclients_output_total_mb = 64",
     );
     let pid = rampart.0.id();
     let before = memory_kib(pid, "VmRSS:");
@@ -191,4 +192,67 @@ fn partly_received_requests_share_a_cap() {
         s.read_exact(&mut reply).unwrap();
         assert_eq!(&reply, b"+OK\r\n");
     }
+}
+
+/// The attack from the hostile-inputs review, nine times in one process: a
+/// client pipelines 1,000 GETs of a 10 MiB value and never reads. Its
+/// requests stop going to the node once its unread replies fill its share
+/// (the node is not kept busy for seconds producing what nobody will
+/// read), so the node is never taken for dead and failed over; a
+/// bystander's GETs stay fast throughout; and what Rampart held for the
+/// attacker is given back to the system once it has gone.
+#[test]
+fn a_client_that_pipelines_huge_reads_and_never_reads_costs_others_nothing() {
+    let cluster = Cluster::start(1);
+    let value = vec![b'x'; 10 * 1024 * 1024];
+    let mut direct = redis::Client::open(format!("redis://{}/", cluster.addrs()[0]))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = direct.set("big", &value).unwrap();
+    let _: () = direct.set("small", "s").unwrap();
+    let (rampart, port, admin) = rampart_with_limits(&cluster.addrs(), "");
+    let pid = rampart.0.id();
+    let mut other = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: String = other.get("small").unwrap();
+    let start = memory_kib(pid, "VmRSS:");
+    let mut slowest = Duration::ZERO;
+    let mut after = Vec::new();
+    for _ in 0..9 {
+        let mut attacker = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        attacker
+            .write_all(&b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(1000))
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            let started = Instant::now();
+            let small: String = other.get("small").unwrap();
+            slowest = slowest.max(started.elapsed());
+            assert_eq!(small, "s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(attacker);
+        std::thread::sleep(Duration::from_millis(500));
+        after.push(memory_kib(pid, "VmRSS:"));
+    }
+    let events = http_get(admin, "/v1/events").1;
+    eprintln!(
+        "RSS at start {start} KiB, after each attack {after:?}; slowest bystander GET {slowest:?}"
+    );
+    assert!(
+        !events.contains("\"primary-lost\"") && !events.contains("\"promoted\""),
+        "the busy primary was taken for dead: {events}"
+    );
+    assert!(
+        slowest < Duration::from_millis(250),
+        "a bystander's GET took {slowest:?}"
+    );
+    let last = *after.last().unwrap();
+    assert!(
+        last < start + 64 * 1024,
+        "Rampart kept what it held for the attackers: {start} KiB at start, {after:?} after"
+    );
 }

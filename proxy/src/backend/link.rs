@@ -119,6 +119,9 @@ pub struct LinkStats {
     /// the node's load right now (routers balance on it).
     sent_batches: AtomicU64,
     answered_batches: AtomicU64,
+    /// Reads from the node's links that returned bytes: a node whose
+    /// links keep receiving is alive, however late its probe's answer.
+    reads: AtomicU64,
     /// The node answers its probes with `-BUSY` or `-LOADING`: it is alive
     /// and running something long, so a reply that is slow to come is no
     /// sign of a dead connection.
@@ -158,6 +161,11 @@ impl LinkStats {
             self.paused.store(false, Ordering::Relaxed);
         }
         paused
+    }
+
+    /// Reads with bytes so far, across the node's links.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     /// Batches sent to the node and not answered yet.
@@ -604,6 +612,9 @@ fn close_run(
     let _ = inflight.send(InFlight::Wait { req, durability });
 }
 
+/// An empty read buffer larger than this is replaced by a small one.
+pub(crate) const RETURN_ABOVE: usize = 1024 * 1024;
+
 /// Replies read from a backend connection, cut off the read buffer as
 /// they complete, without copying (shared by links and fan-out streams).
 pub(crate) struct ReplyCutter {
@@ -664,8 +675,12 @@ impl ReplyCutter {
         (data, done)
     }
 
-    /// Room for the next read.
+    /// Room for the next read. A buffer that grew for a large reply and is
+    /// empty again is given back rather than kept for the link's life.
     pub fn make_room(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > RETURN_ABOVE {
+            self.buf = BytesMut::with_capacity(16 * 1024);
+        }
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(64 * 1024);
         }
@@ -782,6 +797,7 @@ impl Reader<'_> {
             if n == 0 {
                 return Err("closed by the server".into());
             }
+            self.stats.reads.fetch_add(1, Ordering::Relaxed);
         }
     }
 

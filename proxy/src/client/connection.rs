@@ -155,7 +155,7 @@ impl Connection {
             // socket meanwhile, so a client that leaves is noticed, its
             // command unblocked, and nothing it queued behind runs.
             while (!closing || unread_owed > 0)
-                && self.replies.owed() < max
+                && self.in_flight() < self.replies.window(max)
                 && !self.waits_on_blocked()
             {
                 let before = self.buf.len();
@@ -203,7 +203,11 @@ impl Connection {
                 }
                 continue;
             }
-            let can_read = !closing && self.replies.owed() < max;
+            let can_read = !closing && self.in_flight() < self.replies.window(max);
+            if self.buf.is_empty() && self.buf.capacity() > crate::backend::link::RETURN_ABOVE {
+                // Grown for a large request: given back, not kept.
+                self.buf = BytesMut::with_capacity(16 * 1024);
+            }
             if can_read {
                 let wanted = self.parser.wanted().saturating_sub(self.buf.len());
                 self.buf.reserve(wanted.clamp(4096, 1024 * 1024));
@@ -266,6 +270,12 @@ impl Connection {
         }
         let _ = self.replies.drain().await;
         self.replies.shutdown().await;
+    }
+
+    /// Replies the client is owed, counting requests gathered in the batch
+    /// not sent yet.
+    fn in_flight(&self) -> usize {
+        self.replies.owed() + self.open.as_ref().map_or(0, |open| open.requests.len())
     }
 
     pub(super) async fn handle(&mut self, req: Request) -> Flow {

@@ -48,6 +48,16 @@ pub enum Pending {
     },
 }
 
+/// How many bytes of replies a client may have coming at once, as far as
+/// the size of its replies so far tells: its requests wait (unsent, so no
+/// node works on them) while more would be. A shared link carries what is
+/// in flight for every client on it in order, so this is also about how
+/// long one client can make the others behind it wait.
+const IN_FLIGHT_BYTES: usize = 16 * 1024 * 1024;
+/// Requests in flight while nothing is known of the client's replies: a
+/// first pipeline of huge reads costs at most this many.
+const FIRST_WINDOW: usize = 2;
+
 /// Writes past this size go out without waiting for more replies.
 const FLUSH_AT: usize = 64 * 1024;
 /// At most this many slices per vectored write (well under IOV_MAX).
@@ -79,6 +89,9 @@ pub struct Replies {
     /// and when (the moment consistent reads measure from, see
     /// `route::session`).
     caught_up: (u64, crate::topology::position::Stamp),
+    /// Bytes per reply, as the client's recent replies were (the largest
+    /// batch's average, decaying): 0 before any.
+    per_reply: usize,
 }
 
 impl Replies {
@@ -96,6 +109,7 @@ impl Replies {
             account,
             charged: 0,
             caught_up: (0, 0),
+            per_reply: 0,
         }
     }
 
@@ -161,6 +175,17 @@ impl Replies {
         self.owed
     }
 
+    /// How many replies the client may be owed before Rampart stops
+    /// sending its requests: `max` (`limits.max_pipeline`) while its
+    /// replies are small, fewer as they grow, so that what is in flight
+    /// for it stays near [`IN_FLIGHT_BYTES`].
+    pub fn window(&self, max: usize) -> usize {
+        match self.per_reply {
+            0 => FIRST_WINDOW.min(max),
+            size => (IN_FLIGHT_BYTES / size).clamp(1, max.max(1)),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
@@ -171,10 +196,13 @@ impl Replies {
         poll_fn(|cx| {
             if let Some(Pending::Discard { reply, replies }) = self.queue.front_mut() {
                 let replies = *replies;
-                if Pin::new(reply).poll(cx).is_pending() {
+                let Poll::Ready(result) = Pin::new(reply).poll(cx) else {
                     return Poll::Pending;
-                }
+                };
                 self.owed -= replies;
+                if let Ok(reply) = result {
+                    self.learn(reply.data.len(), replies);
+                }
                 if let Some(front) = self.queue.front_mut() {
                     *front = Pending::Local(Bytes::new());
                 }
@@ -247,7 +275,11 @@ impl Replies {
                         self.queue.push_front(Pending::Discard { reply, replies });
                         break;
                     }
-                    _ => self.owed -= replies,
+                    Ok(reply) => {
+                        self.owed -= replies;
+                        self.learn(reply.data.len(), replies);
+                    }
+                    Err(oneshot::error::TryRecvError::Closed) => self.owed -= replies,
                 },
             }
             if self.out_len >= FLUSH_AT || self.out.len() >= MAX_SLICES {
@@ -282,6 +314,7 @@ impl Replies {
 
     fn arrived(&mut self, mut reply: BatchReply, replies: usize) {
         self.owed -= replies;
+        self.learn(reply.data.len(), replies);
         if let Some(charge) = reply.charge.take() {
             self.charged += charge.keep();
         }
@@ -292,6 +325,12 @@ impl Replies {
         let mut out = BytesMut::with_capacity(reply.data.len() + 64);
         encode(&mut out, reply, replies);
         self.append(out.freeze());
+    }
+
+    /// Takes a batch's replies into [`Replies::window`]'s estimate.
+    fn learn(&mut self, bytes: usize, replies: usize) {
+        let size = bytes / replies.max(1);
+        self.per_reply = size.max(self.per_reply - self.per_reply / 8).max(1);
     }
 
     fn append(&mut self, bytes: Bytes) {

@@ -139,11 +139,17 @@ pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
                 let started = Instant::now();
                 // Before the probe is sent: see `topology::position`.
                 let answered = node.pool.stats().answered();
+                let reads = node.pool.stats().reads();
                 let result = probe_once(&node, &mut control, opts, timeout).await;
+                // A probe that timed out while the node kept sending Rampart
+                // replies on its links met a node busy with Rampart's own
+                // traffic (a client's huge pipeline, say): alive, not dead.
+                let streaming = matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::TimedOut)
+                    && node.pool.stats().reads() > reads;
                 let alive = match &result {
                     Ok(Answer::Report(_)) => true,
                     Ok(Answer::Busy(_)) => !busy.unkillable,
-                    Err(_) => false,
+                    Err(_) => streaming,
                 };
                 detector.observe(started, alive);
                 let health = detector.verdict(Instant::now());
@@ -182,6 +188,10 @@ pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
                         }
                         node.set_rtt(started.elapsed());
                         shard.observe(&node, &report, started, Some(answered));
+                    }
+                    Err(e) if streaming => {
+                        control = None;
+                        tracing::debug!(error = %e, "probe late while the node streams replies; alive");
                     }
                     Err(e) => {
                         control = None;
