@@ -252,7 +252,9 @@ impl Server {
             events,
             metrics: Arc::default(),
             history: Arc::default(),
-            budget: crate::backend::charge::Budget::new(config.limits.output_caps()),
+            budget: crate::backend::charge::Budget::new(crate::backend::charge::Caps::of(
+                &config.limits,
+            )),
             client_tls,
             admin_tls,
             backend_tls,

@@ -8,24 +8,12 @@
 //! never leaves the thread its client lives on, the way twemproxy and
 //! Envoy's workers do it.
 
-use std::cell::Cell;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::context::Context;
-
-thread_local! {
-    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// The worker the calling thread is, if it is one. Per-worker state (shared
-/// backend links) is indexed by this; other threads use the slot after the
-/// last worker.
-pub fn current() -> Option<usize> {
-    WORKER.with(|w| w.get())
-}
 
 /// A client connection on its way to a worker.
 pub struct NewClient {
@@ -63,7 +51,7 @@ impl Workers {
 }
 
 fn run(index: usize, ctx: Arc<Context>, mut clients: mpsc::UnboundedReceiver<NewClient>) {
-    WORKER.with(|w| w.set(Some(index)));
+    crate::backend::pool::enter_worker(index);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -82,6 +82,31 @@ fn a_pipeline_of_ten_thousand_commands_keeps_its_order() {
     assert_eq!(values, (0..5_000).collect::<Vec<i64>>());
 }
 
+/// More requests than a client may have in flight (`max_pipeline`, and
+/// the smaller window of a client whose replies are not known yet), all in
+/// one write: Rampart goes on parsing what it already holds as replies go
+/// out, without waiting for bytes that will never come.
+#[test]
+fn a_pipeline_longer_than_the_window_in_one_write_is_answered_in_full() {
+    let (_cluster, proxy) = setup();
+    let mut s = std::net::TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let n = 9_000;
+    let mut bytes =
+        b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\nw\r\n$1\r\nv\r\n*1\r\n$4\r\nEXEC\r\n"
+            .to_vec();
+    bytes.extend(b"*2\r\n$3\r\nGET\r\n$1\r\nw\r\n".repeat(n));
+    std::io::Write::write_all(&mut s, &bytes).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    while got.windows(6).filter(|w| w == b"$1\r\nv\r").count() < n {
+        let read = std::io::Read::read(&mut s, &mut chunk).expect("every reply in time");
+        assert!(read > 0, "closed");
+        got.extend_from_slice(&chunk[..read]);
+    }
+    assert!(got.starts_with(b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n"));
+}
+
 #[test]
 fn transactions_and_watch() {
     let (_cluster, proxy) = setup();

@@ -469,6 +469,20 @@ struct Raw {
 }
 
 impl Raw {
+    /// Waits for the connection to be closed by Rampart, skipping whatever
+    /// it was sent before (messages, MONITOR lines).
+    fn expect_closed(&mut self) {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+                Err(e) => panic!("the connection stayed open: {e}"),
+            }
+        }
+    }
+
     fn connect(addr: std::net::SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).unwrap();
         stream
@@ -571,6 +585,48 @@ fn client_commands_are_about_rampart_clients() {
         .query(&mut bob)
         .unwrap();
     assert_eq!(me, 0);
+}
+
+/// A subscriber or a MONITOR killed by `CLIENT KILL` is disconnected, as
+/// Redis disconnects it: it receives nothing more and `PUBLISH` no longer
+/// counts it.
+#[test]
+fn client_kill_disconnects_subscribers_and_monitors() {
+    let cluster = Cluster::start(0);
+    let proxy = Proxy::start(&cluster.addrs(), Setup::default());
+    let mut admin = proxy.conn();
+    let mut subscriber = Raw::connect(proxy.addr);
+    subscriber.send(&[&["SUBSCRIBE", "news"]]);
+    let _ = subscriber.reply();
+    let mut monitor = Raw::connect(proxy.addr);
+    monitor.send(&[&["MONITOR"]]);
+    assert_eq!(monitor.reply(), redis::Value::Okay);
+    let heard: i64 = admin.publish("news", "one").unwrap();
+    assert_eq!(heard, 1);
+
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query(&mut admin)
+        .unwrap();
+    assert_eq!(killed, 1);
+    subscriber.expect_closed();
+    let heard: i64 = admin.publish("news", "two").unwrap();
+    assert_eq!(heard, 0, "the killed subscriber is still subscribed");
+
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut admin).unwrap();
+    let monitor_id = list
+        .lines()
+        .find(|l| l.contains(" cmd=monitor "))
+        .and_then(|l| l.strip_prefix("id="))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or_else(|| panic!("no monitor in CLIENT LIST:\n{list}"))
+        .to_string();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "ID", &monitor_id])
+        .query(&mut admin)
+        .unwrap();
+    assert_eq!(killed, 1);
+    monitor.expect_closed();
 }
 
 #[test]

@@ -19,9 +19,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use tokio::sync::{oneshot, Notify};
-
-use super::BatchReply;
+use tokio::sync::Notify;
 
 /// The caps, in bytes (0: none).
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +30,20 @@ pub struct Caps {
     pub total: usize,
     /// Partly received requests across all clients.
     pub partial_requests: usize,
+}
+
+impl Caps {
+    /// The caps `[limits]` sets.
+    pub fn of(limits: &crate::resp::Limits) -> Caps {
+        const MIB: usize = 1024 * 1024;
+        Caps {
+            hard: limits.client_output_hard_mb * MIB,
+            soft: limits.client_output_soft_mb * MIB,
+            soft_for: Duration::from_secs(limits.client_output_soft_seconds),
+            total: limits.clients_output_total_mb * MIB,
+            partial_requests: limits.partial_requests_total_mb * MIB,
+        }
+    }
 }
 
 /// Why a client was evicted, for logs and the metric's label.
@@ -313,53 +325,6 @@ impl Drop for Charge {
         if self.bytes > 0 {
             self.account.release(self.bytes);
         }
-    }
-}
-
-/// Where a batch's replies go: the client's channel, and the account they
-/// are charged to (none for Rampart's own requests).
-pub struct ReplyTo {
-    tx: oneshot::Sender<BatchReply>,
-    account: Option<Arc<Account>>,
-}
-
-impl ReplyTo {
-    pub fn charged(tx: oneshot::Sender<BatchReply>, account: Arc<Account>) -> ReplyTo {
-        ReplyTo {
-            tx,
-            account: Some(account),
-        }
-    }
-
-    /// A charge of `bytes` to the client's account, if it has one: for
-    /// replies still arriving, which the link holds for the client.
-    pub fn charge(&self, bytes: usize) -> Option<Charge> {
-        self.account.as_ref().map(|account| account.charge(bytes))
-    }
-
-    /// Nobody will read the replies: the client was evicted, or dropped
-    /// the receiving end (it left, and nothing needs what it was owed).
-    /// The link can drop them as they arrive instead of holding them.
-    pub fn is_unwanted(&self) -> bool {
-        self.tx.is_closed() || self.account.as_ref().is_some_and(|a| a.is_evicted())
-    }
-
-    /// Delivers the replies, charged to the client's account for exactly
-    /// the bytes they hold.
-    pub fn send(self, mut reply: BatchReply) -> Result<(), BatchReply> {
-        let bytes = reply.data.len();
-        match (&mut reply.charge, &self.account) {
-            (Some(charge), _) => charge.resize(bytes),
-            (None, Some(account)) if bytes > 0 => reply.charge = Some(account.charge(bytes)),
-            (None, _) => {}
-        }
-        self.tx.send(reply)
-    }
-}
-
-impl From<oneshot::Sender<BatchReply>> for ReplyTo {
-    fn from(tx: oneshot::Sender<BatchReply>) -> ReplyTo {
-        ReplyTo { tx, account: None }
     }
 }
 

@@ -24,8 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::charge::{Charge, ReplyTo};
+use super::charge::Charge;
 use super::connect::{connect, connect_with_id, ConnectOptions, Session};
+use super::reply::{BatchReply, ReplyTo};
 use crate::net::{ReadHalf, Stream, WriteHalf};
 use crate::replicate::{self, Durability, Requirement};
 use crate::resp::ReplyScanner;
@@ -57,30 +58,6 @@ impl Batch {
             reply: reply.into(),
             durable: None,
             keep_on_shortfall: false,
-        }
-    }
-}
-
-/// The replies to a batch.
-#[derive(Debug, Default)]
-pub struct BatchReply {
-    /// The replies that arrived, exactly as the backend wrote them.
-    pub data: Bytes,
-    /// How many replies `data` holds.
-    pub got: usize,
-    /// Why the remaining replies will never come, as an error reply text.
-    pub error: Option<Arc<str>>,
-    /// `data` as charged to the client it is for (see [`super::charge`]).
-    pub charge: Option<Charge>,
-}
-
-impl BatchReply {
-    fn failed(error: Arc<str>) -> BatchReply {
-        BatchReply {
-            data: Bytes::new(),
-            got: 0,
-            error: Some(error),
-            charge: None,
         }
     }
 }

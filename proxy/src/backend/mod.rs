@@ -7,7 +7,9 @@ pub mod frame;
 pub mod link;
 pub mod own;
 pub mod pool;
+pub mod reply;
 
 pub use connect::{ConnectOptions, Credentials, Session};
-pub use link::{Batch, BatchReply, Link, LinkOptions};
+pub use link::{Batch, Link, LinkOptions};
 pub use pool::NodePool;
+pub use reply::BatchReply;

@@ -15,6 +15,19 @@ use super::connect::{connect_with_id, Session};
 use super::link::{Link, LinkOptions, LinkStats, OnFailure};
 use crate::resp::Proto;
 
+thread_local! {
+    /// The worker the calling thread is (see `crate::worker`), if it is one.
+    /// Per-worker state (shared links) is indexed by it; other threads use
+    /// the slot after the last worker.
+    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Marks the calling thread as worker `index`: its clients use the shared
+/// links of that worker's slot.
+pub fn enter_worker(index: usize) {
+    WORKER.with(|w| w.set(Some(index)));
+}
+
 pub struct NodePool {
     addr: String,
     opts: LinkOptions,
@@ -95,7 +108,8 @@ impl NodePool {
 
     /// This thread's slot in the per-worker vectors.
     fn here(&self) -> usize {
-        crate::worker::current()
+        WORKER
+            .with(|w| w.get())
             .unwrap_or(usize::MAX)
             .min(self.shared.len() - 1)
     }

@@ -434,7 +434,9 @@ fn detector(
                 crate::failover::detect::DetectorChoice::Builtin(config) => {
                     crate::failover::detect::build(config)
                 }
-                crate::failover::detect::DetectorChoice::Plugin(plugin) => plugin.for_node(node.id),
+                crate::failover::detect::DetectorChoice::Plugin(plugin) => {
+                    plugin.clone().for_node(node.id)
+                }
             });
         let at = start + Duration::from_millis(probe_spec.at_ms);
         detector.observe(at, probe_spec.ok);

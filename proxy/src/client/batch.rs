@@ -10,45 +10,12 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::connection::{Connection, Flow};
+use super::inflight::{OpenBatch, Target, MAX_BATCH};
 use super::writer::Pending;
-use crate::backend::charge::ReplyTo;
+use crate::backend::reply::ReplyTo;
 use crate::backend::{Batch, Link};
-use crate::observe::counters::BatchClass;
-use crate::replicate::fanout::Fanout;
 use crate::resp::Value;
 use crate::topology::Node;
-
-/// Most requests put in one batch before it is sent.
-pub(super) const MAX_BATCH: usize = 512;
-
-/// Where an open batch goes.
-pub(super) enum Target {
-    Link {
-        link: Link,
-        node: Arc<Node>,
-    },
-    /// A fan-out shard's writer: every node, in the shard's order.
-    Fanout(Arc<Fanout>),
-}
-
-impl Target {
-    pub(super) fn same_link(&self, other: &Link) -> bool {
-        matches!(self, Target::Link { link, .. } if link.same(other))
-    }
-}
-
-/// Requests gathered for one link.
-pub(super) struct OpenBatch {
-    pub(super) target: Target,
-    pub(super) requests: Vec<Bytes>,
-    /// Replies held until the shard's quorum of replicas has the writes.
-    /// A batch is all durable or not at all, so a `WAIT` after it never
-    /// lands inside a transaction that follows it.
-    pub(super) durable: bool,
-    pub(super) class: BatchClass,
-    /// The shard the batch goes to.
-    pub(super) shard: Arc<crate::shard::Shard>,
-}
 
 impl Connection {
     /// Adds a request to the open batch, sending the batch first if it is for

@@ -12,18 +12,16 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use super::batch::{OpenBatch, MAX_BATCH};
-use super::blocking::Blocked;
-use super::registry::{LastCommand, Order, Registration};
+use super::inflight::{Blocked, OpenBatch};
+use super::registry::{Order, Published, Registration};
 use super::session::Session;
 use super::writer::Replies;
 use crate::backend::control::frame_text;
 use crate::context::Context;
 use crate::net::{ReadHalf, WriteHalf};
 use crate::observe::counters::BatchClass;
-use crate::resp::command::{Class, Tx, NOT_THROUGH_RAMPART};
+use crate::resp::command::{Class, NOT_THROUGH_RAMPART};
 use crate::resp::{classify, Request, RequestParser, Value};
-use crate::route;
 
 /// Whether the reader goes on after a request.
 #[derive(PartialEq, Eq)]
@@ -73,19 +71,7 @@ pub struct Connection {
     /// The last request handled, for `CLIENT LIST`'s `cmd=`.
     pub(super) last: Option<Request>,
     /// What was last published about this client.
-    published: Option<Published>,
-}
-
-/// The parts of a client's state `CLIENT LIST` shows, compared to skip
-/// publishing what did not change.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Published {
-    cmd: Option<LastCommand>,
-    db: i64,
-    resp: i64,
-    /// Where the name's bytes are: a new name is a new buffer.
-    name: usize,
-    flags: u8,
+    pub(super) published: Option<Published>,
 }
 
 impl Flow {
@@ -154,10 +140,15 @@ impl Connection {
             // until it is answered, and the loop below keeps watching the
             // socket meanwhile, so a client that leaves is noticed, its
             // command unblocked, and nothing it queued behind runs.
-            while (!closing || unread_owed > 0)
-                && self.in_flight() < self.replies.window(max)
-                && !self.waits_on_blocked()
-            {
+            // Whether parsing stopped with the client owed its window of
+            // replies (rather than for want of bytes): once some are
+            // written, parsing resumes without waiting for more input.
+            let mut held = false;
+            while (!closing || unread_owed > 0) && !self.waits_on_blocked() {
+                if self.in_flight() >= self.replies.window(max) {
+                    held = true;
+                    break;
+                }
                 let before = self.buf.len();
                 let parsed = self.parser.parse(&mut self.buf);
                 unread_owed = unread_owed.saturating_sub(before - self.buf.len().min(before));
@@ -196,6 +187,9 @@ impl Connection {
             }
             if self.replies.write_ready().await.is_err() {
                 return;
+            }
+            if held && self.in_flight() < self.replies.window(max) {
+                continue;
             }
             if closing && self.replies.is_empty() {
                 if unread_owed == 0 {
@@ -307,75 +301,6 @@ impl Connection {
         flow
     }
 
-    /// What other clients may see of this one (`CLIENT LIST`), once per
-    /// read: only the time unless something changed.
-    fn publish(&mut self) {
-        let cmd = self.last.as_ref().map(LastCommand::of);
-        let entry = &self.registration.entry;
-        entry.touch();
-        let now = self.published_state(cmd);
-        if self.published != Some(now) {
-            self.publish_with(cmd);
-            self.published = Some(now);
-        }
-    }
-
-    /// Publishes now, with `CLIENT <sub>` as the last command (for `CLIENT
-    /// LIST` and `CLIENT INFO` showing the client itself).
-    pub(super) fn publish_now(&mut self, sub: &str) {
-        self.registration.entry.touch();
-        self.publish_with(Some(LastCommand::client(sub)));
-        self.published = None;
-    }
-
-    fn blocked_now(&self) -> bool {
-        self.blocked
-            .last()
-            .is_some_and(|b| b.position > self.replies.completed())
-    }
-
-    /// Everything `publish_with` shows, to tell whether it changed.
-    fn published_state(&self, cmd: Option<LastCommand>) -> Published {
-        let s = &self.session;
-        Published {
-            cmd,
-            db: s.db,
-            resp: s.proto.number(),
-            name: s.name.as_ref().map_or(0, |n| n.as_ptr() as usize),
-            flags: u8::from(self.blocked_now())
-                | (u8::from(s.in_multi) << 1)
-                | (u8::from(s.pipe.is_some()) << 2),
-        }
-    }
-
-    fn publish_with(&self, cmd: Option<LastCommand>) {
-        let s = &self.session;
-        let blocked = self.blocked_now();
-        self.registration.entry.publish(|snap| {
-            snap.name = s.name.clone();
-            snap.db = s.db;
-            snap.resp = s.proto.number();
-            snap.subscribed = s.pipe.is_some();
-            snap.multi = if s.in_multi { 0 } else { -1 };
-            snap.flags.clear();
-            if blocked {
-                snap.flags.push('b');
-            }
-            if s.in_multi {
-                snap.flags.push('x');
-            }
-            if s.pipe.is_some() {
-                snap.flags.push('P');
-            }
-            if snap.flags.is_empty() {
-                snap.flags.push('N');
-            }
-            if cmd.is_some() {
-                snap.cmd = cmd;
-            }
-        });
-    }
-
     async fn dispatch(&mut self, req: Request) -> Flow {
         if self.session.pipe.is_some() {
             return self.send_piped(req).await;
@@ -425,7 +350,7 @@ impl Connection {
             Class::Local(local) => self.local(local, req).await,
             Class::Refused(text) if self.session.in_multi && text == NOT_THROUGH_RAMPART => {
                 // Redis refuses SHUTDOWN and the like inside MULTI itself.
-                self.refuse(crate::client::local::NOT_IN_MULTI.to_string())
+                self.refuse(crate::resp::command::NOT_IN_MULTI.to_string())
                     .await
             }
             Class::Refused(text) => self.refuse(text.to_string()).await,
@@ -478,100 +403,5 @@ impl Connection {
             }
         }
         true
-    }
-
-    /// Whether the request's reply must wait for the shard's write quorum:
-    /// writes, blocking pops and moves, and EXEC (a whole transaction is one
-    /// write), in synchronous mode. Commands queued inside MULTI are not,
-    /// since a `WAIT` there would be queued with them.
-    fn wants_durability(&self, class: Class) -> bool {
-        let write = match class {
-            Class::Transaction(Tx::Exec) => true,
-            Class::Write | Class::Blocking => !self.session.in_multi,
-            _ => false,
-        };
-        let shard = &self.shard.topology;
-        write && shard.durability.is_sync() && !shard.is_fanout()
-    }
-
-    /// Reads and writes that need no connection state.
-    pub(super) async fn forward(&mut self, class: Class, req: Request) -> Flow {
-        // State that lives on a connection (a database, a transaction ...)
-        // keeps the client on its dedicated one, opening it if it was lost.
-        if !self.session.is_clean() {
-            return self.pinned(req).await.and_saw(self);
-        }
-        // While the primary pauses writes (`CLIENT PAUSE ... WRITE`), a held
-        // command would hold a shared connection and every client behind it
-        // there: each client waits on a connection of its own instead, as on
-        // Redis.
-        let paused = self
-            .shard
-            .topology
-            .primary()
-            .is_some_and(|p| p.pool.stats().is_paused());
-        if paused {
-            return self.pinned(req).await.and_saw(self);
-        }
-        if self.session.pinned.is_some() {
-            self.unpin().await;
-        }
-        // Borrowed from a clone of the shard so that nothing per request
-        // clones a node or link handle unless a new batch starts.
-        let owner = self.shard.clone();
-        let key = req.arg(1).unwrap_or_default();
-        let (shard, policy) = (&owner.topology, &owner.router);
-        let read = route::Read {
-            client_id: self.session.id,
-            key,
-        };
-        let token = self.read_token();
-        let (mut node, mut on_replica) = match route::route(shard, policy, class, &read, &token) {
-            Ok(routed) => routed,
-            Err(_) => {
-                if !self.await_primary().await {
-                    return self.reply(self.no_primary()).await;
-                }
-                match route::route(shard, policy, class, &read, &token) {
-                    Ok(routed) => routed,
-                    Err(_) => return self.reply(self.no_primary()).await,
-                }
-            }
-        };
-        let proto = self.session.proto;
-        let writes_pending = self.open.as_ref().is_some_and(|open| open.durable)
-            || self.replies.completed() < self.durable_upto;
-        let follows_own_writes =
-            class == Class::Read && writes_pending && shard.durability.is_sync();
-        if follows_own_writes {
-            if let Some(primary) = shard.primary() {
-                node = primary;
-                on_replica = false;
-                self.durable = true;
-            }
-        }
-        let mut link = if self.durable {
-            node.pool.writer(proto, self.session.id)
-        } else {
-            node.pool.shared(proto, self.session.id)
-        };
-        if !link.is_up() && class == Class::Read && !self.durable {
-            // A replica whose link is reconnecting: the primary can answer.
-            if let Some(primary) = shard.primary() {
-                node = primary;
-                on_replica = false;
-                link = primary.pool.shared(proto, self.session.id);
-            }
-        }
-        if let Some(open) = &mut self.open {
-            if open.target.same_link(link) && open.requests.len() < MAX_BATCH {
-                open.requests.push(req.raw);
-                self.saw(on_replica.then_some(&**node));
-                return Flow::Continue;
-            }
-        }
-        let flow = self.add(node.clone(), link.clone(), req.raw).await;
-        self.saw(on_replica.then_some(&**node));
-        flow
     }
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::batch::{OpenBatch, Target, MAX_BATCH};
 use super::connection::{Connection, Flow};
+use super::inflight::{OpenBatch, Target, MAX_BATCH};
 use super::writer::Pending;
 use crate::observe::counters::BatchClass;
 use crate::replicate::fanout::{Fanout, Verdict};

@@ -26,8 +26,6 @@ fn wrong_args(name: &str) -> Value {
 
 pub(super) const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
-pub(super) const NOT_IN_MULTI: &str = "ERR Command not allowed inside a transaction";
-
 impl Connection {
     pub(super) async fn local(&mut self, local: Local, req: Request) -> Flow {
         let in_multi = self.session.in_multi;
@@ -67,7 +65,8 @@ impl Connection {
                 self.reply(reply).await
             }
             Local::Hello | Local::Auth | Local::Select if in_multi => {
-                self.reply(Value::err(NOT_IN_MULTI)).await
+                self.reply(Value::err(crate::resp::command::NOT_IN_MULTI))
+                    .await
             }
             // A node running a long script answers PING with -BUSY: while
             // the probe sees the primary busy, its own answer is passed on,
@@ -303,8 +302,8 @@ impl Connection {
             Ok(reply) => reply,
             Err(error) => return self.reply(error).await,
         };
-        let text = match super::blocking::decode(&reply, self.session.proto) {
-            Some(super::blocking::Plain::Text(text)) => text,
+        let text = match super::undo::decode(&reply, self.session.proto) {
+            Some(super::undo::Plain::Text(text)) => text,
             _ => return self.push(Pending::Local(reply)),
         };
         let text = String::from_utf8_lossy(&text);

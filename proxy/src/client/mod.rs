@@ -1,9 +1,13 @@
 //! One task per client connection: `connection` reads, parses and
 //! dispatches requests, `writer` keeps the replies the client is owed and
-//! writes them in order. Commands Rampart answers itself are in `local`,
-//! what it remembers about the client in `session`, blocking commands in
-//! `blocking`, the `CLIENT` commands about other clients in `identity`
-//! (over the `registry` of connected clients), and what clients may not do
+//! writes them in order. An ordinary read or write takes `forward` (the
+//! node, with `reads` keeping replica reads consistent) and `batch` (one
+//! batch per link); what is in flight is kept as `inflight` says. Commands
+//! Rampart answers itself are in `local`, what it remembers about the
+//! client in `session`, blocking commands in `blocking` (and `undo`, which
+//! puts back what a departed client's pop took), the `CLIENT` commands
+//! about other clients in `identity` (over the `registry` of connected
+//! clients, which `publish` keeps up to date), and what clients may not do
 //! in `guard`.
 
 mod batch;
@@ -11,12 +15,15 @@ mod blocking;
 mod connection;
 mod durable;
 mod fanout;
+mod forward;
 pub mod guard;
 mod identity;
+mod inflight;
 pub(crate) mod local;
 mod monitor;
 mod pin;
 mod pipe;
+mod publish;
 mod reads;
 pub mod registry;
 mod slowlog;
@@ -26,6 +33,7 @@ pub use local::constant_time_eq;
 mod session;
 mod shards;
 mod tx;
+mod undo;
 mod writer;
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::connection::{Connection, Flow};
+use super::registry::Order;
 use crate::net::ReadHalf;
 use crate::resp::{Request, Value};
 
@@ -26,6 +27,15 @@ impl Connection {
             }
             tokio::select! {
                 _ = shutdown.changed() => break,
+                // Killed by another client (`CLIENT KILL ... TYPE pubsub`,
+                // `ID`): closed as Redis closes it, node connection and all.
+                order = self.orders.recv() => match order {
+                    Some(Order::Kill) | None => break,
+                    // Nothing blocks on a piped connection.
+                    Some(Order::Unblock { done, .. }) => {
+                        let _ = done.send(false);
+                    }
+                },
                 read = backend.read_buf(&mut from_backend) => match read {
                     Ok(n) if n > 0 => {
                         let written = match monitor.as_mut() {
@@ -124,6 +134,10 @@ impl Connection {
                 .publish(|snap| snap.pipe = Some((addr, id)));
         }
         self.session.monitor = req.name().as_bytes() == b"MONITOR";
+        self.session.pubsub = matches!(
+            req.name().as_bytes(),
+            b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE"
+        );
         let (backend_rd, mut backend_wr) = stream.into_split();
         self.pipe_from = Some(backend_rd);
         primary.count_requests(1);

@@ -33,6 +33,18 @@ pub enum Order {
     },
 }
 
+/// The parts of a client's state `CLIENT LIST` shows, compared to skip
+/// publishing what did not change.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub cmd: Option<LastCommand>,
+    pub db: i64,
+    pub resp: i64,
+    /// Where the name's bytes are: a new name is a new buffer.
+    pub name: usize,
+    pub flags: u8,
+}
+
 /// What a connection last published about itself.
 #[derive(Clone)]
 pub struct Snapshot {

@@ -48,6 +48,9 @@ pub struct Session {
     pub fanout_tx: Option<FanoutTx>,
     /// The pipe carries a MONITOR feed, filtered of Rampart's own commands.
     pub monitor: bool,
+    /// The pipe began with a subscription (`CLIENT KILL TYPE pubsub` finds
+    /// it; a MONITOR or tracking client is `normal`, as in Redis).
+    pub pubsub: bool,
     /// `CLIENT REPLY OFF`: no reply is written until `CLIENT REPLY ON`.
     pub replies_off: bool,
     /// `CLIENT REPLY SKIP`: the next command's reply is dropped.
@@ -83,6 +86,7 @@ impl Session {
             pipe: None,
             fanout_tx: None,
             monitor: false,
+            pubsub: false,
             replies_off: false,
             skip_next_reply: false,
         }

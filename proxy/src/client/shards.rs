@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::connection::{Connection, Flow};
 use super::writer::Pending;
-use crate::backend::charge::ReplyTo;
+use crate::backend::reply::ReplyTo;
 use crate::backend::{Batch, BatchReply};
 use crate::observe::counters::BatchClass;
 use crate::resp::command::Class;
@@ -178,7 +178,7 @@ impl Connection {
         // Known as blocked, so a client that leaves (or CLIENT UNBLOCK)
         // unblocks each shard's WAIT at once.
         for (node, link) in waiting {
-            self.blocked.push(super::blocking::Blocked {
+            self.blocked.push(super::inflight::Blocked {
                 node,
                 link,
                 position,

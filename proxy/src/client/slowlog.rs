@@ -4,8 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::blocking::{decode, Plain};
 use super::connection::{Connection, Flow};
+use super::undo::{decode, Plain};
 use super::writer::Pending;
 use crate::backend::own;
 use crate::resp::{Proto, ReplyScanner, Request, Value};

@@ -11,7 +11,6 @@ use rampart_sdk::algorithms;
 
 use crate::config::{DetectorKind, ProbeConfig};
 use crate::policy::slot::{Generation, GenerationView};
-use crate::policy::WasmDetector;
 use crate::route::PolicyView;
 use crate::topology::Health;
 
@@ -138,11 +137,18 @@ impl Detector for PhiAccrual {
     }
 }
 
+/// A detector that is not built in (a plugin): it makes one detector per
+/// node's probe, and says what it is for the admin views.
+pub trait DetectorMaker: Send + Sync {
+    fn for_node(self: Arc<Self>, node: u32) -> Box<dyn Detector>;
+    fn describe(&self) -> PolicyView;
+}
+
 /// Which detector judges the nodes: a built-in with its settings, or a
 /// plugin.
 pub enum DetectorChoice {
     Builtin(ProbeConfig),
-    Plugin(Arc<WasmDetector>),
+    Plugin(Arc<dyn DetectorMaker>),
 }
 
 /// Where every probe gets its detector. Replacing the choice at runtime
@@ -173,7 +179,7 @@ impl DetectorSource {
         let current = self.current.load();
         let detector = match &current.policy {
             DetectorChoice::Builtin(config) => build(config),
-            DetectorChoice::Plugin(plugin) => plugin.for_node(node),
+            DetectorChoice::Plugin(plugin) => plugin.clone().for_node(node),
         };
         (current.number, detector)
     }

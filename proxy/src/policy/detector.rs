@@ -16,12 +16,12 @@ wasmtime::component::bindgen!({
     path: "../sdk/wit",
     world: "detector",
     with: {
-        "rampart:policy/types": super::router::rampart::policy::types,
-        "rampart:policy/host": super::router::rampart::policy::host,
+        "rampart:policy/types": super::wit::rampart::policy::types,
+        "rampart:policy/host": super::wit::rampart::policy::host,
     },
 });
 
-use super::router::rampart::policy::types as wit;
+use super::wit::rampart::policy::types as wit;
 
 /// A loaded detector plugin, shared by the probes of every node (it keeps
 /// its own state per node id). If a call traps, each node keeps its last
@@ -50,6 +50,21 @@ fn monotonic_ms(at: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
     at.saturating_duration_since(start).as_millis() as u64
+}
+
+impl crate::failover::detect::DetectorMaker for WasmDetector {
+    /// The detector for one node's probe.
+    fn for_node(self: Arc<Self>, node: u32) -> Box<dyn NativeDetector> {
+        Box::new(NodeDetector {
+            plugin: self,
+            node,
+            last: Verdict::Down,
+        })
+    }
+
+    fn describe(&self) -> PolicyView {
+        self.plugin.describe()
+    }
 }
 
 impl WasmDetector {
@@ -100,19 +115,6 @@ impl WasmDetector {
             seen.pop_front();
         }
         seen.push_back((at_ms, ok));
-    }
-
-    /// The detector for one node's probe.
-    pub fn for_node(self: &Arc<Self>, node: u32) -> Box<dyn NativeDetector> {
-        Box::new(NodeDetector {
-            plugin: self.clone(),
-            node,
-            last: Verdict::Down,
-        })
-    }
-
-    pub fn describe(&self) -> PolicyView {
-        self.plugin.describe()
     }
 
     /// See [`Single::reset`]: the self-check's probe results are forgotten.

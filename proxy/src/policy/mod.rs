@@ -26,6 +26,7 @@ mod sandbox;
 pub mod slot;
 pub mod swap;
 mod trap;
+mod wit;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -12,12 +12,12 @@ wasmtime::component::bindgen!({
     path: "../sdk/wit",
     world: "quorum",
     with: {
-        "rampart:policy/types": super::router::rampart::policy::types,
-        "rampart:policy/host": super::router::rampart::policy::host,
+        "rampart:policy/types": super::wit::rampart::policy::types,
+        "rampart:policy/host": super::wit::rampart::policy::host,
     },
 });
 
-use super::router::rampart::policy::types as wit;
+use super::wit::rampart::policy::types as wit;
 
 /// A loaded quorum plugin. If a call traps it fails closed: the
 /// requirement is the built-in fallback's, and the election promotes

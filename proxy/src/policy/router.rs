@@ -13,16 +13,9 @@ use super::{Limits, LoadError, SharedStats, Stats};
 use crate::route::{PolicyView, Read, ReadPolicy};
 use crate::topology::{self, Shard};
 
-wasmtime::component::bindgen!({
-    path: "../sdk/wit",
-    world: "router",
-    // Arguments to the plugin borrow: the key is lowered straight from
-    // the request buffer, not copied into a Vec first.
-    ownership: Borrowing { duplicate_if_necessary: false },
-});
-
-use self::rampart::policy::types as wit;
 use super::sandbox::{self, State};
+use super::wit::rampart::policy::types as wit;
+use super::wit::{Router, RouterPre};
 
 /// `update` runs at least every 100 ms (counted in ticks), so latencies and lag a
 /// router sees are at most this old even when nothing else changed.

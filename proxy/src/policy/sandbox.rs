@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
 
-use super::router::rampart::policy::host::{Host, Level};
-use super::router::rampart::policy::types;
+use super::wit::rampart::policy::host::{Host, Level};
+use super::wit::rampart::policy::types;
 use super::{engine, Limits, LoadError, SharedStats};
 use crate::route::PolicyView;
 

@@ -11,7 +11,7 @@ use super::slot::Generation;
 
 use super::{builtin, Limits, Spec, WasmDetector, WasmQuorum, WasmRouter};
 use crate::config::DetectorKind;
-use crate::failover::detect::DetectorChoice;
+use crate::failover::detect::{DetectorChoice, DetectorMaker};
 use crate::replicate::quorum::{Builtin, Candidate, Quorum, QuorumPolicy};
 use crate::route::{PrimaryOnly, Read, ReadPolicy, RoundRobinReplicas};
 use crate::topology::Shard;
@@ -406,7 +406,7 @@ pub fn build_detector(
         .map_err(|e| e.to_string())?,
     );
     // A node id no real node has, so the check leaves no trace on them.
-    let mut detector = plugin.for_node(u32::MAX);
+    let mut detector = plugin.clone().for_node(u32::MAX);
     let now = std::time::Instant::now();
     for ok in [true, true, false] {
         detector.observe(now, ok);

@@ -97,6 +97,9 @@ pub enum Local {
     CrossProtocol,
 }
 
+/// Redis's refusal of a command that may not run inside `MULTI`.
+pub const NOT_IN_MULTI: &str = "ERR Command not allowed inside a transaction";
+
 /// Why SHUTDOWN, SYNC and PSYNC are refused.
 pub const NOT_THROUGH_RAMPART: &str = "ERR this command is not allowed through Rampart";
 

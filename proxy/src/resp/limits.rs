@@ -59,17 +59,3 @@ impl Default for Limits {
         }
     }
 }
-
-impl Limits {
-    /// The output caps, in bytes.
-    pub fn output_caps(&self) -> crate::backend::charge::Caps {
-        const MIB: usize = 1024 * 1024;
-        crate::backend::charge::Caps {
-            hard: self.client_output_hard_mb * MIB,
-            soft: self.client_output_soft_mb * MIB,
-            soft_for: std::time::Duration::from_secs(self.client_output_soft_seconds),
-            total: self.clients_output_total_mb * MIB,
-            partial_requests: self.partial_requests_total_mb * MIB,
-        }
-    }
-}

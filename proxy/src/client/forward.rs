@@ -1,0 +1,106 @@
+//! The path of an ordinary read or write: to the node the shard's router
+//! (and, for a read, the client's consistency) chooses, in the batch for
+//! that node's link, held for the quorum when writes are synchronous.
+
+use super::connection::{Connection, Flow};
+use super::inflight::MAX_BATCH;
+use crate::resp::command::{Class, Tx};
+use crate::resp::Request;
+use crate::route;
+
+impl Connection {
+    /// Whether the request's reply must wait for the shard's write quorum:
+    /// writes, blocking pops and moves, and EXEC (a whole transaction is one
+    /// write), in synchronous mode. Commands queued inside MULTI are not,
+    /// since a `WAIT` there would be queued with them.
+    pub(super) fn wants_durability(&self, class: Class) -> bool {
+        let write = match class {
+            Class::Transaction(Tx::Exec) => true,
+            Class::Write | Class::Blocking => !self.session.in_multi,
+            _ => false,
+        };
+        let shard = &self.shard.topology;
+        write && shard.durability.is_sync() && !shard.is_fanout()
+    }
+
+    /// Reads and writes that need no connection state.
+    pub(super) async fn forward(&mut self, class: Class, req: Request) -> Flow {
+        // State that lives on a connection (a database, a transaction ...)
+        // keeps the client on its dedicated one, opening it if it was lost.
+        if !self.session.is_clean() {
+            return self.pinned(req).await.and_saw(self);
+        }
+        // While the primary pauses writes (`CLIENT PAUSE ... WRITE`), a held
+        // command would hold a shared connection and every client behind it
+        // there: each client waits on a connection of its own instead, as on
+        // Redis.
+        let paused = self
+            .shard
+            .topology
+            .primary()
+            .is_some_and(|p| p.pool.stats().is_paused());
+        if paused {
+            return self.pinned(req).await.and_saw(self);
+        }
+        if self.session.pinned.is_some() {
+            self.unpin().await;
+        }
+        // Borrowed from a clone of the shard so that nothing per request
+        // clones a node or link handle unless a new batch starts.
+        let owner = self.shard.clone();
+        let key = req.arg(1).unwrap_or_default();
+        let (shard, policy) = (&owner.topology, &owner.router);
+        let read = route::Read {
+            client_id: self.session.id,
+            key,
+        };
+        let token = self.read_token();
+        let (mut node, mut on_replica) = match route::route(shard, policy, class, &read, &token) {
+            Ok(routed) => routed,
+            Err(_) => {
+                if !self.await_primary().await {
+                    return self.reply(self.no_primary()).await;
+                }
+                match route::route(shard, policy, class, &read, &token) {
+                    Ok(routed) => routed,
+                    Err(_) => return self.reply(self.no_primary()).await,
+                }
+            }
+        };
+        let proto = self.session.proto;
+        let writes_pending = self.open.as_ref().is_some_and(|open| open.durable)
+            || self.replies.completed() < self.durable_upto;
+        let follows_own_writes =
+            class == Class::Read && writes_pending && shard.durability.is_sync();
+        if follows_own_writes {
+            if let Some(primary) = shard.primary() {
+                node = primary;
+                on_replica = false;
+                self.durable = true;
+            }
+        }
+        let mut link = if self.durable {
+            node.pool.writer(proto, self.session.id)
+        } else {
+            node.pool.shared(proto, self.session.id)
+        };
+        if !link.is_up() && class == Class::Read && !self.durable {
+            // A replica whose link is reconnecting: the primary can answer.
+            if let Some(primary) = shard.primary() {
+                node = primary;
+                on_replica = false;
+                link = primary.pool.shared(proto, self.session.id);
+            }
+        }
+        if let Some(open) = &mut self.open {
+            if open.target.same_link(link) && open.requests.len() < MAX_BATCH {
+                open.requests.push(req.raw);
+                self.saw(on_replica.then_some(&**node));
+                return Flow::Continue;
+            }
+        }
+        let flow = self.add(node.clone(), link.clone(), req.raw).await;
+        self.saw(on_replica.then_some(&**node));
+        flow
+    }
+}
