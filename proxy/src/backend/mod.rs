@@ -3,11 +3,14 @@
 pub mod charge;
 pub mod connect;
 pub mod control;
+pub mod cutter;
 pub mod frame;
 pub mod link;
 pub mod own;
 pub mod pool;
+mod reader;
 pub mod reply;
+pub mod stats;
 
 pub use connect::{ConnectOptions, Credentials, Session};
 pub use link::{Batch, Link, LinkOptions};

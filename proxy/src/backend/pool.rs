@@ -12,7 +12,8 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::connect::{connect_with_id, Session};
-use super::link::{Link, LinkOptions, LinkStats, OnFailure};
+use super::link::{Link, LinkOptions, OnFailure};
+use super::stats::LinkStats;
 use crate::resp::Proto;
 
 thread_local! {

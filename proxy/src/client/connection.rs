@@ -198,7 +198,7 @@ impl Connection {
                 continue;
             }
             let can_read = !closing && self.in_flight() < self.replies.window(max);
-            if self.buf.is_empty() && self.buf.capacity() > crate::backend::link::RETURN_ABOVE {
+            if self.buf.is_empty() && self.buf.capacity() > crate::backend::cutter::RETURN_ABOVE {
                 // Grown for a large request: given back, not kept.
                 self.buf = BytesMut::with_capacity(16 * 1024);
             }

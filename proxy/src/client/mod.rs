@@ -10,6 +10,7 @@
 //! clients, which `publish` keeps up to date), and what clients may not do
 //! in `guard`.
 
+mod auth;
 mod batch;
 mod blocking;
 mod connection;
@@ -24,12 +25,13 @@ mod monitor;
 mod pin;
 mod pipe;
 mod publish;
+mod rampart;
 mod reads;
 pub mod registry;
 mod slowlog;
 pub mod throttle;
 
-pub use local::constant_time_eq;
+pub use auth::constant_time_eq;
 mod session;
 mod shards;
 mod tx;

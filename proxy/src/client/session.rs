@@ -1,5 +1,6 @@
 //! What Rampart remembers about one client connection.
 
+use crate::resp::Value;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -121,4 +122,21 @@ impl Session {
         self.watching = false;
         self.sticky = false;
     }
+}
+
+/// A client name as `CLIENT SETNAME` and `HELLO ... SETNAME` accept it.
+pub(super) fn check_client_name(name: &[u8]) -> Result<(), Value> {
+    if printable(name) {
+        Ok(())
+    } else {
+        Err(Value::err(
+            "ERR Client names cannot contain spaces, newlines or special characters.",
+        ))
+    }
+}
+
+/// Every byte from `!` to `~`: what Redis allows in client names and
+/// client attributes.
+pub(super) fn printable(value: &[u8]) -> bool {
+    value.iter().all(|c| (b'!'..=b'~').contains(c))
 }

@@ -65,6 +65,14 @@ impl Value {
 
     /// An error reply. Line breaks become spaces, as Redis does: an error
     /// is one line of RESP (a plugin's trap message, say, has several).
+    /// Redis's error for a command given the wrong number of arguments.
+    pub fn wrong_args(name: &str) -> Value {
+        Value::err(format!(
+            "ERR wrong number of arguments for '{}' command",
+            name.to_lowercase()
+        ))
+    }
+
     pub fn err(text: impl Into<String>) -> Value {
         let mut text = text.into();
         if text.contains(['\r', '\n']) {

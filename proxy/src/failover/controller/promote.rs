@@ -1,0 +1,397 @@
+//! Replacing a primary: failover of one judged down (elect the replica
+//! that provably holds every acknowledged write, promote it, repoint the
+//! others, bump the epoch), the installation of a new primary, detaching
+//! replicas from a dead primary, and an operator's forced promotion.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::*;
+
+impl Controller {
+    pub(super) async fn failover(&mut self, old: &Arc<Node>) {
+        if self.failover_started.is_none() {
+            self.failover_started = Some(Instant::now());
+            self.shard.set_failing_over(true);
+            if old.health() == Health::Down {
+                self.event(
+                    "primary-down",
+                    Some(old),
+                    "the detector judged the primary down; holding writes",
+                );
+            } else {
+                self.stale_reported = true;
+                self.event(
+                    "primary-stale",
+                    Some(old),
+                    format!(
+                        "the primary {}: it may have lost acknowledged writes and is not trusted as primary; holding writes",
+                        staleness(old)
+                    ),
+                );
+            }
+        }
+        if let Err(e) = self.fence(old).await {
+            tracing::warn!(error = %e, "cannot fence the epoch; will retry");
+            return;
+        }
+        if self.operator_only {
+            self.refuse("Rampart restarted while this shard waited for an operator".into())
+                .await;
+            return;
+        }
+        // Fresh reports, not the last probe's: offsets move until the very
+        // moment the old primary stopped.
+        let mut candidates = Vec::new();
+        let mut intact = 0;
+        let shard = self.shard.clone();
+        for node in shard.nodes.iter().filter(|n| n.id != old.id) {
+            if let Ok(report) = self.report(node).await {
+                if let Some(why) = implausible(report.offset, old.max_offset(), &old.addr) {
+                    self.say_once(node, "replica-implausible", why);
+                    continue;
+                }
+                if report.role == Role::Replica || self.was_detached(node) {
+                    // A replica whose offset went backwards lost what it
+                    // had: it answers, but cannot vouch for past writes.
+                    if report.offset >= self.most_seen(node) {
+                        intact += 1;
+                    }
+                    candidates.push(Candidate {
+                        id: node.id,
+                        offset: report.offset,
+                        priority: report.priority,
+                    });
+                }
+            }
+        }
+        let replicas = self.shard.nodes.len().saturating_sub(1) as u32;
+        let acks = self.shard.durability.requirement().acks;
+        let needed = replicas_needed_to_promote(replicas, acks);
+        if intact < needed {
+            let lost = candidates.len() as u32 - intact;
+            self.refuse(format!(
+                "{} of {replicas} replicas answer ({lost} of them with less data than they once had: restarted without persistence?); with writes acknowledged by {acks} replica(s), {needed} intact ones must answer to be sure one holds every acknowledged write",
+                candidates.len()
+            )).await;
+            self.detach(old).await;
+            return;
+        }
+        let Some(target) = self
+            .unit
+            .quorum
+            .load()
+            .policy
+            .elect(&candidates)
+            .and_then(|id| self.shard.node(id).cloned())
+        else {
+            let policy = self.unit.quorum.load();
+            let view = policy.policy.describe();
+            let why = match view.last_error {
+                Some(error) if view.kind == "wasm" => format!(
+                    "the quorum policy {} elected no candidate: {error}",
+                    policy.source
+                ),
+                _ => "no replica is eligible (priority 0 replicas are never promoted)".into(),
+            };
+            self.refuse(why).await;
+            return;
+        };
+        let offset = candidates
+            .iter()
+            .find(|c| c.id == target.id)
+            .map_or(0, |c| c.offset);
+        // A stale old primary still answers: it is repointed with the
+        // others (its data is not wanted). A dead one is fenced when back.
+        let skip = (old.health() == Health::Down).then_some(old.id);
+        let epoch = match self.fence(old).await {
+            Ok(epoch) => epoch,
+            Err(e) => return tracing::warn!(error = %e, "cannot fence the epoch; will retry"),
+        };
+        if let Err(e) = self.install(&target, skip, epoch).await {
+            self.event("promotion-failed", Some(&target), e);
+            return;
+        }
+        self.said.clear();
+        let took = self
+            .failover_started
+            .take()
+            .map_or(0, |t| t.elapsed().as_millis());
+        self.refusal = None;
+        // Offsets carry over a promotion, so the old primary's last probed
+        // offset says how much of its stream may be missing: nothing that
+        // was acknowledged under a quorum, but asynchronous writes can be.
+        let behind = old.offset().saturating_sub(offset);
+        if acks == 0 {
+            self.shard
+                .durability
+                .lost_bytes
+                .fetch_add(behind, std::sync::atomic::Ordering::Relaxed);
+        }
+        let loss = match (acks, behind) {
+            (_, 0) => "no replication lag at the last probe".to_string(),
+            (0, n) => format!("asynchronous writes: at least {n} bytes of the old primary's replication stream, acknowledged to clients, are lost: the new primary lacks them (counted in rampart_failover_lost_bytes_total)"),
+            (_, n) => format!("{n} bytes behind the old primary's last probe: writes that were not acknowledged (a synchronous write is acknowledged only once a replica that could be elected holds it)"),
+        };
+        self.event(
+            "promoted",
+            Some(&target),
+            format!(
+                "replaced {} at replication offset {offset}, {took} ms after it was judged down; {loss}",
+                old.addr
+            ),
+        );
+    }
+
+    /// Makes `target` the primary of a new epoch: promote it, remember
+    /// the choice, point every other node (but `skip`) at it, guard it,
+    /// give the replicas a moment to connect, and publish it, which
+    /// releases held writes. Returns the new epoch.
+    pub(super) async fn install(
+        &mut self,
+        target: &Arc<Node>,
+        skip: Option<u32>,
+        epoch: u64,
+    ) -> Result<u64, String> {
+        self.command(target, &["REPLICAOF", "NO", "ONE"]).await?;
+        self.observe(target).await;
+        // A new primary: every node must be told now, however recently it
+        // was told something else.
+        self.last_sent.clear();
+        self.detached.clear();
+        self.stale_reported = false;
+        let shard = self.shard.clone();
+        for node in shard
+            .nodes
+            .iter()
+            .filter(|n| n.id != target.id && Some(n.id) != skip)
+        {
+            self.follow(node, target, "repointed").await;
+        }
+        self.guard(target).await;
+        self.wait_for_replicas(target, self.shard.durability.requirement().acks)
+            .await;
+        // Named last: with [coordination] every instance routes to the
+        // new primary from the moment this is written, and a holder that
+        // lost its lease meanwhile cannot write it (the next holder then
+        // finds the epoch fenced and finishes the failover itself).
+        let waiting = self.shard.awaiting_operator();
+        self.shard.set_awaiting_operator(None);
+        if let Err(e) = self.persist(epoch, target, false).await {
+            self.shard.set_awaiting_operator(waiting);
+            return Err(format!("the new primary could not be recorded: {e}"));
+        }
+        self.fenced_epoch = None;
+        // Chosen as holding every acknowledged write (an election over
+        // enough intact replicas, a caught-up switchover target, or an
+        // operator's word): whatever restart it went through before is
+        // behind it. Left distrusted, a node that had restarted and fully
+        // resynced would be failed over again at the next tick, and its
+        // replicas, which trust only a trusted primary, never trusted.
+        target.trust_again();
+        target.set_detached(false);
+        self.shard.set_primary(target, epoch);
+        self.shard.set_failing_over(false);
+        Ok(epoch)
+    }
+
+    /// Whether a primary that answers must still be replaced: it
+    /// restarted or its offset went backwards, so it may lack writes that
+    /// were acknowledged. Without a quorum (asynchronous writes) a
+    /// restarted primary that holds at least as much as every replica is
+    /// kept: there is no acknowledgement to protect beyond what the nodes
+    /// hold, and replacing it would lose more.
+    pub(super) fn distrusts(&self, primary: &Node) -> bool {
+        if !primary.is_stale() || primary.health() != Health::Up {
+            return false;
+        }
+        let acks = self.shard.durability.requirement().acks;
+        let someone_has_more = self
+            .shard
+            .nodes
+            .iter()
+            .any(|n| n.id != primary.id && n.offset() > primary.offset());
+        if acks == 0 && !someone_has_more {
+            tracing::info!(node = %primary.addr, offset = primary.offset(), "the primary restarted; asynchronous writes and no node holds more: kept");
+            primary.trust_again();
+            return false;
+        }
+        true
+    }
+
+    /// While the primary is down and no replica can be promoted, the
+    /// replicas that still follow it are told to follow nobody
+    /// (`REPLICAOF NO ONE`; Rampart routes nothing to them). A replica
+    /// left following would resynchronise from the old primary the moment
+    /// it returns, and if it returns restarted from an older snapshot, the
+    /// replica's copy of the acknowledged writes would be replaced by the
+    /// older data. Detached, the copy stays until Rampart (or an operator)
+    /// decides.
+    pub(super) async fn detach(&mut self, old: &Node) {
+        let following: Vec<Arc<Node>> = self
+            .shard
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.id != old.id
+                    && n.health() == Health::Up
+                    && n.role() == Role::Replica
+                    && n.master().as_deref() == Some(old.addr.as_str())
+                    && !self.detached.contains(&n.id)
+            })
+            .cloned()
+            .collect();
+        for node in &following {
+            match self.command(node, &["REPLICAOF", "NO", "ONE"]).await {
+                Ok(_) => {
+                    self.detached.insert(node.id);
+                    node.set_detached(true);
+                    self.event(
+                        "replica-detached",
+                        Some(node),
+                        format!("no longer follows {}, which is down and cannot be replaced yet: the replica keeps its copy of the acknowledged writes whatever the old primary returns with", old.addr),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(node = %node.addr, error = %e, "REPLICAOF NO ONE failed; will retry")
+                }
+            }
+        }
+    }
+
+    /// Whether `node` claims to be a primary only because Rampart detached
+    /// it from a primary that was down: this controller, another part of
+    /// this process, or (with `[coordination]`) another instance did.
+    pub(super) fn was_detached(&self, node: &Node) -> bool {
+        self.detached.contains(&node.id)
+            || node.is_detached()
+            || self
+                .coordination
+                .as_ref()
+                .is_some_and(|c| c.detached_by_anyone(&self.shard.name, &node.addr))
+    }
+
+    /// `rampart promote --force`: makes `target` the primary now, whatever
+    /// it may lack. The operator's answer to a shard that waits because no
+    /// node can be proven to hold every acknowledged write.
+    pub(super) async fn force_promote(
+        &mut self,
+        target: Option<String>,
+    ) -> Result<String, OpError> {
+        let addr = target.ok_or_else(|| {
+            OpError::Rejected("a forced promotion names the node to promote".into())
+        })?;
+        let target = self.shard.node_by_addr(&addr).cloned().ok_or_else(|| {
+            OpError::NotFound(format!(
+                "{addr} is not a node of shard '{}'",
+                self.shard.name
+            ))
+        })?;
+        let report = self.report(&target).await.map_err(|e| {
+            OpError::Conflict(format!(
+                "{addr} does not answer, so it cannot be promoted: {e}"
+            ))
+        })?;
+        let most = self
+            .shard
+            .nodes
+            .iter()
+            .map(|n| n.max_offset())
+            .max()
+            .unwrap_or(0);
+        let old = self.shard.primary_node().cloned();
+        self.shard.set_failing_over(true);
+        let step = match self.fence(old.as_ref().unwrap_or(&target)).await {
+            Ok(epoch) => self.install(&target, None, epoch).await,
+            Err(e) => Err(e),
+        };
+        let epoch = match step {
+            Ok(epoch) => epoch,
+            Err(e) => {
+                if self.failover_started.is_none() {
+                    if let Some(old) = &old {
+                        self.unfence(old).await;
+                    }
+                    self.shard.set_failing_over(false);
+                }
+                return Err(OpError::Conflict(format!("promotion failed: {e}")));
+            }
+        };
+        target.trust_again();
+        self.failover_started = None;
+        self.operator_only = false;
+        self.refusal = None;
+        let detail = format!(
+            "forced by an operator{}: offset {}, the most any node was seen with {most}{}",
+            old.map(|o| format!(" in place of {}", o.addr))
+                .unwrap_or_default(),
+            report.offset,
+            match most.saturating_sub(report.offset) {
+                0 => String::new(),
+                n => format!(" (up to {n} bytes of the replication stream may be missing)"),
+            }
+        );
+        self.event("promoted-by-operator", Some(&target), detail.clone());
+        Ok(format!("promoted: {detail}, epoch {epoch}"))
+    }
+
+    /// Waits until the primary's offset holds still and the target has
+    /// reached it.
+    pub(super) async fn catch_up(&self, primary: &Node, target: &Node) -> Result<(), String> {
+        let deadline = Instant::now() + SWITCHOVER_CATCH_UP;
+        let mut last = None;
+        loop {
+            let p = self.report(primary).await?.offset;
+            let t = self.report(target).await?.offset;
+            if t >= p && last == Some(p) {
+                return Ok(());
+            }
+            last = Some(p);
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} did not reach the primary's offset {p} (at {t}) within {} ms",
+                    target.addr,
+                    SWITCHOVER_CATCH_UP.as_millis()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Why a candidate's report cannot be believed: it claims more data than
+/// its primary ever had (a misconfigured or hostile node; electing it
+/// would throw away the real replicas' copies).
+pub(super) fn implausible(claimed: u64, known: u64, primary: &str) -> Option<String> {
+    (known > 0 && claimed > known.saturating_add(MAX_AHEAD)).then(|| {
+        format!(
+            "claims replication offset {claimed}, more than 1 GiB beyond the most its primary {primary} was ever seen with ({known}): not a candidate"
+        )
+    })
+}
+
+pub(super) fn staleness(node: &Node) -> String {
+    let how = if node.offset() < node.max_offset() {
+        "went backwards"
+    } else {
+        "restarted"
+    };
+    format!(
+        "{how} (offset {}, the most it was seen with {})",
+        node.offset(),
+        node.max_offset()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::implausible;
+
+    #[test]
+    fn a_replica_far_ahead_of_its_primary_is_not_believed() {
+        assert!(implausible(1_000_000_000_000_000, 28_992, "p:1").is_some());
+        assert!(implausible(28_992 + 4096, 28_992, "p:1").is_none());
+        // Never probed (Rampart just started): nothing to compare with.
+        assert!(implausible(1_000_000_000_000_000, 0, "p:1").is_none());
+    }
+}
