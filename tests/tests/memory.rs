@@ -20,6 +20,19 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
         .unwrap()
 }
 
+/// Writes `big` (a value of `size` bytes) and `small` (`s`) straight to
+/// the primary; returns the big value.
+fn big_and_small(cluster: &Cluster, size: usize) -> Vec<u8> {
+    let value = vec![b'x'; size];
+    let mut direct = redis::Client::open(format!("redis://{}/", cluster.addrs()[0]))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = direct.set("big", &value).unwrap();
+    let _: () = direct.set("small", "s").unwrap();
+    value
+}
+
 /// `rampart run` as its own process, so its memory can be measured.
 fn rampart_with_limits(nodes: &[String], limits: &str) -> (Running, u16, std::net::SocketAddr) {
     let (port, admin) = (free_port(), free_port());
@@ -50,13 +63,7 @@ fn rampart_with_limits(nodes: &[String], limits: &str) -> (Running, u16, std::ne
 #[test]
 fn a_client_that_never_reads_is_cut_at_its_cap_and_others_are_served() {
     let cluster = Cluster::start(0);
-    let value = vec![b'x'; 4 * 1024 * 1024];
-    let mut direct = redis::Client::open(format!("redis://{}/", cluster.addrs()[0]))
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let _: () = direct.set("big", &value).unwrap();
-    let _: () = direct.set("small", "s").unwrap();
+    let value = big_and_small(&cluster, 4 * 1024 * 1024);
     let (rampart, port, admin) = rampart_with_limits(
         &cluster.addrs(),
         "client_output_hard_mb = 2\nclients_output_total_mb = 64",
@@ -204,13 +211,7 @@ fn partly_received_requests_share_a_cap() {
 #[test]
 fn a_client_that_pipelines_huge_reads_and_never_reads_costs_others_nothing() {
     let cluster = Cluster::start(1);
-    let value = vec![b'x'; 10 * 1024 * 1024];
-    let mut direct = redis::Client::open(format!("redis://{}/", cluster.addrs()[0]))
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let _: () = direct.set("big", &value).unwrap();
-    let _: () = direct.set("small", "s").unwrap();
+    big_and_small(&cluster, 10 * 1024 * 1024);
     let (rampart, port, admin) = rampart_with_limits(&cluster.addrs(), "");
     let pid = rampart.0.id();
     let mut other = redis::Client::open(format!("redis://127.0.0.1:{port}/"))

@@ -6,6 +6,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
+use super::LinkError;
 use crate::net::ReadHalf;
 use crate::resp::ReplyScanner;
 
@@ -35,13 +36,9 @@ impl ReplyCutter {
 
     /// Walks past the next complete reply; false while more bytes are
     /// needed. A RESP3 push answers no request and is dropped.
-    pub fn advance(&mut self) -> Result<bool, String> {
+    pub fn advance(&mut self) -> Result<bool, LinkError> {
         loop {
-            let Some(len) = self
-                .scanner
-                .scan(&self.buf[self.consumed..])
-                .map_err(|e| e.to_string())?
-            else {
+            let Some(len) = self.scanner.scan(&self.buf[self.consumed..])? else {
                 return Ok(false);
             };
             if self.buf[self.consumed] == b'>' {
@@ -101,11 +98,11 @@ pub(crate) async fn idle_read<T>(
     items: &mut mpsc::UnboundedReceiver<T>,
     rd: &mut ReadHalf,
     buf: &mut BytesMut,
-) -> Result<Idle<T>, String> {
+) -> Result<Idle<T>, LinkError> {
     tokio::select! {
         next = items.recv() => Ok(next.map_or(Idle::Done, Idle::Next)),
-        read = rd.read_buf(buf) => match read.map_err(|e| e.to_string())? {
-            0 => Err("closed by the server".into()),
+        read = rd.read_buf(buf) => match read? {
+            0 => Err(LinkError::Closed),
             _ => Ok(Idle::Read),
         },
     }

@@ -29,6 +29,7 @@ use super::cutter::ReplyCutter;
 use super::reader::{watchdog, InFlight, Progress, Reader, Window};
 use super::reply::{BatchReply, ReplyTo};
 use super::stats::LinkStats;
+use super::LinkError;
 use crate::net::{Stream, WriteHalf};
 use crate::replicate::{self, Durability};
 
@@ -202,14 +203,14 @@ impl Link {
     }
 }
 
-fn lost(addr: &str, reason: &str) -> Arc<str> {
+fn lost(addr: &str, reason: &(impl std::fmt::Display + ?Sized)) -> Arc<str> {
     format!(
         "ERR rampart: connection to {addr} lost ({reason}); the command may or may not have run"
     )
     .into()
 }
 
-fn unavailable(addr: &str, reason: &str) -> Arc<str> {
+fn unavailable(addr: &str, reason: &(impl std::fmt::Display + ?Sized)) -> Arc<str> {
     format!("ERR rampart: {addr} unavailable ({reason})").into()
 }
 
@@ -238,10 +239,10 @@ async fn supervise(
             }
             Err(e) => {
                 tracing::debug!(error = %e, "connect failed");
-                e.to_string()
+                LinkError::Io(e)
             }
         };
-        on_failure(&reason);
+        on_failure(&reason.to_string());
         // While down, fail new requests at once rather than let them wait
         // for a node that may not come back.
         let error = unavailable(&state.addr, &reason);
@@ -267,7 +268,7 @@ async fn serve(
     opts: &LinkOptions,
     addr: &str,
     kind: super::own::Kind,
-) -> String {
+) -> LinkError {
     let _mark = super::own::Mark::new(&stream, kind);
     opts.stats.connections.fetch_add(1, Ordering::Relaxed);
     let (rd, wr) = stream.into_split();
@@ -288,10 +289,7 @@ async fn serve(
         r = reader.run(rd, &mut inflight_rx, &progress) => r,
         r = watchdog(&progress, opts.reply_timeout, &opts.stats) => r,
     };
-    let reason = match reason {
-        Ok(()) => "closed".to_string(),
-        Err(e) => e,
-    };
+    let reason = reason.err().unwrap_or(LinkError::Unwanted);
     let failed = reader.fail(&mut inflight_rx, lost(addr, &reason));
     opts.stats.failed(failed);
     if let Some(batch) = held_back {
@@ -307,7 +305,7 @@ async fn write_loop(
     inflight: mpsc::UnboundedSender<InFlight>,
     window: Option<&Window>,
     next: &mut Option<Batch>,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     let mut out = BytesMut::with_capacity(16 * 1024);
     // `next`: a batch taken from the queue when the window was full. It goes
     // first in the next write; it lives with the caller so that, if this
@@ -352,9 +350,9 @@ async fn write_loop(
             stage(&mut out, &inflight, batch, cost, &mut wait);
         }
         close_run(&mut out, &inflight, &mut wait);
-        wr.write_all(&out).await.map_err(|e| e.to_string())?;
+        wr.write_all(&out).await?;
         // TLS keeps what a full socket did not take; plain TCP has nothing.
-        wr.flush().await.map_err(|e| e.to_string())?;
+        wr.flush().await?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ pub mod charge;
 pub mod connect;
 pub mod control;
 pub mod cutter;
+pub mod error;
 pub mod frame;
 pub mod link;
 pub mod own;
@@ -13,6 +14,7 @@ pub mod reply;
 pub mod stats;
 
 pub use connect::{ConnectOptions, Credentials, Session};
+pub use error::LinkError;
 pub use link::{Batch, Link, LinkOptions};
 pub use pool::NodePool;
 pub use reply::BatchReply;

@@ -15,6 +15,7 @@ use super::charge::Charge;
 use super::cutter::{idle_read, Idle, ReplyCutter};
 use super::reply::{BatchReply, ReplyTo};
 use super::stats::LinkStats;
+use super::LinkError;
 use crate::net::ReadHalf;
 use crate::replicate::{self, Durability, Requirement};
 
@@ -128,7 +129,7 @@ pub(super) async fn watchdog(
     progress: &Progress,
     limit: Option<Duration>,
     stats: &LinkStats,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     let Some(limit) = limit else {
         return std::future::pending().await;
     };
@@ -139,7 +140,7 @@ pub(super) async fn watchdog(
         let now = progress.reads.load(Ordering::Relaxed);
         let waiting = progress.waiting.load(Ordering::Relaxed);
         if was_waiting && waiting && now == last && !stats.is_busy() {
-            return Err(format!("no reply within {} ms", limit.as_millis()));
+            return Err(LinkError::Silent(limit));
         }
         // A busy node's wait does not count towards the next tick either.
         was_waiting = waiting && !stats.is_busy();
@@ -168,7 +169,7 @@ impl Reader<'_> {
         mut rd: ReadHalf,
         inflight: &mut mpsc::UnboundedReceiver<InFlight>,
         progress: &Progress,
-    ) -> Result<(), String> {
+    ) -> Result<(), LinkError> {
         loop {
             self.deliver(inflight)?;
             if self.current.is_none() {
@@ -181,14 +182,11 @@ impl Reader<'_> {
             }
             self.cut.make_room();
             progress.waiting.store(true, Ordering::Relaxed);
-            let n = rd
-                .read_buf(&mut self.cut.buf)
-                .await
-                .map_err(|e| e.to_string())?;
+            let n = rd.read_buf(&mut self.cut.buf).await?;
             progress.waiting.store(false, Ordering::Relaxed);
             progress.reads.fetch_add(1, Ordering::Relaxed);
             if n == 0 {
-                return Err("closed by the server".into());
+                return Err(LinkError::Closed);
             }
             self.stats.reads.fetch_add(1, Ordering::Relaxed);
         }
@@ -198,7 +196,7 @@ impl Reader<'_> {
     pub(super) fn deliver(
         &mut self,
         inflight: &mut mpsc::UnboundedReceiver<InFlight>,
-    ) -> Result<(), String> {
+    ) -> Result<(), LinkError> {
         loop {
             if self.current.is_none() {
                 match inflight.try_recv() {
@@ -300,19 +298,14 @@ impl Reader<'_> {
 
     /// Bytes with no request waiting for them: harmless if they are pushes,
     /// a broken connection otherwise.
-    pub(super) fn drop_unsolicited(&mut self) -> Result<(), String> {
+    pub(super) fn drop_unsolicited(&mut self) -> Result<(), LinkError> {
         while !self.cut.buf.is_empty() {
-            match self
-                .cut
-                .scanner
-                .scan(&self.cut.buf)
-                .map_err(|e| e.to_string())?
-            {
+            match self.cut.scanner.scan(&self.cut.buf)? {
                 None => return Ok(()),
                 Some(len) if self.cut.buf[0] == b'>' => {
                     let _ = self.cut.buf.split_to(len);
                 }
-                Some(_) => return Err("reply without a request".into()),
+                Some(_) => return Err(LinkError::Unsolicited),
             }
         }
         Ok(())

@@ -319,7 +319,10 @@ impl Reader {
                 fanout.acked(index, upto);
             }
             if self.current.is_none() {
-                match idle_read(items, &mut rd, &mut self.cut.buf).await? {
+                match idle_read(items, &mut rd, &mut self.cut.buf)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
                     Idle::Next(next) => self.current = Some(next),
                     Idle::Done => return Ok(()),
                     Idle::Read => {}
@@ -358,7 +361,7 @@ impl Reader {
                 }
                 continue;
             }
-            if !self.cut.advance()? {
+            if !self.cut.advance().map_err(|e| e.to_string())? {
                 return Ok(());
             }
         }
