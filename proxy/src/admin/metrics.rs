@@ -288,7 +288,7 @@ pub fn render(ctx: &Context) -> String {
         (
             "rampart_failover_lost_bytes_total",
             "counter",
-            "Bytes of the replication stream acknowledged to clients as asynchronous writes that a promoted replica lacked (the old primary's last probed offset minus the new primary's).",
+            "Bytes of the replication stream acknowledged to clients as asynchronous writes that a promoted replica lacked (the old primary's last probed offset minus the new primary's: a lower bound).",
             |s, _| s.durability.lost_bytes.load(Ordering::Relaxed) as f64,
         ),
         (

@@ -129,6 +129,12 @@ pub fn render_topology(topology: &Value) -> String {
         let mut rows = vec![cells(&[
             "NODE", "ROLE", "HEALTH", "SERVES", "OFFSET", "LAG", "RTT", "REQUESTS", "ERRORS",
         ])];
+        // A primary whose writes are held (a failover, an operator's
+        // decision awaited, a stale view of etcd) or that does not answer
+        // is not serving writes, whatever its role.
+        let writes_held = shard["failing_over"] == true
+            || shard["awaiting_operator"].is_string()
+            || shard["view_stale"] == true;
         for node in shard["nodes"].as_array().into_iter().flatten() {
             let primary = node["primary"] == true;
             // Fan-out nodes: a node not in sync says where it stands.
@@ -143,6 +149,8 @@ pub fn render_topology(topology: &Value) -> String {
                 str(&node["health"]),
                 if let Some(sync) = sync {
                     sync.to_string()
+                } else if primary && (writes_held || node["health"] != "up") {
+                    "held".into()
                 } else if primary {
                     "writes".into()
                 } else if node["serves_reads"] == true {
@@ -252,6 +260,31 @@ pub fn table(rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_primary_whose_writes_are_held_is_not_shown_serving_them() {
+        let node = |addr: &str, health: &str| {
+            serde_json::json!({"addr": addr, "primary": true, "role": "primary", "health": health,
+                "serves_reads": false, "offset": 10, "lag_bytes": 0, "lag_ms": 0, "rtt_us": 100,
+                "requests": 0, "errors": 0})
+        };
+        let shard = |awaiting: serde_json::Value, health: &str| {
+            serde_json::json!({"shards": [{"name": "main", "epoch": 3, "primary": "a:1",
+                "read_from": "primary", "durability": {"mode": "async"}, "mode": "native",
+                "failing_over": false, "held_clients": 0, "awaiting_operator": awaiting,
+                "nodes": [node("a:1", health)]}]})
+        };
+        let serving = render_topology(&shard(serde_json::Value::Null, "up"));
+        assert!(serving.contains("primary  up      writes"), "{serving}");
+        let waiting = render_topology(&shard("no node holds every write".into(), "up"));
+        assert!(waiting.contains("WAITING FOR AN OPERATOR"), "{waiting}");
+        assert!(
+            waiting.contains("held") && !waiting.contains("writes  "),
+            "{waiting}"
+        );
+        let down = render_topology(&shard(serde_json::Value::Null, "down"));
+        assert!(down.contains("held"), "{down}");
+    }
 
     #[test]
     fn instances_show_leases_view_ages_and_epochs() {
