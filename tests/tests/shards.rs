@@ -257,6 +257,61 @@ fn what_cannot_be_split_is_crossslot() {
     assert_eq!(copied, 1);
 }
 
+/// `SORT ... BY/GET` patterns name other keys, which may live on another
+/// shard, where the node running the SORT cannot see them (it would read
+/// them as missing and answer wrongly): refused with Redis Cluster's words,
+/// unless a hash tag keeps every key they name on the sorted key's shard.
+#[test]
+fn sort_patterns_that_may_reach_another_shard_are_refused() {
+    let shards = clusters(2, 0);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let mut conn = proxy.conn();
+    let list = key_in(0, 2, "a");
+    let _: () = redis::cmd("RPUSH")
+        .arg(&list)
+        .arg(&["2", "3", "1"])
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("MSET")
+        .arg(&["user:1", "u1", "user:2", "u2", "user:3", "u3"])
+        .query(&mut conn)
+        .unwrap();
+    for (option, args) in [("GET", ["GET", "user:*"]), ("BY", ["BY", "user:*"])] {
+        let error = redis::cmd("SORT")
+            .arg(&list)
+            .arg(&args)
+            .query::<Value>(&mut conn)
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("ResponseError: {option} option of SORT denied in Cluster mode."),
+            "{option}"
+        );
+    }
+    // Plain sorts, GET #, BY without a pattern, and patterns whose hash tag
+    // keeps them on the list's shard are answered.
+    let sorted: Vec<String> = redis::cmd("SORT").arg(&list).query(&mut conn).unwrap();
+    assert_eq!(sorted, ["1", "2", "3"]);
+    let own: Vec<String> = redis::cmd("SORT")
+        .arg(&list)
+        .arg(&["BY", "nosort", "GET", "#"])
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(own, ["2", "3", "1"]);
+    let tag = &list[1..list.find('}').unwrap()];
+    for i in 1..=3 {
+        let _: () = conn
+            .set(format!("{{{tag}}}:name:{i}"), format!("n{i}"))
+            .unwrap();
+    }
+    let names: Vec<String> = redis::cmd("SORT")
+        .arg(&list)
+        .arg(&["GET", &format!("{{{tag}}}:name:*")])
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(names, ["n1", "n2", "n3"]);
+}
+
 #[test]
 fn transactions_and_scripts_run_within_one_shard() {
     let shards = clusters(2, 1);

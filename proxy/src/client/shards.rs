@@ -46,7 +46,7 @@ impl Connection {
                 );
             }
         }
-        if let Some(error) = crate::shard::locate::refused_with_shards(req) {
+        if let Some(error) = crate::shard::locate::refused_with_shards(req, &self.ctx.slots) {
             return Some(self.refuse(error.into()).await);
         }
         let held = self.session.in_multi || self.session.watching || self.session.tx_lost;

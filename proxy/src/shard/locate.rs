@@ -4,7 +4,7 @@
 //! Anything else whose keys span shards is refused with Redis Cluster's
 //! `CROSSSLOT` error.
 
-use super::slots::SlotMap;
+use super::slots::{pattern_slot, SlotMap};
 use crate::resp::keyspecs;
 use crate::resp::Request;
 
@@ -57,11 +57,14 @@ pub enum Every {
     All,
 }
 
-/// Commands Redis Cluster refuses because every shard's data is in
-/// database 0, with its words; `SELECT` is answered by Rampart itself.
-pub fn refused_with_shards(req: &Request) -> Option<&'static str> {
+/// Commands Redis Cluster refuses, with its words: those reaching another
+/// database (every shard's data is in database 0; `SELECT` is answered by
+/// Rampart itself), and `SORT` patterns that may read keys of another
+/// shard.
+pub fn refused_with_shards(req: &Request, slots: &SlotMap) -> Option<&'static str> {
     let name = req.name();
     match name.as_bytes() {
+        b"SORT" | b"SORT_RO" => sort_reaches_another_shard(req, slots),
         b"MOVE" => Some("ERR MOVE is not allowed in cluster mode"),
         b"SWAPDB" => Some("ERR SWAPDB is not allowed in cluster mode"),
         b"COPY"
@@ -72,6 +75,49 @@ pub fn refused_with_shards(req: &Request) -> Option<&'static str> {
         }
         _ => None,
     }
+}
+
+/// `SORT key [BY pattern] [GET pattern ...]`: a pattern names other keys
+/// (`*` replaced by each element, `->field` for a hash field). Allowed
+/// only when every key it can name is on the shard owning `key`: a pattern
+/// without `*` is one key; one with `*` outside a `{hash tag}` may be any.
+/// Otherwise Redis Cluster's refusal (a node would read the other shard's
+/// keys as missing and answer wrongly).
+fn sort_reaches_another_shard(req: &Request, slots: &SlotMap) -> Option<&'static str> {
+    let key = req.arg(1)?;
+    let home = slots.shard_of(key);
+    let elsewhere = |pattern: &[u8]| {
+        let key_part = match pattern.windows(2).position(|w| w == b"->") {
+            Some(at) if at > 0 => &pattern[..at],
+            _ => pattern,
+        };
+        pattern_slot(key_part).is_none_or(|slot| slots.owner(slot) != home)
+    };
+    let mut i = 2;
+    while i < req.argc() {
+        let word = req.arg_upper(i)?;
+        match word.as_bytes() {
+            b"BY" => {
+                let pattern = req.arg(i + 1)?;
+                // Without `*` BY means "do not sort": no key is read.
+                if pattern.contains(&b'*') && elsewhere(pattern) {
+                    return Some("ERR BY option of SORT denied in Cluster mode.");
+                }
+                i += 2;
+            }
+            b"GET" => {
+                let pattern = req.arg(i + 1)?;
+                if pattern != b"#" && elsewhere(pattern) {
+                    return Some("ERR GET option of SORT denied in Cluster mode.");
+                }
+                i += 2;
+            }
+            b"LIMIT" => i += 3,
+            b"STORE" => i += 2,
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// Where `req` goes, among `shards` shards placed by `slots`.

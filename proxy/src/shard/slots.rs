@@ -16,6 +16,19 @@ pub fn slot(key: &[u8]) -> u16 {
     crc16(hash_tag(key)) % SLOTS as u16
 }
 
+/// The slot of every key `pattern` can form by replacing its `*` (as SORT's
+/// BY and GET do), if they all have the same: the pattern has no `*`, or a
+/// non-empty `{hash tag}` that ends before the first `*` (an element put
+/// in before it could bring a `{` of its own).
+pub fn pattern_slot(pattern: &[u8]) -> Option<u16> {
+    let Some(star) = pattern.iter().position(|&b| b == b'*') else {
+        return Some(slot(pattern));
+    };
+    let open = pattern.iter().position(|&b| b == b'{')?;
+    let len = pattern[open + 1..].iter().position(|&b| b == b'}')?;
+    (len > 0 && open + 1 + len < star).then(|| slot(pattern))
+}
+
 /// The part of `key` that is hashed: what is between the first `{` and the
 /// next `}` if that is not empty, otherwise the whole key (Redis's rule).
 fn hash_tag(key: &[u8]) -> &[u8] {
@@ -197,6 +210,20 @@ fn parse_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pattern_has_one_slot_only_when_its_tag_comes_before_its_star() {
+        assert_eq!(pattern_slot(b"weight_1"), Some(slot(b"weight_1")));
+        assert_eq!(pattern_slot(b"{user}:*"), Some(slot(b"{user}:x")));
+        assert_eq!(pattern_slot(b"user:*"), None);
+        assert_eq!(
+            pattern_slot(b"*{user}"),
+            None,
+            "an element may bring its own {{"
+        );
+        assert_eq!(pattern_slot(b"{*}:x"), None);
+        assert_eq!(pattern_slot(b"{}:*"), None);
+    }
 
     #[test]
     fn slots_match_redis_cluster() {
