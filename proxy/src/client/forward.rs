@@ -54,7 +54,13 @@ impl Connection {
             client_id: self.session.id,
             key,
         };
-        let token = self.read_token();
+        // Only a read is placed by the client's consistency: a write goes
+        // to the primary, and its token is not worth bringing up to date.
+        let token = if class == Class::Read {
+            self.read_token()
+        } else {
+            crate::route::ReadToken::default()
+        };
         let (mut node, mut on_replica) = match route::route(shard, policy, class, &read, &token) {
             Ok(routed) => routed,
             Err(_) => {

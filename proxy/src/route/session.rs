@@ -19,9 +19,10 @@ use crate::config::ReadConsistency;
 use crate::topology::position::{stamp, History, Stamp};
 use crate::topology::{Node, Shard};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Pending {
     /// The floor covers everything the client has seen, home aside.
+    #[default]
     Settled,
     /// The client has seen (or will, once it is answered) something at
     /// item `n` of its reply queue, beyond the floor.
@@ -39,8 +40,9 @@ struct Home {
     from: u64,
 }
 
-/// One connection's standing with one shard.
-#[derive(Debug, Clone)]
+/// One connection's standing with one shard (`Default`: one that has seen
+/// nothing).
+#[derive(Debug, Clone, Default)]
 pub struct ReadToken {
     history: History,
     floor: u64,
