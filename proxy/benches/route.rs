@@ -39,6 +39,8 @@ fn shard(changes: &Arc<AtomicU64>) -> Shard {
             master: (i > 0).then(|| "127.0.0.1:7001".to_string()),
             priority: 100,
             replicas: 2,
+            replid: String::new(),
+            replid2: String::new(),
         };
         shard.observe(node, &report, now, None);
     }

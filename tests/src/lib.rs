@@ -57,6 +57,8 @@ pub struct RedisNode {
     replica_of: Option<u16>,
     /// Listening (and replicating) with TLS only, with these certificates.
     tls: Option<std::sync::Arc<pki::Pki>>,
+    /// More `redis-server` arguments, for the next start.
+    extra: Vec<String>,
 }
 
 impl RedisNode {
@@ -79,6 +81,7 @@ impl RedisNode {
             dir,
             replica_of,
             tls,
+            extra: Vec::new(),
         };
         node.spawn();
         node
@@ -103,6 +106,7 @@ impl RedisNode {
             // A replica that needs a full sync gets it at once, not after
             // the default 5 s wait for other replicas to join.
             .args(["--repl-diskless-sync-delay", "0"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -144,6 +148,14 @@ impl RedisNode {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Kills the process and starts it again with more arguments (these
+    /// win over the harness's own, e.g. Redis's default
+    /// `--repl-diskless-sync-delay 5`).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|a| a.to_string()).collect();
+        self.restart();
     }
 
     /// Runs a command on this node directly (not through Rampart).

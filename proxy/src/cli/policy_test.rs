@@ -270,6 +270,8 @@ fn shard_of(scenario: &Scenario) -> Result<Arc<Shard>, Failure> {
             master: primary.map(|i| scenario.nodes[i].addr.clone()),
             priority: spec.priority,
             replicas: 0,
+            replid: String::new(),
+            replid2: String::new(),
         };
         shard.observe(node, &report, now, None);
         node.set_lag(0, spec.lag_ms);

@@ -26,6 +26,8 @@ use crate::topology::{Health, Node, Role, Shard};
 pub fn parse_replication(info: &str) -> Option<Report> {
     let field = |name: &str| info_field(info, name);
     let number = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok());
+    let replid = field("master_replid").unwrap_or_default();
+    let replid2 = field("master_replid2").unwrap_or_default();
     let priority = number("slave_priority")
         .or_else(|| number("replica_priority"))
         .unwrap_or(100) as u32;
@@ -39,6 +41,8 @@ pub fn parse_replication(info: &str) -> Option<Report> {
             replicas: number("min_slaves_good_slaves")
                 .or_else(|| number("connected_slaves"))
                 .unwrap_or(0) as u32,
+            replid,
+            replid2,
         }),
         "slave" | "replica" => Some(Report {
             role: Role::Replica,
@@ -53,6 +57,8 @@ pub fn parse_replication(info: &str) -> Option<Report> {
             )),
             priority,
             replicas: 0,
+            replid,
+            replid2,
         }),
         _ => None,
     }

@@ -214,6 +214,8 @@ mod tests {
             master: (!primary).then(|| "127.0.0.1:1".to_string()),
             priority: 100,
             replicas: 2,
+            replid: String::new(),
+            replid2: String::new(),
         };
         let answered = shard.nodes[0].pool.stats().answered();
         shard.observe(&shard.nodes[index], &report, Instant::now(), Some(answered));

@@ -369,6 +369,12 @@ pub struct Report {
     /// For a primary: replicas connected to it (`connected_slaves`), or,
     /// when `min-replicas-to-write` is set, those it counts as good.
     pub replicas: u32,
+    /// `master_replid`: the replication history the node's data belongs
+    /// to (a replica's is its primary's). Offsets compare only within one.
+    pub replid: String,
+    /// `master_replid2`: the history the node followed before its last
+    /// promotion (all zeros when none).
+    pub replid2: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -40,8 +40,16 @@ impl Controller {
                 .await;
             return;
         }
+        // A stale old primary answers: the replicas that follow it may
+        // resynchronise from it (and throw their copies away) at any
+        // moment, even while this election runs. Detached first, what
+        // they report is what they keep.
+        if old.health() != Health::Down {
+            self.detach(old).await;
+        }
         // Fresh reports, not the last probe's: offsets move until the very
         // moment the old primary stopped.
+        let mut reports = std::collections::HashMap::new();
         let mut candidates = Vec::new();
         let mut intact = 0;
         let shard = self.shard.clone();
@@ -62,6 +70,7 @@ impl Controller {
                         offset: report.offset,
                         priority: report.priority,
                     });
+                    reports.insert(node.id, report);
                 }
             }
         }
@@ -97,10 +106,14 @@ impl Controller {
             self.refuse(why).await;
             return;
         };
-        let offset = candidates
-            .iter()
-            .find(|c| c.id == target.id)
-            .map_or(0, |c| c.offset);
+        let Some(elected) = reports.remove(&target.id) else {
+            return;
+        };
+        let offset = elected.offset;
+        if let Err(why) = self.freeze(&target, &elected).await {
+            self.event("promotion-failed", Some(&target), why);
+            return;
+        }
         // A stale old primary still answers: it is repointed with the
         // others (its data is not wanted). A dead one is fenced when back.
         let skip = (old.health() == Health::Down).then_some(old.id);
@@ -195,6 +208,27 @@ impl Controller {
         Ok(epoch)
     }
 
+    /// Stops the elected replica following anyone, then checks that what
+    /// it holds now is still what it was elected with: the same
+    /// replication history, at least as far. Between its report and this
+    /// moment a replica can finish a full resynchronisation from a primary
+    /// that came back empty; promoted then, it would lose every write it
+    /// held. On a mismatch the node stays detached and the next tick
+    /// elects again from fresh reports, where its loss shows.
+    async fn freeze(&mut self, target: &Arc<Node>, elected: &Report) -> Result<(), String> {
+        self.command(target, &["REPLICAOF", "NO", "ONE"]).await?;
+        self.detached.insert(target.id);
+        target.set_detached(true);
+        let now = self.report(target).await?;
+        match kept(elected, &now) {
+            true => Ok(()),
+            false => Err(format!(
+                "not promoted: between its election (offset {}, history {}) and its promotion it resynchronised (now offset {}, history {}), so it may lack acknowledged writes; electing again",
+                elected.offset, elected.replid, now.offset, now.replid
+            )),
+        }
+    }
+
     /// Whether a primary that answers must still be replaced: it
     /// restarted or its offset went backwards, so it may lack writes that
     /// were acknowledged. Without a quorum (asynchronous writes) a
@@ -241,6 +275,10 @@ impl Controller {
             })
             .cloned()
             .collect();
+        let state = match old.health() {
+            Health::Down => "is down and cannot be replaced yet".to_string(),
+            _ => staleness(old),
+        };
         for node in &following {
             match self.command(node, &["REPLICAOF", "NO", "ONE"]).await {
                 Ok(_) => {
@@ -249,7 +287,7 @@ impl Controller {
                     self.event(
                         "replica-detached",
                         Some(node),
-                        format!("no longer follows {}, which is down and cannot be replaced yet: the replica keeps its copy of the acknowledged writes whatever the old primary returns with", old.addr),
+                        format!("no longer follows {}, which {state}: the replica keeps its copy of the acknowledged writes whatever the old primary returns with", old.addr),
                     );
                 }
                 Err(e) => {
@@ -383,9 +421,55 @@ pub(super) fn staleness(node: &Node) -> String {
     )
 }
 
+/// Whether a node that reported `before` and, once told to follow nobody,
+/// `after` still holds what it held: the history it belonged to is its
+/// current one (it was already detached) or the one it just left, and its
+/// offset did not go back. A full resynchronisation in between changes the
+/// history, whatever the offsets say. A server that reports no history
+/// (before Redis 4) is judged by its offset alone.
+pub(super) fn kept(before: &Report, after: &Report) -> bool {
+    let history = match (before.replid.is_empty(), after.replid.is_empty()) {
+        (true, true) => true,
+        (false, false) => after.replid == before.replid || after.replid2 == before.replid,
+        _ => false,
+    };
+    history && after.offset >= before.offset
+}
+
 #[cfg(test)]
 mod tests {
-    use super::implausible;
+    use super::{implausible, kept};
+    use crate::topology::{Report, Role};
+
+    fn report(replid: &str, replid2: &str, offset: u64) -> Report {
+        Report {
+            role: Role::Primary,
+            offset,
+            connected: false,
+            master: None,
+            priority: 100,
+            replicas: 0,
+            replid: replid.into(),
+            replid2: replid2.into(),
+        }
+    }
+
+    #[test]
+    fn a_promoted_replica_keeps_the_history_it_was_elected_with() {
+        let elected = report("aaa", "000", 500);
+        // Promoted: a new history, the old one second, the same offset.
+        assert!(kept(&elected, &report("bbb", "aaa", 500)));
+        // Already detached: REPLICAOF NO ONE changes nothing.
+        assert!(kept(&elected, &report("aaa", "000", 500)));
+        // Resynchronised from a restarted primary in between.
+        assert!(!kept(&elected, &report("ccc", "ddd", 14)));
+        assert!(!kept(&elected, &report("ccc", "ddd", 900)));
+        // The same history but less of it.
+        assert!(!kept(&elected, &report("bbb", "aaa", 499)));
+        // A server without histories: offsets alone.
+        assert!(kept(&report("", "", 500), &report("", "", 500)));
+        assert!(!kept(&report("", "", 500), &report("", "", 20)));
+    }
 
     #[test]
     fn a_replica_far_ahead_of_its_primary_is_not_believed() {
