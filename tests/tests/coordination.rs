@@ -1087,6 +1087,7 @@ fn a_decision_needs_the_lease_and_the_record_it_replaces() {
         primary: primary.into(),
         waiting: None,
         fenced: false,
+        members: None,
     };
 
     let (a, a_loop) = start("a");

@@ -581,6 +581,67 @@ fn switchovers_are_rate_limited_and_never_push_failovers_out_of_the_history() {
 /// persistence) and resynced before the next: every promoted node had
 /// restarted once, and each must be trusted once elected, or the next
 /// tick fails it over again and the shard ends up waiting for an operator.
+/// Primary killed, a replica promoted; writes acknowledged by the only
+/// replica left; that primary killed too. The first primary, down since
+/// before the second epoch began, cannot have acknowledged any of its
+/// writes, so the survivor, which holds them all, is promoted alone. Once
+/// the first primary returns and follows again it counts, and two nodes
+/// down at once stop the shard as before.
+#[test]
+fn a_second_failover_counts_only_replicas_that_followed_the_primary() {
+    let mut cluster = Cluster::start(2);
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(&config(&cluster.addrs(), state.path(), ""));
+    proxy.wait_serving_replicas(2, Duration::from_secs(10));
+    let mut conn = proxy.conn();
+    let _: () = conn.set("first", 1).unwrap();
+    cluster.nodes[0].kill();
+    wait_until("the first promotion", Duration::from_secs(10), || {
+        proxy.shard()["epoch"] == 2
+    });
+    let mut conn = proxy.conn();
+    for i in 0..100 {
+        conn.set::<_, _, ()>(format!("k{i}"), i)
+            .unwrap_or_else(|e| panic!("k{i}: {e}"));
+    }
+    let second = primary_addr(&proxy);
+    let index = cluster.addrs().iter().position(|a| *a == second).unwrap();
+    let survivor = 3 - index;
+    let record = std::fs::read_to_string(state.path().join("main.json")).unwrap();
+    assert!(record.contains("members"), "{record}");
+    assert!(!record.contains(&cluster.nodes[0].addr()), "{record}");
+    cluster.nodes[index].kill();
+    wait_until(
+        "the second promotion (or a refusal)",
+        Duration::from_secs(10),
+        || proxy.shard()["epoch"] == 3 || proxy.shard()["awaiting_operator"].is_string(),
+    );
+    assert_eq!(
+        proxy.shard()["epoch"],
+        3,
+        "refused: {}; events: {:?}",
+        proxy.shard()["awaiting_operator"],
+        proxy.events()
+    );
+    assert_eq!(primary_addr(&proxy), cluster.nodes[survivor].addr());
+    let mut conn = proxy.conn();
+    let first: Option<i64> = conn.get("first").unwrap();
+    assert_eq!(first, Some(1));
+    for i in 0..100 {
+        let v: Option<i64> = conn.get(format!("k{i}")).unwrap();
+        assert_eq!(v, Some(i), "acknowledged write k{i} lost");
+    }
+
+    // Writes need a replica to acknowledge them: the first primary
+    // returns, is told to follow, and counts from then on.
+    cluster.nodes[0].restart();
+    wait_until("writes to succeed", Duration::from_secs(15), || {
+        conn.set::<_, _, ()>("after", 1).is_ok()
+    });
+    let record = std::fs::read_to_string(state.path().join("main.json")).unwrap();
+    assert!(record.contains(&cluster.nodes[0].addr()), "{record}");
+}
+
 #[test]
 fn back_to_back_failovers_over_restarted_nodes_need_no_operator() {
     let mut cluster = Cluster::start(2);

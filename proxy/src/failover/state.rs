@@ -27,6 +27,12 @@ pub struct ShardState {
     /// shard's writes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fenced: bool,
+    /// The nodes besides `primary` that may have followed it since it was
+    /// promoted: only these can have acknowledged its writes, so only these
+    /// count when it fails. A node down at the promotion joins when it is
+    /// told to follow (recorded before it is told). Absent: every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<String>>,
 }
 
 /// A fan-out shard's nodes as Rampart last left them.
@@ -126,6 +132,7 @@ mod tests {
             primary: "127.0.0.1:7001".into(),
             waiting: None,
             fenced: false,
+            members: Some(vec!["127.0.0.1:7002".into()]),
         };
         store.save("main", &state).unwrap();
         assert_eq!(store.load("main").unwrap(), Some(state));

@@ -51,6 +51,13 @@ impl Controller {
             Some(state) => state.epoch + 1,
             None => 1,
         };
+        // The record's members describe its primary's epoch; a primary
+        // chosen otherwise starts one whose followers are unknown.
+        self.members = persisted
+            .as_ref()
+            .filter(|s| s.epoch == epoch)
+            .and_then(|s| s.members.clone())
+            .map(|m| m.into_iter().collect());
         if persisted.as_ref().is_none_or(|s| s.epoch != epoch) {
             if let Err(e) = self.persist(epoch, &chosen, false).await {
                 tracing::warn!(error = %e, "cannot record the discovered primary; will retry");

@@ -20,10 +20,10 @@ use redis_protocol::resp3::types::OwnedFrame;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::probe::{self, Report};
+use super::probe::Report;
 pub use super::request::Switchover;
 use super::state::{ShardState, StateStore};
-use crate::backend::control::{frame_text, Control};
+use crate::backend::control::frame_text;
 use crate::backend::ConnectOptions;
 use crate::coord::Coordination;
 use crate::observe::events::Events;
@@ -31,6 +31,7 @@ use crate::operate::error::OpError;
 use crate::replicate::quorum::{replicas_needed_to_promote, Candidate};
 use crate::topology::{Health, Node, Role, Shard};
 
+mod ask;
 mod discover;
 mod promote;
 mod switchover;
@@ -106,6 +107,9 @@ pub struct Controller {
     disputed: bool,
     /// Events about a node already given in the current failover.
     said: std::collections::HashSet<(u32, &'static str)>,
+    /// The record's [`ShardState::members`]: the nodes that may have
+    /// followed the current primary. `None`: every node.
+    members: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Starts the failover controller of `unit`: it runs until `shutdown`
@@ -143,6 +147,7 @@ pub fn spawn(
         detached: Default::default(),
         operator_only: false,
         stale_reported: false,
+        members: None,
     };
     tokio::spawn(controller.run(requests).instrument(span));
 }
@@ -230,6 +235,7 @@ impl Controller {
             return;
         };
         crate::coord::follow(&self.shard, &record);
+        self.members = record.members.clone().map(|m| m.into_iter().collect());
         let detail = match (&record.fenced, &record.waiting) {
             (true, _) => {
                 self.fenced_epoch = Some(record.epoch);
@@ -341,6 +347,36 @@ impl Controller {
         self.reconcile(&primary).await;
     }
 
+    /// Whether `node` may have followed the current primary since its
+    /// promotion, and so may hold writes only it acknowledged.
+    fn member(&self, node: &Node) -> bool {
+        self.members
+            .as_ref()
+            .is_none_or(|members| members.contains(&node.addr))
+    }
+
+    /// Records that `node` is about to follow the current primary (or is
+    /// found following it), before it can acknowledge anything. False when
+    /// that cannot be recorded: the node must not be told to follow yet.
+    async fn join(&mut self, node: &Node, primary: &Node) -> bool {
+        if self.member(node) || self.shard.primary_node().is_none_or(|p| p.id != primary.id) {
+            return true;
+        }
+        let before = self.members.clone();
+        if let Some(members) = &mut self.members {
+            members.insert(node.addr.clone());
+        }
+        if let Err(e) = self
+            .persist(self.shard.epoch(), primary, self.fenced_epoch.is_some())
+            .await
+        {
+            self.members = before;
+            tracing::warn!(node = %node.addr, error = %e, "cannot record the node as following the primary; will retry");
+            return false;
+        }
+        true
+    }
+
     /// The highest offset `node` was seen with: by this instance's
     /// probes, and with `[coordination]` by any live instance's.
     fn most_seen(&self, node: &Node) -> u64 {
@@ -385,6 +421,7 @@ impl Controller {
             primary: primary.addr.clone(),
             waiting: self.shard.awaiting_operator(),
             fenced,
+            members: self.members.as_ref().map(|m| m.iter().cloned().collect()),
         };
         if let Some(coordination) = &self.coordination {
             return coordination.save(&self.shard.name, &state).await;
@@ -403,41 +440,6 @@ impl Controller {
             self.shard.epoch(),
             detail,
         );
-    }
-
-    /// Probes a node now and records the result, so that decisions right
-    /// after a change do not rest on a report from before it. Returns the
-    /// role it reported.
-    async fn observe(&self, node: &Node) -> Option<Role> {
-        let report = self.report(node).await.ok()?;
-        self.shard.observe(node, &report, Instant::now(), None);
-        Some(report.role)
-    }
-
-    async fn report(&self, node: &Node) -> Result<Report, String> {
-        let mut control = self.connect(node).await?;
-        probe::replication(&mut control, self.timeout)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// Sends one command on a fresh connection; an error reply is an error.
-    async fn command(&self, node: &Node, args: &[&str]) -> Result<OwnedFrame, String> {
-        let mut control = self.connect(node).await?;
-        match control.call(args, self.timeout).await {
-            Ok(OwnedFrame::SimpleError { data, .. }) => Err(data),
-            Ok(OwnedFrame::BlobError { data, .. }) => Err(String::from_utf8_lossy(&data).into()),
-            Ok(frame) => Ok(frame),
-            Err(e) => Err(format!("{}: {e}", node.addr)),
-        }
-    }
-
-    async fn connect(&self, node: &Node) -> Result<Control, String> {
-        match tokio::time::timeout(self.timeout, Control::connect(&node.addr, &self.opts)).await {
-            Ok(Ok(control)) => Ok(control),
-            Ok(Err(e)) => Err(format!("{}: {e}", node.addr)),
-            Err(_) => Err(format!("{}: connect timed out", node.addr)),
-        }
     }
 }
 

@@ -53,7 +53,15 @@ impl Controller {
         let mut candidates = Vec::new();
         let mut intact = 0;
         let shard = self.shard.clone();
-        for node in shard.nodes.iter().filter(|n| n.id != old.id) {
+        // Only nodes that may have followed the old primary can hold
+        // writes it acknowledged; one that was down all its epoch cannot,
+        // and neither counts towards the replicas needed nor may be elected.
+        let members: Vec<&Arc<Node>> = shard
+            .nodes
+            .iter()
+            .filter(|n| n.id != old.id && self.member(n))
+            .collect();
+        for node in members.iter().copied() {
             if let Ok(report) = self.report(node).await {
                 if let Some(why) = implausible(report.offset, old.max_offset(), &old.addr) {
                     self.say_once(node, "replica-implausible", why);
@@ -74,7 +82,7 @@ impl Controller {
                 }
             }
         }
-        let replicas = self.shard.nodes.len().saturating_sub(1) as u32;
+        let replicas = members.len() as u32;
         let acks = self.shard.durability.requirement().acks;
         let needed = replicas_needed_to_promote(replicas, acks);
         if intact < needed {
@@ -174,12 +182,17 @@ impl Controller {
         self.detached.clear();
         self.stale_reported = false;
         let shard = self.shard.clone();
+        // Everyone who may follow it from now on may acknowledge its
+        // writes; the others join when they are told, later.
+        let mut members = std::collections::BTreeSet::new();
         for node in shard
             .nodes
             .iter()
             .filter(|n| n.id != target.id && Some(n.id) != skip)
         {
-            self.follow(node, target, "repointed").await;
+            if self.follow(node, target, "repointed").await {
+                members.insert(node.addr.clone());
+            }
         }
         self.guard(target).await;
         self.wait_for_replicas(target, self.shard.durability.requirement().acks)
@@ -190,7 +203,9 @@ impl Controller {
         // finds the epoch fenced and finishes the failover itself).
         let waiting = self.shard.awaiting_operator();
         self.shard.set_awaiting_operator(None);
+        let before = self.members.replace(members);
         if let Err(e) = self.persist(epoch, target, false).await {
+            self.members = before;
             self.shard.set_awaiting_operator(waiting);
             return Err(format!("the new primary could not be recorded: {e}"));
         }

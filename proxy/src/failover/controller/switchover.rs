@@ -49,7 +49,10 @@ impl Controller {
                 target.addr
             )));
         }
-        let report = self.report(&target).await.map_err(OpError::Conflict)?;
+        let report = self
+            .report(&target)
+            .await
+            .map_err(|e| OpError::Conflict(e.to_string()))?;
         if report.role != Role::Replica
             || report.master.as_deref() != Some(primary.addr.as_str())
             || !report.connected

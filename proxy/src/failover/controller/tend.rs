@@ -69,11 +69,17 @@ impl Controller {
             .collect();
         for node in others {
             match node.role() {
-                Role::Primary => self.follow(&node, primary, "fenced").await,
-                Role::Replica if node.master().as_deref() != Some(primary.addr.as_str()) => {
-                    self.follow(&node, primary, "repointed").await
+                Role::Primary => {
+                    self.follow(&node, primary, "fenced").await;
                 }
-                _ => {}
+                Role::Replica if node.master().as_deref() != Some(primary.addr.as_str()) => {
+                    self.follow(&node, primary, "repointed").await;
+                }
+                // Following already (its own configuration, an operator):
+                // it may acknowledge writes from now on.
+                _ => {
+                    self.join(&node, primary).await;
+                }
             }
         }
         if primary.health() == Health::Up {
@@ -82,22 +88,33 @@ impl Controller {
     }
 
     /// `REPLICAOF` the primary, at most once per `RETRY_AFTER` per node.
-    pub(super) async fn follow(&mut self, node: &Arc<Node>, primary: &Node, kind: &'static str) {
+    /// Returns whether the node may follow it now: the command ran, or was
+    /// sent and went unanswered (a paused node runs it when it resumes).
+    pub(super) async fn follow(
+        &mut self,
+        node: &Arc<Node>,
+        primary: &Node,
+        kind: &'static str,
+    ) -> bool {
         if self
             .last_sent
             .get(&node.id)
             .is_some_and(|t| t.elapsed() < RETRY_AFTER)
         {
-            return;
+            return false;
         }
         self.last_sent.insert(node.id, Instant::now());
         let Some((host, port)) = primary.addr.rsplit_once(':') else {
-            return;
+            return false;
         };
+        if !self.join(node, primary).await {
+            return false;
+        }
         match self.command(node, &["REPLICAOF", host, port]).await {
             Ok(_) => node.set_detached(false),
             Err(e) => {
-                return tracing::warn!(node = %node.addr, error = %e, "REPLICAOF failed; will retry")
+                tracing::warn!(node = %node.addr, error = %e, "REPLICAOF failed; will retry");
+                return e.may_have_run();
             }
         }
         self.event(
@@ -112,6 +129,7 @@ impl Controller {
                 }
             ),
         );
+        true
     }
 
     /// With `manage_replication`: the primary refuses writes unless enough
