@@ -629,6 +629,56 @@ fn client_kill_disconnects_subscribers_and_monitors() {
     monitor.expect_closed();
 }
 
+/// A subscribed or tracking client is piped to a node connection of its
+/// own, but it is still the client Rampart knows: `CLIENT ID`, `GETNAME`
+/// and `LIST` answer about it, in order with the node's replies, and in
+/// RESP2 subscribed mode they get Redis's refusal.
+#[test]
+fn a_piped_client_keeps_its_identity() {
+    let cluster = Cluster::start(0);
+    let proxy = Proxy::start(&cluster.addrs(), Setup::default());
+    let mut c = Raw::connect(proxy.addr);
+    c.send(&[&["CLIENT", "SETNAME", "niceName"], &["CLIENT", "ID"]]);
+    assert_eq!(c.reply(), redis::Value::Okay);
+    let redis::Value::Int(id) = c.reply() else {
+        panic!("CLIENT ID");
+    };
+    // Pipelined behind the SUBSCRIBE: refused as Redis refuses it.
+    c.send(&[
+        &["SUBSCRIBE", "l"],
+        &["CLIENT", "ID"],
+        &["UNSUBSCRIBE", "l"],
+    ]);
+    assert!(format!("{:?}", c.reply()).contains("subscribe"));
+    let refused = format!("{:?}", c.reply());
+    assert!(
+        refused.contains("Can't execute 'client|id': only (P|S)SUBSCRIBE"),
+        "{refused}"
+    );
+    assert!(format!("{:?}", c.reply()).contains("unsubscribe"));
+    c.send(&[
+        &["CLIENT", "GETNAME"],
+        &["CLIENT", "ID"],
+        &["CLIENT", "TRACKING", "ON"],
+        &["CLIENT", "ID"],
+        &["CLIENT", "LIST"],
+    ]);
+    assert_eq!(c.reply(), redis::Value::BulkString(b"niceName".to_vec()));
+    assert_eq!(c.reply(), redis::Value::Int(id));
+    assert_eq!(c.reply(), redis::Value::Okay);
+    assert_eq!(c.reply(), redis::Value::Int(id));
+    let list = match c.reply() {
+        redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+        other => panic!("CLIENT LIST: {other:?}"),
+    };
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&format!("id={id} ")) && l.contains(" name=niceName ")),
+        "{list}"
+    );
+    assert!(!list.contains("cmd=replconf"), "the node's clients: {list}");
+}
+
 #[test]
 fn client_reply_and_unblock_behave_as_on_redis() {
     let cluster = Cluster::start(1);
@@ -704,6 +754,51 @@ fn tracking_redirects_to_another_rampart_client() {
         message.contains("invalidate") && message.contains("tracked"),
         "{message}"
     );
+    // The target is named by its Rampart id, as it was given.
+    let redirect: i64 = redis::cmd("CLIENT").arg("GETREDIR").query(&mut c).unwrap();
+    assert_eq!(redirect, sub_id);
+    let info: redis::Value = redis::cmd("CLIENT")
+        .arg("TRACKINGINFO")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        field(&info, "redirect"),
+        Some(redis::Value::Int(sub_id)),
+        "{info:?}"
+    );
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["TRACKING", "off"])
+        .query(&mut c)
+        .unwrap();
+    let redirect: i64 = redis::cmd("CLIENT").arg("GETREDIR").query(&mut c).unwrap();
+    assert_eq!(redirect, -1);
+    // HELLO on the piped connection: Rampart's answer, about this client.
+    let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut c).unwrap();
+    let hello: redis::Value = redis::cmd("HELLO").arg("2").query(&mut c).unwrap();
+    assert_eq!(
+        field(&hello, "id"),
+        Some(redis::Value::Int(id)),
+        "{hello:?}"
+    );
+    assert!(field(&hello, "proxy").is_some(), "{hello:?}");
+}
+
+/// The value after `name` in a reply of name/value pairs (an array in
+/// RESP2, a map in RESP3).
+fn field(reply: &redis::Value, name: &str) -> Option<redis::Value> {
+    let pairs: Vec<(redis::Value, redis::Value)> = match reply {
+        redis::Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|p| Some((p.first()?.clone(), p.get(1)?.clone())))
+            .collect(),
+        redis::Value::Map(pairs) => pairs.clone(),
+        _ => return None,
+    };
+    pairs.into_iter().find_map(|(k, v)| match k {
+        redis::Value::BulkString(k) if k == name.as_bytes() => Some(v),
+        redis::Value::SimpleString(k) if k == name => Some(v),
+        _ => None,
+    })
 }
 
 #[test]

@@ -45,6 +45,9 @@ pub struct Connection {
     pub(super) open: Option<OpenBatch>,
     /// Set when the session becomes a pipe: the backend side to copy from.
     pub(super) pipe_from: Option<ReadHalf>,
+    /// Piped: commands whose answers Rampart makes or amends, in the
+    /// node's stream of replies (see [`super::interpose`]).
+    pub(super) interposer: super::interpose::Interposer,
     /// The request being handled is a synchronous write.
     pub(super) durable: bool,
     /// Its class, for the latency histograms.
@@ -102,6 +105,7 @@ impl Connection {
             account,
             open: None,
             pipe_from: None,
+            interposer: Default::default(),
             durable: false,
             class: BatchClass::Other,
             durable_upto: 0,

@@ -20,6 +20,7 @@ mod forward;
 pub mod guard;
 mod identity;
 mod inflight;
+mod interpose;
 pub(crate) mod local;
 mod monitor;
 mod pin;

@@ -21,6 +21,7 @@ impl Connection {
             .monitor
             .then(super::monitor::MonitorFilter::default);
         let mut shutdown = self.ctx.shutdown.clone();
+        let mut scanner = crate::resp::ReplyScanner::new(self.ctx.config.limits.max_reply_depth);
         loop {
             if *shutdown.borrow() {
                 break;
@@ -38,17 +39,27 @@ impl Connection {
                 },
                 read = backend.read_buf(&mut from_backend) => match read {
                     Ok(n) if n > 0 => {
-                        let written = match monitor.as_mut() {
+                        let (out, flow) = match monitor.as_mut() {
                             Some(filter) => {
                                 let lines = filter.feed(&from_backend);
-                                self.replies.write_raw(&lines).await
+                                from_backend.clear();
+                                (lines, Flow::Continue)
                             }
-                            None => self.replies.write_raw(&from_backend).await,
+                            None => match self.node_replies(&mut from_backend, &mut scanner).await {
+                                Ok(answered) => answered,
+                                // The node's stream makes no sense: nothing
+                                // more of it can be passed on safely.
+                                Err(_) => break,
+                            },
                         };
-                        if written.is_err() {
+                        if self.replies.write_raw(&out).await.is_err() || flow == Flow::Stop {
                             break;
                         }
-                        from_backend.clear();
+                        if from_backend.capacity() > crate::backend::cutter::RETURN_ABOVE
+                            && from_backend.is_empty()
+                        {
+                            from_backend = BytesMut::with_capacity(16 * 1024);
+                        }
                     }
                     _ => break,
                 },
@@ -175,10 +186,11 @@ impl Connection {
             },
             None => req,
         };
+        let raw = self.interpose(&req).unwrap_or(req.raw);
         let Some(pipe) = self.session.pipe.as_mut() else {
             return Flow::Stop;
         };
-        match pipe.write_all(&req.raw).await {
+        match pipe.write_all(&raw).await {
             Ok(()) if pipe.flush().await.is_ok() => Flow::Continue,
             _ => Flow::Stop,
         }
@@ -218,7 +230,7 @@ impl Connection {
 
     /// `CLIENT TRACKING ... REDIRECT <id>` names a Rampart client; the node
     /// must be given that client's own connection to it instead.
-    pub(super) fn redirect_tracking(&self, req: Request, node: &str) -> Result<Request, Value> {
+    pub(super) fn redirect_tracking(&mut self, req: Request, node: &str) -> Result<Request, Value> {
         let is_tracking = req.name().as_bytes() == b"CLIENT"
             && req
                 .arg_upper(1)
@@ -231,17 +243,20 @@ impl Connection {
         }) else {
             return Ok(req);
         };
-        let target = req
+        let client = req
             .arg(at + 1)
             .and_then(crate::resp::request::parse_i64)
-            .and_then(|id| u64::try_from(id).ok())
-            .and_then(|id| self.ctx.registry.get(id));
+            .and_then(|id| u64::try_from(id).ok());
+        let target = client.and_then(|id| self.ctx.registry.get(id));
         let pipe = target.and_then(|t| t.snapshot().pipe);
         let Some((_, backend_id)) = pipe.filter(|(addr, _)| addr == node) else {
             return Err(Value::err(
                 "ERR The client ID you want redirect to does not exist",
             ));
         };
+        if let Some(client) = client {
+            self.interposer.redirected(backend_id, client);
+        }
         let mut args = req.args();
         args[at + 1] = Bytes::from(backend_id.to_string());
         Ok(Request::from_args(&args))

@@ -137,6 +137,30 @@ impl Replies {
         self.muted = muted;
     }
 
+    /// Takes back the replies Rampart made itself that were queued after
+    /// item `position` (see [`Replies::queued`]), joined: a piped client's
+    /// answers are written in the node's stream, where they belong, not
+    /// through the queue.
+    pub fn take_local_after(&mut self, position: u64) -> Bytes {
+        let mut taken = BytesMut::new();
+        while self.queued > position {
+            match self.queue.pop_back() {
+                Some(Pending::Local(bytes)) => {
+                    let mut front = BytesMut::from(&bytes[..]);
+                    front.unsplit(taken);
+                    taken = front;
+                }
+                Some(other) => {
+                    self.queue.push_back(other);
+                    break;
+                }
+                None => break,
+            }
+            self.queued -= 1;
+        }
+        taken.freeze()
+    }
+
     /// Items ever queued.
     pub fn queued(&self) -> u64 {
         self.queued

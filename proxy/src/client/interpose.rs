@@ -1,0 +1,365 @@
+//! Commands about the client's own connection (`CLIENT ID`, `GETNAME`,
+//! `LIST` ...) sent while the client is piped to a node connection of its
+//! own (subscribed, tracking). Only Rampart knows the client: the node
+//! knows Rampart's connection, with another id and name. But the answer
+//! must come in its place among the node's replies, which Rampart copies
+//! as they come. So the command is sent to the node as `PING <marker>`,
+//! and where the node's echo of the marker appears, Rampart answers the
+//! command itself. The echo also says what Redis would answer: in RESP2
+//! subscribed mode a node answers `PING` with an array and refuses every
+//! command but a few; so does Rampart then.
+
+use bytes::{Bytes, BytesMut};
+
+use super::connection::{Connection, Flow};
+use crate::resp::command::{classify, Class, Local};
+use crate::resp::{ReplyScanner, Request, Value};
+
+/// Random for each process, so that no client can guess a marker and
+/// publish it to a subscriber to make it look like an echo.
+fn salt() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static SALT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SALT.get_or_init(|| {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    })
+}
+
+/// A piped client's command whose answer Rampart makes or amends.
+enum Interposed {
+    /// Answered by Rampart where the node echoes the marker.
+    Answer {
+        marker: Bytes,
+        local: Local,
+        req: Request,
+    },
+    /// Run by the node too, which must know of it; its reply, the last
+    /// before the marker's echo, is amended.
+    Amend { marker: Bytes, how: Amend },
+}
+
+/// How a node's reply is amended.
+enum Amend {
+    /// `CLIENT GETREDIR`, `TRACKINGINFO`: the node's id of the redirect
+    /// target is turned back into that target's Rampart id.
+    RedirectId,
+    /// `HELLO`: the node's connection switches protocol with the client,
+    /// but the reply is Rampart's (its client id, its checks), unless the
+    /// node refused the command (RESP2 subscribed mode).
+    Replace { local: Local, req: Request },
+}
+
+impl Interposed {
+    fn marker(&self) -> &[u8] {
+        match self {
+            Interposed::Answer { marker, .. } | Interposed::Amend { marker, .. } => marker,
+        }
+    }
+}
+
+/// What a piped connection keeps to interpose: the commands sent and not
+/// answered yet, in order; the node's replies held back while a reply to
+/// amend is awaited; and the redirect targets given to `TRACKING`.
+#[derive(Default)]
+pub(super) struct Interposer {
+    queue: std::collections::VecDeque<Interposed>,
+    held: Vec<BytesMut>,
+    sent: u64,
+    /// `(node connection id, Rampart client id)` of each redirect target
+    /// named, the latest last (a few: a client names one at a time).
+    redirects: Vec<(i64, u64)>,
+}
+
+impl Interposer {
+    /// Remembers that the node knows Rampart client `client` as `node_id`.
+    pub fn redirected(&mut self, node_id: i64, client: u64) {
+        self.redirects.retain(|(n, _)| *n != node_id);
+        if self.redirects.len() >= 8 {
+            self.redirects.remove(0);
+        }
+        self.redirects.push((node_id, client));
+    }
+
+    fn client_of(&self, node_id: i64) -> Option<u64> {
+        self.redirects
+            .iter()
+            .find(|(n, _)| *n == node_id)
+            .map(|(_, c)| *c)
+    }
+}
+
+/// Whether the node runs `req` but Rampart amends its reply.
+fn translated(req: &Request) -> bool {
+    req.name().as_bytes() == b"CLIENT"
+        && req
+            .arg_upper(1)
+            .is_some_and(|s| matches!(s.as_bytes(), b"GETREDIR" | b"TRACKINGINFO"))
+}
+
+/// `reply` (to GETREDIR or TRACKINGINFO) with the node's id of the
+/// redirect target replaced by its Rampart id, when known.
+fn translate(reply: &[u8], client_of: impl Fn(i64) -> Option<u64>) -> Option<BytesMut> {
+    // GETREDIR: an integer; TRACKINGINFO: "redirect" then an integer, in
+    // a RESP2 array or a RESP3 map alike.
+    let at = match reply.first() {
+        Some(b':') => 0,
+        _ => {
+            let key = b"$8\r\nredirect\r\n";
+            reply.windows(key.len()).position(|w| w == key)? + key.len()
+        }
+    };
+    let rest = reply.get(at..)?.strip_prefix(b":")?;
+    let end = rest.windows(2).position(|w| w == b"\r\n")?;
+    let id: i64 = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+    let client = client_of(id)?;
+    let mut out = BytesMut::with_capacity(reply.len() + 8);
+    out.extend_from_slice(&reply[..at]);
+    out.extend_from_slice(format!(":{client}").as_bytes());
+    out.extend_from_slice(&rest[end..]);
+    Some(out)
+}
+
+/// The local command `req` is, if it must be answered by Rampart even on
+/// a piped connection. `CLIENT REPLY` and `TRACKING` stay with the node,
+/// which runs the piped connection's replies and tracking.
+fn interposed(req: &Request) -> Option<Local> {
+    if req.name().as_bytes() != b"CLIENT" {
+        return None;
+    }
+    let reply = req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"REPLY");
+    match classify(req) {
+        Class::Local(local @ (Local::Client | Local::Pause)) if !reply => Some(local),
+        Class::Local(
+            local @ (Local::ClientId
+            | Local::ClientGetName
+            | Local::ClientSetName
+            | Local::ClientSetInfo),
+        ) => Some(local),
+        _ => None,
+    }
+}
+
+/// How the node echoed a marker.
+#[derive(Debug, PartialEq, Eq)]
+enum Echo {
+    /// A bulk string: the command runs.
+    Plain,
+    /// `pong` and the marker in an array: RESP2 subscribed mode, where
+    /// Redis refuses the command.
+    Subscribed,
+}
+
+/// Whether `frame` (one complete reply) echoes `marker`, and how.
+fn echo(frame: &[u8], marker: &[u8]) -> Option<Echo> {
+    let bulk = |at: &[u8]| -> bool {
+        let head = format!("${}\r\n", marker.len());
+        at.len() == head.len() + marker.len() + 2
+            && at.starts_with(head.as_bytes())
+            && &at[head.len()..head.len() + marker.len()] == marker
+            && at.ends_with(b"\r\n")
+    };
+    if bulk(frame) {
+        return Some(Echo::Plain);
+    }
+    frame
+        .strip_prefix(b"*2\r\n$4\r\npong\r\n".as_slice())
+        .filter(|rest| bulk(rest))
+        .map(|_| Echo::Subscribed)
+}
+
+/// Redis's refusal of a command in RESP2 subscribed mode.
+fn refusal(req: &Request) -> Value {
+    let name = match req.arg(1) {
+        Some(sub) => format!(
+            "{}|{}",
+            req.name().as_str().to_lowercase(),
+            String::from_utf8_lossy(sub).to_lowercase()
+        ),
+        None => req.name().as_str().to_lowercase(),
+    };
+    Value::err(format!(
+        "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+    ))
+}
+
+impl Connection {
+    /// For a piped client's request: if Rampart answers or amends it, the
+    /// bytes to send the node in its place (the request itself for a reply
+    /// to amend, then `PING <marker>`).
+    pub(super) fn interpose(&mut self, req: &Request) -> Option<Bytes> {
+        if self.session.monitor {
+            return None;
+        }
+        let entry = |marker| match interposed(req) {
+            Some(local) => Some(Interposed::Answer {
+                marker,
+                local,
+                req: req.clone(),
+            }),
+            None if translated(req) => Some(Interposed::Amend {
+                marker,
+                how: Amend::RedirectId,
+            }),
+            None if req.name().as_bytes() == b"HELLO" => Some(Interposed::Amend {
+                marker,
+                how: Amend::Replace {
+                    local: Local::Hello,
+                    req: req.clone(),
+                },
+            }),
+            None => None,
+        };
+        let sent = self.interposer.sent + 1;
+        let marker = Bytes::from(format!(
+            "rampart:{:016x}:{}:{sent}",
+            salt(),
+            self.session.id
+        ));
+        let entry = entry(marker.clone())?;
+        self.interposer.sent = sent;
+        let mut out = BytesMut::new();
+        if matches!(entry, Interposed::Amend { .. }) {
+            out.extend_from_slice(&req.raw);
+        }
+        out.extend_from_slice(&Request::from_args(&[Bytes::from_static(b"PING"), marker]).raw);
+        self.interposer.queue.push_back(entry);
+        Some(out.freeze())
+    }
+
+    /// The node's bytes for the client: the complete replies in `from`
+    /// (taken off it; an incomplete one stays), with each marker's echo
+    /// replaced by Rampart's answer to the command it stands for.
+    pub(super) async fn node_replies(
+        &mut self,
+        from: &mut BytesMut,
+        scanner: &mut ReplyScanner,
+    ) -> Result<(BytesMut, Flow), crate::resp::reply::ReplyError> {
+        let mut out = BytesMut::new();
+        let mut flow = Flow::Continue;
+        while let Some(len) = scanner.scan(from)? {
+            let frame = from.split_to(len);
+            let Some(front) = self.interposer.queue.front() else {
+                out.unsplit(frame);
+                continue;
+            };
+            let Some(how) = echo(&frame, front.marker()) else {
+                match front {
+                    Interposed::Amend { .. } => self.interposer.held.push(frame),
+                    Interposed::Answer { .. } => out.unsplit(frame),
+                }
+                continue;
+            };
+            let answer = match self.interposer.queue.pop_front() {
+                Some(Interposed::Answer { local, req, .. }) => match how {
+                    Echo::Subscribed => refusal(&req).encode(self.session.proto),
+                    Echo::Plain => {
+                        let before = self.replies.queued();
+                        if self.local(local, req).await == Flow::Stop {
+                            flow = Flow::Stop;
+                        }
+                        self.replies.take_local_after(before)
+                    }
+                },
+                Some(Interposed::Amend { how, .. }) => {
+                    let mut held = std::mem::take(&mut self.interposer.held);
+                    // The reply is the last frame before the echo that is
+                    // not a RESP3 push.
+                    let reply = held.iter().rposition(|f| f.first() != Some(&b'>'));
+                    match (how, reply) {
+                        (Amend::RedirectId, Some(at)) => {
+                            let interposer = &self.interposer;
+                            if let Some(amended) =
+                                translate(&held[at], |id| interposer.client_of(id))
+                            {
+                                held[at] = amended;
+                            }
+                        }
+                        (Amend::Replace { local, req }, Some(at))
+                            if held[at].first() != Some(&b'-') =>
+                        {
+                            let before = self.replies.queued();
+                            if self.local(local, req).await == Flow::Stop {
+                                flow = Flow::Stop;
+                            }
+                            held[at] = BytesMut::from(&self.replies.take_local_after(before)[..]);
+                        }
+                        _ => {}
+                    }
+                    for frame in held {
+                        out.unsplit(frame);
+                    }
+                    Bytes::new()
+                }
+                None => Bytes::new(),
+            };
+            out.extend_from_slice(&answer);
+            if flow == Flow::Stop {
+                break;
+            }
+        }
+        Ok((out, flow))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoes_are_told_apart_from_other_replies() {
+        let marker = b"rampart:1:2:3";
+        assert_eq!(echo(b"$13\r\nrampart:1:2:3\r\n", marker), Some(Echo::Plain));
+        assert_eq!(
+            echo(b"*2\r\n$4\r\npong\r\n$13\r\nrampart:1:2:3\r\n", marker),
+            Some(Echo::Subscribed)
+        );
+        assert_eq!(echo(b"$13\r\nrampart:1:2:4\r\n", marker), None);
+        assert_eq!(
+            echo(
+                b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$13\r\nrampart:1:2:3\r\n",
+                marker
+            ),
+            None
+        );
+        assert_eq!(echo(b"+PONG\r\n", marker), None);
+    }
+
+    #[test]
+    fn only_connection_commands_are_interposed() {
+        let req = |args: &[&str]| Request::from_args(args);
+        assert!(interposed(&req(&["CLIENT", "ID"])).is_some());
+        assert!(interposed(&req(&["client", "getname"])).is_some());
+        assert!(interposed(&req(&["CLIENT", "LIST"])).is_some());
+        assert!(interposed(&req(&["CLIENT", "REPLY", "OFF"])).is_none());
+        assert!(interposed(&req(&["CLIENT", "TRACKING", "ON"])).is_none());
+        assert!(interposed(&req(&["PING"])).is_none());
+        assert!(interposed(&req(&["SUBSCRIBE", "a"])).is_none());
+    }
+
+    #[test]
+    fn redirect_ids_are_translated_back() {
+        let known = |id| (id == 42).then_some(7);
+        assert_eq!(&translate(b":42\r\n", known).unwrap()[..], b":7\r\n");
+        assert!(translate(b":-1\r\n", known).is_none());
+        assert!(translate(b":43\r\n", known).is_none());
+        let info = b"*6\r\n$5\r\nflags\r\n*1\r\n$2\r\non\r\n$8\r\nredirect\r\n:42\r\n$8\r\nprefixes\r\n*0\r\n";
+        let amended = translate(info, known).unwrap();
+        assert_eq!(
+            &amended[..],
+            b"*6\r\n$5\r\nflags\r\n*1\r\n$2\r\non\r\n$8\r\nredirect\r\n:7\r\n$8\r\nprefixes\r\n*0\r\n"
+        );
+        let map = b"%3\r\n$5\r\nflags\r\n~1\r\n$2\r\non\r\n$8\r\nredirect\r\n:42\r\n$8\r\nprefixes\r\n*0\r\n";
+        assert!(translate(map, known).is_some());
+    }
+
+    #[test]
+    fn the_refusal_is_redis_own() {
+        let req = Request::from_args(&["CLIENT", "ID"]);
+        assert_eq!(
+            refusal(&req),
+            Value::err("ERR Can't execute 'client|id': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
+        );
+    }
+}
