@@ -504,7 +504,15 @@ impl Raw {
 
     fn reply(&mut self) -> redis::Value {
         loop {
-            if let Ok(Some((_, used))) = redis_protocol::resp2::decode::decode(&self.buf) {
+            // RESP2 first (its null array is no RESP3), then RESP3.
+            let used = match redis_protocol::resp2::decode::decode(&self.buf) {
+                Ok(Some((_, used))) => Some(used),
+                _ => redis_protocol::resp3::decode::complete::decode(&self.buf)
+                    .ok()
+                    .flatten()
+                    .map(|(_, used)| used),
+            };
+            if let Some(used) = used {
                 let value = redis::parse_redis_value(&self.buf[..used]).expect("RESP");
                 self.buf.drain(..used);
                 return value;
@@ -781,6 +789,71 @@ fn tracking_redirects_to_another_rampart_client() {
         "{hello:?}"
     );
     assert!(field(&hello, "proxy").is_some(), "{hello:?}");
+}
+
+/// As on Redis, any connected client may be named as the redirect target,
+/// subscribed yet or not: invalidations reach it once it subscribes to
+/// `__redis__:invalidate`. A client that is not connected is refused.
+#[test]
+fn tracking_may_redirect_to_a_client_that_subscribes_later() {
+    let cluster = Cluster::start(0);
+    let proxy = Proxy::start(&cluster.addrs(), Setup::default());
+    let mut target = Raw::connect(proxy.addr);
+    target.send(&[&["CLIENT", "ID"]]);
+    let redis::Value::Int(target_id) = target.reply() else {
+        panic!("CLIENT ID");
+    };
+    let mut c = proxy.conn();
+    let err = redis::cmd("CLIENT")
+        .arg(&["TRACKING", "on", "REDIRECT", "987654"])
+        .query::<()>(&mut c)
+        .unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["TRACKING", "on", "REDIRECT", &target_id.to_string()])
+        .query(&mut c)
+        .unwrap();
+    let redirect: i64 = redis::cmd("CLIENT").arg("GETREDIR").query(&mut c).unwrap();
+    assert_eq!(redirect, target_id);
+    // The target still works as any client, then subscribes.
+    target.send(&[
+        &["SET", "plain", "1"],
+        &["SUBSCRIBE", "__redis__:invalidate"],
+    ]);
+    assert_eq!(target.reply(), redis::Value::Okay);
+    let _ = target.reply();
+    let _: Option<String> = c.get("tracked").unwrap();
+    let mut other = proxy.conn();
+    let _: () = other.set("tracked", "changed").unwrap();
+    let message = format!("{:?}", target.reply());
+    assert!(
+        message.contains("invalidate") && message.contains("tracked"),
+        "{message}"
+    );
+
+    // A RESP3 target gets the pushes without subscribing, between its
+    // replies, even with its replies turned off.
+    let mut resp3 = Raw::connect(proxy.addr);
+    resp3.send(&[&["HELLO", "3"], &["CLIENT", "ID"]]);
+    let _ = resp3.reply();
+    let redis::Value::Int(resp3_id) = resp3.reply() else {
+        panic!("CLIENT ID");
+    };
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["TRACKING", "on", "REDIRECT", &resp3_id.to_string()])
+        .query(&mut c)
+        .unwrap();
+    let _: Option<String> = c.get("tracked").unwrap();
+    resp3.send(&[&["CLIENT", "REPLY", "OFF"]]);
+    let _: () = other.set("tracked", "again").unwrap();
+    let message = format!("{:?}", resp3.reply()).to_lowercase();
+    assert!(
+        message.contains("invalidate") && message.contains("tracked"),
+        "{message}"
+    );
+    resp3.send(&[&["CLIENT", "REPLY", "ON"], &["PING"]]);
+    assert_eq!(resp3.reply(), redis::Value::Okay);
+    assert_eq!(resp3.reply(), redis::Value::SimpleString("PONG".into()));
 }
 
 /// The value after `name` in a reply of name/value pairs (an array in

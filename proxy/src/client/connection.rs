@@ -48,6 +48,9 @@ pub struct Connection {
     /// Piped: commands whose answers Rampart makes or amends, in the
     /// node's stream of replies (see [`super::interpose`]).
     pub(super) interposer: super::interpose::Interposer,
+    /// A connection opened for another client's tracking redirect, kept
+    /// to become this client's pipe (see [`super::redirect`]).
+    pub(super) reserved: Option<super::redirect::Reserved>,
     /// The request being handled is a synchronous write.
     pub(super) durable: bool,
     /// Its class, for the latency histograms.
@@ -106,6 +109,7 @@ impl Connection {
             open: None,
             pipe_from: None,
             interposer: Default::default(),
+            reserved: None,
             durable: false,
             class: BatchClass::Other,
             durable_upto: 0,
@@ -228,6 +232,12 @@ impl Connection {
                     closing = true;
                     unread_owed = self.buf.len();
                 }
+                read = super::redirect::Reserved::read(self.reserved.as_mut()) => {
+                    if !self.reserved_sent(read).await {
+                        gone = true;
+                        break;
+                    }
+                }
                 order = self.orders.recv() => match order {
                     Some(Order::Kill) | None => {
                         // Killed by another client: as if it had left.
@@ -236,6 +246,9 @@ impl Connection {
                     }
                     Some(Order::Unblock { error, done }) => {
                         let _ = done.send(self.unblock_own(error).await);
+                    }
+                    Some(Order::Reserve { node, done }) => {
+                        let _ = done.send(self.reserve(&node).await);
                     }
                 },
             }

@@ -28,6 +28,7 @@ mod pipe;
 mod publish;
 mod rampart;
 mod reads;
+mod redirect;
 pub mod registry;
 mod slowlog;
 pub mod throttle;

@@ -3,7 +3,7 @@
 //! so from then on the client's bytes are passed straight through (parsed,
 //! so framing stays checked) and the node's bytes copied back.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::connection::{Connection, Flow};
@@ -35,6 +35,9 @@ impl Connection {
                     // Nothing blocks on a piped connection.
                     Some(Order::Unblock { done, .. }) => {
                         let _ = done.send(false);
+                    }
+                    Some(Order::Reserve { node, done }) => {
+                        let _ = done.send(self.pipe_id_on(&node));
                     }
                 },
                 read = backend.read_buf(&mut from_backend) => match read {
@@ -117,6 +120,9 @@ impl Connection {
             let Some(primary) = self.shard.topology.primary().cloned() else {
                 return self.reply(self.no_primary()).await;
             };
+            if let Some((stream, id)) = self.take_reserved(&primary) {
+                break (primary, stream, Some(id));
+            }
             match primary.pool.raw(self.session.link_session()).await {
                 Ok((stream, id)) => break (primary, stream, id),
                 Err(_) if tokio::time::Instant::now() < deadline => {
@@ -134,7 +140,7 @@ impl Connection {
                 }
             }
         };
-        let req = match self.redirect_tracking(req, &primary.addr) {
+        let req = match self.redirect_tracking(req, &primary).await {
             Ok(req) => req,
             Err(error) => return self.reply(error).await,
         };
@@ -172,9 +178,9 @@ impl Connection {
         let node = (req.name().as_bytes() == b"CLIENT")
             .then(|| self.registration.entry.snapshot().pipe)
             .flatten()
-            .map(|(addr, _)| addr);
+            .and_then(|(addr, _)| self.shard.topology.node_by_addr(&addr).cloned());
         let req = match node {
-            Some(node) => match self.redirect_tracking(req, &node) {
+            Some(node) => match self.redirect_tracking(req, &node).await {
                 Ok(req) => req,
                 Err(error) => {
                     let bytes = error.encode(self.session.proto);
@@ -226,39 +232,5 @@ impl Connection {
             name.as_str(),
             wanted.name()
         )))
-    }
-
-    /// `CLIENT TRACKING ... REDIRECT <id>` names a Rampart client; the node
-    /// must be given that client's own connection to it instead.
-    pub(super) fn redirect_tracking(&mut self, req: Request, node: &str) -> Result<Request, Value> {
-        let is_tracking = req.name().as_bytes() == b"CLIENT"
-            && req
-                .arg_upper(1)
-                .is_some_and(|s| s.as_bytes() == b"TRACKING");
-        let Some(at) = (2..req.argc()).find(|&i| {
-            is_tracking
-                && req
-                    .arg_upper(i)
-                    .is_some_and(|a| a.as_bytes() == b"REDIRECT")
-        }) else {
-            return Ok(req);
-        };
-        let client = req
-            .arg(at + 1)
-            .and_then(crate::resp::request::parse_i64)
-            .and_then(|id| u64::try_from(id).ok());
-        let target = client.and_then(|id| self.ctx.registry.get(id));
-        let pipe = target.and_then(|t| t.snapshot().pipe);
-        let Some((_, backend_id)) = pipe.filter(|(addr, _)| addr == node) else {
-            return Err(Value::err(
-                "ERR The client ID you want redirect to does not exist",
-            ));
-        };
-        if let Some(client) = client {
-            self.interposer.redirected(backend_id, client);
-        }
-        let mut args = req.args();
-        args[at + 1] = Bytes::from(backend_id.to_string());
-        Ok(Request::from_args(&args))
     }
 }

@@ -31,6 +31,13 @@ pub enum Order {
         error: bool,
         done: oneshot::Sender<bool>,
     },
+    /// Another client names this one as the target of its tracking
+    /// `REDIRECT`: answers the node's id of this client's connection to
+    /// `node`, opened now if need be (see [`super::redirect`]).
+    Reserve {
+        node: Arc<crate::topology::Node>,
+        done: oneshot::Sender<Option<i64>>,
+    },
 }
 
 /// The parts of a client's state `CLIENT LIST` shows, compared to skip
