@@ -312,6 +312,47 @@ fn sort_patterns_that_may_reach_another_shard_are_refused() {
     assert_eq!(names, ["n1", "n2", "n3"]);
 }
 
+/// `SLOWLOG GET` merges every shard's log, newest first; `LEN` sums the
+/// shards' logs and `RESET` empties them all.
+#[test]
+fn the_slow_log_covers_every_shard() {
+    let shards = clusters(2, 0);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let mut conn = proxy.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "slowlog-log-slower-than", "0"])
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut conn).unwrap();
+    let (first, second) = (key_in(0, 2, "slow"), key_in(1, 2, "slow"));
+    let _: () = conn.set(&first, 1).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let _: () = conn.set(&second, 2).unwrap();
+    let log: Vec<Value> = redis::cmd("SLOWLOG")
+        .arg(&["GET", "-1"])
+        .query(&mut conn)
+        .unwrap();
+    let text = format!("{log:?}");
+    let (at_first, at_second) = (text.find(&first), text.find(&second));
+    assert!(
+        at_first.is_some() && at_second.is_some(),
+        "both shards' entries: {text}"
+    );
+    assert!(at_second < at_first, "newest first: {text}");
+    let newest: Vec<Value> = redis::cmd("SLOWLOG")
+        .arg(&["GET", "1"])
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(newest.len(), 1);
+    let len: i64 = redis::cmd("SLOWLOG").arg("LEN").query(&mut conn).unwrap();
+    assert!(len >= 2, "{len}");
+    let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut conn).unwrap();
+    for cluster in &shards {
+        let log = cluster.nodes[0].cli(&["SLOWLOG", "GET", "-1"]);
+        assert!(!log.contains("slow"), "{log}");
+    }
+}
+
 #[test]
 fn transactions_and_scripts_run_within_one_shard() {
     let shards = clusters(2, 1);

@@ -1,6 +1,7 @@
 //! `SLOWLOG GET` through Rampart: the node's log, less what Rampart's own
 //! connections ran (probes, role changes) and what replicas send
 //! (`REPLCONF ACK`), so that the entries a client finds are its commands.
+//! With several shards, every shard's primary's log, merged newest first.
 
 use bytes::{Bytes, BytesMut};
 
@@ -38,23 +39,78 @@ impl Connection {
                 ))
                 .await;
         }
-        let (primary, link) = match self.primary_link().await {
-            Ok(pair) => pair,
-            Err(error) => return self.reply(error).await,
+        let shards = match self.ctx.shards.len() {
+            1 => vec![self.shard.clone()],
+            _ => self.ctx.shards.clone(),
         };
+        let home = self.shard.clone();
+        let mut entries = Vec::new();
+        for shard in shards {
+            self.shard = shard;
+            let log = self.shard_slowlog().await;
+            self.shard = home.clone();
+            match log {
+                Ok(Ok(mut kept)) => entries.append(&mut kept),
+                // Not the array it should be: passed on as the node said it.
+                Ok(Err(reply)) if self.ctx.shards.len() == 1 => {
+                    return self.push(Pending::Local(reply))
+                }
+                Ok(Err(_)) => {}
+                Err(error) => return self.reply(error).await,
+            }
+        }
+        self.push(Pending::Local(newest(entries, wanted)))
+    }
+
+    /// The entries of this shard's primary's slow log that clients ran,
+    /// newest first; the reply itself when it is not the array it should be.
+    async fn shard_slowlog(&mut self) -> Result<Result<Vec<Entry>, Bytes>, Value> {
+        let (primary, link) = self.primary_link().await?;
         let all = Request::from_args(&["SLOWLOG", "GET", "-1"]);
-        let reply = match self.call(&primary, &link, vec![all.raw], "SLOWLOG").await {
-            Ok(reply) => reply,
-            Err(error) => return self.reply(error).await,
-        };
-        let filtered = clients_only(&reply, self.session.proto, wanted).unwrap_or(reply);
-        self.push(Pending::Local(filtered))
+        let reply = self.call(&primary, &link, vec![all.raw], "SLOWLOG").await?;
+        Ok(clients_only(&reply, self.session.proto).ok_or(reply))
     }
 }
 
-/// The entries of a `SLOWLOG GET` reply that clients ran, at most `wanted`;
+/// One slow log entry: when it ran (seconds, then the node's entry id,
+/// for the order) and its bytes.
+struct Entry {
+    time: i64,
+    id: i64,
+    bytes: Bytes,
+}
+
+/// The `wanted` newest entries of several logs, as one `SLOWLOG GET`
+/// reply.
+fn newest(mut entries: Vec<Entry>, wanted: usize) -> Bytes {
+    entries.sort_by(|a, b| (b.time, b.id).cmp(&(a.time, a.id)));
+    entries.truncate(wanted);
+    let mut out = BytesMut::new();
+    out.extend_from_slice(format!("*{}\r\n", entries.len()).as_bytes());
+    for entry in entries {
+        out.extend_from_slice(&entry.bytes);
+    }
+    out.freeze()
+}
+
+/// The first two integers of an entry (`*6\r\n:id\r\n:time\r\n...`).
+fn id_and_time(entry: &[u8]) -> (i64, i64) {
+    let mut numbers = entry
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| line.strip_prefix(b":"))
+        .filter_map(|n| {
+            std::str::from_utf8(n.strip_suffix(b"\r").unwrap_or(n))
+                .ok()?
+                .parse()
+                .ok()
+        });
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+}
+
+/// The entries of a `SLOWLOG GET` reply that clients ran, newest first;
 /// `None` when the reply is not the array it should be.
-fn clients_only(reply: &Bytes, proto: Proto, wanted: usize) -> Option<Bytes> {
+fn clients_only(reply: &Bytes, proto: Proto) -> Option<Vec<Entry>> {
     let header_end = reply.iter().position(|&b| b == b'\n')? + 1;
     if reply.first() != Some(&b'*') {
         return None;
@@ -67,24 +123,22 @@ fn clients_only(reply: &Bytes, proto: Proto, wanted: usize) -> Option<Bytes> {
     let mut entries = Vec::with_capacity(count);
     for _ in 0..count {
         let len = ReplyScanner::new(16).scan(&reply[pos..]).ok()??;
-        entries.push(&reply[pos..pos + len]);
+        entries.push(reply.slice(pos..pos + len));
         pos += len;
     }
     // Newest first in the reply; attributed oldest first, as they ran.
     let mut attribution = own::Attribution::default();
-    let mut kept: Vec<&[u8]> = entries
+    let mut kept: Vec<Entry> = entries
         .into_iter()
         .rev()
         .filter(|entry| from_client(entry, proto, &mut attribution))
+        .map(|bytes| {
+            let (id, time) = id_and_time(&bytes);
+            Entry { time, id, bytes }
+        })
         .collect();
     kept.reverse();
-    kept.truncate(wanted);
-    let mut out = BytesMut::with_capacity(reply.len());
-    out.extend_from_slice(format!("*{}\r\n", kept.len()).as_bytes());
-    for entry in kept {
-        out.extend_from_slice(entry);
-    }
-    Some(out.freeze())
+    Some(kept)
 }
 
 /// Whether a slow log entry (`[id, time, duration, [args], addr, name]`)
@@ -124,10 +178,30 @@ mod tests {
             entry(2, "spop"),
             entry(1, "get")
         );
-        let out = clients_only(&Bytes::from(reply), Proto::Resp2, 1).unwrap();
+        let kept = clients_only(&Bytes::from(reply), Proto::Resp2).unwrap();
+        let out = newest(kept, 1);
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             format!("*1\r\n{}", entry(2, "spop"))
         );
+    }
+
+    #[test]
+    fn several_logs_merge_newest_first() {
+        let entry = |id: u8, time: u32| Entry {
+            time: i64::from(time),
+            id: i64::from(id),
+            bytes: Bytes::from(format!(
+                "*6\r\n:{id}\r\n:{time}\r\n:1\r\n*0\r\n$0\r\n\r\n$0\r\n\r\n"
+            )),
+        };
+        assert_eq!(id_and_time(&entry(7, 1700).bytes), (7, 1700));
+        let merged = newest(
+            vec![entry(1, 10), entry(2, 30), entry(9, 20), entry(3, 30)],
+            3,
+        );
+        let text = std::str::from_utf8(&merged).unwrap();
+        let order: Vec<&str> = text.split("*6\r\n").skip(1).map(|e| &e[..3]).collect();
+        assert_eq!(order, [":3\r", ":2\r", ":9\r"]);
     }
 }

@@ -172,6 +172,8 @@ fn every(name: &[u8], req: &Request) -> Option<Every> {
         b"SCRIPT" if sub_is(&[b"EXISTS"]) => Every::All,
         b"FUNCTION" if sub_is(&[b"LOAD", b"DELETE", b"FLUSH", b"RESTORE"]) => Every::Same,
         b"CONFIG" if sub_is(&[b"SET", b"RESETSTAT"]) => Every::Same,
+        b"SLOWLOG" if sub_is(&[b"LEN"]) => Every::Sum,
+        b"SLOWLOG" if sub_is(&[b"RESET"]) => Every::Same,
         _ => return None,
     })
 }
