@@ -83,7 +83,7 @@ struct Entry {
 /// The `wanted` newest entries of several logs, as one `SLOWLOG GET`
 /// reply.
 fn newest(mut entries: Vec<Entry>, wanted: usize) -> Bytes {
-    entries.sort_by(|a, b| (b.time, b.id).cmp(&(a.time, a.id)));
+    entries.sort_by_key(|e| std::cmp::Reverse((e.time, e.id)));
     entries.truncate(wanted);
     let mut out = BytesMut::new();
     out.extend_from_slice(format!("*{}\r\n", entries.len()).as_bytes());
