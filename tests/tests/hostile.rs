@@ -254,3 +254,109 @@ fn silent_connections_do_not_lock_the_probes_out_of_the_admin_port() {
     assert_eq!(answered, 21, "the probes were locked out");
     drop(held);
 }
+
+/// A "replica" that claims to follow `primary_port` at `offset`, far
+/// beyond anything the primary wrote: a misconfigured or hostile node.
+/// It answers `INFO` with that claim and everything else with `+OK`.
+fn boasting_replica(primary_port: u16, offset: u64) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let info = format!(
+        "# Server\r\nredis_version:7.0.15\r\nrun_id:{:040}\r\n# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:{primary_port}\r\nmaster_link_status:up\r\nslave_repl_offset:{offset}\r\nslave_priority:100\r\nmaster_replid:{:040}\r\nmaster_repl_offset:{offset}\r\n",
+        7, 9
+    );
+    let info = format!("${}\r\n{info}\r\n", info.len()).into_bytes();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let info = info.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut chunk) {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Ok(Some((frame, used))) = redis_protocol::resp2::decode::decode(&buf)
+                    {
+                        let first = match &frame {
+                            redis_protocol::resp2::types::OwnedFrame::Array(items) => {
+                                match items.first() {
+                                    Some(redis_protocol::resp2::types::OwnedFrame::BulkString(
+                                        b,
+                                    )) => String::from_utf8_lossy(b).to_uppercase(),
+                                    _ => String::new(),
+                                }
+                            }
+                            _ => String::new(),
+                        };
+                        buf.drain(..used);
+                        let reply: &[u8] = match first.as_str() {
+                            "INFO" => &info,
+                            "PING" => b"+PONG\r\n",
+                            _ => b"+OK\r\n",
+                        };
+                        if conn.write_all(reply).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A node claiming an offset the primary never reached is not believed:
+/// when the primary dies, the real replica is promoted, not the boaster,
+/// and the refusal is said once, not every tick.
+#[test]
+fn a_replica_claiming_an_impossible_offset_is_never_promoted() {
+    let cluster = Cluster::start(1);
+    let fake = boasting_replica(cluster.nodes[0].port, 1_000_000_000_000_000);
+    let mut nodes = cluster.addrs();
+    nodes.push(fake.clone());
+    let proxy = Proxy::start(
+        &nodes,
+        Setup {
+            sections: "[probe]\ninterval_ms = 50\ntimeout_ms = 200\ndown_after_ms = 500\n",
+            ..Setup::default()
+        },
+    );
+    let mut conn = proxy.conn();
+    for i in 0..20 {
+        let _: () = redis::Commands::set(&mut conn, format!("k{i}"), i).unwrap();
+    }
+    let real = cluster.nodes[1].addr();
+    wait_until(
+        "the real replica to catch up",
+        Duration::from_secs(10),
+        || cluster.nodes[1].cli(&["GET", "k19"]).trim() == "19",
+    );
+    let mut cluster = cluster;
+    cluster.nodes[0].kill();
+    wait_until("a promotion", Duration::from_secs(10), || {
+        proxy.shard()["epoch"] == 2
+    });
+    assert_eq!(
+        proxy.shard()["primary"],
+        real.as_str(),
+        "{:#?}",
+        proxy.events()
+    );
+    let kinds = proxy.event_kinds();
+    let boasts = kinds.iter().filter(|k| *k == "replica-implausible").count();
+    assert_eq!(boasts, 1, "{kinds:?}");
+    let mut conn = proxy.conn();
+    let v: Option<i64> = redis::Commands::get(&mut conn, "k19").unwrap();
+    assert_eq!(v, Some(19));
+    // A second later the history holds no flood of events about it.
+    std::thread::sleep(Duration::from_secs(1));
+    let about_fake = proxy
+        .events()
+        .iter()
+        .filter(|e| e["node"] == fake.as_str())
+        .count();
+    assert!(about_fake <= 6, "{about_fake} events about the boaster");
+}

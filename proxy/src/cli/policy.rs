@@ -186,7 +186,8 @@ fn upload(admin: &Admin, load: Load, mode: &str) -> Result<(), Failure> {
             if let Some(name) = name {
                 query.push_str(&format!("&name={}", encode(&name)));
             }
-            crate::policy::file::read(&path, &path.display().to_string()).map_err(Failure::Usage)?
+            crate::policy::file::read(&path, &path.display().to_string())
+                .map_err(|e| Failure::Usage(e.to_string()))?
         }
     };
     let path = format!("/v1/policies/{}{mode}?{query}", load.kind.path());

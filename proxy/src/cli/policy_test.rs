@@ -320,7 +320,7 @@ fn router(
 ) -> Result<(), Failure> {
     let changes = Arc::new(AtomicU64::new(1));
     let generation = swap::build(source, &scenario.config, &shard, changes, 1, limits)
-        .map_err(Failure::Failed)?;
+        .map_err(|e| Failure::Failed(e.to_string()))?;
     println!("loaded {} as a router", generation.source);
     for read in &scenario.reads {
         let before = generation.policy.describe().fallbacks;
@@ -366,7 +366,7 @@ fn quorum(
         replicas,
         limits,
     )
-    .map_err(Failure::Failed)?;
+    .map_err(|e| Failure::Failed(e.to_string()))?;
     println!("loaded {} as a quorum policy", source.label());
     let expect = scenario.quorum.as_ref();
     let requirement = built.policy.requirement(replicas);
@@ -418,8 +418,8 @@ fn detector(
     run: &mut Run,
 ) -> Result<(), Failure> {
     let probe = crate::config::ProbeConfig::default();
-    let built =
-        swap::build_detector(source, &scenario.config, &probe, limits).map_err(Failure::Failed)?;
+    let built = swap::build_detector(source, &scenario.config, &probe, limits)
+        .map_err(|e| Failure::Failed(e.to_string()))?;
     println!("loaded {} as a detector", source.label());
     let start = Instant::now();
     let mut detectors: BTreeMap<u32, Box<dyn Detector>> = BTreeMap::new();

@@ -13,6 +13,27 @@ use super::etcd::{Compare, EtcdError, Op};
 use super::{Coordination, Holder, Lease};
 use crate::failover::state::ShardState;
 
+/// Why a record (a shard's, or a policy slot's) was not written.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SaveError {
+    /// This instance does not hold the shard's failover lease.
+    #[error("this instance does not hold shard '{0}''s failover lease")]
+    NotHeld(String),
+    /// It holds the lease but may not act on it: about to expire, or the
+    /// instance is in TILT.
+    #[error("the failover lease is about to expire or the instance is in TILT")]
+    Expiring,
+    /// Another instance took the lease or wrote the record meanwhile:
+    /// this one steps back.
+    #[error("the failover lease or the shard record changed under this instance; it steps back")]
+    Superseded,
+    /// etcd could not be asked.
+    #[error(transparent)]
+    Etcd(EtcdError),
+    #[error("cannot encode the record: {0}")]
+    Encode(String),
+}
+
 impl Coordination {
     /// Whether this instance may act on `shard` now: it holds the lease,
     /// the lease is valid for at least a third of its TTL more (counted
@@ -39,22 +60,20 @@ impl Coordination {
 
     /// Writes the shard's record, on condition that this instance still
     /// holds the lease it acquired and the record is the one it last saw.
-    pub async fn save(&self, shard: &str, record: &ShardState) -> Result<(), String> {
+    pub async fn save(&self, shard: &str, record: &ShardState) -> Result<(), SaveError> {
         let (created, seen) = {
             let view = self.view();
             let Some(&created) = view.held.get(shard) else {
-                return Err(format!(
-                    "this instance does not hold shard '{shard}''s failover lease"
-                ));
+                return Err(SaveError::NotHeld(shard.to_string()));
             };
             (created, view.records.get(shard).map_or(0, |(_, rev)| *rev))
         };
         if !self.holds(shard) {
-            return Err("the failover lease is about to expire or the instance is in TILT".into());
+            return Err(SaveError::Expiring);
         }
         let lease_key = self.lease_key(shard);
         let record_key = self.record_key(shard);
-        let value = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+        let value = serde_json::to_vec(record).map_err(|e| SaveError::Encode(e.to_string()))?;
         let compare = [
             Compare::Value(lease_key.clone(), self.instance.as_bytes().to_vec()),
             Compare::Created(lease_key, created),
@@ -76,9 +95,9 @@ impl Coordination {
                 // Someone else holds the lease now, or wrote the record:
                 // this instance no longer decides for the shard.
                 self.view().held.remove(shard);
-                Err("the failover lease or the shard record changed under this instance; it steps back".into())
+                Err(SaveError::Superseded)
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(SaveError::Etcd(e)),
         }
     }
 

@@ -41,6 +41,7 @@ mod watchdog;
 pub mod etcd;
 pub mod policies;
 
+pub use lease::SaveError;
 pub use routing::{follow, PeerStatus};
 
 use std::collections::{BTreeMap, HashMap};

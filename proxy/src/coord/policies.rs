@@ -99,17 +99,22 @@ impl Coordination {
     }
 
     /// Writes a slot's state for the other instances.
-    pub async fn share_policy(&self, scope: &str, record: &PolicyRecord) -> Result<(), String> {
+    pub async fn share_policy(
+        &self,
+        scope: &str,
+        record: &PolicyRecord,
+    ) -> Result<(), super::SaveError> {
         let put = Op::Put {
             key: self.policy_key(scope),
-            value: serde_json::to_vec(record).map_err(|e| e.to_string())?,
+            value: serde_json::to_vec(record)
+                .map_err(|e| super::SaveError::Encode(e.to_string()))?,
             lease: 0,
         };
         let (_, revision) = self
             .etcd
             .txn(&[], &[put])
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(super::SaveError::Etcd)?;
         let mut view = self.view();
         view.policies
             .insert(scope.to_string(), (record.clone(), revision));

@@ -30,3 +30,13 @@ impl OpError {
         format!("ERR rampart: {self}")
     }
 }
+
+impl From<crate::policy::error::PolicyError> for OpError {
+    fn from(e: crate::policy::error::PolicyError) -> Self {
+        use crate::policy::error::PolicyError;
+        match e {
+            PolicyError::NotFound(why) => OpError::NotFound(why),
+            PolicyError::Refused(why) | PolicyError::Broken(why) => OpError::Rejected(why),
+        }
+    }
+}

@@ -310,11 +310,15 @@ impl Context {
     }
 
     /// A policy that failed to load is an event, and the error.
-    fn accepted<T>(&self, shard: &str, built: Result<T, String>) -> Result<T, OpError> {
+    fn accepted<T>(
+        &self,
+        shard: &str,
+        built: Result<T, crate::policy::error::PolicyError>,
+    ) -> Result<T, OpError> {
         built.map_err(|e| {
             self.events
-                .record(shard, "policy-rejected", None, 0, e.clone());
-            OpError::Rejected(e)
+                .record(shard, "policy-rejected", None, 0, e.to_string());
+            e.into()
         })
     }
 

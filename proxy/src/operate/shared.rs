@@ -39,7 +39,7 @@ impl Context {
             None => Ok(Some(Shared::Named {
                 label: source.label(),
             })),
-            Some(Err(e)) => Err(OpError::Rejected(e)),
+            Some(Err(e)) => Err(e.into()),
             Some(Ok(bytes)) => {
                 let sha256 = coordination.put_blob(&bytes).await.map_err(|e| {
                     OpError::Unavailable(format!(

@@ -11,6 +11,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use super::error::PolicyError;
+
 /// The largest plugin Rampart reads (the admin API's upload cap too).
 pub const MAX_PLUGIN_BYTES: usize = 64 * 1024 * 1024;
 
@@ -19,22 +21,22 @@ const WASM_MAGIC: &[u8; 4] = b"\0asm";
 
 /// Where a plugin named over the client port lives: `name` must be a plain
 /// file name (no directory part, not hidden) inside `dir`.
-pub fn resolve(dir: Option<&str>, name: &str) -> Result<PathBuf, String> {
+pub fn resolve(dir: Option<&str>, name: &str) -> Result<PathBuf, PolicyError> {
     let Some(dir) = dir else {
-        return Err(
+        return Err(PolicyError::Refused(
             "loading plugin files over the client port needs plugins.dir in the configuration \
              (or upload the .wasm over the admin API)"
                 .into(),
-        );
+        ));
     };
     let plain = !name.is_empty()
         && !name.starts_with('.')
         && !name.contains(['/', '\\', '\0'])
         && Path::new(name).file_name().is_some();
     if !plain {
-        return Err(format!(
+        return Err(PolicyError::Refused(format!(
             "'{name}' is not a plugin name: give the file name of a .wasm in plugins.dir, not a path"
-        ));
+        )));
     }
     Ok(Path::new(dir).join(name))
 }
@@ -43,19 +45,19 @@ pub fn resolve(dir: Option<&str>, name: &str) -> Result<PathBuf, String> {
 /// of at most [`MAX_PLUGIN_BYTES`] holding WebAssembly. `shown` names it in
 /// errors (the name the user gave, so a refused load reveals no more of
 /// the file system than the user already knew).
-pub fn read(path: &Path, shown: &str) -> Result<Vec<u8>, String> {
+pub fn read(path: &Path, shown: &str) -> Result<Vec<u8>, PolicyError> {
+    let unreadable =
+        |why: String| PolicyError::Refused(format!("cannot read plugin {shown}: {why}"));
     let mut file = open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("cannot read plugin {shown}: no such file"),
-        std::io::ErrorKind::PermissionDenied => {
-            format!("cannot read plugin {shown}: permission denied")
+        std::io::ErrorKind::NotFound => {
+            PolicyError::NotFound(format!("cannot read plugin {shown}: no such file"))
         }
-        _ => format!("cannot read plugin {shown}: {e}"),
+        std::io::ErrorKind::PermissionDenied => unreadable("permission denied".into()),
+        _ => unreadable(e.to_string()),
     })?;
-    let metadata = file
-        .metadata()
-        .map_err(|e| format!("cannot read plugin {shown}: {e}"))?;
+    let metadata = file.metadata().map_err(|e| unreadable(e.to_string()))?;
     if !metadata.is_file() {
-        return Err(format!("cannot read plugin {shown}: not a regular file"));
+        return Err(unreadable("not a regular file".into()));
     }
     if metadata.len() > MAX_PLUGIN_BYTES as u64 {
         return Err(too_large(shown));
@@ -66,7 +68,7 @@ pub fn read(path: &Path, shown: &str) -> Result<Vec<u8>, String> {
     (&mut file)
         .take(MAX_PLUGIN_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read plugin {shown}: {e}"))?;
+        .map_err(|e| unreadable(e.to_string()))?;
     if bytes.len() > MAX_PLUGIN_BYTES {
         return Err(too_large(shown));
     }
@@ -76,21 +78,21 @@ pub fn read(path: &Path, shown: &str) -> Result<Vec<u8>, String> {
 
 /// Refuses bytes that are not WebAssembly before the compiler sees them:
 /// its error would quote them.
-pub fn check_magic(bytes: &[u8], shown: &str) -> Result<(), String> {
+pub fn check_magic(bytes: &[u8], shown: &str) -> Result<(), PolicyError> {
     if bytes.starts_with(WASM_MAGIC) {
         Ok(())
     } else {
-        Err(format!(
+        Err(PolicyError::Refused(format!(
             "{shown} is not a WebAssembly component (it does not start with \\0asm)"
-        ))
+        )))
     }
 }
 
-fn too_large(shown: &str) -> String {
-    format!(
+fn too_large(shown: &str) -> PolicyError {
+    PolicyError::Refused(format!(
         "cannot read plugin {shown}: larger than {} MiB",
         MAX_PLUGIN_BYTES / 1024 / 1024
-    )
+    ))
 }
 
 /// Opens without blocking: opening a FIFO for reading waits for a writer,
@@ -129,23 +131,22 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let text = dir.join("secret.txt");
         std::fs::write(&text, "root:$6$secret").unwrap();
-        let error = read(&text, "secret.txt").unwrap_err();
+        let error = read(&text, "secret.txt").unwrap_err().to_string();
         assert!(!error.contains("root"), "{error}");
-        assert!(read(Path::new("/dev/zero"), "zero")
-            .unwrap_err()
-            .contains("not a regular file"));
-        assert!(read(&dir, "dir")
-            .unwrap_err()
-            .contains("not a regular file"));
-        assert!(read(&dir.join("missing"), "missing")
-            .unwrap_err()
-            .contains("no such file"));
+        let refused = |path: &Path| read(path, "it").unwrap_err();
+        assert!(
+            matches!(refused(Path::new("/dev/zero")), PolicyError::Refused(e) if e.contains("not a regular file"))
+        );
+        assert!(
+            matches!(refused(&dir), PolicyError::Refused(e) if e.contains("not a regular file"))
+        );
+        assert!(
+            matches!(refused(&dir.join("missing")), PolicyError::NotFound(e) if e.contains("no such file"))
+        );
         let fifo = dir.join("fifo");
         let made = std::process::Command::new("mkfifo").arg(&fifo).status();
         if made.map(|s| s.success()).unwrap_or(false) {
-            assert!(read(&fifo, "fifo")
-                .unwrap_err()
-                .contains("not a regular file"));
+            assert!(refused(&fifo).to_string().contains("not a regular file"));
         }
         let wasm = dir.join("ok.wasm");
         std::fs::write(&wasm, b"\0asm\x0d\0\x01\0").unwrap();

@@ -19,6 +19,7 @@
 
 pub mod builtin;
 mod detector;
+pub mod error;
 pub mod file;
 mod quorum;
 mod router;

@@ -3,6 +3,7 @@
 //! self-check) runs on a blocking thread; only a router that passed every
 //! step is published.
 
+use super::error::PolicyError;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -76,7 +77,7 @@ impl Source {
 
     /// `builtin:<name>`, `native:<name>` or the name of a file in
     /// `plugins.dir`, as a client asks for it at runtime: never a path.
-    pub fn named(text: &str, dir: Option<&str>) -> Result<Source, String> {
+    pub fn named(text: &str, dir: Option<&str>) -> Result<Source, PolicyError> {
         match Source::parse(text) {
             Source::File { .. } => Ok(Source::File {
                 path: super::file::resolve(dir, text)?,
@@ -122,16 +123,16 @@ pub fn build(
     changes: Arc<AtomicU64>,
     number: u64,
     limits: Limits,
-) -> Result<Generation, String> {
+) -> Result<Generation, PolicyError> {
     let (policy, label, bytes): (Box<dyn ReadPolicy>, String, Option<Vec<u8>>) = match source {
         Source::Native(name) => {
             let policy: Box<dyn ReadPolicy> = match name.as_str() {
                 "primary-only" => Box::new(PrimaryOnly),
                 "round-robin" => Box::new(RoundRobinReplicas::default()),
                 other => {
-                    return Err(format!(
+                    return Err(PolicyError::Refused(format!(
                         "unknown native router '{other}' (expected primary-only or round-robin)"
-                    ))
+                    )))
                 }
             };
             (policy, source.label(), None)
@@ -139,7 +140,7 @@ pub fn build(
         _ => {
             let (name, bytes) = plugin_bytes(source)?;
             let router = WasmRouter::load(&name, &bytes, config, limits, changes)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| PolicyError::Broken(e.to_string()))?;
             (Box::new(router), source.label(), Some(bytes.into_owned()))
         }
     };
@@ -155,12 +156,12 @@ pub fn build(
     }
     let checked = policy.describe();
     if checked.traps > 0 || checked.fallbacks > 0 {
-        return Err(format!(
+        return Err(PolicyError::Broken(format!(
             "{label}: self-check: {} traps and {} fallbacks in 32 routing calls; the last: {}",
             checked.traps,
             checked.fallbacks,
             checked.last_error.as_deref().unwrap_or("-")
-        ));
+        )));
     }
     Ok(Generation::new(
         number,
@@ -174,14 +175,14 @@ pub fn build(
 /// The bytes of a plugin source, and the name to report it by (a
 /// built-in router's is its own name).
 /// The component's bytes, for a plugin (not for `builtin:`/`native:`).
-pub fn wasm_bytes(source: &Source) -> Option<Result<Vec<u8>, String>> {
+pub fn wasm_bytes(source: &Source) -> Option<Result<Vec<u8>, PolicyError>> {
     match source {
         Source::Builtin(_) | Source::Native(_) => None,
         _ => Some(plugin_bytes(source).map(|(_, bytes)| bytes.into_owned())),
     }
 }
 
-fn plugin_bytes(source: &Source) -> Result<(String, std::borrow::Cow<'static, [u8]>), String> {
+fn plugin_bytes(source: &Source) -> Result<(String, std::borrow::Cow<'static, [u8]>), PolicyError> {
     match source {
         Source::File { path, shown } => {
             super::file::read(path, shown).map(|bytes| (shown.clone(), bytes.into()))
@@ -193,12 +194,14 @@ fn plugin_bytes(source: &Source) -> Result<(String, std::borrow::Cow<'static, [u
         Source::Builtin(name) => builtin::router(name)
             .map(|bytes| (name.clone(), bytes.into()))
             .ok_or_else(|| {
-                format!(
+                PolicyError::Refused(format!(
                     "unknown built-in router '{name}' (expected one of {})",
                     builtin::router_names()
-                )
+                ))
             }),
-        Source::Native(name) => Err(format!("native:{name} is not a plugin")),
+        Source::Native(name) => Err(PolicyError::Refused(format!(
+            "native:{name} is not a plugin"
+        ))),
     }
 }
 
@@ -208,7 +211,7 @@ pub fn builtin_quorum(
     replication: &crate::config::ReplicationConfig,
     quorum: Option<Quorum>,
     limits: Limits,
-) -> Result<Built<Box<dyn QuorumPolicy>>, String> {
+) -> Result<Built<Box<dyn QuorumPolicy>>, PolicyError> {
     let native = Builtin::configured(replication, quorum);
     let settings = format!(
         "quorum={} timeout_ms={} on_shortfall={}",
@@ -226,7 +229,8 @@ pub fn builtin_quorum(
         config: &settings,
         limits,
     };
-    let plugin = WasmQuorum::load(spec, Box::new(native)).map_err(|e| e.to_string())?;
+    let plugin =
+        WasmQuorum::load(spec, Box::new(native)).map_err(|e| PolicyError::Broken(e.to_string()))?;
     Ok(Built {
         policy: Box::new(plugin),
         wasm: Some(builtin::QUORUM.into()),
@@ -267,7 +271,7 @@ impl<P> Built<P> {
 pub fn builtin_detector(
     probe: &crate::config::ProbeConfig,
     limits: Limits,
-) -> Result<Built<DetectorChoice>, String> {
+) -> Result<Built<DetectorChoice>, PolicyError> {
     let name = probe.detector.name();
     let settings = match probe.detector {
         DetectorKind::FixedTimeout => format!("down_after_ms={}", probe.down_after_ms),
@@ -276,14 +280,15 @@ pub fn builtin_detector(
             probe.phi_threshold, probe.phi_window, probe.phi_min_std_ms, probe.interval_ms
         ),
     };
-    let bytes = builtin::detector(name).ok_or_else(|| format!("no built-in detector '{name}'"))?;
+    let bytes = builtin::detector(name)
+        .ok_or_else(|| PolicyError::Refused(format!("no built-in detector '{name}'")))?;
     let plugin = WasmDetector::load(Spec {
         name: &format!("builtin:{name}"),
         bytes,
         config: &settings,
         limits,
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| PolicyError::Broken(e.to_string()))?;
     Ok(Built {
         policy: DetectorChoice::Plugin(std::sync::Arc::new(plugin)),
         wasm: Some(bytes.into()),
@@ -316,11 +321,13 @@ pub fn build_quorum(
     replication: &crate::config::ReplicationConfig,
     replicas: u32,
     limits: Limits,
-) -> Result<Built<Box<dyn QuorumPolicy>>, String> {
+) -> Result<Built<Box<dyn QuorumPolicy>>, PolicyError> {
     let built: Built<Box<dyn QuorumPolicy>> = match source {
         Source::Builtin(name) | Source::Native(name) => {
             let quorum = Quorum::parse(name).ok_or_else(|| {
-                format!("unknown built-in quorum '{name}' (expected none, one, majority or all)")
+                PolicyError::Refused(format!(
+                    "unknown built-in quorum '{name}' (expected none, one, majority or all)"
+                ))
             })?;
             match source {
                 Source::Native(_) => {
@@ -338,7 +345,8 @@ pub fn build_quorum(
                 config,
                 limits,
             };
-            let plugin = WasmQuorum::load(spec, fallback).map_err(|e| e.to_string())?;
+            let plugin =
+                WasmQuorum::load(spec, fallback).map_err(|e| PolicyError::Broken(e.to_string()))?;
             Built {
                 policy: Box::new(plugin),
                 wasm: Some(bytes),
@@ -358,13 +366,13 @@ pub fn build_quorum(
     let _ = policy.elect(&candidates);
     let checked = policy.describe();
     if checked.fallbacks > 0 {
-        return Err(format!(
+        return Err(PolicyError::Broken(format!(
             "{}: self-check: {} traps and {} unusable answers in a requirement and an election; the last: {}",
             source.label(),
             checked.traps,
             checked.fallbacks - checked.traps,
             checked.last_error.as_deref().unwrap_or("-")
-        ));
+        )));
     }
     built.policy.forget_self_check();
     Ok(built)
@@ -377,15 +385,15 @@ pub fn build_detector(
     config: &str,
     probe: &crate::config::ProbeConfig,
     limits: Limits,
-) -> Result<Built<DetectorChoice>, String> {
+) -> Result<Built<DetectorChoice>, PolicyError> {
     if let Source::Builtin(name) | Source::Native(name) = source {
         let kind = match name.as_str() {
             "fixed-timeout" => DetectorKind::FixedTimeout,
             "phi-accrual" => DetectorKind::PhiAccrual,
             other => {
-                return Err(format!(
+                return Err(PolicyError::Refused(format!(
                     "unknown built-in detector '{other}' (expected fixed-timeout or phi-accrual)"
-                ))
+                )))
             }
         };
         let mut probe = probe.clone();
@@ -403,7 +411,7 @@ pub fn build_detector(
             config,
             limits,
         })
-        .map_err(|e| e.to_string())?,
+        .map_err(|e| PolicyError::Broken(e.to_string()))?,
     );
     // A node id no real node has, so the check leaves no trace on them.
     let mut detector = plugin.clone().for_node(u32::MAX);
@@ -414,12 +422,12 @@ pub fn build_detector(
     }
     let checked = plugin.describe();
     if checked.traps > 0 {
-        return Err(format!(
+        return Err(PolicyError::Broken(format!(
             "{}: self-check: {} traps judging three probes; the last: {}",
             source.label(),
             checked.traps,
             checked.last_error.as_deref().unwrap_or("-")
-        ));
+        )));
     }
     plugin.forget_self_check();
     Ok(Built {

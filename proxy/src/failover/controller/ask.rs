@@ -13,14 +13,17 @@ use crate::failover::probe::{self, Report};
 use crate::topology::{Node, Role};
 
 /// Why a question or command to a node failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
     /// No connection could be made: nothing was sent.
+    #[error("{0}")]
     Unreachable(String),
     /// Sent, but no usable answer came (timeout, connection lost, a reply
     /// that makes no sense): a command may have run.
+    #[error("{0}")]
     NoAnswer(String),
     /// The node answered with an error: it did not run the command.
+    #[error("{0}")]
     Refused(String),
 }
 
@@ -31,22 +34,20 @@ impl NodeError {
     }
 }
 
-impl std::fmt::Display for NodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NodeError::Unreachable(e) | NodeError::NoAnswer(e) | NodeError::Refused(e) => {
-                f.write_str(e)
-            }
-        }
-    }
-}
-
-impl std::error::Error for NodeError {}
-
-impl From<NodeError> for String {
-    fn from(e: NodeError) -> String {
-        e.to_string()
-    }
+/// Why a step of a failover, switchover or promotion did not happen; the
+/// step is tried again (a failover) or reported (an operator's request).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StepError {
+    /// A node did not do what it was told.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The shard's record (its epoch and primary) could not be written.
+    #[error("the shard's record could not be written: {0}")]
+    Record(#[from] crate::coord::SaveError),
+    /// A node is no longer as the step needs it: a target that has not
+    /// caught up, or resynchronised since its election.
+    #[error("{0}")]
+    Changed(String),
 }
 
 impl Controller {

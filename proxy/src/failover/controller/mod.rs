@@ -37,6 +37,7 @@ mod promote;
 mod switchover;
 mod tend;
 
+use ask::StepError;
 use promote::staleness;
 
 /// A node is sent the same corrective command at most this often: it takes
@@ -415,7 +416,12 @@ impl Controller {
     /// compare-and-swap in etcd and its failure stops the step; alone, a
     /// file that cannot be written is logged and the step goes on (the
     /// nodes still say who is primary).
-    async fn persist(&self, epoch: u64, primary: &Node, fenced: bool) -> Result<(), String> {
+    async fn persist(
+        &self,
+        epoch: u64,
+        primary: &Node,
+        fenced: bool,
+    ) -> Result<(), crate::coord::SaveError> {
         let state = ShardState {
             epoch,
             primary: primary.addr.clone(),

@@ -61,25 +61,40 @@ impl Controller {
             .iter()
             .filter(|n| n.id != old.id && self.member(n))
             .collect();
+        let mut answers = Vec::new();
         for node in members.iter().copied() {
             if let Ok(report) = self.report(node).await {
-                if let Some(why) = implausible(report.offset, old.max_offset(), &old.addr) {
-                    self.say_once(node, "replica-implausible", why);
-                    continue;
+                answers.push((node, report));
+            }
+        }
+        for (at, (node, report)) in answers.iter().enumerate() {
+            // What the old primary was seen with, or what the others hold
+            // now if more (the last writes may have come after its last
+            // probe): no replica can be far beyond both.
+            let others = answers
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != at)
+                .map(|(_, (_, r))| r.offset)
+                .max()
+                .unwrap_or(0);
+            let known = old.max_offset().max(others);
+            if let Some(why) = implausible(report.offset, known, &old.addr) {
+                self.say_once(node, "replica-implausible", why);
+                continue;
+            }
+            if report.role == Role::Replica || self.was_detached(node) {
+                // A replica whose offset went backwards lost what it had:
+                // it answers, but cannot vouch for past writes.
+                if report.offset >= self.most_seen(node) {
+                    intact += 1;
                 }
-                if report.role == Role::Replica || self.was_detached(node) {
-                    // A replica whose offset went backwards lost what it
-                    // had: it answers, but cannot vouch for past writes.
-                    if report.offset >= self.most_seen(node) {
-                        intact += 1;
-                    }
-                    candidates.push(Candidate {
-                        id: node.id,
-                        offset: report.offset,
-                        priority: report.priority,
-                    });
-                    reports.insert(node.id, report);
-                }
+                candidates.push(Candidate {
+                    id: node.id,
+                    offset: report.offset,
+                    priority: report.priority,
+                });
+                reports.insert(node.id, report.clone());
             }
         }
         let replicas = members.len() as u32;
@@ -119,7 +134,7 @@ impl Controller {
         };
         let offset = elected.offset;
         if let Err(why) = self.freeze(&target, &elected).await {
-            self.event("promotion-failed", Some(&target), why);
+            self.event("promotion-failed", Some(&target), why.to_string());
             return;
         }
         // A stale old primary still answers: it is repointed with the
@@ -130,7 +145,7 @@ impl Controller {
             Err(e) => return tracing::warn!(error = %e, "cannot fence the epoch; will retry"),
         };
         if let Err(e) = self.install(&target, skip, epoch).await {
-            self.event("promotion-failed", Some(&target), e);
+            self.event("promotion-failed", Some(&target), e.to_string());
             return;
         }
         self.said.clear();
@@ -173,7 +188,7 @@ impl Controller {
         target: &Arc<Node>,
         skip: Option<u32>,
         epoch: u64,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, StepError> {
         self.command(target, &["REPLICAOF", "NO", "ONE"]).await?;
         self.observe(target).await;
         // A new primary: every node must be told now, however recently it
@@ -207,7 +222,7 @@ impl Controller {
         if let Err(e) = self.persist(epoch, target, false).await {
             self.members = before;
             self.shard.set_awaiting_operator(waiting);
-            return Err(format!("the new primary could not be recorded: {e}"));
+            return Err(e.into());
         }
         self.fenced_epoch = None;
         // Chosen as holding every acknowledged write (an election over
@@ -230,17 +245,17 @@ impl Controller {
     /// that came back empty; promoted then, it would lose every write it
     /// held. On a mismatch the node stays detached and the next tick
     /// elects again from fresh reports, where its loss shows.
-    async fn freeze(&mut self, target: &Arc<Node>, elected: &Report) -> Result<(), String> {
+    async fn freeze(&mut self, target: &Arc<Node>, elected: &Report) -> Result<(), StepError> {
         self.command(target, &["REPLICAOF", "NO", "ONE"]).await?;
         self.detached.insert(target.id);
         target.set_detached(true);
         let now = self.report(target).await?;
         match kept(elected, &now) {
             true => Ok(()),
-            false => Err(format!(
+            false => Err(StepError::Changed(format!(
                 "not promoted: between its election (offset {}, history {}) and its promotion it resynchronised (now offset {}, history {}), so it may lack acknowledged writes; electing again",
                 elected.offset, elected.replid, now.offset, now.replid
-            )),
+            ))),
         }
     }
 
@@ -390,7 +405,7 @@ impl Controller {
 
     /// Waits until the primary's offset holds still and the target has
     /// reached it.
-    pub(super) async fn catch_up(&self, primary: &Node, target: &Node) -> Result<(), String> {
+    pub(super) async fn catch_up(&self, primary: &Node, target: &Node) -> Result<(), StepError> {
         let deadline = Instant::now() + SWITCHOVER_CATCH_UP;
         let mut last = None;
         loop {
@@ -401,11 +416,11 @@ impl Controller {
             }
             last = Some(p);
             if Instant::now() > deadline {
-                return Err(format!(
+                return Err(StepError::Changed(format!(
                     "{} did not reach the primary's offset {p} (at {t}) within {} ms",
                     target.addr,
                     SWITCHOVER_CATCH_UP.as_millis()
-                ));
+                )));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -418,7 +433,7 @@ impl Controller {
 pub(super) fn implausible(claimed: u64, known: u64, primary: &str) -> Option<String> {
     (known > 0 && claimed > known.saturating_add(MAX_AHEAD)).then(|| {
         format!(
-            "claims replication offset {claimed}, more than 1 GiB beyond the most its primary {primary} was ever seen with ({known}): not a candidate"
+            "claims replication offset {claimed}, more than 1 GiB beyond the most its primary {primary} or another replica was seen with ({known}): not a candidate"
         )
     })
 }

@@ -85,7 +85,7 @@ impl Controller {
             Ok(epoch) => epoch,
             Err(e) => {
                 self.unfence(&primary).await;
-                self.event("switchover-aborted", Some(&target), e.clone());
+                self.event("switchover-aborted", Some(&target), e.to_string());
                 return Err(OpError::Conflict(format!("switchover aborted: {e}")));
             }
         };

@@ -13,7 +13,7 @@ impl Controller {
     /// named only once every live instance has confirmed it holds writes
     /// (or `max_view_age_ms` passed: a silent instance holds writes by its
     /// own bound by then). Alone, there is nobody to tell.
-    pub(super) async fn fence(&mut self, old: &Node) -> Result<u64, String> {
+    pub(super) async fn fence(&mut self, old: &Node) -> Result<u64, StepError> {
         if let Some(epoch) = self.fenced_epoch {
             return Ok(epoch);
         }

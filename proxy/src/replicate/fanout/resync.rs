@@ -28,17 +28,29 @@ use crate::topology::SyncState;
 /// Keys per snapshot entry (and per `SCAN` call).
 const PAGE: usize = 256;
 
+/// Why a resync did not finish (it is tried again later).
+#[derive(Debug, thiserror::Error)]
+enum ResyncError {
+    #[error("no node in sync to copy from")]
+    NoSource,
+    #[error("cannot connect to {0} to scan: {1}")]
+    Unreachable(String, std::io::Error),
+    #[error("SCAN on {0}: {1}")]
+    Scan(String, String),
+    /// The node left the resync meanwhile (down again, or resynced anew).
+    #[error("the node stopped resyncing")]
+    Stopped,
+}
+
 pub async fn run(fanout: Arc<Fanout>, target: usize) {
     if let Err(why) = copy(&fanout, target).await {
         tracing::warn!(%why, "resync failed");
-        fanout.resync_failed(target, &why);
+        fanout.resync_failed(target, &why.to_string());
     }
 }
 
-async fn copy(fanout: &Fanout, target: usize) -> Result<(), String> {
-    let source = fanout
-        .source_for(target)
-        .ok_or("no node in sync to copy from")?;
+async fn copy(fanout: &Fanout, target: usize) -> Result<(), ResyncError> {
+    let source = fanout.source_for(target).ok_or(ResyncError::NoSource)?;
     let source_addr = &fanout.shard.nodes[source].addr;
     fanout.event(
         "resync-started",
@@ -49,18 +61,19 @@ async fn copy(fanout: &Fanout, target: usize) -> Result<(), String> {
         let addr = &fanout.shard.nodes[side].addr;
         let mut control = Control::connect(addr, &fanout.opts)
             .await
-            .map_err(|e| format!("cannot connect to {addr} to scan: {e}"))?;
+            .map_err(|e| ResyncError::Unreachable(addr.clone(), e))?;
         let mut cursor = "0".to_string();
         loop {
             let count = PAGE.to_string();
             let reply = control
                 .call(&["SCAN", &cursor, "COUNT", &count], fanout.reply_timeout)
                 .await
-                .map_err(|e| format!("SCAN on {addr}: {e}"))?;
-            let (next, keys) = scan_page(&reply)
-                .ok_or_else(|| format!("SCAN on {addr}: unexpected reply {reply:?}"))?;
+                .map_err(|e| ResyncError::Scan(addr.clone(), e.to_string()))?;
+            let (next, keys) = scan_page(&reply).ok_or_else(|| {
+                ResyncError::Scan(addr.clone(), format!("unexpected reply {reply:?}"))
+            })?;
             if !keys.is_empty() && !fanout.append_snapshot(source, target, keys).await {
-                return Err("the node stopped resyncing".into());
+                return Err(ResyncError::Stopped);
             }
             if next == "0" {
                 break;
@@ -69,7 +82,7 @@ async fn copy(fanout: &Fanout, target: usize) -> Result<(), String> {
         }
     }
     if fanout.node_state(target) != SyncState::Resyncing {
-        return Err("the node stopped resyncing".into());
+        return Err(ResyncError::Stopped);
     }
     fanout.append(Kind::Synced { target }).await;
     Ok(())

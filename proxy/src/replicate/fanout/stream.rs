@@ -179,6 +179,24 @@ struct Ended {
     unanswered: bool,
 }
 
+/// Why a node's stream ended (before it is reconnected).
+#[derive(Debug, thiserror::Error)]
+enum StreamEnd {
+    #[error("the node was marked stale; reconnecting to resync it")]
+    Stale,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("no reply within {0} ms")]
+    NoReply(u128),
+    #[error("closed by the server")]
+    ClosedByServer,
+    /// A resync step on this stream failed.
+    #[error("resync: {0}")]
+    Resync(String),
+    #[error("{0}")]
+    Reply(#[from] crate::backend::LinkError),
+}
+
 async fn serve(fanout: &Fanout, index: usize, stream: Stream) -> Ended {
     let (rd, wr) = stream.into_split();
     let (items_tx, mut items) = mpsc::unbounded_channel();
@@ -193,7 +211,7 @@ async fn serve(fanout: &Fanout, index: usize, stream: Stream) -> Ended {
     };
     let reason = match result {
         Ok(()) => "closed".to_string(),
-        Err(e) => e,
+        Err(e) => e.to_string(),
     };
     let unanswered = reader.fail(&mut items);
     Ended { reason, unanswered }
@@ -209,7 +227,7 @@ async fn write_loop(
     index: usize,
     mut wr: WriteHalf,
     items: &mpsc::UnboundedSender<Item>,
-) -> Result<(), String> {
+) -> Result<(), StreamEnd> {
     let node = &fanout.shard.nodes[index];
     let mut proto = Proto::Resp2;
     let mut out = BytesMut::with_capacity(16 * 1024);
@@ -222,7 +240,7 @@ async fn write_loop(
     };
     loop {
         if node.sync() == SyncState::Stale {
-            return Err("the node was marked stale; reconnecting to resync it".into());
+            return Err(StreamEnd::Stale);
         }
         let entries = fanout.take(index, WRITE_CHUNK);
         if entries.is_empty() {
@@ -249,16 +267,16 @@ async fn write_loop(
                 Kind::Snapshot(snap) if snap.target == index => {
                     // Everything before this point goes out first; then the
                     // source's read of these keys is written here.
-                    wr.write_all(&out).await.map_err(|e| e.to_string())?;
-                    wr.flush().await.map_err(|e| e.to_string())?;
+                    wr.write_all(&out).await?;
+                    wr.flush().await?;
                     out.clear();
                     let wait = fanout.reply_timeout * 2;
                     let dumped = tokio::time::timeout(wait, snap.wait())
                         .await
                         .map_err(|_| {
-                            "resync: the source did not read its keys in time".to_string()
+                            StreamEnd::Resync("the source did not read its keys in time".into())
                         })?
-                        .map_err(|e| format!("resync: {e}"))?;
+                        .map_err(StreamEnd::Resync)?;
                     switch(&mut out, &mut proto, Proto::Resp2);
                     for key in dumped.iter() {
                         restore(&mut out, key);
@@ -270,8 +288,8 @@ async fn write_loop(
                 }
             }
         }
-        wr.write_all(&out).await.map_err(|e| e.to_string())?;
-        wr.flush().await.map_err(|e| e.to_string())?;
+        wr.write_all(&out).await?;
+        wr.flush().await?;
     }
 }
 
@@ -312,17 +330,14 @@ impl Reader {
         index: usize,
         mut rd: ReadHalf,
         items: &mut mpsc::UnboundedReceiver<Item>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StreamEnd> {
         loop {
             self.deliver(fanout, index, items)?;
             if let Some(upto) = self.acked.take() {
                 fanout.acked(index, upto);
             }
             if self.current.is_none() {
-                match idle_read(items, &mut rd, &mut self.cut.buf)
-                    .await
-                    .map_err(|e| e.to_string())?
-                {
+                match idle_read(items, &mut rd, &mut self.cut.buf).await? {
                     Idle::Next(next) => self.current = Some(next),
                     Idle::Done => return Ok(()),
                     Idle::Read => {}
@@ -332,9 +347,9 @@ impl Reader {
             self.cut.make_room();
             let read = tokio::time::timeout(fanout.reply_timeout, rd.read_buf(&mut self.cut.buf))
                 .await
-                .map_err(|_| format!("no reply within {} ms", fanout.reply_timeout.as_millis()))?;
-            if read.map_err(|e| e.to_string())? == 0 {
-                return Err("closed by the server".into());
+                .map_err(|_| StreamEnd::NoReply(fanout.reply_timeout.as_millis()))?;
+            if read? == 0 {
+                return Err(StreamEnd::ClosedByServer);
             }
         }
     }
@@ -345,7 +360,7 @@ impl Reader {
         fanout: &Fanout,
         index: usize,
         items: &mut mpsc::UnboundedReceiver<Item>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StreamEnd> {
         loop {
             let Some(current) = &self.current else {
                 match items.try_recv() {
@@ -361,7 +376,7 @@ impl Reader {
                 }
                 continue;
             }
-            if !self.cut.advance().map_err(|e| e.to_string())? {
+            if !self.cut.advance()? {
                 return Ok(());
             }
         }
@@ -373,7 +388,7 @@ impl Reader {
         data: Bytes,
         fanout: &Fanout,
         index: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), StreamEnd> {
         let entry = match item {
             Item::Hello => return Ok(()),
             Item::Write(entry) => {
@@ -393,7 +408,9 @@ impl Reader {
             }
             Item::Restore(entry, _) => {
                 if let Some(error) = first_error(&data) {
-                    return Err(format!("resync: the node refused a key: {error}"));
+                    return Err(StreamEnd::Resync(format!(
+                        "the node refused a key: {error}"
+                    )));
                 }
                 entry
             }
