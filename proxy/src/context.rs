@@ -18,6 +18,9 @@ use crate::topology::Topology;
 /// Everything a client task needs, shared by all of them.
 pub struct Context {
     pub config: Config,
+    /// The admin tokens and client password in force (they change on
+    /// reload; `config` keeps the ones Rampart started with).
+    pub secrets: crate::secrets::Secrets,
     pub topology: Topology,
     /// Every shard with its router, quorum policy and write path, in
     /// configuration order.

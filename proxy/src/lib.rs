@@ -22,6 +22,7 @@ pub mod reload;
 pub mod replicate;
 pub mod resp;
 pub mod route;
+pub mod secrets;
 pub mod server;
 pub mod shard;
 pub mod topology;

@@ -4,7 +4,8 @@
 //! What changes live: each shard's router (`router`, `router_config`,
 //! `read_from`), loaded as a new generation exactly as `RAMPART POLICY
 //! LOAD` would, each shard's `read_consistency`, its quorum and the
-//! detector (their settings and plugins), and `log.level`. Every other changed field is logged by
+//! detector (their settings and plugins), `log.level`, the admin tokens
+//! and `proxy.password` (see `secrets.rs`). Every other changed field is logged by
 //! name as applying at the next start, so an operator never wonders
 //! whether an edit took. A file that does not parse changes nothing and is
 //! reported with the field at fault.
@@ -48,6 +49,9 @@ const LIVE: &[&str] = &[
     "probe.detector_plugin",
     "probe.detector_config",
     "log.level",
+    "admin.token",
+    "admin.tokens",
+    "proxy.password",
 ];
 
 /// How often the file's modification time is checked.
@@ -162,6 +166,12 @@ async fn reload(
     }
     if live.iter().any(|field| field == "log.level") {
         set_log_level(&config.log.level);
+    }
+    for secret in ctx.secrets.update(&config) {
+        tracing::info!(
+            secret,
+            "changed: the new value is in force for every check from now on"
+        );
     }
     for (name, shard) in &config.shards {
         let prefix = format!("shards.{name}.replication.");

@@ -242,6 +242,7 @@ impl Server {
             None => None,
         };
         let context = Arc::new(Context {
+            secrets: crate::secrets::Secrets::new(&config),
             slots,
             coordination: coordination.clone(),
             topology: Topology { shards },

@@ -475,6 +475,77 @@ fn run_logs_json_reloads_on_sighup_and_drains_on_sigterm() {
     assert!(status.success(), "rampart run exited with {status}");
 }
 
+/// Admin tokens and the client password change on SIGHUP, without a
+/// restart: a new token listed in `admin.tokens` works alongside the old
+/// one, then the old one is refused once removed; a new password is the
+/// one `AUTH` takes from then on.
+#[test]
+fn tokens_and_password_rotate_on_sighup() {
+    let cluster = Cluster::start(0);
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rampart.toml");
+    let write = |tokens: &str, password: &str| {
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\npassword = \"{password}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{tokens}\n[shards.main]\nnodes = [\"{}\"]\n",
+            cluster.addrs()[0]
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    write("token = \"old-token\"", "first-password");
+    let run = Running(
+        Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
+            .args(["run", "--config", file.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rampart run"),
+    );
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin).into();
+    // A change any token holder may make: loading the router in force.
+    let change = |token: &str| {
+        let bearer = format!("Bearer {token}");
+        rampart_tests::try_http_with(
+            admin,
+            "PUT",
+            "/v1/policies/router?builtin=primary-only",
+            b"",
+            &[("Authorization", &bearer)],
+        )
+        .map(|(status, _)| status)
+        .unwrap_or(0)
+    };
+    let auth = |password: &str| redis_cli(port, &["AUTH", password]).unwrap_or_default();
+    wait_until("rampart to serve", Duration::from_secs(20), || {
+        change("old-token") == 200
+    });
+    assert_eq!(change("new-token"), 401);
+    assert_eq!(auth("first-password").trim(), "OK");
+    let hangup = || {
+        Command::new("kill")
+            .args(["-HUP", &run.0.id().to_string()])
+            .status()
+            .unwrap();
+    };
+    write(
+        "token = \"old-token\"\ntokens = [\"new-token\"]",
+        "second-password",
+    );
+    hangup();
+    wait_until("the new token", Duration::from_secs(10), || {
+        change("new-token") == 200
+    });
+    assert_eq!(change("old-token"), 200, "both during the overlap");
+    assert_eq!(auth("second-password").trim(), "OK");
+    assert!(auth("first-password").contains("WRONGPASS"));
+    write("tokens = [\"new-token\"]", "second-password");
+    hangup();
+    wait_until("the old token refused", Duration::from_secs(10), || {
+        change("old-token") == 401
+    });
+    assert_eq!(change("new-token"), 200);
+}
+
 /// `rampart policy test`: each example scenario holds for its built-in,
 /// the example router passes its own, and a wrong decision or a trap
 /// fails the run with what went wrong, without Redis or a Rampart.

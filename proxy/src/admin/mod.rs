@@ -253,14 +253,15 @@ async fn handle(mut req: Request<Incoming>, ctx: &Context) -> Response<Full<Byte
 
 /// Mutating requests need the admin token when one is configured.
 fn authorized(req: &Request<Incoming>, ctx: &Context) -> bool {
-    let Some(token) = &ctx.config.admin.token else {
+    let secrets = ctx.secrets.current();
+    if !secrets.admin_required() {
         return true;
-    };
+    }
     req.headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| crate::client::constant_time_eq(given.as_bytes(), token.as_bytes()))
+        .is_some_and(|given| secrets.admin_token_ok(given.as_bytes()))
 }
 
 /// One query parameter, percent-decoded (`+` is a space).

@@ -78,7 +78,8 @@ impl Connection {
         password: &Bytes,
     ) -> Value {
         let config = &self.ctx.config.proxy;
-        if let Some(expected) = &config.password {
+        let secrets = self.ctx.secrets.current();
+        if let Some(expected) = &secrets.password {
             let expected_user = config.username.as_deref().unwrap_or("default");
             let guarded =
                 user.is_none_or(|u| &u[..] == expected_user.as_bytes() || &u[..] == b"default");
@@ -284,7 +285,7 @@ impl Connection {
                 node.pool.give_back(link, self.session.proto);
             }
         }
-        let authed = self.ctx.config.proxy.password.is_none();
+        let authed = self.ctx.secrets.current().password.is_none();
         let user = self.session.user.is_some();
         // Wrong passwords are remembered across RESET, or it would undo
         // the slowing down of guesses.
@@ -304,10 +305,4 @@ impl Connection {
 
 pub(super) const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
-/// Compares secrets without an early exit that would leak how much matched.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub use crate::secrets::constant_time_eq;

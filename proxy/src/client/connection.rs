@@ -98,7 +98,7 @@ impl Connection {
         orders: mpsc::Receiver<Order>,
     ) -> Connection {
         let limits = ctx.config.limits;
-        let authed = ctx.config.proxy.password.is_none();
+        let authed = ctx.secrets.current().password.is_none();
         let account = ctx.budget.open(id);
         Connection {
             session: Session::new(id, authed),

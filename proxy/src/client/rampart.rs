@@ -18,25 +18,22 @@ impl Connection {
         if req.argc() != 3 {
             return Value::wrong_args("rampart|auth");
         }
-        match &self.ctx.config.admin.token {
-            Some(token)
-                if super::auth::constant_time_eq(
-                    req.arg(2).unwrap_or_default(),
-                    token.as_bytes(),
-                ) =>
-            {
-                self.session.admin = true;
-                Value::ok()
-            }
-            Some(_) => Value::err("WRONGPASS invalid admin token"),
-            None => Value::err("ERR rampart: no admin.token is configured"),
+        let secrets = self.ctx.secrets.current();
+        if !secrets.admin_required() {
+            return Value::err("ERR rampart: no admin.token is configured");
+        }
+        if secrets.admin_token_ok(req.arg(2).unwrap_or_default()) {
+            self.session.admin = true;
+            Value::ok()
+        } else {
+            Value::err("WRONGPASS invalid admin token")
         }
     }
 
     /// Whether this connection may run the commands that change Rampart.
     pub(super) fn may_change_rampart(&self) -> bool {
         self.ctx.config.proxy.admin_commands
-            && (self.ctx.config.admin.token.is_none() || self.session.admin)
+            && (!self.ctx.secrets.current().admin_required() || self.session.admin)
     }
 
     pub(super) fn admin_refusal(&self) -> Value {

@@ -175,9 +175,14 @@ impl Config {
                 "field `proxy.password`: expected a password, because proxy.listen ({listen}) is reachable from other machines (Redis's protected mode); set one (or RAMPART_PASSWORD), or proxy.protected_mode = false"
             )));
         }
+        if self.admin.tokens.iter().any(|t| t.is_empty()) {
+            return Err(ConfigError(
+                "field `admin.tokens`: an empty token; an empty secret is no secret".into(),
+            ));
+        }
         if let Some(listen) = &self.admin.listen {
             check_addr("admin.listen", listen)?;
-            if !is_loopback(listen) && self.admin.token.is_none() {
+            if !is_loopback(listen) && self.admin.token.is_none() && self.admin.tokens.is_empty() {
                 return Err(ConfigError(format!(
                     "field `admin.token`: expected a token, because admin.listen ({listen}) is reachable from other machines and the admin API can move the primary"
                 )));

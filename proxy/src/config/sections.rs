@@ -98,6 +98,10 @@ pub struct AdminConfig {
     /// Bearer token required by every mutating endpoint (switchover,
     /// policy loads). Required when `listen` is not a loopback address.
     pub token: Option<String>,
+    /// More tokens accepted as well as `token` (changed live on reload):
+    /// a token is rotated by listing the new one here, moving the tools
+    /// to it, then removing the old one.
+    pub tokens: Vec<String>,
     /// Host names (besides IP addresses and `localhost`) that requests may
     /// name in their `Host` header: a page on another site that makes its
     /// name resolve to this machine (DNS rebinding) is refused.
@@ -116,6 +120,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: None,
             token: None,
+            tokens: Vec::new(),
             allowed_hosts: Vec::new(),
             header_timeout_ms: 10_000,
             max_connections: 256,
