@@ -380,6 +380,92 @@ fn deploy_configs_pass_check_config() {
     }
 }
 
+/// Every Kubernetes manifest renders (`kubectl kustomize`, offline), and
+/// what can be known without a cluster holds: etcd's distroless image is
+/// started with its own binary (it has no shell) and every `$(VAR)` its
+/// arguments use is defined; the locally built Rampart image is never
+/// pulled; Rampart's memory limit covers what its caps let clients make it
+/// hold (docs/deployment.md).
+#[test]
+fn kubernetes_manifests_render_and_fit_their_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = ["etcd.yaml", "redis.yaml", "rampart.yaml"];
+    for file in files {
+        std::fs::copy(
+            repo_path(&format!("deploy/kubernetes/{file}")),
+            dir.path().join(file),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!("resources:\n- {}\n", files.join("\n- ")),
+    )
+    .unwrap();
+    let rendered = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir.path())
+        .output()
+        .expect("kubectl (apt-get install kubectl) renders the manifests offline");
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let rendered = String::from_utf8_lossy(&rendered.stdout);
+    for kind in ["ConfigMap", "Deployment", "StatefulSet", "Service"] {
+        assert!(rendered.contains(&format!("kind: {kind}")), "{kind}");
+    }
+
+    let etcd = std::fs::read_to_string(repo_path("deploy/kubernetes/etcd.yaml")).unwrap();
+    assert!(etcd.contains("image: quay.io/coreos/etcd:"));
+    assert!(
+        !etcd.contains("/bin/sh") && !etcd.contains("\"sh\""),
+        "etcd's release image has no shell"
+    );
+    assert!(etcd.contains("command: [\"/usr/local/bin/etcd\"]"));
+    for used in etcd.split("$(").skip(1) {
+        let var = used.split(')').next().unwrap();
+        assert!(
+            etcd.contains(&format!("- name: {var}")),
+            "$({var}) is not defined in the container's env"
+        );
+    }
+
+    let rampart = std::fs::read_to_string(repo_path("deploy/kubernetes/rampart.yaml")).unwrap();
+    let image = rampart
+        .lines()
+        .position(|l| l.trim().starts_with("image: rampart:"))
+        .expect("the rampart container");
+    assert!(
+        rampart
+            .lines()
+            .nth(image + 1)
+            .is_some_and(|l| l.trim().starts_with("imagePullPolicy: IfNotPresent")),
+        "a locally built image must not be pulled"
+    );
+    let config = rampart::Config::parse_with(&embedded_file(&rampart, "rampart.toml"), |v| {
+        Some(format!("{v}-value"))
+    })
+    .expect("the ConfigMap's configuration");
+    let limit_mi: usize = rampart
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("limits: { memory: "))
+        .and_then(|v| v.strip_suffix("Mi }"))
+        .and_then(|v| v.parse().ok())
+        .expect("a memory limit in Mi");
+    let limits = &config.limits;
+    let needed = 64 + limits.clients_output_total_mb + limits.partial_requests_total_mb;
+    assert!(
+        limits.clients_output_total_mb > 0 && limits.partial_requests_total_mb > 0,
+        "unbounded caps cannot fit any limit"
+    );
+    assert!(
+        limit_mi >= needed + 64,
+        "memory limit {limit_mi}Mi below {needed}Mi the caps allow plus 64Mi for plugins"
+    );
+}
+
 /// The block under `  name: |` in a YAML manifest, unindented.
 fn embedded_file(manifest: &str, name: &str) -> String {
     let mut lines = manifest
