@@ -425,6 +425,36 @@ fn a_plugin_that_keeps_trapping_is_rolled_back() {
         .event_kinds()
         .iter()
         .any(|k| k == "policy-rolled-back"));
+    // Why it left stays visible after it is gone: its generation, traps
+    // and last error, in RAMPART POLICY LIST (and so /v1/policies) ...
+    let json: serde_json::Value =
+        serde_json::from_str(&proxy.cli(&["RAMPART", "POLICY", "LIST"])).unwrap();
+    let retired = &json["router"][0][1]["retired"][0];
+    assert_eq!(retired["generation"], 2, "{json:#}");
+    assert!(retired["traps"].as_u64().unwrap_or(0) >= 3, "{retired}");
+    assert!(
+        retired["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("automatically")),
+        "{retired}"
+    );
+    assert!(retired["last_error"].is_string(), "{retired}");
+    // ... and in the CLI's table.
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
+        .args([
+            "policy",
+            "list",
+            "--admin",
+            &proxy.admin.unwrap().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("retired")
+            && listed.contains("router generation 2 of main: rolled back automatically"),
+        "{listed}"
+    );
 }
 
 #[test]

@@ -143,12 +143,41 @@ fn list(admin: &Admin, json: bool) -> Result<(), Failure> {
         if !slot["previous"].is_null() {
             rows.push(row(&shard, "router", "previous", &slot["previous"]));
         }
+        for retired in slot["retired"].as_array().into_iter().flatten() {
+            rows.push(row(&shard, "router", "retired", retired));
+        }
     }
     for entry in policies["quorum"].as_array().into_iter().flatten() {
         rows.push(row(&str(&entry[0]), "quorum", "active", &entry[1]));
     }
     rows.push(row("*", "detector", "active", &policies["detector"]));
     print!("{}", table(&rows));
+    // Why each generation that was rolled back left, and the last error of
+    // every policy that has one: the text is too long for the table.
+    for entry in policies["router"].as_array().into_iter().flatten() {
+        for retired in entry[1]["retired"].as_array().into_iter().flatten() {
+            println!(
+                "router generation {} of {}: {}; last error: {}",
+                str(&retired["generation"]),
+                str(&entry[0]),
+                str(&retired["reason"]),
+                retired["last_error"].as_str().unwrap_or("none")
+            );
+        }
+        for which in ["active", "previous"] {
+            if let Some(error) = entry[1][which]["last_error"].as_str() {
+                println!("last error of {}'s {which} router: {error}", str(&entry[0]));
+            }
+        }
+    }
+    for entry in policies["quorum"].as_array().into_iter().flatten() {
+        if let Some(error) = entry[1]["last_error"].as_str() {
+            println!("last error of {}'s quorum policy: {error}", str(&entry[0]));
+        }
+    }
+    if let Some(error) = policies["detector"]["last_error"].as_str() {
+        println!("last error of the detector: {error}");
+    }
     // Where each shadow would have sent the reads it saw.
     for entry in policies["router"].as_array().into_iter().flatten() {
         let chosen = &entry[1]["shadow"]["by_shadow_choice"];

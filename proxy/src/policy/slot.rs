@@ -172,6 +172,22 @@ pub struct ChoiceCounts {
 /// Generations kept behind the active one for rollback.
 const KEEP: usize = 3;
 
+/// Generations rolled back from, kept (newest last) with why they left.
+const RETIRED: usize = 5;
+
+/// A generation taken out of service by a rollback, as it was then: its
+/// counters and last error are why it left, and stay visible after it is
+/// gone (`policy list`, `/v1/policies`, the dashboard).
+#[derive(Debug, Clone, Serialize)]
+pub struct RetiredView {
+    #[serde(flatten)]
+    pub generation: GenerationView,
+    /// `rolled back automatically` (it trapped soon after loading) or
+    /// `rolled back by an operator`.
+    pub reason: String,
+    pub retired_at_ms: u64,
+}
+
 /// A shard's router: the active generation, the ones before, a shadow.
 pub struct RouterSlot {
     current: ArcSwap<Generation>,
@@ -182,6 +198,7 @@ pub struct RouterSlot {
     /// a shadow (nearly all) skip that load.
     has_shadow: AtomicBool,
     next: AtomicU64,
+    retired: Mutex<Vec<RetiredView>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -193,6 +210,8 @@ pub struct SlotView {
     /// first go to these in turn.
     pub earlier: Vec<u64>,
     pub shadow: Option<ShadowView>,
+    /// Generations rolled back from, newest first, with why.
+    pub retired: Vec<RetiredView>,
 }
 
 /// The slot as the request path sees it: one read policy.
@@ -224,6 +243,7 @@ impl RouterSlot {
             previous: Mutex::new(Vec::new()),
             shadow: ArcSwapOption::empty(),
             has_shadow: AtomicBool::new(false),
+            retired: Mutex::new(Vec::new()),
         }
     }
 
@@ -273,8 +293,13 @@ impl RouterSlot {
         }
     }
 
-    /// Goes back to the previous generation; `None` if there is none.
+    /// Goes back to the previous generation (an operator's rollback);
+    /// `None` if there is none.
     pub fn rollback(&self) -> Option<u64> {
+        self.roll_back("rolled back by an operator")
+    }
+
+    fn roll_back(&self, reason: &str) -> Option<u64> {
         let previous = self
             .previous
             .lock()
@@ -282,7 +307,18 @@ impl RouterSlot {
             .pop()?;
         let number = previous.number;
         let bad = self.current.swap(previous);
-        tracing::warn!(from = bad.number, to = number, "router rolled back");
+        tracing::warn!(from = bad.number, to = number, reason, "router rolled back");
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.push(RetiredView {
+            generation: bad.view(),
+            reason: reason.to_string(),
+            retired_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        });
+        if retired.len() > RETIRED {
+            retired.remove(0);
+        }
         Some(number)
     }
 
@@ -321,7 +357,10 @@ impl RouterSlot {
         }
         let from = current.number;
         drop(current);
-        self.rollback().map(|to| (from, to))
+        self.roll_back(
+            "rolled back automatically: it trapped or gave unusable answers soon after loading",
+        )
+        .map(|to| (from, to))
     }
 
     pub fn view(&self, shard: &Shard) -> SlotView {
@@ -331,6 +370,14 @@ impl RouterSlot {
             previous: previous.last().map(|g| g.view()),
             earlier: previous.iter().rev().skip(1).map(|g| g.number).collect(),
             shadow: self.shadow.load().as_ref().map(|s| s.view(shard)),
+            retired: self
+                .retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .rev()
+                .cloned()
+                .collect(),
         }
     }
 }
