@@ -208,6 +208,15 @@ fn status_events_policies_and_switchover_against_a_running_proxy() {
 /// `rampart demo` (with `extra` arguments) on free ports, once it says it
 /// is up: the process, its client and admin ports, and the nodes' ports.
 fn start_demo(extra: &[&str], node_count: usize) -> (Running, u16, u16, Vec<u16>) {
+    let (demo, port, admin, nodes, _) = start_demo_with_tips(extra, node_count);
+    (demo, port, admin, nodes)
+}
+
+/// [`start_demo`], and the commands the demo printed as tips.
+fn start_demo_with_tips(
+    extra: &[&str],
+    node_count: usize,
+) -> (Running, u16, u16, Vec<u16>, Vec<String>) {
     let (port, admin) = (free_port(), free_port());
     let nodes: Vec<u16> = (0..node_count).map(|_| free_port()).collect();
     let list = nodes
@@ -249,7 +258,26 @@ fn start_demo(extra: &[&str], node_count: usize) -> (Running, u16, u16, Vec<u16>
         }
     }
     assert!(up, "the demo did not come up");
-    (demo, port, admin, nodes)
+    let mut tips = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+        // "  <command>   <what it shows>"
+        if let Some((command, _)) = line.trim().split_once("   ") {
+            tips.push(command.trim().to_string());
+        }
+    }
+    (demo, port, admin, nodes, tips)
+}
+
+/// Runs a tip the demo printed, as a shell would.
+fn run_tip(tips: &[String], containing: &str) -> std::process::Output {
+    let tip = tips
+        .iter()
+        .find(|t| t.contains(containing))
+        .unwrap_or_else(|| panic!("no tip with {containing}: {tips:#?}"));
+    Command::new("sh").arg("-c").arg(tip).output().unwrap()
 }
 
 /// SIGTERM: the demo exits cleanly and stops its nodes.
@@ -273,7 +301,7 @@ fn stop_demo(mut demo: Running, nodes: Vec<u16>) {
 
 #[test]
 fn demo_starts_three_nodes_and_rampart_and_stops_them() {
-    let (demo, port, admin, nodes) = start_demo(&[], 3);
+    let (demo, port, admin, nodes, tips) = start_demo_with_tips(&[], 3);
     assert_eq!(
         redis_cli(port, &["SET", "demo", "works"]).unwrap().trim(),
         "OK"
@@ -289,6 +317,38 @@ fn demo_starts_three_nodes_and_rampart_and_stops_them() {
     }
     // Sync replication to one replica, as the example config says.
     assert!(status.contains("sync, 1 ack(s)"), "{status}");
+    // The tips run as printed: status, then killing the primary and
+    // starting it again, after which it follows the new primary.
+    let shown = run_tip(&tips, " status --admin");
+    assert!(shown.status.success(), "{shown:?}");
+    assert!(String::from_utf8_lossy(&shown.stdout).contains(&format!("127.0.0.1:{}", nodes[0])));
+    let _ = run_tip(&tips, "SHUTDOWN NOSAVE");
+    wait_until("a failover", Duration::from_secs(15), || {
+        redis_cli(port, &["SET", "after", "1"]).is_ok_and(|r| r.trim() == "OK")
+    });
+    let restart = tips
+        .iter()
+        .find(|t| t.starts_with("redis-server"))
+        .expect("a tip to start the node again")
+        .clone();
+    let restarted = Running(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec {restart}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        "the node to follow the new primary",
+        Duration::from_secs(20),
+        || {
+            redis_cli(nodes[0], &["INFO", "replication"]).is_ok_and(|info| {
+                info.contains("role:slave") && info.contains("master_link_status:up")
+            })
+        },
+    );
+    drop(restarted);
     stop_demo(demo, nodes);
 }
 

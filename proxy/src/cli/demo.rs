@@ -134,7 +134,7 @@ fn start_and_wait(mut args: DemoArgs) -> Result<(), String> {
         let server = Server::start(config)
             .await
             .map_err(|e| format!("cannot start Rampart: {e}"))?;
-        println!("{}", instructions(&args));
+        println!("{}", instructions(&args, &dir));
         wait_for_stop_signal().await;
         drain(&server).await;
         Ok::<(), String>(())
@@ -154,8 +154,27 @@ fn shard_name(index: usize, count: usize) -> String {
     }
 }
 
-fn instructions(args: &DemoArgs) -> String {
+/// How to run this very program from a shell: `rampart` when that is what
+/// PATH finds, else its full path (`cargo run` leaves it in target/).
+fn own_command() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "rampart".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::canonicalize(dir.join("rampart")).ok() == std::fs::canonicalize(&exe).ok()
+        })
+    });
+    if on_path {
+        "rampart".into()
+    } else {
+        exe.display().to_string()
+    }
+}
+
+fn instructions(args: &DemoArgs, dir: &std::path::Path) -> String {
     let (port, admin) = (args.port, args.admin_port);
+    let rampart = own_command();
     if args.nodes.len() > 3 {
         let shards: Vec<String> = args
             .nodes
@@ -189,7 +208,7 @@ fn instructions(args: &DemoArgs) -> String {
                     "the slot a key lives in",
                 ),
                 (
-                    format!("rampart status --admin 127.0.0.1:{admin}"),
+                    format!("{rampart} status --admin 127.0.0.1:{admin}"),
                     "every shard as a table",
                 ),
                 (
@@ -219,11 +238,11 @@ fn instructions(args: &DemoArgs) -> String {
                     "pause a node: its writes wait in the backlog, then it catches up",
                 ),
                 (
-                    format!("rampart resync main 127.0.0.1:{third} --admin 127.0.0.1:{admin}"),
+                    format!("{rampart} resync main 127.0.0.1:{third} --admin 127.0.0.1:{admin}"),
                     "copy a node afresh while writes go on",
                 ),
                 (
-                    format!("rampart events --admin 127.0.0.1:{admin}"),
+                    format!("{rampart} events --admin 127.0.0.1:{admin}"),
                     "what Rampart did, step by step",
                 ),
             ],
@@ -239,11 +258,11 @@ fn instructions(args: &DemoArgs) -> String {
             "the live dashboard",
         ),
         (
-            format!("rampart status --admin 127.0.0.1:{admin}"),
+            format!("{rampart} status --admin 127.0.0.1:{admin}"),
             "the topology as a table",
         ),
         (
-            format!("rampart switchover main --to 127.0.0.1:{second} --admin 127.0.0.1:{admin}"),
+            format!("{rampart} switchover main --to 127.0.0.1:{second} --admin 127.0.0.1:{admin}"),
             "move the primary: no errors, no lost writes",
         ),
         (
@@ -251,7 +270,14 @@ fn instructions(args: &DemoArgs) -> String {
             "or kill it: Rampart fails over in about a second",
         ),
         (
-            format!("rampart events --admin 127.0.0.1:{admin}"),
+            format!(
+                "redis-server --port {primary} --bind 127.0.0.1 --save '' --appendonly no --dir {}",
+                dir.join(primary.to_string()).display()
+            ),
+            "start it again (another terminal): Rampart makes it a replica of the new primary",
+        ),
+        (
+            format!("{rampart} events --admin 127.0.0.1:{admin}"),
             "what Rampart did, step by step",
         ),
     ];
