@@ -41,6 +41,7 @@ fn shard(changes: &Arc<AtomicU64>) -> Shard {
             replicas: 2,
             replid: String::new(),
             replid2: String::new(),
+            backlog: 0,
         };
         shard.observe(node, &report, now, None);
     }

@@ -354,6 +354,11 @@ impl Server {
         ));
         tokio::spawn(roll_back_failing_routers(context.clone()));
         tokio::spawn(crate::operate::follow_shared_policies(context.clone()));
+        tokio::spawn(crate::observe::risks::watch(
+            context.topology.shards.clone(),
+            context.events.clone(),
+            shutdown_rx.clone(),
+        ));
         tokio::spawn(crate::observe::history::sample(
             context.history.clone(),
             context.topology.shards.clone(),

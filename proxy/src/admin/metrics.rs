@@ -242,6 +242,22 @@ pub fn render(ctx: &Context) -> String {
         );
     }
 
+    family(
+        o,
+        "rampart_node_backlog_headroom_bytes",
+        "gauge",
+        "For a replica following the primary: how many more bytes it can fall behind before the primary's backlog no longer holds what it lacks and it needs a full resynchronisation.",
+        ctx.topology.shards.iter().flat_map(|shard| {
+            shard.nodes.iter().filter_map(move |node| {
+                let headroom = shard.backlog_headroom(node)?;
+                Some((
+                    format!("shard=\"{}\",node=\"{}\"", shard.name, node.addr),
+                    headroom as f64,
+                ))
+            })
+        }),
+    );
+
     let shards: Vec<(String, &Shard, DurabilityView)> = ctx
         .topology
         .shards
@@ -314,6 +330,18 @@ pub fn render(ctx: &Context) -> String {
             "gauge",
             "Replica acknowledgements a write needs (0: asynchronous).",
             |_, d| d.acks as f64,
+        ),
+        (
+            "rampart_shard_spare_replicas",
+            "gauge",
+            "Replicas that could acknowledge a write now beyond those a write needs: at 0 one more replica failure makes synchronous writes fail (-NOQUORUM).",
+            |s, _| s.spare_replicas() as f64,
+        ),
+        (
+            "rampart_shard_backlog_bytes",
+            "gauge",
+            "The primary's replication backlog (repl-backlog-size; 0: unknown).",
+            |s, _| s.backlog_bytes() as f64,
         ),
     ];
     for (name, kind, text, value) in SHARD_METRICS {

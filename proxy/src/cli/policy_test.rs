@@ -272,6 +272,7 @@ fn shard_of(scenario: &Scenario) -> Result<Arc<Shard>, Failure> {
             replicas: 0,
             replid: String::new(),
             replid2: String::new(),
+            backlog: 0,
         };
         shard.observe(node, &report, now, None);
         node.set_lag(0, spec.lag_ms);

@@ -28,6 +28,10 @@ pub fn parse_replication(info: &str) -> Option<Report> {
     let number = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok());
     let replid = field("master_replid").unwrap_or_default();
     let replid2 = field("master_replid2").unwrap_or_default();
+    let backlog = match field("repl_backlog_active").as_deref() {
+        Some("1") => number("repl_backlog_size").unwrap_or(0),
+        _ => 0,
+    };
     let priority = number("slave_priority")
         .or_else(|| number("replica_priority"))
         .unwrap_or(100) as u32;
@@ -43,6 +47,7 @@ pub fn parse_replication(info: &str) -> Option<Report> {
                 .unwrap_or(0) as u32,
             replid,
             replid2,
+            backlog,
         }),
         "slave" | "replica" => Some(Report {
             role: Role::Replica,
@@ -59,6 +64,7 @@ pub fn parse_replication(info: &str) -> Option<Report> {
             replicas: 0,
             replid,
             replid2,
+            backlog: 0,
         }),
         _ => None,
     }

@@ -6,4 +6,5 @@
 pub mod counters;
 pub mod events;
 pub mod history;
+pub mod risks;
 pub mod throttled;

@@ -216,6 +216,7 @@ mod tests {
             replicas: 2,
             replid: String::new(),
             replid2: String::new(),
+            backlog: 0,
         };
         let answered = shard.nodes[0].pool.stats().answered();
         shard.observe(&shard.nodes[index], &report, Instant::now(), Some(answered));

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 mod node;
 mod observed;
 pub mod position;
+mod risks;
 
 pub use node::{Health, Node, NodeView, Report, Role, SyncState};
 

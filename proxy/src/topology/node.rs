@@ -92,6 +92,8 @@ pub struct Node {
     pub(super) priority: AtomicU32,
     /// For a replica: how far behind the primary, in bytes and in time.
     pub(super) lag_bytes: AtomicU64,
+    /// For a primary: its replication backlog's size (see [`Report::backlog`]).
+    pub(super) backlog: AtomicU64,
     pub(super) lag_ms: AtomicU64,
     /// May serve reads: decided by the shard on every probe.
     pub(super) readable: AtomicBool,
@@ -138,6 +140,7 @@ impl Node {
             master: Mutex::new(None),
             priority: AtomicU32::new(100),
             lag_bytes: AtomicU64::new(0),
+            backlog: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
             readable: AtomicBool::new(false),
             rtt_us: AtomicU32::new(0),
@@ -268,6 +271,7 @@ impl Node {
         let role_changed = self.role.swap(report.role as u8, Ordering::AcqRel) != report.role as u8;
         self.offset.store(report.offset, Ordering::Release);
         self.max_offset.fetch_max(report.offset, Ordering::AcqRel);
+        self.backlog.store(report.backlog, Ordering::Relaxed);
         self.priority.store(report.priority, Ordering::Relaxed);
         *self.master.lock().unwrap_or_else(|p| p.into_inner()) = report.master.clone();
         let link_changed = self
@@ -375,6 +379,10 @@ pub struct Report {
     /// `master_replid2`: the history the node followed before its last
     /// promotion (all zeros when none).
     pub replid2: String,
+    /// For a primary: `repl_backlog_size` while its backlog is active (a
+    /// replica lagging further than this needs a full resynchronisation);
+    /// 0 otherwise.
+    pub backlog: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

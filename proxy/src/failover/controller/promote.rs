@@ -481,6 +481,7 @@ mod tests {
             replicas: 0,
             replid: replid.into(),
             replid2: replid2.into(),
+            backlog: 0,
         }
     }
 

@@ -1,0 +1,101 @@
+//! Early warning: each second, the risks the topology shows (see
+//! `topology/risks.rs`) that crossed a threshold become events, once per
+//! crossing (and once more when they are over), so the timeline says when
+//! a shard became one failure away from refusing writes, or a replica came
+//! close to needing a full resynchronisation, before it happened.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::events::Events;
+use crate::topology::Shard;
+
+/// A replica within this share of the backlog of needing a full resync.
+const HEADROOM_WARN: f64 = 0.25;
+/// ... and past this share again, the risk is over (hysteresis: a lag
+/// hovering at the threshold is one warning, not one a second).
+const HEADROOM_CLEAR: f64 = 0.5;
+
+/// Watches until `shutdown` fires.
+pub async fn watch(
+    shards: Vec<Arc<Shard>>,
+    events: Arc<Events>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut raised = Raised::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        for shard in &shards {
+            check(shard, &events, &mut raised);
+        }
+    }
+}
+
+/// The risks raised and not over yet: (shard, node or "", kind).
+#[derive(Default)]
+struct Raised(HashSet<(String, String, &'static str)>);
+
+impl Raised {
+    fn is_raised(&self, shard: &Shard, node: &str, kind: &'static str) -> bool {
+        self.0
+            .contains(&(shard.name.clone(), node.to_string(), kind))
+    }
+
+    /// Records the risk `kind` as raised (`on`) or over; an event when that
+    /// changes.
+    fn set(
+        &mut self,
+        events: &Events,
+        shard: &Shard,
+        node: &str,
+        kind: &'static str,
+        on: bool,
+        detail: impl FnOnce() -> String,
+    ) {
+        let key = (shard.name.clone(), node.to_string(), kind);
+        let node = (!node.is_empty()).then_some(node);
+        if on && self.0.insert(key.clone()) {
+            events.record(&shard.name, kind, node, shard.epoch(), detail());
+        } else if !on && self.0.remove(&key) {
+            events.record(
+                &shard.name,
+                "risk-cleared",
+                node,
+                shard.epoch(),
+                format!("{kind}: over"),
+            );
+        }
+    }
+}
+
+fn check(shard: &Shard, events: &Events, raised: &mut Raised) {
+    let acks = shard.durability.requirement().acks;
+    if shard.primary_node().is_some() && acks > 0 {
+        let spare = shard.spare_replicas();
+        raised.set(events, shard, "", "risk-one-failure-from-refusing-writes", spare == 0, || {
+            format!("exactly the {acks} replica(s) writes need follow the primary: one more failure and synchronous writes are refused (-NOQUORUM)")
+        });
+    }
+    let backlog = shard.backlog_bytes();
+    for node in &shard.nodes {
+        let Some(headroom) = shard.backlog_headroom(node) else {
+            continue;
+        };
+        let share = headroom as f64 / backlog.max(1) as f64;
+        let kind = "risk-backlog-overflow";
+        let on = if raised.is_raised(shard, &node.addr, kind) {
+            share < HEADROOM_CLEAR
+        } else {
+            share < HEADROOM_WARN
+        };
+        raised.set(events, shard, &node.addr, kind, on, || {
+            format!("{headroom} bytes from needing a full resynchronisation: it lags {} of the primary's {backlog}-byte backlog (raise repl-backlog-size, or find why it falls behind)", backlog - headroom)
+        });
+    }
+}
