@@ -692,6 +692,62 @@ fn tokens_and_password_rotate_on_sighup() {
     assert_eq!(change("new-token"), 200);
 }
 
+/// `rampart doctor` finds planted pitfalls on a running deployment, each
+/// with its fix, and exits 1; fixed, they are no longer reported.
+#[test]
+fn doctor_finds_planted_pitfalls() {
+    let cluster = Cluster::start(1);
+    let proxy = Proxy::start(
+        &cluster.addrs(),
+        Setup {
+            shard: "read_from = \"replicas\"",
+            ..Setup::default()
+        },
+    );
+    proxy.wait_serving_replicas(1, Duration::from_secs(10));
+    let admin = proxy.admin.unwrap().to_string();
+    // Planted: no persistence (as the harness starts the nodes), a backlog
+    // smaller than a minute of the writes below, stale reads served.
+    cluster.nodes[0].cli(&["CONFIG", "SET", "repl-backlog-size", "16384"]);
+    let writer = {
+        let client = proxy.client();
+        std::thread::spawn(move || {
+            let mut conn = client.get_connection().unwrap();
+            let value = "x".repeat(2000);
+            let until = std::time::Instant::now() + Duration::from_secs(3);
+            while std::time::Instant::now() < until {
+                let _: () = redis::Commands::set(&mut conn, "doctor", &value).unwrap();
+            }
+        })
+    };
+    let out = rampart(&["doctor", "--admin", &admin]);
+    writer.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for check in ["[persistence]", "[replication-backlog]", "[stale-reads]"] {
+        assert!(text.contains(check), "{check} not found:\n{text}");
+    }
+    assert!(text.contains("fix: turn on appendonly"), "{text}");
+    assert!(text.contains(&cluster.nodes[0].addr()), "{text}");
+
+    for node in &cluster.nodes {
+        node.cli(&["CONFIG", "SET", "appendonly", "yes"]);
+        node.cli(&["CONFIG", "SET", "replica-serve-stale-data", "no"]);
+    }
+    let out = rampart(&["doctor", "--admin", &admin, "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let found: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["check"].as_str())
+        .collect();
+    assert!(
+        !found.contains(&"persistence") && !found.contains(&"stale-reads"),
+        "{report:#}"
+    );
+}
+
 /// `rampart policy test`: each example scenario holds for its built-in,
 /// the example router passes its own, and a wrong decision or a trap
 /// fails the run with what went wrong, without Redis or a Rampart.

@@ -226,6 +226,7 @@ async fn handle(mut req: Request<Incoming>, ctx: &Context) -> Response<Full<Byte
             response
         }
         (&Method::GET, "/v1/policies") => json(&ctx.policies()),
+        (&Method::GET, "/v1/doctor") => json(&ctx.doctor().await),
         (&Method::GET, "/v1/history") => {
             // `?after=MS`: only samples taken after that time.
             let after = query(&req, "after")

@@ -96,6 +96,16 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Check a running deployment against the pitfalls that turn a
+    /// failure into a loss or an outage, each with its fix (status 1 when
+    /// any is found).
+    Doctor {
+        #[command(flatten)]
+        target: Target,
+        /// Print the JSON as the admin API returns it.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fan-out mode: copy a node afresh from a node in sync.
     Resync {
         #[command(flatten)]
@@ -168,6 +178,9 @@ pub fn main() -> ExitCode {
             shard,
             node,
         } => admin::Admin::connect(&target).and_then(|a| policy::resync(&a, &shard, &node)),
+        Command::Doctor { target, json } => {
+            admin::Admin::connect(&target).and_then(|a| status::doctor(&a, json))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

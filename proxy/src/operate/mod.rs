@@ -5,6 +5,7 @@
 //! [`OpError`], which `admin/` turns into an HTTP status and `client/`
 //! into a Redis error, so neither edge reads meaning out of message text.
 
+mod doctor;
 pub mod error;
 mod policy;
 mod primary;
@@ -12,6 +13,7 @@ mod shared;
 
 pub use shared::follow_shared_policies;
 
+pub use doctor::{Finding, Report as DoctorReport};
 pub use error::OpError;
 pub use policy::PoliciesView;
 
