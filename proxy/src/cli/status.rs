@@ -257,6 +257,39 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `rampart doctor`: each pitfall found, with its fix.
+pub fn doctor(admin: &Admin, json: bool) -> Result<(), Failure> {
+    let report = admin.get_json("/v1/doctor")?;
+    let findings = report["findings"].as_array().cloned().unwrap_or_default();
+    if json {
+        println!("{report}");
+    } else {
+        let checks = report["checks"].as_array().map_or(0, |c| c.len());
+        println!("{checks} checks, {} finding(s)", findings.len());
+        for finding in &findings {
+            let place: Vec<String> = ["shard", "node"]
+                .iter()
+                .filter_map(|k| finding[*k].as_str().map(String::from))
+                .collect();
+            println!(
+                "\n[{}]{} {}\n  fix: {}",
+                str(&finding["check"]),
+                if place.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}:", place.join(" "))
+                },
+                str(&finding["finding"]),
+                str(&finding["fix"])
+            );
+        }
+    }
+    match findings.len() {
+        0 => Ok(()),
+        n => Err(Failure::Failed(format!("{n} pitfall(s) found"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,38 +353,5 @@ mod tests {
             .unwrap_or_default();
         assert!(a.contains(" - ") && a.contains("main:4"), "{a}");
         assert!(render_topology(&serde_json::json!({"shards": []})).is_empty());
-    }
-}
-
-/// `rampart doctor`: each pitfall found, with its fix.
-pub fn doctor(admin: &Admin, json: bool) -> Result<(), Failure> {
-    let report = admin.get_json("/v1/doctor")?;
-    let findings = report["findings"].as_array().cloned().unwrap_or_default();
-    if json {
-        println!("{report}");
-    } else {
-        let checks = report["checks"].as_array().map_or(0, |c| c.len());
-        println!("{checks} checks, {} finding(s)", findings.len());
-        for finding in &findings {
-            let place: Vec<String> = ["shard", "node"]
-                .iter()
-                .filter_map(|k| finding[*k].as_str().map(String::from))
-                .collect();
-            println!(
-                "\n[{}]{} {}\n  fix: {}",
-                str(&finding["check"]),
-                if place.is_empty() {
-                    String::new()
-                } else {
-                    format!(" {}:", place.join(" "))
-                },
-                str(&finding["finding"]),
-                str(&finding["fix"])
-            );
-        }
-    }
-    match findings.len() {
-        0 => Ok(()),
-        n => Err(Failure::Failed(format!("{n} pitfall(s) found"))),
     }
 }
