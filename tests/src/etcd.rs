@@ -238,7 +238,21 @@ pub struct InstanceSetup<'a> {
 }
 
 impl Instance {
+    /// Starts the instance on free ports; again on others when another
+    /// test took one of them in between (`free_port` cannot hold them).
     pub fn start(name: &str, setup: &InstanceSetup) -> Instance {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Instance::try_start(name, setup) {
+                Ok(instance) => return instance,
+                Err(why) if why.contains("in use") => last = why,
+                Err(why) => panic!("rampart {name} did not start: {why}"),
+            }
+        }
+        panic!("rampart {name} did not start: {last}");
+    }
+
+    fn try_start(name: &str, setup: &InstanceSetup) -> Result<Instance, String> {
         let port = free_port();
         let admin = free_port();
         let to_etcd: Vec<Forwarder> = setup
@@ -291,11 +305,19 @@ impl Instance {
             config: path,
             bin: setup.bin.to_string(),
         };
-        instance.spawn();
-        instance
+        instance.try_spawn()?;
+        Ok(instance)
     }
 
     fn spawn(&mut self) {
+        if let Err(why) = self.try_spawn() {
+            panic!("rampart {} did not start: {why}", self.name);
+        }
+    }
+
+    /// Starts the process and waits for its admin port; an early exit is
+    /// an error with the end of its log.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::File::create(self.config.with_extension("log")).expect("log file");
         let child = Command::new(&self.bin)
             .arg("run")
@@ -307,12 +329,21 @@ impl Instance {
             .spawn()
             .expect("start rampart");
         self.child = Some(child);
-        let admin = self.admin;
-        wait_until(
-            &format!("rampart {} to answer", self.name),
-            Duration::from_secs(20),
-            || std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok(),
-        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.admin)).is_ok() {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                let log = std::fs::read_to_string(self.config.with_extension("log"))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(format!("exited ({status}): {}", tail.join(" | ")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("its admin port {} did not answer within 20 s", self.admin))
     }
 
     /// SIGKILL: no lease given back, no goodbye.
