@@ -336,14 +336,17 @@ impl Instance {
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 self.child = None;
-                let log = std::fs::read_to_string(self.config.with_extension("log"))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
                 return Err(format!("exited ({status}): {}", tail.join(" | ")));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(format!("its admin port {} did not answer within 20 s", self.admin))
+        Err(format!(
+            "its admin port {} did not answer within 20 s",
+            self.admin
+        ))
     }
 
     /// SIGKILL: no lease given back, no goodbye.

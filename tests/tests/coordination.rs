@@ -658,19 +658,22 @@ fn etcd_quorum_lost_no_promotion_and_writes_go_on() {
 }
 
 /// `n` keys written through `instance` one by one; the acknowledged ones.
+/// The refusals are printed (a test that expects none says why it got one).
 fn write_keys(instance: &Instance, prefix: &str, n: usize) -> Vec<String> {
     let mut conn = redis::Client::open(instance.url())
         .and_then(|c| c.get_connection())
         .expect("connect");
     (0..n)
         .map(|i| format!("{prefix}:{i}"))
-        .filter(|key| {
-            redis::cmd("SET")
-                .arg(key)
-                .arg("v")
-                .query::<()>(&mut conn)
-                .is_ok()
-        })
+        .filter(
+            |key| match redis::cmd("SET").arg(key).arg("v").query::<()>(&mut conn) {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!("SET {key} through {}: {e}", instance.name);
+                    false
+                }
+            },
+        )
         .collect()
 }
 
