@@ -353,6 +353,43 @@ fn the_slow_log_covers_every_shard() {
     }
 }
 
+/// A shard may own no slots (`slots = ""`), ready to receive some: it is
+/// probed and shown, and no key goes to it. `rampart slots` shows the map,
+/// and with `--toml` prints the lines that make a file match it.
+#[test]
+fn a_shard_may_own_no_slots_and_the_map_is_shown() {
+    let shards = clusters(2, 0);
+    let text = config(&shards, "")
+        .replace("slots = \"0-8191\"", "slots = \"0-16383\"")
+        .replace("slots = \"8192-16383\"", "slots = \"\"");
+    let proxy = Proxy::start_with(&text);
+    let mut conn = proxy.conn();
+    for i in 0..50 {
+        let _: () = conn.set(format!("k{i}"), i).unwrap();
+    }
+    assert_eq!(shards[1].nodes[0].cli(&["DBSIZE"]).trim(), "0");
+    assert_eq!(shards[0].nodes[0].cli(&["DBSIZE"]).trim(), "50");
+    let admin = proxy.admin.unwrap();
+    let (_, body) = rampart_tests::http_get(admin, "/v1/slots");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["shards"][0]["count"], 16384, "{view}");
+    assert_eq!(view["shards"][1]["count"], 0, "{view}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
+        .args(["slots", "--toml", "--admin", &admin.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[shards.s0]\nslots = \"0-16383\"\n[shards.s1]\nslots = \"\"\n"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart-test-cli"))
+        .args(["slots", "--admin", &admin.to_string()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("s1") && table.contains("none"), "{table}");
+}
+
 #[test]
 fn transactions_and_scripts_run_within_one_shard() {
     let shards = clusters(2, 1);

@@ -227,6 +227,7 @@ async fn handle(mut req: Request<Incoming>, ctx: &Context) -> Response<Full<Byte
         }
         (&Method::GET, "/v1/policies") => json(&ctx.policies()),
         (&Method::GET, "/v1/doctor") => json(&ctx.doctor().await),
+        (&Method::GET, "/v1/slots") => json(&slots_view(ctx)),
         (&Method::GET, "/v1/history") => {
             // `?after=MS`: only samples taken after that time.
             let after = query(&req, "after")
@@ -250,6 +251,32 @@ async fn handle(mut req: Request<Incoming>, ctx: &Context) -> Response<Full<Byte
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Which shard owns which hash slots.
+fn slots_view(ctx: &Context) -> serde_json::Value {
+    let shards: Vec<serde_json::Value> = ctx
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(index, shard)| {
+            let ranges: Vec<String> = ctx
+                .slots
+                .ranges_of(index)
+                .iter()
+                .map(|(first, last)| match first == last {
+                    true => first.to_string(),
+                    false => format!("{first}-{last}"),
+                })
+                .collect();
+            serde_json::json!({
+                "shard": shard.name(),
+                "slots": ranges.join(","),
+                "count": ctx.slots.count_of(index),
+            })
+        })
+        .collect();
+    serde_json::json!({ "shards": shards })
 }
 
 /// Mutating requests need the admin token when one is configured.

@@ -106,6 +106,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Which shard owns which hash slots.
+    Slots {
+        #[command(flatten)]
+        target: Target,
+        /// Print the `slots = ...` lines that make a configuration file
+        /// match the running map.
+        #[arg(long, conflicts_with = "json")]
+        toml: bool,
+        /// Print the JSON as the admin API returns it.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fan-out mode: copy a node afresh from a node in sync.
     Resync {
         #[command(flatten)]
@@ -178,6 +190,9 @@ pub fn main() -> ExitCode {
             shard,
             node,
         } => admin::Admin::connect(&target).and_then(|a| policy::resync(&a, &shard, &node)),
+        Command::Slots { target, toml, json } => {
+            admin::Admin::connect(&target).and_then(|a| status::slots(&a, toml, json))
+        }
         Command::Doctor { target, json } => {
             admin::Admin::connect(&target).and_then(|a| status::doctor(&a, json))
         }

@@ -164,6 +164,14 @@ impl SlotMap {
         self.owner(slot(key))
     }
 
+    /// How many slots shard `index` owns.
+    pub fn count_of(&self, index: usize) -> usize {
+        self.owner
+            .iter()
+            .filter(|&&owner| usize::from(owner) == index)
+            .count()
+    }
+
     /// The slot ranges shard `index` owns, in order (for `CLUSTER SLOTS`-like
     /// views and `/v1/topology`).
     pub fn ranges_of(&self, index: usize) -> Vec<(u16, u16)> {
@@ -182,9 +190,13 @@ impl SlotMap {
     }
 }
 
-/// `"0-8191,10000,12000-16383"`: ranges and single slots, comma separated.
+/// `"0-8191,10000,12000-16383"`: ranges and single slots, comma separated;
+/// `""`: none (a shard ready to receive slots).
 fn parse_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
     let mut ranges = Vec::new();
+    if text.trim().is_empty() {
+        return Ok(ranges);
+    }
     for part in text.split(',').map(str::trim) {
         let (first, last) = match part.split_once('-') {
             Some((a, b)) => (a.trim(), b.trim()),
@@ -223,6 +235,18 @@ mod tests {
         );
         assert_eq!(pattern_slot(b"{*}:x"), None);
         assert_eq!(pattern_slot(b"{}:*"), None);
+    }
+
+    #[test]
+    fn a_shard_may_own_no_slots() {
+        let map = SlotMap::build([("a", Some("0-16383")), ("b", Some(""))]).unwrap();
+        assert_eq!(map.count_of(0), 16384);
+        assert_eq!(map.count_of(1), 0);
+        assert!(map.ranges_of(1).is_empty());
+        assert!(
+            SlotMap::build([("a", Some(""))]).is_err(),
+            "every slot needs a shard"
+        );
     }
 
     #[test]
