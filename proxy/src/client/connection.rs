@@ -47,10 +47,10 @@ pub struct Connection {
     pub(super) pipe_from: Option<ReadHalf>,
     /// Piped: commands whose answers Rampart makes or amends, in the
     /// node's stream of replies (see [`super::interpose`]).
-    pub(super) interposer: super::interpose::Interposer,
+    pub(super) interposer: super::piped::Interposer,
     /// A connection opened for another client's tracking redirect, kept
     /// to become this client's pipe (see [`super::redirect`]).
-    pub(super) reserved: Option<super::redirect::Reserved>,
+    pub(super) reserved: Option<super::piped::Reserved>,
     /// The request being handled is a synchronous write.
     pub(super) durable: bool,
     /// Its class, for the latency histograms.
@@ -232,7 +232,7 @@ impl Connection {
                     closing = true;
                     unread_owed = self.buf.len();
                 }
-                read = super::redirect::Reserved::read(self.reserved.as_mut()) => {
+                read = super::piped::Reserved::read(self.reserved.as_mut()) => {
                     if !self.reserved_sent(read).await {
                         gone = true;
                         break;

@@ -12,6 +12,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::connection::{Connection, Flow};
+use super::piped::{Amend, Interposed};
 use crate::resp::command::{classify, Class, Local};
 use crate::resp::{ReplyScanner, Request, Value};
 
@@ -25,69 +26,6 @@ fn salt() -> u64 {
             .build_hasher()
             .finish()
     })
-}
-
-/// A piped client's command whose answer Rampart makes or amends.
-enum Interposed {
-    /// Answered by Rampart where the node echoes the marker.
-    Answer {
-        marker: Bytes,
-        local: Local,
-        req: Request,
-    },
-    /// Run by the node too, which must know of it; its reply, the last
-    /// before the marker's echo, is amended.
-    Amend { marker: Bytes, how: Amend },
-}
-
-/// How a node's reply is amended.
-enum Amend {
-    /// `CLIENT GETREDIR`, `TRACKINGINFO`: the node's id of the redirect
-    /// target is turned back into that target's Rampart id.
-    RedirectId,
-    /// `HELLO`: the node's connection switches protocol with the client,
-    /// but the reply is Rampart's (its client id, its checks), unless the
-    /// node refused the command (RESP2 subscribed mode).
-    Replace { local: Local, req: Request },
-}
-
-impl Interposed {
-    fn marker(&self) -> &[u8] {
-        match self {
-            Interposed::Answer { marker, .. } | Interposed::Amend { marker, .. } => marker,
-        }
-    }
-}
-
-/// What a piped connection keeps to interpose: the commands sent and not
-/// answered yet, in order; the node's replies held back while a reply to
-/// amend is awaited; and the redirect targets given to `TRACKING`.
-#[derive(Default)]
-pub(super) struct Interposer {
-    queue: std::collections::VecDeque<Interposed>,
-    held: Vec<BytesMut>,
-    sent: u64,
-    /// `(node connection id, Rampart client id)` of each redirect target
-    /// named, the latest last (a few: a client names one at a time).
-    redirects: Vec<(i64, u64)>,
-}
-
-impl Interposer {
-    /// Remembers that the node knows Rampart client `client` as `node_id`.
-    pub fn redirected(&mut self, node_id: i64, client: u64) {
-        self.redirects.retain(|(n, _)| *n != node_id);
-        if self.redirects.len() >= 8 {
-            self.redirects.remove(0);
-        }
-        self.redirects.push((node_id, client));
-    }
-
-    fn client_of(&self, node_id: i64) -> Option<u64> {
-        self.redirects
-            .iter()
-            .find(|(n, _)| *n == node_id)
-            .map(|(_, c)| *c)
-    }
 }
 
 /// Whether the node runs `req` but Rampart amends its reply.

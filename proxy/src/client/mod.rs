@@ -25,6 +25,7 @@ pub(crate) mod local;
 mod monitor;
 mod pin;
 mod pipe;
+mod piped;
 mod publish;
 mod rampart;
 mod reads;

@@ -16,46 +16,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 
 use super::connection::Connection;
+use super::piped::Reserved;
 use super::registry::Order;
 use crate::net::Stream;
-use crate::resp::{Proto, ReplyScanner, Request, Value};
+use crate::resp::{ReplyScanner, Request, Value};
 use crate::topology::Node;
 
 const NO_SUCH_CLIENT: &str = "ERR The client ID you want redirect to does not exist";
 
 /// How long a redirect waits for its target to open its connection.
 const RESERVE_WITHIN: Duration = Duration::from_secs(2);
-
-/// A connection to a node kept for the client that owns it, named as a
-/// redirect target before it was piped anywhere.
-pub(super) struct Reserved {
-    node: String,
-    stream: Stream,
-    id: i64,
-    /// What the connection was opened as: it can become the client's pipe
-    /// only while the client's session is the same.
-    proto: Proto,
-    db: i64,
-    user: Option<Arc<crate::backend::Credentials>>,
-    /// What the node sent on it, cut into frames.
-    buf: BytesMut,
-    scanner: ReplyScanner,
-}
-
-impl Reserved {
-    /// Reads what the node sends on the reserved connection (never
-    /// resolves without one).
-    pub(super) async fn read(reserved: Option<&mut Reserved>) -> std::io::Result<usize> {
-        match reserved {
-            Some(r) => r.stream.read_buf(&mut r.buf).await,
-            None => std::future::pending().await,
-        }
-    }
-}
 
 impl Connection {
     /// `req` with a `REDIRECT <Rampart id>` turned into the node's id of

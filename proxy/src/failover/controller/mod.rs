@@ -33,12 +33,13 @@ use crate::topology::{Health, Node, Role, Shard};
 
 mod ask;
 mod discover;
+mod judge;
 mod promote;
 mod switchover;
 mod tend;
 
 use ask::StepError;
-use promote::staleness;
+use judge::staleness;
 
 /// A node is sent the same corrective command at most this often: it takes
 /// a probe or two before its reported state shows the change.

@@ -26,6 +26,7 @@
 //!   apart; [`rewrite`] turns writes whose effect depends on the clock into
 //!   absolute forms and refuses the random ones.
 
+mod copy;
 pub mod log;
 mod nodes;
 mod operate;
