@@ -380,6 +380,15 @@ impl Proxy {
     }
 
     /// `GET /v1/events`.
+    /// One sample of `/metrics`: `series` is the name with its labels as
+    /// Rampart writes them (`rampart_shard_epoch{shard="main"}`), or the
+    /// bare name of an unlabelled family.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = http_get(self.admin.expect("admin listener"), "/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
     pub fn events(&self) -> Vec<serde_json::Value> {
         match self.admin_json("/v1/events") {
             serde_json::Value::Array(events) => events,

@@ -9,15 +9,6 @@ use std::time::Duration;
 
 use rampart_tests::{wait_until, Cluster, Proxy, Setup};
 
-fn metric(proxy: &Proxy, name: &str, labels: &str) -> Option<f64> {
-    let (_, body) = rampart_tests::http_get(proxy.admin.expect("admin"), "/metrics");
-    body.lines().find_map(|l| {
-        l.strip_prefix(&format!("{name}{{{labels}}} "))?
-            .parse()
-            .ok()
-    })
-}
-
 #[test]
 fn a_paused_replica_is_seen_coming_before_it_needs_a_full_resync() {
     let cluster = Cluster::start(2);
@@ -38,14 +29,14 @@ fn a_paused_replica_is_seen_coming_before_it_needs_a_full_resync() {
         "OK"
     );
     let paused = cluster.nodes[2].addr();
-    let labels = format!("shard=\"main\",node=\"{paused}\"");
+    let headroom_series =
+        format!("rampart_node_backlog_headroom_bytes{{shard=\"main\",node=\"{paused}\"}}");
     wait_until("the backlog to be known", Duration::from_secs(10), || {
-        metric(&proxy, "rampart_shard_backlog_bytes", "shard=\"main\"") == Some(16384.0)
-            && metric(&proxy, "rampart_node_backlog_headroom_bytes", &labels)
-                .is_some_and(|h| h > 12000.0)
+        proxy.metric("rampart_shard_backlog_bytes{shard=\"main\"}") == Some(16384.0)
+            && proxy.metric(&headroom_series).is_some_and(|h| h > 12000.0)
     });
     assert_eq!(
-        metric(&proxy, "rampart_shard_spare_replicas", "shard=\"main\""),
+        proxy.metric("rampart_shard_spare_replicas{shard=\"main\"}"),
         Some(1.0)
     );
 
@@ -61,7 +52,7 @@ fn a_paused_replica_is_seen_coming_before_it_needs_a_full_resync() {
             .iter()
             .any(|k| k == "risk-backlog-overflow")
     });
-    let headroom = metric(&proxy, "rampart_node_backlog_headroom_bytes", &labels).unwrap();
+    let headroom = proxy.metric(&headroom_series).unwrap();
     assert!(headroom < 16384.0 * 0.25, "{headroom}");
     wait_until("the quorum warning", Duration::from_secs(10), || {
         proxy
@@ -70,7 +61,7 @@ fn a_paused_replica_is_seen_coming_before_it_needs_a_full_resync() {
             .any(|k| k == "risk-one-failure-from-refusing-writes")
     });
     assert_eq!(
-        metric(&proxy, "rampart_shard_spare_replicas", "shard=\"main\""),
+        proxy.metric("rampart_shard_spare_replicas{shard=\"main\"}"),
         Some(0.0)
     );
     // Warned, not failed: writes go on, and the paused replica, resumed

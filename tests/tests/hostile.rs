@@ -23,13 +23,6 @@ fn answer(proxy: &Proxy, args: &[&str]) -> redis::RedisResult<redis::Value> {
     cmd.query(&mut conn)
 }
 
-fn metric(proxy: &Proxy, name: &str) -> Option<f64> {
-    let admin = proxy.admin.expect("admin listener");
-    let (_, body) = rampart_tests::http_get(admin, "/metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
-}
-
 #[test]
 fn the_default_user_is_guarded_by_the_proxy_password_whatever_the_nodes_say() {
     let cluster = Cluster::start(1);
@@ -62,7 +55,7 @@ fn the_default_user_is_guarded_by_the_proxy_password_whatever_the_nodes_say() {
         let refused = answer(&proxy, args).expect_err("a wrong password is refused");
         assert_eq!(refused.code(), Some("WRONGPASS"), "{args:?}: {refused}");
     }
-    assert_eq!(metric(&proxy, "rampart_auth_failures_total"), Some(4.0));
+    assert_eq!(proxy.metric("rampart_auth_failures_total"), Some(4.0));
     // Rampart's password, however the default user is named.
     for args in [
         &["AUTH", "secret"][..],
