@@ -687,6 +687,52 @@ fn a_piped_client_keeps_its_identity() {
     assert!(!list.contains("cmd=replconf"), "the node's clients: {list}");
 }
 
+/// `HELLO ... AUTH` on a piped connection is checked by Rampart against
+/// its own password, as on any connection: the node, which has another
+/// password, never sees the client's credentials.
+#[test]
+fn hello_auth_on_a_piped_connection_is_rampart_s() {
+    let cluster = Cluster::start(0);
+    cluster.nodes[0].cli(&["CONFIG", "SET", "requirepass", "backend-secret"]);
+    let proxy = Proxy::start(
+        &cluster.addrs(),
+        Setup {
+            proxy: "password = \"front-secret\"",
+            sections: "[backend]\npassword = \"backend-secret\"",
+            ..Setup::default()
+        },
+    );
+    let mut c = Raw::connect(proxy.addr);
+    c.send(&[&["AUTH", "front-secret"], &["CLIENT", "ID"]]);
+    assert_eq!(c.reply(), redis::Value::Okay);
+    let redis::Value::Int(id) = c.reply() else {
+        panic!("CLIENT ID");
+    };
+    c.send(&[&["CLIENT", "TRACKING", "ON"]]);
+    assert_eq!(c.reply(), redis::Value::Okay);
+    c.send(&[&[
+        "HELLO",
+        "2",
+        "AUTH",
+        "default",
+        "front-secret",
+        "SETNAME",
+        "piped",
+    ]]);
+    let hello = c.reply();
+    assert_eq!(
+        field(&hello, "id"),
+        Some(redis::Value::Int(id)),
+        "{hello:?}"
+    );
+    c.send(&[
+        &["CLIENT", "GETNAME"],
+        &["HELLO", "2", "AUTH", "default", "wrong"],
+    ]);
+    assert_eq!(c.reply(), redis::Value::BulkString(b"piped".to_vec()));
+    assert!(format!("{:?}", c.reply()).contains("WRONGPASS"));
+}
+
 #[test]
 fn client_reply_and_unblock_behave_as_on_redis() {
     let cluster = Cluster::start(1);

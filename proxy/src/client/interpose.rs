@@ -158,8 +158,23 @@ impl Connection {
         let entry = entry(marker.clone())?;
         self.interposer.sent = sent;
         let mut out = BytesMut::new();
-        if matches!(entry, Interposed::Amend { .. }) {
-            out.extend_from_slice(&req.raw);
+        match &entry {
+            // The node's connection switches protocol with the client, and
+            // learns nothing else: credentials and the name are Rampart's
+            // to check and keep (the piped connection already runs as the
+            // client's user).
+            Interposed::Amend {
+                how: Amend::Replace { .. },
+                ..
+            } => {
+                let version = req.args().into_iter().nth(1);
+                let hello: Vec<Bytes> = std::iter::once(Bytes::from_static(b"HELLO"))
+                    .chain(version)
+                    .collect();
+                out.extend_from_slice(&Request::from_args(&hello).raw);
+            }
+            Interposed::Amend { .. } => out.extend_from_slice(&req.raw),
+            Interposed::Answer { .. } => {}
         }
         out.extend_from_slice(&Request::from_args(&[Bytes::from_static(b"PING"), marker]).raw);
         self.interposer.queue.push_back(entry);
