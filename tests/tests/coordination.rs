@@ -1183,3 +1183,27 @@ fn keys_written_by_hand_are_refused_and_failover_goes_on() {
     d.redis.nodes[p].kill();
     d.wait_new_primary(&primary, Duration::from_secs(20));
 }
+
+/// Two primaries die one after the other, with instances agreeing through
+/// etcd: the replica that took every write of the second epoch is promoted
+/// alone, because the epoch's record in etcd says the first primary, down
+/// since before that epoch, never followed it; every write is there.
+#[test]
+fn a_second_failover_through_etcd_counts_only_the_epoch_s_members() {
+    let mut d = deploy(2, "");
+    let (_, first) = d.wait_agreed();
+    let before = write_keys(&d.instances[0], "m:before", 50);
+    let index = d.node_index(&first);
+    d.redis.nodes[index].kill();
+    let second = d.wait_new_primary(&first, Duration::from_secs(20));
+    let during = write_keys(&d.instances[1], "m:during", 50);
+    assert_eq!(during.len(), 50, "writes acknowledged by the one live replica");
+    let index = d.node_index(&second);
+    d.redis.nodes[index].kill();
+    let third = d.wait_new_primary(&second, Duration::from_secs(20));
+    assert_ne!(third, first, "the first primary is down");
+    let survivor = &d.redis.nodes[d.node_index(&third)];
+    for key in before.iter().chain(&during) {
+        assert_eq!(survivor.cli(&["GET", key]).trim(), "v", "{key} lost");
+    }
+}
