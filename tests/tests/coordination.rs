@@ -1197,7 +1197,11 @@ fn a_second_failover_through_etcd_counts_only_the_epoch_s_members() {
     d.redis.nodes[index].kill();
     let second = d.wait_new_primary(&first, Duration::from_secs(20));
     let during = write_keys(&d.instances[1], "m:during", 50);
-    assert_eq!(during.len(), 50, "writes acknowledged by the one live replica");
+    assert_eq!(
+        during.len(),
+        50,
+        "writes acknowledged by the one live replica"
+    );
     let index = d.node_index(&second);
     d.redis.nodes[index].kill();
     let third = d.wait_new_primary(&second, Duration::from_secs(20));
