@@ -8,8 +8,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rampart::resp::reply::nesting_exceeds;
-use rampart::resp::ReplyScanner;
+use rampart_resp::reply::nesting_exceeds;
+use rampart_resp::ReplyScanner;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(Some(len)) = ReplyScanner::new(128).scan(data) else {

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rampart::resp::ReplyScanner;
+use rampart_resp::ReplyScanner;
 
 fuzz_target!(|data: &[u8]| {
     let whole = ReplyScanner::new(64).scan(data);

@@ -4,12 +4,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rampart::resp::request::parse_chunks;
-use rampart::resp::Limits;
+use rampart_resp::request::parse_chunks;
+use rampart_resp::Limits;
 
 fuzz_target!(|data: &[u8]| {
     let split = data.first().map_or(0, |&b| b as usize) % (data.len().max(1));
-    let args = |(reqs, err): (Vec<rampart::resp::Request>, Option<_>)| {
+    let args = |(reqs, err): (Vec<rampart_resp::Request>, Option<_>)| {
         let reqs: Vec<Vec<bytes::Bytes>> = reqs.iter().map(|r| r.args()).collect();
         (reqs, err)
     };

@@ -20,7 +20,7 @@ pub mod operate;
 pub mod policy;
 pub mod reload;
 pub mod replicate;
-pub mod resp;
+pub use rampart_resp as resp;
 pub mod route;
 pub mod secrets;
 pub mod server;

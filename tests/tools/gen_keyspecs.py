@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Writes proxy/src/resp/keyspecs_table.rs (an expression that
-proxy/src/resp/keyspecs.rs includes) from a running redis-server's
+"""Writes proxy/resp/src/keyspecs_table.rs (an expression that
+proxy/resp/src/keyspecs.rs includes) from a running redis-server's
 `COMMAND` reply: where each command (and subcommand) keeps its keys, as
 Redis 7's key specs say. Usage: gen_keyspecs.py PORT > keyspecs_table.rs"""
 import socket, sys
