@@ -25,8 +25,10 @@ pub struct Context {
     /// Every shard with its router, quorum policy and write path, in
     /// configuration order.
     pub shards: Vec<Arc<crate::shard::Shard>>,
-    /// Which shard owns each hash slot.
-    pub slots: crate::shard::slots::SlotMap,
+    /// Which shard owns each hash slot, and the move in progress.
+    pub slots: Arc<crate::reshard::Slots>,
+    /// Starts slot moves and runs them.
+    pub resharder: Arc<crate::reshard::mover::Resharder>,
     /// `[coordination]`: the instances' shared view in etcd.
     pub coordination: Option<Arc<crate::coord::Coordination>>,
     /// Bumped when any node's role or health changes (router plugins

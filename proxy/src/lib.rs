@@ -20,6 +20,7 @@ pub mod operate;
 pub mod policy;
 pub mod reload;
 pub mod replicate;
+pub mod reshard;
 pub use rampart_resp as resp;
 pub mod route;
 pub mod secrets;

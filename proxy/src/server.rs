@@ -81,7 +81,7 @@ impl Server {
             window: config.backend.max_inflight_per_link,
             stats: Default::default(),
         };
-        let slots = config.slot_map().map_err(|e| invalid(e.to_string()))?;
+        let slots = crate::reshard::initial(&config).map_err(|e| invalid(e.to_string()))?;
         let mut shards = Vec::new();
         let mut next_id = 0;
         let changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -131,7 +131,9 @@ impl Server {
                     shard_config.read_consistency,
                     Duration::from_millis(config.probe.interval_ms),
                 )
-                .with_slots(&slots.ranges_of(shards.len())),
+                .with_slots(crate::shard::slots::ranges_text(
+                    &slots.ranges_of(shards.len()),
+                )),
             ));
         }
         let limits = crate::policy::Limits::of(&config.plugins);
@@ -221,6 +223,15 @@ impl Server {
                 })
             })
             .collect();
+        let slots = Arc::new(crate::reshard::Slots::new(slots));
+        let resharder = Arc::new(crate::reshard::mover::Resharder {
+            slots: slots.clone(),
+            shards: owned.clone(),
+            store: crate::reshard::state::MapStore::new(config.failover.state_dir.as_deref()),
+            events: events.clone(),
+            hold: Duration::from_millis(config.failover.hold_writes_ms),
+            shutdown: shutdown_rx.clone(),
+        });
         let coordination = match &config.coordination {
             Some(settings) => {
                 let tls = match &settings.tls {
@@ -244,6 +255,7 @@ impl Server {
         let context = Arc::new(Context {
             secrets: crate::secrets::Secrets::new(&config),
             slots,
+            resharder: resharder.clone(),
             coordination: coordination.clone(),
             topology: Topology { shards },
             shards: owned,
@@ -295,6 +307,7 @@ impl Server {
         if let Some(coordination) = &coordination {
             tokio::spawn(coordination.clone().run(shutdown_rx.clone()));
         }
+        tokio::spawn(resharder.run());
         match context.config.failover.role {
             FailoverRole::Follower if coordination.is_some() => {}
             FailoverRole::Leader => {

@@ -38,7 +38,18 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `check` until it holds or `timeout` passes.
-pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: Duration, check: impl FnMut() -> bool) {
+    wait_until_or(what, timeout, check, String::new);
+}
+
+/// [`wait_until`], and on timeout the panic carries `explain()` (the
+/// state that was waited on, logs) so a failure under load can be read.
+pub fn wait_until_or(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if check() {
@@ -46,7 +57,36 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("timed out after {timeout:?} waiting for {what}");
+    panic!(
+        "timed out after {timeout:?} waiting for {what}\n{}",
+        explain()
+    );
+}
+
+/// A key's hash slot as the Redis Cluster spec defines it (CRC16 XMODEM
+/// of the key, or of its non-empty `{hash tag}`, modulo 16384), computed
+/// here independently of Rampart's own.
+pub fn key_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = match bytes.iter().position(|&b| b == b'{') {
+        Some(open) => match bytes[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
+            _ => bytes,
+        },
+        None => bytes,
+    };
+    let mut crc: u16 = 0;
+    for &b in hashed {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
 }
 
 /// One `redis-server` process.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rampart_tests::etcd::{EtcdCluster, Instance, InstanceSetup};
 use rampart_tests::workload::{Workload, COUNTER};
-use rampart_tests::{wait_until, Cluster};
+use rampart_tests::{wait_until, wait_until_or, Cluster};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rampart-test-cli");
 
@@ -97,7 +97,7 @@ impl Deployment {
     /// running one) and routes to the same primary; returns them.
     fn wait_agreed(&self) -> (String, String) {
         let mut agreed = None;
-        wait_until(
+        wait_until_or(
             "the instances to agree on a lease holder and a primary",
             Duration::from_secs(30),
             || {
@@ -127,6 +127,22 @@ impl Deployment {
                     return true;
                 }
                 false
+            },
+            || {
+                let views: Vec<String> = self
+                    .live()
+                    .iter()
+                    .map(|i| {
+                        format!(
+                            "{}: holder {:?}, primary {:?}, sees {}",
+                            i.name,
+                            i.holder(),
+                            i.primary(),
+                            i.topology()["coordination"]["instances"]
+                        )
+                    })
+                    .collect();
+                format!("{}\n{}", views.join("\n"), self.logs())
             },
         );
         agreed.expect("agreed")

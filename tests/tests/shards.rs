@@ -72,26 +72,7 @@ fn key_in(shard: usize, shards: usize, prefix: &str) -> String {
 /// The slot as the cluster spec defines it (checked against a real
 /// node's `CLUSTER KEYSLOT` below, through Rampart).
 fn crc16_slot(key: &str) -> usize {
-    let bytes = key.as_bytes();
-    let hashed = match bytes.iter().position(|&b| b == b'{') {
-        Some(open) => match bytes[open + 1..].iter().position(|&b| b == b'}') {
-            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
-            _ => bytes,
-        },
-        None => bytes,
-    };
-    let mut crc: u16 = 0;
-    for &b in hashed {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    usize::from(crc) % 16384
+    usize::from(rampart_tests::key_slot(key))
 }
 
 #[test]

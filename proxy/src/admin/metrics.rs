@@ -5,6 +5,7 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
+use super::prom::{family, help};
 use crate::context::Context;
 use crate::observe::counters::{BUCKETS_US, CLASSES};
 use crate::replicate::DurabilityView;
@@ -470,28 +471,6 @@ pub fn render(ctx: &Context) -> String {
             [(String::new(), view.instances.len() as f64)],
         );
     }
+    super::slot_metrics::render(o, ctx);
     out
-}
-
-/// One metric: its HELP and TYPE, then every sample (`labels` without
-/// braces, empty for none).
-fn family(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    text: &str,
-    samples: impl IntoIterator<Item = (String, f64)>,
-) {
-    help(out, name, kind, text);
-    for (labels, value) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
-    }
-}
-
-fn help(out: &mut String, name: &str, kind: &str, text: &str) {
-    let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
 }

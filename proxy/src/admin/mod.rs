@@ -22,6 +22,8 @@ use tokio::sync::watch;
 use crate::context::Context;
 
 pub mod metrics;
+mod prom;
+mod slot_metrics;
 mod slots;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
@@ -176,6 +178,19 @@ async fn handle(mut req: Request<Incoming>, ctx: &Context) -> Response<Full<Byte
         let node = query(&req, "node").unwrap_or_default();
         return answer(ctx.resync(shard, &node));
     }
+    if req.method() == Method::POST && path == "/v1/slots/move" {
+        // `?slots=8192-16383&to=shard[&rate=keys-per-second]`.
+        let (Some(slots), Some(to)) = (query(&req, "slots"), query(&req, "to")) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "name the slots and the shard: ?slots=8192-16383&to=shard\n",
+            );
+        };
+        let rate = query(&req, "rate")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        return answer(ctx.move_slots(&slots, &to, rate).await);
+    }
     if let Some(rest) = path.strip_prefix("/v1/policies/") {
         return policy(req, ctx, rest.to_string()).await;
     }
@@ -253,30 +268,32 @@ async fn handle(mut req: Request<Incoming>, ctx: &Context) -> Response<Full<Byte
     }
 }
 
-/// Which shard owns which hash slots.
+/// Which shard owns which hash slots, and the move in progress.
 fn slots_view(ctx: &Context) -> serde_json::Value {
+    let map = ctx.slots.load();
     let shards: Vec<serde_json::Value> = ctx
         .shards
         .iter()
         .enumerate()
         .map(|(index, shard)| {
-            let ranges: Vec<String> = ctx
-                .slots
-                .ranges_of(index)
-                .iter()
-                .map(|(first, last)| match first == last {
-                    true => first.to_string(),
-                    false => format!("{first}-{last}"),
-                })
-                .collect();
             serde_json::json!({
                 "shard": shard.name(),
-                "slots": ranges.join(","),
-                "count": ctx.slots.count_of(index),
+                "slots": crate::shard::slots::ranges_text(&map.ranges_of(index)),
+                "count": map.count_of(index),
             })
         })
         .collect();
-    serde_json::json!({ "shards": shards })
+    let moving = map.moving().map(|m| {
+        serde_json::json!({
+            "slots": crate::shard::slots::ranges_text(&m.ranges),
+            "count": m.count(),
+            "from": ctx.shards[m.from].name(),
+            "to": ctx.shards[m.to].name(),
+            "paused": m.paused,
+            "progress": ctx.slots.progress(),
+        })
+    });
+    serde_json::json!({ "shards": shards, "moving": moving })
 }
 
 /// Mutating requests need the admin token when one is configured.

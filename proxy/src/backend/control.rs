@@ -63,6 +63,40 @@ impl Control {
         }
     }
 
+    /// Sends `commands` back to back and waits up to `timeout` for all
+    /// their replies, in order (error replies included, as frames).
+    pub async fn pipeline<A: AsRef<[u8]>>(
+        &mut self,
+        commands: &[Vec<A>],
+        timeout: Duration,
+    ) -> std::io::Result<Vec<OwnedFrame>> {
+        let exchange = async {
+            let mut out = BytesMut::new();
+            for args in commands {
+                multibulk(&mut out, args);
+            }
+            self.stream.write_all(&out).await?;
+            self.stream.flush().await?;
+            let mut replies = Vec::with_capacity(commands.len());
+            while replies.len() < commands.len() {
+                let frame =
+                    super::frame::read_frame(&mut self.stream, &mut self.buf, self.max_reply)
+                        .await?;
+                if !matches!(frame, OwnedFrame::Push { .. }) {
+                    replies.push(frame);
+                }
+            }
+            Ok(replies)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no reply within {} ms", timeout.as_millis()),
+            )),
+        }
+    }
+
     async fn call_inner<A: AsRef<[u8]>>(&mut self, args: &[A]) -> std::io::Result<OwnedFrame> {
         let mut out = BytesMut::new();
         multibulk(&mut out, args);
@@ -97,4 +131,24 @@ pub fn frame_int(frame: &OwnedFrame) -> Option<i64> {
         OwnedFrame::Number { data, .. } => Some(*data),
         other => frame_text(other)?.parse().ok(),
     }
+}
+
+/// `SCAN`'s reply: the next cursor and the keys.
+pub fn scan_page(reply: &OwnedFrame) -> Option<(String, Vec<bytes::Bytes>)> {
+    let OwnedFrame::Array { data, .. } = reply else {
+        return None;
+    };
+    let [cursor, OwnedFrame::Array { data: keys, .. }] = &data[..] else {
+        return None;
+    };
+    let keys = keys
+        .iter()
+        .map(|k| match k {
+            OwnedFrame::BlobString { data, .. } | OwnedFrame::SimpleString { data, .. } => {
+                Some(bytes::Bytes::copy_from_slice(data))
+            }
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((frame_text(cursor)?, keys))
 }

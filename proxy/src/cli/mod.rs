@@ -18,6 +18,7 @@ mod policy_new;
 mod policy_test;
 mod progress;
 mod run;
+mod slots;
 mod status;
 
 #[derive(Parser)]
@@ -106,8 +107,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Which shard owns which hash slots.
+    /// Which shard owns which hash slots; `slots move` moves some.
+    #[command(args_conflicts_with_subcommands = true)]
     Slots {
+        #[command(subcommand)]
+        action: Option<SlotsAction>,
         #[command(flatten)]
         target: Target,
         /// Print the `slots = ...` lines that make a configuration file
@@ -130,6 +134,27 @@ enum Command {
 }
 
 /// Which running Rampart to talk to.
+/// What `rampart slots` can do besides showing the map.
+#[derive(Subcommand)]
+enum SlotsAction {
+    /// Move hash slots to another shard while clients keep using them
+    /// (needs `failover.state_dir`).
+    Move {
+        /// The slots, as in the configuration: `8192-16383`, `0-99,200`.
+        slots: String,
+        /// The shard that will own them.
+        #[arg(long)]
+        to: String,
+        /// Keys per second the background walk moves at most (0: no
+        /// limit); commands touching a moving key always move it at once.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Show the progress and return when the move is done.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
 #[derive(Args, Clone)]
 pub struct Target {
     /// Its admin listener, `host:port`.
@@ -190,9 +215,24 @@ pub fn main() -> ExitCode {
             shard,
             node,
         } => admin::Admin::connect(&target).and_then(|a| policy::resync(&a, &shard, &node)),
-        Command::Slots { target, toml, json } => {
-            admin::Admin::connect(&target).and_then(|a| status::slots(&a, toml, json))
-        }
+        Command::Slots {
+            action:
+                Some(SlotsAction::Move {
+                    slots,
+                    to,
+                    rate,
+                    wait,
+                }),
+            target,
+            ..
+        } => admin::Admin::connect(&target)
+            .and_then(|a| slots::move_slots(&a, &slots, &to, rate, wait)),
+        Command::Slots {
+            action: None,
+            target,
+            toml,
+            json,
+        } => admin::Admin::connect(&target).and_then(|a| slots::slots(&a, toml, json)),
         Command::Doctor { target, json } => {
             admin::Admin::connect(&target).and_then(|a| status::doctor(&a, json))
         }

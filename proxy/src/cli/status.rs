@@ -292,38 +292,6 @@ pub fn doctor(admin: &Admin, json: bool) -> Result<(), Failure> {
 
 /// `rampart slots`: each shard's hash slots, as a table, as the
 /// configuration's `slots` lines (`--toml`), or as JSON.
-pub fn slots(admin: &Admin, toml: bool, json: bool) -> Result<(), Failure> {
-    if json {
-        print!("{}", admin.get("/v1/slots")?);
-        return Ok(());
-    }
-    let view = admin.get_json("/v1/slots")?;
-    let shards = view["shards"].as_array().cloned().unwrap_or_default();
-    if toml {
-        for shard in &shards {
-            println!(
-                "[shards.{}]\nslots = \"{}\"",
-                str(&shard["shard"]),
-                str(&shard["slots"])
-            );
-        }
-        return Ok(());
-    }
-    let mut rows = vec![cells(&["SHARD", "SLOTS", "RANGES"])];
-    for shard in &shards {
-        rows.push(vec![
-            str(&shard["shard"]),
-            shard["count"].to_string(),
-            match str(&shard["slots"]) {
-                ranges if ranges.is_empty() => "none".into(),
-                ranges => ranges,
-            },
-        ]);
-    }
-    print!("{}", table(&rows));
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,6 +78,8 @@ pub struct Connection {
     pub(super) last: Option<Request>,
     /// What was last published about this client.
     pub(super) published: Option<Published>,
+    /// The slot maps it routes by (see [`super::routing`]).
+    pub(super) routing: super::routing::Routing,
 }
 
 impl Flow {
@@ -118,6 +120,7 @@ impl Connection {
             orders,
             last: None,
             published: None,
+            routing: Default::default(),
             shard: ctx.shards[0].clone(),
             written: Vec::new(),
             reads: Vec::new(),
@@ -138,6 +141,7 @@ impl Connection {
         let max = self.ctx.config.limits.max_pipeline;
         let mut shutdown = self.ctx.shutdown.clone();
         let mut closing = *shutdown.borrow();
+        let mut slots_changed = self.ctx.slots.watch();
         // Bytes read before a shutdown began but not yet parsed (held
         // behind a blocked command): still served, being owed.
         let mut unread_owed = 0usize;
@@ -205,6 +209,8 @@ impl Connection {
                 }
                 continue;
             }
+            let idle = self.open.is_none() && self.replies.completed() == self.replies.queued();
+            self.routing.release(self.replies.completed(), idle);
             let can_read = !closing && self.in_flight() < self.replies.window(max);
             if self.buf.is_empty() && self.buf.capacity() > crate::backend::cutter::RETURN_ABOVE {
                 // Grown for a large request: given back, not kept.
@@ -237,6 +243,9 @@ impl Connection {
                         gone = true;
                         break;
                     }
+                }
+                _ = slots_changed.changed(), if !self.blocked.is_empty() => {
+                    self.unblock_if_paused().await;
                 }
                 order = self.orders.recv() => match order {
                     Some(Order::Kill) | None => {

@@ -61,13 +61,21 @@ impl Connection {
         } else {
             crate::route::ReadToken::default()
         };
-        let (mut node, mut on_replica) = match route::route(shard, policy, class, &read, &token) {
+        // A key of a moving slot may just have been copied to the
+        // target's primary, which its replicas may not have yet: read
+        // there, as a write would go.
+        let routed_as = match class == Class::Read && self.in_moving_slot(key) {
+            true => Class::Write,
+            false => class,
+        };
+        let (mut node, mut on_replica) = match route::route(shard, policy, routed_as, &read, &token)
+        {
             Ok(routed) => routed,
             Err(_) => {
                 if !self.await_primary().await {
                     return self.reply(self.no_primary()).await;
                 }
-                match route::route(shard, policy, class, &read, &token) {
+                match route::route(shard, policy, routed_as, &read, &token) {
                     Ok(routed) => routed,
                     Err(_) => return self.reply(self.no_primary()).await,
                 }

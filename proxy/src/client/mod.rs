@@ -23,6 +23,7 @@ mod inflight;
 mod interpose;
 pub(crate) mod local;
 mod monitor;
+mod moving;
 mod pin;
 mod pipe;
 mod piped;
@@ -31,6 +32,7 @@ mod rampart;
 mod reads;
 mod redirect;
 pub mod registry;
+mod routing;
 mod slowlog;
 pub mod throttle;
 

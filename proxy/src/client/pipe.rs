@@ -215,7 +215,7 @@ impl Connection {
         let name = req.name();
         let wanted = match name.as_bytes() {
             b"SUBSCRIBE" | b"PSUBSCRIBE" => 0,
-            b"SSUBSCRIBE" => match locate(req, &self.ctx.slots, self.ctx.shards.len()) {
+            b"SSUBSCRIBE" => match locate(req, &self.ctx.slots.load(), self.ctx.shards.len()) {
                 Place::One(index) => index,
                 Place::Any => return None,
                 _ => return Some(Value::err(CROSSSLOT)),

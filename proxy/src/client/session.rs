@@ -38,6 +38,10 @@ pub struct Session {
     /// Rampart refused a command queued in the current MULTI: EXEC must
     /// answer EXECABORT, as Redis does after an error while queueing.
     pub tx_refused: bool,
+    /// With several shards: the slots of the keys queued in the current
+    /// MULTI, and whether each was moving then; checked at EXEC against
+    /// slot moves (see `moving.rs`).
+    pub tx_slots: Vec<(u16, bool)>,
     /// A CLIENT option changed the dedicated connection: keep it until RESET.
     pub sticky: bool,
     /// The dedicated connection the client is pinned to, and its node.
@@ -82,6 +86,7 @@ impl Session {
             watching: false,
             tx_lost: false,
             tx_refused: false,
+            tx_slots: Vec::new(),
             sticky: false,
             pinned: None,
             pipe: None,

@@ -46,14 +46,19 @@ impl Connection {
                 );
             }
         }
-        if let Some(error) = crate::shard::locate::refused_with_shards(req, &self.ctx.slots) {
+        if !matches!(class, Class::Local(_)) {
+            if let Err(flow) = self.route_map(req).await {
+                return Some(flow);
+            }
+        }
+        if let Some(error) = crate::shard::locate::refused_with_shards(req, self.routing.map()) {
             return Some(self.refuse(error.into()).await);
         }
         let held = self.session.in_multi || self.session.watching || self.session.tx_lost;
         let place = match class {
             // Answered here, or about the client's own connection.
             Class::Local(_) => Place::Any,
-            _ => locate(req, &self.ctx.slots, self.ctx.shards.len()),
+            _ => locate(req, self.routing.map(), self.ctx.shards.len()),
         };
         let index = match place {
             Place::One(index) => index,
@@ -74,7 +79,7 @@ impl Connection {
             }
             Place::CrossSlot => return Some(self.refuse(CROSSSLOT.into()).await),
             Place::Split(kind) => {
-                let (parts, how) = split::split(kind, req, &self.ctx.slots);
+                let (parts, how) = split::split(kind, req, self.routing.map());
                 return Some(self.scatter(class, parts, how).await);
             }
             Place::Every(kind) => {

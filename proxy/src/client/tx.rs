@@ -37,6 +37,7 @@ impl Connection {
                 let was_lost = s.tx_lost;
                 let in_multi = s.in_multi;
                 let refused = std::mem::take(&mut s.tx_refused);
+                let queued_slots = std::mem::take(&mut s.tx_slots);
                 s.in_multi = false;
                 s.watching = false;
                 s.tx_lost = false;
@@ -56,6 +57,9 @@ impl Connection {
                 }
                 if refused && tx == Tx::Exec && in_multi {
                     return self.abort_exec().await;
+                }
+                if tx == Tx::Exec && in_multi && !self.slots_stayed(&queued_slots) {
+                    return self.abort_moved_exec().await;
                 }
                 if self.session.pinned.is_none() {
                     let name = if tx == Tx::Exec { "EXEC" } else { "DISCARD" };

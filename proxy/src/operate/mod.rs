@@ -10,6 +10,7 @@ pub mod error;
 mod policy;
 mod primary;
 mod shared;
+mod slots;
 
 pub use shared::follow_shared_policies;
 

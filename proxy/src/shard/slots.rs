@@ -70,10 +70,53 @@ static CRC16_TABLE: [u16; 256] = {
     table
 };
 
-/// Which shard (by index) owns each slot.
+/// Which shard (by index) owns each slot, and the move in progress.
 #[derive(Clone)]
 pub struct SlotMap {
     owner: Box<[u16]>,
+    /// Slots on their way from their owner to another shard (one move at
+    /// a time); see [`crate::reshard`].
+    moving: Option<Moving>,
+}
+
+/// Slots being moved from the shard owning them to `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moving {
+    pub ranges: Vec<(u16, u16)>,
+    pub from: usize,
+    pub to: usize,
+    /// While Rampart waits for every request routed by the map before
+    /// the move to be answered, requests for these slots wait too: none
+    /// may reach the source once the move of a key has begun.
+    pub paused: bool,
+}
+
+impl Moving {
+    pub fn contains(&self, slot: u16) -> bool {
+        self.ranges
+            .iter()
+            .any(|&(first, last)| (first..=last).contains(&slot))
+    }
+
+    /// How many slots move.
+    pub fn count(&self) -> usize {
+        self.ranges
+            .iter()
+            .map(|&(first, last)| usize::from(last - first) + 1)
+            .sum()
+    }
+}
+
+/// Where a slot's keys are, as a request sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residence {
+    /// On this shard only.
+    Owned(usize),
+    /// Moving from `from` to `to`: a key is on `from` until moved, and is
+    /// moved before any command touches it, which then runs on `to`.
+    Moving { from: usize, to: usize },
+    /// At the start of a move: requests wait until it is under way.
+    Paused,
 }
 
 /// A slot map that does not cover every slot exactly once.
@@ -102,6 +145,7 @@ impl SlotMap {
     pub fn single() -> SlotMap {
         SlotMap {
             owner: vec![0; SLOTS].into_boxed_slice(),
+            moving: None,
         }
     }
 
@@ -151,6 +195,7 @@ impl SlotMap {
         }
         Ok(SlotMap {
             owner: owner.into_iter().map(|o| o.unwrap_or(0)).collect(),
+            moving: None,
         })
     }
 
@@ -159,9 +204,73 @@ impl SlotMap {
         usize::from(self.owner[usize::from(slot) % SLOTS])
     }
 
-    /// The index of the shard owning `key`.
+    /// The shard that runs commands on `key`: its owner, or where a
+    /// moving slot's keys go.
     pub fn shard_of(&self, key: &[u8]) -> usize {
-        self.owner(slot(key))
+        match self.residence(slot(key)) {
+            Residence::Owned(shard) => shard,
+            Residence::Moving { to, .. } => to,
+            Residence::Paused => self.owner(slot(key)),
+        }
+    }
+
+    /// Where `slot`'s keys are.
+    pub fn residence(&self, slot: u16) -> Residence {
+        match &self.moving {
+            Some(moving) if moving.contains(slot) => match moving.paused {
+                true => Residence::Paused,
+                false => Residence::Moving {
+                    from: moving.from,
+                    to: moving.to,
+                },
+            },
+            _ => Residence::Owned(self.owner(slot)),
+        }
+    }
+
+    /// The move in progress.
+    pub fn moving(&self) -> Option<&Moving> {
+        self.moving.as_ref()
+    }
+
+    /// This map with `moving` in progress (or none).
+    pub fn with_moving(&self, moving: Option<Moving>) -> SlotMap {
+        SlotMap {
+            owner: self.owner.clone(),
+            moving,
+        }
+    }
+
+    /// This map with the move in progress done: its slots owned by its
+    /// target.
+    pub fn with_move_done(&self) -> SlotMap {
+        let mut owner = self.owner.clone();
+        if let Some(moving) = &self.moving {
+            for &(first, last) in &moving.ranges {
+                for slot in first..=last {
+                    owner[usize::from(slot)] = moving.to as u16;
+                }
+            }
+        }
+        SlotMap {
+            owner,
+            moving: None,
+        }
+    }
+
+    /// The map with `ranges` owned by `shard`, every other slot as in
+    /// `self` (a map restored from what was persisted).
+    pub fn with_owner(&self, ranges: &[(u16, u16)], shard: usize) -> SlotMap {
+        let mut owner = self.owner.clone();
+        for &(first, last) in ranges {
+            for slot in first..=last {
+                owner[usize::from(slot)] = shard as u16;
+            }
+        }
+        SlotMap {
+            owner,
+            moving: self.moving.clone(),
+        }
     }
 
     /// How many slots shard `index` owns.
@@ -190,9 +299,21 @@ impl SlotMap {
     }
 }
 
+/// Ranges as the configuration writes them: `0-8191,10000`.
+pub fn ranges_text(ranges: &[(u16, u16)]) -> String {
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|&(first, last)| match first == last {
+            true => first.to_string(),
+            false => format!("{first}-{last}"),
+        })
+        .collect();
+    parts.join(",")
+}
+
 /// `"0-8191,10000,12000-16383"`: ranges and single slots, comma separated;
 /// `""`: none (a shard ready to receive slots).
-fn parse_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
+pub fn parse_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
     let mut ranges = Vec::new();
     if text.trim().is_empty() {
         return Ok(ranges);

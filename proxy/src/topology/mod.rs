@@ -27,8 +27,9 @@ pub struct Shard {
     pub name: String,
     pub nodes: Vec<Arc<Node>>,
     pub read_from: ReadFrom,
-    /// The hash slots the shard owns, as ranges (`0-8191`).
-    pub slots: String,
+    /// The hash slots the shard owns, as ranges (`0-8191`); changed by
+    /// slot moves.
+    slots: Mutex<String>,
     /// The zone of this Rampart instance (`proxy.zone`), numbered like the
     /// nodes' zones; 0 = none. Routers prefer replicas in it.
     pub client_zone: u32,
@@ -87,7 +88,7 @@ impl Shard {
             name,
             nodes,
             read_from,
-            slots: "0-16383".into(),
+            slots: Mutex::new("0-16383".into()),
             client_zone: 0,
             durability: Arc::default(),
             primary: AtomicUsize::new(NO_PRIMARY),
@@ -141,19 +142,20 @@ impl Shard {
         }
     }
 
-    pub fn with_slots(mut self, ranges: &[(u16, u16)]) -> Shard {
-        let ranges: Vec<String> = ranges
-            .iter()
-            .map(|&(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}-{b}")
-                }
-            })
-            .collect();
-        self.slots = ranges.join(",");
+    /// `ranges` as the configuration writes them (`0-8191,10000`).
+    pub fn with_slots(self, ranges: String) -> Shard {
+        self.set_slots(ranges);
         self
+    }
+
+    pub fn set_slots(&self, ranges: String) {
+        if let Ok(mut slots) = self.slots.lock() {
+            *slots = ranges;
+        }
+    }
+
+    pub fn slots(&self) -> String {
+        self.slots.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     pub fn with_reads(mut self, consistency: ReadConsistency, probe_interval: Duration) -> Shard {
@@ -286,7 +288,7 @@ impl Shard {
         ShardView {
             name: self.name.clone(),
             read_from: format!("{:?}", self.read_from).to_lowercase(),
-            slots: self.slots.clone(),
+            slots: self.slots(),
             mode: if self.fanout { "fanout" } else { "native" },
             epoch: self.epoch(),
             failing_over: self.is_failing_over(),

@@ -17,12 +17,9 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use redis_protocol::resp3::types::OwnedFrame;
-
 use super::log::Kind;
 use super::Fanout;
-use crate::backend::control::{frame_text, Control};
+use crate::backend::control::{scan_page, Control};
 use crate::topology::SyncState;
 
 /// Keys per snapshot entry (and per `SCAN` call).
@@ -86,24 +83,4 @@ async fn copy(fanout: &Fanout, target: usize) -> Result<(), ResyncError> {
     }
     fanout.append(Kind::Synced { target }).await;
     Ok(())
-}
-
-/// `SCAN`'s reply: the next cursor and the keys.
-fn scan_page(reply: &OwnedFrame) -> Option<(String, Vec<Bytes>)> {
-    let OwnedFrame::Array { data, .. } = reply else {
-        return None;
-    };
-    let [cursor, OwnedFrame::Array { data: keys, .. }] = &data[..] else {
-        return None;
-    };
-    let keys = keys
-        .iter()
-        .map(|k| match k {
-            OwnedFrame::BlobString { data, .. } | OwnedFrame::SimpleString { data, .. } => {
-                Some(Bytes::copy_from_slice(data))
-            }
-            _ => None,
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some((frame_text(cursor)?, keys))
 }

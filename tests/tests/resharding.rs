@@ -1,0 +1,519 @@
+//! Moving hash slots between shards while clients use them, on real
+//! redis-server nodes: every key ends on the shard owning its slot and
+//! only there, with its value, type and TTL; no acknowledged write is
+//! lost; counters are exact; no client reads a wrong value or misses a
+//! key while it moves; transactions on hash-tagged keys stay atomic. Also
+//! with the source's primary killed mid-move, and with Rampart stopped
+//! mid-move and started again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rampart_tests::{http, wait_until, wait_until_or, Cluster, Proxy};
+use redis::Commands;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rampart-test-cli");
+
+/// Keys loaded before the move.
+const KEYS: usize = 20_000;
+/// Hash-tagged groups (a list and a hash each, in the tag's slot).
+const GROUPS: usize = 500;
+/// Counters incremented during the move.
+const COUNTERS: usize = 50;
+
+/// Shard `s0` owns every slot, `s1` none; both a primary and a replica,
+/// writes synchronous to one replica; state kept in `state`.
+fn config(a: &Cluster, b: &Cluster, state: &std::path::Path) -> String {
+    let nodes = |c: &Cluster| {
+        c.addrs()
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [probe]\ninterval_ms = 50\ntimeout_ms = 200\ndown_after_ms = 500\n\
+         [failover]\nhold_writes_ms = 5000\nstate_dir = \"{}\"\n\
+         [shards.s0]\nnodes = [{}]\nslots = \"0-16383\"\n[shards.s0.replication]\nquorum = \"one\"\ntimeout_ms = 1000\n\
+         [shards.s1]\nnodes = [{}]\nslots = \"\"\n[shards.s1.replication]\nquorum = \"one\"\ntimeout_ms = 1000\n",
+        state.display(),
+        nodes(a),
+        nodes(b)
+    )
+}
+
+/// Redis Cluster's slot of a key.
+fn slot(key: &str) -> u16 {
+    rampart_tests::key_slot(key)
+}
+
+/// Strings (every fifth with a TTL) and hash-tagged lists and hashes.
+fn load(proxy: &Proxy) {
+    let mut conn = proxy.conn();
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for &i in chunk {
+            let key = format!("k:{i}");
+            if i % 5 == 0 {
+                pipe.set_ex(&key, format!("v{i}"), 3600).ignore();
+            } else {
+                pipe.set(&key, format!("v{i}")).ignore();
+            }
+        }
+        pipe.query::<()>(&mut conn).expect("load strings");
+    }
+    let mut pipe = redis::pipe();
+    for g in 0..GROUPS {
+        pipe.rpush(format!("{{g{g}}}:list"), &["a", "b", "c"])
+            .ignore();
+        pipe.hset(format!("{{g{g}}}:hash"), "field", g).ignore();
+        pipe.set(format!("{{g{g}}}:a"), 0).ignore();
+        pipe.set(format!("{{g{g}}}:b"), 0).ignore();
+    }
+    pipe.query::<()>(&mut conn).expect("load groups");
+}
+
+/// What the clients working during the move saw.
+#[derive(Default)]
+struct Seen {
+    /// Keys whose SET was acknowledged, with their values.
+    acked: HashMap<String, String>,
+    /// Acknowledged and unknown INCRs per counter.
+    incr: Vec<(u64, u64)>,
+    /// Wrong reads: a key read as missing or with another value, or a
+    /// transaction seeing its two keys differ.
+    wrong: Vec<String>,
+    errors: Vec<String>,
+}
+
+/// Writers, incrementers, readers of the loaded keys and transactions
+/// on hash-tagged pairs, until stopped.
+struct Clients {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    ops: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Clients {
+    fn start(proxy: &Proxy) -> Clients {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Seen {
+            incr: vec![(0, 0); COUNTERS],
+            ..Default::default()
+        }));
+        let ops = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for role in 0..4 {
+            let client = proxy.client();
+            let (stop, seen, ops) = (stop.clone(), seen.clone(), ops.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut conn = client.get_connection().expect("connect");
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    ops.fetch_add(1, Ordering::Relaxed);
+                    work(role, n, &mut conn, &seen);
+                }
+            }));
+        }
+        Clients {
+            stop,
+            seen,
+            ops,
+            threads,
+        }
+    }
+
+    fn finish(self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("client thread");
+        }
+        Arc::try_unwrap(self.seen)
+            .ok()
+            .expect("threads done")
+            .into_inner()
+            .expect("lock")
+    }
+}
+
+fn work(role: usize, n: usize, conn: &mut redis::Connection, seen: &Mutex<Seen>) {
+    let record_error = |e: redis::RedisError| seen.lock().unwrap().errors.push(e.to_string());
+    match role {
+        // New keys.
+        0 => {
+            let key = format!("w:{n}");
+            match conn.set::<_, _, ()>(&key, n) {
+                Ok(()) => {
+                    seen.lock().unwrap().acked.insert(key, n.to_string());
+                }
+                Err(e) => record_error(e),
+            }
+        }
+        // Counters.
+        1 => {
+            let c = n % COUNTERS;
+            let result = conn.incr::<_, _, i64>(format!("c:{c}"), 1);
+            let mut seen = seen.lock().unwrap();
+            match result {
+                Ok(_) => seen.incr[c].0 += 1,
+                Err(e) => {
+                    seen.incr[c].1 += 1;
+                    seen.errors.push(e.to_string());
+                }
+            }
+        }
+        // Reads of loaded keys: never missing, never another value.
+        2 => {
+            let i = (n * 7919) % KEYS;
+            match conn.get::<_, Option<String>>(format!("k:{i}")) {
+                Ok(Some(v)) if v == format!("v{i}") => {}
+                Ok(other) => seen
+                    .lock()
+                    .unwrap()
+                    .wrong
+                    .push(format!("k:{i} read as {other:?}")),
+                Err(e) => record_error(e),
+            }
+        }
+        // A transaction on a hash-tagged pair: both always equal.
+        _ => {
+            let g = n % GROUPS;
+            let (a, b) = (format!("{{g{g}}}:a"), format!("{{g{g}}}:b"));
+            // Spelled out (not redis-rs's atomic pipe) so that an error
+            // reply's own text is what is recorded.
+            let result: redis::RedisResult<(String, String, String, (i64, i64))> = redis::pipe()
+                .cmd("MULTI")
+                .incr(&a, 1)
+                .incr(&b, 1)
+                .cmd("EXEC")
+                .query(conn);
+            match result {
+                Ok((_, _, _, (x, y))) if x == y => {}
+                Ok((_, _, _, (x, y))) => seen
+                    .lock()
+                    .unwrap()
+                    .wrong
+                    .push(format!("{a} = {x} but {b} = {y} in one transaction")),
+                Err(e) => record_error(e),
+            }
+        }
+    }
+}
+
+/// The one error a move may cause: a transaction that queued commands
+/// before the move began and reached EXEC after is discarded (EXECABORT,
+/// nothing ran), at most a few, at the start.
+fn expect_only_straddling_transactions(seen: &Seen) {
+    let (straddling, other): (Vec<&String>, Vec<&String>) = seen
+        .errors
+        .iter()
+        .partition(|e| e.contains("started moving to another shard"));
+    assert!(
+        other.is_empty(),
+        "errors: {:?}",
+        &other[..other.len().min(10)]
+    );
+    assert!(
+        straddling.len() <= 4,
+        "{} transactions discarded",
+        straddling.len()
+    );
+}
+
+fn admin(proxy: &Proxy) -> std::net::SocketAddr {
+    proxy.admin.expect("admin listener")
+}
+
+fn slots(proxy: &Proxy) -> serde_json::Value {
+    let (status, body) = http(admin(proxy), "GET", "/v1/slots", b"");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("json")
+}
+
+fn moved_so_far(proxy: &Proxy) -> u64 {
+    let p = &slots(proxy)["moving"]["progress"];
+    p["moved"].as_u64().unwrap_or(0) + p["moved_by_clients"].as_u64().unwrap_or(0)
+}
+
+fn start_move(proxy: &Proxy, rate: u64) {
+    let (status, body) = http(
+        admin(proxy),
+        "POST",
+        &format!("/v1/slots/move?slots=8192-16383&to=s1&rate={rate}"),
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+fn wait_moved(proxy: &Proxy, timeout: Duration) {
+    wait_until_or(
+        "the move to finish",
+        timeout,
+        || slots(proxy)["moving"].is_null(),
+        || format!("{:#}", slots(proxy)),
+    );
+}
+
+/// Every loaded key, acknowledged write and counter where it belongs:
+/// through Rampart, and on the primary owning its slot and only there.
+fn check(proxy: &Proxy, a: &Cluster, b: &Cluster, seen: &Seen) {
+    assert!(
+        seen.wrong.is_empty(),
+        "wrong reads: {:?}",
+        &seen.wrong[..seen.wrong.len().min(10)]
+    );
+    let view = slots(proxy);
+    assert_eq!(view["shards"][0]["slots"], "0-8191", "{view}");
+    assert_eq!(view["shards"][1]["slots"], "8192-16383", "{view}");
+    let mut through = proxy.conn();
+    let on = |cluster: &Cluster| {
+        redis::Client::open(format!("redis://{}/", cluster.primary().addr()))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    };
+    let (mut on_a, mut on_b) = (on(a), on(b));
+    let mut expected: Vec<(String, String)> = (0..KEYS)
+        .map(|i| (format!("k:{i}"), format!("v{i}")))
+        .collect();
+    expected.extend(seen.acked.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (key, value) in &expected {
+        let got: Option<String> = through.get(key).unwrap();
+        assert_eq!(
+            got.as_deref(),
+            Some(value.as_str()),
+            "{key} through Rampart"
+        );
+        let (home, other) = match slot(key) < 8192 {
+            true => (&mut on_a, &mut on_b),
+            false => (&mut on_b, &mut on_a),
+        };
+        let there: Option<String> = home.get(key).unwrap();
+        assert_eq!(there.as_deref(), Some(value.as_str()), "{key} on its shard");
+        assert!(
+            !other.exists::<_, bool>(key).unwrap(),
+            "{key} also on the other shard"
+        );
+    }
+    for i in (0..KEYS).step_by(5) {
+        let ttl: i64 = through.ttl(format!("k:{i}")).unwrap();
+        assert!((3000..=3600).contains(&ttl), "k:{i} kept its TTL: {ttl}");
+    }
+    for i in (1..KEYS).step_by(5) {
+        let ttl: i64 = through.ttl(format!("k:{i}")).unwrap();
+        assert_eq!(ttl, -1, "k:{i} has no TTL");
+    }
+    for g in 0..GROUPS {
+        let list: Vec<String> = through.lrange(format!("{{g{g}}}:list"), 0, -1).unwrap();
+        assert_eq!(list, ["a", "b", "c"], "group {g}");
+        let field: usize = through.hget(format!("{{g{g}}}:hash"), "field").unwrap();
+        assert_eq!(field, g);
+        let (x, y): (i64, i64) = through
+            .mget(&[format!("{{g{g}}}:a"), format!("{{g{g}}}:b")])
+            .unwrap();
+        assert_eq!(x, y, "group {g}'s pair");
+    }
+    for (c, &(acked, unknown)) in seen.incr.iter().enumerate() {
+        let value: Option<u64> = through.get(format!("c:{c}")).unwrap();
+        let value = value.unwrap_or(0);
+        assert!(
+            value >= acked && value <= acked + unknown,
+            "counter {c}: {value}, {acked} acknowledged, {unknown} unknown"
+        );
+    }
+    let total: usize = redis::cmd("DBSIZE").query(&mut through).unwrap();
+    let a_size: usize = redis::cmd("DBSIZE").query(&mut on_a).unwrap();
+    let b_size: usize = redis::cmd("DBSIZE").query(&mut on_b).unwrap();
+    assert_eq!(total, a_size + b_size);
+    assert!(
+        b_size > KEYS / 3 && a_size > KEYS / 3,
+        "{a_size} / {b_size}"
+    );
+}
+
+#[test]
+fn slots_move_online_while_clients_read_and_write() {
+    let (a, b) = (Cluster::start(1), Cluster::start(1));
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(&config(&a, &b, state.path()));
+    load(&proxy);
+    let clients = Clients::start(&proxy);
+    std::thread::sleep(Duration::from_millis(300));
+    // The command line's way, showing progress until done.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "slots",
+            "move",
+            "8192-16383",
+            "--to",
+            "s1",
+            "--wait",
+            "--rate",
+            "20000",
+        ])
+        .args(["--admin", &admin(&proxy).to_string()])
+        .output()
+        .expect("run the CLI");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("done: slots 8192-16383 are on shard 's1'"),
+        "{stdout}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let ops = clients.ops.load(Ordering::Relaxed);
+    let seen = clients.finish();
+    assert!(ops > 1000, "the clients kept working: {ops} operations");
+    expect_only_straddling_transactions(&seen);
+    check(&proxy, &a, &b, &seen);
+    let kinds = proxy.event_kinds();
+    assert!(
+        kinds.iter().any(|k| k == "slots-moving") && kinds.iter().any(|k| k == "slots-moved"),
+        "{kinds:?}"
+    );
+    // The map survives a restart, and `--toml` prints what makes the
+    // file match it.
+    drop(proxy);
+    let proxy = Proxy::start_with(&config(&a, &b, state.path()));
+    let view = slots(&proxy);
+    assert_eq!(view["shards"][1]["slots"], "8192-16383", "{view}");
+    let toml = std::process::Command::new(BIN)
+        .args(["slots", "--toml", "--admin", &admin(&proxy).to_string()])
+        .output()
+        .expect("run the CLI");
+    let toml = String::from_utf8_lossy(&toml.stdout);
+    assert!(
+        toml.contains("[shards.s1]\nslots = \"8192-16383\""),
+        "{toml}"
+    );
+    check(&proxy, &a, &b, &seen);
+}
+
+#[test]
+fn a_move_survives_its_source_primary_failing() {
+    let (mut a, b) = (Cluster::start(1), Cluster::start(1));
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(&config(&a, &b, state.path()));
+    load(&proxy);
+    let clients = Clients::start(&proxy);
+    start_move(&proxy, 4000);
+    wait_until(
+        "a fifth of the keys to move",
+        Duration::from_secs(30),
+        || moved_so_far(&proxy) > (KEYS / 10) as u64,
+    );
+    let old = a.primary().addr();
+    a.nodes[0].kill();
+    wait_until(
+        "the replica to be promoted",
+        Duration::from_secs(20),
+        || {
+            proxy.topology()["shards"][0]["primary"]
+                .as_str()
+                .is_some_and(|p| p != old)
+        },
+    );
+    // Back as a replica of the new primary (the quorum needs one).
+    a.nodes[0].restart();
+    wait_moved(&proxy, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = clients.finish();
+    // Errors only of the kinds a failover gives without a move (commands
+    // in flight to the killed node, writes no replica confirmed), none of
+    // them acknowledged.
+    let odd: Vec<&String> = seen
+        .errors
+        .iter()
+        .filter(|e| {
+            let e = e.to_lowercase();
+            ![
+                "noquorum",
+                "no reachable primary",
+                "may or may not have run",
+                "tryagain",
+                "started moving to another shard",
+            ]
+            .iter()
+            .any(|k| e.contains(k))
+        })
+        .collect();
+    assert!(odd.is_empty(), "unexpected errors: {odd:?}");
+    a.nodes.swap(0, 1);
+    check(&proxy, &a, &b, &seen);
+}
+
+#[test]
+fn a_move_resumes_after_rampart_stops_mid_move() {
+    let (a, b) = (Cluster::start(1), Cluster::start(1));
+    let state = tempfile::tempdir().unwrap();
+    let text = config(&a, &b, state.path());
+    let proxy = Proxy::start_with(&text);
+    load(&proxy);
+    start_move(&proxy, 3000);
+    wait_until("some keys to move", Duration::from_secs(30), || {
+        moved_so_far(&proxy) > (KEYS / 10) as u64
+    });
+    drop(proxy);
+    let saved = std::fs::read_to_string(state.path().join("slots.json")).unwrap();
+    assert!(saved.contains("\"moving\""), "{saved}");
+    let proxy = Proxy::start_with(&text);
+    // Routing by the move from the first request: every key readable.
+    let mut conn = proxy.conn();
+    for i in (0..KEYS).step_by(97) {
+        let v: Option<String> = conn.get(format!("k:{i}")).unwrap();
+        assert_eq!(v, Some(format!("v{i}")), "k:{i} right after the restart");
+    }
+    let clients = Clients::start(&proxy);
+    wait_moved(&proxy, Duration::from_secs(60));
+    let seen = clients.finish();
+    assert!(
+        seen.errors.is_empty(),
+        "errors: {:?}",
+        &seen.errors[..seen.errors.len().min(10)]
+    );
+    check(&proxy, &a, &b, &seen);
+}
+
+#[test]
+fn a_move_is_refused_when_it_cannot_be_done_safely() {
+    let (a, b) = (Cluster::start(0), Cluster::start(0));
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(&config(&a, &b, state.path()));
+    let ask = |query: &str| {
+        http(
+            admin(&proxy),
+            "POST",
+            &format!("/v1/slots/move?{query}"),
+            b"",
+        )
+    };
+    let (status, body) = ask("slots=0-10&to=nowhere");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = ask("slots=0-10&to=s0");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("already owns"), "{body}");
+    let (status, body) = ask("slots=0-16384&to=s1");
+    assert_eq!(status, 422, "{body}");
+    drop(proxy);
+    // Without a state directory a restart would forget the new map.
+    let text = config(&a, &b, state.path())
+        .replace(&format!("state_dir = \"{}\"\n", state.path().display()), "");
+    let proxy = Proxy::start_with(&text);
+    let (status, body) = http(
+        admin(&proxy),
+        "POST",
+        "/v1/slots/move?slots=0-10&to=s1",
+        b"",
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("state_dir"), "{body}");
+}
