@@ -27,6 +27,8 @@ pub struct Context {
     pub shards: Vec<Arc<crate::shard::Shard>>,
     /// Which shard owns each hash slot, and the move in progress.
     pub slots: Arc<crate::reshard::Slots>,
+    /// Makes the nodes a reload adds, and retires those it removes.
+    pub members: Arc<crate::failover::members::Members>,
     /// Starts slot moves and runs them.
     pub resharder: Arc<crate::reshard::mover::Resharder>,
     /// `[coordination]`: the instances' shared view in etcd.

@@ -5,7 +5,8 @@
 //! `read_from`), loaded as a new generation exactly as `RAMPART POLICY
 //! LOAD` would, each shard's `read_consistency`, its quorum and the
 //! detector (their settings and plugins), `log.level`, the admin tokens
-//! and `proxy.password` (see `secrets.rs`). Every other changed field is logged by
+//! and `proxy.password` (see `secrets.rs`), and each shard's `nodes`
+//! (see `failover/members.rs`). Every other changed field is logged by
 //! name as applying at the next start, so an operator never wonders
 //! whether an edit took. A file that does not parse changes nothing and is
 //! reported with the field at fault.
@@ -32,6 +33,7 @@ pub fn set_log_level_with(set: SetLogLevel) {
 /// Fields whose change a reload applies at once; the rest wait for a
 /// restart. `*` stands for any shard's name.
 const LIVE: &[&str] = &[
+    "shards.*.nodes",
     "shards.*.router",
     "shards.*.router_config",
     "shards.*.read_from",
@@ -196,6 +198,41 @@ async fn reload(
             .load_detector_with(source, probe.detector_config.clone(), probe.clone())
             .await;
         report("*", "detector", loaded);
+    }
+    for (name, shard) in &config.shards {
+        if !live
+            .iter()
+            .any(|field| field == &format!("shards.{name}.nodes"))
+        {
+            continue;
+        }
+        let Some(running) = ctx.shards.iter().find(|s| s.name() == name.as_str()) else {
+            continue;
+        };
+        let changes = ctx.members.apply(&running.topology, shard);
+        if !changes.added.is_empty() || !changes.removed.is_empty() {
+            // `all` and `majority` count the replicas in service.
+            let replicas = running.topology.replica_count();
+            let requirement = running.quorum.load().policy.requirement(replicas);
+            running.topology.durability.set(requirement);
+        }
+        for addr in &changes.added {
+            ctx.events.record(name, "node-added", Some(addr), 0, "added by a configuration reload: it follows the primary and serves reads once in sync");
+        }
+        for addr in &changes.removed {
+            ctx.events.record(
+                name,
+                "node-removed",
+                Some(addr),
+                0,
+                "removed by a configuration reload: no longer probed, routed to or promoted",
+            );
+        }
+        for why in &changes.refused {
+            tracing::error!(shard = %name, "{why}");
+            ctx.events
+                .record(name, "node-change-refused", None, 0, why.clone());
+        }
     }
     if !live.is_empty() || !later.is_empty() {
         // On the event timeline too, where operators watch the dashboard.

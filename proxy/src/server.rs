@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::backend::{ConnectOptions, LinkOptions, NodePool};
+use crate::backend::{ConnectOptions, LinkOptions};
 use crate::config::{Config, FailoverRole, Mode};
 use crate::context::{ClientSlot, Context};
 use crate::failover::detect::DetectorSource;
@@ -22,7 +22,7 @@ use crate::observe::events::Events;
 use crate::policy::slot::RouterSlot;
 use crate::policy::swap::{self, Source};
 use crate::replicate::fanout::Fanout;
-use crate::topology::{Health, Node, Shard, Topology};
+use crate::topology::{Shard, Topology};
 use crate::worker::{NewClient, Workers};
 use crate::{admin, failover};
 
@@ -83,37 +83,19 @@ impl Server {
         };
         let slots = crate::reshard::initial(&config).map_err(|e| invalid(e.to_string()))?;
         let mut shards = Vec::new();
-        let mut next_id = 0;
-        let changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let members = Arc::new(failover::members::Members::new(
+            link_options,
+            config.backend.clone(),
+            config.proxy.worker_count(),
+            config.zone_numbers(),
+        ));
+        let changes = members.changes.clone();
         let zones = config.zone_numbers();
         for (name, shard_config) in &config.shards {
             let nodes = shard_config
                 .nodes
                 .iter()
-                .map(|addr| {
-                    next_id += 1;
-                    Arc::new_cyclic(|weak: &std::sync::Weak<Node>| {
-                        let weak = weak.clone();
-                        // A failed shared link is a passive health signal.
-                        let on_failure = Arc::new(move |_reason: &str| {
-                            if let Some(node) = weak.upgrade() {
-                                if node.health() == Health::Up {
-                                    node.set_health(Health::Suspect);
-                                }
-                            }
-                        });
-                        let pool = NodePool::new(
-                            addr.clone(),
-                            link_options.clone(),
-                            config.backend.links_for(shard_config),
-                            config.backend.idle_dedicated_per_node,
-                            config.proxy.worker_count(),
-                            on_failure,
-                        );
-                        let zone = shard_config.zones.get(addr).map_or(0, |z| zones[z]);
-                        Node::new(next_id, addr.clone(), pool, changes.clone()).in_zone(zone)
-                    })
-                })
+                .map(|addr| members.make(addr, shard_config, false))
                 .collect();
             shards.push(Arc::new(
                 Shard::new(
@@ -256,6 +238,7 @@ impl Server {
             secrets: crate::secrets::Secrets::new(&config),
             slots,
             resharder: resharder.clone(),
+            members: members.clone(),
             coordination: coordination.clone(),
             topology: Topology { shards },
             shards: owned,
@@ -295,11 +278,7 @@ impl Server {
             events: context.events.clone(),
             shutdown: shutdown_rx.clone(),
         });
-        let mut node_count = 0;
-        for (shard, node) in context.topology.nodes() {
-            node_count += 1;
-            failover::probe::spawn(shard.clone(), node.clone(), probing.clone());
-        }
+        let node_count = members.start_probes(&context.topology.shards, probing);
         // Accepting clients before the first probes answer would refuse their
         // first commands for want of a known primary.
         let first_round = probed.acquire_many(node_count as u32);

@@ -8,6 +8,10 @@ require() { # tool...
   done
 }
 
+# RAMPART_BIN: a release binary built already (skips the build).
+RAMPART=${RAMPART_BIN:-./target/release/rampart}
+build_rampart() { [ -n "${RAMPART_BIN:-}" ] || cargo build --release -q -p rampart; }
+
 work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -42,7 +46,7 @@ start_shard() {
 # build, and a primary with two replicas (start_shard).
 shard_bench() {
   require redis-server redis-benchmark python3
-  cargo build --release -q -p rampart
+  build_rampart
   start_shard
 }
 
@@ -65,7 +69,7 @@ start_twemproxy() {
 
 # start_rampart NAME PORT: Rampart with $work/NAME.toml, once it answers.
 start_rampart() {
-  ./target/release/rampart run --config "$work/$1.toml" &
+  "$RAMPART" run --config "$work/$1.toml" &
   pids+=($!)
   wait_port "$2"
 }

@@ -18,7 +18,7 @@ RATE=${2:-0}
 
 source tests/bench/lib.sh
 require redis-server redis-benchmark python3
-cargo build --release -q -p rampart
+build_rampart
 
 A=$(free_port); A2=$(free_port); B=$(free_port); B2=$(free_port)
 start_redis "$A"; start_redis "$A2" "$A"; start_redis "$B"; start_redis "$B2" "$B"
@@ -44,7 +44,17 @@ slots = ""
 quorum = "one"
 TOML
 start_rampart r "$PORT"
-redis-cli -p "$A" DEBUG POPULATE "$KEYS" key 100 >/dev/null
+# KEYS keys of 100 bytes, straight into shard a's primary (Debian's
+# redis-server refuses DEBUG POPULATE).
+python3 - "$KEYS" <<'PY' | redis-cli -p "$A" --pipe >/dev/null
+import sys
+value = "x" * 100
+out = sys.stdout
+for i in range(int(sys.argv[1])):
+    key = f"key:{i:012d}"
+    out.write(f"*3\r\n$3\r\nSET\r\n${len(key)}\r\n{key}\r\n$100\r\n{value}\r\n")
+PY
+echo "loaded $(redis-cli -p "$A" DBSIZE) keys"
 sleep 1
 
 bench() { # label
@@ -53,9 +63,13 @@ bench() { # label
 }
 bench 100000 before
 started=$(date +%s.%N)
-./target/release/rampart slots move 8192-16383 --to b --rate "$RATE" --admin "127.0.0.1:$ADMIN" >/dev/null
+"$RAMPART" slots move 8192-16383 --to b --rate "$RATE" --admin "127.0.0.1:$ADMIN" >/dev/null
 # The benchmark runs for as long as the move does (repeated until done).
-while curl -s "http://127.0.0.1:$ADMIN/v1/slots" | grep -q '"moving":{'; do
+moving() {
+  curl -s "http://127.0.0.1:$ADMIN/v1/slots" \
+    | python3 -c 'import json, sys; sys.exit(0 if json.load(sys.stdin)["moving"] else 1)'
+}
+while moving; do
   bench 20000 during
 done
 finished=$(date +%s.%N)

@@ -137,7 +137,7 @@ pub fn render(ctx: &Context) -> String {
     let mut nodes = Vec::new();
     for shard in &ctx.topology.shards {
         let primary = shard.primary_node().map(|p| p.id);
-        for node in &shard.nodes {
+        for node in shard.nodes.iter().filter(|n| !n.is_retired()) {
             let labels = format!("shard=\"{}\",node=\"{}\"", shard.name, node.addr);
             nodes.push((
                 labels,

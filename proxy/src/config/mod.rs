@@ -73,6 +73,11 @@ pub fn read_text(path: &Path, max: usize) -> std::io::Result<String> {
     String::from_utf8(bytes).map_err(|e| invalid(format!("not UTF-8: {e}")))
 }
 
+/// Nodes per shard a configuration may name: half of what a running
+/// shard can hold (`topology::nodes::MAX_NODES`), the rest for nodes added
+/// and removed by reloads.
+pub const MAX_NODES_IN_FILE: usize = 32;
+
 impl Config {
     /// Which shard owns each hash slot, from the shards' `slots`: shard
     /// indexes follow the order of `shards` (by name).
@@ -225,6 +230,15 @@ impl Config {
             if shard.nodes.is_empty() {
                 return Err(ConfigError(format!(
                     "field `shards.{name}.nodes`: expected at least one host:port"
+                )));
+            }
+            // Nodes removed while running keep their place until a restart
+            // (see topology/nodes.rs), so the bound is on a running shard's
+            // whole history; a file must leave room for changes.
+            if shard.nodes.len() > MAX_NODES_IN_FILE {
+                return Err(ConfigError(format!(
+                    "field `shards.{name}.nodes`: at most {MAX_NODES_IN_FILE} nodes per shard, got {}",
+                    shard.nodes.len()
                 )));
             }
             let replication = &shard.replication;

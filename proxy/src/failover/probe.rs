@@ -125,6 +125,10 @@ pub struct Probing {
 }
 
 pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
+    // One probe per node, however often it is retired and added back.
+    if !node.start_probing() {
+        return;
+    }
     let span = tracing::info_span!("probe", shard = %shard.name, node = %node.addr);
     tokio::spawn(
         async move {
@@ -145,6 +149,16 @@ pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
             let mut busy = Busy::default();
             let (mut generation, mut detector) = detectors.for_node(node.id);
             loop {
+                // Removed from the configuration: no longer probed (re-added,
+                // a new probe starts).
+                if node.is_retired() {
+                    node.stop_probing();
+                    // Re-added in the meantime, by a reload that saw this
+                    // probe still running: it goes on.
+                    if node.is_retired() || !node.start_probing() {
+                        return;
+                    }
+                }
                 if detectors.generation() != generation {
                     (generation, detector) = detectors.for_node(node.id);
                 }

@@ -240,7 +240,7 @@ impl WasmRouter {
                 instances.retain(|_, instance| instance.owner.strong_count() > 0);
             }
             if let Entry::Vacant(slot) = instances.entry(self.id) {
-                match self.instantiate(&shard.nodes) {
+                match self.instantiate(&shard.nodes.to_vec()) {
                     Ok(instance) => {
                         slot.insert(instance);
                     }

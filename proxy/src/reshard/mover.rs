@@ -36,6 +36,9 @@ pub const PAUSE_LIMIT: Duration = Duration::from_secs(5);
 /// Keys asked for per `SCAN` step.
 const SCAN_COUNT: &str = "1000";
 
+/// Keys moved at once by the walk (each holding its slot's gate).
+const BATCH: usize = 64;
+
 /// Why a move could not start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StartError {
@@ -199,11 +202,13 @@ impl Resharder {
                 .map(|key| (slot(&key), key))
                 .filter(|(slot, _)| moving.contains(*slot))
                 .collect();
-            if !batch.is_empty() {
-                found += batch.len() as u64;
-                let moved = self.move_page(from, to, &batch).await?;
+            found += batch.len() as u64;
+            // In small batches: a command touching a key of a slot the
+            // walk holds waits for the batch, so batches stay short.
+            for chunk in batch.chunks(BATCH) {
+                let moved = self.move_page(from, to, chunk).await?;
                 self.slots.count_moved(moved, false);
-                *walked += batch.len() as u64;
+                *walked += chunk.len() as u64;
                 if rate > 0 {
                     let due = started + Duration::from_secs_f64(*walked as f64 / rate as f64);
                     tokio::time::sleep_until(due.into()).await;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 mod node;
+pub mod nodes;
 mod observed;
 pub mod position;
 mod risks;
@@ -25,7 +26,8 @@ use crate::replicate::{Durability, DurabilityView};
 /// A primary and its replicas.
 pub struct Shard {
     pub name: String,
-    pub nodes: Vec<Arc<Node>>,
+    /// Appended to by reloads, never reordered (see `nodes.rs`).
+    pub nodes: nodes::NodeList,
     pub read_from: ReadFrom,
     /// The hash slots the shard owns, as ranges (`0-8191`); changed by
     /// slot moves.
@@ -86,7 +88,7 @@ impl Shard {
     ) -> Shard {
         Shard {
             name,
-            nodes,
+            nodes: nodes::NodeList::new(nodes),
             read_from,
             slots: Mutex::new("0-16383".into()),
             client_zone: 0,
@@ -180,8 +182,11 @@ impl Shard {
     }
 
     /// Replicas configured (every node but one).
+    /// The shard's nodes in service, but one: the replicas a quorum
+    /// counts.
     pub fn replica_count(&self) -> u32 {
-        self.nodes.len().saturating_sub(1) as u32
+        let live = self.nodes.iter().filter(|n| !n.is_retired()).count();
+        live.saturating_sub(1) as u32
     }
 
     pub fn with_client_zone(mut self, zone: u32) -> Shard {
@@ -302,6 +307,7 @@ impl Shard {
                 .nodes
                 .iter()
                 .enumerate()
+                .filter(|(_, n)| !n.is_retired())
                 .map(|(i, n)| n.snapshot(i == primary, self.fanout))
                 .collect(),
         }

@@ -118,6 +118,14 @@ pub struct Node {
     /// (`REPLICAOF NO ONE`) to keep its copy safe: it claims to be a primary
     /// but is a candidate for promotion like a replica.
     pub(super) detached: AtomicBool,
+    /// Removed from the configuration while running: kept in place (see
+    /// `nodes.rs`), never routed to, probed or promoted again.
+    retired: AtomicBool,
+    /// Joined by a reload, not at start: it holds nothing until it has
+    /// followed the primary (the controller counts it from then on).
+    added_live: AtomicBool,
+    /// A probe task runs for it.
+    probing: AtomicBool,
     pub pool: NodePool,
     /// Shared by all nodes: bumped when any node's role, health or fitness
     /// for reads changes, so policies that cache the node list know to
@@ -151,8 +159,41 @@ impl Node {
             run_id: Mutex::new(None),
             restarted: AtomicBool::new(false),
             detached: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            added_live: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
             pool,
         }
+    }
+
+    /// Marks a node that joined a running shard.
+    pub fn joining(self) -> Node {
+        self.added_live.store(true, Ordering::Release);
+        self
+    }
+
+    pub fn is_added_live(&self) -> bool {
+        self.added_live.load(Ordering::Acquire)
+    }
+
+    /// Takes the node out of service (or, re-added, back in).
+    pub fn set_retired(&self, retired: bool) {
+        if self.retired.swap(retired, Ordering::AcqRel) != retired {
+            self.changes.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Claims the node's probe; false if one runs already.
+    pub fn start_probing(&self) -> bool {
+        !self.probing.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn stop_probing(&self) {
+        self.probing.store(false, Ordering::Release);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// Places the node in a zone (numbered, see [`Shard::client_zone`]).
@@ -170,6 +211,9 @@ impl Node {
     }
 
     pub fn health(&self) -> Health {
+        if self.is_retired() {
+            return Health::Down;
+        }
         match self.health.load(Ordering::Acquire) {
             0 => Health::Up,
             1 => Health::Suspect,
@@ -331,9 +375,9 @@ impl Node {
     /// A replica that may serve reads: answering probes, following the
     /// shard's current primary over a live link, and not too far behind.
     /// A node whose role is in doubt (claiming to be primary, following
-    /// someone else, unreachable) never does.
+    /// someone else, unreachable) never does, nor a retired one.
     pub fn serves_reads(&self) -> bool {
-        self.readable.load(Ordering::Acquire)
+        self.readable.load(Ordering::Acquire) && !self.is_retired()
     }
 
     pub fn snapshot(&self, primary: bool, fanout: bool) -> NodeView {

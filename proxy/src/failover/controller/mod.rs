@@ -277,6 +277,7 @@ impl Controller {
     }
 
     async fn tick(&mut self) {
+        self.count_newcomers_when_they_follow();
         if !self.check_lease() {
             self.keep_copies_while_blind().await;
             return;
@@ -352,9 +353,27 @@ impl Controller {
     /// Whether `node` may have followed the current primary since its
     /// promotion, and so may hold writes only it acknowledged.
     fn member(&self, node: &Node) -> bool {
-        self.members
-            .as_ref()
-            .is_none_or(|members| members.contains(&node.addr))
+        !node.is_retired()
+            && self
+                .members
+                .as_ref()
+                .is_none_or(|members| members.contains(&node.addr))
+    }
+
+    /// A node joined by a reload holds nothing yet: when every node
+    /// counted (no member list), the list becomes the nodes there before
+    /// it, and it joins as any node does, when told to follow.
+    fn count_newcomers_when_they_follow(&mut self) {
+        if self.members.is_none() && self.shard.nodes.iter().any(|n| n.is_added_live()) {
+            self.members = Some(
+                self.shard
+                    .nodes
+                    .iter()
+                    .filter(|n| !n.is_added_live() && !n.is_retired())
+                    .map(|n| n.addr.clone())
+                    .collect(),
+            );
+        }
     }
 
     /// Records that `node` is about to follow the current primary (or is

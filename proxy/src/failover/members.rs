@@ -1,0 +1,174 @@
+//! Nodes joining and leaving a running shard. A reload that adds a node
+//! to `nodes` makes it as Rampart makes every node at start (its links,
+//! its probe); the failover controller then has it follow the primary
+//! (`REPLICAOF`, as for any node not following), it serves reads once the
+//! probes find it in sync, and it counts for elections only once it was
+//! told to follow. A node taken out of `nodes` is retired in place: no
+//! longer probed, routed to, or promoted (connections Rampart opened to it
+//! stay open, unused, until the node closes them or Rampart restarts).
+//! The primary cannot be removed (switch over first); neither can nodes of
+//! a fan-out shard, whose log is per node (a restart applies that).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::{Arc, OnceLock};
+
+use crate::backend::{LinkOptions, NodePool};
+use crate::config::{BackendConfig, ShardConfig};
+use crate::failover::probe::{self, Probing};
+use crate::topology::{Health, Node, Shard};
+
+/// Makes nodes, at start and on reloads.
+pub struct Members {
+    link_options: LinkOptions,
+    backend: BackendConfig,
+    workers: usize,
+    zones: BTreeMap<String, u32>,
+    /// Shared by every node (see [`Node`]'s `changes`).
+    pub changes: Arc<AtomicU64>,
+    next_id: AtomicU32,
+    /// Set once the probes may start (after the shards are wired).
+    probing: OnceLock<Arc<Probing>>,
+}
+
+/// What a reload did to a shard's nodes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Not done, each with why.
+    pub refused: Vec<String>,
+}
+
+impl Members {
+    pub fn new(
+        link_options: LinkOptions,
+        backend: BackendConfig,
+        workers: usize,
+        zones: BTreeMap<String, u32>,
+    ) -> Members {
+        Members {
+            link_options,
+            backend,
+            workers,
+            zones,
+            changes: Arc::new(AtomicU64::new(0)),
+            next_id: AtomicU32::new(1),
+            probing: OnceLock::new(),
+        }
+    }
+
+    /// A node of shard `config`, not probed yet; `joining` a running
+    /// shard, or there from the start.
+    pub fn make(&self, addr: &str, config: &ShardConfig, joining: bool) -> Arc<Node> {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let zone = config
+            .zones
+            .get(addr)
+            .and_then(|z| self.zones.get(z))
+            .copied()
+            .unwrap_or(0);
+        Arc::new_cyclic(|weak: &std::sync::Weak<Node>| {
+            let weak = weak.clone();
+            // A failed shared link is a passive health signal.
+            let on_failure = Arc::new(move |_reason: &str| {
+                if let Some(node) = weak.upgrade() {
+                    if node.health() == Health::Up {
+                        node.set_health(Health::Suspect);
+                    }
+                }
+            });
+            let pool = NodePool::new(
+                addr.to_string(),
+                self.link_options.clone(),
+                self.backend.links_for(config),
+                self.backend.idle_dedicated_per_node,
+                self.workers,
+                on_failure,
+            );
+            let node = Node::new(id, addr.to_string(), pool, self.changes.clone()).in_zone(zone);
+            match joining {
+                true => node.joining(),
+                false => node,
+            }
+        })
+    }
+
+    /// Starts probing every node of `shards`, and any added later.
+    pub fn start_probes(&self, shards: &[Arc<Shard>], probing: Arc<Probing>) -> usize {
+        let mut count = 0;
+        for shard in shards {
+            for node in shard.nodes.iter() {
+                count += 1;
+                probe::spawn(shard.clone(), node.clone(), probing.clone());
+            }
+        }
+        let _ = self.probing.set(probing);
+        count
+    }
+
+    /// Brings `shard`'s nodes in line with `wanted` (its section of a
+    /// reloaded configuration).
+    pub fn apply(&self, shard: &Arc<Shard>, wanted: &ShardConfig) -> Changes {
+        let mut changes = Changes::default();
+        let live: Vec<&Arc<Node>> = shard.nodes.iter().filter(|n| !n.is_retired()).collect();
+        let added: Vec<&String> = wanted
+            .nodes
+            .iter()
+            .filter(|addr| !live.iter().any(|n| &n.addr == *addr))
+            .collect();
+        let removed: Vec<&Arc<Node>> = live
+            .iter()
+            .filter(|n| !wanted.nodes.contains(&n.addr))
+            .copied()
+            .collect();
+        if added.is_empty() && removed.is_empty() {
+            return changes;
+        }
+        if shard.is_fanout() {
+            changes.refused.push(format!(
+                "shard '{}' is a fan-out shard: its nodes change at the next start",
+                shard.name
+            ));
+            return changes;
+        }
+        let primary = shard.primary_node().map(|p| p.id);
+        for node in removed {
+            if Some(node.id) == primary {
+                changes.refused.push(format!(
+                    "{} is shard '{}''s primary: switch over first, then remove it",
+                    node.addr, shard.name
+                ));
+                continue;
+            }
+            node.set_retired(true);
+            changes.removed.push(node.addr.clone());
+        }
+        for addr in added {
+            // Back after a removal: the same node, in service again.
+            if let Some(old) = shard.nodes.iter().find(|n| &n.addr == addr) {
+                old.set_retired(false);
+                self.probe(shard, old);
+                changes.added.push(addr.clone());
+                continue;
+            }
+            let node = self.make(addr, wanted, true);
+            match shard.nodes.push(node.clone()) {
+                Ok(_) => {
+                    self.probe(shard, &node);
+                    changes.added.push(addr.clone());
+                }
+                Err(e) => changes.refused.push(format!("{addr}: {e}")),
+            }
+        }
+        changes
+    }
+
+    fn probe(&self, shard: &Arc<Shard>, node: &Arc<Node>) {
+        if let Some(probing) = self.probing.get() {
+            probe::spawn(shard.clone(), node.clone(), probing.clone());
+        }
+    }
+}

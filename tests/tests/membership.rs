@@ -1,0 +1,123 @@
+//! Nodes added and removed while Rampart runs, by editing `nodes` in the
+//! configuration file (a reload): a new node follows the primary and
+//! serves reads once in sync; a removed one is no longer routed to; the
+//! primary is never removed.
+
+use std::time::Duration;
+
+use rampart_tests::{wait_until, wait_until_or, Cluster, Proxy, RedisNode};
+use redis::Commands;
+
+fn write_config(file: &std::path::Path, nodes: &[String]) {
+    let nodes: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
+    std::fs::write(
+        file,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [probe]\ninterval_ms = 50\ntimeout_ms = 200\ndown_after_ms = 500\n\
+             [shards.main]\nnodes = [{}]\nread_from = \"replicas\"\n",
+            nodes.join(", ")
+        ),
+    )
+    .unwrap();
+}
+
+/// The shard's nodes as `/v1/topology` shows them: (addr, role, serves reads).
+fn nodes(proxy: &Proxy) -> Vec<(String, String, bool)> {
+    proxy.shard()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["addr"].as_str().unwrap_or_default().to_string(),
+                n["role"].as_str().unwrap_or_default().to_string(),
+                n["serves_reads"] == true,
+            )
+        })
+        .collect()
+}
+
+/// Every key read back, by nineteen new clients (10 or 11 reads each: a
+/// fixed even count would start every client on the same replica of the
+/// rotation).
+fn read_all(proxy: &Proxy) {
+    for client in 0..19 {
+        let mut conn = proxy.conn();
+        for i in (client..200).step_by(19) {
+            let v: i64 = conn.get(format!("k{i}")).unwrap();
+            assert_eq!(v, i as i64);
+        }
+    }
+}
+
+fn reads_on(node: &RedisNode) -> u64 {
+    node.calls("get")
+}
+
+#[test]
+fn nodes_join_and_leave_a_running_shard_by_reload() {
+    let cluster = Cluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rampart.toml");
+    let (primary, replica) = (cluster.nodes[0].addr(), cluster.nodes[1].addr());
+    write_config(&file, &[primary.clone(), replica.clone()]);
+    let proxy = Proxy::start_with(&std::fs::read_to_string(&file).unwrap());
+    proxy.watch_config(&file);
+    let mut conn = proxy.conn();
+    for i in 0..200 {
+        let _: () = conn.set(format!("k{i}"), i).unwrap();
+    }
+
+    // A fresh, empty node joins: Rampart makes it follow the primary, and
+    // it serves reads once in sync.
+    let newcomer = RedisNode::start(None);
+    write_config(&file, &[primary.clone(), replica.clone(), newcomer.addr()]);
+    wait_until_or(
+        "the new node to follow the primary and serve reads",
+        Duration::from_secs(20),
+        || nodes(&proxy).contains(&(newcomer.addr(), "replica".into(), true)),
+        || format!("{:?}\n{:?}", nodes(&proxy), proxy.event_kinds()),
+    );
+    assert_eq!(
+        newcomer.cli(&["GET", "k199"]).trim(),
+        "199",
+        "the new node has the data"
+    );
+    assert!(proxy.event_kinds().iter().any(|k| k == "node-added"));
+    // A client keeps reading where it started (its home replica, for
+    // read-your-writes): new clients spread over both replicas.
+    let before = reads_on(&newcomer);
+    read_all(&proxy);
+    assert!(reads_on(&newcomer) > before, "reads spread to the new node");
+
+    // The old replica leaves: no longer shown, probed or read from.
+    write_config(&file, &[primary.clone(), newcomer.addr()]);
+    wait_until("the replica to be removed", Duration::from_secs(10), || {
+        !nodes(&proxy).iter().any(|(addr, _, _)| addr == &replica)
+    });
+    assert!(proxy.event_kinds().iter().any(|k| k == "node-removed"));
+    let gone = &cluster.nodes[1];
+    let before = reads_on(gone);
+    read_all(&proxy);
+    assert_eq!(reads_on(gone), before, "nothing read from a removed node");
+
+    // The primary cannot be removed: refused, and named.
+    write_config(&file, &[newcomer.addr()]);
+    wait_until("the refusal", Duration::from_secs(10), || {
+        proxy
+            .event_kinds()
+            .iter()
+            .any(|k| k == "node-change-refused")
+    });
+    assert_eq!(proxy.shard()["primary"], primary.as_str());
+    let _: () = conn.set("after", 1).unwrap();
+
+    // Added back: the same node serves again.
+    write_config(&file, &[primary.clone(), newcomer.addr(), replica.clone()]);
+    wait_until(
+        "the replica to serve again",
+        Duration::from_secs(20),
+        || nodes(&proxy).contains(&(replica.clone(), "replica".into(), true)),
+    );
+}
