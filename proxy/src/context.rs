@@ -27,8 +27,14 @@ pub struct Context {
     pub shards: Vec<Arc<crate::shard::Shard>>,
     /// Which shard owns each hash slot, and the move in progress.
     pub slots: Arc<crate::reshard::Slots>,
-    /// Makes the nodes a reload adds, and retires those it removes.
+    /// Makes the nodes a reload or DNS adds, and retires those they remove.
     pub members: Arc<crate::failover::members::Members>,
+    /// Looks up the DNS names in shards' `nodes`.
+    pub resolver: crate::net::dns::Resolver,
+    /// Each shard's section as the configuration last loaded says it (its
+    /// `nodes` are looked up again every `discovery.interval_ms`).
+    pub wanted_nodes:
+        std::sync::Mutex<std::collections::BTreeMap<String, crate::config::ShardConfig>>,
     /// Starts slot moves and runs them.
     pub resharder: Arc<crate::reshard::mover::Resharder>,
     /// `[coordination]`: the instances' shared view in etcd.

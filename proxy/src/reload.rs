@@ -199,6 +199,7 @@ async fn reload(
             .await;
         report("*", "detector", loaded);
     }
+    ctx.set_wanted_nodes(&config.shards);
     for (name, shard) in &config.shards {
         if !live
             .iter()
@@ -206,32 +207,8 @@ async fn reload(
         {
             continue;
         }
-        let Some(running) = ctx.shards.iter().find(|s| s.name() == name.as_str()) else {
-            continue;
-        };
-        let changes = ctx.members.apply(&running.topology, shard);
-        if !changes.added.is_empty() || !changes.removed.is_empty() {
-            // `all` and `majority` count the replicas in service.
-            let replicas = running.topology.replica_count();
-            let requirement = running.quorum.load().policy.requirement(replicas);
-            running.topology.durability.set(requirement);
-        }
-        for addr in &changes.added {
-            ctx.events.record(name, "node-added", Some(addr), 0, "added by a configuration reload: it follows the primary and serves reads once in sync");
-        }
-        for addr in &changes.removed {
-            ctx.events.record(
-                name,
-                "node-removed",
-                Some(addr),
-                0,
-                "removed by a configuration reload: no longer probed, routed to or promoted",
-            );
-        }
-        for why in &changes.refused {
-            tracing::error!(shard = %name, "{why}");
-            ctx.events
-                .record(name, "node-change-refused", None, 0, why.clone());
+        if let Err(e) = ctx.apply_nodes(name, shard, "configuration reload").await {
+            tracing::error!(shard = %name, error = %e, "the shard's nodes could not be looked up; they stay as they are");
         }
     }
     if !live.is_empty() || !later.is_empty() {

@@ -91,9 +91,18 @@ impl Server {
         ));
         let changes = members.changes.clone();
         let zones = config.zone_numbers();
+        let resolver = crate::net::dns::Resolver::new(
+            config
+                .discovery
+                .nameserver
+                .as_deref()
+                .and_then(|n| n.parse().ok()),
+        );
         for (name, shard_config) in &config.shards {
-            let nodes = shard_config
-                .nodes
+            let addrs = crate::net::dns::expand(&resolver, &shard_config.nodes)
+                .await
+                .map_err(|e| invalid(format!("shards.{name}.nodes: {e}")))?;
+            let nodes = addrs
                 .iter()
                 .map(|addr| members.make(addr, shard_config, false))
                 .collect();
@@ -239,6 +248,8 @@ impl Server {
             slots,
             resharder: resharder.clone(),
             members: members.clone(),
+            resolver,
+            wanted_nodes: std::sync::Mutex::new(config.shards.clone()),
             coordination: coordination.clone(),
             topology: Topology { shards },
             shards: owned,
@@ -287,6 +298,7 @@ impl Server {
             tokio::spawn(coordination.clone().run(shutdown_rx.clone()));
         }
         tokio::spawn(resharder.run());
+        tokio::spawn(context.clone().discover());
         match context.config.failover.role {
             FailoverRole::Follower if coordination.is_some() => {}
             FailoverRole::Leader => {

@@ -5,6 +5,7 @@
 //! test fails, so a failing test never leaves servers behind.
 
 pub mod browser;
+pub mod dns;
 pub mod etcd;
 pub mod forwarder;
 pub mod pki;

@@ -13,12 +13,14 @@ use crate::resp::Limits;
 
 mod check;
 mod coordination;
+mod discovery;
 mod sections;
 mod shard;
 
 pub use check::ConfigError;
 use check::{check_addr, check_shard_name, is_loopback, same_node};
 pub use coordination::*;
+pub use discovery::*;
 pub use sections::*;
 pub use shard::*;
 
@@ -40,6 +42,9 @@ pub struct Config {
     pub failover: FailoverConfig,
     #[serde(default)]
     pub plugins: PluginsConfig,
+    /// How DNS names in shards' `nodes` are looked up.
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
     /// `[coordination]`: several instances that agree through etcd. Unset:
     /// one instance, its state in `failover.state_dir`.
     #[serde(default)]
@@ -280,7 +285,13 @@ impl Config {
                 }
             }
             for (i, node) in shard.nodes.iter().enumerate() {
-                check_addr(&format!("shards.{name}.nodes[{i}]"), node)?;
+                let entry = NodeEntry::parse(node);
+                entry.check(&format!("shards.{name}.nodes[{i}]"), node)?;
+                if entry.is_dns() && shard.replication.mode == Mode::Fanout {
+                    return Err(ConfigError(format!(
+                        "field `shards.{name}.nodes[{i}]`: a fan-out shard's nodes are fixed; name them by address"
+                    )));
+                }
                 if shard.nodes[..i].contains(node) {
                     return Err(ConfigError(format!(
                         "field `shards.{name}.nodes[{i}]`: {node} is listed twice"
@@ -288,7 +299,15 @@ impl Config {
                 }
             }
         }
+        if let Some(nameserver) = &self.discovery.nameserver {
+            if nameserver.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError(format!(
+                    "field `discovery.nameserver`: expected ip:port (e.g. 10.0.0.10:53), got {nameserver:?}"
+                )));
+            }
+        }
         let positive = [
+            ("discovery.interval_ms", self.discovery.interval_ms),
             (
                 "backend.links_per_node",
                 self.backend.links_per_node.map_or(1, |n| n as u64),

@@ -29,6 +29,8 @@ pub struct Members {
     next_id: AtomicU32,
     /// Set once the probes may start (after the shards are wired).
     probing: OnceLock<Arc<Probing>>,
+    /// What was refused last, per shard: said once, not at every lookup.
+    refused: std::sync::Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 /// What a reload did to a shard's nodes.
@@ -55,6 +57,7 @@ impl Members {
             changes: Arc::new(AtomicU64::new(0)),
             next_id: AtomicU32::new(1),
             probing: OnceLock::new(),
+            refused: Default::default(),
         }
     }
 
@@ -109,22 +112,24 @@ impl Members {
         count
     }
 
-    /// Brings `shard`'s nodes in line with `wanted` (its section of a
-    /// reloaded configuration).
-    pub fn apply(&self, shard: &Arc<Shard>, wanted: &ShardConfig) -> Changes {
+    /// Brings `shard`'s nodes in line with `addrs`, the nodes its section
+    /// `config` names now (DNS entries looked up).
+    pub fn apply(&self, shard: &Arc<Shard>, addrs: &[String], config: &ShardConfig) -> Changes {
         let mut changes = Changes::default();
         let live: Vec<&Arc<Node>> = shard.nodes.iter().filter(|n| !n.is_retired()).collect();
-        let added: Vec<&String> = wanted
-            .nodes
+        let added: Vec<&String> = addrs
             .iter()
             .filter(|addr| !live.iter().any(|n| &n.addr == *addr))
             .collect();
         let removed: Vec<&Arc<Node>> = live
             .iter()
-            .filter(|n| !wanted.nodes.contains(&n.addr))
+            .filter(|n| !addrs.contains(&n.addr))
             .copied()
             .collect();
         if added.is_empty() && removed.is_empty() {
+            if let Ok(mut last) = self.refused.lock() {
+                last.remove(&shard.name);
+            }
             return changes;
         }
         if shard.is_fanout() {
@@ -154,13 +159,20 @@ impl Members {
                 changes.added.push(addr.clone());
                 continue;
             }
-            let node = self.make(addr, wanted, true);
+            let node = self.make(addr, config, true);
             match shard.nodes.push(node.clone()) {
                 Ok(_) => {
                     self.probe(shard, &node);
                     changes.added.push(addr.clone());
                 }
                 Err(e) => changes.refused.push(format!("{addr}: {e}")),
+            }
+        }
+        if let Ok(mut last) = self.refused.lock() {
+            if last.get(&shard.name) == Some(&changes.refused) {
+                changes.refused.clear();
+            } else {
+                last.insert(shard.name.clone(), changes.refused.clone());
             }
         }
         changes

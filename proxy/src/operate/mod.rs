@@ -7,6 +7,7 @@
 
 mod doctor;
 pub mod error;
+mod nodes;
 mod policy;
 mod primary;
 mod shared;
