@@ -331,7 +331,12 @@ impl Instance {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::time::Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.admin)).is_ok() {
+            // The admin port answers, and it is this instance's (another
+            // test may hold the port `free_port` gave, and then this
+            // process exits with "in use" while the port still answers).
+            if std::net::TcpStream::connect(("127.0.0.1", self.admin)).is_ok()
+                && self.topology()["coordination"]["instance"] == self.name.as_str()
+            {
                 return Ok(());
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {

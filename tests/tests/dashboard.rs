@@ -53,6 +53,22 @@ fn dashboard_shows_the_topology_and_follows_a_failover() {
         );
     }
     assert_eq!(browser.eval("document.title"), "Rampart");
+    // The shard's slots, and the Risks panel: every replica's room in the
+    // primary's backlog.
+    browser.wait_for(
+        "the slots",
+        ten_s,
+        "document.querySelector('.shard-slots')?.textContent === '0-16383'",
+        "document.getElementById('shards').innerText",
+    );
+    for replica in &replicas {
+        browser.wait_for(
+            "the risks panel",
+            ten_s,
+            &format!("Number(document.querySelector('li[data-risk=backlog][data-node=\"{replica}\"]')?.dataset.value) > 0.5"),
+            "document.getElementById('risks').innerText",
+        );
+    }
     browser.wait_for(
         "the router policy",
         ten_s,

@@ -25,6 +25,7 @@ pub mod metrics;
 mod prom;
 mod slot_metrics;
 mod slots;
+mod views;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
     let admin = &ctx.config.admin;
@@ -242,7 +243,8 @@ async fn handle(mut req: Request<Incoming>, ctx: &Context) -> Response<Full<Byte
         }
         (&Method::GET, "/v1/policies") => json(&ctx.policies()),
         (&Method::GET, "/v1/doctor") => json(&ctx.doctor().await),
-        (&Method::GET, "/v1/slots") => json(&slots_view(ctx)),
+        (&Method::GET, "/v1/slots") => json(&views::slots(ctx)),
+        (&Method::GET, "/v1/risks") => json(&views::risks(ctx)),
         (&Method::GET, "/v1/history") => {
             // `?after=MS`: only samples taken after that time.
             let after = query(&req, "after")
@@ -266,34 +268,6 @@ async fn handle(mut req: Request<Incoming>, ctx: &Context) -> Response<Full<Byte
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
-}
-
-/// Which shard owns which hash slots, and the move in progress.
-fn slots_view(ctx: &Context) -> serde_json::Value {
-    let map = ctx.slots.load();
-    let shards: Vec<serde_json::Value> = ctx
-        .shards
-        .iter()
-        .enumerate()
-        .map(|(index, shard)| {
-            serde_json::json!({
-                "shard": shard.name(),
-                "slots": crate::shard::slots::ranges_text(&map.ranges_of(index)),
-                "count": map.count_of(index),
-            })
-        })
-        .collect();
-    let moving = map.moving().map(|m| {
-        serde_json::json!({
-            "slots": crate::shard::slots::ranges_text(&m.ranges),
-            "count": m.count(),
-            "from": ctx.shards[m.from].name(),
-            "to": ctx.shards[m.to].name(),
-            "paused": m.paused,
-            "progress": ctx.slots.progress(),
-        })
-    });
-    serde_json::json!({ "shards": shards, "moving": moving })
 }
 
 /// Mutating requests need the admin token when one is configured.

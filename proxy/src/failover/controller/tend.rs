@@ -163,12 +163,17 @@ impl Controller {
             if found.as_deref() == Some(min.as_str()) {
                 return;
             }
+            let was = found.unwrap_or_default();
+            let change = match was.parse::<u32>().ok().zip(min.parse::<u32>().ok()) {
+                Some((was, wanted)) if was < wanted => "raised back to",
+                Some((was, wanted)) if was > wanted => "lowered back to",
+                _ => "set back to",
+            };
             self.event(
                 "guard-repaired",
                 Some(primary),
                 format!(
-                    "min-replicas-to-write was {} on the primary; set to {min} again",
-                    found.unwrap_or_default()
+                    "min-replicas-to-write was {was} on the primary; {change} {min}, what the shard's writes need"
                 ),
             );
         }

@@ -1,0 +1,70 @@
+//! JSON views the admin API serves besides the topology: the slot map
+//! with the move in progress, and the risks Rampart sees coming.
+
+use crate::context::Context;
+
+/// Which shard owns which hash slots, and the move in progress.
+pub(super) fn slots(ctx: &Context) -> serde_json::Value {
+    let map = ctx.slots.load();
+    let shards: Vec<serde_json::Value> = ctx
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(index, shard)| {
+            serde_json::json!({
+                "shard": shard.name(),
+                "slots": crate::shard::slots::ranges_text(&map.ranges_of(index)),
+                "count": map.count_of(index),
+            })
+        })
+        .collect();
+    let moving = map.moving().map(|m| {
+        serde_json::json!({
+            "slots": crate::shard::slots::ranges_text(&m.ranges),
+            "count": m.count(),
+            "from": ctx.shards[m.from].name(),
+            "to": ctx.shards[m.to].name(),
+            "paused": m.paused,
+            "progress": ctx.slots.progress(),
+        })
+    });
+    serde_json::json!({ "shards": shards, "moving": moving })
+}
+
+/// Early warning, as `/metrics` and the events have it (see
+/// `topology/risks.rs`): per shard, replicas to spare before synchronous
+/// writes are refused, and per replica, how far it can fall further behind
+/// before the primary's backlog no longer holds what it lacks.
+pub(super) fn risks(ctx: &Context) -> serde_json::Value {
+    let shards: Vec<serde_json::Value> = ctx
+        .topology
+        .shards
+        .iter()
+        .map(|shard| {
+            let backlog = shard.backlog_bytes();
+            let acks = shard.durability.requirement().acks;
+            let nodes: Vec<serde_json::Value> = shard
+                .nodes
+                .iter()
+                .filter(|n| !n.is_retired())
+                .filter_map(|node| {
+                    let headroom = shard.backlog_headroom(node)?;
+                    Some(serde_json::json!({
+                        "addr": node.addr,
+                        "backlog_headroom_bytes": headroom,
+                        "backlog_headroom_share": headroom as f64 / backlog.max(1) as f64,
+                    }))
+                })
+                .collect();
+            serde_json::json!({
+                "shard": shard.name,
+                "acks": acks,
+                // Meaningful only when writes wait for replicas.
+                "spare_replicas": (acks > 0).then(|| shard.spare_replicas()),
+                "backlog_bytes": backlog,
+                "replicas": nodes,
+            })
+        })
+        .collect();
+    serde_json::json!({ "shards": shards })
+}
