@@ -1,10 +1,13 @@
-//! Rampart: a Redis-protocol proxy for a primary and its replicas.
+//! Rampart: a Redis-protocol proxy for primaries and their replicas.
 //!
 //! The request path, folder by folder: `client` (read, parse, reply in
-//! order) -> `route` (which node) -> `backend` (pipelined links, dedicated
-//! connections) -> reply. The control loop: `failover` (probes) ->
-//! `topology` (roles and health). `resp` is the protocol at the edges,
-//! `admin` the HTTP side door.
+//! order) -> `shard` (which shard owns the keys; `reshard` while slots
+//! move) -> `route` (which node) -> `backend` (pipelined links, dedicated
+//! connections) -> `replicate` (the quorum a write waits for) -> reply.
+//! The control loop: `failover` (probe -> detect -> failover, nodes
+//! joining and leaving) -> `topology` (roles and health). `resp` (its own
+//! crate) is the protocol at the edges, `operate` what operators ask,
+//! `admin` the HTTP side door, `services` the background tasks by name.
 
 pub mod admin;
 pub mod backend;
@@ -25,6 +28,7 @@ pub use rampart_resp as resp;
 pub mod route;
 pub mod secrets;
 pub mod server;
+pub mod services;
 pub mod shard;
 pub mod topology;
 pub mod worker;

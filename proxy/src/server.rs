@@ -31,6 +31,8 @@ pub struct Server {
     pub client_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     pub context: Arc<Context>,
+    /// The background services, by name (see [`crate::services`]).
+    pub services: crate::services::Services,
     shutdown: watch::Sender<bool>,
 }
 
@@ -294,11 +296,15 @@ impl Server {
         // first commands for want of a known primary.
         let first_round = probed.acquire_many(node_count as u32);
         let _ = tokio::time::timeout(Duration::from_secs(3), first_round).await;
+        let services = crate::services::Services::default();
         if let Some(coordination) = &coordination {
-            tokio::spawn(coordination.clone().run(shutdown_rx.clone()));
+            services.start(
+                "coordination",
+                coordination.clone().run(shutdown_rx.clone()),
+            );
         }
-        tokio::spawn(resharder.run());
-        tokio::spawn(context.clone().discover());
+        services.start("slot-mover", resharder.run());
+        services.start("discovery", context.clone().discover());
         match context.config.failover.role {
             FailoverRole::Follower if coordination.is_some() => {}
             FailoverRole::Leader => {
@@ -350,33 +356,47 @@ impl Server {
         }
 
         let workers = Workers::start(&context, context.config.proxy.worker_count())?;
-        tokio::spawn(accept_loop(
-            listener,
-            context.clone(),
-            workers,
-            shutdown_rx.clone(),
-        ));
-        tokio::spawn(roll_back_failing_routers(context.clone()));
-        tokio::spawn(crate::operate::follow_shared_policies(context.clone()));
-        tokio::spawn(crate::observe::risks::watch(
-            context.topology.shards.clone(),
-            context.events.clone(),
-            shutdown_rx.clone(),
-        ));
-        tokio::spawn(crate::observe::history::sample(
-            context.history.clone(),
-            context.topology.shards.clone(),
-            context.metrics.clone(),
-            shutdown_rx.clone(),
-        ));
+        services.start(
+            "accept",
+            accept_loop(listener, context.clone(), workers, shutdown_rx.clone()),
+        );
+        services.start(
+            "router-rollback",
+            crate::operate::roll_back_failing_routers(context.clone()),
+        );
+        services.start(
+            "shared-policies",
+            crate::operate::follow_shared_policies(context.clone()),
+        );
+        services.start(
+            "risks",
+            crate::observe::risks::watch(
+                context.topology.shards.clone(),
+                context.events.clone(),
+                shutdown_rx.clone(),
+            ),
+        );
+        services.start(
+            "history",
+            crate::observe::history::sample(
+                context.history.clone(),
+                context.topology.shards.clone(),
+                context.metrics.clone(),
+                shutdown_rx.clone(),
+            ),
+        );
         if let Some(listener) = admin_listener {
-            tokio::spawn(admin::serve(listener, context.clone(), shutdown_rx));
+            services.start(
+                "admin",
+                admin::serve(listener, context.clone(), shutdown_rx),
+            );
         }
-        tracing::info!(%client_addr, ?admin_addr, "rampart listening");
+        tracing::info!(%client_addr, ?admin_addr, services = ?services.running(), "rampart listening");
         Ok(Server {
             client_addr,
             admin_addr,
             context,
+            services,
             shutdown,
         })
     }
@@ -407,6 +427,7 @@ impl Server {
         for fanout in self.context.shards.iter().filter_map(|s| s.fanout.as_ref()) {
             fanout.close(close_by).await;
         }
+        self.services.stop_all();
         left
     }
 }
@@ -415,37 +436,6 @@ impl Server {
 /// reason, and Rampart does not start.
 fn invalid(message: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message)
-}
-
-/// A router generation that traps again and again soon after it was
-/// loaded is replaced by the one before it.
-async fn roll_back_failing_routers(ctx: Arc<Context>) {
-    const PROBATION: Duration = Duration::from_secs(60);
-    const TRAPS: u64 = 3;
-    let mut shutdown = ctx.shutdown.clone();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = shutdown.changed() => return,
-        }
-        for shard in &ctx.shards {
-            let (slot, shard) = (&shard.router, &shard.topology);
-            if let Some((from, to)) = slot.roll_back_if_failing(PROBATION, TRAPS) {
-                ctx.events.record(
-                    &shard.name,
-                    "policy-rolled-back",
-                    None,
-                    shard.epoch(),
-                    format!("router generation {from} trapped {TRAPS} times within {} s of loading; generation {to} is active again", PROBATION.as_secs()),
-                );
-                // Every instance goes back, not only the one that saw
-                // the traps.
-                if let Err(e) = ctx.share_router(&shard.name).await {
-                    tracing::warn!(shard = %shard.name, error = %e, "rollback not shared");
-                }
-            }
-        }
-    }
 }
 
 async fn accept_loop(

@@ -13,6 +13,7 @@ mod primary;
 mod shared;
 mod slots;
 
+pub use policy::roll_back_failing_routers;
 pub use shared::follow_shared_policies;
 
 pub use doctor::{Finding, Report as DoctorReport};

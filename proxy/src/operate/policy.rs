@@ -3,6 +3,9 @@
 //! (compile, link, instantiate, configure, self-check) runs on a blocking
 //! thread; only a policy that passed every step is published.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use super::OpError;
 use crate::context::Context;
 use crate::coord::policies::scope;
@@ -344,6 +347,37 @@ impl Context {
                 })
                 .collect(),
             detector: self.detector.describe(),
+        }
+    }
+}
+
+/// A router generation that traps again and again soon after it was
+/// loaded is replaced by the one before it.
+pub async fn roll_back_failing_routers(ctx: Arc<Context>) {
+    const PROBATION: Duration = Duration::from_secs(60);
+    const TRAPS: u64 = 3;
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => return,
+        }
+        for shard in &ctx.shards {
+            let (slot, shard) = (&shard.router, &shard.topology);
+            if let Some((from, to)) = slot.roll_back_if_failing(PROBATION, TRAPS) {
+                ctx.events.record(
+                    &shard.name,
+                    "policy-rolled-back",
+                    None,
+                    shard.epoch(),
+                    format!("router generation {from} trapped {TRAPS} times within {} s of loading; generation {to} is active again", PROBATION.as_secs()),
+                );
+                // Every instance goes back, not only the one that saw
+                // the traps.
+                if let Err(e) = ctx.share_router(&shard.name).await {
+                    tracing::warn!(shard = %shard.name, error = %e, "rollback not shared");
+                }
+            }
         }
     }
 }
