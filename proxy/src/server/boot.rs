@@ -1,0 +1,148 @@
+//! Starting what runs: the probes (and a brief wait for their first
+//! round), the failover controllers, and the services clients need.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::accept_loop;
+use crate::admin;
+use crate::backend::ConnectOptions;
+use crate::config::FailoverRole;
+use crate::context::Context;
+use crate::failover;
+use crate::failover::state::StateStore;
+use crate::worker::Workers;
+
+/// Starts probing every node, and waits (at most 3 s) until each has been
+/// probed once: accepting clients before would refuse their first
+/// commands for want of a known primary.
+pub(super) async fn probe_all(
+    context: &Arc<Context>,
+    members: &failover::members::Members,
+    connect: &ConnectOptions,
+    shutdown_rx: &watch::Receiver<bool>,
+) {
+    let probed = Arc::new(Semaphore::new(0));
+    let probing = Arc::new(failover::probe::Probing {
+        config: context.config.probe.clone(),
+        detectors: context.detector.clone(),
+        opts: connect.clone(),
+        first_round: probed.clone(),
+        events: context.events.clone(),
+        shutdown: shutdown_rx.clone(),
+    });
+    let node_count = members.start_probes(&context.topology.shards, probing);
+    let first_round = probed.acquire_many(node_count as u32);
+    let _ = tokio::time::timeout(Duration::from_secs(3), first_round).await;
+}
+
+/// A leader's failover controller per native shard (a fan-out shard's
+/// writer picks its first primary instead), then a brief wait for the
+/// first primaries; a follower routes by what the nodes say.
+pub(super) async fn start_controllers(
+    context: &Arc<Context>,
+    coordination: &Option<Arc<crate::coord::Coordination>>,
+    mut switchover_rx: Vec<mpsc::Receiver<crate::failover::request::Switchover>>,
+    connect: &ConnectOptions,
+    shutdown_rx: &watch::Receiver<bool>,
+) {
+    match context.config.failover.role {
+        FailoverRole::Follower if coordination.is_some() => {}
+        FailoverRole::Leader => {
+            for (index, requests) in switchover_rx.drain(..).enumerate() {
+                // A fan-out shard's primary is chosen by its writer, from
+                // the nodes in sync; nobody is promoted or repointed.
+                if let Some(fanout) = &context.shards[index].fanout {
+                    fanout.pick_first_primary().await;
+                    continue;
+                }
+                let shard = context.shards[index].clone();
+                let settings = failover::controller::Settings {
+                    interval: Duration::from_millis(context.config.probe.interval_ms),
+                    timeout: Duration::from_millis(context.config.probe.timeout_ms),
+                    replication: context.config.shards[shard.name()].replication.clone(),
+                    store: StateStore::new(context.config.failover.state_dir.as_deref()),
+                    coordination: coordination.clone(),
+                };
+                failover::controller::spawn(
+                    shard,
+                    settings,
+                    context.events.clone(),
+                    shutdown_rx.clone(),
+                    connect.clone(),
+                    requests,
+                );
+            }
+            // The controllers' first ticks pick the primaries (with
+            // [coordination]: the records, or the lease holder's
+            // discovery).
+            let wait = match &context.config.coordination {
+                Some(c) => Duration::from_millis(c.poll_ms * 3 + c.request_timeout_ms * 2)
+                    .max(Duration::from_secs(1)),
+                None => Duration::from_secs(1),
+            };
+            let _ = tokio::time::timeout(wait, async {
+                for shard in &context.topology.shards {
+                    let mut changed = shard.watch();
+                    while shard.primary().is_none() && changed.changed().await.is_ok() {}
+                }
+            })
+            .await;
+        }
+        FailoverRole::Follower => {
+            for shard in &context.topology.shards {
+                shard.refresh();
+            }
+        }
+    }
+}
+
+/// The services that run once clients may come: accepting them, the
+/// admin listener, and the watchers.
+pub(super) fn start_services(
+    services: &crate::services::Services,
+    context: &Arc<Context>,
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    workers: Workers,
+    shutdown_rx: watch::Receiver<bool>,
+) {
+    services.start(
+        "accept",
+        accept_loop(listener, context.clone(), workers, shutdown_rx.clone()),
+    );
+    services.start(
+        "router-rollback",
+        crate::operate::roll_back_failing_routers(context.clone()),
+    );
+    services.start(
+        "shared-policies",
+        crate::operate::follow_shared_policies(context.clone()),
+    );
+    services.start(
+        "risks",
+        crate::observe::risks::watch(
+            context.topology.shards.clone(),
+            context.events.clone(),
+            shutdown_rx.clone(),
+        ),
+    );
+    services.start(
+        "history",
+        crate::observe::history::sample(
+            context.history.clone(),
+            context.topology.shards.clone(),
+            context.metrics.clone(),
+            shutdown_rx.clone(),
+        ),
+    );
+    if let Some(listener) = admin_listener {
+        services.start(
+            "admin",
+            admin::serve(listener, context.clone(), shutdown_rx),
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! What a start builds from the configuration before anything runs: the
+//! TLS set-ups, every shard (nodes, router, quorum policy, fan-out
+//! writer) and the coordination client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::invalid;
+use crate::backend::ConnectOptions;
+use crate::config::{Config, FailoverRole, Mode};
+use crate::failover;
+use crate::failover::state::StateStore;
+use crate::net::tls::{Acceptor, Connector};
+use crate::observe::events::Events;
+use crate::policy::slot::RouterSlot;
+use crate::policy::swap::{self, Source};
+use crate::replicate::fanout::Fanout;
+use crate::topology::Shard;
+
+/// The TLS set-ups of the client listener, the admin listener and the
+/// links to the nodes, each when configured.
+pub(super) struct Tls {
+    pub client: Option<Acceptor>,
+    pub admin: Option<Arc<Acceptor>>,
+    pub backend: Option<Arc<Connector>>,
+}
+
+impl Tls {
+    /// Reads every certificate: a file that does not read is an error
+    /// naming its section.
+    pub fn load(config: &Config) -> std::io::Result<Tls> {
+        let tls = |section: &str, e: crate::net::tls::TlsError| invalid(format!("{section}: {e}"));
+        Ok(Tls {
+            client: match &config.proxy.tls {
+                Some(files) => Some(Acceptor::new(files).map_err(|e| tls("proxy.tls", e))?),
+                None => None,
+            },
+            admin: match &config.admin.tls {
+                Some(files) => Some(Arc::new(
+                    Acceptor::new(files).map_err(|e| tls("admin.tls", e))?,
+                )),
+                None => None,
+            },
+            backend: match &config.backend.tls {
+                Some(files) => Some(Arc::new(
+                    Connector::new(files).map_err(|e| tls("backend.tls", e))?,
+                )),
+                None => None,
+            },
+        })
+    }
+}
+
+/// `[coordination]`'s client, when configured.
+pub(super) fn coordination(
+    config: &Config,
+    client_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shards: &[Arc<Shard>],
+    events: &Arc<Events>,
+) -> std::io::Result<Option<Arc<crate::coord::Coordination>>> {
+    let Some(settings) = &config.coordination else {
+        return Ok(None);
+    };
+    let tls = match &settings.tls {
+        Some(files) => Some(Arc::new(
+            Connector::new(files).map_err(|e| invalid(format!("coordination.tls: {e}")))?,
+        )),
+        None => None,
+    };
+    Ok(Some(Arc::new(crate::coord::Coordination::new(
+        settings,
+        tls,
+        config.failover.role == FailoverRole::Leader,
+        client_addr.to_string(),
+        admin_addr.map(|a| a.to_string()),
+        shards.to_vec(),
+        events.clone(),
+    ))))
+}
+
+/// Every shard's topology: its nodes (DNS entries looked up now), its
+/// read settings and its slots.
+pub(super) async fn shards(
+    config: &Config,
+    members: &failover::members::Members,
+    resolver: &crate::net::dns::Resolver,
+    slots: &crate::shard::slots::SlotMap,
+) -> std::io::Result<Vec<Arc<Shard>>> {
+    let zones = config.zone_numbers();
+    let mut shards = Vec::new();
+    for (name, shard_config) in &config.shards {
+        let addrs = crate::net::dns::expand(resolver, &shard_config.nodes)
+            .await
+            .map_err(|e| invalid(format!("shards.{name}.nodes: {e}")))?;
+        let nodes = addrs
+            .iter()
+            .map(|addr| members.make(addr, shard_config, false))
+            .collect();
+        shards.push(Arc::new(
+            Shard::new(
+                name.clone(),
+                nodes,
+                shard_config.read_from,
+                // With [coordination] every instance routes by the
+                // records in etcd instead.
+                config.failover.role == FailoverRole::Follower && config.coordination.is_none(),
+                shard_config.replication.max_read_lag_ms,
+            )
+            .with_client_zone(config.proxy.zone.as_ref().map_or(0, |z| zones[z]))
+            .with_fanout(shard_config.replication.mode == Mode::Fanout)
+            .with_reads(
+                shard_config.read_consistency,
+                Duration::from_millis(config.probe.interval_ms),
+            )
+            .with_slots(crate::shard::slots::ranges_text(
+                &slots.ranges_of(shards.len()),
+            )),
+        ));
+    }
+    Ok(shards)
+}
+
+/// Each shard's router, as its configuration names it (generation 1).
+pub(super) fn routers(
+    config: &Config,
+    shards: &[Arc<Shard>],
+    changes: &Arc<std::sync::atomic::AtomicU64>,
+    limits: crate::policy::Limits,
+) -> std::io::Result<Vec<RouterSlot>> {
+    let mut routers = Vec::new();
+    for (shard, shard_config) in shards.iter().zip(config.shards.values()) {
+        let source = Source::parse(&shard_config.router_source());
+        let generation = swap::build(
+            &source,
+            &shard_config.router_config,
+            shard,
+            changes.clone(),
+            1,
+            limits,
+        )
+        .map_err(|e| invalid(format!("shards.{}.router: {e}", shard.name)))?;
+        tracing::info!(shard = %shard.name, router = %generation.source, "router loaded");
+        routers.push(RouterSlot::from_generation(generation));
+    }
+    Ok(routers)
+}
+
+/// Each shard's quorum policy, its requirement put in force.
+pub(super) fn quorums(
+    config: &Config,
+    shards: &[Arc<Shard>],
+    limits: crate::policy::Limits,
+) -> std::io::Result<Vec<ArcSwap<crate::shard::QuorumGeneration>>> {
+    let mut quorum_policies = Vec::new();
+    for (shard, shard_config) in shards.iter().zip(config.shards.values()) {
+        let replication = &shard_config.replication;
+        let source = swap::quorum_source(replication);
+        let built = swap::build_quorum(
+            &source,
+            &replication.quorum_config,
+            replication,
+            shard.replica_count(),
+            limits,
+        )
+        .map_err(|e| invalid(format!("shards.{}.replication: {e}", shard.name)))?;
+        let generation = built.generation(1, source.label());
+        shard
+            .durability
+            .set(generation.policy.requirement(shard.replica_count()));
+        quorum_policies.push(ArcSwap::from_pointee(generation));
+    }
+    Ok(quorum_policies)
+}
+
+/// The fan-out writer of each fan-out shard.
+pub(super) fn fanouts(
+    config: &Config,
+    shards: &[Arc<Shard>],
+    connect: &ConnectOptions,
+    events: &Arc<Events>,
+) -> Vec<Option<Arc<Fanout>>> {
+    shards
+        .iter()
+        .zip(config.shards.values())
+        .map(|(shard, shard_config)| {
+            shard.is_fanout().then(|| {
+                Arc::new(Fanout::new(
+                    shard.clone(),
+                    crate::replicate::fanout::Limits {
+                        backlog_mb: shard_config.replication.backlog_mb,
+                        reply_timeout: config.backend.reply_timeout(),
+                        max_reply_depth: config.limits.max_reply_depth,
+                    },
+                    connect.clone(),
+                    StateStore::new(config.failover.state_dir.as_deref()),
+                    events.clone(),
+                ))
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,289 @@
+//! Putting it together: builds the topology from the configuration, starts
+//! the probes and the listeners, and hands every accepted client to its own
+//! task.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::backend::{ConnectOptions, LinkOptions};
+use crate::config::Config;
+use crate::context::{ClientSlot, Context};
+use crate::failover;
+use crate::failover::detect::DetectorSource;
+use crate::observe::events::Events;
+use crate::policy::swap;
+use crate::topology::Topology;
+use crate::worker::{NewClient, Workers};
+
+mod boot;
+mod build;
+
+/// A running Rampart.
+pub struct Server {
+    pub client_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub context: Arc<Context>,
+    /// The background services, by name (see [`crate::services`]).
+    pub services: crate::services::Services,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Binds the listeners, starts probing, waits (briefly) for a first
+    /// picture of every shard, then starts accepting clients.
+    pub async fn start(config: Config) -> std::io::Result<Server> {
+        // Certificates first: a file that does not read stops the start
+        // before anything listens.
+        let build::Tls {
+            client: client_tls,
+            admin: admin_tls,
+            backend: backend_tls,
+        } = build::Tls::load(&config)?;
+        let listener = TcpListener::bind(&config.proxy.listen).await?;
+        let client_addr = listener.local_addr()?;
+        let admin_listener = match &config.admin.listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        let admin_addr = admin_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
+
+        let connect = ConnectOptions {
+            username: config.backend.username.clone(),
+            password: config.backend.password.clone(),
+            timeout: config.backend.connect_timeout(),
+            tls: backend_tls.clone(),
+        };
+        let link_options = LinkOptions {
+            connect: connect.clone(),
+            max_reply_depth: config.limits.max_reply_depth,
+            reply_timeout: Some(config.backend.reply_timeout()),
+            window: config.backend.max_inflight_per_link,
+            stats: Default::default(),
+        };
+        let slots = crate::reshard::initial(&config).map_err(|e| invalid(e.to_string()))?;
+        let members = Arc::new(failover::members::Members::new(
+            link_options,
+            config.backend.clone(),
+            config.proxy.worker_count(),
+            config.zone_numbers(),
+        ));
+        let changes = members.changes.clone();
+        let resolver = crate::net::dns::Resolver::new(
+            config
+                .discovery
+                .nameserver
+                .as_deref()
+                .and_then(|n| n.parse().ok()),
+        );
+        let shards = build::shards(&config, &members, &resolver, &slots).await?;
+        let limits = crate::policy::Limits::of(&config.plugins);
+        let routers = build::routers(&config, &shards, &changes, limits)?;
+        let quorum_policies = build::quorums(&config, &shards, limits)?;
+        let source = swap::detector_source(&config.probe);
+        let built = swap::build_detector(
+            &source,
+            &config.probe.detector_config,
+            &config.probe,
+            limits,
+        )
+        .map_err(|e| invalid(format!("probe: {e}")))?;
+        let detector = Arc::new(DetectorSource::new(built.generation(1, source.label())));
+        let (switchovers, switchover_rx): (Vec<_>, Vec<_>) =
+            shards.iter().map(|_| mpsc::channel(4)).unzip();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let events = Arc::new(Events::new(config.failover.event_history));
+        let fanouts = build::fanouts(&config, &shards, &connect, &events);
+        let owned: Vec<Arc<crate::shard::Shard>> = shards
+            .iter()
+            .zip(routers)
+            .zip(quorum_policies)
+            .zip(fanouts)
+            .zip(switchovers)
+            .map(|((((topology, router), quorum), fanout), controller)| {
+                Arc::new(crate::shard::Shard {
+                    topology: topology.clone(),
+                    router,
+                    quorum,
+                    fanout,
+                    controller,
+                })
+            })
+            .collect();
+        let slots = Arc::new(crate::reshard::Slots::new(slots));
+        let resharder = Arc::new(crate::reshard::mover::Resharder {
+            slots: slots.clone(),
+            shards: owned.clone(),
+            store: crate::reshard::state::MapStore::new(config.failover.state_dir.as_deref()),
+            events: events.clone(),
+            hold: Duration::from_millis(config.failover.hold_writes_ms),
+            shutdown: shutdown_rx.clone(),
+        });
+        let coordination = build::coordination(&config, client_addr, admin_addr, &shards, &events)?;
+        let context = Arc::new(Context {
+            secrets: crate::secrets::Secrets::new(&config),
+            slots,
+            resharder: resharder.clone(),
+            members: members.clone(),
+            resolver,
+            wanted_nodes: std::sync::Mutex::new(config.shards.clone()),
+            coordination: coordination.clone(),
+            topology: Topology { shards },
+            shards: owned,
+            topology_changes: changes.clone(),
+            detector,
+            clients: AtomicUsize::new(0),
+            events,
+            metrics: Arc::default(),
+            history: Arc::default(),
+            budget: crate::backend::charge::Budget::new(crate::backend::charge::Caps::of(
+                &config.limits,
+            )),
+            client_tls,
+            admin_tls,
+            backend_tls,
+            next_client_id: AtomicU64::new(1),
+            shutdown: shutdown_rx.clone(),
+            guard: crate::client::guard::Guard::new(
+                &config.proxy.deny_commands,
+                &config.proxy.managed_settings,
+                config.backend.username.as_deref(),
+            ),
+            registry: Arc::default(),
+            auth_throttle: Default::default(),
+            config,
+        });
+
+        for fanout in context.shards.iter().filter_map(|s| s.fanout.as_ref()) {
+            fanout.start();
+        }
+        boot::probe_all(&context, &members, &connect, &shutdown_rx).await;
+        let services = crate::services::Services::default();
+        if let Some(coordination) = &coordination {
+            services.start(
+                "coordination",
+                coordination.clone().run(shutdown_rx.clone()),
+            );
+        }
+        services.start("slot-mover", resharder.run());
+        services.start("discovery", context.clone().discover());
+        boot::start_controllers(
+            &context,
+            &coordination,
+            switchover_rx,
+            &connect,
+            &shutdown_rx,
+        )
+        .await;
+
+        let workers = Workers::start(&context, context.config.proxy.worker_count())?;
+        boot::start_services(
+            &services,
+            &context,
+            listener,
+            admin_listener,
+            workers,
+            shutdown_rx,
+        );
+        tracing::info!(%client_addr, ?admin_addr, services = ?services.running(), "rampart listening");
+        Ok(Server {
+            client_addr,
+            admin_addr,
+            context,
+            services,
+            shutdown,
+        })
+    }
+
+    /// Stops accepting new clients and asks every connected client to
+    /// finish: requests already sent to a node get their replies, then the
+    /// connection closes. Requests read but not yet sent are dropped
+    /// unanswered (never run), so a client sees a closed connection, not an
+    /// error for a command that did or did not happen.
+    pub fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// [`stop`](Self::stop), then waits until every client has gone or
+    /// `grace` has passed. Returns how many clients were still connected.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.stop();
+        let deadline = tokio::time::Instant::now() + grace;
+        let left = loop {
+            let left = self.context.clients.load(Ordering::Acquire);
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                break left;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // Fan-out logs are closed last, once no client can add to them.
+        let close_by = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        for fanout in self.context.shards.iter().filter_map(|s| s.fanout.as_ref()) {
+            fanout.close(close_by).await;
+        }
+        self.services.stop_all();
+        left
+    }
+}
+
+/// A policy that cannot be loaded at startup: the field, the step and the
+/// reason, and Rampart does not start.
+fn invalid(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    workers: Workers,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let slot = ClientSlot::take(&ctx);
+        if ctx.clients.load(Ordering::Acquire) > ctx.config.proxy.max_clients {
+            tokio::spawn(async move {
+                refuse(stream).await;
+                drop(slot);
+            });
+            continue;
+        }
+        let id = ctx.next_client_id.fetch_add(1, Ordering::Relaxed);
+        match stream.into_std() {
+            Ok(stream) => workers.dispatch(NewClient {
+                stream,
+                id,
+                peer,
+                slot,
+            }),
+            Err(e) => tracing::warn!(error = %e, "cannot hand over a client"),
+        }
+    }
+}
+
+/// Redis's answer to one client too many.
+async fn refuse(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = stream
+        .write_all(b"-ERR max number of clients reached\r\n")
+        .await;
+}
