@@ -42,6 +42,9 @@ pub struct Context {
     /// Bumped when any node's role or health changes (router plugins
     /// refresh their node list on it).
     pub topology_changes: Arc<AtomicU64>,
+    /// `probe.interval_ms`, `timeout_ms` and `busy_kill_after_ms` as they
+    /// are now (a reload changes them).
+    pub probe_timings: Arc<crate::failover::probe::Timings>,
     /// The detector every probe uses: the built-in `probe.detector`, or a
     /// plugin; replaceable at runtime.
     pub detector: Arc<DetectorSource>,

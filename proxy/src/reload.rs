@@ -4,7 +4,7 @@
 //! What changes live: each shard's router (`router`, `router_config`,
 //! `read_from`), loaded as a new generation exactly as `RAMPART POLICY
 //! LOAD` would, each shard's `read_consistency`, its quorum and the
-//! detector (their settings and plugins), `log.level`, the admin tokens
+//! detector (their settings and plugins), the probe timings, `log.level`, the admin tokens
 //! and `proxy.password` (see `secrets.rs`), and each shard's `nodes`
 //! (see `failover/members.rs`). Every other changed field is logged by
 //! name as applying at the next start, so an operator never wonders
@@ -43,6 +43,9 @@ const LIVE: &[&str] = &[
     "shards.*.replication.on_shortfall",
     "shards.*.replication.quorum_plugin",
     "shards.*.replication.quorum_config",
+    "probe.interval_ms",
+    "probe.timeout_ms",
+    "probe.busy_kill_after_ms",
     "probe.detector",
     "probe.down_after_ms",
     "probe.phi_threshold",
@@ -191,7 +194,14 @@ async fn reload(
             report(name, "quorum", loaded);
         }
     }
-    if live.iter().any(|field| field.starts_with("probe.")) {
+    ctx.probe_timings.set(&config.probe);
+    if live.iter().any(|field| {
+        field.starts_with("probe.")
+            && !matches!(
+                field.as_str(),
+                "probe.interval_ms" | "probe.timeout_ms" | "probe.busy_kill_after_ms"
+            )
+    }) {
         let probe = &config.probe;
         let source = swap::detector_source(probe);
         let loaded = ctx

@@ -437,6 +437,14 @@ impl Proxy {
         }
     }
 
+    /// The detail of the newest event of `kind`.
+    pub fn last_event_detail(&self, kind: &str) -> Option<String> {
+        self.events()
+            .into_iter()
+            .rfind(|e| e["kind"] == kind)
+            .and_then(|e| e["detail"].as_str().map(str::to_string))
+    }
+
     /// Kinds of every event so far, oldest first.
     pub fn event_kinds(&self) -> Vec<String> {
         self.events()

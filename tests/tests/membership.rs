@@ -121,3 +121,51 @@ fn nodes_join_and_leave_a_running_shard_by_reload() {
         || nodes(&proxy).contains(&(replica.clone(), "replica".into(), true)),
     );
 }
+
+#[test]
+fn probe_timings_change_on_reload() {
+    let cluster = Cluster::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rampart.toml");
+    let write = |interval_ms: u64| {
+        std::fs::write(
+            &file,
+            format!(
+                "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [probe]\ninterval_ms = {interval_ms}\n\
+                 [shards.main]\nnodes = [\"{}\"]\n",
+                cluster.nodes[0].addr()
+            ),
+        )
+        .unwrap();
+    };
+    write(2000);
+    let proxy = Proxy::start_with(&std::fs::read_to_string(&file).unwrap());
+    proxy.watch_config(&file);
+    let node = &cluster.nodes[0];
+    // Probes are `INFO replication` (the failover controller asks the
+    // same only when it acts): counted over two seconds, before and after.
+    let probes_in = |window: Duration| {
+        let before = node.calls("info");
+        std::thread::sleep(window);
+        node.calls("info") - before
+    };
+    // Past the start (the first probe on a fresh connection, the
+    // controller's first look).
+    std::thread::sleep(Duration::from_millis(1500));
+    let slow = probes_in(Duration::from_secs(2));
+    write(50);
+    wait_until("the reload", Duration::from_secs(10), || {
+        proxy.event_kinds().iter().any(|k| k == "config-reloaded")
+    });
+    let fast = probes_in(Duration::from_secs(2));
+    assert!(slow <= 4, "every 2 s: {slow} probes in 2 s");
+    assert!(
+        fast >= 15,
+        "every 50 ms after the reload: {fast} probes in 2 s"
+    );
+    assert_eq!(
+        proxy.last_event_detail("config-reloaded").as_deref(),
+        Some("applied now: probe.interval_ms; at the next start: nothing")
+    );
+}

@@ -116,7 +116,11 @@ impl Connection {
         let mut args: Vec<&[u8]> = vec![b"AUTH"];
         args.extend(user.map(|u| &u[..]));
         args.push(password);
-        let timeout = std::time::Duration::from_millis(self.ctx.config.probe.timeout_ms.max(1000));
+        let timeout = self
+            .ctx
+            .probe_timings
+            .timeout()
+            .max(std::time::Duration::from_millis(1000));
         use redis_protocol::resp3::types::OwnedFrame;
         match control.call(&args, timeout).await {
             Ok(OwnedFrame::SimpleString { .. }) => {}

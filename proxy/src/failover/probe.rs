@@ -109,11 +109,39 @@ struct Busy {
     unkillable: bool,
 }
 
-/// Starts the probe of one node. `first_round` gets a permit once the node
-/// has been probed (successfully or not) for the first time.
+/// The probe timings in force (`probe.interval_ms`, `timeout_ms`,
+/// `busy_kill_after_ms`): read by every probe and failover controller at
+/// each round, so a reload changes them without a restart.
+pub struct Timings(arc_swap::ArcSwap<ProbeConfig>);
+
+impl Timings {
+    pub fn new(config: &ProbeConfig) -> Timings {
+        Timings(arc_swap::ArcSwap::from_pointee(config.clone()))
+    }
+
+    pub fn set(&self, config: &ProbeConfig) {
+        self.0.store(Arc::new(config.clone()));
+    }
+
+    /// How often each node is probed (and each controller looks).
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.0.load().interval_ms)
+    }
+
+    /// How long a node has to answer.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.0.load().timeout_ms)
+    }
+
+    /// How long a node may answer -BUSY before its script is killed.
+    pub fn kill_after(&self) -> Duration {
+        Duration::from_millis(self.0.load().busy_kill_after_ms)
+    }
+}
+
 /// What every node's probe shares.
 pub struct Probing {
-    pub config: ProbeConfig,
+    pub timings: Arc<Timings>,
     pub detectors: Arc<DetectorSource>,
     pub opts: ConnectOptions,
     /// Gets a permit once each node has been probed for the first time.
@@ -124,6 +152,8 @@ pub struct Probing {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
+/// Starts the probe of one node. `first_round` gets a permit once the node
+/// has been probed (successfully or not) for the first time.
 pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
     // One probe per node, however often it is retired and added back.
     if !node.start_probing() {
@@ -133,7 +163,7 @@ pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
     tokio::spawn(
         async move {
             let Probing {
-                config,
+                timings,
                 detectors,
                 opts,
                 first_round,
@@ -141,11 +171,8 @@ pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
                 shutdown,
             } = &*probing;
             let mut shutdown = shutdown.clone();
-            let interval = Duration::from_millis(config.interval_ms);
-            let timeout = Duration::from_millis(config.timeout_ms);
             let mut control: Option<Control> = None;
             let mut first = true;
-            let kill_after = Duration::from_millis(config.busy_kill_after_ms);
             let mut busy = Busy::default();
             let (mut generation, mut detector) = detectors.for_node(node.id);
             loop {
@@ -162,6 +189,8 @@ pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
                 if detectors.generation() != generation {
                     (generation, detector) = detectors.for_node(node.id);
                 }
+                let (interval, timeout, kill_after) =
+                    (timings.interval(), timings.timeout(), timings.kill_after());
                 let started = Instant::now();
                 // Before the probe is sent: see `topology::position`.
                 let answered = node.pool.stats().answered();

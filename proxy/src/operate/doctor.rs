@@ -53,7 +53,7 @@ impl Context {
     pub async fn doctor(&self) -> Report {
         let mut findings = Vec::new();
         for shard in &self.topology.shards {
-            let timeout = Duration::from_millis(self.config.probe.timeout_ms.max(500));
+            let timeout = self.probe_timings.timeout().max(Duration::from_millis(500));
             let mut before = None;
             for node in shard.nodes.iter().filter(|n| n.health() == Health::Up) {
                 let Some(config) = node_config(node, timeout).await else {
@@ -89,7 +89,7 @@ impl Context {
         if persists {
             return None;
         }
-        let interval = self.config.probe.interval_ms;
+        let interval = self.probe_timings.interval().as_millis() as u64;
         let delay_ms = config.diskless_sync_delay_s.saturating_mul(1000);
         let race = if delay_ms <= interval {
             format!(

@@ -27,7 +27,7 @@ pub(super) async fn probe_all(
 ) {
     let probed = Arc::new(Semaphore::new(0));
     let probing = Arc::new(failover::probe::Probing {
-        config: context.config.probe.clone(),
+        timings: context.probe_timings.clone(),
         detectors: context.detector.clone(),
         opts: connect.clone(),
         first_round: probed.clone(),
@@ -61,8 +61,7 @@ pub(super) async fn start_controllers(
                 }
                 let shard = context.shards[index].clone();
                 let settings = failover::controller::Settings {
-                    interval: Duration::from_millis(context.config.probe.interval_ms),
-                    timeout: Duration::from_millis(context.config.probe.timeout_ms),
+                    timings: context.probe_timings.clone(),
                     replication: context.config.shards[shard.name()].replication.clone(),
                     store: StateStore::new(context.config.failover.state_dir.as_deref()),
                     coordination: coordination.clone(),

@@ -139,6 +139,7 @@ impl Server {
             shards: owned,
             topology_changes: changes.clone(),
             detector,
+            probe_timings: Arc::new(failover::probe::Timings::new(&config.probe)),
             clients: AtomicUsize::new(0),
             events,
             metrics: Arc::default(),

@@ -63,7 +63,7 @@ impl Controller {
     /// The node's replication state, asked now.
     pub(super) async fn report(&self, node: &Node) -> Result<Report, NodeError> {
         let mut control = self.connect(node).await?;
-        probe::replication(&mut control, self.timeout)
+        probe::replication(&mut control, self.timings.timeout())
             .await
             .map_err(|e| NodeError::NoAnswer(format!("{}: {e}", node.addr)))
     }
@@ -75,7 +75,7 @@ impl Controller {
         args: &[&str],
     ) -> Result<OwnedFrame, NodeError> {
         let mut control = self.connect(node).await?;
-        match control.call(args, self.timeout).await {
+        match control.call(args, self.timings.timeout()).await {
             Ok(OwnedFrame::SimpleError { data, .. }) => Err(NodeError::Refused(data)),
             Ok(OwnedFrame::BlobError { data, .. }) => {
                 Err(NodeError::Refused(String::from_utf8_lossy(&data).into()))
@@ -86,7 +86,12 @@ impl Controller {
     }
 
     async fn connect(&self, node: &Node) -> Result<Control, NodeError> {
-        match tokio::time::timeout(self.timeout, Control::connect(&node.addr, &self.opts)).await {
+        match tokio::time::timeout(
+            self.timings.timeout(),
+            Control::connect(&node.addr, &self.opts),
+        )
+        .await
+        {
             Ok(Ok(control)) => Ok(control),
             Ok(Err(e)) => Err(NodeError::Unreachable(format!("{}: {e}", node.addr))),
             Err(_) => Err(NodeError::Unreachable(format!(

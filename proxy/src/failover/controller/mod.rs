@@ -54,10 +54,9 @@ const SWITCHOVER_CATCH_UP: Duration = Duration::from_secs(5);
 
 /// What a shard's controller runs by, from the configuration.
 pub struct Settings {
-    /// How often it looks at the shard (`probe.interval_ms`).
-    pub interval: Duration,
-    /// How long a node has to answer it (`probe.timeout_ms`).
-    pub timeout: Duration,
+    /// How often it looks at the shard (`probe.interval_ms`) and how long
+    /// a node has to answer it (`probe.timeout_ms`), as they are now.
+    pub timings: Arc<crate::failover::probe::Timings>,
     /// The shard's `replication` settings.
     pub replication: crate::config::ReplicationConfig,
     /// Where epochs and the awaiting-operator state are kept.
@@ -73,13 +72,12 @@ pub struct Controller {
     unit: Arc<crate::shard::Shard>,
     /// Its nodes, roles and epoch.
     shard: Arc<Shard>,
-    interval: Duration,
+    timings: Arc<crate::failover::probe::Timings>,
     replication: crate::config::ReplicationConfig,
     events: Arc<Events>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     store: StateStore,
     opts: ConnectOptions,
-    timeout: Duration,
     /// When each node was last sent a corrective command.
     last_sent: HashMap<u32, Instant>,
     /// The primary `min-replicas-to-write` was last set on.
@@ -127,8 +125,7 @@ pub fn spawn(
     let shard = unit.topology.clone();
     let span = tracing::info_span!("controller", shard = %shard.name);
     let controller = Controller {
-        timeout: settings.timeout,
-        interval: settings.interval,
+        timings: settings.timings,
         replication: settings.replication,
         store: settings.store,
         coordination: settings.coordination,
@@ -156,12 +153,11 @@ pub fn spawn(
 
 impl Controller {
     async fn run(mut self, mut requests: mpsc::Receiver<Switchover>) {
-        let interval = self.interval;
         let mut shutdown = self.shutdown.clone();
         loop {
             self.tick().await;
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(self.timings.interval()) => {}
                 Some(request) = requests.recv() => {
                     if let Some(holder) = self.not_holding() {
                         let _ = request.reply.send(Err(OpError::Conflict(format!(
