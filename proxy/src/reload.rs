@@ -341,7 +341,10 @@ mod tests {
             ]
         );
         assert!(LIVE.iter().any(|l| matches(l, "shards.main.read_from")));
-        assert!(!LIVE.iter().any(|l| matches(l, "probe.interval_ms")));
+        assert!(LIVE.iter().any(|l| matches(l, "probe.interval_ms")));
+        assert!(!LIVE
+            .iter()
+            .any(|l| matches(l, "backend.connect_timeout_ms")));
         assert!(!matches("shards.*.router", "shards.main.router.x"));
     }
 }

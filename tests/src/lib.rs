@@ -453,7 +453,7 @@ impl Proxy {
             .collect()
     }
 
-    fn admin_json(&self, path: &str) -> serde_json::Value {
+    pub fn admin_json(&self, path: &str) -> serde_json::Value {
         let admin = self.admin.expect("the test proxy has an admin listener");
         let (status, body) = http_get(admin, path);
         assert_eq!(status, 200, "GET {path}: {body}");

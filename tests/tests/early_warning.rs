@@ -94,3 +94,71 @@ fn a_paused_replica_is_seen_coming_before_it_needs_a_full_resync() {
         "counted by kind"
     );
 }
+
+#[test]
+fn a_node_filling_up_to_its_maxmemory_is_seen_coming() {
+    let cluster = Cluster::start(0);
+    let node = &cluster.nodes[0];
+    let used: u64 = node
+        .info_field("memory", "used_memory")
+        .and_then(|v| v.parse().ok())
+        .expect("used_memory");
+    // Room for about 4 MB more; writes are refused past it.
+    let max = used + 4 * 1024 * 1024;
+    node.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    node.cli(&["CONFIG", "SET", "maxmemory", &max.to_string()]);
+    let proxy = Proxy::start(
+        &cluster.addrs(),
+        Setup {
+            sections: "[probe]\ninterval_ms = 50\n",
+            ..Setup::default()
+        },
+    );
+    let addr = node.addr();
+    let series = |name: &str| format!("{name}{{shard=\"main\",node=\"{addr}\"}}");
+    wait_until("the memory to be sampled", Duration::from_secs(10), || {
+        proxy.metric(&series("rampart_node_memory_max_bytes")) == Some(max as f64)
+    });
+    assert!(!proxy
+        .event_kinds()
+        .iter()
+        .any(|k| k == "risk-memory-full-soon"));
+
+    // Fill it to about 93%: warned before any write is refused.
+    let mut conn = proxy.conn();
+    let value = "x".repeat(10_000);
+    for i in 0..380 {
+        let _: () = redis::Commands::set(&mut conn, format!("m{i}"), &value).unwrap();
+    }
+    wait_until("the memory warning", Duration::from_secs(10), || {
+        proxy
+            .event_kinds()
+            .iter()
+            .any(|k| k == "risk-memory-full-soon")
+    });
+    // (Raised by the growth alone already, while the writes went on: at
+    // that rate it would be full within minutes.) The next samples see it
+    // over nine tenths full.
+    wait_until(
+        "the memory to be sampled full",
+        Duration::from_secs(10),
+        || {
+            proxy
+                .metric(&series("rampart_node_memory_used_bytes"))
+                .is_some_and(|used| used > 0.9 * max as f64)
+        },
+    );
+    let risks = proxy.admin_json("/v1/risks");
+    let memory = &risks["shards"][0]["memory"][0];
+    assert_eq!(memory["addr"], addr.as_str());
+    assert!(memory["headroom_share"].as_f64().unwrap() < 0.1, "{risks}");
+
+    // Room again: the risk is over.
+    let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
+    wait_until("the all-clear", Duration::from_secs(40), || {
+        proxy
+            .events()
+            .iter()
+            .any(|e| e["kind"] == "risk-cleared" && e["detail"] == "risk-memory-full-soon: over")
+    });
+}

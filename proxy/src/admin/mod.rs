@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::context::Context;
 
+mod memory_metrics;
 pub mod metrics;
 mod prom;
 mod slot_metrics;

@@ -33,8 +33,9 @@ pub(super) fn slots(ctx: &Context) -> serde_json::Value {
 
 /// Early warning, as `/metrics` and the events have it (see
 /// `topology/risks.rs`): per shard, replicas to spare before synchronous
-/// writes are refused, and per replica, how far it can fall further behind
-/// before the primary's backlog no longer holds what it lacks.
+/// writes are refused; per replica, how far it can fall further behind
+/// before the primary's backlog no longer holds what it lacks; per node
+/// with `maxmemory`, the room left and when it runs out.
 pub(super) fn risks(ctx: &Context) -> serde_json::Value {
     let shards: Vec<serde_json::Value> = ctx
         .topology
@@ -56,8 +57,25 @@ pub(super) fn risks(ctx: &Context) -> serde_json::Value {
                     }))
                 })
                 .collect();
+            let memory: Vec<serde_json::Value> = shard
+                .nodes
+                .iter()
+                .filter(|n| !n.is_retired())
+                .filter_map(|node| {
+                    let risk = node.memory_risk()?;
+                    Some(serde_json::json!({
+                        "addr": node.addr,
+                        "used_bytes": node.memory().used,
+                        "max_bytes": node.memory().max,
+                        "headroom_bytes": risk.headroom,
+                        "headroom_share": risk.share,
+                        "full_in_s": risk.full_in,
+                    }))
+                })
+                .collect();
             serde_json::json!({
                 "shard": shard.name,
+                "memory": memory,
                 "acks": acks,
                 // Meaningful only when writes wait for replicas.
                 "spare_replicas": (acks > 0).then(|| shard.spare_replicas()),

@@ -173,6 +173,7 @@ pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
             let mut shutdown = shutdown.clone();
             let mut control: Option<Control> = None;
             let mut first = true;
+            let mut memory_sampled: Option<Instant> = None;
             let mut busy = Busy::default();
             let (mut generation, mut detector) = detectors.for_node(node.id);
             loop {
@@ -196,6 +197,16 @@ pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
                 let answered = node.pool.stats().answered();
                 let reads = node.pool.stats().reads();
                 let result = probe_once(&node, &mut control, opts, timeout).await;
+                // Memory changes slowly: sampled about once a second, on
+                // the probe's connection, for the early warning.
+                if matches!(result, Ok(Answer::Report(_)))
+                    && memory_sampled.is_none_or(|at| at.elapsed() >= MEMORY_EVERY)
+                {
+                    memory_sampled = Some(Instant::now());
+                    if let Some(conn) = control.as_mut() {
+                        sample_memory(&node, conn, timeout).await;
+                    }
+                }
                 // A probe that timed out while the node kept sending Rampart
                 // replies on its links met a node busy with Rampart's own
                 // traffic (a client's huge pipeline, say): alive, not dead.
@@ -303,6 +314,24 @@ async fn kill_script(conn: &mut Control, timeout: Duration) -> (&'static str, St
         "script-kill-failed",
         format!("SCRIPT KILL / FUNCTION KILL: {last}"),
     )
+}
+
+/// How often a node's memory is sampled.
+const MEMORY_EVERY: Duration = Duration::from_secs(1);
+
+/// `INFO memory`: `used_memory` and `maxmemory`, kept on the node. A
+/// failure is left to the next replication probe to notice.
+async fn sample_memory(node: &Node, conn: &mut Control, timeout: Duration) {
+    let Ok(reply) = conn.call(&["INFO", "memory"], timeout).await else {
+        return;
+    };
+    let Some(info) = frame_text(&reply) else {
+        return;
+    };
+    let number = |field: &str| info_field(&info, field).and_then(|v| v.parse::<u64>().ok());
+    if let (Some(used), Some(max)) = (number("used_memory"), number("maxmemory")) {
+        node.observe_memory(used, max);
+    }
 }
 
 /// The largest reply a probe accepts.

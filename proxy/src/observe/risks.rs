@@ -17,6 +17,14 @@ const HEADROOM_WARN: f64 = 0.25;
 /// hovering at the threshold is one warning, not one a second).
 const HEADROOM_CLEAR: f64 = 0.5;
 
+/// A node's memory is a risk when less than this share of `maxmemory` is
+/// left, or it fills within this many seconds at the current growth ...
+const MEMORY_WARN_SHARE: f64 = 0.10;
+const MEMORY_WARN_S: f64 = 600.0;
+/// ... and the risk is over past these (hysteresis, as for the backlog).
+const MEMORY_CLEAR_SHARE: f64 = 0.20;
+const MEMORY_CLEAR_S: f64 = 1800.0;
+
 /// Watches until `shutdown` fires.
 pub async fn watch(
     shards: Vec<Arc<Shard>>,
@@ -80,6 +88,28 @@ fn check(shard: &Shard, events: &Events, raised: &mut Raised) {
         let spare = shard.spare_replicas();
         raised.set(events, shard, "", "risk-one-failure-from-refusing-writes", spare == 0, || {
             format!("exactly the {acks} replica(s) writes need follow the primary: one more failure and synchronous writes are refused (-NOQUORUM)")
+        });
+    }
+    for node in shard.nodes.iter().filter(|n| !n.is_retired()) {
+        let Some(risk) = node.memory_risk() else {
+            continue;
+        };
+        let kind = "risk-memory-full-soon";
+        let soon = |share: f64, seconds: f64| {
+            risk.share < share || risk.full_in.is_some_and(|s| s < seconds)
+        };
+        let on = if raised.is_raised(shard, &node.addr, kind) {
+            soon(MEMORY_CLEAR_SHARE, MEMORY_CLEAR_S)
+        } else {
+            soon(MEMORY_WARN_SHARE, MEMORY_WARN_S)
+        };
+        raised.set(events, shard, &node.addr, kind, on, || {
+            let full_in = risk.full_in.map_or(String::from("not growing now"), |s| format!("full in {s:.0} s at the current growth"));
+            format!(
+                "{} bytes ({:.0}% of maxmemory) left: {full_in}; at maxmemory it evicts keys or refuses writes (-OOM) (raise maxmemory, or find what grows)",
+                risk.headroom,
+                risk.share * 100.0
+            )
         });
     }
     let backlog = shard.backlog_bytes();

@@ -16,7 +16,8 @@ mod observed;
 pub mod position;
 mod risks;
 
-pub use node::{Health, Node, NodeView, Report, Role, SyncState};
+pub use node::{Health, Memory, Node, NodeView, Report, Role, SyncState};
+pub use risks::MemoryRisk;
 
 use crate::config::{ReadConsistency, ReadFrom};
 use crate::replicate::lag::OffsetHistory;

@@ -70,6 +70,39 @@ impl SyncState {
     }
 }
 
+/// A node's memory as the probes sample it (about once a second).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Memory {
+    /// `used_memory`, bytes.
+    pub used: u64,
+    /// `maxmemory`, bytes; 0: no limit.
+    pub max: u64,
+    /// How fast `used` grows, bytes per second, smoothed over the last
+    /// samples (negative: it shrinks).
+    pub growth: f64,
+    at: Option<std::time::Instant>,
+}
+
+impl Memory {
+    /// The sample after this one: growth smoothed (a weight of 0.3 for the
+    /// newest rate) so one burst does not read as a trend.
+    fn next(self, used: u64, max: u64, now: std::time::Instant) -> Memory {
+        let growth = match self.at {
+            Some(at) if now > at => {
+                let rate = (used as f64 - self.used as f64) / (now - at).as_secs_f64();
+                0.7 * self.growth + 0.3 * rate
+            }
+            _ => 0.0,
+        };
+        Memory {
+            used,
+            max,
+            growth,
+            at: Some(now),
+        }
+    }
+}
+
 /// One Redis node.
 pub struct Node {
     pub id: u32,
@@ -126,6 +159,9 @@ pub struct Node {
     added_live: AtomicBool,
     /// A probe task runs for it.
     probing: AtomicBool,
+    /// `used_memory` and `maxmemory` as the probes last sampled them, and
+    /// how fast used memory grows.
+    memory: Mutex<Memory>,
     pub pool: NodePool,
     /// Shared by all nodes: bumped when any node's role, health or fitness
     /// for reads changes, so policies that cache the node list know to
@@ -162,6 +198,7 @@ impl Node {
             retired: AtomicBool::new(false),
             added_live: AtomicBool::new(false),
             probing: AtomicBool::new(false),
+            memory: Mutex::new(Memory::default()),
             pool,
         }
     }
@@ -181,6 +218,16 @@ impl Node {
         if self.retired.swap(retired, Ordering::AcqRel) != retired {
             self.changes.fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    /// Records a sample of the node's memory.
+    pub fn observe_memory(&self, used: u64, max: u64) {
+        let mut memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        *memory = memory.next(used, max, std::time::Instant::now());
+    }
+
+    pub fn memory(&self) -> Memory {
+        *self.memory.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Claims the node's probe; false if one runs already.

@@ -9,6 +9,35 @@ use std::sync::atomic::Ordering;
 
 use super::{Node, Shard, SyncState};
 
+/// How close a node is to its `maxmemory`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryRisk {
+    /// Bytes left before `maxmemory`.
+    pub headroom: u64,
+    /// The headroom as a share of `maxmemory`.
+    pub share: f64,
+    /// Seconds until full at the current growth; `None` when not growing.
+    pub full_in: Option<f64>,
+}
+
+impl Node {
+    /// For a node with `maxmemory` set and sampled: how much room is left
+    /// and how long it lasts at the rate memory grows now. At `maxmemory`
+    /// Redis evicts keys or, with `noeviction`, refuses writes (`-OOM`).
+    pub fn memory_risk(&self) -> Option<MemoryRisk> {
+        let memory = self.memory();
+        if memory.max == 0 {
+            return None;
+        }
+        let headroom = memory.max.saturating_sub(memory.used);
+        Some(MemoryRisk {
+            headroom,
+            share: headroom as f64 / memory.max as f64,
+            full_in: (memory.growth > 1.0).then(|| headroom as f64 / memory.growth),
+        })
+    }
+}
+
 impl Shard {
     /// Replicas that could acknowledge a write now, beyond the
     /// acknowledgements a write needs: at 0, one more replica failure and
