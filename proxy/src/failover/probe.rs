@@ -203,9 +203,7 @@ pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
                     && memory_sampled.is_none_or(|at| at.elapsed() >= MEMORY_EVERY)
                 {
                     memory_sampled = Some(Instant::now());
-                    if let Some(conn) = control.as_mut() {
-                        sample_memory(&node, conn, timeout).await;
-                    }
+                    sample_memory(&node, &mut control, timeout).await;
                 }
                 // A probe that timed out while the node kept sending Rampart
                 // replies on its links met a node busy with Rampart's own
@@ -319,11 +317,19 @@ async fn kill_script(conn: &mut Control, timeout: Duration) -> (&'static str, St
 /// How often a node's memory is sampled.
 const MEMORY_EVERY: Duration = Duration::from_secs(1);
 
-/// `INFO memory`: `used_memory` and `maxmemory`, kept on the node. A
-/// failure is left to the next replication probe to notice.
-async fn sample_memory(node: &Node, conn: &mut Control, timeout: Duration) {
-    let Ok(reply) = conn.call(&["INFO", "memory"], timeout).await else {
+/// `INFO memory`: `used_memory` and `maxmemory`, kept on the node. On a
+/// failure the connection is dropped (a late reply must not be read as
+/// the next probe's), and the next probe connects afresh.
+async fn sample_memory(node: &Node, control: &mut Option<Control>, timeout: Duration) {
+    let Some(conn) = control.as_mut() else {
         return;
+    };
+    let reply = match conn.call(&["INFO", "memory"], timeout).await {
+        Ok(reply) => reply,
+        Err(_) => {
+            *control = None;
+            return;
+        }
     };
     let Some(info) = frame_text(&reply) else {
         return;
