@@ -133,3 +133,65 @@ impl MapStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_map_comes_back_as_it_was_and_names_what_is_missing() {
+        let map = SlotMap::build([("a", Some("0-8191")), ("b", Some("8192-16383"))]).unwrap();
+        let moving = map.with_moving(Some(Moving {
+            ranges: vec![(0, 99)],
+            from: 0,
+            to: 1,
+            paused: true,
+        }));
+        let saved = SavedMap::of(&moving, &["a", "b"]);
+        let back = saved.to_map(&["a", "b"]).unwrap();
+        assert_eq!(back.ranges_of(0), vec![(0, 8191)]);
+        // A move resumes past its pause.
+        assert_eq!(
+            back.moving(),
+            Some(&Moving {
+                ranges: vec![(0, 99)],
+                from: 0,
+                to: 1,
+                paused: false
+            })
+        );
+        // A shard added to the configuration since owns nothing.
+        let grown = saved.to_map(&["a", "b", "c"]).unwrap();
+        assert_eq!(grown.count_of(2), 0);
+        // A shard that owns slots cannot disappear from it.
+        let error = saved.to_map(&["a"]).unwrap_err();
+        assert!(
+            error.0.contains("shard 'b' owns slots 8192-16383"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_file_is_written_whole_and_read_back() {
+        let dir = tempfile_dir();
+        let store = MapStore::new(Some(dir.to_str().unwrap()));
+        assert!(store.load().unwrap().is_none());
+        let map = SlotMap::build([("a", Some("0-16383")), ("b", Some(""))]).unwrap();
+        let saved = SavedMap::of(&map, &["a", "b"]);
+        store.save(&saved).unwrap();
+        assert_eq!(store.load().unwrap(), Some(saved));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "rampart-slots-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

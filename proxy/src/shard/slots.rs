@@ -371,6 +371,38 @@ mod tests {
     }
 
     #[test]
+    fn a_move_routes_its_slots_to_the_target_and_ends_with_it_owning_them() {
+        let map = SlotMap::build([("a", Some("0-16383")), ("b", Some(""))]).unwrap();
+        let moving = Moving {
+            ranges: vec![(8192, 16383)],
+            from: 0,
+            to: 1,
+            paused: true,
+        };
+        let paused = map.with_moving(Some(moving.clone()));
+        assert_eq!(paused.residence(100), Residence::Owned(0));
+        assert_eq!(paused.residence(9000), Residence::Paused);
+        // While paused, a key still belongs to the source.
+        assert_eq!(paused.shard_of(b"foo"), 0, "foo is in slot 12182");
+        let under_way = map.with_moving(Some(Moving {
+            paused: false,
+            ..moving
+        }));
+        assert_eq!(
+            under_way.residence(9000),
+            Residence::Moving { from: 0, to: 1 }
+        );
+        assert_eq!(under_way.shard_of(b"foo"), 1);
+        assert_eq!(under_way.count_of(1), 0, "owned by the source until done");
+        let done = under_way.with_move_done();
+        assert!(done.moving().is_none());
+        assert_eq!(done.ranges_of(1), vec![(8192, 16383)]);
+        assert_eq!(done.ranges_of(0), vec![(0, 8191)]);
+        assert_eq!(ranges_text(&done.ranges_of(0)), "0-8191");
+        assert_eq!(ranges_text(&[(5, 5), (7, 9)]), "5,7-9");
+    }
+
+    #[test]
     fn slots_match_redis_cluster() {
         // From Redis's own `CLUSTER KEYSLOT` (and its cluster spec).
         assert_eq!(crc16(b"123456789"), 0x31C3);
