@@ -81,7 +81,11 @@ impl StateStore {
         self.save_file(&format!("{shard}.fanout.json"), state)
     }
 
-    fn load_file<T: serde::de::DeserializeOwned>(&self, name: &str) -> std::io::Result<Option<T>> {
+    /// `<dir>/<name>`, read as JSON; `None` when absent (or no directory).
+    pub(crate) fn load_file<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> std::io::Result<Option<T>> {
         let Some(dir) = &self.dir else {
             return Ok(None);
         };
@@ -100,7 +104,7 @@ impl StateStore {
 
     /// Writes the state durably: a temporary file, synced, renamed over the
     /// old one, so a crash leaves either the old epoch or the new.
-    fn save_file<T: Serialize>(&self, name: &str, state: &T) -> std::io::Result<()> {
+    pub(crate) fn save_file<T: Serialize>(&self, name: &str, state: &T) -> std::io::Result<()> {
         let Some(dir) = &self.dir else {
             return Ok(());
         };

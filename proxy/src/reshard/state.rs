@@ -4,11 +4,10 @@
 //! before any move.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::failover::state::StateStore;
 use crate::shard::slots::{parse_ranges, ranges_text, Moving, SlotError, SlotMap};
 
 const FILE: &str = "slots.json";
@@ -84,53 +83,23 @@ impl SavedMap {
     }
 }
 
-/// `<dir>/slots.json`.
+/// `<dir>/slots.json`, kept as the shards' epochs are (see
+/// [`StateStore`]: written to a temporary file, synced and renamed, so a
+/// crash leaves the old map or the new one, never half of one).
 #[derive(Debug, Clone)]
-pub struct MapStore {
-    dir: Option<PathBuf>,
-}
+pub struct MapStore(StateStore);
 
 impl MapStore {
     pub fn new(dir: Option<&str>) -> MapStore {
-        MapStore {
-            dir: dir.map(PathBuf::from),
-        }
-    }
-
-    /// Whether maps are kept at all (moves need it).
-    pub fn keeps(&self) -> bool {
-        self.dir.is_some()
+        MapStore(StateStore::new(dir))
     }
 
     pub fn load(&self) -> std::io::Result<Option<SavedMap>> {
-        let Some(dir) = &self.dir else {
-            return Ok(None);
-        };
-        match std::fs::read(dir.join(FILE)) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.0.load_file(FILE)
     }
 
-    /// Written to a temporary file, synced and renamed: a crash leaves the
-    /// old map or the new one, never half of one.
     pub fn save(&self, saved: &SavedMap) -> std::io::Result<()> {
-        let Some(dir) = &self.dir else {
-            return Ok(());
-        };
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!("{FILE}.tmp"));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, dir.join(FILE))?;
-        if let Ok(dir) = std::fs::File::open(dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        self.0.save_file(FILE, saved)
     }
 }
 
