@@ -3,10 +3,13 @@
 //! (it would need a full resynchronisation), and with it gone the shard
 //! is one replica failure away from refusing synchronous writes. Each is a
 //! metric and an event before anything fails, and the events say when the
-//! risk is over.
+//! risk is over. So do a node that stalls now and then (probes missed
+//! before it is judged down) and one whose answers slow down against its
+//! own usual.
 
 use std::time::Duration;
 
+use rampart_tests::forwarder::{Fault, Forwarder};
 use rampart_tests::{wait_until, Cluster, Proxy, Setup};
 
 #[test]
@@ -161,4 +164,116 @@ fn a_node_filling_up_to_its_maxmemory_is_seen_coming() {
             .iter()
             .any(|e| e["kind"] == "risk-cleared" && e["detail"] == "risk-memory-full-soon: over")
     });
+}
+
+#[test]
+fn a_node_that_stalls_now_and_then_is_suspected_before_it_fails() {
+    let cluster = Cluster::start(0);
+    let proxy = Proxy::start(
+        &cluster.addrs(),
+        Setup {
+            sections: "[probe]\ninterval_ms = 50\ntimeout_ms = 100\ndown_after_ms = 60000\n",
+            ..Setup::default()
+        },
+    );
+    let node = &cluster.nodes[0];
+    let series = |name: &str| format!("{name}{{shard=\"main\",node=\"{}\"}}", node.addr());
+    wait_until("probes answered", Duration::from_secs(10), || {
+        proxy.metric(&series("rampart_node_probes_missed")) == Some(0.0)
+    });
+    // Stalls of a third of a second (as a fork on a big data set, or
+    // swapping, makes): each costs a probe or two, none is long enough
+    // to be judged down.
+    for _ in 0..3 {
+        node.signal("STOP");
+        std::thread::sleep(Duration::from_millis(350));
+        node.signal("CONT");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_until("the suspicion warning", Duration::from_secs(5), || {
+        proxy
+            .event_kinds()
+            .iter()
+            .any(|k| k == "risk-node-suspected")
+    });
+    assert!(proxy.metric(&series("rampart_node_probes_missed")).unwrap() >= 3.0);
+    assert_eq!(proxy.metric(&series("rampart_node_up")), Some(1.0));
+    let risks = proxy.admin_json("/v1/risks");
+    assert!(
+        risks["shards"][0]["probes"][0]["missed"].as_u64().unwrap() >= 3,
+        "{risks}"
+    );
+    let _: () = redis::Commands::set(&mut proxy.conn(), "k", 1).unwrap();
+    // Sixty clean probes later (3 s here, a minute by default): over.
+    wait_until("the all-clear", Duration::from_secs(10), || {
+        proxy
+            .events()
+            .iter()
+            .any(|e| e["kind"] == "risk-cleared" && e["detail"] == "risk-node-suspected: over")
+    });
+    assert_eq!(
+        proxy.metric(&series("rampart_node_probes_missed")),
+        Some(0.0)
+    );
+    assert!(
+        !proxy.event_kinds().iter().any(|k| k == "primary-lost"),
+        "warned, never judged down"
+    );
+}
+
+#[test]
+fn a_node_answering_slower_than_its_own_usual_is_seen_drifting() {
+    let cluster = Cluster::start(0);
+    // Rampart reaches the node through a forwarder that can delay it, as
+    // a congested network or a busy host would.
+    let forwarder = Forwarder::start(cluster.nodes[0].port);
+    let proxy = Proxy::start(
+        &[forwarder.addr()],
+        Setup {
+            sections: "[probe]\ninterval_ms = 50\ntimeout_ms = 1000\n",
+            ..Setup::default()
+        },
+    );
+    let series = |name: &str| format!("{name}{{shard=\"main\",node=\"{}\"}}", forwarder.addr());
+    wait_until("the baseline", Duration::from_secs(15), || {
+        proxy
+            .metric(&series("rampart_node_latency_baseline_seconds"))
+            .is_some()
+    });
+    let baseline = proxy
+        .metric(&series("rampart_node_latency_baseline_seconds"))
+        .unwrap();
+    assert!(baseline < 0.005, "{baseline}");
+    assert!(!proxy
+        .event_kinds()
+        .iter()
+        .any(|k| k == "risk-latency-drift"));
+
+    // 10 ms each way: about 20 ms a round trip.
+    forwarder.set_delay(Duration::from_millis(10));
+    wait_until("the drift warning", Duration::from_secs(10), || {
+        proxy
+            .event_kinds()
+            .iter()
+            .any(|k| k == "risk-latency-drift")
+    });
+    let latency = proxy
+        .metric(&series("rampart_node_latency_seconds"))
+        .unwrap();
+    assert!(latency > 0.015, "{latency}");
+    // Served all along, only slower.
+    let _: () = redis::Commands::set(&mut proxy.conn(), "k", 1).unwrap();
+
+    forwarder.set(Fault::Pass);
+    wait_until("the all-clear", Duration::from_secs(10), || {
+        proxy
+            .events()
+            .iter()
+            .any(|e| e["kind"] == "risk-cleared" && e["detail"] == "risk-latency-drift: over")
+    });
+    let (_, metrics) = rampart_tests::http_get(proxy.admin.unwrap(), "/metrics");
+    assert!(
+        metrics.contains("kind=\"risk-latency-drift\"}"),
+        "counted by kind"
+    );
 }

@@ -473,5 +473,6 @@ pub fn render(ctx: &Context) -> String {
     }
     super::slot_metrics::render(o, ctx);
     super::memory_metrics::render(o, ctx);
+    super::probe_metrics::render(o, ctx);
     out
 }

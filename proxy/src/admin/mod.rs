@@ -23,6 +23,7 @@ use crate::context::Context;
 
 mod memory_metrics;
 pub mod metrics;
+mod probe_metrics;
 mod prom;
 mod slot_metrics;
 mod slots;

@@ -35,7 +35,9 @@ pub(super) fn slots(ctx: &Context) -> serde_json::Value {
 /// `topology/risks.rs`): per shard, replicas to spare before synchronous
 /// writes are refused; per replica, how far it can fall further behind
 /// before the primary's backlog no longer holds what it lacks; per node
-/// with `maxmemory`, the room left and when it runs out.
+/// with `maxmemory`, the room left and when it runs out; per node, its
+/// missed probes, the detector's suspicion and its latency against its
+/// own baseline.
 pub(super) fn risks(ctx: &Context) -> serde_json::Value {
     let shards: Vec<serde_json::Value> = ctx
         .topology
@@ -73,9 +75,27 @@ pub(super) fn risks(ctx: &Context) -> serde_json::Value {
                     }))
                 })
                 .collect();
+            let probes: Vec<serde_json::Value> = shard
+                .nodes
+                .iter()
+                .filter(|n| !n.is_retired())
+                .map(|node| {
+                    let trend = node.probe_trend();
+                    serde_json::json!({
+                        "addr": node.addr,
+                        "health": node.health(),
+                        "probes": trend.probes,
+                        "missed": trend.missed,
+                        "suspicion": trend.suspicion,
+                        "latency_s": trend.latency_s,
+                        "baseline_s": trend.baseline_s,
+                    })
+                })
+                .collect();
             serde_json::json!({
                 "shard": shard.name,
                 "memory": memory,
+                "probes": probes,
                 "acks": acks,
                 // Meaningful only when writes wait for replicas.
                 "spare_replicas": (acks > 0).then(|| shard.spare_replicas()),

@@ -20,6 +20,18 @@ pub trait Detector: Send {
 
     /// The verdict at `now`.
     fn verdict(&mut self, now: Instant) -> Health;
+
+    /// How close the node is to being judged down at `now`: 0 answering as
+    /// usual, 1 down. The early warning watches it rise for nodes that
+    /// have not failed (yet). A detector that cannot say more than its
+    /// verdict gives a half for suspect.
+    fn suspicion(&mut self, now: Instant) -> f64 {
+        match self.verdict(now) {
+            Health::Up => 0.0,
+            Health::Suspect => 0.5,
+            Health::Down => 1.0,
+        }
+    }
 }
 
 /// Down after no successful probe for `down_after` (Sentinel's
@@ -55,6 +67,18 @@ impl Detector for FixedTimeout {
         match self.last_ok {
             Some(t) if now.saturating_duration_since(t) < self.down_after => Health::Suspect,
             _ => Health::Down,
+        }
+    }
+
+    /// The silence since the last answer, as a share of `down_after`.
+    fn suspicion(&mut self, now: Instant) -> f64 {
+        match self.last_ok {
+            _ if !self.last_failed => 0.0,
+            Some(t) => {
+                let silence = now.saturating_duration_since(t).as_secs_f64();
+                (silence / self.down_after.as_secs_f64().max(1e-3)).min(1.0)
+            }
+            None => 1.0,
         }
     }
 }
@@ -134,6 +158,11 @@ impl Detector for PhiAccrual {
         } else {
             Health::Up
         }
+    }
+
+    /// Phi as a share of the threshold.
+    fn suspicion(&mut self, now: Instant) -> f64 {
+        (self.phi(now) / self.threshold).clamp(0.0, 1.0)
     }
 }
 
@@ -232,6 +261,8 @@ mod tests {
         let last = t0 + ms(1900);
         assert_eq!(d.verdict(last + ms(50)), Health::Up);
         assert!(d.phi(last + ms(300)) < d.phi(last + ms(600)));
+        assert!(d.suspicion(last + ms(300)) < d.suspicion(last + ms(600)));
+        assert_eq!(d.suspicion(last + ms(5000)), 1.0);
         assert_eq!(d.verdict(last + ms(2000)), Health::Down);
         d.observe(last + ms(2000), false);
         assert_eq!(d.verdict(last + ms(2000)), Health::Down);
@@ -249,7 +280,9 @@ mod tests {
         d.observe(t0 + Duration::from_millis(100), false);
         assert_eq!(d.verdict(t0 + Duration::from_millis(600)), Health::Suspect);
         assert_eq!(d.verdict(t0 + Duration::from_millis(1000)), Health::Down);
+        assert_eq!(d.suspicion(t0 + Duration::from_millis(500)), 0.5);
         d.observe(t0 + Duration::from_millis(1100), true);
         assert_eq!(d.verdict(t0 + Duration::from_millis(1100)), Health::Up);
+        assert_eq!(d.suspicion(t0 + Duration::from_millis(1100)), 0.0);
     }
 }

@@ -197,6 +197,7 @@ pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
                 let answered = node.pool.stats().answered();
                 let reads = node.pool.stats().reads();
                 let result = probe_once(&node, &mut control, opts, timeout).await;
+                let answered_in = started.elapsed();
                 // Memory changes slowly: sampled about once a second, on
                 // the probe's connection, for the early warning.
                 if matches!(result, Ok(Answer::Report(_)))
@@ -217,9 +218,13 @@ pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
                 };
                 detector.observe(started, alive);
                 let health = detector.verdict(Instant::now());
+                // For the early warning: answers that stop coming or come
+                // slower than the node's usual, before it is judged down.
+                let rtt = matches!(result, Ok(Answer::Report(_))).then_some(answered_in);
+                node.observe_probe(!alive, detector.suspicion(Instant::now()), rtt);
                 match result {
                     Ok(Answer::Busy(text)) => {
-                        node.set_rtt(started.elapsed());
+                        node.set_rtt(answered_in);
                         node.pool.stats().set_busy(true);
                         let since = *busy.since.get_or_insert_with(|| {
                             tracing::info!(reply = %text, "node busy");
@@ -250,7 +255,7 @@ pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
                         if node.health() != Health::Up {
                             tracing::info!(role = ?report.role, "node up");
                         }
-                        node.set_rtt(started.elapsed());
+                        node.set_rtt(answered_in);
                         shard.observe(&node, &report, started, Some(answered));
                     }
                     Err(e) if streaming => {

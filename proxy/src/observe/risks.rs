@@ -1,15 +1,17 @@
 //! Early warning: each second, the risks the topology shows (see
 //! `topology/risks.rs`) that crossed a threshold become events, once per
 //! crossing (and once more when they are over), so the timeline says when
-//! a shard became one failure away from refusing writes, or a replica came
-//! close to needing a full resynchronisation, before it happened.
+//! a shard became one failure away from refusing writes, a replica came
+//! close to needing a full resynchronisation, a node close to its
+//! `maxmemory`, a node began missing probes or answering slower than its
+//! own usual (`topology/trend.rs`), before it failed.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::events::Events;
-use crate::topology::Shard;
+use crate::topology::{Health, Node, Shard};
 
 /// A replica within this share of the backlog of needing a full resync.
 const HEADROOM_WARN: f64 = 0.25;
@@ -24,6 +26,25 @@ const MEMORY_WARN_S: f64 = 600.0;
 /// ... and the risk is over past these (hysteresis, as for the backlog).
 const MEMORY_CLEAR_SHARE: f64 = 0.20;
 const MEMORY_CLEAR_S: f64 = 1800.0;
+
+/// A node that has not failed is suspected when it missed this many of
+/// its last probes, or the detector came this close to judging it down
+/// (1 = down) ...
+const MISSED_WARN: usize = 3;
+const SUSPICION_WARN: f64 = 0.5;
+/// ... and the risk is over once its remembered probes (the last 60)
+/// hold no miss and little suspicion.
+const SUSPICION_CLEAR: f64 = 0.25;
+
+/// A node's latency has drifted when the median of its latest probes is
+/// this many times its baseline and this much above it, in seconds (a
+/// loopback probe takes a tenth of a millisecond: tripled, it is noise)
+/// ...
+const DRIFT_WARN_RATIO: f64 = 3.0;
+const DRIFT_WARN_S: f64 = 0.002;
+/// ... and it is over below these.
+const DRIFT_CLEAR_RATIO: f64 = 2.0;
+const DRIFT_CLEAR_S: f64 = 0.001;
 
 /// Watches until `shutdown` fires.
 pub async fn watch(
@@ -112,6 +133,13 @@ fn check(shard: &Shard, events: &Events, raised: &mut Raised) {
             )
         });
     }
+    for node in shard.nodes.iter().filter(|n| !n.is_retired()) {
+        // A node judged down has failed: failover is on it, and its risks
+        // stay as they were until it answers again.
+        if node.health() != Health::Down {
+            check_probes(shard, node, events, raised);
+        }
+    }
     let backlog = shard.backlog_bytes();
     for node in &shard.nodes {
         let Some(headroom) = shard.backlog_headroom(node) else {
@@ -128,4 +156,40 @@ fn check(shard: &Shard, events: &Events, raised: &mut Raised) {
             format!("{headroom} bytes from needing a full resynchronisation: it lags {} of the primary's {backlog}-byte backlog (raise repl-backlog-size, or find why it falls behind)", backlog - headroom)
         });
     }
+}
+
+/// The trend of a node's probes: suspicion rising, latency drifting.
+fn check_probes(shard: &Shard, node: &Node, events: &Events, raised: &mut Raised) {
+    let trend = node.probe_trend();
+    let kind = "risk-node-suspected";
+    let on = if raised.is_raised(shard, &node.addr, kind) {
+        trend.missed > 0 || trend.suspicion >= SUSPICION_CLEAR
+    } else {
+        trend.missed >= MISSED_WARN || trend.suspicion >= SUSPICION_WARN
+    };
+    raised.set(events, shard, &node.addr, kind, on, || {
+        format!(
+            "missed {} of its last {} probes (detector suspicion up to {:.2}, 1 = down): not failed yet (find why it stalls: a fork for a save, swapping, a slow command, the network)",
+            trend.missed, trend.probes, trend.suspicion
+        )
+    });
+    let (Some(latency), Some(baseline)) = (trend.latency_s, trend.baseline_s) else {
+        return;
+    };
+    let kind = "risk-latency-drift";
+    let drifted =
+        |ratio: f64, above: f64| latency >= ratio * baseline && latency - baseline >= above;
+    let on = if raised.is_raised(shard, &node.addr, kind) {
+        drifted(DRIFT_CLEAR_RATIO, DRIFT_CLEAR_S)
+    } else {
+        drifted(DRIFT_WARN_RATIO, DRIFT_WARN_S)
+    };
+    raised.set(events, shard, &node.addr, kind, on, || {
+        format!(
+            "answers in {:.1} ms, {:.1}x its usual {:.2} ms (find what slows it: slow commands in SLOWLOG, a busy host, the network)",
+            latency * 1e3,
+            latency / baseline.max(1e-9),
+            baseline * 1e3
+        )
+    });
 }

@@ -15,9 +15,11 @@ pub mod nodes;
 mod observed;
 pub mod position;
 mod risks;
+mod trend;
 
-pub use node::{Health, Memory, Node, NodeView, Report, Role, SyncState};
+pub use node::{Health, Node, NodeView, Report, Role, SyncState};
 pub use risks::MemoryRisk;
+pub use trend::{Memory, TrendView};
 
 use crate::config::{ReadConsistency, ReadFrom};
 use crate::replicate::lag::OffsetHistory;

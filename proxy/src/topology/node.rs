@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use super::trend::{Memory, ProbeTrend, TrendView};
 use crate::backend::NodePool;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -70,39 +71,6 @@ impl SyncState {
     }
 }
 
-/// A node's memory as the probes sample it (about once a second).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Memory {
-    /// `used_memory`, bytes.
-    pub used: u64,
-    /// `maxmemory`, bytes; 0: no limit.
-    pub max: u64,
-    /// How fast `used` grows, bytes per second, smoothed over the last
-    /// samples (negative: it shrinks).
-    pub growth: f64,
-    at: Option<std::time::Instant>,
-}
-
-impl Memory {
-    /// The sample after this one: growth smoothed (a weight of 0.3 for the
-    /// newest rate) so one burst does not read as a trend.
-    fn next(self, used: u64, max: u64, now: std::time::Instant) -> Memory {
-        let growth = match self.at {
-            Some(at) if now > at => {
-                let rate = (used as f64 - self.used as f64) / (now - at).as_secs_f64();
-                0.7 * self.growth + 0.3 * rate
-            }
-            _ => 0.0,
-        };
-        Memory {
-            used,
-            max,
-            growth,
-            at: Some(now),
-        }
-    }
-}
-
 /// One Redis node.
 pub struct Node {
     pub id: u32,
@@ -162,6 +130,8 @@ pub struct Node {
     /// `used_memory` and `maxmemory` as the probes last sampled them, and
     /// how fast used memory grows.
     memory: Mutex<Memory>,
+    /// The last probes' outcomes: missed, suspicion, round trips.
+    trend: Mutex<ProbeTrend>,
     pub pool: NodePool,
     /// Shared by all nodes: bumped when any node's role, health or fitness
     /// for reads changes, so policies that cache the node list know to
@@ -199,6 +169,7 @@ impl Node {
             added_live: AtomicBool::new(false),
             probing: AtomicBool::new(false),
             memory: Mutex::new(Memory::default()),
+            trend: Mutex::new(ProbeTrend::default()),
             pool,
         }
     }
@@ -228,6 +199,18 @@ impl Node {
 
     pub fn memory(&self) -> Memory {
         *self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records one probe: failed (`missed`), the detector's suspicion
+    /// after it, and its round trip when it was answered.
+    pub fn observe_probe(&self, missed: bool, suspicion: f64, rtt: Option<std::time::Duration>) {
+        let mut trend = self.trend.lock().unwrap_or_else(|p| p.into_inner());
+        trend.record(missed, suspicion, rtt, std::time::Instant::now());
+    }
+
+    /// What the last probes show (see [`ProbeTrend`]).
+    pub fn probe_trend(&self) -> TrendView {
+        self.trend.lock().unwrap_or_else(|p| p.into_inner()).view()
     }
 
     /// Claims the node's probe; false if one runs already.
