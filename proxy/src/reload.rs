@@ -5,8 +5,9 @@
 //! `read_from`), loaded as a new generation exactly as `RAMPART POLICY
 //! LOAD` would, each shard's `read_consistency`, its quorum and the
 //! detector (their settings and plugins), the probe timings, `log.level`, the admin tokens
-//! and `proxy.password` (see `secrets.rs`), and each shard's `nodes`
-//! (see `failover/members.rs`). Every other changed field is logged by
+//! and `proxy.password` (see `secrets.rs`), each shard's `nodes` (see
+//! `failover/members.rs`), and `[limits]` but `max_reply_depth` (which
+//! Rampart's links to the nodes were made with). Every other changed field is logged by
 //! name as applying at the next start, so an operator never wonders
 //! whether an edit took. A file that does not parse changes nothing and is
 //! reported with the field at fault.
@@ -57,6 +58,15 @@ const LIVE: &[&str] = &[
     "admin.token",
     "admin.tokens",
     "proxy.password",
+    "limits.max_bulk_len",
+    "limits.max_multibulk_len",
+    "limits.max_inline_len",
+    "limits.max_pipeline",
+    "limits.client_output_hard_mb",
+    "limits.client_output_soft_mb",
+    "limits.client_output_soft_seconds",
+    "limits.clients_output_total_mb",
+    "limits.partial_requests_total_mb",
 ];
 
 /// How often the file's modification time is checked.
@@ -193,6 +203,12 @@ async fn reload(
                 .await;
             report(name, "quorum", loaded);
         }
+    }
+    if live.iter().any(|field| field.starts_with("limits.")) {
+        ctx.limits.store(std::sync::Arc::new(config.limits));
+        ctx.budget
+            .set_caps(crate::backend::charge::Caps::of(&config.limits));
+        tracing::info!("[limits] changed: the memory caps and max_pipeline apply at once, the request size limits to connections opened from now on");
     }
     ctx.probe_timings.set(&config.probe);
     if live.iter().any(|field| {

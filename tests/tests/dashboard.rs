@@ -221,8 +221,16 @@ fn dashboard_shows_where_fanout_nodes_stand() {
         "document.getElementById('shards').innerText",
     );
 
-    // A node that restarts lost what it held: stale, then copied afresh.
+    // Each node's place in the writes is its place in Rampart's log (the
+    // nodes do not replicate: their own offsets stay 0).
     let _: () = proxy.conn().set("k", 1).unwrap();
+    browser.wait_for(
+        "every node's place in the log",
+        ten_s,
+        "[...document.querySelectorAll('tr.node')].every(r => Number(r.dataset.position) > 0)",
+        "JSON.stringify([...document.querySelectorAll('tr.node')].map(r => r.dataset.position))",
+    );
+    // A node that restarts lost what it held: stale, then copied afresh.
     nodes[2].kill();
     // (down, or stale if the write was still on its way to it)
     let away = format!(

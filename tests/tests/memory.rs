@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rampart_tests::{
@@ -255,5 +256,77 @@ fn a_client_that_pipelines_huge_reads_and_never_reads_costs_others_nothing() {
     assert!(
         last < start + 64 * 1024,
         "Rampart kept what it held for the attackers: {start} KiB at start, {after:?} after"
+    );
+}
+
+/// `[limits]` change on SIGHUP without a restart: a client owed more than
+/// a lowered hard cap is cut at once, the total cap follows, and the new
+/// request size limit applies to connections opened after the reload
+/// (one opened before keeps the limits it was opened with).
+#[test]
+fn caps_change_on_sighup() {
+    let cluster = Cluster::start(0);
+    big_and_small(&cluster, 4 * 1024 * 1024);
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rampart.toml");
+    let write = |limits: &str| {
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[limits]\n{limits}\n[shards.main]\nnodes = [\"{}\"]\n",
+            cluster.addrs()[0]
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    write("client_output_hard_mb = 256\nclients_output_total_mb = 384");
+    let rampart = run_rampart(env!("CARGO_BIN_EXE_rampart-test-cli"), &file, || {
+        redis_cli(port, &["PING"]).is_ok_and(|out| out.trim() == "PONG")
+    });
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin).into();
+    let metric = |name: &str| {
+        http_get(admin, "/metrics")
+            .1
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    let mib = 1024.0 * 1024.0;
+    // Owed 40 MiB and reading none of it: Rampart reads its requests one
+    // large reply at a time, and holds one (4 MiB), under the caps.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(&b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(10))
+        .unwrap();
+    wait_until("the replies held", Duration::from_secs(10), || {
+        metric("rampart_clients_output_bytes").is_some_and(|b| b >= 4.0 * mib)
+    });
+    let mut before = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    assert_eq!(
+        metric("rampart_clients_output_cap_bytes"),
+        Some(384.0 * mib)
+    );
+
+    write("client_output_hard_mb = 2\nclients_output_total_mb = 100\nmax_bulk_len = 1024");
+    Command::new("kill")
+        .args(["-HUP", &rampart.0.id().to_string()])
+        .status()
+        .unwrap();
+    wait_until("the slow client cut", Duration::from_secs(10), || {
+        http_get(admin, "/metrics")
+            .1
+            .contains("rampart_clients_evicted_total{reason=\"output-hard-limit\"} 1")
+    });
+    assert_eq!(
+        metric("rampart_clients_output_cap_bytes"),
+        Some(100.0 * mib)
+    );
+    let value = "x".repeat(2000);
+    let refused = redis_cli(port, &["SET", "k", &value]).unwrap_or_default();
+    assert!(refused.contains("invalid bulk length"), "{refused}");
+    let _: () = before.set("k", &value).unwrap();
+    let events = http_get(admin, "/v1/events").1;
+    assert!(
+        events.contains("applied now: limits.client_output_hard_mb, limits.clients_output_total_mb, limits.max_bulk_len"),
+        "{events}"
     );
 }

@@ -68,7 +68,8 @@ impl Reason {
 
 /// Every client's account, and what they hold together.
 pub struct Budget {
-    caps: Caps,
+    /// Replaced whole by a reload (`[limits]`).
+    caps: arc_swap::ArcSwap<Caps>,
     total: AtomicUsize,
     accounts: DashMap<u64, Weak<Account>>,
     /// Bytes of requests received in part, across clients.
@@ -80,7 +81,7 @@ pub struct Budget {
 impl Budget {
     pub fn new(caps: Caps) -> Arc<Budget> {
         Arc::new(Budget {
-            caps,
+            caps: arc_swap::ArcSwap::from_pointee(caps),
             total: AtomicUsize::new(0),
             accounts: DashMap::new(),
             partial: AtomicUsize::new(0),
@@ -105,9 +106,28 @@ impl Budget {
         account
     }
 
+    /// Puts new caps in force (a reload): clients already over the new
+    /// hard cap, and the biggest while the total is over its cap, are
+    /// evicted now; the soft cap is judged at each client's next reply.
+    pub fn set_caps(&self, caps: Caps) {
+        self.caps.store(Arc::new(caps));
+        if caps.hard > 0 {
+            let over: Vec<Arc<Account>> = self
+                .accounts
+                .iter()
+                .filter_map(|entry| entry.value().upgrade())
+                .filter(|account| !account.is_evicted() && account.used() > caps.hard)
+                .collect();
+            for account in over {
+                account.evict(Reason::Hard);
+            }
+        }
+        self.enforce_total();
+    }
+
     /// The cap on [`Budget::total`], 0 for none.
     pub fn total_cap(&self) -> usize {
-        self.caps.total
+        self.caps.load().total
     }
 
     /// Bytes of replies held for all clients.
@@ -128,7 +148,8 @@ impl Budget {
     /// `maxmemory-clients` does (the biggest is the likeliest culprit and
     /// frees the most).
     fn enforce_total(&self) {
-        if self.caps.total == 0 || self.total() <= self.caps.total {
+        let cap = self.caps.load().total;
+        if cap == 0 || self.total() <= cap {
             return;
         }
         let biggest = self
@@ -192,7 +213,7 @@ impl Account {
     fn add(&self, bytes: usize) {
         let used = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.budget.total.fetch_add(bytes, Ordering::Relaxed);
-        let caps = self.budget.caps;
+        let caps = **self.budget.caps.load();
         if caps.hard > 0 && used > caps.hard {
             self.evict(Reason::Hard);
         } else if caps.soft > 0 && used > caps.soft {
@@ -223,7 +244,7 @@ impl Account {
         let partial = &self.budget.partial;
         if now >= before {
             let total = partial.fetch_add(now - before, Ordering::Relaxed) + now - before;
-            let cap = self.budget.caps.partial_requests;
+            let cap = self.budget.caps.load().partial_requests;
             if cap > 0 && now > before && total > cap {
                 self.evict(Reason::PartialRequests);
                 return false;
@@ -239,7 +260,7 @@ impl Account {
         let before = self.used.fetch_sub(bytes, Ordering::Relaxed);
         self.budget.total.fetch_sub(bytes, Ordering::Relaxed);
         // The lock only for a client that went over the soft limit.
-        if before.saturating_sub(bytes) <= self.budget.caps.soft
+        if before.saturating_sub(bytes) <= self.budget.caps.load().soft
             && self.over_soft.swap(false, Ordering::Relaxed)
         {
             *self
@@ -379,6 +400,19 @@ mod tests {
         let patient = Budget::new(caps(0, 10, 0)).open(2);
         let _b = patient.charge(11);
         assert!(!patient.is_evicted());
+    }
+
+    #[test]
+    fn lowered_caps_apply_at_once() {
+        let budget = Budget::new(caps(100, 0, 0));
+        let (big, small) = (budget.open(1), budget.open(2));
+        let _a = big.charge(80);
+        let _b = small.charge(20);
+        budget.set_caps(caps(50, 0, 0));
+        assert!(big.is_evicted() && !small.is_evicted());
+        budget.set_caps(caps(0, 0, 10));
+        assert!(small.is_evicted(), "the biggest left over the total");
+        assert_eq!(budget.total_cap(), 10);
     }
 
     #[test]

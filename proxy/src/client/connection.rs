@@ -99,7 +99,7 @@ impl Connection {
         registration: Registration,
         orders: mpsc::Receiver<Order>,
     ) -> Connection {
-        let limits = ctx.config.limits;
+        let limits = **ctx.limits.load();
         let authed = ctx.secrets.current().password.is_none();
         let account = ctx.budget.open(id);
         Connection {
@@ -138,7 +138,7 @@ impl Connection {
     /// faster than it reads is thus held back by TCP, with a bounded amount
     /// buffered here.
     pub async fn run(mut self, mut rd: ReadHalf) {
-        let max = self.ctx.config.limits.max_pipeline;
+        let max = self.ctx.limits.load().max_pipeline;
         let mut shutdown = self.ctx.shutdown.clone();
         let mut closing = *shutdown.borrow();
         let mut slots_changed = self.ctx.slots.watch();

@@ -133,7 +133,7 @@ impl Context {
     /// caps do.
     fn memory_limit(&self) -> Option<Finding> {
         let limit = cgroup_memory_limit()?;
-        let limits = &self.config.limits;
+        let limits = **self.limits.load();
         let mib = 1024 * 1024;
         let (replies, partial) = (
             limits.clients_output_total_mb,

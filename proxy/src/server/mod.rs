@@ -144,6 +144,7 @@ impl Server {
             events,
             metrics: Arc::default(),
             history: Arc::default(),
+            limits: arc_swap::ArcSwap::from_pointee(config.limits),
             budget: crate::backend::charge::Budget::new(crate::backend::charge::Caps::of(
                 &config.limits,
             )),

@@ -413,6 +413,7 @@ impl Node {
     pub fn snapshot(&self, primary: bool, fanout: bool) -> NodeView {
         NodeView {
             sync: fanout.then(|| self.sync()),
+            applied: fanout.then(|| self.applied.load(Ordering::Acquire)),
             id: self.id,
             addr: self.addr.clone(),
             role: self.role(),
@@ -466,6 +467,10 @@ pub struct NodeView {
     /// Fan-out shards only: where the node stands with the writes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncState>,
+    /// Fan-out shards only: the shard's log entries the node has answered
+    /// (its place in the writes; `offset` is Redis's own, unused there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied: Option<u64>,
     pub role: Role,
     pub health: Health,
     pub offset: u64,
