@@ -170,12 +170,8 @@ async fn reload(
         }
     };
     let new_text = read_table(path).unwrap_or_default();
-    let mut changed = Vec::new();
-    diff("", text, &new_text, &mut changed);
+    let Changes { live, later } = Changes::between(text, &new_text);
     *text = new_text;
-    let (live, later): (Vec<String>, Vec<String>) = changed
-        .into_iter()
-        .partition(|field| LIVE.iter().any(|live| matches(live, field)));
     for field in &later {
         tracing::warn!(field = %field, "changed in the configuration file; applies at the next start");
     }
@@ -294,6 +290,32 @@ fn set_log_level(level: &str) {
             Err(e) => tracing::error!(level, error = %e, "log level not changed"),
         },
         None => tracing::warn!("log.level changed but RUST_LOG sets the level; not changed"),
+    }
+}
+
+/// The fields that differ between two versions of the file, as a reload
+/// treats them: applied at once, or at the next start.
+pub struct Changes {
+    pub live: Vec<String>,
+    pub later: Vec<String>,
+}
+
+impl Changes {
+    pub fn between(old: &toml::Table, new: &toml::Table) -> Changes {
+        let mut changed = Vec::new();
+        diff("", old, new, &mut changed);
+        let (live, later) = changed
+            .into_iter()
+            .partition(|field| LIVE.iter().any(|live| matches(live, field)));
+        Changes { live, later }
+    }
+
+    pub fn live_text(&self) -> String {
+        list(&self.live)
+    }
+
+    pub fn later_text(&self) -> String {
+        list(&self.later)
     }
 }
 

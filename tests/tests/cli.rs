@@ -87,6 +87,27 @@ fn version_and_check_config() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("shards.main.read_from"), "{stderr}");
+
+    // `--since OLD`: what a reload would apply at once, what waits.
+    let (old, new) = (dir.path().join("old.toml"), dir.path().join("new.toml"));
+    let base =
+        "[proxy]\nlisten = \"127.0.0.1:6380\"\n[shards.main]\nnodes = [\"127.0.0.1:7001\"]\n";
+    std::fs::write(&old, base).unwrap();
+    std::fs::write(
+        &new,
+        format!("{base}read_from = \"replicas\"\n[limits]\nclient_output_hard_mb = 32\n[backend]\nconnect_timeout_ms = 200\n"),
+    )
+    .unwrap();
+    let out = ok(&[
+        "check-config",
+        new.to_str().unwrap(),
+        "--since",
+        old.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("applied at once by a reload: limits.client_output_hard_mb, shards.main.read_from\nat the next start: backend.connect_timeout_ms"),
+        "{out}"
+    );
 }
 
 #[test]

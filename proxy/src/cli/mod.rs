@@ -41,7 +41,13 @@ enum Command {
         config: PathBuf,
     },
     /// Check a configuration file and exit (status 2 when it is invalid).
-    CheckConfig { config: PathBuf },
+    /// With `--since OLD`: also say which of the changes from OLD a reload
+    /// (SIGHUP) applies at once and which wait for a restart.
+    CheckConfig {
+        config: PathBuf,
+        #[arg(long, value_name = "OLD")]
+        since: Option<PathBuf>,
+    },
     /// Start three local redis-server nodes (a primary and two replicas)
     /// and Rampart in front of them, or three per shard with `--shards N`;
     /// Ctrl-C stops everything.
@@ -180,7 +186,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => return run::run(config),
-        Command::CheckConfig { config } => run::check_config(&config),
+        Command::CheckConfig { config, since } => run::check_config(&config, since.as_deref()),
         Command::Demo(args) => return demo::demo(args),
         Command::Status { target, json } => {
             admin::Admin::connect(&target).and_then(|a| status::status(&a, json))

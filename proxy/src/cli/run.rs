@@ -7,9 +7,20 @@ use super::Failure;
 use crate::config::LogFormat;
 use crate::{Config, Server};
 
-pub fn check_config(path: &Path) -> Result<(), Failure> {
+pub fn check_config(path: &Path, since: Option<&Path>) -> Result<(), Failure> {
     Config::load(path).map_err(|e| Failure::Usage(e.to_string()))?;
     println!("{}: ok", path.display());
+    if let Some(old) = since {
+        let table = |p: &Path| -> Result<toml::Table, Failure> {
+            std::fs::read_to_string(p)
+                .map_err(|e| Failure::Usage(format!("{}: {e}", p.display())))?
+                .parse()
+                .map_err(|e| Failure::Usage(format!("{}: {e}", p.display())))
+        };
+        let changes = crate::reload::Changes::between(&table(old)?, &table(path)?);
+        println!("applied at once by a reload: {}", changes.live_text());
+        println!("at the next start: {}", changes.later_text());
+    }
     Ok(())
 }
 
