@@ -17,9 +17,9 @@ use rampart::config::ReadFrom;
 use rampart::failover::probe::Report;
 use rampart::policy::{builtin, Limits, WasmRouter};
 use rampart::route::{Read, ReadPolicy, RoundRobinReplicas};
-use rampart::topology::{Health, Node, Role, Shard};
+use rampart::topology::{Health, Node, ReplicaSet, Role};
 
-fn shard(changes: &Arc<AtomicU64>) -> Shard {
+fn shard(changes: &Arc<AtomicU64>) -> ReplicaSet {
     let nodes: Vec<Arc<Node>> = (1..=3)
         .map(|id| {
             let addr = format!("127.0.0.1:{}", 7000 + id);
@@ -27,7 +27,7 @@ fn shard(changes: &Arc<AtomicU64>) -> Shard {
             Arc::new(Node::new(id, addr, pool, changes.clone()))
         })
         .collect();
-    let shard = Shard::new("bench".into(), nodes, ReadFrom::Replicas, false, u64::MAX);
+    let shard = ReplicaSet::new("bench".into(), nodes, ReadFrom::Replicas, false, u64::MAX);
     shard.set_primary(&shard.nodes[0], 1);
     let now = Instant::now();
     for (i, node) in shard.nodes.iter().enumerate() {
@@ -50,7 +50,7 @@ fn shard(changes: &Arc<AtomicU64>) -> Shard {
 }
 
 /// Nanoseconds per decision, the best of several rounds.
-fn measure(policy: &dyn ReadPolicy, shard: &Shard) -> f64 {
+fn measure(policy: &dyn ReadPolicy, shard: &ReplicaSet) -> f64 {
     let rounds = 7;
     let calls = 200_000;
     let mut best = f64::MAX;

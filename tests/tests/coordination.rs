@@ -1082,7 +1082,7 @@ fn a_decision_needs_the_lease_and_the_record_it_replaces() {
             "[proxy]\nlisten = \"127.0.0.1:1\"\n[coordination]\nbackend = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"/rampart/cas\"\ninstance = \"{name}\"\nlease_ttl_s = 6\npoll_ms = 50\n[shards.main]\nnodes = [\"127.0.0.1:2\"]\n"
         );
         let config = rampart::Config::parse(&text).expect("config");
-        let shard = Arc::new(rampart::topology::Shard::new(
+        let shard = Arc::new(rampart::topology::ReplicaSet::new(
             "main".into(),
             Vec::new(),
             rampart::config::ReadFrom::Primary,

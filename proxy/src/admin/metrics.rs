@@ -10,7 +10,7 @@ use crate::context::Context;
 use crate::observe::counters::{BUCKETS_US, CLASSES};
 use crate::replicate::DurabilityView;
 use crate::route::PolicyView;
-use crate::topology::{Health, NodeView, Role, Shard};
+use crate::topology::{Health, NodeView, ReplicaSet, Role};
 
 /// Renders every metric.
 pub fn render(ctx: &Context) -> String {
@@ -259,7 +259,7 @@ pub fn render(ctx: &Context) -> String {
         }),
     );
 
-    let shards: Vec<(String, &Shard, DurabilityView)> = ctx
+    let shards: Vec<(String, &ReplicaSet, DurabilityView)> = ctx
         .topology
         .shards
         .iter()
@@ -269,7 +269,7 @@ pub fn render(ctx: &Context) -> String {
         &'static str,
         &'static str,
         &'static str,
-        fn(&Shard, &DurabilityView) -> f64,
+        fn(&ReplicaSet, &DurabilityView) -> f64,
     );
     const SHARD_METRICS: &[ShardMetric] = &[
         (

@@ -24,7 +24,7 @@ use crate::failover::detect::Detector;
 use crate::policy::swap::{self, Source};
 use crate::policy::Limits;
 use crate::route::Read;
-use crate::topology::{Health, Node, Report, Role, Shard};
+use crate::topology::{Health, Node, ReplicaSet, Report, Role};
 
 #[derive(clap::Args)]
 pub struct Test {
@@ -221,7 +221,7 @@ fn source_of(text: &str, scenario: &Path) -> Result<Source, Failure> {
 }
 
 /// The shard the scenario describes, as a running Rampart would hold it.
-fn shard_of(scenario: &Scenario) -> Result<Arc<Shard>, Failure> {
+fn shard_of(scenario: &Scenario) -> Result<Arc<ReplicaSet>, Failure> {
     let changes = Arc::new(AtomicU64::new(0));
     let zones: BTreeMap<&str, u32> = scenario
         .nodes
@@ -245,7 +245,7 @@ fn shard_of(scenario: &Scenario) -> Result<Arc<Shard>, Failure> {
     let primary = scenario.nodes.iter().position(|n| n.role == "primary");
     let client_zone = scenario.client_zone.as_deref().map_or(0, |z| zones[z]);
     let shard = Arc::new(
-        Shard::new("scenario".into(), nodes, ReadFrom::Replicas, false, 10_000)
+        ReplicaSet::new("scenario".into(), nodes, ReadFrom::Replicas, false, 10_000)
             .with_client_zone(client_zone),
     );
     if let Some(index) = primary {
@@ -315,7 +315,7 @@ fn health_name(health: Health) -> &'static str {
 fn router(
     scenario: &Scenario,
     source: &Source,
-    shard: Arc<Shard>,
+    shard: Arc<ReplicaSet>,
     limits: Limits,
     run: &mut Run,
 ) -> Result<(), Failure> {
@@ -355,7 +355,7 @@ fn router(
 fn quorum(
     scenario: &Scenario,
     source: &Source,
-    shard: &Shard,
+    shard: &ReplicaSet,
     limits: Limits,
     run: &mut Run,
 ) -> Result<(), Failure> {
@@ -414,7 +414,7 @@ fn quorum(
 fn detector(
     scenario: &Scenario,
     source: &Source,
-    shard: &Shard,
+    shard: &ReplicaSet,
     limits: Limits,
     run: &mut Run,
 ) -> Result<(), Failure> {

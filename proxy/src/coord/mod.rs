@@ -54,7 +54,7 @@ use tokio::sync::watch;
 use crate::config::CoordinationConfig;
 use crate::failover::state::ShardState;
 use crate::observe::events::Events;
-use crate::topology::Shard;
+use crate::topology::ReplicaSet;
 use etcd::{Etcd, EtcdError};
 
 /// What an instance publishes about itself, for the others and the views.
@@ -178,7 +178,7 @@ pub struct Coordination {
     /// instance answers directly that it cannot read etcd either.
     failsafe: bool,
     view: Mutex<View>,
-    shards: Vec<Arc<Shard>>,
+    shards: Vec<Arc<ReplicaSet>>,
     events: Arc<Events>,
     /// Bumped when records were read that are not applied here.
     policy_changed: watch::Sender<u64>,
@@ -209,7 +209,7 @@ impl Coordination {
         campaign: bool,
         listen: String,
         admin: Option<String>,
-        shards: Vec<Arc<Shard>>,
+        shards: Vec<Arc<ReplicaSet>>,
         events: Arc<Events>,
     ) -> Coordination {
         // Nothing is written before etcd was read once.

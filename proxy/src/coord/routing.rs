@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::etcd::Kv;
 use super::{policies, Coordination, Holder, InstanceView, ShardSeen};
 use crate::failover::state::ShardState;
-use crate::topology::Shard;
+use crate::topology::ReplicaSet;
 
 /// What an instance answers a peer asking, in failsafe, whether anyone
 /// can still read etcd (`GET /v1/coordination/peer`).
@@ -304,7 +304,7 @@ impl Coordination {
 /// have, or an epoch older than the one already routed by (epochs only
 /// grow; a record going back was written by hand or restored from a
 /// backup, and following it could name a primary that was replaced).
-fn implausible(shard: &Shard, record: &ShardState) -> Option<String> {
+fn implausible(shard: &ReplicaSet, record: &ShardState) -> Option<String> {
     if shard.node_by_addr(&record.primary).is_none() {
         return Some(format!(
             "it names {}, which is not a node of shard '{}'",
@@ -323,7 +323,7 @@ fn implausible(shard: &Shard, record: &ShardState) -> Option<String> {
 
 /// Routes `shard` by `record`: its primary at its epoch, writes held while
 /// it is fenced.
-pub fn follow(shard: &Shard, record: &ShardState) {
+pub fn follow(shard: &ReplicaSet, record: &ShardState) {
     if let Some(node) = shard.node_by_addr(&record.primary) {
         let same = shard.primary_node().is_some_and(|p| p.id == node.id);
         if !same || shard.epoch() != record.epoch {

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use crate::backend::{LinkOptions, NodePool};
 use crate::config::{BackendConfig, ShardConfig};
 use crate::failover::probe::{self, Probing};
-use crate::topology::{Health, Node, Shard};
+use crate::topology::{Health, Node, ReplicaSet};
 
 /// Makes nodes, at start and on reloads.
 pub struct Members {
@@ -100,7 +100,7 @@ impl Members {
     }
 
     /// Starts probing every node of `shards`, and any added later.
-    pub fn start_probes(&self, shards: &[Arc<Shard>], probing: Arc<Probing>) -> usize {
+    pub fn start_probes(&self, shards: &[Arc<ReplicaSet>], probing: Arc<Probing>) -> usize {
         let mut count = 0;
         for shard in shards {
             for node in shard.nodes.iter() {
@@ -114,7 +114,12 @@ impl Members {
 
     /// Brings `shard`'s nodes in line with `addrs`, the nodes its section
     /// `config` names now (DNS entries looked up).
-    pub fn apply(&self, shard: &Arc<Shard>, addrs: &[String], config: &ShardConfig) -> Changes {
+    pub fn apply(
+        &self,
+        shard: &Arc<ReplicaSet>,
+        addrs: &[String],
+        config: &ShardConfig,
+    ) -> Changes {
         let mut changes = Changes::default();
         let live: Vec<&Arc<Node>> = shard.nodes.iter().filter(|n| !n.is_retired()).collect();
         let added: Vec<&String> = addrs
@@ -178,7 +183,7 @@ impl Members {
         changes
     }
 
-    fn probe(&self, shard: &Arc<Shard>, node: &Arc<Node>) {
+    fn probe(&self, shard: &Arc<ReplicaSet>, node: &Arc<Node>) {
         if let Some(probing) = self.probing.get() {
             probe::spawn(shard.clone(), node.clone(), probing.clone());
         }

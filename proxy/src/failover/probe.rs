@@ -20,7 +20,7 @@ use redis_protocol::resp3::types::OwnedFrame;
 use crate::backend::control::{frame_text, Control};
 use crate::backend::ConnectOptions;
 use crate::config::ProbeConfig;
-use crate::topology::{Health, Node, Role, Shard};
+use crate::topology::{Health, Node, ReplicaSet, Role};
 
 /// Parses an `INFO replication` reply.
 pub fn parse_replication(info: &str) -> Option<Report> {
@@ -154,7 +154,7 @@ pub struct Probing {
 
 /// Starts the probe of one node. `first_round` gets a permit once the node
 /// has been probed (successfully or not) for the first time.
-pub fn spawn(shard: Arc<Shard>, node: Arc<Node>, probing: Arc<Probing>) {
+pub fn spawn(shard: Arc<ReplicaSet>, node: Arc<Node>, probing: Arc<Probing>) {
     // One probe per node, however often it is retired and added back.
     if !node.start_probing() {
         return;

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::counters::{Metrics, BUCKETS_US, CLASSES};
-use crate::topology::{Role, Shard};
+use crate::topology::{ReplicaSet, Role};
 
 /// Samples kept: ten minutes at one a second.
 pub const KEPT: usize = 600;
@@ -85,7 +85,7 @@ struct Previous {
 /// Samples every [`INTERVAL`] until `shutdown` fires.
 pub async fn sample(
     history: Arc<History>,
-    shards: Vec<Arc<Shard>>,
+    shards: Vec<Arc<ReplicaSet>>,
     metrics: Arc<Metrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -107,7 +107,7 @@ pub async fn sample(
     }
 }
 
-fn read(shards: &[Arc<Shard>], metrics: &Metrics) -> Previous {
+fn read(shards: &[Arc<ReplicaSet>], metrics: &Metrics) -> Previous {
     Previous {
         shards: shards
             .iter()
@@ -131,7 +131,12 @@ fn read(shards: &[Arc<Shard>], metrics: &Metrics) -> Previous {
     }
 }
 
-fn difference(shards: &[Arc<Shard>], before: &Previous, now: &Previous, seconds: f64) -> Sample {
+fn difference(
+    shards: &[Arc<ReplicaSet>],
+    before: &Previous,
+    now: &Previous,
+    seconds: f64,
+) -> Sample {
     let per_second = |a: u64, b: u64| b.saturating_sub(a) as f64 / seconds;
     let shards = shards
         .iter()

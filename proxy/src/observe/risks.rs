@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::events::Events;
-use crate::topology::{Health, Node, Shard};
+use crate::topology::{Health, Node, ReplicaSet};
 
 /// A replica within this share of the backlog of needing a full resync.
 const HEADROOM_WARN: f64 = 0.25;
@@ -48,7 +48,7 @@ const DRIFT_CLEAR_S: f64 = 0.001;
 
 /// Watches until `shutdown` fires.
 pub async fn watch(
-    shards: Vec<Arc<Shard>>,
+    shards: Vec<Arc<ReplicaSet>>,
     events: Arc<Events>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -71,7 +71,7 @@ pub async fn watch(
 struct Raised(HashSet<(String, String, &'static str)>);
 
 impl Raised {
-    fn is_raised(&self, shard: &Shard, node: &str, kind: &'static str) -> bool {
+    fn is_raised(&self, shard: &ReplicaSet, node: &str, kind: &'static str) -> bool {
         self.0
             .contains(&(shard.name.clone(), node.to_string(), kind))
     }
@@ -81,7 +81,7 @@ impl Raised {
     fn set(
         &mut self,
         events: &Events,
-        shard: &Shard,
+        shard: &ReplicaSet,
         node: &str,
         kind: &'static str,
         on: bool,
@@ -103,7 +103,7 @@ impl Raised {
     }
 }
 
-fn check(shard: &Shard, events: &Events, raised: &mut Raised) {
+fn check(shard: &ReplicaSet, events: &Events, raised: &mut Raised) {
     let acks = shard.durability.requirement().acks;
     if shard.primary_node().is_some() && acks > 0 {
         let spare = shard.spare_replicas();
@@ -159,7 +159,7 @@ fn check(shard: &Shard, events: &Events, raised: &mut Raised) {
 }
 
 /// The trend of a node's probes: suspicion rising, latency drifting.
-fn check_probes(shard: &Shard, node: &Node, events: &Events, raised: &mut Raised) {
+fn check_probes(shard: &ReplicaSet, node: &Node, events: &Events, raised: &mut Raised) {
     let trend = node.probe_trend();
     let kind = "risk-node-suspected";
     let on = if raised.is_raised(shard, &node.addr, kind) {

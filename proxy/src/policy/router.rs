@@ -11,7 +11,7 @@ use wasmtime::Store;
 
 use super::{Limits, LoadError, SharedStats, Stats};
 use crate::route::{PolicyView, Read, ReadPolicy};
-use crate::topology::{self, Shard};
+use crate::topology::{self, ReplicaSet};
 
 use super::sandbox::{self, State};
 use super::wit::rampart::policy::types as wit;
@@ -199,7 +199,7 @@ impl WasmRouter {
     fn apply<'s>(
         &self,
         plan: &Resolved,
-        shard: &'s Shard,
+        shard: &'s ReplicaSet,
         read: &Read,
     ) -> Option<&'s Arc<topology::Node>> {
         match plan {
@@ -230,7 +230,7 @@ impl WasmRouter {
     /// could not be (counted, logged, the read goes to the primary).
     fn with_instance<R>(
         &self,
-        shard: &Shard,
+        shard: &ReplicaSet,
         call: impl FnOnce(&mut Instance) -> Result<R, wasmtime::Error>,
     ) -> Option<R> {
         INSTANCES.with(|cell| {
@@ -281,7 +281,7 @@ impl WasmRouter {
 
     /// Resolves a plan's node ids; an unknown id is dropped and counted as
     /// a fallback (a plan left with no nodes sends reads to the primary).
-    fn publish(&self, shard: &Shard, plan: wit::Plan, version: u64, at: u64) {
+    fn publish(&self, shard: &ReplicaSet, plan: wit::Plan, version: u64, at: u64) {
         let mut unknown = 0;
         let mut resolve = |ids: Vec<u32>| -> Vec<usize> {
             ids.into_iter()
@@ -317,7 +317,7 @@ impl WasmRouter {
     }
 
     /// One `route` call, for plans that decide per read.
-    fn route<'s>(&self, shard: &'s Shard, read: &Read) -> Option<&'s Arc<topology::Node>> {
+    fn route<'s>(&self, shard: &'s ReplicaSet, read: &Read) -> Option<&'s Arc<topology::Node>> {
         let request = wit::Request {
             shard: 0,
             class: wit::CommandClass::Read,
@@ -348,7 +348,7 @@ impl ReadPolicy for WasmRouter {
     /// The fast path carries out the published plan without entering the
     /// plugin; a stale or missing plan first runs `update` on this
     /// thread's instance.
-    fn pick<'s>(&self, shard: &'s Shard, read: &Read) -> Option<&'s Arc<topology::Node>> {
+    fn pick<'s>(&self, shard: &'s ReplicaSet, read: &Read) -> Option<&'s Arc<topology::Node>> {
         let version = self.topology_version.load(Ordering::Acquire);
         let now = super::TICKS.load(Ordering::Relaxed);
         if let Some(published) = self.fresh_plan(version, now) {

@@ -20,7 +20,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::route::{PolicyView, Read, ReadPolicy};
-use crate::topology::{Node, Shard};
+use crate::topology::{Node, ReplicaSet};
 
 /// One loaded policy (a router unless said otherwise) and where it came
 /// from.
@@ -105,7 +105,7 @@ pub struct Shadow {
 }
 
 impl Shadow {
-    fn compare(&self, shard: &Shard, active: Option<&Arc<Node>>, shadow: Option<&Arc<Node>>) {
+    fn compare(&self, shard: &ReplicaSet, active: Option<&Arc<Node>>, shadow: Option<&Arc<Node>>) {
         let index = |n: Option<&Arc<Node>>| {
             n.and_then(|n| shard.nodes.iter().position(|m| m.id == n.id))
                 .map_or(0, |i| i + 1)
@@ -123,7 +123,7 @@ impl Shadow {
         }
     }
 
-    pub fn view(&self, shard: &Shard) -> ShadowView {
+    pub fn view(&self, shard: &ReplicaSet) -> ShadowView {
         let label = |i: usize| match i {
             0 => "primary".to_string(),
             i => shard
@@ -218,7 +218,7 @@ pub struct SlotView {
 impl ReadPolicy for RouterSlot {
     /// Picks the node for a read with the active generation (and lets the
     /// shadow, if any, pick too, for the record). `None`: the primary.
-    fn pick<'s>(&self, shard: &'s Shard, read: &Read) -> Option<&'s Arc<Node>> {
+    fn pick<'s>(&self, shard: &'s ReplicaSet, read: &Read) -> Option<&'s Arc<Node>> {
         let current = self.current.load();
         let choice = current.policy.pick(shard, read);
         if self.has_shadow.load(Ordering::Relaxed) {
@@ -363,7 +363,7 @@ impl RouterSlot {
         .map(|to| (from, to))
     }
 
-    pub fn view(&self, shard: &Shard) -> SlotView {
+    pub fn view(&self, shard: &ReplicaSet) -> SlotView {
         let previous = self.previous.lock().unwrap_or_else(|p| p.into_inner());
         SlotView {
             active: self.current.load().view(),

@@ -15,7 +15,7 @@ use crate::config::DetectorKind;
 use crate::failover::detect::{DetectorChoice, DetectorMaker};
 use crate::replicate::quorum::{Builtin, Candidate, Quorum, QuorumPolicy};
 use crate::route::{PrimaryOnly, Read, ReadPolicy, RoundRobinReplicas};
-use crate::topology::Shard;
+use crate::topology::ReplicaSet;
 
 /// Where a policy comes from.
 #[derive(Debug, Clone)]
@@ -119,7 +119,7 @@ pub enum Mode {
 pub fn build(
     source: &Source,
     config: &str,
-    shard: &Shard,
+    shard: &ReplicaSet,
     changes: Arc<AtomicU64>,
     number: u64,
     limits: Limits,

@@ -17,7 +17,7 @@ pub use session::ReadToken;
 
 use crate::resp::Class;
 use crate::topology::position::Served;
-use crate::topology::{Health, Node, Role, Shard};
+use crate::topology::{Health, Node, ReplicaSet, Role};
 
 /// What a read policy knows about the read it places.
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +30,7 @@ pub struct Read<'a> {
 
 /// Chooses the node for a read-only command. `None` means "the primary".
 pub trait ReadPolicy: Send + Sync {
-    fn pick<'s>(&self, shard: &'s Shard, read: &Read) -> Option<&'s Arc<Node>>;
+    fn pick<'s>(&self, shard: &'s ReplicaSet, read: &Read) -> Option<&'s Arc<Node>>;
 
     /// What is deciding, for the admin views.
     fn describe(&self) -> PolicyView;
@@ -66,7 +66,7 @@ impl PolicyView {
 /// Where a command goes, and for a read whether a replica serves it;
 /// `Err` when the shard has no primary to send it to.
 pub fn route<'s>(
-    shard: &'s Shard,
+    shard: &'s ReplicaSet,
     router: &dyn ReadPolicy,
     class: Class,
     read: &Read,
@@ -88,7 +88,7 @@ pub fn route<'s>(
 /// else the client's home replica or any other it may read from; else why
 /// the primary serves it.
 fn place_read<'s>(
-    shard: &'s Shard,
+    shard: &'s ReplicaSet,
     router: &dyn ReadPolicy,
     read: &Read,
     token: &ReadToken,
@@ -118,7 +118,7 @@ fn place_read<'s>(
 }
 
 /// Why the primary serves a read no replica was chosen for.
-fn no_replica_chosen(shard: &Shard) -> Served {
+fn no_replica_chosen(shard: &ReplicaSet) -> Served {
     let up = |n: &&Arc<Node>| n.role() == Role::Replica && n.health() == Health::Up;
     if shard.nodes.iter().any(|n| n.serves_reads()) {
         Served::Chosen

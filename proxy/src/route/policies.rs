@@ -4,13 +4,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::{PolicyView, Read, ReadPolicy};
-use crate::topology::{Node, Shard};
+use crate::topology::{Node, ReplicaSet};
 
 /// Every read to the primary: reads see every acknowledged write.
 pub struct PrimaryOnly;
 
 impl ReadPolicy for PrimaryOnly {
-    fn pick<'s>(&self, _shard: &'s Shard, _read: &Read) -> Option<&'s Arc<Node>> {
+    fn pick<'s>(&self, _shard: &'s ReplicaSet, _read: &Read) -> Option<&'s Arc<Node>> {
         None
     }
 
@@ -27,7 +27,7 @@ pub struct RoundRobinReplicas {
 }
 
 impl ReadPolicy for RoundRobinReplicas {
-    fn pick<'s>(&self, shard: &'s Shard, _read: &Read) -> Option<&'s Arc<Node>> {
+    fn pick<'s>(&self, shard: &'s ReplicaSet, _read: &Read) -> Option<&'s Arc<Node>> {
         let serving = || shard.nodes.iter().filter(|node| node.serves_reads());
         let count = serving().count();
         if count == 0 {

@@ -17,7 +17,7 @@
 
 use crate::config::ReadConsistency;
 use crate::topology::position::{stamp, History, Stamp};
-use crate::topology::{Node, Shard};
+use crate::topology::{Node, ReplicaSet};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Pending {
@@ -59,7 +59,7 @@ pub struct Progress {
 }
 
 impl ReadToken {
-    pub fn new(shard: &Shard) -> ReadToken {
+    pub fn new(shard: &ReplicaSet) -> ReadToken {
         ReadToken {
             history: shard.history(),
             floor: 0,
@@ -70,7 +70,7 @@ impl ReadToken {
 
     /// Brings the token up to date before a read is placed: a reply that
     /// came starts the wait for a probe, a probe that came sets the floor.
-    pub fn settle(&mut self, shard: &Shard, progress: Progress) {
+    pub fn settle(&mut self, shard: &ReplicaSet, progress: Progress) {
         let history = shard.history();
         if history != self.history {
             // Another primary: positions in the old history mean nothing
@@ -99,7 +99,7 @@ impl ReadToken {
     }
 
     /// What decides, for one read, which replicas may serve it.
-    pub fn check<'a>(&'a self, shard: &'a Shard, consistency: ReadConsistency) -> Check<'a> {
+    pub fn check<'a>(&'a self, shard: &'a ReplicaSet, consistency: ReadConsistency) -> Check<'a> {
         let global = match consistency {
             ReadConsistency::Global => Some(shard.global_floor()),
             _ => None,
@@ -115,7 +115,7 @@ impl ReadToken {
     /// The client's next reply, item `position` of its queue, comes from
     /// `replica`, or (`None`) from the primary or anything else that may
     /// show it more than any replica holds.
-    pub fn sent(&mut self, shard: &Shard, replica: Option<&Node>, position: u64) {
+    pub fn sent(&mut self, shard: &ReplicaSet, replica: Option<&Node>, position: u64) {
         self.pending = match self.pending {
             Pending::Upto(n) => Pending::Upto(n.max(position)),
             _ => Pending::Upto(position),
@@ -127,7 +127,11 @@ impl ReadToken {
     }
 
     /// The home replica, if it may serve the read.
-    pub fn home<'s>(&self, shard: &'s Shard, check: &Check) -> Option<&'s std::sync::Arc<Node>> {
+    pub fn home<'s>(
+        &self,
+        shard: &'s ReplicaSet,
+        check: &Check,
+    ) -> Option<&'s std::sync::Arc<Node>> {
         let home = self.home?;
         shard
             .nodes
@@ -140,7 +144,7 @@ impl ReadToken {
 /// Whether a replica may serve one read.
 pub struct Check<'a> {
     token: &'a ReadToken,
-    shard: &'a Shard,
+    shard: &'a ReplicaSet,
     consistency: ReadConsistency,
     /// Global: the floor every write acknowledged so far is under, if known
     /// (`Some(None)`: not known, no replica may serve).
@@ -181,7 +185,7 @@ mod tests {
     use crate::topology::{Health, Report, Role};
 
     /// A primary (id 1) and two replicas (2, 3), none connected to.
-    fn shard(consistency: ReadConsistency) -> Shard {
+    fn shard(consistency: ReadConsistency) -> ReplicaSet {
         let changes = Arc::new(AtomicU64::new(0));
         let nodes = (1..=3)
             .map(|id| {
@@ -190,7 +194,7 @@ mod tests {
                 Arc::new(Node::new(id, addr, pool, changes.clone()))
             })
             .collect();
-        let shard = Shard::new("s".into(), nodes, ReadFrom::Replicas, false, 10_000)
+        let shard = ReplicaSet::new("s".into(), nodes, ReadFrom::Replicas, false, 10_000)
             .with_reads(consistency, Duration::from_millis(100));
         shard.set_primary(&shard.nodes[0], 1);
         for node in &shard.nodes {
@@ -201,7 +205,7 @@ mod tests {
 
     /// A probe of node `index` (0: the primary) finding `offset`, started
     /// now, with the primary's answered count as it is.
-    fn probe(shard: &Shard, index: usize, offset: u64) {
+    fn probe(shard: &ReplicaSet, index: usize, offset: u64) {
         let primary = index == 0;
         let report = Report {
             role: if primary {
@@ -224,7 +228,7 @@ mod tests {
     }
 
     /// Every node probed at `offset`, and a client that has seen nothing.
-    fn all_at(shard: &Shard, offset: u64) -> ReadToken {
+    fn all_at(shard: &ReplicaSet, offset: u64) -> ReadToken {
         for index in 0..3 {
             probe(shard, index, offset);
         }
@@ -233,7 +237,7 @@ mod tests {
         token
     }
 
-    fn allowed(token: &ReadToken, shard: &Shard) -> Vec<u32> {
+    fn allowed(token: &ReadToken, shard: &ReplicaSet) -> Vec<u32> {
         let check = token.check(shard, shard.positions.consistency());
         shard
             .nodes

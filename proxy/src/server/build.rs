@@ -18,7 +18,7 @@ use crate::observe::events::Events;
 use crate::policy::slot::RouterSlot;
 use crate::policy::swap::{self, Source};
 use crate::replicate::fanout::Fanout;
-use crate::topology::Shard;
+use crate::topology::ReplicaSet;
 
 /// The TLS set-ups of the client listener, the admin listener and the
 /// links to the nodes, each when configured.
@@ -59,7 +59,7 @@ pub(super) fn coordination(
     config: &Config,
     client_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
-    shards: &[Arc<Shard>],
+    shards: &[Arc<ReplicaSet>],
     events: &Arc<Events>,
 ) -> std::io::Result<Option<Arc<crate::coord::Coordination>>> {
     let Some(settings) = &config.coordination else {
@@ -89,7 +89,7 @@ pub(super) async fn shards(
     members: &failover::members::Members,
     resolver: &crate::net::dns::Resolver,
     slots: &crate::shard::slots::SlotMap,
-) -> std::io::Result<Vec<Arc<Shard>>> {
+) -> std::io::Result<Vec<Arc<ReplicaSet>>> {
     let zones = config.zone_numbers();
     let mut shards = Vec::new();
     for (name, shard_config) in &config.shards {
@@ -101,7 +101,7 @@ pub(super) async fn shards(
             .map(|addr| members.make(addr, shard_config, false))
             .collect();
         shards.push(Arc::new(
-            Shard::new(
+            ReplicaSet::new(
                 name.clone(),
                 nodes,
                 shard_config.read_from,
@@ -127,7 +127,7 @@ pub(super) async fn shards(
 /// Each shard's router, as its configuration names it (generation 1).
 pub(super) fn routers(
     config: &Config,
-    shards: &[Arc<Shard>],
+    shards: &[Arc<ReplicaSet>],
     changes: &Arc<std::sync::atomic::AtomicU64>,
     limits: crate::policy::Limits,
 ) -> std::io::Result<Vec<RouterSlot>> {
@@ -152,7 +152,7 @@ pub(super) fn routers(
 /// Each shard's quorum policy, its requirement put in force.
 pub(super) fn quorums(
     config: &Config,
-    shards: &[Arc<Shard>],
+    shards: &[Arc<ReplicaSet>],
     limits: crate::policy::Limits,
 ) -> std::io::Result<Vec<ArcSwap<crate::shard::QuorumGeneration>>> {
     let mut quorum_policies = Vec::new();
@@ -179,7 +179,7 @@ pub(super) fn quorums(
 /// The fan-out writer of each fan-out shard.
 pub(super) fn fanouts(
     config: &Config,
-    shards: &[Arc<Shard>],
+    shards: &[Arc<ReplicaSet>],
     connect: &ConnectOptions,
     events: &Arc<Events>,
 ) -> Vec<Option<Arc<Fanout>>> {

@@ -1,5 +1,5 @@
 //! One shard as the request path and the operations see it: its nodes
-//! and their roles (the [`topology::Shard`] the control loop keeps), the
+//! and their roles (the [`topology::ReplicaSet`] the control loop keeps), the
 //! router in force, the quorum policy, the write path (the nodes' own
 //! replication, or the fan-out writer) and the way to its failover
 //! controller. Code that has found the shard it needs talks to this and
@@ -27,7 +27,7 @@ pub type QuorumGeneration = Generation<Box<dyn QuorumPolicy>>;
 pub struct Shard {
     /// Nodes, roles, health, epoch, durability: what probes and the
     /// failover controller maintain.
-    pub topology: Arc<topology::Shard>,
+    pub topology: Arc<topology::ReplicaSet>,
     /// The active router generation, its shadow and the previous one.
     pub router: RouterSlot,
     /// Replaced whole by a policy load.

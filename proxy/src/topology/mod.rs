@@ -26,8 +26,10 @@ use crate::replicate::lag::OffsetHistory;
 use crate::replicate::window::Admit;
 use crate::replicate::{Durability, DurabilityView};
 
-/// A primary and its replicas.
-pub struct Shard {
+/// A shard's primary and replicas as the control loop sees them: the
+/// state half of a shard (`shard::Shard` adds what the request path
+/// needs: router, quorum policy, write path).
+pub struct ReplicaSet {
     pub name: String,
     /// Appended to by reloads, never reordered (see `nodes.rs`).
     pub nodes: nodes::NodeList,
@@ -81,15 +83,15 @@ pub struct Shard {
 
 const NO_PRIMARY: usize = usize::MAX;
 
-impl Shard {
+impl ReplicaSet {
     pub fn new(
         name: String,
         nodes: Vec<Arc<Node>>,
         read_from: ReadFrom,
         follow_claims: bool,
         max_read_lag_ms: u64,
-    ) -> Shard {
-        Shard {
+    ) -> ReplicaSet {
+        ReplicaSet {
             name,
             nodes: nodes::NodeList::new(nodes),
             read_from,
@@ -148,7 +150,7 @@ impl Shard {
     }
 
     /// `ranges` as the configuration writes them (`0-8191,10000`).
-    pub fn with_slots(self, ranges: String) -> Shard {
+    pub fn with_slots(self, ranges: String) -> ReplicaSet {
         self.set_slots(ranges);
         self
     }
@@ -163,13 +165,17 @@ impl Shard {
         self.slots.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    pub fn with_reads(mut self, consistency: ReadConsistency, probe_interval: Duration) -> Shard {
+    pub fn with_reads(
+        mut self,
+        consistency: ReadConsistency,
+        probe_interval: Duration,
+    ) -> ReplicaSet {
         self.positions.set_consistency(consistency);
         self.probe_interval = probe_interval;
         self
     }
 
-    pub fn with_fanout(mut self, fanout: bool) -> Shard {
+    pub fn with_fanout(mut self, fanout: bool) -> ReplicaSet {
         self.fanout = fanout;
         self
     }
@@ -192,7 +198,7 @@ impl Shard {
         live.saturating_sub(1) as u32
     }
 
-    pub fn with_client_zone(mut self, zone: u32) -> Shard {
+    pub fn with_client_zone(mut self, zone: u32) -> ReplicaSet {
         self.client_zone = zone;
         self
     }
@@ -319,17 +325,17 @@ impl Shard {
 
 /// Every shard.
 pub struct Topology {
-    pub shards: Vec<Arc<Shard>>,
+    pub shards: Vec<Arc<ReplicaSet>>,
 }
 
 impl Topology {
     /// The first shard (by name): where keyless commands go, and what an
     /// operation that names no shard acts on.
-    pub fn first(&self) -> &Arc<Shard> {
+    pub fn first(&self) -> &Arc<ReplicaSet> {
         &self.shards[0]
     }
 
-    pub fn nodes(&self) -> impl Iterator<Item = (&Arc<Shard>, &Arc<Node>)> {
+    pub fn nodes(&self) -> impl Iterator<Item = (&Arc<ReplicaSet>, &Arc<Node>)> {
         self.shards
             .iter()
             .flat_map(|s| s.nodes.iter().map(move |n| (s, n)))

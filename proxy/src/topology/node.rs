@@ -226,7 +226,7 @@ impl Node {
         self.retired.load(Ordering::Acquire)
     }
 
-    /// Places the node in a zone (numbered, see [`Shard::client_zone`]).
+    /// Places the node in a zone (numbered, see [`ReplicaSet::client_zone`]).
     pub fn in_zone(mut self, zone: u32) -> Node {
         self.zone = zone;
         self

@@ -7,9 +7,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{position, Health, Node, Report, Role, Shard, SyncState, NO_PRIMARY};
+use super::{position, Health, Node, ReplicaSet, Report, Role, SyncState, NO_PRIMARY};
 
-impl Shard {
+impl ReplicaSet {
     /// Records a probe's report of `node`, taken at `at`. `answered` is
     /// the node's answered batches when the probe started, when known (the
     /// probe loop's own probes): the primary's report then becomes the

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Node, Shard, SyncState};
+use super::{Node, ReplicaSet, SyncState};
 
 /// How close a node is to its `maxmemory`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,7 +38,7 @@ impl Node {
     }
 }
 
-impl Shard {
+impl ReplicaSet {
     /// Replicas that could acknowledge a write now, beyond the
     /// acknowledgements a write needs: at 0, one more replica failure and
     /// synchronous writes are refused (`-NOQUORUM`). Negative: refused

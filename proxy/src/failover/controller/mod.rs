@@ -29,7 +29,7 @@ use crate::coord::Coordination;
 use crate::observe::events::Events;
 use crate::operate::error::OpError;
 use crate::replicate::quorum::{replicas_needed_to_promote, Candidate};
-use crate::topology::{Health, Node, Role, Shard};
+use crate::topology::{Health, Node, ReplicaSet, Role};
 
 mod ask;
 mod discover;
@@ -71,7 +71,7 @@ pub struct Controller {
     /// The shard as the request path holds it: its quorum policy.
     unit: Arc<crate::shard::Shard>,
     /// Its nodes, roles and epoch.
-    shard: Arc<Shard>,
+    shard: Arc<ReplicaSet>,
     timings: Arc<crate::failover::probe::Timings>,
     replication: crate::config::ReplicationConfig,
     events: Arc<Events>,

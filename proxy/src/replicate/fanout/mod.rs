@@ -47,13 +47,13 @@ use crate::failover::state::{FanoutState, StateStore};
 use crate::observe::events::Events;
 use crate::operate::error::OpError;
 use crate::resp::Proto;
-use crate::topology::{Shard, SyncState};
+use crate::topology::{ReplicaSet, SyncState};
 
 pub use rewrite::{Rewriter, Verdict};
 
 /// A fan-out shard's writer.
 pub struct Fanout {
-    pub shard: Arc<Shard>,
+    pub shard: Arc<ReplicaSet>,
     pub rewriter: Rewriter,
     state: Mutex<State>,
     /// Per node: woken when the log has entries for it, or its state
@@ -138,7 +138,7 @@ pub struct Limits {
 
 impl Fanout {
     pub fn new(
-        shard: Arc<Shard>,
+        shard: Arc<ReplicaSet>,
         limits: Limits,
         opts: ConnectOptions,
         store: StateStore,
