@@ -61,7 +61,7 @@ pub struct Context {
     pub limits: arc_swap::ArcSwap<crate::resp::Limits>,
     /// Memory the clients' buffered replies and partial requests take,
     /// against `[limits]`'s caps.
-    pub budget: Arc<crate::backend::charge::Budget>,
+    pub budget: Arc<crate::backend::budget::Budget>,
     /// TLS on the client listener, the admin listener and to the nodes
     /// (reloaded on SIGHUP).
     pub client_tls: Option<Acceptor>,

@@ -203,7 +203,7 @@ async fn reload(
     if live.iter().any(|field| field.starts_with("limits.")) {
         ctx.limits.store(std::sync::Arc::new(config.limits));
         ctx.budget
-            .set_caps(crate::backend::charge::Caps::of(&config.limits));
+            .set_caps(crate::backend::budget::Caps::of(&config.limits));
         tracing::info!("[limits] changed: the memory caps and max_pipeline apply at once, the request size limits to connections opened from now on");
     }
     ctx.probe_timings.set(&config.probe);

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use super::prom::{family, help};
 use crate::context::Context;
 use crate::observe::counters::{BUCKETS_US, CLASSES};
+use crate::observe::policy_view::PolicyView;
 use crate::replicate::DurabilityView;
-use crate::route::PolicyView;
 use crate::topology::{Health, NodeView, ReplicaSet, Role};
 
 /// Renders every metric.
@@ -79,7 +79,7 @@ pub fn render(ctx: &Context) -> String {
         )],
     );
     {
-        use crate::backend::charge::Reason;
+        use crate::backend::budget::Reason;
         let budget = &ctx.budget;
         family(
             o,

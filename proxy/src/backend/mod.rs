@@ -1,6 +1,6 @@
 //! Connections to the nodes: opening them, pipelining over them, pooling them.
 
-pub mod charge;
+pub mod budget;
 pub mod connect;
 pub mod control;
 pub mod cutter;

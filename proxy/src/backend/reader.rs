@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use super::charge::Charge;
+use super::budget::Charge;
 use super::cutter::{idle_read, Idle, ReplyCutter};
 use super::reply::{BatchReply, ReplyTo};
 use super::stats::LinkStats;

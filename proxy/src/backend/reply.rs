@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::charge::{Account, Charge};
+use super::budget::{Account, Charge};
 
 /// The replies to a batch.
 #[derive(Debug, Default)]

@@ -16,6 +16,7 @@ mod demo;
 mod policy;
 mod policy_new;
 mod policy_test;
+mod primary;
 mod progress;
 mod run;
 mod slots;
@@ -209,18 +210,20 @@ pub fn main() -> ExitCode {
             admin::Admin::connect(&target).and_then(|a| policy::policy(&a, action))
         }
         Command::Switchover { target, shard, to } => admin::Admin::connect(&target)
-            .and_then(|a| policy::switchover(&a, &shard, to.as_deref())),
+            .and_then(|a| primary::switchover(&a, &shard, to.as_deref())),
         Command::Promote {
             target,
             shard,
             node,
             force,
-        } => admin::Admin::connect(&target).and_then(|a| policy::promote(&a, &shard, &node, force)),
+        } => {
+            admin::Admin::connect(&target).and_then(|a| primary::promote(&a, &shard, &node, force))
+        }
         Command::Resync {
             target,
             shard,
             node,
-        } => admin::Admin::connect(&target).and_then(|a| policy::resync(&a, &shard, &node)),
+        } => admin::Admin::connect(&target).and_then(|a| primary::resync(&a, &shard, &node)),
         Command::Slots {
             action:
                 Some(SlotsAction::Move {

@@ -199,7 +199,7 @@ impl Run {
         println!("{what} -> {answer}{verdict}");
     }
 
-    fn took(&mut self, view: crate::route::PolicyView) {
+    fn took(&mut self, view: crate::observe::policy_view::PolicyView) {
         self.traps = view.traps;
         self.fallbacks = view.fallbacks;
         self.last_error = view.last_error;

@@ -40,7 +40,7 @@ pub struct Connection {
     pub(super) parser: RequestParser,
     pub(super) buf: BytesMut,
     /// This client's share of the memory caps (its replies hold it too).
-    pub(super) account: Arc<crate::backend::charge::Account>,
+    pub(super) account: Arc<crate::backend::budget::Account>,
     pub(super) replies: Replies,
     pub(super) open: Option<OpenBatch>,
     /// Set when the session becomes a pipe: the backend side to copy from.

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::charge::Account;
+use crate::backend::budget::Account;
 use crate::backend::BatchReply;
 use crate::net::WriteHalf;
 use crate::observe::counters::{BatchClass, Metrics};

@@ -10,8 +10,8 @@ use arc_swap::ArcSwap;
 use rampart_sdk::algorithms;
 
 use crate::config::{DetectorKind, ProbeConfig};
+use crate::observe::policy_view::PolicyView;
 use crate::policy::slot::{Generation, GenerationView};
-use crate::route::PolicyView;
 use crate::topology::Health;
 
 pub trait Detector: Send {

@@ -5,8 +5,10 @@ use tokio::sync::oneshot;
 
 use crate::operate::error::OpError;
 
-/// An operator's request to move the primary role to another node.
-pub struct Switchover {
+/// An operator's request to change a shard's primary: a switchover
+/// (checked: the target holds every acknowledged write) or, with `force`,
+/// a promotion without that check.
+pub struct PrimaryChange {
     /// The node to promote (`host:port` as configured); `None` lets the
     /// election choose.
     pub target: Option<String>,

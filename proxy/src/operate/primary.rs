@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use super::OpError;
 use crate::config::FailoverRole;
 use crate::context::Context;
-use crate::failover::request::Switchover;
+use crate::failover::request::PrimaryChange;
 use crate::shard::Shard;
 
 impl Context {
@@ -87,7 +87,7 @@ async fn ask_controller(
     let (reply, answer) = oneshot::channel();
     shard
         .controller
-        .send(Switchover {
+        .send(PrimaryChange {
             target,
             force,
             reply,

@@ -9,7 +9,7 @@ use wasmtime::component::HasSelf;
 use super::sandbox::{Single, Spec, State};
 use super::LoadError;
 use crate::failover::detect::Detector as NativeDetector;
-use crate::route::PolicyView;
+use crate::observe::policy_view::PolicyView;
 use crate::topology::Health as Verdict;
 
 wasmtime::component::bindgen!({

@@ -167,9 +167,9 @@ impl Stats {
     }
 
     /// The plugin `name` as the admin views show it.
-    pub fn view(&self, name: &str) -> crate::route::PolicyView {
+    pub fn view(&self, name: &str) -> crate::observe::policy_view::PolicyView {
         let (calls, traps, fallbacks) = self.snapshot();
-        crate::route::PolicyView {
+        crate::observe::policy_view::PolicyView {
             name: name.to_string(),
             kind: "wasm",
             calls,

@@ -5,8 +5,8 @@ use wasmtime::component::HasSelf;
 
 use super::sandbox::{Single, Spec, State};
 use super::LoadError;
+use crate::observe::policy_view::PolicyView;
 use crate::replicate::quorum::{self as native, QuorumPolicy};
-use crate::route::PolicyView;
 
 wasmtime::component::bindgen!({
     path: "../sdk/wit",

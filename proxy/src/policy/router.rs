@@ -10,7 +10,8 @@ use wasmtime::component::HasSelf;
 use wasmtime::Store;
 
 use super::{Limits, LoadError, SharedStats, Stats};
-use crate::route::{PolicyView, Read, ReadPolicy};
+use crate::observe::policy_view::PolicyView;
+use crate::route::{Read, ReadPolicy};
 use crate::topology::{self, ReplicaSet};
 
 use super::sandbox::{self, State};

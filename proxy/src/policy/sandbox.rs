@@ -11,7 +11,7 @@ use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
 use super::wit::rampart::policy::host::{Host, Level};
 use super::wit::rampart::policy::types;
 use super::{engine, Limits, LoadError, SharedStats};
-use crate::route::PolicyView;
+use crate::observe::policy_view::PolicyView;
 
 /// What each plugin instance's store holds.
 pub struct State {

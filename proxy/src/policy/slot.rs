@@ -19,7 +19,8 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::route::{PolicyView, Read, ReadPolicy};
+use crate::observe::policy_view::PolicyView;
+use crate::route::{Read, ReadPolicy};
 use crate::topology::{Node, ReplicaSet};
 
 /// One loaded policy (a router unless said otherwise) and where it came

@@ -5,7 +5,7 @@
 
 use rampart_sdk::algorithms;
 
-use crate::route::PolicyView;
+use crate::observe::policy_view::PolicyView;
 
 /// What a synchronous write must reach before its client is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

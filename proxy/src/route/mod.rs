@@ -15,6 +15,7 @@ use std::sync::Arc;
 pub use policies::{PrimaryOnly, RoundRobinReplicas};
 pub use session::ReadToken;
 
+use crate::observe::policy_view::PolicyView;
 use crate::resp::Class;
 use crate::topology::position::Served;
 use crate::topology::{Health, Node, ReplicaSet, Role};
@@ -34,33 +35,6 @@ pub trait ReadPolicy: Send + Sync {
 
     /// What is deciding, for the admin views.
     fn describe(&self) -> PolicyView;
-}
-
-/// A read policy as the admin views show it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PolicyView {
-    pub name: String,
-    /// `native` (built into the binary) or `wasm`.
-    pub kind: &'static str,
-    pub calls: u64,
-    pub traps: u64,
-    pub fallbacks: u64,
-    /// Why the last trap or fallback happened, in words.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-}
-
-impl PolicyView {
-    pub fn native(name: &str) -> PolicyView {
-        PolicyView {
-            name: name.to_string(),
-            kind: "native",
-            calls: 0,
-            traps: 0,
-            fallbacks: 0,
-            last_error: None,
-        }
-    }
 }
 
 /// Where a command goes, and for a read whether a replica serves it;

@@ -3,7 +3,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::{PolicyView, Read, ReadPolicy};
+use super::{Read, ReadPolicy};
+use crate::observe::policy_view::PolicyView;
 use crate::topology::{Node, ReplicaSet};
 
 /// Every read to the primary: reads see every acknowledged write.

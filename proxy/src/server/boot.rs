@@ -45,7 +45,7 @@ pub(super) async fn probe_all(
 pub(super) async fn start_controllers(
     context: &Arc<Context>,
     coordination: &Option<Arc<crate::coord::Coordination>>,
-    mut switchover_rx: Vec<mpsc::Receiver<crate::failover::request::Switchover>>,
+    mut switchover_rx: Vec<mpsc::Receiver<crate::failover::request::PrimaryChange>>,
     connect: &ConnectOptions,
     shutdown_rx: &watch::Receiver<bool>,
 ) {

@@ -145,7 +145,7 @@ impl Server {
             metrics: Arc::default(),
             history: Arc::default(),
             limits: arc_swap::ArcSwap::from_pointee(config.limits),
-            budget: crate::backend::charge::Budget::new(crate::backend::charge::Caps::of(
+            budget: crate::backend::budget::Budget::new(crate::backend::budget::Caps::of(
                 &config.limits,
             )),
             client_tls,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 
-use crate::failover::request::Switchover;
+use crate::failover::request::PrimaryChange;
 use crate::policy::slot::{Generation, RouterSlot};
 use crate::replicate::fanout::Fanout;
 use crate::replicate::QuorumPolicy;
@@ -36,7 +36,7 @@ pub struct Shard {
     pub fanout: Option<Arc<Fanout>>,
     /// Switchovers and forced promotions for the failover controller (it
     /// runs on leaders only; a fan-out shard has none).
-    pub(crate) controller: mpsc::Sender<Switchover>,
+    pub(crate) controller: mpsc::Sender<PrimaryChange>,
 }
 
 impl Shard {

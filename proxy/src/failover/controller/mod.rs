@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::probe::Report;
-pub use super::request::Switchover;
+pub use super::request::PrimaryChange;
 use super::state::{ShardState, StateStore};
 use crate::backend::control::frame_text;
 use crate::backend::ConnectOptions;
@@ -120,7 +120,7 @@ pub fn spawn(
     events: Arc<Events>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     opts: ConnectOptions,
-    requests: mpsc::Receiver<Switchover>,
+    requests: mpsc::Receiver<PrimaryChange>,
 ) {
     let shard = unit.topology.clone();
     let span = tracing::info_span!("controller", shard = %shard.name);
@@ -152,7 +152,7 @@ pub fn spawn(
 }
 
 impl Controller {
-    async fn run(mut self, mut requests: mpsc::Receiver<Switchover>) {
+    async fn run(mut self, mut requests: mpsc::Receiver<PrimaryChange>) {
         let mut shutdown = self.shutdown.clone();
         loop {
             self.tick().await;
