@@ -18,6 +18,7 @@ mod durable;
 mod fanout;
 mod forward;
 pub mod guard;
+mod hold;
 mod identity;
 mod inflight;
 mod interpose;
