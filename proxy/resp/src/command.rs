@@ -37,8 +37,10 @@ pub enum Class {
     /// MONITOR, CLIENT TRACKING): the client gets a dedicated connection piped
     /// straight through for the rest of its life.
     Stream,
-    /// Answered by Rampart without a backend.
-    Local(Local),
+    /// Answered by Rampart itself: the connection's own commands, and some
+    /// it puts to the nodes on its own terms (INFO, ACL changes, SCRIPT
+    /// KILL). The proxy answers them in `client/answer/`.
+    Answer(Answer),
     /// Refused through the proxy; the text says why.
     Refused(&'static str),
 }
@@ -52,8 +54,9 @@ pub enum Tx {
     Unwatch,
 }
 
+/// The commands Rampart answers itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Local {
+pub enum Answer {
     Ping,
     Echo,
     Quit,
@@ -113,20 +116,20 @@ pub fn classify(req: &Request) -> Class {
     match n {
         b"CLIENT" => client_subcommand(req),
         b"CLUSTER" if req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"KEYSLOT") => {
-            Class::Local(Local::KeySlot)
+            Class::Answer(Answer::KeySlot)
         }
         b"SCRIPT" | b"FUNCTION" if req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"KILL") => {
-            Class::Local(Local::KillScript)
+            Class::Answer(Answer::KillScript)
         }
         b"SLOWLOG" if req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"GET") => {
-            Class::Local(Local::SlowlogGet)
+            Class::Answer(Answer::SlowlogGet)
         }
         b"ACL"
             if req
                 .arg_upper(1)
                 .is_some_and(|s| matches!(s.as_bytes(), b"SETUSER" | b"DELUSER")) =>
         {
-            Class::Local(Local::AclChange)
+            Class::Answer(Answer::AclChange)
         }
         b"XREAD" | b"XREADGROUP" => {
             if has_option(req, b"BLOCK") {
@@ -147,17 +150,17 @@ pub fn classify(req: &Request) -> Class {
 fn exact(n: &[u8]) -> Option<Class> {
     use Class::*;
     Some(match n {
-        b"PING" => Local(self::Local::Ping),
-        b"ECHO" => Local(self::Local::Echo),
-        b"QUIT" => Local(self::Local::Quit),
-        b"POST" | b"HOST:" => Local(self::Local::CrossProtocol),
-        b"HELLO" => Local(self::Local::Hello),
-        b"AUTH" => Local(self::Local::Auth),
-        b"SELECT" => Local(self::Local::Select),
-        b"RESET" => Local(self::Local::Reset),
-        b"RAMPART" => Local(self::Local::Rampart),
-        b"INFO" => Local(self::Local::Info),
-        b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" => Local(self::Local::Unsubscribe),
+        b"PING" => Answer(self::Answer::Ping),
+        b"ECHO" => Answer(self::Answer::Echo),
+        b"QUIT" => Answer(self::Answer::Quit),
+        b"POST" | b"HOST:" => Answer(self::Answer::CrossProtocol),
+        b"HELLO" => Answer(self::Answer::Hello),
+        b"AUTH" => Answer(self::Answer::Auth),
+        b"SELECT" => Answer(self::Answer::Select),
+        b"RESET" => Answer(self::Answer::Reset),
+        b"RAMPART" => Answer(self::Answer::Rampart),
+        b"INFO" => Answer(self::Answer::Info),
+        b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" => Answer(self::Answer::Unsubscribe),
         b"MULTI" => Transaction(Tx::Multi),
         b"EXEC" => Transaction(Tx::Exec),
         b"DISCARD" => Transaction(Tx::Discard),
@@ -180,13 +183,13 @@ fn client_subcommand(req: &Request) -> Class {
         return Class::Write;
     };
     match sub.as_bytes() {
-        b"SETNAME" => Class::Local(Local::ClientSetName),
-        b"GETNAME" => Class::Local(Local::ClientGetName),
-        b"ID" => Class::Local(Local::ClientId),
-        b"SETINFO" => Class::Local(Local::ClientSetInfo),
+        b"SETNAME" => Class::Answer(Answer::ClientSetName),
+        b"GETNAME" => Class::Answer(Answer::ClientGetName),
+        b"ID" => Class::Answer(Answer::ClientId),
+        b"SETINFO" => Class::Answer(Answer::ClientSetInfo),
         b"TRACKING" => Class::Stream,
-        b"LIST" | b"INFO" | b"KILL" | b"UNBLOCK" | b"REPLY" => Class::Local(Local::Client),
-        b"PAUSE" | b"UNPAUSE" => Class::Local(Local::Pause),
+        b"LIST" | b"INFO" | b"KILL" | b"UNBLOCK" | b"REPLY" => Class::Answer(Answer::Client),
+        b"PAUSE" | b"UNPAUSE" => Class::Answer(Answer::Pause),
         // Options that change how the server treats the connection they run
         // on must not reach a shared link.
         b"NO-EVICT" | b"NO-TOUCH" | b"CACHING" => Class::Pin,
@@ -305,14 +308,17 @@ mod tests {
         assert_eq!(class(&["XREAD", "STREAMS", "s", "0"]), Class::Read);
         assert_eq!(
             class(&["client", "setname", "x"]),
-            Class::Local(Local::ClientSetName)
+            Class::Answer(Answer::ClientSetName)
         );
         assert_eq!(class(&["CLIENT", "TRACKING", "on"]), Class::Stream);
         assert_eq!(class(&["blpop", "q", "0"]), Class::Blocking);
-        assert_eq!(class(&["script", "kill"]), Class::Local(Local::KillScript));
+        assert_eq!(
+            class(&["script", "kill"]),
+            Class::Answer(Answer::KillScript)
+        );
         assert_eq!(
             class(&["FUNCTION", "KILL"]),
-            Class::Local(Local::KillScript)
+            Class::Answer(Answer::KillScript)
         );
         assert_eq!(class(&["SCRIPT", "LOAD", "return 1"]), Class::Write);
         assert!(matches!(

@@ -332,16 +332,17 @@ impl Connection {
             return self.send_piped(req).await;
         }
         let class = classify(&req);
-        if class == Class::Local(crate::resp::command::Local::CrossProtocol) {
-            return self.cross_protocol().await;
+        if class == Class::Answer(crate::resp::command::Answer::CrossProtocol) {
+            super::answer::cross_protocol(&self.registration.entry.addr);
+            return Flow::Stop;
         }
         if !self.session.authed
             && !matches!(
                 class,
-                Class::Local(crate::resp::command::Local::Auth)
-                    | Class::Local(crate::resp::command::Local::Hello)
-                    | Class::Local(crate::resp::command::Local::Quit)
-                    | Class::Local(crate::resp::command::Local::Reset)
+                Class::Answer(crate::resp::command::Answer::Auth)
+                    | Class::Answer(crate::resp::command::Answer::Hello)
+                    | Class::Answer(crate::resp::command::Answer::Quit)
+                    | Class::Answer(crate::resp::command::Answer::Reset)
             )
         {
             return self
@@ -373,7 +374,7 @@ impl Connection {
             }
         }
         match class {
-            Class::Local(local) => self.local(local, req).await,
+            Class::Answer(local) => self.local(local, req).await,
             Class::Refused(text) if self.session.in_multi && text == NOT_THROUGH_RAMPART => {
                 // Redis refuses SHUTDOWN and the like inside MULTI itself.
                 self.refuse(crate::resp::command::NOT_IN_MULTI.to_string())

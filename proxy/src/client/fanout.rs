@@ -83,7 +83,7 @@ impl Connection {
         class: Class,
         req: Request,
     ) -> Option<Flow> {
-        use crate::resp::command::Local;
+        use crate::resp::command::Answer;
         let queued = |this: &mut Self, raw: Bytes| {
             if let Some(tx) = this.session.fanout_tx.as_mut() {
                 tx.queued.push(raw);
@@ -118,9 +118,9 @@ impl Connection {
             }
             Class::Transaction(Tx::Watch) => Value::err("ERR WATCH inside MULTI is not allowed"),
             Class::Transaction(Tx::Unwatch) => queued(self, req.raw),
-            Class::Local(Local::Quit | Local::Reset) => return None,
-            Class::Local(Local::Ping | Local::Echo) => queued(self, req.raw),
-            Class::Local(_) => Value::err("ERR Command not allowed inside a transaction"),
+            Class::Answer(Answer::Quit | Answer::Reset) => return None,
+            Class::Answer(Answer::Ping | Answer::Echo) => queued(self, req.raw),
+            Class::Answer(_) => Value::err("ERR Command not allowed inside a transaction"),
             // Inside MULTI a blocking command does not block.
             Class::Read | Class::CursorRead | Class::Blocking => queued(self, req.raw),
             Class::Write => match fanout.rewriter.judge(req) {

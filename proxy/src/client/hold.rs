@@ -48,9 +48,14 @@ impl Connection {
     }
 
     pub(super) fn no_primary(&self) -> Value {
-        Value::err(format!(
-            "ERR rampart: no reachable primary for shard '{}'",
-            self.shard.name()
-        ))
+        no_primary(self.shard.name())
     }
+}
+
+/// The error for a request that needs the primary of `shard`, which has
+/// none reachable.
+pub(super) fn no_primary(shard: &str) -> Value {
+    Value::err(format!(
+        "ERR rampart: no reachable primary for shard '{shard}'"
+    ))
 }

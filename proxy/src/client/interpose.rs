@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::connection::{Connection, Flow};
 use super::piped::{Amend, Interposed};
-use crate::resp::command::{classify, Class, Local};
+use crate::resp::command::{classify, Answer, Class};
 use crate::resp::{ReplyScanner, Request, Value};
 
 /// Random for each process, so that no client can guess a marker and
@@ -62,18 +62,18 @@ fn translate(reply: &[u8], client_of: impl Fn(i64) -> Option<u64>) -> Option<Byt
 /// The local command `req` is, if it must be answered by Rampart even on
 /// a piped connection. `CLIENT REPLY` and `TRACKING` stay with the node,
 /// which runs the piped connection's replies and tracking.
-fn interposed(req: &Request) -> Option<Local> {
+fn interposed(req: &Request) -> Option<Answer> {
     if req.name().as_bytes() != b"CLIENT" {
         return None;
     }
     let reply = req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"REPLY");
     match classify(req) {
-        Class::Local(local @ (Local::Client | Local::Pause)) if !reply => Some(local),
-        Class::Local(
-            local @ (Local::ClientId
-            | Local::ClientGetName
-            | Local::ClientSetName
-            | Local::ClientSetInfo),
+        Class::Answer(local @ (Answer::Client | Answer::Pause)) if !reply => Some(local),
+        Class::Answer(
+            local @ (Answer::ClientId
+            | Answer::ClientGetName
+            | Answer::ClientSetName
+            | Answer::ClientSetInfo),
         ) => Some(local),
         _ => None,
     }
@@ -143,7 +143,7 @@ impl Connection {
             None if req.name().as_bytes() == b"HELLO" => Some(Interposed::Amend {
                 marker,
                 how: Amend::Replace {
-                    local: Local::Hello,
+                    local: Answer::Hello,
                     req: req.clone(),
                 },
             }),

@@ -10,7 +10,7 @@
 //! clients, which `publish` keeps up to date), and what clients may not do
 //! in `guard`.
 
-mod auth;
+mod answer;
 mod batch;
 mod blocking;
 mod connection;
@@ -19,25 +19,21 @@ mod fanout;
 mod forward;
 pub mod guard;
 mod hold;
-mod identity;
 mod inflight;
 mod interpose;
-pub(crate) mod local;
 mod monitor;
 mod moving;
 mod pin;
 mod pipe;
 mod piped;
 mod publish;
-mod rampart;
 mod reads;
 mod redirect;
 pub mod registry;
 mod routing;
-mod slowlog;
 pub mod throttle;
 
-pub use auth::constant_time_eq;
+pub use answer::auth::constant_time_eq;
 mod session;
 mod shards;
 mod tx;

@@ -134,4 +134,37 @@ impl Connection {
             }
         }
     }
+
+    /// The connection to the primary a command Rampart inspects runs on:
+    /// the client's dedicated one when it has state there (an ACL user, a
+    /// database), a shared link otherwise.
+    pub(super) async fn primary_link(&mut self) -> Result<(Arc<Node>, Link), Value> {
+        if !self.session.is_clean() || self.session.pinned.is_some() {
+            self.pin().await?;
+            return self.session.pinned.clone().ok_or_else(|| self.no_primary());
+        }
+        if !self.await_primary().await {
+            return Err(self.no_primary());
+        }
+        let Some(primary) = self.shard.topology.primary().cloned() else {
+            return Err(self.no_primary());
+        };
+        let link = primary
+            .pool
+            .shared(self.session.proto, self.session.id)
+            .clone();
+        Ok((primary, link))
+    }
+
+    /// Runs `req` on the primary as [`Connection::primary_link`] chooses
+    /// the connection: the node, and its reply as it wrote it.
+    pub(super) async fn ask_primary(
+        &mut self,
+        req: &Request,
+        what: &str,
+    ) -> Result<(Arc<Node>, Bytes), Value> {
+        let (node, link) = self.primary_link().await?;
+        let reply = self.call(&node, &link, vec![req.raw.clone()], what).await?;
+        Ok((node, reply))
+    }
 }

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use crate::net::Stream;
-use crate::resp::command::Local;
+use crate::resp::command::Answer;
 use crate::resp::{Proto, ReplyScanner, Request};
 
 /// A piped client's command whose answer Rampart makes or amends.
@@ -19,7 +19,7 @@ pub(super) enum Interposed {
     /// Answered by Rampart where the node echoes the marker.
     Answer {
         marker: Bytes,
-        local: Local,
+        local: Answer,
         req: Request,
     },
     /// Run by the node too, which must know of it; its reply, the last
@@ -35,7 +35,7 @@ pub(super) enum Amend {
     /// `HELLO`: the node's connection switches protocol with the client,
     /// but the reply is Rampart's (its client id, its checks), unless the
     /// node refused the command (RESP2 subscribed mode).
-    Replace { local: Local, req: Request },
+    Replace { local: Answer, req: Request },
 }
 
 impl Interposed {

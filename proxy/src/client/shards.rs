@@ -46,7 +46,7 @@ impl Connection {
                 );
             }
         }
-        if !matches!(class, Class::Local(_)) {
+        if !matches!(class, Class::Answer(_)) {
             if let Err(flow) = self.route_map(req).await {
                 return Some(flow);
             }
@@ -57,7 +57,7 @@ impl Connection {
         let held = self.session.in_multi || self.session.watching || self.session.tx_lost;
         let place = match class {
             // Answered here, or about the client's own connection.
-            Class::Local(_) => Place::Any,
+            Class::Answer(_) => Place::Any,
             _ => locate(req, self.routing.map(), self.ctx.shards.len()),
         };
         let index = match place {

@@ -110,8 +110,8 @@ impl Connection {
     pub(super) async fn in_lost_transaction(&mut self, class: Class, req: Request) -> Flow {
         match class {
             Class::Transaction(tx @ (Tx::Exec | Tx::Discard)) => self.transaction(tx, req).await,
-            Class::Local(
-                local @ (crate::resp::command::Local::Reset | crate::resp::command::Local::Quit),
+            Class::Answer(
+                local @ (crate::resp::command::Answer::Reset | crate::resp::command::Answer::Quit),
             ) => self.local(local, req).await,
             _ => {
                 self.reply(Value::err(

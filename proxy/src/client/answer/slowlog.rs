@@ -5,10 +5,10 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::connection::{Connection, Flow};
-use super::undo::{decode, Plain};
-use super::writer::Pending;
 use crate::backend::own;
+use crate::client::connection::{Connection, Flow};
+use crate::client::undo::{decode, Plain};
+use crate::client::writer::Pending;
 use crate::resp::{Proto, ReplyScanner, Request, Value};
 
 impl Connection {

@@ -2,7 +2,7 @@
 //! what Rampart is doing, and, after `RAMPART AUTH` with the admin token,
 //! changing it (switchover, policies).
 
-use super::connection::{Connection, Flow};
+use crate::client::connection::{Connection, Flow};
 use crate::resp::{Request, Value};
 
 impl Connection {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::connection::{Connection, Flow};
-use super::session::Session;
 use crate::backend::Credentials;
+use crate::client::connection::{Connection, Flow};
+use crate::client::session::Session;
 use crate::observe::throttled::Throttled;
 use crate::resp::request::parse_i64;
 use crate::resp::{Proto, Request, Value};
@@ -39,7 +39,7 @@ impl Connection {
     /// A wrong password: counted, logged (at most once a second for the
     /// whole process, so a flood of guesses cannot flood the log), and
     /// answered when the client's address may have its next wrong answer
-    /// (see [`super::throttle`]). False: close the connection unanswered.
+    /// (see [`crate::client::throttle`]). False: close the connection unanswered.
     pub(super) async fn auth_failed(&mut self) -> bool {
         static LOG: Throttled = Throttled::every(1);
         self.session.auth_failures += 1;
@@ -52,7 +52,7 @@ impl Connection {
                 "AUTH with a wrong password (logged at most once a second)"
             );
         }
-        use super::throttle::Verdict;
+        use crate::client::throttle::Verdict;
         match self
             .ctx
             .auth_throttle
@@ -242,7 +242,7 @@ impl Connection {
         if let Some(name) = name {
             // Checked once authenticated and before the protocol changes,
             // as Redis does.
-            if let Err(e) = super::session::check_client_name(&name) {
+            if let Err(e) = crate::client::session::check_client_name(&name) {
                 return self.reply(e).await;
             }
             self.session.name = (!name.is_empty()).then_some(name);

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::connection::{Connection, Flow};
-use super::registry::{Entry, Order};
+use crate::client::connection::{Connection, Flow};
+use crate::client::registry::{Entry, Order};
 use crate::resp::request::parse_i64;
 use crate::resp::{Request, Value};
 
