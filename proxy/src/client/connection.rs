@@ -333,8 +333,9 @@ impl Connection {
         }
         let class = classify(&req);
         if class == Class::Answer(crate::resp::command::Answer::CrossProtocol) {
-            super::answer::cross_protocol(&self.registration.entry.addr);
-            return Flow::Stop;
+            return self
+                .answer(crate::resp::command::Answer::CrossProtocol, req)
+                .await;
         }
         if !self.session.authed
             && !matches!(
@@ -374,7 +375,7 @@ impl Connection {
             }
         }
         match class {
-            Class::Answer(local) => self.local(local, req).await,
+            Class::Answer(answer) => self.answer(answer, req).await,
             Class::Refused(text) if self.session.in_multi && text == NOT_THROUGH_RAMPART => {
                 // Redis refuses SHUTDOWN and the like inside MULTI itself.
                 self.refuse(crate::resp::command::NOT_IN_MULTI.to_string())

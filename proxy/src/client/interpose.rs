@@ -209,7 +209,7 @@ impl Connection {
                     Echo::Subscribed => refusal(&req).encode(self.session.proto),
                     Echo::Plain => {
                         let before = self.replies.queued();
-                        if self.local(local, req).await == Flow::Stop {
+                        if self.answer(local, req).await == Flow::Stop {
                             flow = Flow::Stop;
                         }
                         self.replies.take_local_after(before)
@@ -233,7 +233,7 @@ impl Connection {
                             if held[at].first() != Some(&b'-') =>
                         {
                             let before = self.replies.queued();
-                            if self.local(local, req).await == Flow::Stop {
+                            if self.answer(local, req).await == Flow::Stop {
                                 flow = Flow::Stop;
                             }
                             held[at] = BytesMut::from(&self.replies.take_local_after(before)[..]);

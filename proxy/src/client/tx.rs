@@ -112,7 +112,7 @@ impl Connection {
             Class::Transaction(tx @ (Tx::Exec | Tx::Discard)) => self.transaction(tx, req).await,
             Class::Answer(
                 local @ (crate::resp::command::Answer::Reset | crate::resp::command::Answer::Quit),
-            ) => self.local(local, req).await,
+            ) => self.answer(local, req).await,
             _ => {
                 self.reply(Value::err(
                     "ERR rampart: the connection holding this transaction was lost; EXEC will fail",

@@ -26,10 +26,10 @@ use crate::resp::request::parse_i64;
 use crate::resp::{Request, Value};
 
 impl Connection {
-    pub(super) async fn local(&mut self, local: Answer, req: Request) -> Flow {
+    pub(super) async fn answer(&mut self, answer: Answer, req: Request) -> Flow {
         let in_multi = self.session.in_multi;
         let args = &req.args();
-        match local {
+        match answer {
             // Inside a transaction these are queued by the server like any
             // other command and answered in EXEC's reply.
             Answer::Ping
@@ -200,7 +200,7 @@ impl Connection {
 /// `POST` / `Host:` as a command: what Redis does, word for word in the
 /// log (at most once a second); the caller closes the connection with no
 /// reply. Nothing of it reaches a node.
-pub(super) fn cross_protocol(client: &std::net::SocketAddr) {
+fn cross_protocol(client: &std::net::SocketAddr) {
     static LOG: Throttled = Throttled::every(1);
     if let Some(quiet) = LOG.due() {
         tracing::warn!(
