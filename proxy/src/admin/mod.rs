@@ -21,10 +21,14 @@ use tokio::sync::watch;
 
 use crate::context::Context;
 
+mod coordination_metrics;
 mod memory_metrics;
 pub mod metrics;
+mod node_metrics;
+mod policy_metrics;
 mod probe_metrics;
 mod prom;
+mod shard_metrics;
 mod slot_metrics;
 mod slots;
 mod views;
