@@ -31,7 +31,8 @@ use super::reply::{BatchReply, ReplyTo};
 use super::stats::LinkStats;
 use super::LinkError;
 use crate::net::{Stream, WriteHalf};
-use crate::replicate::{self, Durability};
+use crate::replicate::wait::{Run, Wait};
+use crate::replicate::Durability;
 
 /// Requests for one link and where their replies go.
 pub struct Batch {
@@ -334,8 +335,8 @@ async fn write_loop(
         // future may be dropped at any await (when the reader fails first),
         // and a registered batch is then answered by `Reader::fail`, while
         // one held in a local variable would vanish without a reply.
-        let mut wait = None;
-        stage(&mut out, &inflight, first, cost, &mut wait);
+        let mut run = Run::default();
+        stage(&mut out, &inflight, first, cost, &mut run);
         if gather {
             tokio::task::yield_now().await;
         }
@@ -347,9 +348,9 @@ async fn write_loop(
                 *next = Some(batch);
                 break;
             };
-            stage(&mut out, &inflight, batch, cost, &mut wait);
+            stage(&mut out, &inflight, batch, cost, &mut run);
         }
-        close_run(&mut out, &inflight, &mut wait);
+        write_wait(&mut out, &inflight, run.close());
         wr.write_all(&out).await?;
         // TLS keeps what a full socket did not take; plain TCP has nothing.
         wr.flush().await?;
@@ -361,25 +362,20 @@ async fn write_loop(
 /// flight (before the bytes go out, so the reader always knows what a reply
 /// belongs to).
 ///
-/// `wait` is the durability of the run of durable batches staged just
-/// before: a `WAIT` goes after the last batch of each run, so it covers all
-/// of them (group commit) and never lands in the middle of what follows (a
-/// client's `MULTI` on a dedicated link, say, where it would be queued).
+/// `run` holds the synchronous batches staged just before: their `WAIT`
+/// goes after the last of them, so it covers all of them (group commit)
+/// and never lands in the middle of what follows (a client's `MULTI` on a
+/// dedicated link, say, where it would be queued).
 fn stage(
     out: &mut BytesMut,
     inflight: &mpsc::UnboundedSender<InFlight>,
     batch: Batch,
     cost: u32,
-    wait: &mut Option<Arc<Durability>>,
+    run: &mut Run,
 ) {
-    if batch.durable.is_none() {
-        close_run(out, inflight, wait);
-    }
+    write_wait(out, inflight, run.stage(batch.durable.as_ref()));
     for request in &batch.requests {
         out.extend_from_slice(request);
-    }
-    if let Some(durability) = &batch.durable {
-        wait.get_or_insert_with(|| durability.clone());
     }
     let _ = inflight.send(InFlight::Batch {
         replies: batch.replies,
@@ -390,24 +386,11 @@ fn stage(
     });
 }
 
-/// Ends a run of durable batches with its `WAIT`.
-fn close_run(
-    out: &mut BytesMut,
-    inflight: &mpsc::UnboundedSender<InFlight>,
-    wait: &mut Option<Arc<Durability>>,
-) {
-    let Some(durability) = wait.take() else {
-        return;
-    };
-    // Read now, not when the batches were made, so a changed quorum applies
-    // to everything not yet written.
-    let req = durability.requirement();
-    if req.acks == 0 {
-        return;
+/// Writes a `WAIT` that closes a run of synchronous batches; its reply is
+/// read as one more in flight.
+fn write_wait(out: &mut BytesMut, inflight: &mpsc::UnboundedSender<InFlight>, wait: Option<Wait>) {
+    if let Some(Wait { request, pending }) = wait {
+        out.extend_from_slice(&request);
+        let _ = inflight.send(InFlight::Wait(pending));
     }
-    out.extend_from_slice(&replicate::wait_request(req));
-    durability
-        .waits
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _ = inflight.send(InFlight::Wait { req, durability });
 }

@@ -17,7 +17,8 @@ use super::reply::{BatchReply, ReplyTo};
 use super::stats::LinkStats;
 use super::LinkError;
 use crate::net::ReadHalf;
-use crate::replicate::{self, Durability, Requirement};
+use crate::replicate::wait::PendingWait;
+use crate::replicate::Durability;
 
 /// Something written and awaiting its replies.
 pub(super) enum InFlight {
@@ -32,17 +33,14 @@ pub(super) enum InFlight {
         cost: u32,
     },
     /// The `WAIT` Rampart sent after durable batches.
-    Wait {
-        req: Requirement,
-        durability: Arc<Durability>,
-    },
+    Wait(PendingWait),
 }
 
 impl InFlight {
     pub(super) fn replies(&self) -> usize {
         match self {
             InFlight::Batch { replies, .. } => *replies,
-            InFlight::Wait { .. } => 1,
+            InFlight::Wait(_) => 1,
         }
     }
 }
@@ -245,7 +243,7 @@ impl Reader<'_> {
                     keep_on_shortfall,
                     ..
                 } => self.held.push((reply, answer, keep_on_shortfall)),
-                InFlight::Wait { req, durability } => self.release(&answer.data, req, &durability),
+                InFlight::Wait(pending) => self.release(&answer.data, &pending),
             }
         }
     }
@@ -265,31 +263,14 @@ impl Reader<'_> {
         }
     }
 
-    /// Answers the held batches once their `WAIT` has: as they are when
-    /// enough replicas acknowledged (or the policy accepts fewer), else
-    /// with every successful write turned into a `-NOQUORUM` error.
-    pub(super) fn release(&mut self, wait_reply: &[u8], req: Requirement, durability: &Durability) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let acks = replicate::parse_wait_reply(wait_reply);
-        let short = acks < req.acks;
-        if short {
-            durability.shortfalls.fetch_add(1, Relaxed);
-        }
-        // Acknowledged only while this instance may still acknowledge: a
-        // `WAIT` answered after its coordination view expired may count a
-        // replica that another instance has since repointed.
-        let expired = durability.window.admits() == replicate::window::Admit::Closed;
-        let error = if expired {
-            Some(replicate::VIEW_EXPIRED.to_string())
-        } else {
-            (short && req.fail_on_shortfall).then(|| replicate::shortfall_error(acks, req))
-        };
+    /// Answers the held batches once their `WAIT` has, as the `WAIT`'s
+    /// verdict says: as they are, or with every successful write turned
+    /// into the error it names.
+    pub(super) fn release(&mut self, wait_reply: &[u8], pending: &PendingWait) {
+        let error = pending.verdict(wait_reply);
         for (reply, mut answer, keep) in self.held.drain(..) {
             if let (Some(error), false) = (&error, keep) {
-                let (data, failed) =
-                    replicate::fail_writes(&answer.data, error, self.cut.scanner.depth());
-                durability.failed_writes.fetch_add(failed, Relaxed);
-                answer.data = data;
+                answer.data = pending.fail(&answer.data, error, self.cut.scanner.depth());
             }
             self.stats.count_answered(1);
             let _ = reply.send(answer);

@@ -4,7 +4,7 @@
 //! In native mode the nodes replicate with Redis's own replication, and a
 //! synchronous write is one whose reply is held until `WAIT` shows enough
 //! replicas have it. The link that carries the write sends the `WAIT` right
-//! after it (see `backend::link`), and one `WAIT` covers every write in the
+//! after it, as [`wait`] tells it, and one `WAIT` covers every write in the
 //! same backend write: pipelined and concurrent writes share one round trip
 //! to the replicas (group commit).
 //!
@@ -18,6 +18,7 @@
 pub mod fanout;
 pub mod lag;
 pub mod quorum;
+pub mod wait;
 pub mod window;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -100,7 +101,7 @@ pub struct DurabilityView {
 }
 
 /// `WAIT <acks> <timeout>` as a RESP request.
-pub fn wait_request(req: Requirement) -> Bytes {
+fn wait_request(req: Requirement) -> Bytes {
     let acks = req.acks.to_string();
     let timeout = req.timeout_ms.to_string();
     crate::resp::Request::from_args(&["WAIT", &acks, &timeout]).raw
@@ -108,7 +109,7 @@ pub fn wait_request(req: Requirement) -> Bytes {
 
 /// The acknowledgement count in a `WAIT` reply (`:n`); an error reply or
 /// anything else counts as none.
-pub fn parse_wait_reply(reply: &[u8]) -> u32 {
+fn parse_wait_reply(reply: &[u8]) -> u32 {
     reply
         .strip_prefix(b":")
         .and_then(|rest| rest.strip_suffix(b"\r\n"))
