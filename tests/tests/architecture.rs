@@ -118,3 +118,126 @@ fn the_folder_map_names_every_source_file() {
         }
     }
 }
+
+/// The layer a source file belongs to: its top folder (or file), except
+/// the two folders the layering places on their own.
+fn layer_of(file: &str) -> String {
+    for own in ["replicate/fanout/", "failover/controller/"] {
+        if file.starts_with(own) {
+            return own.trim_end_matches('/').to_string();
+        }
+    }
+    match file.split_once('/') {
+        Some((folder, _)) => folder.to_string(),
+        None => file.trim_end_matches(".rs").to_string(),
+    }
+}
+
+/// The layer a `crate::` path names (`crate::replicate::fanout::X` is
+/// `replicate/fanout`); the crate root's re-exports by their module.
+fn layer_named(first: &str, second: &str) -> String {
+    match (first, second) {
+        ("replicate", "fanout") => "replicate/fanout".into(),
+        ("failover", "controller") => "failover/controller".into(),
+        ("Config", _) => "config".into(),
+        ("Server", _) => "server".into(),
+        _ => first.to_string(),
+    }
+}
+
+/// Every layer a file's code (not its tests or comments) names through a
+/// `crate::` path, including `use crate::{A, B}` lists.
+fn layers_used(source: &str) -> std::collections::BTreeSet<String> {
+    let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+    let mut used = std::collections::BTreeSet::new();
+    for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+        let mut rest = line;
+        while let Some(at) = rest.find("crate::") {
+            rest = &rest[at + "crate::".len()..];
+            let names: Vec<String> = match rest.strip_prefix('{') {
+                Some(list) => list
+                    .split('}')
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect(),
+                None => vec![rest.to_string()],
+            };
+            for name in names {
+                let mut parts = name
+                    .split("::")
+                    .map(|p| p.trim_matches(|c: char| !c.is_alphanumeric() && c != '_'));
+                let first = parts.next().unwrap_or_default();
+                let second = parts.next().unwrap_or_default();
+                if !first.is_empty() && first != "resp" {
+                    used.insert(layer_named(first, second));
+                }
+            }
+        }
+    }
+    used
+}
+
+/// The layering docs/architecture.md draws (`## Layers`: the list from the
+/// bottom, and the arrows allowed against it) is the code's: a file that
+/// uses a layer above its own, other than by a listed arrow, fails here.
+#[test]
+fn folders_depend_downwards_but_for_the_named_arrows() {
+    let doc = std::fs::read_to_string(repo_path("docs/architecture.md")).expect("architecture.md");
+    let section = doc.split("## Layers").nth(1).expect("a ## Layers section");
+    let list = section.split("```").nth(1).expect("the layers' list");
+    let order: Vec<&str> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let allowed: Vec<(String, String)> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("- `")?.split('`').next())
+        .filter_map(|arrow| {
+            let (from, to) = arrow.split_once(" -> ")?;
+            Some((from.to_string(), to.to_string()))
+        })
+        .collect();
+    assert!(order.len() > 15, "{order:?}");
+    let rank = |layer: &str| order.iter().position(|l| *l == layer);
+    let root = repo_path("proxy/src");
+    let mut files = Vec::new();
+    sources(&root, &root, &mut files);
+    let mut against = std::collections::BTreeSet::new();
+    let mut unknown = std::collections::BTreeSet::new();
+    for file in &files {
+        let text = file.to_string_lossy().replace('\\', "/");
+        if text == "lib.rs" || text == "main.rs" {
+            continue;
+        }
+        let from = layer_of(&text);
+        let Some(from_rank) = rank(&from) else {
+            unknown.insert(from);
+            continue;
+        };
+        let source = std::fs::read_to_string(root.join(file)).expect("source");
+        for to in layers_used(&source) {
+            match rank(&to) {
+                None => {
+                    unknown.insert(to);
+                }
+                Some(to_rank)
+                    if to_rank > from_rank && !allowed.contains(&(from.clone(), to.clone())) =>
+                {
+                    against.insert(format!("{text} -> {to}"));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "layers missing from docs/architecture.md's ## Layers: {unknown:?}"
+    );
+    assert!(
+        against.is_empty(),
+        "imports against the layering of docs/architecture.md (move the code, or name the arrow and why): {against:?}"
+    );
+    assert!(allowed.len() <= 5, "{allowed:?}");
+}

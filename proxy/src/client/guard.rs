@@ -12,38 +12,6 @@
 use crate::resp::request::CommandName;
 use crate::resp::Request;
 
-/// Refused by default, and why (shown to the client).
-pub const DEFAULT_DENY: &[&str] = &[
-    "DEBUG SLEEP",
-    "DEBUG RELOAD",
-    "DEBUG RESTART",
-    "DEBUG CRASH-AND-RECOVER",
-    "DEBUG SEGFAULT",
-    "DEBUG PANIC",
-    "DEBUG OOM",
-    "DEBUG ASSERT",
-    "DEBUG LOADAOF",
-    "DEBUG CHANGE-REPL-ID",
-];
-
-/// Parameters of the nodes that Rampart manages.
-pub const DEFAULT_MANAGED: &[&str] = &[
-    "requirepass",
-    "masterauth",
-    "masteruser",
-    "min-replicas-*",
-    "min-slaves-*",
-    "replicaof",
-    "slaveof",
-    "replica-*",
-    "slave-*",
-    "port",
-    "bind",
-    "unixsocket*",
-    "tls-*",
-    "aclfile",
-];
-
 /// Why a command is refused.
 #[derive(Debug)]
 pub struct Refusal {
@@ -188,6 +156,7 @@ fn matches(pattern: &str, value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{DEFAULT_DENY, DEFAULT_MANAGED};
 
     fn guard() -> Guard {
         let deny: Vec<String> = DEFAULT_DENY.iter().map(|s| s.to_string()).collect();

@@ -55,7 +55,7 @@ pub struct CoordinationConfig {
     pub password: Option<String>,
     /// `[coordination.tls]`: etcd's client URLs are HTTPS.
     #[serde(default)]
-    pub tls: Option<crate::net::tls::BackendTls>,
+    pub tls: Option<crate::config::tls::BackendTls>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -16,6 +16,8 @@ mod coordination;
 mod discovery;
 mod sections;
 mod shard;
+pub mod slots;
+pub mod tls;
 
 pub use check::ConfigError;
 use check::{check_addr, check_shard_name, is_loopback, same_node};
@@ -84,17 +86,6 @@ pub fn read_text(path: &Path, max: usize) -> std::io::Result<String> {
 pub const MAX_NODES_IN_FILE: usize = 32;
 
 impl Config {
-    /// Which shard owns each hash slot, from the shards' `slots`: shard
-    /// indexes follow the order of `shards` (by name).
-    pub fn slot_map(&self) -> Result<crate::shard::slots::SlotMap, ConfigError> {
-        crate::shard::slots::SlotMap::build(
-            self.shards
-                .iter()
-                .map(|(name, shard)| (name.as_str(), shard.slots.as_deref())),
-        )
-        .map_err(|e| ConfigError(e.0))
-    }
-
     /// Zone names numbered for the routers (1, 2, ... in name order; 0 is
     /// none): every zone named in `config`.
     pub fn zone_numbers(&self) -> BTreeMap<String, u32> {
@@ -218,7 +209,12 @@ impl Config {
         for name in self.shards.keys() {
             check_shard_name(name)?;
         }
-        self.slot_map()?;
+        slots::owners(
+            self.shards
+                .iter()
+                .map(|(name, shard)| (name.as_str(), shard.slots.as_deref())),
+        )
+        .map_err(ConfigError)?;
         let mut seen: BTreeMap<String, &str> = BTreeMap::new();
         for (name, shard) in &self.shards {
             for node in &shard.nodes {

@@ -19,7 +19,7 @@ pub struct ProxyConfig {
     /// `[proxy.tls]`: clients connect with TLS (and, with `ca`, present a
     /// certificate signed by it).
     #[serde(default)]
-    pub tls: Option<crate::net::tls::ServerTls>,
+    pub tls: Option<crate::config::tls::ServerTls>,
     /// Username that goes with `password` (`AUTH user pass`); `default` if unset.
     #[serde(default)]
     pub username: Option<String>,
@@ -68,17 +68,11 @@ fn yes() -> bool {
 }
 
 fn default_deny_commands() -> Vec<String> {
-    crate::client::guard::DEFAULT_DENY
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    DEFAULT_DENY.iter().map(|s| s.to_string()).collect()
 }
 
 fn default_managed_settings() -> Vec<String> {
-    crate::client::guard::DEFAULT_MANAGED
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    DEFAULT_MANAGED.iter().map(|s| s.to_string()).collect()
 }
 
 fn default_shutdown_grace_ms() -> u64 {
@@ -112,7 +106,7 @@ pub struct AdminConfig {
     /// Admin connections open at once; more are closed at once.
     pub max_connections: usize,
     /// `[admin.tls]`: the admin API over HTTPS.
-    pub tls: Option<crate::net::tls::ServerTls>,
+    pub tls: Option<crate::config::tls::ServerTls>,
 }
 
 impl Default for AdminConfig {
@@ -159,7 +153,7 @@ pub struct BackendConfig {
     pub reply_timeout_ms: u64,
     /// `[backend.tls]`: every connection to the nodes (links, probes,
     /// dedicated connections) uses TLS.
-    pub tls: Option<crate::net::tls::BackendTls>,
+    pub tls: Option<crate::config::tls::BackendTls>,
 }
 
 impl ProxyConfig {
@@ -383,3 +377,35 @@ pub enum FailoverRole {
     Leader,
     Follower,
 }
+
+/// Refused by default, and why (shown to the client).
+pub const DEFAULT_DENY: &[&str] = &[
+    "DEBUG SLEEP",
+    "DEBUG RELOAD",
+    "DEBUG RESTART",
+    "DEBUG CRASH-AND-RECOVER",
+    "DEBUG SEGFAULT",
+    "DEBUG PANIC",
+    "DEBUG OOM",
+    "DEBUG ASSERT",
+    "DEBUG LOADAOF",
+    "DEBUG CHANGE-REPL-ID",
+];
+
+/// Parameters of the nodes that Rampart manages.
+pub const DEFAULT_MANAGED: &[&str] = &[
+    "requirepass",
+    "masterauth",
+    "masteruser",
+    "min-replicas-*",
+    "min-slaves-*",
+    "replicaof",
+    "slaveof",
+    "replica-*",
+    "slave-*",
+    "port",
+    "bind",
+    "unixsocket*",
+    "tls-*",
+    "aclfile",
+];

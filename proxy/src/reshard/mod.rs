@@ -141,9 +141,7 @@ impl Slots {
 /// The map to start with: the one moves left in `failover.state_dir`,
 /// else the configuration's `slots` lines.
 pub fn initial(config: &crate::config::Config) -> Result<SlotMap, crate::shard::slots::SlotError> {
-    let configured = config
-        .slot_map()
-        .map_err(|e| crate::shard::slots::SlotError(e.to_string()))?;
+    let configured = SlotMap::of(config)?;
     let store = state::MapStore::new(config.failover.state_dir.as_deref());
     let saved = store
         .load()
