@@ -1,10 +1,11 @@
 //! The `rampart` command line. It lives in the library so the tests run
 //! exactly the code users run; `main.rs` only calls [`main`].
 //!
-//! `run` and `demo` start a proxy in this process; `status`, `policy`,
-//! `switchover` and `events` talk to a running one over its admin HTTP
+//! `run` and `demo` start a proxy in this process, `check-config` reads a
+//! file; `status`, `events`, `doctor`, `policy`, `slots`, `switchover`,
+//! `promote` and `resync` talk to a running one over its admin HTTP
 //! listener ([`admin::Admin`]), so they work from any machine that can
-//! reach it.
+//! reach it (`policy test` and `policy new` need no Rampart at all).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,10 +74,9 @@ enum Command {
         #[arg(long, conflicts_with = "follow")]
         all: bool,
     },
-    /// Load, shadow, activate, roll back and list routing policies.
+    /// List, load, shadow, activate and roll back the policies (router,
+    /// quorum, detector); test a plugin or start a new one.
     Policy {
-        #[command(flatten)]
-        target: Target,
         #[command(subcommand)]
         action: policy::Action,
     },
@@ -197,18 +197,7 @@ pub fn main() -> ExitCode {
             follow,
             all,
         } => admin::Admin::connect(&target).and_then(|a| status::events(&a, follow, all)),
-        // Runs here, with no Rampart to talk to.
-        Command::Policy {
-            action: policy::Action::Test(test),
-            ..
-        } => policy_test::test(test),
-        Command::Policy {
-            action: policy::Action::New(new),
-            ..
-        } => policy_new::new(new),
-        Command::Policy { target, action } => {
-            admin::Admin::connect(&target).and_then(|a| policy::policy(&a, action))
-        }
+        Command::Policy { action } => policy::policy(action),
         Command::Switchover { target, shard, to } => admin::Admin::connect(&target)
             .and_then(|a| primary::switchover(&a, &shard, to.as_deref())),
         Command::Promote {

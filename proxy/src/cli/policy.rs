@@ -10,13 +10,15 @@ use serde_json::Value;
 use super::admin::{encode, Admin};
 use super::progress::Step;
 use super::status::{cells, str, table};
-use super::Failure;
+use super::{Failure, Target};
 
 #[derive(Subcommand)]
 pub enum Action {
     /// Every shard's policies: active, previous and shadow router
     /// generations, quorum and detector, with calls, traps and fallbacks.
     List {
+        #[command(flatten)]
+        target: Target,
         /// Print the JSON as the admin API returns it.
         #[arg(long)]
         json: bool,
@@ -40,6 +42,8 @@ pub enum Action {
 
 #[derive(clap::Args)]
 pub struct Load {
+    #[command(flatten)]
+    target: Target,
     kind: Kind,
     source: String,
     /// The text handed to the plugin's `configure`.
@@ -55,6 +59,8 @@ pub struct Load {
 
 #[derive(clap::Args)]
 pub struct Which {
+    #[command(flatten)]
+    target: Target,
     kind: Kind,
     #[arg(long)]
     shard: Option<String>,
@@ -77,13 +83,15 @@ impl Kind {
     }
 }
 
-pub fn policy(admin: &Admin, action: Action) -> Result<(), Failure> {
+/// Runs `action`: against the Rampart its target names, or, for `test`
+/// and `new`, here with no Rampart at all.
+pub fn policy(action: Action) -> Result<(), Failure> {
     match action {
-        Action::List { json } => list(admin, json),
-        Action::Load(load) => upload(admin, load, ""),
-        Action::Shadow(load) => upload(admin, load, "/shadow"),
-        Action::Activate(which) => post(admin, which, "activate"),
-        Action::Rollback(which) => post(admin, which, "rollback"),
+        Action::List { target, json } => list(&Admin::connect(&target)?, json),
+        Action::Load(load) => upload(&Admin::connect(&load.target)?, load, ""),
+        Action::Shadow(load) => upload(&Admin::connect(&load.target)?, load, "/shadow"),
+        Action::Activate(which) => post(&Admin::connect(&which.target)?, which, "activate"),
+        Action::Rollback(which) => post(&Admin::connect(&which.target)?, which, "rollback"),
         Action::Test(test) => super::policy_test::test(test),
         Action::New(new) => super::policy_new::new(new),
     }
