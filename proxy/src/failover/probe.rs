@@ -160,133 +160,163 @@ pub fn spawn(shard: Arc<ReplicaSet>, node: Arc<Node>, probing: Arc<Probing>) {
         return;
     }
     let span = tracing::info_span!("probe", shard = %shard.name, node = %node.addr);
-    tokio::spawn(
-        async move {
-            let Probing {
-                timings,
-                detectors,
-                opts,
-                first_round,
-                events,
-                shutdown,
-            } = &*probing;
-            let mut shutdown = shutdown.clone();
-            let mut control: Option<Control> = None;
-            let mut first = true;
-            let mut memory_sampled: Option<Instant> = None;
-            let mut busy = Busy::default();
-            let (mut generation, mut detector) = detectors.for_node(node.id);
-            loop {
-                // Removed from the configuration: no longer probed (re-added,
-                // a new probe starts).
-                if node.is_retired() {
-                    node.stop_probing();
-                    // Re-added in the meantime, by a reload that saw this
-                    // probe still running: it goes on.
-                    if node.is_retired() || !node.start_probing() {
-                        return;
-                    }
+    let (generation, detector) = probing.detectors.for_node(node.id);
+    let probe = Probe {
+        shard,
+        node,
+        probing,
+        control: None,
+        memory_sampled: None,
+        busy: Busy::default(),
+        generation,
+        detector,
+    };
+    tokio::spawn(probe.run().instrument(span));
+}
+
+/// One node's probe, as its task keeps it between rounds.
+struct Probe {
+    shard: Arc<ReplicaSet>,
+    node: Arc<Node>,
+    probing: Arc<Probing>,
+    control: Option<Control>,
+    memory_sampled: Option<Instant>,
+    busy: Busy,
+    generation: u64,
+    detector: Box<dyn super::detect::Detector>,
+}
+
+impl Probe {
+    async fn run(mut self) {
+        let mut shutdown = self.probing.shutdown.clone();
+        let mut first = true;
+        loop {
+            // Removed from the configuration: no longer probed (re-added, a
+            // new probe starts).
+            if self.node.is_retired() {
+                self.node.stop_probing();
+                // Re-added in the meantime, by a reload that saw this probe
+                // still running: it goes on.
+                if self.node.is_retired() || !self.node.start_probing() {
+                    return;
                 }
-                if detectors.generation() != generation {
-                    (generation, detector) = detectors.for_node(node.id);
+            }
+            let detectors = &self.probing.detectors;
+            if detectors.generation() != self.generation {
+                (self.generation, self.detector) = detectors.for_node(self.node.id);
+            }
+            let started = Instant::now();
+            self.round(started).await;
+            if first {
+                first = false;
+                self.probing.first_round.add_permits(1);
+            }
+            let interval = self.probing.timings.interval();
+            tokio::select! {
+                _ = tokio::time::sleep(interval.saturating_sub(started.elapsed())) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// One probe: ask, judge, record.
+    async fn round(&mut self, started: Instant) {
+        let timeout = self.probing.timings.timeout();
+        let (node, shard) = (self.node.clone(), self.shard.clone());
+        // Before the probe is sent: see `topology::position`.
+        let answered = node.pool.stats().answered();
+        let reads = node.pool.stats().reads();
+        let result = probe_once(&node, &mut self.control, &self.probing.opts, timeout).await;
+        let answered_in = started.elapsed();
+        // Memory changes slowly: sampled about once a second, on the
+        // probe's connection, for the early warning.
+        if matches!(result, Ok(Answer::Report(_)))
+            && self
+                .memory_sampled
+                .is_none_or(|at| at.elapsed() >= MEMORY_EVERY)
+        {
+            self.memory_sampled = Some(Instant::now());
+            sample_memory(&node, &mut self.control, timeout).await;
+        }
+        // A probe that timed out while the node kept sending Rampart
+        // replies on its links met a node busy with Rampart's own traffic
+        // (a client's huge pipeline, say): alive, not dead.
+        let streaming = matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::TimedOut)
+            && node.pool.stats().reads() > reads;
+        let alive = match &result {
+            Ok(Answer::Report(_)) => true,
+            Ok(Answer::Busy(_)) => !self.busy.unkillable,
+            Err(_) => streaming,
+        };
+        self.detector.observe(started, alive);
+        let health = self.detector.verdict(Instant::now());
+        // For the early warning: answers that stop coming or come slower
+        // than the node's usual, before it is judged down.
+        let rtt = matches!(result, Ok(Answer::Report(_))).then_some(answered_in);
+        node.observe_probe(!alive, self.detector.suspicion(Instant::now()), rtt);
+        match result {
+            Ok(Answer::Busy(text)) => {
+                node.set_rtt(answered_in);
+                self.on_busy(&text, started, timeout).await;
+            }
+            Ok(Answer::Report(report)) => {
+                if self.busy.since.take().is_some() {
+                    tracing::info!("node no longer busy");
+                    self.busy = Busy::default();
+                    node.pool.stats().set_busy(false);
                 }
-                let (interval, timeout, kill_after) =
-                    (timings.interval(), timings.timeout(), timings.kill_after());
-                let started = Instant::now();
-                // Before the probe is sent: see `topology::position`.
-                let answered = node.pool.stats().answered();
-                let reads = node.pool.stats().reads();
-                let result = probe_once(&node, &mut control, opts, timeout).await;
-                let answered_in = started.elapsed();
-                // Memory changes slowly: sampled about once a second, on
-                // the probe's connection, for the early warning.
-                if matches!(result, Ok(Answer::Report(_)))
-                    && memory_sampled.is_none_or(|at| at.elapsed() >= MEMORY_EVERY)
-                {
-                    memory_sampled = Some(Instant::now());
-                    sample_memory(&node, &mut control, timeout).await;
+                if node.health() != Health::Up {
+                    tracing::info!(role = ?report.role, "node up");
                 }
-                // A probe that timed out while the node kept sending Rampart
-                // replies on its links met a node busy with Rampart's own
-                // traffic (a client's huge pipeline, say): alive, not dead.
-                let streaming = matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::TimedOut)
-                    && node.pool.stats().reads() > reads;
-                let alive = match &result {
-                    Ok(Answer::Report(_)) => true,
-                    Ok(Answer::Busy(_)) => !busy.unkillable,
-                    Err(_) => streaming,
-                };
-                detector.observe(started, alive);
-                let health = detector.verdict(Instant::now());
-                // For the early warning: answers that stop coming or come
-                // slower than the node's usual, before it is judged down.
-                let rtt = matches!(result, Ok(Answer::Report(_))).then_some(answered_in);
-                node.observe_probe(!alive, detector.suspicion(Instant::now()), rtt);
-                match result {
-                    Ok(Answer::Busy(text)) => {
-                        node.set_rtt(answered_in);
-                        node.pool.stats().set_busy(true);
-                        let since = *busy.since.get_or_insert_with(|| {
-                            tracing::info!(reply = %text, "node busy");
-                            started
-                        });
-                        let killable = text.starts_with("BUSY") && !kill_after.is_zero();
-                        if killable && !busy.kill_sent && since.elapsed() >= kill_after {
-                            busy.kill_sent = true;
-                            if let Some(conn) = control.as_mut() {
-                                let (kind, detail) = kill_script(conn, timeout).await;
-                                busy.unkillable = kind == "script-unkillable";
-                                events.record(
-                                    &shard.name,
-                                    kind,
-                                    Some(&node.addr),
-                                    shard.epoch(),
-                                    detail,
-                                );
-                            }
-                        }
-                    }
-                    Ok(Answer::Report(report)) => {
-                        if busy.since.take().is_some() {
-                            tracing::info!("node no longer busy");
-                            busy = Busy::default();
-                            node.pool.stats().set_busy(false);
-                        }
-                        if node.health() != Health::Up {
-                            tracing::info!(role = ?report.role, "node up");
-                        }
-                        node.set_rtt(answered_in);
-                        shard.observe(&node, &report, started, Some(answered));
-                    }
-                    Err(e) if streaming => {
-                        control = None;
-                        tracing::debug!(error = %e, "probe late while the node streams replies; alive");
-                    }
-                    Err(e) => {
-                        control = None;
-                        if busy.since.take().is_some() {
-                            busy = Busy::default();
-                            node.pool.stats().set_busy(false);
-                        }
-                        if node.health() != health {
-                            tracing::warn!(error = %e, ?health, "probe failed");
-                        }
-                    }
+                node.set_rtt(answered_in);
+                shard.observe(&node, &report, started, Some(answered));
+            }
+            Err(e) if streaming => {
+                self.control = None;
+                tracing::debug!(error = %e, "probe late while the node streams replies; alive");
+            }
+            Err(e) => {
+                self.control = None;
+                if self.busy.since.take().is_some() {
+                    self.busy = Busy::default();
+                    node.pool.stats().set_busy(false);
                 }
-                node.set_health(health);
-                shard.refresh();
-                if first {
-                    first = false;
-                    first_round.add_permits(1);
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(interval.saturating_sub(started.elapsed())) => {}
-                    _ = shutdown.changed() => return,
+                if node.health() != health {
+                    tracing::warn!(error = %e, ?health, "probe failed");
                 }
             }
         }
-        .instrument(span),
-    );
+        node.set_health(health);
+        shard.refresh();
+    }
+
+    /// The node answered `-BUSY` or `-LOADING`: alive; a script busy past
+    /// `busy_kill_after_ms` is killed, once.
+    async fn on_busy(&mut self, text: &str, started: Instant, timeout: Duration) {
+        let kill_after = self.probing.timings.kill_after();
+        self.node.pool.stats().set_busy(true);
+        let since = *self.busy.since.get_or_insert_with(|| {
+            tracing::info!(reply = %text, "node busy");
+            started
+        });
+        let killable = text.starts_with("BUSY") && !kill_after.is_zero();
+        if !killable || self.busy.kill_sent || since.elapsed() < kill_after {
+            return;
+        }
+        self.busy.kill_sent = true;
+        if let Some(conn) = self.control.as_mut() {
+            let (kind, detail) = kill_script(conn, timeout).await;
+            self.busy.unkillable = kind == "script-unkillable";
+            let shard = &self.shard;
+            self.probing.events.record(
+                &shard.name,
+                kind,
+                Some(&self.node.addr),
+                shard.epoch(),
+                detail,
+            );
+        }
+    }
 }
 
 /// Stops the script or function that keeps a node busy, as Sentinel does:
