@@ -184,42 +184,13 @@ async fn reload(
             "changed: the new value is in force for every check from now on"
         );
     }
-    for (name, shard) in &config.shards {
-        let prefix = format!("shards.{name}.replication.");
-        if live.iter().any(|field| field.starts_with(&prefix)) {
-            let replication = &shard.replication;
-            let source = swap::quorum_source(replication);
-            let loaded = ctx
-                .load_quorum_with(
-                    name,
-                    source,
-                    replication.quorum_config.clone(),
-                    replication.clone(),
-                )
-                .await;
-            report(name, "quorum", loaded);
-        }
-    }
+    apply_policies(ctx, &config, &live).await;
+    ctx.probe_timings.set(&config.probe);
     if live.iter().any(|field| field.starts_with("limits.")) {
         ctx.limits.store(std::sync::Arc::new(config.limits));
         ctx.budget
             .set_caps(crate::backend::budget::Caps::of(&config.limits));
         tracing::info!("[limits] changed: the memory caps and max_pipeline apply at once, the request size limits to connections opened from now on");
-    }
-    ctx.probe_timings.set(&config.probe);
-    if live.iter().any(|field| {
-        field.starts_with("probe.")
-            && !matches!(
-                field.as_str(),
-                "probe.interval_ms" | "probe.timeout_ms" | "probe.busy_kill_after_ms"
-            )
-    }) {
-        let probe = &config.probe;
-        let source = swap::detector_source(probe);
-        let loaded = ctx
-            .load_detector_with(source, probe.detector_config.clone(), probe.clone())
-            .await;
-        report("*", "detector", loaded);
     }
     ctx.set_wanted_nodes(&config.shards);
     for (name, shard) in &config.shards {
@@ -242,6 +213,51 @@ async fn reload(
         );
         ctx.events.record("*", "config-reloaded", None, 0, detail);
     }
+    apply_routers(ctx, &config, applied).await;
+}
+
+/// Each shard's quorum, and the detector, loaded again when a field they
+/// are made from changed. (The probe timings are read at every round.)
+async fn apply_policies(ctx: &Context, config: &Config, live: &[String]) {
+    for (name, shard) in &config.shards {
+        let prefix = format!("shards.{name}.replication.");
+        if live.iter().any(|field| field.starts_with(&prefix)) {
+            let replication = &shard.replication;
+            let source = swap::quorum_source(replication);
+            let loaded = ctx
+                .load_quorum_with(
+                    name,
+                    source,
+                    replication.quorum_config.clone(),
+                    replication.clone(),
+                )
+                .await;
+            report(name, "quorum", loaded);
+        }
+    }
+    if live.iter().any(|field| {
+        field.starts_with("probe.")
+            && !matches!(
+                field.as_str(),
+                "probe.interval_ms" | "probe.timeout_ms" | "probe.busy_kill_after_ms"
+            )
+    }) {
+        let probe = &config.probe;
+        let source = swap::detector_source(probe);
+        let loaded = ctx
+            .load_detector_with(source, probe.detector_config.clone(), probe.clone())
+            .await;
+        report("*", "detector", loaded);
+    }
+}
+
+/// Each shard's read consistency, and its router when its source or
+/// configuration differs from the one applied.
+async fn apply_routers(
+    ctx: &Context,
+    config: &Config,
+    applied: &mut HashMap<String, (String, String)>,
+) {
     for (name, shard) in &config.shards {
         if let Some(live) = ctx.shards.iter().find(|s| s.name() == name.as_str()) {
             let positions = &live.topology.positions;
