@@ -145,3 +145,55 @@ pub(super) fn start_services(
         );
     }
 }
+
+/// What a start built that the boot starts.
+pub(super) struct Parts {
+    pub members: Arc<failover::members::Members>,
+    pub connect: ConnectOptions,
+    pub coordination: Option<Arc<crate::coord::Coordination>>,
+    pub resharder: Arc<crate::reshard::mover::Resharder>,
+    pub switchover_rx: Vec<mpsc::Receiver<crate::failover::request::PrimaryChange>>,
+    pub listener: TcpListener,
+    pub admin_listener: Option<TcpListener>,
+}
+
+/// Starts everything, in order: the fan-out writers, the probes (and a
+/// wait for their first round), coordination, the slot mover, discovery,
+/// the failover controllers, the workers and the listeners.
+pub(super) async fn boot(
+    context: &Arc<Context>,
+    parts: Parts,
+    shutdown_rx: watch::Receiver<bool>,
+) -> std::io::Result<crate::services::Services> {
+    for fanout in context.shards.iter().filter_map(|s| s.fanout.as_ref()) {
+        fanout.start();
+    }
+    probe_all(context, &parts.members, &parts.connect, &shutdown_rx).await;
+    let services = crate::services::Services::default();
+    if let Some(coordination) = &parts.coordination {
+        services.start(
+            "coordination",
+            coordination.clone().run(shutdown_rx.clone()),
+        );
+    }
+    services.start("slot-mover", parts.resharder.run());
+    services.start("discovery", context.clone().discover());
+    start_controllers(
+        context,
+        &parts.coordination,
+        parts.switchover_rx,
+        &parts.connect,
+        &shutdown_rx,
+    )
+    .await;
+    let workers = Workers::start(context, context.config.proxy.worker_count())?;
+    start_services(
+        &services,
+        context,
+        parts.listener,
+        parts.admin_listener,
+        workers,
+        shutdown_rx,
+    );
+    Ok(services)
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use super::invalid;
-use crate::backend::ConnectOptions;
+use crate::backend::{ConnectOptions, LinkOptions};
 use crate::config::{Config, FailoverRole, Mode};
 use crate::failover;
 use crate::failover::state::StateStore;
@@ -202,4 +202,82 @@ pub(super) fn fanouts(
             })
         })
         .collect()
+}
+
+/// How Rampart connects to the nodes: for probes and dedicated
+/// connections, and for links (which add reply bounds).
+pub(super) fn options(
+    config: &Config,
+    tls: &Option<Arc<Connector>>,
+) -> (ConnectOptions, LinkOptions) {
+    let connect = ConnectOptions {
+        username: config.backend.username.clone(),
+        password: config.backend.password.clone(),
+        timeout: config.backend.connect_timeout(),
+        tls: tls.clone(),
+    };
+    let link = LinkOptions {
+        connect: connect.clone(),
+        max_reply_depth: config.limits.max_reply_depth,
+        reply_timeout: Some(config.backend.reply_timeout()),
+        window: config.backend.max_inflight_per_link,
+        stats: Default::default(),
+    };
+    (connect, link)
+}
+
+/// The detector `[probe]` names (built in, or a plugin), as generation 1.
+pub(super) fn detector(
+    config: &Config,
+    limits: crate::policy::Limits,
+) -> std::io::Result<Arc<failover::detect::DetectorSource>> {
+    let source = swap::detector_source(&config.probe);
+    let built = swap::build_detector(
+        &source,
+        &config.probe.detector_config,
+        &config.probe,
+        limits,
+    )
+    .map_err(|e| invalid(format!("probe: {e}")))?;
+    Ok(Arc::new(failover::detect::DetectorSource::new(
+        built.generation(1, source.label()),
+    )))
+}
+
+/// Each shard as the request path holds it: its replica set with its
+/// router, quorum policy, fan-out writer and controller's channel.
+pub(super) fn assemble(
+    sets: &[Arc<ReplicaSet>],
+    routers: Vec<RouterSlot>,
+    quorums: Vec<ArcSwap<crate::shard::QuorumGeneration>>,
+    fanouts: Vec<Option<Arc<Fanout>>>,
+    controllers: Vec<tokio::sync::mpsc::Sender<crate::failover::request::PrimaryChange>>,
+) -> Vec<Arc<crate::shard::Shard>> {
+    sets.iter()
+        .zip(routers)
+        .zip(quorums)
+        .zip(fanouts)
+        .zip(controllers)
+        .map(|((((topology, router), quorum), fanout), controller)| {
+            Arc::new(crate::shard::Shard {
+                topology: topology.clone(),
+                router,
+                quorum,
+                fanout,
+                controller,
+            })
+        })
+        .collect()
+}
+
+/// The client listener and, when `admin.listen` is set, the admin one.
+pub(super) async fn listeners(
+    config: &Config,
+) -> std::io::Result<(tokio::net::TcpListener, Option<tokio::net::TcpListener>)> {
+    let client = tokio::net::TcpListener::bind(&config.proxy.listen).await?;
+    let admin = match &config.admin.listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
+    Ok((client, admin))
 }

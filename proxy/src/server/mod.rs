@@ -10,13 +10,10 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::backend::{ConnectOptions, LinkOptions};
 use crate::config::Config;
 use crate::context::{ClientSlot, Context};
 use crate::failover;
-use crate::failover::detect::DetectorSource;
 use crate::observe::events::Events;
-use crate::policy::swap;
 use crate::topology::Topology;
 use crate::worker::{NewClient, Workers};
 
@@ -44,30 +41,14 @@ impl Server {
             admin: admin_tls,
             backend: backend_tls,
         } = build::Tls::load(&config)?;
-        let listener = TcpListener::bind(&config.proxy.listen).await?;
+        let (listener, admin_listener) = build::listeners(&config).await?;
         let client_addr = listener.local_addr()?;
-        let admin_listener = match &config.admin.listen {
-            Some(addr) => Some(TcpListener::bind(addr).await?),
-            None => None,
-        };
         let admin_addr = admin_listener
             .as_ref()
             .map(|l| l.local_addr())
             .transpose()?;
 
-        let connect = ConnectOptions {
-            username: config.backend.username.clone(),
-            password: config.backend.password.clone(),
-            timeout: config.backend.connect_timeout(),
-            tls: backend_tls.clone(),
-        };
-        let link_options = LinkOptions {
-            connect: connect.clone(),
-            max_reply_depth: config.limits.max_reply_depth,
-            reply_timeout: Some(config.backend.reply_timeout()),
-            window: config.backend.max_inflight_per_link,
-            stats: Default::default(),
-        };
+        let (connect, link_options) = build::options(&config, &backend_tls);
         let slots = crate::reshard::initial(&config).map_err(|e| invalid(e.to_string()))?;
         let members = Arc::new(failover::members::Members::new(
             link_options,
@@ -87,36 +68,13 @@ impl Server {
         let limits = crate::policy::Limits::of(&config.plugins);
         let routers = build::routers(&config, &shards, &changes, limits)?;
         let quorum_policies = build::quorums(&config, &shards, limits)?;
-        let source = swap::detector_source(&config.probe);
-        let built = swap::build_detector(
-            &source,
-            &config.probe.detector_config,
-            &config.probe,
-            limits,
-        )
-        .map_err(|e| invalid(format!("probe: {e}")))?;
-        let detector = Arc::new(DetectorSource::new(built.generation(1, source.label())));
+        let detector = build::detector(&config, limits)?;
         let (switchovers, switchover_rx): (Vec<_>, Vec<_>) =
             shards.iter().map(|_| mpsc::channel(4)).unzip();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let events = Arc::new(Events::new(config.failover.event_history));
         let fanouts = build::fanouts(&config, &shards, &connect, &events);
-        let owned: Vec<Arc<crate::shard::Shard>> = shards
-            .iter()
-            .zip(routers)
-            .zip(quorum_policies)
-            .zip(fanouts)
-            .zip(switchovers)
-            .map(|((((topology, router), quorum), fanout), controller)| {
-                Arc::new(crate::shard::Shard {
-                    topology: topology.clone(),
-                    router,
-                    quorum,
-                    fanout,
-                    controller,
-                })
-            })
-            .collect();
+        let owned = build::assemble(&shards, routers, quorum_policies, fanouts, switchovers);
         let slots = Arc::new(crate::reshard::Slots::new(slots));
         let resharder = Arc::new(crate::reshard::mover::Resharder {
             slots: slots.clone(),
@@ -163,37 +121,20 @@ impl Server {
             config,
         });
 
-        for fanout in context.shards.iter().filter_map(|s| s.fanout.as_ref()) {
-            fanout.start();
-        }
-        boot::probe_all(&context, &members, &connect, &shutdown_rx).await;
-        let services = crate::services::Services::default();
-        if let Some(coordination) = &coordination {
-            services.start(
-                "coordination",
-                coordination.clone().run(shutdown_rx.clone()),
-            );
-        }
-        services.start("slot-mover", resharder.run());
-        services.start("discovery", context.clone().discover());
-        boot::start_controllers(
+        let services = boot::boot(
             &context,
-            &coordination,
-            switchover_rx,
-            &connect,
-            &shutdown_rx,
-        )
-        .await;
-
-        let workers = Workers::start(&context, context.config.proxy.worker_count())?;
-        boot::start_services(
-            &services,
-            &context,
-            listener,
-            admin_listener,
-            workers,
+            boot::Parts {
+                members,
+                connect,
+                coordination,
+                resharder,
+                switchover_rx,
+                listener,
+                admin_listener,
+            },
             shutdown_rx,
-        );
+        )
+        .await?;
         tracing::info!(%client_addr, ?admin_addr, services = ?services.running(), "rampart listening");
         Ok(Server {
             client_addr,
