@@ -23,6 +23,17 @@ use crate::observe::counters::BatchClass;
 use crate::resp::command::{Class, NOT_THROUGH_RAMPART};
 use crate::resp::{classify, Request, RequestParser, Value};
 
+/// Where parsing stopped (see `Connection::serve_parsed`).
+enum Served {
+    /// The client is owed its window of replies: parse again once some
+    /// are written, without waiting for input.
+    Held,
+    /// Waiting for more input, or behind a blocked command.
+    Waiting,
+    /// The connection ends.
+    Stop,
+}
+
 /// Whether the reader goes on after a request.
 #[derive(PartialEq, Eq)]
 pub enum Flow {
@@ -155,35 +166,11 @@ impl Connection {
             // Whether parsing stopped with the client owed its window of
             // replies (rather than for want of bytes): once some are
             // written, parsing resumes without waiting for more input.
-            let mut held = false;
-            while (!closing || unread_owed > 0) && !self.waits_on_blocked() {
-                if self.in_flight() >= self.replies.window(max) {
-                    held = true;
-                    break;
-                }
-                let before = self.buf.len();
-                let parsed = self.parser.parse(&mut self.buf);
-                unread_owed = unread_owed.saturating_sub(before - self.buf.len().min(before));
-                match parsed {
-                    Ok(Some(req)) => {
-                        if self.handle(req).await == Flow::Stop {
-                            break 'serve;
-                        }
-                    }
-                    Ok(None) => {
-                        // Only part of a request is left: nothing owed.
-                        if closing {
-                            unread_owed = 0;
-                        }
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "protocol error");
-                        self.reply(Value::err(format!("ERR {e}"))).await;
-                        break 'serve;
-                    }
-                }
-            }
+            let held = match self.serve_parsed(closing, &mut unread_owed, max).await {
+                Served::Stop => break 'serve,
+                Served::Held => true,
+                Served::Waiting => false,
+            };
             self.publish();
             if self.flush().await == Flow::Stop {
                 break;
@@ -262,6 +249,48 @@ impl Connection {
                 },
             }
         }
+        self.finish(gone).await;
+    }
+
+    /// Parses and runs what the buffer holds, until the client is owed its
+    /// window of replies (`Held`), a command blocks, or only part of a
+    /// request is left (`Waiting`). `unread_owed`: bytes read before a
+    /// shutdown began, still served.
+    async fn serve_parsed(&mut self, closing: bool, unread_owed: &mut usize, max: usize) -> Served {
+        while (!closing || *unread_owed > 0) && !self.waits_on_blocked() {
+            if self.in_flight() >= self.replies.window(max) {
+                return Served::Held;
+            }
+            let before = self.buf.len();
+            let parsed = self.parser.parse(&mut self.buf);
+            *unread_owed = unread_owed.saturating_sub(before - self.buf.len().min(before));
+            match parsed {
+                Ok(Some(req)) => {
+                    if self.handle(req).await == Flow::Stop {
+                        return Served::Stop;
+                    }
+                }
+                Ok(None) => {
+                    // Only part of a request is left: nothing owed.
+                    if closing {
+                        *unread_owed = 0;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "protocol error");
+                    self.reply(Value::err(format!("ERR {e}"))).await;
+                    return Served::Stop;
+                }
+            }
+        }
+        Served::Waiting
+    }
+
+    /// The connection's end: an evicted client gets nothing more; one that
+    /// left (`gone`) has its blocked commands undone; the rest are written
+    /// what they are owed.
+    async fn finish(mut self, gone: bool) {
         // Nothing more is read: what the buffer held no longer counts (the
         // account gives it back when it closes too, on every other path).
         self.account.hold_partial(0);
