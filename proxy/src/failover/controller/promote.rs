@@ -11,27 +11,7 @@ use super::*;
 
 impl Controller {
     pub(super) async fn failover(&mut self, old: &Arc<Node>) {
-        if self.failover_started.is_none() {
-            self.failover_started = Some(Instant::now());
-            self.shard.set_failing_over(true);
-            if old.health() == Health::Down {
-                self.event(
-                    "primary-down",
-                    Some(old),
-                    "the detector judged the primary down; holding writes",
-                );
-            } else {
-                self.stale_reported = true;
-                self.event(
-                    "primary-stale",
-                    Some(old),
-                    format!(
-                        "the primary {}: it may have lost acknowledged writes and is not trusted as primary; holding writes",
-                        staleness(old)
-                    ),
-                );
-            }
-        }
+        self.begin(old);
         if let Err(e) = self.fence(old).await {
             tracing::warn!(error = %e, "cannot fence the epoch; will retry");
             return;
@@ -48,6 +28,82 @@ impl Controller {
         if old.health() != Health::Down {
             self.detach(old).await;
         }
+        let Ballot {
+            mut reports,
+            candidates,
+            intact,
+            replicas,
+        } = self.gather(old).await;
+        let acks = self.shard.durability.requirement().acks;
+        let needed = replicas_needed_to_promote(replicas, acks);
+        if intact < needed {
+            let lost = candidates.len() as u32 - intact;
+            self.refuse(format!(
+                "{} of {replicas} replicas answer ({lost} of them with less data than they once had: restarted without persistence?); with writes acknowledged by {acks} replica(s), {needed} intact ones must answer to be sure one holds every acknowledged write",
+                candidates.len()
+            )).await;
+            self.detach(old).await;
+            return;
+        }
+        let target = match self.elect(&candidates) {
+            Ok(target) => target,
+            Err(why) => {
+                self.refuse(why).await;
+                return;
+            }
+        };
+        let Some(elected) = reports.remove(&target.id) else {
+            return;
+        };
+        let offset = elected.offset;
+        if let Err(why) = self.freeze(&target, &elected).await {
+            self.event("promotion-failed", Some(&target), why.to_string());
+            return;
+        }
+        // A stale old primary still answers: it is repointed with the
+        // others (its data is not wanted). A dead one is fenced when back.
+        let skip = (old.health() == Health::Down).then_some(old.id);
+        let epoch = match self.fence(old).await {
+            Ok(epoch) => epoch,
+            Err(e) => return tracing::warn!(error = %e, "cannot fence the epoch; will retry"),
+        };
+        if let Err(e) = self.install(&target, skip, epoch).await {
+            self.event("promotion-failed", Some(&target), e.to_string());
+            return;
+        }
+        self.announce(old, &target, offset, acks);
+    }
+
+    /// The start of a failover: the shard holds writes, and the event
+    /// says why (the primary down, or stale).
+    fn begin(&mut self, old: &Arc<Node>) {
+        if self.failover_started.is_some() {
+            return;
+        }
+        self.failover_started = Some(Instant::now());
+        self.shard.set_failing_over(true);
+        if old.health() == Health::Down {
+            self.event(
+                "primary-down",
+                Some(old),
+                "the detector judged the primary down; holding writes",
+            );
+        } else {
+            self.stale_reported = true;
+            self.event(
+                "primary-stale",
+                Some(old),
+                format!(
+                    "the primary {}: it may have lost acknowledged writes and is not trusted as primary; holding writes",
+                    staleness(old)
+                ),
+            );
+        }
+    }
+
+    /// Asks every member but `old` where it stands now: the candidates,
+    /// how many of them are intact, and how many members there are.
+    async fn gather(&mut self, old: &Arc<Node>) -> Ballot {
         // Fresh reports, not the last probe's: offsets move until the very
         // moment the old primary stopped.
         let mut reports = std::collections::HashMap::new();
@@ -98,24 +154,22 @@ impl Controller {
                 reports.insert(node.id, report.clone());
             }
         }
-        let replicas = members.len() as u32;
-        let acks = self.shard.durability.requirement().acks;
-        let needed = replicas_needed_to_promote(replicas, acks);
-        if intact < needed {
-            let lost = candidates.len() as u32 - intact;
-            self.refuse(format!(
-                "{} of {replicas} replicas answer ({lost} of them with less data than they once had: restarted without persistence?); with writes acknowledged by {acks} replica(s), {needed} intact ones must answer to be sure one holds every acknowledged write",
-                candidates.len()
-            )).await;
-            self.detach(old).await;
-            return;
+        Ballot {
+            reports,
+            candidates,
+            intact,
+            replicas: members.len() as u32,
         }
+    }
+
+    /// The candidate the quorum policy elects, or why there is none.
+    fn elect(&self, candidates: &[Candidate]) -> Result<Arc<Node>, String> {
         let Some(target) = self
             .unit
             .quorum
             .load()
             .policy
-            .elect(&candidates)
+            .elect(candidates)
             .and_then(|id| self.shard.node(id).cloned())
         else {
             let policy = self.unit.quorum.load();
@@ -127,28 +181,13 @@ impl Controller {
                 ),
                 _ => "no replica is eligible (priority 0 replicas are never promoted)".into(),
             };
-            self.refuse(why).await;
-            return;
+            return Err(why);
         };
-        let Some(elected) = reports.remove(&target.id) else {
-            return;
-        };
-        let offset = elected.offset;
-        if let Err(why) = self.freeze(&target, &elected).await {
-            self.event("promotion-failed", Some(&target), why.to_string());
-            return;
-        }
-        // A stale old primary still answers: it is repointed with the
-        // others (its data is not wanted). A dead one is fenced when back.
-        let skip = (old.health() == Health::Down).then_some(old.id);
-        let epoch = match self.fence(old).await {
-            Ok(epoch) => epoch,
-            Err(e) => return tracing::warn!(error = %e, "cannot fence the epoch; will retry"),
-        };
-        if let Err(e) = self.install(&target, skip, epoch).await {
-            self.event("promotion-failed", Some(&target), e.to_string());
-            return;
-        }
+        Ok(target)
+    }
+
+    /// The promotion done: the event, with what the new primary may lack.
+    fn announce(&mut self, old: &Arc<Node>, target: &Arc<Node>, offset: u64, acks: u32) {
         self.said.clear();
         let took = self
             .failover_started
@@ -172,7 +211,7 @@ impl Controller {
         };
         self.event(
             "promoted",
-            Some(&target),
+            Some(target),
             format!(
                 "replaced {} at replication offset {offset}, {took} ms after it was judged down; {loss}",
                 old.addr
@@ -426,4 +465,14 @@ impl Controller {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// What the members said when asked for a failover.
+struct Ballot {
+    reports: std::collections::HashMap<u32, Report>,
+    candidates: Vec<Candidate>,
+    /// Candidates whose offset never went backwards.
+    intact: u32,
+    /// Members but the old primary (answering or not).
+    replicas: u32,
 }
