@@ -24,9 +24,9 @@ pub struct PeerStatus {
 }
 
 impl Coordination {
-    /// Takes in a read of the whole prefix, sent at `sent`, taken at the
-    /// store's `revision`.
-    pub(super) fn absorb(&self, sent: Instant, revision: i64, kvs: Vec<Kv>) {
+    /// The prefix's keys sorted by what they are; one that does not read
+    /// is warned about once and skipped.
+    fn sort(&self, kvs: Vec<Kv>) -> Read {
         let shards_prefix = format!("{}/shards/", self.prefix);
         let instances_prefix = format!("{}/instances/", self.prefix);
         let policies_prefix = format!("{}/policies/", self.prefix);
@@ -76,6 +76,23 @@ impl Coordination {
                 }
             }
         }
+        Read {
+            policies,
+            records,
+            holders,
+            instances,
+        }
+    }
+
+    /// Takes in a read of the whole prefix, sent at `sent`, taken at the
+    /// store's `revision`.
+    pub(super) fn absorb(&self, sent: Instant, revision: i64, kvs: Vec<Kv>) {
+        let Read {
+            policies,
+            mut records,
+            holders,
+            instances,
+        } = self.sort(kvs);
         let mut view = self.view();
         // A record this instance wrote after the read was taken (the
         // controller writes while the loop reads) is newer than the read:
@@ -359,4 +376,12 @@ async fn peer_get(admin: &str) -> Option<PeerStatus> {
         return None;
     }
     serde_json::from_str(body).ok()
+}
+
+/// One read of the prefix, sorted.
+struct Read {
+    policies: HashMap<String, (policies::PolicyRecord, i64)>,
+    records: HashMap<String, (ShardState, i64)>,
+    holders: HashMap<String, Holder>,
+    instances: BTreeMap<String, InstanceView>,
 }
