@@ -9,7 +9,9 @@ use super::prom::{family, help};
 use crate::context::Context;
 use crate::observe::counters::{BUCKETS_US, CLASSES};
 
-/// Renders every metric.
+/// Renders every metric: the process-wide ones here, one after another
+/// (a list reads better than helpers holding two lines each), then each
+/// family's file.
 pub fn render(ctx: &Context) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let o = &mut out;

@@ -136,6 +136,8 @@ fn refused(req: &Request<Incoming>, ctx: &Context) -> Option<&'static str> {
     None
 }
 
+/// Every route, one arm each: a long function, but a table a reader scans
+/// to find an endpoint reads better than routes spread over helpers.
 async fn handle(mut req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
     // HEAD is GET without the body (hyper leaves the body out of the
     // answer to a HEAD request, and keeps its length): load balancers and

@@ -6,6 +6,7 @@ use super::prom::family;
 use crate::context::Context;
 use crate::topology::{Health, NodeView, Role};
 
+/// Long for its table of metrics (name, type, help, value), one row each.
 pub(super) fn render(o: &mut String, ctx: &Context) {
     // Every sample of a metric must follow its HELP and TYPE as one group,
     // so the rendering goes metric by metric, not node by node.

@@ -8,6 +8,7 @@ use crate::context::Context;
 use crate::replicate::DurabilityView;
 use crate::topology::ReplicaSet;
 
+/// Long for its table of metrics (name, type, help, value), one row each.
 pub(super) fn render(o: &mut String, ctx: &Context) {
     let shards: Vec<(String, &ReplicaSet, DurabilityView)> = ctx
         .topology

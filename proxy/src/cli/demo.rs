@@ -172,6 +172,7 @@ fn own_command() -> String {
     }
 }
 
+/// The demo's printed instructions: long because it is mostly text.
 fn instructions(args: &DemoArgs, dir: &std::path::Path) -> String {
     let (port, admin) = (args.port, args.admin_port);
     let rampart = own_command();

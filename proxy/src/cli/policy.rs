@@ -97,6 +97,8 @@ pub fn policy(action: Action) -> Result<(), Failure> {
     }
 }
 
+/// `policy list`: one table row per generation of each kind, then the
+/// last errors; long for the columns it fills.
 fn list(admin: &Admin, json: bool) -> Result<(), Failure> {
     if json {
         print!("{}", admin.get("/v1/policies")?);

@@ -32,7 +32,8 @@ pub struct Server {
 
 impl Server {
     /// Binds the listeners, starts probing, waits (briefly) for a first
-    /// picture of every shard, then starts accepting clients.
+    /// picture of every shard, then starts accepting clients. Long for the
+    /// `Context` literal: what every task shares, one field a line.
     pub async fn start(config: Config) -> std::io::Result<Server> {
         // Certificates first: a file that does not read stops the start
         // before anything listens.

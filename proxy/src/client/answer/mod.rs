@@ -26,6 +26,8 @@ use crate::resp::request::parse_i64;
 use crate::resp::{Request, Value};
 
 impl Connection {
+    /// One arm per command: a dispatch table, long because the commands
+    /// are many; each arm is a line or two, the work is in the family files.
     pub(super) async fn answer(&mut self, answer: Answer, req: Request) -> Flow {
         let in_multi = self.session.in_multi;
         let args = &req.args();
