@@ -23,7 +23,8 @@ use crate::policy::swap::{self, Mode, Source};
 
 /// Sets the log filter; installed by whoever set up logging (`rampart
 /// run`), absent when `RUST_LOG` decides the level.
-type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+type SetLogLevel =
+    Box<dyn Fn(&str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
 static LOG_LEVEL: OnceLock<SetLogLevel> = OnceLock::new();
 
 /// Lets reloads change the log level through `set`.

@@ -106,8 +106,8 @@ pub fn init_logging(config: &Config) {
     };
     if installed.is_ok() && !fixed {
         crate::reload::set_log_level_with(Box::new(move |level| {
-            let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-            handle.reload(filter).map_err(|e| e.to_string())
+            let filter = EnvFilter::try_new(level)?;
+            Ok(handle.reload(filter)?)
         }));
     }
 }

@@ -113,8 +113,7 @@ impl Config {
             self.shards
                 .iter()
                 .map(|(name, shard)| (name.as_str(), shard.slots.as_deref())),
-        )
-        .map_err(ConfigError)?;
+        )?;
         let mut seen: BTreeMap<String, &str> = BTreeMap::new();
         for (name, shard) in &self.shards {
             for node in &shard.nodes {

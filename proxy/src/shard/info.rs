@@ -25,6 +25,12 @@ pub fn with_sums(info: &str, shards: &[String]) -> String {
     out
 }
 
+/// A `name:value` line's value: added when a number, kept when text.
+enum Plain {
+    Number(f64),
+    Text(String),
+}
+
 /// One section summed: lines `name:field=value,...` with the same name
 /// are added field by field, in the order the names first appear.
 /// `usec_per_call` is recomputed from the sums, and `avg_ttl` is the
@@ -32,16 +38,23 @@ pub fn with_sums(info: &str, shards: &[String]) -> String {
 /// added; other `name:text` lines are the first shard's.
 fn sum(section: &str, shards: &[String]) -> String {
     let mut lines: Vec<(String, Vec<(String, f64)>)> = Vec::new();
-    let mut plain: Vec<(String, Result<f64, String>)> = Vec::new();
+    let mut plain: Vec<(String, Plain)> = Vec::new();
     for info in shards {
         for line in lines_of(info, section) {
             let Some((name, fields)) = line.split_once(':') else {
                 continue;
             };
             if !fields.contains('=') {
-                let value = fields.parse::<f64>().map_err(|_| fields.to_string());
+                let value = match fields.parse::<f64>() {
+                    Ok(n) => Plain::Number(n),
+                    Err(_) => Plain::Text(fields.to_string()),
+                };
                 match plain.iter_mut().find(|(n, _)| n == name) {
-                    Some((_, Ok(total))) => *total += value.unwrap_or(0.0),
+                    Some((_, Plain::Number(total))) => {
+                        if let Plain::Number(n) = value {
+                            *total += n;
+                        }
+                    }
                     Some(_) => {}
                     None => plain.push((name.to_string(), value)),
                 }
@@ -77,9 +90,9 @@ fn sum(section: &str, shards: &[String]) -> String {
     let mut out = format!("# {section}\r\n");
     for (name, value) in plain {
         let value = match value {
-            Ok(n) if n.fract() == 0.0 => format!("{}", n as i64),
-            Ok(n) => format!("{n:.2}"),
-            Err(text) => text,
+            Plain::Number(n) if n.fract() == 0.0 => format!("{}", n as i64),
+            Plain::Number(n) => format!("{n:.2}"),
+            Plain::Text(text) => text,
         };
         out.push_str(&format!("{name}:{value}\r\n"));
     }

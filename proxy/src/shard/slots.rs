@@ -154,7 +154,7 @@ impl SlotMap {
     pub fn build<'a>(
         shards: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
     ) -> Result<SlotMap, SlotError> {
-        let owner = crate::config::slots::owners(shards).map_err(SlotError)?;
+        let owner = crate::config::slots::owners(shards).map_err(|e| SlotError(e.to_string()))?;
         Ok(SlotMap {
             owner: owner.into(),
             moving: None,
