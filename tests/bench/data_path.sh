@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Data-path benchmark: redis-benchmark against Redis directly, through
-# Rampart, and through twemproxy (nutcracker), side by side in one run, at
-# -P 1 and -P 16. Prints requests/s, p50/p99 and the ratios
-# Rampart/direct and Rampart/twemproxy; then Rampart's idle memory and what
-# 1,000 idle clients add.
+# Rampart, through twemproxy (nutcracker) and through HAProxy (plain TCP
+# forwarding), side by side in one run, at -P 1 and -P 16. Prints
+# requests/s, p50/p99 and the ratios Rampart/direct, Rampart/twemproxy and
+# Rampart/HAProxy, each proxy's CPU time per request; then Rampart's idle
+# memory and what 1,000 idle clients add.
 #
 #   tests/bench/data_path.sh [requests-per-test] [rounds]
 #
@@ -11,7 +12,7 @@
 # times (default 3), interleaved so that noise hits all three alike, and
 # the median is reported. RAMPART_WORKERS sets Rampart's worker threads.
 #
-# Needs redis-server, redis-tools and nutcracker (Debian packages).
+# Needs redis-server, redis-tools, nutcracker and haproxy (Debian packages).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-100000}
@@ -19,10 +20,11 @@ ROUNDS=${2:-3}
 TESTS=set,get,incr,lpush,lrange_100
 
 source tests/bench/lib.sh
-require redis-server redis-benchmark nutcracker python3
-cargo build --release -q -p rampart
+require redis-server redis-benchmark nutcracker haproxy python3
+[ -n "${RAMPART_BIN:-}" ] || cargo build --release -q -p rampart
+RAMPART_BIN=${RAMPART_BIN:-./target/release/rampart}
 
-REDIS=$(free_port); RAMPART=$(free_port); TWEM=$(free_port)
+REDIS=$(free_port); RAMPART=$(free_port); TWEM=$(free_port); HAP=$(free_port)
 start_redis "$REDIS"
 
 cat > "$work/rampart.toml" <<TOML
@@ -34,12 +36,13 @@ level = "warn"
 [shards.main]
 nodes = ["127.0.0.1:$REDIS"]
 TOML
-./target/release/rampart run --config "$work/rampart.toml" &
+"$RAMPART_BIN" run --config "$work/rampart.toml" &
 RAMPART_PID=$!
 pids+=($RAMPART_PID)
 wait_port "$RAMPART"
 
 start_twemproxy "$TWEM" "$REDIS"
+start_haproxy "$HAP" "$REDIS"
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 idle_rss=$(rss_kib "$RAMPART_PID")
@@ -58,6 +61,7 @@ for round in $(seq "$ROUNDS"); do
     run direct "$REDIS" "$P"
     run rampart "$RAMPART" "$P" "$RAMPART_PID"
     run twemproxy "$TWEM" "$P" "$TWEM_PID"
+    run haproxy "$HAP" "$P" "$HAP_PID"
   done
 done
 
@@ -76,24 +80,25 @@ for (_, _, t) in rows:
     if t not in tests:
         tests.append(t)
 print(f"median of {len(next(iter(runs.values())))} interleaved runs each")
-print(f"{'test':<12}{'-P':>4}{'direct rps':>13}{'rampart rps':>13}{'twemproxy rps':>15}"
-      f"{'R/direct':>10}{'R/twem':>8}   p50/p99 ms (direct | rampart | twemproxy)")
+print(f"{'test':<12}{'-P':>4}{'direct rps':>12}{'rampart':>10}{'twemproxy':>11}{'haproxy':>10}"
+      f"{'R/direct':>10}{'R/twem':>8}{'R/hap':>7}   p50/p99 ms (direct | rampart | twemproxy | haproxy)")
 ratios = {}
 for p in ("1", "16"):
     for t in tests:
-        d, r, w = (rows.get((x, p, t)) for x in ("direct", "rampart", "twemproxy"))
-        if not (d and r and w):
+        d, r, w, h = (rows.get((x, p, t)) for x in ("direct", "rampart", "twemproxy", "haproxy"))
+        if not (d and r and w and h):
             continue
-        rd, rw = r[0] / d[0], r[0] / w[0]
-        ratios.setdefault(p, []).append(rw)
-        print(f"{t:<12}{p:>4}{d[0]:>13.0f}{r[0]:>13.0f}{w[0]:>15.0f}{rd:>10.2f}{rw:>8.2f}"
-              f"   {d[1]:.2f}/{d[2]:.2f} | {r[1]:.2f}/{r[2]:.2f} | {w[1]:.2f}/{w[2]:.2f}")
-for p, rs in ratios.items():
+        rd, rw, rh = r[0] / d[0], r[0] / w[0], r[0] / h[0]
+        ratios.setdefault((p, "twemproxy"), []).append(rw)
+        ratios.setdefault((p, "HAProxy"), []).append(rh)
+        print(f"{t:<12}{p:>4}{d[0]:>12.0f}{r[0]:>10.0f}{w[0]:>11.0f}{h[0]:>10.0f}{rd:>10.2f}{rw:>8.2f}{rh:>7.2f}"
+              f"   {d[1]:.2f}/{d[2]:.2f} | {r[1]:.2f}/{r[2]:.2f} | {w[1]:.2f}/{w[2]:.2f} | {h[1]:.2f}/{h[2]:.2f}")
+for (p, peer), rs in ratios.items():
     geo = 1.0
     for x in rs:
         geo *= x
     geo **= 1 / len(rs)
-    print(f"-P {p}: Rampart/twemproxy geometric mean {geo:.2f}")
+    print(f"-P {p}: Rampart/{peer} geometric mean {geo:.2f}")
 # CPU time the proxy process itself spent per request (user + system),
 # summed over all tests and rounds: less noisy than throughput on a shared
 # machine, where every proxy competes with redis-server and the benchmark.
@@ -104,10 +109,11 @@ for target, p, ticks in csv.reader(open(sys.argv[2])):
 requests = int(sys.argv[3]) * len(tests) * len(runs.get(("direct", "1", tests[0]), [1]))
 tick_us = 1e6 / int(sys.argv[4])
 for p in ("1", "16"):
-    r, w = cpu.get(("rampart", p), 0), cpu.get(("twemproxy", p), 0)
-    if r and w:
+    r, w, h = (cpu.get((x, p), 0) for x in ("rampart", "twemproxy", "haproxy"))
+    if r and w and h:
         print(f"-P {p}: proxy CPU per request: Rampart {r * tick_us / requests:.2f} us, "
-              f"twemproxy {w * tick_us / requests:.2f} us (ratio {r / w:.2f})")
+              f"twemproxy {w * tick_us / requests:.2f} us, HAProxy {h * tick_us / requests:.2f} us "
+              f"(Rampart/twemproxy {r / w:.2f}, Rampart/HAProxy {r / h:.2f})")
 PY
 
 # Memory: 1,000 idle clients, each having sent one PING.

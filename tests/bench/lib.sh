@@ -67,6 +67,28 @@ start_twemproxy() {
   wait_port "$port"
 }
 
+# start_haproxy PORT NODE_PORT: HAProxy in plain TCP mode on PORT in front
+# of one node (it forwards bytes, nothing per command), once it answers;
+# its pid in HAP_PID.
+start_haproxy() {
+  cat > "$work/haproxy.cfg" <<CFG
+global
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 1s
+  timeout client 60s
+  timeout server 60s
+listen redis
+  bind 127.0.0.1:$1
+  server node 127.0.0.1:$2
+CFG
+  haproxy -db -f "$work/haproxy.cfg" > "$work/haproxy.log" 2>&1 &
+  HAP_PID=$!
+  pids+=($HAP_PID)
+  wait_port "$1"
+}
+
 # start_rampart NAME PORT: Rampart with $work/NAME.toml, once it answers.
 start_rampart() {
   "$RAMPART" run --config "$work/$1.toml" &

@@ -517,3 +517,83 @@ fn a_move_is_refused_when_it_cannot_be_done_safely() {
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("state_dir"), "{body}");
 }
+
+/// A key the target will not take (its `RESTORE` refused: here the
+/// target's primary is out of memory) stays on the source and is never
+/// lost: a command on it is answered `-TRYAGAIN`, the walk retries and
+/// shows why in `/v1/slots`; once the target takes keys again, the move
+/// finishes with every key on the shard owning its slot.
+#[test]
+fn a_key_the_target_refuses_stays_on_the_source_until_it_can_move() {
+    let (a, b) = (Cluster::start(1), Cluster::start(1));
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(&config(&a, &b, state.path()));
+    const N: usize = 2000;
+    let mut conn = proxy.conn();
+    let mut pipe = redis::pipe();
+    for i in 0..N {
+        pipe.set(format!("k:{i}"), format!("v{i}")).ignore();
+    }
+    pipe.query::<()>(&mut conn).expect("load");
+    // Every write to the target's primary is refused (-OOM).
+    let target = &b.nodes[0];
+    target.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    target.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    start_move(&proxy, 100_000);
+    wait_until_or(
+        "the walk to say why it cannot move keys",
+        Duration::from_secs(10),
+        || {
+            slots(&proxy)["moving"]["progress"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("OOM"))
+        },
+        || format!("{:#}", slots(&proxy)),
+    );
+    let moving = (0..N)
+        .map(|i| format!("k:{i}"))
+        .find(|k| slot(k) >= 8192)
+        .expect("a key in the moving slots");
+    let refused = redis::cmd("GET")
+        .arg(&moving)
+        .query::<Option<String>>(&mut conn)
+        .expect_err("the key cannot be moved first");
+    assert!(
+        format!("{refused:?}").contains("TryAgain") || refused.to_string().contains("TRYAGAIN"),
+        "{refused:?}"
+    );
+    // Nothing lost meanwhile: every key on exactly one primary, intact.
+    let direct = |c: &Cluster| {
+        redis::Client::open(format!("redis://{}/", c.addrs()[0]))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    };
+    let (mut on_a, mut on_b) = (direct(&a), direct(&b));
+    for i in 0..N {
+        let key = format!("k:{i}");
+        let x: Option<String> = on_a.get(&key).unwrap();
+        let y: Option<String> = on_b.get(&key).unwrap();
+        assert_eq!(
+            (x.is_some() as u8 + y.is_some() as u8, x.or(y)),
+            (1, Some(format!("v{i}"))),
+            "{key}"
+        );
+    }
+    // Room again: the move finishes.
+    target.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    wait_moved(&proxy, Duration::from_secs(60));
+    for i in 0..N {
+        let key = format!("k:{i}");
+        let (owner, other) = if slot(&key) >= 8192 {
+            (&mut on_b, &mut on_a)
+        } else {
+            (&mut on_a, &mut on_b)
+        };
+        let here: Option<String> = owner.get(&key).unwrap();
+        let there: Option<String> = other.get(&key).unwrap();
+        assert_eq!((here, there), (Some(format!("v{i}")), None), "{key}");
+        let through: Option<String> = conn.get(&key).unwrap();
+        assert_eq!(through, Some(format!("v{i}")), "{key}");
+    }
+}
