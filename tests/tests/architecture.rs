@@ -1,5 +1,7 @@
 //! docs/architecture.md's folder map names every source file of the
 //! proxy, under its folder: a file added without a word there fails here.
+//! Its layers hold (an upward import not named there fails), and no file
+//! imports one that imports it back.
 
 use std::path::{Path, PathBuf};
 
@@ -240,4 +242,248 @@ fn folders_depend_downwards_but_for_the_named_arrows() {
         "imports against the layering of docs/architecture.md (move the code, or name the arrow and why): {against:?}"
     );
     assert!(allowed.len() <= 5, "{allowed:?}");
+}
+
+/// A file's code without its tests and comment lines.
+fn code_of(source: &str) -> String {
+    let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+    code.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The module path of a file (`client/answer/info.rs` is
+/// `client::answer::info`, a folder's `mod.rs` is the folder).
+fn module_of(file: &str) -> Vec<String> {
+    let path = file.trim_end_matches(".rs");
+    let mut parts: Vec<String> = path.split('/').map(str::to_string).collect();
+    if parts.last().is_some_and(|p| p == "mod" || p == "lib") {
+        parts.pop();
+    }
+    parts
+}
+
+/// The file a module path names, and what is left of the path after it
+/// (items, or modules declared inline).
+fn file_of<'p>(
+    files: &std::collections::BTreeMap<String, String>,
+    parts: &'p [String],
+) -> (Option<String>, &'p [String]) {
+    let mut base = String::new();
+    let mut found = None;
+    for (i, part) in parts.iter().enumerate() {
+        let dir = format!("{base}{part}/mod.rs");
+        let file = format!("{base}{part}.rs");
+        if files.contains_key(&dir) {
+            found = Some(dir);
+        } else if files.contains_key(&file) {
+            found = Some(file);
+        } else {
+            return (found, &parts[i..]);
+        }
+        base = format!("{base}{part}/");
+    }
+    (found, &[])
+}
+
+/// Every `crate::`/`super::`/`self::` path in `code`, `use` lists in
+/// braces expanded (one level), as module paths from the crate root.
+fn paths_in(code: &str, module: &[String]) -> Vec<Vec<String>> {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = Vec::new();
+    let mut rest = code;
+    while let Some(at) = ["crate::", "super::", "self::"]
+        .iter()
+        .filter_map(|p| rest.find(p))
+        .min()
+    {
+        // Skip `xcrate::` and the like: the keyword must start a path.
+        let before = rest[..at].chars().last();
+        let tail = &rest[at..];
+        rest = &rest[at + 1..];
+        if before.is_some_and(|c| ident(c) || c == ':') {
+            continue;
+        }
+        let mut base: Vec<String> = Vec::new();
+        let mut t = tail;
+        loop {
+            if let Some(next) = t.strip_prefix("crate::") {
+                base.clear();
+                t = next;
+            } else if let Some(next) = t.strip_prefix("super::") {
+                if base.is_empty() {
+                    base = module.to_vec();
+                }
+                base.pop();
+                t = next;
+            } else if let Some(next) = t.strip_prefix("self::") {
+                if base.is_empty() {
+                    base = module.to_vec();
+                }
+                t = next;
+            } else {
+                break;
+            }
+        }
+        let mut names = Vec::new();
+        if let Some(list) = t.strip_prefix('{') {
+            for item in list.split('}').next().unwrap_or_default().split(',') {
+                names.push(item.trim().to_string());
+            }
+        } else {
+            names.push(t.to_string());
+        }
+        for name in names {
+            let mut path = base.clone();
+            for part in name.split("::") {
+                let word: String = part.chars().take_while(|c| ident(*c)).collect();
+                if word.is_empty() || word == "self" {
+                    break;
+                }
+                path.push(word);
+                if part.len() != path.last().map_or(0, String::len) {
+                    break;
+                }
+            }
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// No file imports one that (through others, re-exports followed one
+/// level) imports it back: the folders can be read bottom up.
+#[test]
+fn no_file_imports_one_that_imports_it_back() {
+    let root = repo_path("proxy/src");
+    let mut paths = Vec::new();
+    sources(&root, &root, &mut paths);
+    let files: std::collections::BTreeMap<String, String> = paths
+        .iter()
+        .map(|p| {
+            let name = p.to_string_lossy().replace('\\', "/");
+            let code = code_of(&std::fs::read_to_string(root.join(p)).expect("source"));
+            (name, code)
+        })
+        .filter(|(name, _)| name != "main.rs")
+        .collect();
+    // `pub use path::{a, b};` of each file: name -> the path it stands for.
+    let mut reexports: std::collections::BTreeMap<String, Vec<(String, Vec<String>)>> =
+        Default::default();
+    for (name, code) in &files {
+        let module = module_of(name);
+        for line in code.lines() {
+            let Some(rest) = line
+                .trim()
+                .strip_prefix("pub use ")
+                .or_else(|| line.trim().strip_prefix("pub(crate) use "))
+            else {
+                continue;
+            };
+            let relative = !rest.starts_with("crate::")
+                && !rest.starts_with("super::")
+                && !rest.starts_with("self::");
+            let text = if relative {
+                format!("self::{rest}")
+            } else {
+                rest.to_string()
+            };
+            for path in paths_in(&text, &module) {
+                if let Some(item) = path.last() {
+                    reexports
+                        .entry(name.clone())
+                        .or_default()
+                        .push((item.clone(), path.clone()));
+                }
+            }
+        }
+    }
+    let mut edges: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for (name, code) in &files {
+        let module = module_of(name);
+        for path in paths_in(code, &module) {
+            let (found, rest) = file_of(&files, &path);
+            let Some(mut target) = found else { continue };
+            if let Some(item) = rest.first() {
+                let via = reexports
+                    .get(&target)
+                    .and_then(|r| r.iter().find(|(n, _)| n == item).map(|(_, p)| p.clone()));
+                if let Some(real) = via.and_then(|p| file_of(&files, &p).0) {
+                    target = real;
+                }
+            }
+            if &target != name && target != "lib.rs" {
+                edges.entry(name.clone()).or_default().insert(target);
+            }
+        }
+    }
+    // Tarjan's strongly connected components.
+    struct Walk<'a> {
+        edges: &'a std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        index: std::collections::BTreeMap<String, usize>,
+        low: std::collections::BTreeMap<String, usize>,
+        stack: Vec<String>,
+        on: std::collections::BTreeSet<String>,
+        cycles: Vec<Vec<String>>,
+    }
+    fn visit(w: &mut Walk, v: &str) {
+        let n = w.index.len();
+        w.index.insert(v.to_string(), n);
+        w.low.insert(v.to_string(), n);
+        w.stack.push(v.to_string());
+        w.on.insert(v.to_string());
+        let next: Vec<String> = w
+            .edges
+            .get(v)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for u in next {
+            if !w.index.contains_key(&u) {
+                visit(w, &u);
+                let l = w.low[&u].min(w.low[v]);
+                w.low.insert(v.to_string(), l);
+            } else if w.on.contains(&u) {
+                let l = w.index[&u].min(w.low[v]);
+                w.low.insert(v.to_string(), l);
+            }
+        }
+        if w.low[v] == w.index[v] {
+            let mut component = Vec::new();
+            while let Some(u) = w.stack.pop() {
+                w.on.remove(&u);
+                let done = u == v;
+                component.push(u);
+                if done {
+                    break;
+                }
+            }
+            if component.len() > 1 {
+                w.cycles.push(component);
+            }
+        }
+    }
+    let mut walk = Walk {
+        edges: &edges,
+        index: Default::default(),
+        low: Default::default(),
+        stack: Vec::new(),
+        on: Default::default(),
+        cycles: Vec::new(),
+    };
+    assert!(
+        edges.values().map(|e| e.len()).sum::<usize>() > 300,
+        "the import graph was not read"
+    );
+    for file in files.keys() {
+        if !walk.index.contains_key(file) {
+            visit(&mut walk, file);
+        }
+    }
+    assert!(
+        walk.cycles.is_empty(),
+        "files importing each other: {:?}",
+        walk.cycles
+    );
 }
