@@ -62,7 +62,11 @@ fn measure(policy: &dyn ReadPolicy, shard: &ReplicaSet) -> f64 {
             } else {
                 &b"session:22"[..]
             };
-            let read = Read { client_id: i, key };
+            let read = Read {
+                client_id: i,
+                key,
+                burst: i,
+            };
             black_box(policy.pick(shard, black_box(&read)));
         }
         let ns = start.elapsed().as_nanos() as f64 / calls as f64;
@@ -76,7 +80,7 @@ fn measure(policy: &dyn ReadPolicy, shard: &ReplicaSet) -> f64 {
 fn main() {
     let changes = Arc::new(AtomicU64::new(0));
     let shard = shard(&changes);
-    let native = RoundRobinReplicas::default();
+    let native = RoundRobinReplicas;
     // The components embedded in the binary (built from plugins/).
     let load = |name: &str| {
         let bytes = builtin::router(name).expect("a built-in router");
@@ -96,6 +100,7 @@ fn main() {
         let read = Read {
             client_id: 0,
             key: b"k",
+            burst: 0,
         };
         assert!(
             router.pick(&shard, &read).is_some(),

@@ -63,6 +63,44 @@ fn a_wasm_round_robin_router_spreads_reads_over_replicas() {
     assert!(served[1] >= 60 && served[2] >= 60, "not spread: {served:?}");
 }
 
+/// Round robin goes round by burst: the reads a client pipelined in one
+/// write go to one replica, as one batch, and its next burst to the other
+/// (read by read, a pipeline was split into batches of one per replica).
+#[test]
+fn round_robin_keeps_a_pipeline_on_one_replica_and_turns_per_burst() {
+    use std::io::{Read, Write};
+    let cluster = Cluster::start(2);
+    let proxy = proxy_with_router(&cluster, "router-round-robin");
+    served_by(&cluster, &proxy, 2);
+    let mut raw = std::net::TcpStream::connect(proxy.addr).unwrap();
+    let pipeline = b"*2\r\n$3\r\nGET\r\n$1\r\np\r\n".repeat(20);
+    let reply = b"$1\r\nv\r\n".repeat(20);
+    let mut per_burst = Vec::new();
+    for _ in 0..2 {
+        let before: Vec<u64> = cluster.nodes.iter().map(|n| n.calls("get")).collect();
+        raw.write_all(&pipeline).unwrap();
+        let mut got = vec![0u8; reply.len()];
+        raw.read_exact(&mut got).unwrap();
+        assert_eq!(got, reply);
+        let served: Vec<u64> = cluster
+            .nodes
+            .iter()
+            .zip(before)
+            .map(|(n, b)| n.calls("get") - b)
+            .collect();
+        per_burst.push(served);
+    }
+    let (first, second) = (&per_burst[0], &per_burst[1]);
+    assert!(
+        first[0] == 0 && second[0] == 0,
+        "the primary served reads: {per_burst:?}"
+    );
+    assert!(
+        (first[1] == 20 && second[2] == 20) || (first[2] == 20 && second[1] == 20),
+        "each burst on one replica, the next on the other: {per_burst:?}"
+    );
+}
+
 #[test]
 fn a_wasm_primary_only_router_overrides_read_from() {
     let cluster = Cluster::start(2);

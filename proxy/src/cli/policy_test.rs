@@ -323,13 +323,15 @@ fn router(
     let generation = swap::build(source, &scenario.config, &shard, changes, 1, limits)
         .map_err(|e| Failure::Failed(e.to_string()))?;
     println!("loaded {} as a router", generation.source);
-    for read in &scenario.reads {
+    for (burst, read) in scenario.reads.iter().enumerate() {
         let before = generation.policy.describe().fallbacks;
         let choice = generation.policy.pick(
             &shard,
             &Read {
                 client_id: read.client,
                 key: read.key.as_bytes(),
+                // Each read of a scenario is a burst of its own.
+                burst: burst as u64,
             },
         );
         let mut answer = match choice {

@@ -46,6 +46,10 @@ pub struct Connection {
     /// waits at most `failover.hold_writes_ms` from then, so requests
     /// pipelined together wait together, not one hold after another.
     pub(super) arrived: tokio::time::Instant,
+    /// Reads from the client's socket so far: requests that came in one
+    /// read are one burst, which a rotating router keeps on one replica
+    /// (one batch, not one per request).
+    pub(super) bursts: u64,
     pub(super) ctx: Arc<Context>,
     pub(super) session: Session,
     pub(super) parser: RequestParser,
@@ -136,6 +140,7 @@ impl Connection {
             written: Vec::new(),
             reads: Vec::new(),
             arrived: tokio::time::Instant::now(),
+            bursts: 0,
             ctx,
         }
     }
@@ -214,7 +219,10 @@ impl Connection {
                         gone = true;
                         break;
                     }
-                    Ok(_) => self.arrived = tokio::time::Instant::now(),
+                    Ok(_) => {
+                        self.arrived = tokio::time::Instant::now();
+                        self.bursts += 1;
+                    }
                 },
                 _ = self.account.evicted() => {
                     gone = true;

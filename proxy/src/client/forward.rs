@@ -53,6 +53,7 @@ impl Connection {
         let read = route::Read {
             client_id: self.session.id,
             key,
+            burst: self.bursts,
         };
         // Only a read is placed by the client's consistency: a write goes
         // to the primary, and its token is not worth bringing up to date.

@@ -351,6 +351,7 @@ impl Connection {
         let read = route::Read {
             client_id: self.session.id,
             key: req.arg(1).unwrap_or_default(),
+            burst: self.bursts,
         };
         let token = self.read_token_for(shard);
         let routed = route::route(&shard.topology, &shard.router, class, &read, &token)

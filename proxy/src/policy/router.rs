@@ -177,11 +177,6 @@ enum Resolved {
     ByKey(Vec<usize>),
 }
 
-thread_local! {
-    /// Turns for `rotate` plans: per thread, so reads never contend on it.
-    static TURN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
 impl WasmRouter {
     /// The plan in force, if it is still fresh.
     fn fresh_plan(
@@ -206,14 +201,10 @@ impl WasmRouter {
         match plan {
             Resolved::PerRead => self.route(shard, read),
             Resolved::Primary => None,
-            Resolved::Rotate(nodes) => {
-                let turn = TURN.with(|t| {
-                    let turn = t.get();
-                    t.set(turn.wrapping_add(1));
-                    turn
-                });
-                shard.nodes.get(*nodes.get(turn % nodes.len().max(1))?)
-            }
+            // In turn by burst, not by read (see `Read::turn`).
+            Resolved::Rotate(nodes) => shard
+                .nodes
+                .get(*nodes.get(read.turn() % nodes.len().max(1))?),
             Resolved::ByKey(table) => {
                 let hash = if read.key.is_empty() {
                     rampart_sdk::algorithms::mix64(read.client_id)

@@ -128,7 +128,7 @@ pub fn build(
         Source::Native(name) => {
             let policy: Box<dyn ReadPolicy> = match name.as_str() {
                 "primary-only" => Box::new(PrimaryOnly),
-                "round-robin" => Box::new(RoundRobinReplicas::default()),
+                "round-robin" => Box::new(RoundRobinReplicas),
                 other => {
                     return Err(PolicyError::Refused(format!(
                         "unknown native router '{other}' (expected primary-only or round-robin)"
@@ -151,6 +151,7 @@ pub fn build(
             &Read {
                 client_id: client,
                 key: key.as_bytes(),
+                burst: 0,
             },
         );
     }

@@ -27,6 +27,38 @@ pub struct Read<'a> {
     /// The command's first argument: the key, for nearly every read
     /// (empty when there is none).
     pub key: &'a [u8],
+    /// Which burst of the client's input the read came in (a count of
+    /// reads from its socket): a router spreading reads in turn keeps one
+    /// burst's reads on one replica, so a pipeline stays one batch.
+    pub burst: u64,
+}
+
+impl Read<'_> {
+    /// This read's turn for a router spreading reads in turn: the next
+    /// turn for each new burst seen on this thread, the same turn for the
+    /// rest of a burst. So the reads a client pipelined together go to one
+    /// node as one batch (split over two replicas, each link got half a
+    /// batch: 0.66x of reading from the primary at -P 16), and successive
+    /// bursts, of one client or of many, go round.
+    pub fn turn(&self) -> usize {
+        thread_local! {
+            /// The last burst seen (client, burst) and its turn; per thread,
+            /// so reads never contend on it.
+            static TURN: std::cell::Cell<((u64, u64), usize)> =
+                const { std::cell::Cell::new(((u64::MAX, u64::MAX), usize::MAX)) };
+        }
+        TURN.with(|t| {
+            let (last, turn) = t.get();
+            let burst = (self.client_id, self.burst);
+            let turn = if last == burst {
+                turn
+            } else {
+                turn.wrapping_add(1)
+            };
+            t.set((burst, turn));
+            turn
+        })
+    }
 }
 
 /// Chooses the node for a read-only command. `None` means "the primary".

@@ -1,6 +1,5 @@
 //! The built-in read policies.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::{Read, ReadPolicy};
@@ -21,21 +20,20 @@ impl ReadPolicy for PrimaryOnly {
 }
 
 /// Reads spread over the replicas that are up and following their primary,
-/// in turn; none such means the primary serves them.
+/// in turn by burst (the reads a client sent together go to one replica,
+/// as one batch; its next burst to the next); none such means the primary
+/// serves them.
 #[derive(Default)]
-pub struct RoundRobinReplicas {
-    next: AtomicUsize,
-}
+pub struct RoundRobinReplicas;
 
 impl ReadPolicy for RoundRobinReplicas {
-    fn pick<'s>(&self, shard: &'s ReplicaSet, _read: &Read) -> Option<&'s Arc<Node>> {
+    fn pick<'s>(&self, shard: &'s ReplicaSet, read: &Read) -> Option<&'s Arc<Node>> {
         let serving = || shard.nodes.iter().filter(|node| node.serves_reads());
         let count = serving().count();
         if count == 0 {
             return None;
         }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % count;
-        serving().nth(turn)
+        serving().nth(read.turn() % count)
     }
 
     fn describe(&self) -> PolicyView {
