@@ -877,3 +877,46 @@ fn acl_users_reach_every_shard_as_themselves() {
         .unwrap_err();
     assert_eq!(refused.code(), Some("NOPERM"), "{refused}");
 }
+
+/// With several shards `MULTI` is deferred until the transaction's first
+/// command says which shard it runs on. A client whose dedicated
+/// connection (kept from its last transaction) died with a failover must
+/// get a working transaction next: nothing of the new one was on the dead
+/// connection. (It was refused as lost, and the next `MULTI` answered
+/// "MULTI calls can not be nested".)
+#[test]
+fn a_transaction_after_a_failover_runs_on_a_new_connection() {
+    // Two replicas: one is left to confirm writes after the failover.
+    let mut shards = clusters(2, 2);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let key = key_in(0, 2, "tx");
+    let mut conn = proxy.conn();
+    let transaction = |conn: &mut redis::Connection, value: i64| {
+        redis::pipe()
+            .atomic()
+            .set(format!("{key}:a"), value)
+            .ignore()
+            .set(format!("{key}:b"), value)
+            .ignore()
+            .query::<()>(conn)
+    };
+    transaction(&mut conn, 1).expect("before the failover");
+    let old = shards[0].primary().addr();
+    shards[0].nodes[0].kill();
+    wait_until("shard s0 to fail over", Duration::from_secs(15), || {
+        let topology = proxy.topology();
+        let primary = topology["shards"][0]["primary"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        !primary.is_empty() && primary != old
+    });
+    transaction(&mut conn, 2).expect("the first transaction after the failover");
+    transaction(&mut conn, 3).expect("and the next");
+    let (a, b): (i64, i64) = redis::pipe()
+        .get(format!("{key}:a"))
+        .get(format!("{key}:b"))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!((a, b), (3, 3));
+}

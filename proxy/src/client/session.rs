@@ -118,10 +118,12 @@ impl Session {
     }
 
     /// Forgets the dedicated connection after it died: anything that only
-    /// existed on it is gone.
+    /// existed on it is gone. A transaction whose `MULTI` is still deferred
+    /// (several shards, nothing queued yet) had nothing there, and goes on
+    /// on a new connection.
     pub fn lose_pinned(&mut self) {
         self.pinned = None;
-        if self.in_multi || self.watching {
+        if (self.in_multi && !self.multi_deferred) || self.watching {
             self.tx_lost = true;
         }
         self.watching = false;

@@ -38,13 +38,14 @@ impl Connection {
                 let in_multi = s.in_multi;
                 let refused = std::mem::take(&mut s.tx_refused);
                 let queued_slots = std::mem::take(&mut s.tx_slots);
+                let deferred = std::mem::take(&mut s.multi_deferred);
                 s.in_multi = false;
                 s.watching = false;
                 s.tx_lost = false;
                 if was_lost {
                     return self.reply(lost_reply(tx, in_multi)).await;
                 }
-                if std::mem::take(&mut s.multi_deferred) {
+                if deferred {
                     // Nothing was queued: no node knows of this MULTI.
                     let reply = if tx == Tx::Discard {
                         Value::ok()
