@@ -56,8 +56,7 @@ pub struct Context {
     /// The last minutes of rates, latencies and lag, for the dashboard.
     pub history: Arc<crate::observe::history::History>,
     /// `[limits]` as a reload last set them (`config.limits` keeps the
-    /// ones Rampart started with): new connections parse by them, and
-    /// `max_pipeline` is read at each request.
+    /// ones Rampart started with): each new connection reads them once.
     pub limits: arc_swap::ArcSwap<crate::resp::Limits>,
     /// Memory the clients' buffered replies and partial requests take,
     /// against `[limits]`'s caps.

@@ -191,7 +191,7 @@ async fn reload(
         ctx.limits.store(std::sync::Arc::new(config.limits));
         ctx.budget
             .set_caps(crate::backend::budget::Caps::of(&config.limits));
-        tracing::info!("[limits] changed: the memory caps and max_pipeline apply at once, the request size limits to connections opened from now on");
+        tracing::info!("[limits] changed: the memory caps apply at once, the request limits (sizes, max_pipeline) to connections opened from now on");
     }
     ctx.set_wanted_nodes(&config.shards);
     for (name, shard) in &config.shards {
