@@ -64,8 +64,7 @@ fn a_wasm_round_robin_router_spreads_reads_over_replicas() {
 }
 
 /// Round robin goes round by burst: the reads a client pipelined in one
-/// write go to one replica, as one batch, and its next burst to the other
-/// (read by read, a pipeline was split into batches of one per replica).
+/// write go to one replica, as one batch, and its next burst to the other.
 #[test]
 fn round_robin_keeps_a_pipeline_on_one_replica_and_turns_per_burst() {
     use std::io::{Read, Write};

@@ -3,28 +3,11 @@
 //! own baseline (see `topology/trend.rs`).
 
 use crate::context::Context;
-use crate::topology::TrendView;
 
-use super::prom::family;
+use super::prom::{family, per_node};
 
 pub(super) fn render(o: &mut String, ctx: &Context) {
-    let nodes: Vec<(String, TrendView)> = ctx
-        .topology
-        .shards
-        .iter()
-        .flat_map(|shard| {
-            shard
-                .nodes
-                .iter()
-                .filter(|n| !n.is_retired())
-                .map(move |node| {
-                    (
-                        format!("shard=\"{}\",node=\"{}\"", shard.name, node.addr),
-                        node.probe_trend(),
-                    )
-                })
-        })
-        .collect();
+    let nodes = per_node(ctx, |node| node.probe_trend());
     family(
         o,
         "rampart_node_probes_missed",

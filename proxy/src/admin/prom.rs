@@ -25,3 +25,19 @@ pub(super) fn family(
 pub(super) fn help(out: &mut String, name: &str, kind: &str, text: &str) {
     let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
 }
+
+/// What `sample` says of every node in service, each with its `shard` and
+/// `node` labels: families render one metric at a time from these rows.
+pub(super) fn per_node<T>(
+    ctx: &crate::context::Context,
+    sample: impl Fn(&crate::topology::Node) -> T,
+) -> Vec<(String, T)> {
+    let mut rows = Vec::new();
+    for shard in &ctx.topology.shards {
+        for node in shard.nodes.iter().filter(|n| !n.is_retired()) {
+            let labels = format!("shard=\"{}\",node=\"{}\"", shard.name, node.addr);
+            rows.push((labels, sample(node)));
+        }
+    }
+    rows
+}

@@ -37,8 +37,8 @@ impl Read<'_> {
     /// This read's turn for a router spreading reads in turn: the next
     /// turn for each new burst seen on this thread, the same turn for the
     /// rest of a burst. So the reads a client pipelined together go to one
-    /// node as one batch (split over two replicas, each link got half a
-    /// batch: 0.66x of reading from the primary at -P 16), and successive
+    /// node as one batch (split over two replicas, each link would carry
+    /// half of it, twice the batches for the same reads), and successive
     /// bursts, of one client or of many, go round.
     pub fn turn(&self) -> usize {
         thread_local! {
