@@ -108,6 +108,16 @@ fn version_and_check_config() {
         out.contains("applied at once by a reload: limits.client_output_hard_mb, shards.main.read_from\nat the next start: backend.connect_timeout_ms"),
         "{out}"
     );
+    // An OLD that does not read is a usage error naming it.
+    let missing = dir.path().join("missing.toml");
+    let out = rampart(&[
+        "check-config",
+        new.to_str().unwrap(),
+        "--since",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
 
 #[test]

@@ -271,6 +271,21 @@ mod tests {
     }
 
     #[test]
+    fn a_detector_that_only_gives_verdicts_is_half_suspicious_when_suspect() {
+        struct Says(Health);
+        impl Detector for Says {
+            fn observe(&mut self, _: Instant, _: bool) {}
+            fn verdict(&mut self, _: Instant) -> Health {
+                self.0
+            }
+        }
+        let now = Instant::now();
+        assert_eq!(Says(Health::Up).suspicion(now), 0.0);
+        assert_eq!(Says(Health::Suspect).suspicion(now), 0.5);
+        assert_eq!(Says(Health::Down).suspicion(now), 1.0);
+    }
+
+    #[test]
     fn fixed_timeout() {
         let t0 = Instant::now();
         let mut d = FixedTimeout::new(Duration::from_millis(1000));
