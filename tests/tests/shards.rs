@@ -834,32 +834,42 @@ fn keys_are_found_where_redis_finds_them() {
 /// A client logged in as a node ACL user through Rampart: commands over
 /// several shards run as that user on every shard, so the nodes' ACLs
 /// decide, as on one Redis.
-#[test]
-fn acl_users_reach_every_shard_as_themselves() {
-    let shards = clusters(2, 0);
-    let proxy = Proxy::start_with(&config(&shards, ""));
-    let mut admin = proxy.conn();
-    let (a, b) = (key_in(0, 2, "app:a"), key_in(1, 2, "app:b"));
-    // ACL SETUSER through Rampart reaches every node of every shard.
+/// Makes an ACL user (password `secret`) through Rampart, waits until
+/// every shard's primary has it, and returns a connection logged in as it.
+fn user(proxy: &Proxy, shards: &[Cluster], name: &str, rules: &[&str]) -> redis::Connection {
     let _: () = redis::cmd("ACL")
-        .arg(&["SETUSER", "app", "on", ">secret", "~{app:*", "+@all"])
-        .query(&mut admin)
+        .arg("SETUSER")
+        .arg(name)
+        .arg("on")
+        .arg(">secret")
+        .arg(rules)
+        .query(&mut proxy.conn())
         .unwrap();
-    for cluster in &shards {
+    for cluster in shards {
         wait_until("the user on every node", Duration::from_secs(5), || {
             redis::cmd("ACL")
                 .arg("GETUSER")
-                .arg("app")
+                .arg(name)
                 .query::<Value>(&mut node_conn(cluster.primary()))
                 .is_ok_and(|v| v != Value::Nil)
         });
     }
-    let mut app = proxy.conn();
+    let mut conn = proxy.conn();
     let _: () = redis::cmd("AUTH")
-        .arg("app")
+        .arg(name)
         .arg("secret")
-        .query(&mut app)
+        .query(&mut conn)
         .unwrap();
+    conn
+}
+
+#[test]
+fn acl_users_reach_every_shard_as_themselves() {
+    let shards = clusters(2, 0);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let (a, b) = (key_in(0, 2, "app:a"), key_in(1, 2, "app:b"));
+    // ACL SETUSER through Rampart reaches every node of every shard.
+    let mut app = user(&proxy, &shards, "app", &["~{app:*", "+@all"]);
     let _: () = redis::cmd("MSET")
         .arg(&a)
         .arg("1")
@@ -915,4 +925,38 @@ fn a_transaction_after_a_failover_runs_on_a_new_connection() {
         .query(&mut conn)
         .unwrap();
     assert_eq!((a, b), (3, 3));
+}
+
+/// A deferred `MULTI` (several shards) that the node refuses when it is
+/// finally sent: the client heard OK for MULTI and queued on, so nothing
+/// it queued may run outside a transaction. Each command is refused with
+/// the node's error and EXEC answers EXECABORT, as Redis does after an
+/// error while queueing.
+#[test]
+fn a_transaction_whose_multi_the_node_refuses_runs_nothing() {
+    let shards = clusters(2, 0);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let mut admin = proxy.conn();
+    let mut app = user(&proxy, &shards, "nomulti", &["~*", "+@all", "-multi"]);
+    let key = key_in(0, 2, "tx");
+    let (a, b) = (format!("{key}:a"), format!("{key}:b"));
+    let multi: String = redis::cmd("MULTI").query(&mut app).unwrap();
+    assert_eq!(multi, "OK");
+    for k in [&a, &b] {
+        let refused = redis::cmd("INCR")
+            .arg(k)
+            .query::<i64>(&mut app)
+            .unwrap_err();
+        assert_eq!(refused.code(), Some("NOPERM"), "{refused}");
+    }
+    let exec = redis::cmd("EXEC").query::<Value>(&mut app).unwrap_err();
+    assert_eq!(exec.code(), Some("EXECABORT"), "{exec}");
+    let values: (Option<i64>, Option<i64>) =
+        redis::pipe().get(&a).get(&b).query(&mut admin).unwrap();
+    assert_eq!(values, (None, None), "nothing of the transaction ran");
+    // The session is out of the transaction: commands run again.
+    let _: () = redis::cmd("SET").arg(&a).arg(1).query(&mut app).unwrap();
+    let again: String = redis::cmd("MULTI").query(&mut app).unwrap();
+    assert_eq!(again, "OK");
+    let _: Value = redis::cmd("DISCARD").query(&mut app).unwrap();
 }

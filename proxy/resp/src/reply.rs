@@ -381,6 +381,17 @@ mod tests {
     }
 }
 
+/// The text of `reply` when it is a simple error (`-ERR ...\r\n`), as a
+/// node wrote it.
+pub fn error_text(reply: &[u8]) -> Option<String> {
+    let text = reply.strip_prefix(b"-")?;
+    let end = text
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(text.len());
+    Some(String::from_utf8_lossy(&text[..end]).into_owned())
+}
+
 /// Whether the complete reply `reply` (already checked to be valid RESP)
 /// nests aggregates deeper than `max`, counted level by level.
 pub fn nesting_exceeds(reply: &[u8], max: usize) -> bool {

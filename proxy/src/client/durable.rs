@@ -63,7 +63,5 @@ async fn confirm(own: &Link, durability: Arc<Durability>) -> Option<String> {
     if let Some(error) = answer.error {
         return Some(error.to_string());
     }
-    let text = answer.data.strip_prefix(b"-")?;
-    let text = text.strip_suffix(b"\r\n").unwrap_or(text);
-    Some(String::from_utf8_lossy(text).into_owned())
+    crate::resp::reply::error_text(&answer.data)
 }

@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 
 use super::connection::{Connection, Flow};
 use crate::backend::{Batch, Link};
+use crate::resp::reply::error_text;
 use crate::resp::{Request, Value};
 use crate::topology::Node;
 
@@ -26,13 +27,22 @@ impl Connection {
             return Flow::Continue;
         };
         if self.session.multi_deferred {
-            // The transaction's first command: its MULTI goes first.
-            self.session.multi_deferred = false;
+            // The transaction's first command: its MULTI goes first. The
+            // client heard OK for MULTI long ago and goes on queueing, so
+            // a MULTI the node did not take must doom the transaction:
+            // the command is refused, MULTI stays deferred (nothing
+            // further runs outside a transaction) and EXEC answers
+            // EXECABORT.
             let multi = Request::from_args(&["MULTI"]).raw;
-            if let Err(error) = self.call(&node, &link, vec![multi], "MULTI").await {
-                self.session.in_multi = false;
+            let taken = match self.call(&node, &link, vec![multi], "MULTI").await {
+                Ok(reply) => error_text(&reply).map_or(Ok(()), |e| Err(Value::err(e))),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = taken {
+                self.session.tx_refused = true;
                 return self.reply(error).await;
             }
+            self.session.multi_deferred = false;
         }
         self.add(node, link, req.raw).await
     }
