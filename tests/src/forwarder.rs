@@ -21,6 +21,9 @@ pub enum Fault {
     Reset = 2,
     /// Deliver each chunk after a delay.
     Delay = 3,
+    /// Close each new connection as it arrives; those open go on (a node
+    /// at its connection limit, or going down, as a newcomer sees it).
+    RefuseNew = 4,
 }
 
 pub struct Forwarder {
@@ -56,9 +59,10 @@ impl Forwarder {
             while let Ok((client, _)) = listener.accept().await {
                 let state = state.clone();
                 tokio::spawn(async move {
-                    if state.fault() == Fault::Reset {
-                        reset(client);
-                        return;
+                    match state.fault() {
+                        Fault::Reset => return reset(client),
+                        Fault::RefuseNew => return drop(client),
+                        _ => {}
                     }
                     let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)).await else {
                         return;
@@ -123,6 +127,7 @@ impl Shared {
             1 => Fault::Blackhole,
             2 => Fault::Reset,
             3 => Fault::Delay,
+            4 => Fault::RefuseNew,
             _ => Fault::Pass,
         }
     }
@@ -155,7 +160,7 @@ async fn pump(
             return;
         }
         match state.fault() {
-            Fault::Pass => {}
+            Fault::Pass | Fault::RefuseNew => {}
             Fault::Blackhole => continue,
             Fault::Reset => return,
             Fault::Delay => {

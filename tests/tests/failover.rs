@@ -720,3 +720,59 @@ fn pipelined_requests_share_one_hold() {
     );
     cluster.nodes[2].signal("CONT");
 }
+
+/// A transaction from a client with no connection of its own yet, while
+/// the primary takes no new connection though its open ones (the probes',
+/// the shared links) work: nothing has run, so the transaction waits, as
+/// a write waits for a failover, and runs once a connection opens, instead
+/// of failing at once with the closed connection. (Seen for real when a
+/// primary dies between two probes.)
+#[test]
+fn a_transaction_waits_for_a_connection_to_the_primary() {
+    use rampart_tests::forwarder::{Fault, Forwarder};
+    let node = rampart_tests::RedisNode::start(None);
+    let forwarder = Forwarder::start(node.port);
+    let proxy = Proxy::start_with(&config_for(
+        &[forwarder.addr()],
+        Setup {
+            sections: "[failover]\nhold_writes_ms = 2000\n[backend]\nidle_dedicated_per_node = 0\n",
+            ..Setup::default()
+        },
+    ));
+    let mut conn = proxy.conn();
+    let _: () = conn.set("before", 1).unwrap();
+    forwarder.set(Fault::RefuseNew);
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            forwarder.set(Fault::Pass);
+        });
+        let ran: redis::RedisResult<()> = redis::pipe()
+            .atomic()
+            .set("a", 1)
+            .ignore()
+            .set("b", 1)
+            .ignore()
+            .query(&mut conn);
+        ran.expect("held until a connection opened, then run");
+    });
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    let (a, b): (i64, i64) = redis::pipe().get("a").get("b").query(&mut conn).unwrap();
+    assert_eq!((a, b), (1, 1));
+    // Refused past the hold: the transaction fails whole. Its commands
+    // must not run outside it (the client sent them in one pipeline, as
+    // client libraries do).
+    forwarder.set(Fault::RefuseNew);
+    let mut conn = proxy.conn();
+    let failed: redis::RedisResult<redis::Value> = redis::pipe()
+        .cmd("MULTI")
+        .incr("a", 1)
+        .incr("b", 1)
+        .cmd("EXEC")
+        .query(&mut conn);
+    assert!(failed.is_err(), "{failed:?}");
+    forwarder.set(Fault::Pass);
+    let (a, b): (i64, i64) = redis::pipe().get("a").get("b").query(&mut conn).unwrap();
+    assert_eq!((a, b), (1, 1), "nothing of the failed transaction ran");
+}

@@ -400,30 +400,44 @@ fn slots_move_online_while_clients_read_and_write() {
 
 #[test]
 fn a_move_survives_its_source_primary_failing() {
-    let (mut a, b) = (Cluster::start(1), Cluster::start(1));
+    move_with_a_failover(0);
+}
+
+#[test]
+fn a_move_survives_its_target_primary_failing() {
+    move_with_a_failover(1);
+}
+
+/// A move with clients working throughout, and the primary of shard
+/// `failing` (0: the source, 1: the target) killed a tenth of the way in,
+/// then back as a replica of the new primary.
+fn move_with_a_failover(failing: usize) {
+    let (a, b) = (Cluster::start(1), Cluster::start(1));
     let state = tempfile::tempdir().unwrap();
     let proxy = Proxy::start_with(&config(&a, &b, state.path()));
     load(&proxy);
     let clients = Clients::start(&proxy);
     start_move(&proxy, 4000);
     wait_until(
-        "a fifth of the keys to move",
+        "a tenth of the keys to move",
         Duration::from_secs(30),
         || moved_so_far(&proxy) > (KEYS / 10) as u64,
     );
-    let old = a.primary().addr();
-    a.nodes[0].kill();
+    let mut shards = [a, b];
+    let cluster = &mut shards[failing];
+    let old = cluster.primary().addr();
+    cluster.nodes[0].kill();
     wait_until(
         "the replica to be promoted",
         Duration::from_secs(20),
         || {
-            proxy.topology()["shards"][0]["primary"]
+            proxy.topology()["shards"][failing]["primary"]
                 .as_str()
                 .is_some_and(|p| p != old)
         },
     );
     // Back as a replica of the new primary (the quorum needs one).
-    a.nodes[0].restart();
+    cluster.nodes[0].restart();
     wait_moved(&proxy, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(300));
     let seen = clients.finish();
@@ -447,8 +461,9 @@ fn a_move_survives_its_source_primary_failing() {
         })
         .collect();
     assert!(odd.is_empty(), "unexpected errors: {odd:?}");
-    a.nodes.swap(0, 1);
-    check(&proxy, &a, &b, &seen);
+    shards[failing].nodes.swap(0, 1);
+    let [a, b] = &shards;
+    check(&proxy, a, b, &seen);
 }
 
 #[test]

@@ -117,18 +117,37 @@ impl Connection {
 
     /// A dedicated connection to the primary in this client's state.
     pub(super) async fn dedicated(&mut self) -> Result<(Arc<Node>, Link), Value> {
-        if !self.await_primary().await {
-            return Err(self.no_primary());
-        }
-        let Some(primary) = self.shard.topology.primary().cloned() else {
-            return Err(self.no_primary());
-        };
-        match primary.pool.dedicated(self.session.link_session()).await {
-            Ok(link) => Ok((primary, link)),
-            Err(e) => Err(Value::err(format!(
-                "ERR rampart: {} unavailable ({e})",
-                primary.addr
-            ))),
+        let hold = std::time::Duration::from_millis(self.ctx.config.failover.hold_writes_ms);
+        let deadline = self.arrived + hold;
+        loop {
+            if !self.await_primary().await {
+                return Err(self.no_primary());
+            }
+            let Some(primary) = self.shard.topology.primary().cloned() else {
+                return Err(self.no_primary());
+            };
+            let mut changed = self.shard.topology.watch();
+            let error = match primary.pool.dedicated(self.session.link_session()).await {
+                Ok(link) => return Ok((primary, link)),
+                Err(e) => e,
+            };
+            // A primary that cannot be reached may be failing before the
+            // probes say so: nothing has run, so the request waits for
+            // the failover as a held write does. A node refusing the
+            // handshake (an ACL user's password) is answered at once.
+            if error.kind() == std::io::ErrorKind::PermissionDenied
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Err(Value::err(format!(
+                    "ERR rampart: {} unavailable ({error})",
+                    primary.addr
+                )));
+            }
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
         }
     }
 

@@ -29,6 +29,17 @@ impl Connection {
                     s.multi_deferred = true;
                     return self.reply(Value::ok()).await;
                 }
+                if !s.watching && !s.in_multi && self.pin().await.is_err() {
+                    // No connection to the primary (past the hold). An
+                    // error here would let a pipelined transaction's
+                    // commands run outside it; instead MULTI is deferred
+                    // as with several shards: its first command tries
+                    // again and, failing, dooms it (EXEC: EXECABORT).
+                    let s = &mut self.session;
+                    s.in_multi = true;
+                    s.multi_deferred = true;
+                    return self.reply(Value::ok()).await;
+                }
                 let flow = self.pinned(req).await;
                 self.session.in_multi = self.session.pinned.is_some();
                 flow

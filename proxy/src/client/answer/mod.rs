@@ -126,31 +126,24 @@ impl Connection {
                 self.push(Pending::Local(confirmations))
             }
             Answer::Rampart if req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"AUTH") => {
-                let reply = self.admin_auth(&req);
+                let reply = rampart::admin_auth(&self.ctx, &mut self.session, &req);
                 self.reply(reply).await
             }
-            Answer::Rampart if self.rampart_change_refused(&req) => {
-                let reply = self.admin_refusal();
-                self.reply(reply).await
-            }
-            Answer::Rampart
-                if req
-                    .arg_upper(1)
-                    .is_some_and(|s| s.as_bytes() == b"SWITCHOVER") =>
-            {
-                self.switchover(&req).await
-            }
-            Answer::Rampart if req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"POLICY") => {
-                let reply = self.policy(&req).await;
+            Answer::Rampart => {
+                let ctx = self.ctx.clone();
+                let reply = match rampart::change_refused(&ctx, &self.session, &req) {
+                    Some(refusal) => refusal,
+                    None => match req.arg_upper(1).as_ref().map(|s| s.as_bytes()) {
+                        Some(b"SWITCHOVER") => rampart::switchover(&ctx, &req).await,
+                        Some(b"POLICY") => rampart::policy(&ctx, &req).await,
+                        _ => rampart::show(&ctx, &req),
+                    },
+                };
                 self.reply(reply).await
             }
             Answer::CrossProtocol => {
                 cross_protocol(&self.registration.entry.addr);
                 Flow::Stop
-            }
-            Answer::Rampart => {
-                let reply = self.rampart(&req);
-                self.reply(reply).await
             }
         }
     }

@@ -2,90 +2,80 @@
 //! what Rampart is doing, and, after `RAMPART AUTH` with the admin token,
 //! changing it (switchover, policies).
 
-use crate::client::connection::{Connection, Flow};
+use crate::client::session::Session;
+use crate::context::Context;
 use crate::resp::{Request, Value};
 
-impl Connection {
-    /// A `RAMPART` command that would change Rampart, from a client that
-    /// may not (commands off, or not `RAMPART AUTH`ed).
-    pub(super) fn rampart_change_refused(&self, req: &Request) -> bool {
-        changes_rampart(req) && !self.may_change_rampart()
+/// The refusal of a `RAMPART` command that would change Rampart, from a
+/// client that may not (commands off, or not `RAMPART AUTH`ed).
+pub(super) fn change_refused(ctx: &Context, session: &Session, req: &Request) -> Option<Value> {
+    if !changes_rampart(req) {
+        return None;
     }
-
-    /// `RAMPART AUTH <admin.token>`: lets this connection change Rampart
-    /// (with `proxy.admin_commands` on).
-    pub(super) fn admin_auth(&mut self, req: &Request) -> Value {
-        if req.argc() != 3 {
-            return Value::wrong_args("rampart|auth");
-        }
-        let secrets = self.ctx.secrets.current();
-        if !secrets.admin_required() {
-            return Value::err("ERR rampart: no admin.token is configured");
-        }
-        if secrets.admin_token_ok(req.arg(2).unwrap_or_default()) {
-            self.session.admin = true;
-            Value::ok()
-        } else {
-            Value::err("WRONGPASS invalid admin token")
-        }
+    if !ctx.config.proxy.admin_commands {
+        return Some(Value::err("ERR rampart: commands that change Rampart are off on the client port (proxy.admin_commands); use the admin API or the rampart CLI"));
     }
-
-    /// Whether this connection may run the commands that change Rampart.
-    pub(super) fn may_change_rampart(&self) -> bool {
-        self.ctx.config.proxy.admin_commands
-            && (!self.ctx.secrets.current().admin_required() || self.session.admin)
+    if ctx.secrets.current().admin_required() && !session.admin {
+        return Some(Value::err(
+            "NOAUTH rampart: send RAMPART AUTH <admin token> first",
+        ));
     }
+    None
+}
 
-    pub(super) fn admin_refusal(&self) -> Value {
-        if !self.ctx.config.proxy.admin_commands {
-            Value::err("ERR rampart: commands that change Rampart are off on the client port (proxy.admin_commands); use the admin API or the rampart CLI")
-        } else {
-            Value::err("NOAUTH rampart: send RAMPART AUTH <admin token> first")
-        }
+/// `RAMPART AUTH <admin.token>`: lets this connection change Rampart
+/// (with `proxy.admin_commands` on).
+pub(super) fn admin_auth(ctx: &Context, session: &mut Session, req: &Request) -> Value {
+    if req.argc() != 3 {
+        return Value::wrong_args("rampart|auth");
     }
+    let secrets = ctx.secrets.current();
+    if !secrets.admin_required() {
+        return Value::err("ERR rampart: no admin.token is configured");
+    }
+    if secrets.admin_token_ok(req.arg(2).unwrap_or_default()) {
+        session.admin = true;
+        Value::ok()
+    } else {
+        Value::err("WRONGPASS invalid admin token")
+    }
+}
 
-    /// `RAMPART SWITCHOVER <shard> [host:port]`: answered once the new
-    /// primary takes writes, or with why it could not.
-    pub(super) async fn switchover(&mut self, req: &Request) -> Flow {
-        let args = req.args();
-        if !(3..=4).contains(&args.len()) {
-            return self
-                .reply(Value::err(
-                    "ERR wrong number of arguments for 'rampart|switchover' command",
-                ))
-                .await;
-        }
-        let shard = String::from_utf8_lossy(&args[2]).into_owned();
-        let target = args.get(3).map(|t| String::from_utf8_lossy(t).into_owned());
-        let ctx = self.ctx.clone();
-        let reply = match ctx.switchover(&shard, target).await {
-            Ok(done) => Value::Simple(done),
-            Err(e) => Value::err(e.resp()),
+/// `RAMPART SWITCHOVER <shard> [host:port]`: answered once the new
+/// primary takes writes, or with why it could not.
+pub(super) async fn switchover(ctx: &Context, req: &Request) -> Value {
+    let args = req.args();
+    if !(3..=4).contains(&args.len()) {
+        return Value::err("ERR wrong number of arguments for 'rampart|switchover' command");
+    }
+    let shard = String::from_utf8_lossy(&args[2]).into_owned();
+    let target = args.get(3).map(|t| String::from_utf8_lossy(t).into_owned());
+    match ctx.switchover(&shard, target).await {
+        Ok(done) => Value::Simple(done),
+        Err(e) => Value::err(e.resp()),
+    }
+}
+
+/// `RAMPART POLICY LOAD|SHADOW <kind> <file in plugins.dir|builtin:name> [config]`,
+/// `RAMPART POLICY ACTIVATE|ROLLBACK <kind>`, `RAMPART POLICY LIST`.
+/// Applies to the first shard.
+pub(super) async fn policy(ctx: &Context, req: &Request) -> Value {
+    use crate::policy::swap::{Kind, Mode, Source};
+    const USAGE: &str = "ERR usage: RAMPART POLICY LOAD router|quorum|detector <file in plugins.dir|builtin:name> [config] | SHADOW router <file in plugins.dir|builtin:name> [config] | ACTIVATE|ROLLBACK router | LIST";
+    let args = req.args();
+    let text = |i: usize| args.get(i).map(|a| String::from_utf8_lossy(a).into_owned());
+    let action = text(2).unwrap_or_default().to_uppercase();
+    if action == "LIST" {
+        return match serde_json::to_string_pretty(&ctx.policies()) {
+            Ok(json) => Value::bulk(json),
+            Err(e) => Value::err(format!("ERR {e}")),
         };
-        self.reply(reply).await
     }
-
-    /// `RAMPART POLICY LOAD|SHADOW <kind> <file in plugins.dir|builtin:name> [config]`,
-    /// `RAMPART POLICY ACTIVATE|ROLLBACK <kind>`, `RAMPART POLICY LIST`.
-    /// Applies to the first (today the only) shard.
-    pub(super) async fn policy(&mut self, req: &Request) -> Value {
-        use crate::policy::swap::{Kind, Mode, Source};
-        const USAGE: &str = "ERR usage: RAMPART POLICY LOAD router|quorum|detector <file in plugins.dir|builtin:name> [config] | SHADOW router <file in plugins.dir|builtin:name> [config] | ACTIVATE|ROLLBACK router | LIST";
-        let args = req.args();
-        let text = |i: usize| args.get(i).map(|a| String::from_utf8_lossy(a).into_owned());
-        let action = text(2).unwrap_or_default().to_uppercase();
-        if action == "LIST" {
-            return match serde_json::to_string_pretty(&self.ctx.policies()) {
-                Ok(json) => Value::bulk(json),
-                Err(e) => Value::err(format!("ERR {e}")),
-            };
-        }
-        let Some(kind) = text(3).as_deref().and_then(Kind::parse) else {
-            return Value::err(USAGE);
-        };
-        let ctx = self.ctx.clone();
-        let shard = ctx.topology.first().name.clone();
-        let result = match (action.as_str(), text(4)) {
+    let Some(kind) = text(3).as_deref().and_then(Kind::parse) else {
+        return Value::err(USAGE);
+    };
+    let shard = ctx.topology.first().name.clone();
+    let result = match (action.as_str(), text(4)) {
             ("LOAD" | "SHADOW", Some(source)) if args.len() <= 6 => {
                 let mode = if action == "LOAD" {
                     Mode::Activate
@@ -117,23 +107,24 @@ impl Connection {
                 .map(|n| format!("OK generation {n}")),
             _ => return Value::err(USAGE),
         };
-        match result {
-            Ok(done) => Value::Simple(done),
-            Err(e) => Value::err(e.resp()),
-        }
+    match result {
+        Ok(done) => Value::Simple(done),
+        Err(e) => Value::err(e.resp()),
     }
+}
 
-    pub(super) fn rampart(&self, req: &Request) -> Value {
-        let sub = req.arg_upper(1);
-        match sub.as_ref().map(|s| s.as_bytes()) {
+/// The `RAMPART` commands that only look: TOPOLOGY, POLICIES, HELP.
+pub(super) fn show(ctx: &Context, req: &Request) -> Value {
+    let sub = req.arg_upper(1);
+    match sub.as_ref().map(|s| s.as_bytes()) {
             Some(b"TOPOLOGY") => {
-                match serde_json::to_string_pretty(&self.ctx.topology.snapshot()) {
+                match serde_json::to_string_pretty(&ctx.topology.snapshot()) {
                     Ok(json) => Value::bulk(json),
                     Err(e) => Value::err(format!("ERR {e}")),
                 }
             }
             Some(b"POLICIES") => {
-                match serde_json::to_string_pretty(&self.ctx.policies()) {
+                match serde_json::to_string_pretty(&ctx.policies()) {
                     Ok(json) => Value::bulk(json),
                     Err(e) => Value::err(format!("ERR {e}")),
                 }
@@ -169,7 +160,6 @@ impl Connection {
                 sub.map(|s| s.as_str().to_string()).unwrap_or_default()
             )),
         }
-    }
 }
 
 /// `RAMPART SWITCHOVER` and `RAMPART POLICY` other than `LIST`: they
