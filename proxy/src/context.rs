@@ -21,10 +21,10 @@ pub struct Context {
     /// The admin tokens and client password in force (they change on
     /// reload; `config` keeps the ones Rampart started with).
     pub secrets: crate::secrets::Secrets,
-    pub topology: Topology,
+    pub topology: Arc<Topology>,
     /// Every shard with its router, quorum policy and write path, in
     /// configuration order.
-    pub shards: Vec<Arc<crate::shard::Shard>>,
+    pub shards: Arc<crate::shard::Shards>,
     /// Which shard owns each hash slot, and the move in progress.
     pub slots: Arc<crate::reshard::Slots>,
     /// Makes the nodes a reload or DNS adds, and retires those they remove.
@@ -35,6 +35,9 @@ pub struct Context {
     /// `nodes` are looked up again every `discovery.interval_ms`).
     pub wanted_nodes:
         std::sync::Mutex<std::collections::BTreeMap<String, crate::config::ShardConfig>>,
+    /// Shards a reload added, to the service that starts their probes and
+    /// failover controllers.
+    pub added_shards: tokio::sync::mpsc::UnboundedSender<crate::shard::Added>,
     /// Starts slot moves and runs them.
     pub resharder: Arc<crate::reshard::mover::Resharder>,
     /// `[coordination]`: the instances' shared view in etcd.

@@ -6,7 +6,8 @@
 //! LOAD` would, each shard's `read_consistency`, its quorum and the
 //! detector (their settings and plugins), the probe timings, `log.level`, the admin tokens
 //! and `proxy.password` (see `secrets.rs`), each shard's `nodes` (see
-//! `failover/members.rs`), and `[limits]` but `max_reply_depth` (which
+//! `failover/members.rs`), a new shard that owns no slots (see
+//! `operate/shards.rs`), and `[limits]` but `max_reply_depth` (which
 //! Rampart's links to the nodes were made with). Every other changed field is logged by
 //! name as applying at the next start, so an operator never wonders
 //! whether an edit took. A file that does not parse changes nothing and is
@@ -193,6 +194,7 @@ async fn reload(
             .set_caps(crate::backend::budget::Caps::of(&config.limits));
         tracing::info!("[limits] changed: the memory caps apply at once, the request limits (sizes, max_pipeline) to connections opened from now on");
     }
+    add_shards(ctx, &config, applied).await;
     ctx.set_wanted_nodes(&config.shards);
     for (name, shard) in &config.shards {
         if !live
@@ -215,6 +217,45 @@ async fn reload(
         ctx.events.record("*", "config-reloaded", None, 0, detail);
     }
     apply_routers(ctx, &config, applied).await;
+}
+
+/// Shards the file names and Rampart does not run are added; shards it
+/// runs and the file no longer names stay until a restart (their slots
+/// would have nowhere to go), said once per reload.
+async fn add_shards(
+    ctx: &Context,
+    config: &Config,
+    applied: &mut HashMap<String, (String, String)>,
+) {
+    for (name, section) in &config.shards {
+        if ctx.shards.named(name).is_some() {
+            continue;
+        }
+        match ctx.add_shard(name, section).await {
+            Ok(done) => {
+                tracing::info!(shard = %name, "{done}");
+                // Built with the router its section names.
+                let router = (section.router_source(), section.router_config.clone());
+                applied.insert(name.clone(), router);
+            }
+            Err(e) => {
+                tracing::error!(shard = %name, error = %e, "the shard was not added");
+                ctx.events
+                    .record(name, "shard-change-refused", None, 0, e.to_string());
+            }
+        }
+    }
+    for shard in ctx.shards.all().iter() {
+        if !config.shards.contains_key(shard.name()) {
+            let detail = format!(
+                "shard '{}' is no longer in the file; it keeps running until a restart (move its slots away first)",
+                shard.name()
+            );
+            tracing::warn!(shard = %shard.name(), "{detail}");
+            ctx.events
+                .record(shard.name(), "shard-change-refused", None, 0, detail);
+        }
+    }
 }
 
 /// Each shard's quorum, and the detector, loaded again when a field they
@@ -260,7 +301,7 @@ async fn apply_routers(
     applied: &mut HashMap<String, (String, String)>,
 ) {
     for (name, shard) in &config.shards {
-        if let Some(live) = ctx.shards.iter().find(|s| s.name() == name.as_str()) {
+        if let Some(live) = ctx.shards.all().iter().find(|s| s.name() == name.as_str()) {
             let positions = &live.topology.positions;
             if positions.consistency() != shard.read_consistency {
                 positions.set_consistency(shard.read_consistency);
@@ -268,7 +309,7 @@ async fn apply_routers(
             }
         }
         let wanted = (shard.router_source(), shard.router_config.clone());
-        if applied.get(name) == Some(&wanted) {
+        if applied.get(name) == Some(&wanted) || ctx.shards.named(name).is_none() {
             continue;
         }
         match ctx
@@ -321,9 +362,25 @@ impl Changes {
     pub fn between(old: &toml::Table, new: &toml::Table) -> Changes {
         let mut changed = Vec::new();
         diff("", old, new, &mut changed);
-        let (live, later) = changed
+        // A shard added is one change, applied at once; one removed waits
+        // for a restart.
+        let (added, removed) = (shard_names(new, old), shard_names(old, new));
+        let whole = |field: &String| {
+            added
+                .iter()
+                .chain(&removed)
+                .any(|name| field.starts_with(&format!("shards.{name}.")))
+        };
+        changed.retain(|field| !whole(field));
+        let (mut live, mut later): (Vec<String>, Vec<String>) = changed
             .into_iter()
             .partition(|field| LIVE.iter().any(|live| matches(live, field)));
+        live.extend(added.iter().map(|name| format!("shards.{name} (added)")));
+        later.extend(
+            removed
+                .iter()
+                .map(|name| format!("shards.{name} (removed)")),
+        );
         Changes { live, later }
     }
 
@@ -334,6 +391,21 @@ impl Changes {
     pub fn later_text(&self) -> String {
         list(&self.later)
     }
+}
+
+/// The shards `a` has and `b` has not.
+fn shard_names(a: &toml::Table, b: &toml::Table) -> Vec<String> {
+    let names = |t: &toml::Table| -> Vec<String> {
+        t.get("shards")
+            .and_then(toml::Value::as_table)
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let theirs = names(b);
+    names(a)
+        .into_iter()
+        .filter(|name| !theirs.contains(name))
+        .collect()
 }
 
 fn list(fields: &[String]) -> String {
@@ -401,5 +473,18 @@ mod tests {
             .iter()
             .any(|l| matches(l, "backend.connect_timeout_ms")));
         assert!(!matches("shards.*.router", "shards.main.router.x"));
+    }
+
+    #[test]
+    fn a_shard_added_or_removed_is_one_change() {
+        let old: toml::Table = "[shards.a]\nnodes = [\"a:1\"]\n[shards.gone]\nnodes = [\"g:1\"]\n"
+            .parse()
+            .unwrap();
+        let new: toml::Table = "[shards.a]\nnodes = [\"a:1\"]\n[shards.b]\nnodes = [\"b:1\"]\nslots = \"\"\n[shards.b.replication]\nquorum = \"one\"\n"
+            .parse()
+            .unwrap();
+        let changes = Changes::between(&old, &new);
+        assert_eq!(changes.live, ["shards.b (added)"]);
+        assert_eq!(changes.later, ["shards.gone (removed)"]);
     }
 }

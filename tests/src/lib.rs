@@ -453,6 +453,11 @@ impl Proxy {
             .collect()
     }
 
+    /// How many events of `kind` the history holds.
+    pub fn events_of(&self, kind: &str) -> usize {
+        self.event_kinds().iter().filter(|k| *k == kind).count()
+    }
+
     pub fn admin_json(&self, path: &str) -> serde_json::Value {
         let admin = self.admin.expect("the test proxy has an admin listener");
         let (status, body) = http_get(admin, path);

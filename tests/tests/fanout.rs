@@ -829,13 +829,7 @@ fn fanout_nodes_end_identical_after_kills_pauses_partitions_and_resets() {
         "timeout_ms = 200\ndown_after_ms = 500\n[backend]\nreply_timeout_ms = 1000",
     ));
     wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
-    let resyncs = |proxy: &Proxy| {
-        proxy
-            .event_kinds()
-            .iter()
-            .filter(|k| *k == "resynced")
-            .count()
-    };
+    let resyncs = |proxy: &Proxy| proxy.events_of("resynced");
     let workload = Workload::with_counter(&proxy, 4);
     std::thread::sleep(Duration::from_millis(300));
 

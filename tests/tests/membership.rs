@@ -171,3 +171,67 @@ fn probe_timings_change_on_reload() {
         Some("applied now: probe.interval_ms; at the next start: nothing")
     );
 }
+
+/// What a reload cannot do to shards is refused and said
+/// (`shard-change-refused`), changing nothing: adding a shard that claims
+/// slots (its keys are still elsewhere), and removing one (it keeps
+/// running until a restart).
+#[test]
+fn shard_changes_a_reload_cannot_make_are_refused() {
+    let (a, b, c) = (
+        RedisNode::start(None),
+        RedisNode::start(None),
+        RedisNode::start(None),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rampart.toml");
+    let head = "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                [probe]\ninterval_ms = 50\ntimeout_ms = 200\ndown_after_ms = 500\n";
+    let two = format!(
+        "{head}[shards.a]\nnodes = [\"{}\"]\n[shards.b]\nnodes = [\"{}\"]\nslots = \"\"\n",
+        a.addr(),
+        b.addr()
+    );
+    std::fs::write(&file, &two).unwrap();
+    let proxy = Proxy::start_with(&two);
+    proxy.watch_config(&file);
+    // The watcher notes the file's time when it starts: let it start
+    // before the file changes.
+    std::thread::sleep(Duration::from_millis(300));
+    let names = |proxy: &Proxy| -> Vec<String> {
+        proxy.topology()["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let refusals = |proxy: &Proxy| proxy.events_of("shard-change-refused");
+    // b taken out of the file: it stays.
+    let one = format!("{head}[shards.a]\nnodes = [\"{}\"]\n", a.addr());
+    std::fs::write(&file, &one).unwrap();
+    wait_until_or(
+        "the removal to be refused",
+        Duration::from_secs(10),
+        || refusals(&proxy) >= 1,
+        || format!("{:?}", proxy.event_kinds()),
+    );
+    assert_eq!(names(&proxy), ["a", "b"]);
+    // c claiming slots: not added.
+    let claiming = format!(
+        "{head}[shards.a]\nnodes = [\"{}\"]\nslots = \"11-16383\"\n[shards.b]\nnodes = [\"{}\"]\nslots = \"\"\n[shards.c]\nnodes = [\"{}\"]\nslots = \"0-10\"\n",
+        a.addr(),
+        b.addr(),
+        c.addr()
+    );
+    let before = refusals(&proxy);
+    std::fs::write(&file, &claiming).unwrap();
+    wait_until(
+        "the addition to be refused",
+        Duration::from_secs(10),
+        || refusals(&proxy) > before,
+    );
+    assert_eq!(names(&proxy), ["a", "b"]);
+    let mut conn = proxy.conn();
+    let _: () = conn.set("still", 1).unwrap();
+}

@@ -26,23 +26,42 @@ const COUNTERS: usize = 50;
 /// Shard `s0` owns every slot, `s1` none; both a primary and a replica,
 /// writes synchronous to one replica; state kept in `state`.
 fn config(a: &Cluster, b: &Cluster, state: &std::path::Path) -> String {
-    let nodes = |c: &Cluster| {
-        c.addrs()
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    format!(
+        "{}{}",
+        config_one(a, state).replace(
+            "[shards.s0]\nnodes",
+            "[shards.s0]\nslots = \"0-16383\"\nnodes"
+        ),
+        shard_section("s1", b)
+    )
+}
+
+/// Shard `s0` alone (no `slots` line: it owns every slot).
+fn config_one(a: &Cluster, state: &std::path::Path) -> String {
     format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [probe]\ninterval_ms = 50\ntimeout_ms = 200\ndown_after_ms = 500\n\
          [failover]\nhold_writes_ms = 5000\nstate_dir = \"{}\"\n\
-         [shards.s0]\nnodes = [{}]\nslots = \"0-16383\"\n[shards.s0.replication]\nquorum = \"one\"\ntimeout_ms = 1000\n\
-         [shards.s1]\nnodes = [{}]\nslots = \"\"\n[shards.s1.replication]\nquorum = \"one\"\ntimeout_ms = 1000\n",
+         [shards.s0]\nnodes = [{}]\n[shards.s0.replication]\nquorum = \"one\"\ntimeout_ms = 1000\n",
         state.display(),
         nodes(a),
-        nodes(b)
     )
+}
+
+/// Shard `name` on `cluster`, owning no slots.
+fn shard_section(name: &str, cluster: &Cluster) -> String {
+    format!(
+        "[shards.{name}]\nnodes = [{}]\nslots = \"\"\n[shards.{name}.replication]\nquorum = \"one\"\ntimeout_ms = 1000\n",
+        nodes(cluster)
+    )
+}
+
+fn nodes(c: &Cluster) -> String {
+    c.addrs()
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Redis Cluster's slot of a key.
@@ -496,6 +515,47 @@ fn a_move_resumes_after_rampart_stops_mid_move() {
         &seen.errors[..seen.errors.len().min(10)]
     );
     check(&proxy, &a, &b, &seen);
+}
+
+/// Growing without a restart: Rampart runs one shard, a second is added
+/// to the file (a reload), and half the slots move to it while clients
+/// work; then a restart with that file keeps the new map.
+#[test]
+fn a_shard_added_by_reload_receives_slots_online() {
+    let (a, b) = (Cluster::start(1), Cluster::start(1));
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("rampart.toml");
+    std::fs::write(&file, config_one(&a, state.path())).unwrap();
+    let proxy = Proxy::start_with(&std::fs::read_to_string(&file).unwrap());
+    proxy.watch_config(&file);
+    load(&proxy);
+    let clients = Clients::start(&proxy);
+    let grown = format!(
+        "{}{}",
+        config_one(&a, state.path()),
+        shard_section("s1", &b)
+    );
+    std::fs::write(&file, &grown).unwrap();
+    wait_until_or(
+        "the new shard to be in service",
+        Duration::from_secs(20),
+        || {
+            let shard = &proxy.topology()["shards"][1];
+            shard["name"] == "s1" && shard["primary"].as_str() == Some(&b.primary().addr())
+        },
+        || format!("{:#}\n{:?}", proxy.topology(), proxy.event_kinds()),
+    );
+    assert!(proxy.event_kinds().iter().any(|k| k == "shard-added"));
+    assert_eq!(slots(&proxy)["shards"][1]["slots"], "");
+    start_move(&proxy, 0);
+    wait_moved(&proxy, Duration::from_secs(60));
+    let seen = clients.finish();
+    expect_only_straddling_transactions(&seen);
+    check(&proxy, &a, &b, &seen);
+    drop(proxy);
+    // Restarted with the grown file: the moved slots stay with s1.
+    let proxy = Proxy::start_with(&grown);
+    check(&proxy, &a, &b, &Seen::default());
 }
 
 #[test]

@@ -22,7 +22,7 @@ pub(super) fn render(o: &mut String, ctx: &Context) {
             "rampart_coordination_lease_held",
             "gauge",
             "1 for each shard whose failover lease this instance holds.",
-            ctx.topology.shards.iter().map(|s| {
+            ctx.topology.shards().iter().map(|s| {
                 let held = view.lease_holders.get(&s.name) == Some(&view.instance);
                 (format!("shard=\"{}\"", s.name), held as u8 as f64)
             }),

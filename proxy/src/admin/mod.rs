@@ -209,7 +209,7 @@ async fn handle(mut req: Request<Incoming>, ctx: &Context) -> Response<Full<Byte
         (&Method::GET, "/readyz") => {
             let missing: Vec<String> = ctx
                 .topology
-                .shards
+                .shards()
                 .iter()
                 .filter(|s| s.primary().is_none())
                 .map(|s| match s.awaiting_operator() {

@@ -11,7 +11,7 @@ pub(super) fn render(o: &mut String, ctx: &Context) {
     // Every sample of a metric must follow its HELP and TYPE as one group,
     // so the rendering goes metric by metric, not node by node.
     let mut nodes = Vec::new();
-    for shard in &ctx.topology.shards {
+    for shard in ctx.topology.shards().iter() {
         let primary = shard.primary_node().map(|p| p.id);
         for node in shard.nodes.iter().filter(|n| !n.is_retired()) {
             let labels = format!("shard=\"{}\",node=\"{}\"", shard.name, node.addr);
@@ -124,7 +124,7 @@ pub(super) fn render(o: &mut String, ctx: &Context) {
         "rampart_node_backlog_headroom_bytes",
         "gauge",
         "For a replica following the primary: how many more bytes it can fall behind before the primary's backlog no longer holds what it lacks and it needs a full resynchronisation.",
-        ctx.topology.shards.iter().flat_map(|shard| {
+        ctx.topology.shards().iter().flat_map(|shard| {
             shard.nodes.iter().filter_map(move |node| {
                 let headroom = shard.backlog_headroom(node)?;
                 Some((

@@ -33,7 +33,7 @@ pub(super) fn per_node<T>(
     sample: impl Fn(&crate::topology::Node) -> T,
 ) -> Vec<(String, T)> {
     let mut rows = Vec::new();
-    for shard in &ctx.topology.shards {
+    for shard in ctx.topology.shards().iter() {
         for node in shard.nodes.iter().filter(|n| !n.is_retired()) {
             let labels = format!("shard=\"{}\",node=\"{}\"", shard.name, node.addr);
             rows.push((labels, sample(node)));

@@ -10,9 +10,8 @@ use crate::topology::ReplicaSet;
 
 /// Long for its table of metrics (name, type, help, value), one row each.
 pub(super) fn render(o: &mut String, ctx: &Context) {
-    let shards: Vec<(String, &ReplicaSet, DurabilityView)> = ctx
-        .topology
-        .shards
+    let all = ctx.topology.shards();
+    let shards: Vec<(String, &ReplicaSet, DurabilityView)> = all
         .iter()
         .map(|s| (format!("shard=\"{}\"", s.name), &**s, s.durability.view()))
         .collect();

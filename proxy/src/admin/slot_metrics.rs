@@ -11,7 +11,7 @@ pub(super) fn render(o: &mut String, ctx: &Context) {
         "rampart_shard_slots",
         "gauge",
         "Hash slots the shard owns.",
-        ctx.shards.iter().enumerate().map(|(index, shard)| {
+        ctx.shards.all().iter().enumerate().map(|(index, shard)| {
             (
                 format!("shard=\"{}\"", shard.name()),
                 map.count_of(index) as f64,

@@ -8,6 +8,7 @@ pub(super) fn slots(ctx: &Context) -> serde_json::Value {
     let map = ctx.slots.load();
     let shards: Vec<serde_json::Value> = ctx
         .shards
+        .all()
         .iter()
         .enumerate()
         .map(|(index, shard)| {
@@ -22,8 +23,8 @@ pub(super) fn slots(ctx: &Context) -> serde_json::Value {
         serde_json::json!({
             "slots": crate::shard::slots::ranges_text(&m.ranges),
             "count": m.count(),
-            "from": ctx.shards[m.from].name(),
-            "to": ctx.shards[m.to].name(),
+            "from": ctx.shards.at(m.from).name(),
+            "to": ctx.shards.at(m.to).name(),
             "paused": m.paused,
             "progress": ctx.slots.progress(),
         })
@@ -41,7 +42,7 @@ pub(super) fn slots(ctx: &Context) -> serde_json::Value {
 pub(super) fn risks(ctx: &Context) -> serde_json::Value {
     let shards: Vec<serde_json::Value> = ctx
         .topology
-        .shards
+        .shards()
         .iter()
         .map(|shard| {
             let backlog = shard.backlog_bytes();

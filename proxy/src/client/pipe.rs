@@ -222,7 +222,7 @@ impl Connection {
             },
             _ => return None,
         };
-        let wanted = &self.ctx.shards[wanted];
+        let wanted = &self.ctx.shards.at(wanted);
         if std::sync::Arc::ptr_eq(wanted, &self.shard) {
             return None;
         }

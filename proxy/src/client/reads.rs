@@ -19,6 +19,7 @@ impl Connection {
         }
         self.ctx
             .shards
+            .all()
             .iter()
             .position(|s| Arc::ptr_eq(s, shard))
             .unwrap_or(0)
@@ -68,8 +69,9 @@ impl Connection {
     /// shows is beyond every floor.
     pub(super) fn saw_everywhere(&mut self) {
         let position = self.replies.queued() + u64::from(self.open.is_some());
+        let shards = self.ctx.shards.all();
         for (slot, token) in self.reads.iter_mut().enumerate() {
-            if let (Some(token), Some(shard)) = (token, self.ctx.shards.get(slot)) {
+            if let (Some(token), Some(shard)) = (token, shards.get(slot)) {
                 token.sent(&shard.topology, None, position);
             }
         }

@@ -87,8 +87,8 @@ impl Connection {
                 return Some(self.scatter(class, parts, how).await);
             }
         };
-        if !Arc::ptr_eq(&self.shard, &self.ctx.shards[index]) {
-            self.shard = self.ctx.shards[index].clone();
+        if !Arc::ptr_eq(&self.shard, &self.ctx.shards.at(index)) {
+            self.shard = self.ctx.shards.at(index).clone();
         }
         if class == Class::Write {
             self.wrote(index);
@@ -117,7 +117,7 @@ impl Connection {
         let marker = Request::from_args(&["PUBLISH", crate::backend::own::WAIT_MARKER, ""]);
         let mut waits = Vec::with_capacity(shards.len());
         for &index in shards {
-            let shard = self.ctx.shards[index].clone();
+            let shard = self.ctx.shards.at(index).clone();
             let previous = std::mem::replace(&mut self.shard, shard.clone());
             let dedicated = self.dedicated().await;
             self.shard = previous;
@@ -196,7 +196,11 @@ impl Connection {
     /// The index of the shard the client's dedicated connection is on.
     pub(super) fn pinned_shard(&self) -> Option<usize> {
         let (node, _) = self.session.pinned.as_ref()?;
-        self.ctx.shards.iter().position(|s| s.topology.has(node))
+        self.ctx
+            .shards
+            .all()
+            .iter()
+            .position(|s| s.topology.has(node))
     }
 
     /// Sends each part to its shard and queues the combined reply.
@@ -215,7 +219,7 @@ impl Connection {
         let mut durable = false;
         let mut lent = Vec::new();
         for part in parts {
-            let shard = self.ctx.shards[part.shard].clone();
+            let shard = self.ctx.shards.at(part.shard).clone();
             let (tx, rx) = oneshot::channel();
             let sent = self.send_part(&shard, write, part.request, tx).await;
             durable |= sent.durable;

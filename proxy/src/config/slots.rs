@@ -59,7 +59,14 @@ pub fn owners<'a>(
             Some(ranges) => {
                 parse_ranges(ranges).map_err(|e| ConfigError(format!("field `shards.{name}.slots`: {e}")))?
             }
-            None if shards.len() == 1 => vec![(0, SLOTS as u16 - 1)],
+            // The only shard, or the only one beside shards that own no
+            // slots (added to receive some): every slot.
+            None if shards
+                .iter()
+                .all(|(other, r)| other == name || r.is_some_and(|r| r.trim().is_empty())) =>
+            {
+                vec![(0, SLOTS as u16 - 1)]
+            }
             None => {
                 return Err(ConfigError(format!(
                     "field `shards.{name}.slots`: expected the hash slots this shard owns (e.g. \"0-8191\"), because there are {} shards",

@@ -258,3 +258,21 @@ fn fanout_settings_are_checked() {
         "{e}"
     );
 }
+
+/// Several shards each name their slots, but one shard without a `slots`
+/// line beside shards that own none (added to receive slots) owns them
+/// all: the file a reload grows from one shard stays valid.
+#[test]
+fn a_lone_shard_without_slots_owns_them_all_beside_empty_ones() {
+    let one = "[proxy]\nlisten = \"127.0.0.1:6380\"\n[shards.a]\nnodes = [\"127.0.0.1:1\"]\n";
+    let grown = format!("{one}[shards.b]\nnodes = [\"127.0.0.1:2\"]\nslots = \"\"\n");
+    assert!(Config::parse(&grown).is_ok());
+    let owned = format!("{one}[shards.b]\nnodes = [\"127.0.0.1:2\"]\nslots = \"0-10\"\n");
+    let e = Config::parse(&owned).unwrap_err().0;
+    assert!(
+        e.contains("shards.a.slots") && e.contains("2 shards"),
+        "{e}"
+    );
+    let neither = format!("{one}[shards.b]\nnodes = [\"127.0.0.1:2\"]\n");
+    assert!(Config::parse(&neither).is_err());
+}

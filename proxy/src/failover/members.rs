@@ -112,6 +112,15 @@ impl Members {
         count
     }
 
+    /// Starts probing the nodes of a shard added while running.
+    pub fn probe_shard(&self, shard: &Arc<ReplicaSet>) {
+        if let Some(probing) = self.probing.get() {
+            for node in shard.nodes.iter() {
+                probe::spawn(shard.clone(), node.clone(), probing.clone());
+            }
+        }
+    }
+
     /// Brings `shard`'s nodes in line with `addrs`, the nodes its section
     /// `config` names now (DNS entries looked up).
     pub fn apply(

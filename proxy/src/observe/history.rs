@@ -85,7 +85,7 @@ struct Previous {
 /// Samples every [`INTERVAL`] until `shutdown` fires.
 pub async fn sample(
     history: Arc<History>,
-    shards: Vec<Arc<ReplicaSet>>,
+    topology: Arc<crate::topology::Topology>,
     metrics: Arc<Metrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -98,6 +98,7 @@ pub async fn sample(
             _ = shutdown.changed() => return,
         }
         let now = tokio::time::Instant::now();
+        let shards = topology.shards();
         let current = read(&shards, &metrics);
         if let Some((at, before)) = &previous {
             let seconds = now.duration_since(*at).as_secs_f64().max(0.001);

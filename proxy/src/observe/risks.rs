@@ -48,7 +48,7 @@ const DRIFT_CLEAR_S: f64 = 0.001;
 
 /// Watches until `shutdown` fires.
 pub async fn watch(
-    shards: Vec<Arc<ReplicaSet>>,
+    topology: Arc<crate::topology::Topology>,
     events: Arc<Events>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -60,7 +60,7 @@ pub async fn watch(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        for shard in &shards {
+        for shard in topology.shards().iter() {
             check(shard, &events, &mut raised);
         }
     }

@@ -52,7 +52,7 @@ const BACKLOG_SECONDS: u64 = 60;
 impl Context {
     pub async fn doctor(&self) -> Report {
         let mut findings = Vec::new();
-        for shard in &self.topology.shards {
+        for shard in self.topology.shards().iter() {
             let timeout = self.probe_timings.timeout().max(Duration::from_millis(500));
             let mut before = None;
             for node in shard.nodes.iter().filter(|n| n.health() == Health::Up) {

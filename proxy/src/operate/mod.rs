@@ -10,6 +10,7 @@ pub mod error;
 mod nodes;
 mod policy;
 mod primary;
+mod shards;
 mod shared;
 mod slots;
 
@@ -27,10 +28,10 @@ use crate::shard::Shard;
 
 impl Context {
     /// The shard named `name`.
-    pub fn shard(&self, name: &str) -> Result<&Arc<Shard>, OpError> {
+    pub fn shard(&self, name: &str) -> Result<Arc<Shard>, OpError> {
         self.shards
-            .iter()
-            .find(|s| s.name() == name)
+            .named(name)
+            .map(|(_, shard)| shard)
             .ok_or_else(|| OpError::NotFound(format!("no shard named '{name}'")))
     }
 }

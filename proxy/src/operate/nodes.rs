@@ -23,7 +23,7 @@ impl Context {
         cause: &str,
     ) -> Result<Changes, DnsError> {
         let addrs = dns::expand(&self.resolver, &config.nodes).await?;
-        let Some(running) = self.shards.iter().find(|s| s.name() == name) else {
+        let Some((_, running)) = self.shards.named(name) else {
             return Ok(Changes::default());
         };
         let changes = self.members.apply(&running.topology, &addrs, config);

@@ -328,6 +328,7 @@ impl Context {
     /// Every shard's routers.
     pub fn routers_view(&self) -> Vec<(String, SlotView)> {
         self.shards
+            .all()
             .iter()
             .map(|shard| (shard.name().to_string(), shard.router.view(&shard.topology)))
             .collect()
@@ -339,6 +340,7 @@ impl Context {
             router: self.routers_view(),
             quorum: self
                 .shards
+                .all()
                 .iter()
                 .map(|shard| {
                     let generation = shard.quorum.load();
@@ -362,7 +364,7 @@ pub async fn roll_back_failing_routers(ctx: Arc<Context>) {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = shutdown.changed() => return,
         }
-        for shard in &ctx.shards {
+        for shard in ctx.shards.all().iter() {
             let (slot, shard) = (&shard.router, &shard.topology);
             if let Some((from, to)) = slot.roll_back_if_failing(PROBATION, TRAPS) {
                 ctx.events.record(

@@ -49,7 +49,7 @@ impl Context {
         if let Some(fanout) = &found.fanout {
             return fanout.switchover(target);
         }
-        ask_controller(found, target, false).await
+        ask_controller(&found, target, false).await
     }
 
     /// `rampart promote --force`: makes `node` the primary of `shard` now,
@@ -63,7 +63,7 @@ impl Context {
                 "a fan-out shard picks its primary with `rampart switchover --to`".into(),
             ));
         }
-        ask_controller(found, Some(node), true).await
+        ask_controller(&found, Some(node), true).await
     }
 
     /// Only a leader moves primaries.

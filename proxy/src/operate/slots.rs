@@ -13,10 +13,9 @@ impl Context {
     /// as it goes). Returns once keys are moving; the walk goes on in the
     /// background.
     pub async fn move_slots(&self, slots: &str, to: &str, rate: u64) -> Result<String, OpError> {
-        let target = self
+        let (target, _) = self
             .shards
-            .iter()
-            .position(|s| s.name() == to)
+            .named(to)
             .ok_or_else(|| OpError::NotFound(format!("no shard named '{to}'")))?;
         let ranges = parse_ranges(slots).map_err(|e| OpError::Rejected(format!("slots: {e}")))?;
         if ranges.is_empty() {
@@ -39,7 +38,7 @@ impl Context {
             return Err(OpError::Conflict(format!(
                 "slots {} are moving to shard '{}'; one move at a time",
                 ranges_text(&moving.ranges),
-                self.shards[moving.to].name()
+                self.shards.at(moving.to).name()
             )));
         }
         let (first, _) = ranges[0];
@@ -52,7 +51,10 @@ impl Context {
         owners.dedup();
         drop(map);
         if owners.len() > 1 {
-            let names: Vec<&str> = owners.iter().map(|&i| self.shards[i].name()).collect();
+            let names: Vec<String> = owners
+                .iter()
+                .map(|&i| self.shards.at(i).name().to_string())
+                .collect();
             return Err(OpError::Rejected(format!(
                 "slots {} are owned by shards {}: move them from one shard at a time",
                 ranges_text(&ranges),
@@ -66,10 +68,10 @@ impl Context {
             )));
         }
         for index in [from, target] {
-            if self.shards[index].fanout.is_some() {
+            if self.shards.at(index).fanout.is_some() {
                 return Err(OpError::Conflict(format!(
                     "shard '{}' is a fan-out shard: moving slots needs Redis's own replication on both sides",
-                    self.shards[index].name()
+                    self.shards.at(index).name()
                 )));
             }
         }
@@ -89,7 +91,7 @@ impl Context {
             "moving slots {} ({} slots) from shard '{}' to '{to}'",
             ranges_text(&moving.ranges),
             moving.count(),
-            self.shards[from].name()
+            self.shards.at(from).name()
         );
         match self.resharder.start(moving).await {
             Ok(()) => Ok(text),

@@ -19,7 +19,7 @@ use crate::shard::Shard;
 /// Starts moves and runs them; one per Rampart.
 pub struct Resharder {
     pub slots: Arc<Slots>,
-    pub shards: Vec<Arc<Shard>>,
+    pub shards: Arc<crate::shard::Shards>,
     pub store: MapStore,
     pub events: Arc<Events>,
     /// How long a move waits for a primary (`failover.hold_writes_ms`).
@@ -49,12 +49,18 @@ pub enum StartError {
 }
 
 impl Resharder {
-    fn names(&self) -> Vec<&str> {
-        self.shards.iter().map(|s| s.name()).collect()
+    fn names(&self) -> Vec<String> {
+        self.shards
+            .all()
+            .iter()
+            .map(|s| s.name().to_string())
+            .collect()
     }
 
     fn save(&self, map: &SlotMap) -> std::io::Result<()> {
-        self.store.save(&SavedMap::of(map, &self.names()))
+        let names = self.names();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.store.save(&SavedMap::of(map, &names))
     }
 
     /// Starts moving: saves the move, pauses its slots, waits until every
@@ -116,10 +122,7 @@ impl Resharder {
     /// Walks the source until a whole pass finds no key of the moving
     /// slots. False if Rampart is shutting down first.
     async fn walk(&self, moving: &Moving, shutdown: &mut watch::Receiver<bool>) -> bool {
-        let (from, to) = (
-            self.shards[moving.from].clone(),
-            self.shards[moving.to].clone(),
-        );
+        let (from, to) = (self.shards.at(moving.from), self.shards.at(moving.to));
         self.slots.update(|p| {
             if p.started.is_none() {
                 *p = super::Progress {
@@ -266,7 +269,7 @@ impl Resharder {
                 .update(|p| p.last_error = Some(format!("saving the slot map: {e}")));
             return;
         }
-        for (index, shard) in self.shards.iter().enumerate() {
+        for (index, shard) in self.shards.all().iter().enumerate() {
             shard
                 .topology
                 .set_slots(ranges_text(&done.ranges_of(index)));
@@ -275,11 +278,11 @@ impl Resharder {
         let progress = self.slots.progress();
         self.slots.update(|p| p.started = None);
         let (from, to) = (
-            self.shards[moving.from].name(),
-            self.shards[moving.to].name(),
+            self.shards.at(moving.from).name().to_string(),
+            self.shards.at(moving.to).name().to_string(),
         );
         self.events.record(
-            from,
+            &from,
             "slots-moved",
             None,
             0,

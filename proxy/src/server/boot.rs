@@ -34,7 +34,7 @@ pub(super) async fn probe_all(
         events: context.events.clone(),
         shutdown: shutdown_rx.clone(),
     });
-    let node_count = members.start_probes(&context.topology.shards, probing);
+    let node_count = members.start_probes(&context.topology.shards(), probing);
     let first_round = probed.acquire_many(node_count as u32);
     let _ = tokio::time::timeout(Duration::from_secs(3), first_round).await;
 }
@@ -55,23 +55,19 @@ pub(super) async fn start_controllers(
             for (index, requests) in switchover_rx.drain(..).enumerate() {
                 // A fan-out shard's primary is chosen by its writer, from
                 // the nodes in sync; nobody is promoted or repointed.
-                if let Some(fanout) = &context.shards[index].fanout {
+                if let Some(fanout) = &context.shards.at(index).fanout {
                     fanout.pick_first_primary().await;
                     continue;
                 }
-                let shard = context.shards[index].clone();
-                let settings = failover::controller::Settings {
-                    timings: context.probe_timings.clone(),
-                    replication: context.config.shards[shard.name()].replication.clone(),
-                    store: StateStore::new(context.config.failover.state_dir.as_deref()),
-                    coordination: coordination.clone(),
-                };
-                failover::controller::spawn(
+                let shard = context.shards.at(index);
+                let replication = context.config.shards[shard.name()].replication.clone();
+                spawn_controller(
+                    context,
+                    coordination,
                     shard,
-                    settings,
-                    context.events.clone(),
-                    shutdown_rx.clone(),
-                    connect.clone(),
+                    replication,
+                    connect,
+                    shutdown_rx,
                     requests,
                 );
             }
@@ -84,7 +80,7 @@ pub(super) async fn start_controllers(
                 None => Duration::from_secs(1),
             };
             let _ = tokio::time::timeout(wait, async {
-                for shard in &context.topology.shards {
+                for shard in context.topology.shards().iter() {
                     let mut changed = shard.watch();
                     while shard.primary().is_none() && changed.changed().await.is_ok() {}
                 }
@@ -92,9 +88,70 @@ pub(super) async fn start_controllers(
             .await;
         }
         FailoverRole::Follower => {
-            for shard in &context.topology.shards {
+            for shard in context.topology.shards().iter() {
                 shard.refresh();
             }
+        }
+    }
+}
+
+/// Starts the failover controller of `shard` (on a leader).
+fn spawn_controller(
+    context: &Arc<Context>,
+    coordination: &Option<Arc<crate::coord::Coordination>>,
+    shard: Arc<crate::shard::Shard>,
+    replication: crate::config::ReplicationConfig,
+    connect: &ConnectOptions,
+    shutdown_rx: &watch::Receiver<bool>,
+    requests: mpsc::Receiver<crate::failover::request::PrimaryChange>,
+) {
+    let settings = failover::controller::Settings {
+        timings: context.probe_timings.clone(),
+        replication,
+        store: StateStore::new(context.config.failover.state_dir.as_deref()),
+        coordination: coordination.clone(),
+    };
+    failover::controller::spawn(
+        shard,
+        settings,
+        context.events.clone(),
+        shutdown_rx.clone(),
+        connect.clone(),
+        requests,
+    );
+}
+
+/// Starts what runs for each shard a reload adds: its probes and, on a
+/// leader, its failover controller (a follower routes by what the nodes
+/// say). Until shutdown.
+async fn start_added_shards(
+    context: Arc<Context>,
+    members: Arc<failover::members::Members>,
+    connect: ConnectOptions,
+    mut added: mpsc::UnboundedReceiver<crate::shard::Added>,
+    mut shutdown_rx: watch::Receiver<bool>,
+) {
+    loop {
+        let added = tokio::select! {
+            added = added.recv() => match added {
+                Some(added) => added,
+                None => return,
+            },
+            _ = shutdown_rx.changed() => return,
+        };
+        let set = added.shard.topology.clone();
+        members.probe_shard(&set);
+        match context.config.failover.role {
+            FailoverRole::Leader => spawn_controller(
+                &context,
+                &context.coordination,
+                added.shard,
+                added.section.replication,
+                &connect,
+                &shutdown_rx,
+                added.requests,
+            ),
+            FailoverRole::Follower => set.refresh(),
         }
     }
 }
@@ -124,7 +181,7 @@ pub(super) fn start_services(
     services.start(
         "risks",
         crate::observe::risks::watch(
-            context.topology.shards.clone(),
+            context.topology.clone(),
             context.events.clone(),
             shutdown_rx.clone(),
         ),
@@ -133,7 +190,7 @@ pub(super) fn start_services(
         "history",
         crate::observe::history::sample(
             context.history.clone(),
-            context.topology.shards.clone(),
+            context.topology.clone(),
             context.metrics.clone(),
             shutdown_rx.clone(),
         ),
@@ -155,6 +212,7 @@ pub(super) struct Parts {
     pub switchover_rx: Vec<mpsc::Receiver<crate::failover::request::PrimaryChange>>,
     pub listener: TcpListener,
     pub admin_listener: Option<TcpListener>,
+    pub added_shards: mpsc::UnboundedReceiver<crate::shard::Added>,
 }
 
 /// Starts everything, in order: the fan-out writers, the probes (and a
@@ -165,7 +223,12 @@ pub(super) async fn boot(
     parts: Parts,
     shutdown_rx: watch::Receiver<bool>,
 ) -> std::io::Result<crate::services::Services> {
-    for fanout in context.shards.iter().filter_map(|s| s.fanout.as_ref()) {
+    for fanout in context
+        .shards
+        .all()
+        .iter()
+        .filter_map(|s| s.fanout.as_ref())
+    {
         fanout.start();
     }
     probe_all(context, &parts.members, &parts.connect, &shutdown_rx).await;
@@ -178,6 +241,16 @@ pub(super) async fn boot(
     }
     services.start("slot-mover", parts.resharder.run());
     services.start("discovery", context.clone().discover());
+    services.start(
+        "shard-starter",
+        start_added_shards(
+            context.clone(),
+            parts.members.clone(),
+            parts.connect.clone(),
+            parts.added_shards,
+            shutdown_rx.clone(),
+        ),
+    );
     start_controllers(
         context,
         &parts.coordination,

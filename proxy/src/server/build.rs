@@ -4,20 +4,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use super::invalid;
 use crate::backend::{ConnectOptions, LinkOptions};
-use crate::config::{Config, FailoverRole, Mode};
+use crate::config::{Config, FailoverRole};
 use crate::failover;
 use crate::failover::state::StateStore;
 use crate::net::tls::{Acceptor, Connector};
 use crate::observe::events::Events;
 use crate::policy::slot::RouterSlot;
-use crate::policy::swap::{self, Source};
+use crate::policy::swap::{self};
 use crate::replicate::fanout::Fanout;
+use crate::shard::build;
 use crate::topology::ReplicaSet;
 
 /// The TLS set-ups of the client listener, the admin listener and the
@@ -82,7 +82,7 @@ pub(super) fn coordination(
     ))))
 }
 
-/// Every shard's topology: its nodes (DNS entries looked up now), its
+/// Every shard's replica set: its nodes (DNS entries looked up now), its
 /// read settings and its slots.
 pub(super) async fn shards(
     config: &Config,
@@ -90,36 +90,13 @@ pub(super) async fn shards(
     resolver: &crate::net::dns::Resolver,
     slots: &crate::shard::slots::SlotMap,
 ) -> std::io::Result<Vec<Arc<ReplicaSet>>> {
-    let zones = config.zone_numbers();
     let mut shards = Vec::new();
-    for (name, shard_config) in &config.shards {
-        let addrs = crate::net::dns::expand(resolver, &shard_config.nodes)
+    for (index, (name, section)) in config.shards.iter().enumerate() {
+        let owned = crate::shard::slots::ranges_text(&slots.ranges_of(index));
+        let set = build::replica_set(config, name, section, members, resolver, owned)
             .await
-            .map_err(|e| invalid(format!("shards.{name}.nodes: {e}")))?;
-        let nodes = addrs
-            .iter()
-            .map(|addr| members.make(addr, shard_config, false))
-            .collect();
-        shards.push(Arc::new(
-            ReplicaSet::new(
-                name.clone(),
-                nodes,
-                shard_config.read_from,
-                // With [coordination] every instance routes by the
-                // records in etcd instead.
-                config.failover.role == FailoverRole::Follower && config.coordination.is_none(),
-                shard_config.replication.max_read_lag_ms,
-            )
-            .with_client_zone(config.proxy.zone.as_ref().map_or(0, |z| zones[z]))
-            .with_fanout(shard_config.replication.mode == Mode::Fanout)
-            .with_reads(
-                shard_config.read_consistency,
-                Duration::from_millis(config.probe.interval_ms),
-            )
-            .with_slots(crate::shard::slots::ranges_text(
-                &slots.ranges_of(shards.len()),
-            )),
-        ));
+            .map_err(|e| invalid(e.to_string()))?;
+        shards.push(set);
     }
     Ok(shards)
 }
@@ -131,22 +108,13 @@ pub(super) fn routers(
     changes: &Arc<std::sync::atomic::AtomicU64>,
     limits: crate::policy::Limits,
 ) -> std::io::Result<Vec<RouterSlot>> {
-    let mut routers = Vec::new();
-    for (shard, shard_config) in shards.iter().zip(config.shards.values()) {
-        let source = Source::parse(&shard_config.router_source());
-        let generation = swap::build(
-            &source,
-            &shard_config.router_config,
-            shard,
-            changes.clone(),
-            1,
-            limits,
-        )
-        .map_err(|e| invalid(format!("shards.{}.router: {e}", shard.name)))?;
-        tracing::info!(shard = %shard.name, router = %generation.source, "router loaded");
-        routers.push(RouterSlot::from_generation(generation));
-    }
-    Ok(routers)
+    shards
+        .iter()
+        .zip(config.shards.values())
+        .map(|(set, section)| {
+            build::router(section, set, changes, limits).map_err(|e| invalid(e.to_string()))
+        })
+        .collect()
 }
 
 /// Each shard's quorum policy, its requirement put in force.
@@ -155,25 +123,13 @@ pub(super) fn quorums(
     shards: &[Arc<ReplicaSet>],
     limits: crate::policy::Limits,
 ) -> std::io::Result<Vec<ArcSwap<crate::shard::QuorumGeneration>>> {
-    let mut quorum_policies = Vec::new();
-    for (shard, shard_config) in shards.iter().zip(config.shards.values()) {
-        let replication = &shard_config.replication;
-        let source = swap::quorum_source(replication);
-        let built = swap::build_quorum(
-            &source,
-            &replication.quorum_config,
-            replication,
-            shard.replica_count(),
-            limits,
-        )
-        .map_err(|e| invalid(format!("shards.{}.replication: {e}", shard.name)))?;
-        let generation = built.generation(1, source.label());
-        shard
-            .durability
-            .set(generation.policy.requirement(shard.replica_count()));
-        quorum_policies.push(ArcSwap::from_pointee(generation));
-    }
-    Ok(quorum_policies)
+    shards
+        .iter()
+        .zip(config.shards.values())
+        .map(|(set, section)| {
+            build::quorum(section, set, limits).map_err(|e| invalid(e.to_string()))
+        })
+        .collect()
 }
 
 /// The fan-out writer of each fan-out shard.

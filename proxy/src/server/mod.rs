@@ -75,7 +75,13 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let events = Arc::new(Events::new(config.failover.event_history));
         let fanouts = build::fanouts(&config, &shards, &connect, &events);
-        let owned = build::assemble(&shards, routers, quorum_policies, fanouts, switchovers);
+        let owned = Arc::new(crate::shard::Shards::new(build::assemble(
+            &shards,
+            routers,
+            quorum_policies,
+            fanouts,
+            switchovers,
+        )));
         let slots = Arc::new(crate::reshard::Slots::new(slots));
         let resharder = Arc::new(crate::reshard::mover::Resharder {
             slots: slots.clone(),
@@ -85,16 +91,18 @@ impl Server {
             hold: Duration::from_millis(config.failover.hold_writes_ms),
             shutdown: shutdown_rx.clone(),
         });
+        let (added_shards, added_rx) = mpsc::unbounded_channel();
         let coordination = build::coordination(&config, client_addr, admin_addr, &shards, &events)?;
         let context = Arc::new(Context {
             secrets: crate::secrets::Secrets::new(&config),
             slots,
             resharder: resharder.clone(),
+            added_shards,
             members: members.clone(),
             resolver,
             wanted_nodes: std::sync::Mutex::new(config.shards.clone()),
             coordination: coordination.clone(),
-            topology: Topology { shards },
+            topology: Arc::new(Topology::new(shards)),
             shards: owned,
             topology_changes: changes.clone(),
             detector,
@@ -132,6 +140,7 @@ impl Server {
                 switchover_rx,
                 listener,
                 admin_listener,
+                added_shards: added_rx,
             },
             shutdown_rx,
         )
@@ -169,7 +178,13 @@ impl Server {
         };
         // Fan-out logs are closed last, once no client can add to them.
         let close_by = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
-        for fanout in self.context.shards.iter().filter_map(|s| s.fanout.as_ref()) {
+        for fanout in self
+            .context
+            .shards
+            .all()
+            .iter()
+            .filter_map(|s| s.fanout.as_ref())
+        {
             fanout.close(close_by).await;
         }
         self.services.stop_all();

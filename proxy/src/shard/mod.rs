@@ -5,6 +5,7 @@
 //! controller. Code that has found the shard it needs talks to this and
 //! nothing else about it.
 
+pub mod build;
 pub mod info;
 pub mod locate;
 pub mod slots;
@@ -43,4 +44,84 @@ impl Shard {
     pub fn name(&self) -> &str {
         &self.topology.name
     }
+}
+
+/// Every shard the request path routes to, by index: configuration order
+/// (by name), then shards added by reloads at the end. Shards are only
+/// added while Rampart runs, and a slot map names a shard only once it is
+/// here, so an index taken from a map is always valid.
+pub struct Shards {
+    list: ArcSwap<Vec<Arc<Shard>>>,
+}
+
+impl Shards {
+    pub fn new(list: Vec<Arc<Shard>>) -> Shards {
+        Shards {
+            list: ArcSwap::from_pointee(list),
+        }
+    }
+
+    /// Every shard as of now.
+    pub fn all(&self) -> Arc<Vec<Arc<Shard>>> {
+        self.list.load_full()
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Shard `index`.
+    pub fn at(&self, index: usize) -> Arc<Shard> {
+        let list = self.list.load();
+        debug_assert!(index < list.len(), "shard {index} of {}", list.len());
+        list.get(index).unwrap_or(&list[0]).clone()
+    }
+
+    /// The first shard (by name): where keyless commands go.
+    pub fn first(&self) -> Arc<Shard> {
+        self.list.load()[0].clone()
+    }
+
+    /// The shard called `name`, with its index.
+    pub fn named(&self, name: &str) -> Option<(usize, Arc<Shard>)> {
+        self.list
+            .load()
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name() == name)
+            .map(|(i, s)| (i, s.clone()))
+    }
+
+    /// The index of `shard`.
+    pub fn index_of(&self, shard: &Arc<Shard>) -> usize {
+        self.list
+            .load()
+            .iter()
+            .position(|s| Arc::ptr_eq(s, shard))
+            .unwrap_or(0)
+    }
+
+    /// Adds a shard at the end; returns its index.
+    pub fn push(&self, shard: Arc<Shard>) -> usize {
+        let mut index = 0;
+        self.list.rcu(|list| {
+            let mut list = Vec::clone(list);
+            index = list.len();
+            list.push(shard.clone());
+            list
+        });
+        index
+    }
+}
+
+/// A shard a reload added, for the service that starts what runs for it
+/// (its probes, and on a leader its failover controller).
+pub struct Added {
+    pub shard: Arc<Shard>,
+    pub section: crate::config::ShardConfig,
+    pub requests: mpsc::Receiver<PrimaryChange>,
 }

@@ -323,28 +323,52 @@ impl ReplicaSet {
     }
 }
 
-/// Every shard.
+/// Every shard's replica set, in the order of the request path's shards
+/// (configuration order, then shards added by reloads). Shards are only
+/// ever added while Rampart runs, so an index stays valid.
 pub struct Topology {
-    pub shards: Vec<Arc<ReplicaSet>>,
+    shards: arc_swap::ArcSwap<Vec<Arc<ReplicaSet>>>,
 }
 
 impl Topology {
-    /// The first shard (by name): where keyless commands go, and what an
-    /// operation that names no shard acts on.
-    pub fn first(&self) -> &Arc<ReplicaSet> {
-        &self.shards[0]
+    pub fn new(shards: Vec<Arc<ReplicaSet>>) -> Topology {
+        Topology {
+            shards: arc_swap::ArcSwap::from_pointee(shards),
+        }
     }
 
-    pub fn nodes(&self) -> impl Iterator<Item = (&Arc<ReplicaSet>, &Arc<Node>)> {
-        self.shards
+    /// Every shard as of now.
+    pub fn shards(&self) -> Arc<Vec<Arc<ReplicaSet>>> {
+        self.shards.load_full()
+    }
+
+    /// The first shard (by name): where keyless commands go, and what an
+    /// operation that names no shard acts on.
+    pub fn first(&self) -> Arc<ReplicaSet> {
+        self.shards.load()[0].clone()
+    }
+
+    /// Every node with its shard.
+    pub fn nodes(&self) -> Vec<(Arc<ReplicaSet>, Arc<Node>)> {
+        self.shards()
             .iter()
-            .flat_map(|s| s.nodes.iter().map(move |n| (s, n)))
+            .flat_map(|s| s.nodes.iter().map(move |n| (s.clone(), n.clone())))
+            .collect()
     }
 
     pub fn snapshot(&self) -> TopologyView {
         TopologyView {
-            shards: self.shards.iter().map(|s| s.snapshot()).collect(),
+            shards: self.shards().iter().map(|s| s.snapshot()).collect(),
         }
+    }
+
+    /// Adds a shard at the end.
+    pub fn push(&self, shard: Arc<ReplicaSet>) {
+        self.shards.rcu(|shards| {
+            let mut shards = Vec::clone(shards);
+            shards.push(shard.clone());
+            shards
+        });
     }
 }
 

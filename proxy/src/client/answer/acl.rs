@@ -14,9 +14,9 @@ pub(super) fn apply_elsewhere(ctx: &Context, done: u32, args: Vec<Bytes>) {
     let others: Vec<_> = ctx
         .topology
         .nodes()
+        .into_iter()
         .map(|(_, n)| n)
         .filter(|n| n.id != done)
-        .cloned()
         .collect();
     for other in others {
         let args = args.clone();

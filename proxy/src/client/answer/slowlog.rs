@@ -41,7 +41,7 @@ impl Connection {
         }
         let shards = match self.ctx.shards.len() {
             1 => vec![self.shard.clone()],
-            _ => self.ctx.shards.clone(),
+            _ => self.ctx.shards.all().to_vec(),
         };
         let home = self.shard.clone();
         let mut entries = Vec::new();
