@@ -38,6 +38,9 @@ pub struct Context {
     /// Shards a reload added, to the service that starts their probes and
     /// failover controllers.
     pub added_shards: tokio::sync::mpsc::UnboundedSender<crate::shard::Added>,
+    /// Asks the configuration file's watcher for a reload now (`POST
+    /// /v1/reload`); set when Rampart runs from a file.
+    pub reloads: std::sync::OnceLock<tokio::sync::mpsc::Sender<ReloadAsk>>,
     /// Starts slot moves and runs them.
     pub resharder: Arc<crate::reshard::mover::Resharder>,
     /// `[coordination]`: the instances' shared view in etcd.
@@ -84,6 +87,22 @@ pub struct Context {
 }
 
 /// Counts a connected client for `max_clients` while it lives.
+/// A reload asked for by an operator, answered with what it did.
+pub type ReloadAsk = tokio::sync::oneshot::Sender<Reloaded>;
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The file was read: the changed fields applied at once, and those
+    /// that wait for a restart.
+    Done {
+        now: Vec<String>,
+        later: Vec<String>,
+    },
+    /// The file is not valid; nothing changed.
+    Invalid(String),
+}
+
 pub struct ClientSlot(Arc<Context>);
 
 impl ClientSlot {

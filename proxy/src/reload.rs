@@ -19,7 +19,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
-use crate::context::Context;
+use crate::context::{Context, ReloadAsk, Reloaded};
+use crate::operate::file::list;
 use crate::policy::swap::{self, Mode, Source};
 
 /// Sets the log filter; installed by whoever set up logging (`rampart
@@ -99,6 +100,8 @@ pub fn spawn(ctx: Arc<Context>, path: PathBuf) {
             .collect();
         let mut modified = modified_at(&path);
         let mut text = read_table(&path).unwrap_or_default();
+        let (asks, mut asked) = tokio::sync::mpsc::channel::<ReloadAsk>(4);
+        let _ = ctx.reloads.set(asks);
         loop {
             let signalled = async {
                 match hangup.as_mut() {
@@ -118,6 +121,13 @@ pub fn spawn(ctx: Arc<Context>, path: PathBuf) {
                     }
                     modified = now;
                     tracing::info!(path = %path.display(), "configuration file changed: reloading");
+                }
+                Some(ask) = asked.recv() => {
+                    tracing::info!(path = %path.display(), "reload asked for by the admin API");
+                    reload_certificates(&ctx);
+                    let _ = ask.send(reload(&ctx, &path, &mut applied, &mut text).await);
+                    modified = modified_at(&path);
+                    continue;
                 }
                 _ = shutdown.changed() => return,
             }
@@ -163,12 +173,12 @@ async fn reload(
     path: &Path,
     applied: &mut HashMap<String, (String, String)>,
     text: &mut toml::Table,
-) {
+) -> Reloaded {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(e) => {
             tracing::error!(error = %e, "the new configuration is invalid; nothing changed");
-            return;
+            return Reloaded::Invalid(e.to_string());
         }
     };
     let new_text = read_table(path).unwrap_or_default();
@@ -217,6 +227,7 @@ async fn reload(
         ctx.events.record("*", "config-reloaded", None, 0, detail);
     }
     apply_routers(ctx, &config, applied).await;
+    Reloaded::Done { now: live, later }
 }
 
 /// Shards the file names and Rampart does not run are added; shards it
@@ -323,6 +334,9 @@ async fn apply_routers(
         {
             Ok(view) => {
                 tracing::info!(shard = %name, generation = view.generation, router = %view.source, "router reloaded");
+                if let Some((_, live)) = ctx.shards.named(name) {
+                    live.topology.set_read_from(shard.read_from);
+                }
                 applied.insert(name.clone(), wanted);
             }
             Err(e) => {
@@ -406,14 +420,6 @@ fn shard_names(a: &toml::Table, b: &toml::Table) -> Vec<String> {
         .into_iter()
         .filter(|name| !theirs.contains(name))
         .collect()
-}
-
-fn list(fields: &[String]) -> String {
-    if fields.is_empty() {
-        "nothing".into()
-    } else {
-        fields.join(", ")
-    }
 }
 
 fn read_table(path: &Path) -> Option<toml::Table> {

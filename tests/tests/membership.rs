@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use rampart_tests::{wait_until, wait_until_or, Cluster, Proxy, RedisNode};
+use rampart_tests::{http, wait_until, wait_until_or, Cluster, Proxy, RedisNode};
 use redis::Commands;
 
 fn write_config(file: &std::path::Path, nodes: &[String]) {
@@ -234,4 +234,30 @@ fn shard_changes_a_reload_cannot_make_are_refused() {
     assert_eq!(names(&proxy), ["a", "b"]);
     let mut conn = proxy.conn();
     let _: () = conn.set("still", 1).unwrap();
+
+    // The same reload asked for over the admin API (`rampart reload`),
+    // answered with what it did; a file that does not read changes
+    // nothing and says why.
+    let admin = proxy.admin.unwrap();
+    let with_b = format!(
+        "{head}[shards.a]\nnodes = [\"{}\"]\n[shards.b]\nnodes = [\"{}\"]\nread_from = \"replicas\"\nslots = \"\"\n",
+        a.addr(),
+        b.addr()
+    );
+    std::fs::write(&file, &with_b).unwrap();
+    let (status, body) = http(admin, "POST", "/v1/reload", b"");
+    assert_eq!(status, 200, "{body}");
+    // (The file watcher may have seen the change first: then the answer
+    // lists nothing, but the change is in force either way.)
+    assert!(body.starts_with("applied at once:"), "{body}");
+    assert_eq!(proxy.topology()["shards"][1]["read_from"], "replicas");
+    std::fs::write(&file, "[shards.a]\nnodes = 7\n").unwrap();
+    let (status, body) = http(admin, "POST", "/v1/reload", b"");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("nothing changed"), "{body}");
+    assert_eq!(names(&proxy), ["a", "b"]);
+    // Without a file there is nothing to reload.
+    let fileless = Proxy::start_with(&two);
+    let (status, body) = http(fileless.admin.unwrap(), "POST", "/v1/reload", b"");
+    assert_eq!(status, 503, "{body}");
 }

@@ -200,6 +200,9 @@ async fn handle(mut req: Request<Incoming>, ctx: &Context) -> Response<Full<Byte
             .unwrap_or(0);
         return answer(ctx.move_slots(&slots, &to, rate).await);
     }
+    if req.method() == Method::POST && path == "/v1/reload" {
+        return answer(ctx.reload_file().await);
+    }
     if let Some(rest) = path.strip_prefix("/v1/policies/") {
         return policy(req, ctx, rest.to_string()).await;
     }

@@ -3,7 +3,7 @@
 //!
 //! `run` and `demo` start a proxy in this process, `check-config` reads a
 //! file; `status`, `events`, `doctor`, `policy`, `slots`, `switchover`,
-//! `promote` and `resync` talk to a running one over its admin HTTP
+//! `promote`, `resync` and `reload` talk to a running one over its admin HTTP
 //! listener ([`admin::Admin`]), so they work from any machine that can
 //! reach it (`policy test` and `policy new` need no Rampart at all).
 
@@ -129,6 +129,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read the configuration file again now, as SIGHUP does, and say
+    /// which changes applied at once and which wait for a restart.
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Fan-out mode: copy a node afresh from a node in sync.
     Resync {
         #[command(flatten)]
@@ -231,6 +237,11 @@ pub fn main() -> ExitCode {
             toml,
             json,
         } => admin::Admin::connect(&target).and_then(|a| slots::slots(&a, toml, json)),
+        Command::Reload { target } => admin::Admin::connect(&target).and_then(|a| {
+            let answer = a.request("POST", "/v1/reload", &[])?;
+            println!("{}", answer.trim_end());
+            Ok(())
+        }),
         Command::Doctor { target, json } => {
             admin::Admin::connect(&target).and_then(|a| status::doctor(&a, json))
         }

@@ -136,7 +136,7 @@ impl Connection {
             last: None,
             published: None,
             routing: Default::default(),
-            shard: ctx.shards.at(0).clone(),
+            shard: ctx.shards.at(0),
             written: Vec::new(),
             reads: Vec::new(),
             arrived: tokio::time::Instant::now(),

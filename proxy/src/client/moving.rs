@@ -195,10 +195,7 @@ impl Connection {
         let hold = std::time::Duration::from_millis(self.ctx.config.failover.hold_writes_ms);
         let deadline = tokio::time::Instant::now() + hold;
         for (slot, from, to, keys) in groups {
-            let (source, target) = (
-                self.ctx.shards.at(from).clone(),
-                self.ctx.shards.at(to).clone(),
-            );
+            let (source, target) = (self.ctx.shards.at(from), self.ctx.shards.at(to));
             let moved = loop {
                 let mut conns = self.ctx.slots.gate(slot).lock().await;
                 let moved = conns.move_keys(&source, &target, &keys, hold).await;

@@ -87,8 +87,9 @@ impl Connection {
                 return Some(self.scatter(class, parts, how).await);
             }
         };
-        if !Arc::ptr_eq(&self.shard, &self.ctx.shards.at(index)) {
-            self.shard = self.ctx.shards.at(index).clone();
+        let shard = self.ctx.shards.at(index);
+        if !Arc::ptr_eq(&self.shard, &shard) {
+            self.shard = shard;
         }
         if class == Class::Write {
             self.wrote(index);
@@ -117,7 +118,7 @@ impl Connection {
         let marker = Request::from_args(&["PUBLISH", crate::backend::own::WAIT_MARKER, ""]);
         let mut waits = Vec::with_capacity(shards.len());
         for &index in shards {
-            let shard = self.ctx.shards.at(index).clone();
+            let shard = self.ctx.shards.at(index);
             let previous = std::mem::replace(&mut self.shard, shard.clone());
             let dedicated = self.dedicated().await;
             self.shard = previous;
@@ -219,7 +220,7 @@ impl Connection {
         let mut durable = false;
         let mut lent = Vec::new();
         for part in parts {
-            let shard = self.ctx.shards.at(part.shard).clone();
+            let shard = self.ctx.shards.at(part.shard);
             let (tx, rx) = oneshot::channel();
             let sent = self.send_part(&shard, write, part.request, tx).await;
             durable |= sent.durable;

@@ -7,6 +7,7 @@
 
 mod doctor;
 pub mod error;
+pub mod file;
 mod nodes;
 mod policy;
 mod primary;

@@ -98,6 +98,7 @@ impl Server {
             slots,
             resharder: resharder.clone(),
             added_shards,
+            reloads: Default::default(),
             members: members.clone(),
             resolver,
             wanted_nodes: std::sync::Mutex::new(config.shards.clone()),

@@ -33,7 +33,9 @@ pub struct ReplicaSet {
     pub name: String,
     /// Appended to by reloads, never reordered (see `nodes.rs`).
     pub nodes: nodes::NodeList,
-    pub read_from: ReadFrom,
+    /// As the configuration last loaded says (a reload changes it with the
+    /// router it names).
+    read_from: Mutex<ReadFrom>,
     /// The hash slots the shard owns, as ranges (`0-8191`); changed by
     /// slot moves.
     slots: Mutex<String>,
@@ -94,7 +96,7 @@ impl ReplicaSet {
         ReplicaSet {
             name,
             nodes: nodes::NodeList::new(nodes),
-            read_from,
+            read_from: Mutex::new(read_from),
             slots: Mutex::new("0-16383".into()),
             client_zone: 0,
             durability: Arc::default(),
@@ -297,11 +299,19 @@ impl ReplicaSet {
         self.changed.subscribe()
     }
 
+    pub fn read_from(&self) -> ReadFrom {
+        *self.read_from.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_read_from(&self, read_from: ReadFrom) {
+        *self.read_from.lock().unwrap_or_else(|p| p.into_inner()) = read_from;
+    }
+
     pub fn snapshot(&self) -> ShardView {
         let primary = self.primary.load(Ordering::Acquire);
         ShardView {
             name: self.name.clone(),
-            read_from: format!("{:?}", self.read_from).to_lowercase(),
+            read_from: format!("{:?}", self.read_from()).to_lowercase(),
             slots: self.slots(),
             mode: if self.fanout { "fanout" } else { "native" },
             epoch: self.epoch(),
