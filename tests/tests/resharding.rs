@@ -558,6 +558,62 @@ fn a_shard_added_by_reload_receives_slots_online() {
     check(&proxy, &a, &b, &Seen::default());
 }
 
+/// Clients blocked on keys of slots that start moving get what one Redis
+/// would give them: the element pushed after the move (BLPOP with no
+/// timeout), or nil once their own timeout is up, never an early nil.
+#[test]
+fn blocked_clients_follow_their_keys_to_the_target() {
+    let (a, b) = (Cluster::start(1), Cluster::start(1));
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(&config(&a, &b, state.path()));
+    let moving_key = |prefix: &str| {
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|k| slot(k) >= 8192)
+            .unwrap()
+    };
+    let (forever, five) = (moving_key("queue:"), moving_key("timed:"));
+    let started = std::time::Instant::now();
+    let waiters: Vec<_> = [(forever.clone(), 0.0), (five.clone(), 5.0)]
+        .into_iter()
+        .map(|(key, timeout)| {
+            let client = proxy.client();
+            std::thread::spawn(move || {
+                let mut conn = client.get_connection().unwrap();
+                let got: Option<(String, String)> = conn.blpop(&key, timeout).unwrap();
+                (got, started.elapsed())
+            })
+        })
+        .collect();
+    wait_until("both to block", Duration::from_secs(10), || {
+        a.primary()
+            .info_field("clients", "blocked_clients")
+            .is_some_and(|n| n == "2")
+    });
+    start_move(&proxy, 0);
+    wait_moved(&proxy, Duration::from_secs(30));
+    // Blocked on the target now, not answered.
+    wait_until(
+        "both to block on the target",
+        Duration::from_secs(10),
+        || {
+            b.primary()
+                .info_field("clients", "blocked_clients")
+                .is_some_and(|n| n == "2")
+        },
+    );
+    let _: () = proxy.conn().lpush(&forever, "job").unwrap();
+    let mut waiters = waiters.into_iter();
+    let (got, _) = waiters.next().unwrap().join().unwrap();
+    assert_eq!(got, Some((forever, "job".to_string())));
+    let (got, after) = waiters.next().unwrap().join().unwrap();
+    assert_eq!(got, None);
+    assert!(
+        after >= Duration::from_millis(4900),
+        "nil after {after:?}, timeout 5 s"
+    );
+}
+
 #[test]
 fn a_move_is_refused_when_it_cannot_be_done_safely() {
     let (a, b) = (Cluster::start(0), Cluster::start(0));

@@ -240,7 +240,9 @@ impl Connection {
                     }
                 }
                 _ = slots_changed.changed(), if !self.blocked.is_empty() => {
-                    self.unblock_if_paused().await;
+                    if self.unblock_if_paused().await == Flow::Stop {
+                        break;
+                    }
                 }
                 order = self.orders.recv() => match order {
                     Some(Order::Kill) | None => {

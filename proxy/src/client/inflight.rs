@@ -45,6 +45,7 @@ pub(super) struct OpenBatch {
 }
 
 /// A blocking command on its way, for as long as its reply is owed.
+#[derive(Clone)]
 pub(super) struct Blocked {
     pub node: Arc<Node>,
     pub link: Link,

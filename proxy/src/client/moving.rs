@@ -233,22 +233,32 @@ impl Connection {
         map.moving().is_some() && matches!(map.residence(slot(key)), Residence::Moving { .. })
     }
 
-    /// A blocked command on a paused slot is answered as if it had timed
-    /// out: it would otherwise wait on the source for a key that is about
-    /// to live on the target.
-    pub(super) async fn unblock_if_paused(&mut self) {
+    /// A blocked command on a paused slot would otherwise wait on the
+    /// source for a key that is about to live on the target: it is
+    /// unblocked there and sent again after the pause (see
+    /// `Connection::reissue_blocked`).
+    pub(super) async fn unblock_if_paused(&mut self) -> Flow {
         let map = self.ctx.slots.current();
         let completed = self.replies.completed();
-        let paused = self.blocked.iter().any(|b| {
-            b.position > completed
-                && keyspecs::keys(&b.request).is_some_and(|keys| {
-                    keys.iter()
-                        .any(|key| map.residence(slot(key)) == Residence::Paused)
-                })
-        });
+        let paused = self
+            .blocked
+            .iter()
+            .find(|b| {
+                b.position > completed
+                    && keyspecs::keys(&b.request).is_some_and(|keys| {
+                        keys.iter()
+                            .any(|key| map.residence(slot(key)) == Residence::Paused)
+                    })
+            })
+            .cloned();
         drop(map);
-        if paused {
-            self.unblock_own(false).await;
+        let Some(blocked) = paused else {
+            return Flow::Continue;
+        };
+        if super::blocking::may_reissue(&blocked.request) {
+            return self.reissue_blocked(blocked).await;
         }
+        self.unblock_own(false).await;
+        Flow::Continue
     }
 }

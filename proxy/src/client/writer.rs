@@ -193,6 +193,28 @@ impl Replies {
         Some(item)
     }
 
+    /// Puts a reply that arrived back at `position` (taken with
+    /// [`Replies::take`]).
+    pub fn put_arrived(&mut self, position: u64, reply: BatchReply) {
+        let Some(index) = position.checked_sub(self.completed + 1) else {
+            return;
+        };
+        if let Some(slot) = self.queue.get_mut(index as usize) {
+            *slot = Pending::Arrived { reply, replies: 1 };
+        }
+    }
+
+    /// Removes item `position` (taken with [`Replies::take`]) when it is
+    /// the last: the next push takes its place. Whether it was.
+    pub fn forget_last(&mut self, position: u64) -> bool {
+        if self.queued != position || self.completed >= position || self.queue.is_empty() {
+            return false;
+        }
+        self.queue.pop_back();
+        self.queued -= 1;
+        true
+    }
+
     /// Backend replies the client is still owed: bounds how far ahead of
     /// its reading a client may send.
     pub fn owed(&self) -> usize {

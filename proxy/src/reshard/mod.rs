@@ -6,7 +6,8 @@
 //! 1. **Paused**: requests for the moving slots wait. Rampart waits until
 //!    every request routed by the map before is answered (each client holds
 //!    the map it routed by until then, so the map's reference count says
-//!    it), waking clients blocked on those slots. After this no request
+//!    it), unblocking commands blocked on those slots (sent again on the
+//!    target after the pause). After this no request
 //!    routed to the source for these slots can still run there.
 //! 2. **Moving**: a command touching a key of a moving slot first moves
 //!    that key ([`keys`]) under the slot's gate, then runs on the target;
