@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::inflight::{Blocked, OpenBatch};
-use super::registry::{Order, Published, Registration};
+use super::registry::{LastCommand, Order, Registration};
 use super::session::Session;
 use super::writer::Replies;
 use crate::backend::control::frame_text;
@@ -22,6 +22,7 @@ use crate::net::{ReadHalf, WriteHalf};
 use crate::observe::counters::BatchClass;
 use crate::resp::command::{Class, NOT_THROUGH_RAMPART};
 use crate::resp::{classify, Request, RequestParser, Value};
+use crate::shard::Shard;
 
 /// Where parsing stopped (see `Connection::serve_parsed`).
 enum Served {
@@ -82,19 +83,39 @@ pub struct Connection {
     pub(super) registration: Registration,
     pub(super) orders: mpsc::Receiver<Order>,
     /// The shard the request being handled goes to.
-    pub(super) shard: Arc<crate::shard::Shard>,
+    pub(super) shard: Arc<Shard>,
     /// With several shards: which ones the client wrote to (by index),
     /// for `WAIT`.
     pub(super) written: Vec<bool>,
     /// What the client has seen of each shard (by index), for consistent
     /// reads from replicas.
-    pub(super) reads: Vec<Option<crate::route::ReadToken>>,
+    pub(super) reads: super::reads::ReadTokens,
     /// The last request handled, for `CLIENT LIST`'s `cmd=`.
     pub(super) last: Option<Request>,
     /// What was last published about this client.
-    pub(super) published: Option<Published>,
+    pub(super) published: super::publish::Publisher,
     /// The slot maps it routes by (see [`super::routing`]).
     pub(super) routing: super::routing::Routing,
+}
+
+impl Connection {
+    /// The client's token for `shard`, brought up to date with its replies.
+    pub(super) fn read_token_for(&mut self, shard: &Arc<Shard>) -> crate::route::ReadToken {
+        let (completed, caught_up) = (self.replies.completed(), self.replies.caught_up());
+        let progress = crate::route::session::Progress {
+            completed,
+            caught_up,
+        };
+        self.reads.token(&self.ctx.shards, shard, progress)
+    }
+
+    /// The reply to the request just handled comes from `replica`, or
+    /// (`None`) from the primary or anything that may show more.
+    pub(super) fn saw(&mut self, replica: Option<&crate::topology::Node>) {
+        let position = self.replies.queued() + u64::from(self.open.is_some());
+        self.reads
+            .saw(&self.ctx.shards, &self.shard, replica, position);
+    }
 }
 
 impl Flow {
@@ -134,11 +155,11 @@ impl Connection {
             registration,
             orders,
             last: None,
-            published: None,
+            published: Default::default(),
             routing: Default::default(),
             shard: ctx.shards.at(0),
             written: Vec::new(),
-            reads: Vec::new(),
+            reads: Default::default(),
             arrived: tokio::time::Instant::now(),
             bursts: 0,
             ctx,
@@ -176,7 +197,10 @@ impl Connection {
                 Served::Held => true,
                 Served::Waiting => false,
             };
-            self.publish();
+            let cmd = self.last.as_ref().map(LastCommand::of);
+            let blocked = self.waits_on_blocked();
+            let entry = &self.registration.entry;
+            self.published.publish(entry, &self.session, cmd, blocked);
             if self.flush().await == Flow::Stop {
                 break;
             }

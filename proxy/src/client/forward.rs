@@ -58,7 +58,8 @@ impl Connection {
         // Only a read is placed by the client's consistency: a write goes
         // to the primary, and its token is not worth bringing up to date.
         let token = if class == Class::Read {
-            self.read_token()
+            let shard = self.shard.clone();
+            self.read_token_for(&shard)
         } else {
             crate::route::ReadToken::default()
         };

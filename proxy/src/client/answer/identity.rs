@@ -63,7 +63,13 @@ impl Connection {
         let reply = match sub.as_ref().map(|s| s.as_bytes()) {
             Some(b"LIST") => self.client_list(&req),
             Some(b"INFO") if req.argc() == 2 => {
-                self.publish_now("INFO");
+                let blocked = self.waits_on_blocked();
+                self.published.publish_now(
+                    &self.registration.entry,
+                    &self.session,
+                    "INFO",
+                    blocked,
+                );
                 Value::Verbatim(Bytes::from(format!(
                     "{}\n",
                     self.registration.entry.line(Instant::now(), req.raw.len())
@@ -107,7 +113,9 @@ impl Connection {
                 _ => return Value::err("ERR syntax error"),
             }
         }
-        self.publish_now("LIST");
+        let blocked = self.waits_on_blocked();
+        self.published
+            .publish_now(&self.registration.entry, &self.session, "LIST", blocked);
         let now = Instant::now();
         let mut text = String::new();
         for entry in self.ctx.registry.all() {
