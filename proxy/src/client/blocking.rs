@@ -217,8 +217,16 @@ impl Connection {
         if b.position != self.replies.queued() || b.position <= self.replies.completed() {
             return Flow::Continue;
         }
-        let Some(Pending::Remote { reply, sent, .. }) = self.replies.take(b.position) else {
-            return Flow::Continue;
+        let (reply, sent) = match self.replies.take(b.position) {
+            Some(Pending::Remote { reply, sent, .. }) => (reply, sent),
+            // Its reply is in already, or is to be dropped (`CLIENT REPLY
+            // OFF`): left as it is, unblocked if it still waits.
+            Some(other) => {
+                self.replies.put(b.position, other);
+                self.unblock_own(false).await;
+                return Flow::Continue;
+            }
+            None => return Flow::Continue,
         };
         unblock(&b.node, &b.link, false).await;
         let answered = match tokio::time::timeout(UNBLOCK_WAIT, reply).await {
@@ -239,11 +247,23 @@ impl Connection {
             .then(|| remaining(&b.request, sent.elapsed()))
             .flatten();
         let Some(again) = again else {
-            self.replies.put_arrived(b.position, answered);
+            self.replies.put(
+                b.position,
+                Pending::Arrived {
+                    reply: answered,
+                    replies: 1,
+                },
+            );
             return Flow::Continue;
         };
         if !self.replies.forget_last(b.position) {
-            self.replies.put_arrived(b.position, answered);
+            self.replies.put(
+                b.position,
+                Pending::Arrived {
+                    reply: answered,
+                    replies: 1,
+                },
+            );
             return Flow::Continue;
         }
         self.blocked.retain(|o| o.position != b.position);

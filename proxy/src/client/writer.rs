@@ -193,14 +193,20 @@ impl Replies {
         Some(item)
     }
 
-    /// Puts a reply that arrived back at `position` (taken with
-    /// [`Replies::take`]).
-    pub fn put_arrived(&mut self, position: u64, reply: BatchReply) {
+    /// Puts an item back at `position` (taken with [`Replies::take`],
+    /// which stopped counting what it owes).
+    pub fn put(&mut self, position: u64, item: Pending) {
         let Some(index) = position.checked_sub(self.completed + 1) else {
             return;
         };
         if let Some(slot) = self.queue.get_mut(index as usize) {
-            *slot = Pending::Arrived { reply, replies: 1 };
+            if let Pending::Remote { replies, .. }
+            | Pending::Arrived { replies, .. }
+            | Pending::Discard { replies, .. } = &item
+            {
+                self.owed += replies;
+            }
+            *slot = item;
         }
     }
 
@@ -464,5 +470,92 @@ fn dropped() -> BatchReply {
         got: 0,
         error: Some("ERR rampart: the backend connection was lost before replying; the command may or may not have run".into()),
         charge: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reply queue writing to a loopback socket, and the socket's peer.
+    async fn queue() -> (Replies, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_, wr) = crate::net::Stream::Tcp(server).into_split();
+        let budget = crate::backend::budget::Budget::new(crate::backend::budget::Caps::of(
+            &crate::resp::Limits::default(),
+        ));
+        (Replies::new(wr, Arc::default(), budget.open(1)), client)
+    }
+
+    fn remote() -> (oneshot::Sender<BatchReply>, Pending) {
+        let (tx, rx) = oneshot::channel();
+        let pending = Pending::Remote {
+            reply: rx,
+            replies: 1,
+            sent: Instant::now(),
+            class: BatchClass::Other,
+        };
+        (tx, pending)
+    }
+
+    fn reply(data: &'static [u8]) -> BatchReply {
+        BatchReply {
+            data: Bytes::from_static(data),
+            got: 1,
+            error: None,
+            charge: None,
+        }
+    }
+
+    /// What a blocked command's reply goes through when its slot starts
+    /// moving: taken out, then put back as arrived or forgotten and
+    /// queued again. The count of replies owed stays exact (it bounds the
+    /// client's pipeline; an underflow would be a panic).
+    #[tokio::test]
+    async fn an_item_taken_and_put_back_or_forgotten_keeps_the_count_owed() {
+        let (mut replies, mut peer) = queue().await;
+        let (_tx, pending) = remote();
+        let position = replies.push(pending);
+        assert_eq!(replies.owed(), 1);
+        assert!(matches!(
+            replies.take(position),
+            Some(Pending::Remote { .. })
+        ));
+        assert_eq!(replies.owed(), 0);
+        replies.put(
+            position,
+            Pending::Arrived {
+                reply: reply(b"*-1\r\n"),
+                replies: 1,
+            },
+        );
+        assert_eq!(replies.owed(), 1);
+        replies.write_ready().await.unwrap();
+        assert_eq!((replies.owed(), replies.completed()), (0, 1));
+
+        let (_tx, pending) = remote();
+        let position = replies.push(pending);
+        replies.take(position);
+        assert!(replies.forget_last(position));
+        assert_eq!((replies.owed(), replies.queued()), (0, 1));
+        let (tx, pending) = remote();
+        assert_eq!(
+            replies.push(pending),
+            position,
+            "the next push takes its place"
+        );
+        tx.send(reply(b":1\r\n")).unwrap();
+        replies.front_ready().await;
+        replies.write_ready().await.unwrap();
+        assert_eq!((replies.owed(), replies.completed()), (0, 2));
+        let mut written = [0u8; 9];
+        tokio::io::AsyncReadExt::read_exact(&mut peer, &mut written)
+            .await
+            .unwrap();
+        assert_eq!(&written, b"*-1\r\n:1\r\n");
     }
 }
