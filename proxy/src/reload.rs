@@ -204,7 +204,7 @@ async fn reload(
             .set_caps(crate::backend::budget::Caps::of(&config.limits));
         tracing::info!("[limits] changed: the memory caps apply at once, the request limits (sizes, max_pipeline) to connections opened from now on");
     }
-    add_shards(ctx, &config, applied).await;
+    add_shards(ctx, &config, applied, &later).await;
     ctx.set_wanted_nodes(&config.shards);
     for (name, shard) in &config.shards {
         if !live
@@ -232,11 +232,13 @@ async fn reload(
 
 /// Shards the file names and Rampart does not run are added; shards it
 /// runs and the file no longer names stay until a restart (their slots
-/// would have nowhere to go), said once per reload.
+/// would have nowhere to go), said when the file drops them (`later`
+/// names it) and logged at every reload after.
 async fn add_shards(
     ctx: &Context,
     config: &Config,
     applied: &mut HashMap<String, (String, String)>,
+    later: &[String],
 ) {
     for (name, section) in &config.shards {
         if ctx.shards.named(name).is_some() {
@@ -263,8 +265,11 @@ async fn add_shards(
                 shard.name()
             );
             tracing::warn!(shard = %shard.name(), "{detail}");
-            ctx.events
-                .record(shard.name(), "shard-change-refused", None, 0, detail);
+            let dropped_now = format!("shards.{} (removed)", shard.name());
+            if later.contains(&dropped_now) {
+                ctx.events
+                    .record(shard.name(), "shard-change-refused", None, 0, detail);
+            }
         }
     }
 }

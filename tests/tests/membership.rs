@@ -217,6 +217,10 @@ fn shard_changes_a_reload_cannot_make_are_refused() {
         || format!("{:?}", proxy.event_kinds()),
     );
     assert_eq!(names(&proxy), ["a", "b"]);
+    // Said when the file drops it, not at every reload after.
+    let (status, body) = http(proxy.admin.unwrap(), "POST", "/v1/reload", b"");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(refusals(&proxy), 1);
     // c claiming slots: not added.
     let claiming = format!(
         "{head}[shards.a]\nnodes = [\"{}\"]\nslots = \"11-16383\"\n[shards.b]\nnodes = [\"{}\"]\nslots = \"\"\n[shards.c]\nnodes = [\"{}\"]\nslots = \"0-10\"\n",
