@@ -214,7 +214,10 @@ impl Connection {
     /// the rest get the nil their unblocking gives (`$` would skip what
     /// was added meanwhile).
     pub(super) async fn reissue_blocked(&mut self, b: Blocked) -> Flow {
-        if b.position != self.replies.queued() || b.position <= self.replies.completed() {
+        if b.position != self.replies.queued() {
+            // Something is queued behind it: it keeps no place to be sent
+            // again into, and gets the nil its unblocking gives.
+            self.unblock_own(false).await;
             return Flow::Continue;
         }
         let (reply, sent) = match self.replies.take(b.position) {
@@ -246,28 +249,20 @@ impl Connection {
         let again = (answered.error.is_none() && is_null(&answered.data))
             .then(|| remaining(&b.request, sent.elapsed()))
             .flatten();
-        let Some(again) = again else {
-            self.replies.put(
-                b.position,
-                Pending::Arrived {
+        match again {
+            Some(again) if self.replies.forget_last(b.position) => {
+                self.blocked.retain(|o| o.position != b.position);
+                self.handle(again).await
+            }
+            _ => {
+                let reply = Pending::Arrived {
                     reply: answered,
                     replies: 1,
-                },
-            );
-            return Flow::Continue;
-        };
-        if !self.replies.forget_last(b.position) {
-            self.replies.put(
-                b.position,
-                Pending::Arrived {
-                    reply: answered,
-                    replies: 1,
-                },
-            );
-            return Flow::Continue;
+                };
+                self.replies.put(b.position, reply);
+                Flow::Continue
+            }
         }
-        self.blocked.retain(|o| o.position != b.position);
-        self.handle(again).await
     }
 }
 

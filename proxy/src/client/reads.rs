@@ -59,11 +59,7 @@ impl ReadTokens {
     }
 
     fn entry(&mut self, shards: &Shards, shard: &Arc<Shard>) -> &mut ReadToken {
-        let index = if shards.len() == 1 {
-            0
-        } else {
-            shards.index_of(shard)
-        };
+        let index = shards.index_of(shard);
         if self.tokens.len() <= index {
             self.tokens.resize(index + 1, None);
         }
