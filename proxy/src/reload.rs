@@ -6,8 +6,8 @@
 //! LOAD` would, each shard's `read_consistency`, its quorum and the
 //! detector (their settings and plugins), the probe timings, `log.level`, the admin tokens
 //! and `proxy.password` (see `secrets.rs`), each shard's `nodes` (see
-//! `failover/members.rs`), a new shard that owns no slots (see
-//! `operate/shards.rs`), and `[limits]` but `max_reply_depth` (which
+//! `failover/members.rs`), a new shard that owns no slots and a shard
+//! removed that owns none (see `operate/shards.rs`), and `[limits]` but `max_reply_depth` (which
 //! Rampart's links to the nodes were made with). Every other changed field is logged by
 //! name as applying at the next start, so an operator never wonders
 //! whether an edit took. A file that does not parse changes nothing and is
@@ -204,7 +204,12 @@ async fn reload(
             .set_caps(crate::backend::budget::Caps::of(&config.limits));
         tracing::info!("[limits] changed: the memory caps apply at once, the request limits (sizes, max_pipeline) to connections opened from now on");
     }
-    add_shards(ctx, &config, applied, &later).await;
+    let refused = change_shards(ctx, &config, applied, &live).await;
+    let (live, mut later): (Vec<String>, Vec<String>) = (
+        live.into_iter().filter(|f| !refused.contains(f)).collect(),
+        later,
+    );
+    later.extend(refused);
     ctx.set_wanted_nodes(&config.shards);
     for (name, shard) in &config.shards {
         if !live
@@ -231,18 +236,32 @@ async fn reload(
 }
 
 /// Shards the file names and Rampart does not run are added; shards it
-/// runs and the file no longer names stay until a restart (their slots
-/// would have nowhere to go), said when the file drops them (`later`
-/// names it) and logged at every reload after.
-async fn add_shards(
+/// runs and the file no longer names are removed (see
+/// `operate/shards.rs`). Either may be refused (a shard removed still
+/// owning slots, one added back after a removal): said with an event when
+/// this reload's changes (`live`) name it, logged at every reload after.
+/// Returns the changes refused: they wait for a restart.
+async fn change_shards(
     ctx: &Context,
     config: &Config,
     applied: &mut HashMap<String, (String, String)>,
-    later: &[String],
-) {
+    live: &[String],
+) -> Vec<String> {
+    let mut refused = Vec::new();
+    let mut refuse = |name: &str, change: String, error: String| {
+        tracing::error!(shard = %name, error = %error, "{change} refused; it waits for a restart");
+        if live.contains(&change) {
+            ctx.events
+                .record(name, "shard-change-refused", None, 0, error);
+            refused.push(change);
+        }
+    };
     for (name, section) in &config.shards {
-        if ctx.shards.named(name).is_some() {
-            continue;
+        let added = format!("shards.{name} (added)");
+        match ctx.shards.named(name) {
+            Some((_, shard)) if !shard.topology.is_retired() => continue,
+            Some(_) if !live.contains(&added) => continue,
+            _ => {}
         }
         match ctx.add_shard(name, section).await {
             Ok(done) => {
@@ -251,27 +270,20 @@ async fn add_shards(
                 let router = (section.router_source(), section.router_config.clone());
                 applied.insert(name.clone(), router);
             }
-            Err(e) => {
-                tracing::error!(shard = %name, error = %e, "the shard was not added");
-                ctx.events
-                    .record(name, "shard-change-refused", None, 0, e.to_string());
-            }
+            Err(e) => refuse(name, added, e.to_string()),
         }
     }
-    for shard in ctx.shards.all().iter() {
-        if !config.shards.contains_key(shard.name()) {
-            let detail = format!(
-                "shard '{}' is no longer in the file; it keeps running until a restart (move its slots away first)",
-                shard.name()
-            );
-            tracing::warn!(shard = %shard.name(), "{detail}");
-            let dropped_now = format!("shards.{} (removed)", shard.name());
-            if later.contains(&dropped_now) {
-                ctx.events
-                    .record(shard.name(), "shard-change-refused", None, 0, detail);
-            }
+    for shard in ctx.shards.all_serving() {
+        let name = shard.name();
+        if config.shards.contains_key(name) {
+            continue;
+        }
+        match ctx.remove_shard(name) {
+            Ok(done) => tracing::info!(shard = %name, "{done}"),
+            Err(e) => refuse(name, format!("shards.{name} (removed)"), e.to_string()),
         }
     }
+    refused
 }
 
 /// Each shard's quorum, and the detector, loaded again when a field they
@@ -381,8 +393,8 @@ impl Changes {
     pub fn between(old: &toml::Table, new: &toml::Table) -> Changes {
         let mut changed = Vec::new();
         diff("", old, new, &mut changed);
-        // A shard added is one change, applied at once; one removed waits
-        // for a restart.
+        // A shard added or removed is one change, applied at once (unless
+        // refused, see `change_shards`).
         let (added, removed) = (shard_names(new, old), shard_names(old, new));
         let whole = |field: &String| {
             added
@@ -391,11 +403,11 @@ impl Changes {
                 .any(|name| field.starts_with(&format!("shards.{name}.")))
         };
         changed.retain(|field| !whole(field));
-        let (mut live, mut later): (Vec<String>, Vec<String>) = changed
+        let (mut live, later): (Vec<String>, Vec<String>) = changed
             .into_iter()
             .partition(|field| LIVE.iter().any(|live| matches(live, field)));
         live.extend(added.iter().map(|name| format!("shards.{name} (added)")));
-        later.extend(
+        live.extend(
             removed
                 .iter()
                 .map(|name| format!("shards.{name} (removed)")),
@@ -495,7 +507,7 @@ mod tests {
             .parse()
             .unwrap();
         let changes = Changes::between(&old, &new);
-        assert_eq!(changes.live, ["shards.b (added)"]);
-        assert_eq!(changes.later, ["shards.gone (removed)"]);
+        assert_eq!(changes.live, ["shards.b (added)", "shards.gone (removed)"]);
+        assert!(changes.later.is_empty());
     }
 }

@@ -1102,6 +1102,29 @@ fn slowlog_lists_the_clients_commands() {
     for internal in ["INFO", "REPLCONF", "WAIT", "PUBLISH"] {
         assert!(!text.contains(internal), "{internal} in {text}");
     }
+    // Redis's own errors for a bad count, and too many arguments first.
+    for (args, error) in [
+        (
+            &["GET", "-5"][..],
+            "ERR count should be greater than or equal to -1",
+        ),
+        (
+            &["GET", "x"][..],
+            "ERR count should be greater than or equal to -1",
+        ),
+        (
+            &["GET", "x", "y"][..],
+            "ERR unknown subcommand or wrong number of arguments for 'GET'. Try SLOWLOG HELP.",
+        ),
+    ] {
+        let got = redis::cmd("SLOWLOG")
+            .arg(args)
+            .query::<redis::Value>(&mut c)
+            .unwrap_err();
+        let direct = cluster.primary().cli(&[&["SLOWLOG"][..], args].concat());
+        assert_eq!(direct.trim(), error, "redis-server itself");
+        assert!(got.to_string().contains(&error[4..]), "{args:?}: {got}");
+    }
 }
 
 /// `CLIENT PAUSE <ms> WRITE` holds writes on the primary, longer than the

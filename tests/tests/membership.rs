@@ -174,8 +174,8 @@ fn probe_timings_change_on_reload() {
 
 /// What a reload cannot do to shards is refused and said
 /// (`shard-change-refused`), changing nothing: adding a shard that claims
-/// slots (its keys are still elsewhere), and removing one (it keeps
-/// running until a restart).
+/// slots (its keys are still elsewhere), and removing one that owns
+/// slots (it keeps running until they are moved away).
 #[test]
 fn shard_changes_a_reload_cannot_make_are_refused() {
     let (a, b, c) = (
@@ -188,7 +188,7 @@ fn shard_changes_a_reload_cannot_make_are_refused() {
     let head = "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
                 [probe]\ninterval_ms = 50\ntimeout_ms = 200\ndown_after_ms = 500\n";
     let two = format!(
-        "{head}[shards.a]\nnodes = [\"{}\"]\n[shards.b]\nnodes = [\"{}\"]\nslots = \"\"\n",
+        "{head}[shards.a]\nnodes = [\"{}\"]\nslots = \"0-8191\"\n[shards.b]\nnodes = [\"{}\"]\nslots = \"8192-16383\"\n",
         a.addr(),
         b.addr()
     );
@@ -207,7 +207,7 @@ fn shard_changes_a_reload_cannot_make_are_refused() {
             .collect()
     };
     let refusals = |proxy: &Proxy| proxy.events_of("shard-change-refused");
-    // b taken out of the file: it stays.
+    // b, which owns slots, taken out of the file: it stays.
     let one = format!("{head}[shards.a]\nnodes = [\"{}\"]\n", a.addr());
     std::fs::write(&file, &one).unwrap();
     wait_until_or(

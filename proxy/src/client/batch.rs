@@ -9,26 +9,71 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::connection::{Connection, Flow};
 use super::inflight::{OpenBatch, Target, MAX_BATCH};
-use super::writer::Pending;
+use super::session::Session;
+use super::writer::{Pending, Replies};
+use crate::backend::budget::Account;
 use crate::backend::reply::ReplyTo;
 use crate::backend::{Batch, Link};
+use crate::observe::counters::BatchClass;
 use crate::resp::Value;
+use crate::route::session::Progress;
+use crate::shard::Shard;
 use crate::topology::Node;
 
-impl Connection {
+/// What the client is owed, in request order: the batch being gathered
+/// and the replies queued for writing.
+pub(super) struct Outbox {
+    pub(super) replies: Replies,
+    pub(super) open: Option<OpenBatch>,
+    /// Position in the reply queue of the client's last durable batch:
+    /// until its replies are in, the client's reads follow its writes on
+    /// the write link, so they cannot overtake them.
+    pub(super) durable_upto: u64,
+    /// This client's share of the memory caps (its replies hold it too).
+    pub(super) account: Arc<Account>,
+    /// `limits.max_reply_depth`, for replies checked on their way.
+    depth: usize,
+}
+
+/// What the client's next request is, for the batch it joins.
+pub(super) struct Sending<'a> {
+    pub session: &'a Session,
+    /// Its shard.
+    pub shard: &'a Arc<Shard>,
+    /// A synchronous write: its reply waits for the shard's quorum.
+    pub durable: bool,
+    pub class: BatchClass,
+}
+
+impl Outbox {
+    pub(super) fn new(replies: Replies, account: Arc<Account>, depth: usize) -> Outbox {
+        Outbox {
+            replies,
+            open: None,
+            durable_upto: 0,
+            account,
+            depth,
+        }
+    }
+
     /// Adds a request to the open batch, sending the batch first if it is for
     /// another link or full.
-    pub(super) async fn add(&mut self, node: Arc<Node>, link: Link, raw: Bytes) -> Flow {
-        let durable = self.durable;
+    pub(super) async fn add(
+        &mut self,
+        sending: Sending<'_>,
+        node: Arc<Node>,
+        link: Link,
+        raw: Bytes,
+    ) {
+        let durable = sending.durable;
         let same = self.open.as_ref().is_some_and(|open| {
             open.target.same_link(&link)
                 && open.durable == durable
                 && open.requests.len() < MAX_BATCH
         });
-        if !same && self.flush().await == Flow::Stop {
-            return Flow::Stop;
+        if !same {
+            self.flush(sending.session).await;
         }
         match &mut self.open {
             Some(open) => open.requests.push(raw),
@@ -39,30 +84,26 @@ impl Connection {
                     target: Target::Link { link, node },
                     requests,
                     durable,
-                    class: self.class,
-                    shard: self.shard.clone(),
+                    class: sending.class,
+                    shard: sending.shard.clone(),
                 });
             }
         }
-        Flow::Continue
     }
 
     /// Sends the open batch, if any.
-    pub(super) async fn flush(&mut self) -> Flow {
+    pub(super) async fn flush(&mut self, session: &Session) {
         let Some(open) = self.open.take() else {
-            return Flow::Continue;
+            return;
         };
         let replies = open.requests.len();
         let (tx, rx) = oneshot::channel();
         match open.target {
-            Target::Link { link, node } if open.durable && self.session.user.is_some() => {
+            Target::Link { link, node } if open.durable && session.user.is_some() => {
                 node.count_requests(replies as u64 + 1);
-                let own = node
-                    .pool
-                    .writer(self.session.proto, self.session.id)
-                    .clone();
+                let own = node.pool.writer(session.proto, session.id).clone();
                 let durability = open.shard.topology.durability.clone();
-                let depth = self.ctx.config.limits.max_reply_depth;
+                let depth = self.depth;
                 super::durable::send_confirmed(&link, own, durability, open.requests, tx, depth)
                     .await;
             }
@@ -79,7 +120,7 @@ impl Connection {
                 .await;
             }
             Target::Fanout(fanout) => {
-                fanout.write(self.session.proto, open.requests, 0, tx).await;
+                fanout.write(session.proto, open.requests, 0, tx).await;
             }
         }
         let position = self.replies.push(Pending::Remote {
@@ -91,29 +132,42 @@ impl Connection {
         if open.durable {
             self.durable_upto = position;
         }
-        Flow::Continue
     }
 
     /// Waits until every reply queued so far has been written, so that the
     /// client can move to another backend connection without reordering.
-    pub(super) async fn barrier(&mut self) -> Flow {
-        match self.replies.drain().await {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::Stop,
-        }
+    /// The error is the client's connection failing.
+    pub(super) async fn barrier(&mut self) -> std::io::Result<()> {
+        self.replies.drain().await
     }
 
-    pub(super) fn push(&mut self, item: Pending) -> Flow {
+    pub(super) fn push(&mut self, item: Pending) {
         let _ = self.replies.push(item);
-        Flow::Continue
     }
 
     /// Queues a reply Rampart made itself, after everything before it.
-    pub(super) async fn reply(&mut self, value: Value) -> Flow {
-        if self.flush().await == Flow::Stop {
-            return Flow::Stop;
-        }
-        let bytes = value.encode(self.session.proto);
+    pub(super) async fn reply(&mut self, session: &Session, value: Value) {
+        self.flush(session).await;
+        let bytes = value.encode(session.proto);
         self.push(Pending::Local(bytes))
+    }
+
+    /// Replies the client is owed, counting requests gathered in the batch
+    /// not sent yet.
+    pub(super) fn in_flight(&self) -> usize {
+        self.replies.owed() + self.open.as_ref().map_or(0, |open| open.requests.len())
+    }
+
+    /// The position in the reply queue the next request's reply takes.
+    pub(super) fn next_position(&self) -> u64 {
+        self.replies.queued() + u64::from(self.open.is_some())
+    }
+
+    /// How far the client's replies have come, for its read tokens.
+    pub(super) fn progress(&self) -> Progress {
+        Progress {
+            completed: self.replies.completed(),
+            caught_up: self.replies.caught_up(),
+        }
     }
 }

@@ -73,7 +73,7 @@ impl Connection {
         .await;
         let position = self.expect_blocked(node, link, req, rx);
         if durable.is_some() {
-            self.durable_upto = position;
+            self.out.durable_upto = position;
         }
         Flow::Continue
     }
@@ -88,13 +88,13 @@ impl Connection {
         request: Request,
         reply: tokio::sync::oneshot::Receiver<BatchReply>,
     ) -> u64 {
-        let position = self.replies.push(Pending::Remote {
+        let position = self.out.replies.push(Pending::Remote {
             reply,
             replies: 1,
             sent: std::time::Instant::now(),
             class: BatchClass::Other,
         });
-        let completed = self.replies.completed();
+        let completed = self.out.replies.completed();
         self.blocked.retain(|b| b.position > completed);
         self.blocked.push(Blocked {
             node,
@@ -108,14 +108,14 @@ impl Connection {
     /// Whether a blocking command sent for this client still waits for
     /// its answer.
     pub(super) fn waits_on_blocked(&self) -> bool {
-        let completed = self.replies.completed();
+        let completed = self.out.replies.completed();
         self.blocked.iter().any(|b| b.position > completed)
     }
 
     /// `CLIENT UNBLOCK` of this client by another: unblocks its oldest
     /// blocking command still waiting; whether there was one.
     pub(super) async fn unblock_own(&mut self, error: bool) -> bool {
-        let completed = self.replies.completed();
+        let completed = self.out.replies.completed();
         let Some(oldest) = self.blocked.iter().find(|b| b.position > completed) else {
             return false;
         };
@@ -137,10 +137,10 @@ impl Connection {
             // A WAIT over several shards waits on one connection per
             // shard, all for the same reply: the first entry handles all.
             let same = |o: &&Blocked| o.position == b.position;
-            if b.position <= self.replies.completed() || blocked[..i].iter().any(|o| same(&o)) {
+            if b.position <= self.out.replies.completed() || blocked[..i].iter().any(|o| same(&o)) {
                 continue;
             }
-            let reply = match self.replies.take(b.position) {
+            let reply = match self.out.replies.take(b.position) {
                 Some(Pending::Arrived { reply, .. }) => Some(reply),
                 Some(Pending::Remote { reply, .. }) => {
                     let mut unblocked = false;
@@ -214,18 +214,18 @@ impl Connection {
     /// the rest get the nil their unblocking gives (`$` would skip what
     /// was added meanwhile).
     pub(super) async fn reissue_blocked(&mut self, b: Blocked) -> Flow {
-        if b.position != self.replies.queued() {
+        if b.position != self.out.replies.queued() {
             // Something is queued behind it: it keeps no place to be sent
             // again into, and gets the nil its unblocking gives.
             self.unblock_own(false).await;
             return Flow::Continue;
         }
-        let (reply, sent) = match self.replies.take(b.position) {
+        let (reply, sent) = match self.out.replies.take(b.position) {
             Some(Pending::Remote { reply, sent, .. }) => (reply, sent),
             // Its reply is in already, or is to be dropped (`CLIENT REPLY
             // OFF`): left as it is, unblocked if it still waits.
             Some(other) => {
-                self.replies.put(b.position, other);
+                self.out.replies.put(b.position, other);
                 self.unblock_own(false).await;
                 return Flow::Continue;
             }
@@ -250,7 +250,7 @@ impl Connection {
             .then(|| remaining(&b.request, sent.elapsed()))
             .flatten();
         match again {
-            Some(again) if self.replies.forget_last(b.position) => {
+            Some(again) if self.out.replies.forget_last(b.position) => {
                 self.blocked.retain(|o| o.position != b.position);
                 self.handle(again).await
             }
@@ -259,7 +259,7 @@ impl Connection {
                     reply: answered,
                     replies: 1,
                 };
-                self.replies.put(b.position, reply);
+                self.out.replies.put(b.position, reply);
                 Flow::Continue
             }
         }

@@ -1,4 +1,6 @@
-//! The request side of a client connection: read, parse, classify, dispatch.
+//! One client's requests: classified and dispatched to the facet that
+//! serves them (`forward`, `pin`, `tx`, `blocking`, `shards`, `fanout`,
+//! `moving`, `pipe`, `answer`); the task driving it is `serve.rs`.
 //!
 //! Requests that arrive together and go to the same backend link are sent as
 //! one batch. Whenever the client has to move to another backend connection
@@ -8,32 +10,22 @@
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use super::inflight::{Blocked, OpenBatch};
-use super::registry::{LastCommand, Order, Registration};
+use super::batch::{Outbox, Sending};
+use super::inflight::Blocked;
+use super::registry::{Order, Registration};
 use super::session::Session;
-use super::writer::Replies;
-use crate::backend::control::frame_text;
+use super::writer::{Pending, Replies};
+use crate::backend::Link;
 use crate::context::Context;
 use crate::net::{ReadHalf, WriteHalf};
 use crate::observe::counters::BatchClass;
 use crate::resp::command::{Class, NOT_THROUGH_RAMPART};
 use crate::resp::{classify, Request, RequestParser, Value};
 use crate::shard::Shard;
-
-/// Where parsing stopped (see `Connection::serve_parsed`).
-enum Served {
-    /// The client is owed its window of replies: parse again once some
-    /// are written, without waiting for input.
-    Held,
-    /// Waiting for more input, or behind a blocked command.
-    Waiting,
-    /// The connection ends.
-    Stop,
-}
+use crate::topology::Node;
 
 /// Whether the reader goes on after a request.
 #[derive(PartialEq, Eq)]
@@ -55,10 +47,8 @@ pub struct Connection {
     pub(super) session: Session,
     pub(super) parser: RequestParser,
     pub(super) buf: BytesMut,
-    /// This client's share of the memory caps (its replies hold it too).
-    pub(super) account: Arc<crate::backend::budget::Account>,
-    pub(super) replies: Replies,
-    pub(super) open: Option<OpenBatch>,
+    /// What the client is owed: the open batch and the reply queue.
+    pub(super) out: Outbox,
     /// Set when the session becomes a pipe: the backend side to copy from.
     pub(super) pipe_from: Option<ReadHalf>,
     /// Piped: commands whose answers Rampart makes or amends, in the
@@ -71,10 +61,6 @@ pub struct Connection {
     pub(super) durable: bool,
     /// Its class, for the latency histograms.
     pub(super) class: BatchClass,
-    /// Position in the reply queue of the client's last durable batch: until
-    /// its replies are in, the client's reads follow its writes on the write
-    /// link, so they cannot overtake them.
-    pub(super) durable_upto: u64,
     /// Blocking commands sent and perhaps not answered yet (see
     /// [`super::blocking`]).
     pub(super) blocked: Vec<Blocked>,
@@ -101,20 +87,58 @@ pub struct Connection {
 impl Connection {
     /// The client's token for `shard`, brought up to date with its replies.
     pub(super) fn read_token_for(&mut self, shard: &Arc<Shard>) -> crate::route::ReadToken {
-        let (completed, caught_up) = (self.replies.completed(), self.replies.caught_up());
-        let progress = crate::route::session::Progress {
-            completed,
-            caught_up,
-        };
-        self.reads.token(&self.ctx.shards, shard, progress)
+        self.reads
+            .token(&self.ctx.shards, shard, self.out.progress())
     }
 
     /// The reply to the request just handled comes from `replica`, or
     /// (`None`) from the primary or anything that may show more.
     pub(super) fn saw(&mut self, replica: Option<&crate::topology::Node>) {
-        let position = self.replies.queued() + u64::from(self.open.is_some());
+        let position = self.out.next_position();
         self.reads
             .saw(&self.ctx.shards, &self.shard, replica, position);
+    }
+}
+
+impl Connection {
+    /// The request being handled joins the open batch for `link` (see
+    /// [`Outbox::add`]).
+    pub(super) async fn add(&mut self, node: Arc<Node>, link: Link, raw: Bytes) -> Flow {
+        let sending = Sending {
+            session: &self.session,
+            shard: &self.shard,
+            durable: self.durable,
+            class: self.class,
+        };
+        self.out.add(sending, node, link, raw).await;
+        Flow::Continue
+    }
+
+    /// Sends the open batch, if any.
+    pub(super) async fn flush(&mut self) -> Flow {
+        self.out.flush(&self.session).await;
+        Flow::Continue
+    }
+
+    /// Waits until every reply queued so far has been written, so that the
+    /// client can move to another backend connection without reordering.
+    pub(super) async fn barrier(&mut self) -> Flow {
+        match self.out.barrier().await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Stop,
+        }
+    }
+
+    /// Queues a reply in its place.
+    pub(super) fn push(&mut self, item: Pending) -> Flow {
+        self.out.push(item);
+        Flow::Continue
+    }
+
+    /// Queues a reply Rampart made itself, after everything before it.
+    pub(super) async fn reply(&mut self, value: Value) -> Flow {
+        self.out.reply(&self.session, value).await;
+        Flow::Continue
     }
 }
 
@@ -142,223 +166,29 @@ impl Connection {
             session: Session::new(id, authed),
             parser: RequestParser::new(limits),
             buf: BytesMut::with_capacity(16 * 1024),
-            replies: Replies::new(wr, ctx.metrics.clone(), account.clone()),
-            account,
-            open: None,
+            out: Outbox::new(
+                Replies::new(wr, ctx.metrics.clone(), account.clone()),
+                account,
+                limits.max_reply_depth,
+            ),
             pipe_from: None,
             interposer: Default::default(),
             reserved: None,
             durable: false,
             class: BatchClass::Other,
-            durable_upto: 0,
             blocked: Vec::new(),
             registration,
             orders,
             last: None,
             published: Default::default(),
             routing: Default::default(),
-            shard: ctx.shards.at(0),
+            shard: ctx.shards.first(),
             written: Vec::new(),
             reads: Default::default(),
             arrived: tokio::time::Instant::now(),
             bursts: 0,
             ctx,
         }
-    }
-
-    /// Serves the client until it goes away, a protocol error, or QUIT.
-    ///
-    /// One task does both directions: it dispatches every complete request
-    /// it has read (while the client is owed fewer than `max_pipeline`
-    /// replies), writes every reply that is ready, then waits for whichever
-    /// comes first, more input or the next reply. A client that sends
-    /// faster than it reads is thus held back by TCP, with a bounded amount
-    /// buffered here.
-    pub async fn run(mut self, mut rd: ReadHalf) {
-        let max = self.ctx.limits.load().max_pipeline;
-        let mut shutdown = self.ctx.shutdown.clone();
-        let mut closing = *shutdown.borrow();
-        let mut slots_changed = self.ctx.slots.watch();
-        // Bytes read before a shutdown began but not yet parsed (held
-        // behind a blocked command): still served, being owed.
-        let mut unread_owed = 0usize;
-        let mut gone = false;
-        'serve: loop {
-            // Behind a command blocked on a node nothing runs, as on
-            // Redis: what the client pipelined after it waits, unparsed,
-            // until it is answered, and the loop below keeps watching the
-            // socket meanwhile, so a client that leaves is noticed, its
-            // command unblocked, and nothing it queued behind runs.
-            // Whether parsing stopped with the client owed its window of
-            // replies (rather than for want of bytes): once some are
-            // written, parsing resumes without waiting for more input.
-            let held = match self.serve_parsed(closing, &mut unread_owed, max).await {
-                Served::Stop => break 'serve,
-                Served::Held => true,
-                Served::Waiting => false,
-            };
-            let cmd = self.last.as_ref().map(LastCommand::of);
-            let blocked = self.waits_on_blocked();
-            let entry = &self.registration.entry;
-            self.published.publish(entry, &self.session, cmd, blocked);
-            if self.flush().await == Flow::Stop {
-                break;
-            }
-            // What stays in `buf` is an unfinished request.
-            if !self.account.hold_partial(self.buf.len()) {
-                gone = true;
-                break;
-            }
-            if let Some(backend) = self.pipe_from.take() {
-                self.pipe(rd, backend).await;
-                return;
-            }
-            if self.replies.write_ready().await.is_err() {
-                return;
-            }
-            if held && self.in_flight() < self.replies.window(max) {
-                continue;
-            }
-            if closing && self.replies.is_empty() {
-                if unread_owed == 0 {
-                    break;
-                }
-                continue;
-            }
-            let idle = self.open.is_none() && self.replies.completed() == self.replies.queued();
-            self.routing.release(self.replies.completed(), idle);
-            let can_read = !closing && self.in_flight() < self.replies.window(max);
-            if self.buf.is_empty() && self.buf.capacity() > crate::backend::cutter::RETURN_ABOVE {
-                // Grown for a large request: given back, not kept.
-                self.buf = BytesMut::with_capacity(16 * 1024);
-            }
-            if can_read {
-                let wanted = self.parser.wanted().saturating_sub(self.buf.len());
-                self.buf.reserve(wanted.clamp(4096, 1024 * 1024));
-            }
-            tokio::select! {
-                _ = self.replies.front_ready(), if !self.replies.is_empty() => {}
-                read = rd.read_buf(&mut self.buf), if can_read => match read {
-                    Ok(0) | Err(_) => {
-                        gone = true;
-                        break;
-                    }
-                    Ok(_) => {
-                        self.arrived = tokio::time::Instant::now();
-                        self.bursts += 1;
-                    }
-                },
-                _ = self.account.evicted() => {
-                    gone = true;
-                    break;
-                }
-                _ = shutdown.changed(), if !closing => {
-                    tracing::debug!("closing for shutdown");
-                    closing = true;
-                    unread_owed = self.buf.len();
-                }
-                read = super::piped::Reserved::read(self.reserved.as_mut()) => {
-                    if !self.reserved_sent(read).await {
-                        gone = true;
-                        break;
-                    }
-                }
-                _ = slots_changed.changed(), if !self.blocked.is_empty() => {
-                    if self.unblock_if_paused().await == Flow::Stop {
-                        break;
-                    }
-                }
-                order = self.orders.recv() => match order {
-                    Some(Order::Kill) | None => {
-                        // Killed by another client: as if it had left.
-                        gone = true;
-                        break;
-                    }
-                    Some(Order::Unblock { error, done }) => {
-                        let _ = done.send(self.unblock_own(error).await);
-                    }
-                    Some(Order::Reserve { node, done }) => {
-                        let _ = done.send(self.reserve(&node).await);
-                    }
-                },
-            }
-        }
-        self.finish(gone).await;
-    }
-
-    /// Parses and runs what the buffer holds, until the client is owed its
-    /// window of replies (`Held`), a command blocks, or only part of a
-    /// request is left (`Waiting`). `unread_owed`: bytes read before a
-    /// shutdown began, still served.
-    async fn serve_parsed(&mut self, closing: bool, unread_owed: &mut usize, max: usize) -> Served {
-        while (!closing || *unread_owed > 0) && !self.waits_on_blocked() {
-            if self.in_flight() >= self.replies.window(max) {
-                return Served::Held;
-            }
-            let before = self.buf.len();
-            let parsed = self.parser.parse(&mut self.buf);
-            *unread_owed = unread_owed.saturating_sub(before - self.buf.len().min(before));
-            match parsed {
-                Ok(Some(req)) => {
-                    if self.handle(req).await == Flow::Stop {
-                        return Served::Stop;
-                    }
-                }
-                Ok(None) => {
-                    // Only part of a request is left: nothing owed.
-                    if closing {
-                        *unread_owed = 0;
-                    }
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "protocol error");
-                    self.reply(Value::err(format!("ERR {e}"))).await;
-                    return Served::Stop;
-                }
-            }
-        }
-        Served::Waiting
-    }
-
-    /// The connection's end: an evicted client gets nothing more; one that
-    /// left (`gone`) has its blocked commands undone; the rest are written
-    /// what they are owed.
-    async fn finish(mut self, gone: bool) {
-        // Nothing more is read: what the buffer held no longer counts (the
-        // account gives it back when it closes too, on every other path).
-        self.account.hold_partial(0);
-        if let Some(reason) = self.account.eviction() {
-            // Nothing more is written to a client evicted for its memory:
-            // what it is owed is dropped with the connection.
-            self.ctx.events.record(
-                "*",
-                "client-evicted",
-                None,
-                0,
-                format!(
-                    "client {} ({}) disconnected: {}; {} bytes of replies were waiting for it",
-                    self.session.id,
-                    self.registration.entry.addr,
-                    reason.name(),
-                    self.account.used()
-                ),
-            );
-            self.abandon_blocked().await;
-            return;
-        }
-        let _ = self.flush().await;
-        if gone {
-            self.abandon_blocked().await;
-        }
-        let _ = self.replies.drain().await;
-        self.replies.shutdown().await;
-    }
-
-    /// Replies the client is owed, counting requests gathered in the batch
-    /// not sent yet.
-    fn in_flight(&self) -> usize {
-        self.replies.owed() + self.open.as_ref().map_or(0, |open| open.requests.len())
     }
 
     pub(super) async fn handle(&mut self, req: Request) -> Flow {
@@ -377,7 +207,7 @@ impl Connection {
             return Flow::Stop;
         }
         let skipping = std::mem::take(&mut self.session.skip_next_reply);
-        self.replies.set_muted(true);
+        self.out.replies.set_muted(true);
         let flow = self.dispatch(req).await;
         let flow = if self.flush().await == Flow::Stop {
             Flow::Stop
@@ -385,7 +215,7 @@ impl Connection {
             flow
         };
         if skipping && !self.session.replies_off {
-            self.replies.set_muted(false);
+            self.out.replies.set_muted(false);
         }
         flow
     }
@@ -417,7 +247,9 @@ impl Connection {
             return self.in_lost_transaction(class, req).await;
         }
         if let Some(refusal) = self.ctx.guard.check(&req) {
-            if refusal.unless_unchanged.is_empty() || !self.unchanged(&refusal).await {
+            if refusal.unless_unchanged.is_empty()
+                || !refusal.unchanged_on(&self.shard.topology).await
+            {
                 return self.refuse(refusal.error).await;
             }
         }
@@ -466,33 +298,5 @@ impl Connection {
             self.session.tx_refused = true;
         }
         self.reply(Value::err(error)).await
-    }
-
-    /// Whether every managed parameter a `CONFIG SET` names already has
-    /// the value it would set, on the primary.
-    async fn unchanged(&self, refusal: &super::guard::Refusal) -> bool {
-        use redis_protocol::resp3::types::OwnedFrame;
-        let Some(primary) = self.shard.topology.primary().cloned() else {
-            return false;
-        };
-        let Ok(mut control) = primary.pool.control().await else {
-            return false;
-        };
-        for (param, value) in &refusal.unless_unchanged {
-            let now = control
-                .call(
-                    &["CONFIG", "GET", param.as_str()],
-                    std::time::Duration::from_secs(1),
-                )
-                .await;
-            let current = match &now {
-                Ok(OwnedFrame::Map { data, .. }) => data.values().next().and_then(frame_text),
-                _ => None,
-            };
-            if current.as_deref().map(str::as_bytes) != Some(value.as_slice()) {
-                return false;
-            }
-        }
-        true
     }
 }

@@ -47,10 +47,11 @@ impl Connection {
                 // A read must see the client's own writes: they are on their
                 // way to every node, so wait until they have been answered.
                 let pending = self
+                    .out
                     .open
                     .as_ref()
                     .is_some_and(|open| matches!(open.target, Target::Fanout(_)))
-                    || self.replies.completed() < self.durable_upto;
+                    || self.out.replies.completed() < self.out.durable_upto;
                 if pending && (self.flush().await == Flow::Stop || self.barrier().await == Flow::Stop) {
                     return Some(Flow::Stop);
                 }
@@ -157,7 +158,7 @@ impl Connection {
         requests.push(Request::from_args(&["EXEC"]).raw);
         let (tx, rx) = oneshot::channel();
         fanout.write(self.session.proto, requests, skip, tx).await;
-        self.durable_upto = self.replies.push(Pending::Remote {
+        self.out.durable_upto = self.out.replies.push(Pending::Remote {
             reply: rx,
             replies: 1,
             sent: std::time::Instant::now(),
@@ -173,7 +174,7 @@ impl Connection {
         if shard.primary().is_none() && !self.await_primary().await {
             return self.reply(self.no_primary()).await;
         }
-        if let Some(open) = &mut self.open {
+        if let Some(open) = &mut self.out.open {
             if matches!(open.target, Target::Fanout(_)) && open.requests.len() < MAX_BATCH {
                 open.requests.push(req.raw);
                 self.saw(None);
@@ -185,7 +186,7 @@ impl Connection {
         }
         let mut requests = Vec::with_capacity(8);
         requests.push(req.raw);
-        self.open = Some(OpenBatch {
+        self.out.open = Some(OpenBatch {
             target: Target::Fanout(fanout.clone()),
             requests,
             durable: true,

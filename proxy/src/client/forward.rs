@@ -3,12 +3,31 @@
 //! that node's link, held for the quorum when writes are synchronous.
 
 use super::connection::{Connection, Flow};
+use super::hold;
 use super::inflight::MAX_BATCH;
 use crate::resp::command::{Class, Tx};
-use crate::resp::Request;
+use crate::resp::{Request, Value};
 use crate::route;
 
 impl Connection {
+    /// Whether the shard has a primary, waiting for a failover to give it
+    /// one (see [`super::hold`]). The open batch is sent first: what the
+    /// client sent before must not wait with this request.
+    pub(super) async fn await_primary(&mut self) -> bool {
+        if self.shard.topology.primary().is_some() {
+            return true;
+        }
+        if self.flush().await == Flow::Stop {
+            return false;
+        }
+        let ctx = self.ctx.clone();
+        hold::until_primary(&ctx, &self.shard.topology, self.arrived).await
+    }
+
+    pub(super) fn no_primary(&self) -> Value {
+        hold::no_primary(self.shard.name())
+    }
+
     /// Whether the request's reply must wait for the shard's write quorum:
     /// writes, blocking pops and moves, and EXEC (a whole transaction is one
     /// write), in synchronous mode. Commands queued inside MULTI are not,
@@ -84,8 +103,8 @@ impl Connection {
             }
         };
         let proto = self.session.proto;
-        let writes_pending = self.open.as_ref().is_some_and(|open| open.durable)
-            || self.replies.completed() < self.durable_upto;
+        let writes_pending = self.out.open.as_ref().is_some_and(|open| open.durable)
+            || self.out.replies.completed() < self.out.durable_upto;
         let follows_own_writes =
             class == Class::Read && writes_pending && shard.durability.is_sync();
         if follows_own_writes {
@@ -108,7 +127,7 @@ impl Connection {
                 link = primary.pool.shared(proto, self.session.id);
             }
         }
-        if let Some(open) = &mut self.open {
+        if let Some(open) = &mut self.out.open {
             if open.target.same_link(link) && open.requests.len() < MAX_BATCH {
                 open.requests.push(req.raw);
                 self.saw(on_replica.then_some(&**node));

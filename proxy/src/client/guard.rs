@@ -29,6 +29,37 @@ impl Refusal {
             unless_unchanged: Vec::new(),
         }
     }
+
+    /// Whether every managed parameter a `CONFIG SET` names already has
+    /// the value it would set, on `shard`'s primary.
+    pub async fn unchanged_on(&self, shard: &crate::topology::ReplicaSet) -> bool {
+        use redis_protocol::resp3::types::OwnedFrame;
+        let Some(primary) = shard.primary().cloned() else {
+            return false;
+        };
+        let Ok(mut control) = primary.pool.control().await else {
+            return false;
+        };
+        for (param, value) in &self.unless_unchanged {
+            let now = control
+                .call(
+                    &["CONFIG", "GET", param.as_str()],
+                    std::time::Duration::from_secs(1),
+                )
+                .await;
+            let current = match &now {
+                Ok(OwnedFrame::Map { data, .. }) => data
+                    .values()
+                    .next()
+                    .and_then(crate::backend::control::frame_text),
+                _ => None,
+            };
+            if current.as_deref().map(str::as_bytes) != Some(value.as_slice()) {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 pub struct Guard {

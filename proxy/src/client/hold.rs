@@ -4,52 +4,44 @@
 
 use std::sync::atomic::Ordering;
 
-use super::connection::{Connection, Flow};
+use tokio::time::Instant;
+
+use crate::context::Context;
 use crate::resp::Value;
+use crate::topology::ReplicaSet;
 
-impl Connection {
-    /// While the shard has no usable primary (a failover is choosing one),
-    /// a request that needs it waits, up to `failover.hold_writes_ms` from
-    /// when it arrived (requests pipelined together share one hold), so a
-    /// failover costs clients a pause instead of errors. At most
-    /// `failover.max_held_clients` wait; beyond that, and past the time
-    /// bound, the caller answers an error. True once there is a primary.
-    pub(super) async fn await_primary(&mut self) -> bool {
-        let ctx = self.ctx.clone();
-        let shard = self.shard.topology.clone();
-        if shard.primary().is_some() {
-            return true;
-        }
-        if self.flush().await == Flow::Stop {
-            return false;
-        }
-        let failover = &ctx.config.failover;
-        if shard.held.fetch_add(1, Ordering::AcqRel) >= failover.max_held_clients {
-            shard.held.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        let deadline = self.arrived + std::time::Duration::from_millis(failover.hold_writes_ms);
-        let mut changed = shard.watch();
-        let mut shutdown = ctx.shutdown.clone();
-        let found = loop {
-            if shard.primary().is_some() {
-                break true;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => break false,
-                _ = shutdown.changed() => break false,
-                result = changed.changed() => if result.is_err() {
-                    break false;
-                },
-            }
-        };
+/// Waits, while `shard` has no usable primary (a failover is choosing
+/// one), up to `failover.hold_writes_ms` from `arrived` (requests
+/// pipelined together share one hold), so a failover costs clients a
+/// pause instead of errors. At most `failover.max_held_clients` wait;
+/// beyond that, past the time bound, and at shutdown, false: the caller
+/// answers an error. True once there is a primary.
+pub(super) async fn until_primary(ctx: &Context, shard: &ReplicaSet, arrived: Instant) -> bool {
+    if shard.primary().is_some() {
+        return true;
+    }
+    let failover = &ctx.config.failover;
+    if shard.held.fetch_add(1, Ordering::AcqRel) >= failover.max_held_clients {
         shard.held.fetch_sub(1, Ordering::AcqRel);
-        found
+        return false;
     }
-
-    pub(super) fn no_primary(&self) -> Value {
-        no_primary(self.shard.name())
-    }
+    let deadline = arrived + std::time::Duration::from_millis(failover.hold_writes_ms);
+    let mut changed = shard.watch();
+    let mut shutdown = ctx.shutdown.clone();
+    let found = loop {
+        if shard.primary().is_some() {
+            break true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break false,
+            _ = shutdown.changed() => break false,
+            result = changed.changed() => if result.is_err() {
+                break false;
+            },
+        }
+    };
+    shard.held.fetch_sub(1, Ordering::AcqRel);
+    found
 }
 
 /// The error for a request that needs the primary of `shard`, which has

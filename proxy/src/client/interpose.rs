@@ -11,10 +11,10 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::connection::{Connection, Flow};
-use super::piped::{Amend, Interposed};
+use super::piped::{Amend, Interposed, Interposer};
+use super::session::Session;
 use crate::resp::command::{classify, Answer, Class};
-use crate::resp::{ReplyScanner, Request, Value};
+use crate::resp::{Request, Value};
 
 /// Random for each process, so that no client can guess a marker and
 /// publish it to a subscriber to make it look like an echo.
@@ -38,7 +38,7 @@ fn translated(req: &Request) -> bool {
 
 /// `reply` (to GETREDIR or TRACKINGINFO) with the node's id of the
 /// redirect target replaced by its Rampart id, when known.
-fn translate(reply: &[u8], client_of: impl Fn(i64) -> Option<u64>) -> Option<BytesMut> {
+pub(super) fn translate(reply: &[u8], client_of: impl Fn(i64) -> Option<u64>) -> Option<BytesMut> {
     // GETREDIR: an integer; TRACKINGINFO: "redirect" then an integer, in
     // a RESP2 array or a RESP3 map alike.
     let at = match reply.first() {
@@ -81,7 +81,7 @@ fn interposed(req: &Request) -> Option<Answer> {
 
 /// How the node echoed a marker.
 #[derive(Debug, PartialEq, Eq)]
-enum Echo {
+pub(super) enum Echo {
     /// A bulk string: the command runs.
     Plain,
     /// `pong` and the marker in an array: RESP2 subscribed mode, where
@@ -90,7 +90,7 @@ enum Echo {
 }
 
 /// Whether `frame` (one complete reply) echoes `marker`, and how.
-fn echo(frame: &[u8], marker: &[u8]) -> Option<Echo> {
+pub(super) fn echo(frame: &[u8], marker: &[u8]) -> Option<Echo> {
     let bulk = |at: &[u8]| -> bool {
         let head = format!("${}\r\n", marker.len());
         at.len() == head.len() + marker.len() + 2
@@ -108,7 +108,7 @@ fn echo(frame: &[u8], marker: &[u8]) -> Option<Echo> {
 }
 
 /// Redis's refusal of a command in RESP2 subscribed mode.
-fn refusal(req: &Request) -> Value {
+pub(super) fn refusal(req: &Request) -> Value {
     let name = match req.arg(1) {
         Some(sub) => format!(
             "{}|{}",
@@ -122,12 +122,12 @@ fn refusal(req: &Request) -> Value {
     ))
 }
 
-impl Connection {
+impl Interposer {
     /// For a piped client's request: if Rampart answers or amends it, the
     /// bytes to send the node in its place (the request itself for a reply
     /// to amend, then `PING <marker>`).
-    pub(super) fn interpose(&mut self, req: &Request) -> Option<Bytes> {
-        if self.session.monitor {
+    pub(super) fn interpose(&mut self, req: &Request, session: &Session) -> Option<Bytes> {
+        if session.monitor {
             return None;
         }
         let entry = |marker| match interposed(req) {
@@ -149,14 +149,10 @@ impl Connection {
             }),
             None => None,
         };
-        let sent = self.interposer.sent + 1;
-        let marker = Bytes::from(format!(
-            "rampart:{:016x}:{}:{sent}",
-            salt(),
-            self.session.id
-        ));
+        let sent = self.sent + 1;
+        let marker = Bytes::from(format!("rampart:{:016x}:{}:{sent}", salt(), session.id));
         let entry = entry(marker.clone())?;
-        self.interposer.sent = sent;
+        self.sent = sent;
         let mut out = BytesMut::new();
         match &entry {
             // The node's connection switches protocol with the client, and
@@ -177,82 +173,8 @@ impl Connection {
             Interposed::Answer { .. } => {}
         }
         out.extend_from_slice(&Request::from_args(&[Bytes::from_static(b"PING"), marker]).raw);
-        self.interposer.queue.push_back(entry);
+        self.queue.push_back(entry);
         Some(out.freeze())
-    }
-
-    /// The node's bytes for the client: the complete replies in `from`
-    /// (taken off it; an incomplete one stays), with each marker's echo
-    /// replaced by Rampart's answer to the command it stands for.
-    pub(super) async fn node_replies(
-        &mut self,
-        from: &mut BytesMut,
-        scanner: &mut ReplyScanner,
-    ) -> Result<(BytesMut, Flow), crate::resp::reply::ReplyError> {
-        let mut out = BytesMut::new();
-        let mut flow = Flow::Continue;
-        while let Some(len) = scanner.scan(from)? {
-            let frame = from.split_to(len);
-            let Some(front) = self.interposer.queue.front() else {
-                out.unsplit(frame);
-                continue;
-            };
-            let Some(how) = echo(&frame, front.marker()) else {
-                match front {
-                    Interposed::Amend { .. } => self.interposer.held.push(frame),
-                    Interposed::Answer { .. } => out.unsplit(frame),
-                }
-                continue;
-            };
-            let answer = match self.interposer.queue.pop_front() {
-                Some(Interposed::Answer { local, req, .. }) => match how {
-                    Echo::Subscribed => refusal(&req).encode(self.session.proto),
-                    Echo::Plain => {
-                        let before = self.replies.queued();
-                        if self.answer(local, req).await == Flow::Stop {
-                            flow = Flow::Stop;
-                        }
-                        self.replies.take_local_after(before)
-                    }
-                },
-                Some(Interposed::Amend { how, .. }) => {
-                    let mut held = std::mem::take(&mut self.interposer.held);
-                    // The reply is the last frame before the echo that is
-                    // not a RESP3 push.
-                    let reply = held.iter().rposition(|f| f.first() != Some(&b'>'));
-                    match (how, reply) {
-                        (Amend::RedirectId, Some(at)) => {
-                            let interposer = &self.interposer;
-                            if let Some(amended) =
-                                translate(&held[at], |id| interposer.client_of(id))
-                            {
-                                held[at] = amended;
-                            }
-                        }
-                        (Amend::Replace { local, req }, Some(at))
-                            if held[at].first() != Some(&b'-') =>
-                        {
-                            let before = self.replies.queued();
-                            if self.answer(local, req).await == Flow::Stop {
-                                flow = Flow::Stop;
-                            }
-                            held[at] = BytesMut::from(&self.replies.take_local_after(before)[..]);
-                        }
-                        _ => {}
-                    }
-                    for frame in held {
-                        out.unsplit(frame);
-                    }
-                    Bytes::new()
-                }
-                None => Bytes::new(),
-            };
-            out.extend_from_slice(&answer);
-            if flow == Flow::Stop {
-                break;
-            }
-        }
-        Ok((out, flow))
     }
 }
 

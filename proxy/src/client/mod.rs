@@ -31,6 +31,7 @@ mod reads;
 mod redirect;
 pub mod registry;
 mod routing;
+mod serve;
 pub mod throttle;
 
 pub use answer::auth::constant_time_eq;
@@ -72,9 +73,8 @@ pub async fn serve(tcp: TcpStream, ctx: Arc<Context>, id: u64) {
     let user = ctx.config.proxy.username.as_deref().unwrap_or("default");
     let (registration, orders) = ctx.registry.register(id, peer, local, user);
     let (rd, wr) = stream.into_split();
-    connection::Connection::new(ctx, id, wr, registration, orders)
-        .run(rd)
-        .await;
+    let connection = connection::Connection::new(ctx, id, wr, registration, orders);
+    serve::Task::new(connection, rd).run().await;
 }
 
 /// A client's TLS handshake failed: counted, and logged at most once every

@@ -160,7 +160,7 @@ impl Connection {
             if self.flush().await == Flow::Stop {
                 return Err(Flow::Stop);
             }
-            self.routing.earlier.push((old, self.replies.queued()));
+            self.routing.earlier.push((old, self.out.replies.queued()));
         }
         self.routing.current = Some(self.ctx.slots.current());
         Ok(())
@@ -173,7 +173,7 @@ impl Connection {
         if self.flush().await == Flow::Stop || self.barrier().await == Flow::Stop {
             return Err(Flow::Stop);
         }
-        let completed = self.replies.completed();
+        let completed = self.out.replies.completed();
         self.routing.release(completed, false);
         let mut shutdown = self.ctx.shutdown.clone();
         let deadline = tokio::time::Instant::now() + crate::reshard::mover::PAUSE_LIMIT * 2;
@@ -239,7 +239,7 @@ impl Connection {
     /// `Connection::reissue_blocked`).
     pub(super) async fn unblock_if_paused(&mut self) -> Flow {
         let map = self.ctx.slots.current();
-        let completed = self.replies.completed();
+        let completed = self.out.replies.completed();
         let paused = self
             .blocked
             .iter()

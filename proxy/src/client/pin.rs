@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::connection::{Connection, Flow};
-use crate::backend::{Batch, Link};
+use crate::backend::{Batch, Credentials, Link};
 use crate::resp::reply::error_text;
 use crate::resp::{Request, Value};
 use crate::topology::Node;
@@ -120,12 +120,7 @@ impl Connection {
         let hold = std::time::Duration::from_millis(self.ctx.config.failover.hold_writes_ms);
         let deadline = self.arrived + hold;
         loop {
-            if !self.await_primary().await {
-                return Err(self.no_primary());
-            }
-            let Some(primary) = self.shard.topology.primary().cloned() else {
-                return Err(self.no_primary());
-            };
+            let primary = self.primary().await?;
             let mut changed = self.shard.topology.watch();
             let error = match primary.pool.dedicated(self.session.link_session()).await {
                 Ok(link) => return Ok((primary, link)),
@@ -172,12 +167,7 @@ impl Connection {
             self.pin().await?;
             return self.session.pinned.clone().ok_or_else(|| self.no_primary());
         }
-        if !self.await_primary().await {
-            return Err(self.no_primary());
-        }
-        let Some(primary) = self.shard.topology.primary().cloned() else {
-            return Err(self.no_primary());
-        };
+        let primary = self.primary().await?;
         let link = primary
             .pool
             .shared(self.session.proto, self.session.id)
@@ -195,5 +185,72 @@ impl Connection {
         let (node, link) = self.primary_link().await?;
         let reply = self.call(&node, &link, vec![req.raw.clone()], what).await?;
         Ok((node, reply))
+    }
+
+    /// Runs `req` on every shard's primary, as
+    /// [`Connection::ask_primary`] would on the client's shard: the
+    /// replies in shard order, or the first error.
+    pub(super) async fn ask_each_primary(
+        &mut self,
+        req: &Request,
+        what: &str,
+    ) -> Result<Vec<Bytes>, Value> {
+        let home = self.shard.clone();
+        let mut replies = Vec::new();
+        for shard in self.ctx.shards.all_serving().iter() {
+            self.shard = shard.clone();
+            let reply = self.ask_primary(req, what).await;
+            self.shard = home.clone();
+            replies.push(reply?.1);
+        }
+        Ok(replies)
+    }
+
+    /// The shard's primary, waiting for a failover to choose one within
+    /// the hold (see [`super::hold`]).
+    pub(super) async fn primary(&mut self) -> Result<Arc<Node>, Value> {
+        if !self.await_primary().await {
+            return Err(self.no_primary());
+        }
+        self.shard
+            .topology
+            .primary()
+            .cloned()
+            .ok_or_else(|| self.no_primary())
+    }
+
+    /// Lets go of the client's dedicated connection, whose session no
+    /// longer matches the client's (another user, another protocol): a
+    /// clean one goes back to the pool, one holding state is closed.
+    pub(super) async fn let_go_pinned(&mut self) {
+        if self.session.pinned.is_some() {
+            let clean = self.session.is_clean();
+            self.unpin().await;
+            if !clean {
+                self.session.lose_pinned();
+            }
+        }
+    }
+
+    /// Runs the client's commands as `user` from now on: connections held
+    /// for the previous user are let go.
+    pub(super) async fn switch_user(&mut self, user: Option<Arc<Credentials>>) {
+        if self.session.user == user {
+            return;
+        }
+        self.let_go_pinned().await;
+        let name = user.as_ref().map_or_else(
+            || {
+                self.ctx
+                    .config
+                    .backend
+                    .username
+                    .clone()
+                    .unwrap_or_else(|| "default".into())
+            },
+            |u| u.username.clone(),
+        );
+        self.registration.entry.publish(|snap| snap.user = name);
+        self.session.user = user;
     }
 }

@@ -3,31 +3,46 @@
 //! so from then on the client's bytes are passed straight through (parsed,
 //! so framing stays checked) and the node's bytes copied back.
 
-use bytes::BytesMut;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::connection::{Connection, Flow};
+use super::interpose::{echo, refusal, translate, Echo};
+use super::piped::{Amend, Interposed};
+use super::redirect;
 use super::registry::Order;
+use super::session::Asker;
 use crate::net::ReadHalf;
-use crate::resp::{Request, Value};
+use crate::resp::{ReplyScanner, Request, Value};
+use crate::topology::Node;
 
 impl Connection {
     /// A piped session: client bytes are parsed (so framing stays checked)
     /// and forwarded, backend bytes are copied back untouched.
     pub(super) async fn pipe(mut self, mut rd: ReadHalf, mut backend: ReadHalf) {
+        // Everything routed before is answered (the pipe began at a
+        // barrier), and nothing piped is routed by the slot map: the maps
+        // are let go, or a slot move would wait for this client forever.
+        self.routing.release(u64::MAX, true);
         let mut from_backend = BytesMut::with_capacity(16 * 1024);
         let mut monitor = self
             .session
             .monitor
             .then(super::monitor::MonitorFilter::default);
         let mut shutdown = self.ctx.shutdown.clone();
-        let mut scanner = crate::resp::ReplyScanner::new(self.ctx.config.limits.max_reply_depth);
+        let mut scanner = ReplyScanner::new(self.ctx.config.limits.max_reply_depth);
+        let mut shard_changed = self.shard.topology.watch();
         loop {
-            if *shutdown.borrow() {
+            // A shard removed while running: its piped clients are
+            // disconnected, to subscribe again where PUBLISH now goes.
+            if *shutdown.borrow() || self.shard.topology.is_retired() {
                 break;
             }
             tokio::select! {
                 _ = shutdown.changed() => break,
+                _ = shard_changed.changed() => {}
                 // Killed by another client (`CLIENT KILL ... TYPE pubsub`,
                 // `ID`): closed as Redis closes it, node connection and all.
                 order = self.orders.recv() => match order {
@@ -37,7 +52,8 @@ impl Connection {
                         let _ = done.send(false);
                     }
                     Some(Order::Reserve { node, done }) => {
-                        let _ = done.send(self.pipe_id_on(&node));
+                        let id = redirect::pipe_id_on(&self.session, &self.registration, &node);
+                        let _ = done.send(id);
                     }
                 },
                 read = backend.read_buf(&mut from_backend) => match read {
@@ -55,7 +71,7 @@ impl Connection {
                                 Err(_) => break,
                             },
                         };
-                        if self.replies.write_raw(&out).await.is_err() || flow == Flow::Stop {
+                        if self.out.replies.write_raw(&out).await.is_err() || flow == Flow::Stop {
                             break;
                         }
                         if from_backend.capacity() > crate::backend::cutter::RETURN_ABOVE
@@ -77,8 +93,8 @@ impl Connection {
                             Ok(None) => break,
                             Err(e) => {
                                 let error = Value::err(format!("ERR {e}")).encode(self.session.proto);
-                                let _ = self.replies.write_raw(&error).await;
-                                self.replies.shutdown().await;
+                                let _ = self.out.replies.write_raw(&error).await;
+                                self.out.replies.shutdown().await;
                                 return;
                             }
                         }
@@ -90,7 +106,7 @@ impl Connection {
                 self.buf.reserve(16 * 1024);
             }
         }
-        self.replies.shutdown().await;
+        self.out.replies.shutdown().await;
     }
 
     /// SUBSCRIBE, MONITOR, CLIENT TRACKING: from now on this client is piped
@@ -114,13 +130,13 @@ impl Connection {
         let deadline = tokio::time::Instant::now()
             + std::time::Duration::from_millis(self.ctx.config.failover.hold_writes_ms);
         let (primary, stream, backend_id) = loop {
-            if !self.await_primary().await {
-                return self.reply(self.no_primary()).await;
-            }
-            let Some(primary) = self.shard.topology.primary().cloned() else {
-                return self.reply(self.no_primary()).await;
+            let primary = match self.primary().await {
+                Ok(primary) => primary,
+                Err(error) => return self.reply(error).await,
             };
-            if let Some((stream, id)) = self.take_reserved(&primary) {
+            if let Some((stream, id)) =
+                redirect::take_reserved(&mut self.reserved, &self.session, &primary)
+            {
                 break (primary, stream, Some(id));
             }
             match primary.pool.raw(self.session.link_session()).await {
@@ -170,7 +186,7 @@ impl Connection {
     pub(super) async fn send_piped(&mut self, req: Request) -> Flow {
         if let Some(error) = self.other_shards_channels(&req) {
             let bytes = error.encode(self.session.proto);
-            return match self.replies.write_raw(&bytes).await {
+            return match self.out.replies.write_raw(&bytes).await {
                 Ok(()) => Flow::Continue,
                 Err(_) => Flow::Stop,
             };
@@ -184,7 +200,7 @@ impl Connection {
                 Ok(req) => req,
                 Err(error) => {
                     let bytes = error.encode(self.session.proto);
-                    return match self.replies.write_raw(&bytes).await {
+                    return match self.out.replies.write_raw(&bytes).await {
                         Ok(()) => Flow::Continue,
                         Err(_) => Flow::Stop,
                     };
@@ -192,7 +208,10 @@ impl Connection {
             },
             None => req,
         };
-        let raw = self.interpose(&req).unwrap_or(req.raw);
+        let raw = self
+            .interposer
+            .interpose(&req, &self.session)
+            .unwrap_or(req.raw);
         let Some(pipe) = self.session.pipe.as_mut() else {
             return Flow::Stop;
         };
@@ -214,7 +233,7 @@ impl Connection {
         }
         let name = req.name();
         let wanted = match name.as_bytes() {
-            b"SUBSCRIBE" | b"PSUBSCRIBE" => 0,
+            b"SUBSCRIBE" | b"PSUBSCRIBE" => self.ctx.shards.first_index(),
             b"SSUBSCRIBE" => match locate(req, &self.ctx.slots.load(), self.ctx.shards.len()) {
                 Place::One(index) => index,
                 Place::Any => return None,
@@ -232,5 +251,95 @@ impl Connection {
             name.as_str(),
             wanted.name()
         )))
+    }
+
+    /// The node's bytes for the client: the complete replies in `from`
+    /// (taken off it; an incomplete one stays), with each marker's echo
+    /// replaced by Rampart's answer to the command it stands for.
+    pub(super) async fn node_replies(
+        &mut self,
+        from: &mut BytesMut,
+        scanner: &mut ReplyScanner,
+    ) -> Result<(BytesMut, Flow), crate::resp::reply::ReplyError> {
+        let mut out = BytesMut::new();
+        let mut flow = Flow::Continue;
+        while let Some(len) = scanner.scan(from)? {
+            let frame = from.split_to(len);
+            let Some(front) = self.interposer.queue.front() else {
+                out.unsplit(frame);
+                continue;
+            };
+            let Some(how) = echo(&frame, front.marker()) else {
+                match front {
+                    Interposed::Amend { .. } => self.interposer.held.push(frame),
+                    Interposed::Answer { .. } => out.unsplit(frame),
+                }
+                continue;
+            };
+            let answer = match self.interposer.queue.pop_front() {
+                Some(Interposed::Answer { local, req, .. }) => match how {
+                    Echo::Subscribed => refusal(&req).encode(self.session.proto),
+                    Echo::Plain => {
+                        let before = self.out.replies.queued();
+                        if self.answer(local, req).await == Flow::Stop {
+                            flow = Flow::Stop;
+                        }
+                        self.out.replies.take_local_after(before)
+                    }
+                },
+                Some(Interposed::Amend { how, .. }) => {
+                    let mut held = std::mem::take(&mut self.interposer.held);
+                    // The reply is the last frame before the echo that is
+                    // not a RESP3 push.
+                    let reply = held.iter().rposition(|f| f.first() != Some(&b'>'));
+                    match (how, reply) {
+                        (Amend::RedirectId, Some(at)) => {
+                            let interposer = &self.interposer;
+                            if let Some(amended) =
+                                translate(&held[at], |id| interposer.client_of(id))
+                            {
+                                held[at] = amended;
+                            }
+                        }
+                        (Amend::Replace { local, req }, Some(at))
+                            if held[at].first() != Some(&b'-') =>
+                        {
+                            let before = self.out.replies.queued();
+                            if self.answer(local, req).await == Flow::Stop {
+                                flow = Flow::Stop;
+                            }
+                            held[at] =
+                                BytesMut::from(&self.out.replies.take_local_after(before)[..]);
+                        }
+                        _ => {}
+                    }
+                    for frame in held {
+                        out.unsplit(frame);
+                    }
+                    Bytes::new()
+                }
+                None => Bytes::new(),
+            };
+            out.extend_from_slice(&answer);
+            if flow == Flow::Stop {
+                break;
+            }
+        }
+        Ok((out, flow))
+    }
+
+    /// `req` with a tracking redirect translated for `node` (see
+    /// [`super::redirect`]).
+    async fn redirect_tracking(
+        &mut self,
+        req: Request,
+        node: &Arc<Node>,
+    ) -> Result<Request, Value> {
+        let asker = Asker {
+            ctx: &self.ctx,
+            session: &self.session,
+            registration: &self.registration,
+        };
+        redirect::redirect_tracking(asker, &mut self.interposer, req, node).await
     }
 }

@@ -147,3 +147,11 @@ pub(super) fn check_client_name(name: &[u8]) -> Result<(), Value> {
 pub(super) fn printable(value: &[u8]) -> bool {
     value.iter().all(|c| (b'!'..=b'~').contains(c))
 }
+
+/// A client asking something of Rampart about clients (its own entry or
+/// others'): who it is, its entry among all clients, and the context.
+pub(super) struct Asker<'a> {
+    pub ctx: &'a crate::context::Context,
+    pub session: &'a Session,
+    pub registration: &'a super::registry::Registration,
+}

@@ -62,18 +62,22 @@ impl Connection {
         };
         let index = match place {
             Place::One(index) => index,
-            Place::Any | Place::Every(_) if held => self.pinned_shard().unwrap_or(0),
+            Place::Any | Place::Every(_) if held => self
+                .pinned_shard()
+                .unwrap_or_else(|| self.ctx.shards.first_index()),
             Place::Any if class == Class::Wait => {
                 let written: Vec<usize> = (0..self.written.len())
                     .filter(|&i| self.written[i])
                     .collect();
                 match written[..] {
-                    [] => 0,
+                    [] => self.ctx.shards.first_index(),
                     [only] => only,
                     _ => return Some(self.wait_on(&written, req.clone()).await),
                 }
             }
-            Place::Any => self.pinned_shard().unwrap_or(0),
+            Place::Any => self
+                .pinned_shard()
+                .unwrap_or_else(|| self.ctx.shards.first_index()),
             Place::CrossSlot | Place::Split(_) if held => {
                 return Some(self.refuse(CROSSSLOT.into()).await)
             }
@@ -83,7 +87,7 @@ impl Connection {
                 return Some(self.scatter(class, parts, how).await);
             }
             Place::Every(kind) => {
-                let (parts, how) = split::every(kind, req, self.ctx.shards.len());
+                let (parts, how) = split::every(kind, req, &self.ctx.shards.serving());
                 return Some(self.scatter(class, parts, how).await);
             }
         };
@@ -175,7 +179,7 @@ impl Connection {
                 node.pool.give_back(link, proto);
             }
         });
-        let position = self.replies.push(Pending::Remote {
+        let position = self.out.replies.push(Pending::Remote {
             reply: client_rx,
             replies: 1,
             sent: std::time::Instant::now(),
@@ -212,7 +216,9 @@ impl Connection {
         // The parts travel on other links than the client's earlier
         // requests: those must be answered first, so that what the parts
         // read follows what the client wrote.
-        if self.replies.completed() < self.durable_upto && self.barrier().await == Flow::Stop {
+        if self.out.replies.completed() < self.out.durable_upto
+            && self.barrier().await == Flow::Stop
+        {
             return Flow::Stop;
         }
         let write = class == Class::Write;
@@ -228,7 +234,7 @@ impl Connection {
             pending.push(rx);
         }
         let (client_tx, client_rx) = oneshot::channel();
-        let account = self.account.clone();
+        let account = self.out.account.clone();
         let proto = self.session.proto;
         tokio::spawn(async move {
             let mut replies = Vec::with_capacity(pending.len());
@@ -248,7 +254,7 @@ impl Connection {
                 charge,
             });
         });
-        let position = self.replies.push(Pending::Remote {
+        let position = self.out.replies.push(Pending::Remote {
             reply: client_rx,
             replies: 1,
             sent: std::time::Instant::now(),
@@ -259,10 +265,10 @@ impl Connection {
             },
         });
         if durable {
-            self.durable_upto = position;
+            self.out.durable_upto = position;
         }
         // A reply combined from several shards: beyond every floor.
-        let position = self.replies.queued() + u64::from(self.open.is_some());
+        let position = self.out.next_position();
         self.reads.saw_everywhere(&self.ctx.shards, position);
         Flow::Continue
     }
@@ -338,7 +344,7 @@ impl Connection {
         link.send(Batch {
             requests: vec![request.raw],
             replies: 1,
-            reply: ReplyTo::charged(tx, self.account.clone()),
+            reply: ReplyTo::charged(tx, self.out.account.clone()),
             durable: sent.durable.then(|| shard.topology.durability.clone()),
             keep_on_shortfall: false,
         })

@@ -76,8 +76,9 @@ impl History {
 /// The counters at the last sample, to turn totals into rates.
 #[derive(Default)]
 struct Previous {
-    /// Per shard: requests and errors of all its nodes.
-    shards: Vec<(u64, u64)>,
+    /// Per shard (by name: shards come and go): requests and errors of
+    /// all its nodes.
+    shards: Vec<(String, (u64, u64))>,
     /// Per class: each latency bucket's count.
     buckets: Vec<Vec<u64>>,
 }
@@ -113,10 +114,11 @@ fn read(shards: &[Arc<ReplicaSet>], metrics: &Metrics) -> Previous {
         shards: shards
             .iter()
             .map(|shard| {
-                shard.nodes.iter().fold((0, 0), |(r, e), node| {
+                let counts = shard.nodes.iter().fold((0, 0), |(r, e), node| {
                     let errors = node.pool.stats().failed_requests.load(Ordering::Relaxed);
                     (r + node.requests.load(Ordering::Relaxed), e + errors)
-                })
+                });
+                (shard.name.clone(), counts)
             })
             .collect(),
         buckets: CLASSES
@@ -139,10 +141,18 @@ fn difference(
     seconds: f64,
 ) -> Sample {
     let per_second = |a: u64, b: u64| b.saturating_sub(a) as f64 / seconds;
+    let earlier = |name: &str| {
+        before
+            .shards
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, counts)| *counts)
+    };
     let shards = shards
         .iter()
-        .zip(before.shards.iter().zip(&now.shards))
-        .map(|(shard, (&(r0, e0), &(r1, e1)))| ShardSample {
+        .zip(&now.shards)
+        .filter_map(|(shard, (name, now))| Some((shard, earlier(name)?, *now)))
+        .map(|(shard, (r0, e0), (r1, e1))| ShardSample {
             name: shard.name.clone(),
             requests_per_s: per_second(r0, r1),
             errors_per_s: per_second(e0, e1),

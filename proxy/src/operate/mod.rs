@@ -28,11 +28,12 @@ use crate::context::Context;
 use crate::shard::Shard;
 
 impl Context {
-    /// The shard named `name`.
+    /// The shard named `name`, in service.
     pub fn shard(&self, name: &str) -> Result<Arc<Shard>, OpError> {
         self.shards
             .named(name)
             .map(|(_, shard)| shard)
+            .filter(|shard| !shard.topology.is_retired())
             .ok_or_else(|| OpError::NotFound(format!("no shard named '{name}'")))
     }
 }

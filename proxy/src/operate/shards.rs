@@ -1,11 +1,13 @@
-//! Adding a shard while running (a reload found a new `[shards.<name>]`):
-//! it starts with no slots, and receives them by `rampart slots move`.
+//! Adding and removing shards while running (a reload found a new
+//! `[shards.<name>]`, or one gone): a shard added starts with no slots and
+//! receives them by `rampart slots move`; a shard removed must own none.
 
 use std::sync::Arc;
 
 use super::OpError;
 use crate::config::{Mode, ShardConfig};
 use crate::context::Context;
+use crate::shard::slots::ranges_text;
 use crate::shard::{build, Added, Shard};
 
 impl Context {
@@ -14,8 +16,13 @@ impl Context {
     /// owns no slots until some are moved to it, so no request reaches it
     /// before then.
     pub async fn add_shard(&self, name: &str, section: &ShardConfig) -> Result<String, OpError> {
-        if self.shards.named(name).is_some() {
-            return Err(OpError::Conflict(format!("shard '{name}' exists")));
+        if let Some((_, shard)) = self.shards.named(name) {
+            return Err(OpError::Conflict(match shard.topology.is_retired() {
+                true => format!(
+                    "shard '{name}' was removed while running; adding it back needs a restart"
+                ),
+                false => format!("shard '{name}' exists"),
+            }));
         }
         if self.coordination.is_some() {
             return Err(OpError::Conflict(
@@ -77,6 +84,61 @@ impl Context {
             format!("shard '{name}' added with {nodes} nodes and no slots (shard {index})");
         self.events
             .record(name, "shard-added", None, 0, detail.clone());
+        Ok(detail)
+    }
+
+    /// Takes shard `name` out of service: nothing is sent to it any more
+    /// (commands for every shard leave it out, keyless commands go to the
+    /// first shard still serving), its nodes are no longer probed and its
+    /// failover controller ends. Clients piped to its nodes (subscribed,
+    /// tracking, MONITOR) see it and disconnect (`client/pipe.rs`), so that
+    /// they subscribe again where `PUBLISH` now goes. It must own no slots
+    /// and be in no move.
+    pub fn remove_shard(&self, name: &str) -> Result<String, OpError> {
+        let (index, shard) = self
+            .shards
+            .named(name)
+            .filter(|(_, s)| !s.topology.is_retired())
+            .ok_or_else(|| OpError::NotFound(format!("no shard named '{name}'")))?;
+        if self.coordination.is_some() {
+            return Err(OpError::Conflict(
+                "removing a shard while running is not available with [coordination]: restart every instance with the new file".into(),
+            ));
+        }
+        if shard.fanout.is_some() {
+            return Err(OpError::Conflict(
+                "a fan-out shard is removed by a restart (its writer runs with Rampart)".into(),
+            ));
+        }
+        if self.shards.serving() == [index] {
+            return Err(OpError::Conflict(format!(
+                "shard '{name}' is the only shard in service"
+            )));
+        }
+        let map = self.slots.load();
+        let owned = map.ranges_of(index);
+        if !owned.is_empty() {
+            return Err(OpError::Conflict(format!(
+                "shard '{name}' owns slots {}: move them to another shard first (`rampart slots move {} --to <shard>`)",
+                ranges_text(&owned),
+                ranges_text(&owned)
+            )));
+        }
+        if let Some(moving) = map.moving().filter(|m| m.from == index || m.to == index) {
+            return Err(OpError::Conflict(format!(
+                "slots {} are moving {} shard '{name}'; wait for the move to finish",
+                ranges_text(&moving.ranges),
+                if moving.to == index { "to" } else { "from" }
+            )));
+        }
+        drop(map);
+        shard.topology.retire();
+        self.topology.remove(&shard.topology);
+        let detail = format!(
+            "shard '{name}' removed: nothing is sent to it any more, and clients piped to its nodes are disconnected; its nodes may be shut down"
+        );
+        self.events
+            .record(name, "shard-removed", None, 0, detail.clone());
         Ok(detail)
     }
 }

@@ -16,6 +16,7 @@ impl Context {
         let (target, _) = self
             .shards
             .named(to)
+            .filter(|(_, shard)| !shard.topology.is_retired())
             .ok_or_else(|| OpError::NotFound(format!("no shard named '{to}'")))?;
         let ranges = parse_ranges(slots).map_err(|e| OpError::Rejected(format!("slots: {e}")))?;
         if ranges.is_empty() {

@@ -47,9 +47,9 @@ impl Shard {
 }
 
 /// Every shard the request path routes to, by index: configuration order
-/// (by name), then shards added by reloads at the end. Shards are only
-/// added while Rampart runs, and a slot map names a shard only once it is
-/// here, so an index taken from a map is always valid.
+/// (by name), then shards added by reloads at the end. A shard removed
+/// while running stays in the list, retired (see [`Shards::serving`]), so
+/// an index taken from a map or a cursor is always valid.
 pub struct Shards {
     list: ArcSwap<Vec<Arc<Shard>>>,
 }
@@ -81,9 +81,36 @@ impl Shards {
         list.get(index).unwrap_or(&list[0]).clone()
     }
 
-    /// The first shard (by name): where keyless commands go.
+    /// The first shard in service (by name): where keyless commands go.
     pub fn first(&self) -> Arc<Shard> {
-        self.list.load()[0].clone()
+        self.at(self.first_index())
+    }
+
+    /// The index of [`Shards::first`].
+    pub fn first_index(&self) -> usize {
+        let list = self.list.load();
+        list.iter()
+            .position(|s| !s.topology.is_retired())
+            .unwrap_or(0)
+    }
+
+    /// The indices of the shards in service: those a command for every
+    /// shard goes to. A shard removed while running keeps its index (maps
+    /// and cursors may name it) but is left out.
+    pub fn serving(&self) -> Vec<usize> {
+        let list = self.list.load();
+        (0..list.len())
+            .filter(|&i| !list[i].topology.is_retired())
+            .collect()
+    }
+
+    /// The shards in service (see [`Shards::serving`]).
+    pub fn all_serving(&self) -> Vec<Arc<Shard>> {
+        let list = self.list.load();
+        list.iter()
+            .filter(|s| !s.topology.is_retired())
+            .cloned()
+            .collect()
     }
 
     /// The shard called `name`, with its index.

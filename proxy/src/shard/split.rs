@@ -38,9 +38,11 @@ pub enum Combine {
     Same,
     /// Arrays of 0/1 combined element by element with AND.
     All,
-    /// A `SCAN` page from shard `shard` of `shards`: its cursor is turned
-    /// into one that names the shard.
-    Scan { shard: usize, shards: usize },
+    /// A `SCAN` page from shard `shard`: its cursor is turned into one
+    /// that names the shard; when the shard is done, `next` starts.
+    Scan { shard: usize, next: Option<usize> },
+    /// A `SCAN` cursor past every shard in service: an empty last page.
+    ScanOver,
 }
 
 /// Splits a multi-key command by the shard of each key.
@@ -81,19 +83,27 @@ pub fn split(kind: Split, req: &Request, slots: &SlotMap) -> (Vec<Part>, Combine
     (parts, combine)
 }
 
-/// Sends a keyless command to every shard (`SCAN` to the one its cursor
-/// names, with the shard's own cursor).
-pub fn every(kind: Every, req: &Request, shards: usize) -> (Vec<Part>, Combine) {
+/// A `SCAN` cursor through Rampart is the node's cursor times this, plus
+/// the shard's index: fixed (shards are at most `u16::MAX`), so a cursor
+/// keeps naming the same shard when shards are added or removed while an
+/// iteration runs.
+const SCAN_SHARDS: u64 = 1 << 16;
+
+/// Sends a keyless command to every shard in service, `serving` (their
+/// indices, in order); `SCAN` to the one its cursor names, with the
+/// shard's own cursor.
+pub fn every(kind: Every, req: &Request, serving: &[usize]) -> (Vec<Part>, Combine) {
     let combine = match kind {
         Every::Sum => Combine::Sum,
         Every::Concat => Combine::Concat,
         Every::Random => Combine::Random,
         Every::Same => Combine::Same,
         Every::All => Combine::All,
-        Every::Scan => return scan(req, shards),
+        Every::Scan => return scan(req, serving),
     };
-    let parts = (0..shards)
-        .map(|shard| Part {
+    let parts = serving
+        .iter()
+        .map(|&shard| Part {
             shard,
             request: req.clone(),
         })
@@ -101,24 +111,34 @@ pub fn every(kind: Every, req: &Request, shards: usize) -> (Vec<Part>, Combine) 
     (parts, combine)
 }
 
-/// `SCAN cursor ...`: the shard the cursor names, with its own cursor.
-fn scan(req: &Request, shards: usize) -> (Vec<Part>, Combine) {
+/// `SCAN cursor ...`: the shard the cursor names (or, when that one was
+/// removed meanwhile, the next in service from its start), with its own
+/// cursor.
+fn scan(req: &Request, serving: &[usize]) -> (Vec<Part>, Combine) {
+    let first = serving.first().copied().unwrap_or(0);
     let Some(cursor) = req.arg(1).and_then(parse_u64) else {
         // The node explains what is wrong with it.
         let part = Part {
-            shard: 0,
+            shard: first,
             request: req.clone(),
         };
         return (vec![part], Combine::Same);
     };
-    let shard = (cursor % shards as u64) as usize;
+    let named = (cursor % SCAN_SHARDS) as usize;
+    let (shard, node_cursor) = match serving.iter().find(|&&s| s >= named) {
+        Some(&s) if s == named => (s, cursor / SCAN_SHARDS),
+        Some(&s) => (s, 0),
+        // Past the last shard in service: the iteration is over.
+        None => return (Vec::new(), Combine::ScanOver),
+    };
     let mut args = req.args();
-    args[1] = Bytes::from((cursor / shards as u64).to_string());
+    args[1] = Bytes::from(node_cursor.to_string());
     let part = Part {
         shard,
         request: Request::from_args(&args),
     };
-    (vec![part], Combine::Scan { shard, shards })
+    let next = serving.iter().find(|&&s| s > shard).copied();
+    (vec![part], Combine::Scan { shard, next })
 }
 
 /// The client's reply from the parts' replies, in part order. Each reply
@@ -130,6 +150,7 @@ pub fn combine(how: &Combine, replies: &[Bytes]) -> Bytes {
     let malformed = || Bytes::from_static(b"-ERR rampart: unexpected reply from a shard\r\n");
     match how {
         Combine::Same | Combine::AllOk => replies.first().cloned().unwrap_or_else(malformed),
+        Combine::ScanOver => Bytes::from_static(b"*2\r\n$1\r\n0\r\n*0\r\n"),
         Combine::Sum => {
             let sum = replies.iter().map(|r| integer(r)).sum::<Option<i64>>();
             match sum {
@@ -180,7 +201,7 @@ pub fn combine(how: &Combine, replies: &[Bytes]) -> Bytes {
             });
             array(flags)
         }
-        Combine::Scan { shard, shards } => {
+        Combine::Scan { shard, next } => {
             let Some(page) = replies.first().and_then(|r| elements(r)) else {
                 return malformed();
             };
@@ -192,15 +213,12 @@ pub fn combine(how: &Combine, replies: &[Bytes]) -> Bytes {
                 return malformed();
             };
             let next = if cursor == 0 {
-                // This shard is done: the next one starts from 0.
-                if shard + 1 < *shards {
-                    Some(*shard as u64 + 1)
-                } else {
-                    Some(0)
-                }
+                // This shard is done: the next one starts from 0, or the
+                // iteration is over.
+                Some(next.map_or(0, |n| n as u64))
             } else {
                 cursor
-                    .checked_mul(*shards as u64)
+                    .checked_mul(SCAN_SHARDS)
                     .and_then(|c| c.checked_add(*shard as u64))
             };
             let Some(next) = next else {
@@ -358,8 +376,9 @@ mod tests {
 
     #[test]
     fn scan_cursors_name_their_shard() {
+        let base = SCAN_SHARDS;
         let req = Request::from_args(&["SCAN", "0", "COUNT", "10"]);
-        let (parts, how) = every(Every::Scan, &req, 3);
+        let (parts, how) = every(Every::Scan, &req, &[0, 1, 2]);
         assert_eq!(parts[0].shard, 0);
         let page = |cursor: &str| {
             Bytes::from(format!(
@@ -367,30 +386,52 @@ mod tests {
                 cursor.len()
             ))
         };
-        // Shard 0 not done: its cursor 5 becomes 5 * 3 + 0.
-        assert_eq!(
-            &combine(&how, &[page("5")])[..],
-            b"*2\r\n$2\r\n15\r\n*1\r\n$1\r\nk\r\n"
-        );
-        // Shard 0 done: shard 1 from its start.
-        assert_eq!(
-            &combine(&how, &[page("0")])[..],
-            b"*2\r\n$1\r\n1\r\n*1\r\n$1\r\nk\r\n"
-        );
-        let (parts, _) = every(Every::Scan, &Request::from_args(&["SCAN", "16"]), 3);
-        assert_eq!(
-            (parts[0].shard, parts[0].request.args()[1].as_ref()),
-            (1, &b"5"[..])
-        );
-        // The last shard done: the iteration is over.
-        let last = Combine::Scan {
-            shard: 2,
-            shards: 3,
+        let cursor = |c: u64| {
+            let c = c.to_string();
+            format!("*2\r\n${}\r\n{c}\r\n*1\r\n$1\r\nk\r\n", c.len())
         };
+        // Shard 0 not done: its cursor 5 becomes 5 * base + 0.
+        assert_eq!(combine(&how, &[page("5")]), cursor(5 * base));
+        // Shard 0 done: shard 1 from its start.
+        assert_eq!(combine(&how, &[page("0")]), cursor(1));
+        let at = |c: u64, serving: &[usize]| {
+            let req = Request::from_args(&["SCAN".to_string(), c.to_string()]);
+            let (parts, how) = every(Every::Scan, &req, serving);
+            let part = parts
+                .first()
+                .map(|p| (p.shard, p.request.args()[1].clone()));
+            (part, how)
+        };
+        let (part, _) = at(5 * base + 1, &[0, 1, 2]);
+        assert_eq!(part, Some((1, Bytes::from("5"))));
+        // The last shard done: the iteration is over.
+        let (_, last) = at(7 * base + 2, &[0, 1, 2]);
+        assert_eq!(combine(&last, &[page("0")]), cursor(0));
+        // A shard added meanwhile: the cursor still names its shard, and
+        // the new one is visited after the others.
+        let (part, how) = at(5 * base + 1, &[0, 1, 2, 3]);
+        assert_eq!(part, Some((1, Bytes::from("5"))));
         assert_eq!(
-            &combine(&last, &[page("0")])[..],
-            b"*2\r\n$1\r\n0\r\n*1\r\n$1\r\nk\r\n"
+            how,
+            Combine::Scan {
+                shard: 1,
+                next: Some(2)
+            }
         );
+        // Shard 1 removed meanwhile: its cursor goes on at the next shard
+        // in service, from its start; past the last, the page is empty.
+        let (part, how) = at(5 * base + 1, &[0, 2]);
+        assert_eq!(part, Some((2, Bytes::from("0"))));
+        assert_eq!(
+            how,
+            Combine::Scan {
+                shard: 2,
+                next: None
+            }
+        );
+        let (part, how) = at(5 * base + 1, &[0]);
+        assert_eq!(part, None);
+        assert_eq!(&combine(&how, &[])[..], b"*2\r\n$1\r\n0\r\n*0\r\n");
     }
 
     /// Whatever the nodes answer, combining never panics.
@@ -414,8 +455,9 @@ mod tests {
             Combine::All,
             Combine::Scan {
                 shard: 1,
-                shards: 3,
+                next: Some(2),
             },
+            Combine::ScanOver,
         ];
         for _ in 0..20_000 {
             let replies: Vec<Bytes> = (0..1 + next() % 3)

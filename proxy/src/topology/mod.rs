@@ -81,6 +81,9 @@ pub struct ReplicaSet {
     /// Why the shard has no primary and waits for an operator (no node
     /// can be proven to hold every acknowledged write), if it does.
     awaiting_operator: Mutex<Option<String>>,
+    /// Removed from service while running (see `operate/shards.rs`): its
+    /// failover controller ends, and nothing is sent to it any more.
+    retired: AtomicBool,
 }
 
 const NO_PRIMARY: usize = usize::MAX;
@@ -114,7 +117,23 @@ impl ReplicaSet {
             fanout: false,
             last_switchover: Mutex::new(None),
             awaiting_operator: Mutex::new(None),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// Takes the shard out of service: its nodes are no longer probed,
+    /// its controller ends at its next tick.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        for node in self.nodes.iter() {
+            node.set_retired(true);
+        }
+        // Wakes whoever watches the shard (piped clients, held writes).
+        self.changed.send_modify(|generation| *generation += 1);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// Says (or, with `None`, clears) why the shard waits for an operator.
@@ -370,6 +389,17 @@ impl Topology {
         TopologyView {
             shards: self.shards().iter().map(|s| s.snapshot()).collect(),
         }
+    }
+
+    /// Takes `shard` out of the topology (it was retired).
+    pub fn remove(&self, shard: &Arc<ReplicaSet>) {
+        self.shards.rcu(|shards| {
+            shards
+                .iter()
+                .filter(|s| !Arc::ptr_eq(s, shard))
+                .cloned()
+                .collect::<Vec<_>>()
+        });
     }
 
     /// Adds a shard at the end.

@@ -5,7 +5,8 @@
 use bytes::Bytes;
 
 use crate::client::session::{check_client_name, printable, Session};
-use crate::resp::Value;
+use crate::client::writer::Replies;
+use crate::resp::{Request, Value};
 
 /// `CLIENT SETNAME name`.
 pub(super) fn set_name(session: &mut Session, args: &[Bytes]) -> Value {
@@ -52,5 +53,53 @@ pub(super) fn key_slot(args: &[Bytes]) -> Value {
     match args.len() {
         3 => Value::Int(i64::from(crate::shard::slots::slot(&args[2]))),
         _ => Value::wrong_args("cluster|keyslot"),
+    }
+}
+
+/// What `CLIENT REPLY` asks for.
+pub(super) enum ReplyMode {
+    On,
+    Off,
+    /// Not the next reply (nor this one).
+    Skip,
+}
+
+/// `CLIENT REPLY ON|OFF|SKIP`: which, or Redis's error.
+pub(super) fn reply_mode(req: &Request) -> Result<ReplyMode, Value> {
+    let mode = req.arg_upper(2);
+    match mode.as_ref().map(|m| m.as_bytes()) {
+        Some(b"ON") if req.argc() == 3 => Ok(ReplyMode::On),
+        Some(b"OFF") if req.argc() == 3 => Ok(ReplyMode::Off),
+        Some(b"SKIP") if req.argc() == 3 => Ok(ReplyMode::Skip),
+        _ => Err(Value::err("ERR syntax error")),
+    }
+}
+
+/// Applies `CLIENT REPLY`: Rampart drops the replies the client asked not
+/// to get. Its own answer, if it gets one.
+pub(super) fn set_reply_mode(
+    session: &mut Session,
+    replies: &mut Replies,
+    mode: ReplyMode,
+) -> Option<Value> {
+    match mode {
+        ReplyMode::On => {
+            session.replies_off = false;
+            session.skip_next_reply = false;
+            replies.set_muted(false);
+            Some(Value::ok())
+        }
+        ReplyMode::Off => {
+            session.replies_off = true;
+            replies.set_muted(true);
+            None
+        }
+        ReplyMode::Skip => {
+            // The SKIP itself is not answered either.
+            if !session.replies_off {
+                session.skip_next_reply = true;
+            }
+            None
+        }
     }
 }

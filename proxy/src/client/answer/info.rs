@@ -40,7 +40,7 @@ async fn with_every_shards_counts(ctx: &Context, text: &str) -> String {
         return text.to_string();
     }
     let mut sections = Vec::new();
-    for shard in ctx.shards.all().iter() {
+    for shard in ctx.shards.all_serving().iter() {
         let Some(primary) = shard.topology.primary() else {
             continue;
         };

@@ -18,7 +18,10 @@ mod script;
 mod slowlog;
 mod unsubscribe;
 
+use bytes::Bytes;
+
 use super::connection::{Connection, Flow};
+use super::session::{Asker, Session};
 use super::writer::Pending;
 use crate::observe::throttled::Throttled;
 use crate::resp::command::Answer;
@@ -62,7 +65,19 @@ impl Connection {
                     self.push(Pending::Local(reply))
                 }
             },
-            Answer::SlowlogGet => self.slowlog_get(req).await,
+            Answer::SlowlogGet => match slowlog::wanted(&req) {
+                Err(error) => self.reply(error).await,
+                Ok(wanted) => match self
+                    .ask_each_primary(&slowlog::whole_log(), "SLOWLOG")
+                    .await
+                {
+                    Err(error) => self.reply(error).await,
+                    Ok(logs) => {
+                        let merged = slowlog::merged(logs, self.session.proto, wanted);
+                        self.push(Pending::Local(merged))
+                    }
+                },
+            },
             Answer::Pause => {
                 let reply = pause::pause(&self.ctx, &req).await;
                 self.reply(reply).await
@@ -74,7 +89,7 @@ impl Connection {
                     None => self.push(Pending::Local(reply)),
                 },
             },
-            Answer::Client => self.client_command(req).await,
+            Answer::Client => self.client_command(&req).await,
             Answer::KillScript => {
                 let reply = script::kill_script(&self.ctx, &req).await;
                 self.reply(reply).await
@@ -146,6 +161,159 @@ impl Connection {
                 Flow::Stop
             }
         }
+    }
+
+    /// `CLIENT LIST | INFO | KILL | UNBLOCK | REPLY` (see [`identity`]).
+    async fn client_command(&mut self, req: &Request) -> Flow {
+        let sub = req.arg_upper(1);
+        let sub = sub.as_ref().map(|s| s.as_str());
+        if sub == Some("REPLY") {
+            return self.client_reply(req).await;
+        }
+        if sub == Some("LIST") || sub == Some("INFO") {
+            // The client's own line shows it as it is now.
+            let blocked = self.waits_on_blocked();
+            let entry = &self.registration.entry;
+            self.published
+                .publish_now(entry, &self.session, sub.unwrap_or_default(), blocked);
+        }
+        let asker = Asker {
+            ctx: &self.ctx,
+            session: &self.session,
+            registration: &self.registration,
+        };
+        let reply = match sub {
+            Some("LIST") => identity::list(&asker, req),
+            Some("INFO") if req.argc() == 2 => identity::info(&asker, req),
+            Some("KILL") => {
+                let killed = identity::kill(&asker, &self.shard.topology, req).await;
+                let flow = self.reply(killed.reply).await;
+                // Killing oneself closes the connection once the reply is out.
+                return if killed.myself { Flow::Stop } else { flow };
+            }
+            Some("UNBLOCK") => identity::unblock(&asker, req).await,
+            _ => Value::err(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
+                sub.unwrap_or_default().to_lowercase()
+            )),
+        };
+        self.reply(reply).await
+    }
+
+    /// `CLIENT REPLY ON|OFF|SKIP`, after everything before it.
+    async fn client_reply(&mut self, req: &Request) -> Flow {
+        let mode = match client::reply_mode(req) {
+            Ok(mode) => mode,
+            Err(error) => return self.reply(error).await,
+        };
+        if self.flush().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        match client::set_reply_mode(&mut self.session, &mut self.out.replies, mode) {
+            Some(reply) => self.reply(reply).await,
+            None => Flow::Continue,
+        }
+    }
+
+    /// `AUTH [user] password` (see [`auth::checker`]). `None`: too many
+    /// wrong passwords from this client's address; the connection is
+    /// closed without an answer.
+    pub(super) async fn authenticate(
+        &mut self,
+        user: Option<&Bytes>,
+        password: &Bytes,
+    ) -> Option<Value> {
+        let checked = match auth::checker(&self.ctx, user) {
+            auth::Checker::Rampart => auth::check_rampart(&self.ctx, user, password),
+            auth::Checker::Nodes => match self.primary().await {
+                Err(error) => Err(error),
+                Ok(primary) => auth::check_on_node(&self.ctx, &primary, user, password).await,
+            },
+        };
+        match checked {
+            Ok(run_as) => {
+                self.session.authed = true;
+                self.switch_user(run_as).await;
+                Some(Value::ok())
+            }
+            Err(reply) if auth::is_wrong_password(&reply) => {
+                self.session.auth_failures += 1;
+                let addr = self.registration.entry.addr.ip();
+                let failures = self.session.auth_failures;
+                auth::wrong_password(&self.ctx, addr, failures)
+                    .await
+                    .then_some(reply)
+            }
+            Err(reply) => Some(reply),
+        }
+    }
+
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`.
+    async fn hello(&mut self, req: Request) -> Flow {
+        let hello = match auth::Hello::parse(&req) {
+            Ok(hello) => hello,
+            Err(error) => return self.reply(error).await,
+        };
+        if let Some((user, password)) = &hello.auth {
+            match self.authenticate(Some(user), password).await {
+                None => return Flow::Stop,
+                Some(error @ Value::Error(_)) => return self.reply(error).await,
+                Some(_) => {}
+            }
+        }
+        if !self.session.authed {
+            return self.reply(Value::err(auth::NOAUTH_HELLO)).await;
+        }
+        if let Some(name) = hello.name {
+            // Checked once authenticated and before the protocol changes,
+            // as Redis does.
+            if let Err(e) = crate::client::session::check_client_name(&name) {
+                return self.reply(e).await;
+            }
+            self.session.name = (!name.is_empty()).then_some(name);
+        }
+        let proto = hello.proto.unwrap_or(self.session.proto);
+        if proto != self.session.proto {
+            // Dedicated connections speak the old protocol.
+            self.let_go_pinned().await;
+            self.session.proto = proto;
+        }
+        let version = self
+            .shard
+            .topology
+            .primary()
+            .and_then(|p| p.version.lock().ok().and_then(|v| v.clone()));
+        let reply = auth::hello_reply(version, proto, self.session.id);
+        self.reply(reply).await
+    }
+
+    /// `RESET`: the connection as new, but still counting wrong passwords
+    /// (or it would undo the slowing down of guesses).
+    async fn reset(&mut self) -> Flow {
+        if self.flush().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        let clean = self.session.is_clean();
+        if let Some((node, link)) = self.session.pinned.take() {
+            // A connection left in a transaction or another database is
+            // simply closed; a clean one is reused.
+            if clean {
+                node.pool.give_back(link, self.session.proto);
+            }
+        }
+        let authed = self.ctx.secrets.current().password.is_none();
+        let user = self.session.user.is_some();
+        let failures = self.session.auth_failures;
+        self.session = Session::new(self.session.id, authed);
+        self.session.auth_failures = failures;
+        if user {
+            let name = self.ctx.config.backend.username.clone();
+            self.registration
+                .entry
+                .publish(|snap| snap.user = name.unwrap_or_else(|| "default".into()));
+        }
+        self.out.replies.set_muted(false);
+        self.reply(Value::Simple("RESET".into())).await
     }
 
     /// `SELECT n`: the database lives on the client's dedicated connection,

@@ -27,7 +27,7 @@ pub(super) async fn pause(ctx: &Context, req: &Request) -> Value {
             .map(|ms| std::time::Duration::from_millis(ms.max(0) as u64))
     };
     // Every shard's primary: the client pauses one big Redis.
-    for shard in ctx.shards.all().iter() {
+    for shard in ctx.shards.all_serving().iter() {
         let Some(primary) = shard.topology.primary().cloned() else {
             return Value::err(format!(
                 "ERR rampart: no reachable primary for shard '{}'",

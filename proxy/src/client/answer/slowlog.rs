@@ -6,70 +6,51 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::backend::own;
-use crate::client::connection::{Connection, Flow};
 use crate::client::undo::{decode, Plain};
-use crate::client::writer::Pending;
 use crate::resp::{Proto, ReplyScanner, Request, Value};
 
-impl Connection {
-    pub(super) async fn slowlog_get(&mut self, req: Request) -> Flow {
-        let wanted = match req.arg(2) {
-            None => 10,
-            Some(n) => match crate::resp::request::parse_i64(n) {
-                Some(-1) => usize::MAX,
-                Some(n) if n < 0 => {
-                    return self
-                        .reply(Value::err(
-                            "ERR count should be greater than or equal to -1",
-                        ))
-                        .await
-                }
-                Some(n) => n as usize,
-                None => {
-                    return self
-                        .reply(Value::err("ERR value is not an integer or out of range"))
-                        .await
-                }
-            },
-        };
-        if req.argc() > 3 {
-            return self
-                .reply(Value::err(
-                    "ERR wrong number of arguments for 'slowlog|get' command",
-                ))
-                .await;
-        }
-        let shards = match self.ctx.shards.len() {
-            1 => vec![self.shard.clone()],
-            _ => self.ctx.shards.all().to_vec(),
-        };
-        let home = self.shard.clone();
-        let mut entries = Vec::new();
-        for shard in shards {
-            self.shard = shard;
-            let log = self.shard_slowlog().await;
-            self.shard = home.clone();
-            match log {
-                Ok(Ok(mut kept)) => entries.append(&mut kept),
-                // Not the array it should be: passed on as the node said it.
-                Ok(Err(reply)) if self.ctx.shards.len() == 1 => {
-                    return self.push(Pending::Local(reply))
-                }
-                Ok(Err(_)) => {}
-                Err(error) => return self.reply(error).await,
-            }
-        }
-        self.push(Pending::Local(newest(entries, wanted)))
+/// The number of entries `SLOWLOG GET [count]` asks for, or Redis's error.
+pub(super) fn wanted(req: &Request) -> Result<usize, Value> {
+    if req.argc() > 3 {
+        // Redis names the subcommand as the client wrote it.
+        let sub = String::from_utf8_lossy(req.arg(1).unwrap_or_default());
+        return Err(Value::err(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try SLOWLOG HELP."
+        )));
     }
+    match req.arg(2) {
+        None => Ok(10),
+        Some(n) => match crate::resp::request::parse_i64(n) {
+            Some(-1) => Ok(usize::MAX),
+            Some(n) if n >= 0 => Ok(n as usize),
+            // Redis's one error for anything else, integer or not.
+            _ => Err(Value::err(
+                "ERR count should be greater than or equal to -1",
+            )),
+        },
+    }
+}
 
-    /// The entries of this shard's primary's slow log that clients ran,
-    /// newest first; the reply itself when it is not the array it should be.
-    async fn shard_slowlog(&mut self) -> Result<Result<Vec<Entry>, Bytes>, Value> {
-        let (primary, link) = self.primary_link().await?;
-        let all = Request::from_args(&["SLOWLOG", "GET", "-1"]);
-        let reply = self.call(&primary, &link, vec![all.raw], "SLOWLOG").await?;
-        Ok(clients_only(&reply, self.session.proto).ok_or(reply))
+/// What each primary is asked: its whole log, filtered here.
+pub(super) fn whole_log() -> Request {
+    Request::from_args(&["SLOWLOG", "GET", "-1"])
+}
+
+/// The reply to `SLOWLOG GET`: the `wanted` newest entries clients ran
+/// of every primary's log (`logs`, one per shard). With one shard, a
+/// reply that is not the array it should be is passed on as the node
+/// said it; with several it is left out.
+pub(super) fn merged(logs: Vec<Bytes>, proto: Proto, wanted: usize) -> Bytes {
+    let one = logs.len() == 1;
+    let mut entries = Vec::new();
+    for log in logs {
+        match clients_only(&log, proto) {
+            Some(mut kept) => entries.append(&mut kept),
+            None if one => return log,
+            None => {}
+        }
     }
+    newest(entries, wanted)
 }
 
 /// One slow log entry: when it ran (seconds, then the node's entry id,

@@ -113,7 +113,8 @@ pub struct Controller {
 }
 
 /// Starts the failover controller of `unit`: it runs until `shutdown`
-/// fires, taking switchover requests from `requests`.
+/// fires or the shard is removed, taking switchover requests from
+/// `requests`.
 pub fn spawn(
     unit: Arc<crate::shard::Shard>,
     settings: Settings,
@@ -155,6 +156,11 @@ impl Controller {
     async fn run(mut self, mut requests: mpsc::Receiver<PrimaryChange>) {
         let mut shutdown = self.shutdown.clone();
         loop {
+            // A shard removed while running has nothing left to fail over.
+            if self.shard.is_retired() {
+                tracing::info!(shard = %self.shard.name, "shard removed; its failover controller ends");
+                return;
+            }
             self.tick().await;
             tokio::select! {
                 _ = tokio::time::sleep(self.timings.interval()) => {}
