@@ -24,6 +24,11 @@ pub enum Fault {
     /// Close each new connection as it arrives; those open go on (a node
     /// at its connection limit, or going down, as a newcomer sees it).
     RefuseNew = 4,
+    /// Connections open when it is set deliver nothing until it is lifted,
+    /// then everything they carried, even what their sender sent before
+    /// closing; connections opened meanwhile pass (one flow stalled in the
+    /// network while others go on).
+    HoldOpen = 5,
 }
 
 pub struct Forwarder {
@@ -32,6 +37,8 @@ pub struct Forwarder {
     delay_ms: Arc<AtomicU64>,
     /// Bumped by `set(Reset)`: connections older than the bump close.
     generation: Arc<AtomicU64>,
+    /// Bumped by `set(HoldOpen)`: connections older than the bump hold.
+    held: Arc<AtomicU64>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -50,7 +57,9 @@ impl Forwarder {
         let fault = Arc::new(AtomicU8::new(Fault::Pass as u8));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let generation = Arc::new(AtomicU64::new(0));
+        let held = Arc::new(AtomicU64::new(0));
         let state = Shared {
+            held: held.clone(),
             fault: fault.clone(),
             delay_ms: delay_ms.clone(),
             generation: generation.clone(),
@@ -67,7 +76,10 @@ impl Forwarder {
                     let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)).await else {
                         return;
                     };
-                    let born = state.generation.load(Ordering::Acquire);
+                    let born = Born {
+                        generation: state.generation.load(Ordering::Acquire),
+                        held: state.held.load(Ordering::Acquire),
+                    };
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);
                     let (crd, cwr) = client.into_split();
@@ -84,6 +96,7 @@ impl Forwarder {
             fault,
             delay_ms,
             generation,
+            held,
             runtime: Some(runtime),
         }
     }
@@ -95,6 +108,9 @@ impl Forwarder {
     pub fn set(&self, fault: Fault) {
         if fault == Fault::Reset {
             self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        if fault == Fault::HoldOpen {
+            self.held.fetch_add(1, Ordering::AcqRel);
         }
         self.fault.store(fault as u8, Ordering::Release);
     }
@@ -119,6 +135,14 @@ struct Shared {
     fault: Arc<AtomicU8>,
     delay_ms: Arc<AtomicU64>,
     generation: Arc<AtomicU64>,
+    held: Arc<AtomicU64>,
+}
+
+/// When a connection was opened, by the counters of `Reset` and `HoldOpen`.
+#[derive(Clone, Copy)]
+struct Born {
+    generation: u64,
+    held: u64,
 }
 
 impl Shared {
@@ -128,6 +152,7 @@ impl Shared {
             2 => Fault::Reset,
             3 => Fault::Delay,
             4 => Fault::RefuseNew,
+            5 => Fault::HoldOpen,
             _ => Fault::Pass,
         }
     }
@@ -138,7 +163,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     state: &Shared,
-    born: u64,
+    born: Born,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -146,7 +171,7 @@ async fn pump(
             read = from.read(&mut buf) => read,
             // Notice a reset even on an idle connection.
             _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                if state.generation.load(Ordering::Acquire) != born {
+                if state.generation.load(Ordering::Acquire) != born.generation {
                     return;
                 }
                 continue;
@@ -156,11 +181,16 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if state.generation.load(Ordering::Acquire) != born {
+        if state.generation.load(Ordering::Acquire) != born.generation {
             return;
         }
         match state.fault() {
-            Fault::Pass | Fault::RefuseNew => {}
+            Fault::HoldOpen if born.held < state.held.load(Ordering::Acquire) => {
+                while state.fault() == Fault::HoldOpen {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            Fault::Pass | Fault::RefuseNew | Fault::HoldOpen => {}
             Fault::Blackhole => continue,
             Fault::Reset => return,
             Fault::Delay => {

@@ -855,3 +855,69 @@ fn a_shard_emptied_by_a_move_is_removed_by_reload() {
     let size: i64 = redis::cmd("DBSIZE").query(&mut conn).unwrap();
     assert_eq!(size, 500);
 }
+
+/// A `RESTORE` given up on (its connection stalled in the network past the
+/// step's timeout) and delivered late, after the key was moved by a later
+/// attempt and written anew on the target, must not put the old value
+/// back: Rampart kills that connection on the target before moving
+/// anything else there.
+#[test]
+fn a_restore_given_up_on_cannot_overwrite_a_newer_write() {
+    use rampart_tests::forwarder::Fault;
+    let a = Cluster::start(0);
+    let b = rampart_tests::FaultyCluster::start(0);
+    let state = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [probe]\ninterval_ms = 50\ntimeout_ms = 200\ndown_after_ms = 60000\n\
+         [backend]\nreply_timeout_ms = 1000\n\
+         [failover]\nhold_writes_ms = 5000\nstate_dir = \"{}\"\n\
+         [shards.s0]\nnodes = [\"{}\"]\nslots = \"0-16383\"\n\
+         [shards.s1]\nnodes = [\"{}\"]\nslots = \"\"\n",
+        state.path().display(),
+        a.primary().addr(),
+        b.addrs()[0],
+    );
+    let proxy = Proxy::start_with(&text);
+    // Two keys in different slots moved through the same gate (slots 64
+    // apart): the first move leaves the gate's connection to the target
+    // open, the second uses it.
+    let key_in = |wanted: &dyn Fn(u16) -> bool| {
+        (0..)
+            .map(|i| format!("key:{i}"))
+            .find(|k| wanted(slot(k)))
+            .unwrap()
+    };
+    let first = key_in(&|s| s < 16000);
+    let second = key_in(&|s| s == slot(&first) + 64);
+    let mut conn = proxy.conn();
+    let _: () = conn.set(&first, "1").unwrap();
+    let _: () = conn.set(&second, "old").unwrap();
+    let moved = |key: &str| {
+        let query = format!("slots={}&to=s1", slot(key));
+        let (status, body) = ask_move(&proxy, &query);
+        assert_eq!(status, 200, "{body}");
+        wait_moved(&proxy, Duration::from_secs(60));
+    };
+    moved(&first);
+    // The target's open connections stall; new ones pass.
+    b.forwarders[0].set(Fault::HoldOpen);
+    moved(&second);
+    assert_eq!(b.nodes[0].cli(&["GET", &second]).trim(), "old");
+    // Written anew through Rampart (a transaction: a connection opened
+    // now), acknowledged.
+    let mut writer = proxy.conn();
+    let (value,): (String,) = redis::pipe()
+        .atomic()
+        .set(&second, "new")
+        .ignore()
+        .get(&second)
+        .query(&mut writer)
+        .unwrap();
+    assert_eq!(value, "new");
+    // The stalled connection delivers what it carried.
+    b.forwarders[0].set(Fault::Pass);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(b.nodes[0].cli(&["GET", &second]).trim(), "new");
+    assert_eq!(a.primary().cli(&["EXISTS", &second]).trim(), "0");
+}

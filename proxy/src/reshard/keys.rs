@@ -10,6 +10,14 @@
 //! copy is the key (a failed move leaves it there and the next attempt
 //! copies it again); after it, the target's. Callers hold the slot's gate,
 //! so nothing else changes the key meanwhile.
+//!
+//! A step given up on (timed out) may still be on its way: a `RESTORE`
+//! delayed in the network could reach the target after a later attempt
+//! succeeded and a client wrote the key anew there, and put the old value
+//! back. So the target's connection of a step given up on is killed on
+//! the target (`CLIENT KILL ID .. ADDR ..`) before anything else is moved
+//! there: once the target has run the kill, whatever that connection
+//! sent has either run already or never will.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,15 +66,34 @@ impl MoveError {
 }
 
 /// The connections a gate keeps to the primaries it moved keys between.
-#[derive(Default)]
 pub struct Conns {
     source: Option<Cached>,
     target: Option<Cached>,
+    /// Shared by every gate: a key is moved through any of them.
+    doubtful: Doubtful,
 }
+
+/// Connections to targets given up on with commands perhaps still on
+/// their way: the node's address, and the connection as the node knows it
+/// (its id and address, which together name it even across a restart of
+/// the node, where ids start again).
+pub type Doubtful = Arc<std::sync::Mutex<Vec<(String, Known)>>>;
+
+/// A connection as the node knows it (`CLIENT INFO`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    id: i64,
+    addr: String,
+}
+
+/// At most this many connections in doubt are remembered (each is a step
+/// that timed out; more means the target is unreachable anyway).
+const MAX_DOUBTFUL: usize = 1024;
 
 struct Cached {
     addr: String,
     control: Control,
+    known: Option<Known>,
 }
 
 /// A key on the source when it was read.
@@ -77,6 +104,14 @@ struct Found {
 }
 
 impl Conns {
+    pub fn new(doubtful: Doubtful) -> Conns {
+        Conns {
+            source: None,
+            target: None,
+            doubtful,
+        }
+    }
+
     /// Moves those of `keys` that `from` has to `to`; returns how many it
     /// moved. `hold` bounds the wait for a primary on either side (a
     /// failover in progress).
@@ -93,6 +128,7 @@ impl Conns {
             return Ok(0);
         }
         let target = primary(to, hold).await?;
+        self.settle(&target).await?;
         let mut restore: Vec<Vec<Bytes>> = found
             .iter()
             .map(|f| {
@@ -106,7 +142,9 @@ impl Conns {
             })
             .collect();
         let confirm = confirmation(to, &mut restore);
-        let replies = call(&mut self.target, &target, &restore, confirm.timeout).await?;
+        let replies = call(&mut self.target, &target, &restore, confirm.timeout)
+            .await
+            .map_err(|failed| failed.doubt(&self.doubtful))?;
         for reply in &replies[..found.len()] {
             refused(reply, &target.addr, "RESTORE")?;
         }
@@ -116,10 +154,39 @@ impl Conns {
             .chain(found.iter().map(|f| f.key.clone()))
             .collect::<Vec<_>>()];
         let confirm = confirmation(from, &mut delete);
-        let replies = call(&mut self.source, &source, &delete, confirm.timeout).await?;
+        let replies = call(&mut self.source, &source, &delete, confirm.timeout)
+            .await
+            .map_err(Failed::error)?;
         refused(&replies[0], &source.addr, "DEL")?;
         confirm.check("deleting the moved keys", from, &replies)?;
         Ok(found.len())
+    }
+
+    /// Kills, on `target`, its connections given up on (see the module's
+    /// doc), so that nothing they sent can run after what is sent now.
+    async fn settle(&mut self, target: &Node) -> Result<(), MoveError> {
+        let pending: Vec<Known> = lock(&self.doubtful)
+            .iter()
+            .filter(|(addr, _)| *addr == target.addr)
+            .map(|(_, known)| known.clone())
+            .collect();
+        for known in pending {
+            let kill = vec![
+                Bytes::from_static(b"CLIENT"),
+                Bytes::from_static(b"KILL"),
+                Bytes::from_static(b"ID"),
+                Bytes::from(known.id.to_string()),
+                Bytes::from_static(b"ADDR"),
+                Bytes::from(known.addr.clone()),
+            ];
+            let replies = call(&mut self.target, target, &[kill], CALL_TIMEOUT)
+                .await
+                .map_err(|failed| failed.doubt(&self.doubtful))?;
+            // 1: killed now; 0: gone already (its bytes with it).
+            refused(&replies[0], &target.addr, "CLIENT KILL")?;
+            lock(&self.doubtful).retain(|(addr, k)| !(*addr == target.addr && *k == known));
+        }
+        Ok(())
     }
 
     /// `DUMP` and `PTTL` of each key on the source: those it has.
@@ -133,7 +200,9 @@ impl Conns {
                 ]
             })
             .collect();
-        let replies = call(&mut self.source, source, &commands, CALL_TIMEOUT).await?;
+        let replies = call(&mut self.source, source, &commands, CALL_TIMEOUT)
+            .await
+            .map_err(Failed::error)?;
         let mut found = Vec::new();
         for (key, pair) in keys.iter().zip(replies.chunks(2)) {
             let [dump, ttl] = pair else { continue };
@@ -249,28 +318,85 @@ async fn call(
     node: &Node,
     commands: &[Vec<Bytes>],
     timeout: Duration,
-) -> Result<Vec<OwnedFrame>, MoveError> {
+) -> Result<Vec<OwnedFrame>, Failed> {
+    let unreachable = |why: String| Failed {
+        error: MoveError::Unreachable(why),
+        sent_on: None,
+    };
     if cached.as_ref().is_none_or(|c| c.addr != node.addr) {
         *cached = None;
-        let control = tokio::time::timeout(CALL_TIMEOUT, node.pool.control())
+        let mut control = tokio::time::timeout(CALL_TIMEOUT, node.pool.control())
             .await
-            .map_err(|_| MoveError::Unreachable(format!("{}: connect timed out", node.addr)))?
-            .map_err(|e| MoveError::Unreachable(format!("{}: {e}", node.addr)))?;
+            .map_err(|_| unreachable(format!("{}: connect timed out", node.addr)))?
+            .map_err(|e| unreachable(format!("{}: {e}", node.addr)))?;
+        let known = control
+            .call(&["CLIENT", "INFO"], CALL_TIMEOUT)
+            .await
+            .ok()
+            .as_ref()
+            .and_then(crate::backend::control::frame_text)
+            .and_then(|line| known(&line));
         *cached = Some(Cached {
             addr: node.addr.clone(),
             control,
+            known,
         });
     }
     let Some(conn) = cached.as_mut() else {
-        return Err(MoveError::Unreachable(node.addr.clone()));
+        return Err(unreachable(node.addr.clone()));
     };
     match conn.control.pipeline(commands, timeout).await {
         Ok(replies) => Ok(replies),
         Err(e) => {
-            *cached = None;
-            Err(MoveError::Unreachable(format!("{}: {e}", node.addr)))
+            let sent_on = cached.take().and_then(|c| c.known);
+            Err(Failed {
+                error: MoveError::Unreachable(format!("{}: {e}", node.addr)),
+                sent_on: sent_on.map(|known| (node.addr.clone(), known)),
+            })
         }
     }
+}
+
+/// A call that failed: why, and the connection its commands may still be
+/// on their way on (unknown when the node did not say who it was).
+struct Failed {
+    error: MoveError,
+    sent_on: Option<(String, Known)>,
+}
+
+impl Failed {
+    fn error(self) -> MoveError {
+        self.error
+    }
+
+    /// The error, the connection remembered as in doubt (see
+    /// [`Conns::settle`]).
+    fn doubt(self, doubtful: &Doubtful) -> MoveError {
+        if let Some(sent_on) = self.sent_on {
+            let mut list = lock(doubtful);
+            if list.len() >= MAX_DOUBTFUL {
+                list.remove(0);
+            }
+            list.push(sent_on);
+        }
+        self.error
+    }
+}
+
+fn lock(doubtful: &Doubtful) -> std::sync::MutexGuard<'_, Vec<(String, Known)>> {
+    doubtful.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The id and address in a `CLIENT INFO` line (`id=7 addr=127.0.0.1:5 ...`).
+fn known(line: &str) -> Option<Known> {
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+    };
+    Some(Known {
+        id: field("id")?.parse().ok()?,
+        addr: field("addr")?.to_string(),
+    })
 }
 
 /// An error reply as a [`MoveError::Refused`].

@@ -67,9 +67,12 @@ impl Slots {
         Slots {
             map: ArcSwap::from_pointee(map),
             changed: watch::channel(0).0,
-            gates: (0..GATES)
-                .map(|_| tokio::sync::Mutex::new(keys::Conns::default()))
-                .collect(),
+            gates: {
+                let doubtful = keys::Doubtful::default();
+                (0..GATES)
+                    .map(|_| tokio::sync::Mutex::new(keys::Conns::new(doubtful.clone())))
+                    .collect()
+            },
             progress: Mutex::new(Progress::default()),
             moved_total: Default::default(),
         }
