@@ -162,8 +162,14 @@ fn list(admin: &Admin, json: bool) -> Result<(), Failure> {
     }
     rows.push(row("*", "detector", "active", &policies["detector"]));
     print!("{}", table(&rows));
-    // Why each generation that was rolled back left, and the last error of
-    // every policy that has one: the text is too long for the table.
+    print_notes(&policies);
+    Ok(())
+}
+
+/// What is too long for the table: why each generation that was rolled
+/// back left, the last error of every policy that has one, and where each
+/// shadow would have sent the reads it saw.
+fn print_notes(policies: &Value) {
     for entry in policies["router"].as_array().into_iter().flatten() {
         for retired in entry[1]["retired"].as_array().into_iter().flatten() {
             println!(
@@ -188,7 +194,6 @@ fn list(admin: &Admin, json: bool) -> Result<(), Failure> {
     if let Some(error) = policies["detector"]["last_error"].as_str() {
         println!("last error of the detector: {error}");
     }
-    // Where each shadow would have sent the reads it saw.
     for entry in policies["router"].as_array().into_iter().flatten() {
         let chosen = &entry[1]["shadow"]["by_shadow_choice"];
         if let Some(choices) = chosen.as_array() {
@@ -203,7 +208,6 @@ fn list(admin: &Admin, json: bool) -> Result<(), Failure> {
             );
         }
     }
-    Ok(())
 }
 
 fn upload(admin: &Admin, load: Load, mode: &str) -> Result<(), Failure> {

@@ -237,3 +237,47 @@ pub(super) async fn listeners(
     };
     Ok((client, admin))
 }
+
+/// The nodes' factory (and membership keeper) and the DNS resolver they
+/// are looked up with.
+pub(super) fn members(
+    config: &Config,
+    link_options: LinkOptions,
+) -> (Arc<failover::members::Members>, crate::net::dns::Resolver) {
+    let members = Arc::new(failover::members::Members::new(
+        link_options,
+        config.backend.clone(),
+        config.proxy.worker_count(),
+        config.zone_numbers(),
+    ));
+    let nameserver = config.discovery.nameserver.as_deref();
+    let resolver = crate::net::dns::Resolver::new(nameserver.and_then(|n| n.parse().ok()));
+    (members, resolver)
+}
+
+/// What moves slots: the walk of a move, and saving the map it leaves.
+pub(super) fn resharder(
+    config: &Config,
+    slots: &Arc<crate::reshard::Slots>,
+    shards: &Arc<crate::shard::Shards>,
+    events: &Arc<Events>,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Arc<crate::reshard::mover::Resharder> {
+    Arc::new(crate::reshard::mover::Resharder {
+        slots: slots.clone(),
+        shards: shards.clone(),
+        store: crate::reshard::state::MapStore::new(config.failover.state_dir.as_deref()),
+        events: events.clone(),
+        hold: std::time::Duration::from_millis(config.failover.hold_writes_ms),
+        shutdown: shutdown.clone(),
+    })
+}
+
+/// The commands and settings clients may not use.
+pub(super) fn guard(config: &Config) -> crate::client::guard::Guard {
+    crate::client::guard::Guard::new(
+        &config.proxy.deny_commands,
+        &config.proxy.managed_settings,
+        config.backend.username.as_deref(),
+    )
+}

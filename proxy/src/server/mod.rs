@@ -51,20 +51,8 @@ impl Server {
 
         let (connect, link_options) = build::options(&config, &backend_tls);
         let slots = crate::reshard::initial(&config).map_err(|e| invalid(e.to_string()))?;
-        let members = Arc::new(failover::members::Members::new(
-            link_options,
-            config.backend.clone(),
-            config.proxy.worker_count(),
-            config.zone_numbers(),
-        ));
+        let (members, resolver) = build::members(&config, link_options);
         let changes = members.changes.clone();
-        let resolver = crate::net::dns::Resolver::new(
-            config
-                .discovery
-                .nameserver
-                .as_deref()
-                .and_then(|n| n.parse().ok()),
-        );
         let shards = build::shards(&config, &members, &resolver, &slots).await?;
         let limits = crate::policy::Limits::of(&config.plugins);
         let routers = build::routers(&config, &shards, &changes, limits)?;
@@ -83,14 +71,7 @@ impl Server {
             switchovers,
         )));
         let slots = Arc::new(crate::reshard::Slots::new(slots));
-        let resharder = Arc::new(crate::reshard::mover::Resharder {
-            slots: slots.clone(),
-            shards: owned.clone(),
-            store: crate::reshard::state::MapStore::new(config.failover.state_dir.as_deref()),
-            events: events.clone(),
-            hold: Duration::from_millis(config.failover.hold_writes_ms),
-            shutdown: shutdown_rx.clone(),
-        });
+        let resharder = build::resharder(&config, &slots, &owned, &events, &shutdown_rx);
         let (added_shards, added_rx) = mpsc::unbounded_channel();
         let coordination = build::coordination(&config, client_addr, admin_addr, &shards, &events)?;
         let context = Arc::new(Context {
@@ -121,11 +102,7 @@ impl Server {
             backend_tls,
             next_client_id: AtomicU64::new(1),
             shutdown: shutdown_rx.clone(),
-            guard: crate::client::guard::Guard::new(
-                &config.proxy.deny_commands,
-                &config.proxy.managed_settings,
-                config.backend.username.as_deref(),
-            ),
+            guard: build::guard(&config),
             registry: Arc::default(),
             auth_throttle: Default::default(),
             config,
