@@ -17,7 +17,7 @@ use redis::Commands;
 const BIN: &str = env!("CARGO_BIN_EXE_rampart-test-cli");
 
 /// Keys loaded before the move.
-const KEYS: usize = 20_000;
+const KEYS: usize = 100_000;
 /// Hash-tagged groups (a list and a hash each, in the tag's slot).
 const GROUPS: usize = 500;
 /// Counters incremented during the move.
@@ -306,31 +306,67 @@ fn check(proxy: &Proxy, a: &Cluster, b: &Cluster, seen: &Seen) {
         .map(|i| (format!("k:{i}"), format!("v{i}")))
         .collect();
     expected.extend(seen.acked.iter().map(|(k, v)| (k.clone(), v.clone())));
-    for (key, value) in &expected {
-        let got: Option<String> = through.get(key).unwrap();
-        assert_eq!(
-            got.as_deref(),
-            Some(value.as_str()),
-            "{key} through Rampart"
+    // In pipelines of a thousand: every key through Rampart, on the shard
+    // owning its slot, and not on the other.
+    for chunk in expected.chunks(1000) {
+        let keys: Vec<&String> = chunk.iter().map(|(k, _)| k).collect();
+        let through_values: Vec<Option<String>> = through.mget(&keys).unwrap();
+        let ttls: Vec<i64> = keys
+            .iter()
+            .fold(&mut redis::pipe(), |p, k| p.ttl(*k))
+            .query(&mut through)
+            .unwrap();
+        let (mut home_a, mut home_b) = (redis::pipe(), redis::pipe());
+        let (mut else_a, mut else_b) = (redis::pipe(), redis::pipe());
+        let mut order = Vec::new();
+        for key in &keys {
+            let on_a_side = slot(key) < 8192;
+            order.push(on_a_side);
+            let (home, other) = match on_a_side {
+                true => (&mut home_a, &mut else_b),
+                false => (&mut home_b, &mut else_a),
+            };
+            home.get(*key);
+            other.exists(*key);
+        }
+        let (at_a, at_b): (Vec<Option<String>>, Vec<Option<String>>) = (
+            home_a.query(&mut on_a).unwrap(),
+            home_b.query(&mut on_b).unwrap(),
         );
-        let (home, other) = match slot(key) < 8192 {
-            true => (&mut on_a, &mut on_b),
-            false => (&mut on_b, &mut on_a),
-        };
-        let there: Option<String> = home.get(key).unwrap();
-        assert_eq!(there.as_deref(), Some(value.as_str()), "{key} on its shard");
-        assert!(
-            !other.exists::<_, bool>(key).unwrap(),
-            "{key} also on the other shard"
+        let (also_b, also_a): (Vec<bool>, Vec<bool>) = (
+            else_b.query(&mut on_b).unwrap(),
+            else_a.query(&mut on_a).unwrap(),
         );
-    }
-    for i in (0..KEYS).step_by(5) {
-        let ttl: i64 = through.ttl(format!("k:{i}")).unwrap();
-        assert!((3000..=3600).contains(&ttl), "k:{i} kept its TTL: {ttl}");
-    }
-    for i in (1..KEYS).step_by(5) {
-        let ttl: i64 = through.ttl(format!("k:{i}")).unwrap();
-        assert_eq!(ttl, -1, "k:{i} has no TTL");
+        let (mut at_a, mut at_b) = (at_a.into_iter(), at_b.into_iter());
+        let (mut also_a, mut also_b) = (also_a.into_iter(), also_b.into_iter());
+        for (i, (key, value)) in chunk.iter().enumerate() {
+            assert_eq!(
+                through_values[i].as_deref(),
+                Some(value.as_str()),
+                "{key} through Rampart"
+            );
+            let (there, elsewhere) = match order[i] {
+                true => (at_a.next(), also_b.next()),
+                false => (at_b.next(), also_a.next()),
+            };
+            assert_eq!(
+                there.flatten().as_deref(),
+                Some(value.as_str()),
+                "{key} on its shard"
+            );
+            assert_eq!(elsewhere, Some(false), "{key} also on the other shard");
+            // The loaded keys: every fifth with a TTL, the rest without.
+            if let Some(n) = key.strip_prefix("k:").and_then(|n| n.parse::<usize>().ok()) {
+                match n % 5 {
+                    0 => assert!(
+                        (3000..=3600).contains(&ttls[i]),
+                        "{key} kept its TTL: {}",
+                        ttls[i]
+                    ),
+                    _ => assert_eq!(ttls[i], -1, "{key} has no TTL"),
+                }
+            }
+        }
     }
     for g in 0..GROUPS {
         let list: Vec<String> = through.lrange(format!("{{g{g}}}:list"), 0, -1).unwrap();
