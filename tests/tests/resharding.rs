@@ -832,7 +832,8 @@ fn a_shard_emptied_by_a_move_is_removed_by_reload() {
     subscriber
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    assert!(subscriber.recv_response().is_err());
+    let end = subscriber.recv_response().expect_err("still connected");
+    assert!(!end.is_timeout(), "still connected: {end}");
 
     // s0's nodes gone for good.
     for node in a.nodes.iter_mut() {
@@ -956,4 +957,60 @@ fn a_restore_given_up_on_cannot_overwrite_a_newer_write() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(b.nodes[0].cli(&["GET", &second]).trim(), "new");
     assert_eq!(a.primary().cli(&["EXISTS", &second]).trim(), "0");
+}
+
+/// A client subscribed to a shard channel (`SSUBSCRIBE`) whose slot moves
+/// is disconnected when the move starts, as a Redis Cluster node tells its
+/// shard-channel subscribers when their slot leaves: `SPUBLISH` goes to
+/// the target from then on, and a subscriber left on the source would
+/// miss every message without a word. Subscribing again reaches them.
+/// Plain `SUBSCRIBE` subscribers are left alone.
+#[test]
+fn shard_channel_subscribers_follow_their_slot() {
+    let (a, b) = (Cluster::start(0), Cluster::start(0));
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(&config(&a, &b, state.path()));
+    let channel = "orders";
+    let mut shard_sub = proxy.conn();
+    redis::cmd("SSUBSCRIBE")
+        .arg(channel)
+        .exec(&mut shard_sub)
+        .unwrap();
+    let mut plain_sub = proxy.conn();
+    redis::cmd("SUBSCRIBE")
+        .arg(channel)
+        .exec(&mut plain_sub)
+        .unwrap();
+    let mut conn = proxy.conn();
+    let heard: i64 = redis::cmd("SPUBLISH")
+        .arg(&[channel, "before"])
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(heard, 1);
+    let (status, body) = ask_move(&proxy, &format!("slots={}&to=s1", slot(channel)));
+    assert_eq!(status, 200, "{body}");
+    wait_moved(&proxy, Duration::from_secs(60));
+    shard_sub
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // The message published before the move, then the end of the
+    // connection.
+    let first = shard_sub.recv_response();
+    assert!(first.is_ok(), "{first:?}");
+    let end = shard_sub.recv_response().expect_err("still connected");
+    assert!(!end.is_timeout(), "still connected: {end}");
+    let mut again = proxy.conn();
+    redis::cmd("SSUBSCRIBE")
+        .arg(channel)
+        .exec(&mut again)
+        .unwrap();
+    let heard: i64 = redis::cmd("SPUBLISH")
+        .arg(&[channel, "after"])
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(heard, 1, "the new subscription is where SPUBLISH goes");
+    // The plain subscriber is still there (PUBLISH goes to the first
+    // shard, which did not change).
+    let heard: i64 = conn.publish(channel, "plain").unwrap();
+    assert_eq!(heard, 1);
 }

@@ -13,9 +13,10 @@ use super::interpose::{echo, refusal, translate, Echo};
 use super::piped::{Amend, Interposed};
 use super::redirect;
 use super::registry::Order;
-use super::session::Asker;
+use super::session::{Asker, Session};
 use crate::net::ReadHalf;
 use crate::resp::{ReplyScanner, Request, Value};
+use crate::shard::slots::Residence;
 use crate::topology::Node;
 
 impl Connection {
@@ -34,15 +35,18 @@ impl Connection {
         let mut shutdown = self.ctx.shutdown.clone();
         let mut scanner = ReplyScanner::new(self.ctx.config.limits.max_reply_depth);
         let mut shard_changed = self.shard.topology.watch();
+        let mut slots_changed = self.ctx.slots.watch();
         loop {
             // A shard removed while running: its piped clients are
             // disconnected, to subscribe again where PUBLISH now goes.
-            if *shutdown.borrow() || self.shard.topology.is_retired() {
+            if *shutdown.borrow() || self.shard.topology.is_retired() || self.shard_channels_move()
+            {
                 break;
             }
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = shard_changed.changed() => {}
+                _ = slots_changed.changed(), if !self.session.shard_channel_slots.is_empty() => {}
                 // Killed by another client (`CLIENT KILL ... TYPE pubsub`,
                 // `ID`): closed as Redis closes it, node connection and all.
                 order = self.orders.recv() => match order {
@@ -115,6 +119,7 @@ impl Connection {
         if self.session.in_multi {
             return self.pinned(req).await;
         }
+        note_shard_channels(&mut self.session, &req);
         if self.flush().await == Flow::Stop || self.barrier().await == Flow::Stop {
             return Flow::Stop;
         }
@@ -191,6 +196,7 @@ impl Connection {
                 Err(_) => Flow::Stop,
             };
         }
+        note_shard_channels(&mut self.session, &req);
         let node = (req.name().as_bytes() == b"CLIENT")
             .then(|| self.registration.entry.snapshot().pipe)
             .flatten()
@@ -219,6 +225,23 @@ impl Connection {
             Ok(()) if pipe.flush().await.is_ok() => Flow::Continue,
             _ => Flow::Stop,
         }
+    }
+
+    /// Whether a shard channel subscribed here (`SSUBSCRIBE`) is in a slot
+    /// that is moving, or moved, away from the pipe's shard: `SPUBLISH` to
+    /// it goes to the target from the start of the move, so the client is
+    /// disconnected, as a Redis Cluster node tells its shard-channel
+    /// subscribers when their slot leaves it, and subscribes again there.
+    fn shard_channels_move(&self) -> bool {
+        if self.session.shard_channel_slots.is_empty() {
+            return false;
+        }
+        let here = self.ctx.shards.index_of(&self.shard);
+        let map = self.ctx.slots.load();
+        self.session
+            .shard_channel_slots
+            .iter()
+            .any(|&slot| map.residence(slot) != Residence::Owned(here))
     }
 
     /// With several shards, a subscribed connection is piped to one
@@ -341,5 +364,19 @@ impl Connection {
             registration: &self.registration,
         };
         redirect::redirect_tracking(asker, &mut self.interposer, req, node).await
+    }
+}
+
+/// Notes the slots of the shard channels an `SSUBSCRIBE` names.
+fn note_shard_channels(session: &mut Session, req: &Request) {
+    if req.name().as_bytes() != b"SSUBSCRIBE" {
+        return;
+    }
+    for channel in req.args().iter().skip(1) {
+        // Kept sorted: at most one entry per slot, found by halving.
+        let slot = crate::shard::slots::slot(channel);
+        if let Err(at) = session.shard_channel_slots.binary_search(&slot) {
+            session.shard_channel_slots.insert(at, slot);
+        }
     }
 }

@@ -56,6 +56,11 @@ pub struct Session {
     /// The pipe began with a subscription (`CLIENT KILL TYPE pubsub` finds
     /// it; a MONITOR or tracking client is `normal`, as in Redis).
     pub pubsub: bool,
+    /// The hash slots of the shard channels subscribed on the pipe
+    /// (`SSUBSCRIBE`): when one starts moving to another shard, where
+    /// `SPUBLISH` will go, the client is disconnected to subscribe again
+    /// there (see `pipe.rs`).
+    pub shard_channel_slots: Vec<u16>,
     /// `CLIENT REPLY OFF`: no reply is written until `CLIENT REPLY ON`.
     pub replies_off: bool,
     /// `CLIENT REPLY SKIP`: the next command's reply is dropped.
@@ -93,6 +98,7 @@ impl Session {
             fanout_tx: None,
             monitor: false,
             pubsub: false,
+            shard_channel_slots: Vec::new(),
             replies_off: false,
             skip_next_reply: false,
         }
