@@ -23,7 +23,7 @@ pub struct Members {
     link_options: LinkOptions,
     backend: BackendConfig,
     workers: usize,
-    zones: BTreeMap<String, u32>,
+    zones: ZoneNumbers,
     /// Shared by every node (see [`Node`]'s `changes`).
     pub changes: Arc<AtomicU64>,
     next_id: AtomicU32,
@@ -53,7 +53,7 @@ impl Members {
             link_options,
             backend,
             workers,
-            zones,
+            zones: ZoneNumbers(std::sync::Mutex::new(zones)),
             changes: Arc::new(AtomicU64::new(0)),
             next_id: AtomicU32::new(1),
             probing: OnceLock::new(),
@@ -67,12 +67,7 @@ impl Members {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let zone = config
-            .zones
-            .get(addr)
-            .and_then(|z| self.zones.get(z))
-            .copied()
-            .unwrap_or(0);
+        let zone = config.zones.get(addr).map_or(0, |z| self.zone(z));
         Arc::new_cyclic(|weak: &std::sync::Weak<Node>| {
             let weak = weak.clone();
             // A failed shared link is a passive health signal.
@@ -97,6 +92,11 @@ impl Members {
                 false => node,
             }
         })
+    }
+
+    /// The number of zone `name` (see [`ZoneNumbers`]).
+    pub fn zone(&self, name: &str) -> u32 {
+        self.zones.number(name)
     }
 
     /// Starts probing every node of `shards`, and any added later.
@@ -196,5 +196,42 @@ impl Members {
         if let Some(probing) = self.probing.get() {
             probe::spawn(shard.clone(), node.clone(), probing.clone());
         }
+    }
+}
+
+/// Zones by number, as routers compare them: numbered at start from the
+/// configuration (1, 2, ... in name order; 0 is none), and a zone first
+/// named by a reload (a shard added with `zones`) gets the next number.
+/// Numbers never change while running, so a shard added later compares
+/// its nodes' zones with the instance's own (`proxy.zone`) as the shards
+/// from the start do.
+struct ZoneNumbers(std::sync::Mutex<BTreeMap<String, u32>>);
+
+impl ZoneNumbers {
+    fn number(&self, name: &str) -> u32 {
+        let mut zones = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&number) = zones.get(name) {
+            return number;
+        }
+        let next = zones.values().max().copied().unwrap_or(0) + 1;
+        zones.insert(name.to_string(), next);
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zones_named_later_get_new_numbers_and_old_ones_keep_theirs() {
+        let start: BTreeMap<String, u32> = [("b".to_string(), 1), ("d".to_string(), 2)].into();
+        let zones = ZoneNumbers(std::sync::Mutex::new(start));
+        // "a" sorts first, but numbers at start stay as they were.
+        assert_eq!(zones.number("a"), 3);
+        assert_eq!(zones.number("b"), 1);
+        assert_eq!(zones.number("d"), 2);
+        assert_eq!(zones.number("a"), 3);
+        assert_eq!(zones.number("c"), 4);
     }
 }

@@ -52,12 +52,8 @@ pub async fn replica_set(
         .iter()
         .map(|addr| members.make(addr, section, false))
         .collect();
-    let zone = config
-        .proxy
-        .zone
-        .as_ref()
-        .and_then(|z| config.zone_numbers().get(z).copied())
-        .unwrap_or(0);
+    // Numbered as at start, whatever zones a reloaded file adds.
+    let zone = config.proxy.zone.as_ref().map_or(0, |z| members.zone(z));
     Ok(Arc::new(
         ReplicaSet::new(
             name.to_string(),
