@@ -827,6 +827,14 @@ fn a_shard_emptied_by_a_move_is_removed_by_reload() {
     let shards = proxy.topology()["shards"].clone();
     assert_eq!(shards.as_array().unwrap().len(), 1, "{shards:#}");
     assert_eq!(shards[0]["name"], "s1");
+    let view = slots(&proxy);
+    assert_eq!(view["shards"].as_array().unwrap().len(), 1, "{view:#}");
+    assert_eq!(view["shards"][0]["slots"], "0-16383", "{view:#}");
+    let metrics = rampart_tests::http_get(admin(&proxy), "/metrics").1;
+    assert!(
+        !metrics.contains("rampart_shard_slots{shard=\"s0\"}"),
+        "{metrics}"
+    );
     // The subscriber piped to s0's primary was disconnected, to
     // subscribe again where PUBLISH now goes.
     subscriber

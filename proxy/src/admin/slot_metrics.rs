@@ -11,12 +11,17 @@ pub(super) fn render(o: &mut String, ctx: &Context) {
         "rampart_shard_slots",
         "gauge",
         "Hash slots the shard owns.",
-        ctx.shards.all().iter().enumerate().map(|(index, shard)| {
-            (
-                format!("shard=\"{}\"", shard.name()),
-                map.count_of(index) as f64,
-            )
-        }),
+        ctx.shards
+            .all()
+            .iter()
+            .enumerate()
+            .filter(|(_, shard)| !shard.topology.is_retired())
+            .map(|(index, shard)| {
+                (
+                    format!("shard=\"{}\"", shard.name()),
+                    map.count_of(index) as f64,
+                )
+            }),
     );
     family(
         o,

@@ -3,7 +3,8 @@
 
 use crate::context::Context;
 
-/// Which shard owns which hash slots, and the move in progress.
+/// Which shard in service owns which hash slots, and the move in
+/// progress.
 pub(super) fn slots(ctx: &Context) -> serde_json::Value {
     let map = ctx.slots.load();
     let shards: Vec<serde_json::Value> = ctx
@@ -11,6 +12,7 @@ pub(super) fn slots(ctx: &Context) -> serde_json::Value {
         .all()
         .iter()
         .enumerate()
+        .filter(|(_, shard)| !shard.topology.is_retired())
         .map(|(index, shard)| {
             serde_json::json!({
                 "shard": shard.name(),
