@@ -278,7 +278,7 @@ async fn change_shards(
         if config.shards.contains_key(name) {
             continue;
         }
-        match ctx.remove_shard(name) {
+        match ctx.remove_shard(name).await {
             Ok(done) => tracing::info!(shard = %name, "{done}"),
             Err(e) => refuse(name, format!("shards.{name} (removed)"), e.to_string()),
         }

@@ -94,7 +94,8 @@ impl Context {
     /// tracking, MONITOR) see it and disconnect (`client/pipe.rs`), so that
     /// they subscribe again where `PUBLISH` now goes. It must own no slots
     /// and be in no move.
-    pub fn remove_shard(&self, name: &str) -> Result<String, OpError> {
+    pub async fn remove_shard(&self, name: &str) -> Result<String, OpError> {
+        let _changing = self.resharder.changing.lock().await;
         let (index, shard) = self
             .shards
             .named(name)

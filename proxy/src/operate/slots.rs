@@ -13,6 +13,7 @@ impl Context {
     /// as it goes). Returns once keys are moving; the walk goes on in the
     /// background.
     pub async fn move_slots(&self, slots: &str, to: &str, rate: u64) -> Result<String, OpError> {
+        let _changing = self.resharder.changing.lock().await;
         let (target, _) = self
             .shards
             .named(to)

@@ -86,8 +86,10 @@ pub struct Known {
     addr: String,
 }
 
-/// At most this many connections in doubt are remembered (each is a step
-/// that timed out; more means the target is unreachable anyway).
+/// At most this many connections in doubt are remembered. Never reached
+/// in practice: nothing more is sent to a target before its doubts are
+/// settled, so each target has at most one, and only primaries that
+/// timed out a `RESTORE` have any.
 const MAX_DOUBTFUL: usize = 1024;
 
 struct Cached {
@@ -179,9 +181,10 @@ impl Conns {
                 Bytes::from_static(b"ADDR"),
                 Bytes::from(known.addr.clone()),
             ];
+            // A kill that arrives late only kills: not itself in doubt.
             let replies = call(&mut self.target, target, &[kill], CALL_TIMEOUT)
                 .await
-                .map_err(|failed| failed.doubt(&self.doubtful))?;
+                .map_err(Failed::error)?;
             // 1: killed now; 0: gone already (its bytes with it).
             refused(&replies[0], &target.addr, "CLIENT KILL")?;
             lock(&self.doubtful).retain(|(addr, k)| !(*addr == target.addr && *k == known));

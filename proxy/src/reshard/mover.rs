@@ -25,6 +25,11 @@ pub struct Resharder {
     /// How long a move waits for a primary (`failover.hold_writes_ms`).
     pub hold: Duration,
     pub shutdown: watch::Receiver<bool>,
+    /// Held from the checks before a change of the slot map (a move
+    /// starting, a shard removed) to the change: two operators' requests
+    /// at once cannot both pass "no move in progress", nor a shard be
+    /// removed as a move to it starts.
+    pub changing: tokio::sync::Mutex<()>,
 }
 
 /// How long the pause at the start of a move may last: requests for the

@@ -270,6 +270,7 @@ pub(super) fn resharder(
         events: events.clone(),
         hold: std::time::Duration::from_millis(config.failover.hold_writes_ms),
         shutdown: shutdown.clone(),
+        changing: Default::default(),
     })
 }
 
