@@ -259,6 +259,16 @@ fn moved_so_far(proxy: &Proxy) -> u64 {
     p["moved"].as_u64().unwrap_or(0) + p["moved_by_clients"].as_u64().unwrap_or(0)
 }
 
+/// Waits (10 s at most) for an event of `kind`.
+fn wait_event(proxy: &Proxy, kind: &str) {
+    wait_until_or(
+        &format!("a {kind} event"),
+        Duration::from_secs(10),
+        || proxy.events_of(kind) > 0,
+        || format!("{:?}", proxy.event_kinds()),
+    );
+}
+
 /// `POST /v1/slots/move?<query>`.
 fn ask_move(proxy: &Proxy, query: &str) -> (u16, String) {
     http(
@@ -801,12 +811,7 @@ fn a_shard_emptied_by_a_move_is_removed_by_reload() {
         .to_string()
         + &without_s0;
     std::fs::write(&file, &without_s0).unwrap();
-    wait_until_or(
-        "the removal to be refused",
-        Duration::from_secs(10),
-        || proxy.events_of("shard-change-refused") > 0,
-        || format!("{:?}", proxy.event_kinds()),
-    );
+    wait_event(&proxy, "shard-change-refused");
     let refusal = proxy.last_event_detail("shard-change-refused").unwrap();
     assert!(refusal.contains("owns slots 0-16383"), "{refusal}");
     assert_eq!(proxy.topology()["shards"].as_array().unwrap().len(), 2);
@@ -818,12 +823,7 @@ fn a_shard_emptied_by_a_move_is_removed_by_reload() {
     assert_eq!(status, 200, "{body}");
     wait_moved(&proxy, Duration::from_secs(60));
     std::fs::write(&file, &without_s0).unwrap();
-    wait_until_or(
-        "s0 to be removed",
-        Duration::from_secs(10),
-        || proxy.events_of("shard-removed") > 0,
-        || format!("{:?}", proxy.event_kinds()),
-    );
+    wait_event(&proxy, "shard-removed");
     let shards = proxy.topology()["shards"].clone();
     assert_eq!(shards.as_array().unwrap().len(), 1, "{shards:#}");
     assert_eq!(shards[0]["name"], "s1");

@@ -30,10 +30,13 @@ use crate::shard::Shard;
 impl Context {
     /// The shard named `name`, in service.
     pub fn shard(&self, name: &str) -> Result<Arc<Shard>, OpError> {
+        self.serving_named(name).map(|(_, shard)| shard)
+    }
+
+    /// The shard in service named `name`, with its index.
+    pub fn serving_named(&self, name: &str) -> Result<(usize, Arc<Shard>), OpError> {
         self.shards
-            .named(name)
-            .map(|(_, shard)| shard)
-            .filter(|shard| !shard.topology.is_retired())
+            .serving_named(name)
             .ok_or_else(|| OpError::NotFound(format!("no shard named '{name}'")))
     }
 }

@@ -96,11 +96,7 @@ impl Context {
     /// and be in no move.
     pub async fn remove_shard(&self, name: &str) -> Result<String, OpError> {
         let _changing = self.resharder.changing.lock().await;
-        let (index, shard) = self
-            .shards
-            .named(name)
-            .filter(|(_, s)| !s.topology.is_retired())
-            .ok_or_else(|| OpError::NotFound(format!("no shard named '{name}'")))?;
+        let (index, shard) = self.serving_named(name)?;
         if self.coordination.is_some() {
             return Err(OpError::Conflict(
                 "removing a shard while running is not available with [coordination]: restart every instance with the new file".into(),

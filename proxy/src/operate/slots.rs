@@ -14,11 +14,7 @@ impl Context {
     /// background.
     pub async fn move_slots(&self, slots: &str, to: &str, rate: u64) -> Result<String, OpError> {
         let _changing = self.resharder.changing.lock().await;
-        let (target, _) = self
-            .shards
-            .named(to)
-            .filter(|(_, shard)| !shard.topology.is_retired())
-            .ok_or_else(|| OpError::NotFound(format!("no shard named '{to}'")))?;
+        let (target, _) = self.serving_named(to)?;
         let ranges = parse_ranges(slots).map_err(|e| OpError::Rejected(format!("slots: {e}")))?;
         if ranges.is_empty() {
             return Err(OpError::Rejected(

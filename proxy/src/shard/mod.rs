@@ -123,6 +123,12 @@ impl Shards {
             .map(|(i, s)| (i, s.clone()))
     }
 
+    /// The shard in service called `name`, with its index.
+    pub fn serving_named(&self, name: &str) -> Option<(usize, Arc<Shard>)> {
+        self.named(name)
+            .filter(|(_, shard)| !shard.topology.is_retired())
+    }
+
     /// The index of `shard`.
     pub fn index_of(&self, shard: &Arc<Shard>) -> usize {
         self.list

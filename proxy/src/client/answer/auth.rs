@@ -34,13 +34,18 @@ pub(super) fn checker(ctx: &Context, user: Option<&Bytes>) -> Checker {
     if ctx.secrets.current().password.is_none() {
         return Checker::Nodes;
     }
-    let expected_user = ctx.config.proxy.username.as_deref().unwrap_or("default");
-    let guarded = user.is_none_or(|u| &u[..] == expected_user.as_bytes() || &u[..] == b"default");
+    let own = proxy_user(ctx).as_bytes();
+    let guarded = user.is_none_or(|u| &u[..] == own || &u[..] == b"default");
     if guarded {
         Checker::Rampart
     } else {
         Checker::Nodes
     }
+}
+
+/// Rampart's own user (`proxy.username`, `default` unless set).
+fn proxy_user(ctx: &Context) -> &str {
+    ctx.config.proxy.username.as_deref().unwrap_or("default")
 }
 
 /// The user a client's commands run as on the nodes once it has
@@ -54,8 +59,7 @@ pub(super) fn check_rampart(
     password: &Bytes,
 ) -> Result<RunAs, Value> {
     let secrets = ctx.secrets.current();
-    let expected_user = ctx.config.proxy.username.as_deref().unwrap_or("default");
-    let user_ok = user.is_none_or(|u| &u[..] == expected_user.as_bytes());
+    let user_ok = user.is_none_or(|u| &u[..] == proxy_user(ctx).as_bytes());
     match &secrets.password {
         Some(expected) if user_ok && constant_time_eq(password, expected.as_bytes()) => Ok(None),
         _ => Err(Value::err(WRONGPASS)),
