@@ -8,6 +8,7 @@ pub mod browser;
 pub mod dns;
 pub mod etcd;
 pub mod forwarder;
+pub mod moves;
 pub mod pki;
 pub mod workload;
 

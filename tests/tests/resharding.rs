@@ -6,22 +6,14 @@
 //! with the source's primary killed mid-move, and with Rampart stopped
 //! mid-move and started again.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use rampart_tests::moves::{self, expect_only_straddling_transactions, slot, Clients, Seen, KEYS};
 use rampart_tests::{http, wait_until, wait_until_or, Cluster, Proxy};
 use redis::Commands;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rampart-test-cli");
-
-/// Keys loaded before the move.
-const KEYS: usize = 100_000;
-/// Hash-tagged groups (a list and a hash each, in the tag's slot).
-const GROUPS: usize = 500;
-/// Counters incremented during the move.
-const COUNTERS: usize = 50;
 
 /// Shard `s0` owns every slot, `s1` none; both a primary and a replica,
 /// writes synchronous to one replica; state kept in `state`.
@@ -62,186 +54,6 @@ fn nodes(c: &Cluster) -> String {
         .map(|a| format!("\"{a}\""))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Redis Cluster's slot of a key.
-fn slot(key: &str) -> u16 {
-    rampart_tests::key_slot(key)
-}
-
-/// Strings (every fifth with a TTL) and hash-tagged lists and hashes.
-fn load(proxy: &Proxy) {
-    let mut conn = proxy.conn();
-    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(1000) {
-        let mut pipe = redis::pipe();
-        for &i in chunk {
-            let key = format!("k:{i}");
-            if i % 5 == 0 {
-                pipe.set_ex(&key, format!("v{i}"), 3600).ignore();
-            } else {
-                pipe.set(&key, format!("v{i}")).ignore();
-            }
-        }
-        pipe.query::<()>(&mut conn).expect("load strings");
-    }
-    let mut pipe = redis::pipe();
-    for g in 0..GROUPS {
-        pipe.rpush(format!("{{g{g}}}:list"), &["a", "b", "c"])
-            .ignore();
-        pipe.hset(format!("{{g{g}}}:hash"), "field", g).ignore();
-        pipe.set(format!("{{g{g}}}:a"), 0).ignore();
-        pipe.set(format!("{{g{g}}}:b"), 0).ignore();
-    }
-    pipe.query::<()>(&mut conn).expect("load groups");
-}
-
-/// What the clients working during the move saw.
-#[derive(Default)]
-struct Seen {
-    /// Keys whose SET was acknowledged, with their values.
-    acked: HashMap<String, String>,
-    /// Acknowledged and unknown INCRs per counter.
-    incr: Vec<(u64, u64)>,
-    /// Wrong reads: a key read as missing or with another value, or a
-    /// transaction seeing its two keys differ.
-    wrong: Vec<String>,
-    errors: Vec<String>,
-}
-
-/// Writers, incrementers, readers of the loaded keys and transactions
-/// on hash-tagged pairs, until stopped.
-struct Clients {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Seen>>,
-    ops: Arc<AtomicU64>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Clients {
-    fn start(proxy: &Proxy) -> Clients {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Seen {
-            incr: vec![(0, 0); COUNTERS],
-            ..Default::default()
-        }));
-        let ops = Arc::new(AtomicU64::new(0));
-        let mut threads = Vec::new();
-        for role in 0..4 {
-            let client = proxy.client();
-            let (stop, seen, ops) = (stop.clone(), seen.clone(), ops.clone());
-            threads.push(std::thread::spawn(move || {
-                let mut conn = client.get_connection().expect("connect");
-                let mut n = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    ops.fetch_add(1, Ordering::Relaxed);
-                    work(role, n, &mut conn, &seen);
-                }
-            }));
-        }
-        Clients {
-            stop,
-            seen,
-            ops,
-            threads,
-        }
-    }
-
-    fn finish(self) -> Seen {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().expect("client thread");
-        }
-        Arc::try_unwrap(self.seen)
-            .ok()
-            .expect("threads done")
-            .into_inner()
-            .expect("lock")
-    }
-}
-
-fn work(role: usize, n: usize, conn: &mut redis::Connection, seen: &Mutex<Seen>) {
-    let record_error = |e: redis::RedisError| seen.lock().unwrap().errors.push(e.to_string());
-    match role {
-        // New keys.
-        0 => {
-            let key = format!("w:{n}");
-            match conn.set::<_, _, ()>(&key, n) {
-                Ok(()) => {
-                    seen.lock().unwrap().acked.insert(key, n.to_string());
-                }
-                Err(e) => record_error(e),
-            }
-        }
-        // Counters.
-        1 => {
-            let c = n % COUNTERS;
-            let result = conn.incr::<_, _, i64>(format!("c:{c}"), 1);
-            let mut seen = seen.lock().unwrap();
-            match result {
-                Ok(_) => seen.incr[c].0 += 1,
-                Err(e) => {
-                    seen.incr[c].1 += 1;
-                    seen.errors.push(e.to_string());
-                }
-            }
-        }
-        // Reads of loaded keys: never missing, never another value.
-        2 => {
-            let i = (n * 7919) % KEYS;
-            match conn.get::<_, Option<String>>(format!("k:{i}")) {
-                Ok(Some(v)) if v == format!("v{i}") => {}
-                Ok(other) => seen
-                    .lock()
-                    .unwrap()
-                    .wrong
-                    .push(format!("k:{i} read as {other:?}")),
-                Err(e) => record_error(e),
-            }
-        }
-        // A transaction on a hash-tagged pair: both always equal.
-        _ => {
-            let g = n % GROUPS;
-            let (a, b) = (format!("{{g{g}}}:a"), format!("{{g{g}}}:b"));
-            // Spelled out (not redis-rs's atomic pipe) so that an error
-            // reply's own text is what is recorded.
-            let result: redis::RedisResult<(String, String, String, (i64, i64))> = redis::pipe()
-                .cmd("MULTI")
-                .incr(&a, 1)
-                .incr(&b, 1)
-                .cmd("EXEC")
-                .query(conn);
-            match result {
-                Ok((_, _, _, (x, y))) if x == y => {}
-                Ok((_, _, _, (x, y))) => seen
-                    .lock()
-                    .unwrap()
-                    .wrong
-                    .push(format!("{a} = {x} but {b} = {y} in one transaction")),
-                Err(e) => record_error(e),
-            }
-        }
-    }
-}
-
-/// The one error a move may cause: a transaction that queued commands
-/// before the move began and reached EXEC after is discarded (EXECABORT,
-/// nothing ran), at most a few, at the start.
-fn expect_only_straddling_transactions(seen: &Seen) {
-    let (straddling, other): (Vec<&String>, Vec<&String>) = seen
-        .errors
-        .iter()
-        .partition(|e| e.contains("started moving to another shard"));
-    assert!(
-        other.is_empty(),
-        "errors: {:?}",
-        &other[..other.len().min(10)]
-    );
-    assert!(
-        straddling.len() <= 4,
-        "{} transactions discarded",
-        straddling.len()
-    );
 }
 
 fn admin(proxy: &Proxy) -> std::net::SocketAddr {
@@ -293,117 +105,17 @@ fn wait_moved(proxy: &Proxy, timeout: Duration) {
     );
 }
 
-/// Every loaded key, acknowledged write and counter where it belongs:
-/// through Rampart, and on the primary owning its slot and only there.
+/// Every loaded key, acknowledged write and counter where it belongs,
+/// and the map as the move left it.
 fn check(proxy: &Proxy, a: &Cluster, b: &Cluster, seen: &Seen) {
-    assert!(
-        seen.wrong.is_empty(),
-        "wrong reads: {:?}",
-        &seen.wrong[..seen.wrong.len().min(10)]
-    );
     let view = slots(proxy);
     assert_eq!(view["shards"][0]["slots"], "0-8191", "{view}");
     assert_eq!(view["shards"][1]["slots"], "8192-16383", "{view}");
-    let mut through = proxy.conn();
-    let on = |cluster: &Cluster| {
-        redis::Client::open(format!("redis://{}/", cluster.primary().addr()))
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    };
-    let (mut on_a, mut on_b) = (on(a), on(b));
-    let mut expected: Vec<(String, String)> = (0..KEYS)
-        .map(|i| (format!("k:{i}"), format!("v{i}")))
-        .collect();
-    expected.extend(seen.acked.iter().map(|(k, v)| (k.clone(), v.clone())));
-    // In pipelines of a thousand: every key through Rampart, on the shard
-    // owning its slot, and not on the other.
-    for chunk in expected.chunks(1000) {
-        let keys: Vec<&String> = chunk.iter().map(|(k, _)| k).collect();
-        let through_values: Vec<Option<String>> = through.mget(&keys).unwrap();
-        let ttls: Vec<i64> = keys
-            .iter()
-            .fold(&mut redis::pipe(), |p, k| p.ttl(*k))
-            .query(&mut through)
-            .unwrap();
-        let (mut home_a, mut home_b) = (redis::pipe(), redis::pipe());
-        let (mut else_a, mut else_b) = (redis::pipe(), redis::pipe());
-        let mut order = Vec::new();
-        for key in &keys {
-            let on_a_side = slot(key) < 8192;
-            order.push(on_a_side);
-            let (home, other) = match on_a_side {
-                true => (&mut home_a, &mut else_b),
-                false => (&mut home_b, &mut else_a),
-            };
-            home.get(*key);
-            other.exists(*key);
-        }
-        let (at_a, at_b): (Vec<Option<String>>, Vec<Option<String>>) = (
-            home_a.query(&mut on_a).unwrap(),
-            home_b.query(&mut on_b).unwrap(),
-        );
-        let (also_b, also_a): (Vec<bool>, Vec<bool>) = (
-            else_b.query(&mut on_b).unwrap(),
-            else_a.query(&mut on_a).unwrap(),
-        );
-        let (mut at_a, mut at_b) = (at_a.into_iter(), at_b.into_iter());
-        let (mut also_a, mut also_b) = (also_a.into_iter(), also_b.into_iter());
-        for (i, (key, value)) in chunk.iter().enumerate() {
-            assert_eq!(
-                through_values[i].as_deref(),
-                Some(value.as_str()),
-                "{key} through Rampart"
-            );
-            let (there, elsewhere) = match order[i] {
-                true => (at_a.next(), also_b.next()),
-                false => (at_b.next(), also_a.next()),
-            };
-            assert_eq!(
-                there.flatten().as_deref(),
-                Some(value.as_str()),
-                "{key} on its shard"
-            );
-            assert_eq!(elsewhere, Some(false), "{key} also on the other shard");
-            // The loaded keys: every fifth with a TTL, the rest without.
-            if let Some(n) = key.strip_prefix("k:").and_then(|n| n.parse::<usize>().ok()) {
-                match n % 5 {
-                    0 => assert!(
-                        (3000..=3600).contains(&ttls[i]),
-                        "{key} kept its TTL: {}",
-                        ttls[i]
-                    ),
-                    _ => assert_eq!(ttls[i], -1, "{key} has no TTL"),
-                }
-            }
-        }
-    }
-    for g in 0..GROUPS {
-        let list: Vec<String> = through.lrange(format!("{{g{g}}}:list"), 0, -1).unwrap();
-        assert_eq!(list, ["a", "b", "c"], "group {g}");
-        let field: usize = through.hget(format!("{{g{g}}}:hash"), "field").unwrap();
-        assert_eq!(field, g);
-        let (x, y): (i64, i64) = through
-            .mget(&[format!("{{g{g}}}:a"), format!("{{g{g}}}:b")])
-            .unwrap();
-        assert_eq!(x, y, "group {g}'s pair");
-    }
-    for (c, &(acked, unknown)) in seen.incr.iter().enumerate() {
-        let value: Option<u64> = through.get(format!("c:{c}")).unwrap();
-        let value = value.unwrap_or(0);
-        assert!(
-            value >= acked && value <= acked + unknown,
-            "counter {c}: {value}, {acked} acknowledged, {unknown} unknown"
-        );
-    }
-    let total: usize = redis::cmd("DBSIZE").query(&mut through).unwrap();
-    let a_size: usize = redis::cmd("DBSIZE").query(&mut on_a).unwrap();
-    let b_size: usize = redis::cmd("DBSIZE").query(&mut on_b).unwrap();
-    assert_eq!(total, a_size + b_size);
-    assert!(
-        b_size > KEYS / 3 && a_size > KEYS / 3,
-        "{a_size} / {b_size}"
-    );
+    moves::check(&proxy.client(), a, b, seen);
+}
+
+fn load(proxy: &Proxy) {
+    moves::load(&proxy.client());
 }
 
 #[test]
@@ -412,7 +124,7 @@ fn slots_move_online_while_clients_read_and_write() {
     let state = tempfile::tempdir().unwrap();
     let proxy = Proxy::start_with(&config(&a, &b, state.path()));
     load(&proxy);
-    let clients = Clients::start(&proxy);
+    let clients = Clients::start(&[proxy.client()]);
     std::thread::sleep(Duration::from_millis(300));
     // The command line's way, showing progress until done.
     let out = std::process::Command::new(BIN)
@@ -486,7 +198,7 @@ fn move_with_a_failover(failing: usize) {
     let state = tempfile::tempdir().unwrap();
     let proxy = Proxy::start_with(&config(&a, &b, state.path()));
     load(&proxy);
-    let clients = Clients::start(&proxy);
+    let clients = Clients::start(&[proxy.client()]);
     start_move(&proxy, 4000);
     wait_until(
         "a tenth of the keys to move",
@@ -560,7 +272,7 @@ fn a_move_resumes_after_rampart_stops_mid_move() {
         let v: Option<String> = conn.get(format!("k:{i}")).unwrap();
         assert_eq!(v, Some(format!("v{i}")), "k:{i} right after the restart");
     }
-    let clients = Clients::start(&proxy);
+    let clients = Clients::start(&[proxy.client()]);
     wait_moved(&proxy, Duration::from_secs(60));
     let seen = clients.finish();
     assert!(
@@ -583,7 +295,7 @@ fn a_shard_added_by_reload_receives_slots_online() {
     let proxy = Proxy::start_with(&std::fs::read_to_string(&file).unwrap());
     proxy.watch_config(&file);
     load(&proxy);
-    let clients = Clients::start(&proxy);
+    let clients = Clients::start(&[proxy.client()]);
     let grown = format!(
         "{}{}",
         config_one(&a, state.path()),

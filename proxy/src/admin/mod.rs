@@ -200,6 +200,11 @@ async fn handle(mut req: Request<Incoming>, ctx: &Context) -> Response<Full<Byte
             .unwrap_or(0);
         return answer(ctx.move_slots(&slots, &to, rate).await);
     }
+    if let (&Method::DELETE, Some(instance)) =
+        (req.method(), path.strip_prefix("/v1/coordination/members/"))
+    {
+        return answer(ctx.forget_instance(&percent_decode(instance)).await);
+    }
     if req.method() == Method::POST && path == "/v1/reload" {
         return answer(ctx.reload_file().await);
     }

@@ -135,6 +135,14 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// With `[coordination]`: forget an instance stopped for good, so
+    /// slot moves stop waiting for it (never one that may still run).
+    Forget {
+        #[command(flatten)]
+        target: Target,
+        /// The instance's name (`coordination.instance`).
+        instance: String,
+    },
     /// Fan-out mode: copy a node afresh from a node in sync.
     Resync {
         #[command(flatten)]
@@ -237,6 +245,12 @@ pub fn main() -> ExitCode {
             toml,
             json,
         } => admin::Admin::connect(&target).and_then(|a| slots::slots(&a, toml, json)),
+        Command::Forget { target, instance } => admin::Admin::connect(&target).and_then(|a| {
+            let path = format!("/v1/coordination/members/{}", admin::encode(&instance));
+            let answer = a.request("DELETE", &path, &[])?;
+            println!("{}", answer.trim_end());
+            Ok(())
+        }),
         Command::Reload { target } => admin::Admin::connect(&target).and_then(|a| {
             let answer = a.request("POST", "/v1/reload", &[])?;
             println!("{}", answer.trim_end());

@@ -176,7 +176,7 @@ impl Connection {
         let completed = self.out.replies.completed();
         self.routing.release(completed, false);
         let mut shutdown = self.ctx.shutdown.clone();
-        let deadline = tokio::time::Instant::now() + crate::reshard::mover::PAUSE_LIMIT * 2;
+        let deadline = tokio::time::Instant::now() + crate::reshard::start::PAUSE_LIMIT * 2;
         tokio::select! {
             _ = changed.changed() => Ok(()),
             _ = shutdown.changed() => Err(Flow::Stop),

@@ -148,6 +148,7 @@ impl Coordination {
             shards: self.seen(),
             published_ms: 0,
             view_age_ms: 0,
+            slots_acked: self.view().slots_acked,
         };
         let (lease, due) = {
             let view = self.view();

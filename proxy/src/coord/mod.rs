@@ -36,6 +36,7 @@ mod events;
 mod instances;
 mod lease;
 mod routing;
+mod slot_record;
 mod watchdog;
 
 pub mod etcd;
@@ -43,6 +44,7 @@ pub mod policies;
 
 pub use lease::SaveError;
 pub use routing::{follow, PeerStatus};
+pub use slot_record::ForgetError;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -78,6 +80,10 @@ pub struct InstanceView {
     /// stored).
     #[serde(default, skip_deserializing)]
     pub view_age_ms: u64,
+    /// The revision of the slot map record it routes by, with nothing
+    /// routed by an earlier map still unanswered (see `slot_record`).
+    #[serde(default)]
+    pub slots_acked: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +163,14 @@ struct View {
     policies_applied: HashMap<String, i64>,
     /// How each generation this instance runs can be loaded elsewhere.
     sources: HashMap<(String, u64), policies::Shared>,
+    /// The slot map's record and its `mod_revision` (see `slot_record`).
+    slot_record: Option<(Vec<u8>, i64)>,
+    /// The instances registered as members.
+    members: std::collections::BTreeSet<String>,
+    /// The slot map record this instance acknowledged.
+    slots_acked: i64,
+    /// The store's revision at the last read.
+    read_revision: i64,
 }
 
 pub struct Coordination {
@@ -182,6 +196,8 @@ pub struct Coordination {
     events: Arc<Events>,
     /// Bumped when records were read that are not applied here.
     policy_changed: watch::Sender<u64>,
+    /// Bumped when the slot map's record (or membership) changed.
+    slot_changed: watch::Sender<u64>,
 }
 
 /// A shard as `/v1/topology` shows its coordination.
@@ -201,6 +217,8 @@ pub struct CoordinationView {
     /// Shard name -> the instance holding its failover lease.
     pub lease_holders: BTreeMap<String, String>,
     pub instances: Vec<InstanceView>,
+    /// Every registered member, live or not: slot moves wait for each.
+    pub members: Vec<String>,
 }
 impl Coordination {
     pub fn new(
@@ -248,6 +266,7 @@ impl Coordination {
             shards,
             events,
             policy_changed: watch::channel(0).0,
+            slot_changed: watch::channel(0).0,
         }
     }
 
@@ -295,6 +314,7 @@ impl Coordination {
                     ..i.clone()
                 })
                 .collect(),
+            members: view.members.iter().cloned().collect(),
         }
     }
 
@@ -343,6 +363,7 @@ impl Coordination {
         self.absorb(sent, revision, kvs);
         self.follow_records();
         self.publish().await?;
+        self.register().await?;
         self.publish_events().await?;
         if self.campaign && !tilted {
             self.campaign().await?;

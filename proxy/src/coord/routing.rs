@@ -30,11 +30,23 @@ impl Coordination {
         let shards_prefix = format!("{}/shards/", self.prefix);
         let instances_prefix = format!("{}/instances/", self.prefix);
         let policies_prefix = format!("{}/policies/", self.prefix);
+        let members_prefix = format!("{}/members/", self.prefix);
+        let slot_map_key = self.slot_map_key();
+        let mut slot_record = None;
+        let mut members = std::collections::BTreeSet::new();
         let mut policies = HashMap::new();
         let mut records = HashMap::new();
         let mut holders = HashMap::new();
         let mut instances = BTreeMap::new();
         for kv in kvs {
+            if kv.key == slot_map_key {
+                slot_record = Some((kv.value, kv.mod_revision));
+                continue;
+            }
+            if let Some(name) = kv.key.strip_prefix(&members_prefix) {
+                members.insert(name.to_string());
+                continue;
+            }
             if let Some(rest) = kv.key.strip_prefix(&shards_prefix) {
                 if let Some(shard) = rest.strip_suffix("/record") {
                     match serde_json::from_slice::<ShardState>(&kv.value) {
@@ -81,6 +93,8 @@ impl Coordination {
             records,
             holders,
             instances,
+            slot_record,
+            members,
         }
     }
 
@@ -92,7 +106,10 @@ impl Coordination {
             mut records,
             holders,
             instances,
+            slot_record,
+            members,
         } = self.sort(kvs);
+        self.absorb_slots(revision, slot_record, members);
         let mut view = self.view();
         // A record this instance wrote after the read was taken (the
         // controller writes while the loop reads) is newer than the read:
@@ -384,4 +401,6 @@ struct Read {
     records: HashMap<String, (ShardState, i64)>,
     holders: HashMap<String, Holder>,
     instances: BTreeMap<String, InstanceView>,
+    slot_record: Option<(Vec<u8>, i64)>,
+    members: std::collections::BTreeSet<String>,
 }

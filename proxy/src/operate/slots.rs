@@ -2,7 +2,7 @@
 //! use them (the move itself is [`crate::reshard`]'s).
 
 use crate::context::Context;
-use crate::reshard::mover::StartError;
+use crate::reshard::start::StartError;
 use crate::shard::slots::{parse_ranges, ranges_text, Moving};
 
 use super::OpError;
@@ -21,15 +21,23 @@ impl Context {
                 "name the slots to move, e.g. 8192-16383".into(),
             ));
         }
-        if self.coordination.is_some() {
+        if self.coordination.is_some() && self.config.backend.tls.is_some() {
             return Err(OpError::Conflict(
-                "moving slots is not available with [coordination] yet: the slot map would have to live in etcd for every instance to route by it".into(),
+                "moving slots with [coordination] uses MIGRATE between the nodes, which Rampart does not offer with [backend.tls]".into(),
             ));
         }
-        if self.config.failover.state_dir.is_none() {
+        if self.coordination.is_none() && self.config.failover.state_dir.is_none() {
             return Err(OpError::Conflict(
                 "moving slots needs failover.state_dir: the new slot map must survive a restart, or the moved keys would be routed to where they no longer are".into(),
             ));
+        }
+        if self
+            .resharder
+            .shared
+            .as_ref()
+            .is_some_and(|shared| !shared.is_ready())
+        {
+            return Err(OpError::Unavailable(StartError::NotRead.to_string()));
         }
         let map = self.slots.load();
         if let Some(moving) = map.moving() {
@@ -93,8 +101,36 @@ impl Context {
         );
         match self.resharder.start(moving).await {
             Ok(()) => Ok(text),
-            Err(e @ StartError::Busy) => Err(OpError::Conflict(e.to_string())),
-            Err(e @ StartError::Save(_)) => Err(OpError::Unavailable(e.to_string())),
+            Err(e @ (StartError::Busy | StartError::Unacknowledged(_) | StartError::Changed)) => {
+                Err(OpError::Conflict(e.to_string()))
+            }
+            Err(e @ (StartError::Save(_) | StartError::NotRead)) => {
+                Err(OpError::Unavailable(e.to_string()))
+            }
+        }
+    }
+}
+
+impl Context {
+    /// Forgets a stopped instance of the `[coordination]` group: slot
+    /// moves stop waiting for its acknowledgement (see
+    /// `coord::slot_record`).
+    pub async fn forget_instance(&self, instance: &str) -> Result<String, OpError> {
+        use crate::coord::ForgetError;
+        let Some(coordination) = &self.coordination else {
+            return Err(OpError::Conflict(
+                "no [coordination]: there are no other instances".into(),
+            ));
+        };
+        match coordination.forget(instance).await {
+            Ok(()) => Ok(format!(
+                "forgot instance '{instance}': slot moves no longer wait for it; if it runs again it registers again, and must be stopped while forgotten"
+            )),
+            Err(e @ ForgetError::Unknown(_)) => Err(OpError::NotFound(e.to_string())),
+            Err(e @ (ForgetError::Live(_) | ForgetError::Itself)) => {
+                Err(OpError::Conflict(e.to_string()))
+            }
+            Err(e @ ForgetError::Etcd(_)) => Err(OpError::Unavailable(e.to_string())),
         }
     }
 }

@@ -18,6 +18,23 @@
 //! the target (`CLIENT KILL ID .. ADDR ..`) before anything else is moved
 //! there: once the target has run the kill, whatever that connection
 //! sent has either run already or never will.
+//!
+//! With `[coordination]`, several instances may move the same key at
+//! once (each before running a command on it), and two copies made from
+//! one reading could land one after the other, the second over a write
+//! made after the first. So keys move with `MIGRATE ... COPY REPLACE`,
+//! which the source runs whole, copy included, one at a time: a copy is
+//! made only while the source still has the key, that is before any
+//! instance deleted it there, and so before anyone wrote it on the
+//! target. The nodes must reach each other at the addresses Rampart
+//! knows them by. A `MIGRATE` the source gave up on (its connection to
+//! the target timed out) may still deliver its copy: the target's
+//! connections that carry no name and whose last command was a `RESTORE`
+//! (or the `AUTH` or `SELECT` a `MIGRATE` connection opens with) are
+//! killed before anything else moves there. Rampart cannot name the
+//! source's connection, so this may also close a link of its own that
+//! last carried such a command, failing what was in flight on it as any
+//! lost connection does; it happens only after a `MIGRATE` failed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,44 +42,26 @@ use std::time::Duration;
 use bytes::Bytes;
 use redis_protocol::resp3::types::OwnedFrame;
 
-use crate::backend::control::{frame_int, Control};
-use crate::backend::own::WAIT_MARKER;
+use super::step::{
+    call, confirmation, field, known, primary, refused, Cached, Failed, Known, MoveError,
+    CALL_TIMEOUT,
+};
+use crate::backend::control::frame_int;
 use crate::shard::Shard;
 use crate::topology::Node;
 
-/// Why keys could not be moved; they are where they were (on the source)
-/// unless the error says otherwise.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MoveError {
-    #[error("shard '{0}' has no reachable primary")]
-    NoPrimary(String),
-    /// The connection failed or timed out.
-    #[error("{0}")]
-    Unreachable(String),
-    /// A node answered with an error.
-    #[error("{addr} refused {command}: {error}")]
-    Refused {
-        addr: String,
-        command: &'static str,
-        error: String,
+/// How keys get from the source to the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transfer {
+    /// `DUMP` on the source, `RESTORE` on the target through Rampart's
+    /// own connections: one Rampart moves keys.
+    Copy,
+    /// `MIGRATE ... COPY REPLACE` run by the source: several instances
+    /// may move keys (see the module's doc). `auth`: the backend user and
+    /// password the source logs into the target with.
+    Migrate {
+        auth: Option<(Option<String>, String)>,
     },
-    /// The copies or the deletion reached fewer replicas than the shard's
-    /// quorum within its timeout.
-    #[error("{step} on shard '{shard}' reached {got} of the {need} replicas it requires")]
-    Shortfall {
-        step: &'static str,
-        shard: String,
-        got: i64,
-        need: u32,
-    },
-}
-
-impl MoveError {
-    /// Whether trying again later may succeed (a failover, a replica
-    /// catching up), as opposed to a node refusing the command.
-    pub fn may_pass(&self) -> bool {
-        !matches!(self, MoveError::Refused { .. })
-    }
 }
 
 /// The connections a gate keeps to the primaries it moved keys between.
@@ -71,19 +70,22 @@ pub struct Conns {
     target: Option<Cached>,
     /// Shared by every gate: a key is moved through any of them.
     doubtful: Doubtful,
+    transfer: Transfer,
 }
 
-/// Connections to targets given up on with commands perhaps still on
-/// their way: the node's address, and the connection as the node knows it
-/// (its id and address, which together name it even across a restart of
-/// the node, where ids start again).
-pub type Doubtful = Arc<std::sync::Mutex<Vec<(String, Known)>>>;
+/// Targets with copies perhaps still on their way: the node's address,
+/// and what to cut there.
+pub type Doubtful = Arc<std::sync::Mutex<Vec<(String, Suspect)>>>;
 
-/// A connection as the node knows it (`CLIENT INFO`).
+/// What may still deliver a copy to a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Known {
-    id: i64,
-    addr: String,
+pub enum Suspect {
+    /// A connection of Rampart's own, as the node knows it (its id and
+    /// address, which together name it even across a restart of the
+    /// node, where ids start again).
+    Connection(Known),
+    /// A source's `MIGRATE` connection, which Rampart cannot name.
+    Migrations,
 }
 
 /// At most this many connections in doubt are remembered. Never reached
@@ -91,12 +93,6 @@ pub struct Known {
 /// settled, so each target has at most one, and only primaries that
 /// timed out a `RESTORE` have any.
 const MAX_DOUBTFUL: usize = 1024;
-
-struct Cached {
-    addr: String,
-    control: Control,
-    known: Option<Known>,
-}
 
 /// A key on the source when it was read.
 struct Found {
@@ -106,11 +102,12 @@ struct Found {
 }
 
 impl Conns {
-    pub fn new(doubtful: Doubtful) -> Conns {
+    pub fn new(doubtful: Doubtful, transfer: Transfer) -> Conns {
         Conns {
             source: None,
             target: None,
             doubtful,
+            transfer,
         }
     }
 
@@ -124,6 +121,10 @@ impl Conns {
         keys: &[Bytes],
         hold: Duration,
     ) -> Result<usize, MoveError> {
+        if let Transfer::Migrate { auth } = &self.transfer {
+            let auth = auth.clone();
+            return self.migrate(from, to, keys, hold, auth.as_ref()).await;
+        }
         let source = primary(from, hold).await?;
         let found = self.read(&source, keys).await?;
         if found.is_empty() {
@@ -146,50 +147,184 @@ impl Conns {
         let confirm = confirmation(to, &mut restore);
         let replies = call(&mut self.target, &target, &restore, confirm.timeout)
             .await
-            .map_err(|failed| failed.doubt(&self.doubtful))?;
+            .map_err(|failed| doubt(failed, &self.doubtful))?;
         for reply in &replies[..found.len()] {
             refused(reply, &target.addr, "RESTORE")?;
         }
         confirm.check("copying", to, &replies)?;
-
-        let mut delete = vec![std::iter::once(Bytes::from_static(b"DEL"))
-            .chain(found.iter().map(|f| f.key.clone()))
-            .collect::<Vec<_>>()];
-        let confirm = confirmation(from, &mut delete);
-        let replies = call(&mut self.source, &source, &delete, confirm.timeout)
-            .await
-            .map_err(Failed::error)?;
-        refused(&replies[0], &source.addr, "DEL")?;
-        confirm.check("deleting the moved keys", from, &replies)?;
+        let keys: Vec<Bytes> = found.iter().map(|f| f.key.clone()).collect();
+        self.delete(from, &source, &keys).await?;
         Ok(found.len())
     }
 
-    /// Kills, on `target`, its connections given up on (see the module's
-    /// doc), so that nothing they sent can run after what is sent now.
-    async fn settle(&mut self, target: &Node) -> Result<(), MoveError> {
-        let pending: Vec<Known> = lock(&self.doubtful)
-            .iter()
-            .filter(|(addr, _)| *addr == target.addr)
-            .map(|(_, known)| known.clone())
+    /// Moves `keys` with `MIGRATE ... COPY REPLACE` run by the source
+    /// (see the module's doc), then deletes them there.
+    async fn migrate(
+        &mut self,
+        from: &Shard,
+        to: &Shard,
+        keys: &[Bytes],
+        hold: Duration,
+        auth: Option<&(Option<String>, String)>,
+    ) -> Result<usize, MoveError> {
+        let source = primary(from, hold).await?;
+        let target = primary(to, hold).await?;
+        self.settle(&target).await?;
+        let mut keys = keys.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        let (host, port) = host_port(&target.addr)
+            .ok_or_else(|| MoveError::Unreachable(format!("{}: no port", target.addr)))?;
+        let exists: Vec<Bytes> = std::iter::once(Bytes::from_static(b"EXISTS"))
+            .chain(keys.iter().cloned())
             .collect();
-        for known in pending {
-            let kill = vec![
-                Bytes::from_static(b"CLIENT"),
-                Bytes::from_static(b"KILL"),
-                Bytes::from_static(b"ID"),
-                Bytes::from(known.id.to_string()),
-                Bytes::from_static(b"ADDR"),
-                Bytes::from(known.addr.clone()),
-            ];
-            // A kill that arrives late only kills: not itself in doubt.
-            let replies = call(&mut self.target, target, &[kill], CALL_TIMEOUT)
+        let mut migrate: Vec<Bytes> = [
+            "MIGRATE",
+            host,
+            port,
+            "",
+            "0",
+            &MIGRATE_TIMEOUT.as_millis().to_string(),
+            "COPY",
+            "REPLACE",
+        ]
+        .iter()
+        .map(|a| Bytes::from(a.to_string()))
+        .collect();
+        match auth {
+            Some((Some(user), password)) => {
+                migrate.extend(["AUTH2", user, password].map(|a| Bytes::from(a.to_string())))
+            }
+            Some((None, password)) => {
+                migrate.extend(["AUTH", password].map(|a| Bytes::from(a.to_string())))
+            }
+            None => {}
+        }
+        migrate.push(Bytes::from_static(b"KEYS"));
+        migrate.extend(keys.iter().cloned());
+        let doubt = |doubtful: &Doubtful| {
+            remember(doubtful, (target.addr.clone(), Suspect::Migrations));
+        };
+        let replies = match call(
+            &mut self.source,
+            &source,
+            &[exists, migrate],
+            CALL_TIMEOUT + MIGRATE_TIMEOUT,
+        )
+        .await
+        {
+            Ok(replies) => replies,
+            Err(failed) => {
+                doubt(&self.doubtful);
+                return Err(failed.error);
+            }
+        };
+        refused(&replies[0], &source.addr, "EXISTS")?;
+        if let Err(error) = refused(&replies[1], &source.addr, "MIGRATE") {
+            // IOERR: the source gave up on the target, perhaps with the
+            // copy sent.
+            doubt(&self.doubtful);
+            return Err(error);
+        }
+        let present = frame_int(&replies[0]).unwrap_or(0).max(0) as usize;
+        if present == 0 {
+            return Ok(0);
+        }
+        // The target's quorum has the copies before the source's go.
+        let mut wait = Vec::new();
+        let confirm = confirmation(to, &mut wait);
+        if !wait.is_empty() {
+            let replies = call(&mut self.target, &target, &wait, confirm.timeout)
                 .await
                 .map_err(Failed::error)?;
-            // 1: killed now; 0: gone already (its bytes with it).
-            refused(&replies[0], &target.addr, "CLIENT KILL")?;
-            lock(&self.doubtful).retain(|(addr, k)| !(*addr == target.addr && *k == known));
+            confirm.check("copying", to, &replies)?;
+        }
+        self.delete(from, &source, &keys).await?;
+        Ok(present)
+    }
+
+    /// Deletes the moved `keys` on the source, within its quorum.
+    async fn delete(
+        &mut self,
+        from: &Shard,
+        source: &Node,
+        keys: &[Bytes],
+    ) -> Result<(), MoveError> {
+        let mut delete = vec![std::iter::once(Bytes::from_static(b"DEL"))
+            .chain(keys.iter().cloned())
+            .collect::<Vec<_>>()];
+        let confirm = confirmation(from, &mut delete);
+        let replies = call(&mut self.source, source, &delete, confirm.timeout)
+            .await
+            .map_err(Failed::error)?;
+        refused(&replies[0], &source.addr, "DEL")?;
+        confirm.check("deleting the moved keys", from, &replies)
+    }
+
+    /// Kills, on `target`, the connections that may still deliver a copy
+    /// (see the module's doc), so that nothing they sent can run after
+    /// what is sent now.
+    async fn settle(&mut self, target: &Node) -> Result<(), MoveError> {
+        let pending: Vec<Suspect> = lock(&self.doubtful)
+            .iter()
+            .filter(|(addr, _)| *addr == target.addr)
+            .map(|(_, suspect)| suspect.clone())
+            .collect();
+        for suspect in pending {
+            let known = match &suspect {
+                Suspect::Connection(known) => vec![known.clone()],
+                Suspect::Migrations => self.migrations(target).await?,
+            };
+            for known in known {
+                let kill = vec![
+                    Bytes::from_static(b"CLIENT"),
+                    Bytes::from_static(b"KILL"),
+                    Bytes::from_static(b"ID"),
+                    Bytes::from(known.id.to_string()),
+                    Bytes::from_static(b"ADDR"),
+                    Bytes::from(known.addr.clone()),
+                ];
+                // A kill that arrives late only kills: not itself in doubt.
+                let replies = call(&mut self.target, target, &[kill], CALL_TIMEOUT)
+                    .await
+                    .map_err(Failed::error)?;
+                // 1: killed now; 0: gone already (its bytes with it).
+                refused(&replies[0], &target.addr, "CLIENT KILL")?;
+            }
+            lock(&self.doubtful).retain(|(addr, s)| !(*addr == target.addr && *s == suspect));
         }
         Ok(())
+    }
+
+    /// The target's connections that may be a source's `MIGRATE`: no
+    /// name, last command a `RESTORE` (or the `AUTH` or `SELECT` sent
+    /// before it).
+    async fn migrations(&mut self, target: &Node) -> Result<Vec<Known>, MoveError> {
+        let list = vec![
+            Bytes::from_static(b"CLIENT"),
+            Bytes::from_static(b"LIST"),
+            Bytes::from_static(b"TYPE"),
+            Bytes::from_static(b"NORMAL"),
+        ];
+        let replies = call(&mut self.target, target, &[list], CALL_TIMEOUT)
+            .await
+            .map_err(Failed::error)?;
+        refused(&replies[0], &target.addr, "CLIENT LIST")?;
+        let text = crate::backend::control::frame_text(&replies[0]).unwrap_or_default();
+        let own = self.target.as_ref().and_then(|c| c.known.clone());
+        Ok(text
+            .lines()
+            .filter(|line| {
+                let field = |name: &str| field(line, name).unwrap_or_default();
+                field("name").is_empty()
+                    && matches!(
+                        field("cmd"),
+                        "restore" | "restore-asking" | "auth" | "select"
+                    )
+            })
+            .filter_map(known)
+            .filter(|k| Some(k) != own.as_ref())
+            .collect())
     }
 
     /// `DUMP` and `PTTL` of each key on the source: those it has.
@@ -233,185 +368,35 @@ impl Conns {
     }
 }
 
-/// How long a node may take over one step that waits for no replica.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// `MIGRATE`'s own timeout, for the source's exchange with the target.
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The `WAIT` after a step, when the shard's writes are synchronous.
-struct Confirmation {
-    /// The index of the `WAIT`'s reply, and the acknowledgements needed.
-    wait: Option<(usize, u32, bool)>,
-    timeout: Duration,
+fn remember(doubtful: &Doubtful, suspect: (String, Suspect)) {
+    let mut list = lock(doubtful);
+    if list.contains(&suspect) {
+        return;
+    }
+    if list.len() >= MAX_DOUBTFUL {
+        list.remove(0);
+    }
+    list.push(suspect);
 }
 
-/// Adds a marker write and a `WAIT` for the shard's quorum to `commands`
-/// when its writes are synchronous (the marker makes the `WAIT` cover the
-/// step's commands on this connection, as for clients' writes).
-fn confirmation(shard: &Shard, commands: &mut Vec<Vec<Bytes>>) -> Confirmation {
-    let durability = &shard.topology.durability;
-    if !durability.is_sync() {
-        return Confirmation {
-            wait: None,
-            timeout: CALL_TIMEOUT,
-        };
-    }
-    let req = durability.requirement();
-    commands.push(vec![
-        Bytes::from_static(b"PUBLISH"),
-        Bytes::from_static(WAIT_MARKER.as_bytes()),
-        Bytes::new(),
-    ]);
-    commands.push(vec![
-        Bytes::from_static(b"WAIT"),
-        Bytes::from(req.acks.to_string()),
-        Bytes::from(req.timeout_ms.to_string()),
-    ]);
-    Confirmation {
-        wait: Some((commands.len() - 1, req.acks, req.fail_on_shortfall)),
-        timeout: CALL_TIMEOUT + Duration::from_millis(u64::from(req.timeout_ms)),
-    }
-}
-
-impl Confirmation {
-    fn check(
-        &self,
-        step: &'static str,
-        shard: &Shard,
-        replies: &[OwnedFrame],
-    ) -> Result<(), MoveError> {
-        let Some((at, need, fail)) = self.wait else {
-            return Ok(());
-        };
-        let got = replies.get(at).and_then(frame_int).unwrap_or(0);
-        if got < i64::from(need) && fail {
-            return Err(MoveError::Shortfall {
-                step,
-                shard: shard.name().to_string(),
-                got,
-                need,
-            });
-        }
-        Ok(())
-    }
-}
-
-/// The shard's primary, waiting up to `hold` for one.
-pub async fn primary(shard: &Shard, hold: Duration) -> Result<Arc<Node>, MoveError> {
-    let topology = &shard.topology;
-    let mut changed = topology.watch();
-    let deadline = tokio::time::Instant::now() + hold;
-    loop {
-        if let Some(node) = topology.primary() {
-            return Ok(node.clone());
-        }
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(MoveError::NoPrimary(shard.name().to_string()))
-            }
-            result = changed.changed() => if result.is_err() {
-                return Err(MoveError::NoPrimary(shard.name().to_string()));
-            },
-        }
-    }
-}
-
-/// Runs `commands` on `node` over the cached connection (opened, or
-/// reopened for another primary, as needed; dropped on failure).
-async fn call(
-    cached: &mut Option<Cached>,
-    node: &Node,
-    commands: &[Vec<Bytes>],
-    timeout: Duration,
-) -> Result<Vec<OwnedFrame>, Failed> {
-    let unreachable = |why: String| Failed {
-        error: MoveError::Unreachable(why),
-        sent_on: None,
-    };
-    if cached.as_ref().is_none_or(|c| c.addr != node.addr) {
-        *cached = None;
-        let mut control = tokio::time::timeout(CALL_TIMEOUT, node.pool.control())
-            .await
-            .map_err(|_| unreachable(format!("{}: connect timed out", node.addr)))?
-            .map_err(|e| unreachable(format!("{}: {e}", node.addr)))?;
-        let known = control
-            .call(&["CLIENT", "INFO"], CALL_TIMEOUT)
-            .await
-            .ok()
-            .as_ref()
-            .and_then(crate::backend::control::frame_text)
-            .and_then(|line| known(&line));
-        *cached = Some(Cached {
-            addr: node.addr.clone(),
-            control,
-            known,
-        });
-    }
-    let Some(conn) = cached.as_mut() else {
-        return Err(unreachable(node.addr.clone()));
-    };
-    match conn.control.pipeline(commands, timeout).await {
-        Ok(replies) => Ok(replies),
-        Err(e) => {
-            let sent_on = cached.take().and_then(|c| c.known);
-            Err(Failed {
-                error: MoveError::Unreachable(format!("{}: {e}", node.addr)),
-                sent_on: sent_on.map(|known| (node.addr.clone(), known)),
-            })
-        }
-    }
-}
-
-/// A call that failed: why, and the connection its commands may still be
-/// on their way on (unknown when the node did not say who it was).
-struct Failed {
-    error: MoveError,
-    sent_on: Option<(String, Known)>,
-}
-
-impl Failed {
-    fn error(self) -> MoveError {
-        self.error
-    }
-
-    /// The error, the connection remembered as in doubt (see
-    /// [`Conns::settle`]).
-    fn doubt(self, doubtful: &Doubtful) -> MoveError {
-        if let Some(sent_on) = self.sent_on {
-            let mut list = lock(doubtful);
-            if list.len() >= MAX_DOUBTFUL {
-                list.remove(0);
-            }
-            list.push(sent_on);
-        }
-        self.error
-    }
-}
-
-fn lock(doubtful: &Doubtful) -> std::sync::MutexGuard<'_, Vec<(String, Known)>> {
+fn lock(doubtful: &Doubtful) -> std::sync::MutexGuard<'_, Vec<(String, Suspect)>> {
     doubtful.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The id and address in a `CLIENT INFO` line (`id=7 addr=127.0.0.1:5 ...`).
-fn known(line: &str) -> Option<Known> {
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
-    };
-    Some(Known {
-        id: field("id")?.parse().ok()?,
-        addr: field("addr")?.to_string(),
-    })
+/// `host` and `port` of `host:port` or `[v6]:port`.
+fn host_port(addr: &str) -> Option<(&str, &str)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((host.trim_start_matches('[').trim_end_matches(']'), port))
 }
 
-/// An error reply as a [`MoveError::Refused`].
-fn refused(reply: &OwnedFrame, addr: &str, command: &'static str) -> Result<(), MoveError> {
-    let error = match reply {
-        OwnedFrame::SimpleError { data, .. } => data.clone(),
-        OwnedFrame::BlobError { data, .. } => String::from_utf8_lossy(data).into_owned(),
-        _ => return Ok(()),
-    };
-    Err(MoveError::Refused {
-        addr: addr.to_string(),
-        command,
-        error,
-    })
+/// A failed call's error, its connection remembered as in doubt (see
+/// [`Conns::settle`]).
+fn doubt(failed: Failed, doubtful: &Doubtful) -> MoveError {
+    if let Some((addr, known)) = failed.sent_on {
+        remember(doubtful, (addr, Suspect::Connection(known)));
+    }
+    failed.error
 }

@@ -20,7 +20,10 @@
 
 pub mod keys;
 pub mod mover;
+pub mod shared;
+pub mod start;
 pub mod state;
+pub mod step;
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -63,14 +66,19 @@ pub struct Progress {
 }
 
 impl Slots {
-    pub fn new(map: SlotMap) -> Slots {
+    pub fn new(map: SlotMap, transfer: keys::Transfer) -> Slots {
         Slots {
             map: ArcSwap::from_pointee(map),
             changed: watch::channel(0).0,
             gates: {
                 let doubtful = keys::Doubtful::default();
                 (0..GATES)
-                    .map(|_| tokio::sync::Mutex::new(keys::Conns::new(doubtful.clone())))
+                    .map(|_| {
+                        tokio::sync::Mutex::new(keys::Conns::new(
+                            doubtful.clone(),
+                            transfer.clone(),
+                        ))
+                    })
                     .collect()
             },
             progress: Mutex::new(Progress::default()),
@@ -144,17 +152,34 @@ impl Slots {
 
 /// The map to start with: the one moves left in `failover.state_dir`,
 /// else the configuration's `slots` lines.
+///
+/// With `[coordination]`, the map is etcd's: every slot waits for the
+/// first read, since other instances may have moved slots since the
+/// configuration was written; a copy of it kept in a state directory by
+/// this instance (a member, so no move got past a pause without it) would
+/// do until then.
 pub fn initial(config: &crate::config::Config) -> Result<SlotMap, crate::shard::slots::SlotError> {
+    let Some(coordination) = &config.coordination else {
+        return own(config);
+    };
+    let prefix = coordination.prefix.trim_end_matches('/');
+    let names: Vec<&str> = config.shards.keys().map(String::as_str).collect();
+    match load(config)?.filter(|s| s.shared.as_deref() == Some(prefix)) {
+        Some(copy) => copy.to_map(&names, true),
+        None => Ok(SlotMap::of(config)?.all_paused()),
+    }
+}
+
+/// The map this instance would route by alone: the one its own moves left
+/// in the state directory, else the configuration's. With
+/// `[coordination]`, the shared map while etcd holds none.
+pub fn own(config: &crate::config::Config) -> Result<SlotMap, crate::shard::slots::SlotError> {
     let configured = SlotMap::of(config)?;
-    let store = state::MapStore::new(config.failover.state_dir.as_deref());
-    let saved = store
-        .load()
-        .map_err(|e| crate::shard::slots::SlotError(format!("slots.json: {e}")))?;
-    let Some(saved) = saved else {
+    let Some(saved) = load(config)?.filter(|s| s.shared.is_none()) else {
         return Ok(configured);
     };
     let names: Vec<&str> = config.shards.keys().map(String::as_str).collect();
-    let map = saved.to_map(&names)?;
+    let map = saved.to_map(&names, false)?;
     let differs = (0..names.len()).any(|i| map.ranges_of(i) != configured.ranges_of(i));
     if differs {
         tracing::warn!(
@@ -162,4 +187,18 @@ pub fn initial(config: &crate::config::Config) -> Result<SlotMap, crate::shard::
         );
     }
     Ok(map)
+}
+
+/// Every shard's name, by index (retired ones included: a map names
+/// them).
+pub(crate) fn shard_names(shards: &crate::shard::Shards) -> Vec<String> {
+    shards.all().iter().map(|s| s.name().to_string()).collect()
+}
+
+fn load(
+    config: &crate::config::Config,
+) -> Result<Option<state::SavedMap>, crate::shard::slots::SlotError> {
+    state::MapStore::new(config.failover.state_dir.as_deref())
+        .load()
+        .map_err(|e| crate::shard::slots::SlotError(format!("slots.json: {e}")))
 }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::keys::{self, MoveError};
+use super::start::{StartError, PAUSE_LIMIT};
 use super::state::{MapStore, SavedMap};
+use super::step::{self, MoveError};
 use super::Slots;
 use crate::backend::control::scan_page;
 use crate::observe::events::Events;
@@ -30,13 +31,10 @@ pub struct Resharder {
     /// at once cannot both pass "no move in progress", nor a shard be
     /// removed as a move to it starts.
     pub changing: tokio::sync::Mutex<()>,
+    /// With `[coordination]`: the map lives in etcd (see
+    /// [`super::shared`]).
+    pub shared: Option<Arc<super::shared::Shared>>,
 }
-
-/// How long the pause at the start of a move may last: requests for the
-/// moving slots wait this long at most. Past it the move is called off
-/// (a client sat in a transaction on one of the slots, or did not read
-/// its replies) and may be asked for again.
-pub const PAUSE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Keys asked for per `SCAN` step.
 const SCAN_COUNT: &str = "1000";
@@ -44,22 +42,9 @@ const SCAN_COUNT: &str = "1000";
 /// Keys moved at once by the walk (each holding its slot's gate).
 const BATCH: usize = 64;
 
-/// Why a move could not start.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StartError {
-    #[error("requests routed before the move were still unanswered after {} s (a client in MULTI on one of the slots, or one not reading its replies); nothing moved, ask again", PAUSE_LIMIT.as_secs())]
-    Busy,
-    #[error("the slot map could not be saved: {0}")]
-    Save(String),
-}
-
 impl Resharder {
     fn names(&self) -> Vec<String> {
-        self.shards
-            .all()
-            .iter()
-            .map(|s| s.name().to_string())
-            .collect()
+        super::shard_names(&self.shards)
     }
 
     fn save(&self, map: &SlotMap) -> std::io::Result<()> {
@@ -72,6 +57,9 @@ impl Resharder {
     /// request routed by the map before is answered, then lets commands
     /// and the walk move keys.
     pub async fn start(&self, moving: Moving) -> Result<(), StartError> {
+        if let Some(shared) = &self.shared {
+            return shared.start(moving).await;
+        }
         let before = self.slots.current();
         let paused = before.with_moving(Some(Moving {
             paused: true,
@@ -106,20 +94,29 @@ impl Resharder {
         let mut shutdown = self.shutdown.clone();
         loop {
             let moving = self.slots.load().moving().cloned();
+            let walks = self.shared.as_ref().is_none_or(|s| s.walks());
             match moving {
-                Some(moving) if !moving.paused => {
+                Some(moving) if !moving.paused && walks => {
                     if self.walk(&moving, &mut shutdown).await {
-                        self.finish(&moving);
+                        self.finish(&moving).await;
                     } else {
                         return;
                     }
                 }
-                _ => tokio::select! {
-                    result = changed.changed() => if result.is_err() {
-                        return;
-                    },
-                    _ = shutdown.changed() => return,
-                },
+                _ => {
+                    if let Some(shared) = &self.shared {
+                        shared.call_off_stale().await;
+                    }
+                    // With other instances, a walker may die: looked at
+                    // again every second.
+                    tokio::select! {
+                        result = changed.changed() => if result.is_err() {
+                            return;
+                        },
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
             }
         }
     }
@@ -156,6 +153,10 @@ impl Resharder {
             if *shutdown.borrow() {
                 return false;
             }
+            if !self.still_moving(moving) {
+                // Ended elsewhere (another instance's walk), or called off.
+                return true;
+            }
             match self
                 .pass(moving, &from, &to, rate, started, &mut walked)
                 .await
@@ -186,7 +187,7 @@ impl Resharder {
         started: Instant,
         walked: &mut u64,
     ) -> Result<u64, MoveError> {
-        let source = keys::primary(from, self.hold).await?;
+        let source = step::primary(from, self.hold).await?;
         let mut control = source
             .pool
             .control()
@@ -211,6 +212,9 @@ impl Resharder {
                 .filter(|(slot, _)| moving.contains(*slot))
                 .collect();
             found += batch.len() as u64;
+            if !self.still_moving(moving) {
+                return Ok(0);
+            }
             // In small batches: a command touching a key of a slot the
             // walk holds waits for the batch, so batches stay short.
             for chunk in batch.chunks(BATCH) {
@@ -223,7 +227,7 @@ impl Resharder {
                 }
             }
             // The source failed over: its successor's cursor is another.
-            if !keys::primary(from, self.hold)
+            if !step::primary(from, self.hold)
                 .await
                 .is_ok_and(|p| Arc::ptr_eq(&p, &source))
             {
@@ -262,24 +266,43 @@ impl Resharder {
         held[0].move_keys(from, to, &keys, self.hold).await
     }
 
+    /// Whether `moving` is still the move in force, under way: with other
+    /// instances, another walker may have ended it, and a walk must not
+    /// go on into a later move of the same slots.
+    fn still_moving(&self, moving: &Moving) -> bool {
+        self.slots.load().moving().is_some_and(|m| {
+            !m.paused && m.ranges == moving.ranges && m.from == moving.from && m.to == moving.to
+        })
+    }
+
     /// The target owns the slots: saved, then in force.
-    fn finish(&self, moving: &Moving) {
-        let done = self.slots.load().with_move_done();
-        if let Err(e) = self.save(&done) {
-            // Kept moving (commands still find every key, on the target)
-            // until the map can be saved: a restart must not route by
-            // the map before the move.
-            tracing::error!(error = %e, "the slot map after a move could not be saved; retrying");
-            self.slots
-                .update(|p| p.last_error = Some(format!("saving the slot map: {e}")));
+    async fn finish(&self, moving: &Moving) {
+        if !self.still_moving(moving) {
             return;
         }
-        for (index, shard) in self.shards.all().iter().enumerate() {
-            shard
-                .topology
-                .set_slots(ranges_text(&done.ranges_of(index)));
+        if let Some(shared) = &self.shared {
+            // Written to etcd, and put in force as every record is.
+            if !shared.finish().await {
+                return;
+            }
+        } else {
+            let done = self.slots.load().with_move_done();
+            if let Err(e) = self.save(&done) {
+                // Kept moving (commands still find every key, on the
+                // target) until the map can be saved: a restart must not
+                // route by the map before the move.
+                tracing::error!(error = %e, "the slot map after a move could not be saved; retrying");
+                self.slots
+                    .update(|p| p.last_error = Some(format!("saving the slot map: {e}")));
+                return;
+            }
+            for (index, shard) in self.shards.all().iter().enumerate() {
+                shard
+                    .topology
+                    .set_slots(ranges_text(&done.ranges_of(index)));
+            }
+            self.slots.publish(done);
         }
-        self.slots.publish(done);
         let progress = self.slots.progress();
         self.slots.update(|p| p.started = None);
         let (from, to) = (

@@ -18,6 +18,10 @@ pub struct SavedMap {
     pub shards: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving: Option<SavedMove>,
+    /// The `[coordination]` prefix whose shared map this copies (see
+    /// [`crate::reshard::shared`]); None for a map of this instance's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +29,9 @@ pub struct SavedMove {
     pub slots: String,
     pub from: String,
     pub to: String,
+    /// Requests for the slots wait (the start of a move).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl SavedMap {
@@ -39,16 +46,19 @@ impl SavedMap {
                 slots: ranges_text(&m.ranges),
                 from: names.get(m.from).unwrap_or(&"").to_string(),
                 to: names.get(m.to).unwrap_or(&"").to_string(),
+                paused: m.paused,
             }),
+            shared: None,
         }
     }
 
     /// The map this describes, for the configured shards `names`: a shard
     /// it does not name owns nothing; one it names that is not configured
     /// any more is an error (its slots would have no owner). A move in
-    /// progress resumes past its pause (nothing was routed by an earlier
-    /// map in this process).
-    pub fn to_map(&self, names: &[&str]) -> Result<SlotMap, SlotError> {
+    /// progress resumes past its pause, unless `keep_pause`: alone,
+    /// nothing was routed by an earlier map in this process; with other
+    /// instances, a pause not yet called off or ended is theirs too.
+    pub fn to_map(&self, names: &[&str], keep_pause: bool) -> Result<SlotMap, SlotError> {
         if let Some(gone) = self.shards.keys().find(|n| !names.contains(&n.as_str())) {
             if self.shards.get(gone).is_some_and(|s| !s.is_empty()) {
                 return Err(SlotError(format!(
@@ -78,7 +88,7 @@ impl SavedMap {
             ranges,
             from: index(&saved.from)?,
             to: index(&saved.to)?,
-            paused: false,
+            paused: keep_pause && saved.paused,
         })))
     }
 }
@@ -117,7 +127,15 @@ mod tests {
             paused: true,
         }));
         let saved = SavedMap::of(&moving, &["a", "b"]);
-        let back = saved.to_map(&["a", "b"]).unwrap();
+        let back = saved.to_map(&["a", "b"], false).unwrap();
+        assert!(
+            saved
+                .to_map(&["a", "b"], true)
+                .unwrap()
+                .moving()
+                .unwrap()
+                .paused
+        );
         assert_eq!(back.ranges_of(0), vec![(0, 8191)]);
         // A move resumes past its pause.
         assert_eq!(
@@ -130,10 +148,10 @@ mod tests {
             })
         );
         // A shard added to the configuration since owns nothing.
-        let grown = saved.to_map(&["a", "b", "c"]).unwrap();
+        let grown = saved.to_map(&["a", "b", "c"], false).unwrap();
         assert_eq!(grown.count_of(2), 0);
         // A shard that owns slots cannot disappear from it.
-        let error = saved.to_map(&["a"]).unwrap_err();
+        let error = saved.to_map(&["a"], false).unwrap_err();
         assert!(
             error.0.contains("shard 'b' owns slots 8192-16383"),
             "{error}"

@@ -239,6 +239,9 @@ pub(super) async fn boot(
             coordination.clone().run(shutdown_rx.clone()),
         );
     }
+    if let Some(shared) = &parts.resharder.shared {
+        services.start("slot-map", shared.clone().follow(shutdown_rx.clone()));
+    }
     services.start("slot-mover", parts.resharder.run());
     services.start("discovery", context.clone().discover());
     services.start(

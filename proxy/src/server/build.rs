@@ -262,16 +262,48 @@ pub(super) fn resharder(
     shards: &Arc<crate::shard::Shards>,
     events: &Arc<Events>,
     shutdown: &tokio::sync::watch::Receiver<bool>,
-) -> Arc<crate::reshard::mover::Resharder> {
-    Arc::new(crate::reshard::mover::Resharder {
+    coordination: &Option<Arc<crate::coord::Coordination>>,
+) -> std::io::Result<Arc<crate::reshard::mover::Resharder>> {
+    let store = crate::reshard::state::MapStore::new(config.failover.state_dir.as_deref());
+    let shared = match (coordination, &config.coordination) {
+        (Some(coord), Some(settings)) => Some(Arc::new(crate::reshard::shared::Shared::new(
+            crate::reshard::shared::Parts {
+                coord: coord.clone(),
+                slots: slots.clone(),
+                shards: shards.clone(),
+                store: store.clone(),
+                prefix: settings.prefix.clone(),
+                own: crate::reshard::own(config).map_err(|e| invalid(e.to_string()))?,
+            },
+        ))),
+        _ => None,
+    };
+    Ok(Arc::new(crate::reshard::mover::Resharder {
         slots: slots.clone(),
         shards: shards.clone(),
-        store: crate::reshard::state::MapStore::new(config.failover.state_dir.as_deref()),
+        store,
         events: events.clone(),
         hold: std::time::Duration::from_millis(config.failover.hold_writes_ms),
         shutdown: shutdown.clone(),
         changing: Default::default(),
-    })
+        shared,
+    }))
+}
+
+/// How slot moves carry keys: with `MIGRATE` when other instances may
+/// move the same keys (see `reshard::keys`).
+pub(super) fn transfer(config: &Config) -> crate::reshard::keys::Transfer {
+    use crate::reshard::keys::Transfer;
+    match &config.coordination {
+        None => Transfer::Copy,
+        Some(_) => Transfer::Migrate {
+            auth: config
+                .backend
+                .password
+                .clone()
+                .map(|password| (config.backend.username.clone(), password)),
+        },
+    }
 }
 
 /// The commands and settings clients may not use.

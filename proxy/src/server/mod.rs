@@ -70,10 +70,17 @@ impl Server {
             fanouts,
             switchovers,
         )));
-        let slots = Arc::new(crate::reshard::Slots::new(slots));
-        let resharder = build::resharder(&config, &slots, &owned, &events, &shutdown_rx);
-        let (added_shards, added_rx) = mpsc::unbounded_channel();
+        let slots = Arc::new(crate::reshard::Slots::new(slots, build::transfer(&config)));
         let coordination = build::coordination(&config, client_addr, admin_addr, &shards, &events)?;
+        let resharder = build::resharder(
+            &config,
+            &slots,
+            &owned,
+            &events,
+            &shutdown_rx,
+            &coordination,
+        )?;
+        let (added_shards, added_rx) = mpsc::unbounded_channel();
         let context = Arc::new(Context {
             secrets: crate::secrets::Secrets::new(&config),
             slots,

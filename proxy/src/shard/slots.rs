@@ -71,7 +71,7 @@ static CRC16_TABLE: [u16; 256] = {
 };
 
 /// Which shard (by index) owns each slot, and the move in progress.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SlotMap {
     owner: Box<[u16]>,
     /// Slots on their way from their owner to another shard (one move at
@@ -211,6 +211,17 @@ impl SlotMap {
             owner: self.owner.clone(),
             moving,
         }
+    }
+
+    /// This map with every slot waiting: what an instance routes by before
+    /// it has read the map shared through etcd (`reshard::shared`).
+    pub fn all_paused(&self) -> SlotMap {
+        self.with_moving(Some(Moving {
+            ranges: vec![(0, 16383)],
+            from: 0,
+            to: 0,
+            paused: true,
+        }))
     }
 
     /// This map with the move in progress done: its slots owned by its
