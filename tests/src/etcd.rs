@@ -385,6 +385,11 @@ impl Instance {
         }
     }
 
+    /// Its configuration file (a test may edit it and reload).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
     pub fn client(&self) -> redis::Client {
         redis::Client::open(self.url()).expect("client")
     }

@@ -26,17 +26,33 @@ struct Deployment {
 }
 
 fn deploy(n: usize) -> Deployment {
+    deploy_with(n, true)
+}
+
+/// Shard `two`'s section, owning no slots.
+fn two_section(two: &Cluster) -> String {
+    let nodes: Vec<String> = two.addrs().iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[shards.two]\nnodes = [{}]\nslots = \"\"\n\
+         [shards.two.replication]\nquorum = \"one\"\ntimeout_ms = 1000\n",
+        nodes.join(", ")
+    )
+}
+
+/// With `with_two` false, shard `two`'s nodes run but no file names them.
+fn deploy_with(n: usize, with_two: bool) -> Deployment {
     let etcd = EtcdCluster::start(3);
     let (main, two) = (Cluster::start(1), Cluster::start(1));
     let dir = tempfile::tempdir().expect("tempdir");
     let prefix = format!("/rampart/test-{}", rampart_tests::free_port());
     let nodes = main.addrs();
-    let two_nodes: Vec<String> = two.addrs().iter().map(|a| format!("\"{a}\"")).collect();
     let per_instance = format!(
-        "[failover]\nhold_writes_ms = 5000\n\
-         [shards.two]\nnodes = [{}]\nslots = \"\"\n\
-         [shards.two.replication]\nquorum = \"one\"\ntimeout_ms = 1000\n",
-        two_nodes.join(", ")
+        "[failover]\nhold_writes_ms = 5000\n{}",
+        if with_two {
+            two_section(&two)
+        } else {
+            String::new()
+        }
     );
     let setup = InstanceSetup {
         bin: BIN,
@@ -298,4 +314,95 @@ fn an_instance_cut_off_mid_move_reads_right_and_a_dead_walker_is_replaced() {
         &unexpected[..unexpected.len().min(10)]
     );
     check_clients(&seen, d.at(0), &d);
+}
+
+/// Writes `text` as instance `i`'s file and reloads it; returns the answer.
+fn reload_with(d: &Deployment, i: usize, text: &str) -> String {
+    std::fs::write(d.at(i).config_path(), text).expect("write config");
+    let (status, body) = http(admin(d.at(i)), "POST", "/v1/reload", b"");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn shard_names(instance: &Instance) -> Vec<String> {
+    slots(instance)["shards"]
+        .as_array()
+        .map(|shards| {
+            shards
+                .iter()
+                .filter_map(|s| s["shard"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_shard_added_by_reload_everywhere_receives_slots_and_is_removed_again() {
+    let mut d = deploy_with(3, false);
+    moves::load(&d.at(0).client());
+    let files: Vec<String> = (0..3)
+        .map(|i| std::fs::read_to_string(d.at(i).config_path()).expect("config"))
+        .collect();
+    // Added by a reload of each instance's file.
+    for (i, file) in files.iter().enumerate() {
+        let answer = reload_with(&d, i, &format!("{file}{}", two_section(&d.two)));
+        assert!(answer.contains("two"), "{answer}");
+    }
+    for i in 0..3 {
+        wait_until_or(
+            &format!("r{i} to serve shard two"),
+            Duration::from_secs(10),
+            || shard_names(d.at(i)).contains(&"two".to_string()),
+            || format!("{:#}", slots(d.at(i))),
+        );
+    }
+    let through: Vec<redis::Client> = d.instances.iter().map(|i| i.client()).collect();
+    let clients = Clients::start(&through);
+    let (status, body) = ask_move(d.at(2), "slots=8192-16383&to=two");
+    assert_eq!(status, 200, "{body}");
+    d.wait_owned(&[0, 1, 2], "two", Duration::from_secs(120));
+    let seen = clients.finish();
+    check_clients(&seen, d.at(1), &d);
+
+    // Back to main, then removed: on r0 first, where a move to it is
+    // then refused (r0 cannot route slots to a shard it removed) even
+    // when asked of an instance that still has it.
+    let (status, body) = ask_move(d.at(1), "slots=8192-16383&to=main");
+    assert_eq!(status, 200, "{body}");
+    d.wait_owned(&[0, 1, 2], "main", Duration::from_secs(120));
+    reload_with(&d, 0, &files[0]);
+    wait_until_or(
+        "r0 to remove shard two",
+        Duration::from_secs(10),
+        || !shard_names(d.at(0)).contains(&"two".to_string()),
+        || format!("{:#}", slots(d.at(0))),
+    );
+    let (status, body) = ask_move(d.at(1), "slots=0-99&to=two");
+    assert_eq!(
+        status,
+        409,
+        "{body}\n{:#}",
+        d.at(1).topology()["coordination"]
+    );
+    assert!(body.contains("r0"), "{body}");
+    d.wait_owned(&[1, 2], "main", Duration::from_secs(10));
+    for i in [1, 2] {
+        reload_with(&d, i, &files[i]);
+    }
+    for i in 0..3 {
+        wait_until_or(
+            &format!("r{i} to remove shard two"),
+            Duration::from_secs(10),
+            || !shard_names(d.at(i)).contains(&"two".to_string()),
+            || format!("{:#}", slots(d.at(i))),
+        );
+    }
+    // Its nodes may go: every key is on main, through every instance.
+    assert_eq!(d.sizes().1, 0);
+    for node in &mut d.two.nodes {
+        node.kill();
+    }
+    for i in 0..3 {
+        read_sample(d.at(i), 499);
+    }
 }

@@ -114,7 +114,7 @@ impl Coordination {
     /// Per shard: the epoch this instance routes by, and what its probes
     /// see.
     pub(super) fn seen(&self) -> BTreeMap<String, ShardSeen> {
-        self.shards
+        self.shards()
             .iter()
             .map(|s| {
                 let seen = ShardSeen {
@@ -170,7 +170,7 @@ impl Coordination {
             published_ms: now_ms(),
             ..mine.clone()
         };
-        for shard in &self.shards {
+        for shard in &self.shards() {
             if let Some(seen) = stamped.shards.get_mut(&shard.name) {
                 seen.offsets = shard
                     .nodes

@@ -145,7 +145,7 @@ impl Coordination {
             let view = self.view();
             (
                 view.lease,
-                self.shards
+                self.shards()
                     .iter()
                     .filter(|s| !view.holders.contains_key(&s.name))
                     .map(|s| s.name.clone())
@@ -210,13 +210,40 @@ impl Coordination {
             ),
         );
         for (shard, created) in held {
-            let key = self.lease_key(&shard);
-            let mine = [
-                Compare::Value(key.clone(), self.instance.as_bytes().to_vec()),
-                Compare::Created(key.clone(), created),
-            ];
-            let _ = self.etcd.txn(&mine, &[Op::Delete(key)]).await;
+            self.give_back(&shard, created).await;
         }
+    }
+
+    /// Gives back the leases of shards removed here by a reload, so that an
+    /// instance still serving them (not reloaded yet) decides for them.
+    pub(super) async fn give_back_retired(&self) {
+        let serving: Vec<String> = self.shards().iter().map(|s| s.name.clone()).collect();
+        let retired: Vec<(String, i64)> = {
+            let mut view = self.view();
+            let retired: Vec<(String, i64)> = view
+                .held
+                .iter()
+                .filter(|(shard, _)| !serving.contains(shard))
+                .map(|(shard, created)| (shard.clone(), *created))
+                .collect();
+            for (shard, _) in &retired {
+                view.held.remove(shard);
+            }
+            retired
+        };
+        for (shard, created) in retired {
+            self.give_back(&shard, created).await;
+        }
+    }
+
+    /// Deletes this instance's lease key of `shard` (this very key).
+    async fn give_back(&self, shard: &str, created: i64) {
+        let key = self.lease_key(shard);
+        let mine = [
+            Compare::Value(key.clone(), self.instance.as_bytes().to_vec()),
+            Compare::Created(key.clone(), created),
+        ];
+        let _ = self.etcd.txn(&mine, &[Op::Delete(key)]).await;
     }
 }
 

@@ -192,7 +192,9 @@ pub struct Coordination {
     /// instance answers directly that it cannot read etcd either.
     failsafe: bool,
     view: Mutex<View>,
-    shards: Vec<Arc<ReplicaSet>>,
+    /// The shards, one added by a reload at the end; retired ones are
+    /// left out by [`Coordination::shards`].
+    shards: arc_swap::ArcSwap<Vec<Arc<ReplicaSet>>>,
     events: Arc<Events>,
     /// Bumped when records were read that are not applied here.
     policy_changed: watch::Sender<u64>,
@@ -263,11 +265,32 @@ impl Coordination {
                 answered_unfresh_at: Some(Instant::now()),
                 ..View::default()
             }),
-            shards,
+            shards: arc_swap::ArcSwap::from_pointee(shards),
             events,
             policy_changed: watch::channel(0).0,
             slot_changed: watch::channel(0).0,
         }
+    }
+
+    /// The shards in service.
+    fn shards(&self) -> Vec<Arc<ReplicaSet>> {
+        self.shards
+            .load()
+            .iter()
+            .filter(|s| !s.is_retired())
+            .cloned()
+            .collect()
+    }
+
+    /// A shard added by a reload: its writes wait for the next read of
+    /// etcd (its record, if another instance has one), as at start.
+    pub fn add_shard(&self, shard: Arc<ReplicaSet>) {
+        shard.durability.window.close();
+        self.shards.rcu(|shards| {
+            let mut shards = Vec::clone(shards);
+            shards.push(shard.clone());
+            shards
+        });
     }
 
     fn view(&self) -> std::sync::MutexGuard<'_, View> {
@@ -365,6 +388,7 @@ impl Coordination {
         self.publish().await?;
         self.register().await?;
         self.publish_events().await?;
+        self.give_back_retired().await;
         if self.campaign && !tilted {
             self.campaign().await?;
         }

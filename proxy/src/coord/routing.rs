@@ -4,6 +4,7 @@
 //! nobody can read etcd (failsafe).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -181,17 +182,19 @@ impl Coordination {
 
     /// Routes every shard this instance does not decide for by its record.
     pub(super) fn follow_records(&self) {
-        let records: Vec<(usize, ShardState)> = {
+        let records: Vec<(Arc<ReplicaSet>, ShardState)> = {
             let view = self.view();
-            self.shards
-                .iter()
-                .enumerate()
-                .filter(|(_, shard)| !view.held.contains_key(&shard.name))
-                .filter_map(|(i, shard)| Some((i, view.records.get(&shard.name)?.0.clone())))
+            self.shards()
+                .into_iter()
+                .filter(|shard| !view.held.contains_key(&shard.name))
+                .filter_map(|shard| {
+                    let record = view.records.get(&shard.name)?.0.clone();
+                    Some((shard, record))
+                })
                 .collect()
         };
-        for (i, record) in records {
-            let shard = &self.shards[i];
+        for (shard, record) in records {
+            let shard = &shard;
             match implausible(shard, &record) {
                 Some(why) => self.warn_once(
                     &format!("{}@{}", self.record_key(&shard.name), record.epoch),
@@ -231,7 +234,7 @@ impl Coordination {
             };
             (read + self.max_view_age).min(lease.valid_until)
         };
-        for shard in &self.shards {
+        for shard in &self.shards() {
             shard.durability.window.open_until(until);
         }
     }

@@ -23,7 +23,7 @@ impl Coordination {
         // Until etcd was read once, writes are held without a word: that
         // is starting, not losing the view.
         while self.view().read_at.is_none() {
-            for shard in &self.shards {
+            for shard in &self.shards() {
                 shard.set_view_stale(true);
             }
             tokio::select! {
@@ -31,7 +31,7 @@ impl Coordination {
                 _ = shutdown.changed() => return,
             }
         }
-        for shard in &self.shards {
+        for shard in &self.shards() {
             shard.set_view_stale(false);
         }
         loop {
@@ -47,7 +47,7 @@ impl Coordination {
         let why = self.stale_reason();
         if why.is_none() {
             self.view().nobody_reads_etcd = false;
-            for shard in &self.shards {
+            for shard in &self.shards() {
                 shard.durability.window.failsafe_until(None);
             }
         } else if last_failsafe.is_none_or(|t| t.elapsed() >= self.poll) {
@@ -61,7 +61,7 @@ impl Coordination {
             let safe = self.failsafe().await;
             self.view().nobody_reads_etcd = safe.is_some();
             let safe = safe.filter(|_| self.failsafe).unwrap_or_default();
-            for shard in &self.shards {
+            for shard in &self.shards() {
                 let until = safe
                     .contains(&shard.name)
                     .then_some(asked + self.max_view_age);
@@ -70,7 +70,7 @@ impl Coordination {
         }
         let failsafe = why.is_some()
             && self
-                .shards
+                .shards()
                 .iter()
                 .any(|s| s.durability.window.admits() == Admit::Failsafe);
         let was = std::mem::replace(&mut self.view().failsafe_active, failsafe);
@@ -83,7 +83,7 @@ impl Coordination {
                 "etcd cannot be read, but every known instance answers that it cannot read it either and routes by the same epochs: nobody can decide a failover, so writes go on (never to a primary that restarted or lost data)",
             );
         }
-        for shard in &self.shards {
+        for shard in &self.shards() {
             let held = match shard.durability.window.admits() {
                 Admit::Open => false,
                 Admit::Failsafe => shard.primary_node().is_some_and(|p| p.is_stale()),

@@ -24,11 +24,6 @@ impl Context {
                 false => format!("shard '{name}' exists"),
             }));
         }
-        if self.coordination.is_some() {
-            return Err(OpError::Conflict(
-                "adding a shard while running is not available with [coordination]: restart every instance with the new file".into(),
-            ));
-        }
         if section.replication.mode == Mode::Fanout {
             return Err(OpError::Conflict(
                 "a fan-out shard is added by a restart (its writer starts with Rampart)".into(),
@@ -71,6 +66,9 @@ impl Context {
         // The replica set first: views and probes find it before any map
         // could name the shard.
         self.topology.push(set.clone());
+        if let Some(coordination) = &self.coordination {
+            coordination.add_shard(set.clone());
+        }
         let index = self.shards.push(shard.clone());
         let nodes = set.nodes.iter().count();
         self.added_shards
@@ -97,9 +95,14 @@ impl Context {
     pub async fn remove_shard(&self, name: &str) -> Result<String, OpError> {
         let _changing = self.resharder.changing.lock().await;
         let (index, shard) = self.serving_named(name)?;
-        if self.coordination.is_some() {
-            return Err(OpError::Conflict(
-                "removing a shard while running is not available with [coordination]: restart every instance with the new file".into(),
+        if self
+            .resharder
+            .shared
+            .as_ref()
+            .is_some_and(|shared| !shared.is_ready())
+        {
+            return Err(OpError::Unavailable(
+                crate::reshard::start::StartError::NotRead.to_string(),
             ));
         }
         if shard.fanout.is_some() {

@@ -190,6 +190,17 @@ impl Shared {
         let names = self.names();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let map = record.map.to_map(&names, true).map_err(|e| e.to_string())?;
+        // A shard removed here by a reload cannot receive slots (a move
+        // asked elsewhere before this instance's reload was seen there).
+        for (index, shard) in self.shards.all().iter().enumerate() {
+            let target = map.moving().is_some_and(|m| m.to == index);
+            if shard.topology.is_retired() && (target || map.count_of(index) > 0) {
+                return Err(format!(
+                    "it gives slots to shard '{}', which was removed here",
+                    shard.name()
+                ));
+            }
+        }
         Ok((map, record.walker))
     }
 

@@ -151,6 +151,8 @@ async fn start_added_shards(
                 &shutdown_rx,
                 added.requests,
             ),
+            // With [coordination], followers route by the records.
+            FailoverRole::Follower if context.coordination.is_some() => {}
             FailoverRole::Follower => set.refresh(),
         }
     }
