@@ -317,3 +317,29 @@ pub fn check(through: &redis::Client, a: &Cluster, b: &Cluster, seen: &Seen) {
         "{a_size} / {b_size}"
     );
 }
+
+/// Errors only of the kinds a failover gives without a move (commands in
+/// flight to the killed node, writes no replica confirmed), none of them
+/// acknowledged, and transactions straddling the start.
+pub fn expect_only_failover_errors(seen: &Seen) {
+    let odd: Vec<&String> = seen
+        .errors
+        .iter()
+        .filter(|e| {
+            let e = e.to_lowercase();
+            ![
+                "noquorum",
+                "no reachable primary",
+                "may or may not have run",
+                // Not sent: the primary's connection was down before the
+                // probes called it down (see data_path.rs).
+                "unavailable",
+                "tryagain",
+                "started moving to another shard",
+            ]
+            .iter()
+            .any(|k| e.contains(k))
+        })
+        .collect();
+    assert!(odd.is_empty(), "unexpected errors: {odd:?}");
+}

@@ -223,29 +223,7 @@ fn move_with_a_failover(failing: usize) {
     wait_moved(&proxy, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(300));
     let seen = clients.finish();
-    // Errors only of the kinds a failover gives without a move (commands
-    // in flight to the killed node, writes no replica confirmed), none of
-    // them acknowledged.
-    let odd: Vec<&String> = seen
-        .errors
-        .iter()
-        .filter(|e| {
-            let e = e.to_lowercase();
-            ![
-                "noquorum",
-                "no reachable primary",
-                "may or may not have run",
-                // Not sent: the primary's connection was down before the
-                // probes called it down (see data_path.rs).
-                "unavailable",
-                "tryagain",
-                "started moving to another shard",
-            ]
-            .iter()
-            .any(|k| e.contains(k))
-        })
-        .collect();
-    assert!(odd.is_empty(), "unexpected errors: {odd:?}");
+    moves::expect_only_failover_errors(&seen);
     shards[failing].nodes.swap(0, 1);
     let [a, b] = &shards;
     check(&proxy, a, b, &seen);

@@ -4,7 +4,9 @@
 //! acknowledged is lost, no read is wrong through any instance; a member
 //! that does not answer (cut off from etcd, or stopped) stops a move from
 //! starting until it answers or is forgotten; an instance cut off mid-move
-//! keeps reading right; the walker killed mid-move is replaced.
+//! never answers wrong; the walker killed mid-move is replaced; a shard
+//! is added and removed by reloading every instance; the source's primary
+//! fails over mid-move.
 
 use std::time::Duration;
 
@@ -405,4 +407,42 @@ fn a_shard_added_by_reload_everywhere_receives_slots_and_is_removed_again() {
     for i in 0..3 {
         read_sample(d.at(i), 499);
     }
+}
+
+#[test]
+fn a_move_through_three_instances_survives_its_source_primary_failing() {
+    let mut d = deploy(3);
+    moves::load(&d.at(0).client());
+    let through: Vec<redis::Client> = d.instances.iter().map(|i| i.client()).collect();
+    let clients = Clients::start(&through);
+    let (status, body) = ask_move(d.at(0), "slots=8192-16383&to=two&rate=4000");
+    assert_eq!(status, 200, "{body}");
+    wait_until_or(
+        "a tenth of the keys to move",
+        Duration::from_secs(30),
+        || moved_so_far(d.at(0)) > (KEYS / 10) as u64,
+        || format!("{:#}", slots(d.at(0))),
+    );
+    let old = d.main.primary().addr();
+    d.main.nodes[0].kill();
+    for i in 0..3 {
+        wait_until_or(
+            &format!("r{i} to route main to its new primary"),
+            Duration::from_secs(30),
+            || {
+                d.at(i).topology()["shards"][0]["primary"]
+                    .as_str()
+                    .is_some_and(|p| p != old)
+            },
+            || format!("{:#}", d.at(i).topology()["shards"][0]),
+        );
+    }
+    // Back as a replica of the new primary (the quorum needs one).
+    d.main.nodes[0].restart();
+    d.wait_owned(&[0, 1, 2], "two", Duration::from_secs(120));
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = clients.finish();
+    moves::expect_only_failover_errors(&seen);
+    d.main.nodes.swap(0, 1);
+    moves::check(&d.at(2).client(), &d.main, &d.two, &seen);
 }
