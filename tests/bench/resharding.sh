@@ -7,18 +7,41 @@
 # Rampart; the same benchmark before the move is the baseline. Prints
 # keys/s of the move and p50/p99 latency during vs before, as ratios.
 #
-#   tests/bench/resharding.sh [keys] [rate]
+#   tests/bench/resharding.sh [keys] [rate] [alone|coordination]
 #
 # rate: the walk's limit in keys/s (0: none, the default).
-# Needs redis-server, redis-tools, python3.
+# coordination: Rampart with [coordination] on a one-member etcd, so keys
+# move with MIGRATE as they do between several instances (alone: DUMP and
+# RESTORE through Rampart, the default).
+# Needs redis-server, redis-tools, python3 (and etcd for coordination).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KEYS=${1:-200000}
 RATE=${2:-0}
+MODE=${3:-alone}
 
 source tests/bench/lib.sh
 require redis-server redis-benchmark python3
 build_rampart
+
+# Where the map lives: the state directory alone, etcd with coordination.
+if [ "$MODE" = coordination ]; then
+  require etcd
+  ETCD=$(free_port); ETCD_PEER=$(free_port)
+  etcd --name e0 --data-dir "$work/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD" --advertise-client-urls "http://127.0.0.1:$ETCD" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
+    --initial-cluster "e0=http://127.0.0.1:$ETCD_PEER" >/dev/null 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do curl -s "http://127.0.0.1:$ETCD/health" | grep -q true && break; sleep 0.1; done
+  HOME_OF_MAP="[coordination]
+backend = \"etcd\"
+endpoints = [\"127.0.0.1:$ETCD\"]
+instance = \"bench\""
+else
+  HOME_OF_MAP="[failover]
+state_dir = \"$work/state\""
+fi
 
 A=$(free_port); A2=$(free_port); B=$(free_port); B2=$(free_port)
 start_redis "$A"; start_redis "$A2" "$A"; start_redis "$B"; start_redis "$B2" "$B"
@@ -30,8 +53,7 @@ listen = "127.0.0.1:$PORT"
 listen = "127.0.0.1:$ADMIN"
 [log]
 level = "warn"
-[failover]
-state_dir = "$work/state"
+$HOME_OF_MAP
 [shards.a]
 nodes = ["127.0.0.1:$A", "127.0.0.1:$A2"]
 slots = "0-16383"
@@ -77,9 +99,9 @@ bench 100000 after
 moved=$(redis-cli -p "$B" DBSIZE)
 left=$(redis-cli -p "$A" DBSIZE)
 
-python3 - "$work/results.csv" "$started" "$finished" "$moved" "$left" "$RATE" <<'PY'
+python3 - "$work/results.csv" "$started" "$finished" "$moved" "$left" "$RATE" "$MODE" <<'PY'
 import csv, sys
-path, started, finished, moved, left, rate = sys.argv[1:]
+path, started, finished, moved, left, rate, mode = sys.argv[1:]
 seconds = float(finished) - float(started)
 rows = {}
 for r in csv.reader(open(path)):
@@ -90,7 +112,7 @@ def med(values):
     values = sorted(values)
     return values[len(values) // 2]
 print(f"moved {moved} keys in {seconds:.1f} s: {int(moved) / seconds:.0f} keys/s "
-      f"(walk limit {rate or 'none'}; {left} stayed on the source)")
+      f"(walk limit {'none' if rate == '0' else rate}; {left} stayed on the source; {mode})")
 print(f"{'test':<6}{'when':<8}{'req/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'p50 x':>7}{'p99 x':>7}")
 for test in ("SET", "GET"):
     base = rows.get(("before", test))
