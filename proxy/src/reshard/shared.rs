@@ -141,9 +141,7 @@ impl Shared {
             && !self.starting.load(Ordering::SeqCst);
         stale.then_some(revision)
     }
-}
 
-impl Shared {
     fn names(&self) -> Vec<String> {
         super::shard_names(&self.shards)
     }
