@@ -77,6 +77,9 @@ impl Connection {
                 // were routed by until EXEC). It queues on the source, and
                 // EXEC discards it (see `slots_stayed`).
                 Touch::Paused if self.session.in_multi && !self.session.multi_deferred => break,
+                Touch::Paused if self.routing.map().is_all_paused() => {
+                    self.wait_for_shared_map().await?
+                }
                 Touch::Paused => self.wait_out_pause().await?,
                 Touch::Moving(groups) => {
                     self.move_first(groups).await?;
@@ -183,6 +186,25 @@ impl Connection {
             // The pause ends by its own limit; this only guards against a
             // map that never changes again.
             _ = tokio::time::sleep_until(deadline) => Ok(()),
+        }
+    }
+
+    /// With `[coordination]`, an instance starting routes no key until it
+    /// has read the slot map from etcd (`reshard::shared`): a request
+    /// waits for it as a write waits for a primary, then is refused.
+    async fn wait_for_shared_map(&mut self) -> Result<(), Flow> {
+        let mut changed = self.ctx.slots.watch();
+        let hold = std::time::Duration::from_millis(self.ctx.config.failover.hold_writes_ms);
+        let mut shutdown = self.ctx.shutdown.clone();
+        tokio::select! {
+            _ = changed.changed() => Ok(()),
+            _ = shutdown.changed() => Err(Flow::Stop),
+            _ = tokio::time::sleep(hold) => Err(self
+                .refuse(
+                    "TRYAGAIN rampart: this instance has not read the slot map from etcd yet (it may have changed since the configuration was written); nothing ran"
+                        .into(),
+                )
+                .await),
         }
     }
 

@@ -224,6 +224,13 @@ impl SlotMap {
         }))
     }
 
+    /// Whether this is [`SlotMap::all_paused`]'s map.
+    pub fn is_all_paused(&self) -> bool {
+        self.moving
+            .as_ref()
+            .is_some_and(|m| m.paused && m.from == m.to && m.count() == 16384)
+    }
+
     /// This map with the move in progress done: its slots owned by its
     /// target.
     pub fn with_move_done(&self) -> SlotMap {
