@@ -118,11 +118,6 @@ impl Coordination {
         instance == self.instance || self.view().instances.contains_key(instance)
     }
 
-    /// Every registered member, as last read.
-    pub fn members(&self) -> Vec<String> {
-        self.view().members.iter().cloned().collect()
-    }
-
     /// Registers this instance as a member, once per read that lacks it.
     pub(super) async fn register(&self) -> Result<(), EtcdError> {
         if self.view().members.contains(&self.instance) {

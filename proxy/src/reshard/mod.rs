@@ -189,6 +189,21 @@ pub fn own(config: &crate::config::Config) -> Result<SlotMap, crate::shard::slot
     Ok(map)
 }
 
+/// Puts `map` in force: each shard's topology shows its slots, then the
+/// map is published. Returns the map it replaces.
+pub(crate) fn put_in_force(
+    slots: &Slots,
+    shards: &crate::shard::Shards,
+    map: SlotMap,
+) -> Arc<SlotMap> {
+    for (index, shard) in shards.all().iter().enumerate() {
+        shard
+            .topology
+            .set_slots(crate::shard::slots::ranges_text(&map.ranges_of(index)));
+    }
+    slots.publish(map)
+}
+
 /// Every shard's name, by index (retired ones included: a map names
 /// them).
 pub(crate) fn shard_names(shards: &crate::shard::Shards) -> Vec<String> {

@@ -296,12 +296,7 @@ impl Resharder {
                     .update(|p| p.last_error = Some(format!("saving the slot map: {e}")));
                 return;
             }
-            for (index, shard) in self.shards.all().iter().enumerate() {
-                shard
-                    .topology
-                    .set_slots(ranges_text(&done.ranges_of(index)));
-            }
-            self.slots.publish(done);
+            super::put_in_force(&self.slots, &self.shards, done);
         }
         let progress = self.slots.progress();
         self.slots.update(|p| p.started = None);

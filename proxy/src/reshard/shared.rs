@@ -42,7 +42,7 @@ use super::start::{StartError, PAUSE_LIMIT};
 use super::state::{MapStore, SavedMap};
 use super::Slots;
 use crate::coord::Coordination;
-use crate::shard::slots::{ranges_text, Moving, SlotMap};
+use crate::shard::slots::{Moving, SlotMap};
 use crate::shard::Shards;
 
 /// What is kept in etcd.
@@ -81,26 +81,15 @@ pub struct Shared {
     starting: AtomicBool,
 }
 
-/// What [`Shared`] is made of.
-pub struct Parts {
-    pub coord: Arc<Coordination>,
-    pub slots: Arc<Slots>,
-    pub shards: Arc<Shards>,
-    pub store: MapStore,
-    pub prefix: String,
-    pub own: SlotMap,
-}
-
 impl Shared {
-    pub fn new(parts: Parts) -> Shared {
-        let Parts {
-            coord,
-            slots,
-            shards,
-            store,
-            prefix,
-            own,
-        } = parts;
+    pub fn new(
+        coord: Arc<Coordination>,
+        slots: Arc<Slots>,
+        shards: Arc<Shards>,
+        store: MapStore,
+        prefix: &str,
+        own: SlotMap,
+    ) -> Shared {
         Shared {
             coord,
             slots,
@@ -223,10 +212,7 @@ impl Shared {
             .filter(|m| m.paused)
             .map(|_| (revision, Instant::now()));
         if **self.slots.load() != map {
-            for (index, shard) in self.shards.all().iter().enumerate() {
-                shard.topology.set_slots(ranges_text(&map.ranges_of(index)));
-            }
-            let old = self.slots.publish(map);
+            let old = super::put_in_force(&self.slots, &self.shards, map);
             lock(&self.replaced).push(Arc::downgrade(&old));
         }
         tokio::spawn(acknowledge(self.clone(), revision));

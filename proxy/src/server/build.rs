@@ -267,14 +267,12 @@ pub(super) fn resharder(
     let store = crate::reshard::state::MapStore::new(config.failover.state_dir.as_deref());
     let shared = match (coordination, &config.coordination) {
         (Some(coord), Some(settings)) => Some(Arc::new(crate::reshard::shared::Shared::new(
-            crate::reshard::shared::Parts {
-                coord: coord.clone(),
-                slots: slots.clone(),
-                shards: shards.clone(),
-                store: store.clone(),
-                prefix: settings.prefix.clone(),
-                own: crate::reshard::own(config).map_err(|e| invalid(e.to_string()))?,
-            },
+            coord.clone(),
+            slots.clone(),
+            shards.clone(),
+            store.clone(),
+            &settings.prefix,
+            crate::reshard::own(config).map_err(|e| invalid(e.to_string()))?,
         ))),
         _ => None,
     };
