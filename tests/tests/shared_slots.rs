@@ -276,9 +276,14 @@ fn a_move_waits_for_every_member_and_a_stopped_one_can_be_forgotten() {
     let (status, body) = ask_move(d.at(0), "slots=8192-16383&to=main");
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("r2"), "{body}");
-    // A live instance cannot be forgotten.
+    // A live instance cannot be forgotten, nor the one asked, nor one
+    // that was never a member.
     let (status, body) = http(admin(d.at(0)), "DELETE", "/v1/coordination/members/r1", b"");
     assert_eq!(status, 409, "{body}");
+    let (status, body) = http(admin(d.at(0)), "DELETE", "/v1/coordination/members/r0", b"");
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = http(admin(d.at(0)), "DELETE", "/v1/coordination/members/r9", b"");
+    assert_eq!(status, 404, "{body}");
     // r2's lease has run out by now (the pause waited longer than it).
     let (status, body) = http(admin(d.at(0)), "DELETE", "/v1/coordination/members/r2", b"");
     assert_eq!(status, 200, "{body}");
@@ -346,6 +351,12 @@ fn reload_with(d: &Deployment, i: usize, text: &str) -> String {
     body
 }
 
+fn lease_holder(instance: &Instance, shard: &str) -> Option<String> {
+    instance.topology()["coordination"]["lease_holders"][shard]
+        .as_str()
+        .map(String::from)
+}
+
 fn shard_names(instance: &Instance) -> Vec<String> {
     slots(instance)["shards"]
         .as_array()
@@ -365,10 +376,19 @@ fn a_shard_added_by_reload_everywhere_receives_slots_and_is_removed_again() {
     let files: Vec<String> = (0..3)
         .map(|i| std::fs::read_to_string(d.at(i).config_path()).expect("config"))
         .collect();
-    // Added by a reload of each instance's file.
+    // Added by a reload of each instance's file; r0 first, so that it
+    // takes the new shard's failover lease.
     for (i, file) in files.iter().enumerate() {
         let answer = reload_with(&d, i, &format!("{file}{}", two_section(&d.two)));
         assert!(answer.contains("two"), "{answer}");
+        if i == 0 {
+            wait_until_or(
+                "r0 to hold shard two's failover lease",
+                Duration::from_secs(10),
+                || lease_holder(d.at(0), "two").as_deref() == Some("r0"),
+                || format!("{:#}", d.at(0).topology()["coordination"]),
+            );
+        }
     }
     for i in 0..3 {
         wait_until_or(
@@ -399,13 +419,16 @@ fn a_shard_added_by_reload_everywhere_receives_slots_and_is_removed_again() {
         || !shard_names(d.at(0)).contains(&"two".to_string()),
         || format!("{:#}", slots(d.at(0))),
     );
-    let (status, body) = ask_move(d.at(1), "slots=0-99&to=two");
-    assert_eq!(
-        status,
-        409,
-        "{body}\n{:#}",
-        d.at(1).topology()["coordination"]
+    // It gave the shard's lease back: an instance still serving the
+    // shard decides for it.
+    wait_until_or(
+        "another instance to hold shard two's failover lease",
+        Duration::from_secs(10),
+        || lease_holder(d.at(1), "two").is_some_and(|h| h != "r0"),
+        || format!("{:#}", d.at(1).topology()["coordination"]),
     );
+    let (status, body) = ask_move(d.at(1), "slots=0-99&to=two");
+    assert_eq!(status, 409, "{body}");
     assert!(body.contains("r0"), "{body}");
     d.wait_owned(&[1, 2], "main", Duration::from_secs(10));
     for i in [1, 2] {
@@ -465,4 +488,37 @@ fn a_move_through_three_instances_survives_its_source_primary_failing() {
     moves::expect_only_failover_errors(&seen);
     d.main.nodes.swap(0, 1);
     moves::check(&d.at(2).client(), &d.main, &d.two, &seen);
+}
+
+#[test]
+fn a_pause_outliving_its_walker_is_called_off_by_another_instance() {
+    let mut d = deploy(3);
+    moves::load(&d.at(0).client());
+    // r2 cut off, so the pause waits for it; r0, the walker, dies while
+    // it waits: the slots stay paused until another instance calls the
+    // move off.
+    d.at(2).cut_from_etcd(true);
+    let walker_admin = admin(d.at(0));
+    let asking = std::thread::spawn(move || {
+        rampart_tests::try_http(
+            walker_admin,
+            "POST",
+            "/v1/slots/move?slots=8192-16383&to=two",
+            b"",
+        )
+    });
+    wait_until_or(
+        "r1 to pause the slots",
+        Duration::from_secs(10),
+        || slots(d.at(1))["moving"]["paused"] == true,
+        || format!("{:#}", slots(d.at(1))),
+    );
+    d.instances[0].kill();
+    let _ = asking.join();
+    d.wait_owned(&[1], "main", Duration::from_secs(20));
+    assert_eq!(d.sizes().1, 0, "keys moved to two");
+    read_sample(d.at(1), 499);
+    d.at(2).cut_from_etcd(false);
+    d.wait_owned(&[2], "main", Duration::from_secs(20));
+    read_sample(d.at(2), 499);
 }
