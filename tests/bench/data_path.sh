@@ -3,8 +3,12 @@
 # Rampart, through twemproxy (nutcracker) and through HAProxy (plain TCP
 # forwarding), side by side in one run, at -P 1 and -P 16. Prints
 # requests/s, p50/p99 and the ratios Rampart/direct, Rampart/twemproxy and
-# Rampart/HAProxy, each proxy's CPU time per request; then Rampart's idle
-# memory and what 1,000 idle clients add.
+# Rampart/HAProxy, each proxy's CPU time per request; then, in front of a
+# primary with two replicas (writes synchronous to one replica, the demo's
+# set-up), GET -P 16 from the replicas against from the primary and
+# synchronous SET -P 16 against asynchronous; then Rampart's idle memory
+# and what 1,000 idle clients add. Each ratio is printed beside the target
+# it is held to (`targets:` lines).
 #
 #   tests/bench/data_path.sh [requests-per-test] [rounds]
 #
@@ -23,13 +27,14 @@ source tests/bench/lib.sh
 require redis-server redis-benchmark nutcracker haproxy python3
 [ -n "${RAMPART_BIN:-}" ] || cargo build --release -q -p rampart
 RAMPART_BIN=${RAMPART_BIN:-./target/release/rampart}
+RAMPART=$RAMPART_BIN
 
-REDIS=$(free_port); RAMPART=$(free_port); TWEM=$(free_port); HAP=$(free_port)
+REDIS=$(free_port); RAMPART_PORT=$(free_port); TWEM=$(free_port); HAP=$(free_port)
 start_redis "$REDIS"
 
 cat > "$work/rampart.toml" <<TOML
 [proxy]
-listen = "127.0.0.1:$RAMPART"
+listen = "127.0.0.1:$RAMPART_PORT"
 workers = ${RAMPART_WORKERS:-0}
 [log]
 level = "warn"
@@ -39,7 +44,7 @@ TOML
 "$RAMPART_BIN" run --config "$work/rampart.toml" &
 RAMPART_PID=$!
 pids+=($RAMPART_PID)
-wait_port "$RAMPART"
+wait_port "$RAMPART_PORT"
 
 start_twemproxy "$TWEM" "$REDIS"
 start_haproxy "$HAP" "$REDIS"
@@ -59,7 +64,7 @@ run() { # target-name port pipeline [pid whose CPU time to count]
 for round in $(seq "$ROUNDS"); do
   for P in 1 16; do
     run direct "$REDIS" "$P"
-    run rampart "$RAMPART" "$P" "$RAMPART_PID"
+    run rampart "$RAMPART_PORT" "$P" "$RAMPART_PID"
     run twemproxy "$TWEM" "$P" "$TWEM_PID"
     run haproxy "$HAP" "$P" "$HAP_PID"
   done
@@ -99,6 +104,16 @@ for (p, peer), rs in ratios.items():
         geo *= x
     geo **= 1 / len(rs)
     print(f"-P {p}: Rampart/{peer} geometric mean {geo:.2f}")
+def verdict(got, target, below=False):
+    ok = got <= target if below else got >= target
+    return f"{got:.2f} ({'meets' if ok else 'MISSES'} {'<=' if below else '>='} {target})"
+for p, peer, i, target in (("1", "twemproxy", 2, 1.05), ("16", "HAProxy", 3, 1.0)):
+    got = []
+    for t in tests:
+        r, other = rows.get(("rampart", p, t)), rows.get((peer.lower(), p, t))
+        if r and other:
+            got.append(f"{t} {verdict(r[0] / other[0], target)}")
+    print(f"targets: -P {p} Rampart/{peer}: " + ", ".join(got))
 # CPU time the proxy process itself spent per request (user + system),
 # summed over all tests and rounds: less noisy than throughput on a shared
 # machine, where every proxy competes with redis-server and the benchmark.
@@ -114,10 +129,52 @@ for p in ("1", "16"):
         print(f"-P {p}: proxy CPU per request: Rampart {r * tick_us / requests:.2f} us, "
               f"twemproxy {w * tick_us / requests:.2f} us, HAProxy {h * tick_us / requests:.2f} us "
               f"(Rampart/twemproxy {r / w:.2f}, Rampart/HAProxy {r / h:.2f})")
+        if p == "1":
+            print(f"targets: -P 1 CPU per request Rampart/twemproxy {verdict(r / w, 0.85, below=True)}")
+PY
+
+# Replicas and durability: one shard of a primary and two replicas, writes
+# synchronous to one replica (quorum one) unless said otherwise.
+start_shard
+redis-cli -p "$PRIMARY" SET key:__rand_int__ x >/dev/null
+declare -A PORTS
+shard_rampart primary 'read_from = "primary"
+[shards.main.replication]
+quorum = "one"'
+shard_rampart replicas 'read_from = "replicas"
+[shards.main.replication]
+quorum = "one"'
+shard_rampart async 'read_from = "primary"'
+: > "$work/shard.csv"
+shard_run() { # mode test
+  redis-benchmark -p "${PORTS[$1]}" -c 50 -n "$N" -P 16 -t "$2" --csv -q 2>/dev/null \
+    | sed "s/^/$1,16,/" >> "$work/shard.csv"
+}
+for round in $(seq "$ROUNDS"); do
+  shard_run primary get
+  shard_run replicas get
+  shard_run primary set
+  shard_run async set
+done
+python3 - "$work/shard.csv" <<'PY'
+import csv, sys
+runs = {}
+for r in csv.reader(open(sys.argv[1])):
+    if len(r) < 5 or r[2] == "test":
+        continue
+    runs.setdefault((r[0], r[2]), []).append(float(r[3]))
+rps = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
+def line(what, got, base, target):
+    ratio = got / base
+    print(f"targets: {what}: {got:.0f} / {base:.0f} = {ratio:.2f} "
+          f"({'meets' if ratio >= target else 'MISSES'} >= {target})")
+print(f"one shard, a primary and two replicas, -c 50 -P 16, median of {len(runs[('primary', 'GET')])} interleaved runs")
+line("GET from two replicas / from the primary (quorum one)", rps[("replicas", "GET")], rps[("primary", "GET")], 0.9)
+line("SET synchronous to one replica / asynchronous", rps[("primary", "SET")], rps[("async", "SET")], 0.8)
 PY
 
 # Memory: 1,000 idle clients, each having sent one PING.
-python3 - "$RAMPART" <<'PY' &
+python3 - "$RAMPART_PORT" <<'PY' &
 import socket, sys, time
 socks = []
 for _ in range(1000):

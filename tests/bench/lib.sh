@@ -96,6 +96,29 @@ start_rampart() {
   wait_port "$2"
 }
 
+# shard_rampart NAME SHARD-SETTINGS: a Rampart (a follower, so that it
+# never reconfigures the nodes) in front of start_shard's primary and two
+# replicas, SHARD-SETTINGS appended to its [shards.main] (further sections
+# may follow them); its port in PORTS[NAME].
+shard_rampart() {
+  local port
+  port=$(free_port)
+  PORTS[$1]=$port
+  cat > "$work/$1.toml" <<TOML
+[proxy]
+listen = "127.0.0.1:$port"
+workers = ${RAMPART_WORKERS:-0}
+[log]
+level = "warn"
+[failover]
+role = "follower"
+[shards.main]
+nodes = ["127.0.0.1:$PRIMARY", "127.0.0.1:$R1", "127.0.0.1:$R2"]
+$2
+TOML
+  start_rampart "$1" "$port"
+}
+
 # median_table TITLE BASE PIPELINES MODES [FLOOR-MODE FLOOR]: the medians of
 # $work/results.csv (lines `mode,pipeline,<redis-benchmark --csv line>`) as
 # a table, each row with its ratio to mode BASE at the same pipeline; with

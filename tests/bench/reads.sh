@@ -24,25 +24,12 @@ redis-cli -p "$PRIMARY" SET key:__rand_int__ x >/dev/null
 MODES="primary eventual session"
 declare -A PORTS
 for mode in $MODES; do
-  port=$(free_port)
-  PORTS[$mode]=$port
   case $mode in
     primary) reads='read_from = "primary"' ;;
     *) reads="read_from = \"replicas\"
 read_consistency = \"$mode\"" ;;
   esac
-  cat > "$work/$mode.toml" <<TOML
-[proxy]
-listen = "127.0.0.1:$port"
-[log]
-level = "warn"
-[failover]
-role = "follower"
-[shards.main]
-nodes = ["127.0.0.1:$PRIMARY", "127.0.0.1:$R1", "127.0.0.1:$R2"]
-$reads
-TOML
-  start_rampart "$mode" "$port"
+  shard_rampart "$mode" "$reads"
 done
 sleep 1
 

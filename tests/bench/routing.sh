@@ -26,21 +26,8 @@ redis-cli -p "$PRIMARY" SET key:__rand_int__ x >/dev/null
 MODES="native plan per-read"
 declare -A PORTS ROUTER=([native]="native:round-robin" [plan]="builtin:round-robin" [per-read]="builtin:least-latency")
 for mode in $MODES; do
-  port=$(free_port)
-  PORTS[$mode]=$port
-  cat > "$work/$mode.toml" <<TOML
-[proxy]
-listen = "127.0.0.1:$port"
-[log]
-level = "warn"
-[failover]
-role = "follower"
-[shards.main]
-nodes = ["127.0.0.1:$PRIMARY", "127.0.0.1:$R1", "127.0.0.1:$R2"]
-read_from = "replicas"
-router = "${ROUTER[$mode]}"
-TOML
-  start_rampart "$mode" "$port"
+  shard_rampart "$mode" "read_from = \"replicas\"
+router = \"${ROUTER[$mode]}\""
 done
 sleep 1
 

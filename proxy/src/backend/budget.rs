@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use tokio::sync::Notify;
 
 /// The caps, in bytes (0: none).
 #[derive(Debug, Clone, Copy)]
@@ -100,7 +99,7 @@ impl Budget {
             evicted: AtomicBool::new(false),
             partial: AtomicUsize::new(0),
             reason: std::sync::atomic::AtomicU8::new(u8::MAX),
-            wake: Notify::new(),
+            wake: atomic_waker::AtomicWaker::new(),
         });
         self.accounts.insert(id, Arc::downgrade(&account));
         account
@@ -177,7 +176,11 @@ pub struct Account {
     partial: AtomicUsize,
     /// The [`Reason`] once evicted (`u8::MAX` before).
     reason: std::sync::atomic::AtomicU8,
-    wake: Notify,
+    /// The one task waiting for the eviction: the client's own (its serve
+    /// loop and its writer are one task). Cheaper to wait on than a
+    /// `Notify`, which the client's loop would register with and
+    /// deregister from on every wake.
+    wake: atomic_waker::AtomicWaker,
 }
 
 impl Account {
@@ -192,13 +195,19 @@ impl Account {
 
     /// Resolves once the client has been evicted. Cancel-safe.
     pub async fn evicted(&self) {
-        loop {
-            let notified = self.wake.notified();
+        std::future::poll_fn(|cx| {
             if self.is_evicted() {
-                return;
+                return std::task::Poll::Ready(());
             }
-            notified.await;
-        }
+            self.wake.register(cx.waker());
+            // Evicted between the check and the registration: its wake
+            // may have gone to the waker registered before.
+            match self.is_evicted() {
+                true => std::task::Poll::Ready(()),
+                false => std::task::Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Charges `bytes` to the client and enforces the caps.
@@ -294,8 +303,7 @@ impl Account {
             partial_requests = self.budget.partial(),
             "client evicted: over a memory cap (limits.client_output_*, clients_output_total_mb, partial_requests_total_mb)"
         );
-        self.wake.notify_waiters();
-        self.wake.notify_one();
+        self.wake.wake();
     }
 }
 

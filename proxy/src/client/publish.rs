@@ -11,16 +11,18 @@ pub(super) struct Publisher {
 }
 
 impl Publisher {
-    /// Once per read: only the time unless something changed. `cmd`: the
-    /// last command; `blocked`: a blocking command waits for its reply.
+    /// Once per read: only the time unless something changed. `read`:
+    /// when the client's last bytes were read; `cmd`: the last command;
+    /// `blocked`: a blocking command waits for its reply.
     pub(super) fn publish(
         &mut self,
         entry: &Entry,
+        read: std::time::Instant,
         session: &Session,
         cmd: Option<LastCommand>,
         blocked: bool,
     ) {
-        entry.touch();
+        entry.touch_at(read);
         let now = state(session, cmd, blocked);
         if self.published != Some(now) {
             publish_with(entry, session, cmd, blocked);

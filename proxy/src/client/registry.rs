@@ -136,6 +136,10 @@ pub struct Entry {
     last_active_ms: AtomicU64,
     snapshot: Mutex<Snapshot>,
     orders: mpsc::Sender<Order>,
+    /// Woken when the shutdown begins (see [`Registry::wake_all`]): one
+    /// waiter, the client's own task, which registers with it on every
+    /// wake: cheaper than a `watch` receiver's `Notify`.
+    closing: atomic_waker::AtomicWaker,
 }
 
 impl Entry {
@@ -146,8 +150,37 @@ impl Entry {
 
     /// The client ran a command just now.
     pub fn touch(&self) {
-        let ms = self.created.elapsed().as_millis() as u64;
+        self.touch_at(Instant::now());
+    }
+
+    /// The client ran a command at `at` (the time its bytes were read,
+    /// which the caller already has: no clock read per request).
+    pub fn touch_at(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.created).as_millis() as u64;
         self.last_active_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once `shutdown` says the shutdown began (or its sender is
+    /// gone). The client's task waits on this rather than on the receiver
+    /// itself, which would register with a mutex-guarded `Notify` each
+    /// time; [`Registry::wake_all`] wakes it after the shutdown is sent.
+    pub async fn closing(&self, shutdown: &tokio::sync::watch::Receiver<bool>) {
+        // The receiver is a clone of the context's, which never marks a
+        // value seen: it shows a change once the shutdown was sent.
+        let begun = || !matches!(shutdown.has_changed(), Ok(false));
+        std::future::poll_fn(|cx| {
+            if begun() {
+                return std::task::Poll::Ready(());
+            }
+            self.closing.register(cx.waker());
+            // Sent between the check and the registration: the wake may
+            // have gone to the waker registered before.
+            match begun() {
+                true => std::task::Poll::Ready(()),
+                false => std::task::Poll::Pending,
+            }
+        })
+        .await
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -244,6 +277,7 @@ impl Registry {
                 pipe: None,
             }),
             orders: tx,
+            closing: atomic_waker::AtomicWaker::new(),
         });
         self.clients.insert(id, entry.clone());
         (
@@ -264,6 +298,15 @@ impl Registry {
         let mut all: Vec<Arc<Entry>> = self.clients.iter().map(|e| e.value().clone()).collect();
         all.sort_by_key(|e| e.id);
         all
+    }
+
+    /// Wakes every client waiting in [`Entry::closing`]: called once the
+    /// shutdown has been sent. A client registered after this looks at the
+    /// shutdown before it first waits, so none is missed.
+    pub fn wake_all(&self) {
+        for entry in self.clients.iter() {
+            entry.closing.wake();
+        }
     }
 
     pub fn len(&self) -> usize {

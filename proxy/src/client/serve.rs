@@ -95,8 +95,13 @@ impl Task {
             let c = &mut self.conn;
             let cmd = c.last.as_ref().map(LastCommand::of);
             let blocked = c.waits_on_blocked();
-            c.published
-                .publish(&c.registration.entry, &c.session, cmd, blocked);
+            c.published.publish(
+                &c.registration.entry,
+                c.arrived.into_std(),
+                &c.session,
+                cmd,
+                blocked,
+            );
             if c.flush().await == Flow::Stop {
                 break false;
             }
@@ -168,7 +173,7 @@ impl Task {
                 }
             },
             _ = c.out.account.evicted() => Woke::Gone,
-            _ = self.shutdown.changed(), if !self.closing => Woke::Closing,
+            _ = c.registration.entry.closing(&self.shutdown), if !self.closing => Woke::Closing,
             read = super::piped::Reserved::read(c.reserved.as_mut()) => {
                 let pushes = redirect::pushes(&mut c.reserved, &c.registration, read);
                 match pushes.is_empty() || c.out.replies.write_raw(&pushes).await.is_ok() {

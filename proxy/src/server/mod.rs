@@ -147,6 +147,7 @@ impl Server {
     /// error for a command that did or did not happen.
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);
+        self.context.registry.wake_all();
     }
 
     /// [`stop`](Self::stop), then waits until every client has gone or
