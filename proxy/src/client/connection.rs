@@ -78,6 +78,9 @@ pub struct Connection {
     pub(super) reads: super::reads::ReadTokens,
     /// The last request handled, for `CLIENT LIST`'s `cmd=`.
     pub(super) last: Option<Request>,
+    /// Requests handled so far: what is published about the client changes
+    /// only with a request (or with a blocked command's end).
+    pub(super) handled: u64,
     /// What was last published about this client.
     pub(super) published: super::publish::Publisher,
     /// The slot maps it routes by (see [`super::routing`]).
@@ -180,6 +183,7 @@ impl Connection {
             registration,
             orders,
             last: None,
+            handled: 0,
             published: Default::default(),
             routing: Default::default(),
             shard: ctx.shards.first(),
@@ -193,6 +197,7 @@ impl Connection {
 
     pub(super) async fn handle(&mut self, req: Request) -> Flow {
         self.last = Some(req.clone());
+        self.handled += 1;
         if self.session.skip_next_reply || self.session.replies_off {
             return self.handle_muted(req).await;
         }

@@ -3,26 +3,38 @@
 
 use super::registry::{Entry, LastCommand, Published};
 use super::session::Session;
+use crate::resp::Request;
 
 /// What was last published about a client.
 #[derive(Default)]
 pub(super) struct Publisher {
     published: Option<Published>,
+    /// The requests handled and whether one was blocked, when last
+    /// published: while both stay the same nothing else can have changed,
+    /// and the loop (twice per request) skips looking.
+    seen: Option<(u64, bool)>,
 }
 
 impl Publisher {
     /// Once per read: only the time unless something changed. `read`:
-    /// when the client's last bytes were read; `cmd`: the last command;
-    /// `blocked`: a blocking command waits for its reply.
+    /// when the client's last bytes were read; `handled`: how many requests
+    /// the client sent so far, and the last; `blocked`: a blocking command
+    /// waits for its reply.
     pub(super) fn publish(
         &mut self,
         entry: &Entry,
         read: std::time::Instant,
         session: &Session,
-        cmd: Option<LastCommand>,
+        handled: (u64, Option<&Request>),
         blocked: bool,
     ) {
         entry.touch_at(read);
+        let (count, last) = handled;
+        if self.seen == Some((count, blocked)) && self.published.is_some() {
+            return;
+        }
+        self.seen = Some((count, blocked));
+        let cmd = last.map(LastCommand::of);
         let now = state(session, cmd, blocked);
         if self.published != Some(now) {
             publish_with(entry, session, cmd, blocked);

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::connection::{Connection, Flow};
 use super::redirect;
-use super::registry::{LastCommand, Order};
+use super::registry::Order;
 use super::session::Asker;
 use crate::net::ReadHalf;
 use crate::resp::Value;
@@ -93,13 +93,12 @@ impl Task {
                 Served::Waiting => false,
             };
             let c = &mut self.conn;
-            let cmd = c.last.as_ref().map(LastCommand::of);
             let blocked = c.waits_on_blocked();
             c.published.publish(
                 &c.registration.entry,
                 c.arrived.into_std(),
                 &c.session,
-                cmd,
+                (c.handled, c.last.as_ref()),
                 blocked,
             );
             if c.flush().await == Flow::Stop {
