@@ -91,6 +91,14 @@ pub struct LinkOptions {
 /// passive health signal for the node.
 pub type OnFailure = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// What a shared link is told by its node's pool: when it fails, and
+/// when to stop waiting out its backoff (the node answered a probe again).
+#[derive(Clone)]
+pub struct Supervision {
+    pub on_failure: OnFailure,
+    pub retry: Arc<tokio::sync::Notify>,
+}
+
 struct State {
     addr: String,
     stats: Arc<LinkStats>,
@@ -123,7 +131,7 @@ impl Link {
         addr: String,
         opts: LinkOptions,
         session: Session,
-        on_failure: OnFailure,
+        supervision: Supervision,
     ) -> Link {
         let (tx, rx) = mpsc::channel(QUEUE);
         let state = Arc::new(State {
@@ -133,7 +141,7 @@ impl Link {
             backend_id: None,
         });
         let span = tracing::info_span!("link", node = %addr, proto = session.proto.number());
-        tokio::spawn(supervise(rx, state.clone(), opts, session, on_failure).instrument(span));
+        tokio::spawn(supervise(rx, state.clone(), opts, session, supervision).instrument(span));
         Link { tx, state }
     }
 
@@ -220,7 +228,7 @@ async fn supervise(
     state: Arc<State>,
     opts: LinkOptions,
     session: Session,
-    on_failure: OnFailure,
+    supervision: Supervision,
 ) {
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -243,7 +251,7 @@ async fn supervise(
                 LinkError::Io(e)
             }
         };
-        on_failure(&reason.to_string());
+        (supervision.on_failure)(&reason.to_string());
         // While down, fail new requests at once rather than let them wait
         // for a node that may not come back.
         let error = unavailable(&state.addr, &reason);
@@ -251,6 +259,10 @@ async fn supervise(
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(retry_at) => break,
+                // The node answers again (a restart, say): connect now
+                // rather than at the end of a backoff of up to a second,
+                // during which every request for it would fail.
+                _ = supervision.retry.notified() => break,
                 batch = rx.recv() => match batch {
                     Some(batch) => refuse(batch, error.clone(), &opts.stats),
                     None => return,

@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::connect::{connect_with_id, Session};
-use super::link::{Link, LinkOptions, OnFailure};
+use super::link::{Link, LinkOptions, OnFailure, Supervision};
 use super::stats::LinkStats;
 use crate::resp::Proto;
 
@@ -34,7 +34,7 @@ pub struct NodePool {
     opts: LinkOptions,
     links_per_node: usize,
     max_idle: usize,
-    on_failure: OnFailure,
+    supervision: Supervision,
     /// Per worker thread (plus one slot for other threads): shared links,
     /// RESP2 and RESP3, for reads and for writes, opened on first use by
     /// that thread so their tasks run on its event loop. Writes have links
@@ -95,7 +95,10 @@ impl NodePool {
             opts,
             links_per_node,
             max_idle,
-            on_failure,
+            supervision: Supervision {
+                on_failure,
+                retry: Arc::default(),
+            },
             shared: (0..=workers)
                 .map(|_| std::array::from_fn(|_| OnceLock::new()))
                 .collect(),
@@ -137,12 +140,27 @@ impl NodePool {
                             db: 0,
                             user: None,
                         },
-                        self.on_failure.clone(),
+                        self.supervision.clone(),
                     )
                 })
                 .collect()
         });
         &links[(client_id % links.len() as u64) as usize]
+    }
+
+    /// Has every shared link that is waiting out its reconnect backoff
+    /// connect now: the node answered again.
+    pub fn reconnect_now(&self) {
+        self.supervision.retry.notify_waiters();
+    }
+
+    /// Whether the shared link a client uses for this node (its writer
+    /// link for synchronous writes) is connected.
+    pub fn is_up(&self, proto: Proto, client_id: u64, writer: bool) -> bool {
+        match writer {
+            true => self.writer(proto, client_id).is_up(),
+            false => self.shared(proto, client_id).is_up(),
+        }
     }
 
     /// Opens the RESP2 shared links now rather than on the first command.

@@ -5,9 +5,12 @@
 use super::connection::{Connection, Flow};
 use super::hold;
 use super::inflight::MAX_BATCH;
+use crate::backend::Link;
 use crate::resp::command::{Class, Tx};
 use crate::resp::{Request, Value};
 use crate::route;
+use crate::topology::Node;
+use std::sync::Arc;
 
 impl Connection {
     /// Whether the shard has a primary, waiting for a failover to give it
@@ -22,6 +25,24 @@ impl Connection {
         }
         let ctx = self.ctx.clone();
         hold::until_primary(&ctx, &self.shard.topology, self.arrived).await
+    }
+
+    /// Whether the link to `primary` this request would take connects,
+    /// waiting for it (see [`hold::until_connected`]); false past the hold.
+    /// The open batch is sent first unless it waits for the same link.
+    async fn await_link(&mut self, primary: &Arc<Node>, link: &Link, writer: bool) -> bool {
+        let same = self
+            .out
+            .open
+            .as_ref()
+            .is_some_and(|open| open.target.same_link(link));
+        if !same && self.flush().await == Flow::Stop {
+            return false;
+        }
+        let ctx = self.ctx.clone();
+        let (proto, id) = (self.session.proto, self.session.id);
+        let connected = || primary.pool.is_up(proto, id, writer);
+        hold::until_connected(&ctx, &self.shard.topology, self.arrived, primary, connected).await
     }
 
     pub(super) fn no_primary(&self) -> Value {
@@ -125,6 +146,15 @@ impl Connection {
                 node = primary;
                 on_replica = false;
                 link = primary.pool.shared(proto, self.session.id);
+            }
+        }
+        if !link.is_up() && !on_replica {
+            // Never sent: it waits for the link, then is routed again
+            // (the primary may have changed meanwhile). Past the hold it
+            // goes to the link, which answers why the node is unavailable.
+            let (node, link) = (node.clone(), link.clone());
+            if self.await_link(&node, &link, self.durable).await {
+                return Box::pin(self.forward(class, req)).await;
             }
         }
         if let Some(open) = &mut self.out.open {

@@ -1,14 +1,17 @@
 //! Held writes: while a shard has no primary (a failover is choosing
-//! one), a request that needs one waits for it instead of failing, within
+//! one), or its primary is up but the link to it is not connected yet, a
+//! request that needs one waits for it instead of failing, within
 //! `failover.hold_writes_ms` and `max_held_clients`.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::context::Context;
 use crate::resp::Value;
-use crate::topology::ReplicaSet;
+use crate::topology::{Node, ReplicaSet};
 
 /// Waits, while `shard` has no usable primary (a failover is choosing
 /// one), up to `failover.hold_writes_ms` from `arrived` (requests
@@ -17,7 +20,48 @@ use crate::topology::ReplicaSet;
 /// beyond that, past the time bound, and at shutdown, false: the caller
 /// answers an error. True once there is a primary.
 pub(super) async fn until_primary(ctx: &Context, shard: &ReplicaSet, arrived: Instant) -> bool {
-    if shard.primary().is_some() {
+    until(ctx, shard, arrived, None, || shard.primary().is_some()).await
+}
+
+/// How often a held request looks whether its link has connected: a link
+/// announces nothing when it does.
+const LINK_POLL: Duration = Duration::from_millis(5);
+
+/// Waits, within the same bounds, while the link a request would take to
+/// `primary`, the shard's primary and up, is not connected: it is being
+/// opened, or reconnects after the node answered again (a restart). The
+/// request was never sent, so it can wait rather than fail. True once
+/// `connected` says so, or once the shard's primary is another (or none):
+/// the caller routes again. False at once past the hold, so that a link
+/// that keeps failing as it connects cannot keep a request going round.
+pub(super) async fn until_connected(
+    ctx: &Context,
+    shard: &ReplicaSet,
+    arrived: Instant,
+    primary: &Arc<Node>,
+    connected: impl Fn() -> bool,
+) -> bool {
+    if Instant::now() >= arrived + Duration::from_millis(ctx.config.failover.hold_writes_ms) {
+        return false;
+    }
+    let moved = || !shard.primary().is_some_and(|p| Arc::ptr_eq(p, primary));
+    until(ctx, shard, arrived, Some(LINK_POLL), || {
+        connected() || moved()
+    })
+    .await
+}
+
+/// Holds until `ready` (looked at on every change of the shard, and every
+/// `poll` if given), within `failover.hold_writes_ms` from `arrived` and
+/// `failover.max_held_clients`; false past either, and at shutdown.
+async fn until(
+    ctx: &Context,
+    shard: &ReplicaSet,
+    arrived: Instant,
+    poll: Option<Duration>,
+    ready: impl Fn() -> bool,
+) -> bool {
+    if ready() {
         return true;
     }
     let failover = &ctx.config.failover;
@@ -25,11 +69,11 @@ pub(super) async fn until_primary(ctx: &Context, shard: &ReplicaSet, arrived: In
         shard.held.fetch_sub(1, Ordering::AcqRel);
         return false;
     }
-    let deadline = arrived + std::time::Duration::from_millis(failover.hold_writes_ms);
+    let deadline = arrived + Duration::from_millis(failover.hold_writes_ms);
     let mut changed = shard.watch();
     let mut shutdown = ctx.shutdown.clone();
     let found = loop {
-        if shard.primary().is_some() {
+        if ready() {
             break true;
         }
         tokio::select! {
@@ -38,6 +82,7 @@ pub(super) async fn until_primary(ctx: &Context, shard: &ReplicaSet, arrived: In
             result = changed.changed() => if result.is_err() {
                 break false;
             },
+            _ = tokio::time::sleep(poll.unwrap_or_default()), if poll.is_some() => {}
         }
     };
     shard.held.fetch_sub(1, Ordering::AcqRel);

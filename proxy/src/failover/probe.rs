@@ -267,6 +267,7 @@ impl Probe {
                 }
                 if node.health() != Health::Up {
                     tracing::info!(role = ?report.role, "node up");
+                    node.pool.reconnect_now();
                 }
                 node.set_rtt(answered_in);
                 shard.observe(&node, &report, started, Some(answered));
