@@ -105,6 +105,8 @@ struct State {
     /// False once a dedicated link's connection is gone, or while a shared
     /// link is reconnecting.
     up: AtomicBool,
+    /// Woken when a shared link connects: requests held for it go on.
+    connected: tokio::sync::Notify,
     /// A dedicated link's `CLIENT ID` on the node, so that another
     /// connection can `CLIENT UNBLOCK` it.
     backend_id: Option<i64>,
@@ -138,6 +140,7 @@ impl Link {
             addr: addr.clone(),
             stats: opts.stats.clone(),
             up: AtomicBool::new(false),
+            connected: tokio::sync::Notify::new(),
             backend_id: None,
         });
         let span = tracing::info_span!("link", node = %addr, proto = session.proto.number());
@@ -157,6 +160,7 @@ impl Link {
             addr: addr.to_string(),
             stats: opts.stats.clone(),
             up: AtomicBool::new(true),
+            connected: tokio::sync::Notify::new(),
             backend_id,
         });
         let task_state = state.clone();
@@ -202,6 +206,15 @@ impl Link {
         self.state.up.load(Ordering::Acquire)
     }
 
+    /// Resolves once the link is connected (at once if it is).
+    pub async fn connected(&self) {
+        let notified = self.state.connected.notified();
+        if self.is_up() {
+            return;
+        }
+        notified.await
+    }
+
     pub fn addr(&self) -> &str {
         &self.state.addr
     }
@@ -236,6 +249,7 @@ async fn supervise(
             Ok(stream) => {
                 tracing::debug!("connected");
                 state.up.store(true, Ordering::Release);
+                state.connected.notify_waiters();
                 backoff = Duration::from_millis(10);
                 let kind = super::own::Kind::Shared;
                 let reason = serve(stream, &mut rx, &opts, &state.addr, kind).await;

@@ -154,15 +154,6 @@ impl NodePool {
         self.supervision.retry.notify_waiters();
     }
 
-    /// Whether the shared link a client uses for this node (its writer
-    /// link for synchronous writes) is connected.
-    pub fn is_up(&self, proto: Proto, client_id: u64, writer: bool) -> bool {
-        match writer {
-            true => self.writer(proto, client_id).is_up(),
-            false => self.shared(proto, client_id).is_up(),
-        }
-    }
-
     /// Opens the RESP2 shared links now rather than on the first command.
     pub fn warm_up(&self) {
         let _ = self.shared(Proto::Resp2, 0);

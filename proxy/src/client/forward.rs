@@ -30,7 +30,7 @@ impl Connection {
     /// Whether the link to `primary` this request would take connects,
     /// waiting for it (see [`hold::until_connected`]); false past the hold.
     /// The open batch is sent first unless it waits for the same link.
-    async fn await_link(&mut self, primary: &Arc<Node>, link: &Link, writer: bool) -> bool {
+    async fn await_link(&mut self, primary: &Arc<Node>, link: &Link) -> bool {
         let same = self
             .out
             .open
@@ -40,9 +40,7 @@ impl Connection {
             return false;
         }
         let ctx = self.ctx.clone();
-        let (proto, id) = (self.session.proto, self.session.id);
-        let connected = || primary.pool.is_up(proto, id, writer);
-        hold::until_connected(&ctx, &self.shard.topology, self.arrived, primary, connected).await
+        hold::until_connected(&ctx, &self.shard.topology, self.arrived, primary, link).await
     }
 
     pub(super) fn no_primary(&self) -> Value {
@@ -153,7 +151,7 @@ impl Connection {
             // (the primary may have changed meanwhile). Past the hold it
             // goes to the link, which answers why the node is unavailable.
             let (node, link) = (node.clone(), link.clone());
-            if self.await_link(&node, &link, self.durable).await {
+            if self.await_link(&node, &link).await {
                 return Box::pin(self.forward(class, req)).await;
             }
         }

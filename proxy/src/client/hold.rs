@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::backend::Link;
 use crate::context::Context;
 use crate::resp::Value;
 use crate::topology::{Node, ReplicaSet};
@@ -23,42 +24,37 @@ pub(super) async fn until_primary(ctx: &Context, shard: &ReplicaSet, arrived: In
     until(ctx, shard, arrived, None, || shard.primary().is_some()).await
 }
 
-/// How often a held request looks whether its link has connected: a link
-/// announces nothing when it does.
-const LINK_POLL: Duration = Duration::from_millis(5);
-
-/// Waits, within the same bounds, while the link a request would take to
-/// `primary`, the shard's primary and up, is not connected: it is being
-/// opened, or reconnects after the node answered again (a restart). The
-/// request was never sent, so it can wait rather than fail. True once
-/// `connected` says so, or once the shard's primary is another (or none):
-/// the caller routes again. False at once past the hold, so that a link
-/// that keeps failing as it connects cannot keep a request going round.
+/// Waits, within the same bounds, while `link`, the link a request would
+/// take to `primary` (the shard's primary and up), is not connected: it
+/// is being opened, or reconnects after the node answered again (a
+/// restart), or the node died and the detector has not said so yet. The
+/// request was never sent, so it can wait rather than fail. True once the
+/// link connects, or once the shard's primary is another (or none): the
+/// caller routes again. False at once past the hold, so that a link that
+/// keeps failing as it connects cannot keep a request going round.
 pub(super) async fn until_connected(
     ctx: &Context,
     shard: &ReplicaSet,
     arrived: Instant,
     primary: &Arc<Node>,
-    connected: impl Fn() -> bool,
+    link: &Link,
 ) -> bool {
     if Instant::now() >= arrived + Duration::from_millis(ctx.config.failover.hold_writes_ms) {
         return false;
     }
     let moved = || !shard.primary().is_some_and(|p| Arc::ptr_eq(p, primary));
-    until(ctx, shard, arrived, Some(LINK_POLL), || {
-        connected() || moved()
-    })
-    .await
+    until(ctx, shard, arrived, Some(link), || link.is_up() || moved()).await
 }
 
-/// Holds until `ready` (looked at on every change of the shard, and every
-/// `poll` if given), within `failover.hold_writes_ms` from `arrived` and
-/// `failover.max_held_clients`; false past either, and at shutdown.
+/// Holds until `ready`, looked at on every change of the shard (and when
+/// `link`, if given, connects), within `failover.hold_writes_ms` from
+/// `arrived` and `failover.max_held_clients`; false past either, and at
+/// shutdown.
 async fn until(
     ctx: &Context,
     shard: &ReplicaSet,
     arrived: Instant,
-    poll: Option<Duration>,
+    link: Option<&Link>,
     ready: impl Fn() -> bool,
 ) -> bool {
     if ready() {
@@ -82,7 +78,7 @@ async fn until(
             result = changed.changed() => if result.is_err() {
                 break false;
             },
-            _ = tokio::time::sleep(poll.unwrap_or_default()), if poll.is_some() => {}
+            _ = async { link?.connected().await; Some(()) }, if link.is_some() => {}
         }
     };
     shard.held.fetch_sub(1, Ordering::AcqRel);
