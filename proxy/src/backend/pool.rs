@@ -53,6 +53,20 @@ pub struct NodePool {
 /// ahead of (a BLPOP would miss the LPUSH that was meant to wake it).
 const SPARE: usize = 2;
 
+/// The window of a link carrying synchronous writes: half the configured
+/// one. The node holds such a link during each `WAIT`, so its writes go in
+/// bursts of a window each, and one `WAIT` covers a burst; a smaller burst
+/// is on the replicas sooner, and the two writer links take turns more
+/// finely. Measured (SET -P 16, 50 clients, quorum one, two replicas on
+/// the same two cores): 128 beat 256 by about a fifth, 96 and 192 came
+/// in between, 64 and anything above 256 were worse.
+fn writer_window(window: u32) -> u32 {
+    match window {
+        0 => 0,
+        w => (w / 2).max(1),
+    }
+}
+
 fn slot(proto: Proto) -> usize {
     match proto {
         Proto::Resp2 => 0,
@@ -130,11 +144,15 @@ impl NodePool {
 
     fn shared_in(&self, kind: usize, proto: Proto, client_id: u64) -> &Link {
         let links = self.shared[self.here()][kind].get_or_init(|| {
+            let mut opts = self.opts.clone();
+            if kind >= 2 {
+                opts.window = writer_window(opts.window);
+            }
             (0..self.links_per_node)
                 .map(|_| {
                     Link::shared(
                         self.addr.clone(),
-                        self.opts.clone(),
+                        opts.clone(),
                         Session {
                             proto,
                             db: 0,

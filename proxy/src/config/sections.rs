@@ -142,7 +142,9 @@ pub struct BackendConfig {
     pub links_per_node: Option<usize>,
     /// Most replies a shared link waits for at once; further requests wait
     /// in Rampart, in order, until replies come back (0: no bound). Keeps
-    /// the node's runs short so it works while replies flow back.
+    /// the node's runs short so it works while replies flow back. Links
+    /// carrying synchronous writes wait for half as many (see
+    /// `backend::pool::writer_window`).
     pub max_inflight_per_link: u32,
     /// Idle dedicated connections kept per node for transactions and blocking
     /// commands.
