@@ -2,6 +2,8 @@
 //! (and, for a read, the client's consistency) chooses, in the batch for
 //! that node's link, held for the quorum when writes are synchronous.
 
+use std::sync::Arc;
+
 use super::connection::{Connection, Flow};
 use super::hold;
 use super::inflight::MAX_BATCH;
@@ -10,7 +12,6 @@ use crate::resp::command::{Class, Tx};
 use crate::resp::{Request, Value};
 use crate::route;
 use crate::topology::Node;
-use std::sync::Arc;
 
 impl Connection {
     /// Whether the shard has a primary, waiting for a failover to give it
