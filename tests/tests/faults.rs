@@ -327,6 +327,39 @@ fn requests_sent_while_a_primary_restarts_wait_for_it() {
     }
 }
 
+/// A primary that dies and stays dead, with the detector slow to judge
+/// it: a request waits for its link no longer than
+/// `failover.hold_writes_ms`, then is answered with an error naming it.
+#[test]
+fn a_request_held_for_a_dead_primary_fails_once_the_hold_ends() {
+    let mut cluster = Cluster::start(0);
+    let proxy = Proxy::start(
+        &cluster.addrs(),
+        Setup {
+            sections: "[probe]\ninterval_ms = 50\ntimeout_ms = 200\ndown_after_ms = 60000\n[failover]\nhold_writes_ms = 400\n",
+            ..Setup::default()
+        },
+    );
+    let mut c = proxy.conn();
+    let _: () = c.set("warm", "up").unwrap();
+    cluster.nodes[0].kill();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    let error = c
+        .set::<_, _, ()>("k", "v")
+        .expect_err("the node is dead")
+        .to_string();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "answered after {waited:?}"
+    );
+    assert!(
+        error.contains("unavailable") || error.contains("no reachable primary"),
+        "{error}"
+    );
+}
+
 /// Resident memory of this process (the proxy runs in it), in KiB.
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -195,19 +195,7 @@ impl Account {
 
     /// Resolves once the client has been evicted. Cancel-safe.
     pub async fn evicted(&self) {
-        std::future::poll_fn(|cx| {
-            if self.is_evicted() {
-                return std::task::Poll::Ready(());
-            }
-            self.wake.register(cx.waker());
-            // Evicted between the check and the registration: its wake
-            // may have gone to the waker registered before.
-            match self.is_evicted() {
-                true => std::task::Poll::Ready(()),
-                false => std::task::Poll::Pending,
-            }
-        })
-        .await
+        super::signal::until(&self.wake, || self.is_evicted()).await
     }
 
     /// Charges `bytes` to the client and enforces the caps.

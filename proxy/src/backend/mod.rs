@@ -11,6 +11,7 @@ pub mod own;
 pub mod pool;
 mod reader;
 pub mod reply;
+pub mod signal;
 pub mod stats;
 
 pub use connect::{ConnectOptions, Credentials, Session};

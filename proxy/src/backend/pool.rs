@@ -67,6 +67,10 @@ fn writer_window(window: u32) -> u32 {
     }
 }
 
+/// Where the writer links start in a worker's shared links (reads' links
+/// first, one per protocol, then writes').
+const WRITERS: usize = 2;
+
 fn slot(proto: Proto) -> usize {
     match proto {
         Proto::Resp2 => 0,
@@ -139,13 +143,13 @@ impl NodePool {
 
     /// The shared link a client uses for synchronous writes to this node.
     pub fn writer(&self, proto: Proto, client_id: u64) -> &Link {
-        self.shared_in(2 + slot(proto), proto, client_id)
+        self.shared_in(WRITERS + slot(proto), proto, client_id)
     }
 
     fn shared_in(&self, kind: usize, proto: Proto, client_id: u64) -> &Link {
         let links = self.shared[self.here()][kind].get_or_init(|| {
             let mut opts = self.opts.clone();
-            if kind >= 2 {
+            if kind >= WRITERS {
                 opts.window = writer_window(opts.window);
             }
             (0..self.links_per_node)

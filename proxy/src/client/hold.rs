@@ -39,11 +39,16 @@ pub(super) async fn until_connected(
     primary: &Arc<Node>,
     link: &Link,
 ) -> bool {
-    if Instant::now() >= arrived + Duration::from_millis(ctx.config.failover.hold_writes_ms) {
+    if Instant::now() >= deadline(ctx, arrived) {
         return false;
     }
     let moved = || !shard.primary().is_some_and(|p| Arc::ptr_eq(p, primary));
     until(ctx, shard, arrived, Some(link), || link.is_up() || moved()).await
+}
+
+/// When a hold of requests read at `arrived` ends.
+fn deadline(ctx: &Context, arrived: Instant) -> Instant {
+    arrived + Duration::from_millis(ctx.config.failover.hold_writes_ms)
 }
 
 /// Holds until `ready`, looked at on every change of the shard (and when
@@ -65,7 +70,7 @@ async fn until(
         shard.held.fetch_sub(1, Ordering::AcqRel);
         return false;
     }
-    let deadline = arrived + Duration::from_millis(failover.hold_writes_ms);
+    let deadline = deadline(ctx, arrived);
     let mut changed = shard.watch();
     let mut shutdown = ctx.shutdown.clone();
     let found = loop {

@@ -168,19 +168,7 @@ impl Entry {
         // The receiver is a clone of the context's, which never marks a
         // value seen: it shows a change once the shutdown was sent.
         let begun = || !matches!(shutdown.has_changed(), Ok(false));
-        std::future::poll_fn(|cx| {
-            if begun() {
-                return std::task::Poll::Ready(());
-            }
-            self.closing.register(cx.waker());
-            // Sent between the check and the registration: the wake may
-            // have gone to the waker registered before.
-            match begun() {
-                true => std::task::Poll::Ready(()),
-                false => std::task::Poll::Pending,
-            }
-        })
-        .await
+        crate::backend::signal::until(&self.closing, begun).await
     }
 
     pub fn snapshot(&self) -> Snapshot {
