@@ -776,3 +776,80 @@ fn a_transaction_waits_for_a_connection_to_the_primary() {
     let (a, b): (i64, i64) = redis::pipe().get("a").get("b").query(&mut conn).unwrap();
     assert_eq!((a, b), (1, 1), "nothing of the failed transaction ran");
 }
+
+/// A client's dedicated connection follows the primary: after a
+/// switchover the old primary is a replica, and a client pinned there
+/// (its database chosen, or between two transactions) goes on on the new
+/// primary instead of hearing READONLY; a transaction or WATCH that lived
+/// on the old connection fails whole, with nothing run.
+#[test]
+fn a_pinned_client_follows_a_new_primary() {
+    let cluster = Cluster::start(1);
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(&config(
+        &cluster.addrs(),
+        state.path(),
+        "switchover_interval_ms = 0",
+    ));
+    proxy.wait_serving_replicas(1, Duration::from_secs(10));
+    let connect = || proxy.client().get_connection().unwrap();
+    let (mut between, mut db1, mut watching, mut queued) =
+        (connect(), connect(), connect(), connect());
+    // Pinned, each in its way.
+    let _: (i64,) = redis::pipe()
+        .atomic()
+        .incr("t", 1)
+        .query(&mut between)
+        .unwrap();
+    let _: () = redis::cmd("SELECT").arg(1).query(&mut db1).unwrap();
+    let _: () = db1.set("d", 1).unwrap();
+    let _: () = redis::cmd("WATCH").arg("w").query(&mut watching).unwrap();
+    let _: () = redis::cmd("MULTI").query(&mut queued).unwrap();
+    let _: () = redis::cmd("INCR").arg("q").query(&mut queued).unwrap();
+
+    let target = cluster.nodes[1].addr();
+    let answer = proxy.cli(&["RAMPART", "SWITCHOVER", "main", &target]);
+    assert!(answer.starts_with("switched over"), "{answer}");
+
+    let (t,): (i64,) = redis::pipe()
+        .atomic()
+        .incr("t", 1)
+        .query(&mut between)
+        .expect("a transaction after the switchover runs on the new primary");
+    assert_eq!(t, 2);
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query(&mut db1)
+        .expect("WAIT on the new primary");
+    assert_eq!(acked, 1);
+    let _: () = db1.set("d", 2).expect("database 1 on the new primary");
+    let d: i64 = db1.get("d").unwrap();
+    assert_eq!(d, 2);
+
+    let _: () = redis::cmd("MULTI").query(&mut watching).unwrap();
+    let _ = redis::cmd("SET")
+        .arg("w")
+        .arg(1)
+        .query::<redis::Value>(&mut watching);
+    let exec: redis::RedisResult<redis::Value> = redis::cmd("EXEC").query(&mut watching);
+    assert!(
+        exec.is_err(),
+        "a WATCH on the old primary is lost: {exec:?}"
+    );
+
+    let _ = redis::cmd("INCR")
+        .arg("q")
+        .query::<redis::Value>(&mut queued);
+    let exec: redis::RedisResult<redis::Value> = redis::cmd("EXEC").query(&mut queued);
+    assert!(
+        exec.is_err(),
+        "a transaction queued on the old primary fails: {exec:?}"
+    );
+
+    let mut conn = proxy.conn();
+    let (w, q): (Option<i64>, Option<i64>) =
+        redis::pipe().get("w").get("q").query(&mut conn).unwrap();
+    assert_eq!((w, q), (None, None), "nothing of the lost transactions ran");
+    assert_eq!(cluster.nodes[1].cli(&["-n", "1", "GET", "d"]).trim(), "2");
+}

@@ -339,6 +339,12 @@ impl Connection {
         if self.flush().await == Flow::Stop || self.barrier().await == Flow::Stop {
             return Flow::Stop;
         }
+        // A pinned client's connection may be on a node no longer primary.
+        if self.session.pinned.is_some() {
+            if let Err(error) = self.pin().await {
+                return self.reply(error).await;
+            }
+        }
         let pinned = self.session.pinned.clone();
         let (node, link, borrowed) = match pinned {
             Some((node, link)) => (node, link, false),

@@ -96,8 +96,16 @@ impl Connection {
             self.unpin().await;
             self.session.pinned = None;
         }
-        if let Some((_, link)) = &self.session.pinned {
-            if link.is_up() {
+        if let Some((node, link)) = &self.session.pinned {
+            // A failover or switchover made the node a replica: its
+            // connection is as good as lost (what lived there cannot
+            // move), and the client goes on on the new primary.
+            let still_primary = self
+                .shard
+                .topology
+                .primary_node()
+                .is_some_and(|primary| Arc::ptr_eq(primary, node));
+            if link.is_up() && still_primary {
                 return Ok(());
             }
             self.session.lose_pinned();
