@@ -2,7 +2,7 @@
 //!
 //! Reads of keys that start with a configured prefix (say `session:`, data
 //! that must never be read stale) go to the primary; every other read goes
-//! to the nearest replica: the one whose last probe answered fastest.
+//! to the nearest replica: the one whose latest probes answered fastest.
 //!
 //! Configuration: `prefix=session:` (several prefixes: `prefix=a: prefix=b:`).
 

@@ -155,7 +155,7 @@ fn wit_node(shard_index: u32, node: &topology::Node) -> wit::Node {
         serves_reads: node.serves_reads(),
         priority: node.priority(),
         zone: node.zone,
-        latency_us: node.rtt_us(),
+        latency_us: node.routing_latency_us(),
         inflight: node.inflight().min(u32::MAX as u64) as u32,
         repl_offset: node.offset(),
         lag_ms: node.lag_ms().min(u32::MAX as u64) as u32,

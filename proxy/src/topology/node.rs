@@ -208,6 +208,21 @@ impl Node {
         trend.record(missed, suspicion, rtt, std::time::Instant::now());
     }
 
+    /// The round trip routers weigh the node by, in microseconds: the
+    /// median of its latest probes (see [`ProbeTrend`]), or the round trip
+    /// set last when no probe was recorded (`rampart policy test`).
+    pub fn routing_latency_us(&self) -> u32 {
+        let median = self
+            .trend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .routing_latency();
+        median.map_or_else(
+            || self.rtt_us(),
+            |s| (s * 1e6).round().min(u32::MAX as f64) as u32,
+        )
+    }
+
     /// What the last probes show (see [`ProbeTrend`]).
     pub fn probe_trend(&self) -> TrendView {
         self.trend.lock().unwrap_or_else(|p| p.into_inner()).view()

@@ -48,6 +48,11 @@ const WINDOW: usize = 60;
 const RECENT: usize = 16;
 /// Answered probes among them needed for a median.
 const RECENT_MIN: usize = 8;
+/// The latest probes whose median round trip routers see: enough that one
+/// or two slow answers (a busy moment on either side) do not send every
+/// read elsewhere, few enough that a node that stays slow is seen within
+/// three probes.
+const ROUTING: usize = 5;
 /// How slowly the baseline follows the latency: a new level that lasts
 /// becomes the node's normal over about this long (an hour), so a drift
 /// is visible for many minutes before it is taken as the new normal.
@@ -128,18 +133,31 @@ impl ProbeTrend {
     /// The median round trip of the answered probes among the latest
     /// `RECENT`: one slow answer is not a drift, half of them are.
     fn recent_latency(&self) -> Option<f64> {
+        self.median_of_latest(RECENT, RECENT_MIN)
+    }
+
+    /// The latency routers are given: the median round trip of the
+    /// answered probes among the latest [`ROUTING`] (the lower middle of
+    /// an even count), none before a probe was answered.
+    pub(super) fn routing_latency(&self) -> Option<f64> {
+        self.median_of_latest(ROUTING, 1)
+    }
+
+    /// The median round trip of the answered probes among the latest
+    /// `latest`, if at least `min` were answered.
+    fn median_of_latest(&self, latest: usize, min: usize) -> Option<f64> {
         let mut rtts: Vec<f64> = self
             .outcomes
             .iter()
             .rev()
-            .take(RECENT)
+            .take(latest)
             .filter_map(|o| o.rtt_s)
             .collect();
-        if rtts.len() < RECENT_MIN {
+        if rtts.is_empty() || rtts.len() < min {
             return None;
         }
         rtts.sort_by(f64::total_cmp);
-        Some(rtts[rtts.len() / 2])
+        Some(rtts[(rtts.len() - 1) / 2])
     }
 
     pub(super) fn view(&self) -> TrendView {
@@ -163,6 +181,23 @@ mod tests {
 
     fn ms(n: u64) -> Option<Duration> {
         Some(Duration::from_millis(n))
+    }
+
+    #[test]
+    fn routers_see_the_median_of_the_latest_probes() {
+        let t0 = Instant::now();
+        let mut trend = ProbeTrend::default();
+        assert_eq!(trend.routing_latency(), None);
+        for rtt in [1, 1, 1, 40, 1] {
+            trend.record(false, 0.0, ms(rtt), t0);
+        }
+        // One slow answer among five is not the node's latency.
+        assert_eq!(trend.routing_latency(), Some(0.001));
+        for _ in 0..3 {
+            trend.record(false, 0.0, ms(20), t0);
+        }
+        // Three of the latest five slow: it is.
+        assert_eq!(trend.routing_latency(), Some(0.020));
     }
 
     #[test]
