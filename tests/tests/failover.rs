@@ -853,3 +853,68 @@ fn a_pinned_client_follows_a_new_primary() {
     assert_eq!((w, q), (None, None), "nothing of the lost transactions ran");
     assert_eq!(cluster.nodes[1].cli(&["-n", "1", "GET", "d"]).trim(), "2");
 }
+
+/// After a switchover the old primary is a replica. A client piped to it
+/// that can write or watch the primary (MONITOR, CLIENT TRACKING) is
+/// disconnected, as Sentinel disconnects a demoted primary's clients, and
+/// reconnects to the new one; a RESP2 subscriber stays, and what is
+/// published on the new primary reaches it through replication.
+#[test]
+fn piped_clients_of_a_demoted_primary_are_disconnected_but_subscribers_stay() {
+    let cluster = Cluster::start(1);
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(&config(
+        &cluster.addrs(),
+        state.path(),
+        "switchover_interval_ms = 0",
+    ));
+    proxy.wait_serving_replicas(1, Duration::from_secs(10));
+    let mut monitor = proxy.conn();
+    let _: () = redis::cmd("MONITOR").query(&mut monitor).unwrap();
+    let mut tracking = proxy.conn();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["TRACKING", "ON"])
+        .query(&mut tracking)
+        .unwrap();
+    let _: () = tracking.set("t", 1).unwrap();
+    let mut subscriber = proxy.conn();
+    let mut pubsub = subscriber.as_pubsub();
+    pubsub.subscribe("news").unwrap();
+    pubsub
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+
+    let target = cluster.nodes[1].addr();
+    let answer = proxy.cli(&["RAMPART", "SWITCHOVER", "main", &target]);
+    assert!(answer.starts_with("switched over"), "{answer}");
+
+    monitor
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    loop {
+        match monitor.recv_response() {
+            // Lines of what ran before the switchover.
+            Ok(_) => continue,
+            Err(e) => {
+                assert!(!e.is_timeout(), "the MONITOR stayed on the old primary");
+                break;
+            }
+        }
+    }
+    let set: redis::RedisResult<()> = tracking.set("t", 2);
+    let error = set.expect_err("the tracking client stayed on the old primary");
+    assert!(!error.to_string().contains("READONLY"), "{error}");
+    let mut again = proxy.conn();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["TRACKING", "ON"])
+        .query(&mut again)
+        .unwrap();
+    let _: () = again
+        .set("t", 2)
+        .expect("a tracking client reconnected writes");
+
+    let heard: i64 = proxy.conn().publish("news", "after").unwrap();
+    assert_eq!(heard, 0, "PUBLISH counts the new primary's subscribers");
+    let message = pubsub.get_message().expect("the subscriber still hears");
+    assert_eq!(message.get_payload::<String>().unwrap(), "after");
+}

@@ -15,7 +15,7 @@ use super::redirect;
 use super::registry::Order;
 use super::session::{Asker, Session};
 use crate::net::ReadHalf;
-use crate::resp::{ReplyScanner, Request, Value};
+use crate::resp::{Proto, ReplyScanner, Request, Value};
 use crate::shard::slots::Residence;
 use crate::topology::Node;
 
@@ -39,7 +39,10 @@ impl Connection {
         loop {
             // A shard removed while running: its piped clients are
             // disconnected, to subscribe again where PUBLISH now goes.
-            if *shutdown.borrow() || self.shard.topology.is_retired() || self.shard_channels_move()
+            if *shutdown.borrow()
+                || self.shard.topology.is_retired()
+                || self.shard_channels_move()
+                || self.pipe_demoted()
             {
                 break;
             }
@@ -183,7 +186,29 @@ impl Connection {
             return Flow::Stop;
         }
         self.session.pipe = Some(backend_wr);
+        self.session.pipe_node = Some(primary);
         Flow::Continue
+    }
+
+    /// Whether a failover or switchover made another node the primary
+    /// while this client is piped to the old one, now a replica: the
+    /// client is disconnected, as Sentinel disconnects a demoted primary's
+    /// clients, so that it reconnects to the new primary rather than hear
+    /// READONLY or watch a node that no longer takes writes. A RESP2
+    /// subscriber stays: it can only subscribe and ping, and what is
+    /// published on the new primary reaches it through replication.
+    fn pipe_demoted(&self) -> bool {
+        let Some(node) = &self.session.pipe_node else {
+            return false;
+        };
+        let s = &self.session;
+        if s.pubsub && !s.monitor && s.proto == Proto::Resp2 {
+            return false;
+        }
+        self.shard
+            .topology
+            .primary_node()
+            .is_some_and(|primary| !Arc::ptr_eq(primary, node))
     }
 
     /// A request from a client piped to a connection of its own: passed on

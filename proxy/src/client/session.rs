@@ -48,6 +48,8 @@ pub struct Session {
     pub pinned: Option<(Arc<Node>, Link)>,
     /// Set once the session is a raw pipe to a backend (SUBSCRIBE, MONITOR).
     pub pipe: Option<crate::net::WriteHalf>,
+    /// The node the pipe goes to.
+    pub pipe_node: Option<Arc<Node>>,
     /// Fan-out mode, between MULTI and EXEC: the transaction is queued here
     /// and sent to every node whole at EXEC.
     pub fanout_tx: Option<FanoutTx>,
@@ -94,6 +96,7 @@ impl Session {
             tx_slots: Vec::new(),
             sticky: false,
             pinned: None,
+            pipe_node: None,
             pipe: None,
             fanout_tx: None,
             monitor: false,
