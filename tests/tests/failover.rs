@@ -43,6 +43,20 @@ fn probes_see_every_write(cluster: &Cluster, proxy: &Proxy) {
     );
 }
 
+/// A primary and `replicas` replicas behind a Rampart that switches over
+/// as often as asked, serving reads from every replica.
+fn switchable(replicas: usize) -> (Cluster, tempfile::TempDir, Proxy) {
+    let cluster = Cluster::start(replicas);
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(&config(
+        &cluster.addrs(),
+        state.path(),
+        "switchover_interval_ms = 0",
+    ));
+    proxy.wait_serving_replicas(replicas, Duration::from_secs(10));
+    (cluster, state, proxy)
+}
+
 fn primary_addr(proxy: &Proxy) -> String {
     proxy.shard()["primary"]
         .as_str()
@@ -459,14 +473,7 @@ fn a_follower_never_promotes() {
 
 #[test]
 fn switchover_moves_the_primary_without_errors_or_loss() {
-    let cluster = Cluster::start(2);
-    let state = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start_with(&config(
-        &cluster.addrs(),
-        state.path(),
-        "switchover_interval_ms = 0",
-    ));
-    proxy.wait_serving_replicas(2, Duration::from_secs(10));
+    let (cluster, _state, proxy) = switchable(2);
 
     // Writers keep going through both switchovers and must see no error.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -784,14 +791,7 @@ fn a_transaction_waits_for_a_connection_to_the_primary() {
 /// on the old connection fails whole, with nothing run.
 #[test]
 fn a_pinned_client_follows_a_new_primary() {
-    let cluster = Cluster::start(1);
-    let state = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start_with(&config(
-        &cluster.addrs(),
-        state.path(),
-        "switchover_interval_ms = 0",
-    ));
-    proxy.wait_serving_replicas(1, Duration::from_secs(10));
+    let (cluster, _state, proxy) = switchable(1);
     let connect = || proxy.client().get_connection().unwrap();
     let (mut between, mut db1, mut watching, mut queued) =
         (connect(), connect(), connect(), connect());
@@ -861,14 +861,7 @@ fn a_pinned_client_follows_a_new_primary() {
 /// published on the new primary reaches it through replication.
 #[test]
 fn piped_clients_of_a_demoted_primary_are_disconnected_but_subscribers_stay() {
-    let cluster = Cluster::start(1);
-    let state = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start_with(&config(
-        &cluster.addrs(),
-        state.path(),
-        "switchover_interval_ms = 0",
-    ));
-    proxy.wait_serving_replicas(1, Duration::from_secs(10));
+    let (cluster, _state, proxy) = switchable(1);
     let mut monitor = proxy.conn();
     let _: () = redis::cmd("MONITOR").query(&mut monitor).unwrap();
     let mut tracking = proxy.conn();
