@@ -911,3 +911,76 @@ fn piped_clients_of_a_demoted_primary_are_disconnected_but_subscribers_stay() {
     let message = pubsub.get_message().expect("the subscriber still hears");
     assert_eq!(message.get_payload::<String>().unwrap(), "after");
 }
+
+/// A worker waiting for a job: `BRPOP jobs <timeout>` through Rampart.
+fn pop_job(
+    proxy: &Proxy,
+    timeout: u32,
+) -> std::thread::JoinHandle<redis::RedisResult<(String, String)>> {
+    let client = proxy.client();
+    std::thread::spawn(move || {
+        let mut conn = client.get_connection()?;
+        redis::cmd("BRPOP")
+            .arg("jobs")
+            .arg(timeout)
+            .query(&mut conn)
+    })
+}
+
+/// A worker blocked in BRPOP on the old primary when a switchover demotes
+/// it: the node unblocks it with nothing popped, and Rampart sends the pop
+/// again to the new primary (what is left of its timeout), so the worker
+/// gets the next job instead of an error.
+#[test]
+fn a_blocked_pop_waits_on_through_a_switchover() {
+    let (cluster, _state, proxy) = switchable(1);
+    let worker = pop_job(&proxy, 30);
+    wait_until("the pop to block", Duration::from_secs(10), || {
+        cluster
+            .primary()
+            .info_field("clients", "blocked_clients")
+            .as_deref()
+            == Some("1")
+    });
+    let target = cluster.nodes[1].addr();
+    let answer = proxy.cli(&["RAMPART", "SWITCHOVER", "main", &target]);
+    assert!(answer.starts_with("switched over"), "{answer}");
+    wait_until("the pop to block again", Duration::from_secs(10), || {
+        cluster.nodes[1]
+            .info_field("clients", "blocked_clients")
+            .as_deref()
+            == Some("1")
+    });
+    let pushed: i64 = proxy.conn().lpush("jobs", "job-1").unwrap();
+    assert_eq!(pushed, 1);
+    let popped = worker.join().unwrap().expect("the worker's pop");
+    assert_eq!(popped, ("jobs".to_string(), "job-1".to_string()));
+}
+
+/// A pop on a shard with synchronous writes is held for its `WAIT`; if
+/// the primary dies meanwhile, what the pop took is in its reply and
+/// nowhere else for sure: the worker gets the job (at least once), not
+/// an error that would lose it.
+#[test]
+fn a_pop_held_for_its_wait_is_delivered_when_the_primary_dies() {
+    let mut cluster = Cluster::start(1);
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with(&config(&cluster.addrs(), state.path(), ""));
+    proxy.wait_serving_replicas(1, Duration::from_secs(10));
+    // The replica cannot acknowledge: the pop's WAIT waits (1 s).
+    cluster.primary().cli(&["LPUSH", "jobs", "job-1"]);
+    cluster.nodes[1].signal("STOP");
+    let worker = pop_job(&proxy, 0);
+    wait_until("the pop", Duration::from_secs(10), || {
+        cluster.primary().cli(&["LLEN", "jobs"]).trim() == "0"
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!worker.is_finished(), "the pop was not held for its WAIT");
+    cluster.nodes[0].kill();
+    let popped = worker.join().unwrap();
+    cluster.nodes[1].signal("CONT");
+    assert_eq!(
+        popped.expect("the popped job"),
+        ("jobs".to_string(), "job-1".to_string())
+    );
+}

@@ -292,21 +292,27 @@ impl Reader<'_> {
         Ok(())
     }
 
-    /// Answers everything still in flight after the connection ended.
+    /// Answers everything still in flight after the connection ended, with
+    /// `error`; returns how many requests failed.
     ///
     /// Held durable batches fail too: their writes reached the primary, but
-    /// whether they reached the replicas is unknown.
-    /// Answers everything in flight with `error`; returns how many
-    /// requests that failed.
+    /// whether they reached the replicas is unknown. Except a blocking
+    /// pop's: what it took is in its reply and nowhere else, so the reply
+    /// is passed on as it is, as on a quorum shortfall (delivered at least
+    /// once, never dropped with the connection).
     pub(super) fn fail(
         &mut self,
         inflight: &mut mpsc::UnboundedReceiver<InFlight>,
         error: Arc<str>,
     ) -> usize {
         let mut failed = 0;
-        for (reply, held, _) in self.held.drain(..) {
-            failed += held.got;
+        for (reply, held, keep) in self.held.drain(..) {
             self.stats.count_answered(1);
+            if keep {
+                let _ = reply.send(held);
+                continue;
+            }
+            failed += held.got;
             let _ = reply.send(BatchReply::failed(error.clone()));
         }
         if let Some(InFlight::Batch {

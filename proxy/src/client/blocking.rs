@@ -38,7 +38,7 @@ use crate::topology::Node;
 use tokio::sync::oneshot;
 
 /// How long a blocked command may take to answer once unblocked.
-const UNBLOCK_WAIT: Duration = Duration::from_secs(2);
+pub(super) const UNBLOCK_WAIT: Duration = Duration::from_secs(2);
 
 impl Connection {
     /// Sends a blocking command alone in its batch on the client's
@@ -101,6 +101,7 @@ impl Connection {
             link,
             position,
             request,
+            sent: std::time::Instant::now(),
         });
         position
     }
@@ -202,113 +203,9 @@ impl Connection {
     }
 }
 
-impl Connection {
-    /// A command blocked on a key of a slot that starts moving is
-    /// unblocked on the source (the pause waits for every request routed
-    /// before it). So that the client still gets what one Redis would give
-    /// (an element, or nil only once its timeout is up), the command is
-    /// sent again where the key is going, with what is left of its
-    /// timeout, once the pause is over: it is the last request of the
-    /// client (nothing is parsed behind a blocked command), so it keeps
-    /// its place. An element popped in the instant is delivered; XREAD and
-    /// the rest get the nil their unblocking gives (`$` would skip what
-    /// was added meanwhile).
-    pub(super) async fn reissue_blocked(&mut self, b: Blocked) -> Flow {
-        if b.position != self.out.replies.queued() {
-            // Something is queued behind it: it keeps no place to be sent
-            // again into, and gets the nil its unblocking gives.
-            self.unblock_own(false).await;
-            return Flow::Continue;
-        }
-        let (reply, sent) = match self.out.replies.take(b.position) {
-            Some(Pending::Remote { reply, sent, .. }) => (reply, sent),
-            // Its reply is in already, or is to be dropped (`CLIENT REPLY
-            // OFF`): left as it is, unblocked if it still waits.
-            Some(other) => {
-                self.out.replies.put(b.position, other);
-                self.unblock_own(false).await;
-                return Flow::Continue;
-            }
-            None => return Flow::Continue,
-        };
-        unblock(&b.node, &b.link, false).await;
-        let answered = match tokio::time::timeout(UNBLOCK_WAIT, reply).await {
-            Ok(Ok(answered)) => answered,
-            _ => {
-                // Closing the connection unblocks it on the node.
-                tracing::warn!(node = %b.node.addr, "a blocked command did not answer when unblocked for a slot move; closing its connection");
-                self.session.lose_pinned();
-                BatchReply {
-                    data: Bytes::new(),
-                    got: 0,
-                    error: Some("ERR rampart: the blocked command's connection was lost while its slot started moving; it may or may not have popped".into()),
-                    charge: None,
-                }
-            }
-        };
-        let again = (answered.error.is_none() && is_null(&answered.data))
-            .then(|| remaining(&b.request, sent.elapsed()))
-            .flatten();
-        match again {
-            Some(again) if self.out.replies.forget_last(b.position) => {
-                self.blocked.retain(|o| o.position != b.position);
-                self.handle(again).await
-            }
-            _ => {
-                let reply = Pending::Arrived {
-                    reply: answered,
-                    replies: 1,
-                };
-                self.out.replies.put(b.position, reply);
-                Flow::Continue
-            }
-        }
-    }
-}
-
-/// Whether a command blocked on a moving slot is sent again after the
-/// pause (see [`Connection::reissue_blocked`]).
-pub(super) fn may_reissue(request: &Request) -> bool {
-    timeout_at(request).is_some()
-}
-
-/// Where the timeout (seconds) of a blocking command is.
-fn timeout_at(request: &Request) -> Option<usize> {
-    match request.name().as_bytes() {
-        b"BLPOP" | b"BRPOP" | b"BZPOPMIN" | b"BZPOPMAX" | b"BRPOPLPUSH" | b"BLMOVE" => {
-            request.argc().checked_sub(1)
-        }
-        b"BLMPOP" | b"BZMPOP" => Some(1),
-        _ => None,
-    }
-}
-
-/// A null reply: what a blocking command answers when its timeout is up.
-fn is_null(reply: &[u8]) -> bool {
-    matches!(reply, b"*-1\r\n" | b"$-1\r\n" | b"_\r\n")
-}
-
-/// `request` with what is left of its timeout after `elapsed`, for the
-/// blocking commands whose timeout is an argument in seconds (0 stays 0:
-/// no limit); `None` when it is up, or for any other command.
-fn remaining(request: &Request, elapsed: Duration) -> Option<Request> {
-    let at = timeout_at(request)?;
-    let timeout: f64 = std::str::from_utf8(request.arg(at)?).ok()?.parse().ok()?;
-    if timeout == 0.0 {
-        return Some(Request::from_args(&request.args()));
-    }
-    let left = timeout - elapsed.as_secs_f64();
-    if left < 0.001 {
-        return None;
-    }
-    let mut args = request.args();
-    args[at] = Bytes::from(format!("{left:.3}"));
-    Some(Request::from_args(&args))
-}
-
 /// Asks the node, on a control connection, to unblock a dedicated link, as
 /// if its command timed out or (`error`) with an error.
-async fn unblock(node: &Node, link: &Link, error: bool) -> bool {
+pub(super) async fn unblock(node: &Node, link: &Link, error: bool) -> bool {
     let Some(id) = link.backend_id() else {
         return false;
     };

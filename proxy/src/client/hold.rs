@@ -46,6 +46,19 @@ pub(super) async fn until_connected(
     until(ctx, shard, arrived, Some(link), || link.is_up() || moved()).await
 }
 
+/// Waits, within the same bounds from `arrived`, until `shard` has a usable
+/// primary other than `old` (a node a failover or switchover is
+/// replacing). True once it has.
+pub(super) async fn until_replaced(
+    ctx: &Context,
+    shard: &ReplicaSet,
+    arrived: Instant,
+    old: &Arc<Node>,
+) -> bool {
+    let replaced = || shard.primary().is_some_and(|p| !Arc::ptr_eq(p, old));
+    until(ctx, shard, arrived, None, replaced).await
+}
+
 /// When a hold of requests read at `arrived` ends.
 fn deadline(ctx: &Context, arrived: Instant) -> Instant {
     arrived + Duration::from_millis(ctx.config.failover.hold_writes_ms)

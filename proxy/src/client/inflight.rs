@@ -52,4 +52,6 @@ pub(super) struct Blocked {
     /// Its place in the client's reply queue.
     pub position: u64,
     pub request: Request,
+    /// When it was sent: its timeout runs from then.
+    pub sent: std::time::Instant,
 }

@@ -30,6 +30,7 @@ mod publish;
 mod reads;
 mod redirect;
 pub mod registry;
+mod reissue;
 mod routing;
 mod serve;
 pub mod throttle;

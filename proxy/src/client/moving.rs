@@ -277,7 +277,7 @@ impl Connection {
         let Some(blocked) = paused else {
             return Flow::Continue;
         };
-        if super::blocking::may_reissue(&blocked.request) {
+        if super::reissue::may_reissue(&blocked.request) {
             return self.reissue_blocked(blocked).await;
         }
         self.unblock_own(false).await;

@@ -108,6 +108,11 @@ impl Task {
             if !c.out.account.hold_partial(c.buf.len()) {
                 break true;
             }
+            // A blocked pop the node let go of as it became a replica goes
+            // to the new primary rather than answer with an error.
+            if !c.blocked.is_empty() && c.reissue_if_demoted().await == Flow::Stop {
+                break false;
+            }
             if let Some(backend) = c.pipe_from.take() {
                 self.conn.pipe(self.rd, backend).await;
                 return;

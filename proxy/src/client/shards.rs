@@ -193,6 +193,7 @@ impl Connection {
                 link,
                 position,
                 request: req.clone(),
+                sent: std::time::Instant::now(),
             });
         }
         Flow::Continue
