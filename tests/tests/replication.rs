@@ -181,3 +181,48 @@ fn asynchronous_mode_sends_no_wait() {
     assert_eq!(durability["waits"], 0);
     assert_eq!(cluster.primary().calls("wait"), 0);
 }
+
+/// A pop served after it blocked (a worker waiting when a job arrives)
+/// waits for the quorum as one served at once does. Redis moves a
+/// connection's replication offset only for commands run at once, so a
+/// `WAIT` right after such a pop would count a replica that has nothing
+/// of it; with the replica stopped, the pop's `WAIT` must fall short.
+#[test]
+fn a_pop_served_after_it_blocked_waits_for_the_quorum() {
+    let cluster = Cluster::start(1);
+    let proxy = start(&cluster, &sync_setup("one", 500, "fail"));
+    proxy.wait_serving_replicas(1, Duration::from_secs(10));
+    let worker = std::thread::spawn({
+        let client = proxy.client();
+        move || {
+            let mut conn = client.get_connection()?;
+            redis::cmd("BRPOP")
+                .arg("jobs")
+                .arg(0)
+                .query::<(String, String)>(&mut conn)
+        }
+    });
+    rampart_tests::wait_until("the pop to block", Duration::from_secs(10), || {
+        cluster
+            .primary()
+            .info_field("clients", "blocked_clients")
+            .as_deref()
+            == Some("1")
+    });
+    let shortfalls = || proxy.shard()["durability"]["shortfalls"].as_u64().unwrap();
+    let before = shortfalls();
+    cluster.nodes[1].signal("STOP");
+    cluster.primary().cli(&["LPUSH", "jobs", "job-1"]);
+    let popped = worker.join().unwrap();
+    cluster.nodes[1].signal("CONT");
+    // What the pop took is the worker's, quorum or not.
+    assert_eq!(
+        popped.expect("the popped job"),
+        ("jobs".to_string(), "job-1".to_string())
+    );
+    assert_eq!(
+        shortfalls(),
+        before + 1,
+        "the pop's WAIT counted a stopped replica"
+    );
+}

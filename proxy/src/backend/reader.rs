@@ -319,13 +319,16 @@ impl Reader<'_> {
             reply,
             durable,
             replies,
+            keep_on_shortfall,
             ..
         }) = self.current.take()
         {
+            // The replies that arrived: a durable batch's are not to be
+            // trusted (unconfirmed), but for a pop's (see above).
             let (data, done) = self.cut.take();
-            let (data, got) = match durable {
-                None => (data, done),
-                Some(_) => (Bytes::new(), 0),
+            let (data, got) = match durable.is_none() || keep_on_shortfall {
+                true => (data, done),
+                false => (Bytes::new(), 0),
             };
             failed += replies - got;
             self.stats.count_answered(1);

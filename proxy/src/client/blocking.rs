@@ -62,10 +62,30 @@ impl Connection {
         let durable = (self.durable && self.session.user.is_none())
             .then(|| self.shard.topology.durability.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
-        node.count_requests(1);
+        let mut requests = vec![req.raw.clone()];
+        let rx = match durable {
+            // A command served after it blocked does not move its
+            // connection's replication offset on the node (Redis updates
+            // it only for commands run at once), so a `WAIT` after it
+            // alone would count replicas that have nothing of the pop. A
+            // marker write after it (a PUBLISH nobody listens to) carries
+            // the offset past the pop; its reply is taken out.
+            Some(_) => {
+                requests.push(wait_marker());
+                let (client_tx, client_rx) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move {
+                    if let Ok(reply) = rx.await {
+                        let _ = client_tx.send(first_only(reply));
+                    }
+                });
+                client_rx
+            }
+            None => rx,
+        };
+        node.count_requests(requests.len() as u64);
         link.send(Batch {
-            requests: vec![req.raw.clone()],
-            replies: 1,
+            replies: requests.len(),
+            requests,
             reply: tx.into(),
             durable: durable.clone(),
             keep_on_shortfall: true,
@@ -250,10 +270,9 @@ impl Connection {
                 Err(error) => return self.reply(error).await,
             },
         };
-        let marker = Request::from_args(&["PUBLISH", crate::backend::own::WAIT_MARKER, ""]);
         let (tx, rx) = oneshot::channel();
         node.count_requests(2);
-        link.send(Batch::plain(vec![marker.raw, req.raw.clone()], tx))
+        link.send(Batch::plain(vec![wait_marker(), req.raw.clone()], tx))
             .await;
         // The WAIT may block for long: its reply is awaited beside the
         // client's other replies, so a client that leaves meanwhile is seen
@@ -278,6 +297,33 @@ impl Connection {
         Flow::Continue
     }
 }
+
+/// `PUBLISH __rampart__:wait ""`: a write nobody hears, whose place in the
+/// replication stream a `WAIT` after it covers.
+pub(super) fn wait_marker() -> Bytes {
+    Request::from_args(&["PUBLISH", crate::backend::own::WAIT_MARKER, ""]).raw
+}
+
+/// A batch's first reply alone (a marker Rampart added follows it): once
+/// it has arrived it is the answer, whatever became of the marker (a
+/// connection lost after a pop took something must not lose it).
+fn first_only(mut reply: BatchReply) -> BatchReply {
+    if reply.got == 0 {
+        return reply;
+    }
+    let mut scanner = crate::resp::ReplyScanner::new(MAX_DEPTH);
+    let Some(first) = scanner.scan(&reply.data).ok().flatten() else {
+        return reply;
+    };
+    reply.data = reply.data.slice(..first);
+    reply.got = 1;
+    reply.error = None;
+    reply
+}
+
+/// Nesting a blocking command's reply may have (XREADGROUP's is the
+/// deepest, at four).
+const MAX_DEPTH: usize = 16;
 
 /// A batch's replies without the first one (a marker Rampart added).
 pub(super) fn without_first(mut reply: BatchReply) -> BatchReply {

@@ -119,7 +119,6 @@ impl Connection {
         if self.flush().await == Flow::Stop || self.barrier().await == Flow::Stop {
             return Flow::Stop;
         }
-        let marker = Request::from_args(&["PUBLISH", crate::backend::own::WAIT_MARKER, ""]);
         let mut waits = Vec::with_capacity(shards.len());
         for &index in shards {
             let shard = self.ctx.shards.at(index);
@@ -132,8 +131,11 @@ impl Connection {
             };
             let (tx, rx) = oneshot::channel();
             node.count_requests(2);
-            link.send(Batch::plain(vec![marker.raw.clone(), req.raw.clone()], tx))
-                .await;
+            link.send(Batch::plain(
+                vec![super::blocking::wait_marker(), req.raw.clone()],
+                tx,
+            ))
+            .await;
             waits.push((node, link, rx));
         }
         let waiting: Vec<(Arc<Node>, crate::backend::Link)> = waits
