@@ -1050,6 +1050,12 @@ fn monitor_shows_the_clients_commands_only() {
     let mut c = proxy.conn();
     let _: () = c.set("watched", "1").unwrap();
     let _: Option<String> = c.get("watched").unwrap();
+    // A pop is confirmed by a marker and a WAIT of Rampart's own.
+    let _: i64 = c.lpush("jobs", "j").unwrap();
+    let _: (String, String) = redis::cmd("BRPOP")
+        .arg(&["jobs", "1"])
+        .query(&mut c)
+        .unwrap();
     let _: i64 = redis::cmd("WAIT").arg(&["1", "100"]).query(&mut c).unwrap();
     // Several probe rounds pass meanwhile.
     std::thread::sleep(Duration::from_millis(300));

@@ -106,7 +106,12 @@ pub const CONFIRM_MARKER: &str = "__rampart__:confirm";
 /// client's own exactly when the marker came just before it on that link.
 #[derive(Default)]
 pub struct Attribution {
+    /// Connections whose next `WAIT` is a client's own.
     marked: std::collections::HashSet<String>,
+    /// Connections whose next `WAIT` is Rampart's, though the connection
+    /// may be closed (and so unknown) by the time the feed is read: a
+    /// `SLOWLOG` shows a departed client's pop and what followed it.
+    confirmed: std::collections::HashSet<String>,
 }
 
 impl Attribution {
@@ -115,21 +120,52 @@ impl Attribution {
     /// synchronous writes, its links' handshakes. `command` and `first` as
     /// the node shows them (any case).
     pub fn is_internal(&mut self, addr: &str, command: &str, first: &str) -> bool {
+        let command = command.to_ascii_uppercase();
+        // Rampart's markers, on whatever connection: the channels are its.
+        if command == "PUBLISH" && first.starts_with("__rampart__:") {
+            match first == WAIT_MARKER {
+                true => self.marked.insert(addr.to_string()),
+                false => self.confirmed.insert(addr.to_string()),
+            };
+            return true;
+        }
+        if command == "WAIT" {
+            if self.marked.remove(addr) {
+                return false;
+            }
+            if self.confirmed.remove(addr) {
+                return true;
+            }
+        }
         let Some(kind) = kind_of(addr) else {
             return false;
         };
-        match command.to_ascii_uppercase().as_str() {
+        match command.as_str() {
             _ if kind == Kind::Control => true,
-            "PUBLISH" if first.starts_with("__rampart__:") => {
-                if first == WAIT_MARKER {
-                    self.marked.insert(addr.to_string());
-                }
-                true
-            }
-            "WAIT" => !self.marked.remove(addr),
+            "WAIT" => true,
             "CLIENT" => first.eq_ignore_ascii_case("ID"),
             "HELLO" | "AUTH" => true,
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_say_whose_wait_follows_even_on_a_closed_connection() {
+        let gone = "127.0.0.1:1";
+        let mut seen = Attribution::default();
+        // A pop confirmed by Rampart: marker and WAIT are its own.
+        assert!(seen.is_internal(gone, "publish", CONFIRM_MARKER));
+        assert!(seen.is_internal(gone, "wait", "1"));
+        // A client's WAIT, after the marker Rampart puts before it.
+        assert!(seen.is_internal(gone, "PUBLISH", WAIT_MARKER));
+        assert!(!seen.is_internal(gone, "WAIT", "1"));
+        // Anything else from an unknown connection is a client's.
+        assert!(!seen.is_internal(gone, "WAIT", "1"));
+        assert!(!seen.is_internal(gone, "PUBLISH", "news"));
     }
 }

@@ -69,9 +69,12 @@ impl Connection {
             // it only for commands run at once), so a `WAIT` after it
             // alone would count replicas that have nothing of the pop. A
             // marker write after it (a PUBLISH nobody listens to) carries
-            // the offset past the pop; its reply is taken out.
+            // the offset past the pop; its reply is taken out. (Not the
+            // client-WAIT marker: MONITOR and SLOWLOG would then show
+            // Rampart's WAIT as the client's.)
             Some(_) => {
-                requests.push(wait_marker());
+                let marker = ["PUBLISH", crate::backend::own::CONFIRM_MARKER, ""];
+                requests.push(Request::from_args(&marker).raw);
                 let (client_tx, client_rx) = tokio::sync::oneshot::channel();
                 tokio::spawn(async move {
                     if let Ok(reply) = rx.await {
