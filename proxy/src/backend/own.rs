@@ -6,8 +6,9 @@
 //! synchronous writes). Marking each connection Rampart opens lets a client's
 //! `MONITOR` show the clients' commands and leave Rampart's own out.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use dashmap::DashMap;
 
@@ -30,6 +31,34 @@ fn own() -> &'static DashMap<SocketAddr, Kind> {
     OWN.get_or_init(DashMap::new)
 }
 
+/// Connections of Rampart's that have closed, newest last, at most
+/// [`DEPARTED`]: a node's `SLOWLOG` keeps entries long after the
+/// connection that sent them is gone (a probe connection replaced after a
+/// timeout, a client's dedicated connection), and they are still not the
+/// clients'. The bound keeps this small; an address a closed connection
+/// had is only reused by a connection to the same node from this host
+/// once the kernel lets the port go, and then counts as Rampart's until
+/// it is pushed out.
+fn departed() -> &'static Mutex<VecDeque<(SocketAddr, Kind)>> {
+    static DEPARTED_OWN: OnceLock<Mutex<VecDeque<(SocketAddr, Kind)>>> = OnceLock::new();
+    DEPARTED_OWN.get_or_init(Mutex::default)
+}
+
+/// Closed connections remembered (see [`departed`]).
+const DEPARTED: usize = 4096;
+
+/// Forgets a live connection, remembering it among the departed.
+fn depart(addr: SocketAddr) {
+    let Some((_, kind)) = own().remove(&addr) else {
+        return;
+    };
+    let mut gone = departed().lock().unwrap_or_else(|p| p.into_inner());
+    if gone.len() == DEPARTED {
+        gone.pop_front();
+    }
+    gone.push_back((addr, kind));
+}
+
 /// Marks a connection as Rampart's while it lives.
 pub struct Mark(Option<SocketAddr>);
 
@@ -46,7 +75,7 @@ impl Mark {
 impl Drop for Mark {
     fn drop(&mut self) {
         if let Some(addr) = self.0 {
-            own().remove(&addr);
+            depart(addr);
         }
     }
 }
@@ -79,7 +108,7 @@ impl Handshake {
 impl Drop for Handshake {
     fn drop(&mut self) {
         if let (false, Some(addr)) = (self.done, self.addr) {
-            own().remove(&addr);
+            depart(addr);
         }
     }
 }
@@ -88,7 +117,14 @@ impl Drop for Handshake {
 /// one.
 pub fn kind_of(addr: &str) -> Option<Kind> {
     let addr: SocketAddr = addr.parse().ok()?;
-    own().get(&addr).map(|k| *k)
+    if let Some(kind) = own().get(&addr) {
+        return Some(*kind);
+    }
+    let gone = departed().lock().unwrap_or_else(|p| p.into_inner());
+    gone.iter()
+        .rev()
+        .find(|(a, _)| *a == addr)
+        .map(|(_, kind)| *kind)
 }
 
 /// The marker Rampart writes before a client's own `WAIT` (see
@@ -167,5 +203,17 @@ mod tests {
         // Anything else from an unknown connection is a client's.
         assert!(!seen.is_internal(gone, "WAIT", "1"));
         assert!(!seen.is_internal(gone, "PUBLISH", "news"));
+    }
+
+    #[test]
+    fn a_closed_connection_is_still_known_as_rampart_s() {
+        let addr: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        own().insert(addr, Kind::Control);
+        depart(addr);
+        assert!(own().get(&addr).is_none());
+        // Its probes, still in a node's slow log, are not a client's.
+        assert_eq!(kind_of("127.0.0.1:2"), Some(Kind::Control));
+        assert!(Attribution::default().is_internal("127.0.0.1:2", "INFO", ""));
+        assert_eq!(kind_of("127.0.0.1:3"), None);
     }
 }
