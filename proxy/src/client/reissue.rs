@@ -149,6 +149,8 @@ impl Connection {
             }) => match reply.try_recv() {
                 Ok(answered) if unblocked_by_demotion(&answered) => answered,
                 Ok(answered) => {
+                    // Taken here rather than by the writer: counted here.
+                    self.ctx.metrics.observe(class, sent.elapsed());
                     let arrived = Pending::Arrived {
                         reply: answered,
                         replies,

@@ -137,8 +137,8 @@ impl ProbeTrend {
     }
 
     /// The latency routers are given: the median round trip of the
-    /// answered probes among the latest [`ROUTING`] (the lower middle of
-    /// an even count), none before a probe was answered.
+    /// answered probes among the latest [`ROUTING`], none before a probe
+    /// was answered.
     pub(super) fn routing_latency(&self) -> Option<f64> {
         self.median_of_latest(ROUTING, 1)
     }
@@ -157,7 +157,7 @@ impl ProbeTrend {
             return None;
         }
         rtts.sort_by(f64::total_cmp);
-        Some(rtts[(rtts.len() - 1) / 2])
+        Some(rtts[rtts.len() / 2])
     }
 
     pub(super) fn view(&self) -> TrendView {
