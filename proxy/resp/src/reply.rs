@@ -106,6 +106,9 @@ impl ReplyScanner {
                     self.pos = 0;
                     return Ok(Some(len));
                 }
+                if !self.run_of_bulks(buf)? {
+                    return Ok(None);
+                }
                 if buf.get(self.pos) != Some(&b'$') {
                     break;
                 }
@@ -120,30 +123,44 @@ impl ReplyScanner {
     /// fully arrived (nothing is consumed then).
     #[inline(always)]
     fn blob(&mut self, buf: &[u8], kind: u8) -> Result<Option<()>, ReplyError> {
-        // Most values are short: a one-digit length needs no loop.
-        let header = match buf.get(self.pos + 1..self.pos + 4) {
-            Some(&[d @ b'0'..=b'9', b'\r', b'\n']) => Some(((d - b'0') as i64, self.pos + 4)),
-            _ => read_len(buf, self.pos + 1)?,
-        };
-        let Some((len, after_line)) = header else {
+        let Some(end) = blob_end(buf, self.pos, kind == b'$')? else {
             return Ok(None);
         };
-        if len == -1 && kind == b'$' {
-            self.pos = after_line;
-            return Ok(Some(()));
-        }
-        if len < 0 {
-            return Err(ReplyError("bad blob length"));
-        }
-        let end = after_line + len as usize + 2;
-        if buf.len() < end {
-            return Ok(None);
-        }
-        if buf[end - 2] != b'\r' || buf[end - 1] != b'\n' {
-            return Err(ReplyError("blob not terminated by CRLF"));
-        }
         self.pos = end;
         Ok(Some(()))
+    }
+
+    /// Walks the bulk strings of a plain array one after another, short of
+    /// its last element, with the position and count in registers rather
+    /// than through `element_done` per element: that bookkeeping was half
+    /// the cost of an `LRANGE` reply. False if a bulk string has not fully
+    /// arrived (what came before it is consumed, the count kept).
+    #[inline(always)]
+    fn run_of_bulks(&mut self, buf: &[u8]) -> Result<bool, ReplyError> {
+        let Some(top) = self.stack.last_mut() else {
+            return Ok(true);
+        };
+        if top.levels != 1 || top.attribute {
+            return Ok(true);
+        }
+        let mut pos = self.pos;
+        let mut left = top.remaining;
+        let mut whole = true;
+        while left > 1 && buf.get(pos) == Some(&b'$') {
+            match blob_end(buf, pos, true)? {
+                Some(end) => {
+                    pos = end;
+                    left -= 1;
+                }
+                None => {
+                    whole = false;
+                    break;
+                }
+            }
+        }
+        self.pos = pos;
+        top.remaining = left;
+        Ok(whole)
     }
 
     /// Enters an aggregate of `items` elements.
@@ -201,6 +218,34 @@ impl ReplyScanner {
             self.stack.pop();
         }
     }
+}
+
+/// Where the blob (`$`, `!`, `=`) starting at `at` ends; `None` if it has
+/// not fully arrived. `nullable`: `$-1` (RESP2's null) is allowed.
+#[inline(always)]
+fn blob_end(buf: &[u8], at: usize, nullable: bool) -> Result<Option<usize>, ReplyError> {
+    // Most values are short: a one-digit length needs no loop.
+    let header = match buf.get(at + 1..at + 4) {
+        Some(&[d @ b'0'..=b'9', b'\r', b'\n']) => Some(((d - b'0') as i64, at + 4)),
+        _ => read_len(buf, at + 1)?,
+    };
+    let Some((len, after_line)) = header else {
+        return Ok(None);
+    };
+    if len == -1 && nullable {
+        return Ok(Some(after_line));
+    }
+    if len < 0 {
+        return Err(ReplyError("bad blob length"));
+    }
+    let end = after_line + len as usize + 2;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    if buf[end - 2] != b'\r' || buf[end - 1] != b'\n' {
+        return Err(ReplyError("blob not terminated by CRLF"));
+    }
+    Ok(Some(end))
 }
 
 /// Reads a length line (`-1\r\n`, `42\r\n`) starting at `from` in one pass.
