@@ -1283,3 +1283,126 @@ fn hello_setname_and_client_setinfo_are_checked_as_redis_checks_them() {
     assert!(setinfo(&["CLIENT", "SETINFO", "lib-name", "my lib"])
         .is_some_and(|e| e.contains("cannot contain spaces")));
 }
+
+/// A client piped to a node connection of its own (tracking, subscribed,
+/// MONITOR) is refused what every client is refused: SHUTDOWN, REPLICAOF
+/// and `proxy.deny_commands` never reach the node, inside a transaction
+/// either (which EXEC then aborts, as Redis aborts one after a refusal
+/// while queueing).
+#[test]
+fn piped_clients_are_refused_what_every_client_is() {
+    let cluster = Cluster::start(0);
+    let proxy = Proxy::start(&cluster.addrs(), Setup::default());
+    let text = |v: redis::Value| format!("{v:?}");
+    let mut c = Raw::connect(proxy.addr);
+    c.send(&[
+        &["CLIENT", "TRACKING", "ON"],
+        &["SHUTDOWN"],
+        &["REPLICAOF", "127.0.0.1", "1"],
+        &["DEBUG", "SLEEP", "0"],
+        &["SET", "k", "v"],
+        &["MULTI"],
+        &["SET", "k", "w"],
+        &["SHUTDOWN", "NOSAVE"],
+        &["EXEC"],
+        &["GET", "k"],
+    ]);
+    assert_eq!(c.reply(), redis::Value::Okay);
+    let shutdown = text(c.reply());
+    assert!(
+        shutdown.contains("not allowed through Rampart"),
+        "{shutdown}"
+    );
+    let replicaof = text(c.reply());
+    assert!(
+        replicaof.contains("replication is managed by Rampart"),
+        "{replicaof}"
+    );
+    let debug = text(c.reply());
+    assert!(
+        debug.contains("DEBUG SLEEP is refused through Rampart"),
+        "{debug}"
+    );
+    assert_eq!(c.reply(), redis::Value::Okay);
+    assert_eq!(c.reply(), redis::Value::Okay);
+    assert!(text(c.reply()).contains("QUEUED"));
+    let in_multi = text(c.reply());
+    assert!(
+        in_multi.contains("Command not allowed inside a transaction"),
+        "{in_multi}"
+    );
+    let exec = text(c.reply());
+    assert!(exec.contains("EXECABORT"), "{exec}");
+    assert_eq!(c.reply(), redis::Value::BulkString(b"v".to_vec()));
+
+    let mut monitor = Raw::connect(proxy.addr);
+    monitor.send(&[&["MONITOR"]]);
+    assert_eq!(monitor.reply(), redis::Value::Okay);
+    monitor.send(&[&["SHUTDOWN"]]);
+    let shutdown = text(monitor.reply());
+    assert!(
+        shutdown.contains("not allowed through Rampart"),
+        "{shutdown}"
+    );
+    assert_eq!(cluster.primary().cli(&["PING"]).trim(), "PONG");
+    assert_eq!(
+        cluster.primary().cli(&["ROLE"]).lines().next(),
+        Some("master")
+    );
+}
+
+/// A piped client's writes are synchronous like everyone's: a tracking
+/// client's or a RESP3 subscriber's write (and a transaction) on a shard
+/// with a quorum is answered `NOQUORUM` when no replica has it, never OK.
+#[test]
+fn a_piped_clients_writes_wait_for_the_quorum() {
+    let cluster = Cluster::start(1);
+    let setup = Setup {
+        shard: "read_from = \"primary\"\n[shards.main.replication]\nquorum = \"one\"\ntimeout_ms = 500\non_shortfall = \"fail\"",
+        ..Setup::default()
+    };
+    let proxy = Proxy::start(&cluster.addrs(), setup);
+    proxy.wait_serving_replicas(1, Duration::from_secs(10));
+    let text = |v: redis::Value| format!("{v:?}");
+    // The replica has caught up once a write is confirmed.
+    wait_until("a write to be confirmed", Duration::from_secs(10), || {
+        proxy.conn().set::<_, _, ()>("z", 1).is_ok()
+    });
+    let mut tracking = Raw::connect(proxy.addr);
+    tracking.send(&[&["CLIENT", "TRACKING", "ON"], &["SET", "a", "1"]]);
+    assert_eq!(tracking.reply(), redis::Value::Okay);
+    assert_eq!(tracking.reply(), redis::Value::Okay, "with the replica up");
+    let mut resp3 = Raw::connect(proxy.addr);
+    resp3.send(&[&["HELLO", "3"], &["SUBSCRIBE", "news"]]);
+    resp3.reply();
+    assert!(text(resp3.reply()).to_lowercase().contains("subscribe"));
+
+    cluster.nodes[1].signal("STOP");
+    tracking.send(&[
+        &["SET", "b", "1"],
+        &["MULTI"],
+        &["SET", "c", "1"],
+        &["EXEC"],
+        &["GET", "a"],
+    ]);
+    resp3.send(&[&["SET", "d", "1"]]);
+    let write = text(tracking.reply());
+    assert!(
+        write.contains("NOQUORUM"),
+        "a tracking client's write: {write}"
+    );
+    assert_eq!(tracking.reply(), redis::Value::Okay);
+    assert!(text(tracking.reply()).contains("QUEUED"));
+    let exec = text(tracking.reply());
+    assert!(
+        exec.contains("NOQUORUM"),
+        "a tracking client's EXEC: {exec}"
+    );
+    assert_eq!(tracking.reply(), redis::Value::BulkString(b"1".to_vec()));
+    let write = text(resp3.reply());
+    assert!(
+        write.contains("NOQUORUM"),
+        "a RESP3 subscriber's write: {write}"
+    );
+    cluster.nodes[1].signal("CONT");
+}

@@ -857,8 +857,9 @@ fn a_pinned_client_follows_a_new_primary() {
 /// After a switchover the old primary is a replica. A client piped to it
 /// that can write or watch the primary (MONITOR, CLIENT TRACKING) is
 /// disconnected, as Sentinel disconnects a demoted primary's clients, and
-/// reconnects to the new one; a RESP2 subscriber stays, and what is
-/// published on the new primary reaches it through replication.
+/// reconnects to the new one; so is a RESP2 subscriber that has left
+/// subscribed mode. A RESP2 subscriber stays, and what is published on the
+/// new primary reaches it through replication.
 #[test]
 fn piped_clients_of_a_demoted_primary_are_disconnected_but_subscribers_stay() {
     let (cluster, _state, proxy) = switchable(1);
@@ -870,6 +871,14 @@ fn piped_clients_of_a_demoted_primary_are_disconnected_but_subscribers_stay() {
         .query(&mut tracking)
         .unwrap();
     let _: () = tracking.set("t", 1).unwrap();
+    // A RESP2 subscriber that left subscribed mode may read and write.
+    let mut left = proxy.conn();
+    {
+        let mut pubsub = left.as_pubsub();
+        pubsub.subscribe("old").unwrap();
+        pubsub.unsubscribe("old").unwrap();
+    }
+    let _: () = left.set("l", 1).unwrap();
     let mut subscriber = proxy.conn();
     let mut pubsub = subscriber.as_pubsub();
     pubsub.subscribe("news").unwrap();
@@ -896,6 +905,9 @@ fn piped_clients_of_a_demoted_primary_are_disconnected_but_subscribers_stay() {
     }
     let set: redis::RedisResult<()> = tracking.set("t", 2);
     let error = set.expect_err("the tracking client stayed on the old primary");
+    assert!(!error.to_string().contains("READONLY"), "{error}");
+    let set: redis::RedisResult<()> = left.set("l", 2);
+    let error = set.expect_err("a former subscriber stayed on the old primary");
     assert!(!error.to_string().contains("READONLY"), "{error}");
     let mut again = proxy.conn();
     let _: () = redis::cmd("CLIENT")

@@ -165,6 +165,11 @@ impl Attribution {
             };
             return true;
         }
+        // The marker a piped client's interposed command or confirmed
+        // write is followed by (`client::interpose`).
+        if command == "PING" && first.starts_with("rampart:") {
+            return true;
+        }
         if command == "WAIT" {
             if self.marked.remove(addr) {
                 return false;
@@ -199,6 +204,8 @@ mod tests {
         assert!(seen.is_internal(gone, "wait", "1"));
         // A client's WAIT, after the marker Rampart puts before it.
         assert!(seen.is_internal(gone, "PUBLISH", WAIT_MARKER));
+        assert!(seen.is_internal(gone, "ping", "rampart:00ab:7:1"));
+        assert!(!seen.is_internal(gone, "PING", "hello"));
         assert!(!seen.is_internal(gone, "WAIT", "1"));
         // Anything else from an unknown connection is a client's.
         assert!(!seen.is_internal(gone, "WAIT", "1"));

@@ -48,7 +48,7 @@ pub(super) async fn send_confirmed(
 
 /// Writes the marker on Rampart's own link as a synchronous write; the
 /// error to answer the client's writes with when the quorum fell short.
-async fn confirm(own: &Link, durability: Arc<Durability>) -> Option<String> {
+pub(super) async fn confirm(own: &Link, durability: Arc<Durability>) -> Option<String> {
     let marker = Request::from_args(&["PUBLISH", crate::backend::own::CONFIRM_MARKER, ""]);
     let (tx, rx) = oneshot::channel();
     own.send(Batch {

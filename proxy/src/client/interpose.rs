@@ -127,7 +127,7 @@ impl Interposer {
     /// bytes to send the node in its place (the request itself for a reply
     /// to amend, then `PING <marker>`).
     pub(super) fn interpose(&mut self, req: &Request, session: &Session) -> Option<Bytes> {
-        if session.monitor {
+        if session.monitor || self.multi || self.muted() {
             return None;
         }
         let entry = |marker| match interposed(req) {
@@ -149,10 +149,9 @@ impl Interposer {
             }),
             None => None,
         };
-        let sent = self.sent + 1;
-        let marker = Bytes::from(format!("rampart:{:016x}:{}:{sent}", salt(), session.id));
+        let marker = self.marker(session, self.sent + 1);
         let entry = entry(marker.clone())?;
-        self.sent = sent;
+        self.sent += 1;
         let mut out = BytesMut::new();
         match &entry {
             // The node's connection switches protocol with the client, and
@@ -170,11 +169,23 @@ impl Interposer {
                 out.extend_from_slice(&Request::from_args(&hello).raw);
             }
             Interposed::Amend { .. } => out.extend_from_slice(&req.raw),
-            Interposed::Answer { .. } => {}
+            Interposed::Answer { .. } | Interposed::Refused { .. } => {}
         }
         out.extend_from_slice(&Request::from_args(&[Bytes::from_static(b"PING"), marker]).raw);
         self.queue.push_back(entry);
         Some(out.freeze())
+    }
+
+    /// The marker for this session's `sent`th interposed command: unique,
+    /// and unguessable by other clients.
+    pub(super) fn marker(&self, session: &Session, sent: u64) -> Bytes {
+        Bytes::from(format!("rampart:{:016x}:{}:{sent}", salt(), session.id))
+    }
+
+    /// The node will not answer the next command (`CLIENT REPLY OFF` or
+    /// `SKIP`), so it would never echo a marker either.
+    pub(super) fn muted(&self) -> bool {
+        self.replies_off || self.skip_next
     }
 }
 

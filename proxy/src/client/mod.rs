@@ -25,6 +25,7 @@ mod monitor;
 mod moving;
 mod pin;
 mod pipe;
+mod pipe_guard;
 mod piped;
 mod publish;
 mod reads;

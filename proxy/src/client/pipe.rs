@@ -69,7 +69,8 @@ impl Connection {
                             Some(filter) => {
                                 let lines = filter.feed(&from_backend);
                                 from_backend.clear();
-                                (lines, Flow::Continue)
+                                let proto = self.session.proto;
+                                (self.interposer.refusals_in_lines(lines, proto), Flow::Continue)
                             }
                             None => match self.node_replies(&mut from_backend, &mut scanner).await {
                                 Ok(answered) => answered,
@@ -196,13 +197,15 @@ impl Connection {
     /// clients, so that it reconnects to the new primary rather than hear
     /// READONLY or watch a node that no longer takes writes. A RESP2
     /// subscriber stays: it can only subscribe and ping, and what is
-    /// published on the new primary reaches it through replication.
+    /// published on the new primary reaches it through replication, unless
+    /// it has left subscribed mode (it sent another command: it may now
+    /// read and write).
     fn pipe_demoted(&self) -> bool {
         let Some(node) = &self.session.pipe_node else {
             return false;
         };
         let s = &self.session;
-        if s.pubsub && !s.monitor && s.proto == Proto::Resp2 {
+        if s.pubsub && !s.monitor && s.proto == Proto::Resp2 && !self.interposer.beyond_subscribe {
             return false;
         }
         self.shard
@@ -239,10 +242,20 @@ impl Connection {
             },
             None => req,
         };
-        let raw = self
-            .interposer
-            .interpose(&req, &self.session)
-            .unwrap_or(req.raw);
+        let raw = match self.guard_piped(&req).await {
+            Some(raw) => raw,
+            None => self
+                .interposer
+                .interpose(&req, &self.session)
+                .unwrap_or_else(|| req.raw.clone()),
+        };
+        self.interposer.note(&req);
+        // A subscriber that has just left subscribed mode on a node that
+        // is no longer the primary: disconnected before its command runs
+        // there (see `pipe_demoted`).
+        if self.pipe_demoted() {
+            return Flow::Stop;
+        }
         let Some(pipe) = self.session.pipe.as_mut() else {
             return Flow::Stop;
         };
@@ -317,15 +330,24 @@ impl Connection {
                 out.unsplit(frame);
                 continue;
             };
-            let Some(how) = echo(&frame, front.marker()) else {
+            if let Interposed::Refused { .. } = front {
+                match self.interposer.refusal_for(&frame) {
+                    Some(error) => {
+                        out.extend_from_slice(&Value::err(error).encode(self.session.proto))
+                    }
+                    None => out.unsplit(frame),
+                }
+                continue;
+            }
+            let Some(echoed) = echo(&frame, front.marker()) else {
                 match front {
                     Interposed::Amend { .. } => self.interposer.held.push(frame),
-                    Interposed::Answer { .. } => out.unsplit(frame),
+                    Interposed::Answer { .. } | Interposed::Refused { .. } => out.unsplit(frame),
                 }
                 continue;
             };
             let answer = match self.interposer.queue.pop_front() {
-                Some(Interposed::Answer { local, req, .. }) => match how {
+                Some(Interposed::Answer { local, req, .. }) => match echoed {
                     Echo::Subscribed => refusal(&req).encode(self.session.proto),
                     Echo::Plain => {
                         let before = self.out.replies.queued();
@@ -359,6 +381,13 @@ impl Connection {
                             held[at] =
                                 BytesMut::from(&self.out.replies.take_local_after(before)[..]);
                         }
+                        // In RESP2 subscribed mode the node refused it.
+                        (Amend::Confirm { durability, own }, Some(at)) if echoed == Echo::Plain => {
+                            let depth = self.ctx.config.limits.max_reply_depth;
+                            let reply = std::mem::take(&mut held[at]);
+                            held[at] =
+                                super::pipe_guard::confirmed(reply, durability, &own, depth).await;
+                        }
                         _ => {}
                     }
                     for frame in held {
@@ -366,7 +395,7 @@ impl Connection {
                     }
                     Bytes::new()
                 }
-                None => Bytes::new(),
+                Some(Interposed::Refused { .. }) | None => Bytes::new(),
             };
             out.extend_from_slice(&answer);
             if flow == Flow::Stop {

@@ -25,6 +25,11 @@ pub(super) enum Interposed {
     /// Run by the node too, which must know of it; its reply, the last
     /// before the marker's echo, is amended.
     Amend { marker: Bytes, how: Amend },
+    /// Refused by Rampart. The node is sent the marker as a command: it
+    /// refuses that (unknown) command in every mode, and inside `MULTI`
+    /// dooms the transaction as Redis's own refusal while queueing does;
+    /// its error is replaced by Rampart's.
+    Refused { marker: Bytes, error: String },
 }
 
 /// How a node's reply is amended.
@@ -36,12 +41,22 @@ pub(super) enum Amend {
     /// but the reply is Rampart's (its client id, its checks), unless the
     /// node refused the command (RESP2 subscribed mode).
     Replace { local: Answer, req: Request },
+    /// A write on a shard whose writes wait for a quorum: its reply is
+    /// held until Rampart's own marker write after it is confirmed (see
+    /// `pipe_guard.rs`), and turned into the shortfall's error if it fell
+    /// short.
+    Confirm {
+        durability: Arc<crate::replicate::Durability>,
+        own: crate::backend::Link,
+    },
 }
 
 impl Interposed {
     pub(super) fn marker(&self) -> &[u8] {
         match self {
-            Interposed::Answer { marker, .. } | Interposed::Amend { marker, .. } => marker,
+            Interposed::Answer { marker, .. }
+            | Interposed::Amend { marker, .. }
+            | Interposed::Refused { marker, .. } => marker,
         }
     }
 }
@@ -57,6 +72,16 @@ pub(super) struct Interposer {
     /// `(node connection id, Rampart client id)` of each redirect target
     /// named, the latest last (a few: a client names one at a time).
     redirects: Vec<(i64, u64)>,
+    /// Between `MULTI` and `EXEC`/`DISCARD` on the node: a marker `PING`
+    /// would be queued, not echoed, so nothing is interposed but refusals.
+    pub(super) multi: bool,
+    /// `CLIENT REPLY OFF`, or `SKIP` for the next command: the node will
+    /// not echo a marker, so nothing waits for one.
+    pub(super) replies_off: bool,
+    pub(super) skip_next: bool,
+    /// The client sent a command a RESP2 subscriber may not: it has left
+    /// subscribed mode, and can read and write (see `pipe_demoted`).
+    pub(super) beyond_subscribe: bool,
 }
 
 impl Interposer {
