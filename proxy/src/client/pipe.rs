@@ -242,12 +242,12 @@ impl Connection {
             },
             None => req,
         };
-        let raw = match self.guard_piped(&req).await {
-            Some(raw) => raw,
-            None => self
-                .interposer
-                .interpose(&req, &self.session)
-                .unwrap_or_else(|| req.raw.clone()),
+        let raw = match self.refuse_piped(&req).await {
+            Some(refused) => refused,
+            None => match self.interposer.interpose(&req, &self.session) {
+                Some(interposed) => interposed,
+                None => self.confirm_piped(&req).unwrap_or_else(|| req.raw.clone()),
+            },
         };
         self.interposer.note(&req);
         // A subscriber that has just left subscribed mode on a node that

@@ -28,16 +28,18 @@ use crate::resp::command::{classify, Class, Tx, NOT_IN_MULTI, NOT_THROUGH_RAMPAR
 use crate::resp::{Proto, Request, Value};
 
 impl Connection {
-    /// What to send the node in place of `req` when Rampart refuses it or
-    /// must confirm it; `None`: the request as it is.
-    pub(super) async fn guard_piped(&mut self, req: &Request) -> Option<Bytes> {
-        let class = classify(req);
-        if let Some(error) = self.piped_refusal(class, req).await {
-            return Some(self.interposer.refuse(&self.session, error));
-        }
-        let write = match class {
+    /// What to send the node in place of `req` when Rampart refuses it.
+    pub(super) async fn refuse_piped(&mut self, req: &Request) -> Option<Bytes> {
+        let error = self.piped_refusal(classify(req), req).await?;
+        Some(self.interposer.refuse(&self.session, error))
+    }
+
+    /// What to send the node in place of `req` when it is a write to
+    /// confirm (see [`Interposer::confirm`]).
+    pub(super) fn confirm_piped(&mut self, req: &Request) -> Option<Bytes> {
+        let write = match classify(req) {
             Class::Transaction(Tx::Exec) => true,
-            Class::Write | Class::Blocking => !self.interposer.multi,
+            Class::Write | Class::Blocking => !self.interposer.multi && replicated(req),
             _ => false,
         };
         let topology = &self.shard.topology;
@@ -185,6 +187,29 @@ impl Interposer {
             _ => None,
         }
     }
+}
+
+/// Whether a command Rampart counts as a write can enter the replication
+/// stream: server settings and introspection never do, and the marker
+/// after one would be a command of the client's own for nothing (with
+/// `CLIENT TRACKING ... NOLOOP`, a tracking-table eviction it triggers
+/// would not be reported to the client).
+fn replicated(req: &Request) -> bool {
+    !matches!(
+        req.name().as_bytes(),
+        b"CONFIG"
+            | b"CLIENT"
+            | b"ACL"
+            | b"SLOWLOG"
+            | b"LATENCY"
+            | b"MEMORY"
+            | b"COMMAND"
+            | b"OBJECT"
+            | b"MODULE"
+            | b"SAVE"
+            | b"BGSAVE"
+            | b"BGREWRITEAOF"
+    )
 }
 
 /// A confirmed write's reply: as it is when the quorum has it (or the
