@@ -985,3 +985,51 @@ fn fanout_copies_a_node_that_stopped_holding_what_the_others_hold() {
     wait_in_sync(&proxy, &addrs, Duration::from_secs(40));
     assert_identical(&addrs);
 }
+
+/// A client in `CLIENT TRACKING` (or subscribed) mode has a connection of
+/// its own to one node: a write sent down it would reach that node alone,
+/// so it is refused (a transaction with one aborts), and reads and
+/// tracking go on; every node keeps the same data.
+#[test]
+fn fanout_refuses_writes_on_a_piped_connection() {
+    let nodes = nodes();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
+    let proxy = start(&addrs, "");
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
+    let _: () = proxy.conn().set("k", "v").unwrap();
+    let mut tracking = proxy.conn();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["TRACKING", "ON"])
+        .query(&mut tracking)
+        .unwrap();
+    let write: redis::RedisResult<()> = tracking.set("piped", 1);
+    let error = write
+        .expect_err("a piped write in fan-out mode")
+        .to_string();
+    assert!(error.contains("not supported in fan-out mode"), "{error}");
+    let tx: redis::RedisResult<redis::Value> = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg("piped")
+        .arg(2)
+        .query(&mut tracking);
+    let error = tx
+        .expect_err("a piped transaction with a write")
+        .to_string();
+    assert!(error.to_lowercase().contains("abort"), "{error}");
+    assert!(error.contains("not supported in fan-out mode"), "{error}");
+    let read: String = tracking.get("k").unwrap();
+    assert_eq!(read, "v");
+    let _: () = proxy.conn().set("after", 1).unwrap();
+    wait_in_sync(&proxy, &addrs, Duration::from_secs(10));
+    assert_identical(&addrs);
+    for addr in &addrs {
+        let piped: Option<String> = redis::Client::open(format!("redis://{addr}"))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+            .get("piped")
+            .unwrap();
+        assert_eq!(piped, None, "{addr} ran a piped write");
+    }
+}

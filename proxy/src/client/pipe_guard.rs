@@ -23,9 +23,13 @@ use super::connection::Connection;
 use super::piped::{Amend, Interposed, Interposer};
 use super::session::Session;
 use crate::backend::Link;
+use crate::replicate::fanout::Verdict;
 use crate::replicate::Durability;
 use crate::resp::command::{classify, Class, Tx, NOT_IN_MULTI, NOT_THROUGH_RAMPART};
 use crate::resp::{Proto, Request, Value};
+
+/// Why a piped client's write is refused on a fan-out shard.
+const FANOUT_PIPED: &str = "ERR rampart: writes on a connection in CLIENT TRACKING or subscribed mode are not supported in fan-out mode (they would reach one node); write on another connection";
 
 impl Connection {
     /// What to send the node in place of `req` when Rampart refuses it.
@@ -66,6 +70,16 @@ impl Connection {
                 false => text,
             };
             return Some(text.to_string());
+        }
+        // In fan-out mode every write goes through the shard's log to every
+        // node; one sent down this connection would reach one node alone.
+        let write = matches!(class, Class::Write | Class::Blocking) && replicated(req);
+        if let (Some(fanout), true) = (self.fanout(), write) {
+            match fanout.rewriter.judge(req.clone()) {
+                Verdict::Primary(_) => {}
+                Verdict::Refused(error) => return Some(error),
+                Verdict::Fanout(_) => return Some(FANOUT_PIPED.to_string()),
+            }
         }
         let refusal = self.ctx.guard.check(req)?;
         if !refusal.unless_unchanged.is_empty() && refusal.unchanged_on(&self.shard.topology).await
@@ -190,14 +204,16 @@ impl Interposer {
 }
 
 /// Whether a command Rampart counts as a write can enter the replication
-/// stream: server settings and introspection never do, and the marker
+/// stream: `XREAD BLOCK` (blocking, but a read), server settings and
+/// introspection never do, and the marker
 /// after one would be a command of the client's own for nothing (with
 /// `CLIENT TRACKING ... NOLOOP`, a tracking-table eviction it triggers
 /// would not be reported to the client).
 fn replicated(req: &Request) -> bool {
     !matches!(
         req.name().as_bytes(),
-        b"CONFIG"
+        b"XREAD"
+            | b"CONFIG"
             | b"CLIENT"
             | b"ACL"
             | b"SLOWLOG"
