@@ -960,3 +960,43 @@ fn a_transaction_whose_multi_the_node_refuses_runs_nothing() {
     assert_eq!(again, "OK");
     let _: Value = redis::cmd("DISCARD").query(&mut app).unwrap();
 }
+
+/// A RESP3 subscriber's connection is piped to the first shard's primary
+/// and may send any command: one on another shard's keys, or about the
+/// whole data set, would run on the wrong node (a write there is lost to
+/// every other client), so it is refused; the pipe's own shard's keys
+/// work as usual.
+#[test]
+fn a_subscriber_cannot_reach_another_shards_keys() {
+    use std::io::{Read, Write};
+    let shards = clusters(2, 0);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let here = key_in(0, 2, "here");
+    let there = key_in(1, 2, "there");
+    let mut subscriber = std::net::TcpStream::connect(proxy.addr).unwrap();
+    subscriber
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let commands = format!(
+        "HELLO 3\r\nSUBSCRIBE news\r\nSET {here} 1\r\nSET {there} 1\r\nFLUSHALL\r\nPING done\r\n"
+    );
+    subscriber.write_all(commands.as_bytes()).unwrap();
+    let mut heard = String::new();
+    let mut chunk = [0u8; 4096];
+    while !heard.contains("done") {
+        let n = subscriber
+            .read(&mut chunk)
+            .expect("the subscriber's replies");
+        assert!(n > 0, "closed after: {heard}");
+        heard.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    assert!(heard.contains("+OK"), "{heard}");
+    assert_eq!(heard.matches("reaches beyond it").count(), 2, "{heard}");
+    let mut direct: Vec<_> = shards.iter().map(|c| node_conn(c.primary())).collect();
+    let on_first: Option<String> = direct[0].get(&there).unwrap();
+    assert_eq!(on_first, None, "another shard's key written on the first");
+    let kept: i64 = direct[0].get(&here).unwrap();
+    assert_eq!(kept, 1, "FLUSHALL ran on the first shard");
+    let read: Option<i64> = proxy.conn().get(&there).unwrap();
+    assert_eq!(read, None);
+}

@@ -81,12 +81,45 @@ impl Connection {
                 Verdict::Fanout(_) => return Some(FANOUT_PIPED.to_string()),
             }
         }
+        if let Some(error) = self.other_shards_keys(req) {
+            return Some(error);
+        }
         let refusal = self.ctx.guard.check(req)?;
         if !refusal.unless_unchanged.is_empty() && refusal.unchanged_on(&self.shard.topology).await
         {
             return None;
         }
         Some(refusal.error)
+    }
+
+    /// With several shards a piped connection is on one shard's primary
+    /// (see `pipe.rs`): a command on keys another shard holds (or that are
+    /// moving away), or about the whole data set, would run on the wrong
+    /// node, and its write be lost to every other client.
+    fn other_shards_keys(&self, req: &Request) -> Option<String> {
+        use crate::shard::locate::{locate, Place};
+        use crate::shard::slots::{slot, Residence};
+        if self.ctx.shards.len() < 2 {
+            return None;
+        }
+        let map = self.ctx.slots.load();
+        let here = self.ctx.shards.index_of(&self.shard);
+        let elsewhere = match locate(req, &map, self.ctx.shards.len()) {
+            Place::Any => false,
+            Place::Every(_) => true,
+            Place::One(_) | Place::Split(_) | Place::CrossSlot => crate::resp::keyspecs::keys(req)
+                .is_some_and(|keys| {
+                    keys.iter()
+                        .any(|key| map.residence(slot(key)) != Residence::Owned(here))
+                }),
+        };
+        elsewhere.then(|| {
+            format!(
+                "ERR rampart: this connection is piped to shard '{}' (subscribed or tracking), and '{}' reaches beyond it: use another connection",
+                self.shard.name(),
+                req.name().as_str().to_lowercase()
+            )
+        })
     }
 }
 
