@@ -149,9 +149,8 @@ impl Interposer {
             }),
             None => None,
         };
-        let marker = self.marker(session, self.sent + 1);
+        let marker = self.next_marker(session);
         let entry = entry(marker.clone())?;
-        self.sent += 1;
         let mut out = BytesMut::new();
         match &entry {
             // The node's connection switches protocol with the client, and
@@ -176,10 +175,16 @@ impl Interposer {
         Some(out.freeze())
     }
 
-    /// The marker for this session's `sent`th interposed command: unique,
-    /// and unguessable by other clients.
-    pub(super) fn marker(&self, session: &Session, sent: u64) -> Bytes {
-        Bytes::from(format!("rampart:{:016x}:{}:{sent}", salt(), session.id))
+    /// A marker for this session's next interposed command: unique, and
+    /// unguessable by other clients.
+    pub(super) fn next_marker(&mut self, session: &Session) -> Bytes {
+        self.sent += 1;
+        Bytes::from(format!(
+            "rampart:{:016x}:{}:{}",
+            salt(),
+            session.id,
+            self.sent
+        ))
     }
 
     /// The node will not answer the next command (`CLIENT REPLY OFF` or

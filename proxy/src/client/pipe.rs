@@ -242,11 +242,14 @@ impl Connection {
             },
             None => req,
         };
-        let raw = match self.refuse_piped(&req).await {
+        let class = crate::resp::command::classify(&req);
+        let raw = match self.refuse_piped(class, &req).await {
             Some(refused) => refused,
             None => match self.interposer.interpose(&req, &self.session) {
                 Some(interposed) => interposed,
-                None => self.confirm_piped(&req).unwrap_or_else(|| req.raw.clone()),
+                None => self
+                    .confirm_piped(class, &req)
+                    .unwrap_or_else(|| req.raw.clone()),
             },
         };
         self.interposer.note(&req);

@@ -25,26 +25,26 @@ use super::session::Session;
 use crate::backend::Link;
 use crate::replicate::fanout::Verdict;
 use crate::replicate::Durability;
-use crate::resp::command::{classify, Class, Tx, NOT_IN_MULTI, NOT_THROUGH_RAMPART};
+use crate::resp::command::{Class, Tx, NOT_IN_MULTI, NOT_THROUGH_RAMPART};
 use crate::resp::{Proto, Request, Value};
 
 /// Why a piped client's write is refused on a fan-out shard.
 const FANOUT_PIPED: &str = "ERR rampart: writes on a connection in CLIENT TRACKING or subscribed mode are not supported in fan-out mode (they would reach one node); write on another connection";
 
 impl Connection {
-    /// What to send the node in place of `req` when Rampart refuses it.
-    pub(super) async fn refuse_piped(&mut self, req: &Request) -> Option<Bytes> {
-        let error = self.piped_refusal(classify(req), req).await?;
+    /// What to send the node in place of `req` (of `class`) when Rampart
+    /// refuses it.
+    pub(super) async fn refuse_piped(&mut self, class: Class, req: &Request) -> Option<Bytes> {
+        let error = self.piped_refusal(class, req).await?;
         Some(self.interposer.refuse(&self.session, error))
     }
 
-    /// What to send the node in place of `req` when it is a write to
-    /// confirm (see [`Interposer::confirm`]).
-    pub(super) fn confirm_piped(&mut self, req: &Request) -> Option<Bytes> {
-        let write = match classify(req) {
+    /// What to send the node in place of `req` (of `class`) when it is a
+    /// write to confirm (see [`Interposer::confirm`]).
+    pub(super) fn confirm_piped(&mut self, class: Class, req: &Request) -> Option<Bytes> {
+        let write = match class {
             Class::Transaction(Tx::Exec) => true,
-            Class::Write | Class::Blocking => !self.interposer.multi && replicated(req),
-            _ => false,
+            _ => !self.interposer.multi && writes_data(class, req),
         };
         let topology = &self.shard.topology;
         // A MONITOR connection is a replica to Redis, which refuses it
@@ -73,8 +73,7 @@ impl Connection {
         }
         // In fan-out mode every write goes through the shard's log to every
         // node; one sent down this connection would reach one node alone.
-        let write = matches!(class, Class::Write | Class::Blocking) && replicated(req);
-        if let (Some(fanout), true) = (self.fanout(), write) {
+        if let (Some(fanout), true) = (self.fanout(), writes_data(class, req)) {
             match fanout.rewriter.judge(req.clone()) {
                 Verdict::Primary(_) => {}
                 Verdict::Refused(error) => return Some(error),
@@ -127,8 +126,7 @@ impl Interposer {
     /// The marker to send in place of a refused command; its echo (the
     /// node's refusal) becomes `error`.
     fn refuse(&mut self, session: &Session, error: String) -> Bytes {
-        self.sent += 1;
-        let marker = self.marker(session, self.sent);
+        let marker = self.next_marker(session);
         // Muted, the node answers nothing, and neither does Redis.
         if !self.muted() {
             self.queue.push_back(Interposed::Refused {
@@ -152,8 +150,7 @@ impl Interposer {
         if self.muted() {
             return None;
         }
-        self.sent += 1;
-        let marker = self.marker(session, self.sent);
+        let marker = self.next_marker(session);
         let ping = Request::from_args(&[Bytes::from_static(b"PING"), marker.clone()]);
         let mut out = BytesMut::with_capacity(req.raw.len() + ping.raw.len());
         out.extend_from_slice(&req.raw);
@@ -236,29 +233,30 @@ impl Interposer {
     }
 }
 
-/// Whether a command Rampart counts as a write can enter the replication
-/// stream: `XREAD BLOCK` (blocking, but a read), server settings and
-/// introspection never do, and the marker
+/// Whether a command of `class` writes data: Rampart counts more as
+/// writes than can enter the replication stream. `XREAD BLOCK` (blocking,
+/// but a read), server settings and introspection never do, and a marker
 /// after one would be a command of the client's own for nothing (with
 /// `CLIENT TRACKING ... NOLOOP`, a tracking-table eviction it triggers
 /// would not be reported to the client).
-fn replicated(req: &Request) -> bool {
-    !matches!(
-        req.name().as_bytes(),
-        b"XREAD"
-            | b"CONFIG"
-            | b"CLIENT"
-            | b"ACL"
-            | b"SLOWLOG"
-            | b"LATENCY"
-            | b"MEMORY"
-            | b"COMMAND"
-            | b"OBJECT"
-            | b"MODULE"
-            | b"SAVE"
-            | b"BGSAVE"
-            | b"BGREWRITEAOF"
-    )
+fn writes_data(class: Class, req: &Request) -> bool {
+    matches!(class, Class::Write | Class::Blocking)
+        && !matches!(
+            req.name().as_bytes(),
+            b"XREAD"
+                | b"CONFIG"
+                | b"CLIENT"
+                | b"ACL"
+                | b"SLOWLOG"
+                | b"LATENCY"
+                | b"MEMORY"
+                | b"COMMAND"
+                | b"OBJECT"
+                | b"MODULE"
+                | b"SAVE"
+                | b"BGSAVE"
+                | b"BGREWRITEAOF"
+        )
 }
 
 /// A confirmed write's reply: as it is when the quorum has it (or the
