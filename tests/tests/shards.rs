@@ -1000,3 +1000,83 @@ fn a_subscriber_cannot_reach_another_shards_keys() {
     let read: Option<i64> = proxy.conn().get(&there).unwrap();
     assert_eq!(read, None);
 }
+
+/// How many patterns the node at `addr` has subscribers for: the relay
+/// of keyspace notifications subscribes to two.
+fn patterns_on(addr: &str) -> i64 {
+    redis::Client::open(format!("redis://{addr}/"))
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("PUBSUB").arg("NUMPAT").query(&mut c))
+        .unwrap_or(-1)
+}
+
+/// The next `n` keys named by `set` events the subscriber hears.
+fn set_events(pubsub: &mut redis::PubSub, n: usize) -> BTreeSet<String> {
+    (0..n)
+        .map(|_| {
+            let message = pubsub.get_message().expect("a keyspace notification");
+            assert_eq!(message.get_channel_name(), "__keyevent@0__:set");
+            message.get_payload::<String>().unwrap()
+        })
+        .collect()
+}
+
+/// Redis raises a key's notifications on the node that holds it; through
+/// Rampart a subscriber hears every shard's, each once, and still after
+/// the second shard failed over (the relay follows its new primary).
+#[test]
+fn keyspace_notifications_come_from_every_shard() {
+    // Two replicas each: s1 keeps one to meet its quorum after failing over.
+    let mut shards = clusters(2, 2);
+    // As an operator would in redis.conf: every node, so that a promoted
+    // replica raises them too.
+    for node in shards.iter().flat_map(|c| c.nodes.iter()) {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg("KEA")
+            .exec(&mut node_conn(node))
+            .unwrap();
+    }
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let mut sub = proxy.client().get_connection().unwrap();
+    let mut pubsub = sub.as_pubsub();
+    pubsub.psubscribe("__keyevent@0__:*").unwrap();
+    pubsub
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut conn = proxy.conn();
+    let second = shards[1].primary().addr();
+    wait_until("the relay on s1", Duration::from_secs(10), || {
+        patterns_on(&second) == 2
+    });
+    let (a, b) = (key_in(0, 2, "ka"), key_in(1, 2, "kb"));
+    let _: () = conn.set(&a, 1).unwrap();
+    let _: () = conn.set(&b, 1).unwrap();
+    assert_eq!(set_events(&mut pubsub, 2), BTreeSet::from([a.clone(), b]));
+    // Once each: the next event is the next write's.
+    let _: () = conn.set(&a, 2).unwrap();
+    assert_eq!(set_events(&mut pubsub, 1), BTreeSet::from([a.clone()]));
+
+    shards[1].nodes[0].kill();
+    wait_until("shard s1 to fail over", Duration::from_secs(15), || {
+        let primary = proxy.topology()["shards"][1]["primary"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        !primary.is_empty() && primary != second
+    });
+    let promoted = proxy.topology()["shards"][1]["primary"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    wait_until(
+        "the relay on s1's new primary",
+        Duration::from_secs(10),
+        || patterns_on(&promoted) == 2,
+    );
+    let b2 = key_in(1, 2, "kb2");
+    let _: () = conn.set(&b2, 1).unwrap();
+    let _: () = conn.set(&a, 3).unwrap();
+    assert_eq!(set_events(&mut pubsub, 2), BTreeSet::from([a, b2]));
+}

@@ -522,3 +522,64 @@ fn a_pause_outliving_its_walker_is_called_off_by_another_instance() {
     d.wait_owned(&[2], "main", Duration::from_secs(20));
     read_sample(d.at(2), 499);
 }
+
+/// How many connections to the node at `addr` subscribe to two patterns,
+/// as a relay of keyspace notifications does.
+fn relays_on(addr: &str) -> usize {
+    redis::Client::open(format!("redis://{addr}/"))
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("CLIENT").arg("LIST").query::<String>(&mut c))
+        .map_or(0, |list| {
+            list.lines().filter(|l| l.contains(" psub=2 ")).count()
+        })
+}
+
+/// Shard `two`'s keyspace notifications reach subscribers of every
+/// instance (piped to `main`'s primary), relayed by the one instance that
+/// holds `two`'s lease: each event is heard once.
+#[test]
+fn one_instance_relays_a_shards_keyspace_notifications() {
+    let d = deploy(3);
+    for node in d.main.nodes.iter().chain(&d.two.nodes) {
+        let mut conn = redis::Client::open(format!("redis://{}/", node.addr()))
+            .and_then(|c| c.get_connection())
+            .unwrap();
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg("KEA")
+            .exec(&mut conn)
+            .unwrap();
+    }
+    let two = d.two.primary().addr();
+    wait_until_or(
+        "a relay on shard two",
+        Duration::from_secs(30),
+        || relays_on(&two) == 1,
+        || format!("{} relays", relays_on(&two)),
+    );
+    // One relay, not one per instance.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(relays_on(&two), 1);
+    let mut direct = redis::Client::open(format!("redis://{two}/"))
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    for (i, instance) in d.instances.iter().enumerate() {
+        let mut sub = instance.client().get_connection().unwrap();
+        let mut pubsub = sub.as_pubsub();
+        pubsub.psubscribe("__keyevent@0__:set").unwrap();
+        pubsub
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        for key in [format!("{i}:first"), format!("{i}:second")] {
+            let _: () = direct.set(&key, 1).unwrap();
+            let heard = pubsub.get_message().expect("shard two's event");
+            assert_eq!(
+                heard.get_payload::<String>().unwrap(),
+                key,
+                "through {}",
+                instance.name
+            );
+        }
+    }
+}

@@ -97,11 +97,32 @@ impl Control {
         }
     }
 
-    async fn call_inner<A: AsRef<[u8]>>(&mut self, args: &[A]) -> std::io::Result<OwnedFrame> {
+    /// Sends one command without waiting for its reply: a subscription,
+    /// whose confirmations and messages are read with [`Control::pushes`].
+    pub async fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) -> std::io::Result<()> {
         let mut out = BytesMut::new();
         multibulk(&mut out, args);
         self.stream.write_all(&out).await?;
-        self.stream.flush().await?;
+        self.stream.flush().await
+    }
+
+    /// Waits for the node's next frame (as long as it takes), then takes
+    /// every further one already received, up to `max` in all, without
+    /// waiting: a burst of messages is handled as one.
+    pub async fn pushes(&mut self, max: usize) -> std::io::Result<Vec<OwnedFrame>> {
+        let mut frames = Vec::new();
+        loop {
+            frames.push(
+                super::frame::read_frame(&mut self.stream, &mut self.buf, self.max_reply).await?,
+            );
+            if frames.len() >= max || !super::frame::buffered(&self.buf) {
+                return Ok(frames);
+            }
+        }
+    }
+
+    async fn call_inner<A: AsRef<[u8]>>(&mut self, args: &[A]) -> std::io::Result<OwnedFrame> {
+        self.send(args).await?;
         loop {
             let frame =
                 super::frame::read_frame(&mut self.stream, &mut self.buf, self.max_reply).await?;

@@ -58,3 +58,12 @@ pub(super) async fn read_frame(
         }
     }
 }
+
+/// Whether `buf` holds a complete reply, so that [`read_frame`] would not
+/// wait.
+pub(super) fn buffered(buf: &[u8]) -> bool {
+    matches!(
+        crate::resp::ReplyScanner::new(MAX_DEPTH).scan(buf),
+        Ok(Some(_))
+    )
+}

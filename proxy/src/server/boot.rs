@@ -197,11 +197,33 @@ pub(super) fn start_services(
             shutdown_rx.clone(),
         ),
     );
+    services.start(
+        "keyspace-notifications",
+        crate::shard::notifications::relay_keyspace_events(
+            context.shards.clone(),
+            leads(context),
+            shutdown_rx.clone(),
+        ),
+    );
     if let Some(listener) = admin_listener {
         services.start(
             "admin",
             admin::serve(listener, context.clone(), shutdown_rx),
         );
+    }
+}
+
+/// Whether this instance runs a shard's failover, for what only one
+/// instance may do: with `[coordination]`, while it holds the shard's
+/// lease; otherwise when it is the leader.
+fn leads(context: &Context) -> crate::shard::notifications::Leads {
+    match (&context.coordination, context.config.failover.role) {
+        (Some(coordination), _) => {
+            let coordination = coordination.clone();
+            Arc::new(move |shard: &str| coordination.holds(shard))
+        }
+        (None, FailoverRole::Leader) => Arc::new(|_: &str| true),
+        (None, FailoverRole::Follower) => Arc::new(|_: &str| false),
     }
 }
 

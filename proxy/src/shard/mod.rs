@@ -8,6 +8,7 @@
 pub mod build;
 pub mod info;
 pub mod locate;
+pub mod notifications;
 pub mod slots;
 pub mod split;
 
