@@ -996,3 +996,93 @@ fn a_pop_held_for_its_wait_is_delivered_when_the_primary_dies() {
         ("jobs".to_string(), "job-1".to_string())
     );
 }
+
+/// A node's `CONFIG GET parameter` value, asked directly.
+fn node_setting(addr: &str, parameter: &str) -> String {
+    let mut conn = redis::Client::open(format!("redis://{addr}/"))
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    let pair: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(parameter)
+        .query(&mut conn)
+        .unwrap();
+    pair.get(1).cloned().unwrap_or_default()
+}
+
+/// A setting lives on the node that takes it: `CONFIG SET` through
+/// Rampart reaches the replicas too, so the primary a switchover names
+/// has it; a refused one reaches none; a managed parameter set to the
+/// primary's own value is not copied over the replicas' own.
+#[test]
+fn config_set_through_rampart_outlives_a_switchover() {
+    let (cluster, _state, proxy) = switchable(2);
+    let mut conn = proxy.conn();
+    let ok: String = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .arg("hash-max-listpack-entries")
+        .arg("77")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(ok, "OK");
+    for node in &cluster.addrs() {
+        wait_until("the setting on every node", Duration::from_secs(5), || {
+            node_setting(node, "maxmemory-policy") == "allkeys-lru"
+                && node_setting(node, "hash-max-listpack-entries") == "77"
+        });
+    }
+
+    // Refused in Redis's words.
+    let refused = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("no-such-policy")
+        .exec(&mut conn)
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("argument(s) must be one of the following"),
+        "{refused}"
+    );
+    // The replicas keep their own priority when a client sets the
+    // primary's (which passes: the value it already has).
+    let replica = cluster.nodes[1].addr();
+    let mut direct = redis::Client::open(format!("redis://{replica}/"))
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("replica-priority")
+        .arg("42")
+        .exec(&mut direct)
+        .unwrap();
+    let primary_priority = node_setting(&cluster.nodes[0].addr(), "replica-priority");
+    let _: String = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("replica-priority")
+        .arg(&primary_priority)
+        .query(&mut conn)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(node_setting(&replica, "replica-priority"), "42");
+
+    let target = cluster.nodes[2].addr();
+    let answer = proxy.cli(&["RAMPART", "SWITCHOVER", "main", &target]);
+    assert!(answer.starts_with("switched over"), "{answer}");
+    let setting: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(setting, ["maxmemory-policy", "allkeys-lru"]);
+    for node in &cluster.addrs() {
+        assert_eq!(
+            node_setting(node, "maxmemory-policy"),
+            "allkeys-lru",
+            "{node}"
+        );
+    }
+}

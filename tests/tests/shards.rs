@@ -1028,17 +1028,25 @@ fn set_events(pubsub: &mut redis::PubSub, n: usize) -> BTreeSet<String> {
 fn keyspace_notifications_come_from_every_shard() {
     // Two replicas each: s1 keeps one to meet its quorum after failing over.
     let mut shards = clusters(2, 2);
-    // As an operator would in redis.conf: every node, so that a promoted
-    // replica raises them too.
-    for node in shards.iter().flat_map(|c| c.nodes.iter()) {
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("notify-keyspace-events")
-            .arg("KEA")
-            .exec(&mut node_conn(node))
-            .unwrap();
-    }
     let proxy = Proxy::start_with(&config(&shards, ""));
+    // Through Rampart: every shard's primary, then every replica, so that
+    // a promoted replica raises them too.
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg("KEA")
+        .exec(&mut proxy.conn())
+        .unwrap();
+    wait_until("the setting on every node", Duration::from_secs(5), || {
+        shards.iter().flat_map(|c| c.nodes.iter()).all(|node| {
+            let pair: Vec<String> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("notify-keyspace-events")
+                .query(&mut node_conn(node))
+                .unwrap();
+            pair[1].len() == 3
+        })
+    });
     let mut sub = proxy.client().get_connection().unwrap();
     let mut pubsub = sub.as_pubsub();
     pubsub.psubscribe("__keyevent@0__:*").unwrap();

@@ -74,6 +74,9 @@ pub enum Answer {
     /// `ACL SETUSER | DELUSER`: run on the primary as the client, then
     /// copied to every other node (Redis does not replicate ACLs).
     AclChange,
+    /// `CONFIG SET`: run on every shard's primary as the client, then
+    /// copied to every replica (a setting lives on the node that takes it).
+    ConfigSet,
     /// `SLOWLOG GET`: the node's log without Rampart's own entries.
     SlowlogGet,
     /// `CLIENT PAUSE <ms> WRITE` and `CLIENT UNPAUSE`: on the primary, at
@@ -130,6 +133,9 @@ pub fn classify(req: &Request) -> Class {
                 .is_some_and(|s| matches!(s.as_bytes(), b"SETUSER" | b"DELUSER")) =>
         {
             Class::Answer(Answer::AclChange)
+        }
+        b"CONFIG" if req.arg_upper(1).is_some_and(|s| s.as_bytes() == b"SET") => {
+            Class::Answer(Answer::ConfigSet)
         }
         b"XREAD" | b"XREADGROUP" => {
             if has_option(req, b"BLOCK") {
@@ -321,6 +327,10 @@ mod tests {
             Class::Answer(Answer::KillScript)
         );
         assert_eq!(class(&["SCRIPT", "LOAD", "return 1"]), Class::Write);
+        assert_eq!(
+            class(&["config", "set", "maxmemory", "1"]),
+            Class::Answer(Answer::ConfigSet)
+        );
         assert!(matches!(
             class(&["replicaof", "no", "one"]),
             Class::Refused(_)

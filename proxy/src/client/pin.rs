@@ -196,20 +196,20 @@ impl Connection {
     }
 
     /// Runs `req` on every shard's primary, as
-    /// [`Connection::ask_primary`] would on the client's shard: the
-    /// replies in shard order, or the first error.
+    /// [`Connection::ask_primary`] would on the client's shard: each
+    /// primary and its reply, in shard order, or the first error.
     pub(super) async fn ask_each_primary(
         &mut self,
         req: &Request,
         what: &str,
-    ) -> Result<Vec<Bytes>, Value> {
+    ) -> Result<Vec<(Arc<Node>, Bytes)>, Value> {
         let home = self.shard.clone();
         let mut replies = Vec::new();
         for shard in self.ctx.shards.all_serving().iter() {
             self.shard = shard.clone();
             let reply = self.ask_primary(req, what).await;
             self.shard = home.clone();
-            replies.push(reply?.1);
+            replies.push(reply?);
         }
         Ok(replies)
     }

@@ -50,7 +50,7 @@ pub enum Every {
     /// `RANDOMKEY`: a key from a shard that has one.
     Random,
     /// `FLUSHALL`, `FLUSHDB`, `SCRIPT LOAD|FLUSH`, `FUNCTION LOAD|DELETE|
-    /// FLUSH|RESTORE`, `CONFIG SET|RESETSTAT`: every shard must do it; the
+    /// FLUSH|RESTORE`, `CONFIG RESETSTAT`: every shard must do it; the
     /// first shard's reply, or the first error.
     Same,
     /// `SCRIPT EXISTS`: a script exists when it exists on every shard.
@@ -171,7 +171,7 @@ fn every(name: &[u8], req: &Request) -> Option<Every> {
         b"SCRIPT" if sub_is(&[b"LOAD", b"FLUSH"]) => Every::Same,
         b"SCRIPT" if sub_is(&[b"EXISTS"]) => Every::All,
         b"FUNCTION" if sub_is(&[b"LOAD", b"DELETE", b"FLUSH", b"RESTORE"]) => Every::Same,
-        b"CONFIG" if sub_is(&[b"SET", b"RESETSTAT"]) => Every::Same,
+        b"CONFIG" if sub_is(&[b"RESETSTAT"]) => Every::Same,
         b"SLOWLOG" if sub_is(&[b"LEN"]) => Every::Sum,
         b"SLOWLOG" if sub_is(&[b"RESET"]) => Every::Same,
         _ => return None,

@@ -6,9 +6,9 @@
 //! other clients (`identity.rs`) and the RAMPART namespace (`rampart.rs`).
 //! Error texts are Redis's own.
 
-mod acl;
 pub(super) mod auth;
 mod client;
+mod elsewhere;
 mod identity;
 mod info;
 mod pause;
@@ -49,6 +49,7 @@ impl Connection {
             Answer::KillScript
             | Answer::Client
             | Answer::AclChange
+            | Answer::ConfigSet
             | Answer::SlowlogGet
             | Answer::Info
             | Answer::Pause
@@ -60,7 +61,29 @@ impl Connection {
                 Err(error) => self.reply(error).await,
                 Ok((node, reply)) => {
                     if !reply.starts_with(b"-") {
-                        acl::apply_elsewhere(&self.ctx, node.id, req.args());
+                        elsewhere::apply_elsewhere(&self.ctx, &[node.id], req.args(), "ACL change");
+                    }
+                    self.push(Pending::Local(reply))
+                }
+            },
+            // Every shard's primary, as one Redis would take it; then the
+            // replicas, so that a failover keeps the setting.
+            Answer::ConfigSet => match self.ask_each_primary(&req, "CONFIG").await {
+                Err(error) => self.reply(error).await,
+                Ok(replies) => {
+                    let done: Vec<u32> = replies.iter().map(|(node, _)| node.id).collect();
+                    let mut replies = replies.into_iter().map(|(_, reply)| reply);
+                    let first = replies.next().unwrap_or_default();
+                    let reply = if first.starts_with(b"-") {
+                        first
+                    } else {
+                        replies.find(|r| r.starts_with(b"-")).unwrap_or(first)
+                    };
+                    // A managed parameter passes only set to the value the
+                    // primary has (see `guard.rs`); the replicas' own
+                    // (`replica-priority` ...) are not the primary's to copy.
+                    if !reply.starts_with(b"-") && self.ctx.guard.check(&req).is_none() {
+                        elsewhere::apply_elsewhere(&self.ctx, &done, req.args(), "CONFIG SET");
                     }
                     self.push(Pending::Local(reply))
                 }
@@ -73,6 +96,7 @@ impl Connection {
                 {
                     Err(error) => self.reply(error).await,
                     Ok(logs) => {
+                        let logs = logs.into_iter().map(|(_, log)| log).collect();
                         let merged = slowlog::merged(logs, self.session.proto, wanted);
                         self.push(Pending::Local(merged))
                     }
