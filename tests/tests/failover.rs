@@ -969,6 +969,74 @@ fn a_blocked_pop_waits_on_through_a_switchover() {
     assert_eq!(popped, ("jobs".to_string(), "job-1".to_string()));
 }
 
+/// A stream consumer blocked in `XREADGROUP ... >` and a reader blocked
+/// in `XREAD` from an explicit id on the old primary when a switchover
+/// demotes it are sent again to the new primary, and get the entry added
+/// after it; a reader of `$` gets Redis's `-UNBLOCKED` (sent again, it
+/// would skip what was added meanwhile).
+#[test]
+fn blocked_stream_reads_from_named_ids_wait_on_through_a_switchover() {
+    let (cluster, _state, proxy) = switchable(1);
+    let mut conn = proxy.conn();
+    redis::cmd("XGROUP")
+        .arg(&["CREATE", "events", "workers", "$", "MKSTREAM"])
+        .exec(&mut conn)
+        .unwrap();
+    let read = |args: &'static [&'static str]| {
+        let client = proxy.client();
+        std::thread::spawn(move || -> redis::RedisResult<redis::Value> {
+            redis::cmd(args[0])
+                .arg(&args[1..])
+                .query(&mut client.get_connection()?)
+        })
+    };
+    let consumer = read(&[
+        "XREADGROUP",
+        "GROUP",
+        "workers",
+        "c1",
+        "BLOCK",
+        "30000",
+        "STREAMS",
+        "events",
+        ">",
+    ]);
+    let reader = read(&["XREAD", "BLOCK", "30000", "STREAMS", "events", "0-1"]);
+    let latest = read(&["XREAD", "BLOCK", "30000", "STREAMS", "events", "$"]);
+    wait_until("the reads to block", Duration::from_secs(10), || {
+        cluster
+            .primary()
+            .info_field("clients", "blocked_clients")
+            .as_deref()
+            == Some("3")
+    });
+    let target = cluster.nodes[1].addr();
+    let answer = proxy.cli(&["RAMPART", "SWITCHOVER", "main", &target]);
+    assert!(answer.starts_with("switched over"), "{answer}");
+    wait_until("two reads to block again", Duration::from_secs(10), || {
+        cluster.nodes[1]
+            .info_field("clients", "blocked_clients")
+            .as_deref()
+            == Some("2")
+    });
+    let unblocked = latest.join().unwrap().unwrap_err();
+    assert!(unblocked.to_string().contains("UNBLOCKED"), "{unblocked}");
+    let id: String = redis::cmd("XADD")
+        .arg(&["events", "*", "job", "1"])
+        .query(&mut conn)
+        .unwrap();
+    for (name, read) in [("XREADGROUP", consumer), ("XREAD", reader)] {
+        let got = format!("{:?}", read.join().unwrap().expect(name));
+        assert!(got.contains(&id) && got.contains("job"), "{name}: {got}");
+    }
+    // The group delivered it once, to c1, on the new primary.
+    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(&["events", "workers"])
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(pending[0], redis::Value::Int(1));
+}
+
 /// A pop on a shard with synchronous writes is held for its `WAIT`; if
 /// the primary dies meanwhile, what the pop took is in its reply and
 /// nowhere else for sure: the worker gets the job (at least once), not

@@ -304,7 +304,9 @@ fn a_shard_added_by_reload_receives_slots_online() {
 
 /// Clients blocked on keys of slots that start moving get what one Redis
 /// would give them: the element pushed after the move (BLPOP with no
-/// timeout), or nil once their own timeout is up, never an early nil.
+/// timeout), the entry added after it (a consumer in `XREADGROUP ... >`,
+/// its group moved with the stream), or nil once their own timeout is
+/// up, never an early nil.
 #[test]
 fn blocked_clients_follow_their_keys_to_the_target() {
     let (a, b) = (Cluster::start(1), Cluster::start(1));
@@ -317,6 +319,21 @@ fn blocked_clients_follow_their_keys_to_the_target() {
             .unwrap()
     };
     let (forever, five) = (moving_key("queue:"), moving_key("timed:"));
+    let stream = moving_key("events:");
+    redis::cmd("XGROUP")
+        .arg(&["CREATE", &stream, "workers", "$", "MKSTREAM"])
+        .exec(&mut proxy.conn())
+        .unwrap();
+    let consumer = {
+        let (client, stream) = (proxy.client(), stream.clone());
+        std::thread::spawn(move || -> redis::RedisResult<redis::Value> {
+            redis::cmd("XREADGROUP")
+                .arg(&[
+                    "GROUP", "workers", "c1", "BLOCK", "0", "STREAMS", &stream, ">",
+                ])
+                .query(&mut client.get_connection()?)
+        })
+    };
     let started = std::time::Instant::now();
     let waiters: Vec<_> = [(forever.clone(), 0.0), (five.clone(), 5.0)]
         .into_iter()
@@ -329,24 +346,30 @@ fn blocked_clients_follow_their_keys_to_the_target() {
             })
         })
         .collect();
-    wait_until("both to block", Duration::from_secs(10), || {
+    wait_until("all three to block", Duration::from_secs(10), || {
         a.primary()
             .info_field("clients", "blocked_clients")
-            .is_some_and(|n| n == "2")
+            .is_some_and(|n| n == "3")
     });
     start_move(&proxy, 0);
     wait_moved(&proxy, Duration::from_secs(30));
     // Blocked on the target now, not answered.
     wait_until(
-        "both to block on the target",
+        "all three to block on the target",
         Duration::from_secs(10),
         || {
             b.primary()
                 .info_field("clients", "blocked_clients")
-                .is_some_and(|n| n == "2")
+                .is_some_and(|n| n == "3")
         },
     );
     let _: () = proxy.conn().lpush(&forever, "job").unwrap();
+    let id: String = redis::cmd("XADD")
+        .arg(&[&stream, "*", "job", "1"])
+        .query(&mut proxy.conn())
+        .unwrap();
+    let got = format!("{:?}", consumer.join().unwrap().expect("the entry"));
+    assert!(got.contains(&id), "{got}");
     let mut waiters = waiters.into_iter();
     let (got, _) = waiters.next().unwrap().join().unwrap();
     assert_eq!(got, Some((forever, "job".to_string())));

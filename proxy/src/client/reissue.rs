@@ -24,9 +24,9 @@ impl Connection {
     /// sent again where the key is going, with what is left of its
     /// timeout, once the pause is over: it is the last request of the
     /// client (nothing is parsed behind a blocked command), so it keeps
-    /// its place. An element popped in the instant is delivered; XREAD and
-    /// the rest get the nil their unblocking gives (`$` would skip what
-    /// was added meanwhile).
+    /// its place. An element popped in the instant is delivered; a stream
+    /// read from `$` gets the nil its unblocking gives (see
+    /// [`timeout_at`]).
     pub(super) async fn reissue_blocked(&mut self, b: Blocked) -> Flow {
         if b.position != self.out.replies.queued() {
             // Something is queued behind it: it keeps no place to be sent
@@ -81,20 +81,51 @@ impl Connection {
 }
 
 /// Whether a blocked command can be sent again (see
-/// [`Connection::reissue_blocked`]): one whose timeout is an argument.
+/// [`Connection::reissue_blocked`]).
 pub(super) fn may_reissue(request: &Request) -> bool {
     timeout_at(request).is_some()
 }
 
-/// Where the timeout (seconds) of a blocking command is.
-fn timeout_at(request: &Request) -> Option<usize> {
+/// Where a blocking command's timeout is, and in what unit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Timeout {
+    /// The pops' last (or second) argument.
+    Seconds(usize),
+    /// `XREAD`/`XREADGROUP`'s `BLOCK <ms>`.
+    Millis(usize),
+}
+
+/// Where the timeout of a blocking command that may be sent again is.
+/// A stream read qualifies only when it names where to read from:
+/// `XREADGROUP ... >` (entries never delivered to the group) or explicit
+/// ids read the same entries wherever and whenever they are sent, but `$`
+/// means "what is added from now on", and sent again it would skip what
+/// was added meanwhile.
+fn timeout_at(request: &Request) -> Option<Timeout> {
     match request.name().as_bytes() {
         b"BLPOP" | b"BRPOP" | b"BZPOPMIN" | b"BZPOPMAX" | b"BRPOPLPUSH" | b"BLMOVE" => {
-            request.argc().checked_sub(1)
+            request.argc().checked_sub(1).map(Timeout::Seconds)
         }
-        b"BLMPOP" | b"BZMPOP" => Some(1),
+        b"BLMPOP" | b"BZMPOP" => Some(Timeout::Seconds(1)),
+        b"XREAD" | b"XREADGROUP" => stream_timeout(request),
         _ => None,
     }
+}
+
+/// `BLOCK`'s argument in a stream read whose ids can be read again.
+fn stream_timeout(request: &Request) -> Option<Timeout> {
+    let upper = |i: usize| request.arg(i).map(|a| a.to_ascii_uppercase());
+    let block = (1..request.argc()).find(|&i| upper(i).as_deref() == Some(b"BLOCK"))? + 1;
+    let streams = (1..request.argc()).find(|&i| upper(i).as_deref() == Some(b"STREAMS"))?;
+    let named = request.argc() - streams - 1;
+    if block > streams || named == 0 || named % 2 != 0 {
+        return None;
+    }
+    let ids = streams + 1 + named / 2..request.argc();
+    let resumable = ids
+        .map(|i| request.arg(i))
+        .all(|id| id.is_some_and(|id| id != b"$" && id != b"+"));
+    resumable.then_some(Timeout::Millis(block))
 }
 
 /// A null reply: what a blocking command answers when its timeout is up.
@@ -106,17 +137,25 @@ fn is_null(reply: &[u8]) -> bool {
 /// blocking commands whose timeout is an argument in seconds (0 stays 0:
 /// no limit); `None` when it is up, or for any other command.
 fn remaining(request: &Request, elapsed: Duration) -> Option<Request> {
-    let at = timeout_at(request)?;
+    let (at, seconds) = match timeout_at(request)? {
+        Timeout::Seconds(at) => (at, 1.0),
+        Timeout::Millis(at) => (at, 0.001),
+    };
     let timeout: f64 = std::str::from_utf8(request.arg(at)?).ok()?.parse().ok()?;
     if timeout == 0.0 {
         return Some(Request::from_args(&request.args()));
     }
-    let left = timeout - elapsed.as_secs_f64();
+    let left = timeout * seconds - elapsed.as_secs_f64();
     if left < 0.001 {
         return None;
     }
     let mut args = request.args();
-    args[at] = Bytes::from(format!("{left:.3}"));
+    args[at] = Bytes::from(if seconds == 1.0 {
+        format!("{left:.3}")
+    } else {
+        // BLOCK takes whole milliseconds.
+        format!("{}", (left * 1000.0).ceil() as u64)
+    });
     Some(Request::from_args(&args))
 }
 
@@ -210,3 +249,79 @@ fn unblocked_by_demotion(reply: &BatchReply) -> bool {
 }
 
 const STATE_CHANGED: &[u8] = b"instance state changed";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(args: &[&str]) -> Request {
+        Request::from_args(args)
+    }
+
+    #[test]
+    fn pops_and_stream_reads_from_named_ids_may_be_sent_again() {
+        assert_eq!(
+            timeout_at(&req(&["BLPOP", "a", "b", "5"])),
+            Some(Timeout::Seconds(3))
+        );
+        assert_eq!(
+            timeout_at(&req(&["BZMPOP", "1", "1", "z", "MIN"])),
+            Some(Timeout::Seconds(1))
+        );
+        let group = [
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "c",
+            "COUNT",
+            "1",
+            "BLOCK",
+            "500",
+            "STREAMS",
+            "s",
+            ">",
+        ];
+        assert_eq!(timeout_at(&req(&group)), Some(Timeout::Millis(7)));
+        let ids = ["xread", "block", "0", "streams", "s", "t", "0-0", "17-1"];
+        assert_eq!(timeout_at(&req(&ids)), Some(Timeout::Millis(2)));
+        // `$` (or `+`) read again would skip what was added meanwhile.
+        let dollar = ["XREAD", "BLOCK", "0", "STREAMS", "s", "t", "0-0", "$"];
+        assert_eq!(timeout_at(&req(&dollar)), None);
+        assert_eq!(
+            timeout_at(&req(&["XREAD", "BLOCK", "0", "STREAMS", "s", "+"])),
+            None
+        );
+        // Not blocking, or malformed: nothing to send again.
+        assert_eq!(timeout_at(&req(&["XREAD", "STREAMS", "s", "0"])), None);
+        assert_eq!(
+            timeout_at(&req(&["XREAD", "BLOCK", "0", "STREAMS", "s", "t", "0"])),
+            None
+        );
+        assert_eq!(timeout_at(&req(&["XREAD", "STREAMS", "BLOCK", "0"])), None);
+        assert_eq!(timeout_at(&req(&["GET", "k"])), None);
+    }
+
+    #[test]
+    fn what_is_left_of_a_timeout_is_sent_in_the_commands_unit() {
+        let again = remaining(&req(&["BRPOP", "q", "2"]), Duration::from_millis(500)).unwrap();
+        assert_eq!(again.arg(2), Some(&b"1.500"[..]));
+        let read = [
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "c",
+            "BLOCK",
+            "2000",
+            "STREAMS",
+            "s",
+            ">",
+        ];
+        let again = remaining(&req(&read), Duration::from_millis(499)).unwrap();
+        assert_eq!(again.arg(5), Some(&b"1501"[..]));
+        // No limit stays no limit; a limit used up sends nothing.
+        let forever = ["XREAD", "BLOCK", "0", "STREAMS", "s", "0"];
+        let again = remaining(&req(&forever), Duration::from_secs(60)).unwrap();
+        assert_eq!(again.arg(2), Some(&b"0"[..]));
+        assert!(remaining(&req(&read), Duration::from_secs(3)).is_none());
+    }
+}
