@@ -1154,3 +1154,44 @@ fn config_set_through_rampart_outlives_a_switchover() {
         );
     }
 }
+
+/// How many of the node's connections have `CLIENT NO-EVICT` on.
+fn no_evict_connections(addr: &str) -> usize {
+    let mut conn = redis::Client::open(format!("redis://{addr}/"))
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
+    list.lines()
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| f.starts_with("flags=") && f.contains('e'))
+        })
+        .count()
+}
+
+/// A CLIENT option lives on the connection it was set on: the client's
+/// `CLIENT NO-EVICT on` is set again on its connection to the primary a
+/// switchover names, and stays in force until RESET, as on one Redis.
+#[test]
+fn client_options_outlive_a_switchover() {
+    let (cluster, _state, proxy) = switchable(1);
+    let mut conn = proxy.conn();
+    redis::cmd("CLIENT")
+        .arg("NO-EVICT")
+        .arg("on")
+        .exec(&mut conn)
+        .unwrap();
+    assert_eq!(no_evict_connections(&cluster.nodes[0].addr()), 1);
+    let target = cluster.nodes[1].addr();
+    let answer = proxy.cli(&["RAMPART", "SWITCHOVER", "main", &target]);
+    assert!(answer.starts_with("switched over"), "{answer}");
+    let _: () = conn.set("after", 1).unwrap();
+    assert_eq!(no_evict_connections(&target), 1);
+    redis::cmd("RESET").exec(&mut conn).unwrap();
+    let _: () = conn.set("after", 2).unwrap();
+    wait_until(
+        "the option's connection to close",
+        Duration::from_secs(5),
+        || no_evict_connections(&target) == 0,
+    );
+}

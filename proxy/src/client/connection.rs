@@ -285,7 +285,11 @@ impl Connection {
             Class::Read | Class::CursorRead | Class::Write => self.forward(class, req).await,
             Class::Blocking => self.blocking(req).await.and_saw(self),
             Class::Pin => {
+                let option = req.clone();
                 let flow = self.pinned(req).await;
+                if self.session.pinned.is_some() {
+                    self.session.remember_option(&option);
+                }
                 self.session.sticky = self.session.pinned.is_some();
                 flow.and_saw(self)
             }

@@ -92,7 +92,7 @@ impl Connection {
                 return Err(Value::err(crate::shard::locate::CROSSSLOT));
             }
             // Another shard's command: the client moves to a connection
-            // there (a CLIENT option set on the old one stays with it).
+            // there (its CLIENT options are set there again, below).
             self.unpin().await;
             self.session.pinned = None;
         }
@@ -119,6 +119,17 @@ impl Connection {
             return Err(Value::err("ERR rampart: connection closing"));
         }
         let (node, link) = self.dedicated().await?;
+        // The options set on a connection that is gone, in force again
+        // before anything else runs here (their replies are the node's
+        // OKs the client heard when it set them).
+        if !self.session.client_options.is_empty() {
+            let options = self.session.client_options.iter();
+            let options = options.map(|(_, raw)| raw.clone()).collect();
+            if let Err(error) = self.call(&node, &link, options, "CLIENT").await {
+                tracing::debug!(node = %node.addr, ?error, "CLIENT options not set again");
+            }
+            self.session.sticky = true;
+        }
         self.session.pinned = Some((node, link));
         Ok(())
     }

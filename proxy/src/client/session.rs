@@ -1,6 +1,6 @@
 //! What Rampart remembers about one client connection.
 
-use crate::resp::Value;
+use crate::resp::{Request, Value};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -44,6 +44,11 @@ pub struct Session {
     pub tx_slots: Vec<(u16, bool)>,
     /// A CLIENT option changed the dedicated connection: keep it until RESET.
     pub sticky: bool,
+    /// `CLIENT NO-EVICT` and `NO-TOUCH` as the client last sent them: sent
+    /// again on a new dedicated connection when the one they were set on
+    /// is gone (a failover, a switchover, another user), so they stay in
+    /// force until RESET, as on one Redis.
+    pub client_options: Vec<(&'static str, Bytes)>,
     /// The dedicated connection the client is pinned to, and its node.
     pub pinned: Option<(Arc<Node>, Link)>,
     /// Set once the session is a raw pipe to a backend (SUBSCRIBE, MONITOR).
@@ -95,6 +100,7 @@ impl Session {
             tx_refused: false,
             tx_slots: Vec::new(),
             sticky: false,
+            client_options: Vec::new(),
             pinned: None,
             pipe_node: None,
             pipe: None,
@@ -112,6 +118,7 @@ impl Session {
         !self.in_multi
             && !self.watching
             && !self.sticky
+            && self.client_options.is_empty()
             && !self.tx_lost
             && self.db == 0
             && self.user.is_none()
@@ -124,6 +131,19 @@ impl Session {
             db: self.db,
             user: self.user.clone(),
         }
+    }
+
+    /// Remembers a `CLIENT NO-EVICT | NO-TOUCH` sent to the dedicated
+    /// connection (see [`Session::client_options`]; one the node refused
+    /// is refused again, to no effect).
+    pub fn remember_option(&mut self, req: &Request) {
+        let option = match req.arg_upper(1).as_ref().map(|s| s.as_bytes()) {
+            Some(b"NO-EVICT") => "NO-EVICT",
+            Some(b"NO-TOUCH") => "NO-TOUCH",
+            _ => return,
+        };
+        self.client_options.retain(|(o, _)| *o != option);
+        self.client_options.push((option, req.raw.clone()));
     }
 
     /// Forgets the dedicated connection after it died: anything that only
