@@ -1088,3 +1088,40 @@ fn keyspace_notifications_come_from_every_shard() {
     let _: () = conn.set(&a, 3).unwrap();
     assert_eq!(set_events(&mut pubsub, 2), BTreeSet::from([a, b2]));
 }
+
+/// `INFO clients` counts the clients blocked on every shard, as one
+/// Redis counts all of its own: a client waiting for another to block
+/// (as Redis's own tests do) sees it whatever shard it blocks on.
+#[test]
+fn info_counts_clients_blocked_on_every_shard() {
+    let shards = clusters(2, 0);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let key = key_in(1, 2, "queue");
+    let client = proxy.client();
+    let waiter = std::thread::spawn(move || {
+        let mut conn = client.get_connection().unwrap();
+        let got: Option<(String, String)> = conn.brpop(&key, 10.0).unwrap();
+        got
+    });
+    let blocked = || -> String {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query(&mut proxy.conn())
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    wait_until(
+        "the pop to count as blocked",
+        Duration::from_secs(5),
+        || blocked() == "1",
+    );
+    let _: () = proxy.conn().lpush(key_in(1, 2, "queue"), "job").unwrap();
+    assert!(waiter.join().unwrap().is_some());
+    wait_until("no client blocked", Duration::from_secs(5), || {
+        blocked() == "0"
+    });
+}

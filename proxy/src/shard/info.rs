@@ -22,7 +22,38 @@ pub fn with_sums(info: &str, shards: &[String]) -> String {
         let merged = sum(section, shards);
         out.replace_range(start..end, &merged);
     }
-    out
+    with_summed_fields(&out, shards)
+}
+
+/// The `# Clients` fields that count what waits on a node: summed over
+/// the shards, so that a client waiting for another blocked client (as
+/// Redis's own tests do) sees it whatever shard it blocks on. The rest of
+/// the section is the first shard's (`connected_clients` is Rampart's).
+pub const SUMMED_FIELDS: [&str; 2] = ["blocked_clients", "clients_in_timeout_table"];
+
+fn with_summed_fields(info: &str, shards: &[String]) -> String {
+    info.split_inclusive('\n')
+        .map(|line| {
+            let summed = SUMMED_FIELDS.iter().find(|f| {
+                line.strip_prefix(**f)
+                    .is_some_and(|rest| rest.starts_with(':'))
+            });
+            let Some(name) = summed else {
+                return line.to_string();
+            };
+            let total: i64 = shards
+                .iter()
+                .flat_map(|info| lines_of(info, "Clients"))
+                .filter_map(|l| {
+                    l.strip_prefix(*name)?
+                        .strip_prefix(':')?
+                        .parse::<i64>()
+                        .ok()
+                })
+                .sum();
+            format!("{name}:{total}\r\n")
+        })
+        .collect()
 }
 
 /// A `name:value` line's value: added when a number, kept when text.
@@ -167,6 +198,17 @@ mod tests {
             ],
         );
         assert_eq!(stats, "# Stats\r\ntotal_error_replies:3\r\nmode:x\r\n");
+        let clients = with_sums(
+            "# Clients\r\nconnected_clients:9\r\nblocked_clients:0\r\nmaxclients:10000\r\n",
+            &[
+                "# Clients\r\nblocked_clients:1\r\nmaxclients:10000\r\n".into(),
+                "# Clients\r\nblocked_clients:2\r\nmaxclients:10000\r\n".into(),
+            ],
+        );
+        assert_eq!(
+            clients,
+            "# Clients\r\nconnected_clients:9\r\nblocked_clients:3\r\nmaxclients:10000\r\n"
+        );
         let stats = sum("Commandstats", &shards);
         assert_eq!(
             stats,

@@ -33,9 +33,11 @@ pub(super) async fn patch(ctx: &Context, reply: &Bytes, proto: Proto) -> Option<
 
 /// With several shards, the sections of one shard's INFO that count the
 /// data set and the commands (`Stats`, `Keyspace`, `Errorstats`,
-/// `Commandstats`) made those of every shard (each primary asked).
+/// `Commandstats`), and the clients blocked, made those of every shard
+/// (each primary asked).
 async fn with_every_shards_counts(ctx: &Context, text: &str) -> String {
-    let summed = SUMMED.iter().any(|s| text.contains(&format!("# {s}")));
+    let summed =
+        SUMMED.iter().any(|s| text.contains(&format!("# {s}"))) || text.contains("# Clients");
     if ctx.shards.len() < 2 || !summed {
         return text.to_string();
     }
@@ -45,7 +47,14 @@ async fn with_every_shards_counts(ctx: &Context, text: &str) -> String {
             continue;
         };
         let timeout = std::time::Duration::from_secs(1);
-        let ask = ["INFO", "stats", "keyspace", "errorstats", "commandstats"];
+        let ask = [
+            "INFO",
+            "clients",
+            "stats",
+            "keyspace",
+            "errorstats",
+            "commandstats",
+        ];
         let answer = primary.pool.call_once(&ask, timeout).await;
         if let Some(section) = answer.ok().as_ref().and_then(frame_text) {
             sections.push(section);
