@@ -1102,6 +1102,32 @@ fn config_set_through_rampart_outlives_a_switchover() {
         });
     }
 
+    // Changes in quick succession land on every node in the order the
+    // primary took them: the last one stays.
+    for n in 100..140 {
+        let _: String = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("hash-max-listpack-entries")
+            .arg(n)
+            .query(&mut conn)
+            .unwrap();
+    }
+    for node in &cluster.addrs() {
+        wait_until(
+            "the last change on every node",
+            Duration::from_secs(5),
+            || node_setting(node, "hash-max-listpack-entries") == "139",
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for node in &cluster.addrs() {
+        assert_eq!(
+            node_setting(node, "hash-max-listpack-entries"),
+            "139",
+            "{node}"
+        );
+    }
+
     // Refused in Redis's words.
     let refused = redis::cmd("CONFIG")
         .arg("SET")

@@ -287,7 +287,8 @@ impl Connection {
             Class::Pin => {
                 let option = req.clone();
                 let flow = self.pinned(req).await;
-                if self.session.pinned.is_some() {
+                // Queued in a transaction, it may never run.
+                if self.session.pinned.is_some() && !self.session.in_multi {
                     self.session.remember_option(&option);
                 }
                 self.session.sticky = self.session.pinned.is_some();
