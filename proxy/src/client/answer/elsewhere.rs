@@ -34,9 +34,12 @@ struct Change {
     what: &'static str,
 }
 
-/// Each node's queue of changes, by node id.
-fn queues() -> &'static DashMap<u32, mpsc::Sender<Change>> {
-    static QUEUES: OnceLock<DashMap<u32, mpsc::Sender<Change>>> = OnceLock::new();
+/// Each node's queue of changes, by the node's address in memory: ids
+/// are numbered per instance, and several instances may share a process
+/// (the tests run them so). The queue's task holds the node, so the
+/// address is never another node's while the entry lives.
+fn queues() -> &'static DashMap<usize, mpsc::Sender<Change>> {
+    static QUEUES: OnceLock<DashMap<usize, mpsc::Sender<Change>>> = OnceLock::new();
     QUEUES.get_or_init(DashMap::new)
 }
 
@@ -47,7 +50,7 @@ pub(super) fn apply_elsewhere(ctx: &Context, done: &[u32], args: Vec<Bytes>, wha
     let others = ctx.topology.nodes().into_iter().map(|(_, n)| n);
     for node in others.filter(|n| !done.contains(&n.id)) {
         let queue = queues()
-            .entry(node.id)
+            .entry(Arc::as_ptr(&node) as usize)
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(QUEUE);
                 tokio::spawn(apply_in_order(node.clone(), rx));
