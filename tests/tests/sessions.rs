@@ -199,3 +199,51 @@ fn pooled_connections_come_back_clean() {
     let got: Vec<Option<String>> = redis::cmd("EXEC").query(&mut e).unwrap();
     assert_eq!(got, [None]);
 }
+
+/// How many of the primary's connections are logged in as `user`.
+fn connections_of(cluster: &Cluster, user: &str) -> usize {
+    let list = cluster.primary().cli(&["CLIENT", "LIST"]);
+    list.lines()
+        .filter(|l| l.contains(&format!(" user={user} ")))
+        .count()
+}
+
+/// A connection logged in as a client's ACL user serves that client only:
+/// when the client is done with it, it is closed rather than pooled, or the
+/// next client to borrow a connection would run as that user (with its
+/// rights, more or fewer than its own).
+#[test]
+fn a_users_connection_never_serves_another_client() {
+    let (cluster, proxy) = setup();
+    let mut admin = proxy.conn();
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "app", "on", ">secret", "~app:*", "+@all"])
+        .exec(&mut admin)
+        .unwrap();
+    let mut app = proxy.conn();
+    redis::cmd("AUTH")
+        .arg(&["app", "secret"])
+        .exec(&mut app)
+        .unwrap();
+    // WAIT borrows a connection of the client's own for as long as it
+    // blocks, then lends it back.
+    let acked: i64 = redis::cmd("WAIT").arg(1).arg(0).query(&mut app).unwrap();
+    assert_eq!(acked, 1);
+    drop(app);
+    wait_until(
+        "no connection logged in as the user once it left",
+        Duration::from_secs(5),
+        || connections_of(&cluster, "app") == 0,
+    );
+    // Transactions borrow pooled connections: each runs with Rampart's
+    // own rights, outside the user's key pattern too.
+    for i in 0..8 {
+        let mut other = proxy.conn();
+        let got: (String,) = redis::pipe()
+            .atomic()
+            .set(format!("other:{i}"), i)
+            .query(&mut other)
+            .unwrap();
+        assert_eq!(got.0, "OK");
+    }
+}

@@ -863,6 +863,19 @@ fn user(proxy: &Proxy, shards: &[Cluster], name: &str, rules: &[&str]) -> redis:
     conn
 }
 
+/// `MSET` and `MGET` of `a` and `b`, keys on different shards.
+fn split_set_and_get(conn: &mut redis::Connection, a: &str, b: &str) {
+    let _: () = redis::cmd("MSET")
+        .arg(a)
+        .arg("1")
+        .arg(b)
+        .arg("2")
+        .query(conn)
+        .unwrap();
+    let values: Vec<String> = redis::cmd("MGET").arg(a).arg(b).query(conn).unwrap();
+    assert_eq!(values, ["1", "2"]);
+}
+
 #[test]
 fn acl_users_reach_every_shard_as_themselves() {
     let shards = clusters(2, 0);
@@ -870,15 +883,7 @@ fn acl_users_reach_every_shard_as_themselves() {
     let (a, b) = (key_in(0, 2, "app:a"), key_in(1, 2, "app:b"));
     // ACL SETUSER through Rampart reaches every node of every shard.
     let mut app = user(&proxy, &shards, "app", &["~{app:*", "+@all"]);
-    let _: () = redis::cmd("MSET")
-        .arg(&a)
-        .arg("1")
-        .arg(&b)
-        .arg("2")
-        .query(&mut app)
-        .unwrap();
-    let values: Vec<String> = redis::cmd("MGET").arg(&a).arg(&b).query(&mut app).unwrap();
-    assert_eq!(values, ["1", "2"]);
+    split_set_and_get(&mut app, &a, &b);
     let size: i64 = redis::cmd("DBSIZE").query(&mut app).unwrap();
     assert_eq!(size, 2);
     // A key outside the user's pattern, on the other shard: the node's
@@ -890,6 +895,43 @@ fn acl_users_reach_every_shard_as_themselves() {
         .query::<i64>(&mut app)
         .unwrap_err();
     assert_eq!(refused.code(), Some("NOPERM"), "{refused}");
+}
+
+/// The connections a user's command split over shards runs on, logged in
+/// as that user, are closed once its parts are answered: pooled, they
+/// would run the next client's transaction as that user.
+#[test]
+fn a_users_split_commands_leave_no_connection_behind() {
+    let shards = clusters(2, 1);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let (a, b) = (key_in(0, 2, "app:a"), key_in(1, 2, "app:b"));
+    let mut app = user(&proxy, &shards, "app", &["~{app:*", "+@all"]);
+    // Split writes, a split read, and a WAIT on both shards' primaries.
+    split_set_and_get(&mut app, &a, &b);
+    let acked: i64 = redis::cmd("WAIT").arg(1).arg(0).query(&mut app).unwrap();
+    assert_eq!(acked, 1);
+    drop(app);
+    for cluster in &shards {
+        wait_until(
+            "no connection logged in as the user once it left",
+            Duration::from_secs(5),
+            || {
+                let list = cluster.primary().cli(&["CLIENT", "LIST"]);
+                !list.lines().any(|l| l.contains(" user=app "))
+            },
+        );
+    }
+    // Transactions on either shard borrow pooled connections, with
+    // Rampart's own rights.
+    for i in 0..8 {
+        let mut other = proxy.conn();
+        let got: (String,) = redis::pipe()
+            .atomic()
+            .set(key_in(i % 2, 2, "other"), i)
+            .query(&mut other)
+            .unwrap();
+        assert_eq!(got.0, "OK");
+    }
 }
 
 /// With several shards `MULTI` is deferred until the transaction's first

@@ -110,6 +110,9 @@ struct State {
     /// A dedicated link's `CLIENT ID` on the node, so that another
     /// connection can `CLIENT UNBLOCK` it.
     backend_id: Option<i64>,
+    /// Logged in as a client's ACL user rather than with Rampart's own
+    /// credentials: such a link never serves another client.
+    as_user: bool,
 }
 
 /// Handle to a link; cheap to clone.
@@ -142,6 +145,7 @@ impl Link {
             up: AtomicBool::new(false),
             connected: tokio::sync::Notify::new(),
             backend_id: None,
+            as_user: session.user.is_some(),
         });
         let span = tracing::info_span!("link", node = %addr, proto = session.proto.number());
         tokio::spawn(supervise(rx, state.clone(), opts, session, supervision).instrument(span));
@@ -154,6 +158,7 @@ impl Link {
         opts: LinkOptions,
         session: Session,
     ) -> std::io::Result<Link> {
+        let as_user = session.user.is_some();
         let (stream, backend_id) = connect_with_id(addr, &opts.connect, session).await?;
         let (tx, mut rx) = mpsc::channel(QUEUE);
         let state = Arc::new(State {
@@ -162,6 +167,7 @@ impl Link {
             up: AtomicBool::new(true),
             connected: tokio::sync::Notify::new(),
             backend_id,
+            as_user,
         });
         let task_state = state.clone();
         let span = tracing::debug_span!("dedicated", node = %addr);
@@ -200,6 +206,11 @@ impl Link {
     /// Whether both handles are to the same link.
     pub fn same(&self, other: &Link) -> bool {
         Arc::ptr_eq(&self.state, &other.state)
+    }
+
+    /// Whether the link is logged in as a client's ACL user.
+    pub fn as_user(&self) -> bool {
+        self.state.as_user
     }
 
     pub fn is_up(&self) -> bool {

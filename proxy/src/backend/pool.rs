@@ -235,13 +235,16 @@ impl NodePool {
         });
     }
 
-    /// Takes back a dedicated link the caller knows to be clean: database 0,
-    /// no transaction or watch, nothing in flight.
-    pub fn give_back(&self, link: Link, proto: Proto) {
-        if !link.is_up() {
+    /// Takes back a dedicated link for the next client that needs one. The
+    /// caller knows it holds no transaction or watch and owes no reply;
+    /// `now` is the session it is in. Only a link in database 0, logged in
+    /// with Rampart's own credentials, is kept: any other would give the
+    /// next client someone else's rights or data. The rest are closed.
+    pub fn give_back(&self, link: Link, now: &Session) {
+        if !link.is_up() || link.as_user() || now.user.is_some() || now.db != 0 {
             return;
         }
-        let mut idle = self.idle[self.here()][slot(proto)]
+        let mut idle = self.idle[self.here()][slot(now.proto)]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {

@@ -282,7 +282,7 @@ impl Connection {
         // leaving (and its WAIT unblocked). Only the WAIT's reply goes to
         // the client, not the marker's.
         let (client_tx, client_rx) = oneshot::channel();
-        let proto = self.session.proto;
+        let session = self.session.link_session();
         let lent = borrowed.then(|| (node.clone(), link.clone()));
         tokio::spawn(async move {
             let reply = rx.await.unwrap_or_else(|_| BatchReply {
@@ -293,7 +293,7 @@ impl Connection {
             });
             let _ = client_tx.send(without_first(reply));
             if let Some((node, link)) = lent {
-                node.pool.give_back(link, proto);
+                node.pool.give_back(link, &session);
             }
         });
         self.expect_blocked(node, link, req, client_rx);

@@ -173,7 +173,7 @@ impl Connection {
         }
         if let Some((node, link)) = self.session.pinned.take() {
             if self.session.is_clean() {
-                node.pool.give_back(link, self.session.proto);
+                node.pool.give_back(link, &self.session.link_session());
             }
         }
     }

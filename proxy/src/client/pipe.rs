@@ -129,7 +129,7 @@ impl Connection {
         }
         if let Some((node, link)) = self.session.pinned.take() {
             if self.session.is_clean() {
-                node.pool.give_back(link, self.session.proto);
+                node.pool.give_back(link, &self.session.link_session());
             }
         }
         // A subscriber that reconnects while its primary is dying (redis-py

@@ -144,6 +144,7 @@ impl Connection {
             .collect();
         let (client_tx, client_rx) = oneshot::channel::<BatchReply>();
         let proto = self.session.proto;
+        let session = self.session.link_session();
         tokio::spawn(async move {
             let mut client_tx = client_tx;
             let mut fewest: Option<i64> = None;
@@ -178,7 +179,7 @@ impl Connection {
                 charge: None,
             });
             for (node, link) in lent {
-                node.pool.give_back(link, proto);
+                node.pool.give_back(link, &session);
             }
         });
         let position = self.out.replies.push(Pending::Remote {
@@ -238,14 +239,14 @@ impl Connection {
         }
         let (client_tx, client_rx) = oneshot::channel();
         let account = self.out.account.clone();
-        let proto = self.session.proto;
+        let session = self.session.link_session();
         tokio::spawn(async move {
             let mut replies = Vec::with_capacity(pending.len());
             for rx in pending {
                 replies.push(part_reply(rx.await));
             }
             for (node, link) in lent {
-                node.pool.give_back(link, proto);
+                node.pool.give_back(link, &session);
             }
             let data = split::combine(&how, &replies);
             drop(replies);

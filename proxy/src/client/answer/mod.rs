@@ -322,7 +322,7 @@ impl Connection {
             // A connection left in a transaction or another database is
             // simply closed; a clean one is reused.
             if clean {
-                node.pool.give_back(link, self.session.proto);
+                node.pool.give_back(link, &self.session.link_session());
             }
         }
         let authed = self.ctx.secrets.current().password.is_none();
