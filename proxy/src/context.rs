@@ -84,6 +84,9 @@ pub struct Context {
     pub registry: Arc<crate::client::registry::Registry>,
     /// Wrong passwords, per source address and in total.
     pub auth_throttle: crate::client::throttle::AuthThrottle,
+    /// ACL users and settings changed through Rampart, copied to every
+    /// node and caught up on those that missed them.
+    pub node_settings: Arc<crate::failover::settings::Settings>,
 }
 
 /// Counts a connected client for `max_clients` while it lives.

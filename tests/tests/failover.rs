@@ -1181,6 +1181,108 @@ fn config_set_through_rampart_outlives_a_switchover() {
     }
 }
 
+/// Whether the node (asked directly) has the ACL user.
+fn has_user(addr: &str, user: &str) -> bool {
+    redis_cli_at(addr, &["ACL", "LIST"])
+        .lines()
+        .any(|l| l.starts_with(&format!("user {user} ")))
+}
+
+fn redis_cli_at(addr: &str, args: &[&str]) -> String {
+    let port: u16 = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    rampart_tests::redis_cli(port, args).unwrap_or_default()
+}
+
+/// An ACL user or setting made through Rampart lives on the node that
+/// takes it, and a node forgets it when it restarts (unless its own files
+/// hold it). A replica that restarted, or was down when a change was
+/// copied, is caught up as soon as it answers: a switchover to it keeps
+/// every user and setting, and a user deleted meanwhile stays deleted.
+#[test]
+fn users_and_settings_reach_a_replica_that_restarted_or_missed_them() {
+    let (mut cluster, _state, proxy) = switchable(1);
+    let replica = cluster.nodes[1].addr();
+    let mut conn = proxy.conn();
+    let acl = |conn: &mut redis::Connection, args: &[&str]| {
+        redis::cmd("ACL").arg(args).exec(conn).unwrap();
+    };
+    acl(
+        &mut conn,
+        &["SETUSER", "app", "on", ">secret", "~app:*", "+@all"],
+    );
+    acl(
+        &mut conn,
+        &["SETUSER", "gone", "on", ">secret", "~*", "+@all"],
+    );
+    let config_set = |conn: &mut redis::Connection, parameter: &str, value: &str| {
+        let ok: String = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(parameter)
+            .arg(value)
+            .query(conn)
+            .unwrap();
+        assert_eq!(ok, "OK");
+    };
+    config_set(&mut conn, "maxmemory-policy", "allkeys-lru");
+    wait_until("the changes on the replica", Duration::from_secs(5), || {
+        has_user(&replica, "app")
+            && has_user(&replica, "gone")
+            && node_setting(&replica, "maxmemory-policy") == "allkeys-lru"
+    });
+
+    cluster.nodes[1].restart();
+    wait_until(
+        "a restarted replica caught up",
+        Duration::from_secs(10),
+        || {
+            has_user(&replica, "app")
+                && has_user(&replica, "gone")
+                && node_setting(&replica, "maxmemory-policy") == "allkeys-lru"
+        },
+    );
+
+    // Changes made while the replica is down reach it when it is back.
+    cluster.nodes[1].kill();
+    acl(&mut conn, &["DELUSER", "gone"]);
+    acl(
+        &mut conn,
+        &["SETUSER", "late", "on", ">later", "~*", "+@all"],
+    );
+    config_set(&mut conn, "hash-max-listpack-entries", "77");
+    cluster.nodes[1].restart();
+    wait_until(
+        "a replica that missed changes caught up",
+        Duration::from_secs(10),
+        || {
+            has_user(&replica, "app")
+                && has_user(&replica, "late")
+                && !has_user(&replica, "gone")
+                && node_setting(&replica, "maxmemory-policy") == "allkeys-lru"
+                && node_setting(&replica, "hash-max-listpack-entries") == "77"
+        },
+    );
+
+    // The replica as primary: the users log in through Rampart as before.
+    proxy.wait_serving_replicas(1, Duration::from_secs(10));
+    let answer = proxy.cli(&["RAMPART", "SWITCHOVER", "main", &replica]);
+    assert!(answer.starts_with("switched over"), "{answer}");
+    let mut late = proxy.conn();
+    redis::cmd("AUTH")
+        .arg(&["late", "later"])
+        .exec(&mut late)
+        .unwrap();
+    let _: () = late.set("anywhere", 1).unwrap();
+    let refused = redis::cmd("AUTH")
+        .arg(&["gone", "secret"])
+        .exec(&mut proxy.conn())
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("WRONGPASS"), "{refused}");
+}
+
 /// How many of the node's connections have `CLIENT NO-EVICT` on.
 fn no_evict_connections(addr: &str) -> usize {
     let mut conn = redis::Client::open(format!("redis://{addr}/"))

@@ -69,6 +69,15 @@ fn nodes_join_and_leave_a_running_shard_by_reload() {
         let _: () = conn.set(format!("k{i}"), i).unwrap();
     }
 
+    // A user and a setting made through Rampart before the node joins.
+    let made = [
+        vec!["ACL", "SETUSER", "app", "on", ">secret", "~*", "+@all"],
+        vec!["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"],
+    ];
+    for args in made {
+        redis::cmd(args[0]).arg(&args[1..]).exec(&mut conn).unwrap();
+    }
+
     // A fresh, empty node joins: Rampart makes it follow the primary, and
     // it serves reads once in sync.
     let newcomer = RedisNode::start(None);
@@ -85,6 +94,15 @@ fn nodes_join_and_leave_a_running_shard_by_reload() {
         "the new node has the data"
     );
     assert!(proxy.event_kinds().iter().any(|k| k == "node-added"));
+    wait_until(
+        "the new node to have what was made before it joined",
+        Duration::from_secs(10),
+        || {
+            newcomer.cli(&["ACL", "LIST"]).contains("user app on ")
+                && newcomer.cli(&["CONFIG", "GET", "maxmemory-policy"])
+                    == "maxmemory-policy\nallkeys-lru\n"
+        },
+    );
     // A client keeps reading where it started (its home replica, for
     // read-your-writes): new clients spread over both replicas.
     let before = reads_on(&newcomer);

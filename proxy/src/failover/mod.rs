@@ -9,4 +9,5 @@ pub mod detect;
 pub mod members;
 pub mod probe;
 pub mod request;
+pub mod settings;
 pub mod state;

@@ -198,6 +198,14 @@ pub(super) fn start_services(
         ),
     );
     services.start(
+        "node-settings",
+        crate::failover::settings::catch_up(
+            context.node_settings.clone(),
+            context.topology.clone(),
+            shutdown_rx.clone(),
+        ),
+    );
+    services.start(
         "keyspace-notifications",
         crate::shard::notifications::relay_keyspace_events(
             context.shards.clone(),

@@ -112,6 +112,7 @@ impl Server {
             guard: build::guard(&config),
             registry: Arc::default(),
             auth_throttle: Default::default(),
+            node_settings: Arc::default(),
             config,
         });
 

@@ -328,6 +328,15 @@ impl Node {
         restarted
     }
 
+    /// The node's `run_id` as last seen (it changes when the process
+    /// restarts).
+    pub fn run_id(&self) -> Option<String> {
+        self.run_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// May have lost acknowledged writes: restarted since it was last
     /// trusted, or its offset went backwards.
     pub fn is_stale(&self) -> bool {

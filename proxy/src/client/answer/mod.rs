@@ -8,7 +8,6 @@
 
 pub(super) mod auth;
 mod client;
-mod elsewhere;
 mod identity;
 mod info;
 mod pause;
@@ -61,7 +60,9 @@ impl Connection {
                 Err(error) => self.reply(error).await,
                 Ok((node, reply)) => {
                     if !reply.starts_with(b"-") {
-                        elsewhere::apply_elsewhere(&self.ctx, &[node.id], req.args(), "ACL change");
+                        let nodes = self.ctx.topology.nodes().into_iter().map(|(_, n)| n);
+                        let settings = &self.ctx.node_settings;
+                        settings.acl_changed(&node, nodes.collect(), req.args());
                     }
                     self.push(Pending::Local(reply))
                 }
@@ -83,7 +84,9 @@ impl Connection {
                     // primary has (see `guard.rs`); the replicas' own
                     // (`replica-priority` ...) are not the primary's to copy.
                     if !reply.starts_with(b"-") && self.ctx.guard.check(&req).is_none() {
-                        elsewhere::apply_elsewhere(&self.ctx, &done, req.args(), "CONFIG SET");
+                        let nodes = self.ctx.topology.nodes().into_iter().map(|(_, n)| n);
+                        let settings = &self.ctx.node_settings;
+                        settings.config_set(&done, nodes.collect(), req.args());
                     }
                     self.push(Pending::Local(reply))
                 }
