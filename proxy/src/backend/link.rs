@@ -110,9 +110,10 @@ struct State {
     /// A dedicated link's `CLIENT ID` on the node, so that another
     /// connection can `CLIENT UNBLOCK` it.
     backend_id: Option<i64>,
-    /// Logged in as a client's ACL user rather than with Rampart's own
-    /// credentials: such a link never serves another client.
-    as_user: bool,
+    /// The client's ACL user it logged in as, rather than with Rampart's
+    /// own credentials: such a link serves only clients logged in as the
+    /// same user.
+    user: Option<Arc<super::Credentials>>,
 }
 
 /// Handle to a link; cheap to clone.
@@ -145,7 +146,7 @@ impl Link {
             up: AtomicBool::new(false),
             connected: tokio::sync::Notify::new(),
             backend_id: None,
-            as_user: session.user.is_some(),
+            user: session.user.clone(),
         });
         let span = tracing::info_span!("link", node = %addr, proto = session.proto.number());
         tokio::spawn(supervise(rx, state.clone(), opts, session, supervision).instrument(span));
@@ -158,7 +159,7 @@ impl Link {
         opts: LinkOptions,
         session: Session,
     ) -> std::io::Result<Link> {
-        let as_user = session.user.is_some();
+        let user = session.user.clone();
         let (stream, backend_id) = connect_with_id(addr, &opts.connect, session).await?;
         let (tx, mut rx) = mpsc::channel(QUEUE);
         let state = Arc::new(State {
@@ -167,7 +168,7 @@ impl Link {
             up: AtomicBool::new(true),
             connected: tokio::sync::Notify::new(),
             backend_id,
-            as_user,
+            user,
         });
         let task_state = state.clone();
         let span = tracing::debug_span!("dedicated", node = %addr);
@@ -208,9 +209,10 @@ impl Link {
         Arc::ptr_eq(&self.state, &other.state)
     }
 
-    /// Whether the link is logged in as a client's ACL user.
-    pub fn as_user(&self) -> bool {
-        self.state.as_user
+    /// The client's ACL user the link is logged in as (`None`: Rampart's
+    /// own credentials).
+    pub fn user(&self) -> Option<&Arc<super::Credentials>> {
+        self.state.user.as_ref()
     }
 
     pub fn is_up(&self) -> bool {

@@ -5,7 +5,8 @@
 //!   own commands reach the node in the order it sent them.
 //! - Dedicated links are lent to one client for a transaction, a blocking
 //!   command or a non-default database, and taken back only when the session
-//!   left them clean (otherwise they are closed).
+//!   left them clean (otherwise they are closed). Those logged in as a
+//!   client's ACL user are kept apart, for clients logged in as that user.
 //! - Raw connections are handed over for good to sessions that become a
 //!   stream of pushed messages (SUBSCRIBE, MONITOR).
 
@@ -44,6 +45,9 @@ pub struct NodePool {
     /// Per worker thread: clean dedicated links (database 0, no
     /// transaction), per protocol.
     idle: Arc<Vec<[Mutex<Vec<Link>>; 2]>>,
+    /// Clean dedicated links logged in as clients' ACL users, with their
+    /// protocol, oldest first (at most `max_idle`).
+    users_idle: Mutex<std::collections::VecDeque<(Proto, Link)>>,
 }
 
 /// Clean dedicated links kept open ahead of need, per worker and protocol.
@@ -125,6 +129,7 @@ impl NodePool {
                     .map(|_| [Mutex::new(Vec::new()), Mutex::new(Vec::new())])
                     .collect(),
             ),
+            users_idle: Mutex::default(),
         }
     }
 
@@ -189,8 +194,22 @@ impl NodePool {
             window: 0,
             ..self.opts.clone()
         };
-        if session.db != 0 || session.user.is_some() {
+        if session.db != 0 {
             return Link::dedicated(&self.addr, opts, session).await;
+        }
+        if let Some(user) = &session.user {
+            let spare = {
+                let mut idle = self.users_idle.lock().unwrap_or_else(|p| p.into_inner());
+                idle.retain(|(_, link)| link.is_up());
+                let same = |(proto, link): &(Proto, Link)| {
+                    *proto == session.proto && link.user().is_some_and(|u| **u == **user)
+                };
+                idle.iter().rposition(same).and_then(|i| idle.remove(i))
+            };
+            return match spare {
+                Some((_, link)) => Ok(link),
+                None => Link::dedicated(&self.addr, opts, session).await,
+            };
         }
         let here = self.here();
         let proto = slot(session.proto);
@@ -237,11 +256,20 @@ impl NodePool {
 
     /// Takes back a dedicated link for the next client that needs one. The
     /// caller knows it holds no transaction or watch and owes no reply;
-    /// `now` is the session it is in. Only a link in database 0, logged in
-    /// with Rampart's own credentials, is kept: any other would give the
-    /// next client someone else's rights or data. The rest are closed.
+    /// `now` is the session it is in. Only a link in database 0 is kept,
+    /// and one logged in as a client's ACL user only for clients logged
+    /// in as that user: any other would give the next client someone
+    /// else's rights or data. The rest are closed.
     pub fn give_back(&self, link: Link, now: &Session) {
-        if !link.is_up() || link.as_user() || now.user.is_some() || now.db != 0 {
+        if !link.is_up() || now.db != 0 || link.user() != now.user.as_ref() {
+            return;
+        }
+        if link.user().is_some() {
+            let mut idle = self.users_idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.push_back((now.proto, link));
+            if idle.len() > self.max_idle {
+                idle.pop_front();
+            }
             return;
         }
         let mut idle = self.idle[self.here()][slot(now.proto)]
