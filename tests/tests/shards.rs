@@ -1171,3 +1171,49 @@ fn info_counts_clients_blocked_on_every_shard() {
         blocked() == "0"
     });
 }
+
+/// `MONITOR` over several shards shows every shard's commands: each
+/// shard's primary is watched and the lines merged as they come, with
+/// Rampart's own commands left out and one `+OK`. When one shard's
+/// primary changes, the `MONITOR` ends, as it does over one shard, so the
+/// client watches the new primary once it connects again.
+#[test]
+fn monitor_watches_every_shard() {
+    let mut shards = clusters(2, 1);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let mut monitor = proxy.conn();
+    redis::cmd("MONITOR").exec(&mut monitor).unwrap();
+    monitor
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut conn = proxy.conn();
+    let (a, b) = (key_in(0, 2, "ma"), key_in(1, 2, "mb"));
+    let _: () = conn.set(&a, "on-first").unwrap();
+    let _: () = conn.set(&b, "on-second").unwrap();
+    // Probe rounds pass on both shards meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
+    let _: () = conn.set(&a, "last").unwrap();
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("last")) {
+        let line = monitor.recv_response();
+        let line = line.unwrap_or_else(|e| panic!("{e}; so far:\n{}", lines.join("\n")));
+        lines.push(format!("{line:?}"));
+    }
+    let all = lines.join("\n");
+    assert!(
+        all.contains("on-first") && all.contains("on-second"),
+        "{all}"
+    );
+    for internal in ["INFO", "__rampart__", "HELLO", "Okay"] {
+        assert!(!all.contains(internal), "{internal} in:\n{all}");
+    }
+
+    shards[1].nodes[0].kill();
+    loop {
+        match monitor.recv_response() {
+            Ok(_) => continue,
+            Err(e) if e.is_connection_dropped() => break,
+            Err(e) => panic!("MONITOR went on after shard s1's primary died ({e})"),
+        }
+    }
+}

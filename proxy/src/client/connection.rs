@@ -51,6 +51,8 @@ pub struct Connection {
     pub(super) out: Outbox,
     /// Set when the session becomes a pipe: the backend side to copy from.
     pub(super) pipe_from: Option<ReadHalf>,
+    /// With several shards, a `MONITOR`'s feeds from the other shards.
+    pub(super) other_feeds: Option<super::monitor::OtherFeeds>,
     /// Piped: commands whose answers Rampart makes or amends, in the
     /// node's stream of replies (see [`super::interpose`]).
     pub(super) interposer: super::piped::Interposer,
@@ -175,6 +177,7 @@ impl Connection {
                 limits.max_reply_depth,
             ),
             pipe_from: None,
+            other_feeds: None,
             interposer: Default::default(),
             reserved: None,
             durable: false,

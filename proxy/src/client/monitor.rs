@@ -3,9 +3,15 @@
 //! synchronous writes, its links' handshakes), which a client watching for
 //! its own commands would otherwise see first. See [`crate::backend::own`].
 
+use std::sync::Arc;
+
 use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 use crate::backend::own;
+use crate::backend::Session;
+use crate::shard::Shard;
 
 #[derive(Default)]
 pub struct MonitorFilter {
@@ -28,6 +34,111 @@ impl MonitorFilter {
             self.partial.advance(end + 2);
         }
         out
+    }
+}
+
+/// With several shards, the feeds of every shard but the one the client's
+/// `MONITOR` is piped to, merged into its stream as their lines arrive.
+/// Each feed is a `MONITOR` on its shard's primary, logged in as the
+/// client, filtered as the pipe's own. A feed that ends (its primary
+/// changed, or its connection broke) ends the client's `MONITOR`, as the
+/// pipe's own does, so the client connects again and watches every
+/// shard's new primary.
+pub(super) struct OtherFeeds {
+    lines: mpsc::Receiver<Option<BytesMut>>,
+    /// Dropped with the client: the feeds' tasks end with it.
+    _tasks: tokio::task::JoinSet<()>,
+}
+
+/// Lines waiting to be written to the client, per feed: past it a feed
+/// stops reading its node, as the pipe's own stops when the client reads
+/// slowly.
+const FEED_QUEUE: usize = 64;
+
+impl OtherFeeds {
+    pub(super) fn start(shards: Vec<Arc<Shard>>, session: Session) -> OtherFeeds {
+        let (tx, lines) = mpsc::channel(FEED_QUEUE);
+        let mut tasks = tokio::task::JoinSet::new();
+        for shard in shards {
+            let tx = tx.clone();
+            let session = session.clone();
+            tasks.spawn(async move {
+                if feed(&shard, session, &tx).await == Ended::Lost {
+                    let _ = tx.send(None).await;
+                }
+            });
+        }
+        OtherFeeds {
+            lines,
+            _tasks: tasks,
+        }
+    }
+
+    /// The next lines from any feed; `None` once one has ended.
+    pub(super) async fn next(feeds: Option<&mut OtherFeeds>) -> Option<BytesMut> {
+        match feeds {
+            Some(feeds) => feeds.lines.recv().await.flatten(),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// How a feed ended.
+#[derive(PartialEq)]
+enum Ended {
+    /// The client left.
+    Left,
+    /// The node refused `MONITOR` (as the pipe's node did: the client
+    /// heard that refusal).
+    Refused,
+    /// Its primary changed, or the connection broke.
+    Lost,
+}
+
+/// One shard's feed, until its primary changes or its connection breaks.
+async fn feed(shard: &Shard, session: Session, tx: &mpsc::Sender<Option<BytesMut>>) -> Ended {
+    let topology = &shard.topology;
+    let mut changed = topology.watch();
+    let Some(primary) = topology.primary_node().cloned() else {
+        return Ended::Lost;
+    };
+    let Ok((stream, _)) = primary.pool.raw(session).await else {
+        return Ended::Lost;
+    };
+    let (mut rd, mut wr) = stream.into_split();
+    if wr.write_all(b"*1\r\n$7\r\nMONITOR\r\n").await.is_err() {
+        return Ended::Lost;
+    }
+    let mut filter = MonitorFilter::default();
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    // The client heard `+OK` from the pipe's node: this one's is dropped.
+    let mut started = false;
+    loop {
+        tokio::select! {
+            change = changed.changed() => {
+                let same = topology.primary_node().is_some_and(|p| Arc::ptr_eq(p, &primary));
+                if change.is_err() || !same {
+                    return Ended::Lost;
+                }
+            }
+            read = rd.read_buf(&mut buf) => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return Ended::Lost;
+                }
+                let mut lines = filter.feed(&buf);
+                buf.clear();
+                if !started && !lines.is_empty() {
+                    if !lines.starts_with(b"+OK\r\n") {
+                        return Ended::Refused;
+                    }
+                    lines.advance(5);
+                    started = true;
+                }
+                if !lines.is_empty() && tx.send(Some(lines)).await.is_err() {
+                    return Ended::Left;
+                }
+            }
+        }
     }
 }
 

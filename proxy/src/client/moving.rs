@@ -76,7 +76,9 @@ impl Connection {
                 // wait: the pause waits for them (they hold the map they
                 // were routed by until EXEC). It queues on the source, and
                 // EXEC discards it (see `slots_stayed`).
-                Touch::Paused if self.session.in_multi && !self.session.multi_deferred => break,
+                Touch::Paused if self.session.in_multi && self.session.multi_deferred.is_none() => {
+                    break
+                }
                 Touch::Paused if self.routing.map().is_all_paused() => {
                     self.wait_for_shared_map().await?
                 }

@@ -26,14 +26,13 @@ impl Connection {
         let Some((node, link)) = self.session.pinned.clone() else {
             return Flow::Continue;
         };
-        if self.session.multi_deferred {
+        if let Some(multi) = self.session.multi_deferred.clone() {
             // The transaction's first command: its MULTI goes first. The
             // client heard OK for MULTI long ago and goes on queueing, so
             // a MULTI the node did not take must doom the transaction:
             // the command is refused, MULTI stays deferred (nothing
             // further runs outside a transaction) and EXEC answers
             // EXECABORT.
-            let multi = Request::from_args(&["MULTI"]).raw;
             let taken = match self.call(&node, &link, vec![multi], "MULTI").await {
                 Ok(reply) => error_text(&reply).map_or(Ok(()), |e| Err(Value::err(e))),
                 Err(error) => Err(error),
@@ -42,7 +41,7 @@ impl Connection {
                 self.session.tx_refused = true;
                 return self.reply(error).await;
             }
-            self.session.multi_deferred = false;
+            self.session.multi_deferred = None;
         }
         self.add(node, link, req.raw).await
     }
@@ -88,7 +87,7 @@ impl Connection {
     pub(super) async fn pin(&mut self) -> Result<(), Value> {
         if self.pinned_elsewhere() {
             let s = &self.session;
-            if (s.in_multi && !s.multi_deferred) || s.watching || s.tx_lost {
+            if (s.in_multi && s.multi_deferred.is_none()) || s.watching || s.tx_lost {
                 return Err(Value::err(crate::shard::locate::CROSSSLOT));
             }
             // Another shard's command: the client moves to a connection

@@ -63,6 +63,16 @@ impl Connection {
                         let _ = done.send(id);
                     }
                 },
+                lines = super::monitor::OtherFeeds::next(self.other_feeds.as_mut()) => match lines {
+                    // Only the pipe's own node answers the client's
+                    // commands: nothing is interposed in these lines.
+                    Some(lines) => {
+                        if self.out.replies.write_raw(&lines).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
                 read = backend.read_buf(&mut from_backend) => match read {
                     Ok(n) if n > 0 => {
                         let (out, flow) = match monitor.as_mut() {
@@ -176,6 +186,12 @@ impl Connection {
                 .publish(|snap| snap.pipe = Some((addr, id)));
         }
         self.session.monitor = req.name().as_bytes() == b"MONITOR";
+        if self.session.monitor && self.ctx.shards.len() > 1 {
+            let others = self.ctx.shards.all_serving();
+            let others = others.into_iter().filter(|s| !Arc::ptr_eq(s, &self.shard));
+            let session = self.session.link_session();
+            self.other_feeds = Some(super::monitor::OtherFeeds::start(others.collect(), session));
+        }
         self.session.pubsub = matches!(
             req.name().as_bytes(),
             b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE"

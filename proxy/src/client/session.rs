@@ -28,8 +28,9 @@ pub struct Session {
     pub in_multi: bool,
     /// With several shards, MULTI is answered by Rampart and sent to a
     /// node with the transaction's first command, once that command says
-    /// which shard the transaction runs on.
-    pub multi_deferred: bool,
+    /// which shard the transaction runs on: the client's MULTI, as it sent
+    /// it (MONITOR shows it so), until then.
+    pub multi_deferred: Option<bytes::Bytes>,
     /// WATCH is in force.
     pub watching: bool,
     /// The dedicated connection holding this client's transaction or WATCH
@@ -94,7 +95,7 @@ impl Session {
             admin: false,
             auth_failures: 0,
             in_multi: false,
-            multi_deferred: false,
+            multi_deferred: None,
             watching: false,
             tx_lost: false,
             tx_refused: false,
@@ -152,7 +153,7 @@ impl Session {
     /// on a new connection.
     pub fn lose_pinned(&mut self) {
         self.pinned = None;
-        if (self.in_multi && !self.multi_deferred) || self.watching {
+        if (self.in_multi && self.multi_deferred.is_none()) || self.watching {
             self.tx_lost = true;
         }
         self.watching = false;

@@ -36,10 +36,10 @@ impl Connection {
         }
         if class == Class::Stream {
             let name = req.name();
-            if matches!(name.as_bytes(), b"MONITOR" | b"CLIENT") {
+            if name.as_bytes() == b"CLIENT" {
                 return Some(
                     self.refuse(
-                        "ERR rampart: MONITOR and CLIENT TRACKING are not available with several shards (a node sees only its own shard's keys)"
+                        "ERR rampart: CLIENT TRACKING is not available with several shards (a node sees only its own shard's keys)"
                             .into(),
                     )
                     .await,

@@ -17,7 +17,7 @@ impl Connection {
                     s.in_multi = true;
                     return self.reply(Value::ok()).await;
                 }
-                if s.multi_deferred {
+                if s.multi_deferred.is_some() {
                     return self
                         .reply(Value::err("ERR MULTI calls can not be nested"))
                         .await;
@@ -26,7 +26,7 @@ impl Connection {
                     // Which shard the transaction runs on is known at its
                     // first command (see `pinned`).
                     s.in_multi = true;
-                    s.multi_deferred = true;
+                    s.multi_deferred = Some(req.raw.clone());
                     return self.reply(Value::ok()).await;
                 }
                 if !s.watching && !s.in_multi && self.pin().await.is_err() {
@@ -37,7 +37,7 @@ impl Connection {
                     // again and, failing, dooms it (EXEC: EXECABORT).
                     let s = &mut self.session;
                     s.in_multi = true;
-                    s.multi_deferred = true;
+                    s.multi_deferred = Some(req.raw.clone());
                     return self.reply(Value::ok()).await;
                 }
                 let flow = self.pinned(req).await;
@@ -49,7 +49,7 @@ impl Connection {
                 let in_multi = s.in_multi;
                 let refused = std::mem::take(&mut s.tx_refused);
                 let queued_slots = std::mem::take(&mut s.tx_slots);
-                let deferred = std::mem::take(&mut s.multi_deferred);
+                let deferred = std::mem::take(&mut s.multi_deferred).is_some();
                 s.in_multi = false;
                 s.watching = false;
                 s.tx_lost = false;
