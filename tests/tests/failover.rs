@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rampart_tests::{config_for, wait_until, Cluster, Proxy, Setup};
+use rampart_tests::{config_for, wait_until, wait_until_or, Cluster, Proxy, Setup};
 use redis::Commands;
 
 /// Probes every 50 ms, down after 500 ms, writes synchronous to one replica.
@@ -1243,6 +1243,16 @@ fn users_and_settings_reach_a_replica_that_restarted_or_missed_them() {
                 && has_user(&replica, "gone")
                 && node_setting(&replica, "maxmemory-policy") == "allkeys-lru"
         },
+    );
+    wait_until_or(
+        "the catch-up recorded",
+        Duration::from_secs(5),
+        || {
+            let detail = proxy.last_event_detail("settings-caught-up");
+            detail
+                .is_some_and(|d| d.contains("3 ACL users and settings") && d.contains("restarted"))
+        },
+        || format!("{:?}", proxy.events()),
     );
 
     // Changes made while the replica is down reach it when it is back.

@@ -29,6 +29,7 @@ use redis_protocol::resp3::types::OwnedFrame;
 use tokio::sync::mpsc;
 
 use crate::backend::control::{frame_text, Control};
+use crate::observe::events::Events;
 use crate::topology::{Health, Node, Topology};
 
 /// How long a node may take to apply one change.
@@ -56,8 +57,13 @@ enum Change {
         change: Vec<Bytes>,
         others: Vec<Arc<Node>>,
     },
-    /// Applies the whole ledger.
-    CatchUp,
+    /// Applies the whole ledger to a node of `shard` (recorded as an
+    /// event: `why` it was needed).
+    CatchUp {
+        shard: String,
+        epoch: u64,
+        why: &'static str,
+    },
 }
 
 /// The last word on each user and parameter changed through Rampart.
@@ -104,13 +110,18 @@ fn user_command(user: &Bytes, rules: Option<&[Bytes]>) -> Vec<Bytes> {
     args
 }
 
-/// Every node's queue, the ledger, and the nodes that missed a change.
-#[derive(Default)]
+/// Every node's queue, and what their workers share.
 pub struct Settings {
     queues: Arc<Queues>,
-    ledger: Arc<Mutex<Ledger>>,
+    shared: Arc<Shared>,
+}
+
+/// What every node's worker shares.
+struct Shared {
+    ledger: Mutex<Ledger>,
     /// Nodes that missed a change, and when to try catching them up.
-    behind: Arc<DashMap<usize, Instant>>,
+    behind: DashMap<usize, Instant>,
+    events: Arc<Events>,
 }
 
 fn key(node: &Arc<Node>) -> usize {
@@ -125,13 +136,7 @@ fn key(node: &Arc<Node>) -> usize {
 struct Queues(DashMap<usize, mpsc::Sender<Change>>);
 
 impl Queues {
-    fn enqueue(
-        self: &Arc<Self>,
-        node: &Arc<Node>,
-        change: Change,
-        ledger: &Arc<Mutex<Ledger>>,
-        behind: &Arc<DashMap<usize, Instant>>,
-    ) {
+    fn enqueue(self: &Arc<Self>, node: &Arc<Node>, change: Change, shared: &Arc<Shared>) {
         let queue = self
             .0
             .entry(key(node))
@@ -139,8 +144,7 @@ impl Queues {
                 let (tx, rx) = mpsc::channel(QUEUE);
                 let worker = Worker {
                     node: node.clone(),
-                    ledger: ledger.clone(),
-                    behind: behind.clone(),
+                    shared: shared.clone(),
                     queues: Arc::downgrade(self),
                     control: None,
                 };
@@ -150,12 +154,24 @@ impl Queues {
             .clone();
         if queue.try_send(change).is_err() {
             tracing::warn!(node = %node.addr, "too many changes waiting for this node: it is caught up once it answers");
-            behind.insert(key(node), Instant::now());
+            shared.behind.insert(key(node), Instant::now());
         }
     }
 }
 
 impl Settings {
+    pub fn new(events: Arc<Events>) -> Settings {
+        let shared = Shared {
+            ledger: Mutex::default(),
+            behind: DashMap::new(),
+            events,
+        };
+        Settings {
+            queues: Arc::default(),
+            shared: Arc::new(shared),
+        }
+    }
+
     /// An ACL change `primary` took: recorded and copied to every other
     /// node as `primary` lists the users once it took it.
     pub fn acl_changed(&self, primary: &Arc<Node>, nodes: Vec<Arc<Node>>, change: Vec<Bytes>) {
@@ -170,7 +186,7 @@ impl Settings {
     /// every other node.
     pub fn config_set(&self, done: &[u32], nodes: Vec<Arc<Node>>, args: Vec<Bytes>) {
         {
-            let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let mut ledger = self.shared.ledger.lock().unwrap_or_else(|p| p.into_inner());
             for pair in args.get(2..).unwrap_or_default().chunks_exact(2) {
                 let name = Bytes::from(pair[0].to_ascii_lowercase());
                 ledger.params.insert(name, pair[1].clone());
@@ -186,12 +202,12 @@ impl Settings {
     }
 
     fn enqueue(&self, node: &Arc<Node>, change: Change) {
-        self.queues
-            .enqueue(node, change, &self.ledger, &self.behind);
+        self.queues.enqueue(node, change, &self.shared);
     }
 
     fn ledger_is_empty(&self) -> bool {
-        self.ledger
+        self.shared
+            .ledger
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty()
@@ -202,8 +218,7 @@ impl Settings {
 /// (made again after a failure).
 struct Worker {
     node: Arc<Node>,
-    ledger: Arc<Mutex<Ledger>>,
-    behind: Arc<DashMap<usize, Instant>>,
+    shared: Arc<Shared>,
     /// To copy what a capture read to the other nodes (weak: the queues
     /// hold this worker's sender).
     queues: std::sync::Weak<Queues>,
@@ -234,12 +249,23 @@ impl Worker {
                     }
                 },
                 Change::Capture { change, others } => self.capture(change, others).await,
-                Change::CatchUp => self.catch_up().await,
+                Change::CatchUp { shard, epoch, why } => self.catch_up(&shard, epoch, why).await,
             }
         }
     }
 
+    /// Runs one command. A connection kept from an earlier change may
+    /// be to a process since gone (a restart is why a catch-up is due):
+    /// then once more on a new one (every change here may run twice).
     async fn call(&mut self, args: &[Bytes]) -> Outcome {
+        let kept = self.control.is_some();
+        match self.call_once(args).await {
+            Outcome::Unreachable(_) if kept => self.call_once(args).await,
+            outcome => outcome,
+        }
+    }
+
+    async fn call_once(&mut self, args: &[Bytes]) -> Outcome {
         let mut control = match self.control.take() {
             Some(c) => c,
             None => match self.node.pool.control().await {
@@ -261,7 +287,9 @@ impl Worker {
     }
 
     fn missed(&self) {
-        self.behind.insert(key(&self.node), Instant::now() + RETRY);
+        self.shared
+            .behind
+            .insert(key(&self.node), Instant::now() + RETRY);
     }
 
     /// Reads the rules the node (the primary that took `change`) now
@@ -283,13 +311,13 @@ impl Worker {
                         args: change.clone(),
                         what: "ACL change",
                     };
-                    queues.enqueue(node, copy, &self.ledger, &self.behind);
+                    queues.enqueue(node, copy, &self.shared);
                 }
                 return;
             }
         };
         let lines: Vec<String> = listed.iter().filter_map(frame_text).collect();
-        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ledger = self.shared.ledger.lock().unwrap_or_else(|p| p.into_inner());
         for user in named_users(&change) {
             let rules = lines.iter().find_map(|line| rules_of(line, &user));
             let command = user_command(&user, rules.as_deref());
@@ -306,26 +334,28 @@ impl Worker {
                     args: command.clone(),
                     what: "ACL change",
                 };
-                queues.enqueue(node, copy, &self.ledger, &self.behind);
+                queues.enqueue(node, copy, &self.shared);
             }
         }
     }
 
     /// Applies the whole ledger. A node that cannot be reached is tried
-    /// again once it answers; what it refuses is logged.
-    async fn catch_up(&mut self) {
+    /// again once it answers; what it refuses is recorded.
+    async fn catch_up(&mut self, shard: &str, epoch: u64, why: &'static str) {
         let commands = self
+            .shared
             .ledger
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .commands();
         let count = commands.len();
+        let mut refused = Vec::new();
         for command in commands {
             match self.call(&command).await {
                 Outcome::Done(_) => {}
                 Outcome::Refused(error) => {
-                    let what = String::from_utf8_lossy(&command[..2].join(&b" "[..])).into_owned();
-                    tracing::warn!(node = %self.node.addr, %error, command = %what, "catching up: refused by this node");
+                    let what = String::from_utf8_lossy(&command[..3].join(&b" "[..])).into_owned();
+                    refused.push(format!("{what}: {error}"));
                 }
                 Outcome::Unreachable(error) => {
                     tracing::debug!(node = %self.node.addr, %error, "catching up: the node did not answer");
@@ -334,7 +364,15 @@ impl Worker {
                 }
             }
         }
-        tracing::info!(node = %self.node.addr, commands = count, "caught up with the ACL users and settings changed through Rampart");
+        let node = Some(self.node.addr.as_str());
+        let detail =
+            format!("{count} ACL users and settings changed through Rampart applied ({why})");
+        let events = &self.shared.events;
+        events.record(shard, "settings-caught-up", node, epoch, detail);
+        if !refused.is_empty() {
+            let detail = format!("the node refused: {}", refused.join("; "));
+            events.record(shard, "settings-refused", node, epoch, detail);
+        }
     }
 }
 
@@ -388,7 +426,7 @@ pub async fn catch_up(
             _ = shutdown.changed() => return,
         }
         let empty = settings.ledger_is_empty();
-        for (_, node) in topology.nodes() {
+        for (shard, node) in topology.nodes() {
             if node.is_retired() {
                 continue;
             }
@@ -397,16 +435,22 @@ pub async fn catch_up(
             if empty {
                 continue;
             }
-            let joined = before.is_none();
-            let restarted = matches!((before.flatten(), &run_id), (Some(a), Some(b)) if &a != b);
+            let restarted =
+                matches!((before.clone().flatten(), &run_id), (Some(a), Some(b)) if &a != b);
             let due = settings
+                .shared
                 .behind
                 .get(&key(&node))
                 .is_some_and(|at| Instant::now() >= *at && node.health() == Health::Up);
-            if joined || restarted || due {
-                settings.behind.remove(&key(&node));
-                settings.enqueue(&node, Change::CatchUp);
-            }
+            let why = match (before.is_none(), restarted, due) {
+                (true, _, _) => "it joined after them",
+                (_, true, _) => "it restarted",
+                (_, _, true) => "it missed a copy",
+                _ => continue,
+            };
+            settings.shared.behind.remove(&key(&node));
+            let (epoch, shard) = (shard.epoch(), shard.name.clone());
+            settings.enqueue(&node, Change::CatchUp { shard, epoch, why });
         }
     }
 }

@@ -205,6 +205,7 @@ fn is_routine(kind: &str) -> bool {
         "script-kill",
         "switchover-",
         "client-",
+        "settings-",
     ]
     .iter()
     .any(|prefix| kind.starts_with(prefix))

@@ -81,6 +81,7 @@ impl Server {
             &coordination,
         )?;
         let (added_shards, added_rx) = mpsc::unbounded_channel();
+        let node_settings = Arc::new(failover::settings::Settings::new(events.clone()));
         let context = Arc::new(Context {
             secrets: crate::secrets::Secrets::new(&config),
             slots,
@@ -112,7 +113,7 @@ impl Server {
             guard: build::guard(&config),
             registry: Arc::default(),
             auth_throttle: Default::default(),
-            node_settings: Arc::default(),
+            node_settings,
             config,
         });
 
