@@ -1293,6 +1293,52 @@ fn users_and_settings_reach_a_replica_that_restarted_or_missed_them() {
     assert_eq!(refused.code(), Some("WRONGPASS"), "{refused}");
 }
 
+/// ACL changes and `CONFIG SET`s inside a transaction reach every node
+/// once `EXEC` ran them, as outside one; a transaction that did not run
+/// (a WATCHed key changed) changes nothing anywhere.
+#[test]
+fn settings_changed_in_a_transaction_reach_every_node() {
+    let (cluster, _state, proxy) = switchable(1);
+    let replica = cluster.nodes[1].addr();
+    let mut conn = proxy.conn();
+    let ran: Vec<String> = redis::pipe()
+        .atomic()
+        .cmd("CONFIG")
+        .arg(&["SET", "maxmemory-policy", "allkeys-lfu"])
+        .cmd("ACL")
+        .arg(&["SETUSER", "txuser", "on", ">pw", "~*", "+@all"])
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(ran, ["OK", "OK"]);
+    wait_until(
+        "the transaction's changes on the replica",
+        Duration::from_secs(5),
+        || {
+            has_user(&replica, "txuser")
+                && node_setting(&replica, "maxmemory-policy") == "allkeys-lfu"
+        },
+    );
+
+    let before = node_setting(&replica, "hash-max-listpack-entries");
+    redis::cmd("WATCH").arg("watched").exec(&mut conn).unwrap();
+    let _: () = proxy.conn().set("watched", 1).unwrap();
+    let discarded: Option<Vec<String>> = redis::pipe()
+        .atomic()
+        .cmd("CONFIG")
+        .arg(&["SET", "hash-max-listpack-entries", "55"])
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(discarded, None);
+    std::thread::sleep(Duration::from_millis(300));
+    for node in &cluster.addrs() {
+        assert_eq!(
+            node_setting(node, "hash-max-listpack-entries"),
+            before,
+            "{node}"
+        );
+    }
+}
+
 /// How many of the node's connections have `CLIENT NO-EVICT` on.
 fn no_evict_connections(addr: &str) -> usize {
     let mut conn = redis::Client::open(format!("redis://{addr}/"))

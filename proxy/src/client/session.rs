@@ -43,6 +43,9 @@ pub struct Session {
     /// MULTI, and whether each was moving then; checked at EXEC against
     /// slot moves (see `moving.rs`).
     pub tx_slots: Vec<(u16, bool)>,
+    /// ACL changes and `CONFIG SET`s queued in the current MULTI: once
+    /// EXEC runs them, their effect is copied to the other nodes.
+    pub tx_settings: Vec<Vec<bytes::Bytes>>,
     /// A CLIENT option changed the dedicated connection: keep it until RESET.
     pub sticky: bool,
     /// `CLIENT NO-EVICT` and `NO-TOUCH` as the client last sent them: sent
@@ -100,6 +103,7 @@ impl Session {
             tx_lost: false,
             tx_refused: false,
             tx_slots: Vec::new(),
+            tx_settings: Vec::new(),
             sticky: false,
             client_options: Vec::new(),
             pinned: None,

@@ -3,6 +3,7 @@
 //! whose connection was lost fails whole, never runs half or unwatched.
 
 use super::connection::{Connection, Flow};
+use super::writer::Pending;
 use crate::resp::command::{Class, Tx};
 use crate::resp::{Request, Value};
 
@@ -50,6 +51,7 @@ impl Connection {
                 let refused = std::mem::take(&mut s.tx_refused);
                 let queued_slots = std::mem::take(&mut s.tx_slots);
                 let deferred = std::mem::take(&mut s.multi_deferred).is_some();
+                let settings = std::mem::take(&mut s.tx_settings);
                 s.in_multi = false;
                 s.watching = false;
                 s.tx_lost = false;
@@ -79,6 +81,9 @@ impl Connection {
                         .reply(Value::err(format!("ERR {name} without MULTI")))
                         .await;
                 }
+                if tx == Tx::Exec && in_multi && !settings.is_empty() {
+                    return self.exec_with_settings(req, &settings).await;
+                }
                 self.pinned(req).await
             }
             Tx::Watch => {
@@ -100,6 +105,27 @@ impl Connection {
                 self.pinned(req).await
             }
         }
+    }
+
+    /// EXEC of a transaction holding ACL changes or `CONFIG SET`s: once it
+    /// ran, what the primary now has for the users and parameters they
+    /// name is copied to the other nodes, as outside a transaction.
+    async fn exec_with_settings(&mut self, req: Request, settings: &[Vec<bytes::Bytes>]) -> Flow {
+        let Some((node, link)) = self.session.pinned.clone() else {
+            return self.reply(Value::err("ERR EXEC without MULTI")).await;
+        };
+        let reply = match self.call(&node, &link, vec![req.raw], "EXEC").await {
+            Ok(reply) => reply,
+            Err(error) => return self.reply(error).await,
+        };
+        // An array: the transaction ran (nil: a WATCHed key changed; an
+        // error: it was discarded).
+        if reply.starts_with(b"*") && !reply.starts_with(b"*-1") {
+            let nodes = self.ctx.topology.nodes().into_iter().map(|(_, n)| n);
+            let settings_copier = &self.ctx.node_settings;
+            settings_copier.transaction_ran(&node, nodes.collect(), settings);
+        }
+        self.push(Pending::Local(reply))
     }
 
     /// EXEC of a transaction in which Rampart refused a command: the node

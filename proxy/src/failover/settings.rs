@@ -57,6 +57,15 @@ enum Change {
         change: Vec<Bytes>,
         others: Vec<Arc<Node>>,
     },
+    /// On the primary that ran a transaction holding ACL changes or
+    /// `CONFIG SET`s: records what it now has for these users and
+    /// parameters, whichever of the transaction's commands took, and
+    /// copies it to `others`.
+    Reread {
+        users: Vec<Bytes>,
+        params: Vec<Bytes>,
+        others: Vec<Arc<Node>>,
+    },
     /// Applies the whole ledger to a node of `shard` (recorded as an
     /// event: `why` it was needed).
     CatchUp {
@@ -182,6 +191,34 @@ impl Settings {
         self.enqueue(primary, Change::Capture { change, others });
     }
 
+    /// A transaction `primary` ran, holding ACL changes and `CONFIG SET`s
+    /// (`changes`): what it now has for the users and parameters they
+    /// name is recorded and copied to every other node.
+    pub fn transaction_ran(
+        &self,
+        primary: &Arc<Node>,
+        nodes: Vec<Arc<Node>>,
+        changes: &[Vec<Bytes>],
+    ) {
+        let (mut users, mut params) = (Vec::new(), Vec::new());
+        for change in changes {
+            match change.first().map(|c| c.to_ascii_uppercase()) {
+                Some(c) if c == b"ACL" => users.extend(named_users(change)),
+                _ => params.extend(change.iter().skip(2).step_by(2).cloned()),
+            }
+        }
+        let others = nodes
+            .into_iter()
+            .filter(|n| !Arc::ptr_eq(n, primary))
+            .collect();
+        let change = Change::Reread {
+            users,
+            params,
+            others,
+        };
+        self.enqueue(primary, change);
+    }
+
     /// A `CONFIG SET` the primaries `done` took: recorded, and copied to
     /// every other node.
     pub fn config_set(&self, done: &[u32], nodes: Vec<Arc<Node>>, args: Vec<Bytes>) {
@@ -248,7 +285,21 @@ impl Worker {
                         self.missed();
                     }
                 },
-                Change::Capture { change, others } => self.capture(change, others).await,
+                Change::Capture { change, others } => {
+                    if !self.reread(named_users(&change), Vec::new(), &others).await {
+                        tracing::warn!(node = %self.node.addr, "ACL LIST failed after an ACL change: copied as it was, and not caught up later");
+                        self.copy_to(&others, change, "ACL change");
+                    }
+                }
+                Change::Reread {
+                    users,
+                    params,
+                    others,
+                } => {
+                    if !self.reread(users, params, &others).await {
+                        tracing::warn!(node = %self.node.addr, "the changes a transaction made to ACL users or settings could not be read back: apply them to the other nodes by hand");
+                    }
+                }
                 Change::CatchUp { shard, epoch, why } => self.catch_up(&shard, epoch, why).await,
             }
         }
@@ -292,33 +343,44 @@ impl Worker {
             .insert(key(&self.node), Instant::now() + RETRY);
     }
 
-    /// Reads the rules the node (the primary that took `change`) now
-    /// lists for the users `change` names into the ledger, and queues them
-    /// for `others` while the ledger is held, so that no catch-up can
-    /// read an older word after a newer one is queued. Unread (the node
-    /// went away meanwhile), `change` itself is copied, unrecorded.
-    async fn capture(&mut self, change: Vec<Bytes>, others: Vec<Arc<Node>>) {
-        let Some(queues) = self.queues.upgrade() else {
-            return;
-        };
-        let list = [Bytes::from_static(b"ACL"), Bytes::from_static(b"LIST")];
-        let listed = match self.call(&list).await {
-            Outcome::Done(OwnedFrame::Array { data, .. }) => data,
-            _ => {
-                tracing::warn!(node = %self.node.addr, "ACL LIST failed after an ACL change: copied as it was, and not caught up later");
-                for node in &others {
-                    let copy = Change::Copy {
-                        args: change.clone(),
-                        what: "ACL change",
-                    };
-                    queues.enqueue(node, copy, &self.shared);
+    /// Reads what the node (the primary that took a change) now has for
+    /// `users` (their rules as `ACL LIST` writes them, or none: deleted)
+    /// and `params` into the ledger, and queues it for `others` while the
+    /// ledger is held, so that no catch-up can read an older word after a
+    /// newer one is queued. False: it could not be read (the node went
+    /// away meanwhile); nothing is recorded.
+    async fn reread(
+        &mut self,
+        users: Vec<Bytes>,
+        params: Vec<Bytes>,
+        others: &[Arc<Node>],
+    ) -> bool {
+        let word = Bytes::from_static;
+        let mut lines = Vec::new();
+        if !users.is_empty() {
+            match self.call(&[word(b"ACL"), word(b"LIST")]).await {
+                Outcome::Done(OwnedFrame::Array { data, .. }) => {
+                    lines = data.iter().filter_map(frame_text).collect();
                 }
-                return;
+                _ => return false,
             }
-        };
-        let lines: Vec<String> = listed.iter().filter_map(frame_text).collect();
+        }
+        let mut values = Vec::with_capacity(params.len());
+        for param in params {
+            let get = [word(b"CONFIG"), word(b"GET"), param.clone()];
+            let value = match self.call(&get).await {
+                Outcome::Done(OwnedFrame::Map { data, .. }) => {
+                    data.values().next().and_then(frame_text)
+                }
+                _ => None,
+            };
+            let Some(value) = value else {
+                return false;
+            };
+            values.push((Bytes::from(param.to_ascii_lowercase()), Bytes::from(value)));
+        }
         let mut ledger = self.shared.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        for user in named_users(&change) {
+        for user in users {
             let rules = lines.iter().find_map(|line| rules_of(line, &user));
             let command = user_command(&user, rules.as_deref());
             if ledger.users.len() < MAX_USERS || ledger.users.contains_key(&user) {
@@ -329,13 +391,26 @@ impl Worker {
                     "too many users changed through Rampart to remember more"
                 );
             }
-            for node in &others {
-                let copy = Change::Copy {
-                    args: command.clone(),
-                    what: "ACL change",
-                };
-                queues.enqueue(node, copy, &self.shared);
-            }
+            self.copy_to(others, command, "ACL change");
+        }
+        for (param, value) in values {
+            let command = vec![word(b"CONFIG"), word(b"SET"), param.clone(), value.clone()];
+            ledger.params.insert(param, value);
+            self.copy_to(others, command, "CONFIG SET");
+        }
+        true
+    }
+
+    fn copy_to(&self, others: &[Arc<Node>], args: Vec<Bytes>, what: &'static str) {
+        let Some(queues) = self.queues.upgrade() else {
+            return;
+        };
+        for node in others {
+            let copy = Change::Copy {
+                args: args.clone(),
+                what,
+            };
+            queues.enqueue(node, copy, &self.shared);
         }
     }
 

@@ -45,10 +45,16 @@ impl Connection {
             {
                 self.pinned(req).await
             }
+            // Copied to the other nodes once EXEC ran them (a managed
+            // parameter, as outside a transaction, is not).
+            Answer::AclChange | Answer::ConfigSet if in_multi => {
+                if self.ctx.guard.check(&req).is_none() {
+                    self.session.tx_settings.push(req.args());
+                }
+                self.pinned(req).await
+            }
             Answer::KillScript
             | Answer::Client
-            | Answer::AclChange
-            | Answer::ConfigSet
             | Answer::SlowlogGet
             | Answer::Info
             | Answer::Pause
