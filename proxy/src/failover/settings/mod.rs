@@ -1,0 +1,206 @@
+//! Changes the nodes do not replicate, kept the same on every node so that
+//! a failover keeps them. `ACL SETUSER | DELUSER` and `CONFIG SET` take
+//! effect on the node that runs them only; through Rampart they run on the
+//! primary (every shard's, for `CONFIG SET`) with the client's own rights,
+//! and what the primaries accepted is copied to every other node.
+//!
+//! Each node takes its copies in order, from one queue: `ACL SETUSER
+//! default off` then `on`, copied side by side, could otherwise land the
+//! other way round and leave the node refusing everyone.
+//!
+//! An ACL change is copied as the primary lists the user once it took
+//! it (`ACL SETUSER <user> reset <rules>`, or `ACL DELUSER`): the same
+//! whatever the node had before, and with the password hashed.
+//!
+//! A copy can miss a node: the node was down, or it restarted since (a
+//! node forgets both kinds of change unless its own files hold them), or
+//! it joined the shard later. So the ledger keeps the last word on every
+//! user and parameter changed through this instance, and [`catch_up`]
+//! applies all of it to such a node as soon as it answers, before any
+//! later copy.
+mod catch_up;
+mod ledger;
+mod worker;
+
+pub use catch_up::catch_up;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+
+use crate::observe::events::Events;
+use crate::topology::Node;
+use ledger::{named_users, Ledger};
+use worker::Worker;
+
+/// How long a node may take to apply one change.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Changes waiting for one node: past this (a node down for a long time
+/// while changes keep coming) further ones are dropped and logged, and the
+/// node is caught up once it answers.
+const QUEUE: usize = 256;
+/// Users the ledger remembers; changes to further ones are still copied.
+const MAX_USERS: usize = 10_000;
+/// A node that could not be caught up is tried again after this.
+const RETRY: Duration = Duration::from_secs(5);
+/// What a node's queue does next.
+enum Change {
+    /// Runs a client's change as the primary took it.
+    Copy {
+        args: Vec<Bytes>,
+        what: &'static str,
+    },
+    /// On the primary that just took an ACL change: records the rules it
+    /// now lists for the users it names (none: deleted) in the ledger, and
+    /// copies them to `others`.
+    Capture {
+        change: Vec<Bytes>,
+        others: Vec<Arc<Node>>,
+    },
+    /// On the primary that ran a transaction holding ACL changes or
+    /// `CONFIG SET`s: records what it now has for these users and
+    /// parameters, whichever of the transaction's commands took, and
+    /// copies it to `others`.
+    Reread {
+        users: Vec<Bytes>,
+        params: Vec<Bytes>,
+        others: Vec<Arc<Node>>,
+    },
+    /// Applies the whole ledger to a node of `shard` (recorded as an
+    /// event: `why` it was needed).
+    CatchUp {
+        shard: String,
+        epoch: u64,
+        why: &'static str,
+    },
+}
+
+/// Every node's queue, and what their workers share.
+pub struct Settings {
+    queues: Arc<Queues>,
+    shared: Arc<Shared>,
+}
+
+/// What every node's worker shares.
+struct Shared {
+    ledger: Mutex<Ledger>,
+    /// Nodes that missed a change, and when to try catching them up.
+    behind: DashMap<usize, Instant>,
+    events: Arc<Events>,
+}
+
+fn key(node: &Arc<Node>) -> usize {
+    Arc::as_ptr(node) as usize
+}
+
+/// Each node's queue, by the node's address in memory: ids are numbered
+/// per instance, and several instances may share a process (the tests run
+/// them so). The queue's task holds the node, so the address is never
+/// another node's while the entry lives.
+#[derive(Default)]
+struct Queues(DashMap<usize, mpsc::Sender<Change>>);
+
+impl Queues {
+    fn enqueue(self: &Arc<Self>, node: &Arc<Node>, change: Change, shared: &Arc<Shared>) {
+        let queue = self
+            .0
+            .entry(key(node))
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                let worker = Worker::new(node.clone(), shared.clone(), Arc::downgrade(self));
+                tokio::spawn(worker.run(rx));
+                tx
+            })
+            .clone();
+        if queue.try_send(change).is_err() {
+            tracing::warn!(node = %node.addr, "too many changes waiting for this node: it is caught up once it answers");
+            shared.behind.insert(key(node), Instant::now());
+        }
+    }
+}
+
+impl Settings {
+    pub fn new(events: Arc<Events>) -> Settings {
+        let shared = Shared {
+            ledger: Mutex::default(),
+            behind: DashMap::new(),
+            events,
+        };
+        Settings {
+            queues: Arc::default(),
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// An ACL change `primary` took: recorded and copied to every other
+    /// node as `primary` lists the users once it took it.
+    pub fn acl_changed(&self, primary: &Arc<Node>, nodes: Vec<Arc<Node>>, change: Vec<Bytes>) {
+        let others = nodes
+            .into_iter()
+            .filter(|n| !Arc::ptr_eq(n, primary))
+            .collect();
+        self.enqueue(primary, Change::Capture { change, others });
+    }
+
+    /// A transaction `primary` ran, holding ACL changes and `CONFIG SET`s
+    /// (`changes`): what it now has for the users and parameters they
+    /// name is recorded and copied to every other node.
+    pub fn transaction_ran(
+        &self,
+        primary: &Arc<Node>,
+        nodes: Vec<Arc<Node>>,
+        changes: &[Vec<Bytes>],
+    ) {
+        let (mut users, mut params) = (Vec::new(), Vec::new());
+        for change in changes {
+            match change.first().map(|c| c.to_ascii_uppercase()) {
+                Some(c) if c == b"ACL" => users.extend(named_users(change)),
+                _ => params.extend(change.iter().skip(2).step_by(2).cloned()),
+            }
+        }
+        let others = nodes
+            .into_iter()
+            .filter(|n| !Arc::ptr_eq(n, primary))
+            .collect();
+        let change = Change::Reread {
+            users,
+            params,
+            others,
+        };
+        self.enqueue(primary, change);
+    }
+
+    /// A `CONFIG SET` the primaries `done` took: recorded, and copied to
+    /// every other node.
+    pub fn config_set(&self, done: &[u32], nodes: Vec<Arc<Node>>, args: Vec<Bytes>) {
+        {
+            let mut ledger = self.shared.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            for pair in args.get(2..).unwrap_or_default().chunks_exact(2) {
+                let name = Bytes::from(pair[0].to_ascii_lowercase());
+                ledger.params.insert(name, pair[1].clone());
+            }
+        }
+        for node in nodes.iter().filter(|n| !done.contains(&n.id)) {
+            let change = Change::Copy {
+                args: args.clone(),
+                what: "CONFIG SET",
+            };
+            self.enqueue(node, change);
+        }
+    }
+
+    fn enqueue(&self, node: &Arc<Node>, change: Change) {
+        self.queues.enqueue(node, change, &self.shared);
+    }
+
+    fn ledger_is_empty(&self) -> bool {
+        self.shared
+            .ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+}
