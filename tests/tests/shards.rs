@@ -1181,15 +1181,16 @@ fn info_counts_clients_blocked_on_every_shard() {
 fn monitor_watches_every_shard() {
     let mut shards = clusters(2, 1);
     let proxy = Proxy::start_with(&config(&shards, ""));
+    let mut conn = proxy.conn();
     let mut monitor = proxy.conn();
     redis::cmd("MONITOR").exec(&mut monitor).unwrap();
     monitor
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let mut conn = proxy.conn();
     let (a, b) = (key_in(0, 2, "ma"), key_in(1, 2, "mb"));
-    let _: () = conn.set(&a, "on-first").unwrap();
+    // At once: the other shard's feed already watches.
     let _: () = conn.set(&b, "on-second").unwrap();
+    let _: () = conn.set(&a, "on-first").unwrap();
     // Probe rounds pass on both shards meanwhile.
     std::thread::sleep(Duration::from_millis(300));
     let _: () = conn.set(&a, "last").unwrap();
@@ -1208,12 +1209,61 @@ fn monitor_watches_every_shard() {
         assert!(!all.contains(internal), "{internal} in:\n{all}");
     }
 
+    // A user who may not MONITOR hears the nodes' refusal and carries on.
+    let mut refused = user(&proxy, &shards, "nomon", &["~*", "+@all", "-monitor"]);
+    let error = redis::cmd("MONITOR").exec(&mut refused).unwrap_err();
+    assert_eq!(error.code(), Some("NOPERM"), "{error}");
+    std::thread::sleep(Duration::from_millis(200));
+    let pong: String = redis::cmd("PING").query(&mut refused).unwrap();
+    assert_eq!(pong, "PONG");
+
     shards[1].nodes[0].kill();
     loop {
         match monitor.recv_response() {
             Ok(_) => continue,
             Err(e) if e.is_connection_dropped() => break,
             Err(e) => panic!("MONITOR went on after shard s1's primary died ({e})"),
+        }
+    }
+}
+
+/// A `MONITOR`'s `+OK` comes once every shard's feed watches: a command
+/// the client sends right after it is seen, even on a shard whose node is
+/// slow to answer (here 150 ms each way, through a forwarder).
+#[test]
+fn monitor_sees_every_shard_from_its_first_ok() {
+    use rampart_tests::forwarder::Forwarder;
+    let (first, second) = (Cluster::start(0), Cluster::start(0));
+    let slow = Forwarder::start(second.primary().port);
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[probe]\ninterval_ms = 100\ntimeout_ms = 2000\ndown_after_ms = 10000\n\
+         [shards.s0]\nnodes = [\"{}\"]\nslots = \"0-8191\"\n[shards.s1]\nnodes = [\"{}\"]\nslots = \"8192-16383\"\n",
+        first.primary().addr(),
+        slow.addr(),
+    );
+    let proxy = Proxy::start_with(&text);
+    let b = key_in(1, 2, "slow");
+    let mut conn = proxy.conn();
+    let _: () = conn.set(&b, "warm").unwrap();
+    slow.set_delay(Duration::from_millis(150));
+    let mut monitor = proxy.conn();
+    redis::cmd("MONITOR").exec(&mut monitor).unwrap();
+    let _: () = conn.set(&b, "on-second").unwrap();
+    monitor
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // The forwarder hides whose connections the probes are: their lines
+    // come too, so the wait is bounded by time.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the slow shard's command was not seen"
+        );
+        let line = monitor.recv_response();
+        let line = line.unwrap_or_else(|e| panic!("the slow shard's command was not seen: {e}"));
+        if format!("{line:?}").contains("on-second") {
+            break;
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::own;
 use crate::backend::Session;
@@ -46,6 +46,10 @@ impl MonitorFilter {
 /// shard's new primary.
 pub(super) struct OtherFeeds {
     lines: mpsc::Receiver<Option<BytesMut>>,
+    /// Keeps the channel open when every feed has ended quietly (the
+    /// nodes refused `MONITOR`, as the pipe's node did): the client stays,
+    /// as it would after that refusal over one shard.
+    _open: mpsc::Sender<Option<BytesMut>>,
     /// Dropped with the client: the feeds' tasks end with it.
     _tasks: tokio::task::JoinSet<()>,
 }
@@ -54,22 +58,33 @@ pub(super) struct OtherFeeds {
 /// stops reading its node, as the pipe's own stops when the client reads
 /// slowly.
 const FEED_QUEUE: usize = 64;
+/// How long the client's `+OK` waits for a feed to start watching (a
+/// node that cannot be reached fails sooner, at its connect timeout).
+const START_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl OtherFeeds {
-    pub(super) fn start(shards: Vec<Arc<Shard>>, session: Session) -> OtherFeeds {
+    /// Starts a feed per shard, once each watches (or could not).
+    pub(super) async fn start(shards: Vec<Arc<Shard>>, session: Session) -> OtherFeeds {
         let (tx, lines) = mpsc::channel(FEED_QUEUE);
         let mut tasks = tokio::task::JoinSet::new();
+        let mut watching = Vec::with_capacity(shards.len());
         for shard in shards {
             let tx = tx.clone();
             let session = session.clone();
+            let (started, started_rx) = oneshot::channel();
+            watching.push(started_rx);
             tasks.spawn(async move {
-                if feed(&shard, session, &tx).await == Ended::Lost {
+                if feed(&shard, session, &tx, started).await == Ended::Lost {
                     let _ = tx.send(None).await;
                 }
             });
         }
+        for started in watching {
+            let _ = tokio::time::timeout(START_WITHIN, started).await;
+        }
         OtherFeeds {
             lines,
+            _open: tx,
             _tasks: tasks,
         }
     }
@@ -96,7 +111,13 @@ enum Ended {
 }
 
 /// One shard's feed, until its primary changes or its connection breaks.
-async fn feed(shard: &Shard, session: Session, tx: &mpsc::Sender<Option<BytesMut>>) -> Ended {
+async fn feed(
+    shard: &Shard,
+    session: Session,
+    tx: &mpsc::Sender<Option<BytesMut>>,
+    started: oneshot::Sender<()>,
+) -> Ended {
+    let mut started = Some(started);
     let topology = &shard.topology;
     let mut changed = topology.watch();
     let Some(primary) = topology.primary_node().cloned() else {
@@ -111,8 +132,7 @@ async fn feed(shard: &Shard, session: Session, tx: &mpsc::Sender<Option<BytesMut
     }
     let mut filter = MonitorFilter::default();
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    // The client heard `+OK` from the pipe's node: this one's is dropped.
-    let mut started = false;
+    // The client hears `+OK` from the pipe's node: this one's is dropped.
     loop {
         tokio::select! {
             change = changed.changed() => {
@@ -127,12 +147,14 @@ async fn feed(shard: &Shard, session: Session, tx: &mpsc::Sender<Option<BytesMut
                 }
                 let mut lines = filter.feed(&buf);
                 buf.clear();
-                if !started && !lines.is_empty() {
+                if started.is_some() && !lines.is_empty() {
                     if !lines.starts_with(b"+OK\r\n") {
                         return Ended::Refused;
                     }
                     lines.advance(5);
-                    started = true;
+                    if let Some(started) = started.take() {
+                        let _ = started.send(());
+                    }
                 }
                 if !lines.is_empty() && tx.send(Some(lines)).await.is_err() {
                     return Ended::Left;

@@ -190,7 +190,10 @@ impl Connection {
             let others = self.ctx.shards.all_serving();
             let others = others.into_iter().filter(|s| !Arc::ptr_eq(s, &self.shard));
             let session = self.session.link_session();
-            self.other_feeds = Some(super::monitor::OtherFeeds::start(others.collect(), session));
+            // Every feed watches before the client hears `+OK`: what it
+            // sends next is seen on every shard.
+            let feeds = super::monitor::OtherFeeds::start(others.collect(), session).await;
+            self.other_feeds = Some(feeds);
         }
         self.session.pubsub = matches!(
             req.name().as_bytes(),

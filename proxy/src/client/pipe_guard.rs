@@ -114,7 +114,7 @@ impl Connection {
         };
         elsewhere.then(|| {
             format!(
-                "ERR rampart: this connection is piped to shard '{}' (subscribed or tracking), and '{}' reaches beyond it: use another connection",
+                "ERR rampart: this connection is piped to shard '{}' (subscribed or monitoring), and '{}' reaches beyond it: use another connection",
                 self.shard.name(),
                 req.name().as_str().to_lowercase()
             )
