@@ -121,9 +121,8 @@ impl Connection {
         // An array: the transaction ran (nil: a WATCHed key changed; an
         // error: it was discarded).
         if reply.starts_with(b"*") && !reply.starts_with(b"*-1") {
-            let nodes = self.ctx.topology.nodes().into_iter().map(|(_, n)| n);
-            let settings_copier = &self.ctx.node_settings;
-            settings_copier.transaction_ran(&node, nodes.collect(), settings);
+            let copier = &self.ctx.node_settings;
+            copier.transaction_ran(&node, &self.ctx.topology, settings);
         }
         self.push(Pending::Local(reply))
     }

@@ -66,9 +66,8 @@ impl Connection {
                 Err(error) => self.reply(error).await,
                 Ok((node, reply)) => {
                     if !reply.starts_with(b"-") {
-                        let nodes = self.ctx.topology.nodes().into_iter().map(|(_, n)| n);
                         let settings = &self.ctx.node_settings;
-                        settings.acl_changed(&node, nodes.collect(), req.args());
+                        settings.acl_changed(&node, &self.ctx.topology, req.args());
                     }
                     self.push(Pending::Local(reply))
                 }
@@ -90,9 +89,8 @@ impl Connection {
                     // primary has (see `guard.rs`); the replicas' own
                     // (`replica-priority` ...) are not the primary's to copy.
                     if !reply.starts_with(b"-") && self.ctx.guard.check(&req).is_none() {
-                        let nodes = self.ctx.topology.nodes().into_iter().map(|(_, n)| n);
                         let settings = &self.ctx.node_settings;
-                        settings.config_set(&done, nodes.collect(), req.args());
+                        settings.config_set(&done, &self.ctx.topology, req.args());
                     }
                     self.push(Pending::Local(reply))
                 }

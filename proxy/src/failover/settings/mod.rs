@@ -32,7 +32,7 @@ use dashmap::DashMap;
 use tokio::sync::mpsc;
 
 use crate::observe::events::Events;
-use crate::topology::Node;
+use crate::topology::{Node, Topology};
 use ledger::{named_users, Ledger};
 use worker::Worker;
 
@@ -92,6 +92,12 @@ struct Shared {
     events: Arc<Events>,
 }
 
+/// Every node of every shard but those `done` (which took the change).
+fn others(topology: &Topology, done: impl Fn(&Arc<Node>) -> bool) -> Vec<Arc<Node>> {
+    let nodes = topology.nodes().into_iter().map(|(_, node)| node);
+    nodes.filter(|node| !done(node)).collect()
+}
+
 fn key(node: &Arc<Node>) -> usize {
     Arc::as_ptr(node) as usize
 }
@@ -137,11 +143,8 @@ impl Settings {
 
     /// An ACL change `primary` took: recorded and copied to every other
     /// node as `primary` lists the users once it took it.
-    pub fn acl_changed(&self, primary: &Arc<Node>, nodes: Vec<Arc<Node>>, change: Vec<Bytes>) {
-        let others = nodes
-            .into_iter()
-            .filter(|n| !Arc::ptr_eq(n, primary))
-            .collect();
+    pub fn acl_changed(&self, primary: &Arc<Node>, topology: &Topology, change: Vec<Bytes>) {
+        let others = others(topology, |n| Arc::ptr_eq(n, primary));
         self.enqueue(primary, Change::Capture { change, others });
     }
 
@@ -151,7 +154,7 @@ impl Settings {
     pub fn transaction_ran(
         &self,
         primary: &Arc<Node>,
-        nodes: Vec<Arc<Node>>,
+        topology: &Topology,
         changes: &[Vec<Bytes>],
     ) {
         let (mut users, mut params) = (Vec::new(), Vec::new());
@@ -161,10 +164,7 @@ impl Settings {
                 _ => params.extend(change.iter().skip(2).step_by(2).cloned()),
             }
         }
-        let others = nodes
-            .into_iter()
-            .filter(|n| !Arc::ptr_eq(n, primary))
-            .collect();
+        let others = others(topology, |n| Arc::ptr_eq(n, primary));
         let change = Change::Reread {
             users,
             params,
@@ -175,7 +175,7 @@ impl Settings {
 
     /// A `CONFIG SET` the primaries `done` took: recorded, and copied to
     /// every other node.
-    pub fn config_set(&self, done: &[u32], nodes: Vec<Arc<Node>>, args: Vec<Bytes>) {
+    pub fn config_set(&self, done: &[u32], topology: &Topology, args: Vec<Bytes>) {
         {
             let mut ledger = self.shared.ledger.lock().unwrap_or_else(|p| p.into_inner());
             for pair in args.get(2..).unwrap_or_default().chunks_exact(2) {
@@ -183,7 +183,7 @@ impl Settings {
                 ledger.params.insert(name, pair[1].clone());
             }
         }
-        for node in nodes.iter().filter(|n| !done.contains(&n.id)) {
+        for node in &others(topology, |n| done.contains(&n.id)) {
             let change = Change::Copy {
                 args: args.clone(),
                 what: "CONFIG SET",
