@@ -1277,20 +1277,166 @@ fn users_and_settings_reach_a_replica_that_restarted_or_missed_them() {
     );
 
     // The replica as primary: the users log in through Rampart as before.
+    switch_over_and_log_in(&proxy, &replica, ("late", "later"));
+}
+
+/// Switches the shard over to `replica`, then `user` logs in through
+/// Rampart and writes, and the deleted user `gone` is refused.
+fn switch_over_and_log_in(proxy: &Proxy, replica: &str, (user, password): (&str, &str)) {
     proxy.wait_serving_replicas(1, Duration::from_secs(10));
-    let answer = proxy.cli(&["RAMPART", "SWITCHOVER", "main", &replica]);
+    let answer = proxy.cli(&["RAMPART", "SWITCHOVER", "main", replica]);
     assert!(answer.starts_with("switched over"), "{answer}");
-    let mut late = proxy.conn();
+    let mut conn = proxy.conn();
     redis::cmd("AUTH")
-        .arg(&["late", "later"])
-        .exec(&mut late)
+        .arg(&[user, password])
+        .exec(&mut conn)
         .unwrap();
-    let _: () = late.set("anywhere", 1).unwrap();
+    let _: () = conn.set("anywhere", 1).unwrap();
     let refused = redis::cmd("AUTH")
         .arg(&["gone", "secret"])
         .exec(&mut proxy.conn())
         .unwrap_err();
     assert_eq!(refused.code(), Some("WRONGPASS"), "{refused}");
+}
+
+/// With `state_dir` the ledger outlives a restart of Rampart: a replica
+/// that restarted while Rampart was down is caught up once Rampart is
+/// back, and a node that did not restart keeps what was changed on it
+/// directly meanwhile.
+#[test]
+fn users_and_settings_outlive_a_restart_of_rampart() {
+    let mut cluster = Cluster::start(1);
+    let state = tempfile::tempdir().unwrap();
+    let text = config(&cluster.addrs(), state.path(), "switchover_interval_ms = 0");
+    let proxy = Proxy::start_with(&text);
+    proxy.wait_serving_replicas(1, Duration::from_secs(10));
+    let (primary, replica) = (cluster.nodes[0].addr(), cluster.nodes[1].addr());
+    let mut conn = proxy.conn();
+    for args in [
+        &["ACL", "SETUSER", "app", "on", ">secret", "~*", "+@all"][..],
+        &["ACL", "SETUSER", "gone", "on", ">secret", "~*", "+@all"],
+        &["ACL", "DELUSER", "gone"],
+        &["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"],
+    ] {
+        redis::cmd(args[0]).arg(&args[1..]).exec(&mut conn).unwrap();
+    }
+    let kept = state.path().join("settings.json");
+    wait_until(
+        "the changes on the replica, and kept with both nodes",
+        Duration::from_secs(5),
+        || {
+            let text = std::fs::read_to_string(&kept).unwrap_or_default();
+            has_user(&replica, "app")
+                && node_setting(&replica, "maxmemory-policy") == "allkeys-lru"
+                && text.contains(&primary)
+                && text.contains(&replica)
+        },
+    );
+    let text_kept = std::fs::read_to_string(&kept).unwrap();
+    assert!(!text_kept.contains("secret"), "{text_kept}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&kept).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+    drop(conn);
+    drop(proxy);
+
+    // While Rampart is down: the replica restarts (and forgets), and an
+    // operator changes a setting on the primary directly.
+    redis_cli_at(
+        &primary,
+        &["CONFIG", "SET", "maxmemory-policy", "volatile-ttl"],
+    );
+    cluster.nodes[1].restart();
+    assert!(!has_user(&replica, "app"));
+
+    let proxy = Proxy::start_with(&text);
+    wait_until(
+        "the replica caught up by the restarted Rampart",
+        Duration::from_secs(10),
+        || has_user(&replica, "app") && node_setting(&replica, "maxmemory-policy") == "allkeys-lru",
+    );
+    wait_until_or(
+        "the catch-up recorded",
+        Duration::from_secs(5),
+        || {
+            proxy
+                .last_event_detail("settings-caught-up")
+                .is_some_and(|d| d.contains("3 ACL users and settings") && d.contains("restarted"))
+        },
+        || format!("{:?}", proxy.events()),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(node_setting(&primary, "maxmemory-policy"), "volatile-ttl");
+    assert_eq!(
+        proxy.events_of("settings-caught-up"),
+        1,
+        "{:?}",
+        proxy.events()
+    );
+
+    switch_over_and_log_in(&proxy, &replica, ("app", "secret"));
+}
+
+/// What a node refuses to take, a copy or part of a catch-up, is recorded
+/// as an event (`settings-refused`), not only logged: here Rampart's user
+/// on the replica may not run `CONFIG SET`.
+#[test]
+fn a_change_a_node_refuses_is_recorded() {
+    let (mut cluster, _state, proxy) = switchable(1);
+    let replica = cluster.nodes[1].addr();
+    redis_cli_at(&replica, &["ACL", "SETUSER", "default", "-config|set"]);
+    let mut conn = proxy.conn();
+    redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory-policy", "allkeys-lru"])
+        .exec(&mut conn)
+        .unwrap();
+    wait_until_or(
+        "the refused copy recorded",
+        Duration::from_secs(5),
+        || {
+            proxy
+                .last_event_detail("settings-refused")
+                .is_some_and(|d| d.contains("CONFIG SET refused: NOPERM"))
+        },
+        || format!("{:?}", proxy.events()),
+    );
+    assert_ne!(node_setting(&replica, "maxmemory-policy"), "allkeys-lru");
+
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "app", "on", ">secret", "~*", "+@all"])
+        .exec(&mut conn)
+        .unwrap();
+    wait_until("the user on the replica", Duration::from_secs(5), || {
+        has_user(&replica, "app")
+    });
+    let restricted = [
+        "--user",
+        "default",
+        "on",
+        "nopass",
+        "~*",
+        "&*",
+        "+@all",
+        "-config|set",
+    ];
+    cluster.nodes[1].restart_with(&restricted);
+    wait_until(
+        "the user back on the replica",
+        Duration::from_secs(10),
+        || has_user(&replica, "app"),
+    );
+    wait_until_or(
+        "the refused part of the catch-up recorded",
+        Duration::from_secs(5),
+        || {
+            proxy
+                .last_event_detail("settings-refused")
+                .is_some_and(|d| {
+                    d.contains("the node refused: CONFIG SET maxmemory-policy: NOPERM")
+                })
+        },
+        || format!("{:?}", proxy.events()),
+    );
 }
 
 /// ACL changes and `CONFIG SET`s inside a transaction reach every node

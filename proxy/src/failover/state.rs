@@ -111,7 +111,13 @@ impl StateStore {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(name);
         let tmp = dir.join(format!(".{name}.tmp"));
-        let mut file = std::fs::File::create(&tmp)?;
+        // Readable by Rampart's user alone: the settings ledger holds
+        // password hashes.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp)?;
         file.write_all(&serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;

@@ -81,7 +81,10 @@ impl Server {
             &coordination,
         )?;
         let (added_shards, added_rx) = mpsc::unbounded_channel();
-        let node_settings = Arc::new(failover::settings::Settings::new(events.clone()));
+        let node_settings = Arc::new(failover::settings::Settings::new(
+            events.clone(),
+            config.failover.state_dir.as_deref(),
+        ));
         let context = Arc::new(Context {
             secrets: crate::secrets::Secrets::new(&config),
             slots,

@@ -12,6 +12,8 @@ pub(super) struct Ledger {
     pub(super) users: BTreeMap<Bytes, Option<Vec<Bytes>>>,
     /// A parameter's value, by its name in lower case.
     pub(super) params: BTreeMap<Bytes, Bytes>,
+    /// Counts the changes recorded, to tell when it is to be kept again.
+    pub(super) changes: u64,
 }
 
 impl Ledger {

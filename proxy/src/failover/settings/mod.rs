@@ -17,13 +17,16 @@
 //! it joined the shard later. So the ledger keeps the last word on every
 //! user and parameter changed through this instance, and [`catch_up`]
 //! applies all of it to such a node as soon as it answers, before any
-//! later copy.
+//! later copy. With `failover.state_dir` the ledger outlives a restart of
+//! Rampart ([`saved`]).
 mod catch_up;
 mod ledger;
+mod saved;
 mod worker;
 
 pub use catch_up::catch_up;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,7 +35,7 @@ use dashmap::DashMap;
 use tokio::sync::mpsc;
 
 use crate::observe::events::Events;
-use crate::topology::{Node, Topology};
+use crate::topology::{Node, ReplicaSet, Topology};
 use ledger::{named_users, Ledger};
 use worker::Worker;
 
@@ -58,7 +61,7 @@ enum Change {
     /// copies them to `others`.
     Capture {
         change: Vec<Bytes>,
-        others: Vec<Arc<Node>>,
+        others: Vec<Target>,
     },
     /// On the primary that ran a transaction holding ACL changes or
     /// `CONFIG SET`s: records what it now has for these users and
@@ -67,16 +70,15 @@ enum Change {
     Reread {
         users: Vec<Bytes>,
         params: Vec<Bytes>,
-        others: Vec<Arc<Node>>,
+        others: Vec<Target>,
     },
-    /// Applies the whole ledger to a node of `shard` (recorded as an
-    /// event: `why` it was needed).
-    CatchUp {
-        shard: String,
-        epoch: u64,
-        why: &'static str,
-    },
+    /// Applies the whole ledger to the node (recorded as an event: `why`
+    /// it was needed).
+    CatchUp { why: &'static str },
 }
+
+/// A node, and the shard it is in (whose name and epoch its events carry).
+type Target = (Arc<ReplicaSet>, Arc<Node>);
 
 /// Every node's queue, and what their workers share.
 pub struct Settings {
@@ -89,13 +91,42 @@ struct Shared {
     ledger: Mutex<Ledger>,
     /// Nodes that missed a change, and when to try catching them up.
     behind: DashMap<usize, Instant>,
+    /// Changes queued for each node and not yet done: a node with any
+    /// does not hold the whole ledger yet.
+    pending: DashMap<usize, usize>,
+    /// Where the ledger is kept (nothing without a `state_dir`), and the
+    /// nodes that held it when it was last kept, for the catch-up service
+    /// to start from.
+    store: saved::Store,
+    saved_nodes: Mutex<BTreeMap<String, String>>,
+    /// The ledger changed: the catch-up service keeps it at once.
+    changed: tokio::sync::Notify,
     events: Arc<Events>,
 }
 
+impl Shared {
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One change for `node` done (applied, refused or missed).
+    fn done(&self, node: usize) {
+        if let Some(mut n) = self.pending.get_mut(&node) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
 /// Every node of every shard but those `done` (which took the change).
-fn others(topology: &Topology, done: impl Fn(&Arc<Node>) -> bool) -> Vec<Arc<Node>> {
-    let nodes = topology.nodes().into_iter().map(|(_, node)| node);
-    nodes.filter(|node| !done(node)).collect()
+fn others(topology: &Topology, done: impl Fn(&Arc<Node>) -> bool) -> Vec<Target> {
+    let nodes = topology.nodes().into_iter();
+    nodes.filter(|(_, node)| !done(node)).collect()
+}
+
+/// `node` with its shard, if it is still in one.
+fn target(topology: &Topology, node: &Arc<Node>) -> Option<Target> {
+    let mut nodes = topology.nodes().into_iter();
+    nodes.find(|(_, n)| Arc::ptr_eq(n, node))
 }
 
 fn key(node: &Arc<Node>) -> usize {
@@ -110,18 +141,23 @@ fn key(node: &Arc<Node>) -> usize {
 struct Queues(DashMap<usize, mpsc::Sender<Change>>);
 
 impl Queues {
-    fn enqueue(self: &Arc<Self>, node: &Arc<Node>, change: Change, shared: &Arc<Shared>) {
+    fn enqueue(self: &Arc<Self>, target: &Target, change: Change, shared: &Arc<Shared>) {
+        let node = &target.1;
         let queue = self
             .0
             .entry(key(node))
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                let worker = Worker::new(node.clone(), shared.clone(), Arc::downgrade(self));
+                let worker = Worker::new(target.clone(), shared.clone(), Arc::downgrade(self));
                 tokio::spawn(worker.run(rx));
                 tx
             })
             .clone();
+        // Counted before it is sent, so the worker cannot be done with it
+        // first.
+        *shared.pending.entry(key(node)).or_default() += 1;
         if queue.try_send(change).is_err() {
+            shared.done(key(node));
             tracing::warn!(node = %node.addr, "too many changes waiting for this node: it is caught up once it answers");
             shared.behind.insert(key(node), Instant::now());
         }
@@ -129,10 +165,18 @@ impl Queues {
 }
 
 impl Settings {
-    pub fn new(events: Arc<Events>) -> Settings {
+    /// The copier, with the ledger kept in `state_dir` if given (read
+    /// from it now).
+    pub fn new(events: Arc<Events>, state_dir: Option<&str>) -> Settings {
+        let store = saved::Store::new(state_dir);
+        let (ledger, saved_nodes) = store.load();
         let shared = Shared {
-            ledger: Mutex::default(),
+            ledger: Mutex::new(ledger),
             behind: DashMap::new(),
+            pending: DashMap::new(),
+            store,
+            saved_nodes: Mutex::new(saved_nodes),
+            changed: tokio::sync::Notify::new(),
             events,
         };
         Settings {
@@ -145,7 +189,9 @@ impl Settings {
     /// node as `primary` lists the users once it took it.
     pub fn acl_changed(&self, primary: &Arc<Node>, topology: &Topology, change: Vec<Bytes>) {
         let others = others(topology, |n| Arc::ptr_eq(n, primary));
-        self.enqueue(primary, Change::Capture { change, others });
+        if let Some(primary) = target(topology, primary) {
+            self.enqueue(&primary, Change::Capture { change, others });
+        }
     }
 
     /// A transaction `primary` ran, holding ACL changes and `CONFIG SET`s
@@ -170,37 +216,38 @@ impl Settings {
             params,
             others,
         };
-        self.enqueue(primary, change);
+        if let Some(primary) = target(topology, primary) {
+            self.enqueue(&primary, change);
+        }
     }
 
     /// A `CONFIG SET` the primaries `done` took: recorded, and copied to
     /// every other node.
     pub fn config_set(&self, done: &[u32], topology: &Topology, args: Vec<Bytes>) {
-        {
-            let mut ledger = self.shared.ledger.lock().unwrap_or_else(|p| p.into_inner());
-            for pair in args.get(2..).unwrap_or_default().chunks_exact(2) {
-                let name = Bytes::from(pair[0].to_ascii_lowercase());
-                ledger.params.insert(name, pair[1].clone());
-            }
+        let mut ledger = self.shared.ledger();
+        for pair in args.get(2..).unwrap_or_default().chunks_exact(2) {
+            let name = Bytes::from(pair[0].to_ascii_lowercase());
+            ledger.params.insert(name, pair[1].clone());
         }
-        for node in &others(topology, |n| done.contains(&n.id)) {
+        ledger.changes += 1;
+        // Queued while the ledger is held, as a capture's copies are: the
+        // service keeps no node as holding this word before its copy.
+        for other in &others(topology, |n| done.contains(&n.id)) {
             let change = Change::Copy {
                 args: args.clone(),
                 what: "CONFIG SET",
             };
-            self.enqueue(node, change);
+            self.enqueue(other, change);
         }
+        drop(ledger);
+        self.shared.changed.notify_one();
     }
 
-    fn enqueue(&self, node: &Arc<Node>, change: Change) {
-        self.queues.enqueue(node, change, &self.shared);
+    fn enqueue(&self, target: &Target, change: Change) {
+        self.queues.enqueue(target, change, &self.shared);
     }
 
     fn ledger_is_empty(&self) -> bool {
-        self.shared
-            .ledger
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        self.shared.ledger().is_empty()
     }
 }

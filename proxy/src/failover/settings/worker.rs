@@ -8,14 +8,16 @@ use redis_protocol::resp3::types::OwnedFrame;
 use tokio::sync::mpsc;
 
 use super::ledger::{named_users, rules_of, user_command};
-use super::{key, Change, Queues, Shared, APPLY_TIMEOUT, MAX_USERS, RETRY};
+use super::{key, Change, Queues, Shared, Target, APPLY_TIMEOUT, MAX_USERS, RETRY};
 use crate::backend::control::{frame_text, Control};
-use crate::topology::Node;
+use crate::topology::{Node, ReplicaSet};
 
 /// Applies one node's changes one after the other, on one connection
 /// (made again after a failure).
 pub(super) struct Worker {
     node: Arc<Node>,
+    /// The node's shard, named by its events.
+    shard: Arc<ReplicaSet>,
     shared: Arc<Shared>,
     /// To copy what a capture read to the other nodes (weak: the queues
     /// hold this worker's sender).
@@ -34,12 +36,13 @@ enum Outcome {
 
 impl Worker {
     pub(super) fn new(
-        node: Arc<Node>,
+        (shard, node): Target,
         shared: Arc<Shared>,
         queues: std::sync::Weak<Queues>,
     ) -> Worker {
         Worker {
             node,
+            shard,
             shared,
             queues,
             control: None,
@@ -53,6 +56,7 @@ impl Worker {
                     Outcome::Done(_) => {}
                     Outcome::Refused(error) => {
                         tracing::warn!(node = %self.node.addr, %error, "{what} refused by this node; apply it there by hand");
+                        self.record("settings-refused", format!("{what} refused: {error}"));
                     }
                     Outcome::Unreachable(error) => {
                         tracing::warn!(node = %self.node.addr, %error, "{what} not applied on this node yet: it is caught up once it answers");
@@ -74,8 +78,9 @@ impl Worker {
                         tracing::warn!(node = %self.node.addr, "the changes a transaction made to ACL users or settings could not be read back: apply them to the other nodes by hand");
                     }
                 }
-                Change::CatchUp { shard, epoch, why } => self.catch_up(&shard, epoch, why).await,
+                Change::CatchUp { why } => self.catch_up(why).await,
             }
+            self.shared.done(key(&self.node));
         }
     }
 
@@ -123,12 +128,7 @@ impl Worker {
     /// ledger is held, so that no catch-up can read an older word after a
     /// newer one is queued. False: it could not be read (the node went
     /// away meanwhile); nothing is recorded.
-    async fn reread(
-        &mut self,
-        users: Vec<Bytes>,
-        params: Vec<Bytes>,
-        others: &[Arc<Node>],
-    ) -> bool {
+    async fn reread(&mut self, users: Vec<Bytes>, params: Vec<Bytes>, others: &[Target]) -> bool {
         let word = Bytes::from_static;
         let mut lines = Vec::new();
         if !users.is_empty() {
@@ -153,7 +153,8 @@ impl Worker {
             };
             values.push((Bytes::from(param.to_ascii_lowercase()), Bytes::from(value)));
         }
-        let mut ledger = self.shared.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ledger = self.shared.ledger();
+        ledger.changes += 1;
         for user in users {
             let rules = lines.iter().find_map(|line| rules_of(line, &user));
             let command = user_command(&user, rules.as_deref());
@@ -172,10 +173,12 @@ impl Worker {
             ledger.params.insert(param, value);
             self.copy_to(others, command, "CONFIG SET");
         }
+        drop(ledger);
+        self.shared.changed.notify_one();
         true
     }
 
-    fn copy_to(&self, others: &[Arc<Node>], args: Vec<Bytes>, what: &'static str) {
+    fn copy_to(&self, others: &[Target], args: Vec<Bytes>, what: &'static str) {
         let Some(queues) = self.queues.upgrade() else {
             return;
         };
@@ -190,13 +193,8 @@ impl Worker {
 
     /// Applies the whole ledger. A node that cannot be reached is tried
     /// again once it answers; what it refuses is recorded.
-    async fn catch_up(&mut self, shard: &str, epoch: u64, why: &'static str) {
-        let commands = self
-            .shared
-            .ledger
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .commands();
+    async fn catch_up(&mut self, why: &'static str) {
+        let commands = self.shared.ledger().commands();
         let count = commands.len();
         let mut refused = Vec::new();
         for command in commands {
@@ -213,14 +211,18 @@ impl Worker {
                 }
             }
         }
-        let node = Some(self.node.addr.as_str());
         let detail =
             format!("{count} ACL users and settings changed through Rampart applied ({why})");
-        let events = &self.shared.events;
-        events.record(shard, "settings-caught-up", node, epoch, detail);
+        self.record("settings-caught-up", detail);
         if !refused.is_empty() {
             let detail = format!("the node refused: {}", refused.join("; "));
-            events.record(shard, "settings-refused", node, epoch, detail);
+            self.record("settings-refused", detail);
         }
+    }
+
+    fn record(&self, kind: &'static str, detail: String) {
+        let (shard, node) = (&self.shard.name, Some(self.node.addr.as_str()));
+        let events = &self.shared.events;
+        events.record(shard, kind, node, self.shard.epoch(), detail);
     }
 }
