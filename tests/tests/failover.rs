@@ -1439,6 +1439,25 @@ fn a_change_a_node_refuses_is_recorded() {
     );
 }
 
+/// When the primary's users cannot be read back after an ACL change
+/// (here Rampart's user there may not run `ACL LIST`), the client's own
+/// command is copied to the other nodes as it was.
+#[test]
+fn an_acl_change_that_cannot_be_read_back_is_copied_as_it_was() {
+    let (cluster, _state, proxy) = switchable(1);
+    let (primary, replica) = (cluster.nodes[0].addr(), cluster.nodes[1].addr());
+    redis_cli_at(&primary, &["ACL", "SETUSER", "default", "-acl|list"]);
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "raw", "on", ">pw", "~raw:*", "+get"])
+        .exec(&mut proxy.conn())
+        .unwrap();
+    wait_until("the user on the replica", Duration::from_secs(5), || {
+        has_user(&replica, "raw")
+    });
+    let line = redis_cli_at(&replica, &["ACL", "GETUSER", "raw"]);
+    assert!(line.contains("~raw:*"), "{line}");
+}
+
 /// ACL changes and `CONFIG SET`s inside a transaction reach every node
 /// once `EXEC` ran them, as outside one; a transaction that did not run
 /// (a WATCHed key changed) changes nothing anywhere.
