@@ -1267,3 +1267,329 @@ fn monitor_sees_every_shard_from_its_first_ok() {
         }
     }
 }
+
+/// A RESP3 connection read frame by frame, for `CLIENT TRACKING`: replies
+/// as their raw bytes, invalidation pushes kept apart.
+struct Resp3 {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+    pushes: Vec<Vec<u8>>,
+}
+
+impl Resp3 {
+    fn connect(port: u16) -> Resp3 {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut conn = Resp3 {
+            stream,
+            buf: Vec::new(),
+            pushes: Vec::new(),
+        };
+        conn.call(&["HELLO", "3"]);
+        conn
+    }
+
+    fn send(&mut self, args: &[&str]) {
+        use std::io::Write;
+        let mut out = format!("*{}\r\n", args.len());
+        for arg in args {
+            out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        self.stream.write_all(out.as_bytes()).unwrap();
+    }
+
+    /// The raw reply to `args` (pushes before it set aside).
+    fn call(&mut self, args: &[&str]) -> String {
+        self.send(args);
+        loop {
+            let frame = self.frame().expect("a reply");
+            if frame.starts_with(b">") {
+                self.pushes.push(frame);
+            } else {
+                return String::from_utf8_lossy(&frame).into_owned();
+            }
+        }
+    }
+
+    /// The next frame; `None` when the connection closed.
+    fn frame(&mut self) -> Option<Vec<u8>> {
+        use std::io::Read;
+        loop {
+            if let Ok(Some((_, used))) = redis_protocol::resp3::decode::complete::decode(&self.buf)
+            {
+                return Some(self.buf.drain(..used).collect());
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// The keys invalidated so far ("*" for a flush), once `until` holds
+    /// of them or 5 s passed.
+    fn invalidated(&mut self, until: impl Fn(&BTreeSet<String>) -> bool) -> BTreeSet<String> {
+        let mut keys = BTreeSet::new();
+        loop {
+            for push in self.pushes.drain(..) {
+                let text = String::from_utf8_lossy(&push).into_owned();
+                assert!(text.starts_with(">2\r\n$10\r\ninvalidate\r\n"), "{text}");
+                match text.split("\r\n").nth(3) {
+                    Some("_") => {
+                        keys.insert("*".to_string());
+                    }
+                    _ => keys.extend(text.split("\r\n").skip(5).step_by(2).map(str::to_string)),
+                }
+                keys.remove("");
+            }
+            if until(&keys) {
+                return keys;
+            }
+            self.stream
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            match self.frame_or_timeout() {
+                Some(frame) => self.pushes.push(frame),
+                None => return keys,
+            }
+        }
+    }
+
+    /// Whether Rampart closes the connection within `limit` (whatever it
+    /// sends before).
+    fn closed_within(&mut self, limit: Duration) -> bool {
+        use std::io::Read;
+        let deadline = Instant::now() + limit;
+        let mut chunk = [0u8; 4096];
+        while Instant::now() < deadline {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                _ => {}
+            }
+        }
+        false
+    }
+
+    fn frame_or_timeout(&mut self) -> Option<Vec<u8>> {
+        use std::io::Read;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(Some((_, used))) = redis_protocol::resp3::decode::complete::decode(&self.buf)
+            {
+                return Some(self.buf.drain(..used).collect());
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(n) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => return None,
+                Err(_) if Instant::now() < deadline => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// Client-side caching over several shards: the client hears of every
+/// change to the keys it read, whichever shard holds them, and of nothing
+/// else; a flush on every shard; and a key read once is reported on each
+/// later change.
+#[test]
+fn client_tracking_tells_of_the_keys_read_on_every_shard() {
+    let shards = clusters(2, 1);
+    let text = config(&shards, "");
+    let text = text.replace(
+        "[shards.s1.replication]",
+        "read_from = \"replicas\"\n[shards.s1.replication]",
+    );
+    let proxy = Proxy::start_with(&text);
+    let mut tracking = Resp3::connect(proxy.port());
+    assert_eq!(tracking.call(&["CLIENT", "TRACKING", "ON"]), "+OK\r\n");
+    let (a, b, unread) = (key_in(0, 2, "ta"), key_in(1, 2, "tb"), key_in(1, 2, "tc"));
+    tracking.call(&["GET", &a]);
+    tracking.call(&["MGET", &b, &b]);
+    let mut writer = proxy.conn();
+    let _: () = writer.set(&unread, 1).unwrap();
+    let _: () = writer.set(&a, 1).unwrap();
+    let _: () = writer.set(&b, 1).unwrap();
+    let told = tracking.invalidated(|keys| keys.len() >= 2);
+    assert_eq!(told, BTreeSet::from([a.clone(), b.clone()]));
+    let _: () = writer.set(&b, 2).unwrap();
+    let _: () = writer.set(&unread, 2).unwrap();
+    let told = tracking.invalidated(|keys| !keys.is_empty());
+    assert_eq!(told, BTreeSet::from([b.clone()]));
+    // Its replies and the invalidations share the connection in order.
+    assert_eq!(tracking.call(&["GET", &b]), "$1\r\n2\r\n");
+    let _: () = redis::cmd("FLUSHALL").query(&mut writer).unwrap();
+    let told = tracking.invalidated(|keys| keys.contains("*"));
+    assert!(told.contains("*"), "{told:?}");
+
+    // Its reads go to the primary, whatever `read_from` says: a replica
+    // may not have a write it was told about. Others' reads do not.
+    let replica = &shards[1].nodes[1];
+    let mut other = Resp3::connect(proxy.port());
+    wait_until("RESP3 reads on the replica", Duration::from_secs(5), || {
+        let before = replica.calls("get");
+        other.call(&["GET", &b]);
+        replica.calls("get") > before
+    });
+    let before = replica.calls("get") + replica.calls("mget");
+    for _ in 0..5 {
+        tracking.call(&["GET", &b]);
+        tracking.call(&["MGET", &b, &a]);
+    }
+    assert_eq!(replica.calls("get") + replica.calls("mget"), before);
+
+    // Off: nothing more.
+    assert_eq!(tracking.call(&["CLIENT", "TRACKING", "OFF"]), "+OK\r\n");
+    tracking.invalidated(|_| true);
+    let _: () = writer.set(&a, 3).unwrap();
+    assert_eq!(tracking.call(&["PING"]), "+PONG\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(tracking.call(&["PING"]), "+PONG\r\n");
+    assert!(tracking.pushes.is_empty(), "{:?}", tracking.pushes);
+}
+
+/// `BCAST` with prefixes over several shards, and `OPTIN` with `CLIENT
+/// CACHING yes`; a tracking client is disconnected when a shard's primary
+/// changes (its cache must be flushed).
+#[test]
+fn client_tracking_modes_over_shards() {
+    let mut shards = clusters(2, 1);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let mut writer = proxy.conn();
+    let mut bcast = Resp3::connect(proxy.port());
+    let answer = bcast.call(&["CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "{p:"]);
+    assert_eq!(answer, "+OK\r\n");
+    let (p0, p1, q1) = (key_in(0, 2, "p:"), key_in(1, 2, "p:"), key_in(1, 2, "q:"));
+    for key in [&q1, &p0, &p1] {
+        let _: () = writer.set(key, 1).unwrap();
+    }
+    let told = bcast.invalidated(|keys| keys.len() >= 2);
+    assert_eq!(told, BTreeSet::from([p0.clone(), p1.clone()]));
+
+    let mut optin = Resp3::connect(proxy.port());
+    assert_eq!(
+        optin.call(&["CLIENT", "TRACKING", "ON", "OPTIN"]),
+        "+OK\r\n"
+    );
+    let (x, y) = (key_in(0, 2, "ox"), key_in(1, 2, "oy"));
+    optin.call(&["GET", &x]);
+    assert_eq!(optin.call(&["CLIENT", "CACHING", "YES"]), "+OK\r\n");
+    optin.call(&["GET", &y]);
+    let _: () = writer.set(&x, 1).unwrap();
+    let _: () = writer.set(&y, 1).unwrap();
+    let told = optin.invalidated(|keys| !keys.is_empty());
+    std::thread::sleep(Duration::from_millis(200));
+    let told: BTreeSet<String> = told.union(&optin.invalidated(|_| true)).cloned().collect();
+    assert_eq!(told, BTreeSet::from([y.clone()]));
+
+    shards[1].nodes[0].kill();
+    assert!(
+        optin.closed_within(Duration::from_secs(15)),
+        "still connected"
+    );
+}
+
+/// `CLIENT TRACKING`, `CACHING`, `TRACKINGINFO` and `GETREDIR` over
+/// several shards answer as Redis does, byte for byte, errors included.
+#[test]
+fn client_tracking_answers_as_redis_does_over_shards() {
+    let shards = clusters(2, 0);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let node_port = shards[0].nodes[0]
+        .addr()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let script: &[&[&str]] = &[
+        &["CLIENT", "TRACKINGINFO"],
+        &["CLIENT", "GETREDIR"],
+        &["CLIENT", "CACHING", "yes"],
+        &["CLIENT", "TRACKING", "on", "prefix", "a"],
+        &["CLIENT", "TRACKING", "on", "optin", "optout"],
+        &["CLIENT", "TRACKING", "on", "bcast", "optin"],
+        &["CLIENT", "TRACKING", "on", "optin"],
+        &["CLIENT", "CACHING", "no"],
+        &["CLIENT", "CACHING", "yes"],
+        &["CLIENT", "TRACKINGINFO"],
+        &["CLIENT", "GETREDIR"],
+        &["CLIENT", "TRACKING", "on", "optout"],
+        &["CLIENT", "TRACKING", "on", "bcast"],
+        &["CLIENT", "TRACKING", "off"],
+        &["CLIENT", "TRACKING", "on", "optout", "noloop"],
+        &["CLIENT", "CACHING", "no"],
+        &["CLIENT", "TRACKINGINFO"],
+        &["CLIENT", "TRACKING", "off"],
+        &[
+            "CLIENT", "TRACKING", "on", "bcast", "prefix", "a", "prefix", "ab",
+        ],
+        &["CLIENT", "TRACKING", "on", "bcast", "prefix", "b", "noloop"],
+        &["CLIENT", "TRACKING", "on", "bcast", "prefix", "ba"],
+        &["CLIENT", "TRACKING", "on", "bcast", "prefix", "c"],
+        &["CLIENT", "TRACKINGINFO"],
+        &["CLIENT", "TRACKING", "maybe"],
+        &["CLIENT", "TRACKING", "on", "sometimes"],
+        &["CLIENT", "TRACKING"],
+        &["CLIENT", "CACHING"],
+        &["CLIENT", "TRACKING", "off"],
+        &["CLIENT", "TRACKINGINFO"],
+        &["CLIENT", "TRACKING", "on", "optin"],
+        &["RESET"],
+        &["CLIENT", "TRACKINGINFO"],
+        &["CLIENT", "GETREDIR"],
+    ];
+    let mut rampart = Resp3::connect(proxy.port());
+    let mut redis = Resp3::connect(node_port);
+    for args in script {
+        assert_eq!(rampart.call(args), redis.call(args), "{args:?}");
+    }
+    // What only Rampart refuses, with why.
+    let redirect = rampart.call(&["CLIENT", "TRACKING", "on", "redirect", "1"]);
+    assert!(
+        redirect.contains("REDIRECT is not available with several shards"),
+        "{redirect}"
+    );
+    let mut resp2 = proxy.conn();
+    let refused = redis::cmd("CLIENT")
+        .arg(&["TRACKING", "on"])
+        .exec(&mut resp2)
+        .unwrap_err();
+    assert!(refused.to_string().contains("needs RESP3"), "{refused}");
+}
+
+/// Invalidations a client does not take (here it waits in `BLPOP`, behind
+/// which they queue) count against its memory caps: past them it is
+/// evicted, and Rampart does not grow; others carry on.
+#[test]
+fn a_tracking_client_that_takes_no_invalidations_is_evicted() {
+    let shards = clusters(2, 0);
+    let proxy = Proxy::start_with(&config(&shards, "[limits]\nclient_output_hard_mb = 1"));
+    let mut tracking = Resp3::connect(proxy.port());
+    assert_eq!(
+        tracking.call(&["CLIENT", "TRACKING", "ON", "BCAST"]),
+        "+OK\r\n"
+    );
+    tracking.send(&["BLPOP", "never", "0"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut writer = proxy.conn();
+    let long = "x".repeat(1000);
+    let mut pipe = redis::pipe();
+    for i in 0..3000 {
+        pipe.set(format!("{i}{long}"), 1).ignore();
+    }
+    pipe.exec(&mut writer).unwrap();
+    assert!(
+        tracking.closed_within(Duration::from_secs(10)),
+        "still connected"
+    );
+    let pong: String = redis::cmd("PING").query(&mut writer).unwrap();
+    assert_eq!(pong, "PONG");
+}

@@ -53,6 +53,8 @@ pub struct Connection {
     pub(super) pipe_from: Option<ReadHalf>,
     /// With several shards, a `MONITOR`'s feeds from the other shards.
     pub(super) other_feeds: Option<super::monitor::OtherFeeds>,
+    /// With several shards, `CLIENT TRACKING` (see [`super::tracking`]).
+    pub(super) tracking: Option<Box<super::tracking::Tracking>>,
     /// Piped: commands whose answers Rampart makes or amends, in the
     /// node's stream of replies (see [`super::interpose`]).
     pub(super) interposer: super::piped::Interposer,
@@ -145,6 +147,24 @@ impl Connection {
         self.out.reply(&self.session, value).await;
         Flow::Continue
     }
+
+    /// Queues a reply Rampart encoded itself, after everything before it.
+    pub(super) async fn push_local(&mut self, bytes: Bytes) -> Flow {
+        if self.flush().await == Flow::Stop {
+            return Flow::Stop;
+        }
+        self.push(Pending::Local(bytes))
+    }
+
+    /// Queues an invalidation for a tracking client behind the replies to
+    /// everything it sent before (see [`super::tracking`]); not muted by
+    /// `CLIENT REPLY OFF`, as Redis's pushes are not.
+    pub(super) async fn invalidated(&mut self, message: Bytes) {
+        let _ = self.flush().await;
+        if self.session.proto == crate::resp::Proto::Resp3 {
+            self.out.replies.push_message(message);
+        }
+    }
 }
 
 impl Flow {
@@ -178,6 +198,7 @@ impl Connection {
             ),
             pipe_from: None,
             other_feeds: None,
+            tracking: None,
             interposer: Default::default(),
             reserved: None,
             durable: false,
@@ -233,6 +254,10 @@ impl Connection {
             return self.send_piped(req).await;
         }
         let class = classify(&req);
+        if let Some(tracking) = self.tracking.as_mut() {
+            let read = matches!(class, Class::Read | Class::CursorRead);
+            tracking.ran(&req, read, self.session.in_multi);
+        }
         if class == Class::Answer(crate::resp::command::Answer::CrossProtocol) {
             return self
                 .answer(crate::resp::command::Answer::CrossProtocol, req)

@@ -105,7 +105,10 @@ impl Connection {
         // A key of a moving slot may just have been copied to the
         // target's primary, which its replicas may not have yet: read
         // there, as a write would go.
-        let routed_as = match class == Class::Read && self.in_moving_slot(key) {
+        // A tracking client's reads go there too: a replica may not have a
+        // write the client was already told about (see `super::tracking`).
+        let to_primary = self.in_moving_slot(key) || self.tracking.is_some();
+        let routed_as = match class == Class::Read && to_primary {
             true => Class::Write,
             false => class,
         };

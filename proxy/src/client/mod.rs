@@ -35,6 +35,7 @@ mod reissue;
 mod routing;
 mod serve;
 pub mod throttle;
+mod tracking;
 
 pub use answer::auth::constant_time_eq;
 mod session;

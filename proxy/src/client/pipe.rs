@@ -63,6 +63,16 @@ impl Connection {
                         let _ = done.send(id);
                     }
                 },
+                // Tracking over several shards, then subscribing: the
+                // invalidations keep coming, between the node's messages.
+                message = super::tracking::Tracking::next(self.tracking.as_mut()), if self.tracking.is_some() => match message {
+                    Some(message) => {
+                        if self.out.replies.write_raw(&message).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
                 lines = super::monitor::OtherFeeds::next(self.other_feeds.as_mut()) => match lines {
                     // Only the pipe's own node answers the client's
                     // commands: nothing is interposed in these lines.

@@ -192,6 +192,15 @@ impl Task {
                 }
             }
             order = c.orders.recv() => obey(c, order).await,
+            // With several shards: a tracking client's invalidations; a
+            // feed that ended disconnects it, so it flushes its cache.
+            message = super::tracking::Tracking::next(c.tracking.as_mut()), if c.tracking.is_some() => match message {
+                Some(message) => {
+                    c.invalidated(message).await;
+                    Woke::Ready
+                }
+                None => Woke::Gone,
+            },
         }
     }
 

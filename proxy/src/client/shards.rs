@@ -27,24 +27,54 @@ use crate::shard::split::{self, Combine, Part};
 use crate::shard::Shard;
 use crate::topology::Node;
 
+/// `CLIENT TRACKING`, `CACHING`, `TRACKINGINFO`, `GETREDIR`: over several
+/// shards, about the client's tracking here (see [`super::tracking`]).
+fn tracking_command(req: &Request) -> Option<Bytes> {
+    if req.name().as_bytes() != b"CLIENT" {
+        return None;
+    }
+    let sub = req.arg_upper(1)?;
+    let ours = [&b"TRACKING"[..], b"CACHING", b"TRACKINGINFO", b"GETREDIR"];
+    ours.contains(&sub.as_bytes())
+        .then(|| Bytes::copy_from_slice(sub.as_bytes()))
+}
+
 impl Connection {
+    /// Answers a tracking command over several shards.
+    async fn tracking_command(&mut self, sub: Bytes, req: &Request) -> Flow {
+        use super::tracking::Tracking;
+        if self.session.in_multi {
+            let error = "ERR rampart: CLIENT TRACKING and CACHING inside MULTI are not available with several shards";
+            return self.refuse(error.into()).await;
+        }
+        let value = match &sub[..] {
+            b"TRACKING" => {
+                let shards = self.ctx.shards.all_serving();
+                let session = self.session.link_session();
+                let now = self.tracking.take();
+                let proto = self.session.proto;
+                let (tracking, value) = Tracking::command(now, req, proto, shards, session).await;
+                self.tracking = tracking;
+                value
+            }
+            b"CACHING" => Tracking::caching(self.tracking.as_deref_mut(), req),
+            b"GETREDIR" => Tracking::getredir(self.tracking.as_deref()),
+            _ => {
+                let info = Tracking::info(self.tracking.as_deref(), self.session.proto);
+                return self.push_local(info).await;
+            }
+        };
+        self.reply(value).await
+    }
+
     /// Chooses the shard for a request (sets `self.shard`), or handles it
     /// here when it concerns several. `None`: go on with `self.shard`.
     pub(super) async fn place(&mut self, class: Class, req: &Request) -> Option<Flow> {
         if let Class::Refused(_) = class {
             return None;
         }
-        if class == Class::Stream {
-            let name = req.name();
-            if name.as_bytes() == b"CLIENT" {
-                return Some(
-                    self.refuse(
-                        "ERR rampart: CLIENT TRACKING is not available with several shards (a node sees only its own shard's keys)"
-                            .into(),
-                    )
-                    .await,
-                );
-            }
+        if let Some(sub) = tracking_command(req) {
+            return Some(self.tracking_command(sub, req).await);
         }
         if !matches!(class, Class::Answer(_)) {
             if let Err(flow) = self.route_map(req).await {
@@ -364,7 +394,10 @@ impl Connection {
         write: bool,
         req: &Request,
     ) -> Option<Arc<Node>> {
-        let class = if write { Class::Write } else { Class::Read };
+        // A tracking client's reads go to the primary: a replica may not
+        // have a write the client was already told about.
+        let primary = write || self.tracking.is_some();
+        let class = if primary { Class::Write } else { Class::Read };
         let read = route::Read {
             client_id: self.session.id,
             key: req.arg(1).unwrap_or_default(),

@@ -132,6 +132,17 @@ impl Replies {
         self.queued
     }
 
+    /// Queues a message the node pushed (an invalidation), behind
+    /// everything queued, whether or not replies are muted. It counts
+    /// against the client's memory caps until written: a client that stops
+    /// reading (or waits in a blocking command) while messages keep coming
+    /// is evicted, not grown without bound.
+    pub fn push_message(&mut self, message: Bytes) {
+        self.charged += self.account.charge(message.len()).keep();
+        self.queue.push_back(Pending::Local(message));
+        self.queued += 1;
+    }
+
     /// From now on, drop what is pushed (`CLIENT REPLY OFF`), or not.
     pub fn set_muted(&mut self, muted: bool) {
         self.muted = muted;

@@ -337,6 +337,7 @@ impl Connection {
         let failures = self.session.auth_failures;
         self.session = Session::new(self.session.id, authed);
         self.session.auth_failures = failures;
+        self.tracking = None;
         if user {
             let name = self.ctx.config.backend.username.clone();
             self.registration
