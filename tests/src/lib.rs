@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod forwarder;
 pub mod moves;
 pub mod pki;
+pub mod resp3;
 pub mod workload;
 
 use std::io::{Read, Write};

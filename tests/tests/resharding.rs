@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rampart_tests::moves::{self, expect_only_straddling_transactions, slot, Clients, Seen, KEYS};
+use rampart_tests::resp3::Resp3;
 use rampart_tests::{http, wait_until, wait_until_or, Cluster, Proxy};
 use redis::Commands;
 
@@ -734,4 +735,41 @@ fn shard_channel_subscribers_follow_their_slot() {
     // shard, which did not change).
     let heard: i64 = conn.publish(channel, "plain").unwrap();
     assert_eq!(heard, 1);
+}
+
+/// A tracking client (client-side caching) is disconnected, so that its
+/// cache is flushed, when slots start moving to a shard added while it
+/// tracks: that shard's writes would change keys it may have cached,
+/// unseen. Over one shard (the client piped to its primary) and over
+/// several (a feed per shard at the time it turned tracking on).
+#[test]
+fn tracking_clients_leave_when_slots_move_to_a_shard_added_since() {
+    for shards_at_start in [1, 2] {
+        let (a, b, c) = (Cluster::start(0), Cluster::start(0), Cluster::start(0));
+        let state = tempfile::tempdir().unwrap();
+        let file = state.path().join("rampart.toml");
+        let (text, added) = match shards_at_start {
+            1 => (config_one(&a, state.path()), shard_section("s1", &b)),
+            _ => (config(&a, &b, state.path()), shard_section("s2", &c)),
+        };
+        std::fs::write(&file, &text).unwrap();
+        let proxy = Proxy::start_with(&text);
+        proxy.watch_config(&file);
+        let mut tracking = Resp3::connect(proxy.port());
+        assert_eq!(tracking.call(&["CLIENT", "TRACKING", "ON"]), "+OK\r\n");
+        tracking.call(&["GET", "k"]);
+        std::fs::write(&file, format!("{text}{added}")).unwrap();
+        let name = if shards_at_start == 1 { "s1" } else { "s2" };
+        wait_until("the new shard in service", Duration::from_secs(20), || {
+            proxy.topology()["shards"][shards_at_start]["name"] == name
+        });
+        // Added, still without slots: the client stays.
+        assert_eq!(tracking.call(&["PING"]), "+PONG\r\n");
+        let (status, body) = ask_move(&proxy, &format!("slots=8192-16383&to={name}&rate=0"));
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            tracking.closed_within(Duration::from_secs(10)),
+            "with {shards_at_start} shard(s) at the start: still connected"
+        );
+    }
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rampart_tests::resp3::Resp3;
 use rampart_tests::{wait_until, Cluster, Proxy, RedisNode};
 use redis::{Commands, Value};
 
@@ -1264,133 +1265,6 @@ fn monitor_sees_every_shard_from_its_first_ok() {
         let line = line.unwrap_or_else(|e| panic!("the slow shard's command was not seen: {e}"));
         if format!("{line:?}").contains("on-second") {
             break;
-        }
-    }
-}
-
-/// A RESP3 connection read frame by frame, for `CLIENT TRACKING`: replies
-/// as their raw bytes, invalidation pushes kept apart.
-struct Resp3 {
-    stream: std::net::TcpStream,
-    buf: Vec<u8>,
-    pushes: Vec<Vec<u8>>,
-}
-
-impl Resp3 {
-    fn connect(port: u16) -> Resp3 {
-        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut conn = Resp3 {
-            stream,
-            buf: Vec::new(),
-            pushes: Vec::new(),
-        };
-        conn.call(&["HELLO", "3"]);
-        conn
-    }
-
-    fn send(&mut self, args: &[&str]) {
-        use std::io::Write;
-        let mut out = format!("*{}\r\n", args.len());
-        for arg in args {
-            out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        self.stream.write_all(out.as_bytes()).unwrap();
-    }
-
-    /// The raw reply to `args` (pushes before it set aside).
-    fn call(&mut self, args: &[&str]) -> String {
-        self.send(args);
-        loop {
-            let frame = self.frame().expect("a reply");
-            if frame.starts_with(b">") {
-                self.pushes.push(frame);
-            } else {
-                return String::from_utf8_lossy(&frame).into_owned();
-            }
-        }
-    }
-
-    /// The next frame; `None` when the connection closed.
-    fn frame(&mut self) -> Option<Vec<u8>> {
-        use std::io::Read;
-        loop {
-            if let Ok(Some((_, used))) = redis_protocol::resp3::decode::complete::decode(&self.buf)
-            {
-                return Some(self.buf.drain(..used).collect());
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("{e}"),
-            }
-        }
-    }
-
-    /// The keys invalidated so far ("*" for a flush), once `until` holds
-    /// of them or 5 s passed.
-    fn invalidated(&mut self, until: impl Fn(&BTreeSet<String>) -> bool) -> BTreeSet<String> {
-        let mut keys = BTreeSet::new();
-        loop {
-            for push in self.pushes.drain(..) {
-                let text = String::from_utf8_lossy(&push).into_owned();
-                assert!(text.starts_with(">2\r\n$10\r\ninvalidate\r\n"), "{text}");
-                match text.split("\r\n").nth(3) {
-                    Some("_") => {
-                        keys.insert("*".to_string());
-                    }
-                    _ => keys.extend(text.split("\r\n").skip(5).step_by(2).map(str::to_string)),
-                }
-                keys.remove("");
-            }
-            if until(&keys) {
-                return keys;
-            }
-            self.stream
-                .set_read_timeout(Some(Duration::from_millis(500)))
-                .unwrap();
-            match self.frame_or_timeout() {
-                Some(frame) => self.pushes.push(frame),
-                None => return keys,
-            }
-        }
-    }
-
-    /// Whether Rampart closes the connection within `limit` (whatever it
-    /// sends before).
-    fn closed_within(&mut self, limit: Duration) -> bool {
-        use std::io::Read;
-        let deadline = Instant::now() + limit;
-        let mut chunk = [0u8; 4096];
-        while Instant::now() < deadline {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return true,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                _ => {}
-            }
-        }
-        false
-    }
-
-    fn frame_or_timeout(&mut self) -> Option<Vec<u8>> {
-        use std::io::Read;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Ok(Some((_, used))) = redis_protocol::resp3::decode::complete::decode(&self.buf)
-            {
-                return Some(self.buf.drain(..used).collect());
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(n) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
-                Ok(_) => return None,
-                Err(_) if Instant::now() < deadline => {}
-                Err(_) => return None,
-            }
         }
     }
 }

@@ -42,6 +42,7 @@ impl Connection {
             if *shutdown.borrow()
                 || self.shard.topology.is_retired()
                 || self.shard_channels_move()
+                || self.tracked_keys_move()
                 || self.pipe_demoted()
             {
                 break;
@@ -49,7 +50,7 @@ impl Connection {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = shard_changed.changed() => {}
-                _ = slots_changed.changed(), if !self.session.shard_channel_slots.is_empty() => {}
+                _ = slots_changed.changed(), if !self.session.shard_channel_slots.is_empty() || self.session.piped_tracking => {}
                 // Killed by another client (`CLIENT KILL ... TYPE pubsub`,
                 // `ID`): closed as Redis closes it, node connection and all.
                 order = self.orders.recv() => match order {
@@ -196,6 +197,7 @@ impl Connection {
                 .publish(|snap| snap.pipe = Some((addr, id)));
         }
         self.session.monitor = req.name().as_bytes() == b"MONITOR";
+        self.session.piped_tracking |= req.name().as_bytes() == b"CLIENT";
         if self.session.monitor && self.ctx.shards.len() > 1 {
             let others = self.ctx.shards.all_serving();
             let others = others.into_iter().filter(|s| !Arc::ptr_eq(s, &self.shard));
@@ -302,6 +304,18 @@ impl Connection {
     /// it goes to the target from the start of the move, so the client is
     /// disconnected, as a Redis Cluster node tells its shard-channel
     /// subscribers when their slot leaves it, and subscribes again there.
+    /// A tracking client piped to a shard that no longer owns every slot
+    /// (slots moved to a shard added since): writes there would change
+    /// keys it may have cached, unseen by its node.
+    fn tracked_keys_move(&self) -> bool {
+        if !self.session.piped_tracking {
+            return false;
+        }
+        let here = self.ctx.shards.index_of(&self.shard);
+        let map = self.ctx.slots.load();
+        (0..16384).any(|slot| map.residence(slot) != Residence::Owned(here))
+    }
+
     fn shard_channels_move(&self) -> bool {
         if self.session.shard_channel_slots.is_empty() {
             return false;

@@ -72,6 +72,10 @@ pub struct Session {
     /// `SPUBLISH` will go, the client is disconnected to subscribe again
     /// there (see `pipe.rs`).
     pub shard_channel_slots: Vec<u16>,
+    /// The pipe began with `CLIENT TRACKING`: the node it goes to tracks
+    /// only its own shard's keys, so when slots move to another shard the
+    /// client is disconnected (its cache flushed), see `pipe.rs`.
+    pub piped_tracking: bool,
     /// `CLIENT REPLY OFF`: no reply is written until `CLIENT REPLY ON`.
     pub replies_off: bool,
     /// `CLIENT REPLY SKIP`: the next command's reply is dropped.
@@ -111,6 +115,7 @@ impl Session {
             pipe: None,
             fanout_tx: None,
             monitor: false,
+            piped_tracking: false,
             pubsub: false,
             shard_channel_slots: Vec::new(),
             replies_off: false,

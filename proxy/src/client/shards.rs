@@ -49,11 +49,11 @@ impl Connection {
         }
         let value = match &sub[..] {
             b"TRACKING" => {
-                let shards = self.ctx.shards.all_serving();
                 let session = self.session.link_session();
                 let now = self.tracking.take();
                 let proto = self.session.proto;
-                let (tracking, value) = Tracking::command(now, req, proto, shards, session).await;
+                let ctx = self.ctx.clone();
+                let (tracking, value) = Tracking::command(now, req, proto, &ctx, session).await;
                 self.tracking = tracking;
                 value
             }

@@ -26,7 +26,9 @@
 //! the primary (a replica may not have the write it was told about). A feed
 //! that ends (its primary changed, its connection broke) disconnects the
 //! client, as a piped tracking client is: a client-side cache is flushed
-//! when its connection is lost.
+//! when its connection is lost. So does a change of the slot map while a
+//! shard without a feed serves (one added by a reload): keys moved there
+//! would change unseen.
 //!
 //! `CLIENT TRACKING`, `CACHING`, `TRACKINGINFO` and `GETREDIR` are answered
 //! here, with Redis's own checks and error texts. Not available over
@@ -80,6 +82,10 @@ pub(super) struct Tracking {
     /// Keys read (not in `BCAST` mode), and their bytes.
     keys: HashSet<Bytes>,
     key_bytes: usize,
+    /// The shards with a feed, by name, and the slot map's changes.
+    covered: Vec<String>,
+    slots: tokio::sync::watch::Receiver<u64>,
+    shards: Arc<crate::shard::Shards>,
     /// More keys were read than are remembered: every invalidation goes on.
     overflowed: bool,
     feeds: Feeds,
@@ -167,7 +173,7 @@ impl Tracking {
         now: Option<Box<Tracking>>,
         req: &Request,
         proto: Proto,
-        shards: Vec<Arc<Shard>>,
+        ctx: &crate::context::Context,
         session: Session,
     ) -> (Option<Box<Tracking>>, Value) {
         if req.argc() < 3 {
@@ -210,6 +216,9 @@ impl Tracking {
             now => {
                 // The new feeds start before the old ones stop: nothing is
                 // missed in between (what both report comes twice).
+                let slots = ctx.slots.watch();
+                let shards = ctx.shards.all_serving();
+                let covered = shards.iter().map(|s| s.name().to_string()).collect();
                 let feeds = match Feeds::start(shards, session, &mode).await {
                     Ok(feeds) => feeds,
                     Err(error) => return (now, Value::err(error)),
@@ -224,6 +233,9 @@ impl Tracking {
                     keys,
                     key_bytes,
                     overflowed,
+                    covered,
+                    slots,
+                    shards: ctx.shards.clone(),
                     feeds,
                 })
             }
@@ -344,11 +356,26 @@ impl Tracking {
             return std::future::pending().await;
         };
         loop {
-            let message = tracking.feeds.messages.recv().await??;
-            if let Some(message) = tracking.filter(message) {
-                return Some(message);
+            tokio::select! {
+                message = tracking.feeds.messages.recv() => {
+                    if let Some(message) = tracking.filter(message??) {
+                        return Some(message);
+                    }
+                }
+                changed = tracking.slots.changed() => {
+                    if changed.is_err() || !tracking.covers_every_shard() {
+                        return None;
+                    }
+                }
             }
         }
+    }
+
+    fn covers_every_shard(&self) -> bool {
+        let serving = self.shards.all_serving();
+        serving
+            .iter()
+            .all(|s| self.covered.iter().any(|c| c == s.name()))
     }
 
     /// What the client hears of one invalidation: all of it in `BCAST`
