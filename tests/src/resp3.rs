@@ -15,17 +15,28 @@ pub struct Resp3 {
 
 impl Resp3 {
     pub fn connect(port: u16) -> Resp3 {
+        let mut conn = Resp3::connect_resp2(port);
+        conn.call(&["HELLO", "3"]);
+        conn
+    }
+
+    /// A connection left in RESP2.
+    pub fn connect_resp2(port: u16) -> Resp3 {
         let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        let mut conn = Resp3 {
+        Resp3 {
             stream,
             buf: Vec::new(),
             pushes: Vec::new(),
-        };
-        conn.call(&["HELLO", "3"]);
-        conn
+        }
+    }
+
+    /// `CLIENT ID`.
+    pub fn id(&mut self) -> String {
+        let reply = self.call(&["CLIENT", "ID"]);
+        reply.trim_start_matches(':').trim_end().to_string()
     }
 
     pub fn send(&mut self, args: &[&str]) {
@@ -54,8 +65,7 @@ impl Resp3 {
     pub fn frame(&mut self) -> Option<Vec<u8>> {
         use std::io::Read;
         loop {
-            if let Ok(Some((_, used))) = redis_protocol::resp3::decode::complete::decode(&self.buf)
-            {
+            if let Some(used) = complete(&self.buf) {
                 return Some(self.buf.drain(..used).collect());
             }
             let mut chunk = [0u8; 4096];
@@ -117,8 +127,7 @@ impl Resp3 {
         use std::io::Read;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if let Ok(Some((_, used))) = redis_protocol::resp3::decode::complete::decode(&self.buf)
-            {
+            if let Some(used) = complete(&self.buf) {
                 return Some(self.buf.drain(..used).collect());
             }
             let mut chunk = [0u8; 4096];
@@ -130,4 +139,14 @@ impl Resp3 {
             }
         }
     }
+}
+
+/// The length of the complete frame `buf` starts with: RESP2 first (its
+/// nulls are no RESP3), then RESP3.
+fn complete(buf: &[u8]) -> Option<usize> {
+    if let Ok(Some((_, used))) = redis_protocol::resp2::decode::decode(buf) {
+        return Some(used);
+    }
+    let decoded = redis_protocol::resp3::decode::complete::decode(buf);
+    decoded.ok().flatten().map(|(_, used)| used)
 }

@@ -1425,18 +1425,99 @@ fn client_tracking_answers_as_redis_does_over_shards() {
     for args in script {
         assert_eq!(rampart.call(args), redis.call(args), "{args:?}");
     }
-    // What only Rampart refuses, with why.
-    let redirect = rampart.call(&["CLIENT", "TRACKING", "on", "redirect", "1"]);
-    assert!(
-        redirect.contains("REDIRECT is not available with several shards"),
-        "{redirect}"
+    // A redirect to a client that does not exist, twice, or to no number;
+    // RESP2 without a redirect (accepted: it hears nothing, as on Redis).
+    let (mut rampart, mut redis) = (Resp3::connect(proxy.port()), Resp3::connect(node_port));
+    let script: &[&[&str]] = &[
+        &["CLIENT", "TRACKING", "on", "redirect", "987654"],
+        &["CLIENT", "TRACKING", "on", "redirect", "x"],
+        &["CLIENT", "TRACKING", "on", "redirect"],
+        &["HELLO", "2"],
+        &["CLIENT", "TRACKING", "on"],
+        &["CLIENT", "TRACKINGINFO"],
+    ];
+    for args in script {
+        let (ours, theirs) = (rampart.call(args), redis.call(args));
+        if args[0] != "HELLO" {
+            assert_eq!(ours, theirs, "{args:?}");
+        }
+    }
+    let own = rampart.id();
+    let twice = [
+        "CLIENT", "TRACKING", "on", "redirect", &own, "redirect", &own,
+    ];
+    assert_eq!(
+        rampart.call(&twice),
+        "-ERR A client can only redirect to a single other client\r\n"
     );
-    let mut resp2 = proxy.conn();
-    let refused = redis::cmd("CLIENT")
-        .arg(&["TRACKING", "on"])
-        .exec(&mut resp2)
-        .unwrap_err();
-    assert!(refused.to_string().contains("needs RESP3"), "{refused}");
+}
+
+/// `CLIENT TRACKING ... REDIRECT <id>` over several shards: the
+/// invalidations of every shard reach the target, as messages on
+/// `__redis__:invalidate` for a subscribed RESP2 target and as pushes for
+/// a RESP3 one; once the target is gone, a RESP3 tracking client is told
+/// (`tracking-redir-broken`), once.
+#[test]
+fn client_tracking_redirects_over_shards() {
+    let shards = clusters(2, 0);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let mut writer = proxy.conn();
+    let (a, b) = (key_in(0, 2, "ra"), key_in(1, 2, "rb"));
+
+    let mut target = Resp3::connect_resp2(proxy.port());
+    let target_id = target.id();
+    let subscribed = target.call(&["SUBSCRIBE", "__redis__:invalidate"]);
+    assert_eq!(
+        subscribed,
+        "*3\r\n$9\r\nsubscribe\r\n$20\r\n__redis__:invalidate\r\n:1\r\n"
+    );
+    let mut tracker = Resp3::connect_resp2(proxy.port());
+    let on = tracker.call(&["CLIENT", "TRACKING", "on", "REDIRECT", &target_id]);
+    assert_eq!(on, "+OK\r\n");
+    assert_eq!(
+        tracker.call(&["CLIENT", "GETREDIR"]),
+        format!(":{target_id}\r\n")
+    );
+    tracker.call(&["GET", &a]);
+    tracker.call(&["GET", &b]);
+    let _: () = writer.set(&a, 1).unwrap();
+    let _: () = writer.set(&b, 1).unwrap();
+    let mut told = BTreeSet::new();
+    while told.len() < 2 {
+        let frame = target.frame().expect("a message");
+        let text = String::from_utf8_lossy(&frame).into_owned();
+        let header = "*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n*1\r\n";
+        assert!(text.starts_with(header), "{text}");
+        told.insert(text.split("\r\n").nth(7).unwrap_or_default().to_string());
+    }
+    assert_eq!(told, BTreeSet::from([a.clone(), b.clone()]));
+
+    let mut target = Resp3::connect(proxy.port());
+    let target_id = target.id();
+    let mut tracker = Resp3::connect(proxy.port());
+    let on = tracker.call(&["CLIENT", "TRACKING", "on", "REDIRECT", &target_id]);
+    assert_eq!(on, "+OK\r\n");
+    tracker.call(&["GET", &b]);
+    let _: () = writer.set(&b, 2).unwrap();
+    assert_eq!(
+        target.invalidated(|keys| !keys.is_empty()),
+        BTreeSet::from([b.clone()])
+    );
+
+    drop(target);
+    std::thread::sleep(Duration::from_millis(200));
+    let _: () = writer.set(&b, 3).unwrap();
+    let _: () = writer.set(&b, 4).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let info = tracker.call(&["CLIENT", "TRACKINGINFO"]);
+    assert!(info.contains("broken_redirect"), "{info}");
+    let broken = format!(">2\r\n$21\r\ntracking-redir-broken\r\n:{target_id}\r\n");
+    let pushes: Vec<String> = tracker
+        .pushes
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    assert_eq!(pushes, [broken], "told once, and nothing else");
 }
 
 /// Invalidations a client does not take (here it waits in `BLPOP`, behind

@@ -55,6 +55,9 @@ pub struct Connection {
     pub(super) other_feeds: Option<super::monitor::OtherFeeds>,
     /// With several shards, `CLIENT TRACKING` (see [`super::tracking`]).
     pub(super) tracking: Option<Box<super::tracking::Tracking>>,
+    /// With several shards, invalidations other clients' tracking
+    /// redirects here (see [`super::registry::Entry::invalidate`]).
+    pub(super) inbox: Option<mpsc::Receiver<Bytes>>,
     /// Piped: commands whose answers Rampart makes or amends, in the
     /// node's stream of replies (see [`super::interpose`]).
     pub(super) interposer: super::piped::Interposer,
@@ -156,11 +159,36 @@ impl Connection {
         self.push(Pending::Local(bytes))
     }
 
-    /// Queues an invalidation for a tracking client behind the replies to
-    /// everything it sent before (see [`super::tracking`]); not muted by
+    /// Passes on an invalidation this client's tracking reported (see
+    /// [`super::tracking`]): to the client it redirects to, or queued here
+    /// behind the replies to everything it sent before; not muted by
     /// `CLIENT REPLY OFF`, as Redis's pushes are not.
     pub(super) async fn invalidated(&mut self, message: Bytes) {
+        let Some(message) = self.redirected(message) else {
+            return;
+        };
         let _ = self.flush().await;
+        self.take_invalidation(message);
+    }
+
+    /// `message` for this client to receive itself, or `None`: handed to
+    /// its redirect target (or dropped, the target being gone: the first
+    /// time, a RESP3 client is told, as Redis tells it).
+    pub(super) fn redirected(&mut self, message: Bytes) -> Option<Bytes> {
+        let tracking = self.tracking.as_mut()?;
+        let Some(target) = tracking.redirect() else {
+            return Some(message);
+        };
+        let entry = self.ctx.registry.get(target);
+        if entry.is_some_and(|entry| entry.invalidate(message)) {
+            return None;
+        }
+        tracking.redirect_broken()
+    }
+
+    /// Queues an invalidation for this client (RESP3 only: Redis sends a
+    /// RESP2 client outside subscribed mode none).
+    pub(super) fn take_invalidation(&mut self, message: Bytes) {
         if self.session.proto == crate::resp::Proto::Resp3 {
             self.out.replies.push_message(message);
         }
@@ -199,6 +227,7 @@ impl Connection {
             pipe_from: None,
             other_feeds: None,
             tracking: None,
+            inbox: None,
             interposer: Default::default(),
             reserved: None,
             durable: false,

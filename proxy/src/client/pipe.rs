@@ -63,11 +63,26 @@ impl Connection {
                         let id = redirect::pipe_id_on(&self.session, &self.registration, &node);
                         let _ = done.send(id);
                     }
+                    Some(Order::Inbox(inbox)) => self.inbox = Some(inbox),
+                },
+                message = super::tracking::inbox(self.inbox.as_mut(), &self.registration.entry), if self.inbox.is_some() => match message {
+                    Some(message) => {
+                        let message = super::tracking::for_pipe(message, &self.session);
+                        if self.out.replies.write_raw(&message).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
                 },
                 // Tracking over several shards, then subscribing: the
                 // invalidations keep coming, between the node's messages.
                 message = super::tracking::Tracking::next(self.tracking.as_mut()), if self.tracking.is_some() => match message {
                     Some(message) => {
+                        // Its own (not redirected) in RESP3 only, as Redis.
+                        let own = self.redirected(message);
+                        let Some(message) = own.filter(|_| self.session.proto == Proto::Resp3) else {
+                            continue;
+                        };
                         if self.out.replies.write_raw(&message).await.is_err() {
                             break;
                         }

@@ -38,7 +38,15 @@ pub enum Order {
         node: Arc<crate::topology::Node>,
         done: oneshot::Sender<Option<i64>>,
     },
+    /// Another client's tracking over several shards redirects its
+    /// invalidations here: they arrive on this inbox from now on (see
+    /// [`Entry::invalidate`]).
+    Inbox(mpsc::Receiver<Bytes>),
 }
+
+/// Invalidations waiting for a redirect target to take them; past this it
+/// is disconnected (its cache flushed), not grown without bound.
+const INBOX: usize = 1024;
 
 /// The parts of a client's state `CLIENT LIST` shows, compared to skip
 /// publishing what did not change.
@@ -136,6 +144,11 @@ pub struct Entry {
     last_active_ms: AtomicU64,
     snapshot: Mutex<Snapshot>,
     orders: mpsc::Sender<Order>,
+    /// Where other clients' tracking redirects invalidations to, made when
+    /// the first one does (most clients are never a target).
+    inbox: Mutex<Option<mpsc::Sender<Bytes>>>,
+    /// The inbox overflowed: the client is to be disconnected.
+    inbox_lost: std::sync::atomic::AtomicBool,
     /// Woken when the shutdown begins (see [`Registry::wake_all`]): one
     /// waiter, the client's own task, which registers with it on every
     /// wake: cheaper than a `watch` receiver's `Notify`.
@@ -216,6 +229,37 @@ impl Entry {
     pub fn order(&self, order: Order) -> bool {
         self.orders.try_send(order).is_ok()
     }
+
+    /// Hands an invalidation (encoded as a RESP3 push) to this client, the
+    /// target of another's tracking redirect; false when it is gone. A
+    /// target that does not take them fast enough loses the overflow and
+    /// is disconnected (a cache that missed an invalidation must be
+    /// flushed, and losing the connection is what flushes it).
+    pub fn invalidate(&self, message: Bytes) -> bool {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        if inbox.is_none() {
+            let (tx, rx) = mpsc::channel(INBOX);
+            if !self.order(Order::Inbox(rx)) {
+                return false;
+            }
+            *inbox = Some(tx);
+        }
+        match inbox.as_ref().map(|tx| tx.try_send(message)) {
+            Some(Ok(())) => true,
+            Some(Err(mpsc::error::TrySendError::Full(_))) => {
+                self.inbox_lost.store(true, Ordering::Relaxed);
+                let _ = self.order(Order::Kill);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether invalidations for this client were lost (see
+    /// [`Entry::invalidate`]).
+    pub fn lost_invalidations(&self) -> bool {
+        self.inbox_lost.load(Ordering::Relaxed)
+    }
 }
 
 /// All connected clients.
@@ -265,6 +309,8 @@ impl Registry {
                 pipe: None,
             }),
             orders: tx,
+            inbox: Mutex::new(None),
+            inbox_lost: Default::default(),
             closing: atomic_waker::AtomicWaker::new(),
         });
         self.clients.insert(id, entry.clone());

@@ -201,6 +201,15 @@ impl Task {
                 }
                 None => Woke::Gone,
             },
+            // Invalidations another client's tracking redirects here.
+            message = super::tracking::inbox(c.inbox.as_mut(), &c.registration.entry), if c.inbox.is_some() => match message {
+                Some(message) => {
+                    let _ = c.flush().await;
+                    c.take_invalidation(message);
+                    Woke::Ready
+                }
+                None => Woke::Gone,
+            },
         }
     }
 
@@ -259,6 +268,10 @@ async fn obey(c: &mut Connection, order: Option<Order>) -> Woke {
                 registration: &c.registration,
             };
             let _ = done.send(redirect::reserve(me, &mut c.reserved, &node).await);
+            Woke::Ready
+        }
+        Some(Order::Inbox(inbox)) => {
+            c.inbox = Some(inbox);
             Woke::Ready
         }
     }

@@ -51,9 +51,8 @@ impl Connection {
             b"TRACKING" => {
                 let session = self.session.link_session();
                 let now = self.tracking.take();
-                let proto = self.session.proto;
                 let ctx = self.ctx.clone();
-                let (tracking, value) = Tracking::command(now, req, proto, &ctx, session).await;
+                let (tracking, value) = Tracking::command(now, req, &ctx, session).await;
                 self.tracking = tracking;
                 value
             }

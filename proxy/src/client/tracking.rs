@@ -30,10 +30,16 @@
 //! shard without a feed serves (one added by a reload): keys moved there
 //! would change unseen.
 //!
+//! With `REDIRECT <id>` the invalidations go to that Rampart client
+//! instead (see [`crate::client::registry::Entry::invalidate`]): as pushes
+//! to a RESP3 one, as `__redis__:invalidate` messages to a subscribed RESP2
+//! one, and nowhere to others, as Redis sends them; once the target is gone
+//! a RESP3 tracking client is told (`tracking-redir-broken`).
+//!
 //! `CLIENT TRACKING`, `CACHING`, `TRACKINGINFO` and `GETREDIR` are answered
-//! here, with Redis's own checks and error texts. Not available over
-//! several shards: `REDIRECT` (RESP2 clients), and `NOLOOP`'s promise (the
-//! client also hears of keys it changed itself: harmless for a cache).
+//! here, with Redis's own checks and error texts. Not kept over several
+//! shards: `NOLOOP`'s promise (the client also hears of keys it changed
+//! itself: harmless for a cache).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -59,8 +65,7 @@ const START_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// Nesting of an invalidation message (a push of a string and an array).
 const DEPTH: usize = 4;
 
-const REDIRECT: &str = "ERR rampart: CLIENT TRACKING REDIRECT is not available with several shards; use RESP3 (HELLO 3), which receives the invalidations on the tracking connection itself";
-const RESP2: &str = "ERR rampart: CLIENT TRACKING with several shards needs RESP3 (HELLO 3): the invalidations come as pushes on this connection";
+const NO_SUCH_CLIENT: &str = "ERR The client ID you want redirect to does not exist";
 
 /// What the client asked to be told about.
 #[derive(Default, Clone, PartialEq, Debug)]
@@ -72,6 +77,8 @@ struct Mode {
     /// Sorted, as Redis lists them; `""` (every key) for `BCAST` without
     /// `PREFIX`.
     prefixes: Vec<Bytes>,
+    /// The Rampart client the invalidations go to.
+    redirect: Option<u64>,
 }
 
 /// A client's tracking over several shards.
@@ -88,6 +95,8 @@ pub(super) struct Tracking {
     shards: Arc<crate::shard::Shards>,
     /// More keys were read than are remembered: every invalidation goes on.
     overflowed: bool,
+    /// The redirect target is gone (the client was told once).
+    broken: bool,
     feeds: Feeds,
 }
 
@@ -103,13 +112,27 @@ fn upper(req: &Request, i: usize) -> Vec<u8> {
     req.arg(i).unwrap_or_default().to_ascii_uppercase()
 }
 
-/// `CLIENT TRACKING <ON|OFF> [options]`, parsed, or Redis's error.
-fn parse(req: &Request) -> Result<Asked, String> {
+/// `CLIENT TRACKING <ON|OFF> [options]`, parsed, or Redis's error
+/// (`exists`: whether a client of that id is connected).
+fn parse(req: &Request, exists: impl Fn(u64) -> bool) -> Result<Asked, String> {
     let mut asked = Asked::default();
     let mut i = 3;
     while i < req.argc() {
         match upper(req, i).as_slice() {
-            b"REDIRECT" if i + 1 < req.argc() => return Err(REDIRECT.into()),
+            b"REDIRECT" if i + 1 < req.argc() => {
+                i += 1;
+                if asked.mode.redirect.is_some() {
+                    return Err("ERR A client can only redirect to a single other client".into());
+                }
+                let id = req
+                    .arg(i)
+                    .and_then(crate::resp::request::parse_i64)
+                    .ok_or("ERR value is not an integer or out of range")?;
+                match u64::try_from(id) {
+                    Ok(id) if exists(id) => asked.mode.redirect = Some(id),
+                    _ => return Err(NO_SUCH_CLIENT.into()),
+                }
+            }
             b"BCAST" => asked.mode.bcast = true,
             b"OPTIN" => asked.mode.optin = true,
             b"OPTOUT" => asked.mode.optout = true,
@@ -172,22 +195,18 @@ impl Tracking {
     pub(super) async fn command(
         now: Option<Box<Tracking>>,
         req: &Request,
-        proto: Proto,
         ctx: &crate::context::Context,
         session: Session,
     ) -> (Option<Box<Tracking>>, Value) {
         if req.argc() < 3 {
             return (now, Value::wrong_args("client|tracking"));
         }
-        let asked = match parse(req) {
+        let asked = match parse(req, |id| ctx.registry.get(id).is_some()) {
             Ok(asked) => asked,
             Err(error) => return (now, Value::err(error)),
         };
         if !asked.on {
             return (None, Value::ok());
-        }
-        if proto != Proto::Resp3 {
-            return (now, Value::err(RESP2));
         }
         if let Err(error) = check(&asked.mode, now.as_ref().map(|t| &t.mode)) {
             return (now, Value::err(error));
@@ -233,6 +252,7 @@ impl Tracking {
                     keys,
                     key_bytes,
                     overflowed,
+                    broken: false,
                     covered,
                     slots,
                     shards: ctx.shards.clone(),
@@ -242,6 +262,7 @@ impl Tracking {
         };
         tracking.mode = mode;
         tracking.caching = None;
+        tracking.broken = false;
         (Some(tracking), Value::ok())
     }
 
@@ -271,9 +292,28 @@ impl Tracking {
         Value::ok()
     }
 
-    /// `CLIENT GETREDIR`: -1 without tracking, 0 with (no redirect).
+    /// `CLIENT GETREDIR`: -1 without tracking, else the target (0: none).
     pub(super) fn getredir(tracking: Option<&Tracking>) -> Value {
-        Value::Int(if tracking.is_some() { 0 } else { -1 })
+        Value::Int(redirect_id(tracking))
+    }
+
+    /// Where the invalidations go instead, if elsewhere.
+    pub(super) fn redirect(&self) -> Option<u64> {
+        self.mode.redirect
+    }
+
+    /// The redirect target is gone: what the client is told, the first
+    /// time.
+    pub(super) fn redirect_broken(&mut self) -> Option<Bytes> {
+        if std::mem::replace(&mut self.broken, true) {
+            return None;
+        }
+        let id = self.mode.redirect.unwrap_or_default();
+        let push = Value::Push(vec![
+            Value::Bulk(Bytes::from_static(b"tracking-redir-broken")),
+            Value::Int(i64::try_from(id).unwrap_or(i64::MAX)),
+        ]);
+        Some(push.encode(Proto::Resp3))
     }
 
     /// `CLIENT TRACKINGINFO`, encoded as Redis encodes it (its flags are
@@ -293,6 +333,7 @@ impl Tracking {
                     (t.caching == Some(true), "caching-yes"),
                     (t.caching == Some(false), "caching-no"),
                     (m.noloop, "noloop"),
+                    (t.broken, "broken_redirect"),
                 ];
                 flags.extend(named.iter().filter(|(on, _)| *on).map(|(_, name)| *name));
                 prefixes = &m.prefixes;
@@ -313,8 +354,7 @@ impl Tracking {
             bulk(&mut out, flag.as_bytes());
         }
         bulk(&mut out, b"redirect");
-        let redirect = if tracking.is_some() { 0 } else { -1 };
-        out.extend_from_slice(format!(":{redirect}\r\n").as_bytes());
+        out.extend_from_slice(format!(":{}\r\n", redirect_id(tracking)).as_bytes());
         bulk(&mut out, b"prefixes");
         out.extend_from_slice(format!("*{}\r\n", prefixes.len()).as_bytes());
         for prefix in prefixes {
@@ -392,6 +432,46 @@ impl Tracking {
     }
 }
 
+/// `GETREDIR`'s number: -1 without tracking, 0 without a redirect.
+fn redirect_id(tracking: Option<&Tracking>) -> i64 {
+    match tracking {
+        None => -1,
+        Some(t) => t
+            .mode
+            .redirect
+            .map_or(0, |id| i64::try_from(id).unwrap_or(i64::MAX)),
+    }
+}
+
+/// The next invalidation another client's tracking redirected here;
+/// `None` once some were lost (the client is then disconnected).
+pub(super) async fn inbox(
+    inbox: Option<&mut mpsc::Receiver<Bytes>>,
+    entry: &super::registry::Entry,
+) -> Option<Bytes> {
+    let message = inbox?.recv().await;
+    message.filter(|_| !entry.lost_invalidations())
+}
+
+/// A redirected invalidation as a piped client receives it: a push in
+/// RESP3, a `__redis__:invalidate` message to a RESP2 subscriber, nothing
+/// otherwise (as Redis).
+pub(super) fn for_pipe(message: Bytes, session: &super::session::Session) -> Bytes {
+    const HEADER: &[u8] = b">2\r\n$10\r\ninvalidate\r\n";
+    match (session.proto, session.pubsub) {
+        (Proto::Resp3, _) => message,
+        (_, true) if message.starts_with(HEADER) => {
+            let keys = &message[HEADER.len()..];
+            let keys: &[u8] = if keys == b"_\r\n" { b"$-1\r\n" } else { keys };
+            let mut out =
+                BytesMut::from(&b"*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n"[..]);
+            out.extend_from_slice(keys);
+            out.freeze()
+        }
+        _ => Bytes::new(),
+    }
+}
+
 /// The keys an invalidation names; `None` for a flush (every key).
 fn invalidated(message: &[u8]) -> Option<Vec<Bytes>> {
     let decoded = redis_protocol::resp3::decode::complete::decode(message);
@@ -436,6 +516,13 @@ impl Feeds {
         session: Session,
         mode: &Mode,
     ) -> Result<Feeds, String> {
+        // RESP3 whatever the client speaks: a node pushes invalidations to
+        // a RESP3 connection only (a RESP2 client's are encoded for it or
+        // its redirect target here).
+        let session = Session {
+            proto: Proto::Resp3,
+            ..session
+        };
         let (tx, messages) = mpsc::channel(FEED_QUEUE);
         let mut tasks = tokio::task::JoinSet::new();
         let mut starting = Vec::with_capacity(shards.len());
@@ -577,7 +664,7 @@ mod tests {
 
     #[test]
     fn checks_follow_redis_order_and_wording() {
-        let on = |args: &[&str]| parse(&req(args)).map(|a| a.mode);
+        let on = |args: &[&str]| parse(&req(args), |id| id == 5).map(|a| a.mode);
         let bcast_a = on(&["CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "a"]).unwrap();
         let plain = on(&["CLIENT", "TRACKING", "on", "optin"]).unwrap();
         let optout = on(&["CLIENT", "TRACKING", "on", "optout"]).unwrap();
@@ -601,9 +688,17 @@ mod tests {
             .contains("another provided prefix 'ab'"));
         assert!(on(&["CLIENT", "TRACKING", "ON", "PREFIX"]).is_err());
         assert_eq!(
-            on(&["CLIENT", "TRACKING", "ON", "REDIRECT", "5"]).unwrap_err(),
-            REDIRECT
+            on(&["CLIENT", "TRACKING", "ON", "REDIRECT", "5"])
+                .unwrap()
+                .redirect,
+            Some(5)
         );
+        assert_eq!(
+            on(&["CLIENT", "TRACKING", "ON", "REDIRECT", "6"]).unwrap_err(),
+            NO_SUCH_CLIENT
+        );
+        let twice = on(&["CLIENT", "TRACKING", "ON", "REDIRECT", "5", "REDIRECT", "5"]);
+        assert!(twice.unwrap_err().contains("single other client"));
     }
 
     #[test]
