@@ -1319,6 +1319,14 @@ fn client_tracking_tells_of_the_keys_read_on_every_shard() {
     }
     assert_eq!(replica.calls("get") + replica.calls("mget"), before);
 
+    // A script's declared keys are tracked.
+    let scripted = key_in(1, 2, "ts");
+    let script = "return redis.call('get', KEYS[1])";
+    tracking.call(&["EVAL", script, "1", &scripted]);
+    let _: () = writer.set(&scripted, 1).unwrap();
+    let told = tracking.invalidated(|keys| keys.contains(&scripted));
+    assert!(told.contains(&scripted), "{told:?}");
+
     // Off: nothing more.
     assert_eq!(tracking.call(&["CLIENT", "TRACKING", "OFF"]), "+OK\r\n");
     tracking.invalidated(|_| true);

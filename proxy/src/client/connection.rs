@@ -285,7 +285,11 @@ impl Connection {
         let class = classify(&req);
         if let Some(tracking) = self.tracking.as_mut() {
             let read = matches!(class, Class::Read | Class::CursorRead);
-            tracking.ran(&req, read, self.session.in_multi);
+            tracking.ran(
+                &req,
+                read || super::tracking::is_script(&req),
+                self.session.in_multi,
+            );
         }
         if class == Class::Answer(crate::resp::command::Answer::CrossProtocol) {
             return self

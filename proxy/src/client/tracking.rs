@@ -432,6 +432,22 @@ impl Tracking {
     }
 }
 
+/// A script or function: Redis tracks its declared keys when it read
+/// anything, which only the node knows; Rampart tracks them always (one
+/// message too many at worst, never a stale value).
+pub(super) fn is_script(req: &Request) -> bool {
+    let name = req.name();
+    let scripts: [&[u8]; 6] = [
+        b"EVAL",
+        b"EVALSHA",
+        b"EVAL_RO",
+        b"EVALSHA_RO",
+        b"FCALL",
+        b"FCALL_RO",
+    ];
+    scripts.contains(&name.as_bytes())
+}
+
 /// `GETREDIR`'s number: -1 without tracking, 0 without a redirect.
 fn redirect_id(tracking: Option<&Tracking>) -> i64 {
     match tracking {
