@@ -1371,6 +1371,22 @@ fn client_tracking_modes_over_shards() {
     let told: BTreeSet<String> = told.union(&optin.invalidated(|_| true)).cloned().collect();
     assert_eq!(told, BTreeSet::from([y.clone()]));
 
+    // Tracking, then subscribed (piped to the first shard): what it reads
+    // there is tracked, and the invalidations come between the messages.
+    let mut subscriber = Resp3::connect(proxy.port());
+    assert_eq!(subscriber.call(&["CLIENT", "TRACKING", "ON"]), "+OK\r\n");
+    subscriber.send(&["SUBSCRIBE", "news"]);
+    let confirmed = subscriber.frame().expect("a confirmation");
+    assert!(
+        confirmed.starts_with(b">3\r\n$9\r\nsubscribe"),
+        "{confirmed:?}"
+    );
+    let read = key_in(0, 2, "sub");
+    assert_eq!(subscriber.call(&["GET", &read]), "_\r\n");
+    let _: () = writer.set(&read, 1).unwrap();
+    let told = subscriber.invalidated(|keys| !keys.is_empty());
+    assert_eq!(told, BTreeSet::from([read.clone()]));
+
     shards[1].nodes[0].kill();
     assert!(
         optin.closed_within(Duration::from_secs(15)),

@@ -279,18 +279,16 @@ impl Connection {
     }
 
     async fn dispatch(&mut self, req: Request) -> Flow {
+        // Before the pipe: a tracking client that subscribed reads too.
+        if let Some(tracking) = self.tracking.as_mut() {
+            let read = matches!(classify(&req), Class::Read | Class::CursorRead);
+            let read = read || super::tracking::is_script(&req);
+            tracking.ran(&req, read, self.session.in_multi);
+        }
         if self.session.pipe.is_some() {
             return self.send_piped(req).await;
         }
         let class = classify(&req);
-        if let Some(tracking) = self.tracking.as_mut() {
-            let read = matches!(class, Class::Read | Class::CursorRead);
-            tracking.ran(
-                &req,
-                read || super::tracking::is_script(&req),
-                self.session.in_multi,
-            );
-        }
         if class == Class::Answer(crate::resp::command::Answer::CrossProtocol) {
             return self
                 .answer(crate::resp::command::Answer::CrossProtocol, req)

@@ -19,10 +19,7 @@ pub(crate) async fn inbox(
 /// A redirected invalidation as a piped client receives it: a push in
 /// RESP3, a `__redis__:invalidate` message to a RESP2 subscriber, nothing
 /// otherwise (as Redis).
-pub(crate) fn for_pipe(
-    message: Bytes,
-    session: &crate::client::session::Session,
-) -> Bytes {
+pub(crate) fn for_pipe(message: Bytes, session: &crate::client::session::Session) -> Bytes {
     const HEADER: &[u8] = b">2\r\n$10\r\ninvalidate\r\n";
     match (session.proto, session.pubsub) {
         (Proto::Resp3, _) => message,
