@@ -107,8 +107,8 @@ impl Connection {
         // there, as a write would go.
         // A tracking client's reads go there too: a replica may not have a
         // write the client was already told about (see `super::tracking`).
-        let to_primary = self.in_moving_slot(key) || self.tracking.is_some();
-        let routed_as = match class == Class::Read && to_primary {
+        let to_primary = || self.tracking.is_some() || self.in_moving_slot(key);
+        let routed_as = match class == Class::Read && to_primary() {
             true => Class::Write,
             false => class,
         };
