@@ -16,8 +16,8 @@
 //!   may be on its way to the node while the invalidation is on its way
 //!   back, and forgetting the key then would leave the value that read
 //!   returns cached with nothing to invalidate it. So a key read once is
-//!   reported on every change (up to 10,000 keys per client; past that,
-//!   every key is).
+//!   reported on every change (up to 10,000 keys, or 1 MiB of them, per
+//!   client; past that, every key is).
 //!
 //! An invalidation is queued among the client's replies behind those of
 //! every request sent before it arrived: a read that ran before the write
@@ -61,6 +61,7 @@ use options::{check, parse, Mode};
 /// invalidation is passed on.
 const MAX_KEYS: usize = 10_000;
 const MAX_KEY_BYTES: usize = 1024 * 1024;
+
 /// A client's tracking over several shards.
 pub(super) struct Tracking {
     mode: Mode,
