@@ -27,6 +27,7 @@ mod pin;
 mod pipe;
 mod pipe_guard;
 mod piped;
+mod primary_feed;
 mod publish;
 mod reads;
 mod redirect;

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use super::primary_feed::PrimaryFeed;
 use crate::backend::own;
 use crate::backend::Session;
 use crate::shard::Shard;
@@ -112,56 +112,36 @@ enum Ended {
 
 /// One shard's feed, until its primary changes or its connection breaks.
 async fn feed(
-    shard: &Shard,
+    shard: &Arc<Shard>,
     session: Session,
     tx: &mpsc::Sender<Option<BytesMut>>,
     started: oneshot::Sender<()>,
 ) -> Ended {
     let mut started = Some(started);
-    let topology = &shard.topology;
-    let mut changed = topology.watch();
-    let Some(primary) = topology.primary_node().cloned() else {
+    let command = b"*1\r\n$7\r\nMONITOR\r\n";
+    let Ok(mut node) = PrimaryFeed::open(shard, session, command).await else {
         return Ended::Lost;
     };
-    let Ok((stream, _)) = primary.pool.raw(session).await else {
-        return Ended::Lost;
-    };
-    let (mut rd, mut wr) = stream.into_split();
-    if wr.write_all(b"*1\r\n$7\r\nMONITOR\r\n").await.is_err() {
-        return Ended::Lost;
-    }
     let mut filter = MonitorFilter::default();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     // The client hears `+OK` from the pipe's node: this one's is dropped.
-    loop {
-        tokio::select! {
-            change = changed.changed() => {
-                let same = topology.primary_node().is_some_and(|p| Arc::ptr_eq(p, &primary));
-                if change.is_err() || !same {
-                    return Ended::Lost;
-                }
+    while node.read(&mut buf).await {
+        let mut lines = filter.feed(&buf);
+        buf.clear();
+        if started.is_some() && !lines.is_empty() {
+            if !lines.starts_with(b"+OK\r\n") {
+                return Ended::Refused;
             }
-            read = rd.read_buf(&mut buf) => {
-                if !matches!(read, Ok(n) if n > 0) {
-                    return Ended::Lost;
-                }
-                let mut lines = filter.feed(&buf);
-                buf.clear();
-                if started.is_some() && !lines.is_empty() {
-                    if !lines.starts_with(b"+OK\r\n") {
-                        return Ended::Refused;
-                    }
-                    lines.advance(5);
-                    if let Some(started) = started.take() {
-                        let _ = started.send(());
-                    }
-                }
-                if !lines.is_empty() && tx.send(Some(lines)).await.is_err() {
-                    return Ended::Left;
-                }
+            lines.advance(5);
+            if let Some(started) = started.take() {
+                let _ = started.send(());
             }
         }
+        if !lines.is_empty() && tx.send(Some(lines)).await.is_err() {
+            return Ended::Left;
+        }
     }
+    Ended::Lost
 }
 
 fn memchr_crlf(buf: &[u8]) -> Option<usize> {

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp3::types::OwnedFrame;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::options::Mode;
 use crate::backend::Session;
+use crate::client::primary_feed::PrimaryFeed;
 use crate::resp::{Proto, ReplyScanner, Request, Value};
 use crate::shard::Shard;
 
@@ -18,6 +18,8 @@ use crate::shard::Shard;
 const FEED_QUEUE: usize = 64;
 /// How long `CLIENT TRACKING ON` waits for every feed to start.
 const START_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// The largest message a feed takes (a flush of many keys is one).
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// Nesting of an invalidation message (a push of a string and an array).
 const DEPTH: usize = 4;
 
@@ -125,39 +127,30 @@ fn feed_command(mode: &Mode) -> Bytes {
 /// One shard's feed, until its primary changes, its connection breaks or
 /// the client's tracking ends.
 async fn feed(
-    shard: &Shard,
+    shard: &Arc<Shard>,
     session: Session,
     command: &[u8],
     tx: &mpsc::Sender<Option<Bytes>>,
     started: oneshot::Sender<Result<(), String>>,
 ) {
-    let topology = &shard.topology;
-    let mut changed = topology.watch();
-    let Some(primary) = topology.primary_node().cloned() else {
-        let _ = started.send(Err(format!(
-            "ERR rampart: shard '{}' has no primary",
-            shard.name()
-        )));
-        return;
-    };
-    let unavailable =
-        |e: std::io::Error| format!("ERR rampart: {} unavailable ({e})", primary.addr);
-    let (mut rd, mut wr) = match primary.pool.raw(session).await {
-        Ok((stream, _)) => stream.into_split(),
-        Err(e) => {
-            let _ = started.send(Err(unavailable(e)));
+    let mut node = match PrimaryFeed::open(shard, session, command).await {
+        Ok(node) => node,
+        Err(error) => {
+            let _ = started.send(Err(error));
             return;
         }
     };
-    if let Err(e) = wr.write_all(command).await {
-        let _ = started.send(Err(unavailable(e)));
-        return;
-    }
     let mut started = Some(started);
     let mut buf = BytesMut::with_capacity(4096);
     let mut scanner = ReplyScanner::new(DEPTH);
-    loop {
-        while let Ok(Some(len)) = scanner.scan(&buf) {
+    while node.read(&mut buf).await {
+        loop {
+            let len = match scanner.scan(&buf) {
+                Ok(Some(len)) => len,
+                Ok(None) if buf.len() <= MAX_MESSAGE => break,
+                // Past any invalidation's size, or not RESP.
+                _ => return,
+            };
             let frame = buf.split_to(len).freeze();
             match started.take() {
                 // The answer to the feed's own command.
@@ -181,22 +174,6 @@ async fn feed(
                     }
                 }
                 None => return,
-            }
-        }
-        if buf.len() > 64 * 1024 * 1024 {
-            return;
-        }
-        tokio::select! {
-            change = changed.changed() => {
-                let same = topology.primary_node().is_some_and(|p| std::sync::Arc::ptr_eq(p, &primary));
-                if change.is_err() || !same {
-                    return;
-                }
-            }
-            read = rd.read_buf(&mut buf) => {
-                if !matches!(read, Ok(n) if n > 0) {
-                    return;
-                }
             }
         }
     }
