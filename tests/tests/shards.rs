@@ -1572,3 +1572,56 @@ fn a_tracking_client_that_takes_no_invalidations_is_evicted() {
     let pong: String = redis::cmd("PING").query(&mut writer).unwrap();
     assert_eq!(pong, "PONG");
 }
+
+/// An invalidation never reaches the client before the reply to a read it
+/// sent earlier: here the read's reply (8 MB) is still on its way from
+/// the node when the invalidation of the write right behind it arrives on
+/// the feed. (An attempt where the write overtook the read on its way to
+/// the node proves nothing, and is made again.)
+#[test]
+fn an_invalidation_comes_after_the_reply_to_an_earlier_read() {
+    let shards = clusters(2, 0);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    let big = key_in(1, 2, "big");
+    let value = "x".repeat(8 * 1024 * 1024);
+    let mut writer = proxy.conn();
+    for attempt in 0.. {
+        assert!(attempt < 10, "the write overtook the read every time");
+        let _: () = writer.set(&big, &value).unwrap();
+        let mut tracking = Resp3::connect(proxy.port());
+        assert_eq!(tracking.call(&["CLIENT", "TRACKING", "ON"]), "+OK\r\n");
+        tracking.send(&["GET", &big]);
+        std::thread::sleep(Duration::from_millis(5));
+        let _: () = writer.set(&big, "small").unwrap();
+        let first = tracking.frame().expect("the reply");
+        let head = String::from_utf8_lossy(&first[..first.len().min(40)]).into_owned();
+        assert!(head.starts_with('$'), "before the read's reply: {head}");
+        if head.starts_with("$5\r\n") {
+            continue;
+        }
+        let second = tracking.frame().expect("the invalidation");
+        let text = String::from_utf8_lossy(&second).into_owned();
+        assert!(text.starts_with(">2\r\n$10\r\ninvalidate\r\n"), "{text}");
+        break;
+    }
+}
+
+/// A user the nodes do not allow `CLIENT TRACKING` hears their refusal,
+/// tracks nothing and carries on.
+#[test]
+fn client_tracking_refused_by_the_nodes_is_the_clients_answer() {
+    let shards = clusters(2, 0);
+    let proxy = Proxy::start_with(&config(&shards, ""));
+    drop(user(
+        &proxy,
+        &shards,
+        "notrack",
+        &["~*", "+@all", "-client|tracking"],
+    ));
+    let mut conn = Resp3::connect(proxy.port());
+    assert_eq!(conn.call(&["AUTH", "notrack", "secret"]), "+OK\r\n");
+    let refused = conn.call(&["CLIENT", "TRACKING", "ON"]);
+    assert!(refused.starts_with("-NOPERM"), "{refused}");
+    assert!(conn.call(&["CLIENT", "TRACKINGINFO"]).contains("off"));
+    assert_eq!(conn.call(&["PING"]), "+PONG\r\n");
+}
