@@ -1557,6 +1557,14 @@ fn a_tracking_client_that_takes_no_invalidations_is_evicted() {
         "+OK\r\n"
     );
     tracking.send(&["BLPOP", "never", "0"]);
+    // A redirect target that does not take them is evicted the same way,
+    // and the client redirecting to it stays.
+    let mut target = Resp3::connect(proxy.port());
+    let target_id = target.id();
+    let mut redirecting = Resp3::connect(proxy.port());
+    let on = ["CLIENT", "TRACKING", "ON", "BCAST", "REDIRECT", &target_id];
+    assert_eq!(redirecting.call(&on), "+OK\r\n");
+    target.send(&["BLPOP", "never", "0"]);
     std::thread::sleep(Duration::from_millis(200));
     let mut writer = proxy.conn();
     let long = "x".repeat(1000);
@@ -1565,10 +1573,11 @@ fn a_tracking_client_that_takes_no_invalidations_is_evicted() {
         pipe.set(format!("{i}{long}"), 1).ignore();
     }
     pipe.exec(&mut writer).unwrap();
-    assert!(
-        tracking.closed_within(Duration::from_secs(10)),
-        "still connected"
-    );
+    for (who, conn) in [("tracking", &mut tracking), ("target", &mut target)] {
+        let closed = conn.closed_within(Duration::from_secs(10));
+        assert!(closed, "{who}: still connected");
+    }
+    assert_eq!(redirecting.call(&["PING"]), "+PONG\r\n");
     let pong: String = redis::cmd("PING").query(&mut writer).unwrap();
     assert_eq!(pong, "PONG");
 }
