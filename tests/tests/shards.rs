@@ -1616,7 +1616,8 @@ fn an_invalidation_comes_after_the_reply_to_an_earlier_read() {
 }
 
 /// A user the nodes do not allow `CLIENT TRACKING` hears their refusal,
-/// tracks nothing and carries on.
+/// tracks nothing and carries on; so does a client when a shard's primary
+/// cannot be reached.
 #[test]
 fn client_tracking_refused_by_the_nodes_is_the_clients_answer() {
     let shards = clusters(2, 0);
@@ -1633,4 +1634,17 @@ fn client_tracking_refused_by_the_nodes_is_the_clients_answer() {
     assert!(refused.starts_with("-NOPERM"), "{refused}");
     assert!(conn.call(&["CLIENT", "TRACKINGINFO"]).contains("off"));
     assert_eq!(conn.call(&["PING"]), "+PONG\r\n");
+
+    // A shard's primary that cannot be reached: an error saying which, and
+    // no tracking.
+    let mut shards = shards;
+    let dead = shards[1].nodes[0].addr();
+    shards[1].nodes[0].kill();
+    let mut other = Resp3::connect(proxy.port());
+    let answer = other.call(&["CLIENT", "TRACKING", "ON"]);
+    assert!(
+        answer.starts_with("-ERR rampart: ") && answer.contains(&dead),
+        "{answer}"
+    );
+    assert!(other.call(&["CLIENT", "TRACKINGINFO"]).contains("off"));
 }
